@@ -1,0 +1,231 @@
+"""``hive up``: the whole hive on one machine with embedded NATS and Postgres.
+
+Starts (unless given URLs) a private nats-server and PostgreSQL under
+``$HIVE_HOME``, writes ``$HIVE_HOME/up.toml`` so that CLI commands find the
+stack, runs the five services as supervised child processes, and on Ctrl-C
+or SIGTERM stops the services, the agents' harnesses, and the servers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres, check_port_free
+from hyperhive.common import subjects
+from hyperhive.common.config import UP_FILE, Settings, load_settings, settings_env
+from hyperhive.common.errors import ConfigError, HiveError
+
+DEFAULT_NATS_PORT = 4222
+DEFAULT_PG_PORT = 5433
+STOP_GRACE_S = 8.0
+
+
+@dataclass
+class UpOptions:
+    home: Path
+    nats_url: str | None = None
+    nats_seed: str | None = None
+    database_url: str | None = None
+    nats_port: int = DEFAULT_NATS_PORT
+    pg_port: int = DEFAULT_PG_PORT
+    dashboard_port: int | None = None
+    dashboard_host: str | None = None
+    no_agents: bool = False  # do not start the manager agent
+
+
+@dataclass
+class DevStack:
+    opts: UpOptions
+    nats: EmbeddedNats | None = None
+    pg: EmbeddedPostgres | None = None
+    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    restarts: dict[str, list[float]] = field(default_factory=dict)
+    stopping: bool = False
+
+    def check_home(self) -> None:
+        home = self.opts.home
+        try:
+            home.mkdir(parents=True, exist_ok=True)
+            probe = home / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(f"HIVE_HOME {home} is not writable: {exc.strerror}") from None
+
+    def start_servers(self) -> tuple[str, str, str, str]:
+        """Starts what is embedded. Returns (nats url, service seed, operator seed, db url)."""
+        home = self.opts.home
+        if self.opts.dashboard_port is not None:
+            check_port_free(self.opts.dashboard_port, "the dashboard")
+        if self.opts.nats_url:
+            seed = self.opts.nats_seed or ""
+            nats_url, service_seed, operator_seed = self.opts.nats_url, seed, seed
+        else:
+            self.nats = EmbeddedNats(home / "nats", self.opts.nats_port)
+            self.nats.start()
+            nats_url = self.nats.url
+            service_seed = str(self.nats.service_seed)
+            operator_seed = str(self.nats.operator_seed)
+        if self.opts.database_url:
+            db_url = self.opts.database_url
+        else:
+            self.pg = EmbeddedPostgres(home / "postgres", self.opts.pg_port)
+            self.pg.start()
+            db_url = self.pg.url
+        return nats_url, service_seed, operator_seed, db_url
+
+    def write_up_file(self, nats_url: str, operator_seed: str) -> None:
+        """``up.toml``: how CLI commands reach this stack (as the operator)."""
+        lines = ["# written by `hive up`; CLI commands read it", "[nats]"]
+        lines.append(f'url = "{nats_url}"')
+        if operator_seed:
+            lines.append(f'seed_file = "{operator_seed}"')
+        lines.append('inbox_prefix = "_INBOX.operator"')
+        if self.opts.dashboard_port is not None or self.opts.dashboard_host:
+            lines.append("[dashboard]")
+            if self.opts.dashboard_port is not None:
+                lines.append(f"port = {self.opts.dashboard_port}")
+            if self.opts.dashboard_host:
+                lines.append(f'host = "{self.opts.dashboard_host}"')
+        (self.opts.home / UP_FILE).write_text("\n".join(lines) + "\n")
+
+    def service_env(
+        self, settings: Settings, nats_url: str, seed: str, db_url: str
+    ) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(settings_env(settings))
+        env.update(
+            {
+                "HIVE_HOME": str(self.opts.home),
+                "HIVE_NATS_URL": nats_url,
+                "HIVE_NATS_SEED_FILE": seed,
+                "HIVE_NATS_INBOX_PREFIX": "",
+                "HIVE_DATABASE_URL": db_url,
+            }
+        )
+        if self.nats is not None:
+            env["HIVE_NATS_AUTH_FILE"] = str(self.nats.auth_file)
+            env["HIVE_NATS_RELOAD_PID_FILE"] = str(self.nats.pid_file)
+        if self.opts.no_agents:
+            env["HIVE_LIFECYCLE_MANAGER"] = ""
+        return env
+
+    def spawn(self, part: str, env: dict[str, str]) -> None:
+        log_dir = self.opts.home / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_dir / f"{part}.log", "ab") as log:
+            self.children[part] = subprocess.Popen(
+                [sys.executable, "-m", "hyperhive.cli.main", "serve", part],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                # own process group: a terminal's Ctrl-C reaches us only, and
+                # we stop the services in order
+                start_new_session=True,
+            )
+
+    def supervise(self, env: dict[str, str]) -> None:
+        """Restarts a service that died (like ``Restart=on-failure``), with backoff."""
+        for part, proc in list(self.children.items()):
+            if proc.poll() is None or self.stopping:
+                continue
+            now = time.monotonic()
+            recent = [t for t in self.restarts.get(part, []) if now - t < 60]
+            if len(recent) >= 5:
+                continue  # crash loop: leave it down; `hive status` shows it
+            recent.append(now)
+            self.restarts[part] = recent
+            print(f"hive up: {part} exited with {proc.returncode}; restarting", file=sys.stderr)
+            self.spawn(part, env)
+
+    def stop(self) -> None:
+        self.stopping = True
+        for proc in self.children.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for proc in self.children.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        stop_harnesses(self.opts.home / "agents")
+        if self.nats is not None:
+            self.nats.stop()
+        if self.pg is not None:
+            self.pg.stop()
+
+
+def stop_harnesses(agents_dir: Path) -> None:
+    """Stops every agent harness the process backend left running."""
+    pids: list[int] = []
+    for pid_file in agents_dir.glob("*/run/harness.pid"):
+        try:
+            pid = int(pid_file.read_text().split()[0])
+            os.killpg(pid, signal.SIGTERM)
+            pids.append(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+    deadline = time.monotonic() + 5
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pid, 0)
+            except OSError:
+                break
+            time.sleep(0.05)
+        else:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def up(opts: UpOptions) -> int:
+    stack = DevStack(opts)
+    stopped = False
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        nonlocal stopped
+        stopped = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.check_home()
+        os.environ["HIVE_HOME"] = str(opts.home)
+        settings = load_settings()
+        nats_url, service_seed, operator_seed, db_url = stack.start_servers()
+        stack.write_up_file(nats_url, operator_seed)
+        env = stack.service_env(settings, nats_url, service_seed, db_url)
+        if opts.dashboard_port is not None:
+            env["HIVE_DASHBOARD_PORT"] = str(opts.dashboard_port)
+        if opts.dashboard_host:
+            env["HIVE_DASHBOARD_HOST"] = opts.dashboard_host
+        for part in subjects.SERVICES:
+            stack.spawn(part, env)
+        host = env.get("HIVE_DASHBOARD_HOST", settings.dashboard.host)
+        port = env.get("HIVE_DASHBOARD_PORT", str(settings.dashboard.port))
+        print(f"hyperhive is up (HIVE_HOME={opts.home})", flush=True)
+        print(f"  dashboard  http://{host}:{port}/", flush=True)
+        print(f"  nats       {nats_url}", flush=True)
+        print("  logs       " + str(opts.home / "logs"), flush=True)
+        print("Ctrl-C stops everything.", flush=True)
+        while not stopped:
+            time.sleep(0.2)
+            stack.supervise(env)
+    except HiveError as exc:
+        print(f"hive up: {exc}", file=sys.stderr)
+        stack.stop()
+        return 1
+    print("hive up: stopping", flush=True)
+    stack.stop()
+    return 0

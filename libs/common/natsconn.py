@@ -1,0 +1,86 @@
+"""Connecting to NATS: credentials, inbox prefix, retries, reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import nats
+from nats.aio.client import Client as NATS
+
+from hyperhive.common.config import NatsSettings
+from hyperhive.common.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+
+async def connect(
+    settings: NatsSettings,
+    *,
+    name: str,
+    seed_file: str | None = None,
+    inbox_prefix: str | None = None,
+    attempts: int | None = None,
+) -> NATS:
+    """Connects with retries and exponential backoff.
+
+    Once connected the client reconnects by itself forever (with backoff), so
+    a NATS restart is survived without the caller doing anything.
+
+    Args:
+        settings: the NATS settings (url, seed file, inbox prefix, retries).
+        name: the client name shown by the server.
+        seed_file: overrides ``settings.seed_file`` (an nkey seed file).
+        inbox_prefix: overrides ``settings.inbox_prefix``.
+        attempts: overrides ``settings.connect_attempts``.
+
+    Raises:
+        Unavailable: the server could not be reached after every attempt.
+    """
+    seed = seed_file if seed_file is not None else settings.seed_file
+    prefix = inbox_prefix if inbox_prefix is not None else settings.inbox_prefix
+    tries = max(1, attempts if attempts is not None else settings.connect_attempts)
+    delay = settings.connect_backoff_s
+    options: dict[str, object] = {
+        "servers": [settings.url],
+        "name": name,
+        # retries of the first connect are ours (bounded); reconnects after it
+        # are the client's (unbounded), switched on below
+        "allow_reconnect": False,
+        "reconnect_time_wait": 1,
+        "connect_timeout": 2,
+        "error_cb": _on_error,
+        "disconnected_cb": _on_disconnect,
+        "reconnected_cb": _on_reconnect,
+    }
+    if seed:
+        options["nkeys_seed"] = seed
+    if prefix:
+        options["inbox_prefix"] = prefix
+    last: BaseException | None = None
+    for attempt in range(1, tries + 1):
+        try:
+            nc = await nats.connect(**options)  # type: ignore[arg-type]
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            last = exc
+            if attempt < tries:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            continue
+        nc.options["allow_reconnect"] = True
+        nc.options["max_reconnect_attempts"] = -1
+        return nc
+    reason = str(last) or type(last).__name__
+    raise Unavailable(f"cannot reach NATS at {settings.url} after {tries} attempts: {reason}")
+
+
+async def _on_error(exc: Exception) -> None:
+    log.warning("nats error: %s", exc or type(exc).__name__)
+
+
+async def _on_disconnect() -> None:
+    log.warning("nats disconnected")
+
+
+async def _on_reconnect() -> None:
+    log.info("nats reconnected")

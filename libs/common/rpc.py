@@ -1,0 +1,216 @@
+"""Request/reply over NATS with typed payloads and one error shape.
+
+Callers use :func:`request`; services answer with a :class:`Responder`, which
+runs each request in its own task (a long-poll must not block the next
+request), turns every ``HiveError`` into an error reply, and lets in-flight
+handlers finish on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from opentelemetry import trace
+
+from hyperhive.common import subjects
+from hyperhive.common.errors import (
+    BadRequest,
+    HiveError,
+    Internal,
+    RequestTimeout,
+    Unavailable,
+    from_code,
+)
+from hyperhive.common.telemetry import extract_context, inject_headers
+from hyperhive.common.wire.base import ErrorInfo, ErrorReply
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+T = TypeVar("T", bound=msgspec.Struct)
+R = TypeVar("R", bound=msgspec.Struct)
+
+_encoder = msgspec.json.Encoder()
+DEFAULT_TIMEOUT_S = 10.0
+
+
+class _ErrorProbe(msgspec.Struct):
+    error: ErrorInfo | None = None
+
+
+_probe = msgspec.json.Decoder(_ErrorProbe)
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+
+
+def encode(value: msgspec.Struct | None) -> bytes:
+    """JSON bytes of a wire value (``{}`` for ``None``)."""
+    return b"{}" if value is None else _encoder.encode(value)
+
+
+def decoder(kind: type[T]) -> msgspec.json.Decoder[T]:
+    """A cached decoder for ``kind`` (built once, not per message)."""
+    dec = _decoders.get(kind)
+    if dec is None:
+        dec = _decoders[kind] = msgspec.json.Decoder(kind)
+    return dec
+
+
+def decode_reply(data: bytes, kind: type[T]) -> T:
+    """Decodes a reply, raising the ``HiveError`` an error reply carries."""
+    try:
+        probe = _probe.decode(data)
+    except msgspec.DecodeError as exc:
+        raise Internal(f"malformed reply: {exc}") from None
+    if probe.error is not None:
+        raise from_code(probe.error.code, probe.error.message)
+    try:
+        return decoder(kind).decode(data)
+    except msgspec.DecodeError as exc:
+        raise Internal(f"reply does not match {kind.__name__}: {exc}") from None
+
+
+async def request(
+    nc: NATS,
+    subject: str,
+    payload: msgspec.Struct | None,
+    reply: type[T],
+    *,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> T:
+    """Sends a request and waits for its typed reply.
+
+    Raises:
+        RequestTimeout: no reply within ``timeout`` seconds.
+        Unavailable: nobody serves ``subject`` or the connection is down.
+        HiveError: the service replied with an error (its subclass by code).
+    """
+    with tracer.start_as_current_span(f"request {subject}", kind=trace.SpanKind.PRODUCER) as span:
+        try:
+            msg = await nc.request(
+                subject, encode(payload), timeout=timeout, headers=inject_headers()
+            )
+        except nats.errors.NoRespondersError:
+            raise Unavailable(f"no service answers {subject}") from None
+        except nats.errors.TimeoutError:
+            raise RequestTimeout(f"no reply on {subject} within {timeout:g}s") from None
+        except (
+            nats.errors.ConnectionClosedError,
+            nats.errors.ConnectionReconnectingError,
+            nats.errors.StaleConnectionError,
+            nats.errors.OutboundBufferLimitError,
+        ) as exc:
+            raise Unavailable(f"NATS connection not usable for {subject}: {exc}") from None
+        try:
+            return decode_reply(msg.data, reply)
+        except HiveError as exc:
+            span.set_attribute("hive.error", exc.code)
+            raise
+
+
+async def publish(nc: NATS, subject: str, payload: msgspec.Struct) -> None:
+    """Publishes a wire value with the current trace context in its headers."""
+    await nc.publish(subject, encode(payload), headers=inject_headers())
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What a handler knows about the request besides its payload."""
+
+    subject: str
+    headers: dict[str, str]
+
+    @property
+    def agent(self) -> str:
+        """The calling agent, from ``hive.agent.<n>.<verb>``."""
+        return subjects.parse_agent(self.subject)[0]
+
+    @property
+    def verb(self) -> str:
+        return self.subject.rsplit(".", 1)[-1]
+
+
+Handler = Callable[[Any, Call], Awaitable[msgspec.Struct | None]]
+
+
+def error_reply(exc: HiveError) -> bytes:
+    return _encoder.encode(ErrorReply(error=ErrorInfo(code=exc.code, message=exc.message)))
+
+
+class Responder:
+    """Serves request subjects for one service, one task per request."""
+
+    def __init__(self, nc: NATS, queue: str) -> None:
+        self._nc = nc
+        self._queue = queue
+        self._subs: list[Subscription] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    async def serve(self, subject: str, request_type: type[T], handler: Handler) -> None:
+        """Answers ``subject`` (wildcards allowed) with ``handler``.
+
+        The handler gets the decoded request and a :class:`Call`; it returns
+        the reply Struct (``None`` means ``{"ok": true}``) or raises a
+        ``HiveError``. Anything else becomes an ``internal`` error reply and
+        is logged: the service keeps serving.
+        """
+        dec = decoder(request_type)
+
+        async def on_msg(msg: Msg) -> None:
+            if self._closing:
+                return
+            task = asyncio.create_task(self._run(msg, dec, handler))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        self._subs.append(await self._nc.subscribe(subject, queue=self._queue, cb=on_msg))
+
+    async def _run(self, msg: Msg, dec: msgspec.json.Decoder[Any], handler: Handler) -> None:
+        headers = dict(msg.headers or {})
+        ctx = extract_context(headers)
+        with tracer.start_as_current_span(
+            f"handle {msg.subject}", context=ctx, kind=trace.SpanKind.CONSUMER
+        ):
+            try:
+                try:
+                    req = dec.decode(msg.data or b"{}")
+                except msgspec.DecodeError as exc:
+                    raise BadRequest(f"bad request on {msg.subject}: {exc}") from None
+                result = await handler(req, Call(subject=msg.subject, headers=headers))
+                data = b'{"ok":true}' if result is None else _encoder.encode(result)
+            except HiveError as exc:
+                data = error_reply(exc)
+            except Exception:
+                log.exception("handler failed", extra={"subject": msg.subject})
+                data = error_reply(Internal(f"internal error handling {msg.subject}"))
+        if msg.reply:
+            try:
+                await msg.respond(data)
+            except Exception as exc:  # connection gone: the caller will time out
+                log.warning("could not reply on %s: %s", msg.subject, exc)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stops taking requests and waits up to ``grace_s`` for running ones."""
+        self._closing = True
+        for sub in self._subs:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # connection already closed
+                pass
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+            for task in pending:
+                task.cancel()

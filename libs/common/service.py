@@ -1,0 +1,213 @@
+"""Runs one service: connect, set up, serve until SIGTERM/SIGINT, drain.
+
+A service module exposes ``async def start(rt: Runtime) -> None`` that
+registers its handlers on ``rt.responder`` and pushes its own cleanups onto
+``rt.stack``. The runner owns everything else: NATS, JetStream streams, the
+state bucket, the Postgres pool and migrations, the outbox relay, the
+``hive.admin.<part>.ping`` handler, and the graceful stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+
+import asyncpg
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from hyperhive.common import subjects
+from hyperhive.common.config import Settings
+from hyperhive.common.db import create_pool, migrate
+from hyperhive.common.errors import ConfigError, HiveError
+from hyperhive.common.jetstream import ensure_state_bucket, ensure_streams
+from hyperhive.common.logs import setup_logging
+from hyperhive.common.natsconn import connect
+from hyperhive.common.outbox import OutboxRelay
+from hyperhive.common.rpc import Call, Responder
+from hyperhive.common.telemetry import setup_tracing
+from hyperhive.common.wire.base import Ping, Pong
+
+log = logging.getLogger(__name__)
+
+GRACE_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    part: str  # as in ``hive serve <part>`` and ``hive.admin.<part>.*``
+    module: str  # has ``async def start(rt)``
+    schema: str | None  # its Postgres schema; None: no database
+
+
+SPECS: dict[str, ServiceSpec] = {
+    s.part: s
+    for s in (
+        ServiceSpec("broker", "hyperhive.broker.service", "broker"),
+        ServiceSpec("lifecycle", "hyperhive.lifecycle.service", "lifecycle"),
+        ServiceSpec("approvals", "hyperhive.approvals.service", "approvals"),
+        ServiceSpec("crash-watch", "hyperhive.crashwatch.service", None),
+        ServiceSpec("dashboard", "hyperhive.dashboard.service", None),
+    )
+}
+assert tuple(SPECS) == subjects.SERVICES
+
+
+def hyperhive_version() -> str:
+    try:
+        return version("hyperhive")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass
+class Runtime:
+    """What a running service is given."""
+
+    part: str
+    settings: Settings
+    nc: NATS
+    js: JetStreamContext
+    kv: KeyValue
+    responder: Responder
+    stack: AsyncExitStack
+    stop: asyncio.Event
+    pool: asyncpg.Pool | None = None
+    outbox: OutboxRelay | None = None
+    started_at: float = field(default_factory=time.time)
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
+        """Runs a background loop that is cancelled when the service stops."""
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self.background.add(task)
+        task.add_done_callback(self._reap)
+        return task
+
+    def _reap(self, task: asyncio.Task[None]) -> None:
+        self.background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s died", task.get_name(), exc_info=task.exception())
+
+
+async def run(
+    part: str,
+    settings: Settings,
+    *,
+    ready: Callable[[Runtime], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Runs service ``part`` until ``stop`` is set (SIGTERM/SIGINT set it too).
+
+    Raises:
+        ConfigError: unknown part.
+        Unavailable: NATS or Postgres unreachable after the configured retries.
+    """
+    spec = SPECS.get(part)
+    if spec is None:
+        raise ConfigError(f"unknown service {part!r}; one of: {', '.join(SPECS)}")
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread (in-process tests): the caller sets stop
+    async with AsyncExitStack() as stack:
+        nc = await connect(settings.nats, name=f"hive-{part}")
+        stack.push_async_callback(_drain, nc)
+        js = nc.jetstream()
+        await ensure_streams(js)
+        kv = await ensure_state_bucket(js)
+        pool = outbox = None
+        if spec.schema:
+            pool = await create_pool(settings.database, spec.schema)
+            stack.push_async_callback(pool.close)
+            await migrate(pool, spec.module.rsplit(".", 1)[0])
+            outbox = OutboxRelay(pool, js)
+            outbox.start()
+            stack.push_async_callback(outbox.stop)
+        responder = Responder(nc, queue=f"hive-{part}")
+        rt = Runtime(
+            part=part,
+            settings=settings,
+            nc=nc,
+            js=js,
+            kv=kv,
+            responder=responder,
+            stack=stack,
+            stop=stop,
+            pool=pool,
+            outbox=outbox,
+        )
+        stack.push_async_callback(_cancel_background, rt)
+
+        async def ping(_req: Ping, _call: Call) -> Pong:
+            return Pong(
+                service=part,
+                version=hyperhive_version(),
+                pid=os.getpid(),
+                started_at=rt.started_at,
+                database=await _database_status(pool),
+            )
+
+        await responder.serve(subjects.admin(part, "ping"), Ping, ping)
+        module = importlib.import_module(spec.module)
+        await module.start(rt)
+        await nc.flush()  # subscriptions are live on the server before "ready"
+        log.info("serving", extra={"service": part})
+        if ready:
+            ready(rt)
+        await stop.wait()
+        log.info("stopping", extra={"service": part, "in_flight": responder.in_flight})
+        await responder.stop(GRACE_S)
+
+
+async def _database_status(pool: asyncpg.Pool | None) -> str:
+    if pool is None:
+        return ""
+    try:
+        async with asyncio.timeout(2):
+            await pool.fetchval("SELECT 1")
+        return "ok"
+    except Exception as exc:
+        return f"error: {str(exc) or type(exc).__name__}"
+
+
+async def _cancel_background(rt: Runtime) -> None:
+    for task in list(rt.background):
+        task.cancel()
+    if rt.background:
+        await asyncio.wait(set(rt.background), timeout=GRACE_S)
+
+
+async def _drain(nc: NATS) -> None:
+    try:
+        await asyncio.wait_for(nc.drain(), timeout=GRACE_S)
+    except Exception:
+        await nc.close()
+
+
+def serve_main(part: str, settings: Settings) -> int:
+    """``hive serve <part>``: exit code 0 on a clean stop, 1 with one line if not."""
+    setup_logging(settings.log, part)
+    try:
+        setup_tracing(settings.telemetry, part)
+        asyncio.run(run(part, settings))
+    except HiveError as exc:
+        print(f"hive serve {part}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0

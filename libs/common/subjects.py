@@ -1,0 +1,159 @@
+"""Every NATS subject hyperhive uses: built here and nowhere else.
+
+Identity lives in the subject: an agent may publish only under
+``hive.agent.<self>.>`` and receive replies only on ``_INBOX.<self>.>``, so a
+handler learns who is calling from the subject it was called on.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+ROOT: Final = "hive"
+MANAGER: Final = "hm1nd"
+OPERATOR: Final = "operator"
+SYSTEM: Final = "system"
+
+# Service names, in start order. The NixOS module defines one unit per entry.
+SERVICES: Final = ("broker", "lifecycle", "approvals", "crash-watch", "dashboard")
+
+# JetStream
+EVENTS_STREAM: Final = "HIVE_EVENTS"
+TURNS_STREAM: Final = "HIVE_TURNS"
+STATE_BUCKET: Final = "hive_state"
+
+# Agent-side verbs (hive.agent.<n>.<verb>)
+AGENT_SEND: Final = "send"
+AGENT_RECV: Final = "recv"
+AGENT_ACK: Final = "ack"
+AGENT_STATUS: Final = "status"
+AGENT_EVENTS: Final = "events"
+AGENT_STATS: Final = "stats"
+AGENT_TURNS: Final = "turns"
+AGENT_HEARTBEAT: Final = "heartbeat"
+
+# Manager tools (hive.agent.hm1nd.<tool>) and the service that answers each.
+LIFECYCLE_MANAGER_TOOLS: Final = ("kill", "start", "restart", "update")
+APPROVALS_MANAGER_TOOLS: Final = (
+    "request_spawn",
+    "request_spawn_draft",
+    "request_spawn_commit",
+    "request_apply_commit",
+    "ask_operator",
+)
+MANAGER_TOOLS: Final = LIFECYCLE_MANAGER_TOOLS + APPROVALS_MANAGER_TOOLS
+
+
+def _token(value: str) -> str:
+    """Refuses a value that would change a subject's shape."""
+    if not value or any(c in value for c in ". *>\t\r\n"):
+        raise ValueError(f"not a valid subject token: {value!r}")
+    return value
+
+
+def agent(name: str, verb: str) -> str:
+    """``hive.agent.<name>.<verb>``: a subject an agent publishes on."""
+    return f"{ROOT}.agent.{_token(name)}.{_token(verb)}"
+
+
+def agent_wildcard(verb: str) -> str:
+    """``hive.agent.*.<verb>``: what a service subscribes to for every agent."""
+    return f"{ROOT}.agent.*.{_token(verb)}"
+
+
+def agent_all(name: str) -> str:
+    """``hive.agent.<name>.>``: everything an agent may publish on."""
+    return f"{ROOT}.agent.{_token(name)}.>"
+
+
+def manager_tool(tool: str) -> str:
+    """``hive.agent.hm1nd.<tool>``."""
+    return agent(MANAGER, tool)
+
+
+def admin(part: str, verb: str) -> str:
+    """``hive.admin.<part>.<verb>``: the operator surface of a service."""
+    return f"{ROOT}.admin.{_token(part)}.{_token(verb)}"
+
+
+def admin_all(part: str) -> str:
+    return f"{ROOT}.admin.{_token(part)}.*"
+
+
+def system(part: str, verb: str) -> str:
+    """``hive.system.<part>.<verb>``: service-to-service calls."""
+    return f"{ROOT}.system.{_token(part)}.{_token(verb)}"
+
+
+def event(kind: str) -> str:
+    """``hive.events.<kind>``: a state change, kept in ``HIVE_EVENTS``.
+
+    ``kind`` may contain dots (``message.sent``) so that consumers can filter
+    on a family (``hive.events.message.>``).
+    """
+    for part in kind.split("."):
+        _token(part)
+    return f"{ROOT}.events.{kind}"
+
+
+EVENTS_ALL: Final = f"{ROOT}.events.>"
+AGENT_EVENTS_ALL: Final = f"{ROOT}.agent.*.{AGENT_EVENTS}"
+
+
+def inbox_prefix(name: str) -> str:
+    """The reply-inbox prefix of a NATS user (``_INBOX.<name>``)."""
+    return f"_INBOX.{_token(name)}"
+
+
+def heartbeat_key(name: str) -> str:
+    """Key of an agent's harness heartbeat in the state bucket."""
+    return f"heartbeat.{_token(name)}"
+
+
+def flag_key(name: str) -> str:
+    """Key of an agent's transient container flag in the state bucket."""
+    return f"flag.{_token(name)}"
+
+
+def kv_subject(key: str) -> str:
+    """The subject a KV put on ``key`` in the state bucket publishes to."""
+    return f"$KV.{STATE_BUCKET}.{key}"
+
+
+def parse_agent(subject: str) -> tuple[str, str]:
+    """Splits ``hive.agent.<n>.<verb>`` into ``(n, verb)``.
+
+    Raises:
+        ValueError: the subject is not an agent subject.
+    """
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[0] != ROOT or parts[1] != "agent":
+        raise ValueError(f"not an agent subject: {subject!r}")
+    return parts[2], parts[3]
+
+
+def parse_event_kind(subject: str) -> str:
+    """``hive.events.message.sent`` → ``message.sent``."""
+    prefix = f"{ROOT}.events."
+    if not subject.startswith(prefix):
+        raise ValueError(f"not an event subject: {subject!r}")
+    return subject[len(prefix) :]
+
+
+# --- HIVE_EVENTS kinds (hive.events.<kind>) ----------------------------------
+EV_MESSAGE_SENT: Final = "message.sent"
+EV_MESSAGE_DELIVERED: Final = "message.delivered"  # handed out by recv
+EV_MESSAGE_REDELIVERED: Final = "message.redelivered"
+EV_MESSAGE_ACKED: Final = "message.acked"
+EV_AGENT_CREATED: Final = "agent.created"
+EV_AGENT_STATE: Final = "agent.state"  # data: state, previous, flag
+EV_AGENT_DESTROYED: Final = "agent.destroyed"
+EV_AGENT_PURGED: Final = "agent.purged"
+EV_AGENT_DRAFT: Final = "agent.draft"
+EV_APPROVAL_QUEUED: Final = "approval.queued"
+EV_APPROVAL_RESOLVED: Final = "approval.resolved"  # data: id, kind, state, tag, note
+EV_QUESTION_ASKED: Final = "question.asked"
+EV_QUESTION_ANSWERED: Final = "question.answered"
+EV_CRASH: Final = "crash.detected"
+EV_STUCK: Final = "stuck.detected"
+EV_STATS: Final = "stats.turn"

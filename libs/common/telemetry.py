@@ -1,0 +1,62 @@
+"""OpenTelemetry: SDK set-up per entry point, trace context in NATS headers.
+
+Library code only uses the API (``trace.get_tracer(__name__)``); each process
+calls :func:`setup_tracing` once. The exporter is off unless configured.
+"""
+
+from __future__ import annotations
+
+from opentelemetry import context, propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+from hyperhive.common.config import TelemetrySettings
+from hyperhive.common.errors import ConfigError
+
+_installed = False
+
+
+def setup_tracing(settings: TelemetrySettings, service: str) -> None:
+    """Installs the tracer provider for this process (once).
+
+    Raises:
+        ConfigError: an unknown exporter name.
+    """
+    global _installed
+    if _installed:
+        return
+    resource = Resource.create(
+        {"service.name": f"hive-{service}", "service.namespace": settings.service_namespace}
+    )
+    provider = TracerProvider(resource=resource)
+    match settings.exporter:
+        case "none" | "":
+            pass
+        case "console":
+            provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+        case "otlp":
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            exporter = (
+                OTLPSpanExporter(endpoint=settings.otlp_endpoint)
+                if settings.otlp_endpoint
+                else OTLPSpanExporter()
+            )
+            provider.add_span_processor(BatchSpanProcessor(exporter))
+        case other:
+            raise ConfigError(f"telemetry.exporter must be none, console or otlp, not {other!r}")
+    trace.set_tracer_provider(provider)
+    _installed = True
+
+
+def inject_headers(headers: dict[str, str] | None = None) -> dict[str, str]:
+    """The current trace context as NATS headers (``traceparent``...)."""
+    carrier: dict[str, str] = dict(headers or {})
+    propagate.inject(carrier)
+    return carrier
+
+
+def extract_context(headers: dict[str, str] | None) -> context.Context:
+    """The trace context a NATS message carried, for a consumer span."""
+    return propagate.extract(headers or {})

@@ -1,0 +1,97 @@
+"""Wire types of approvals: the queue, diffs, operator questions."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class ApplyCommitRequest(msgspec.Struct, kw_only=True):
+    name: str
+    commit_ref: str
+
+
+class SpawnToolRequest(msgspec.Struct, kw_only=True):
+    """``request_spawn`` and ``request_spawn_draft``."""
+
+    name: str
+
+
+class SpawnCommitRequest(msgspec.Struct, kw_only=True):
+    name: str
+    commit_ref: str
+
+
+class AskRequest(msgspec.Struct, kw_only=True):
+    question: str
+    options: list[str] | None = None
+    multi: bool = False
+
+
+class ApprovalInfo(msgspec.Struct, kw_only=True):
+    id: int
+    kind: str  # ApplyCommit | Spawn
+    agent: str
+    state: str  # pending | approved | deployed | failed | denied
+    commit_ref: str = ""
+    fetched_sha: str = ""
+    note: str = ""
+    error: str = ""
+    tag: str = ""
+    created_at: float = 0.0
+    resolved_at: float | None = None
+
+
+class ApprovalQueued(msgspec.Struct, kw_only=True):
+    """Reply to a manager tool that queued something for the operator."""
+
+    id: int
+    state: str = "pending"
+    fetched_sha: str = ""
+
+
+class ApprovalsRequest(msgspec.Struct, kw_only=True):
+    state: str | None = None  # None: every approval
+    limit: int = 200
+
+
+class ApprovalsReply(msgspec.Struct, kw_only=True):
+    approvals: list[ApprovalInfo] = msgspec.field(default_factory=list)
+
+
+class ApprovalIdRequest(msgspec.Struct, kw_only=True):
+    id: int
+
+
+class DenyRequest(msgspec.Struct, kw_only=True):
+    id: int
+    note: str = ""
+
+
+class DiffReply(msgspec.Struct, kw_only=True):
+    id: int
+    sha: str
+    diff: str
+    files: list[str] = msgspec.field(default_factory=list)
+
+
+class QuestionInfo(msgspec.Struct, kw_only=True):
+    id: int
+    question: str
+    options: list[str] | None = None
+    multi: bool = False
+    answer: list[str] | None = None
+    asked_at: float = 0.0
+    answered_at: float | None = None
+
+
+class QuestionsRequest(msgspec.Struct, kw_only=True):
+    answered: bool | None = None  # None: all
+
+
+class QuestionsReply(msgspec.Struct, kw_only=True):
+    questions: list[QuestionInfo] = msgspec.field(default_factory=list)
+
+
+class AnswerRequest(msgspec.Struct, kw_only=True):
+    id: int
+    answer: list[str]

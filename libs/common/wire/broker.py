@@ -1,0 +1,164 @@
+"""Wire types of the broker: messages, inboxes, receipts, turn statistics."""
+
+from __future__ import annotations
+
+import msgspec
+
+from hyperhive.common.wire.events import SystemEvent
+
+
+class SendRequest(msgspec.Struct, kw_only=True):
+    to: str
+    body: str
+    idempotency_key: str | None = None
+
+
+class SendReply(msgspec.Struct, kw_only=True):
+    id: int
+    ts: float
+
+
+class RecvRequest(msgspec.Struct, kw_only=True):
+    wait_ms: int = 0
+
+
+class Message(msgspec.Struct, kw_only=True):
+    id: int
+    sender: str
+    recipient: str
+    body: str
+    ts: float
+    redelivered: bool = False
+    deliveries: int = 0
+    event: SystemEvent | None = None  # set when sender is ``system``
+
+
+class RecvReply(msgspec.Struct, kw_only=True):
+    message: Message | None = None
+    empty: bool = False
+
+
+class AckRequest(msgspec.Struct, kw_only=True):
+    id: int
+
+
+class StatusRequest(msgspec.Struct, kw_only=True):
+    id: int
+
+
+class MessageStatus(msgspec.Struct, kw_only=True):
+    """A delivery receipt: where one message is in its life."""
+
+    id: int
+    sender: str
+    recipient: str
+    state: str  # committed | handed_out | acked
+    deliveries: int = 0
+    redeliveries: int = 0
+    created_at: float = 0.0
+    delivered_at: float | None = None
+    acked_at: float | None = None
+
+
+class DeliverRequest(msgspec.Struct, kw_only=True):
+    """``hive.system.broker.deliver``: a system event into an agent's inbox."""
+
+    to: str
+    event: SystemEvent
+    idempotency_key: str | None = None
+
+
+class AdminSendRequest(msgspec.Struct, kw_only=True):
+    to: str
+    body: str
+    idempotency_key: str | None = None
+
+
+class MessagesRequest(msgspec.Struct, kw_only=True):
+    agent: str | None = None
+    since: float | None = None
+    limit: int = 100
+
+
+class HistoryItem(msgspec.Struct, kw_only=True):
+    """One message with its delivery state, for history and inbox views."""
+
+    id: int
+    sender: str
+    recipient: str
+    body: str
+    ts: float
+    state: str
+    deliveries: int = 0
+    delivered_at: float | None = None
+    acked_at: float | None = None
+
+
+class HistoryReply(msgspec.Struct, kw_only=True):
+    messages: list[HistoryItem] = msgspec.field(default_factory=list)
+
+
+class InboxRequest(msgspec.Struct, kw_only=True):
+    agent: str
+
+
+class TurnStats(msgspec.Struct, kw_only=True):
+    """Published by the harness on ``hive.agent.<n>.stats`` at turn end."""
+
+    ts: float
+    duration_ms: float
+    exit_code: int
+    tool_calls: dict[str, int] = msgspec.field(default_factory=dict)
+    messages_sent: int = 0
+    messages_received: int = 1
+    compact_retry: bool = False
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    model: str = ""
+    inbox_depth: int | None = None
+    notes_bytes: int | None = None
+
+
+class StatsRequest(msgspec.Struct, kw_only=True):
+    agent: str | None = None
+    since: float | None = None
+    key: str | None = None
+    limit: int = 5000
+
+
+class StatPoint(msgspec.Struct, kw_only=True, array_like=True):
+    agent: str
+    ts: float
+    key: str
+    value: float
+
+
+class StatsReply(msgspec.Struct, kw_only=True):
+    points: list[StatPoint] = msgspec.field(default_factory=list)
+
+
+class TurnsRequest(msgspec.Struct, kw_only=True):
+    """``hive.agent.<n>.turns``: backfill of the agent's own turn events."""
+
+    after_seq: int = 0
+    limit: int = 500
+
+
+class TurnEvent(msgspec.Struct, kw_only=True):
+    """One record on ``hive.agent.<n>.events``.
+
+    ``type`` is ``claude`` for a stream-json event from the claude CLI (kept
+    verbatim in ``event``), or a harness record: ``turn_start``, ``turn_end``,
+    ``state``, ``operator``.
+    """
+
+    type: str
+    ts: float
+    turn: int = 0
+    event: dict[str, object] = msgspec.field(default_factory=dict)
+    seq: int = 0  # stream sequence, filled in on backfill
+
+
+class TurnsReply(msgspec.Struct, kw_only=True):
+    events: list[TurnEvent] = msgspec.field(default_factory=list)

@@ -1,0 +1,83 @@
+"""System events delivered into agents' inboxes, and HIVE_EVENTS records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+# --- system events: sender ``system``, put into an inbox by the broker -------
+
+
+class ContainerCrash(msgspec.Struct, kw_only=True, tag=True):
+    """An agent's container stopped without anyone asking it to."""
+
+    agent: str
+    detail: str = ""
+    exit_code: int | None = None
+
+
+class AgentStuck(msgspec.Struct, kw_only=True, tag=True):
+    """An agent's heartbeat stopped, or its turn ran past the limit."""
+
+    agent: str
+    reason: str  # "heartbeat" | "turn_too_long"
+    since: float = 0.0
+    detail: str = ""
+
+
+class ApprovalResolved(msgspec.Struct, kw_only=True, tag=True):
+    """An ApplyCommit approval reached an end state."""
+
+    approval_id: int
+    agent: str
+    state: str  # deployed | failed | denied
+    tag: str = ""
+    note: str = ""
+    sha: str = ""
+
+
+class SpawnResolved(msgspec.Struct, kw_only=True, tag=True):
+    """A Spawn approval reached an end state."""
+
+    approval_id: int
+    agent: str
+    state: str  # deployed | failed | denied
+    note: str = ""
+
+
+class OperatorAnswered(msgspec.Struct, kw_only=True, tag=True):
+    """The operator answered an ``ask_operator`` question."""
+
+    question_id: int
+    question: str
+    answer: list[str] = msgspec.field(default_factory=list)
+
+
+SystemEvent = ContainerCrash | AgentStuck | ApprovalResolved | SpawnResolved | OperatorAnswered
+
+SYSTEM_EVENT_TYPES: tuple[type[msgspec.Struct], ...] = (
+    ContainerCrash,
+    AgentStuck,
+    ApprovalResolved,
+    SpawnResolved,
+    OperatorAnswered,
+)
+
+
+# --- HIVE_EVENTS: one record per committed state change ----------------------
+
+
+class HiveEvent(msgspec.Struct, kw_only=True):
+    """A state change on ``hive.events.<kind>``.
+
+    ``kind`` repeats the subject suffix (``message.sent``, ``agent.state``,
+    ``approval.resolved``, ...) so a record is self-describing when stored;
+    ``data`` holds the kind's fields, ``agent`` the agent it concerns (if any).
+    """
+
+    kind: str
+    ts: float
+    agent: str | None = None
+    data: dict[str, Any] = msgspec.field(default_factory=dict)
+    id: str = ""  # unique per event; used as Nats-Msg-Id for dedupe

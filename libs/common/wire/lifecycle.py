@@ -1,0 +1,113 @@
+"""Wire types of lifecycle: the agent registry and its containers."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class AgentInfo(msgspec.Struct, kw_only=True):
+    name: str
+    kind: str  # manager | agent
+    state: str  # running | stopped | failed | creating | destroyed | draft
+    port: int
+    rev: str = ""
+    stale: bool = False
+    flag: str | None = None  # Stopping | Restarting | Destroying | Rebuilding
+    created_at: float = 0.0
+    destroyed_at: float | None = None
+    kept_state: bool = False
+    backend: str = ""
+
+
+class AgentsRequest(msgspec.Struct, kw_only=True):
+    include_destroyed: bool = False
+
+
+class AgentsReply(msgspec.Struct, kw_only=True):
+    agents: list[AgentInfo] = msgspec.field(default_factory=list)
+
+
+class AgentRequest(msgspec.Struct, kw_only=True):
+    """A verb on one agent (start, stop, restart, kill, update, config)."""
+
+    name: str
+
+
+class SpawnRequest(msgspec.Struct, kw_only=True):
+    name: str
+    reuse_state: bool = True
+
+
+class DestroyRequest(msgspec.Struct, kw_only=True):
+    name: str
+    purge: bool = False
+
+
+class KeptState(msgspec.Struct, kw_only=True):
+    name: str
+    destroyed_at: float | None = None
+    bytes: int = 0
+
+
+class KeptStatesReply(msgspec.Struct, kw_only=True):
+    kept: list[KeptState] = msgspec.field(default_factory=list)
+
+
+class LogsRequest(msgspec.Struct, kw_only=True):
+    name: str
+    lines: int = 200
+    after: int | None = None  # byte offset (process) or cursor; for following
+
+
+class LogsReply(msgspec.Struct, kw_only=True):
+    lines: list[str] = msgspec.field(default_factory=list)
+    cursor: int | None = None
+
+
+class ConfigReply(msgspec.Struct, kw_only=True):
+    """An agent's deployed config files (``agent.nix``, ``agent.toml``)."""
+
+    name: str
+    files: dict[str, str] = msgspec.field(default_factory=dict)
+    sha: str = ""
+
+
+# --- hive.system.lifecycle.* (approvals → lifecycle) -------------------------
+
+
+class DraftRequest(msgspec.Struct, kw_only=True):
+    """Create an agent's proposed repo and state dir, with no container."""
+
+    name: str
+
+
+class DraftInfo(msgspec.Struct, kw_only=True):
+    name: str
+    created_at: float = 0.0
+    head: str = ""
+
+
+class DraftsReply(msgspec.Struct, kw_only=True):
+    drafts: list[DraftInfo] = msgspec.field(default_factory=list)
+
+
+class CreateRequest(msgspec.Struct, kw_only=True):
+    """Create (and start) an agent's container.
+
+    With ``sha`` set, the applied repo's tree is already at that commit (a
+    two-step spawn); otherwise the default config is used.
+    """
+
+    name: str
+    sha: str | None = None
+
+
+class ApplyRequest(msgspec.Struct, kw_only=True):
+    """The applied tree of ``name`` changed: rebuild its container from it."""
+
+    name: str
+
+
+class ApplyReply(msgspec.Struct, kw_only=True):
+    ok: bool
+    error: str = ""  # the build error when ok is False

@@ -1,0 +1,1 @@
+"""hyperhive: a swarm of Claude Code agents under one operator."""

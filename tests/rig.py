@@ -1,0 +1,206 @@
+"""The test rig: private NATS and PostgreSQL servers, settings, services.
+
+Servers start once per pytest run on free ports in temp dirs; each test gets
+its own database and data dir, so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import asyncpg
+from nats.aio.client import Client as NATS
+
+from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from hyperhive.common import nats_auth
+from hyperhive.common.config import Settings, load_settings, settings_env
+from hyperhive.common.natsconn import connect
+from hyperhive.common.service import Runtime, run
+
+REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def shared_tempdir(prefix: str) -> Path:
+    """A temp dir that the unprivileged PostgreSQL user can reach."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(path, 0o711)
+    return path
+
+
+@contextlib.contextmanager
+def nats_server() -> Iterator[EmbeddedNats]:
+    root = Path(tempfile.mkdtemp(prefix="hive-nats-"))
+    server = EmbeddedNats(root, free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[EmbeddedPostgres]:
+    root = shared_tempdir("hive-pg-")
+    server = EmbeddedPostgres(root / "data", free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def create_database(admin_url: str) -> str:
+    """A fresh empty database on the test server. Returns its URL."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(admin_url.rsplit("/", 1)[0] + "/postgres")
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+def make_settings(nats: EmbeddedNats, database_url: str, home: Path, **overrides: str) -> Settings:
+    """Settings for services under test (service credentials)."""
+    env = {
+        "HIVE_HOME": str(home),
+        "HIVE_NATS_URL": nats.url,
+        "HIVE_NATS_SEED_FILE": str(nats.service_seed),
+        "HIVE_NATS_AUTH_FILE": str(nats.auth_file),
+        "HIVE_NATS_RELOAD_PID_FILE": str(nats.pid_file),
+        "HIVE_NATS_CONNECT_ATTEMPTS": "2",
+        "HIVE_NATS_CONNECT_BACKOFF_S": "0.2",
+        "HIVE_DATABASE_URL": database_url,
+        "HIVE_DATABASE_CONNECT_ATTEMPTS": "2",
+        "HIVE_DATABASE_CONNECT_BACKOFF_S": "0.2",
+        "HIVE_LIFECYCLE_USE_BWRAP": "false",
+        "HIVE_LOG_LEVEL": "INFO",
+    }
+    env.update(overrides)
+    return load_settings(env, config_file=None)
+
+
+def operator_settings(settings: Settings, nats: EmbeddedNats) -> Settings:
+    """The same settings with the operator's NATS credentials (as the CLI has)."""
+    env = settings_env(settings)
+    env["HIVE_NATS_SEED_FILE"] = str(nats.operator_seed)
+    env["HIVE_NATS_INBOX_PREFIX"] = "_INBOX.operator"
+    return load_settings(env, config_file=None)
+
+
+def add_agent_user(nats: EmbeddedNats, name: str) -> Path:
+    """Issues NATS credentials for an agent (as lifecycle does). Returns the seed file."""
+    seed = nats_auth.new_seed()
+    path = nats.root / "agents" / f"{name}.seed"
+    nats_auth.write_seed(path, seed)
+    nats_auth.put_user(
+        nats.root,
+        nats_auth.NatsUser(
+            name=f"agent-{name}",
+            nkey=nats_auth.public_key(seed),
+            permissions=nats_auth.agent_permissions(name),
+        ),
+    )
+    nats_auth.render_auth_file(nats.root, nats.auth_file)
+    assert nats.proc is not None
+    nats.proc.send_signal(1)  # SIGHUP: reload
+    return path
+
+
+async def connect_as(nats: EmbeddedNats, seed: Path, inbox_prefix: str = "") -> NATS:
+    from hyperhive.common.config import NatsSettings
+
+    return await connect(
+        NatsSettings(url=nats.url, connect_attempts=3, connect_backoff_s=0.2),
+        name="test",
+        seed_file=str(seed),
+        inbox_prefix=inbox_prefix,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_service(part: str, settings: Settings) -> AsyncIterator[Runtime]:
+    """Runs a service in this event loop until the block ends."""
+    stop = asyncio.Event()
+    ready: asyncio.Future[Runtime] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run(part, settings, ready=ready.set_result, stop=stop))
+    done, _ = await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        task.result()  # raises what stopped it
+    if not done:
+        task.cancel()
+        raise TimeoutError(f"{part} did not start within 30s")
+    try:
+        yield ready.result()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=20)
+
+
+@dataclass
+class ServiceProcess:
+    """A service run as ``hive serve <part>`` in a child process."""
+
+    part: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self, sig: int = 15, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_service_process(part: str, settings: Settings, log_dir: Path) -> ServiceProcess:
+    env = dict(os.environ)
+    env.update(settings_env(settings))
+    log = log_dir / f"{part}-{uuid.uuid4().hex[:6]}.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hyperhive.cli.main", "serve", part],
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+    return ServiceProcess(part, proc, log)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T | None]] | Callable[[], T | None],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> T:
+    """Polls ``check`` until it returns something truthy, within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            result = check()
+            if asyncio.iscoroutine(result):
+                result = await result
+            if result:
+                return result  # type: ignore[return-value]
+        except AssertionError as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout}s (last: {last})")
+        await asyncio.sleep(interval)
