@@ -101,6 +101,18 @@ class DashboardSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     # operator token required for every page and SSE; empty: none
     token: str = ""
     token_file: str = ""
+    # per-section read timeout: a service that does not answer within it is
+    # shown as down in its section while the rest of the page renders
+    section_timeout_s: float = 2.0
+    # operator actions (spawn, approve, ...) may build a container: longer
+    action_timeout_s: float = 180.0
+    # HIVE_EVENTS records replayed at start to backfill the message flow
+    flow_backfill_events: int = 2000
+    flow_ring: int = 1000  # flow items kept in memory for new SSE clients
+    # SSE clients are woken at most this often; batching keeps 200 clients cheap
+    flow_coalesce_ms: float = 10.0
+    sse_ping_s: float = 15.0  # keep-alive comment on idle SSE streams
+    logs_poll_s: float = 1.0  # how often a followed log is re-read
 
 
 class HarnessSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
