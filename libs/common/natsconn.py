@@ -41,15 +41,30 @@ async def connect(
     prefix = inbox_prefix if inbox_prefix is not None else settings.inbox_prefix
     tries = max(1, attempts if attempts is not None else settings.connect_attempts)
     delay = settings.connect_backoff_s
+    errors_seen: list[BaseException] = []
+
+    async def on_error(exc: Exception) -> None:
+        # before the first connect succeeds, errors are collected for the one
+        # line we raise; afterwards they are logged
+        if nc_ready:
+            await _on_error(exc)
+        else:
+            errors_seen.append(exc)
+            log.debug("nats connect attempt failed: %s", exc)
+
+    nc_ready = False
+
     options: dict[str, object] = {
         "servers": [settings.url],
         "name": name,
-        # retries of the first connect are ours (bounded); reconnects after it
-        # are the client's (unbounded), switched on below
+        # Retries of the first connect are ours (bounded, with backoff): the
+        # client gets one quick try per attempt. Once connected, the client
+        # reconnects by itself forever (switched on below).
         "allow_reconnect": False,
-        "reconnect_time_wait": 1,
+        "max_reconnect_attempts": 1,
+        "reconnect_time_wait": 0,
         "connect_timeout": 2,
-        "error_cb": _on_error,
+        "error_cb": on_error,
         "disconnected_cb": _on_disconnect,
         "reconnected_cb": _on_reconnect,
     }
@@ -62,13 +77,15 @@ async def connect(
         try:
             nc = await nats.connect(**options)  # type: ignore[arg-type]
         except (OSError, TimeoutError, nats.errors.Error) as exc:
-            last = exc
+            last = errors_seen[-1] if errors_seen else exc
             if attempt < tries:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             continue
         nc.options["allow_reconnect"] = True
         nc.options["max_reconnect_attempts"] = -1
+        nc.options["reconnect_time_wait"] = 1
+        nc_ready = True
         return nc
     reason = str(last) or type(last).__name__
     raise Unavailable(f"cannot reach NATS at {settings.url} after {tries} attempts: {reason}")

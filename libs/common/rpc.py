@@ -44,7 +44,9 @@ DEFAULT_TIMEOUT_S = 10.0
 
 
 class _ErrorProbe(msgspec.Struct):
-    error: ErrorInfo | None = None
+    # ``object``: some replies carry a plain-string ``error`` field of their own
+    # (a build error), which is not an error reply
+    error: object = None
 
 
 _probe = msgspec.json.Decoder(_ErrorProbe)
@@ -70,8 +72,9 @@ def decode_reply(data: bytes, kind: type[T]) -> T:
         probe = _probe.decode(data)
     except msgspec.DecodeError as exc:
         raise Internal(f"malformed reply: {exc}") from None
-    if probe.error is not None:
-        raise from_code(probe.error.code, probe.error.message)
+    err = probe.error
+    if isinstance(err, dict) and isinstance(err.get("code"), str):
+        raise from_code(err["code"], str(err.get("message", "")))
     try:
         return decoder(kind).decode(data)
     except msgspec.DecodeError as exc:

@@ -1,0 +1,198 @@
+"""``hive up`` end to end as a user runs it, and its one-line failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from hyperhive.cli.embedded import free_port
+from tests.rig import shared_tempdir
+
+pytestmark = pytest.mark.slow
+
+
+def _hive(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hyperhive.cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _up_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HIVE_")}
+    env["HIVE_HOME"] = str(home)
+    env["HIVE_LIFECYCLE_USE_BWRAP"] = "false"
+    # the real manager needs a claude key; this test is about the stack
+    env["HIVE_LIFECYCLE_HARNESS_COMMAND"] = "sleep 3600"
+    return env
+
+
+def _start_up(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], list[str]]:
+    ports = [str(free_port()) for _ in range(3)]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hyperhive.cli.main",
+            "up",
+            "--nats-port",
+            ports[0],
+            "--pg-port",
+            ports[1],
+            "--dashboard-port",
+            ports[2],
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return proc, ports
+
+
+def _wait_status(env: dict[str, str], proc: subprocess.Popen[str], timeout: float = 90) -> dict:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"hive up exited: {proc.stdout.read() if proc.stdout else ''}"
+        last = _hive("status", "--json", "--timeout", "1", env=env)
+        if last.returncode == 0:
+            return json.loads(last.stdout)
+        time.sleep(0.5)
+    raise AssertionError(f"hive status never all up: {last.stdout if last else ''}")
+
+
+def _stop_up(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    return proc.returncode, out
+
+
+def test_up_serves_status_and_ctrl_c_leaves_no_process(tmp_path):
+    home = shared_tempdir("hive-up-") / "home"
+    env = _up_env(home)
+    proc, ports = _start_up(home, env)
+    try:
+        report = _wait_status(env, proc)
+        assert report["nats"]["reachable"] is True
+        assert report["postgres"]["reachable"] is True
+        assert set(report["services"]) == {
+            "broker",
+            "lifecycle",
+            "approvals",
+            "crash-watch",
+            "dashboard",
+        }
+        assert all(s["up"] for s in report["services"].values())
+        table = _hive("status", env=env)
+        assert table.returncode == 0
+        assert "crash-watch" in table.stdout and "DOWN" not in table.stdout
+        children = psutil.Process(proc.pid).children(recursive=True)
+        # postgres daemonizes away from us: find it by its data dir
+        pg = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if p.info["cmdline"]
+            and "postgres" in p.info["cmdline"][0]
+            and str(home.resolve()) in " ".join(p.info["cmdline"])
+        ]
+        watched = children + pg
+        assert len(children) >= 6  # nats + five services
+    finally:
+        code, out = _stop_up(proc)
+    assert code == 0, out
+    _gone, alive = psutil.wait_procs(watched, timeout=10)
+    assert not alive, f"left behind: {[p.pid for p in alive]}"
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", int(ports[0]))) != 0, "NATS still listening"
+
+    # a second `hive up` on the same HIVE_HOME finds the earlier data
+    proc, _ = _start_up(home, env)
+    try:
+        _wait_status(env, proc)
+        assert (home / "nats" / "service.seed").exists()
+        assert (home / "postgres").exists()
+    finally:
+        code, out = _stop_up(proc)
+    assert code == 0, out
+
+
+def test_port_already_taken_is_one_line(tmp_path):
+    home = tmp_path / "home"
+    env = _up_env(home)
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        result = _hive("up", "--nats-port", str(port), "--pg-port", str(free_port()), env=env)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"hive up: port {port} for NATS is already in use on 127.0.0.1"]
+
+
+def test_unwritable_home_is_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a dir")
+    env = _up_env(blocker / "home")
+    result = _hive("up", env=env)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is not writable" in lines[0] and str(blocker) in lines[0]
+
+
+def test_serve_with_unreachable_nats_exits_with_one_line(settings, tmp_path):
+    env = _up_env(tmp_path)
+    env.update(
+        HIVE_NATS_URL=f"nats://127.0.0.1:{free_port()}",
+        HIVE_NATS_CONNECT_ATTEMPTS="2",
+        HIVE_NATS_CONNECT_BACKOFF_S="0.1",
+    )
+    result = _hive("serve", "broker", env=env)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("hive serve broker: cannot reach NATS at nats://127.0.0.1:")
+
+
+def test_serve_with_unreachable_postgres_exits_with_one_line(settings, nats_server, tmp_path):
+    env = _up_env(tmp_path)
+    env.update(
+        HIVE_NATS_URL=nats_server.url,
+        HIVE_NATS_SEED_FILE=str(nats_server.service_seed),
+        HIVE_DATABASE_URL=f"postgresql://hyperhive@127.0.0.1:{free_port()}/hyperhive",
+        HIVE_DATABASE_CONNECT_ATTEMPTS="2",
+        HIVE_DATABASE_CONNECT_BACKOFF_S="0.1",
+    )
+    result = _hive("serve", "broker", env=env)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("hive serve broker: cannot reach PostgreSQL at postgresql://")
+
+
+def test_bad_setting_stops_serve_with_one_line(tmp_path):
+    env = _up_env(tmp_path)
+    env["HIVE_BROKER_MAX_BODY_BYTES"] = "huge"
+    result = _hive("serve", "broker", env=env)
+    assert result.returncode == 1
+    assert "broker.max_body_bytes" in (result.stdout + result.stderr)
+
+
+def test_status_without_a_hive_says_nats_is_down(tmp_path):
+    env = _up_env(tmp_path)
+    env.update(HIVE_NATS_URL=f"nats://127.0.0.1:{free_port()}", HIVE_NATS_CONNECT_ATTEMPTS="1")
+    result = _hive("status", "--json", env=env)
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["nats"]["reachable"] is False
+    assert not any(s["up"] for s in report["services"].values())
