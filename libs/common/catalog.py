@@ -1,0 +1,470 @@
+"""The catalog of every NATS subject: who serves it, what it carries.
+
+``docs/subjects.md`` is generated from this table (``python -m
+hyperhive.common.catalog > docs/subjects.md``) and a test checks that the file
+is current and that every request subject listed here is really served.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import msgspec
+
+from hyperhive.common import subjects as s
+from hyperhive.common import wire as w
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    subject: str  # pattern; <n> = an agent name
+    kind: str  # request | publish
+    handler: str  # the service that answers (or the stream that keeps it)
+    request: type[msgspec.Struct] | None
+    reply: type[msgspec.Struct] | None
+    what: str
+
+
+def _agent(verb: str) -> str:
+    return s.agent("N", verb).replace(".N.", ".<n>.")
+
+
+def _entries() -> list[Entry]:
+    e: list[Entry] = [
+        Entry(
+            _agent(s.AGENT_SEND),
+            "request",
+            "broker",
+            w.SendRequest,
+            w.SendReply,
+            "send a message to an agent or the operator; replies once committed",
+        ),
+        Entry(
+            _agent(s.AGENT_RECV),
+            "request",
+            "broker",
+            w.RecvRequest,
+            w.RecvReply,
+            "long-poll the oldest unacknowledged message",
+        ),
+        Entry(
+            _agent(s.AGENT_ACK),
+            "request",
+            "broker",
+            w.AckRequest,
+            w.Ok,
+            "mark a handed-out message consumed",
+        ),
+        Entry(
+            _agent(s.AGENT_STATUS),
+            "request",
+            "broker",
+            w.StatusRequest,
+            w.MessageStatus,
+            "delivery receipt of a message the caller sent or received",
+        ),
+        Entry(
+            _agent(s.AGENT_TURNS),
+            "request",
+            "broker",
+            w.TurnsRequest,
+            w.TurnsReply,
+            "backfill of the caller's own turn events",
+        ),
+        Entry(
+            _agent(s.AGENT_EVENTS),
+            "publish",
+            "stream HIVE_TURNS",
+            w.TurnEvent,
+            None,
+            "claude stream-json events and harness records of the current turn",
+        ),
+        Entry(
+            _agent(s.AGENT_STATS),
+            "publish",
+            "broker",
+            w.TurnStats,
+            None,
+            "turn statistics at turn end",
+        ),
+        Entry(
+            s.kv_subject(s.heartbeat_key("N")).replace(".N", ".<n>"),
+            "publish",
+            "KV hive_state",
+            None,
+            None,
+            "harness heartbeat while a turn runs",
+        ),
+    ]
+    lifecycle_tools = {
+        "kill": "stop an agent's container at once",
+        "start": "start an agent's container",
+        "restart": "restart an agent's container",
+        "update": "rebuild an agent's container from its deployed config",
+    }
+    for tool, what in lifecycle_tools.items():
+        e.append(
+            Entry(
+                s.manager_tool(tool),
+                "request",
+                "lifecycle",
+                w.AgentRequest,
+                w.AgentInfo,
+                f"manager tool: {what}",
+            )
+        )
+    e += [
+        Entry(
+            s.manager_tool("request_spawn"),
+            "request",
+            "approvals",
+            w.SpawnToolRequest,
+            w.ApprovalQueued,
+            "manager tool: queue a Spawn approval",
+        ),
+        Entry(
+            s.manager_tool("request_spawn_draft"),
+            "request",
+            "approvals",
+            w.SpawnToolRequest,
+            w.DraftInfo,
+            "manager tool: create a draft agent (repo + state, no container)",
+        ),
+        Entry(
+            s.manager_tool("request_spawn_commit"),
+            "request",
+            "approvals",
+            w.SpawnCommitRequest,
+            w.ApprovalQueued,
+            "manager tool: queue a Spawn approval from a draft's commit",
+        ),
+        Entry(
+            s.manager_tool("request_apply_commit"),
+            "request",
+            "approvals",
+            w.ApplyCommitRequest,
+            w.ApprovalQueued,
+            "manager tool: pin a config commit as proposal/<id> and queue it",
+        ),
+        Entry(
+            s.manager_tool("ask_operator"),
+            "request",
+            "approvals",
+            w.AskRequest,
+            w.ApprovalQueued,
+            "manager tool: queue a question for the operator",
+        ),
+    ]
+    for part in s.SERVICES:
+        e.append(
+            Entry(
+                s.admin(part, "ping"),
+                "request",
+                part,
+                w.Ping,
+                w.Pong,
+                "liveness, version, database reachability",
+            )
+        )
+    e += [
+        Entry(
+            s.admin("broker", "send"),
+            "request",
+            "broker",
+            w.AdminSendRequest,
+            w.SendReply,
+            "operator → agent message",
+        ),
+        Entry(
+            s.admin("broker", "messages"),
+            "request",
+            "broker",
+            w.MessagesRequest,
+            w.HistoryReply,
+            "message history (filters: agent, since, limit)",
+        ),
+        Entry(
+            s.admin("broker", "inbox"),
+            "request",
+            "broker",
+            w.InboxRequest,
+            w.HistoryReply,
+            "pending messages of one agent",
+        ),
+        Entry(
+            s.admin("broker", "status"),
+            "request",
+            "broker",
+            w.StatusRequest,
+            w.MessageStatus,
+            "delivery receipt of any message",
+        ),
+        Entry(
+            s.admin("broker", "stats"),
+            "request",
+            "broker",
+            w.StatsRequest,
+            w.StatsReply,
+            "turn statistics series",
+        ),
+        Entry(
+            s.admin("lifecycle", "list"),
+            "request",
+            "lifecycle",
+            w.AgentsRequest,
+            w.AgentsReply,
+            "agents and their container state",
+        ),
+        Entry(
+            s.admin("lifecycle", "spawn"),
+            "request",
+            "lifecycle",
+            w.SpawnRequest,
+            w.AgentInfo,
+            "operator spawn (no approval needed)",
+        ),
+    ]
+    for verb in ("start", "stop", "restart", "kill", "update"):
+        e.append(
+            Entry(
+                s.admin("lifecycle", verb),
+                "request",
+                "lifecycle",
+                w.AgentRequest,
+                w.AgentInfo,
+                f"{verb} an agent's container",
+            )
+        )
+    e += [
+        Entry(
+            s.admin("lifecycle", "destroy"),
+            "request",
+            "lifecycle",
+            w.DestroyRequest,
+            w.Ok,
+            "destroy an agent (state kept unless purge)",
+        ),
+        Entry(
+            s.admin("lifecycle", "kept"),
+            "request",
+            "lifecycle",
+            w.Empty,
+            w.KeptStatesReply,
+            "destroyed agents whose state was kept",
+        ),
+        Entry(
+            s.admin("lifecycle", "purge"),
+            "request",
+            "lifecycle",
+            w.AgentRequest,
+            w.Ok,
+            "delete a kept state",
+        ),
+        Entry(
+            s.admin("lifecycle", "logs"),
+            "request",
+            "lifecycle",
+            w.LogsRequest,
+            w.LogsReply,
+            "an agent's container logs",
+        ),
+        Entry(
+            s.admin("lifecycle", "config"),
+            "request",
+            "lifecycle",
+            w.AgentRequest,
+            w.ConfigReply,
+            "an agent's deployed agent.nix and agent.toml",
+        ),
+        Entry(
+            s.admin("lifecycle", "drafts"),
+            "request",
+            "lifecycle",
+            w.Empty,
+            w.DraftsReply,
+            "two-step spawn drafts",
+        ),
+        Entry(
+            s.admin("approvals", "list"),
+            "request",
+            "approvals",
+            w.ApprovalsRequest,
+            w.ApprovalsReply,
+            "the approval queue and resolved approvals",
+        ),
+        Entry(
+            s.admin("approvals", "diff"),
+            "request",
+            "approvals",
+            w.ApprovalIdRequest,
+            w.DiffReply,
+            "git diff main..proposal/<id> of the applied repo",
+        ),
+        Entry(
+            s.admin("approvals", "approve"),
+            "request",
+            "approvals",
+            w.ApprovalIdRequest,
+            w.ApprovalInfo,
+            "approve and deploy",
+        ),
+        Entry(
+            s.admin("approvals", "deny"),
+            "request",
+            "approvals",
+            w.DenyRequest,
+            w.ApprovalInfo,
+            "deny with a note",
+        ),
+        Entry(
+            s.admin("approvals", "questions"),
+            "request",
+            "approvals",
+            w.QuestionsRequest,
+            w.QuestionsReply,
+            "questions from ask_operator",
+        ),
+        Entry(
+            s.admin("approvals", "answer"),
+            "request",
+            "approvals",
+            w.AnswerRequest,
+            w.QuestionInfo,
+            "answer a question",
+        ),
+        Entry(
+            s.system("broker", "deliver"),
+            "request",
+            "broker",
+            w.DeliverRequest,
+            w.SendReply,
+            "a system event into an agent's inbox",
+        ),
+        Entry(
+            s.system("lifecycle", "list"),
+            "request",
+            "lifecycle",
+            w.AgentsRequest,
+            w.AgentsReply,
+            "agents (for the broker and crash-watch)",
+        ),
+        Entry(
+            s.system("lifecycle", "get"),
+            "request",
+            "lifecycle",
+            w.AgentRequest,
+            w.AgentInfo,
+            "one agent",
+        ),
+        Entry(
+            s.system("lifecycle", "create"),
+            "request",
+            "lifecycle",
+            w.CreateRequest,
+            w.AgentInfo,
+            "create an agent's container (approved spawn)",
+        ),
+        Entry(
+            s.system("lifecycle", "apply"),
+            "request",
+            "lifecycle",
+            w.ApplyRequest,
+            w.ApplyReply,
+            "rebuild from the applied tree (approved config change)",
+        ),
+        Entry(
+            s.system("lifecycle", "draft"),
+            "request",
+            "lifecycle",
+            w.DraftRequest,
+            w.DraftInfo,
+            "create a draft agent",
+        ),
+        Entry(
+            s.system("lifecycle", "drafts"),
+            "request",
+            "lifecycle",
+            w.Empty,
+            w.DraftsReply,
+            "list drafts",
+        ),
+        Entry(
+            s.EVENTS_ALL,
+            "publish",
+            "stream HIVE_EVENTS",
+            w.HiveEvent,
+            None,
+            "every committed state change; kinds below",
+        ),
+    ]
+    return e
+
+
+CATALOG: tuple[Entry, ...] = tuple(_entries())
+
+EVENT_KINDS: tuple[str, ...] = tuple(
+    sorted(v for k, v in vars(s).items() if k.startswith("EV_") and isinstance(v, str))
+)
+
+
+def _fields(kind: type[msgspec.Struct] | None) -> str:
+    if kind is None:
+        return "-"
+    info = msgspec.inspect.type_info(kind)
+    assert isinstance(info, msgspec.inspect.StructType)
+    names = [f.name + ("?" if not f.required else "") for f in info.fields]
+    return f"`{kind.__name__}` {{{', '.join(names)}}}"
+
+
+def render_markdown() -> str:
+    """``docs/subjects.md``."""
+    lines = [
+        "# NATS subjects",
+        "",
+        "Generated from `hyperhive.common.catalog` by "
+        "`python -m hyperhive.common.catalog > docs/subjects.md`; a test fails when this",
+        "file is stale. `<n>` is an agent name. Payloads are JSON of the named",
+        "`msgspec` Struct in `hyperhive.common.wire` (`?` marks a field with a default);",
+        'every request\'s error reply is `{"error": {"code", "message"}}`.',
+        "",
+        "| subject | kind | served by | payload | reply | what |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in CATALOG:
+        lines.append(
+            f"| `{e.subject}` | {e.kind} | {e.handler} | {_fields(e.request)} "
+            f"| {_fields(e.reply)} | {e.what} |"
+        )
+    lines += [
+        "",
+        "## Event kinds on `hive.events.<kind>` (stream `HIVE_EVENTS`)",
+        "",
+        "Each record is a `HiveEvent` {kind, ts, agent?, data?, id?}.",
+        "",
+    ]
+    lines += [f"- `{k}`" for k in EVENT_KINDS]
+    lines += [
+        "",
+        "## System events (sender `system`, in an agent's inbox)",
+        "",
+        "Tagged by `type`: " + ", ".join(f"`{t.__name__}`" for t in w.SYSTEM_EVENT_TYPES) + ".",
+        "",
+        "## Watching the hive",
+        "",
+        "With the NATS CLI and the operator's credentials (`hive up` writes them to",
+        "`$HIVE_HOME/nats/operator.seed`):",
+        "",
+        "```sh",
+        "nats --server nats://127.0.0.1:4222 --nkey $HIVE_HOME/nats/operator.seed \\",
+        "     --inbox-prefix _INBOX.operator sub 'hive.events.>'",
+        "nats ... stream view HIVE_EVENTS         # the durable event log",
+        "nats ... sub 'hive.agent.*.events'       # live claude output of every agent",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render_markdown())
