@@ -196,3 +196,19 @@ def test_status_without_a_hive_says_nats_is_down(tmp_path):
     report = json.loads(result.stdout)
     assert report["nats"]["reachable"] is False
     assert not any(s["up"] for s in report["services"].values())
+
+
+def test_serve_stops_cleanly_on_sigterm(settings, tmp_path):
+    from tests.rig import start_service_process
+
+    proc = start_service_process("crash-watch", settings, tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while "serving" not in proc.output():
+            assert proc.proc.poll() is None, proc.output()
+            assert time.monotonic() < deadline, proc.output()
+            time.sleep(0.1)
+    finally:
+        code = proc.stop(signal.SIGTERM, timeout=15)
+    assert code == 0, proc.output()
+    assert "stopping" in proc.output()

@@ -1,0 +1,44 @@
+"""Trace context travels in NATS headers: one trace from caller to handler."""
+
+import uuid
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from hyperhive.common import rpc, wire
+
+
+def _exporter() -> InMemorySpanExporter:
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+async def test_handler_span_joins_the_callers_trace(service_nc):
+    exporter = _exporter()
+    subject = f"hive.admin.trace{uuid.uuid4().hex[:8]}.verb"
+    responder = rpc.Responder(service_nc, queue="t")
+    seen_trace_ids = []
+
+    async def handler(req: wire.Empty, call: rpc.Call) -> wire.Ok:
+        assert "traceparent" in call.headers
+        seen_trace_ids.append(trace.get_current_span().get_span_context().trace_id)
+        return wire.Ok()
+
+    await responder.serve(subject, wire.Empty, handler)
+    await service_nc.flush()
+    tracer = trace.get_tracer("test")
+    with tracer.start_as_current_span("operator action") as root:
+        await rpc.request(service_nc, subject, wire.Empty(), wire.Ok)
+    await responder.stop()
+    trace_id = root.get_span_context().trace_id
+    assert seen_trace_ids == [trace_id]
+    names = {s.name: s for s in exporter.get_finished_spans() if s.context.trace_id == trace_id}
+    assert f"request {subject}" in names and f"handle {subject}" in names
+    assert names[f"handle {subject}"].parent.span_id == names[f"request {subject}"].context.span_id
