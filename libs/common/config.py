@@ -89,6 +89,14 @@ class LifecycleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     rev: str = ""  # empty: the installed package's version
 
 
+class ApprovalsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # how long an approve waits for lifecycle's build (apply / create); a
+    # nixos-container update can take many minutes
+    build_timeout_s: float = 1800.0
+    # how often undelivered outcomes are retried into the manager's inbox
+    notify_retry_s: float = 5.0
+
+
 class CrashWatchSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     poll_interval_s: float = 10.0
     heartbeat_timeout_s: float = 60.0
@@ -148,6 +156,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     broker: BrokerSettings = msgspec.field(default_factory=BrokerSettings)
     lifecycle: LifecycleSettings = msgspec.field(default_factory=LifecycleSettings)
     crashwatch: CrashWatchSettings = msgspec.field(default_factory=CrashWatchSettings)
+    approvals: ApprovalsSettings = msgspec.field(default_factory=ApprovalsSettings)
     dashboard: DashboardSettings = msgspec.field(default_factory=DashboardSettings)
     harness: HarnessSettings = msgspec.field(default_factory=HarnessSettings)
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)

@@ -35,6 +35,7 @@ class ApprovalResolved(msgspec.Struct, kw_only=True, tag=True):
     tag: str = ""
     note: str = ""
     sha: str = ""
+    error: str = ""  # the build error when state is failed
 
 
 class SpawnResolved(msgspec.Struct, kw_only=True, tag=True):
@@ -44,6 +45,9 @@ class SpawnResolved(msgspec.Struct, kw_only=True, tag=True):
     agent: str
     state: str  # deployed | failed | denied
     note: str = ""
+    error: str = ""  # why the create failed when state is failed
+    tag: str = ""  # deployed/<id> etc. for a two-step spawn
+    sha: str = ""  # the spawn commit of a two-step spawn
 
 
 class OperatorAnswered(msgspec.Struct, kw_only=True, tag=True):

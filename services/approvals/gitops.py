@@ -1,0 +1,274 @@
+"""Git operations on an agent's proposed and applied repos (GitPython, no shell).
+
+The applied repo is the audit trail: ``main`` is what is deployed, and each
+approval leaves tags there (``proposal/<id>``, then ``deployed/<id>``,
+``failed/<id>`` or ``denied/<id>``). Refs that come from the manager are
+checked by :func:`check_ref` and always passed after ``--end-of-options`` or
+``--``, so no value can become a git option. Every function here is blocking;
+callers run them in a thread.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Final
+
+import git
+
+from hyperhive.common.errors import BadRequest, Internal, NotFound
+
+MAIN: Final = "refs/heads/main"
+# the tree of no files (sha1 repos); the diff base of a spawn commit
+EMPTY_TREE: Final = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+NO_CHANGES: Final = "(proposal matches currently-deployed tree)"
+MAX_REF_LEN: Final = 200
+MAX_TAG_MESSAGE: Final = 32_000  # one argv element stays well under the kernel's limit
+
+# A branch or tag name, or a (possibly abbreviated) hex sha: a conservative
+# subset of what git accepts, and nothing git could read as an option or path.
+_REF: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
+_SHA: Final = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+# Fixed identity for tags; git must not fall back to the host's user config.
+_ENV: Final = {
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_COMMITTER_NAME": "hyperhive",
+    "GIT_COMMITTER_EMAIL": "hyperhive@localhost",
+    "GIT_AUTHOR_NAME": "hyperhive",
+    "GIT_AUTHOR_EMAIL": "hyperhive@localhost",
+}
+
+
+def check_ref(ref: object) -> str:
+    """Returns ``ref`` if it is a safe branch, tag or sha.
+
+    Raises:
+        BadRequest: empty, too long, or a character or shape that could reach
+            git as an option, a path, or a revision expression.
+    """
+    if not isinstance(ref, str) or not ref:
+        raise BadRequest("commit_ref is required")
+    if (
+        len(ref) > MAX_REF_LEN
+        or not _REF.fullmatch(ref)
+        or ".." in ref
+        or "//" in ref
+        or "/." in ref
+        or ref.endswith(("/", ".", ".lock"))
+    ):
+        raise BadRequest(
+            f"invalid commit_ref {ref!r}: use a branch, tag or commit sha "
+            "(letters, digits, '.', '_', '/', '-'; not starting with '-')"
+        )
+    return ref
+
+
+def tag_name(state: str, approval_id: int) -> str:
+    """``<state>/<id>``: ``proposal``, ``deployed``, ``failed`` or ``denied``."""
+    return f"{state}/{int(approval_id)}"
+
+
+def _repo(path: Path, what: str) -> git.Repo:
+    try:
+        return git.Repo(path)
+    except (git.NoSuchPathError, git.InvalidGitRepositoryError):
+        raise NotFound(f"no {what} repo at {path}") from None
+
+
+def _run(repo: git.Repo, *args: str) -> str:
+    with repo.git.custom_environment(**_ENV):
+        return str(repo.git.execute(["git", *args]))
+
+
+def _try(repo: git.Repo, *args: str) -> str | None:
+    """Output of a git command, or None when it exits non-zero."""
+    try:
+        return _run(repo, *args)
+    except git.GitCommandError:
+        return None
+
+
+def resolve_commit(proposed: Path, ref: str) -> str:
+    """The full sha of the commit ``ref`` names in the proposed repo.
+
+    Raises:
+        BadRequest: an unsafe ref.
+        NotFound: no proposed repo, or no such commit in it.
+    """
+    check_ref(ref)
+    repo = _repo(proposed, "proposed")
+    with repo:
+        sha = _try(
+            repo, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"
+        )
+    if not sha or not _SHA.fullmatch(sha.strip()):
+        raise NotFound(f"no commit {ref!r} in the proposed repo")
+    return sha.strip()
+
+
+def fetch_commit(applied: Path, proposed: Path, sha: str) -> None:
+    """Copies commit ``sha`` (and its history) from the proposed repo into applied.
+
+    Raises:
+        NotFound: no applied repo.
+        Internal: git could not fetch the commit.
+    """
+    _check_sha(sha)
+    repo = _repo(applied, "applied")
+    with repo:
+        try:
+            _run(
+                repo,
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                "--no-write-fetch-head",
+                "--no-recurse-submodules",
+                "--",
+                str(proposed.absolute()),
+                sha,
+            )
+        except git.GitCommandError as exc:
+            raise Internal(f"could not fetch {sha} into the applied repo: {_stderr(exc)}") from None
+        if _try(repo, "cat-file", "-e", f"{sha}^{{commit}}") is None:
+            raise Internal(f"commit {sha} missing from the applied repo after fetch")
+
+
+def _check_sha(sha: str) -> str:
+    if not _SHA.fullmatch(sha):
+        raise Internal(f"not a full sha: {sha!r}")
+    return sha
+
+
+def _stderr(exc: git.GitCommandError) -> str:
+    return str(exc.stderr or exc).strip()
+
+
+def main_sha(applied: Path) -> str:
+    """The commit ``main`` points at, or ``""`` if the repo has no main yet."""
+    repo = _repo(applied, "applied")
+    with repo:
+        out = _try(repo, "rev-parse", "--verify", "--quiet", f"{MAIN}^{{commit}}")
+    return (out or "").strip()
+
+
+def tag_sha(applied: Path, name: str) -> str:
+    """The commit tag ``name`` points at, or ``""`` if there is no such tag."""
+    repo = _repo(applied, "applied")
+    with repo:
+        out = _try(repo, "rev-parse", "--verify", "--quiet", f"refs/tags/{name}^{{commit}}")
+    return (out or "").strip()
+
+
+def tag_message(applied: Path, name: str) -> str:
+    """The message of annotated tag ``name`` (``""`` if none)."""
+    repo = _repo(applied, "applied")
+    with repo:
+        out = _try(repo, "tag", "-l", "--format=%(contents)", "--", name)
+    return (out or "").strip()
+
+
+def create_tag(applied: Path, name: str, sha: str, message: str | None = None) -> None:
+    """Tags ``sha`` as ``name``: annotated when ``message`` is given. Idempotent
+    when the tag already points at ``sha``.
+
+    Raises:
+        Internal: the tag exists elsewhere, or git failed.
+    """
+    _check_sha(sha)
+    repo = _repo(applied, "applied")
+    with repo:
+        existing = _try(repo, "rev-parse", "--verify", "--quiet", f"refs/tags/{name}^{{commit}}")
+        if existing is not None and existing.strip():
+            if existing.strip() != sha:
+                raise Internal(f"tag {name} already points at {existing.strip()}")
+            return
+        args = ["tag"]
+        if message is not None:
+            text = message.replace("\x00", "")[:MAX_TAG_MESSAGE] or name
+            args += ["-a", "--cleanup=verbatim", "-m", text]
+        try:
+            _run(repo, *args, name, sha)
+        except git.GitCommandError as exc:
+            raise Internal(f"could not tag {name}: {_stderr(exc)}") from None
+
+
+def delete_tag(applied: Path, name: str) -> None:
+    """Removes tag ``name`` if it exists."""
+    repo = _repo(applied, "applied")
+    with repo:
+        _try(repo, "update-ref", "-d", f"refs/tags/{name}")
+
+
+def diff(applied: Path, base: str, target: str) -> tuple[str, list[str]]:
+    """``git diff base..target`` of every file, and the changed paths.
+
+    ``base`` is a commit (``""``: the empty tree, for an agent with no main yet).
+    """
+    repo = _repo(applied, "applied")
+    base = base or EMPTY_TREE
+    opts = ["--no-color", "--no-ext-diff", "--no-textconv", "--find-renames"]
+    with repo:
+        try:
+            text = _run(repo, "diff", *opts, base, target, "--")
+            names = _run(repo, "diff", "--name-only", "-z", "--no-renames", base, target, "--")
+        except git.GitCommandError as exc:
+            raise Internal(f"git diff failed: {_stderr(exc)}") from None
+    files = [n for n in names.split("\x00") if n]
+    return (text + "\n" if text else NO_CHANGES), files
+
+
+def checkout_detached(applied: Path, sha: str) -> None:
+    """Moves the applied working tree (and index) to ``sha``; ``main`` stays."""
+    _check_sha(sha)
+    repo = _repo(applied, "applied")
+    with repo:
+        try:
+            _run(repo, "checkout", "--quiet", "--force", "--detach", sha, "--")
+        except git.GitCommandError as exc:
+            raise Internal(f"could not check out {sha}: {_stderr(exc)}") from None
+
+
+def advance_main(applied: Path, sha: str) -> None:
+    """Points ``main`` at ``sha`` and HEAD at ``main`` (the tree is already there)."""
+    _check_sha(sha)
+    repo = _repo(applied, "applied")
+    with repo:
+        try:
+            _run(repo, "update-ref", "-m", "hyperhive: deployed", MAIN, sha)
+            _run(repo, "symbolic-ref", "HEAD", MAIN)
+            _run(repo, "reset", "--quiet", "--hard", MAIN)
+        except git.GitCommandError as exc:
+            raise Internal(f"could not move main to {sha}: {_stderr(exc)}") from None
+
+
+def restore_main(applied: Path, base: str) -> None:
+    """Puts ``main``, HEAD, index and working tree back at ``base``.
+
+    ``base == ""``: the repo had no main (a spawn commit): remove main if it
+    exists and empty the index and the tracked files.
+    """
+    repo = _repo(applied, "applied")
+    with repo:
+        try:
+            if base:
+                _check_sha(base)
+                _run(repo, "update-ref", "-m", "hyperhive: rollback", MAIN, base)
+                _run(repo, "symbolic-ref", "HEAD", MAIN)
+                _run(repo, "reset", "--quiet", "--hard", MAIN)
+            else:
+                _try(repo, "update-ref", "-d", MAIN)
+                _run(repo, "symbolic-ref", "HEAD", MAIN)
+                _run(repo, "rm", "-r", "-f", "-q", "--ignore-unmatch", "--", ".")
+        except git.GitCommandError as exc:
+            raise Internal(f"could not restore the applied repo: {_stderr(exc)}") from None
+
+
+def head_state(applied: Path) -> tuple[str, str]:
+    """``(symbolic ref or "", commit or "")`` of HEAD, for tests and recovery."""
+    repo = _repo(applied, "applied")
+    with repo:
+        sym = (_try(repo, "symbolic-ref", "--quiet", "HEAD") or "").strip()
+        sha = (_try(repo, "rev-parse", "--verify", "--quiet", "HEAD^{commit}") or "").strip()
+    return sym, sha

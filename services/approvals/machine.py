@@ -1,0 +1,338 @@
+"""The approval state machine: approve, deny, and finishing what a crash interrupted.
+
+pending → approved → deployed | failed, or pending → denied. The database row
+is the system of record; the applied repo's tags must agree with it. The
+order of steps makes every crash point recoverable:
+
+1. ``approved`` is committed together with ``base_sha`` (main before the change).
+2. The working tree moves to the proposal (detached HEAD); lifecycle builds.
+3. The end tag is written first (``deployed/<id>`` or ``failed/<id>``): it is
+   the commit point of the build's outcome.
+4. ``main`` moves (or the tree rolls back to ``base_sha``), then the row ends.
+
+At start :meth:`Machine.recover` looks at each ``approved`` row: an end tag
+means step 3 happened, so it finishes steps 4; no end tag means the build's
+outcome is unknown, so it builds again (once), else gives up as ``failed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+import asyncpg
+
+from hyperhive.approvals import gitops, store
+from hyperhive.approvals.peers import Peers
+from hyperhive.common.config import Settings
+from hyperhive.common.errors import BackendFailed, Conflict, HiveError, NotFound
+from hyperhive.common.paths import AgentPaths
+from hyperhive.common.wire.approvals import ApprovalInfo
+from hyperhive.common.wire.events import ApprovalResolved, OperatorAnswered, SpawnResolved
+
+log = logging.getLogger(__name__)
+
+# builds of one approval: the first, and one retry after a crash interrupted it
+MAX_ATTEMPTS: Final = 2
+INTERRUPTED: Final = "interrupted: the approvals service stopped during the build"
+DRAFT: Final = "draft"
+
+
+class Machine:
+    """Drives approvals through their states; one approval per agent at a time."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, settings: Settings, peers: Peers, kick: Callable[[], None]
+    ) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._peers = peers
+        self._kick = kick  # publish committed outbox rows now
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    def applied(self, agent: str) -> Path:
+        return AgentPaths.of(self._settings, agent).applied
+
+    # --- operator verbs ---------------------------------------------------------
+
+    async def approve(self, approval_id: int) -> ApprovalInfo:
+        """Approves, builds, and returns the approval in its end state.
+
+        Raises:
+            NotFound: no such approval.
+            Conflict: not pending any more, or another approval of the agent is
+                being deployed.
+        """
+        row = await self._pending(approval_id)
+        agent = row["agent"]
+        lock = self._locks[agent]
+        if lock.locked():  # fail fast instead of waiting out someone else's build
+            raise await self._busy(approval_id, agent)
+        async with lock:
+            async with self._pool.acquire() as conn, conn.transaction():
+                try:
+                    started = await store.begin(conn, approval_id)
+                except asyncpg.UniqueViolationError:
+                    raise await self._busy(approval_id, agent) from None
+                if started is None:
+                    raise await self._not_pending(approval_id, conn)
+                base = ""
+                if started["fetched_sha"]:
+                    # inside the transaction: if the repo is gone, the row stays pending
+                    base = await asyncio.to_thread(gitops.main_sha, self.applied(agent))
+                await store.set_base(conn, approval_id, base)
+            self._kick()
+            row = await store.get(self._pool, approval_id)
+            assert row is not None
+            return await self._build(row)
+
+    async def deny(self, approval_id: int, note: str) -> ApprovalInfo:
+        """Denies a pending approval; ``denied/<id>`` carries ``note``.
+
+        Raises:
+            NotFound: no such approval.
+            Conflict: not pending any more.
+        """
+        row = await self._pending(approval_id)
+        sha = row["fetched_sha"]
+        tag = gitops.tag_name(store.DENIED, approval_id) if sha else ""
+        async with self._pool.acquire() as conn, conn.transaction():
+            denied = await store.deny(conn, approval_id, note, tag)
+            if denied is None:
+                raise await self._not_pending(approval_id, conn)
+        self._kick()
+        await self.settle(denied)
+        final = await store.get(self._pool, approval_id)
+        assert final is not None
+        return store.approval_info(final)
+
+    async def _pending(self, approval_id: int) -> asyncpg.Record:
+        row = await store.get(self._pool, approval_id)
+        if row is None:
+            raise NotFound(f"no approval {approval_id}")
+        if row["state"] != store.PENDING:
+            raise _conflict(approval_id, row["state"])
+        return row
+
+    async def _busy(self, approval_id: int, agent: str) -> HiveError:
+        row = await store.get(self._pool, approval_id)
+        if row is not None and row["state"] != store.PENDING:
+            return _conflict(approval_id, row["state"])
+        return Conflict(f"another approval of {agent} is being deployed; try again when it ends")
+
+    async def _not_pending(self, approval_id: int, conn: asyncpg.Connection) -> HiveError:
+        row = await store.get(conn, approval_id)
+        return _conflict(approval_id, row["state"] if row else "gone")
+
+    # --- the build --------------------------------------------------------------
+
+    async def _build(self, row: asyncpg.Record) -> ApprovalInfo:
+        """Moves the tree, asks lifecycle to build, and concludes."""
+        agent, sha = row["agent"], row["fetched_sha"]
+        resync = False
+        try:
+            if sha:
+                await asyncio.to_thread(gitops.checkout_detached, self.applied(agent), sha)
+            if row["kind"] == store.APPLY_COMMIT:
+                reply = await self._peers.apply(agent)
+                ok, error = reply.ok, reply.error
+            else:
+                await self._peers.create(agent, sha or None)
+                ok, error = True, ""
+        except BackendFailed as exc:
+            ok, error = False, exc.message
+        except HiveError as exc:
+            # timeout or lifecycle down: the container's state is unknown, so
+            # after the rollback ask lifecycle to rebuild from main
+            ok, error = False, f"{exc.code}: {exc.message}"
+            resync = True
+        return await self._conclude(row, ok, error, resync=resync)
+
+    async def _conclude(
+        self, row: asyncpg.Record, ok: bool, error: str, *, resync: bool = False
+    ) -> ApprovalInfo:
+        approval_id, agent, sha = row["id"], row["agent"], row["fetched_sha"]
+        applied = self.applied(agent)
+        if ok:
+            tag = gitops.tag_name(store.DEPLOYED, approval_id)
+            if sha:
+                await asyncio.to_thread(gitops.create_tag, applied, tag, sha)
+                await asyncio.to_thread(gitops.advance_main, applied, sha)
+            else:
+                tag = await asyncio.to_thread(_tag_default_main, applied, tag)
+            done = await store.finish(self._pool, approval_id, store.DEPLOYED, tag=tag)
+        else:
+            error = error or "the build failed"
+            tag = ""
+            if sha:
+                tag = gitops.tag_name(store.FAILED, approval_id)
+                message = f"approval {approval_id} for {agent} failed to build\n\n{error}"
+                await asyncio.to_thread(gitops.create_tag, applied, tag, sha, message)
+                await asyncio.to_thread(gitops.restore_main, applied, row["base_sha"])
+                if resync and row["kind"] == store.APPLY_COMMIT:
+                    await self._resync(agent)
+            done = await store.finish(self._pool, approval_id, store.FAILED, tag=tag, error=error)
+        self._kick()
+        if done is None:  # someone else concluded it (cannot happen under the lock)
+            done = await store.get(self._pool, approval_id)
+            assert done is not None
+        else:
+            log.info(
+                "approval ended",
+                extra={"approval": approval_id, "agent": agent, "state": done["state"]},
+            )
+            await self.settle(done)
+        return store.approval_info(done)
+
+    async def _resync(self, agent: str) -> None:
+        try:
+            reply = await self._peers.apply(agent)
+            if not reply.ok:
+                log.warning("rebuild of %s from main failed: %s", agent, reply.error[:500])
+        except HiveError as exc:
+            log.warning("could not rebuild %s from main after a failed approval: %s", agent, exc)
+
+    # --- after a crash ------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Brings every ``approved`` row that no approve of this run is driving
+        (a previous run's, or one whose git step failed) to an end state."""
+        for row in await store.in_flight(self._pool):
+            lock = self._locks[row["agent"]]
+            if lock.locked():
+                continue  # being driven right now
+            async with lock:
+                row = await store.get(self._pool, row["id"])
+                if row is None or row["state"] != store.APPROVED:
+                    continue
+                try:
+                    await self._recover_one(row)
+                except Exception:
+                    log.exception("could not recover approval %s", row["id"])
+
+    async def _recover_one(self, row: asyncpg.Record) -> None:
+        approval_id, agent, sha = row["id"], row["agent"], row["fetched_sha"]
+        log.info("recovering approval", extra={"approval": approval_id, "agent": agent})
+        applied = self.applied(agent)
+        if sha:
+            deployed = gitops.tag_name(store.DEPLOYED, approval_id)
+            failed = gitops.tag_name(store.FAILED, approval_id)
+            if await asyncio.to_thread(gitops.tag_sha, applied, deployed):
+                await self._conclude(row, True, "")
+                return
+            if await asyncio.to_thread(gitops.tag_sha, applied, failed):
+                message = await asyncio.to_thread(gitops.tag_message, applied, failed)
+                await self._conclude(row, False, message.split("\n\n", 1)[-1])
+                return
+        if row["kind"] == store.SPAWN:
+            info = await self._peers.agent(agent)
+            if info is not None and info.state != DRAFT:
+                await self._conclude(row, True, "")  # the create finished before the crash
+                return
+        if row["attempts"] >= MAX_ATTEMPTS:
+            await self._conclude(row, False, INTERRUPTED, resync=True)
+            return
+        await store.count_attempt(self._pool, approval_id)
+        await self._build(row)
+
+    # --- reporting ---------------------------------------------------------------
+
+    async def settle(self, row: asyncpg.Record) -> None:
+        """Writes a missing deny tag and reports the outcome to the manager.
+
+        Failures are logged; :meth:`settle_all` retries them.
+        """
+        approval_id = row["id"]
+        if not row["tagged"]:
+            if row["tag"] and row["fetched_sha"]:
+                try:
+                    await asyncio.to_thread(
+                        gitops.create_tag,
+                        self.applied(row["agent"]),
+                        row["tag"],
+                        row["fetched_sha"],
+                        row["note"] or "denied by the operator",
+                    )
+                except (NotFound, HiveError) as exc:
+                    log.warning("could not tag %s: %s", row["tag"], exc)
+                    return
+            await store.mark_tagged(self._pool, approval_id)
+        if not row["notified"]:
+            try:
+                await self._peers.deliver(_resolved_event(row), f"approval-{approval_id}")
+            except HiveError as exc:
+                log.warning("outcome of approval %s not delivered yet: %s", approval_id, exc)
+                return
+            await store.mark_notified(self._pool, approval_id)
+
+    async def notify_answer(self, row: asyncpg.Record) -> None:
+        """Puts an answered question into the manager's inbox (retried if it fails)."""
+        info = store.question_info(row)
+        event = OperatorAnswered(
+            question_id=info.id, question=info.question, answer=info.answer or []
+        )
+        try:
+            await self._peers.deliver(event, f"question-{info.id}")
+        except HiveError as exc:
+            log.warning("answer to question %s not delivered yet: %s", info.id, exc)
+            return
+        await store.mark_question_notified(self._pool, info.id)
+
+    async def settle_all(self) -> None:
+        """Retries every missing tag and undelivered report."""
+        for row in await store.unsettled(self._pool):
+            await self.settle(row)
+        for row in await store.unnotified_answers(self._pool):
+            await self.notify_answer(row)
+
+    async def settle_loop(self) -> None:
+        """Background: recovery and retries of reports, now and periodically."""
+        while True:
+            try:
+                await self.recover()
+                await self.settle_all()
+            except Exception:
+                log.exception("settling approvals failed")
+            await asyncio.sleep(self._settings.approvals.notify_retry_s)
+
+
+def _conflict(approval_id: int, state: str) -> Conflict:
+    return Conflict(f"approval {approval_id} is already {state}")
+
+
+def _tag_default_main(applied: Path, tag: str) -> str:
+    """Tags the default config lifecycle committed for a one-step spawn ("" if none)."""
+    try:
+        sha = gitops.main_sha(applied)
+        if sha:
+            gitops.create_tag(applied, tag, sha)
+            return tag
+    except HiveError as exc:
+        log.warning("could not tag %s: %s", tag, exc)
+    return ""
+
+
+def _resolved_event(row: asyncpg.Record) -> ApprovalResolved | SpawnResolved:
+    if row["kind"] == store.SPAWN:
+        return SpawnResolved(
+            approval_id=row["id"],
+            agent=row["agent"],
+            state=row["state"],
+            note=row["note"],
+            error=row["error"],
+            tag=row["tag"],
+            sha=row["fetched_sha"],
+        )
+    return ApprovalResolved(
+        approval_id=row["id"],
+        agent=row["agent"],
+        state=row["state"],
+        tag=row["tag"],
+        note=row["note"],
+        sha=row["fetched_sha"],
+        error=row["error"],
+    )

@@ -1,0 +1,95 @@
+"""Calls from approvals to the other services (lifecycle, broker)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from nats.aio.client import Client as NATS
+
+from hyperhive.common import rpc, subjects
+from hyperhive.common.errors import NotFound
+from hyperhive.common.wire.broker import DeliverRequest, SendReply
+from hyperhive.common.wire.events import SystemEvent
+from hyperhive.common.wire.lifecycle import (
+    AgentInfo,
+    AgentRequest,
+    ApplyReply,
+    ApplyRequest,
+    CreateRequest,
+    DraftInfo,
+    DraftRequest,
+    DraftsReply,
+)
+
+LIFECYCLE: Final = "lifecycle"
+QUICK_TIMEOUT_S: Final = 10.0
+
+
+class Peers:
+    """The lifecycle and broker calls approvals makes, with its timeouts."""
+
+    def __init__(self, nc: NATS, build_timeout_s: float) -> None:
+        self._nc = nc
+        self._build_timeout_s = build_timeout_s
+
+    async def agent(self, name: str) -> AgentInfo | None:
+        """The registry entry of ``name``; None if unknown or destroyed."""
+        try:
+            return await rpc.request(
+                self._nc,
+                subjects.system(LIFECYCLE, "get"),
+                AgentRequest(name=name),
+                AgentInfo,
+                timeout=QUICK_TIMEOUT_S,
+            )
+        except NotFound:
+            return None
+
+    async def drafts(self) -> list[DraftInfo]:
+        reply = await rpc.request(
+            self._nc,
+            subjects.system(LIFECYCLE, "drafts"),
+            None,
+            DraftsReply,
+            timeout=QUICK_TIMEOUT_S,
+        )
+        return list(reply.drafts)
+
+    async def draft(self, name: str) -> DraftInfo:
+        return await rpc.request(
+            self._nc,
+            subjects.system(LIFECYCLE, "draft"),
+            DraftRequest(name=name),
+            DraftInfo,
+            timeout=QUICK_TIMEOUT_S * 3,
+        )
+
+    async def apply(self, name: str) -> ApplyReply:
+        """Rebuilds ``name`` from its applied working tree (may take minutes)."""
+        return await rpc.request(
+            self._nc,
+            subjects.system(LIFECYCLE, "apply"),
+            ApplyRequest(name=name),
+            ApplyReply,
+            timeout=self._build_timeout_s,
+        )
+
+    async def create(self, name: str, sha: str | None) -> AgentInfo:
+        """Creates and starts ``name`` (from the applied tree when ``sha`` is set)."""
+        return await rpc.request(
+            self._nc,
+            subjects.system(LIFECYCLE, "create"),
+            CreateRequest(name=name, sha=sha),
+            AgentInfo,
+            timeout=self._build_timeout_s,
+        )
+
+    async def deliver(self, event: SystemEvent, key: str) -> None:
+        """Puts a system event into the manager's inbox (deduplicated by ``key``)."""
+        await rpc.request(
+            self._nc,
+            subjects.system("broker", "deliver"),
+            DeliverRequest(to=subjects.MANAGER, event=event, idempotency_key=key),
+            SendReply,
+            timeout=QUICK_TIMEOUT_S,
+        )

@@ -1,0 +1,321 @@
+"""SQL of the approvals service: the ``approvals`` and ``questions`` tables.
+
+State transitions are guarded in SQL (``UPDATE … WHERE state = … RETURNING``)
+so that of two concurrent callers exactly one wins; the loser gets ``None``
+and the handler turns it into a ``Conflict``. Events go into the outbox in the
+same transaction as the change they describe.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Final
+
+import asyncpg
+
+from hyperhive.common import outbox, subjects
+from hyperhive.common.outbox import make_event
+from hyperhive.common.wire.approvals import ApprovalInfo, QuestionInfo
+from hyperhive.common.wire.events import HiveEvent
+
+APPLY_COMMIT: Final = "ApplyCommit"
+SPAWN: Final = "Spawn"
+PENDING: Final = "pending"
+APPROVED: Final = "approved"
+DEPLOYED: Final = "deployed"
+FAILED: Final = "failed"
+DENIED: Final = "denied"
+END_STATES: Final = (DEPLOYED, FAILED, DENIED)
+STATES: Final = (PENDING, APPROVED, *END_STATES)
+
+_COLUMNS: Final = (
+    "id, kind, agent, commit_ref, fetched_sha, base_sha, state, note, error, tag, "
+    "tagged, notified, attempts, created_at, approved_at, resolved_at"
+)
+
+
+def _ts(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+def approval_info(row: asyncpg.Record) -> ApprovalInfo:
+    """The wire form of an approvals row."""
+    return ApprovalInfo(
+        id=row["id"],
+        kind=row["kind"],
+        agent=row["agent"],
+        state=row["state"],
+        commit_ref=row["commit_ref"],
+        fetched_sha=row["fetched_sha"],
+        note=row["note"],
+        error=row["error"],
+        tag=row["tag"],
+        created_at=_ts(row["created_at"]) or 0.0,
+        resolved_at=_ts(row["resolved_at"]),
+    )
+
+
+def _event_data(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "kind": row["kind"],
+        "state": row["state"],
+        "sha": row["fetched_sha"],
+        "ref": row["commit_ref"],
+        "tag": row["tag"],
+        "note": row["note"],
+        "error": row["error"][:2000],
+    }
+
+
+# --- approvals ---------------------------------------------------------------
+
+
+async def next_id(pool: asyncpg.Pool) -> int:
+    """Reserves an approval id (so ``proposal/<id>`` can be tagged before the row exists)."""
+    return int(await pool.fetchval("SELECT nextval(pg_get_serial_sequence('approvals', 'id'))"))
+
+
+async def queue(
+    pool: asyncpg.Pool,
+    *,
+    approval_id: int | None,
+    kind: str,
+    agent: str,
+    commit_ref: str = "",
+    fetched_sha: str = "",
+) -> asyncpg.Record:
+    """Inserts a pending approval and its ``approval.queued`` event.
+
+    Raises:
+        asyncpg.UniqueViolationError: an open spawn for the same name exists.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            f"INSERT INTO approvals (id, kind, agent, commit_ref, fetched_sha, tag)"
+            f" VALUES (COALESCE($1, nextval(pg_get_serial_sequence('approvals', 'id'))),"
+            f" $2, $3, $4, $5, $6)"
+            f" RETURNING {_COLUMNS}",
+            approval_id,
+            kind,
+            agent,
+            commit_ref,
+            fetched_sha,
+            f"proposal/{approval_id}" if fetched_sha else "",
+        )
+        assert row is not None
+        await outbox.add(conn, _event(subjects.EV_APPROVAL_QUEUED, row))
+    return row
+
+
+async def get(pool: asyncpg.Pool | asyncpg.Connection, approval_id: int) -> asyncpg.Record | None:
+    return await pool.fetchrow(f"SELECT {_COLUMNS} FROM approvals WHERE id = $1", approval_id)
+
+
+async def list_approvals(pool: asyncpg.Pool, state: str | None, limit: int) -> list[asyncpg.Record]:
+    """Newest first; every state when ``state`` is None."""
+    return await pool.fetch(
+        f"SELECT {_COLUMNS} FROM approvals WHERE ($1::text IS NULL OR state = $1)"
+        f" ORDER BY id DESC LIMIT $2",
+        state,
+        limit,
+    )
+
+
+async def begin(conn: asyncpg.Connection, approval_id: int) -> asyncpg.Record | None:
+    """pending → approved, inside the caller's transaction. None if not pending.
+
+    Raises:
+        asyncpg.UniqueViolationError: another approval of the agent is in flight.
+    """
+    return await conn.fetchrow(
+        f"UPDATE approvals SET state = 'approved', approved_at = now(), attempts = attempts + 1"
+        f" WHERE id = $1 AND state = 'pending' RETURNING {_COLUMNS}",
+        approval_id,
+    )
+
+
+async def set_base(conn: asyncpg.Connection, approval_id: int, base_sha: str) -> None:
+    await conn.execute("UPDATE approvals SET base_sha = $2 WHERE id = $1", approval_id, base_sha)
+
+
+async def count_attempt(pool: asyncpg.Pool, approval_id: int) -> int:
+    """One more try of an in-flight approval (recovery). Returns the attempt number."""
+    return int(
+        await pool.fetchval(
+            "UPDATE approvals SET attempts = attempts + 1 WHERE id = $1 RETURNING attempts",
+            approval_id,
+        )
+    )
+
+
+async def finish(
+    pool: asyncpg.Pool,
+    approval_id: int,
+    state: str,
+    *,
+    tag: str,
+    error: str = "",
+) -> asyncpg.Record | None:
+    """approved → deployed | failed, with the tag already in the repo."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            f"UPDATE approvals SET state = $2, tag = $3, error = $4, tagged = true,"
+            f" resolved_at = now() WHERE id = $1 AND state = 'approved' RETURNING {_COLUMNS}",
+            approval_id,
+            state,
+            tag,
+            error,
+        )
+        if row is not None:
+            await outbox.add(conn, _resolved_event(row))
+    return row
+
+
+async def deny(
+    conn: asyncpg.Connection, approval_id: int, note: str, tag: str
+) -> asyncpg.Record | None:
+    """pending → denied inside the caller's transaction. None if not pending."""
+    row = await conn.fetchrow(
+        f"UPDATE approvals SET state = 'denied', note = $2, tag = $3, resolved_at = now()"
+        f" WHERE id = $1 AND state = 'pending' RETURNING {_COLUMNS}",
+        approval_id,
+        note,
+        tag,
+    )
+    if row is not None:
+        await outbox.add(conn, _resolved_event(row))
+    return row
+
+
+def _resolved_event(row: asyncpg.Record) -> HiveEvent:
+    return _event(subjects.EV_APPROVAL_RESOLVED, row)
+
+
+def _event(kind: str, row: asyncpg.Record) -> HiveEvent:
+    # data has its own "kind" (ApplyCommit | Spawn), so it is set after make_event
+    event = make_event(kind, agent=row["agent"])
+    event.data.update(_event_data(row))
+    return event
+
+
+async def mark_tagged(pool: asyncpg.Pool, approval_id: int) -> None:
+    await pool.execute("UPDATE approvals SET tagged = true WHERE id = $1", approval_id)
+
+
+async def mark_notified(pool: asyncpg.Pool, approval_id: int) -> None:
+    await pool.execute("UPDATE approvals SET notified = true WHERE id = $1", approval_id)
+
+
+async def in_flight(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    """Approvals a previous run started and did not finish."""
+    return await pool.fetch(
+        f"SELECT {_COLUMNS} FROM approvals WHERE state = 'approved' ORDER BY id"
+    )
+
+
+async def unsettled(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    """Ended approvals whose tag or inbox report is still missing."""
+    return await pool.fetch(
+        f"SELECT {_COLUMNS} FROM approvals WHERE state IN ('deployed', 'failed', 'denied')"
+        f" AND (NOT tagged OR NOT notified) ORDER BY id"
+    )
+
+
+# --- questions ----------------------------------------------------------------
+
+_Q_COLUMNS: Final = (
+    "id, asked_by, question, options, multi, answer, notified, asked_at, answered_at"
+)
+
+
+def _json_list(value: str | None) -> list[str] | None:
+    return None if value is None else list(json.loads(value))
+
+
+def question_info(row: asyncpg.Record) -> QuestionInfo:
+    """The wire form of a questions row."""
+    return QuestionInfo(
+        id=row["id"],
+        question=row["question"],
+        options=_json_list(row["options"]),
+        multi=row["multi"],
+        answer=_json_list(row["answer"]),
+        asked_at=_ts(row["asked_at"]) or 0.0,
+        answered_at=_ts(row["answered_at"]),
+    )
+
+
+async def ask(
+    pool: asyncpg.Pool, asked_by: str, question: str, options: list[str] | None, multi: bool
+) -> asyncpg.Record:
+    """Inserts a question and its ``question.asked`` event."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            f"INSERT INTO questions (asked_by, question, options, multi)"
+            f" VALUES ($1, $2, $3::jsonb, $4) RETURNING {_Q_COLUMNS}",
+            asked_by,
+            question,
+            None if options is None else json.dumps(options),
+            multi,
+        )
+        assert row is not None
+        await outbox.add(
+            conn,
+            make_event(
+                subjects.EV_QUESTION_ASKED,
+                agent=asked_by,
+                id=row["id"],
+                question=question,
+                options=options,
+                multi=multi,
+            ),
+        )
+    return row
+
+
+async def get_question(pool: asyncpg.Pool, question_id: int) -> asyncpg.Record | None:
+    return await pool.fetchrow(f"SELECT {_Q_COLUMNS} FROM questions WHERE id = $1", question_id)
+
+
+async def list_questions(pool: asyncpg.Pool, answered: bool | None) -> list[asyncpg.Record]:
+    """Newest first; all when ``answered`` is None."""
+    return await pool.fetch(
+        f"SELECT {_Q_COLUMNS} FROM questions"
+        f" WHERE $1::boolean IS NULL OR (answer IS NOT NULL) = $1 ORDER BY id DESC LIMIT 500",
+        answered,
+    )
+
+
+async def answer(pool: asyncpg.Pool, question_id: int, value: list[str]) -> asyncpg.Record | None:
+    """Records the answer once; None if it was already answered."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            f"UPDATE questions SET answer = $2::jsonb, answered_at = now()"
+            f" WHERE id = $1 AND answer IS NULL RETURNING {_Q_COLUMNS}",
+            question_id,
+            json.dumps(value),
+        )
+        if row is not None:
+            await outbox.add(
+                conn,
+                make_event(
+                    subjects.EV_QUESTION_ANSWERED,
+                    agent=row["asked_by"],
+                    id=question_id,
+                    question=row["question"],
+                    answer=value,
+                ),
+            )
+    return row
+
+
+async def mark_question_notified(pool: asyncpg.Pool, question_id: int) -> None:
+    await pool.execute("UPDATE questions SET notified = true WHERE id = $1", question_id)
+
+
+async def unnotified_answers(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        f"SELECT {_Q_COLUMNS} FROM questions WHERE answer IS NOT NULL AND NOT notified ORDER BY id"
+    )

@@ -1,0 +1,159 @@
+"""request_apply_commit → diff → approve | deny, against real git repos."""
+
+from __future__ import annotations
+
+import pytest
+
+from hyperhive.approvals import gitops
+from hyperhive.common.errors import Conflict
+from hyperhive.common.wire.approvals import (
+    ApplyCommitRequest,
+    ApprovalIdRequest,
+    ApprovalInfo,
+    ApprovalQueued,
+    ApprovalsReply,
+    ApprovalsRequest,
+    DenyRequest,
+    DiffReply,
+)
+from hyperhive.common.wire.events import ApprovalResolved
+from tests import rig
+from tests.approvals.conftest import Hive, agent_name, commit_files, git_out
+
+GOOD_TOML = 'model = "claude-sonnet-4-5"\nallowed_tools = ["Read"]\n'
+BAD_TOML = "model = 5\n"
+
+
+async def propose(hive: Hive, name: str, files: dict[str, str | None]) -> ApprovalQueued:
+    sha = hive.commit(name, files)
+    queued = await hive.tool(
+        "request_apply_commit", ApplyCommitRequest(name=name, commit_ref=sha), ApprovalQueued
+    )
+    assert queued.fetched_sha == sha
+    return queued
+
+
+async def resolved_event(hive: Hive, approval_id: int) -> ApprovalResolved:
+    async def find() -> ApprovalResolved | None:
+        for ev in await hive.inbox():
+            if isinstance(ev, ApprovalResolved) and ev.approval_id == approval_id:
+                return ev
+        return None
+
+    return await rig.eventually(find, timeout=20, what=f"ApprovalResolved {approval_id}")
+
+
+async def test_approved_commit_is_deployed_and_main_fast_forwards(hive: Hive) -> None:
+    name = agent_name()
+    await hive.spawn(name)
+    applied = hive.paths(name).applied
+    before = gitops.main_sha(applied)
+    queued = await propose(
+        hive, name, {"agent.toml": GOOD_TOML, "notes/readme.md": "hello\n", "agent.nix": None}
+    )
+
+    diff = await hive.admin("diff", ApprovalIdRequest(id=queued.id), DiffReply)
+    assert diff.sha == queued.fetched_sha
+    assert sorted(diff.files) == ["agent.nix", "agent.toml", "notes/readme.md"]
+    assert "+hello" in diff.diff and "claude-sonnet-4-5" in diff.diff
+
+    # agent.nix deleted → the real build would fail; keep it for the deploy
+    queued = await propose(hive, name, {"agent.nix": "{ ... }: { }\n"})
+    info = await hive.admin("approve", ApprovalIdRequest(id=queued.id), ApprovalInfo)
+    assert info.state == "deployed"
+    assert info.tag == f"deployed/{queued.id}"
+    assert gitops.main_sha(applied) == queued.fetched_sha
+    assert git_out(applied, "merge-base", "--is-ancestor", before, "main") == ""
+    assert (applied / "agent.nix").read_text() == "{ ... }: { }\n"
+    assert (applied / "notes" / "readme.md").read_text() == "hello\n"
+    assert gitops.head_state(applied) == ("refs/heads/main", queued.fetched_sha)
+    assert git_out(applied, "status", "--porcelain") == ""
+    # the manager's read-only mirror is this repo: what shipped is there
+    assert git_out(applied, "show", f"deployed/{queued.id}:agent.toml") == GOOD_TOML.strip()
+
+    ev = await resolved_event(hive, queued.id)
+    assert (ev.state, ev.tag, ev.sha) == ("deployed", f"deployed/{queued.id}", queued.fetched_sha)
+
+    # the first proposal now diffs against the new main
+    listed = await hive.admin("list", ApprovalsRequest(state="pending"), ApprovalsReply)
+    assert [a.id for a in listed.approvals] == [queued.id - 1]
+
+
+async def test_failed_build_rolls_back_main_and_tree(hive: Hive) -> None:
+    name = agent_name()
+    await hive.spawn(name)
+    applied = hive.paths(name).applied
+    main_before = gitops.main_sha(applied)
+    toml_before = (applied / "agent.toml").read_text()
+    queued = await propose(hive, name, {"agent.toml": BAD_TOML, "extra.txt": "x\n"})
+
+    info = await hive.admin("approve", ApprovalIdRequest(id=queued.id), ApprovalInfo)
+
+    assert info.state == "failed"
+    assert "model" in info.error
+    assert info.tag == f"failed/{queued.id}"
+    assert gitops.main_sha(applied) == main_before
+    assert gitops.head_state(applied) == ("refs/heads/main", main_before)
+    assert (applied / "agent.toml").read_text() == toml_before
+    assert not (applied / "extra.txt").exists()
+    assert git_out(applied, "status", "--porcelain") == ""
+    assert gitops.tag_sha(applied, f"failed/{queued.id}") == queued.fetched_sha
+    assert "model" in gitops.tag_message(applied, f"failed/{queued.id}")
+    assert not gitops.tag_sha(applied, f"deployed/{queued.id}")
+    ev = await resolved_event(hive, queued.id)
+    assert ev.state == "failed" and "model" in ev.error
+
+
+async def test_deny_tags_the_note(hive: Hive) -> None:
+    name = agent_name()
+    await hive.spawn(name)
+    applied = hive.paths(name).applied
+    main_before = gitops.main_sha(applied)
+    queued = await propose(hive, name, {"agent.toml": GOOD_TOML})
+    note = "no: keep the default model\nsee the budget"
+
+    info = await hive.admin("deny", DenyRequest(id=queued.id, note=note), ApprovalInfo)
+
+    assert (info.state, info.note, info.tag) == ("denied", note, f"denied/{queued.id}")
+    assert gitops.tag_message(applied, f"denied/{queued.id}") == note
+    assert git_out(applied, "cat-file", "-t", f"refs/tags/denied/{queued.id}") == "tag"
+    assert gitops.main_sha(applied) == main_before
+    ev = await resolved_event(hive, queued.id)
+    assert (ev.state, ev.note) == ("denied", note)
+    with pytest.raises(Conflict, match="already denied"):
+        await hive.admin("approve", ApprovalIdRequest(id=queued.id), ApprovalInfo)
+
+
+async def test_proposal_is_immutable_after_request(hive: Hive) -> None:
+    name = agent_name()
+    await hive.spawn(name)
+    proposed, applied = hive.paths(name).proposed, hive.paths(name).applied
+    queued = await propose(hive, name, {"agent.toml": GOOD_TOML})
+    diff_before = await hive.admin("diff", ApprovalIdRequest(id=queued.id), DiffReply)
+
+    # amend, then rewrite the branch entirely and gc: the pinned commit stays
+    amended = commit_files(proposed, {"agent.toml": BAD_TOML}, "sneaky", amend=True)
+    assert amended != queued.fetched_sha
+    git_out(proposed, "reset", "--hard", "HEAD~1")
+    git_out(proposed, "reflog", "expire", "--expire=now", "--all")
+    git_out(proposed, "gc", "--prune=now", "--quiet")
+
+    diff_after = await hive.admin("diff", ApprovalIdRequest(id=queued.id), DiffReply)
+    assert diff_after == diff_before
+    info = await hive.admin("approve", ApprovalIdRequest(id=queued.id), ApprovalInfo)
+    assert info.state == "deployed"
+    assert (applied / "agent.toml").read_text() == GOOD_TOML
+
+
+async def test_noop_proposal_says_so(hive: Hive) -> None:
+    name = agent_name()
+    await hive.spawn(name)
+    proposed = hive.paths(name).proposed
+    sha = git_out(proposed, "rev-parse", "HEAD")
+    queued = await hive.tool(
+        "request_apply_commit", ApplyCommitRequest(name=name, commit_ref="main"), ApprovalQueued
+    )
+    assert queued.fetched_sha == sha
+    diff = await hive.admin("diff", ApprovalIdRequest(id=queued.id), DiffReply)
+    assert diff.diff == "(proposal matches currently-deployed tree)"
+    assert diff.files == []
