@@ -87,6 +87,21 @@ class LifecycleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     nixos_container: str = "nixos-container"
     flake_ref: str = ""  # hyperhive flake the per-agent flakes pin
     rev: str = ""  # empty: the installed package's version
+    # web ports: the manager's, and the range other agents are hashed into
+    manager_port: int = 8000
+    port_base: int = 8100
+    port_count: int = 900
+    # process backend: a harness that exits within this after start is a failed start
+    start_grace_s: float = 0.5
+    stop_timeout_s: float = 10.0  # SIGTERM → SIGKILL
+    monitor_interval_s: float = 0.5  # how often harness liveness is checked
+    # a second operation on a busy agent waits this long, then gets Conflict
+    op_wait_s: float = 60.0
+    # nixos backend: journald reader, nixos-container's conf dir, the system
+    journalctl: str = "journalctl"
+    nixos_conf_dir: str = "/etc/nixos-containers"
+    nixos_system: str = "x86_64-linux"
+    nixos_private_users: bool = False  # --private-users=pick (needs idmapped binds)
 
 
 class ApprovalsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -1,9 +1,28 @@
-"""Service wiring: registers handlers on the runtime (see hyperhive.common.service)."""
+"""Lifecycle service wiring: the registry, the backend, background loops."""
 
 from __future__ import annotations
 
-from hyperhive.common.service import Runtime
+import logging
+
+from hyperhive.common.service import Runtime, hyperhive_version
+from hyperhive.lifecycle.backends import make_backend
+from hyperhive.lifecycle.core import Lifecycle
+from hyperhive.lifecycle.handlers import Handlers
+
+log = logging.getLogger(__name__)
 
 
 async def start(rt: Runtime) -> None:
-    """Registers this service's handlers; ``ping`` is served by the runner."""
+    """Adopts or restarts agents, creates the manager, serves the subjects."""
+    assert rt.pool is not None
+    backend = make_backend(rt.settings)
+    rev = rt.settings.lifecycle.rev or hyperhive_version()
+    lc = Lifecycle(rt.settings, rt.pool, rt.kv, rt.outbox, backend, rev)
+    await lc.reconcile()
+    rt.spawn(lc.monitor(), "lifecycle-monitor")
+    await Handlers(lc).register(rt.responder)
+    try:
+        await lc.ensure_manager()
+    except Exception:  # the service still serves; `hive spawn hm1nd` can retry
+        log.exception("could not create the manager")
+    rt.spawn(lc.auto_update_loop(), "lifecycle-auto-update")

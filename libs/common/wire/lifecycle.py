@@ -17,6 +17,9 @@ class AgentInfo(msgspec.Struct, kw_only=True):
     destroyed_at: float | None = None
     kept_state: bool = False
     backend: str = ""
+    state_seq: int = 0  # bumped on every state change (orders polls against events)
+    state_since: float = 0.0  # when the current state began
+    error: str = ""  # the last failed operation's error
 
 
 class AgentsRequest(msgspec.Struct, kw_only=True):
@@ -57,11 +60,13 @@ class LogsRequest(msgspec.Struct, kw_only=True):
     name: str
     lines: int = 200
     after: int | None = None  # byte offset (process) or cursor; for following
+    after_cursor: str = ""  # journald cursor (nixos backend); for following
 
 
 class LogsReply(msgspec.Struct, kw_only=True):
     lines: list[str] = msgspec.field(default_factory=list)
     cursor: int | None = None
+    journal_cursor: str = ""  # nixos backend: pass back as after_cursor
 
 
 class ConfigReply(msgspec.Struct, kw_only=True):

@@ -1,0 +1,118 @@
+"""The container backend interface (DESIGN.md section 4)."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from dataclasses import dataclass
+
+from hyperhive.common.config import Settings
+from hyperhive.common.errors import BackendFailed
+from hyperhive.common.paths import AgentPaths
+from hyperhive.common.wire.lifecycle import LogsReply
+
+RUNNING = "running"
+STOPPED = "stopped"
+MISSING = "missing"  # no container (never created, or destroyed)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSpec:
+    """What a backend needs to know about one agent."""
+
+    name: str
+    port: int
+    manager: bool
+    paths: AgentPaths
+    rev: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """How a harness ended, when the backend can tell."""
+
+    code: int | None = None
+    detail: str = ""
+
+
+class Backend(abc.ABC):
+    """Drives agents' containers. Every method is idempotent where it can be."""
+
+    name: str = ""
+    # how often lifecycle checks that running containers still run
+    poll_interval_s: float = 0.5
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @abc.abstractmethod
+    async def create(self, spec: AgentSpec) -> None:
+        """Builds the container from the applied working tree (not started)."""
+
+    @abc.abstractmethod
+    async def start(self, spec: AgentSpec) -> None:
+        """Starts it; a running one is left alone."""
+
+    @abc.abstractmethod
+    async def stop(self, spec: AgentSpec, *, kill: bool = False) -> None:
+        """Stops it (``kill``: at once, without a grace period)."""
+
+    async def restart(self, spec: AgentSpec) -> None:
+        await self.stop(spec)
+        await self.start(spec)
+
+    @abc.abstractmethod
+    async def destroy(self, spec: AgentSpec) -> None:
+        """Removes the container (stopping it first); files are lifecycle's."""
+
+    @abc.abstractmethod
+    async def update(self, spec: AgentSpec, *, running: bool) -> None:
+        """Rebuilds from the applied working tree; restarts it if ``running``.
+
+        A config that fails to build raises before the running container is
+        touched, so it keeps its previous config.
+        """
+
+    @abc.abstractmethod
+    async def state(self, spec: AgentSpec) -> str:
+        """``running``, ``stopped`` or ``missing``."""
+
+    def last_exit(self, spec: AgentSpec) -> Exit:
+        """How the harness ended last, if known (after :meth:`state` saw it stop)."""
+        return Exit()
+
+    @abc.abstractmethod
+    async def logs(
+        self, spec: AgentSpec, lines: int, after: int | None, after_cursor: str
+    ) -> LogsReply:
+        """The last ``lines`` lines, or what came after a previous reply's cursor."""
+
+
+async def run_command(argv: list[str], *, timeout: float = 600.0, what: str = "") -> str:
+    """Runs a command; returns its output.
+
+    Raises:
+        BackendFailed: it could not run, timed out, or exited non-zero; the
+            message carries its output (the build error).
+    """
+    label = what or argv[0]
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    except OSError as exc:
+        raise BackendFailed(f"{label}: cannot run {argv[0]}: {exc.strerror or exc}") from None
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise BackendFailed(f"{label}: timed out after {timeout:g}s") from None
+    text = out.decode(errors="replace")
+    if proc.returncode != 0:
+        tail = text.strip()[-4000:] or "(no output)"
+        raise BackendFailed(f"{label} failed (exit {proc.returncode}):\n{tail}")
+    return text

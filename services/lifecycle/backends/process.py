@@ -1,0 +1,363 @@
+"""The process backend: the harness as a host process (``hive up``, tests).
+
+Each harness runs in its own session (process group) with a pid file
+(``<pid> <start time>``) in the agent's ``run/`` dir and its output appended
+to ``run/harness.log``. A restarted lifecycle adopts harnesses from their pid
+files after checking ``/proc`` that the pid is still the same process, so it
+never starts a duplicate. With ``bwrap`` installed (and ``use_bwrap``) the
+harness sees the host read-only, with the data dir hidden except its own
+dirs (the manager also gets the agents dir).
+
+Agents with an empty credentials dir get the operator's
+``ANTHROPIC_API_KEY``, ``ANTHROPIC_BASE_URL`` and ``CLAUDE_CODE_OAUTH_TOKEN``
+from lifecycle's environment; nothing else of lifecycle's environment named
+``HIVE_*`` reaches them (it holds the services' NATS seed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import hyperhive
+from hyperhive.common import subjects
+from hyperhive.common.config import Settings
+from hyperhive.common.errors import BackendFailed, ConfigError
+from hyperhive.common.paths import AgentPaths, nats_dir
+from hyperhive.common.wire.lifecycle import LogsReply
+from hyperhive.lifecycle import agentconf
+from hyperhive.lifecycle.backends.base import (
+    MISSING,
+    RUNNING,
+    STOPPED,
+    AgentSpec,
+    Backend,
+    Exit,
+)
+
+PASS_THROUGH = ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "CLAUDE_CODE_OAUTH_TOKEN")
+LOG_TAIL_BYTES = 512 * 1024
+LOG_CHUNK_BYTES = 1024 * 1024
+
+
+def default_harness_command() -> list[str]:
+    return [sys.executable, "-m", "hyperhive.cli.main", "harness", "serve"]
+
+
+def repo_claude() -> Path | None:
+    """The claude CLI pinned in a source checkout (``tools/claude``), if any."""
+    try:
+        root = Path(hyperhive.__file__).resolve().parents[2]
+    except (IndexError, TypeError):
+        return None
+    path = root / "tools" / "claude" / "node_modules" / ".bin" / "claude"
+    return path if path.exists() else None
+
+
+def find_claude(settings: Settings) -> str:
+    """The configured claude CLI, else ``claude`` on PATH, else the repo's; ``""`` if none."""
+    if settings.harness.claude_bin:
+        return settings.harness.claude_bin
+    found = shutil.which("claude")
+    if found:
+        return found
+    pinned = repo_claude()
+    return str(pinned) if pinned else ""
+
+
+def proc_start_time(pid: int) -> str | None:
+    """The start time of a live (not zombie) process from ``/proc``, else None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
+
+
+def _killpg(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except OSError:
+        pass
+
+
+class ProcessBackend(Backend):
+    name = "process"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.poll_interval_s = settings.lifecycle.monitor_interval_s
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._exits: dict[str, Exit] = {}
+        try:
+            command = settings.lifecycle.harness_command
+            self._argv = shlex.split(command) if command else default_harness_command()
+        except ValueError as exc:
+            raise ConfigError(f"lifecycle.harness_command: {exc}") from None
+        self._bwrap = shutil.which("bwrap") if settings.lifecycle.use_bwrap else None
+
+    # --- liveness -------------------------------------------------------------
+
+    def _read_pid_file(self, paths: AgentPaths) -> tuple[int, str] | None:
+        try:
+            pid_s, start = paths.pid_file.read_text().split()[:2]
+            return int(pid_s), start
+        except (OSError, ValueError):
+            return None
+
+    def pid(self, spec: AgentSpec) -> int | None:
+        """The harness's pid if it runs (own child or adopted from the pid file)."""
+        child = self._children.get(spec.name)
+        if child is not None:
+            if child.poll() is None:
+                return child.pid
+            self._children.pop(spec.name, None)
+            self._exits[spec.name] = Exit(
+                code=child.returncode, detail=_describe_exit(child.returncode)
+            )
+            _killpg(child.pid, signal.SIGKILL)  # what the harness left behind
+            return None
+        recorded = self._read_pid_file(spec.paths)
+        if recorded is None:
+            return None
+        pid, start = recorded
+        if proc_start_time(pid) == start:
+            return pid
+        return None
+
+    async def state(self, spec: AgentSpec) -> str:
+        if self.pid(spec) is not None:
+            return RUNNING
+        return STOPPED if spec.paths.applied.exists() else MISSING
+
+    def last_exit(self, spec: AgentSpec) -> Exit:
+        return self._exits.get(spec.name, Exit(detail="harness process is gone"))
+
+    # --- lifecycle ------------------------------------------------------------
+
+    async def create(self, spec: AgentSpec) -> None:
+        await asyncio.to_thread(agentconf.validate, spec.paths.applied)
+        for d in (spec.paths.state, spec.paths.creds, spec.paths.run, spec.paths.workdir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    async def update(self, spec: AgentSpec, *, running: bool) -> None:
+        await asyncio.to_thread(agentconf.validate, spec.paths.applied)
+        if running:
+            await self.restart(spec)
+
+    async def start(self, spec: AgentSpec) -> None:
+        if self.pid(spec) is not None:
+            return  # already running (perhaps adopted): never a duplicate
+        paths = spec.paths
+        for d in (paths.state, paths.creds, paths.run, paths.workdir):
+            d.mkdir(parents=True, exist_ok=True)
+        argv = self.command(spec)
+        env = self.environment(spec)
+        proc = await asyncio.to_thread(_popen, argv, env, paths)
+        start = proc_start_time(proc.pid) or "0"
+        tmp = paths.pid_file.with_suffix(".tmp")
+        tmp.write_text(f"{proc.pid} {start}\n")
+        tmp.replace(paths.pid_file)
+        self._children[spec.name] = proc
+        self._exits.pop(spec.name, None)
+        deadline = time.monotonic() + self.settings.lifecycle.start_grace_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+        if proc.poll() is not None:
+            self._children.pop(spec.name, None)
+            paths.pid_file.unlink(missing_ok=True)
+            raise BackendFailed(
+                f"harness exited at start ({_describe_exit(proc.returncode)}):\n"
+                + self._tail(paths, 30)
+            )
+
+    async def stop(self, spec: AgentSpec, *, kill: bool = False) -> None:
+        pid = self.pid(spec)
+        if pid is not None:
+            _killpg(pid, signal.SIGKILL if kill else signal.SIGTERM)
+            if not await self._wait_gone(spec, self.settings.lifecycle.stop_timeout_s):
+                _killpg(pid, signal.SIGKILL)
+                if not await self._wait_gone(spec, 10.0):
+                    raise BackendFailed(f"harness of {spec.name} (pid {pid}) does not die")
+            _killpg(pid, signal.SIGKILL)  # anything left in its group
+        self._children.pop(spec.name, None)
+        spec.paths.pid_file.unlink(missing_ok=True)
+
+    async def _wait_gone(self, spec: AgentSpec, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.pid(spec) is not None:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    async def destroy(self, spec: AgentSpec) -> None:
+        await self.stop(spec)
+        self._exits.pop(spec.name, None)
+
+    # --- the harness's command and environment --------------------------------
+
+    def command(self, spec: AgentSpec) -> list[str]:
+        """The harness argv, wrapped in ``bwrap`` when that is in use."""
+        if not self._bwrap:
+            return list(self._argv)
+        return [self._bwrap, *self._bwrap_args(spec), "--", *self._argv]
+
+    def _bwrap_args(self, spec: AgentSpec) -> list[str]:
+        s = self.settings
+        paths = spec.paths
+        agents = s.paths.agents_dir
+        args = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+        # hide the data dir (other agents, NATS seeds, the database), outermost first
+        hidden = {Path(s.paths.home), nats_dir(s), agents}
+        for d in sorted((d for d in hidden if d.exists()), key=lambda p: len(p.parts)):
+            args += ["--tmpfs", str(d)]
+        if spec.manager:
+            args += ["--bind", str(agents), str(agents)]
+            for other in agents.iterdir():
+                if other.name != spec.name and other.is_dir():
+                    for secret in (other / "run", other / "creds"):
+                        if secret.is_dir():
+                            args += ["--tmpfs", str(secret)]
+        for d in (paths.state, paths.creds, paths.workdir):
+            args += ["--bind", str(d), str(d)]
+        for d in (paths.applied, paths.run):
+            args += ["--ro-bind", str(d), str(d)]
+        args += ["--chdir", str(paths.workdir)]
+        return args
+
+    def environment(self, spec: AgentSpec) -> dict[str, str]:
+        """The harness environment of the contract (nothing else of ``HIVE_*``)."""
+        s = self.settings
+        paths = spec.paths
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("HIVE_") and k not in PASS_THROUGH
+        }
+        creds_empty = not paths.creds.is_dir() or not any(paths.creds.iterdir())
+        if creds_empty:
+            for key in PASS_THROUGH:
+                if os.environ.get(key):
+                    env[key] = os.environ[key]
+        env.update(
+            {
+                "HOME": str(paths.workdir),
+                "HIVE_HOME": s.paths.home,
+                "HIVE_HARNESS_AGENT": spec.name,
+                "HIVE_HARNESS_PORT": str(spec.port),
+                "HIVE_HARNESS_HOST": s.harness.host,
+                "HIVE_HARNESS_WORKDIR": str(paths.workdir),
+                "HIVE_HARNESS_STATE_DIR": str(paths.state),
+                "HIVE_HARNESS_CREDS_DIR": str(paths.creds),
+                "HIVE_HARNESS_CONFIG_DIR": str(paths.applied),
+                "HIVE_HARNESS_CLAUDE_BIN": find_claude(s),
+                "HIVE_HARNESS_HEARTBEAT_INTERVAL_S": str(s.harness.heartbeat_interval_s),
+                "HIVE_HARNESS_NOTES_COMPACT_BYTES": str(s.harness.notes_compact_bytes),
+                "HIVE_NATS_URL": s.nats.url,
+                "HIVE_NATS_SEED_FILE": str(paths.nats_seed),
+                "HIVE_NATS_INBOX_PREFIX": subjects.inbox_prefix(spec.name),
+                "HIVE_NATS_REQUEST_TIMEOUT_S": str(s.nats.request_timeout_s),
+                "HIVE_LOG_LEVEL": s.log.level,
+                "HIVE_LOG_FORMAT": s.log.format,
+                "HIVE_TELEMETRY_EXPORTER": s.telemetry.exporter,
+                "HIVE_TELEMETRY_OTLP_ENDPOINT": s.telemetry.otlp_endpoint,
+                "HIVE_TELEMETRY_SERVICE_NAMESPACE": s.telemetry.service_namespace,
+            }
+        )
+        if s.harness.model:
+            env["HIVE_HARNESS_MODEL"] = s.harness.model
+        if s.harness.token:
+            env["HIVE_HARNESS_TOKEN"] = s.harness.token
+        if spec.manager:
+            env["HIVE_HARNESS_AGENTS_DIR"] = str(s.paths.agents_dir)
+        return env
+
+    # --- logs -----------------------------------------------------------------
+
+    def _tail(self, paths: AgentPaths, lines: int) -> str:
+        return "\n".join(_read_tail(paths.log_file, lines)[0])
+
+    async def logs(
+        self, spec: AgentSpec, lines: int, after: int | None, after_cursor: str
+    ) -> LogsReply:
+        path = spec.paths.log_file
+        if after is None:
+            tail, size = await asyncio.to_thread(_read_tail, path, lines)
+            return LogsReply(lines=tail, cursor=size)
+        return await asyncio.to_thread(_read_after, path, after)
+
+
+def _popen(argv: list[str], env: dict[str, str], paths: AgentPaths) -> subprocess.Popen[bytes]:
+    """Starts the harness in its own session, output appended to its log."""
+    with open(paths.log_file, "ab") as log:
+        log.write(f"--- hyperhive: harness start {time.ctime()} ---\n".encode())
+        log.flush()
+        try:
+            return subprocess.Popen(
+                argv,
+                env=env,
+                cwd=paths.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise BackendFailed(
+                f"cannot run the harness ({shlex.join(argv)}): {exc.strerror or exc}"
+            ) from None
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _read_tail(path: Path, lines: int) -> tuple[list[str], int]:
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - LOG_TAIL_BYTES))
+            data = f.read()
+    except OSError:
+        return [], 0
+    text = data.decode(errors="replace").splitlines()
+    return text[-lines:] if lines > 0 else [], size
+
+
+def _read_after(path: Path, after: int) -> LogsReply:
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            if after > size:  # the file was replaced: start over
+                after = 0
+            f.seek(after)
+            data = f.read(LOG_CHUNK_BYTES)
+    except OSError:
+        return LogsReply(lines=[], cursor=after)
+    end = data.rfind(b"\n")
+    if end < 0:
+        return LogsReply(lines=[], cursor=after)
+    complete = data[: end + 1]
+    return LogsReply(
+        lines=complete.decode(errors="replace").splitlines(), cursor=after + len(complete)
+    )

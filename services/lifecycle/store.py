@@ -1,0 +1,173 @@
+"""SQL of the agent registry (schema ``lifecycle``, table ``agents``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+DRAFT = "draft"
+CREATING = "creating"
+RUNNING = "running"
+STOPPED = "stopped"
+FAILED = "failed"
+DESTROYED = "destroyed"
+
+_COLUMNS = """
+    name, kind, state, port, rev, backend, state_seq, kept_state, error,
+    extract(epoch FROM state_since)::float8 AS state_since,
+    extract(epoch FROM created_at)::float8 AS created_at,
+    extract(epoch FROM destroyed_at)::float8 AS destroyed_at
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRow:
+    name: str
+    kind: str
+    state: str
+    port: int | None
+    rev: str
+    backend: str
+    state_seq: int
+    kept_state: bool
+    error: str
+    state_since: float
+    created_at: float
+    destroyed_at: float | None
+
+    @property
+    def live(self) -> bool:
+        """Registered and not destroyed (drafts included)."""
+        return self.state != DESTROYED
+
+    @property
+    def manager(self) -> bool:
+        return self.kind == "manager"
+
+
+def _row(record: asyncpg.Record | None) -> AgentRow | None:
+    return None if record is None else AgentRow(**dict(record))
+
+
+async def get(conn: asyncpg.Connection, name: str, *, for_update: bool = False) -> AgentRow | None:
+    lock = " FOR UPDATE" if for_update else ""
+    return _row(await conn.fetchrow(f"SELECT {_COLUMNS} FROM agents WHERE name = $1{lock}", name))
+
+
+async def list_agents(
+    conn: asyncpg.Connection | asyncpg.Pool, states: tuple[str, ...] | None = None
+) -> list[AgentRow]:
+    """Every row (or those in ``states``), by name."""
+    if states is None:
+        records = await conn.fetch(f"SELECT {_COLUMNS} FROM agents ORDER BY name")
+    else:
+        records = await conn.fetch(
+            f"SELECT {_COLUMNS} FROM agents WHERE state = ANY($1::text[]) ORDER BY name",
+            list(states),
+        )
+    return [AgentRow(**dict(r)) for r in records]
+
+
+async def used_ports(conn: asyncpg.Connection, excluding: str) -> set[int]:
+    rows = await conn.fetch(
+        "SELECT port FROM agents WHERE port IS NOT NULL AND state <> $1 AND name <> $2",
+        DESTROYED,
+        excluding,
+    )
+    return {r["port"] for r in rows}
+
+
+async def register(
+    conn: asyncpg.Connection,
+    *,
+    name: str,
+    kind: str,
+    state: str,
+    port: int | None,
+    rev: str,
+    backend: str,
+) -> AgentRow:
+    """Inserts the row, or makes a destroyed or draft one new again."""
+    record = await conn.fetchrow(
+        f"""
+        INSERT INTO agents (name, kind, state, port, rev, backend, state_seq)
+        VALUES ($1, $2, $3, $4, $5, $6, 1)
+        ON CONFLICT (name) DO UPDATE SET
+            kind = EXCLUDED.kind, state = EXCLUDED.state, port = EXCLUDED.port,
+            rev = EXCLUDED.rev, backend = EXCLUDED.backend,
+            state_seq = agents.state_seq + 1, state_since = now(),
+            created_at = now(), destroyed_at = NULL, kept_state = false, error = ''
+        RETURNING {_COLUMNS}
+        """,
+        name,
+        kind,
+        state,
+        port,
+        rev,
+        backend,
+    )
+    row = _row(record)
+    assert row is not None
+    return row
+
+
+async def set_state(
+    conn: asyncpg.Connection,
+    name: str,
+    state: str,
+    *,
+    error: str | None = None,
+    rev: str | None = None,
+    port: int | bool | None = False,
+    kept_state: bool | None = None,
+) -> AgentRow:
+    """Moves ``name`` to ``state`` (bumping its sequence). ``port=None`` clears the port."""
+    record = await conn.fetchrow(
+        f"""
+        UPDATE agents SET
+            state = $2,
+            state_seq = state_seq + 1,
+            state_since = now(),
+            error = COALESCE($3, error),
+            rev = COALESCE($4, rev),
+            port = CASE WHEN $5 THEN $6 ELSE port END,
+            kept_state = COALESCE($7, kept_state),
+            destroyed_at = CASE WHEN $2 = '{DESTROYED}' THEN now() ELSE destroyed_at END
+        WHERE name = $1
+        RETURNING {_COLUMNS}
+        """,
+        name,
+        state,
+        error,
+        rev,
+        port is not False,
+        None if port is False else port,
+        kept_state,
+    )
+    row = _row(record)
+    if row is None:
+        raise LookupError(name)
+    return row
+
+
+async def set_fields(
+    conn: asyncpg.Connection,
+    name: str,
+    *,
+    error: str | None = None,
+    rev: str | None = None,
+    kept_state: bool | None = None,
+) -> None:
+    """Changes fields without a state change."""
+    await conn.execute(
+        """
+        UPDATE agents SET error = COALESCE($2, error), rev = COALESCE($3, rev),
+            kept_state = COALESCE($4, kept_state)
+        WHERE name = $1
+        """,
+        name,
+        error,
+        rev,
+        kept_state,
+    )
