@@ -1,0 +1,83 @@
+"""The dashboard's Litestar app: ``create_app(settings, nc, js)``.
+
+A NATS client only: pages and actions go through ``hive.admin.*`` (see
+:mod:`hyperhive.dashboard.hive`), live views follow ``HIVE_EVENTS`` through
+one in-process :class:`~hyperhive.dashboard.hub.EventHub`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from litestar import Litestar, Request, Response
+from litestar.datastructures import State
+from litestar.middleware import DefineMiddleware
+from litestar.static_files import create_static_files_router
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from hyperhive.common.config import Settings
+from hyperhive.common.errors import HiveError
+from hyperhive.dashboard import (
+    routes_approvals,
+    routes_containers,
+    routes_flow,
+    routes_pages,
+    routes_questions,
+    routes_telemetry,
+)
+from hyperhive.dashboard.hive import Hive
+from hyperhive.dashboard.hub import EventHub
+from hyperhive.dashboard.render import Renderer
+from hyperhive.dashboard.security import Guard, Security, load_operator_token
+from hyperhive.dashboard.web import HTTP_STATUS, Deps
+
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(settings: Settings, nc: NATS, js: JetStreamContext) -> Litestar:
+    """The dashboard app over an open NATS connection.
+
+    The caller starts and stops the event hub (``app.state.deps.hub``):
+    a failure to subscribe must surface before the server listens.
+
+    Raises:
+        ConfigError: the operator token file cannot be read.
+    """
+    ds = settings.dashboard
+    render = Renderer()
+    security = Security(load_operator_token(ds))
+    hub = EventHub(
+        js,
+        backfill_events=ds.flow_backfill_events,
+        ring=ds.flow_ring,
+        coalesce_s=ds.flow_coalesce_ms / 1000.0,
+        ping_s=ds.sse_ping_s,
+    )
+    state = Deps(settings=ds, hive=Hive(nc, ds), hub=hub, render=render, security=security)
+
+    def login_page(csrf: str, error: str) -> bytes:
+        return render("login.html", csrf=csrf, error=error).encode()
+
+    return Litestar(
+        route_handlers=[
+            *routes_pages.HANDLERS,
+            *routes_containers.HANDLERS,
+            *routes_approvals.HANDLERS,
+            *routes_questions.HANDLERS,
+            *routes_flow.HANDLERS,
+            *routes_telemetry.HANDLERS,
+            create_static_files_router(path="/static", directories=[STATIC], name="static"),
+        ],
+        middleware=[DefineMiddleware(Guard, security=security, login_page=login_page)],
+        exception_handlers={HiveError: _hive_error},
+        state=State({"deps": state}),
+        debug=False,
+    )
+
+
+def _hive_error(_request: Request[Any, Any, Any], exc: Exception) -> Response[str]:
+    """A bad name or an unreachable service outside an action: a plain-text error."""
+    code = exc.code if isinstance(exc, HiveError) else "internal"
+    return Response(str(exc), status_code=HTTP_STATUS.get(code, 500), media_type="text/plain")

@@ -1,0 +1,205 @@
+"""One HIVE_EVENTS consumer, fanned out in-process to every SSE client.
+
+A JetStream ordered consumer replays the tail of ``HIVE_EVENTS`` at start
+(backfill) and then follows it live. Each record is encoded once into an SSE
+frame and appended to a ring; clients keep a cursor into the ring and are
+woken together at most every ``coalesce`` seconds, so 200 browsers cost one
+subscription and a few hundred small writes per second, not one consumer each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from hyperhive.common import subjects
+from hyperhive.common.wire.events import HiveEvent
+
+log = logging.getLogger(__name__)
+_event_decoder = msgspec.json.Decoder(HiveEvent)
+
+MESSAGE_FAMILY = "message."
+BODY_LIMIT = 2000  # events already carry at most this much; never trust it
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One SSE frame with what clients filter on."""
+
+    seq: int  # HIVE_EVENTS stream sequence: the SSE id, survives restarts
+    parties: tuple[str, ...]  # sender, recipient (flow) or the agent (changes)
+    frame: bytes
+
+
+class Ring:
+    """An append-only window of items addressed by a running index."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self._items: list[Item] = []
+        self._base = 0  # running index of _items[0]
+
+    @property
+    def end(self) -> int:
+        """The index the next item will get (a cursor at "now")."""
+        return self._base + len(self._items)
+
+    def append(self, item: Item) -> None:
+        self._items.append(item)
+        if len(self._items) >= 2 * self.size:  # trim in bulk: amortised O(1)
+            drop = len(self._items) - self.size
+            del self._items[:drop]
+            self._base += drop
+
+    def since(self, cursor: int) -> list[Item]:
+        """Items from ``cursor`` on (the oldest kept if the cursor fell behind)."""
+        return self._items[max(0, cursor - self._base) :]
+
+    def tail(self, n: int) -> int:
+        """A cursor that yields at most the last ``n`` items."""
+        return max(self._base, self.end - n)
+
+    def after_seq(self, seq: int) -> int:
+        """A cursor at the first item whose stream sequence is above ``seq``."""
+        index = len(self._items)
+        while index > 0 and self._items[index - 1].seq > seq:
+            index -= 1
+        return self._base + index
+
+
+def sse_frame(event: str, data: object, seq: int | None = None) -> bytes:
+    """An encoded SSE frame; ``data`` becomes one JSON line."""
+    head = f"id: {seq}\n" if seq is not None else ""
+    payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return f"{head}event: {event}\ndata: {payload}\n\n".encode()
+
+
+def flow_record(ev: HiveEvent, seq: int) -> dict[str, object]:
+    """The browser's view of a ``message.*`` event."""
+    data = ev.data
+    body = data.get("body")
+    return {
+        "seq": seq,
+        "kind": ev.kind,
+        "ts": ev.ts,
+        "id": data.get("id"),
+        "sender": data.get("sender", ""),
+        "recipient": data.get("recipient", ev.agent or ""),
+        "body": body[:BODY_LIMIT] if isinstance(body, str) else None,
+        "deliveries": data.get("deliveries", 0),
+    }
+
+
+class EventHub:
+    """Follows HIVE_EVENTS; hands frames to any number of SSE streams."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        backfill_events: int,
+        ring: int,
+        coalesce_s: float,
+        ping_s: float,
+    ) -> None:
+        self._js = js
+        self._backfill_events = backfill_events
+        self._coalesce_s = coalesce_s
+        self._ping_s = ping_s
+        self.flow = Ring(ring)
+        self.changes = Ring(ring)
+        self._wake = asyncio.Event()
+        self._wake_pending = False
+        self._sub: JetStreamContext.PushSubscription | None = None
+        self.closed = False
+        self.listeners: list[Callable[[HiveEvent], None]] = []
+
+    async def start(self) -> None:
+        """Subscribes from ``backfill_events`` records back, then live."""
+        info = await self._js.stream_info(subjects.EVENTS_STREAM)
+        start = max(1, info.state.last_seq - self._backfill_events + 1)
+        self._sub = await self._js.subscribe(
+            subjects.EVENTS_ALL,
+            stream=subjects.EVENTS_STREAM,
+            cb=self._on_msg,
+            ordered_consumer=True,
+            idle_heartbeat=5.0,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
+            ),
+            pending_msgs_limit=1_000_000,
+        )
+
+    async def stop(self) -> None:
+        """Ends every SSE stream and the subscription."""
+        self.closed = True
+        self._notify()
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception as exc:  # connection already gone at shutdown
+                log.debug("unsubscribe failed: %s", exc)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        try:
+            ev = _event_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            log.warning("undecodable record on %s", msg.subject)
+            return
+        seq = msg.metadata.sequence.stream
+        self.publish(ev, seq)
+
+    def publish(self, ev: HiveEvent, seq: int) -> None:
+        """Adds one event to the right ring and schedules a wake-up."""
+        if ev.kind.startswith(MESSAGE_FAMILY):
+            record = flow_record(ev, seq)
+            parties = (str(record["sender"]), str(record["recipient"]))
+            kind = "message" if ev.kind == subjects.EV_MESSAGE_SENT else "status"
+            self.flow.append(Item(seq, parties, sse_frame(kind, record, seq)))
+        else:
+            change = {"seq": seq, "kind": ev.kind, "agent": ev.agent, "ts": ev.ts}
+            self.changes.append(Item(seq, (ev.agent or "",), sse_frame("change", change, seq)))
+        for listener in self.listeners:
+            listener(ev)
+        if not self._wake_pending:
+            self._wake_pending = True
+            asyncio.get_running_loop().call_later(self._coalesce_s, self._notify)
+
+    def _notify(self) -> None:
+        self._wake_pending = False
+        wake, self._wake = self._wake, asyncio.Event()
+        wake.set()
+
+    async def stream(
+        self, ring: Ring, cursor: int, agent: str | None = None
+    ) -> AsyncIterator[bytes]:
+        """SSE bytes from ``cursor`` on, live, until the hub stops.
+
+        ``agent`` keeps only items where that agent is a party. Items that
+        arrived together go out in one write.
+        """
+        yield b"retry: 2000\n\n"
+        while not self.closed:
+            wake = self._wake  # taken before reading: no item can slip between
+            items = ring.since(cursor)
+            cursor = ring.end
+            if agent:
+                chunk = b"".join(i.frame for i in items if agent in i.parties)
+            else:
+                chunk = b"".join(i.frame for i in items)
+            if chunk:
+                yield chunk
+                continue
+            try:
+                async with asyncio.timeout(self._ping_s):
+                    await wake.wait()
+            except TimeoutError:
+                yield b": ping\n\n"

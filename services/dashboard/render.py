@@ -1,0 +1,60 @@
+"""Jinja templates (autoescaped) and the filters they use."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def fmt_ts(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def fmt_ago(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    s = max(0.0, time.time() - ts)
+    if s < 60:
+        return f"{s:.0f}s ago"
+    if s < 3600:
+        return f"{s / 60:.0f}m ago"
+    if s < 86_400:
+        return f"{s / 3600:.1f}h ago"
+    return f"{s / 86_400:.1f}d ago"
+
+
+def fmt_bytes(n: int | None) -> str:
+    value = float(n or 0)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def short(sha: str | None, n: int = 12) -> str:
+    return (sha or "")[:n] or "-"
+
+
+class Renderer:
+    """Renders a template to a string."""
+
+    def __init__(self) -> None:
+        self.env = Environment(
+            loader=FileSystemLoader(TEMPLATES),
+            autoescape=select_autoescape(default=True, default_for_string=True),
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.env.filters.update(ts=fmt_ts, ago=fmt_ago, bytes=fmt_bytes, short=short)
+
+    def __call__(self, name: str, **context: Any) -> str:
+        return self.env.get_template(name).render(**context)

@@ -1,0 +1,72 @@
+"""The page, its sections as fragments, the live-change stream, login."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from litestar import Request, Response, get, post
+from litestar.exceptions import NotFoundException
+from litestar.response import Redirect, Stream
+
+from hyperhive.dashboard import sections
+from hyperhive.dashboard.security import SESSION_COOKIE, login_cookie
+from hyperhive.dashboard.web import deps, field, form_fields, html, page_context, sse
+
+
+@get("/")
+async def index(request: Request[Any, Any, Any]) -> Response[str]:
+    d = deps(request)
+    views, services = await asyncio.gather(sections.load_all(d.hive), d.hive.services())
+    return html(d.render("index.html", views=views, services=services, **page_context(request)))
+
+
+@get("/section/{name:str}")
+async def section(request: Request[Any, Any, Any], name: str) -> Response[str]:
+    """One section's body, for refreshing it in place."""
+    d = deps(request)
+    if name == "status":
+        services = await d.hive.services()
+        return html(d.render("status.html", services=services, **page_context(request)))
+    if name not in sections.SECTIONS:
+        raise NotFoundException(f"no section {name!r}")
+    view = await sections.load(name, d.hive)
+    return html(d.render("section_body.html", view=view, **page_context(request)))
+
+
+@get("/events")
+async def events(request: Request[Any, Any, Any]) -> Stream:
+    """Live HIVE_EVENTS changes (agents, approvals, questions) for refreshing sections."""
+    hub = deps(request).hub
+    return sse(hub.stream(hub.changes, hub.changes.end))
+
+
+@get("/login")
+async def login_form(request: Request[Any, Any, Any]) -> Response[str]:
+    d = deps(request)
+    return html(d.render("login.html", csrf=page_context(request)["csrf"], error=""))
+
+
+@post("/login")
+async def login(request: Request[Any, Any, Any]) -> Response[Any]:
+    d = deps(request)
+    if not d.security.token_required:
+        return Redirect("/", status_code=303)
+    token = field(await form_fields(request), "token")
+    if not token or not d.security.token_ok(token):
+        page = d.render("login.html", csrf=page_context(request)["csrf"], error="wrong token")
+        return html(page, 403)
+    name, value = login_cookie(d.security)
+    response: Response[Any] = Redirect("/", status_code=303)
+    response.set_cookie(name, value, path="/", httponly=True, samesite="strict")
+    return response
+
+
+@post("/logout")
+async def logout(request: Request[Any, Any, Any]) -> Response[Any]:
+    response: Response[Any] = Redirect("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+HANDLERS = [index, section, events, login_form, login, logout]

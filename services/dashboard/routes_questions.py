@@ -1,0 +1,35 @@
+"""Questions from ``ask_operator``: free text, one choice (radio) or several."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response, post
+
+from hyperhive.common.errors import BadRequest
+from hyperhive.common.wire.approvals import AnswerRequest, QuestionInfo
+from hyperhive.dashboard.web import act, deps, field, form_fields
+
+REFRESH = ("questions",)
+
+
+@post("/questions/{question_id:int}/answer")
+async def answer(request: Request[Any, Any, Any], question_id: int) -> Response[Any]:
+    """A form posts ``choice`` (radio/checkbox, several for multi) or ``answer`` (text)."""
+    fields = await form_fields(request)
+
+    async def work() -> str:
+        chosen = [c for c in fields.get("choice", []) if c]
+        text = field(fields, "answer")
+        values = chosen or ([text] if text else [])
+        if not values:
+            raise BadRequest("pick an option or write an answer")
+        info = await deps(request).hive.act(
+            "approvals", "answer", AnswerRequest(id=question_id, answer=values), QuestionInfo
+        )
+        return f"answered question #{info.id}: {', '.join(info.answer or values)}"
+
+    return await act(request, work(), section="questions", refresh=REFRESH)
+
+
+HANDLERS = [answer]

@@ -1,0 +1,48 @@
+"""Telemetry: per-agent chart series (JSON for uPlot) from the broker's stats."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from litestar import Request, Response, get
+from litestar.enums import MediaType
+
+from hyperhive.common.errors import HiveError
+from hyperhive.common.names import check_agent_name
+from hyperhive.common.wire.broker import StatsReply, StatsRequest
+from hyperhive.dashboard import stats
+from hyperhive.dashboard.web import HTTP_STATUS, deps
+
+WINDOWS = (3600, 6 * 3600, 24 * 3600)  # what the window picker offers, seconds
+MAX_POINTS = 20_000
+
+
+@get("/api/stats")
+async def agent_stats(
+    request: Request[Any, Any, Any], agent: str, window: int = 3600
+) -> Response[Any]:
+    """Chart series of ``agent`` over the last ``window`` seconds."""
+    window = window if window in WINDOWS else WINDOWS[0]
+    now = time.time()
+    try:
+        name = check_agent_name(agent, allow_manager=True)
+        reply = await deps(request).hive.read(
+            "broker",
+            "stats",
+            StatsRequest(agent=name, since=now - window, limit=MAX_POINTS),
+            StatsReply,
+        )
+    except HiveError as exc:
+        return Response(
+            {"error": str(exc)},
+            status_code=HTTP_STATUS.get(exc.code, 500),
+            media_type=MediaType.JSON,
+        )
+    return Response(
+        {"agent": name, **stats.charts(reply.points, window_s=window, now=now)},
+        media_type=MediaType.JSON,
+    )
+
+
+HANDLERS = [agent_stats]

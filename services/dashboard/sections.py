@@ -1,0 +1,219 @@
+"""What each section of the page shows, read through ``hive.admin.*``.
+
+Every loader catches the failure of the service it reads and returns a view
+marked down with the reason, so one service being down greys out its own
+section only. Loaders run concurrently; each read has the short section
+timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hyperhive.common import subjects
+from hyperhive.common.errors import HiveError
+from hyperhive.common.wire.approvals import (
+    ApprovalIdRequest,
+    ApprovalInfo,
+    ApprovalsReply,
+    ApprovalsRequest,
+    DiffReply,
+    QuestionsReply,
+    QuestionsRequest,
+)
+from hyperhive.common.wire.base import Empty
+from hyperhive.common.wire.broker import StatsReply, StatsRequest
+from hyperhive.common.wire.lifecycle import (
+    AgentInfo,
+    AgentsReply,
+    AgentsRequest,
+    DraftsReply,
+    KeptStatesReply,
+)
+from hyperhive.dashboard import diff
+from hyperhive.dashboard.hive import Hive
+
+log = logging.getLogger(__name__)
+
+PENDING_APPROVAL = frozenset({"pending", "approved"})  # approved: deploying now
+RESOLVED_SHOWN = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    name: str
+    title: str  # l33t heading
+    service: str  # whose section it is
+
+
+# Page order. Drafts sit between K3PT ST4T3 and approvals (seed TODO).
+SECTIONS: dict[str, Meta] = {
+    m.name: m
+    for m in (
+        Meta("containers", "C0NT41N3RS", "lifecycle"),
+        Meta("kept", "K3PT ST4T3", "lifecycle"),
+        Meta("drafts", "DR4FTS", "lifecycle"),
+        Meta("approvals", "4PPR0V4LS", "approvals"),
+        Meta("questions", "QU3ST10NS", "approvals"),
+        Meta("flow", "M3SS4G3 FL0W", "broker"),
+        Meta("telemetry", "T3L3M3TRY", "broker"),
+    )
+}
+
+
+@dataclass
+class View:
+    """One section's data, or why it could not be read."""
+
+    meta: Meta
+    data: dict[str, Any] = field(default_factory=dict)
+    down: str | None = None  # "<service> d0wn: <reason>"
+
+
+def _down(meta: Meta, exc: HiveError, service: str | None = None) -> View:
+    return View(meta, down=f"{service or meta.service} d0wn: {exc}")
+
+
+async def _agents(hive: Hive) -> list[AgentInfo]:
+    reply = await hive.read("lifecycle", "list", AgentsRequest(), AgentsReply)
+    live = [a for a in reply.agents if a.state not in ("draft", "destroyed")]
+    return sorted(live, key=lambda a: (a.name != subjects.MANAGER, a.name))
+
+
+async def containers(hive: Hive) -> View:
+    meta = SECTIONS["containers"]
+    try:
+        agents = await _agents(hive)
+    except HiveError as exc:
+        return _down(meta, exc)
+    return View(meta, {"agents": agents})
+
+
+async def kept(hive: Hive) -> View:
+    meta = SECTIONS["kept"]
+    try:
+        reply = await hive.read("lifecycle", "kept", Empty(), KeptStatesReply)
+    except HiveError as exc:
+        return _down(meta, exc)
+    return View(meta, {"kept": reply.kept})
+
+
+async def drafts(hive: Hive) -> View:
+    meta = SECTIONS["drafts"]
+    try:
+        reply = await hive.read("lifecycle", "drafts", Empty(), DraftsReply)
+    except HiveError as exc:
+        return _down(meta, exc)
+    return View(meta, {"drafts": reply.drafts})
+
+
+@dataclass
+class Proposal:
+    approval: ApprovalInfo
+    sha: str
+    files: list[diff.DiffFile]
+    no_change: bool = False
+    error: str | None = None
+    default_spawn: bool = False  # a one-shot spawn: default config, nothing to diff
+
+
+async def _proposal(hive: Hive, approval: ApprovalInfo) -> Proposal:
+    sha = approval.fetched_sha or approval.commit_ref
+    if approval.kind == "Spawn" and not sha:
+        return Proposal(approval, "", [], default_spawn=True)
+    try:
+        reply = await hive.read("approvals", "diff", ApprovalIdRequest(id=approval.id), DiffReply)
+    except HiveError as exc:
+        return Proposal(approval, sha, [], error=str(exc))
+    text = reply.diff
+    return Proposal(
+        approval,
+        reply.sha or sha,
+        diff.parse(text),
+        no_change=not text.strip() or text.strip() == diff.NO_CHANGE,
+    )
+
+
+async def approvals(hive: Hive) -> View:
+    meta = SECTIONS["approvals"]
+    try:
+        reply = await hive.read("approvals", "list", ApprovalsRequest(limit=200), ApprovalsReply)
+    except HiveError as exc:
+        return _down(meta, exc)
+    pending = [a for a in reply.approvals if a.state in PENDING_APPROVAL]
+    pending.sort(key=lambda a: a.id)
+    resolved = [a for a in reply.approvals if a.state not in PENDING_APPROVAL]
+    resolved.sort(key=lambda a: a.resolved_at or a.created_at, reverse=True)
+    proposals = await asyncio.gather(*(_proposal(hive, a) for a in pending))
+    return View(meta, {"pending": proposals, "resolved": resolved[:RESOLVED_SHOWN]})
+
+
+async def questions(hive: Hive) -> View:
+    meta = SECTIONS["questions"]
+    try:
+        reply = await hive.read("approvals", "questions", QuestionsRequest(), QuestionsReply)
+    except HiveError as exc:
+        return _down(meta, exc)
+    open_ = sorted((q for q in reply.questions if q.answer is None), key=lambda q: q.id)
+    answered = sorted(
+        (q for q in reply.questions if q.answer is not None),
+        key=lambda q: q.answered_at or 0.0,
+        reverse=True,
+    )
+    return View(meta, {"open": open_, "answered": answered[:RESOLVED_SHOWN]})
+
+
+async def flow(hive: Hive) -> View:
+    """The flow itself streams over SSE; this only offers agent names to filter on."""
+    meta = SECTIONS["flow"]
+    try:
+        names = [a.name for a in await _agents(hive)]
+    except HiveError:
+        names = []  # the filter is free text too: the flow works without lifecycle
+    return View(meta, {"agents": names})
+
+
+async def telemetry(hive: Hive) -> View:
+    meta = SECTIONS["telemetry"]
+    try:
+        reply = await hive.read(
+            "broker", "stats", StatsRequest(since=time.time() - 86_400, limit=5000), StatsReply
+        )
+    except HiveError as exc:
+        return _down(meta, exc)
+    names = {p.agent for p in reply.points}
+    try:
+        names |= {a.name for a in await _agents(hive)}
+    except HiveError:
+        pass  # charts of agents with stats still work without lifecycle
+    ordered = sorted(names, key=lambda n: (n != subjects.MANAGER, n))
+    return View(meta, {"agents": ordered})
+
+
+LOADERS: dict[str, Callable[[Hive], Awaitable[View]]] = {
+    "containers": containers,
+    "kept": kept,
+    "drafts": drafts,
+    "approvals": approvals,
+    "questions": questions,
+    "flow": flow,
+    "telemetry": telemetry,
+}
+
+
+async def load(name: str, hive: Hive) -> View:
+    """One section; a loader bug shows as a broken section, not a broken page."""
+    try:
+        return await LOADERS[name](hive)
+    except Exception:
+        log.exception("section %s failed", name)
+        return View(SECTIONS[name], down=f"{name}: internal error (see dashboard log)")
+
+
+async def load_all(hive: Hive) -> list[View]:
+    return list(await asyncio.gather(*(load(n, hive) for n in SECTIONS)))

@@ -1,0 +1,340 @@
+/* hyperhive dashboard: async forms, live sections, message flow, logs, charts.
+   Everything the server sends is inserted as text, except section fragments,
+   which the server renders with autoescaping. */
+(() => {
+  "use strict";
+  const csrf = document.querySelector('meta[name="csrf-token"]')?.content || "";
+  const $ = (sel, root = document) => root.querySelector(sel);
+  const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
+
+  /* ---------- toasts ---------- */
+  function toast(message, ok = true) {
+    const box = $("#toasts");
+    if (!box) return;
+    const el = document.createElement("div");
+    el.className = ok ? "toast" : "toast err";
+    el.textContent = message;
+    box.appendChild(el);
+    while (box.children.length > 4) box.firstChild.remove();
+    setTimeout(() => el.remove(), ok ? 6000 : 15000);
+  }
+
+  /* ---------- sections refreshed in place ---------- */
+  const following = new Map(); // details id -> EventSource (logs)
+  const timers = new Map();
+
+  function refreshSoon(name, delay = 150) {
+    clearTimeout(timers.get(name));
+    timers.set(name, setTimeout(() => refresh(name), delay));
+  }
+
+  async function refresh(name) {
+    const body = document.getElementById("body-" + name);
+    if (!body) return;
+    const open = $$("details[open][id]", body).map((d) => d.id);
+    const active = document.activeElement;
+    const focusKey = active && body.contains(active) ? focusKeyOf(active) : null;
+    let html;
+    try {
+      const r = await fetch("/section/" + name, { headers: { Accept: "text/html" }, credentials: "same-origin" });
+      if (!r.ok) return;
+      html = await r.text();
+    } catch (e) {
+      return; // the status bar shows what is down
+    }
+    for (const d of $$("details[data-follow]", body)) stopFollow(d);
+    body.innerHTML = html;
+    hydrate(body);
+    for (const id of open) {
+      const d = document.getElementById(id);
+      if (d && body.contains(d)) d.open = true;
+    }
+    if (focusKey) {
+      const again = $$("button, input, textarea, select, summary, a", body).find((el) => focusKeyOf(el) === focusKey);
+      if (again) again.focus();
+    }
+    if (name === "telemetry") drawTelemetry();
+  }
+
+  function focusKeyOf(el) {
+    const form = el.closest("form");
+    return (form ? form.getAttribute("action") : "") + "|" + el.tagName + "|" + (el.name || el.textContent.trim());
+  }
+
+  /* ---------- async forms ---------- */
+  document.addEventListener("submit", async (ev) => {
+    const form = ev.target;
+    if (!(form instanceof HTMLFormElement) || !form.hasAttribute("data-async")) return;
+    ev.preventDefault();
+    if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) return;
+    const body = new URLSearchParams(new FormData(form, ev.submitter));
+    const buttons = $$("button", form);
+    buttons.forEach((b) => (b.disabled = true));
+    form.classList.add("busy");
+    form.setAttribute("aria-busy", "true");
+    try {
+      const r = await fetch(form.action, {
+        method: "POST",
+        body,
+        credentials: "same-origin",
+        headers: { "X-CSRF-Token": csrf, Accept: "application/json" },
+      });
+      const text = await r.text();
+      let data;
+      try {
+        data = JSON.parse(text);
+      } catch (e) {
+        data = { ok: false, message: text || r.status + " " + r.statusText, refresh: [] };
+      }
+      toast(data.message, data.ok);
+      if (data.ok) {
+        if (form.hasAttribute("data-reset")) form.reset();
+        for (const name of (form.dataset.resetFields || "").split(",").filter(Boolean)) {
+          const field = form.elements.namedItem(name);
+          if (field) field.value = "";
+        }
+      }
+      for (const name of data.refresh || []) refreshSoon(name, 0);
+    } catch (e) {
+      toast("network error: " + e, false);
+    } finally {
+      buttons.forEach((b) => (b.disabled = false));
+      form.classList.remove("busy");
+      form.removeAttribute("aria-busy");
+    }
+  });
+
+  /* ---------- collapsible panels: lazy fragments and followed logs ---------- */
+  function hydrate(root) {
+    for (const d of $$("details[data-lazy]", root)) {
+      d.addEventListener("toggle", async () => {
+        if (!d.open) return;
+        const target = $(".panel-body", d);
+        target.textContent = "l04d1ng…";
+        try {
+          const r = await fetch(d.dataset.lazy, { headers: { Accept: "text/html" }, credentials: "same-origin" });
+          target.innerHTML = await r.text();
+        } catch (e) {
+          target.textContent = "could not load: " + e;
+        }
+      });
+    }
+    for (const d of $$("details[data-follow]", root)) {
+      d.addEventListener("toggle", () => (d.open ? startFollow(d) : stopFollow(d)));
+    }
+  }
+
+  function startFollow(d) {
+    stopFollow(d);
+    const pre = $("pre", d);
+    pre.textContent = "";
+    const es = new EventSource(d.dataset.follow);
+    following.set(d.id, es);
+    es.addEventListener("lines", (e) => {
+      const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+      pre.textContent += JSON.parse(e.data).join("\n") + "\n";
+      const lines = pre.textContent.split("\n");
+      if (lines.length > 2000) pre.textContent = lines.slice(-2000).join("\n");
+      if (atBottom) pre.scrollTop = pre.scrollHeight;
+    });
+    es.addEventListener("down", (e) => {
+      pre.textContent += "[lifecycle d0wn: " + JSON.parse(e.data) + "]\n";
+    });
+  }
+
+  function stopFollow(d) {
+    const es = following.get(d.id);
+    if (es) es.close();
+    following.delete(d.id);
+  }
+
+  /* ---------- live changes from HIVE_EVENTS ---------- */
+  const AFFECTS = [
+    ["agent.draft", ["drafts"]],
+    ["agent.", ["containers", "kept", "drafts", "flow", "telemetry"]],
+    ["approval.", ["approvals", "drafts", "containers"]],
+    ["question.", ["questions"]],
+    ["crash.", ["containers"]],
+    ["stuck.", ["containers"]],
+  ];
+  function connectChanges() {
+    const es = new EventSource("/events");
+    es.addEventListener("change", (e) => {
+      const change = JSON.parse(e.data);
+      const hit = AFFECTS.find(([prefix]) => change.kind.startsWith(prefix));
+      if (hit) hit[1].forEach((name) => refreshSoon(name));
+    });
+    es.addEventListener("open", () => refreshSoon("status", 0));
+  }
+  setInterval(() => refreshSoon("status", 0), 15000);
+
+  /* ---------- message flow ---------- */
+  const MAX_ROWS = 500;
+  let flowES = null;
+  const flowList = $("#flow-list");
+  const flowAgent = $("#flow-agent");
+
+  function fmtTime(ts) {
+    const d = new Date(ts * 1000);
+    return d.toTimeString().slice(0, 8);
+  }
+
+  function addMessage(m) {
+    const li = document.createElement("li");
+    li.className = "msg fresh";
+    li.dataset.id = m.id;
+    li.dataset.sender = m.sender;
+    li.dataset.recipient = m.recipient;
+    const time = document.createElement("time");
+    time.dateTime = new Date(m.ts * 1000).toISOString();
+    time.textContent = fmtTime(m.ts);
+    const route = document.createElement("span");
+    route.className = "route";
+    const from = document.createElement("span");
+    from.className = "from";
+    from.textContent = m.sender;
+    const to = document.createElement("span");
+    to.className = "to";
+    to.textContent = m.recipient;
+    route.append(from, " → ", to);
+    const id = document.createElement("span");
+    id.className = "muted";
+    id.textContent = "#" + m.id;
+    const state = document.createElement("span");
+    state.className = "badge mstate state-committed";
+    state.textContent = "sent";
+    const body = document.createElement("div");
+    body.className = "body";
+    body.textContent = m.body ?? "";
+    li.append(time, route, id, state, body);
+    flowList.prepend(li);
+    while (flowList.children.length > MAX_ROWS) flowList.lastChild.remove();
+  }
+
+  function updateMessage(s) {
+    const li = flowList.querySelector('li[data-id="' + CSS.escape(String(s.id)) + '"]');
+    if (!li) return;
+    const badge = $(".mstate", li);
+    const state = s.kind.split(".")[1] || s.kind;
+    badge.className = "badge mstate state-" + state;
+    badge.textContent = state + (s.deliveries > 1 ? " ×" + s.deliveries : "");
+  }
+
+  function connectFlow() {
+    if (!flowList) return;
+    if (flowES) flowES.close();
+    flowList.textContent = "";
+    const agent = (flowAgent?.value || "").trim();
+    flowES = new EventSource("/flow/stream" + (agent ? "?agent=" + encodeURIComponent(agent) : ""));
+    flowES.addEventListener("message", (e) => addMessage(JSON.parse(e.data)));
+    flowES.addEventListener("status", (e) => updateMessage(JSON.parse(e.data)));
+  }
+  flowAgent?.addEventListener("change", connectFlow);
+  $("#flow-filter")?.addEventListener("submit", (e) => {
+    e.preventDefault();
+    connectFlow();
+  });
+  $("#flow-clear")?.addEventListener("click", () => {
+    flowAgent.value = "";
+    connectFlow();
+  });
+
+  /* ---------- telemetry charts (uPlot) ---------- */
+  const CHARTS = [
+    ["turns_per_min", "turns / min"],
+    ["duration", "turn duration p50 / p95 (s)"],
+    ["tool_calls", "tool calls / turn"],
+    ["exit_codes", "claude exit codes (turns)"],
+    ["inbox_depth", "inbox depth"],
+    ["messages", "messages sent / received"],
+    ["since_last_turn", "time since previous turn (s)"],
+  ];
+  const COLORS = ["#39ff88", "#ff3cac", "#2de2e6", "#ffe600", "#ffa43c", "#ff5c7a"];
+  const plots = [];
+
+  function fmtAgo(s) {
+    if (s == null) return "n0 turns yet";
+    if (s < 60) return "last turn " + Math.round(s) + "s ago";
+    if (s < 3600) return "last turn " + Math.round(s / 60) + "m ago";
+    return "last turn " + (s / 3600).toFixed(1) + "h ago";
+  }
+
+  async function drawTelemetry() {
+    for (const p of plots.splice(0)) p.destroy();
+    const win = $("#tele-win")?.value || "3600";
+    for (const card of $$(".tele[data-agent]")) {
+      const box = $('[data-role="charts"]', card);
+      const last = $('[data-role="last"]', card);
+      let data;
+      try {
+        const r = await fetch("/api/stats?agent=" + encodeURIComponent(card.dataset.agent) + "&window=" + win, {
+          credentials: "same-origin",
+        });
+        data = await r.json();
+        if (!r.ok) throw new Error(data.error || r.status);
+      } catch (e) {
+        box.textContent = "";
+        last.textContent = "broker d0wn: " + e.message;
+        continue;
+      }
+      last.textContent = fmtAgo(data.since_last_turn_s) + " · " + data.turns + " turns in window";
+      box.textContent = "";
+      for (const [key, title] of CHARTS) {
+        const chart = data.charts[key];
+        const fig = document.createElement("figure");
+        fig.className = "chart";
+        fig.dataset.chart = key;
+        const h = document.createElement("h4");
+        h.textContent = title;
+        fig.append(h);
+        box.append(fig);
+        if (!chart || chart.x.length === 0) {
+          const p = document.createElement("p");
+          p.className = "nodata";
+          p.textContent = "n0 d4t4";
+          fig.append(p);
+          continue;
+        }
+        const labels = Object.keys(chart.series);
+        const scatter = key === "tool_calls" || key === "inbox_depth" || key === "since_last_turn";
+        const opts = {
+          width: Math.max(240, box.clientWidth - 4),
+          height: 130,
+          cursor: { focus: { prox: 16 } },
+          scales: { x: { time: true } },
+          axes: [
+            { stroke: "#9a9ab8", grid: { stroke: "#1d1d33" }, ticks: { stroke: "#2b2b48" } },
+            { stroke: "#9a9ab8", grid: { stroke: "#1d1d33" }, ticks: { stroke: "#2b2b48" }, size: 44 },
+          ],
+          series: [
+            {},
+            ...labels.map((label, i) => ({
+              label,
+              stroke: COLORS[i % COLORS.length],
+              width: 1.5,
+              spanGaps: scatter,
+              points: { show: scatter, size: 5, fill: COLORS[i % COLORS.length] },
+              fill: key === "turns_per_min" ? "rgba(57,255,136,0.12)" : undefined,
+            })),
+          ],
+        };
+        plots.push(new uPlot(opts, [chart.x, ...labels.map((l) => chart.series[l])], fig));
+      }
+    }
+  }
+  window.addEventListener("resize", () => {
+    for (const p of plots) {
+      const width = Math.max(240, p.root.parentElement.parentElement.clientWidth - 4);
+      p.setSize({ width, height: 130 });
+    }
+  });
+  $("#tele-win")?.addEventListener("change", drawTelemetry);
+  $("#tele-refresh")?.addEventListener("click", drawTelemetry);
+  setInterval(drawTelemetry, 60000);
+
+  /* ---------- start ---------- */
+  hydrate(document);
+  connectChanges();
+  connectFlow();
+  if (typeof uPlot !== "undefined") drawTelemetry();
+})();
