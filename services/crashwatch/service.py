@@ -1,9 +1,16 @@
-"""Service wiring: registers handlers on the runtime (see hyperhive.common.service)."""
+"""Crash-watch wiring: the poll loop and the ``agent.state`` subscription."""
 
 from __future__ import annotations
 
+from hyperhive.common import subjects
 from hyperhive.common.service import Runtime
+from hyperhive.crashwatch.watcher import CrashWatch
 
 
 async def start(rt: Runtime) -> None:
-    """Registers this service's handlers; ``ping`` is served by the runner."""
+    """Follows lifecycle's state events and polls its registry."""
+    watch = CrashWatch(rt.settings, rt.nc, rt.js, rt.kv)
+    sub = await rt.nc.subscribe(subjects.event(subjects.EV_AGENT_STATE), cb=watch.on_event)
+    rt.stack.push_async_callback(watch.close)
+    rt.stack.push_async_callback(sub.unsubscribe)
+    rt.spawn(watch.run(), "crash-watch-poll")

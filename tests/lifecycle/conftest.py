@@ -55,7 +55,9 @@ def cleanup_agents(nats: EmbeddedNats, agents_dir: Path) -> None:
 
 
 @pytest.fixture
-def lc_settings(nats_server: EmbeddedNats, database_url: str, hive_home: Path) -> Iterator[Settings]:
+def lc_settings(
+    nats_server: EmbeddedNats, database_url: str, hive_home: Path
+) -> Iterator[Settings]:
     settings = lifecycle_settings(nats_server, database_url, hive_home)
     yield settings
     cleanup_agents(nats_server, settings.paths.agents_dir)

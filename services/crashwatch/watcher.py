@@ -1,0 +1,276 @@
+"""Crash and stuck detection (DESIGN.md section 1: crash-watch).
+
+Two sources feed one view of every agent's state: a poll of lifecycle's
+registry every ``crashwatch.poll_interval_s`` and lifecycle's ``agent.state``
+events as they happen. Each carries the agent's state sequence number, so an
+older poll reply never overrides a newer event. A change ``running`` →
+``stopped``/``failed`` with no transient flag (in the event, or in the KV
+bucket) is a crash: the manager gets one ``ContainerCrash`` through the
+broker. The first poll only seeds the view.
+
+Stuck: an agent that runs but whose harness heartbeat (``heartbeat.<n>`` in
+the KV bucket) is older than ``heartbeat_timeout_s``, or whose current turn
+began more than ``turn_limit_s`` ago, gets one ``AgentStuck`` per episode.
+Nothing is stopped automatically: the manager decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from hyperhive.common import rpc, subjects
+from hyperhive.common.config import Settings
+from hyperhive.common.errors import HiveError, Unavailable
+from hyperhive.common.outbox import make_event
+from hyperhive.common.wire.broker import DeliverRequest, SendReply
+from hyperhive.common.wire.events import AgentStuck, ContainerCrash, HiveEvent, SystemEvent
+from hyperhive.common.wire.lifecycle import AgentInfo, AgentsReply, AgentsRequest
+
+log = logging.getLogger(__name__)
+
+RUNNING = "running"
+DOWN = frozenset({"stopped", "failed"})
+DELIVER_ATTEMPTS = 6
+HEARTBEAT_SKEW_S = 5.0  # a heartbeat this much older than the start still counts
+
+
+@dataclass(slots=True)
+class Seen:
+    state: str
+    seq: int
+
+
+class Heartbeat(msgspec.Struct, kw_only=True):
+    ts: float
+    turn_started: float | None = None
+
+
+_event_decoder = msgspec.json.Decoder(HiveEvent)
+_hb_decoder = msgspec.json.Decoder(Heartbeat)
+
+
+class CrashWatch:
+    def __init__(self, settings: Settings, nc: NATS, js: JetStreamContext, kv: KeyValue) -> None:
+        self.settings = settings
+        self.nc = nc
+        self.js = js
+        self.kv = kv
+        self.manager = settings.lifecycle.manager
+        self.known: dict[str, Seen] = {}
+        self.seeded = False
+        self.stuck: dict[str, str] = {}  # name → reason of the open episode
+        self.reported: list[SystemEvent] = []  # what this instance has reported
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()  # one observation at a time
+
+    # --- inputs ---------------------------------------------------------------
+
+    async def poll_once(self) -> None:
+        """One look at every agent: seeds, detects crashes a missed event hid, stuck."""
+        reply = await rpc.request(
+            self.nc,
+            subjects.system("lifecycle", "list"),
+            AgentsRequest(),
+            AgentsReply,
+            timeout=self.settings.nats.request_timeout_s,
+        )
+        names = {a.name for a in reply.agents}
+        async with self._lock:
+            for info in reply.agents:
+                await self._observe(
+                    info.name, info.state, info.state_seq, info.flag, None, info.error
+                )
+            for gone in set(self.known) - names:
+                self.known.pop(gone, None)
+                self.stuck.pop(gone, None)
+            self.seeded = True
+        await self.check_stuck(reply.agents)
+
+    async def on_event(self, msg: Msg) -> None:
+        """An ``agent.state`` event from lifecycle."""
+        try:
+            ev = _event_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            return
+        if ev.agent is None or ev.kind != subjects.EV_AGENT_STATE:
+            return
+        data = ev.data
+        state = data.get("state")
+        seq = data.get("seq")
+        if not isinstance(state, str) or not isinstance(seq, int):
+            return
+        flag = data.get("flag") if isinstance(data.get("flag"), str) else None
+        code = data.get("exit_code") if isinstance(data.get("exit_code"), int) else None
+        detail = data.get("detail") if isinstance(data.get("detail"), str) else ""
+        async with self._lock:
+            await self._observe(ev.agent, state, seq, flag, code, detail)
+
+    async def _observe(
+        self,
+        name: str,
+        state: str,
+        seq: int,
+        flag: str | None,
+        exit_code: int | None,
+        detail: str,
+    ) -> None:
+        prev = self.known.get(name)
+        if prev is not None and seq <= prev.seq:
+            return  # older news than what we know
+        self.known[name] = Seen(state, seq)
+        if state != RUNNING:
+            self.stuck.pop(name, None)
+        if not self.seeded or prev is None:
+            return
+        if prev.state == RUNNING and state in DOWN and not flag:
+            if await self._flag_set(name):
+                return
+            self._report(
+                name,
+                ContainerCrash(
+                    agent=name, detail=detail or f"container {state}", exit_code=exit_code
+                ),
+                key=f"crash:{name}:{seq}",
+                kind=subjects.EV_CRASH,
+            )
+
+    async def _flag_set(self, name: str) -> bool:
+        try:
+            entry = await self.kv.get(subjects.flag_key(name))
+        except Exception:  # missing or deleted key: no operation under way
+            return False
+        return bool(entry.value)
+
+    # --- stuck ----------------------------------------------------------------
+
+    async def _heartbeat(self, name: str) -> Heartbeat | None:
+        try:
+            entry = await self.kv.get(subjects.heartbeat_key(name))
+        except Exception:
+            return None
+        if not entry.value:
+            return None
+        try:
+            return _hb_decoder.decode(entry.value)
+        except msgspec.DecodeError:
+            try:  # tolerate a harness that wrote extra fields or ints
+                raw = json.loads(entry.value)
+                return Heartbeat(ts=float(raw["ts"]), turn_started=raw.get("turn_started"))
+            except (ValueError, KeyError, TypeError):
+                return None
+
+    async def check_stuck(self, agents: list[AgentInfo]) -> None:
+        cw = self.settings.crashwatch
+        now = time.time()
+        for info in agents:
+            if info.state != RUNNING or info.flag:
+                self.stuck.pop(info.name, None)
+                continue
+            hb = await self._heartbeat(info.name)
+            found: AgentStuck | None = None
+            if hb is not None and hb.ts >= info.state_since - HEARTBEAT_SKEW_S:
+                if now - hb.ts > cw.heartbeat_timeout_s:
+                    found = AgentStuck(
+                        agent=info.name,
+                        reason="heartbeat",
+                        since=hb.ts,
+                        detail=f"last harness heartbeat {now - hb.ts:.0f}s ago "
+                        f"(limit {cw.heartbeat_timeout_s:g}s)",
+                    )
+                elif hb.turn_started and now - hb.turn_started > cw.turn_limit_s:
+                    found = AgentStuck(
+                        agent=info.name,
+                        reason="turn_too_long",
+                        since=hb.turn_started,
+                        detail=f"turn running for {now - hb.turn_started:.0f}s "
+                        f"(limit {cw.turn_limit_s:g}s)",
+                    )
+            elif info.state_since and now - info.state_since > cw.heartbeat_timeout_s:
+                found = AgentStuck(
+                    agent=info.name,
+                    reason="heartbeat",
+                    since=info.state_since,
+                    detail="no harness heartbeat since it started "
+                    f"{now - info.state_since:.0f}s ago",
+                )
+            if found is None:
+                self.stuck.pop(info.name, None)
+            elif self.stuck.get(info.name) != found.reason:
+                self.stuck[info.name] = found.reason
+                self._report(
+                    info.name,
+                    found,
+                    key=f"stuck:{info.name}:{found.reason}:{int(found.since)}",
+                    kind=subjects.EV_STUCK,
+                )
+
+    # --- outputs --------------------------------------------------------------
+
+    def _report(self, name: str, event: SystemEvent, *, key: str, kind: str) -> None:
+        log.warning("%s: %s", kind, msgspec.json.encode(event).decode())
+        self.reported.append(event)
+        task = asyncio.create_task(self._deliver(name, event, key, kind))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, name: str, event: SystemEvent, key: str, kind: str) -> None:
+        record = make_event(kind, agent=name, **msgspec.to_builtins(event))
+        try:
+            await self.js.publish(
+                subjects.event(kind),
+                msgspec.json.encode(record),
+                headers={"Nats-Msg-Id": key or uuid.uuid4().hex},
+            )
+        except Exception as exc:
+            log.warning("could not record %s for %s: %s", kind, name, exc)
+        if not self.manager:
+            return
+        # the manager cannot act on its own crash: tell the operator instead
+        to = subjects.OPERATOR if name == self.manager else self.manager
+        delay = 0.5
+        for attempt in range(1, DELIVER_ATTEMPTS + 1):
+            try:
+                await rpc.request(
+                    self.nc,
+                    subjects.system("broker", "deliver"),
+                    DeliverRequest(to=to, event=event, idempotency_key=key),
+                    SendReply,
+                    timeout=self.settings.nats.request_timeout_s,
+                )
+                return
+            except (Unavailable, TimeoutError) as exc:
+                if attempt == DELIVER_ATTEMPTS:
+                    log.error("could not deliver %s about %s: %s", kind, name, exc)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            except HiveError as exc:
+                log.error("broker refused %s about %s: %s", kind, name, exc)
+                return
+
+    async def run(self) -> None:
+        """The poll loop."""
+        interval = self.settings.crashwatch.poll_interval_s
+        while True:
+            try:
+                await self.poll_once()
+            except HiveError as exc:
+                log.warning("cannot poll lifecycle: %s", exc)
+            await asyncio.sleep(max(0.1, interval))
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=2)
