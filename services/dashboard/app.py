@@ -7,11 +7,13 @@ one in-process :class:`~hyperhive.dashboard.hub.EventHub`.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
+from litestar.exceptions import HTTPException
 from litestar.middleware import DefineMiddleware
 from litestar.static_files import create_static_files_router
 from nats.aio.client import Client as NATS
@@ -33,6 +35,7 @@ from hyperhive.dashboard.render import Renderer
 from hyperhive.dashboard.security import Guard, Security, load_operator_token
 from hyperhive.dashboard.web import HTTP_STATUS, Deps
 
+log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 
 
@@ -71,13 +74,18 @@ def create_app(settings: Settings, nc: NATS, js: JetStreamContext) -> Litestar:
             create_static_files_router(path="/static", directories=[STATIC], name="static"),
         ],
         middleware=[DefineMiddleware(Guard, security=security, login_page=login_page)],
-        exception_handlers={HiveError: _hive_error},
+        exception_handlers={Exception: _error},
         state=State({"deps": state}),
         debug=False,
     )
 
 
-def _hive_error(_request: Request[Any, Any, Any], exc: Exception) -> Response[str]:
-    """A bad name or an unreachable service outside an action: a plain-text error."""
-    code = exc.code if isinstance(exc, HiveError) else "internal"
-    return Response(str(exc), status_code=HTTP_STATUS.get(code, 500), media_type="text/plain")
+def _error(_request: Request[Any, Any, Any], exc: Exception) -> Response[str]:
+    """Errors outside an action as plain text; an unexpected one is logged."""
+    if isinstance(exc, HTTPException):
+        return Response(str(exc.detail), status_code=exc.status_code, media_type="text/plain")
+    if isinstance(exc, HiveError):
+        status = HTTP_STATUS.get(exc.code, 500)
+        return Response(str(exc), status_code=status, media_type="text/plain")
+    log.exception("request failed", exc_info=exc)
+    return Response("500: internal error (see the dashboard log)", status_code=500)

@@ -56,5 +56,5 @@ class Renderer:
         )
         self.env.filters.update(ts=fmt_ts, ago=fmt_ago, bytes=fmt_bytes, short=short)
 
-    def __call__(self, name: str, **context: Any) -> str:
-        return self.env.get_template(name).render(**context)
+    def __call__(self, template: str, /, **context: Any) -> str:
+        return self.env.get_template(template).render(**context)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response, post
+from litestar.params import FromPath
 
 from hyperhive.common.wire.approvals import ApprovalIdRequest, ApprovalInfo, DenyRequest
 from hyperhive.dashboard.web import act, deps, field, form_fields
@@ -22,7 +23,7 @@ def _outcome(info: ApprovalInfo) -> str:
 
 
 @post("/approvals/{approval_id:int}/approve")
-async def approve(request: Request[Any, Any, Any], approval_id: int) -> Response[Any]:
+async def approve(request: Request[Any, Any, Any], approval_id: FromPath[int]) -> Response[Any]:
     async def work() -> str:
         info = await deps(request).hive.act(
             "approvals", "approve", ApprovalIdRequest(id=approval_id), ApprovalInfo
@@ -33,7 +34,7 @@ async def approve(request: Request[Any, Any, Any], approval_id: int) -> Response
 
 
 @post("/approvals/{approval_id:int}/deny")
-async def deny(request: Request[Any, Any, Any], approval_id: int) -> Response[Any]:
+async def deny(request: Request[Any, Any, Any], approval_id: FromPath[int]) -> Response[Any]:
     fields = await form_fields(request)
 
     async def work() -> str:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Request, Response, get, post
+from litestar.params import FromPath
 from litestar.response import Stream
 
 from hyperhive.common.errors import BadRequest, HiveError
@@ -50,7 +51,9 @@ async def spawn(request: Request[Any, Any, Any]) -> Response[Any]:
 
 
 @post("/agents/{name:str}/{verb:str}")
-async def verb(request: Request[Any, Any, Any], name: str, verb: str) -> Response[Any]:
+async def verb(
+    request: Request[Any, Any, Any], name: FromPath[str], verb: FromPath[str]
+) -> Response[Any]:
     fields = await form_fields(request)
 
     async def work() -> str:
@@ -69,7 +72,7 @@ async def verb(request: Request[Any, Any, Any], name: str, verb: str) -> Respons
 
 
 @post("/kept/{name:str}/purge")
-async def purge(request: Request[Any, Any, Any], name: str) -> Response[Any]:
+async def purge(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[Any]:
     async def work() -> str:
         agent = _name(name)
         await deps(request).hive.act("lifecycle", "purge", AgentRequest(name=agent), Ok)
@@ -79,7 +82,7 @@ async def purge(request: Request[Any, Any, Any], name: str) -> Response[Any]:
 
 
 @post("/kept/{name:str}/respawn")
-async def respawn(request: Request[Any, Any, Any], name: str) -> Response[Any]:
+async def respawn(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[Any]:
     async def work() -> str:
         agent = _name(name)
         info = await deps(request).hive.act(
@@ -95,7 +98,7 @@ async def _panel(request: Request[Any, Any, Any], template: str, **data: Any) ->
 
 
 @get("/agents/{name:str}/inbox")
-async def inbox(request: Request[Any, Any, Any], name: str) -> Response[str]:
+async def inbox(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[str]:
     """Pending (unacknowledged) messages of one agent."""
     try:
         reply = await deps(request).hive.read(
@@ -107,7 +110,7 @@ async def inbox(request: Request[Any, Any, Any], name: str) -> Response[str]:
 
 
 @get("/agents/{name:str}/config")
-async def config(request: Request[Any, Any, Any], name: str) -> Response[str]:
+async def config(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[str]:
     """``agent.nix`` and ``agent.toml`` as deployed (applied/main)."""
     try:
         reply = await deps(request).hive.read(
@@ -121,21 +124,20 @@ async def config(request: Request[Any, Any, Any], name: str) -> Response[str]:
 async def _follow_logs(d: Deps, name: str) -> AsyncIterator[bytes]:
     """The last lines, then new ones as lifecycle's cursor moves."""
     yield b"retry: 3000\n\n"
-    cursor: int | None = None
-    first = True
+    request = LogsRequest(name=name, lines=LOG_LINES)
     while not d.hub.closed:
         try:
-            request = (
-                LogsRequest(name=name, lines=LOG_LINES)
-                if first
-                else LogsRequest(name=name, lines=LOG_LINES, after=cursor)
-            )
             reply = await d.hive.read("lifecycle", "logs", request, LogsReply)
         except HiveError as exc:
             yield _frame("down", str(exc))
         else:
-            first = False
-            cursor = reply.cursor
+            # the process backend follows by byte offset, journald by cursor
+            request = LogsRequest(
+                name=name,
+                lines=LOG_LINES,
+                after=reply.cursor if reply.cursor is not None else request.after,
+                after_cursor=reply.journal_cursor or request.after_cursor,
+            )
             if reply.lines:
                 yield _frame("lines", reply.lines)
             else:
@@ -148,7 +150,7 @@ def _frame(event: str, data: object) -> bytes:
 
 
 @get("/agents/{name:str}/logs")
-async def logs(request: Request[Any, Any, Any], name: str) -> Stream:
+async def logs(request: Request[Any, Any, Any], name: FromPath[str]) -> Stream:
     """The agent's log, following live (SSE)."""
     return sse(_follow_logs(deps(request), _name(name)))
 

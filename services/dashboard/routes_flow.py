@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response, get, post
+from litestar.params import FromQuery
 from litestar.response import Stream
 
 from hyperhive.common import subjects
@@ -17,7 +18,9 @@ BACKFILL = 200  # flow items a new client gets before live ones
 
 
 @get("/flow/stream")
-async def flow_stream(request: Request[Any, Any, Any], agent: str | None = None) -> Stream:
+async def flow_stream(
+    request: Request[Any, Any, Any], agent: FromQuery[str | None] = None
+) -> Stream:
     """Messages between agents, backfilled, then live.
 
     ``agent`` keeps messages that agent sent or received. A reconnecting

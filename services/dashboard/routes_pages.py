@@ -7,6 +7,7 @@ from typing import Any
 
 from litestar import Request, Response, get, post
 from litestar.exceptions import NotFoundException
+from litestar.params import FromPath
 from litestar.response import Redirect, Stream
 
 from hyperhive.dashboard import sections
@@ -22,7 +23,7 @@ async def index(request: Request[Any, Any, Any]) -> Response[str]:
 
 
 @get("/section/{name:str}")
-async def section(request: Request[Any, Any, Any], name: str) -> Response[str]:
+async def section(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[str]:
     """One section's body, for refreshing it in place."""
     d = deps(request)
     if name == "status":

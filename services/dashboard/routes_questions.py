@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response, post
+from litestar.params import FromPath
 
 from hyperhive.common.errors import BadRequest
 from hyperhive.common.wire.approvals import AnswerRequest, QuestionInfo
@@ -14,7 +15,7 @@ REFRESH = ("questions",)
 
 
 @post("/questions/{question_id:int}/answer")
-async def answer(request: Request[Any, Any, Any], question_id: int) -> Response[Any]:
+async def answer(request: Request[Any, Any, Any], question_id: FromPath[int]) -> Response[Any]:
     """A form posts ``choice`` (radio/checkbox, several for multi) or ``answer`` (text)."""
     fields = await form_fields(request)
 

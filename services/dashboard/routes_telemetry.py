@@ -7,6 +7,7 @@ from typing import Any
 
 from litestar import Request, Response, get
 from litestar.enums import MediaType
+from litestar.params import FromQuery
 
 from hyperhive.common.errors import HiveError
 from hyperhive.common.names import check_agent_name
@@ -20,7 +21,7 @@ MAX_POINTS = 20_000
 
 @get("/api/stats")
 async def agent_stats(
-    request: Request[Any, Any, Any], agent: str, window: int = 3600
+    request: Request[Any, Any, Any], agent: FromQuery[str], window: FromQuery[int] = 3600
 ) -> Response[Any]:
     """Chart series of ``agent`` over the last ``window`` seconds."""
     window = window if window in WINDOWS else WINDOWS[0]

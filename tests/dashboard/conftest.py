@@ -1,0 +1,123 @@
+"""A running stack for the dashboard: broker, lifecycle, approvals, dashboard.
+
+All four run in-process on the session's NATS with one database and data dir
+per test module. The harness command is ``sleep 3600`` (the real harness
+needs claude): lifecycle only needs a process it can start, watch and stop.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from nats.aio.client import Client as NATS
+
+from hyperhive.cli.devstack import stop_harnesses
+from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from hyperhive.common import nats_auth, subjects
+from hyperhive.common.config import Settings
+from hyperhive.common.paths import AgentPaths
+from tests import rig
+
+SLEEP = "sleep 3600"
+ALL_PARTS = ("broker", "lifecycle", "approvals", "dashboard")
+
+
+def stack_settings(
+    nats: EmbeddedNats, database_url: str, home: Path, **overrides: str
+) -> Settings:
+    """Service settings with a harmless harness and a free dashboard port."""
+    env = {
+        "HIVE_DASHBOARD_PORT": str(free_port()),
+        "HIVE_LIFECYCLE_HARNESS_COMMAND": SLEEP,
+        "HIVE_LIFECYCLE_MANAGER_PORT": str(free_port()),
+        "HIVE_LIFECYCLE_PORT_BASE": "23100",
+        "HIVE_LIFECYCLE_START_GRACE_S": "0.3",
+        "HIVE_LIFECYCLE_STOP_TIMEOUT_S": "5",
+        "HIVE_LIFECYCLE_MONITOR_INTERVAL_S": "0.3",
+        "HIVE_LIFECYCLE_AUTO_UPDATE_INTERVAL_S": "3600",
+        "HIVE_LIFECYCLE_REV": "test-rev-1",
+    }
+    env.update(overrides)
+    return rig.make_settings(nats, database_url, home, **env)
+
+
+def cleanup_agents(nats: EmbeddedNats, agents_dir: Path) -> None:
+    """Stops the harnesses this stack started and removes their NATS users."""
+    stop_harnesses(agents_dir)
+    if not agents_dir.is_dir():
+        return
+    for d in agents_dir.iterdir():
+        nats_auth.remove_user(nats.root, f"agent-{d.name}")
+    nats_auth.render_auth_file(nats.root, nats.auth_file)
+    assert nats.proc is not None
+    nats.proc.send_signal(1)  # SIGHUP: reload
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    url: str  # the dashboard, e.g. http://127.0.0.1:PORT
+    nats: EmbeddedNats
+    operator: NATS  # operator credentials (hive.admin.*)
+    manager: NATS | None  # hm1nd's own credentials, when lifecycle runs
+
+
+@asynccontextmanager
+async def running_stack(
+    nats: EmbeddedNats,
+    settings: Settings,
+    parts: tuple[str, ...] = ALL_PARTS,
+) -> AsyncIterator[Stack]:
+    """Runs ``parts`` in-process; yields connections as the operator and hm1nd."""
+    async with AsyncExitStack() as stack:
+        # registered first so it runs last: after lifecycle stopped
+        stack.callback(cleanup_agents, nats, settings.paths.agents_dir)
+        for part in parts:
+            await stack.enter_async_context(rig.running_service(part, settings))
+        operator = await rig.connect_as(nats, nats.operator_seed, "_INBOX.operator")
+        stack.push_async_callback(operator.close)
+        manager = None
+        seed = AgentPaths.of(settings, subjects.MANAGER).nats_seed
+        if "lifecycle" in parts and seed.exists():
+            manager = await rig.connect_as(nats, seed, subjects.inbox_prefix(subjects.MANAGER))
+            stack.push_async_callback(manager.close)
+        url = f"http://{settings.dashboard.host}:{settings.dashboard.port}"
+        yield Stack(settings=settings, url=url, nats=nats, operator=operator, manager=manager)
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    nats_server: EmbeddedNats,
+    postgres_server: EmbeddedPostgres,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Stack]:
+    """The whole stack, shared by one test module (tests use unique agent names)."""
+    database_url = await rig.create_database(postgres_server.url)
+    home = tmp_path_factory.mktemp("dash-home")
+    settings = stack_settings(nats_server, database_url, home)
+    async with running_stack(nats_server, settings) as running:
+        yield running
+
+
+def unique_name(prefix: str) -> str:
+    """A valid agent name (≤ 9 chars) unique across the session."""
+    return f"{prefix}{uuid.uuid4().hex[:9 - len(prefix)]}"
+
+
+CSRF_META = re.compile(r'<meta name="csrf-token" content="([0-9a-f]+)">')
+
+
+async def csrf_session(client: httpx.AsyncClient) -> str:
+    """Loads the page (which sets the CSRF cookie) and returns its token."""
+    page = await client.get("/", headers={"Accept": "text/html"})
+    assert page.status_code == 200, page.text[:500]
+    match = CSRF_META.search(page.text)
+    assert match, "page has no CSRF token"
+    return match.group(1)

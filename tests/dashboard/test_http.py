@@ -1,0 +1,216 @@
+"""The dashboard over HTTP against the running stack: pages, CSRF, actions, SSE."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from hyperhive.common import rpc, subjects
+from hyperhive.common.wire.broker import SendReply, SendRequest, TurnStats
+from hyperhive.common.wire.lifecycle import AgentsReply, AgentsRequest
+from hyperhive.dashboard.sections import SECTIONS
+from tests import rig
+from tests.dashboard.conftest import Stack, csrf_session, unique_name
+
+TIMEOUT = 30.0
+
+
+@pytest.fixture
+async def client(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=stack.url, timeout=TIMEOUT) as c:
+        yield c
+
+
+async def agent_names(stack: Stack) -> set[str]:
+    reply = await rpc.request(
+        stack.operator, subjects.admin("lifecycle", "list"), AgentsRequest(), AgentsReply
+    )
+    return {a.name for a in reply.agents}
+
+
+async def test_page_shows_every_section_and_the_manager(client: httpx.AsyncClient) -> None:
+    page = await client.get("/")
+    assert page.status_code == 200
+    for meta in SECTIONS.values():
+        assert meta.title in page.text
+    assert 'id="agent-hm1nd"' in page.text
+    assert "d0wn" not in page.text.split('id="main"')[1]  # every service answers
+    assert page.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+
+
+async def test_post_without_csrf_token_is_refused_and_changes_nothing(
+    stack: Stack, client: httpx.AsyncClient
+) -> None:
+    name = unique_name("cs")
+    # no cookie, no token
+    r = await client.post("/agents/spawn", data={"name": name})
+    assert r.status_code == 403
+    token = await csrf_session(client)  # now the client holds the CSRF cookie
+    r = await client.post("/agents/spawn", data={"name": name})
+    assert r.status_code == 403
+    r = await client.post("/agents/spawn", data={"name": name, "_csrf": "0" * 64})
+    assert r.status_code == 403
+    r = await client.post("/agents/spawn", data={"name": name}, headers={"X-CSRF-Token": "f00"})
+    assert r.status_code == 403
+    # a token from another session (cookie) does not fit this one
+    async with httpx.AsyncClient(base_url=stack.url) as other:
+        foreign = await csrf_session(other)
+    assert foreign != token
+    r = await client.post("/agents/spawn", data={"name": name, "_csrf": foreign})
+    assert r.status_code == 403
+    assert name not in await agent_names(stack)
+
+    # the same request with the page's token goes through (form field or header)
+    r = await client.post(
+        "/agents/spawn",
+        data={"name": name, "_csrf": token},
+        headers={"Accept": "application/json"},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["ok"] is True
+    assert name in await agent_names(stack)
+    r = await client.post(
+        f"/agents/{name}/stop",
+        headers={"X-CSRF-Token": token, "Accept": "application/json"},
+    )
+    assert r.status_code == 200, r.text
+    assert "stopped" in r.json()["message"]
+
+
+async def test_action_errors_come_back_with_their_status(client: httpx.AsyncClient) -> None:
+    token = await csrf_session(client)
+    headers = {"X-CSRF-Token": token, "Accept": "application/json"}
+    r = await client.post("/agents/nosuch/start", headers=headers)
+    assert r.status_code == 404
+    assert r.json()["ok"] is False
+    r = await client.post("/agents/spawn", data={"name": "Bad Name!"}, headers=headers)
+    assert r.status_code == 400
+    assert "invalid agent name" in r.json()["message"]
+    # a browser without JS gets a page, not JSON
+    r = await client.post("/agents/nosuch/start", data={"_csrf": token})
+    assert r.status_code == 404
+    assert "text/html" in r.headers["content-type"]
+    assert "3RR0R" in r.text
+
+
+async def sse_events(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str] | None = None
+) -> AsyncIterator[tuple[str, str, dict]]:
+    """(id, event, data) of an SSE stream, as they arrive."""
+    async with client.stream("GET", url, headers=headers or {}) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        fields: dict[str, str] = {}
+        async for line in r.aiter_lines():
+            if line == "":
+                if "data" in fields:
+                    yield fields.get("id", ""), fields.get("event", "message"), json.loads(
+                        fields["data"]
+                    )
+                fields = {}
+            elif not line.startswith(":") and ":" in line:
+                key, _, value = line.partition(":")
+                fields[key] = value.strip()
+
+
+async def first_message(
+    client: httpx.AsyncClient, url: str, body: str, headers: dict[str, str] | None = None
+) -> tuple[str, dict]:
+    async for seq, event, data in sse_events(client, url, headers):
+        if event == "message" and data["body"] == body:
+            return seq, data
+    raise AssertionError("stream ended")
+
+
+async def test_message_flow_streams_live_and_backfills(
+    stack: Stack, client: httpx.AsyncClient
+) -> None:
+    assert stack.manager is not None
+    body = f"flow test {time.time()}"
+
+    async def send() -> SendReply:
+        return await rpc.request(
+            stack.manager,
+            subjects.agent(subjects.MANAGER, "send"),
+            SendRequest(to=subjects.OPERATOR, body=body),
+            SendReply,
+        )
+
+    import asyncio
+
+    async def watch() -> tuple[str, dict]:
+        return await first_message(client, "/flow/stream?agent=hm1nd", body)
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0)  # let the stream open before the send
+    sent = await send()
+    seq, data = await asyncio.wait_for(watcher, TIMEOUT)
+    assert data["id"] == sent.id
+    assert data["sender"] == "hm1nd" and data["recipient"] == "operator"
+
+    # a new client is backfilled with it
+    seq2, _ = await asyncio.wait_for(first_message(client, "/flow/stream", body), TIMEOUT)
+    assert seq2 == seq
+
+    # a reconnect with Last-Event-ID gets only what came after
+    later = f"after {body}"
+    await rpc.request(
+        stack.manager,
+        subjects.agent(subjects.MANAGER, "send"),
+        SendRequest(to=subjects.OPERATOR, body=later),
+        SendReply,
+    )
+    async with asyncio.timeout(TIMEOUT):
+        async for _, event, data in sse_events(client, "/flow/stream", {"Last-Event-ID": seq}):
+            if event == "message":
+                assert data["body"] == later  # not the earlier one again
+                break
+
+
+async def test_agent_panels_show_config_inbox_and_logs(client: httpx.AsyncClient) -> None:
+    config = await client.get("/agents/hm1nd/config")
+    assert config.status_code == 200
+    assert "agent.toml" in config.text and "allowed_tools" in config.text
+    inbox = await client.get("/agents/hm1nd/inbox")
+    assert inbox.status_code == 200
+    import asyncio
+
+    async with asyncio.timeout(TIMEOUT):
+        async for _, event, data in sse_events(client, "/agents/hm1nd/logs"):
+            assert event == "lines"
+            assert any("harness start" in line for line in data)
+            break
+
+
+async def test_telemetry_series_from_turn_stats(stack: Stack, client: httpx.AsyncClient) -> None:
+    assert stack.manager is not None
+    now = time.time()
+    for i, (duration, code) in enumerate(((1200.0, 0), (3400.0, 0), (800.0, 1))):
+        stats = TurnStats(
+            ts=now - 30 + i,
+            duration_ms=duration,
+            exit_code=code,
+            tool_calls={"Read": 2, "send": 1},
+            messages_sent=1,
+            inbox_depth=i,
+        )
+        await rpc.publish(stack.manager, subjects.agent(subjects.MANAGER, "stats"), stats)
+
+    async def three_turns() -> dict | None:
+        r = await client.get("/api/stats", params={"agent": "hm1nd", "window": 3600})
+        data = r.json()
+        return data if data.get("turns", 0) >= 3 else None
+
+    data = await rig.eventually(three_turns, timeout=TIMEOUT, what="3 turns charted")
+    charts = data["charts"]
+    assert charts["tool_calls"]["series"]["tool calls/turn"][-3:] == [3, 3, 3]
+    assert sum(charts["exit_codes"]["series"]["exit 1"]) == 1
+    assert max(v for v in charts["duration"]["series"]["p95 s"] if v is not None) >= 3.4
+    assert data["since_last_turn_s"] is not None
+    r = await client.get("/api/stats", params={"agent": "../etc"})
+    assert r.status_code == 400
