@@ -1,9 +1,208 @@
-"""CLI verbs (filled in by their service's work)."""
+"""``hive approvals``, ``hive diff``, ``hive approve``, ``hive deny``,
+``hive questions``, ``hive answer``: the operator's side of the approval queue."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+from hyperhive.cli.client import call, fmt_ts, print_json, print_table, run_command
+from hyperhive.common import subjects
+from hyperhive.common.config import Settings
+from hyperhive.common.wire.approvals import (
+    AnswerRequest,
+    ApprovalIdRequest,
+    ApprovalInfo,
+    ApprovalsReply,
+    ApprovalsRequest,
+    DenyRequest,
+    DiffReply,
+    QuestionInfo,
+    QuestionsReply,
+    QuestionsRequest,
+)
+
+PART = "approvals"
+# an approve waits for the build; leave the service's own limit room to answer
+BUILD_MARGIN_S = 30.0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Adds this module's verbs."""
+    p = sub.add_parser("approvals", help="list approvals (pending ones unless --all)")
+    p.add_argument("--all", action="store_true", help="every approval, resolved ones too")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_approvals)
+
+    p = sub.add_parser("diff", help="show what an approval would change (git diff)")
+    p.add_argument("id", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_diff)
+
+    p = sub.add_parser("approve", help="approve and deploy; waits for the build")
+    p.add_argument("id", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_approve)
+
+    p = sub.add_parser("deny", help="deny an approval; the note goes into its git tag")
+    p.add_argument("id", type=int)
+    p.add_argument("--note", required=True, help="why (the manager reads it)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_deny)
+
+    p = sub.add_parser("questions", help="the manager's questions (open ones unless --all)")
+    p.add_argument("--all", action="store_true", help="answered questions too")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_questions)
+
+    p = sub.add_parser("answer", help="answer a question: TEXT, or --choice for options")
+    p.add_argument("id", type=int)
+    p.add_argument("text", nargs="?", help="free-text answer")
+    p.add_argument("--choice", action="append", help="an option to choose (repeat for several)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_answer)
+
+
+def _subject(verb: str) -> str:
+    return subjects.admin(PART, verb)
+
+
+def _approvals(args: argparse.Namespace) -> int:
+    async def body(settings: Settings) -> int:
+        req = ApprovalsRequest(state=None if args.all else "pending")
+        reply = await call(settings, _subject("list"), req, ApprovalsReply)
+        if args.json:
+            print_json(reply.approvals)
+            return 0
+        if not reply.approvals:
+            print("no approvals" if args.all else "no pending approvals")
+            return 0
+        print_table(
+            ["id", "kind", "agent", "state", "sha", "created", "detail"],
+            [
+                (
+                    a.id,
+                    a.kind,
+                    a.agent,
+                    a.state,
+                    a.fetched_sha[:12],
+                    fmt_ts(a.created_at),
+                    _detail(a),
+                )
+                for a in reply.approvals
+            ],
+        )
+        return 0
+
+    return run_command(body)
+
+
+def _detail(a: ApprovalInfo) -> str:
+    text = a.error or a.note or a.commit_ref
+    first = text.splitlines()[0] if text else ""
+    return first[:60]
+
+
+def _diff(args: argparse.Namespace) -> int:
+    async def body(settings: Settings) -> int:
+        reply = await call(settings, _subject("diff"), ApprovalIdRequest(id=args.id), DiffReply)
+        if args.json:
+            print_json(reply)
+        else:
+            if reply.sha:
+                print(f"approval {reply.id}  sha {reply.sha}  files: {len(reply.files)}")
+            sys.stdout.write(reply.diff if reply.diff.endswith("\n") else reply.diff + "\n")
+        return 0
+
+    return run_command(body)
+
+
+def _print_approval(a: ApprovalInfo) -> None:
+    print(f"approval {a.id} ({a.kind} {a.agent}): {a.state}" + (f"  tag {a.tag}" if a.tag else ""))
+    if a.error:
+        print(a.error)
+
+
+def _approve(args: argparse.Namespace) -> int:
+    async def body(settings: Settings) -> int:
+        reply = await call(
+            settings,
+            _subject("approve"),
+            ApprovalIdRequest(id=args.id),
+            ApprovalInfo,
+            timeout=settings.approvals.build_timeout_s + BUILD_MARGIN_S,
+        )
+        if args.json:
+            print_json(reply)
+        else:
+            _print_approval(reply)
+        return 0 if reply.state == "deployed" else 1
+
+    return run_command(body)
+
+
+def _deny(args: argparse.Namespace) -> int:
+    async def body(settings: Settings) -> int:
+        req = DenyRequest(id=args.id, note=args.note)
+        reply = await call(settings, _subject("deny"), req, ApprovalInfo)
+        if args.json:
+            print_json(reply)
+        else:
+            _print_approval(reply)
+        return 0
+
+    return run_command(body)
+
+
+def _form(q: QuestionInfo) -> str:
+    if q.options is None:
+        return "text"
+    return ("checkboxes: " if q.multi else "one of: ") + " | ".join(q.options)
+
+
+def _questions(args: argparse.Namespace) -> int:
+    async def body(settings: Settings) -> int:
+        req = QuestionsRequest(answered=None if args.all else False)
+        reply = await call(settings, _subject("questions"), req, QuestionsReply)
+        if args.json:
+            print_json(reply.questions)
+            return 0
+        if not reply.questions:
+            print("no questions" if args.all else "no open questions")
+            return 0
+        print_table(
+            ["id", "asked", "question", "form", "answer"],
+            [
+                (
+                    q.id,
+                    fmt_ts(q.asked_at),
+                    q.question.splitlines()[0][:60],
+                    _form(q)[:60],
+                    ", ".join(q.answer) if q.answer is not None else "",
+                )
+                for q in reply.questions
+            ],
+        )
+        return 0
+
+    return run_command(body)
+
+
+def _answer(args: argparse.Namespace) -> int:
+    choices = args.choice or []
+    if (args.text is None) == (not choices):
+        print("hive answer: give either TEXT or --choice (not both)", file=sys.stderr)
+        return 2
+
+    async def body(settings: Settings) -> int:
+        answer = [args.text] if args.text is not None else choices
+        reply = await call(
+            settings, _subject("answer"), AnswerRequest(id=args.id, answer=answer), QuestionInfo
+        )
+        if args.json:
+            print_json(reply)
+        else:
+            print(f"question {reply.id} answered: {', '.join(reply.answer or [])}")
+        return 0
+
+    return run_command(body)

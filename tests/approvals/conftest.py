@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -21,7 +23,8 @@ from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.events import SystemEvent
 from hyperhive.common.wire.lifecycle import AgentInfo, SpawnRequest
 from tests import rig
-from tests.approvals.standins import StandIns, standins
+from tests.approvals.standins import BrokerStandIn, broker_standin
+from tests.lifecycle.conftest import cleanup_agents, lifecycle_settings
 
 T = TypeVar("T", bound=msgspec.Struct)
 AUTHOR = git.Actor("hm1nd", "hm1nd@hive")
@@ -33,26 +36,13 @@ def agent_name(prefix: str = "ap") -> str:
     return f"{prefix}{os.getpid() % 100}x{next(_names)}"[:9]
 
 
-@pytest.fixture(scope="session")
-async def manager_seed(nats_server: EmbeddedNats) -> Path:
-    return rig.add_agent_user(nats_server, subjects.MANAGER)
-
-
-@pytest.fixture
-async def manager_nc(nats_server: EmbeddedNats, manager_seed: Path) -> AsyncIterator[NATS]:
-    """Connected as hm1nd, with hm1nd's permissions."""
-    nc = await rig.connect_as(nats_server, manager_seed, subjects.inbox_prefix(subjects.MANAGER))
-    yield nc
-    await nc.close()
-
-
 @dataclass
 class Hive:
     settings: Settings
     manager: NATS
     operator: NATS
     service: NATS
-    peers: StandIns
+    broker: BrokerStandIn
 
     async def tool(self, tool: str, req: msgspec.Struct, reply: type[T], timeout: float = 30) -> T:
         """Calls a manager tool as hm1nd."""
@@ -85,7 +75,7 @@ class Hive:
 
     async def inbox(self) -> list[SystemEvent]:
         """System events delivered to the manager so far."""
-        return [d.event for d in self.peers.delivered]
+        return [d.event for d in self.broker.delivered]
 
 
 def commit_files(
@@ -122,9 +112,55 @@ def git_out(repo_path: Path, *args: str) -> str:
 
 
 @pytest.fixture
+def ap_settings(
+    nats_server: EmbeddedNats, database_url: str, hive_home: Path
+) -> Iterator[Settings]:
+    """Lifecycle with a harmless harness (``sleep``) and a manager; quick retries."""
+    settings = lifecycle_settings(
+        nats_server,
+        database_url,
+        hive_home,
+        HIVE_LIFECYCLE_MANAGER=subjects.MANAGER,
+        HIVE_APPROVALS_NOTIFY_RETRY_S="0.5",
+    )
+    yield settings
+    reap_harnesses(settings.paths.agents_dir)
+    cleanup_agents(nats_server, settings.paths.agents_dir)
+
+
+def reap_harnesses(agents_dir: Path) -> None:
+    """Stops the harnesses lifecycle started from this process and reaps them
+    (an unreaped zombie would make ``cleanup_agents`` wait out its timeout)."""
+    for pid_file in agents_dir.glob("*/run/harness.pid"):
+        try:
+            pid = int(pid_file.read_text().split()[0])
+            os.killpg(pid, signal.SIGTERM)
+        except (OSError, ValueError, IndexError):
+            continue
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)  # sleep exits at once on SIGTERM
+
+
+@contextlib.asynccontextmanager
+async def manager_connection(nats: EmbeddedNats, settings: Settings) -> AsyncIterator[NATS]:
+    """Connected as hm1nd with the credentials lifecycle issued it."""
+    seed = AgentPaths.of(settings, subjects.MANAGER).nats_seed
+    nc = await rig.connect_as(nats, seed, subjects.inbox_prefix(subjects.MANAGER))
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
 async def hive(
-    settings: Settings, manager_nc: NATS, operator_nc: NATS, service_nc: NATS
+    ap_settings: Settings, nats_server: EmbeddedNats, operator_nc: NATS, service_nc: NATS
 ) -> AsyncIterator[Hive]:
-    async with standins(service_nc, settings) as peers:
-        async with rig.running_service("approvals", settings):
-            yield Hive(settings, manager_nc, operator_nc, service_nc, peers)
+    """Real lifecycle and approvals in this process, broker stand-in."""
+    async with (
+        broker_standin(service_nc) as broker,
+        rig.running_service("lifecycle", ap_settings),
+        manager_connection(nats_server, ap_settings) as manager,
+        rig.running_service("approvals", ap_settings),
+    ):
+        yield Hive(ap_settings, manager, operator_nc, service_nc, broker)
