@@ -12,6 +12,7 @@ from collections.abc import Sequence
 # stored as ``func`` and returns the exit code.
 COMMAND_MODULES = (
     "hyperhive.cli.cmd_core",
+    "hyperhive.cli.cmd_setup",
     "hyperhive.cli.cmd_messages",
     "hyperhive.cli.cmd_agents",
     "hyperhive.cli.cmd_approvals",

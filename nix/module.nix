@@ -1,0 +1,509 @@
+# services.hyperhive: hyperhive on a NixOS host (DESIGN.md sections 1, 2, 4, 7).
+#
+# What it sets up:
+#   - nats-server (services.nats) with JetStream on 127.0.0.1, its users taken
+#     from the auth file lifecycle keeps under <dataDir>/nats (nkeys only, no
+#     anonymous user); `hive-setup` creates the seeds and base users first;
+#   - PostgreSQL (services.postgresql) with a `hyperhive` database owned by a
+#     `hyperhive` role, reached over the unix socket with peer auth;
+#   - one systemd unit per service, built from ./services.nix (which mirrors
+#     hyperhive.common.subjects.SERVICES; tests/nix checks they agree):
+#     hive-broker, hive-lifecycle, hive-approvals, hive-crash-watch,
+#     hive-dashboard, each `hive serve <part>`;
+#   - a `hive` command for the operator, wired to the local NATS as operator.
+#
+# The agent containers are not defined here: lifecycle creates them at run
+# time with nixos-container from per-agent flakes that import
+# ./harness-base.nix (the container side).
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  inherit (lib)
+    mkOption
+    mkEnableOption
+    mkIf
+    types
+    ;
+
+  cfg = config.services.hyperhive;
+
+  services = import ./services.nix;
+
+  natsDir = "${cfg.dataDir}/nats";
+  authFile = "${natsDir}/auth.conf";
+  serviceSeed = "${natsDir}/service.seed";
+  operatorSeed = "${natsDir}/operator.seed";
+  natsUrl = "nats://127.0.0.1:${toString config.services.nats.port}";
+  hive = "${cfg.package}/bin/hive";
+  systemctl = "${config.systemd.package}/bin/systemctl";
+
+  # nixos-container keeps its per-container config and roots here (the name
+  # depends on the host's stateVersion, as in nixpkgs' nixos-containers.nix).
+  containerDirName =
+    if lib.versionAtLeast config.system.stateVersion "22.05" then "nixos-containers" else "containers";
+
+  natsConf = pkgs.writeText "hyperhive-nats.conf" (
+    import ./nats-conf.nix {
+      inherit (config.services.nats) settings;
+      inherit authFile;
+    }
+  );
+
+  # Environment every service gets (hyperhive.common.config reads HIVE_*).
+  commonEnv = {
+    HIVE_HOME = cfg.dataDir;
+    # explicit role: lifecycle and approvals run as root (see identMap below)
+    HIVE_DATABASE_URL = "postgresql://hyperhive@/hyperhive?host=/run/postgresql";
+    HIVE_NATS_URL = natsUrl;
+    HIVE_NATS_SEED_FILE = serviceSeed;
+    HIVE_NATS_INBOX_PREFIX = "";
+    HIVE_NATS_AUTH_FILE = authFile;
+    HIVE_NATS_RELOAD_COMMAND = "${systemctl} reload nats.service";
+    HIVE_LIFECYCLE_BACKEND = "nixos";
+    HIVE_LIFECYCLE_MANAGER = cfg.manager;
+    HIVE_LIFECYCLE_FLAKE_REF = cfg.flakeRef;
+    HIVE_LIFECYCLE_REV = cfg.rev;
+    HIVE_LIFECYCLE_NIXOS_SYSTEM = pkgs.stdenv.hostPlatform.system;
+    HIVE_LIFECYCLE_NIXOS_CONF_DIR = "/etc/${containerDirName}";
+    HIVE_LIFECYCLE_NIXOS_PRIVATE_USERS = lib.boolToString cfg.privateUsers;
+    HIVE_DASHBOARD_HOST = cfg.dashboard.host;
+    HIVE_DASHBOARD_PORT = toString cfg.dashboard.port;
+    HIVE_CRASHWATCH_POLL_INTERVAL_S = toString cfg.pollInterval;
+    HIVE_LOG_LEVEL = cfg.logLevel;
+    PYTHONUNBUFFERED = "1";
+  };
+
+  # Repos under the data dir may be owned by another uid (the manager's
+  # container writes the proposed repos); git must still work on them.
+  gitTrustEnv = {
+    GIT_CONFIG_COUNT = "1";
+    GIT_CONFIG_KEY_0 = "safe.directory";
+    GIT_CONFIG_VALUE_0 = "*";
+  };
+
+  # Shared by every unit.
+  baseHardening = {
+    NoNewPrivileges = true;
+    ProtectSystem = "strict";
+    ReadWritePaths = [ cfg.dataDir ];
+    ProtectHome = true;
+    PrivateTmp = true;
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    RestrictSUIDSGID = true;
+    RestrictRealtime = true;
+    LockPersonality = true;
+    SystemCallArchitectures = "native";
+    RestrictAddressFamilies = [
+      "AF_UNIX"
+      "AF_INET"
+      "AF_INET6"
+      "AF_NETLINK"
+    ];
+  };
+
+  # Units that need no root: their own user, no capabilities at all.
+  unprivileged = baseHardening // {
+    User = "hyperhive";
+    Group = "hyperhive";
+    CapabilityBoundingSet = "";
+    AmbientCapabilities = "";
+    PrivateDevices = true;
+    RestrictNamespaces = true;
+    UMask = "0027";
+  };
+
+  # What each part needs beyond the defaults.
+  perPart = {
+    # Drives nixos-container (root): it writes the container configs, roots
+    # and profiles, builds through the nix daemon and starts container@ units.
+    lifecycle = {
+      environment = gitTrustEnv // {
+        NIX_REMOTE = "daemon";
+        HOME = "/var/cache/hive-lifecycle";
+        XDG_CACHE_HOME = "/var/cache/hive-lifecycle";
+      };
+      path = [
+        pkgs.nixos-container
+        config.nix.package
+        config.systemd.package
+        pkgs.git
+        pkgs.util-linux
+        pkgs.e2fsprogs
+        pkgs.coreutils
+      ];
+      serviceConfig = baseHardening // {
+        User = "root";
+        CacheDirectory = "hive-lifecycle";
+        ReadWritePaths = [
+          cfg.dataDir
+          "/etc/${containerDirName}"
+          "/var/lib/${containerDirName}"
+          "/nix/var/nix/profiles"
+          "/nix/var/nix/gcroots"
+          "/run/lock"
+        ];
+        # the auth file it renders must stay readable by nats-server
+        UMask = "0022";
+      };
+    };
+    # Root-owned per-agent repos, but no capability whatsoever.
+    approvals = {
+      # HOME: git must not trip over root's home, hidden by ProtectHome
+      environment = gitTrustEnv // {
+        HOME = "/var/empty";
+      };
+      path = [ pkgs.git ];
+      serviceConfig = baseHardening // {
+        User = "root";
+        CapabilityBoundingSet = "";
+        AmbientCapabilities = "";
+        PrivateDevices = true;
+        RestrictNamespaces = true;
+        UMask = "0022";
+      };
+    };
+    # Asks `nixos-container status` (systemctl show) about each container.
+    crash-watch = {
+      path = [
+        pkgs.nixos-container
+        config.systemd.package
+      ];
+    };
+    # A NATS client only, with the operator's credentials (DESIGN.md section 2).
+    dashboard = {
+      environment = {
+        HIVE_NATS_SEED_FILE = operatorSeed;
+        HIVE_NATS_INBOX_PREFIX = "_INBOX.operator";
+      }
+      // lib.optionalAttrs (cfg.operatorTokenFile != null) {
+        HIVE_DASHBOARD_TOKEN_FILE = "%d/operator-token";
+      };
+      serviceConfig = lib.optionalAttrs (cfg.operatorTokenFile != null) {
+        # readable by the unit even though the file is root's
+        LoadCredential = "operator-token:${cfg.operatorTokenFile}";
+      };
+    };
+  };
+
+  unitFor =
+    svc:
+    let
+      extra = perPart.${svc.part} or { };
+    in
+    lib.nameValuePair svc.name {
+      description = svc.description;
+      wantedBy = [ "multi-user.target" ];
+      after = [
+        "network.target"
+        "hive-setup.service"
+        "nats.service"
+        "postgresql.service"
+        # newer nixpkgs create the role and database here
+        "postgresql-setup.service"
+      ];
+      requires = [
+        "hive-setup.service"
+        "nats.service"
+        "postgresql.service"
+      ];
+      environment = commonEnv // (extra.environment or { }) // cfg.extraEnvironment;
+      path = extra.path or [ ];
+      serviceConfig =
+        (if svc.privileged then { } else unprivileged)
+        // {
+          Type = "simple";
+          ExecStart = "${hive} serve ${svc.part}";
+          Restart = "on-failure";
+          RestartSec = "5s";
+          SyslogIdentifier = svc.name;
+        }
+        // (extra.serviceConfig or { });
+    };
+
+  # `hive` for the operator: the local hive, as the operator.
+  cliConfig = pkgs.writeText "hyperhive-cli.toml" ''
+    # Written by services.hyperhive: how `hive` reaches this host's hive.
+    [nats]
+    url = "${natsUrl}"
+    seed_file = "${operatorSeed}"
+    inbox_prefix = "_INBOX.operator"
+
+    [dashboard]
+    host = "${cfg.dashboard.host}"
+    port = ${toString cfg.dashboard.port}
+  '';
+  cli = pkgs.writeShellScriptBin "hive" ''
+    export HIVE_CONFIG="''${HIVE_CONFIG:-/etc/hyperhive/cli.toml}"
+    exec ${hive} "$@"
+  '';
+
+  # The original project's option name, for configs written for it.
+  aliasPaths = [
+    [ "enable" ]
+    [ "package" ]
+    [ "dataDir" ]
+    [
+      "dashboard"
+      "host"
+    ]
+    [
+      "dashboard"
+      "port"
+    ]
+    [ "operatorTokenFile" ]
+    [ "manager" ]
+  ];
+in
+{
+  imports = map (
+    p: lib.mkAliasOptionModule ([ "services" "hive-c0re" ] ++ p) ([ "services" "hyperhive" ] ++ p)
+  ) aliasPaths;
+
+  options.services.hyperhive = {
+    enable = mkEnableOption "hyperhive, a swarm of Claude Code agents in nixos-containers";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.callPackage ./package.nix { };
+      defaultText = lib.literalExpression "hyperhive.packages.\${system}.default";
+      description = "The hyperhive package (provides `hive`).";
+    };
+
+    dataDir = mkOption {
+      type = types.str;
+      default = "/var/lib/hyperhive";
+      description = ''
+        Where hyperhive keeps its files: `nats/` (seeds, users.d, auth.conf)
+        and `agents/<name>/{proposed,applied,state,creds,run}`. Not under
+        /home (the units run with ProtectHome).
+      '';
+    };
+
+    dashboard = {
+      host = mkOption {
+        type = types.str;
+        default = "127.0.0.1";
+        description = "Address the dashboard binds to. Keep it on localhost unless it is protected.";
+      };
+      port = mkOption {
+        type = types.port;
+        default = 7000;
+        description = "Dashboard port.";
+      };
+      openFirewall = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Open the dashboard port in the firewall (only useful with a non-local host).";
+      };
+    };
+
+    operatorTokenFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/secrets/hyperhive-operator-token";
+      description = ''
+        File holding the operator token the dashboard requires on every page.
+        Give a path outside the Nix store (a string, not a Nix path literal),
+        readable by root; the dashboard gets it through systemd credentials.
+      '';
+    };
+
+    manager = mkOption {
+      type = types.strMatching "^([a-z][a-z0-9-]{0,8}|hm1nd)?$";
+      default = "hm1nd";
+      description = ''
+        The manager agent lifecycle creates when missing. Empty: no manager
+        is created (for tests and hosts that only run the services).
+      '';
+    };
+
+    pollInterval = mkOption {
+      type = types.numbers.positive;
+      default = 10;
+      description = "Seconds between crash-watch's polls of every container's state.";
+    };
+
+    logLevel = mkOption {
+      type = types.enum [
+        "DEBUG"
+        "INFO"
+        "WARNING"
+        "ERROR"
+      ];
+      default = "INFO";
+      description = "Log level of every service (logs go to the journal).";
+    };
+
+    extraEnvironment = mkOption {
+      type = types.attrsOf types.str;
+      default = { };
+      example = {
+        HIVE_TELEMETRY_EXPORTER = "otlp";
+        HIVE_TELEMETRY_OTLP_ENDPOINT = "http://127.0.0.1:4318";
+      };
+      description = "Extra environment for every hyperhive unit (any `HIVE_<GROUP>_<FIELD>` setting).";
+    };
+
+    flakeRef = mkOption {
+      type = types.str;
+      default = "";
+      example = "github:owner/hyperhive";
+      description = ''
+        The hyperhive flake the per-agent container flakes import
+        harness-base.nix from (lifecycle pins it to `rev`). The flake's
+        nixosModules.hyperhive sets it to its own source.
+      '';
+    };
+
+    rev = mkOption {
+      type = types.str;
+      default = "";
+      description = "The running hyperhive revision (auto-update rebuilds containers built from another one).";
+    };
+
+    privateUsers = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Run each agent container in its own user namespace (its root is an
+        unprivileged uid on the host) with id-mapped bind mounts. Needs a
+        filesystem under dataDir that supports id-mapped mounts (ext4, xfs,
+        btrfs, tmpfs; ZFS from 2.2); turn off where it does not.
+      '';
+    };
+
+    natsPackage = mkOption {
+      type = types.package;
+      default = pkgs.nats-server;
+      defaultText = lib.literalExpression "pkgs.nats-server";
+      description = "nats-server to run; at least 2.14.3 (earlier ones have permission-bypass advisories).";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = lib.versionAtLeast cfg.natsPackage.version "2.14.3";
+        message = ''
+          services.hyperhive needs nats-server >= 2.14.3 (per-agent permissions
+          rely on fixes in it); this nixpkgs has ${cfg.natsPackage.version}. Set
+          services.hyperhive.natsPackage to a newer build.
+        '';
+      }
+      {
+        assertion = cfg.flakeRef != "";
+        message = ''
+          services.hyperhive.flakeRef is empty: import hyperhive's flake module
+          (hyperhive.nixosModules.hyperhive), which sets it, or set it to the
+          hyperhive flake the agent containers should be built from.
+        '';
+      }
+      {
+        assertion = cfg.operatorTokenFile == null || lib.hasPrefix "/" cfg.operatorTokenFile;
+        message = "services.hyperhive.operatorTokenFile must be an absolute path.";
+      }
+    ];
+
+    users.users.hyperhive = {
+      isSystemUser = true;
+      group = "hyperhive";
+      home = cfg.dataDir;
+      description = "hyperhive services";
+    };
+    users.groups.hyperhive = { };
+
+    systemd.tmpfiles.rules = [
+      "d ${cfg.dataDir} 0755 root root -"
+      # seeds in here are 0640 root:hyperhive; auth.conf and users.d are
+      # public keys only, readable by nats
+      "d ${natsDir} 0755 root root -"
+      # agents' credentials and repos: root's (lifecycle, approvals)
+      "d ${cfg.dataDir}/agents 0700 root root -"
+      "d /etc/${containerDirName} 0755 root root -"
+      "d /var/lib/${containerDirName} 0700 root root -"
+      "d /nix/var/nix/profiles/per-container 0700 root root -"
+      "d /nix/var/nix/gcroots/per-container 0755 root root -"
+    ];
+
+    # JetStream, localhost only; users come from the auth file (no anonymous
+    # user, no no_auth_user).
+    services.nats = {
+      enable = true;
+      jetstream = true;
+      settings = {
+        host = lib.mkDefault "127.0.0.1";
+        max_payload = lib.mkDefault 4194304;
+      };
+    };
+
+    services.postgresql = {
+      enable = true;
+      ensureDatabases = [ "hyperhive" ];
+      ensureUsers = [
+        {
+          name = "hyperhive";
+          ensureDBOwnership = true;
+        }
+      ];
+      # lifecycle and approvals run as root, the others as hyperhive: both
+      # may log in as the hyperhive role, nobody else
+      identMap = ''
+        hyperhive root      hyperhive
+        hyperhive hyperhive hyperhive
+      '';
+      authentication = lib.mkBefore ''
+        local hyperhive hyperhive peer map=hyperhive
+      '';
+    };
+
+    # nixos-container needs these; flakes build the per-agent containers
+    boot.enableContainers = lib.mkDefault true;
+    nix.settings.experimental-features = [
+      "nix-command"
+      "flakes"
+    ];
+
+    systemd.services = lib.mkMerge [
+      (lib.listToAttrs (map unitFor services))
+      {
+        hive-setup = {
+          description = "hyperhive: NATS seeds, base users and auth file";
+          wantedBy = [ "multi-user.target" ];
+          before = [ "nats.service" ];
+          serviceConfig = baseHardening // {
+            Type = "oneshot";
+            RemainAfterExit = true;
+            ExecStart = "${hive} setup-nats --dir ${natsDir} --group hyperhive";
+            UMask = "0022";
+            CapabilityBoundingSet = [
+              "CAP_CHOWN"
+              "CAP_FOWNER"
+            ];
+          };
+        };
+
+        nats = {
+          after = [ "hive-setup.service" ];
+          requires = [ "hive-setup.service" ];
+          # settings plus the include of the auth file (see nats-conf.nix);
+          # `systemctl reload nats` (SIGHUP) re-reads both
+          serviceConfig.ExecStart = lib.mkForce "${cfg.natsPackage}/bin/nats-server -c ${natsConf}";
+        };
+      }
+    ];
+
+    environment.etc."hyperhive/cli.toml".source = cliConfig;
+    environment.systemPackages = [ cli ];
+
+    networking.firewall.allowedTCPPorts = mkIf cfg.dashboard.openFirewall [ cfg.dashboard.port ];
+  };
+}

@@ -1,0 +1,44 @@
+# checks.<system>.nixos: boots a VM with services.hyperhive enabled, waits
+# for NATS, PostgreSQL and one unit per service (from ../services.nix), then
+# asks `hive status` (as the operator, through the module's CLI wrapper)
+# until every service answers.
+{
+  pkgs,
+  module,
+  package,
+}:
+let
+  services = import ../services.nix;
+  waitForUnits = pkgs.lib.concatMapStrings (svc: ''
+    machine.wait_for_unit("${svc.name}.service")
+  '') services;
+in
+pkgs.testers.runNixOSTest {
+  name = "hyperhive";
+
+  nodes.machine = {
+    imports = [ module ];
+    services.hyperhive = {
+      enable = true;
+      inherit package;
+      # no manager container: the VM has no network to build its flake
+      manager = "";
+    };
+    virtualisation.memorySize = 2048;
+  };
+
+  testScript = ''
+    machine.wait_for_unit("hive-setup.service")
+    machine.wait_for_unit("nats.service")
+    machine.wait_for_unit("postgresql.service")
+    ${waitForUnits}
+    machine.wait_until_succeeds("hive status", timeout=180)
+    print(machine.succeed("hive status --json"))
+    machine.wait_for_open_port(7000)
+    # the seeds stay closed to everyone but root and the services' group
+    machine.succeed("test \"$(stat -c %a /var/lib/hyperhive/nats/service.seed)\" = 640")
+    machine.fail("su -s /bin/sh nobody -c 'cat /var/lib/hyperhive/nats/service.seed'")
+    # NATS refuses a client without credentials
+    machine.fail("${pkgs.natscli}/bin/nats --server nats://127.0.0.1:4222 pub hive.events.x y")
+  '';
+}

@@ -1,0 +1,29 @@
+# The host config nix/module.nix produces with its own defaults (plus
+# `overrides`), evaluated with stand-ins: see standin.nix.
+{
+  overrides ? { },
+}:
+let
+  s = import ./standin.nix;
+  m = import ../../nix/module.nix {
+    inherit config;
+    inherit (s) lib pkgs;
+  };
+  config = {
+    services.hyperhive = s.recursiveUpdate (s.defaultsOf m.options.services.hyperhive) (
+      { enable = true; } // overrides
+    );
+    services.nats = {
+      port = 4222;
+      settings.port = 4222;
+    };
+    system.stateVersion = "25.11";
+    systemd.package = s.pkgs.systemd;
+    nix.package = s.pkgs.nix;
+  };
+in
+{
+  inherit (m) config;
+  options = builtins.attrNames m.options.services.hyperhive;
+  aliases = map (i: i.alias.from) m.imports;
+}
