@@ -29,9 +29,7 @@ SLEEP = "sleep 3600"
 ALL_PARTS = ("broker", "lifecycle", "approvals", "dashboard")
 
 
-def stack_settings(
-    nats: EmbeddedNats, database_url: str, home: Path, **overrides: str
-) -> Settings:
+def stack_settings(nats: EmbeddedNats, database_url: str, home: Path, **overrides: str) -> Settings:
     """Service settings with a harmless harness and a free dashboard port."""
     env = {
         "HIVE_DASHBOARD_PORT": str(free_port()),
@@ -108,7 +106,7 @@ async def stack(
 
 def unique_name(prefix: str) -> str:
     """A valid agent name (≤ 9 chars) unique across the session."""
-    return f"{prefix}{uuid.uuid4().hex[:9 - len(prefix)]}"
+    return f"{prefix}{uuid.uuid4().hex[: 9 - len(prefix)]}"
 
 
 CSRF_META = re.compile(r'<meta name="csrf-token" content="([0-9a-f]+)">')

@@ -109,8 +109,10 @@ async def sse_events(
         async for line in r.aiter_lines():
             if line == "":
                 if "data" in fields:
-                    yield fields.get("id", ""), fields.get("event", "message"), json.loads(
-                        fields["data"]
+                    yield (
+                        fields.get("id", ""),
+                        fields.get("event", "message"),
+                        json.loads(fields["data"]),
                     )
                 fields = {}
             elif not line.startswith(":") and ":" in line:

@@ -279,6 +279,13 @@
       }
       last.textContent = fmtAgo(data.since_last_turn_s) + " · " + data.turns + " turns in window";
       box.textContent = "";
+      if (data.turns === 0) {
+        const p = document.createElement("p");
+        p.className = "nodata";
+        p.textContent = "n0 turns in th1s w1nd0w";
+        box.append(p);
+        continue;
+      }
       for (const [key, title] of CHARTS) {
         const chart = data.charts[key];
         const fig = document.createElement("figure");
@@ -298,7 +305,7 @@
         const labels = Object.keys(chart.series);
         const scatter = key === "tool_calls" || key === "inbox_depth" || key === "since_last_turn";
         const opts = {
-          width: Math.max(240, box.clientWidth - 4),
+          width: Math.max(200, box.clientWidth),
           height: 130,
           cursor: { focus: { prox: 16 } },
           scales: { x: { time: true } },
@@ -324,7 +331,7 @@
   }
   window.addEventListener("resize", () => {
     for (const p of plots) {
-      const width = Math.max(240, p.root.parentElement.parentElement.clientWidth - 4);
+      const width = Math.max(200, p.root.parentElement.parentElement.clientWidth);
       p.setSize({ width, height: 130 });
     }
   });

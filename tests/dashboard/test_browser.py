@@ -1,0 +1,264 @@
+"""The dashboard in headless Chromium against the running stack.
+
+Each test drives the page the way the operator does (type, click, read) and
+saves a screenshot in its tmp dir. A marker set on ``window`` before acting
+proves that nothing reloaded the page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from hyperhive.common import rpc, subjects
+from hyperhive.common.paths import AgentPaths
+from hyperhive.common.wire.approvals import (
+    ApplyCommitRequest,
+    ApprovalQueued,
+    AskRequest,
+)
+from hyperhive.common.wire.base import Ok
+from hyperhive.common.wire.broker import (
+    AckRequest,
+    RecvReply,
+    RecvRequest,
+    SendReply,
+    SendRequest,
+)
+from hyperhive.common.wire.events import OperatorAnswered
+from hyperhive.common.wire.lifecycle import AgentInfo, SpawnRequest
+from tests.dashboard.conftest import Stack, unique_name
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no chromium at {CHROMIUM}"),
+]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+UI_TIMEOUT_MS = 30_000
+TIMEOUT = 30.0
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        await b.close()
+
+
+@pytest.fixture
+async def page(browser: Browser, stack: Stack, tmp_path: Path) -> AsyncIterator[Page]:
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = await context.new_page()
+    pg.set_default_timeout(UI_TIMEOUT_MS)
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    await pg.goto(stack.url + "/")
+    await pg.evaluate("window.__noReload = 'still here'")
+    yield pg
+    await pg.screenshot(path=str(tmp_path / "screenshot.png"), full_page=True)
+    await context.close()
+    assert not errors, f"JS errors on the page: {errors}"
+
+
+async def assert_not_reloaded(page: Page) -> None:
+    assert await page.evaluate("window.__noReload") == "still here"
+
+
+async def spawn_agent(stack: Stack, prefix: str) -> str:
+    name = unique_name(prefix)
+    info = await rpc.request(
+        stack.operator,
+        subjects.admin("lifecycle", "spawn"),
+        SpawnRequest(name=name),
+        AgentInfo,
+        timeout=TIMEOUT,
+    )
+    assert info.state == "running"
+    return name
+
+
+def commit_change(stack: Stack, name: str, prompt: str) -> str:
+    """Edits the agent's proposed agent.toml as the manager would; returns the sha."""
+    repo = AgentPaths.of(stack.settings, name).proposed
+    toml = repo / "agent.toml"
+    toml.write_text(toml.read_text().replace('prompt = ""', f'prompt = "{prompt}"'))
+    git = ["git", "-C", str(repo), "-c", "user.name=hm1nd", "-c", "user.email=hm1nd@hive"]
+    subprocess.run([*git, "commit", "-qam", f"{name}: {prompt}"], check=True)
+    out = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+async def request_apply_commit(stack: Stack, name: str, sha: str) -> int:
+    assert stack.manager is not None
+    queued = await rpc.request(
+        stack.manager,
+        subjects.manager_tool("request_apply_commit"),
+        ApplyCommitRequest(name=name, commit_ref=sha),
+        ApprovalQueued,
+        timeout=TIMEOUT,
+    )
+    return queued.id
+
+
+async def test_spawn_from_the_form_shows_the_agent_running(page: Page, stack: Stack) -> None:
+    name = unique_name("sp")
+    await page.get_by_label("sp4wn 4g3nt").fill(name)
+    await page.get_by_role("button", name="+ sp4wn").click()
+    card = page.locator(f"#agent-{name}")
+    await expect(card.locator('[data-role="state"]')).to_have_text("running")
+    await expect(card.get_by_role("link")).to_have_attribute(
+        "href", f"http://127.0.0.1:{await card_port(page, name)}/"
+    )
+    await expect(page.locator("#toasts")).to_contain_text(f"sp4wn3d {name}")
+    await assert_not_reloaded(page)
+
+    # the same card's actions work in place: stop it
+    await card.get_by_role("button", name="stop", exact=True).click()
+    await expect(card.locator('[data-role="state"]')).to_have_text("stopped")
+    await assert_not_reloaded(page)
+
+
+async def card_port(page: Page, name: str) -> str:
+    text = await page.locator(f"#agent-{name} a.port").inner_text()
+    return text.split(":")[-1].split()[0]
+
+
+async def test_approve_an_apply_commit_and_see_it_deployed(
+    page: Page, stack: Stack, tmp_path: Path
+) -> None:
+    name = await spawn_agent(stack, "ap")
+    sha = commit_change(stack, name, "be terse")
+    approval_id = await request_apply_commit(stack, name, sha)
+
+    card = page.locator(f"#approval-{approval_id}")
+    await expect(card).to_be_visible()  # arrived live (approval.queued), no reload
+    await expect(card).to_contain_text(sha[:12])
+    await expect(card.locator(".dl.add")).to_contain_text('+prompt = "be terse"')
+    await expect(card.locator(".dl.del")).to_contain_text('-prompt = ""')
+    await card.screenshot(path=str(tmp_path / "pending.png"))
+    await card.get_by_role("button", name="◆ APPR0VE").click()
+
+    resolved = page.locator(f"#resolved-{approval_id}")
+    await expect(resolved).to_contain_text("deployed")
+    await expect(resolved).to_contain_text(f"deployed/{approval_id}")
+    await expect(card).to_have_count(0)
+    await assert_not_reloaded(page)
+
+
+async def test_deny_with_a_note(page: Page, stack: Stack) -> None:
+    name = await spawn_agent(stack, "dn")
+    sha = commit_change(stack, name, "shout")
+    approval_id = await request_apply_commit(stack, name, sha)
+
+    card = page.locator(f"#approval-{approval_id}")
+    await expect(card).to_be_visible()
+    await card.get_by_label("note").fill("no shouting in the hive")
+    await card.get_by_role("button", name="d3ny").click()
+
+    resolved = page.locator(f"#resolved-{approval_id}")
+    await expect(resolved).to_contain_text("denied")
+    await expect(resolved).to_contain_text(f"denied/{approval_id}")
+    await expect(resolved).to_contain_text("no shouting in the hive")
+    await assert_not_reloaded(page)
+
+
+async def test_answer_a_radio_question_reaches_the_manager(page: Page, stack: Stack) -> None:
+    assert stack.manager is not None
+    question = f"which colour for the hive? ({time.time():.0f})"
+    queued = await rpc.request(
+        stack.manager,
+        subjects.manager_tool("ask_operator"),
+        AskRequest(question=question, options=["amber", "teal", "violet"]),
+        ApprovalQueued,
+        timeout=TIMEOUT,
+    )
+    form = page.locator(f"#question-{queued.id}")
+    await expect(form).to_contain_text(question)
+    await form.get_by_label("teal").check()
+    await form.get_by_role("button", name="4nsw3r").click()
+    await expect(page.locator(f"#answered-{queued.id}")).to_contain_text("teal")
+    await assert_not_reloaded(page)
+
+    # hm1nd's inbox receives the answer as a system event
+    answered = await manager_receives_answer(stack, queued.id)
+    assert answered.answer == ["teal"]
+    assert answered.question == question
+
+
+async def manager_receives_answer(stack: Stack, question_id: int) -> OperatorAnswered:
+    """Pops hm1nd's inbox (acking what it reads) until the answer shows up."""
+    assert stack.manager is not None
+    recv = subjects.agent(subjects.MANAGER, "recv")
+    ack = subjects.agent(subjects.MANAGER, "ack")
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            reply = await rpc.request(
+                stack.manager, recv, RecvRequest(wait_ms=5000), RecvReply, timeout=TIMEOUT
+            )
+            if reply.message is None:
+                continue
+            await rpc.request(stack.manager, ack, AckRequest(id=reply.message.id), Ok)
+            event = reply.message.event
+            if isinstance(event, OperatorAnswered) and event.question_id == question_id:
+                return event
+
+
+async def test_a_sent_message_appears_live_in_the_flow(page: Page, stack: Stack) -> None:
+    assert stack.manager is not None
+    body = f"hello operator, the time is {time.time()}"
+    flow = page.locator("#flow-list")
+    await expect(flow).to_be_attached()
+    sent = await rpc.request(
+        stack.manager,
+        subjects.agent(subjects.MANAGER, "send"),
+        SendRequest(to=subjects.OPERATOR, body=body),
+        SendReply,
+    )
+    row = flow.locator(f'li[data-id="{sent.id}"]')
+    await expect(row).to_contain_text(body)
+    await expect(row.locator(".from")).to_have_text("hm1nd")
+    await expect(row.locator(".to")).to_have_text("operator")
+    await assert_not_reloaded(page)
+
+    # filtering on another agent hides it; clearing the filter brings it back
+    await page.get_by_label("f1lt3r").fill("nobody")
+    await page.get_by_label("f1lt3r").press("Enter")
+    await expect(row).to_have_count(0)
+    await page.get_by_role("button", name="all", exact=True).click()
+    await expect(flow.locator(f'li[data-id="{sent.id}"]')).to_contain_text(body)
+
+
+async def test_page_works_at_phone_width(browser: Browser, stack: Stack, tmp_path: Path) -> None:
+    context = await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    pg = await context.new_page()
+    try:
+        await pg.goto(stack.url + "/")
+        await expect(pg.locator("#agent-hm1nd")).to_be_visible()
+        # nothing wider than the screen: no sideways scrolling of the page
+        overflow = await pg.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0
+        # keyboard focus is visible: Tab reaches a control that draws an outline
+        await pg.keyboard.press("Tab")
+        await pg.keyboard.press("Tab")
+        outline = await pg.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+        assert outline != "none"
+        await pg.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
+    finally:
+        await context.close()
