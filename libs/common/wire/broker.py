@@ -161,4 +161,7 @@ class TurnEvent(msgspec.Struct, kw_only=True):
 
 
 class TurnsReply(msgspec.Struct, kw_only=True):
+    """The newest ``limit`` events after ``after_seq``, oldest first."""
+
     events: list[TurnEvent] = msgspec.field(default_factory=list)
+    more: bool = False  # older events after ``after_seq`` were left out

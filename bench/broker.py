@@ -1,0 +1,315 @@
+"""Broker benchmark: latency, durable throughput and memory, in one run.
+
+Starts its own NATS and PostgreSQL (hyperhive.cli.embedded) and the broker as
+a child process (``hive serve broker``, so its memory can be read), then
+measures:
+
+  (a) the raw nats-py request/reply round trip on the same server;
+  (b) send → the recipient's waiting ``recv`` returning, p50/p99;
+  (c) sustained durable sends/s, 32 concurrent senders to 32 agents (each
+      send is committed to Postgres before its reply);
+  (d) the broker's resident memory (RSS) after the load.
+
+Agents use their own NATS credentials, as in production. The agent registry
+(lifecycle ``list``/``get``) is answered by a small responder here: starting
+64 harnesses is not what this measures.
+
+Usage: python bench/broker.py [--messages 5000] [--seconds 10] [--senders 32]
+The last line printed is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+from nats.aio.client import Client as NATS
+
+from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from hyperhive.common import nats_auth, rpc, subjects
+from hyperhive.common.config import NatsSettings, load_settings, settings_env
+from hyperhive.common.natsconn import connect
+from hyperhive.common.rpc import Call, Responder
+from hyperhive.common.wire.base import Ok, Ping, Pong
+from hyperhive.common.wire.broker import (
+    AckRequest,
+    RecvReply,
+    RecvRequest,
+    SendReply,
+    SendRequest,
+)
+from hyperhive.common.wire.lifecycle import AgentInfo, AgentRequest, AgentsReply, AgentsRequest
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+class Stack:
+    """NATS + Postgres + the broker process, all private to this run."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.nats = EmbeddedNats(root / "nats", free_port())
+        pg_root = root / "pg"
+        pg_root.mkdir()
+        os.chmod(root, 0o711)
+        os.chmod(pg_root, 0o711)
+        self.pg = EmbeddedPostgres(pg_root / "data", free_port())
+        self.broker: subprocess.Popen[bytes] | None = None
+        self.seeds: dict[str, Path] = {}
+
+    def start(self, agents: list[str]) -> None:
+        self.nats.start()
+        self.pg.start()
+        for name in agents:
+            seed = nats_auth.new_seed()
+            path = self.nats.root / "agents" / f"{name}.seed"
+            nats_auth.write_seed(path, seed)
+            nats_auth.put_user(
+                self.nats.root,
+                nats_auth.NatsUser(
+                    name=f"agent-{name}",
+                    nkey=nats_auth.public_key(seed),
+                    permissions=nats_auth.agent_permissions(name),
+                ),
+            )
+            self.seeds[name] = path
+        nats_auth.render_auth_file(self.nats.root, self.nats.auth_file)
+        assert self.nats.proc is not None
+        self.nats.proc.send_signal(1)  # SIGHUP: reload users
+
+    def settings_env(self) -> dict[str, str]:
+        settings = load_settings(
+            {
+                "HIVE_HOME": str(self.root / "home"),
+                "HIVE_NATS_URL": self.nats.url,
+                "HIVE_NATS_SEED_FILE": str(self.nats.service_seed),
+                "HIVE_DATABASE_URL": self.pg.url,
+                "HIVE_LOG_LEVEL": "WARNING",
+            },
+            config_file=None,
+        )
+        return settings_env(settings)
+
+    def start_broker(self) -> None:
+        env = dict(os.environ)
+        env.update(self.settings_env())
+        log = open(self.root / "broker.log", "wb")
+        self.broker = subprocess.Popen(
+            [sys.executable, "-m", "hyperhive.cli.main", "serve", "broker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    def stop(self) -> None:
+        if self.broker is not None and self.broker.poll() is None:
+            self.broker.terminate()
+            try:
+                self.broker.wait(15)
+            except subprocess.TimeoutExpired:
+                self.broker.kill()
+        self.nats.stop()
+        self.pg.stop()
+
+
+async def wait_broker(nc: NATS, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await rpc.request(nc, subjects.admin("broker", "ping"), Ping(), Pong, timeout=1)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def serve_registry(nc: NATS, names: list[str]) -> Responder:
+    """Answers lifecycle list/get for the bench's agents."""
+    responder = Responder(nc, queue="bench-lifecycle")
+
+    def info(name: str) -> AgentInfo:
+        return AgentInfo(name=name, kind="agent", state="running", port=0)
+
+    async def list_(_req: AgentsRequest, _call: Call) -> AgentsReply:
+        return AgentsReply(agents=[info(n) for n in names])
+
+    async def get(req: AgentRequest, _call: Call) -> AgentInfo:
+        return info(req.name)
+
+    await responder.serve(subjects.system("lifecycle", "list"), AgentsRequest, list_)
+    await responder.serve(subjects.system("lifecycle", "get"), AgentRequest, get)
+    return responder
+
+
+async def raw_rtt(nc: NATS, client: NATS, client_name: str, count: int) -> list[float]:
+    """(a): plain nats-py request/reply, responder and client on the same server.
+
+    The client is an agent connection, so the subject is one it may publish on.
+    """
+    subject = subjects.agent(client_name, "echo")
+
+    async def echo(msg) -> None:  # type: ignore[no-untyped-def]
+        await msg.respond(msg.data)
+
+    sub = await nc.subscribe(subject, cb=echo)
+    await nc.flush()
+    payload = b'{"to":"x","body":"' + b"y" * 64 + b'"}'
+    out: list[float] = []
+    for _ in range(count + 200):
+        t0 = time.perf_counter()
+        await client.request(subject, payload, timeout=5)
+        out.append((time.perf_counter() - t0) * 1000)
+    await sub.unsubscribe()
+    return out[200:]  # warm-up
+
+
+async def send_to_recv(sender: NATS, s_name: str, receiver: NATS, r_name: str, count: int):
+    """(b): time from a send to the recipient's waiting recv returning."""
+    send_subj = subjects.agent(s_name, subjects.AGENT_SEND)
+    recv_subj = subjects.agent(r_name, subjects.AGENT_RECV)
+    ack_subj = subjects.agent(r_name, subjects.AGENT_ACK)
+    out: list[float] = []
+    for i in range(count + 200):
+        waiting = asyncio.ensure_future(
+            rpc.request(receiver, recv_subj, RecvRequest(wait_ms=10_000), RecvReply, timeout=15)
+        )
+        await asyncio.sleep(0.002)  # let the recv reach the broker and wait
+        t0 = time.perf_counter()
+        await rpc.request(sender, send_subj, SendRequest(to=r_name, body=f"m{i}"), SendReply)
+        reply = await waiting
+        out.append((time.perf_counter() - t0) * 1000)
+        assert reply.message is not None and reply.message.body == f"m{i}", reply
+        await rpc.request(receiver, ack_subj, AckRequest(id=reply.message.id), Ok)
+    return out[200:]
+
+
+async def throughput(conns: dict[str, NATS], pairs: list[tuple[str, str]], seconds: float):
+    """(c): committed sends per second with one sender task per pair."""
+    stop_at = time.monotonic() + seconds
+    counts = [0] * len(pairs)
+    errors = [0]
+
+    async def sender(i: int, s_name: str, r_name: str) -> None:
+        nc = conns[s_name]
+        subj = subjects.agent(s_name, subjects.AGENT_SEND)
+        n = 0
+        while time.monotonic() < stop_at:
+            try:
+                await rpc.request(nc, subj, SendRequest(to=r_name, body=f"t{n}"), SendReply)
+                n += 1
+            except Exception:
+                errors[0] += 1
+        counts[i] = n
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(sender(i, s, r) for i, (s, r) in enumerate(pairs)))
+    elapsed = time.monotonic() - t0
+    return sum(counts) / elapsed, sum(counts), errors[0]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--senders", type=int, default=32)
+    args = parser.parse_args()
+
+    senders = [f"s{i}" for i in range(args.senders)]
+    receivers = [f"r{i}" for i in range(args.senders)]
+    root = Path(tempfile.mkdtemp(prefix="hive-bench-"))
+    stack = Stack(root)
+    try:
+        stack.start(senders + receivers)
+        service = await connect(
+            NatsSettings(url=stack.nats.url, seed_file=str(stack.nats.service_seed)), name="bench"
+        )
+        registry = await serve_registry(service, senders + receivers)
+        stack.start_broker()
+        await wait_broker(service)
+        assert stack.broker is not None
+        proc = psutil.Process(stack.broker.pid)
+
+        conns: dict[str, NATS] = {}
+        for name in senders + receivers:
+            conns[name] = await connect(
+                NatsSettings(url=stack.nats.url, connect_attempts=5, connect_backoff_s=0.2),
+                name=f"bench-{name}",
+                seed_file=str(stack.seeds[name]),
+                inbox_prefix=subjects.inbox_prefix(name),
+            )
+
+        rtt = await raw_rtt(service, conns[senders[0]], senders[0], args.messages)
+        rtt_p50, rtt_p99 = pct(rtt, 50), pct(rtt, 99)
+        print(f"(a) nats-py request/reply RTT: p50 {rtt_p50:.3f} ms, p99 {rtt_p99:.3f} ms")
+
+        lat = await send_to_recv(
+            conns[senders[0]], senders[0], conns[receivers[0]], receivers[0], args.messages
+        )
+        lat_p50, lat_p99 = pct(lat, 50), pct(lat, 99)
+        print(
+            f"(b) send -> waiting recv: p50 {lat_p50:.3f} ms, p99 {lat_p99:.3f} ms, "
+            f"mean {statistics.fmean(lat):.3f} ms over {len(lat)} messages"
+        )
+        print(f"    ratio (b)/(a): p50 {lat_p50 / rtt_p50:.1f}x, p99 {lat_p99 / rtt_p99:.1f}x")
+
+        cpu0 = proc.cpu_times()
+        me = psutil.Process()
+        me0 = me.cpu_times()
+        rate, total, errors = await throughput(
+            conns, list(zip(senders, receivers, strict=True)), args.seconds
+        )
+        print(
+            f"(c) durable sends: {rate:,.0f} msg/s ({total} in {args.seconds:g}s, "
+            f"{args.senders} senders -> {args.senders} agents, {errors} errors)"
+        )
+        cpu1 = proc.cpu_times()
+        me1 = me.cpu_times()
+        b_cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+        c_cpu = (me1.user + me1.system) - (me0.user + me0.system)
+        print(
+            f"    CPU during (c): broker {b_cpu / args.seconds:.0%} of a core "
+            f"({b_cpu / max(total, 1) * 1e6:.0f} us/msg), bench clients {c_cpu / args.seconds:.0%}"
+        )
+        rss_mb = proc.memory_info().rss / 1e6
+        print(f"(d) broker RSS after the load: {rss_mb:.1f} MB")
+
+        for nc in conns.values():
+            await nc.close()
+        await registry.stop(1.0)
+        await service.close()
+        result = {
+            "rtt_p50_ms": round(rtt_p50, 3),
+            "rtt_p99_ms": round(rtt_p99, 3),
+            "send_recv_p50_ms": round(lat_p50, 3),
+            "send_recv_p99_ms": round(lat_p99, 3),
+            "ratio_p50": round(lat_p50 / rtt_p50, 2),
+            "ratio_p99": round(lat_p99 / rtt_p99, 2),
+            "throughput_msg_s": round(rate, 1),
+            "throughput_errors": errors,
+            "broker_rss_mb": round(rss_mb, 1),
+            "messages": len(lat),
+            "senders": args.senders,
+        }
+        print(json.dumps(result))
+    finally:
+        stack.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

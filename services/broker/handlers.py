@@ -1,0 +1,417 @@
+"""The broker's request handlers: send, recv, ack, receipts, history, stats.
+
+Identity comes from the subject (``call.agent``). A send is committed to
+Postgres, with its ``message.sent`` event in the same transaction (outbox),
+before it is answered; concurrent sends share a transaction (group commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Sequence
+
+import asyncpg
+import msgspec
+
+from hyperhive.broker import store
+from hyperhive.broker.batching import GroupCommit
+from hyperhive.broker.known import KnownAgents
+from hyperhive.broker.render import render_event
+from hyperhive.broker.store import NewMessage, Stored, unavailable_on_db_errors
+from hyperhive.broker.wake import Waiters
+from hyperhive.common import outbox, subjects
+from hyperhive.common.config import BrokerSettings
+from hyperhive.common.errors import BadRequest, Forbidden, NotFound
+from hyperhive.common.names import check_agent_name, is_agent_name
+from hyperhive.common.outbox import OutboxRelay
+from hyperhive.common.rpc import Call
+from hyperhive.common.wire.base import Ok
+from hyperhive.common.wire.broker import (
+    AckRequest,
+    AdminSendRequest,
+    DeliverRequest,
+    HistoryItem,
+    HistoryReply,
+    InboxRequest,
+    Message,
+    MessagesRequest,
+    MessageStatus,
+    RecvReply,
+    RecvRequest,
+    SendReply,
+    SendRequest,
+    StatPoint,
+    StatsReply,
+    StatsRequest,
+    StatusRequest,
+    TurnStats,
+)
+from hyperhive.common.wire.events import SystemEvent
+
+log = logging.getLogger(__name__)
+
+EVENT_BODY_CHARS = 2000  # bodies in HIVE_EVENTS records are cut to this
+MAX_KEY_CHARS = 200
+_event_enc = msgspec.json.Encoder()
+_event_dec = msgspec.json.Decoder(SystemEvent)
+
+
+class Broker:
+    """Holds what the handlers share: the pool, settings, known agents, waiters."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        relaxed: asyncpg.Pool,
+        relay: OutboxRelay,
+        settings: BrokerSettings,
+        known: KnownAgents,
+        waiters: Waiters,
+        stopping: asyncio.Event,
+    ) -> None:
+        self.pool = pool  # sends: committed durably before the reply
+        self.relaxed = relaxed  # hand-outs, acks, stats (see store.open_relaxed_pool)
+        self.relay = relay
+        self.settings = settings
+        self.known = known
+        self.waiters = waiters
+        self.stopping = stopping
+        self.kinds = store.EventKinds(
+            sent=_kind(subjects.EV_MESSAGE_SENT),
+            delivered=_kind(subjects.EV_MESSAGE_DELIVERED),
+            redelivered=_kind(subjects.EV_MESSAGE_REDELIVERED),
+            acked=_kind(subjects.EV_MESSAGE_ACKED),
+            body_chars=EVENT_BODY_CHARS,
+        )
+        self.sends: GroupCommit[NewMessage, Stored] = GroupCommit(
+            self._commit_sends, max_batch=256, workers=2
+        )
+
+    # --- send ---------------------------------------------------------------
+
+    def _check_body(self, body: str) -> None:
+        if not body or not body.strip():
+            raise BadRequest("message body is empty")
+        try:
+            size = len(body.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise BadRequest("message body is not valid UTF-8 text") from None
+        if size > self.settings.max_body_bytes:
+            raise BadRequest(
+                f"message body is {size} bytes; the limit is {self.settings.max_body_bytes}"
+            )
+        if "\x00" in body:
+            raise BadRequest("message body contains a NUL character")
+
+    @staticmethod
+    def _check_key(key: str | None) -> None:
+        if key is not None and not (0 < len(key) <= MAX_KEY_CHARS and "\x00" not in key):
+            raise BadRequest(f"idempotency_key must be 1-{MAX_KEY_CHARS} characters")
+
+    async def _check_recipient(self, to: str) -> None:
+        if to == subjects.OPERATOR:
+            return
+        if not isinstance(to, str) or not is_agent_name(to) or to == subjects.SYSTEM:
+            raise BadRequest(f"invalid recipient {to!r}: an agent name or 'operator'")
+        await self.known.check(to)
+
+    async def _store(self, message: NewMessage) -> SendReply:
+        stored = await self.sends.submit(message)
+        return SendReply(id=stored.id, ts=stored.ts)
+
+    async def _commit_sends(self, items: Sequence[NewMessage]) -> list[Stored]:
+        with unavailable_on_db_errors("message not sent"):
+            stored = await store.insert_messages(self.pool, items, self.kinds)
+        new = [(m.recipient, s.id) for m, s in zip(items, stored, strict=True) if s.created]
+        if new:
+            self.relay.kick()
+            await self.waiters.committed([r for r, _ in new], [i for _, i in new])
+        return stored
+
+    async def send(self, req: SendRequest, call: Call) -> SendReply:
+        """``hive.agent.<n>.send``: commit a message from the calling agent."""
+        self._check_body(req.body)
+        self._check_key(req.idempotency_key)
+        await self._check_recipient(req.to)
+        return await self._store(
+            NewMessage(
+                sender=call.agent,
+                recipient=req.to,
+                body=req.body,
+                idempotency_key=req.idempotency_key,
+            )
+        )
+
+    async def admin_send(self, req: AdminSendRequest, _call: Call) -> SendReply:
+        """``hive.admin.broker.send``: a message from the operator."""
+        self._check_body(req.body)
+        self._check_key(req.idempotency_key)
+        if req.to == subjects.OPERATOR:
+            raise BadRequest("the operator cannot send a message to itself")
+        await self._check_recipient(req.to)
+        return await self._store(
+            NewMessage(
+                sender=subjects.OPERATOR,
+                recipient=req.to,
+                body=req.body,
+                idempotency_key=req.idempotency_key,
+            )
+        )
+
+    async def deliver(self, req: DeliverRequest, _call: Call) -> SendReply:
+        """``hive.system.broker.deliver``: a system event into an inbox."""
+        self._check_key(req.idempotency_key)
+        await self._check_recipient(req.to)
+        body = render_event(req.event)
+        self._check_body(body)
+        return await self._store(
+            NewMessage(
+                sender=subjects.SYSTEM,
+                recipient=req.to,
+                body=body,
+                event=_event_enc.encode(req.event).decode(),
+                idempotency_key=req.idempotency_key,
+            )
+        )
+
+    # --- recv / ack ---------------------------------------------------------
+
+    async def recv(self, req: RecvRequest, call: Call) -> RecvReply:
+        """``hive.agent.<n>.recv``: the oldest available message, waiting up to ``wait_ms``.
+
+        Woken by a commit for this agent (in this or another broker instance)
+        or by the expiry of one of its leases; never by polling the table.
+        """
+        agent = call.agent
+        if req.wait_ms < 0:
+            raise BadRequest("wait_ms must be >= 0")
+        wait_s = min(req.wait_ms, self.settings.max_wait_ms) / 1000
+        deadline = time.monotonic() + wait_s
+        with self.waiters.watch(agent) as woke:
+            while True:
+                woke.clear()
+                message = await self._claim(agent)
+                if message is not None:
+                    return RecvReply(message=message)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.stopping.is_set():
+                    return RecvReply(empty=True)
+                with unavailable_on_db_errors("recv"):
+                    expiry = await store.seconds_to_next_expiry(self.pool, agent)
+                timeout = remaining if expiry is None else min(remaining, max(expiry, 0.0) + 0.01)
+                await _wait_any(woke, self.stopping, timeout)
+
+    async def _claim(self, agent: str) -> Message | None:
+        with unavailable_on_db_errors("recv"):
+            row = await store.claim_next(
+                self.relaxed, agent, self.settings.visibility_timeout_s, self.kinds
+            )
+        if row is None:
+            return None
+        self.relay.kick()
+        return Message(
+            id=row["id"],
+            sender=row["sender"],
+            recipient=row["recipient"],
+            body=row["body"],
+            ts=row["created_at"],
+            redelivered=row["deliveries"] > 1,
+            deliveries=row["deliveries"],
+            event=_decode_event(row["event"]),
+        )
+
+    async def ack(self, req: AckRequest, call: Call) -> Ok:
+        """``hive.agent.<n>.ack``: the calling agent consumed message ``id``.
+
+        Acking an already acked message of one's own is a no-op.
+        """
+        agent = call.agent
+        with unavailable_on_db_errors("ack"):
+            row = await store.ack(self.relaxed, req.id, agent, self.kinds)
+            existing = None if row is not None else await store.get(self.pool, req.id)
+        if row is not None:
+            self.relay.kick()
+            return Ok()
+        if existing is None:
+            raise NotFound(f"no message with id {req.id}")
+        if existing["recipient"] != agent:
+            raise Forbidden(f"message {req.id} is not addressed to {agent}")
+        return Ok()  # already acked
+
+    # --- receipts and history -------------------------------------------------
+
+    async def _status_row(self, message_id: int) -> asyncpg.Record:
+        with unavailable_on_db_errors("status"):
+            row = await store.get(self.pool, message_id)
+        if row is None:
+            raise NotFound(f"no message with id {message_id}")
+        return row
+
+    async def status(self, req: StatusRequest, call: Call) -> MessageStatus:
+        """``hive.agent.<n>.status``: a receipt, for the message's sender or recipient."""
+        row = await self._status_row(req.id)
+        if call.agent not in (row["sender"], row["recipient"]):
+            raise Forbidden(f"message {req.id} was neither sent nor received by {call.agent}")
+        return _status(row)
+
+    async def admin_status(self, req: StatusRequest, _call: Call) -> MessageStatus:
+        return _status(await self._status_row(req.id))
+
+    def _limit(self, limit: int) -> int:
+        if limit <= 0:
+            raise BadRequest("limit must be > 0")
+        return min(limit, self.settings.history_limit)
+
+    async def messages(self, req: MessagesRequest, _call: Call) -> HistoryReply:
+        """``hive.admin.broker.messages``: history, filtered by agent and time."""
+        if req.agent is not None and req.agent not in (subjects.OPERATOR, subjects.SYSTEM):
+            check_agent_name(req.agent, allow_manager=True)
+        with unavailable_on_db_errors("history"):
+            rows = await store.history(
+                self.pool, agent=req.agent, since=req.since, limit=self._limit(req.limit)
+            )
+        return HistoryReply(messages=[_history_item(r) for r in rows])
+
+    async def inbox(self, req: InboxRequest, _call: Call) -> HistoryReply:
+        """``hive.admin.broker.inbox``: the messages an agent has not acked."""
+        if req.agent != subjects.OPERATOR:
+            check_agent_name(req.agent, allow_manager=True)
+        with unavailable_on_db_errors("inbox"):
+            rows = await store.pending(self.pool, req.agent, self.settings.history_limit)
+        return HistoryReply(messages=[_history_item(r) for r in rows])
+
+    # --- turn statistics --------------------------------------------------------
+
+    async def ingest_stats(self, stats: TurnStats, call: Call) -> None:
+        """``hive.agent.<n>.stats`` (published): store one turn's figures as rows."""
+        agent = call.agent
+        try:
+            values = stats_rows(stats)
+        except BadRequest as exc:
+            log.warning("turn stats of %s refused: %s", agent, exc)
+            raise
+        with unavailable_on_db_errors("stats"):
+            async with self.relaxed.acquire() as conn, conn.transaction():
+                if stats.inbox_depth is None:
+                    values.append(("inbox_depth", float(await store.inbox_depth(conn, agent))))
+                await store.insert_stats(conn, agent, stats.ts, values)
+                await outbox.add(
+                    conn,
+                    outbox.make_event(
+                        subjects.EV_STATS, agent=agent, ts=stats.ts, values=dict(values)
+                    ),
+                )
+        self.relay.kick()
+
+    async def stats(self, req: StatsRequest, _call: Call) -> StatsReply:
+        """``hive.admin.broker.stats``: stored turn statistics, oldest first."""
+        if req.agent is not None:
+            check_agent_name(req.agent, allow_manager=True)
+        if req.limit <= 0:
+            raise BadRequest("limit must be > 0")
+        with unavailable_on_db_errors("stats"):
+            rows = await store.query_stats(
+                self.pool,
+                agent=req.agent,
+                since=req.since,
+                key=req.key,
+                limit=min(req.limit, 50_000),
+            )
+        return StatsReply(
+            points=[
+                StatPoint(agent=r["agent"], ts=r["ts"], key=r["key"], value=r["value"])
+                for r in rows
+            ]
+        )
+
+
+def stats_rows(stats: TurnStats) -> list[tuple[str, float]]:
+    """The ``(key, value)`` rows of one turn (``tool.<name>`` per tool)."""
+    if not 0 < stats.ts < 1e11:
+        raise BadRequest(f"turn stats ts {stats.ts!r} is not a unix time")
+    if not all(n and len(n) <= 200 for n in stats.tool_calls):
+        raise BadRequest("tool_calls keys must be tool names")
+    values: list[tuple[str, float]] = [
+        ("duration_ms", float(stats.duration_ms)),
+        ("exit_code", float(stats.exit_code)),
+        ("tool_calls", float(sum(stats.tool_calls.values()))),
+        *((f"tool.{name}", float(n)) for name, n in sorted(stats.tool_calls.items())),
+        ("messages_sent", float(stats.messages_sent)),
+        ("messages_received", float(stats.messages_received)),
+        ("compact_retry", 1.0 if stats.compact_retry else 0.0),
+        ("input_tokens", float(stats.input_tokens)),
+        ("output_tokens", float(stats.output_tokens)),
+        ("cost_usd", float(stats.cost_usd)),
+    ]
+    if stats.inbox_depth is not None:
+        values.append(("inbox_depth", float(stats.inbox_depth)))
+    if stats.notes_bytes is not None:
+        values.append(("notes_bytes", float(stats.notes_bytes)))
+    if not all(math.isfinite(v) for _, v in values):
+        raise BadRequest("turn stats hold a value that is not a finite number")
+    return values
+
+
+async def _wait_any(woke: asyncio.Event, stopping: asyncio.Event, timeout: float) -> None:
+    """Returns when either event is set or ``timeout`` seconds passed."""
+    if woke.is_set() or stopping.is_set():
+        return
+    tasks = [asyncio.ensure_future(woke.wait()), asyncio.ensure_future(stopping.wait())]
+    try:
+        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _decode_event(data: str | None) -> SystemEvent | None:
+    if data is None:
+        return None
+    try:
+        return _event_dec.decode(data)
+    except msgspec.DecodeError:
+        log.warning("stored system event does not decode; sent without it")
+        return None
+
+
+def _kind(kind: str) -> tuple[str, str]:
+    return subjects.event(kind), kind
+
+
+def _state(row: asyncpg.Record) -> str:
+    if row["acked_at"] is not None:
+        return "acked"
+    if row["deliveries"] > 0:
+        return "handed_out"
+    return "committed"
+
+
+def _status(row: asyncpg.Record) -> MessageStatus:
+    return MessageStatus(
+        id=row["id"],
+        sender=row["sender"],
+        recipient=row["recipient"],
+        state=_state(row),
+        deliveries=row["deliveries"],
+        redeliveries=max(0, row["deliveries"] - 1),
+        created_at=row["created_at"],
+        delivered_at=row["delivered_at"],
+        acked_at=row["acked_at"],
+    )
+
+
+def _history_item(row: asyncpg.Record) -> HistoryItem:
+    return HistoryItem(
+        id=row["id"],
+        sender=row["sender"],
+        recipient=row["recipient"],
+        body=row["body"],
+        ts=row["created_at"],
+        state=_state(row),
+        deliveries=row["deliveries"],
+        delivered_at=row["delivered_at"],
+        acked_at=row["acked_at"],
+    )

@@ -1,0 +1,53 @@
+"""One readable line per system event: the body of a ``system`` message."""
+
+from __future__ import annotations
+
+from hyperhive.common.wire.events import (
+    AgentStuck,
+    ApprovalResolved,
+    ContainerCrash,
+    OperatorAnswered,
+    SpawnResolved,
+    SystemEvent,
+)
+
+
+def render_event(event: SystemEvent) -> str:
+    """What the manager reads in its inbox for ``event`` (one line)."""
+    match event:
+        case ContainerCrash(agent=agent, detail=detail, exit_code=code):
+            text = f"container of {agent} crashed"
+            if code is not None:
+                text += f" (exit code {code})"
+            return _with(text, detail)
+        case AgentStuck(agent=agent, reason=reason, detail=detail):
+            why = {
+                "heartbeat": "its heartbeat stopped",
+                "turn_too_long": "its turn is running too long",
+            }.get(reason, reason)
+            return _with(f"agent {agent} looks stuck: {why}", detail)
+        case ApprovalResolved(
+            approval_id=aid, agent=agent, state=state, tag=tag, note=note, sha=sha
+        ):
+            text = f"approval #{aid} for {agent}: {state}"
+            if sha:
+                text += f" (commit {sha[:12]})"
+            if tag:
+                text += f", tag {tag}"
+            return _with(text, note)
+        case SpawnResolved(approval_id=aid, agent=agent, state=state, note=note):
+            return _with(f"spawn approval #{aid} for {agent}: {state}", note)
+        case OperatorAnswered(question_id=qid, question=question, answer=answer):
+            answered = ", ".join(answer) if answer else "(no answer)"
+            return _one_line(f"operator answered question #{qid} ({question}): {answered}", 2000)
+    return f"system event {type(event).__name__}"  # pragma: no cover - union is exhaustive
+
+
+def _with(text: str, detail: str) -> str:
+    detail = _one_line(detail)
+    return f"{text}: {detail}" if detail else text
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

@@ -1,0 +1,365 @@
+"""The broker's SQL: messages and turn statistics (schema ``broker``).
+
+Every function takes a connection or the pool and returns plain rows or wire
+values; transactions are the caller's. Timestamps leave Postgres as epoch
+seconds (``float8``) so no datetime conversion runs per row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from hyperhive.common.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "the database cannot be used right now", not "this request
+# is wrong": a down or restarting server, a dropped connection, a full pool.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
+)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` says the database is unreachable or refusing work."""
+    return isinstance(exc, _UNAVAILABLE)
+
+
+@contextlib.contextmanager
+def unavailable_on_db_errors(what: str) -> Iterator[None]:
+    """Turns connection-level database errors into :class:`Unavailable`.
+
+    Wraps ``async with``/``await`` blocks too: the exception of an awaited
+    call passes through a plain context manager.
+    """
+    try:
+        yield
+    except Unavailable:
+        raise
+    except _UNAVAILABLE as exc:
+        raise Unavailable(
+            f"database unavailable, {what} not done: {str(exc) or type(exc).__name__}"
+        ) from None
+
+
+def _columns(t: str = "") -> str:
+    """The select list of a message row, columns qualified by ``t`` if given."""
+    p = f"{t}." if t else ""
+    return f"""
+    {p}id, {p}sender, {p}recipient, {p}body, {p}event::text AS event, {p}idempotency_key,
+    extract(epoch FROM {p}created_at)::float8 AS created_at,
+    extract(epoch FROM {p}delivered_at)::float8 AS delivered_at,
+    extract(epoch FROM {p}lease_until)::float8 AS lease_until,
+    {p}deliveries,
+    extract(epoch FROM {p}acked_at)::float8 AS acked_at
+"""
+
+
+_COLUMNS = _columns()
+
+
+async def open_relaxed_pool(url: str, schema: str, max_size: int) -> asyncpg.Pool:
+    """A pool whose commits do not wait for the WAL flush (``synchronous_commit=off``).
+
+    For hand-outs, acks and statistics only, never for sends. A broker crash
+    loses nothing (Postgres has the commit); a Postgres crash may lose the
+    last few hand-outs or acks together with their outbox rows, so the state
+    and HIVE_EVENTS stay consistent and the message is handed out again:
+    delivery stays at-least-once. Connections open on first use.
+    """
+    return await asyncpg.create_pool(
+        url,
+        min_size=0,
+        max_size=max_size,
+        server_settings={"search_path": schema, "synchronous_commit": "off"},
+        timeout=5,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    sender: str
+    recipient: str
+    body: str
+    event: str | None = None  # JSON of a system event
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """The outcome of one insert: the message's id and time, and whether it is new."""
+
+    id: int
+    ts: float
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EventKinds:
+    """The HIVE_EVENTS kinds (and their subjects) of message transitions."""
+
+    sent: tuple[str, str]
+    delivered: tuple[str, str]
+    redelivered: tuple[str, str]
+    acked: tuple[str, str]
+    body_chars: int
+
+
+# Each hot-path statement changes messages and queues the matching outbox row
+# in one statement: atomic on its own, one round trip, no BEGIN/COMMIT.
+
+_INSERT = """
+WITH input AS (
+    SELECT nextval('messages_id_seq') AS id, s, r, b, e, k, ord
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[])
+        WITH ORDINALITY AS t(s, r, b, e, k, ord)
+), ins AS (
+    INSERT INTO messages (id, sender, recipient, body, event, idempotency_key)
+    SELECT id, s, r, b, e, k FROM input ORDER BY ord
+    ON CONFLICT (sender, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id, sender, recipient, body, deliveries, created_at
+), ob AS (
+    INSERT INTO outbox (subject, payload, msg_id)
+    SELECT $6, ev.payload, ev.msg_id
+    FROM ins, LATERAL message_event(
+        $7, ins.id, ins.sender, ins.recipient, ins.body, ins.deliveries, ins.created_at, $8
+    ) ev
+    ORDER BY ins.id
+)
+SELECT input.id, extract(epoch FROM ins.created_at)::float8 AS ts
+FROM input LEFT JOIN ins USING (id) ORDER BY input.ord
+"""
+
+_BY_KEY = """
+SELECT id, extract(epoch FROM created_at)::float8 AS ts
+FROM messages WHERE sender = $1 AND idempotency_key = $2
+"""
+
+
+async def insert_messages(
+    conn: asyncpg.Connection | asyncpg.Pool, items: Sequence[NewMessage], kinds: EventKinds
+) -> list[Stored]:
+    """Commits messages and their ``message.sent`` events in one statement.
+
+    Returns one :class:`Stored` per item, in order. An item whose
+    ``(sender, idempotency_key)`` already names a message stores nothing and
+    gets that message's id with ``created=False``.
+    """
+    subject, kind = kinds.sent
+    rows = await conn.fetch(
+        _INSERT,
+        [m.sender for m in items],
+        [m.recipient for m in items],
+        [m.body for m in items],
+        [m.event for m in items],
+        [m.idempotency_key for m in items],
+        subject,
+        kind,
+        kinds.body_chars,
+    )
+    out: list[Stored] = []
+    for item, row in zip(items, rows, strict=True):
+        if row["ts"] is not None:
+            out.append(Stored(row["id"], row["ts"], True))
+            continue
+        # the key was taken: by an earlier message, by an item earlier in this
+        # batch, or by a transaction that committed while this one waited
+        first = await conn.fetchrow(_BY_KEY, item.sender, item.idempotency_key)
+        if first is None:
+            raise RuntimeError("idempotency key conflict without a visible row")
+        out.append(Stored(first["id"], first["ts"], False))
+    return out
+
+
+_CLAIM = f"""
+WITH next AS (
+    SELECT id FROM messages
+    WHERE recipient = $1 AND acked_at IS NULL
+      AND (lease_until IS NULL OR lease_until <= clock_timestamp())
+    ORDER BY id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), upd AS (
+    UPDATE messages m
+    SET deliveries = m.deliveries + 1,
+        lease_until = clock_timestamp() + make_interval(secs => $2),
+        delivered_at = coalesce(m.delivered_at, clock_timestamp())
+    FROM next
+    WHERE m.id = next.id
+    RETURNING m.*
+), ob AS (
+    INSERT INTO outbox (subject, payload, msg_id)
+    SELECT CASE WHEN upd.deliveries > 1 THEN $5 ELSE $3 END, ev.payload, ev.msg_id
+    FROM upd, LATERAL message_event(
+        CASE WHEN upd.deliveries > 1 THEN $6 ELSE $4 END,
+        upd.id, upd.sender, upd.recipient, upd.body, upd.deliveries, upd.created_at, $7
+    ) ev
+)
+SELECT {_columns("upd")} FROM upd
+"""
+
+
+async def claim_next(
+    conn: asyncpg.Connection | asyncpg.Pool, recipient: str, lease_s: float, kinds: EventKinds
+) -> asyncpg.Record | None:
+    """Hands out the oldest available message of ``recipient`` for ``lease_s``.
+
+    Available: not acked, and never handed out or its lease expired. Rows
+    locked by a concurrent claim are skipped, so two claims never return the
+    same message. Queues ``message.delivered`` (or ``.redelivered``).
+    """
+    return await conn.fetchrow(
+        _CLAIM,
+        recipient,
+        float(lease_s),
+        *kinds.delivered,
+        *kinds.redelivered,
+        kinds.body_chars,
+    )
+
+
+async def seconds_to_next_expiry(pool: asyncpg.Pool, recipient: str) -> float | None:
+    """Seconds until the earliest running lease of ``recipient`` ends (None: no lease)."""
+    return await pool.fetchval(
+        """
+        SELECT extract(epoch FROM min(lease_until) - clock_timestamp())::float8
+        FROM messages
+        WHERE recipient = $1 AND acked_at IS NULL AND lease_until IS NOT NULL
+        """,
+        recipient,
+    )
+
+
+_ACK = f"""
+WITH upd AS (
+    UPDATE messages SET acked_at = clock_timestamp(), lease_until = NULL
+    WHERE id = $1 AND recipient = $2 AND acked_at IS NULL
+    RETURNING *
+), ob AS (
+    INSERT INTO outbox (subject, payload, msg_id)
+    SELECT $3, ev.payload, ev.msg_id
+    FROM upd, LATERAL message_event(
+        $4, upd.id, upd.sender, upd.recipient, upd.body, upd.deliveries, upd.created_at, $5
+    ) ev
+)
+SELECT {_columns("upd")} FROM upd
+"""
+
+
+async def ack(
+    conn: asyncpg.Connection | asyncpg.Pool, message_id: int, recipient: str, kinds: EventKinds
+) -> asyncpg.Record | None:
+    """Marks a pending message of ``recipient`` acked and queues ``message.acked``.
+
+    None: the message is not pending or not addressed to ``recipient``.
+    """
+    return await conn.fetchrow(_ACK, message_id, recipient, *kinds.acked, kinds.body_chars)
+
+
+async def get(conn: asyncpg.Connection | asyncpg.Pool, message_id: int) -> asyncpg.Record | None:
+    """One message by id."""
+    return await conn.fetchrow(f"SELECT {_COLUMNS} FROM messages WHERE id = $1", message_id)
+
+
+async def history(
+    pool: asyncpg.Pool, *, agent: str | None, since: float | None, limit: int
+) -> list[asyncpg.Record]:
+    """Messages sent or received by ``agent`` (all when None), oldest first.
+
+    With ``since``: the first ``limit`` messages created after it. Without:
+    the latest ``limit`` messages.
+    """
+    where = ["true"]
+    args: list[object] = []
+    if agent is not None:
+        args.append(agent)
+        where.append(f"(sender = ${len(args)} OR recipient = ${len(args)})")
+    if since is not None:
+        args.append(since)
+        where.append(f"created_at > to_timestamp(${len(args)})")
+    args.append(limit)
+    cond = " AND ".join(where)
+    if since is not None:
+        sql = f"SELECT {_COLUMNS} FROM messages WHERE {cond} ORDER BY id LIMIT ${len(args)}"
+        return list(await pool.fetch(sql, *args))
+    sql = f"SELECT {_COLUMNS} FROM messages WHERE {cond} ORDER BY id DESC LIMIT ${len(args)}"
+    return list(reversed(await pool.fetch(sql, *args)))
+
+
+async def pending(pool: asyncpg.Pool, agent: str, limit: int) -> list[asyncpg.Record]:
+    """Messages of ``agent`` not acked yet, oldest first."""
+    return list(
+        await pool.fetch(
+            f"""
+            SELECT {_COLUMNS} FROM messages
+            WHERE recipient = $1 AND acked_at IS NULL ORDER BY id LIMIT $2
+            """,
+            agent,
+            limit,
+        )
+    )
+
+
+async def inbox_depth(conn: asyncpg.Connection | asyncpg.Pool, agent: str) -> int:
+    """How many messages of ``agent`` are not acked."""
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM messages WHERE recipient = $1 AND acked_at IS NULL", agent
+        )
+    )
+
+
+async def insert_stats(
+    conn: asyncpg.Connection, agent: str, ts: float, values: Sequence[tuple[str, float]]
+) -> None:
+    """Stores one turn's statistics as ``(agent, ts, key, value)`` rows."""
+    await conn.execute(
+        """
+        INSERT INTO stats (agent, ts, key, value)
+        SELECT $1, to_timestamp($2), k, v FROM unnest($3::text[], $4::float8[]) AS t(k, v)
+        """,
+        agent,
+        ts,
+        [k for k, _ in values],
+        [v for _, v in values],
+    )
+
+
+async def query_stats(
+    pool: asyncpg.Pool,
+    *,
+    agent: str | None,
+    since: float | None,
+    key: str | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """The latest ``limit`` stat rows matching the filters, oldest first."""
+    where = ["true"]
+    args: list[object] = []
+    for column, value in (("agent", agent), ("key", key)):
+        if value is not None:
+            args.append(value)
+            where.append(f"{column} = ${len(args)}")
+    if since is not None:
+        args.append(since)
+        where.append(f"ts > to_timestamp(${len(args)})")
+    args.append(limit)
+    rows = await pool.fetch(
+        f"""
+        SELECT agent, extract(epoch FROM ts)::float8 AS ts, key, value FROM stats
+        WHERE {" AND ".join(where)} ORDER BY ts DESC, key LIMIT ${len(args)}
+        """,
+        *args,
+    )
+    return list(reversed(rows))
