@@ -151,6 +151,10 @@ class HarnessSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     notes_compact_bytes: int = 32 * 1024
     heartbeat_interval_s: float = 5.0
     token: str = ""  # operator token for the agent page; empty: none
+    # manager only: the agents dir (<n>/proposed, <n>/applied, <n>/state)
+    agents_dir: str = ""
+    # how long one recv long-poll of the turn loop waits for a message
+    recv_wait_s: float = 20.0
 
 
 class TelemetrySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

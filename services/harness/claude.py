@@ -1,0 +1,333 @@
+"""Running the claude CLI for one turn and reading its stream-json output.
+
+``claude --print [--continue] --output-format stream-json --verbose
+--mcp-config <file> [--model M] [--allowedTools a,b] [--append-system-prompt …]``
+with the prompt on stdin (several ``--allowedTools`` values swallow a prompt
+given as an argument), cwd = the agent's workdir, ``CLAUDE_CONFIG_DIR`` = its
+credentials dir (where claude keeps the sessions that ``--continue``
+resumes). claude runs in its own process group so that a cancel also ends
+what it started (MCP servers, Bash tool children).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hyperhive.common.config import settings_env
+from hyperhive.harness import creds
+from hyperhive.harness.config import PASS_THROUGH_ENV, HarnessConfig
+from hyperhive.harness.mcp_server import SERVER_NAME, tool_names
+
+log = logging.getLogger(__name__)
+
+CANCEL_GRACE_S = 1.0  # SIGTERM → SIGKILL; a cancel ends the process within 2 s
+STDERR_TAIL = 8 * 1024
+LINE_LIMIT = 64 * 1024 * 1024  # a stream-json line can carry a whole file
+SEND_TOOL = f"mcp__{SERVER_NAME}__send"
+RECV_TOOL = f"mcp__{SERVER_NAME}__recv"
+# Settings the MCP server child needs; nothing else of the harness's HIVE_*.
+_MCP_ENV_KEYS = (
+    "HIVE_HOME",
+    "HIVE_HARNESS_AGENT",
+    "HIVE_NATS_URL",
+    "HIVE_NATS_SEED_FILE",
+    "HIVE_NATS_INBOX_PREFIX",
+    "HIVE_NATS_REQUEST_TIMEOUT_S",
+    "HIVE_NATS_CONNECT_BACKOFF_S",
+    "HIVE_LOG_LEVEL",
+)
+
+OnEvent = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def mcp_config(cfg: HarnessConfig) -> dict[str, Any]:
+    """The ``--mcp-config`` document: ``hyperhive`` plus agent.toml's servers."""
+    env = settings_env(cfg.settings)
+    hive_env = {k: env[k] for k in _MCP_ENV_KEYS if k in env}
+    command = cfg.mcp_command()
+    servers: dict[str, Any] = {
+        SERVER_NAME: {"type": "stdio", "command": command[0], "args": command[1:], "env": hive_env}
+    }
+    for name, spec in cfg.toml.mcp_servers.items():
+        servers[name] = {
+            "type": "stdio",
+            "command": spec.command,
+            "args": spec.args,
+            "env": spec.env,
+        }
+    return {"mcpServers": servers}
+
+
+def allowed_tools(cfg: HarnessConfig) -> list[str]:
+    """agent.toml's ``allowed_tools`` plus every hyperhive tool this agent is offered."""
+    tools = list(cfg.toml.allowed_tools)
+    for t in tool_names(cfg.agent):
+        full = f"mcp__{SERVER_NAME}__{t}"
+        if full not in tools:
+            tools.append(full)
+    return tools
+
+
+def write_mcp_config(cfg: HarnessConfig) -> str:
+    """Writes the MCP config (mode 0600: its env may name secrets) and returns its path."""
+    path = cfg.harness_dir / "mcp.json"
+    tmp = path.with_name(".mcp.json.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(mcp_config(cfg), f)
+    tmp.replace(path)
+    return str(path)
+
+
+def claude_env(cfg: HarnessConfig) -> dict[str, str]:
+    """claude's environment: ours minus HIVE_*, its config dir, the API credentials."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HIVE_")}
+    env["CLAUDE_CONFIG_DIR"] = str(cfg.creds_dir)
+    # a daemon: no auto-update, no telemetry; the operator may override
+    env.setdefault("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+    env.setdefault("DISABLE_AUTOUPDATER", "1")
+    stored = creds.claude_env(cfg.creds_dir)
+    if stored or creds.kind(cfg.creds_dir):
+        # the operator logged this agent in: its own credentials win
+        for key in PASS_THROUGH_ENV:
+            if key != "ANTHROPIC_BASE_URL":
+                env.pop(key, None)
+    env.update(stored)
+    return env
+
+
+@dataclass
+class RunResult:
+    """What one claude invocation did."""
+
+    exit_code: int
+    cancelled: bool = False
+    result: dict[str, Any] | None = None  # the stream's final ``result`` event
+    init: dict[str, Any] | None = None  # the ``system/init`` event
+    stderr: str = ""
+    tool_calls: Counter[str] = field(default_factory=Counter)
+    messages_sent: int = 0
+    recv_calls: int = 0
+    events: int = 0
+    duration_ms: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return (
+            not self.cancelled
+            and self.exit_code == 0
+            and self.result is not None
+            and not self.result.get("is_error")
+        )
+
+    @property
+    def prompt_too_long(self) -> bool:
+        """claude gave up because the conversation no longer fits the context."""
+        r = self.result or {}
+        if r.get("terminal_reason") == "prompt_too_long":
+            return True
+        text = str(r.get("result") or "") + self.stderr
+        return bool(r.get("is_error") or self.exit_code) and "prompt is too long" in text.lower()
+
+    @property
+    def error(self) -> str:
+        """A one-paragraph reason when the run did not succeed."""
+        if self.cancelled:
+            return "cancelled by the operator"
+        if self.result is not None and self.result.get("is_error"):
+            return str(self.result.get("result") or self.result.get("subtype") or "error")[:2000]
+        if self.exit_code != 0:
+            tail = self.stderr.strip().splitlines()[-5:]
+            return f"claude exited with {self.exit_code}: " + " | ".join(tail)[:2000]
+        if self.result is None:
+            return "claude ended without a result"
+        return ""
+
+    @property
+    def input_tokens(self) -> int:
+        usage = (self.result or {}).get("usage") or {}
+        return int(
+            (usage.get("input_tokens") or 0)
+            + (usage.get("cache_creation_input_tokens") or 0)
+            + (usage.get("cache_read_input_tokens") or 0)
+        )
+
+    @property
+    def output_tokens(self) -> int:
+        usage = (self.result or {}).get("usage") or {}
+        return int(usage.get("output_tokens") or 0)
+
+    @property
+    def cost_usd(self) -> float:
+        return float((self.result or {}).get("total_cost_usd") or 0.0)
+
+    @property
+    def model(self) -> str:
+        return str((self.init or {}).get("model") or "")
+
+
+class ClaudeRun:
+    """One ``claude --print`` process. :meth:`run` once; :meth:`cancel` from elsewhere."""
+
+    def __init__(
+        self,
+        cfg: HarnessConfig,
+        prompt: str,
+        *,
+        resume: bool,
+        model: str = "",
+        system_prompt: str = "",
+    ) -> None:
+        self.cfg = cfg
+        self.prompt = prompt
+        self.argv = [cfg.claude_bin, "--print"]
+        if resume:
+            self.argv.append("--continue")
+        self.argv += ["--output-format", "stream-json", "--verbose"]
+        self.argv += ["--mcp-config", write_mcp_config(cfg)]
+        if model:
+            self.argv += ["--model", model]
+        self.argv += ["--allowedTools", ",".join(allowed_tools(cfg))]
+        if system_prompt:
+            self.argv += ["--append-system-prompt", system_prompt]
+        self._proc: asyncio.subprocess.Process | None = None
+        self._cancelled = False
+        self._started = asyncio.Event()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    async def run(self, on_event: OnEvent) -> RunResult:
+        """Runs claude to its end, handing each stream-json event to ``on_event``."""
+        t0 = time.monotonic()
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=self.cfg.workdir,
+                env=claude_env(self.cfg),
+                start_new_session=True,
+                limit=LINE_LIMIT,
+            )
+        except OSError as exc:
+            return RunResult(exit_code=127, stderr=f"cannot run {self.argv[0]}: {exc}")
+        finally:
+            self._started.set()
+        proc = self._proc
+        res = RunResult(exit_code=0)
+        if self._cancelled:  # cancelled while starting
+            await self._terminate()
+        stderr_task = asyncio.create_task(_read_tail(proc.stderr))
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(self.prompt.encode())
+            await proc.stdin.drain()
+            proc.stdin.close()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # it died at once; the exit code says why
+        pending: dict[str, str] = {}  # tool_use id → tool name
+        assert proc.stdout is not None
+        while True:
+            try:
+                line = await proc.stdout.readline()
+            except ValueError:  # a line over LINE_LIMIT: skip it
+                continue
+            if not line:
+                break
+            text = line.decode(errors="replace").strip()
+            if not text:
+                continue
+            try:
+                event = json.loads(text)
+                if not isinstance(event, dict):
+                    raise ValueError
+            except ValueError:
+                event = {"type": "raw", "text": text[:4000]}
+            _account(event, res, pending)
+            res.events += 1
+            try:
+                await on_event(event)
+            except Exception:
+                log.exception("turn event handler failed")
+        res.exit_code = await proc.wait()
+        res.stderr = await stderr_task
+        res.cancelled = self._cancelled
+        res.duration_ms = (time.monotonic() - t0) * 1000
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever it left behind
+        return res
+
+    async def cancel(self) -> None:
+        """Ends the process (and its group): SIGTERM, then SIGKILL after a grace."""
+        self._cancelled = True
+        if self._proc is None:
+            return
+        await self._terminate()
+
+    async def _terminate(self) -> None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), CANCEL_GRACE_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _account(event: dict[str, Any], res: RunResult, pending: dict[str, str]) -> None:
+    """Counts tool calls, sends and recvs; keeps the init and result events."""
+    kind = event.get("type")
+    if kind == "system" and event.get("subtype") == "init":
+        res.init = event
+    elif kind == "result":
+        res.result = event
+    elif kind == "assistant":
+        for block in _content(event):
+            if block.get("type") == "tool_use":
+                name = str(block.get("name") or "?")
+                res.tool_calls[name] += 1
+                pending[str(block.get("id"))] = name
+    elif kind == "user":
+        for block in _content(event):
+            if block.get("type") != "tool_result":
+                continue
+            name = pending.pop(str(block.get("tool_use_id")), "")
+            if block.get("is_error"):
+                continue
+            if name == SEND_TOOL:
+                res.messages_sent += 1
+            elif name == RECV_TOOL and '"empty"' not in json.dumps(block.get("content")):
+                res.recv_calls += 1
+
+
+def _content(event: dict[str, Any]) -> list[dict[str, Any]]:
+    message = event.get("message")
+    if not isinstance(message, dict):
+        return []
+    content = message.get("content")
+    return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+
+
+async def _read_tail(stream: asyncio.StreamReader | None) -> str:
+    if stream is None:
+        return ""
+    buf = b""
+    while chunk := await stream.read(65536):
+        buf = (buf + chunk)[-STDERR_TAIL:]
+    return buf.decode(errors="replace")

@@ -1,0 +1,459 @@
+"""The turn loop: one inbox message (or operator prompt) → one claude run.
+
+recv (long poll) → wake prompt → ``claude --print --continue …`` → every
+stream-json event published on ``hive.agent.<n>.events`` → ack → TurnStats on
+``hive.agent.<n>.stats``. A claude that fails because the context is too long
+gets one ``/compact`` and one retry. A claude crash is a failed turn; the
+harness goes on with the next message.
+
+What happens to the message of a turn that does not finish:
+- cancelled by the operator (``/cancel``) or failed (claude crashed or
+  errored): the message is **acked** (it is not run again by itself: a
+  cancel means "stop this"), the turn ends with ``turn_end`` saying
+  ``cancelled``/``failed``, and the message is kept in the state dir and
+  shown to claude at the top of the next wake prompt ("your previous turn did
+  not finish … it was handling: …"), so the agent still gets to decide about
+  it. It also stays in the broker's history and in the turn records.
+- the harness itself dies mid-turn: the message was not acked, so the broker
+  hands it out again after its visibility timeout, marked redelivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NATS
+
+from hyperhive.common import rpc, subjects
+from hyperhive.common.errors import HiveError
+from hyperhive.common.wire.base import Ok
+from hyperhive.common.wire.broker import (
+    AckRequest,
+    RecvReply,
+    RecvRequest,
+    TurnEvent,
+    TurnsReply,
+    TurnsRequest,
+    TurnStats,
+)
+from hyperhive.harness import creds
+from hyperhive.harness.claude import ClaudeRun, RunResult
+from hyperhive.harness.config import HarnessConfig
+from hyperhive.harness.hub import Hub
+from hyperhive.harness.prompt import Wake, system_prompt, wake_prompt
+from hyperhive.harness.state import HarnessState, check_model
+
+log = logging.getLogger(__name__)
+
+IDLE, THINKING, COMPACTING, OFFLINE = "idle", "thinking", "compacting", "offline"
+COMPACT_PROMPT = "/compact"
+ACK_ATTEMPTS = 5
+BACKFILL_LIMIT = 1000
+HELP = """\
+/help              this list
+/clear             the next turn starts a fresh claude session (no --continue)
+/cancel            end the running turn now (its message is acked and shown to
+                   claude again at the top of the next turn)
+/compact           compact the conversation now (claude's /compact)
+/model <name>      use this model from the next turn on (kept across restarts);
+                   /model default goes back to agent.toml's model
+anything else      becomes a turn: delivered to claude as a message from the operator"""
+
+
+@dataclass(frozen=True)
+class Compact:
+    """An operator ``/compact``: a turn of its own."""
+
+
+Item = Wake | Compact
+
+
+class CommandError(ValueError):
+    """An operator command that cannot be carried out (the message says why)."""
+
+
+class Harness:
+    """One agent's turn loop and the operator's controls over it."""
+
+    def __init__(self, cfg: HarnessConfig, nc: NATS) -> None:
+        self.cfg = cfg
+        self.nc = nc
+        self.store = HarnessState(cfg.harness_dir)
+        self.hub = Hub()
+        self.started_at = time.time()
+        self.state = IDLE
+        self.state_since = self.started_at
+        self.turn = self.store.turn
+        self.turn_started: float | None = None
+        self.last_turn_ms: float | None = None
+        self.last_outcome = ""
+        self._ops: collections.deque[Item] = collections.deque()
+        self._ops_ready = asyncio.Event()
+        self._recv_task: asyncio.Task[Wake | None] | None = None
+        self._current: ClaudeRun | None = None
+        self._cancel_turn = False
+        self._recv_failures = 0
+        self._events_subject = subjects.agent(cfg.agent, subjects.AGENT_EVENTS)
+
+    # --- what the page shows ---------------------------------------------------
+
+    @property
+    def model(self) -> str:
+        """The model of the next turn ("" = the CLI's default)."""
+        return self.store.model or self.cfg.default_model
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "agent": self.cfg.agent,
+            "state": self.state,
+            "since": self.state_since,
+            "turn": self.turn,
+            "turn_started": self.turn_started,
+            "last_turn_ms": self.last_turn_ms,
+            "last_outcome": self.last_outcome,
+            "model": self.model,
+            "model_override": self.store.model,
+            "fresh": self.store.fresh,
+            "queued": len(self._ops),
+            "credentials": creds.kind(self.cfg.creds_dir),
+            "manager": self.cfg.manager,
+            "now": time.time(),
+        }
+
+    async def publish(self, type: str, event: dict[str, Any], turn: int | None = None) -> None:
+        """One record: into the live ring and onto ``hive.agent.<n>.events``."""
+        rec = TurnEvent(
+            type=type, ts=time.time(), turn=self.turn if turn is None else turn, event=event
+        )
+        self.hub.add(rec)
+        try:
+            await rpc.publish(self.nc, self._events_subject, rec)
+        except Exception as exc:  # NATS down: the page still has the ring
+            log.warning("turn event not published: %s", exc)
+
+    async def _set_state(self, state: str) -> None:
+        if state == self.state:
+            return
+        self.state, self.state_since = state, time.time()
+        await self.publish("state", self.status())
+
+    async def backfill(self) -> list[TurnEvent]:
+        """Turn records from before the ring's oldest one (earlier runs), via the broker."""
+        boundary = self.hub.oldest_ts or time.time()
+        try:
+            reply = await rpc.request(
+                self.nc,
+                subjects.agent(self.cfg.agent, subjects.AGENT_TURNS),
+                TurnsRequest(limit=BACKFILL_LIMIT),
+                TurnsReply,
+                timeout=self.cfg.settings.nats.request_timeout_s,
+            )
+        except HiveError as exc:
+            log.info("no turn backfill: %s", exc)
+            return []
+        return [e for e in reply.events if e.ts < boundary]
+
+    # --- operator controls -----------------------------------------------------
+
+    def _enqueue(self, item: Item) -> None:
+        self._ops.append(item)
+        self._ops_ready.set()
+
+    async def operator_prompt(self, text: str) -> None:
+        """A prompt typed on the page: becomes a turn of its own (FIFO with /compact)."""
+        text = text.strip()
+        if not text:
+            raise CommandError("empty prompt")
+        await self.publish("operator", {"text": text, "queued": len(self._ops)})
+        self._enqueue(Wake(body=text, sender=subjects.OPERATOR, source="operator", ts=time.time()))
+
+    async def command(self, line: str) -> str:
+        """Runs a slash command; returns the text to show.
+
+        Raises:
+            CommandError: unknown command or bad argument.
+        """
+        parts = line.strip().split(None, 1)
+        name = parts[0].lower() if parts else ""
+        arg = parts[1].strip() if len(parts) > 1 else ""
+        match name:
+            case "/help":
+                return HELP
+            case "/clear":
+                self.store.set_fresh(True)
+                await self.publish("operator", {"command": "/clear"})
+                return "the next turn starts a fresh session"
+            case "/cancel":
+                if await self.cancel():
+                    return "cancelling the running turn"
+                return "no turn is running"
+            case "/compact":
+                await self.publish("operator", {"command": "/compact"})
+                self._enqueue(Compact())
+                return "compaction queued" if self.state != IDLE else "compacting"
+            case "/model":
+                if not arg:
+                    return f"model: {self.model or '(claude default)'}"
+                if arg.lower() in ("default", "reset"):
+                    self.store.reset_model()
+                else:
+                    try:
+                        self.store.set_model(check_model(arg))
+                    except ValueError as exc:
+                        raise CommandError(str(exc)) from None
+                await self.publish("operator", {"command": "/model", "model": self.model})
+                await self.publish("state", self.status())
+                return f"model: {self.model or '(claude default)'} from the next turn on"
+        raise CommandError(f"unknown command {name or line!r}; /help lists them")
+
+    async def cancel(self) -> bool:
+        """Ends the running turn's claude process (within 2 s). False if none runs."""
+        if self.turn_started is None:
+            return False
+        self._cancel_turn = True
+        await self.publish("operator", {"command": "/cancel"})
+        if self._current is not None:
+            await self._current.cancel()
+        return True
+
+    # --- the loop --------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Takes items one at a time until ``stop`` is set."""
+        await self.publish("state", self.status())
+        try:
+            while not stop.is_set():
+                item = await self._next(stop)
+                if item is None:
+                    continue
+                try:
+                    await self._run_item(item)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("turn %s failed in the harness", self.turn)
+                    self.turn_started = None
+                    await self._set_state(IDLE)
+        finally:
+            if self._recv_task is not None:
+                self._recv_task.cancel()
+            if self._current is not None:
+                await self._current.cancel()
+
+    async def _next(self, stop: asyncio.Event) -> Item | None:
+        """The next operator item, else the next inbox message (long poll)."""
+        self._ops_ready.clear()
+        if self._ops:
+            return self._ops.popleft()
+        if self._recv_task is None:
+            self._recv_task = asyncio.create_task(self._recv())
+        waiters = {
+            asyncio.create_task(self._ops_ready.wait()),
+            asyncio.create_task(stop.wait()),
+        }
+        try:
+            await asyncio.wait({self._recv_task, *waiters}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        if self._ops:  # the operator first; a message the recv got waits its turn
+            return self._ops.popleft()
+        if self._recv_task.done():
+            task, self._recv_task = self._recv_task, None
+            return task.result()
+        return None
+
+    async def _recv(self) -> Wake | None:
+        wait_s = self.cfg.settings.harness.recv_wait_s
+        try:
+            reply = await rpc.request(
+                self.nc,
+                subjects.agent(self.cfg.agent, subjects.AGENT_RECV),
+                RecvRequest(wait_ms=int(wait_s * 1000)),
+                RecvReply,
+                timeout=wait_s + self.cfg.settings.nats.request_timeout_s,
+            )
+        except HiveError as exc:
+            self._recv_failures += 1
+            log.warning("recv failed (%d): %s", self._recv_failures, exc)
+            if self._recv_failures >= 3 and self.turn_started is None:
+                await self._set_state(OFFLINE)
+            await asyncio.sleep(min(5.0, 0.5 * self._recv_failures))
+            return None
+        self._recv_failures = 0
+        if self.state == OFFLINE:
+            await self._set_state(IDLE)
+        m = reply.message
+        if m is None:
+            return None
+        return Wake(
+            body=m.body,
+            sender=m.sender,
+            source="broker",
+            id=m.id,
+            ts=m.ts,
+            redelivered=m.redelivered,
+            deliveries=m.deliveries,
+            event_type=type(m.event).__name__ if m.event is not None else "",
+        )
+
+    async def _run_item(self, item: Item) -> None:
+        self.turn += 1
+        self.store.set_turn(self.turn)
+        self._cancel_turn = False
+        self.turn_started = time.time()
+        t0 = time.monotonic()
+        if isinstance(item, Compact):
+            await self.publish("turn_start", {"source": "operator", "command": COMPACT_PROMPT})
+            await self._set_state(COMPACTING)
+            runs, compact_retry = [await self._claude(COMPACT_PROMPT, resume=True)], False
+        else:
+            runs, compact_retry = await self._wake_turn(item)
+        await self._finish(item, runs, compact_retry, (time.monotonic() - t0) * 1000)
+
+    async def _wake_turn(self, wake: Wake) -> tuple[list[RunResult], bool]:
+        interrupted = self.store.interrupted
+        fresh = self.store.fresh
+        await self.publish("turn_start", {**wake.record(), "model": self.model, "fresh": fresh})
+        await self._set_state(THINKING)
+        prompt = wake_prompt(self.cfg, wake, interrupted)
+        self.store.set_fresh(False)
+        self.store.set_interrupted(None)  # it is in this prompt now
+        first = await self._claude(prompt, resume=not fresh)
+        runs = [first]
+        if first.prompt_too_long and not self._cancel_turn:
+            # the conversation outgrew the context: compact, then try once more
+            await self.publish("compact_retry", {"reason": first.error})
+            await self._set_state(COMPACTING)
+            runs.append(await self._claude(COMPACT_PROMPT, resume=True))
+            if not self._cancel_turn:
+                await self._set_state(THINKING)
+                runs.append(await self._claude(prompt, resume=True))
+            return runs, True
+        return runs, False
+
+    async def _claude(self, prompt: str, *, resume: bool) -> RunResult:
+        run = ClaudeRun(
+            self.cfg,
+            prompt,
+            resume=resume,
+            model=self.model,
+            system_prompt=system_prompt(self.cfg),
+        )
+        self._current = run
+        if self._cancel_turn:
+            await run.cancel()
+        turn = self.turn
+
+        async def on_event(event: dict[str, Any]) -> None:
+            await self.publish("claude", event, turn)
+
+        try:
+            return await run.run(on_event)
+        finally:
+            self._current = None
+
+    async def _finish(
+        self, item: Item, runs: list[RunResult], compact_retry: bool, duration_ms: float
+    ) -> None:
+        last = runs[-1]
+        cancelled = self._cancel_turn or any(r.cancelled for r in runs)
+        outcome = "cancelled" if cancelled else ("ok" if last.ok else "failed")
+        error = "cancelled by the operator" if cancelled else last.error
+        if isinstance(item, Wake) and outcome != "ok":
+            self.store.set_interrupted(
+                {
+                    "reason": error[:300] or outcome,
+                    "sender": item.sender,
+                    "id": item.id,
+                    "body": item.body,
+                    "turn": self.turn,
+                }
+            )
+        if isinstance(item, Wake) and item.id is not None:
+            await self._ack(item.id)
+        tool_calls: Counter[str] = Counter()
+        for r in runs:
+            tool_calls.update(r.tool_calls)
+        stats = TurnStats(
+            ts=time.time(),
+            duration_ms=round(duration_ms, 1),
+            exit_code=last.exit_code,
+            tool_calls=dict(tool_calls),
+            messages_sent=sum(r.messages_sent for r in runs),
+            messages_received=(1 if isinstance(item, Wake) else 0)
+            + sum(r.recv_calls for r in runs),
+            compact_retry=compact_retry,
+            input_tokens=sum(r.input_tokens for r in runs),
+            output_tokens=sum(r.output_tokens for r in runs),
+            cost_usd=round(sum(r.cost_usd for r in runs), 6),
+            model=last.model or self.model,
+            notes_bytes=_size(self.cfg.notes_path),
+        )
+        self.last_turn_ms = stats.duration_ms
+        self.last_outcome = outcome
+        self.turn_started = None
+        await self.publish(
+            "turn_end",
+            {
+                "outcome": outcome,
+                "error": error if outcome != "ok" else "",
+                "message_id": item.id if isinstance(item, Wake) else None,
+                "acked": isinstance(item, Wake) and item.id is not None,
+                "stats": msgspec.to_builtins(stats),
+            },
+        )
+        try:
+            await rpc.publish(self.nc, subjects.agent(self.cfg.agent, subjects.AGENT_STATS), stats)
+        except Exception as exc:
+            log.warning("turn stats not published: %s", exc)
+        await self._set_state(IDLE)
+
+    async def _ack(self, message_id: int) -> None:
+        """Acks with retries; if the broker stays away it redelivers later (at least once)."""
+        for attempt in range(ACK_ATTEMPTS):
+            try:
+                await rpc.request(
+                    self.nc,
+                    subjects.agent(self.cfg.agent, subjects.AGENT_ACK),
+                    AckRequest(id=message_id),
+                    Ok,
+                    timeout=self.cfg.settings.nats.request_timeout_s,
+                )
+                return
+            except HiveError as exc:
+                log.warning("ack of %d failed (attempt %d): %s", message_id, attempt + 1, exc)
+                if exc.code in ("not_found", "bad_request", "forbidden"):
+                    return
+                await asyncio.sleep(0.5 * (attempt + 1))
+
+    # --- heartbeat -------------------------------------------------------------
+
+    async def heartbeat(self, stop: asyncio.Event) -> None:
+        """Core-publishes ``{"ts", "turn_started"}`` to the KV key every interval."""
+        subject = subjects.kv_subject(subjects.heartbeat_key(self.cfg.agent))
+        interval = max(0.2, self.cfg.settings.harness.heartbeat_interval_s)
+        while not stop.is_set():
+            doc = {"ts": time.time(), "turn_started": self.turn_started}
+            try:
+                await self.nc.publish(subject, json.dumps(doc).encode())
+            except Exception as exc:
+                log.warning("heartbeat not published: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+
+def _size(path: Any) -> int | None:
+    try:
+        return int(path.stat().st_size)
+    except OSError:
+        return None

@@ -1,0 +1,223 @@
+"""``hive harness mcp``: the stdio MCP server ``hyperhive`` that claude talks to.
+
+Each tool call is one NATS request with the agent's own credentials (seed
+file, inbox prefix ``_INBOX.<n>``): the agent can only speak as itself, and the
+service learns who calls from the subject. A service error comes back to
+claude as a tool error carrying the service's message. The manager tools are
+offered only to ``hm1nd`` (and the services refuse them from anyone else).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, TypeVar
+
+import msgspec
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from nats.aio.client import Client as NATS
+
+from hyperhive.common import rpc, subjects
+from hyperhive.common.config import Settings
+from hyperhive.common.errors import HiveError
+from hyperhive.common.natsconn import connect
+from hyperhive.common.wire.approvals import (
+    ApplyCommitRequest,
+    ApprovalQueued,
+    AskRequest,
+    SpawnCommitRequest,
+    SpawnToolRequest,
+)
+from hyperhive.common.wire.base import Ok
+from hyperhive.common.wire.broker import (
+    AckRequest,
+    MessageStatus,
+    RecvReply,
+    RecvRequest,
+    SendReply,
+    SendRequest,
+    StatusRequest,
+)
+from hyperhive.common.wire.lifecycle import AgentInfo, AgentRequest, DraftInfo
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "hyperhive"
+MAX_RECV_WAIT_S = 60.0  # the broker caps a long poll at this anyway
+BASE_TOOLS = ("send", "recv", "message_status")
+R = TypeVar("R", bound=msgspec.Struct)
+_enc = msgspec.json.Encoder()
+
+
+def tool_names(agent: str) -> tuple[str, ...]:
+    """The tools the hyperhive server offers ``agent``."""
+    return BASE_TOOLS + (subjects.MANAGER_TOOLS if agent == subjects.MANAGER else ())
+
+
+def _json(value: msgspec.Struct | dict[str, Any]) -> str:
+    return _enc.encode(value).decode()
+
+
+class Bridge:
+    """One NATS connection with the agent's credentials, opened on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.agent = settings.harness.agent
+        self._nc: NATS | None = None
+        self._lock = asyncio.Lock()
+
+    async def nc(self) -> NATS:
+        async with self._lock:
+            if self._nc is None or self._nc.is_closed:
+                try:
+                    self._nc = await connect(
+                        self.settings.nats, name=f"hive-mcp-{self.agent}", attempts=3
+                    )
+                except HiveError as exc:
+                    raise ToolError(f"{exc.code}: {exc.message}") from None
+            return self._nc
+
+    async def call(
+        self,
+        verb: str,
+        payload: msgspec.Struct,
+        reply: type[R],
+        timeout: float | None = None,
+    ) -> R:
+        """``hive.agent.<self>.<verb>`` → the reply, or a ToolError with the service's message."""
+        nc = await self.nc()
+        try:
+            return await rpc.request(
+                nc,
+                subjects.agent(self.agent, verb),
+                payload,
+                reply,
+                timeout=timeout or self.settings.nats.request_timeout_s,
+            )
+        except HiveError as exc:
+            raise ToolError(f"{exc.code}: {exc.message}") from None
+
+    async def close(self) -> None:
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.close()
+
+
+def build_server(settings: Settings) -> tuple[MCPServer, Bridge]:
+    """The MCP server for ``settings.harness.agent`` and its NATS bridge."""
+    bridge = Bridge(settings)
+    server: MCPServer = MCPServer(
+        SERVER_NAME,
+        instructions=(
+            "hyperhive: message other agents, the manager (hm1nd) and the operator; "
+            "tool results are JSON."
+        ),
+    )
+
+    @server.tool()
+    async def send(to: str, body: str) -> str:
+        """Send a message to an agent by name, to hm1nd (the manager) or to "operator".
+
+        Returns {"id", "ts"} once the message is stored; delivery is at least once.
+        """
+        r = await bridge.call(subjects.AGENT_SEND, SendRequest(to=to, body=body), SendReply)
+        return _json(r)
+
+    @server.tool()
+    async def recv(wait_seconds: float = 0) -> str:
+        """Take the next message from your inbox now (acknowledged at once).
+
+        Waits up to wait_seconds (max 60) for one to arrive. Returns the message
+        {"id", "from", "body", "redelivered", "event"} or {"empty": true}.
+        """
+        if not 0 <= wait_seconds <= MAX_RECV_WAIT_S:
+            raise ToolError(f"wait_seconds must be between 0 and {MAX_RECV_WAIT_S:g}")
+        wait_ms = int(wait_seconds * 1000)
+        timeout = settings.nats.request_timeout_s + wait_seconds
+        r = await bridge.call(subjects.AGENT_RECV, RecvRequest(wait_ms=wait_ms), RecvReply, timeout)
+        if r.message is None:
+            return _json({"empty": True})
+        m = r.message
+        await bridge.call(subjects.AGENT_ACK, AckRequest(id=m.id), Ok)
+        return _json(
+            {
+                "id": m.id,
+                "from": m.sender,
+                "body": m.body,
+                "ts": m.ts,
+                "redelivered": m.redelivered,
+                "event": msgspec.to_builtins(m.event) if m.event is not None else None,
+            }
+        )
+
+    @server.tool()
+    async def message_status(id: int) -> str:
+        """The delivery receipt of a message you sent or received (by its id)."""
+        r = await bridge.call(subjects.AGENT_STATUS, StatusRequest(id=id), MessageStatus)
+        return _json(r)
+
+    if bridge.agent == subjects.MANAGER:
+        _add_manager_tools(server, bridge)
+    return server, bridge
+
+
+def _add_manager_tools(server: MCPServer, bridge: Bridge) -> None:
+    @server.tool()
+    async def request_spawn(name: str) -> str:
+        """Ask the operator for a new agent with the default config (answer: SpawnResolved)."""
+        r = await bridge.call("request_spawn", SpawnToolRequest(name=name), ApprovalQueued)
+        return _json(r)
+
+    @server.tool()
+    async def request_spawn_draft(name: str) -> str:
+        """Two-step spawn, step one: create the agent's config repo and state dir, no container."""
+        r = await bridge.call("request_spawn_draft", SpawnToolRequest(name=name), DraftInfo)
+        return _json(r)
+
+    @server.tool()
+    async def request_spawn_commit(name: str, commit_ref: str) -> str:
+        """Two-step spawn, step two: submit the draft's commit for the operator's approval."""
+        req = SpawnCommitRequest(name=name, commit_ref=commit_ref)
+        return _json(await bridge.call("request_spawn_commit", req, ApprovalQueued))
+
+    @server.tool()
+    async def request_apply_commit(name: str, commit_ref: str) -> str:
+        """Submit a commit of an agent's config for approval (answer: ApprovalResolved)."""
+        req = ApplyCommitRequest(name=name, commit_ref=commit_ref)
+        return _json(await bridge.call("request_apply_commit", req, ApprovalQueued))
+
+    @server.tool()
+    async def ask_operator(
+        question: str, options: list[str] | None = None, multi: bool = False
+    ) -> str:
+        """Ask the operator a question: free text, or a choice among options (several with
+        multi). The answer arrives later as OperatorAnswered with the returned id."""
+        req = AskRequest(question=question, options=options, multi=multi)
+        return _json(await bridge.call("ask_operator", req, ApprovalQueued))
+
+    @server.tool()
+    async def kill(name: str) -> str:
+        """Stop an agent's container now."""
+        return _json(await bridge.call("kill", AgentRequest(name=name), AgentInfo))
+
+    @server.tool()
+    async def start(name: str) -> str:
+        """Start a stopped agent's container."""
+        return _json(await bridge.call("start", AgentRequest(name=name), AgentInfo))
+
+    @server.tool()
+    async def restart(name: str) -> str:
+        """Restart an agent's container."""
+        return _json(await bridge.call("restart", AgentRequest(name=name), AgentInfo))
+
+    @server.tool()
+    async def update(name: str) -> str:
+        """Rebuild an agent's container from its deployed config."""
+        return _json(await bridge.call("update", AgentRequest(name=name), AgentInfo))
+
+
+def serve_stdio(settings: Settings) -> None:
+    """Runs the server on stdin/stdout until claude closes it."""
+    server, _bridge = build_server(settings)
+    server.run()

@@ -1,0 +1,153 @@
+"""``hive harness serve``: the turn loop, the heartbeat and the agent page in one process.
+
+Start: settings → NATS with the agent's own credentials → listening socket
+→ turn loop + heartbeat + web server. SIGTERM/SIGINT: stop taking messages,
+end a running claude (its message is not acked, so the broker hands it out
+again, marked redelivered), end SSE streams, stop the web server, drain NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Callable, Iterator
+
+import uvicorn
+from nats.aio.client import Client as NATS
+
+from hyperhive.common.config import Settings
+from hyperhive.common.errors import ConfigError, HiveError
+from hyperhive.common.logs import setup_logging
+from hyperhive.common.natsconn import connect
+from hyperhive.common.telemetry import setup_tracing
+from hyperhive.harness.config import HarnessConfig, resolve
+from hyperhive.harness.loop import Harness
+from hyperhive.harness.web import Deps, create_app
+
+log = logging.getLogger(__name__)
+
+STARTUP_TIMEOUT_S = 20.0
+SHUTDOWN_GRACE_S = 3.0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: we own SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The page's listening socket (port 0: any free port).
+
+    Raises:
+        ConfigError: the address cannot be bound.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, addr = infos[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+    except OSError as exc:
+        raise ConfigError(f"agent page cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(256)
+    sock.setblocking(False)
+    return sock
+
+
+async def run(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    ready: Callable[[Harness, int], None] | None = None,
+) -> None:
+    """Runs the harness until ``stop`` is set (or SIGTERM/SIGINT in the main thread).
+
+    ``ready(harness, port)`` is called once the page listens and the loop runs.
+
+    Raises:
+        ConfigError: bad settings or agent.toml, or the port is taken.
+        Unavailable: NATS cannot be reached.
+    """
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    cfg: HarnessConfig = resolve(settings)
+    sock = bind(settings.harness.host, settings.harness.port)
+    port = sock.getsockname()[1]
+    nc: NATS = await connect(settings.nats, name=f"hive-harness-{cfg.agent}")
+    harness = Harness(cfg, nc)
+    app = create_app(harness, settings.harness.token)
+    deps: Deps = app.state.deps
+    server = _Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            lifespan="off",
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+            access_log=False,
+        )
+    )
+    tasks = [
+        asyncio.create_task(server.serve(sockets=[sock]), name="harness-http"),
+        asyncio.create_task(harness.run(stop), name="harness-loop"),
+        asyncio.create_task(harness.heartbeat(stop), name="harness-heartbeat"),
+    ]
+    try:
+        async with asyncio.timeout(STARTUP_TIMEOUT_S):
+            while not server.started:
+                if tasks[0].done():
+                    tasks[0].result()
+                    raise ConfigError("agent page stopped while starting")
+                await asyncio.sleep(0.02)
+        log.info("harness serving", extra={"agent": cfg.agent, "port": port})
+        if ready:
+            ready(harness, port)
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        for t in done:
+            if t is not stopper and not t.cancelled() and t.exception() is not None:
+                log.error("harness task %s died", t.get_name(), exc_info=t.exception())
+        stop.set()
+    finally:
+        stop.set()
+        deps.closing.set()
+        server.should_exit = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*tasks[1:], return_exceptions=True), 10)
+        try:
+            await asyncio.wait_for(tasks[0], SHUTDOWN_GRACE_S + 2)
+        except (TimeoutError, asyncio.CancelledError):
+            server.force_exit = True
+        except Exception:
+            log.exception("web server stop failed")
+        for t in tasks:
+            t.cancel()
+        try:
+            await asyncio.wait_for(nc.drain(), 5)
+        except Exception:
+            await nc.close()
+        sock.close()
+
+
+def serve_main(settings: Settings) -> int:
+    """Entry point: exit code 0 on a clean stop, 1 with one line if it cannot run."""
+    setup_logging(settings.log, f"harness-{settings.harness.agent or '?'}")
+    try:
+        setup_tracing(settings.telemetry, "harness")
+        asyncio.run(run(settings))
+    except HiveError as exc:
+        print(f"hive harness serve: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0

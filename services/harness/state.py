@@ -1,0 +1,98 @@
+"""What the harness keeps across restarts, in ``<state dir>/.hive-harness/``.
+
+- ``model``: the operator's ``/model`` override ("" = agent.toml's / the default).
+- ``fresh``: present when the next turn starts a new claude session (``/clear``).
+- ``turn``: the number of the last turn, so numbering continues after a restart.
+- ``interrupted.json``: the message of a turn that was cancelled or failed; the
+  next wake prompt carries it, so the agent still sees it (see loop.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+MODEL_MAX_CHARS = 200
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def check_model(name: str) -> str:
+    """A model name as typed after ``/model`` (no spaces, bounded).
+
+    Raises:
+        ValueError: empty, too long or containing whitespace/control characters.
+    """
+    name = name.strip()
+    if not name:
+        raise ValueError("give a model name, e.g. /model claude-sonnet-4-5")
+    if len(name) > MODEL_MAX_CHARS or any(c.isspace() or ord(c) < 32 for c in name):
+        raise ValueError(f"not a model name: {name[:40]!r}")
+    return name
+
+
+class HarnessState:
+    """Small files in the harness dir; every write is atomic."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _read(self, name: str) -> str:
+        try:
+            return (self.dir / name).read_text().strip()
+        except OSError:
+            return ""
+
+    @property
+    def model(self) -> str:
+        return self._read("model")
+
+    def set_model(self, name: str) -> None:
+        _atomic_write(self.dir / "model", check_model(name) + "\n")
+
+    def reset_model(self) -> None:
+        (self.dir / "model").unlink(missing_ok=True)
+
+    @property
+    def fresh(self) -> bool:
+        return (self.dir / "fresh").exists()
+
+    def set_fresh(self, value: bool) -> None:
+        if value:
+            (self.dir / "fresh").touch()
+        else:
+            (self.dir / "fresh").unlink(missing_ok=True)
+
+    @property
+    def turn(self) -> int:
+        try:
+            return int(self._read("turn") or 0)
+        except ValueError:
+            return 0
+
+    def set_turn(self, n: int) -> None:
+        _atomic_write(self.dir / "turn", f"{n}\n")
+
+    @property
+    def interrupted(self) -> dict[str, Any] | None:
+        text = self._read("interrupted.json")
+        if not text:
+            return None
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def set_interrupted(self, doc: dict[str, Any] | None) -> None:
+        if doc is None:
+            (self.dir / "interrupted.json").unlink(missing_ok=True)
+        else:
+            _atomic_write(self.dir / "interrupted.json", json.dumps(doc))

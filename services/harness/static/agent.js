@@ -1,0 +1,218 @@
+// hyperhive agent page: live tail over SSE, prompt box, badge, chips.
+(function () {
+  "use strict";
+  const csrf = document.querySelector('meta[name="csrf-token"]').content;
+  const log = document.getElementById("log");
+  const pill = document.getElementById("pill");
+  const pillN = document.getElementById("pill-n");
+  const badge = document.getElementById("badge");
+  const badgeState = document.getElementById("badge-state");
+  const badgeAge = document.getElementById("badge-age");
+  const chipLast = document.getElementById("chip-last");
+  const chipModel = document.getElementById("chip-model");
+  const cancelBtn = document.getElementById("cancel");
+  const form = document.getElementById("prompt-form");
+  const input = document.getElementById("prompt");
+  const MAX_LINES = 4000;
+  const CLIP = 1200;
+
+  let since = Date.now() / 1000;
+  let clockSkew = 0; // server time - client time, seconds
+  let unseen = 0;
+  let stuck = true; // follow the bottom while the reader is there
+
+  // --- scrolling: sticky bottom with a "↓ N new" pill ---------------------------
+  function atBottom() {
+    return log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+  }
+  log.addEventListener("scroll", function () {
+    stuck = atBottom();
+    if (stuck) { unseen = 0; pill.hidden = true; }
+  });
+  pill.addEventListener("click", function () {
+    log.scrollTop = log.scrollHeight;
+    stuck = true; unseen = 0; pill.hidden = true;
+  });
+
+  function add(cls, text) {
+    const div = document.createElement("div");
+    div.className = "line " + cls;
+    div.textContent = text;
+    log.appendChild(div);
+    while (log.childElementCount > MAX_LINES) log.removeChild(log.firstElementChild);
+    if (stuck) {
+      log.scrollTop = log.scrollHeight;
+    } else {
+      unseen += 1;
+      pillN.textContent = String(unseen);
+      pill.hidden = false;
+    }
+    return div;
+  }
+
+  function clip(s) {
+    s = String(s == null ? "" : s);
+    return s.length > CLIP ? s.slice(0, CLIP) + " …(" + (s.length - CLIP) + " more)" : s;
+  }
+
+  function textOf(content) {
+    if (content == null) return "";
+    if (typeof content === "string") return content;
+    if (Array.isArray(content)) {
+      return content.map(function (b) { return b && b.type === "text" ? b.text : JSON.stringify(b); }).join("\n");
+    }
+    return JSON.stringify(content);
+  }
+
+  function fmtMs(ms) {
+    if (ms == null) return "–";
+    if (ms < 1000) return Math.round(ms) + " ms";
+    const s = ms / 1000;
+    if (s < 60) return s.toFixed(1) + " s";
+    return Math.floor(s / 60) + "m" + String(Math.round(s % 60)).padStart(2, "0") + "s";
+  }
+
+  // --- the badge and chips -------------------------------------------------------
+  function setStatus(st) {
+    if (!st || !st.state) return;
+    if (st.now) clockSkew = st.now - Date.now() / 1000;
+    since = st.since || since;
+    badge.className = "badge state-" + st.state;
+    badge.dataset.state = st.state;
+    badgeState.textContent = st.state;
+    chipModel.textContent = "model " + (st.model || "default");
+    chipLast.textContent = "last turn " + fmtMs(st.last_turn_ms);
+    cancelBtn.hidden = !(st.state === "thinking" || st.state === "compacting");
+    tick();
+  }
+  function tick() {
+    const age = Math.max(0, Date.now() / 1000 + clockSkew - since);
+    badgeAge.textContent = age < 60 ? Math.floor(age) + "s" :
+      age < 3600 ? Math.floor(age / 60) + "m" : Math.floor(age / 3600) + "h";
+  }
+  setInterval(tick, 1000);
+
+  // --- rendering turn records -------------------------------------------------------
+  function renderClaude(ev) {
+    switch (ev.type) {
+      case "system":
+        if (ev.subtype === "init") {
+          const mcp = (ev.mcp_servers || []).map(function (s) { return s.name + ":" + s.status; }).join(" ");
+          add("sys", "session " + String(ev.session_id || "").slice(0, 8) + " · " + (ev.model || "?") + (mcp ? " · mcp " + mcp : ""));
+        } else if (ev.subtype === "status" && ev.status) {
+          add("sys", ev.status + "…");
+        } else if (ev.subtype === "compact_boundary") {
+          add("sys", "conversation compacted");
+        } else if (ev.subtype === "api_retry") {
+          add("err", "API retry " + ev.attempt + "/" + ev.max_retries);
+        }
+        return;
+      case "assistant": {
+        const content = (ev.message && ev.message.content) || [];
+        content.forEach(function (b) {
+          if (b.type === "text" && b.text) add("text", b.text);
+          else if (b.type === "tool_use") add("tool", "→ " + b.name + " " + clip(JSON.stringify(b.input)));
+          else if (b.type === "thinking" && b.thinking) add("sys", clip(b.thinking));
+        });
+        return;
+      }
+      case "user": {
+        const content = (ev.message && ev.message.content) || [];
+        if (!Array.isArray(content)) return;
+        content.forEach(function (b) {
+          if (b.type === "tool_result") add("result" + (b.is_error ? " error" : ""), "← " + clip(textOf(b.content)));
+        });
+        return;
+      }
+      case "result":
+        if (ev.is_error) add("err", "✗ " + clip(ev.result || ev.subtype));
+        else add("done", "✓ " + fmtMs(ev.duration_ms) + (ev.total_cost_usd ? " · $" + Number(ev.total_cost_usd).toFixed(4) : "") + " · " + (ev.num_turns || 0) + " model calls");
+        return;
+      case "raw":
+        add("sys", clip(ev.text));
+        return;
+    }
+  }
+
+  function render(rec) {
+    const ev = rec.event || {};
+    switch (rec.type) {
+      case "claude": renderClaude(ev); return;
+      case "turn_start": {
+        let head = "── turn " + rec.turn + " · ";
+        if (ev.command) head += "operator " + ev.command;
+        else if (ev.source === "operator") head += "prompt from the operator";
+        else head += "#" + ev.id + " from " + ev.sender + (ev.redelivered ? " (redelivered)" : "");
+        if (ev.fresh) head += " · fresh session";
+        add("turn-head", head + " " + new Date(rec.ts * 1000).toLocaleTimeString() + " ──");
+        if (ev.body) add("wake", clip(ev.body));
+        return;
+      }
+      case "turn_end": {
+        const st = ev.stats || {};
+        add("turn-end " + ev.outcome, "── turn " + rec.turn + " " + ev.outcome + " · " + fmtMs(st.duration_ms) + (ev.error ? " · " + clip(ev.error) : "") + " ──");
+        return;
+      }
+      case "compact_retry":
+        add("sys", "context too long: compacting and retrying once");
+        return;
+      case "operator":
+        if (ev.text) add("operator", "› " + ev.text);
+        else if (ev.command) add("operator", "› " + ev.command + (ev.model ? " " + ev.model : ""));
+        return;
+      case "state":
+        if (rec.n) setStatus(ev); // live only: backfilled states are history
+        return;
+    }
+  }
+
+  // --- the stream ---------------------------------------------------------------------
+  let source = null;
+  function connect() {
+    source = new EventSource("/events");
+    source.addEventListener("reset", function () {
+      log.textContent = ""; unseen = 0; pill.hidden = true; stuck = true;
+    });
+    source.addEventListener("turn", function (e) {
+      try { render(JSON.parse(e.data)); } catch (err) { add("err", "bad record: " + err); }
+    });
+    source.addEventListener("status", function (e) { setStatus(JSON.parse(e.data)); });
+    source.onerror = function () {
+      badge.className = "badge state-offline";
+      badge.dataset.state = "offline";
+      badgeState.textContent = "offline";
+      cancelBtn.hidden = true;
+      since = Date.now() / 1000 + clockSkew;
+    };
+  }
+  connect();
+
+  // --- the prompt -----------------------------------------------------------------------
+  function post(path, body) {
+    return fetch(path, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+      body: JSON.stringify(body || {}),
+      credentials: "same-origin",
+    }).then(function (r) {
+      return r.json().catch(function () { return { ok: false, text: "HTTP " + r.status }; });
+    });
+  }
+
+  form.addEventListener("submit", function (e) {
+    e.preventDefault();
+    const text = input.value.trim();
+    if (!text) return;
+    input.value = "";
+    if (text === "/clear") { log.textContent = ""; unseen = 0; pill.hidden = true; }
+    post("/prompt", { text: text }).then(function (r) {
+      if (r.command || !r.ok) add(r.ok ? "local" : "err", r.text);
+    }).catch(function (err) { add("err", "not sent: " + err); });
+  });
+  input.addEventListener("keydown", function (e) {
+    if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); form.requestSubmit(); }
+  });
+  cancelBtn.addEventListener("click", function () {
+    post("/cancel").then(function (r) { add("local", r.text); });
+  });
+})();
