@@ -1,0 +1,88 @@
+"""A service that is down (or hangs) shows as down in its own section only."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from hyperhive.cli.embedded import EmbeddedNats
+from hyperhive.common import subjects
+from hyperhive.common.config import Settings
+from tests.dashboard.conftest import csrf_session, running_stack, stack_settings
+
+
+def section(page: str, name: str) -> str:
+    """The body of one section of the page."""
+    match = re.search(
+        rf'<div id="body-{name}" class="sec-body"[^>]*>(.*?)</section>', page, re.DOTALL
+    )
+    assert match, f"no section {name}"
+    return match.group(1)
+
+
+async def test_lifecycle_and_broker_down_approvals_up(
+    nats_server: EmbeddedNats, database_url: str, hive_home
+) -> None:
+    settings = stack_settings(nats_server, database_url, hive_home)
+    async with (
+        running_stack(nats_server, settings, ("approvals", "dashboard")) as stack,
+        httpx.AsyncClient(base_url=stack.url, timeout=30) as client,
+    ):
+        r = await client.get("/")
+        assert r.status_code == 200
+        page = r.text
+        for name in ("containers", "kept", "drafts"):
+            assert 'data-down="lifecycle"' in section(page, name), name
+        assert 'data-down="broker"' in section(page, "telemetry")
+        for name in ("approvals", "questions"):
+            assert "d0wn" not in section(page, name), name
+        assert "n0th1ng p3nd1ng" in section(page, "approvals")
+        assert re.search(r'svc-down" data-service="lifecycle"', page)
+        assert re.search(r'svc-up" data-service="approvals"', page)
+
+        # a section refreshed on its own says the same
+        r = await client.get("/section/containers")
+        assert r.status_code == 200 and 'data-down="lifecycle"' in r.text
+        # an action on the down service fails cleanly with 503
+        token = await csrf_session(client)
+        r = await client.post(
+            "/agents/spawn",
+            data={"name": "nolife"},
+            headers={"X-CSRF-Token": token, "Accept": "application/json"},
+        )
+        assert r.status_code == 503
+        assert r.json()["ok"] is False and "lifecycle" in r.json()["message"]
+        # panels too
+        r = await client.get("/agents/hm1nd/inbox")
+        assert r.status_code == 200 and "broker d0wn" in r.text
+
+
+async def test_a_hanging_service_times_out_into_down(
+    nats_server: EmbeddedNats, database_url: str, hive_home, service_nc: NATS
+) -> None:
+    """Something takes lifecycle's subjects but never answers: the page still renders."""
+    seen: list[str] = []
+
+    async def swallow(msg: Msg) -> None:
+        seen.append(msg.subject)  # and never reply
+
+    sub = await service_nc.subscribe(subjects.admin_all("lifecycle"), cb=swallow)
+    settings: Settings = stack_settings(
+        nats_server, database_url, hive_home, HIVE_DASHBOARD_SECTION_TIMEOUT_S="0.5"
+    )
+    try:
+        async with (
+            running_stack(nats_server, settings, ("dashboard",)) as stack,
+            httpx.AsyncClient(base_url=stack.url, timeout=30) as client,
+        ):
+            r = await client.get("/")
+            assert r.status_code == 200
+            body = section(r.text, "containers")
+            assert 'data-down="lifecycle"' in body
+            assert "no reply" in body
+            assert subjects.admin("lifecycle", "list") in seen
+    finally:
+        await sub.unsubscribe()
