@@ -18,9 +18,10 @@ outcome is unknown, so it builds again (once), else gives up as ``failed``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -53,6 +54,7 @@ class Machine:
         self._peers = peers
         self._kick = kick  # publish committed outbox rows now
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._current: dict[str, int] = {}  # agent → approval holding its lock
 
     def applied(self, agent: str) -> Path:
         return AgentPaths.of(self._settings, agent).applied
@@ -73,22 +75,29 @@ class Machine:
         if lock.locked():  # fail fast instead of waiting out someone else's build
             raise await self._busy(approval_id, agent)
         async with lock:
-            async with self._pool.acquire() as conn, conn.transaction():
-                try:
-                    started = await store.begin(conn, approval_id)
-                except asyncpg.UniqueViolationError:
-                    raise await self._busy(approval_id, agent) from None
-                if started is None:
-                    raise await self._not_pending(approval_id, conn)
-                base = ""
-                if started["fetched_sha"]:
-                    # inside the transaction: if the repo is gone, the row stays pending
-                    base = await asyncio.to_thread(gitops.main_sha, self.applied(agent))
-                await store.set_base(conn, approval_id, base)
-            self._kick()
-            row = await store.get(self._pool, approval_id)
-            assert row is not None
-            return await self._build(row)
+            with self._driving(agent, approval_id):
+                return await self._approve_locked(approval_id, agent)
+
+    async def _approve_locked(self, approval_id: int, agent: str) -> ApprovalInfo:
+        async with self._pool.acquire() as conn, conn.transaction():
+            try:
+                started = await store.begin(conn, approval_id)
+            except asyncpg.UniqueViolationError:
+                # an earlier approval of this agent is unfinished (recovery ends it)
+                raise Conflict(
+                    f"another approval of {agent} is being deployed; try again when it ends"
+                ) from None
+            if started is None:
+                raise await self._not_pending(approval_id, conn)
+            base = ""
+            if started["fetched_sha"]:
+                # inside the transaction: if the repo is gone, the row stays pending
+                base = await asyncio.to_thread(gitops.main_sha, self.applied(agent))
+            await store.set_base(conn, approval_id, base)
+        self._kick()
+        row = await store.get(self._pool, approval_id)
+        assert row is not None
+        return await self._build(row)
 
     async def deny(self, approval_id: int, note: str) -> ApprovalInfo:
         """Denies a pending approval; ``denied/<id>`` carries ``note``.
@@ -118,7 +127,18 @@ class Machine:
             raise _conflict(approval_id, row["state"])
         return row
 
+    @contextlib.contextmanager
+    def _driving(self, agent: str, approval_id: int) -> Iterator[None]:
+        """Records which approval holds the agent's lock (for clear conflicts)."""
+        self._current[agent] = approval_id
+        try:
+            yield
+        finally:
+            self._current.pop(agent, None)
+
     async def _busy(self, approval_id: int, agent: str) -> HiveError:
+        if self._current.get(agent) == approval_id:
+            return _conflict(approval_id, store.APPROVED)
         row = await store.get(self._pool, approval_id)
         if row is not None and row["state"] != store.PENDING:
             return _conflict(approval_id, row["state"])
@@ -206,9 +226,10 @@ class Machine:
             if lock.locked():
                 continue  # being driven right now
             async with lock:
-                row = await store.get(self._pool, row["id"])
-                if row is None or row["state"] != store.APPROVED:
-                    continue
+                with self._driving(row["agent"], row["id"]):
+                    row = await store.get(self._pool, row["id"])
+                    if row is None or row["state"] != store.APPROVED:
+                        continue
                 try:
                     await self._recover_one(row)
                 except Exception:

@@ -111,9 +111,27 @@ def git_out(repo_path: Path, *args: str) -> str:
         return str(repo.git.execute(["git", *args]))
 
 
+# A harness that ignores SIGTERM: every restart (so every build of an agent
+# that runs) waits out lifecycle's stop timeout. Gives a test a build that is
+# reliably in progress for a few seconds.
+SLOW_BUILDS = {
+    "HIVE_LIFECYCLE_HARNESS_COMMAND": "sh -c \"trap '' TERM; exec sleep 3600\"",
+    "HIVE_LIFECYCLE_STOP_TIMEOUT_S": "4",
+}
+
+
+@pytest.fixture
+def lifecycle_overrides() -> dict[str, str]:
+    """Extra settings for this module's tests (a module may override this fixture)."""
+    return {}
+
+
 @pytest.fixture
 def ap_settings(
-    nats_server: EmbeddedNats, database_url: str, hive_home: Path
+    nats_server: EmbeddedNats,
+    database_url: str,
+    hive_home: Path,
+    lifecycle_overrides: dict[str, str],
 ) -> Iterator[Settings]:
     """Lifecycle with a harmless harness (``sleep``) and a manager; quick retries."""
     settings = lifecycle_settings(
@@ -122,6 +140,7 @@ def ap_settings(
         hive_home,
         HIVE_LIFECYCLE_MANAGER=subjects.MANAGER,
         HIVE_APPROVALS_NOTIFY_RETRY_S="0.5",
+        **lifecycle_overrides,
     )
     yield settings
     reap_harnesses(settings.paths.agents_dir)
@@ -134,11 +153,11 @@ def reap_harnesses(agents_dir: Path) -> None:
     for pid_file in agents_dir.glob("*/run/harness.pid"):
         try:
             pid = int(pid_file.read_text().split()[0])
-            os.killpg(pid, signal.SIGTERM)
+            os.killpg(pid, signal.SIGKILL)
         except (OSError, ValueError, IndexError):
             continue
         with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)  # sleep exits at once on SIGTERM
+            os.waitpid(pid, 0)
 
 
 @contextlib.asynccontextmanager
@@ -153,14 +172,21 @@ async def manager_connection(nats: EmbeddedNats, settings: Settings) -> AsyncIte
 
 
 @pytest.fixture
-async def hive(
+async def peers(
     ap_settings: Settings, nats_server: EmbeddedNats, operator_nc: NATS, service_nc: NATS
 ) -> AsyncIterator[Hive]:
-    """Real lifecycle and approvals in this process, broker stand-in."""
+    """Real lifecycle in this process, broker stand-in, hm1nd connected;
+    approvals is not started (tests that restart it start it themselves)."""
     async with (
         broker_standin(service_nc) as broker,
         rig.running_service("lifecycle", ap_settings),
         manager_connection(nats_server, ap_settings) as manager,
-        rig.running_service("approvals", ap_settings),
     ):
         yield Hive(ap_settings, manager, operator_nc, service_nc, broker)
+
+
+@pytest.fixture
+async def hive(peers: Hive) -> AsyncIterator[Hive]:
+    """Everything running, approvals in this process."""
+    async with rig.running_service("approvals", peers.settings):
+        yield peers
