@@ -70,22 +70,21 @@ class Handlers:
         name = check_agent_name(req.name, allow_manager=True)
         ref = gitops.check_ref(req.commit_ref)
         info = await self._peers.agent(name)
-        if info is None:
+        if info is None or info.state == DRAFT:
+            if await self._is_draft(name):
+                raise BadRequest(
+                    f"{name} is a draft: submit its first commit with request_spawn_commit"
+                )
             raise NotFound(f"unknown agent {name!r}")
-        if info.state == DRAFT:
-            raise BadRequest(
-                f"{name} is a draft: submit its first commit with request_spawn_commit"
-            )
         return await self._pin_and_queue(store.APPLY_COMMIT, name, ref)
 
     async def request_spawn(self, req: SpawnToolRequest, _call: Call) -> ApprovalQueued:
         """Queues a new agent with the default config."""
         name = check_agent_name(req.name)
-        info = await self._peers.agent(name)
-        if info is not None:
-            if info.state == DRAFT:
-                raise Conflict(f"{name} is a draft: submit it with request_spawn_commit")
+        if await self._peers.agent(name) is not None:
             raise Conflict(f"agent {name} already exists")
+        if await self._is_draft(name):
+            raise Conflict(f"{name} is a draft: submit it with request_spawn_commit")
         try:
             row = await store.queue(self._pool, approval_id=None, kind=store.SPAWN, agent=name)
         except asyncpg.UniqueViolationError:
@@ -102,11 +101,14 @@ class Handlers:
         """Pins a draft's first commit and queues its spawn."""
         name = check_agent_name(req.name)
         ref = gitops.check_ref(req.commit_ref)
-        if name not in {d.name for d in await self._peers.drafts()}:
+        if not await self._is_draft(name):
             if await self._peers.agent(name) is not None:
                 raise Conflict(f"agent {name} already exists: use request_apply_commit")
             raise NotFound(f"no draft {name!r}: create it with request_spawn_draft first")
         return await self._pin_and_queue(store.SPAWN, name, ref)
+
+    async def _is_draft(self, name: str) -> bool:
+        return name in {d.name for d in await self._peers.drafts()}
 
     async def _pin_and_queue(self, kind: str, name: str, ref: str) -> ApprovalQueued:
         paths = AgentPaths.of(self._settings, name)

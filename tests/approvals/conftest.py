@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import git
 import msgspec
+import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -20,7 +22,7 @@ from hyperhive.cli.embedded import EmbeddedNats
 from hyperhive.common import rpc, subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.paths import AgentPaths
-from hyperhive.common.wire.events import SystemEvent
+from hyperhive.common.wire.events import HiveEvent, SystemEvent
 from hyperhive.common.wire.lifecycle import AgentInfo, SpawnRequest
 from tests import rig
 from tests.approvals.standins import BrokerStandIn, broker_standin
@@ -190,3 +192,32 @@ async def hive(peers: Hive) -> AsyncIterator[Hive]:
     """Everything running, approvals in this process."""
     async with rig.running_service("approvals", peers.settings):
         yield peers
+
+
+async def hive_events(
+    nc: NATS,
+    kind_filter: str,
+    match: Callable[[HiveEvent], bool],
+    count: int,
+    timeout: float = 20,
+) -> list[HiveEvent]:
+    """The first ``count`` HIVE_EVENTS records on ``hive.events.<kind_filter>``
+    that ``match``, read from the stream's start (NATS is shared by all tests)."""
+    sub = await nc.jetstream().subscribe(f"hive.events.{kind_filter}", ordered_consumer=True)
+    found: list[HiveEvent] = []
+    deadline = asyncio.get_running_loop().time() + timeout
+    try:
+        while len(found) < count:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise AssertionError(f"only {len(found)} of {count} {kind_filter} events: {found}")
+            try:
+                msg = await sub.next_msg(timeout=min(left, 1.0))
+            except nats.errors.TimeoutError:
+                continue
+            event = msgspec.json.decode(msg.data, type=HiveEvent)
+            if match(event):
+                found.append(event)
+    finally:
+        await sub.unsubscribe()
+    return found

@@ -18,7 +18,7 @@ from hyperhive.common.wire.approvals import (
 )
 from hyperhive.common.wire.events import ApprovalResolved
 from tests import rig
-from tests.approvals.conftest import Hive, agent_name, commit_files, git_out
+from tests.approvals.conftest import Hive, agent_name, commit_files, git_out, hive_events
 
 GOOD_TOML = 'model = "claude-sonnet-4-5"\nallowed_tools = ["Read"]\n'
 BAD_TOML = "model = 5\n"
@@ -122,6 +122,10 @@ async def test_deny_tags_the_note(hive: Hive) -> None:
     assert (ev.state, ev.note) == ("denied", note)
     with pytest.raises(Conflict, match="already denied"):
         await hive.admin("approve", ApprovalIdRequest(id=queued.id), ApprovalInfo)
+    events = await hive_events(hive.service, "approval.>", lambda e: e.agent == name, 2)
+    assert [e.kind for e in events] == ["approval.queued", "approval.resolved"]
+    assert events[0].data["sha"] == queued.fetched_sha
+    assert (events[1].data["state"], events[1].data["note"]) == ("denied", note)
 
 
 async def test_proposal_is_immutable_after_request(hive: Hive) -> None:

@@ -1,0 +1,79 @@
+"""The operator's CLI verbs, run as the ``hive`` command against the services."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+from hyperhive.cli.embedded import EmbeddedNats
+from hyperhive.common.config import settings_env
+from hyperhive.common.wire.approvals import ApplyCommitRequest, ApprovalQueued, AskRequest
+from tests import rig
+from tests.approvals.conftest import Hive, agent_name
+
+
+async def hive_cli(hive: Hive, nats: EmbeddedNats, *args: str) -> tuple[int, str, str]:
+    env = dict(os.environ)
+    env.update(settings_env(rig.operator_settings(hive.settings, nats)))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hyperhive.cli.main",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_operator_cli_round_trip(hive: Hive, nats_server: EmbeddedNats) -> None:
+    name = agent_name("cl")
+    await hive.spawn(name)
+    ids = []
+    for n in (1, 2):
+        sha = hive.commit(name, {"agent.toml": f'model = "m{n}"\n', f"f{n}.txt": "x\n"}, f"c{n}")
+        q = await hive.tool(
+            "request_apply_commit", ApplyCommitRequest(name=name, commit_ref=sha), ApprovalQueued
+        )
+        ids.append(q.id)
+
+    async def cli(*args: str) -> tuple[int, str, str]:
+        return await hive_cli(hive, nats_server, *args)
+
+    code, out, _ = await cli("approvals", "--json")
+    assert code == 0
+    assert [(a["id"], a["state"]) for a in json.loads(out)] == [
+        (ids[1], "pending"),
+        (ids[0], "pending"),
+    ]
+    code, out, _ = await cli("diff", str(ids[0]))
+    assert code == 0 and '+model = "m1"' in out and "f1.txt" in out
+
+    code, out, _ = await cli("approve", str(ids[0]))
+    assert code == 0 and f"approval {ids[0]} (ApplyCommit {name}): deployed" in out
+    code, _, err = await cli("approve", str(ids[0]))
+    assert code == 1 and f"hive: approval {ids[0]} is already deployed" in err
+
+    code, out, _ = await cli("deny", str(ids[1]), "--note", "one change at a time")
+    assert code == 0 and "denied" in out
+    code, out, _ = await cli("approvals")
+    assert code == 0 and out.strip() == "no pending approvals"
+    code, out, _ = await cli("approvals", "--all")
+    assert code == 0 and "one change at a time" in out and "deployed" in out
+
+    q = await hive.tool(
+        "ask_operator", AskRequest(question="which?", options=["a", "b"]), ApprovalQueued
+    )
+    code, out, _ = await cli("questions", "--json")
+    assert code == 0 and json.loads(out)[0]["options"] == ["a", "b"]
+    code, _, err = await cli("answer", str(q.id))
+    assert code == 2 and "TEXT or --choice" in err
+    code, out, _ = await cli("answer", str(q.id), "--choice", "b")
+    assert code == 0 and f"question {q.id} answered: b" in out
+    code, out, _ = await cli("questions")
+    assert code == 0 and out.strip() == "no open questions"
