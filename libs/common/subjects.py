@@ -96,6 +96,11 @@ def event(kind: str) -> str:
     return f"{ROOT}.events.{kind}"
 
 
+def event_family(family: str) -> str:
+    """``hive.events.<family>.>``: every event kind of a family (``message``)."""
+    return f"{ROOT}.events.{_token(family)}.>"
+
+
 EVENTS_ALL: Final = f"{ROOT}.events.>"
 AGENT_EVENTS_ALL: Final = f"{ROOT}.agent.*.{AGENT_EVENTS}"
 

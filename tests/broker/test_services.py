@@ -1,0 +1,176 @@
+"""What the broker does for other parts: system events, turn statistics, turn
+backfill, the agent registry, and several broker instances side by side."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from hyperhive.broker.wake import Waiters
+from hyperhive.common import rpc, subjects
+from hyperhive.common.errors import NotFound
+from hyperhive.common.wire.broker import (
+    DeliverRequest,
+    SendReply,
+    StatsReply,
+    StatsRequest,
+    TurnEvent,
+    TurnsReply,
+    TurnsRequest,
+    TurnStats,
+)
+from hyperhive.common.wire.events import ApprovalResolved, ContainerCrash
+from tests import rig
+from tests.broker.conftest import Hive, ack, admin, call, recv, send, unique
+
+
+async def deliver(hive: Hive, req: DeliverRequest) -> SendReply:
+    return await rpc.request(
+        hive.service, subjects.system("broker", "deliver"), req, SendReply, timeout=30
+    )
+
+
+async def test_a_system_event_arrives_as_a_typed_readable_message(hive: Hive):
+    m, nm = await hive.spawn()
+    crash = ContainerCrash(agent="worker1", detail="exit status 9\nsegfault", exit_code=9)
+    sent = await deliver(hive, DeliverRequest(to=m, event=crash, idempotency_key="crash-1"))
+    assert (await deliver(hive, DeliverRequest(to=m, event=crash, idempotency_key="crash-1"))) == (
+        sent
+    )
+    await deliver(
+        hive,
+        DeliverRequest(
+            to=m, event=ApprovalResolved(approval_id=7, agent="worker1", state="deployed")
+        ),
+    )
+
+    got = await recv(nm, m)
+    assert got.message is not None and got.message.id == sent.id
+    assert got.message.sender == subjects.SYSTEM
+    assert got.message.event == crash
+    assert got.message.body == "container of worker1 crashed (exit code 9): exit status 9 segfault"
+    await ack(nm, m, sent.id)
+    second = await recv(nm, m)
+    assert second.message is not None and isinstance(second.message.event, ApprovalResolved)
+    assert second.message.body == "approval #7 for worker1: deployed"
+
+
+async def test_turn_statistics_are_stored_as_series(hive: Hive):
+    a, na = await hive.spawn()
+    b, nb = await hive.spawn()
+    for i in range(2):
+        await send(nb, b, a, f"pending {i}")  # a's inbox depth is computed by the broker
+    stats = TurnStats(
+        ts=1_800_000_000.0,
+        duration_ms=1234.5,
+        exit_code=0,
+        tool_calls={"send": 2, "Bash": 1},
+        messages_sent=2,
+        input_tokens=100,
+        output_tokens=50,
+        cost_usd=0.01,
+        notes_bytes=300,
+    )
+    await rpc.publish(na, subjects.agent(a, subjects.AGENT_STATS), stats)
+
+    async def stored() -> dict[str, float] | None:
+        reply = await admin(hive.operator, "stats", StatsRequest(agent=a), StatsReply)
+        return {p.key: p.value for p in reply.points} or None
+
+    values = await rig.eventually(stored, timeout=20, what="stats rows")
+    assert values == {
+        "duration_ms": 1234.5,
+        "exit_code": 0,
+        "tool_calls": 3,
+        "tool.Bash": 1,
+        "tool.send": 2,
+        "messages_sent": 2,
+        "messages_received": 1,
+        "compact_retry": 0,
+        "input_tokens": 100,
+        "output_tokens": 50,
+        "cost_usd": 0.01,
+        "notes_bytes": 300,
+        "inbox_depth": 2,
+    }
+    only = await admin(hive.operator, "stats", StatsRequest(agent=a, key="duration_ms"), StatsReply)
+    assert [(p.agent, p.ts, p.value) for p in only.points] == [(a, 1_800_000_000.0, 1234.5)]
+
+
+async def test_an_agent_backfills_its_own_turn_events(hive: Hive):
+    a, na = await hive.spawn()
+    b, nb = await hive.spawn()
+    js = na.jetstream()
+    subject = subjects.agent(a, subjects.AGENT_EVENTS)
+    await js.publish(subject, b"not a turn event")  # skipped, not an error
+    seqs = []
+    for i in range(12):
+        ack_ = await js.publish(subject, rpc.encode(TurnEvent(type="claude", ts=float(i), turn=i)))
+        seqs.append(ack_.seq)
+    await nb.jetstream().publish(
+        subjects.agent(b, subjects.AGENT_EVENTS), rpc.encode(TurnEvent(type="state", ts=0.0))
+    )
+
+    tail = await call(na, a, "turns", TurnsRequest(limit=5), TurnsReply)
+    assert [e.turn for e in tail.events] == [7, 8, 9, 10, 11]
+    assert [e.seq for e in tail.events] == seqs[7:]
+    assert tail.more
+    after = await call(na, a, "turns", TurnsRequest(after_seq=seqs[9]), TurnsReply)
+    assert [e.turn for e in after.events] == [10, 11] and not after.more
+    everything = await call(na, a, "turns", TurnsRequest(), TurnsReply)
+    assert len(everything.events) == 12
+    assert (await call(nb, b, "turns", TurnsRequest(), TurnsReply)).events[0].type == "state"
+    fresh, nf = await hive.spawn()
+    assert (await call(nf, fresh, "turns", TurnsRequest(), TurnsReply)).events == []
+
+
+async def test_recipients_follow_the_agent_registry(hive: Hive):
+    a, na = await hive.spawn()
+    with pytest.raises(NotFound, match="unknown recipient"):
+        await send(na, a, unique("nobody"), "hello?")
+    b, _nb = await hive.spawn()
+    await send(na, a, b, "you exist")
+    await hive.destroy(b)
+
+    async def refused() -> bool:
+        try:
+            await send(na, a, b, "still there?")
+        except NotFound:
+            return True
+        return False
+
+    await rig.eventually(refused, timeout=20, what="send to a destroyed agent refused")
+
+
+async def test_broker_instances_wake_each_others_waiting_recvs(hive: Hive, nats_server):
+    """A recv waiting in one instance returns when another instance commits."""
+    first = await rig.connect_as(nats_server, nats_server.service_seed)
+    second = await rig.connect_as(nats_server, nats_server.service_seed)
+    here, there = Waiters(first), Waiters(second)
+    await here.start()
+    await there.start()
+    try:
+        with there.watch("b1") as woke, there.watch("b2") as other:
+            await first.flush()
+            await here.committed(["b1"], [1])
+            async with asyncio.timeout(10):
+                await woke.wait()
+            assert not other.is_set()
+    finally:
+        await here.stop()
+        await there.stop()
+        await first.close()
+        await second.close()
+
+
+async def test_two_broker_instances_serve_the_same_inboxes(hive: Hive):
+    a, na = await hive.spawn()
+    b, nb = await hive.spawn()
+    async with rig.running_service("broker", hive.settings):
+        waiting = [asyncio.create_task(recv(nb, b, wait_ms=60_000)) for _ in range(6)]
+        await asyncio.sleep(0.3)  # let them wait, spread over both instances
+        sent = {(await send(na, a, b, f"m{i}")).id for i in range(6)}
+        async with asyncio.timeout(30):
+            replies = await asyncio.gather(*waiting)
+    assert {r.message.id for r in replies if r.message} == sent
