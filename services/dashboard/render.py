@@ -8,6 +8,8 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from hyperhive.dashboard.redact import mask
+
 TEMPLATES = Path(__file__).parent / "templates"
 
 
@@ -54,7 +56,7 @@ class Renderer:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self.env.filters.update(ts=fmt_ts, ago=fmt_ago, bytes=fmt_bytes, short=short)
+        self.env.filters.update(ts=fmt_ts, ago=fmt_ago, bytes=fmt_bytes, short=short, mask=mask)
 
     def __call__(self, template: str, /, **context: Any) -> str:
         return self.env.get_template(template).render(**context)

@@ -24,6 +24,7 @@ from hyperhive.common.wire.lifecycle import (
     LogsRequest,
     SpawnRequest,
 )
+from hyperhive.dashboard.redact import mask
 from hyperhive.dashboard.web import Deps, act, deps, field, form_fields, html, page_context, sse
 
 VERBS = ("start", "stop", "restart", "kill", "update")
@@ -139,7 +140,7 @@ async def _follow_logs(d: Deps, name: str) -> AsyncIterator[bytes]:
                 after_cursor=reply.journal_cursor or request.after_cursor,
             )
             if reply.lines:
-                yield _frame("lines", reply.lines)
+                yield _frame("lines", [mask(line) for line in reply.lines])
             else:
                 yield b": idle\n\n"  # also notices a closed browser
         await asyncio.sleep(d.settings.logs_poll_s)

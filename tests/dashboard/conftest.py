@@ -7,9 +7,11 @@ needs claude): lifecycle only needs a process it can start, watch and stop.
 
 from __future__ import annotations
 
+import asyncio
 import re
+import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,3 +121,20 @@ async def csrf_session(client: httpx.AsyncClient) -> str:
     match = CSRF_META.search(page.text)
     assert match, "page has no CSRF token"
     return match.group(1)
+
+
+def _commit(repo: Path, edit: Callable[[str], str], message: str) -> str:
+    toml = repo / "agent.toml"
+    toml.write_text(edit(toml.read_text()))
+    git = ["git", "-C", str(repo), "-c", "user.name=hm1nd", "-c", "user.email=hm1nd@hive"]
+    subprocess.run([*git, "commit", "-qam", message], check=True)
+    out = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+async def commit_config(
+    settings: Settings, name: str, edit: Callable[[str], str], message: str
+) -> str:
+    """Edits and commits the agent's proposed agent.toml as hm1nd would; returns the sha."""
+    repo = AgentPaths.of(settings, name).proposed
+    return await asyncio.to_thread(_commit, repo, edit, message)

@@ -8,16 +8,14 @@ proves that nothing reloaded the page.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from hyperhive.common import rpc, subjects
-from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.approvals import (
     ApplyCommitRequest,
     ApprovalQueued,
@@ -33,7 +31,7 @@ from hyperhive.common.wire.broker import (
 )
 from hyperhive.common.wire.events import OperatorAnswered
 from hyperhive.common.wire.lifecycle import AgentInfo, SpawnRequest
-from tests.dashboard.conftest import Stack, unique_name
+from tests.dashboard.conftest import Stack, commit_config, unique_name
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
@@ -92,15 +90,8 @@ async def spawn_agent(stack: Stack, prefix: str) -> str:
     return name
 
 
-def commit_change(stack: Stack, name: str, prompt: str) -> str:
-    """Edits the agent's proposed agent.toml as the manager would; returns the sha."""
-    repo = AgentPaths.of(stack.settings, name).proposed
-    toml = repo / "agent.toml"
-    toml.write_text(toml.read_text().replace('prompt = ""', f'prompt = "{prompt}"'))
-    git = ["git", "-C", str(repo), "-c", "user.name=hm1nd", "-c", "user.email=hm1nd@hive"]
-    subprocess.run([*git, "commit", "-qam", f"{name}: {prompt}"], check=True)
-    out = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True)
-    return out.stdout.strip()
+def set_prompt(prompt: str) -> Callable[[str], str]:
+    return lambda text: text.replace('prompt = ""', f'prompt = "{prompt}"')
 
 
 async def request_apply_commit(stack: Stack, name: str, sha: str) -> int:
@@ -142,7 +133,7 @@ async def test_approve_an_apply_commit_and_see_it_deployed(
     page: Page, stack: Stack, tmp_path: Path
 ) -> None:
     name = await spawn_agent(stack, "ap")
-    sha = commit_change(stack, name, "be terse")
+    sha = await commit_config(stack.settings, name, set_prompt("be terse"), "be terse")
     approval_id = await request_apply_commit(stack, name, sha)
 
     card = page.locator(f"#approval-{approval_id}")
@@ -162,7 +153,7 @@ async def test_approve_an_apply_commit_and_see_it_deployed(
 
 async def test_deny_with_a_note(page: Page, stack: Stack) -> None:
     name = await spawn_agent(stack, "dn")
-    sha = commit_change(stack, name, "shout")
+    sha = await commit_config(stack.settings, name, set_prompt("shout"), "shout")
     approval_id = await request_apply_commit(stack, name, sha)
 
     card = page.locator(f"#approval-{approval_id}")

@@ -10,11 +10,12 @@ import httpx
 import pytest
 
 from hyperhive.common import rpc, subjects
+from hyperhive.common.wire.approvals import ApplyCommitRequest, ApprovalQueued, SpawnToolRequest
 from hyperhive.common.wire.broker import SendReply, SendRequest, TurnStats
-from hyperhive.common.wire.lifecycle import AgentsReply, AgentsRequest
+from hyperhive.common.wire.lifecycle import AgentsReply, AgentsRequest, DraftInfo
 from hyperhive.dashboard.sections import SECTIONS
 from tests import rig
-from tests.dashboard.conftest import Stack, csrf_session, unique_name
+from tests.dashboard.conftest import Stack, commit_config, csrf_session, unique_name
 
 TIMEOUT = 30.0
 
@@ -216,3 +217,72 @@ async def test_telemetry_series_from_turn_stats(stack: Stack, client: httpx.Asyn
     assert data["since_last_turn_s"] is not None
     r = await client.get("/api/stats", params={"agent": "../etc"})
     assert r.status_code == 400
+
+
+async def test_kept_state_can_be_respawned_and_purged(
+    stack: Stack, client: httpx.AsyncClient
+) -> None:
+    token = await csrf_session(client)
+    headers = {"X-CSRF-Token": token, "Accept": "application/json"}
+    name = unique_name("kp")
+    assert (await client.post("/agents/spawn", data={"name": name}, headers=headers)).is_success
+    r = await client.post(f"/agents/{name}/destroy", headers=headers)  # state kept
+    assert r.status_code == 200, r.text
+    kept = await client.get("/section/kept")
+    assert f'data-agent="{name}"' in kept.text
+    assert f'id="agent-{name}"' not in (await client.get("/section/containers")).text
+
+    r = await client.post(f"/kept/{name}/respawn", headers=headers)
+    assert r.status_code == 200, r.text
+    assert f'id="agent-{name}"' in (await client.get("/section/containers")).text
+    assert f'data-agent="{name}"' not in (await client.get("/section/kept")).text
+
+    r = await client.post(f"/agents/{name}/destroy", headers=headers)
+    assert r.status_code == 200
+    r = await client.post(f"/kept/{name}/purge", headers=headers)
+    assert r.status_code == 200, r.text
+    assert f'data-agent="{name}"' not in (await client.get("/section/kept")).text
+
+
+async def test_drafts_section_lists_a_two_step_spawn(
+    stack: Stack, client: httpx.AsyncClient
+) -> None:
+    assert stack.manager is not None
+    name = unique_name("dr")
+    await rpc.request(
+        stack.manager,
+        subjects.manager_tool("request_spawn_draft"),
+        SpawnToolRequest(name=name),
+        DraftInfo,
+        timeout=TIMEOUT,
+    )
+    drafts = await client.get("/section/drafts")
+    assert f'data-agent="{name}"' in drafts.text
+    assert f'id="agent-{name}"' not in (await client.get("/section/containers")).text
+
+
+async def test_secrets_in_a_proposal_are_masked(stack: Stack, client: httpx.AsyncClient) -> None:
+    assert stack.manager is not None
+    token = await csrf_session(client)
+    name = unique_name("sc")
+    r = await client.post(
+        "/agents/spawn",
+        data={"name": name},
+        headers={"X-CSRF-Token": token, "Accept": "application/json"},
+    )
+    assert r.is_success, r.text
+    secret = "sk-very-secret-value-123"
+    tools = f'\n[mcp_servers.tools]\ncommand = "tools-mcp"\nenv = {{ API_TOKEN = "{secret}" }}\n'
+    sha = await commit_config(stack.settings, name, lambda text: text + tools, "add tools")
+    queued = await rpc.request(
+        stack.manager,
+        subjects.manager_tool("request_apply_commit"),
+        ApplyCommitRequest(name=name, commit_ref=sha),
+        ApprovalQueued,
+        timeout=TIMEOUT,
+    )
+    page = (await client.get("/section/approvals")).text
+    assert f'id="approval-{queued.id}"' in page
+    assert "API_TOKEN" in page and "tools-mcp" in page  # the change is visible
+    assert secret not in page  # its value is not
+    assert secret not in (await client.get("/")).text
