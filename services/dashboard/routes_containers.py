@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Request, Response, get, post
-from litestar.params import FromPath
-from litestar.response import Stream
+from litestar.enums import MediaType
+from litestar.params import FromPath, FromQuery
 
 from hyperhive.common.errors import BadRequest, HiveError
 from hyperhive.common.names import check_agent_name
@@ -25,7 +22,7 @@ from hyperhive.common.wire.lifecycle import (
     SpawnRequest,
 )
 from hyperhive.dashboard.redact import mask
-from hyperhive.dashboard.web import Deps, act, deps, field, form_fields, html, page_context, sse
+from hyperhive.dashboard.web import act, deps, field, form_fields, html, page_context
 
 VERBS = ("start", "stop", "restart", "kill", "update")
 REFRESH = ("containers", "kept", "drafts", "flow", "telemetry")
@@ -122,38 +119,31 @@ async def config(request: Request[Any, Any, Any], name: FromPath[str]) -> Respon
     return await _panel(request, "panel_config.html", config=reply, down=None)
 
 
-async def _follow_logs(d: Deps, name: str) -> AsyncIterator[bytes]:
-    """The last lines, then new ones as lifecycle's cursor moves."""
-    yield b"retry: 3000\n\n"
-    request = LogsRequest(name=name, lines=LOG_LINES)
-    while not d.hub.closed:
-        try:
-            reply = await d.hive.read("lifecycle", "logs", request, LogsReply)
-        except HiveError as exc:
-            yield _frame("down", str(exc))
-        else:
-            # the process backend follows by byte offset, journald by cursor
-            request = LogsRequest(
-                name=name,
-                lines=LOG_LINES,
-                after=reply.cursor if reply.cursor is not None else request.after,
-                after_cursor=reply.journal_cursor or request.after_cursor,
-            )
-            if reply.lines:
-                yield _frame("lines", [mask(line) for line in reply.lines])
-            else:
-                yield b": idle\n\n"  # also notices a closed browser
-        await asyncio.sleep(d.settings.logs_poll_s)
-
-
-def _frame(event: str, data: object) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
-
-
 @get("/agents/{name:str}/logs")
-async def logs(request: Request[Any, Any, Any], name: FromPath[str]) -> Stream:
-    """The agent's log, following live (SSE)."""
-    return sse(_follow_logs(deps(request), _name(name)))
+async def logs(
+    request: Request[Any, Any, Any],
+    name: FromPath[str],
+    after: FromQuery[int | None] = None,
+    cursor: FromQuery[str] = "",
+) -> Response[Any]:
+    """The agent's last log lines, or with ``after``/``cursor`` (from the
+    previous reply) the lines since. The page polls this while the panel is
+    open, which holds no connection (a browser allows only six per host).
+    """
+    query = LogsRequest(name=_name(name), lines=LOG_LINES, after=after, after_cursor=cursor)
+    try:
+        reply = await deps(request).hive.read("lifecycle", "logs", query, LogsReply)
+    except HiveError as exc:
+        return Response({"down": str(exc)}, status_code=503, media_type=MediaType.JSON)
+    # the process backend follows by byte offset, journald by cursor
+    return Response(
+        {
+            "lines": [mask(line) for line in reply.lines],
+            "after": reply.cursor if reply.cursor is not None else after,
+            "cursor": reply.journal_cursor or cursor,
+        },
+        media_type=MediaType.JSON,
+    )
 
 
 HANDLERS = [spawn, verb, purge, respawn, inbox, config, logs]

@@ -65,6 +65,7 @@ def page_context(request: Request[Any, Any, Any]) -> dict[str, Any]:
         "csrf": csrf_token(request),
         "host": request.url.hostname or "127.0.0.1",
         "token_required": d.security.token_required,
+        "logs_poll_ms": int(d.settings.logs_poll_s * 1000),
     }
 
 

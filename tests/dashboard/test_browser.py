@@ -118,8 +118,12 @@ async def test_spawn_from_the_form_shows_the_agent_running(page: Page, stack: St
     await expect(page.locator("#toasts")).to_contain_text(f"sp4wn3d {name}")
     await assert_not_reloaded(page)
 
+    # its log follows in a collapsible panel
+    await card.locator("summary", has_text="l0gs").click()
+    await expect(card.locator("pre.log")).to_contain_text("harness start")
+
     # the same card's actions work in place: stop it
-    await card.get_by_role("button", name="stop", exact=True).click()
+    await card.get_by_role("button", name=f"stop {name}", exact=True).click()
     await expect(card.locator('[data-role="state"]')).to_have_text("stopped")
     await assert_not_reloaded(page)
 

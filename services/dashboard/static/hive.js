@@ -20,7 +20,7 @@
   }
 
   /* ---------- sections refreshed in place ---------- */
-  const following = new Map(); // details id -> EventSource (logs)
+  const following = new Map(); // details id -> log poller state
   const timers = new Map();
 
   function refreshSoon(name, delay = 150) {
@@ -124,27 +124,48 @@
     }
   }
 
+  // Logs are polled while the panel is open (no connection held open).
   function startFollow(d) {
     stopFollow(d);
     const pre = $("pre", d);
     pre.textContent = "";
-    const es = new EventSource(d.dataset.follow);
-    following.set(d.id, es);
-    es.addEventListener("lines", (e) => {
-      const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-      pre.textContent += JSON.parse(e.data).join("\n") + "\n";
-      const lines = pre.textContent.split("\n");
-      if (lines.length > 2000) pre.textContent = lines.slice(-2000).join("\n");
-      if (atBottom) pre.scrollTop = pre.scrollHeight;
-    });
-    es.addEventListener("down", (e) => {
-      pre.textContent += "[lifecycle d0wn: " + JSON.parse(e.data) + "]\n";
-    });
+    const state = { after: null, cursor: "", timer: null, stopped: false };
+    following.set(d.id, state);
+    const poll = async () => {
+      if (state.stopped) return;
+      const params = new URLSearchParams();
+      if (state.after !== null) params.set("after", state.after);
+      if (state.cursor) params.set("cursor", state.cursor);
+      try {
+        const r = await fetch(d.dataset.follow + "?" + params, { credentials: "same-origin" });
+        const data = await r.json();
+        if (data.down) {
+          pre.textContent += "[lifecycle d0wn: " + data.down + "]\n";
+        } else {
+          state.after = data.after;
+          state.cursor = data.cursor || "";
+          if (data.lines.length) {
+            const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+            pre.textContent += data.lines.join("\n") + "\n";
+            const lines = pre.textContent.split("\n");
+            if (lines.length > 2000) pre.textContent = lines.slice(-2000).join("\n");
+            if (atBottom) pre.scrollTop = pre.scrollHeight;
+          }
+        }
+      } catch (e) {
+        /* a network blip: try again on the next tick */
+      }
+      if (!state.stopped) state.timer = setTimeout(poll, Number(d.dataset.pollMs) || 1000);
+    };
+    poll();
   }
 
   function stopFollow(d) {
-    const es = following.get(d.id);
-    if (es) es.close();
+    const state = following.get(d.id);
+    if (state) {
+      state.stopped = true;
+      clearTimeout(state.timer);
+    }
     following.delete(d.id);
   }
 
