@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS: Final = 2
 INTERRUPTED: Final = "interrupted: the approvals service stopped during the build"
 DRAFT: Final = "draft"
+MAX_EVENT_NOTE: Final = 2000
 
 
 class Machine:
@@ -338,12 +339,15 @@ def _tag_default_main(applied: Path, tag: str) -> str:
 
 
 def _resolved_event(row: asyncpg.Record) -> ApprovalResolved | SpawnResolved:
+    # note: the operator's note, or the build error of a failure (what the
+    # inbox line shows); error: the full build error
+    note = row["note"] or row["error"][:MAX_EVENT_NOTE]
     if row["kind"] == store.SPAWN:
         return SpawnResolved(
             approval_id=row["id"],
             agent=row["agent"],
             state=row["state"],
-            note=row["note"],
+            note=note,
             error=row["error"],
             tag=row["tag"],
             sha=row["fetched_sha"],
@@ -353,7 +357,7 @@ def _resolved_event(row: asyncpg.Record) -> ApprovalResolved | SpawnResolved:
         agent=row["agent"],
         state=row["state"],
         tag=row["tag"],
-        note=row["note"],
+        note=note,
         sha=row["fetched_sha"],
         error=row["error"],
     )

@@ -8,7 +8,7 @@ import itertools
 import os
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -22,10 +22,11 @@ from hyperhive.cli.embedded import EmbeddedNats
 from hyperhive.common import rpc, subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.paths import AgentPaths
+from hyperhive.common.wire.base import Ok
+from hyperhive.common.wire.broker import AckRequest, RecvReply, RecvRequest
 from hyperhive.common.wire.events import HiveEvent, SystemEvent
 from hyperhive.common.wire.lifecycle import AgentInfo, SpawnRequest
 from tests import rig
-from tests.approvals.standins import BrokerStandIn, broker_standin
 from tests.lifecycle.conftest import cleanup_agents, lifecycle_settings
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -44,7 +45,7 @@ class Hive:
     manager: NATS
     operator: NATS
     service: NATS
-    broker: BrokerStandIn
+    received: list[SystemEvent] = field(default_factory=list)
 
     async def tool(self, tool: str, req: msgspec.Struct, reply: type[T], timeout: float = 30) -> T:
         """Calls a manager tool as hm1nd."""
@@ -76,8 +77,22 @@ class Hive:
         return commit_files(self.paths(name).proposed, files, message)
 
     async def inbox(self) -> list[SystemEvent]:
-        """System events delivered to the manager so far."""
-        return [d.event for d in self.broker.delivered]
+        """System events the manager has received so far: takes what is in
+        hm1nd's inbox with ``recv`` and acks it, as the manager's harness does."""
+        while True:
+            reply = await rpc.request(
+                self.manager, subjects.agent(subjects.MANAGER, "recv"), RecvRequest(), RecvReply
+            )
+            if reply.message is None:
+                return list(self.received)
+            if reply.message.event is not None:
+                self.received.append(reply.message.event)
+            await rpc.request(
+                self.manager,
+                subjects.agent(subjects.MANAGER, "ack"),
+                AckRequest(id=reply.message.id),
+                Ok,
+            )
 
 
 def commit_files(
@@ -177,14 +192,14 @@ async def manager_connection(nats: EmbeddedNats, settings: Settings) -> AsyncIte
 async def peers(
     ap_settings: Settings, nats_server: EmbeddedNats, operator_nc: NATS, service_nc: NATS
 ) -> AsyncIterator[Hive]:
-    """Real lifecycle in this process, broker stand-in, hm1nd connected;
-    approvals is not started (tests that restart it start it themselves)."""
+    """Real lifecycle and broker in this process, hm1nd connected; approvals
+    is not started (tests that restart it start it themselves)."""
     async with (
-        broker_standin(service_nc) as broker,
         rig.running_service("lifecycle", ap_settings),
+        rig.running_service("broker", ap_settings),
         manager_connection(nats_server, ap_settings) as manager,
     ):
-        yield Hive(ap_settings, manager, operator_nc, service_nc, broker)
+        yield Hive(ap_settings, manager, operator_nc, service_nc)
 
 
 @pytest.fixture
