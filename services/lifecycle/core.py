@@ -178,9 +178,16 @@ class Lifecycle:
             prev = await store.get(conn, name, for_update=True)
             if prev is None:
                 raise NotFound(f"no agent named {name!r}")
-            row = await store.set_state(conn, name, state, **fields)  # type: ignore[arg-type]
+            changed = always or prev.state != state
+            if changed:
+                row = await store.set_state(conn, name, state, **fields)  # type: ignore[arg-type]
+            else:  # nothing happened: no new sequence number, no event
+                fields.pop("port", None)
+                await store.set_fields(conn, name, **fields)  # type: ignore[arg-type]
+                row = await store.get(conn, name)
+                assert row is not None
             events = list(before or [])
-            if always or prev.state != state:
+            if changed:
                 events.append(
                     make_event(
                         subjects.EV_AGENT_STATE,

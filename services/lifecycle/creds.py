@@ -10,7 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from pathlib import Path
+
+import nats
+import nats.errors
 
 from hyperhive.common import nats_auth
 from hyperhive.common.config import Settings
@@ -27,17 +31,61 @@ def user_name(name: str) -> str:
     return f"agent-{name}"
 
 
+# how long to wait for nats-server to apply a reloaded auth file
+EFFECTIVE_TIMEOUT_S = 10.0
+
+
+def _reloads(settings: Settings) -> bool:
+    return bool(settings.nats.reload_pid_file or settings.nats.reload_command)
+
+
 def _apply(settings: Settings) -> None:
     directory = nats_dir(settings)
     auth_file = Path(settings.nats.auth_file) if settings.nats.auth_file else None
     nats_auth.render_auth_file(directory, auth_file)
-    if settings.nats.reload_pid_file or settings.nats.reload_command:
+    if _reloads(settings):
         nats_auth.reload_server(settings.nats)
     else:
         log.warning("NATS reload not configured: agent credentials take effect at its restart")
 
 
-def _issue(settings: Settings, name: str) -> None:
+async def _can_connect(settings: Settings, seed: bytes) -> bool:
+    try:
+        nc = await nats.connect(
+            settings.nats.url,
+            nkeys_seed_str=seed.decode(),
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            connect_timeout=2,
+            error_cb=_quiet,
+        )
+    except (OSError, TimeoutError, nats.errors.Error):
+        return False
+    await nc.close()
+    return True
+
+
+async def _quiet(_exc: Exception) -> None:
+    """Auth errors are the expected answer while waiting for a reload."""
+
+
+async def _until(settings: Settings, seed: bytes, accepted: bool) -> None:
+    """Waits until nats-server accepts (or refuses) ``seed``: the reload is live.
+
+    Callers rely on it: credentials work when create returns, and are refused
+    when destroy returns.
+    """
+    if not _reloads(settings):
+        return
+    deadline = time.monotonic() + EFFECTIVE_TIMEOUT_S
+    while await _can_connect(settings, seed) != accepted:
+        if time.monotonic() > deadline:
+            log.warning("nats-server did not apply the auth change within %ss", EFFECTIVE_TIMEOUT_S)
+            return
+        await asyncio.sleep(0.05)
+
+
+def _issue(settings: Settings, name: str) -> bytes:
     paths = AgentPaths.of(settings, name)
     seed = nats_auth.new_seed()
     nats_auth.write_seed(paths.nats_seed, seed)
@@ -51,13 +99,20 @@ def _issue(settings: Settings, name: str) -> None:
             ),
         )
         _apply(settings)
+    return seed
 
 
-def _revoke(settings: Settings, name: str) -> None:
+def _revoke(settings: Settings, name: str) -> bytes | None:
+    seed_file = AgentPaths.of(settings, name).nats_seed
+    try:
+        seed: bytes | None = seed_file.read_bytes().strip()
+    except OSError:
+        seed = None
     with _render_lock:
         nats_auth.remove_user(nats_dir(settings), user_name(name))
         _apply(settings)
-    AgentPaths.of(settings, name).nats_seed.unlink(missing_ok=True)
+    seed_file.unlink(missing_ok=True)
+    return seed
 
 
 async def issue(settings: Settings, name: str) -> None:
@@ -66,12 +121,15 @@ async def issue(settings: Settings, name: str) -> None:
     Raises:
         Unavailable: nats-server could not be told to reload.
     """
-    await asyncio.to_thread(_issue, settings, name)
+    seed = await asyncio.to_thread(_issue, settings, name)
+    await _until(settings, seed, accepted=True)
 
 
 async def revoke(settings: Settings, name: str) -> None:
     """Removes ``name``'s NATS user; its connections are closed by the server."""
-    await asyncio.to_thread(_revoke, settings, name)
+    seed = await asyncio.to_thread(_revoke, settings, name)
+    if seed:
+        await _until(settings, seed, accepted=False)
 
 
 def has_user(settings: Settings, name: str) -> bool:

@@ -7,12 +7,14 @@ start, watch, stop and adopt.
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from hyperhive.cli.devstack import stop_harnesses
 from hyperhive.cli.embedded import EmbeddedNats, free_port
 from hyperhive.common import nats_auth
 from hyperhive.common.config import Settings
@@ -43,15 +45,42 @@ def lifecycle_settings(
 
 
 def cleanup_agents(nats: EmbeddedNats, agents_dir: Path) -> None:
-    """Stops every harness a test left and removes its agents' NATS users."""
-    stop_harnesses(agents_dir)
+    """Kills every harness a test left and removes its agents' NATS users."""
     if not agents_dir.is_dir():
         return
+    for pid_file in agents_dir.glob("*/run/harness.pid"):
+        try:
+            pid = int(pid_file.read_text().split()[0])
+            os.killpg(pid, signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            continue
+        try:  # the harnesses are children of this test process: reap them
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
     for d in agents_dir.iterdir():
         nats_auth.remove_user(nats.root, f"agent-{d.name}")
     nats_auth.render_auth_file(nats.root, nats.auth_file)
+    reload_nats(nats)
+
+
+def reload_nats(nats: EmbeddedNats, timeout: float = 10.0) -> None:
+    """SIGHUP, then wait until the server logged the reload.
+
+    A connection that registers while nats-server reloads its users can end
+    up in a stale account (its subscriptions invisible), so the next test's
+    services must not connect before the reload is done.
+    """
+    log = nats.root / "nats.log"
+    marker = "Reloaded server configuration"
+    before = log.read_text(errors="replace").count(marker)
     assert nats.proc is not None
     nats.proc.send_signal(1)
+    deadline = time.monotonic() + timeout
+    while log.read_text(errors="replace").count(marker) <= before:
+        assert time.monotonic() < deadline, "nats-server did not reload"
+        time.sleep(0.02)
+    time.sleep(0.1)  # the log line comes just before the accounts are swapped
 
 
 @pytest.fixture

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import msgspec
 from nats.aio.client import Client as NATS
 
 from hyperhive.common import rpc, subjects
+from hyperhive.common.config import Settings
+from hyperhive.common.errors import Unavailable
 from hyperhive.common.paths import AgentPaths
-from hyperhive.common.wire.base import Empty, Ok
+from hyperhive.common.service import Runtime
+from hyperhive.common.wire.base import Empty, Ok, Ping, Pong
 from hyperhive.common.wire.events import HiveEvent
 from hyperhive.common.wire.lifecycle import (
     AgentInfo,
@@ -22,8 +27,29 @@ from hyperhive.common.wire.lifecycle import (
     KeptStatesReply,
     SpawnRequest,
 )
+from tests import rig
 
 TIMEOUT = 30.0
+
+
+@asynccontextmanager
+async def serving(part: str, settings: Settings, nc: NATS) -> AsyncIterator[Runtime]:
+    """``rig.running_service``, then waits until ``nc`` sees its subscriptions.
+
+    nats-server 2.15 can answer "no responders" for a few milliseconds after
+    another connection's SUB was flushed; a test's first request must not race it.
+    """
+    async with rig.running_service(part, settings) as rt:
+        await rig.eventually(lambda: _answers(nc, part), timeout=10, what=f"{part} answers")
+        yield rt
+
+
+async def _answers(nc: NATS, part: str) -> bool:
+    try:
+        await rpc.request(nc, subjects.admin(part, "ping"), Ping(), Pong, timeout=5)
+    except Unavailable:
+        return False
+    return True
 
 
 def admin(verb: str) -> str:

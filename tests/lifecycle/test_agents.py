@@ -16,13 +16,13 @@ from hyperhive.common.wire.lifecycle import AgentInfo, AgentRequest, ConfigReply
 from hyperhive.lifecycle import agentconf, ports
 from tests import rig
 from tests.lifecycle.conftest import cleanup_agents, lifecycle_settings
-from tests.lifecycle.helpers import Events, Operator, harness_pid, pid_alive, wait_dead
+from tests.lifecycle.helpers import Events, Operator, harness_pid, pid_alive, serving, wait_dead
 
 
 async def test_spawn_provisions_files_repos_port_and_events(lc_settings, operator_nc, service_nc):
     events = await Events().start(service_nc)
     op = Operator(operator_nc)
-    async with rig.running_service("lifecycle", lc_settings):
+    async with serving("lifecycle", lc_settings, operator_nc):
         info = await op.spawn("alpha")
         assert info.state == "running"
         assert info.kind == "agent"
@@ -76,7 +76,7 @@ async def test_harness_environment_contract(
     )
     op = Operator(operator_nc)
     try:
-        async with rig.running_service("lifecycle", settings):
+        async with serving("lifecycle", settings, operator_nc):
             await op.spawn("envy")
             paths = AgentPaths.of(settings, "envy")
             env_file = paths.workdir / "env.txt"
@@ -127,7 +127,7 @@ def _manager_env(settings) -> dict[str, str] | None:  # type: ignore[no-untyped-
 async def test_stop_start_restart_kill_with_flags(lc_settings, operator_nc, service_nc):
     events = await Events().start(service_nc)
     op = Operator(operator_nc)
-    async with rig.running_service("lifecycle", lc_settings):
+    async with serving("lifecycle", lc_settings, operator_nc):
         await op.spawn("beta")
         pid = harness_pid(lc_settings, "beta")
         stopped = await op.verb("stop", "beta")
@@ -167,7 +167,7 @@ async def test_stop_start_restart_kill_with_flags(lc_settings, operator_nc, serv
 async def test_harness_death_is_noticed_and_published(lc_settings, operator_nc, service_nc):
     events = await Events().start(service_nc)
     op = Operator(operator_nc)
-    async with rig.running_service("lifecycle", lc_settings):
+    async with serving("lifecycle", lc_settings, operator_nc):
         await op.spawn("gamma")
         pid = harness_pid(lc_settings, "gamma")
         os.kill(pid, signal.SIGKILL)
@@ -195,7 +195,7 @@ async def test_harness_death_is_noticed_and_published(lc_settings, operator_nc, 
 async def test_destroy_keeps_state_reuse_and_purge(lc_settings, operator_nc, service_nc):
     events = await Events().start(service_nc)
     op = Operator(operator_nc)
-    async with rig.running_service("lifecycle", lc_settings):
+    async with serving("lifecycle", lc_settings, operator_nc):
         await op.spawn("delta")
         paths = AgentPaths.of(lc_settings, "delta")
         (paths.state / "notes.md").write_text("remember me")
@@ -250,7 +250,7 @@ async def test_destroy_keeps_state_reuse_and_purge(lc_settings, operator_nc, ser
 
 async def test_bad_names_and_unknown_agents(lc_settings, operator_nc, service_nc):
     op = Operator(operator_nc)
-    async with rig.running_service("lifecycle", lc_settings):
+    async with serving("lifecycle", lc_settings, operator_nc):
         for bad in ("", "A", "1abc", "toolongname", "a.b", "a b", "../x", "hive", "system"):
             with pytest.raises(BadRequest):
                 await op.spawn(bad)
