@@ -15,4 +15,5 @@
   "opentelemetry-sdk"
   "opentelemetry-exporter-otlp-proto-http"
   "nkeys"
+  "jinja2"
 ]
