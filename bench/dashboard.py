@@ -26,6 +26,7 @@ import argparse
 import array
 import asyncio
 import json
+import logging
 import multiprocessing as mp
 import os
 import re
@@ -416,6 +417,7 @@ def main() -> int:
     parser.add_argument("--drain", type=float, default=2.0, help="seconds after the last send")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)  # "nats disconnected" at close is expected
     root = Path(tempfile.mkdtemp(prefix="hive-bench-dash-"))
     stack = Stack(root)
     try:

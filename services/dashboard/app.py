@@ -77,6 +77,7 @@ def create_app(settings: Settings, nc: NATS, js: JetStreamContext) -> Litestar:
         exception_handlers={Exception: _error},
         state=State({"deps": state}),
         debug=False,
+        logging_config=None,  # the service runner set up logging already
     )
 
 
