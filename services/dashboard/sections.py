@@ -35,7 +35,7 @@ from hyperhive.common.wire.lifecycle import (
     DraftsReply,
     KeptStatesReply,
 )
-from hyperhive.dashboard import diff
+from hyperhive.dashboard import diff, stats
 from hyperhive.dashboard.hive import Hive
 
 log = logging.getLogger(__name__)
@@ -181,9 +181,9 @@ async def flow(hive: Hive) -> View:
 async def telemetry(hive: Hive) -> View:
     meta = SECTIONS["telemetry"]
     try:
-        reply = await hive.read(
-            "broker", "stats", StatsRequest(since=time.time() - 86_400, limit=5000), StatsReply
-        )
+        # one row per turn is enough to learn which agents have stats
+        recent = StatsRequest(since=time.time() - 86_400, key=stats.TURN_KEY, limit=5000)
+        reply = await hive.read("broker", "stats", recent, StatsReply)
     except HiveError as exc:
         return _down(meta, exc)
     names = {p.agent for p in reply.points}

@@ -59,6 +59,7 @@ async def start(rt: Runtime) -> None:
     app = create_app(rt.settings, rt.nc, rt.js)
     deps: Deps = app.state.deps
     sock = bind(ds.host, ds.port)
+    rt.stack.callback(sock.close)
     await deps.hub.start()
     rt.stack.push_async_callback(deps.hub.stop)
     config = uvicorn.Config(
@@ -79,7 +80,6 @@ async def start(rt: Runtime) -> None:
             await asyncio.wait_for(asyncio.shield(task), SHUTDOWN_GRACE_S + 5)
         except (TimeoutError, asyncio.CancelledError):
             server.force_exit = True
-        sock.close()
 
     rt.stack.push_async_callback(stop)
     async with asyncio.timeout(STARTUP_TIMEOUT_S):

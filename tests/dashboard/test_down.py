@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import re
+import socket
 
 import httpx
+import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from hyperhive.cli.embedded import EmbeddedNats
 from hyperhive.common import subjects
 from hyperhive.common.config import Settings
+from hyperhive.common.errors import ConfigError
+from tests import rig
 from tests.dashboard.conftest import csrf_session, running_stack, stack_settings
 
 
@@ -86,3 +90,18 @@ async def test_a_hanging_service_times_out_into_down(
             assert subjects.admin("lifecycle", "list") in seen
     finally:
         await sub.unsubscribe()
+
+
+async def test_a_taken_port_is_one_clear_error(
+    nats_server: EmbeddedNats, database_url: str, hive_home
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = stack_settings(
+            nats_server, database_url, hive_home, HIVE_DASHBOARD_PORT=str(port)
+        )
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
+            async with rig.running_service("dashboard", settings):
+                pass
