@@ -10,7 +10,14 @@ import httpx
 import pytest
 
 from hyperhive.common import rpc, subjects
-from hyperhive.common.wire.approvals import ApplyCommitRequest, ApprovalQueued, SpawnToolRequest
+from hyperhive.common.wire.approvals import (
+    ApplyCommitRequest,
+    ApprovalQueued,
+    AskRequest,
+    QuestionsReply,
+    QuestionsRequest,
+    SpawnToolRequest,
+)
 from hyperhive.common.wire.broker import SendReply, SendRequest, TurnStats
 from hyperhive.common.wire.lifecycle import AgentsReply, AgentsRequest, DraftInfo
 from hyperhive.dashboard.sections import SECTIONS
@@ -284,3 +291,43 @@ async def test_secrets_in_a_proposal_are_masked(stack: Stack, client: httpx.Asyn
     assert "API_TOKEN" in page and "tools-mcp" in page  # the change is visible
     assert secret not in page  # its value is not
     assert secret not in (await client.get("/")).text
+
+
+async def test_checkbox_and_free_text_questions(stack: Stack, client: httpx.AsyncClient) -> None:
+    assert stack.manager is not None
+
+    async def ask(question: str, options: list[str] | None, multi: bool) -> int:
+        queued = await rpc.request(
+            stack.manager,  # type: ignore[arg-type]
+            subjects.manager_tool("ask_operator"),
+            AskRequest(question=question, options=options, multi=multi),
+            ApprovalQueued,
+            timeout=TIMEOUT,
+        )
+        return queued.id
+
+    multi = await ask("which tools?", ["git", "nix", "curl"], True)
+    text = await ask("what should the next agent be called?", None, False)
+    page = (await client.get("/section/questions")).text
+    assert page.count('name="choice"') >= 3 and 'type="checkbox"' in page
+    assert f'id="answer-{text}"' in page  # a textarea
+
+    token = await csrf_session(client)
+    headers = {"X-CSRF-Token": token, "Accept": "application/json"}
+    r = await client.post(
+        f"/questions/{multi}/answer", data={"choice": ["git", "nix"]}, headers=headers
+    )
+    assert r.status_code == 200, r.text
+    r = await client.post(f"/questions/{text}/answer", data={"answer": "sc0ut"}, headers=headers)
+    assert r.status_code == 200, r.text
+    r = await client.post(f"/questions/{text}/answer", data={"answer": "again"}, headers=headers)
+    assert r.status_code == 409  # already answered
+
+    reply = await rpc.request(
+        stack.operator, subjects.admin("approvals", "questions"), QuestionsRequest(), QuestionsReply
+    )
+    answers = {q.id: q.answer for q in reply.questions}
+    assert answers[multi] == ["git", "nix"]
+    assert answers[text] == ["sc0ut"]
+    history = (await client.get("/section/questions")).text
+    assert f'id="answered-{multi}"' in history and "git, nix" in history
