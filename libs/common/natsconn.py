@@ -101,3 +101,16 @@ async def _on_disconnect() -> None:
 
 async def _on_reconnect() -> None:
     log.info("nats reconnected")
+
+
+async def sync_subscriptions(nc: NATS) -> None:
+    """Returns once every subscription made so far is live on the server.
+
+    nats-py 2.16 writes a flush's PING straight to the socket while a new SUB
+    may still sit in the client's buffer, so one ``flush()`` can come back
+    before the server has seen the SUB. The buffer is written on the next
+    loop tick, long before the first PONG arrives; a second PING is then
+    queued behind the SUB, and its PONG proves the server processed it.
+    """
+    await nc.flush()
+    await nc.flush()

@@ -32,7 +32,7 @@ from hyperhive.common.db import create_pool, migrate
 from hyperhive.common.errors import ConfigError, HiveError
 from hyperhive.common.jetstream import ensure_state_bucket, ensure_streams
 from hyperhive.common.logs import setup_logging
-from hyperhive.common.natsconn import connect
+from hyperhive.common.natsconn import connect, sync_subscriptions
 from hyperhive.common.outbox import OutboxRelay
 from hyperhive.common.rpc import Call, Responder
 from hyperhive.common.telemetry import setup_tracing
@@ -165,7 +165,7 @@ async def run(
         await responder.serve(subjects.admin(part, "ping"), Ping, ping)
         module = importlib.import_module(spec.module)
         await module.start(rt)
-        await nc.flush()  # subscriptions are live on the server before "ready"
+        await sync_subscriptions(nc)  # live on the server before "ready"
         log.info("serving", extra={"service": part})
         if ready:
             ready(rt)

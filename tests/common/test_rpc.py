@@ -6,6 +6,7 @@ import uuid
 import pytest
 
 from hyperhive.common import errors, rpc, wire
+from hyperhive.common.natsconn import sync_subscriptions
 
 
 def _subject() -> str:
@@ -22,7 +23,7 @@ async def test_handler_reply_and_error_reply(service_nc):
         return wire.SendReply(id=len(req.body), ts=1.0)
 
     await responder.serve(subject, wire.SendRequest, handler)
-    await service_nc.flush()
+    await sync_subscriptions(service_nc)
     reply = await rpc.request(
         service_nc, subject, wire.SendRequest(to="b", body="abc"), wire.SendReply
     )
@@ -42,7 +43,7 @@ async def test_malformed_json_and_wrong_types_get_bad_request_and_service_keeps_
         return None
 
     await responder.serve(subject, wire.SendRequest, handler)
-    await service_nc.flush()
+    await sync_subscriptions(service_nc)
     for bad in (b"{not json", b'{"to": 5, "body": "x"}', b'{"body": "x"}', b"[]"):
         msg = await service_nc.request(subject, bad, timeout=5)
         with pytest.raises(errors.BadRequest):
@@ -65,7 +66,7 @@ async def test_unexpected_exception_is_an_internal_error_not_a_crash(service_nc)
         return wire.Ok()
 
     await responder.serve(subject, wire.Empty, handler)
-    await service_nc.flush()
+    await sync_subscriptions(service_nc)
     with pytest.raises(errors.Internal):
         await rpc.request(service_nc, subject, wire.Empty(), wire.Ok)
     assert (await rpc.request(service_nc, subject, wire.Empty(), wire.Ok)).ok
@@ -88,7 +89,7 @@ async def test_slow_handler_times_out_clearly(service_nc):
         return wire.Ok()
 
     await responder.serve(subject, wire.Empty, handler)
-    await service_nc.flush()
+    await sync_subscriptions(service_nc)
     with pytest.raises(errors.RequestTimeout, match=r"within 0\.3s"):
         await rpc.request(service_nc, subject, wire.Empty(), wire.Ok, timeout=0.3)
     release.set()
@@ -106,7 +107,7 @@ async def test_long_running_request_does_not_block_the_next(service_nc):
         return wire.Ok()
 
     await responder.serve(subject, wire.RecvRequest, handler)
-    await service_nc.flush()
+    await sync_subscriptions(service_nc)
     slow = asyncio.create_task(
         rpc.request(service_nc, subject, wire.RecvRequest(wait_ms=1), wire.Ok, timeout=10)
     )
@@ -127,7 +128,7 @@ async def test_stop_lets_in_flight_handlers_finish(service_nc):
         return wire.Ok()
 
     await responder.serve(subject, wire.Empty, handler)
-    await service_nc.flush()
+    await sync_subscriptions(service_nc)
     pending = asyncio.create_task(rpc.request(service_nc, subject, wire.Empty(), wire.Ok))
     await started.wait()
     await responder.stop(grace_s=5)
@@ -143,7 +144,7 @@ async def test_call_knows_the_calling_agent_from_the_subject(service_nc):
         seen.append((call.agent, call.verb))
 
     await responder.serve(f"hive.agent.*.probe{name}", wire.Empty, handler)
-    await service_nc.flush()
+    await sync_subscriptions(service_nc)
     await rpc.request(service_nc, f"hive.agent.{name}.probe{name}", wire.Empty(), wire.Ok)
     assert seen == [(name, f"probe{name}")]
     await responder.stop()

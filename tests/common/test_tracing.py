@@ -8,6 +8,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from hyperhive.common import rpc, wire
+from hyperhive.common.natsconn import sync_subscriptions
 
 
 def _exporter() -> InMemorySpanExporter:
@@ -32,7 +33,7 @@ async def test_handler_span_joins_the_callers_trace(service_nc):
         return wire.Ok()
 
     await responder.serve(subject, wire.Empty, handler)
-    await service_nc.flush()
+    await sync_subscriptions(service_nc)
     tracer = trace.get_tracer("test")
     with tracer.start_as_current_span("operator action") as root:
         await rpc.request(service_nc, subject, wire.Empty(), wire.Ok)
