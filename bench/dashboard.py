@@ -322,6 +322,16 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, object]:
         peak = connected_rss
         cpu_samples: list[float] = []
         dash.cpu_percent(None)
+        # CPU of everything else in this run (one core = 100%): on a shared
+        # machine it tells whether the dashboard or its neighbours set the pace
+        others = {
+            "broker": psutil.Process(stack.procs["broker"].pid),
+            "clients": [psutil.Process(p.pid) for p, _ in workers],
+            "bench": psutil.Process(),
+        }
+        for proc in (others["broker"], others["bench"], *others["clients"]):
+            proc.cpu_percent(None)
+        load_before = os.getloadavg()[0]
 
         async def sample() -> None:
             nonlocal peak
@@ -347,6 +357,13 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, object]:
         ok, failed, elapsed = await send_load(senders, args.rate, args.seconds, sent_at)
         await asyncio.sleep(args.drain)  # let the last messages reach every client
         sampler.cancel()
+        cpu = {
+            "dashboard": round(sum(cpu_samples) / len(cpu_samples), 1) if cpu_samples else None,
+            "broker": round(others["broker"].cpu_percent(None), 1),
+            "clients": round(sum(c.cpu_percent(None) for c in others["clients"]), 1),
+            "bench_sender": round(others["bench"].cpu_percent(None), 1),
+        }
+        load_after = os.getloadavg()[0]
         await events_sub.unsubscribe()
         final_rss = rss_mb(dash)
         peak = max(peak, final_rss)
@@ -393,9 +410,9 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, object]:
         "dashboard_hop_p99_ms": round(pct(hops, 99), 2) if hops else None,
         "dashboard_rss_mb_idle": round(idle_rss, 1),
         "dashboard_rss_mb_peak": round(peak, 1),
-        "dashboard_cpu_pct_mean": round(sum(cpu_samples) / len(cpu_samples), 1)
-        if cpu_samples
-        else None,
+        "cpu_pct": cpu,
+        "machine_load_1m": [round(load_before, 2), round(load_after, 2)],
+        "cpus": os.cpu_count(),
         "target_p99_ms": TARGET_P99_MS,
         "target_rss_mb": TARGET_RSS_MB,
     }
@@ -448,7 +465,10 @@ def main() -> int:
     print(
         f"dashboard RSS idle {result['dashboard_rss_mb_idle']} MB, "
         f"peak {result['dashboard_rss_mb_peak']} MB (target < {TARGET_RSS_MB:g} MB); "
-        f"CPU {result['dashboard_cpu_pct_mean']}%"
+        f"CPU {result['cpu_pct']}"  # type: ignore[index]
+    )
+    print(
+        f"machine load (1 min) before/after: {result['machine_load_1m']} on {result['cpus']} CPUs"
     )
     print(json.dumps(result))
     return 0

@@ -185,7 +185,14 @@
       const hit = AFFECTS.find(([prefix]) => change.kind.startsWith(prefix));
       if (hit) hit[1].forEach((name) => refreshSoon(name));
     });
-    es.addEventListener("open", () => refreshSoon("status", 0));
+    let opened = false;
+    es.addEventListener("open", () => {
+      // after a reconnect (dashboard restart, network blip) changes may have
+      // been missed: re-read every section once
+      if (opened) $$(".sec-body[data-section]").forEach((b) => refreshSoon(b.dataset.section));
+      opened = true;
+      refreshSoon("status", 0);
+    });
   }
   setInterval(() => refreshSoon("status", 0), 15000);
 
