@@ -114,16 +114,24 @@ class Hive:
 
 @contextlib.asynccontextmanager
 async def hive_of(
-    nats: EmbeddedNats, settings: Settings, *, broker: bool = True
+    nats: EmbeddedNats,
+    settings: Settings,
+    *,
+    broker: bool = True,
+    broker_settings: Settings | None = None,
 ) -> AsyncIterator[Hive]:
-    """Lifecycle (and the broker unless ``broker=False``) in this process."""
+    """Lifecycle (and the broker unless ``broker=False``) in this process.
+
+    ``broker_settings`` lets the broker use other settings (e.g. a private
+    Postgres) than lifecycle.
+    """
     operator = await rig.connect_as(nats, nats.operator_seed, subjects.inbox_prefix("operator"))
     service = await rig.connect_as(nats, nats.service_seed)
     hive = Hive(nats, settings, operator, service)
     try:
         async with rig.running_service("lifecycle", settings):
             if broker:
-                async with rig.running_service("broker", settings):
+                async with rig.running_service("broker", broker_settings or settings):
                     yield hive
             else:
                 yield hive

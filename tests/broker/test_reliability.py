@@ -1,0 +1,301 @@
+"""Reliability against real servers: a killed broker, a restarted NATS, a stopped
+Postgres, an unreachable registry. Every acknowledged send is delivered.
+
+Each test runs its own NATS server (the session one is shared with the other
+broker tests, whose broker would answer these tests' requests too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import pytest
+from nats.aio.client import Client as NATS
+
+from hyperhive.cli.embedded import EmbeddedPostgres
+from hyperhive.common import rpc, subjects
+from hyperhive.common.errors import HiveError, Unavailable
+from hyperhive.common.wire.base import Ok, Ping, Pong
+from hyperhive.common.wire.broker import (
+    AckRequest,
+    HistoryReply,
+    MessagesRequest,
+    RecvReply,
+    RecvRequest,
+    SendReply,
+    SendRequest,
+)
+from tests import rig
+from tests.broker.conftest import Hive, broker_settings, hive_of, recv, send, unique
+
+pytestmark = pytest.mark.slow
+
+CALL_TIMEOUT = 3.0  # short: a request lost in a crash is retried soon
+
+
+@dataclass
+class Traffic:
+    """Senders that retry each send (same idempotency key) until it is
+    acknowledged, and receivers that recv and ack until they got them all."""
+
+    per_sender: int
+    acked: dict[str, int] = field(default_factory=dict)  # body -> id
+    received: collections.Counter[str] = field(default_factory=collections.Counter)
+    sender_errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    senders_done: asyncio.Event = field(default_factory=asyncio.Event)
+    acked_when_disrupted: tuple[int, int] = (0, 0)  # acked sends before / after it
+
+    async def sender(self, nc: NATS, name: str, to: str, lane: int) -> None:
+        subject = subjects.agent(name, subjects.AGENT_SEND)
+        for i in range(self.per_sender):
+            body = f"{name}-{lane}-{i}"
+            while True:
+                try:
+                    reply = await rpc.request(
+                        nc,
+                        subject,
+                        SendRequest(to=to, body=body, idempotency_key=body),
+                        SendReply,
+                        timeout=CALL_TIMEOUT,
+                    )
+                except HiveError as exc:  # a clear error: retry with the same key
+                    self.sender_errors[type(exc).__name__] += 1
+                    await asyncio.sleep(0.1)
+                    continue
+                self.acked[body] = reply.id
+                break
+
+    async def receiver(self, nc: NATS, name: str, senders: list[str]) -> None:
+        def mine(body: str) -> bool:
+            return body.split("-", 1)[0] in senders
+
+        while True:
+            expected = {b for b in self.acked if mine(b)}
+            if self.senders_done.is_set() and expected <= set(self.received):
+                return
+            try:
+                reply = await rpc.request(
+                    nc,
+                    subjects.agent(name, subjects.AGENT_RECV),
+                    RecvRequest(wait_ms=500),
+                    RecvReply,
+                    timeout=CALL_TIMEOUT + 0.5,
+                )
+            except HiveError:
+                await asyncio.sleep(0.1)
+                continue
+            if reply.message is None:
+                continue
+            self.received[reply.message.body] += 1
+            with contextlib.suppress(HiveError):  # unacked: handed out again later
+                await rpc.request(
+                    nc,
+                    subjects.agent(name, subjects.AGENT_ACK),
+                    AckRequest(id=reply.message.id),
+                    Ok,
+                    timeout=CALL_TIMEOUT,
+                )
+
+    async def run(
+        self,
+        senders: list[tuple[str, NATS]],
+        receivers: list[tuple[str, NATS]],
+        disrupt_after: int,
+        disrupt: Callable[[], Awaitable[None]],
+        timeout: float = 150,
+    ) -> None:
+        """Runs the traffic; ``disrupt`` runs once ``disrupt_after`` sends were acked."""
+        pairs = list(zip(senders, receivers, strict=True))
+
+        async def send_all() -> None:
+            await asyncio.gather(
+                *(self.sender(snc, s, r, lane) for (s, snc), (r, _) in pairs for lane in range(2))
+            )
+            self.senders_done.set()
+
+        async def disruptor() -> None:
+            await rig.eventually(lambda: len(self.acked) >= disrupt_after, timeout=60)
+            before = len(self.acked)
+            await disrupt()
+            self.acked_when_disrupted = (before, len(self.acked))
+
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(
+                send_all(),
+                disruptor(),
+                *(self.receiver(rnc, r, [s]) for (s, _), (r, rnc) in pairs),
+            )
+
+    def lost(self) -> set[str]:
+        """Acknowledged sends never delivered."""
+        return set(self.acked) - set(self.received)
+
+
+async def spawn_pairs(hive: Hive, n: int) -> tuple[list[tuple[str, NATS]], list[tuple[str, NATS]]]:
+    senders = [await hive.spawn(unique("s")) for _ in range(n)]
+    receivers = [await hive.spawn(unique("r")) for _ in range(n)]
+    return senders, receivers
+
+
+async def ping(nc: NATS, timeout: float = 2.0) -> Pong:
+    return await rpc.request(nc, subjects.admin("broker", "ping"), Ping(), Pong, timeout=timeout)
+
+
+async def wait_serving(nc: NATS, timeout: float = 60) -> None:
+    async def up() -> bool:
+        try:
+            return (await ping(nc)).database == "ok"
+        except HiveError:
+            return False
+
+    await rig.eventually(up, timeout=timeout, interval=0.2, what="broker serving")
+
+
+async def stored_count(hive: Hive, agent: str) -> int:
+    reply = await rpc.request(
+        hive.operator,
+        subjects.admin("broker", "messages"),
+        MessagesRequest(agent=agent, limit=1000),
+        HistoryReply,
+        timeout=30,
+    )
+    return len(reply.messages)
+
+
+async def test_sigkill_during_traffic_loses_no_acknowledged_send(
+    postgres_server: EmbeddedPostgres, tmp_path: Path, sigkill_guard
+):
+    per_sender = 250  # 2 senders x 2 lanes x 250 = 1,000 messages
+    with rig.nats_server() as nats:
+        db = await rig.create_database(postgres_server.url)
+        settings = broker_settings(nats, db, tmp_path / "home")
+        async with hive_of(nats, settings, broker=False) as hive:
+            senders, receivers = await spawn_pairs(hive, 2)
+            sigkill_guard.append(rig.start_service_process("broker", settings, tmp_path))
+            await wait_serving(hive.operator)
+            traffic = Traffic(per_sender)
+
+            async def kill_and_restart() -> None:
+                assert sigkill_guard[-1].stop(signal.SIGKILL) == -signal.SIGKILL
+                sigkill_guard.append(rig.start_service_process("broker", settings, tmp_path))
+
+            await traffic.run(senders, receivers, disrupt_after=300, disrupt=kill_and_restart)
+
+            assert len(traffic.acked) == 4 * per_sender
+            assert traffic.lost() == set()
+            assert traffic.acked_when_disrupted[1] < 4 * per_sender
+            assert traffic.sender_errors  # the kill did hit requests in flight
+            assert set(traffic.sender_errors) <= {"Unavailable", "RequestTimeout"}
+            # retries after the kill reused their keys: nothing was stored twice
+            for name, _ in receivers:
+                assert await stored_count(hive, name) == 2 * per_sender
+            sigkill_guard[-1].stop()
+
+
+async def test_nats_restart_mid_stream_loses_nothing_and_the_broker_reconnects(
+    postgres_server: EmbeddedPostgres, tmp_path: Path
+):
+    per_sender = 150
+    with rig.nats_server() as nats:
+        db = await rig.create_database(postgres_server.url)
+        settings = broker_settings(nats, db, tmp_path / "home")
+        async with hive_of(nats, settings) as hive:
+            senders, receivers = await spawn_pairs(hive, 2)
+            traffic = Traffic(per_sender)
+
+            async def restart_nats() -> None:
+                await asyncio.to_thread(nats.stop)
+                await asyncio.sleep(0.5)  # a real outage, not a blip
+                await asyncio.to_thread(nats.start)
+
+            await traffic.run(senders, receivers, disrupt_after=150, disrupt=restart_nats)
+
+            assert len(traffic.acked) == 4 * per_sender
+            assert traffic.lost() == set()
+            # mid-stream: sends were acked before and after the restart
+            assert traffic.acked_when_disrupted[1] < 4 * per_sender
+            # the senders saw clear errors (unavailable / timeout) or none (the
+            # client buffers while reconnecting), nothing else
+            assert set(traffic.sender_errors) <= {"Unavailable", "RequestTimeout"}
+            await wait_serving(hive.operator)
+            for name, _ in receivers:
+                assert await stored_count(hive, name) == 2 * per_sender
+            # the outbox relay reconnected too: every event reached HIVE_EVENTS
+            conn = await asyncpg.connect(db)
+            try:
+                await rig.eventually(lambda: _outbox_empty(conn), timeout=30, what="outbox drained")
+            finally:
+                await conn.close()
+
+
+async def _outbox_empty(conn: asyncpg.Connection) -> bool:
+    return await conn.fetchval("SELECT count(*) FROM broker.outbox") == 0
+
+
+async def test_postgres_down_fails_sends_clearly_and_recovers_without_restart(
+    postgres_server: EmbeddedPostgres, tmp_path: Path
+):
+    with rig.nats_server() as nats, rig.postgres_server() as private_pg:
+        lifecycle_db = await rig.create_database(postgres_server.url)
+        broker_db = await rig.create_database(private_pg.url)
+        settings = broker_settings(nats, lifecycle_db, tmp_path / "home")
+        own = broker_settings(nats, broker_db, tmp_path / "home")
+        async with hive_of(nats, settings, broker_settings=own) as hive:
+            a, na = await hive.spawn()
+            b, nb = await hive.spawn()
+            before = await send(na, a, b, "before the outage")
+
+            await asyncio.to_thread(private_pg.stop)
+            with pytest.raises(Unavailable, match="database unavailable"):
+                await send(na, a, b, "during the outage")
+            with pytest.raises(Unavailable, match="database unavailable"):
+                await recv(nb, b)
+            assert (await ping(hive.operator)).database.startswith("error")
+
+            await asyncio.to_thread(private_pg.start)
+
+            async def sent() -> SendReply | None:
+                try:
+                    return await send(na, a, b, "after the outage")
+                except Unavailable:
+                    return None
+
+            after = await rig.eventually(sent, timeout=30, what="send works again")
+            got = [await recv(nb, b) for _ in range(2)]
+            assert [g.message.id for g in got if g.message] == [before.id, after.id]
+            assert [g.message.body for g in got if g.message] == [
+                "before the outage",
+                "after the outage",
+            ]
+
+
+async def test_unreachable_registry_refuses_unknown_recipients_clearly(
+    postgres_server: EmbeddedPostgres, tmp_path: Path
+):
+    with rig.nats_server() as nats:
+        db = await rig.create_database(postgres_server.url)
+        settings = broker_settings(nats, db, tmp_path / "home")
+        sender = unique("s")
+        seed = rig.add_agent_user(nats, sender)
+        nc = await rig.connect_as(nats, seed, subjects.inbox_prefix(sender))
+        try:
+            async with rig.running_service("broker", settings):
+                with pytest.raises(Unavailable, match="lifecycle"):
+                    await send(nc, sender, "ghost", "anyone?")
+                await send(nc, sender, subjects.OPERATOR, "the operator is always there")
+                async with hive_of(nats, settings, broker=False) as hive:
+                    b, _ = await hive.spawn()
+                    await send(nc, sender, b, "while lifecycle runs")
+                # lifecycle stopped: the broker still knows b, and cannot check ghost2
+                await send(nc, sender, b, "known without asking")
+                with pytest.raises(Unavailable, match="lifecycle"):
+                    await send(nc, sender, "ghost2", "anyone?")
+        finally:
+            await nc.close()
