@@ -35,9 +35,13 @@ __all__ = [
     "Reply",
     "Request",
     "ScriptedAnthropic",
+    "after_tool_results",
     "has_tool_result",
+    "is_compaction",
+    "last_user_mentions",
     "mentions",
     "text",
+    "tool_result_text",
     "tool_use",
 ]
 
@@ -168,11 +172,16 @@ class Request:
                 )
         return out
 
+    def last_user_message(self) -> dict[str, Any]:
+        """The last message with role ``user`` (the CLI may append ``system`` ones)."""
+        for m in reversed(self.messages):
+            if m.get("role") == "user":
+                return m
+        return {}
+
     def last_tool_result(self) -> dict[str, Any] | None:
-        """The ``tool_result`` of the last message, if it has one."""
-        if not self.messages:
-            return None
-        content = self.messages[-1].get("content")
+        """The ``tool_result`` of the last user message, if it has one."""
+        content = self.last_user_message().get("content")
         if isinstance(content, list):
             for b in reversed(content):
                 if isinstance(b, dict) and b.get("type") == "tool_result":
@@ -222,8 +231,7 @@ def last_user_mentions(*needles: str) -> Callable[[Request], bool]:
     """Matches when the last user message (not a tool result) contains every needle."""
 
     def check(req: Request) -> bool:
-        last = req.messages[-1] if req.messages else {}
-        if last.get("role") != "user" or req.last_tool_result() is not None:
+        if req.last_tool_result() is not None:
             return False
         txt = req.last_user_text()
         return all(n in txt for n in needles)
@@ -238,6 +246,22 @@ def has_tool_result(containing: str = "", *, also: Callable[[Request], bool] | N
     def check(req: Request) -> bool:
         result = req.last_tool_result()
         if result is None or containing not in tool_result_text(result):
+            return False
+        return also(req) if also else True
+
+    return check
+
+
+def is_compaction(req: Request) -> bool:
+    """A summarisation request of claude's ``/compact`` (or auto-compaction)."""
+    return "<summary>" in req.last_user_text()
+
+
+def after_tool_results(n: int, *, also: Callable[[Request], bool] | None = None):
+    """Matches the follow-up after the ``n``-th tool result of a conversation."""
+
+    def check(req: Request) -> bool:
+        if req.last_tool_result() is None or len(req.tool_results()) != n:
             return False
         return also(req) if also else True
 

@@ -47,7 +47,6 @@ SERVER_NAME = "hyperhive"
 MAX_RECV_WAIT_S = 60.0  # the broker caps a long poll at this anyway
 BASE_TOOLS = ("send", "recv", "message_status")
 R = TypeVar("R", bound=msgspec.Struct)
-_enc = msgspec.json.Encoder()
 
 
 def tool_names(agent: str) -> tuple[str, ...]:
@@ -55,8 +54,9 @@ def tool_names(agent: str) -> tuple[str, ...]:
     return BASE_TOOLS + (subjects.MANAGER_TOOLS if agent == subjects.MANAGER else ())
 
 
-def _json(value: msgspec.Struct | dict[str, Any]) -> str:
-    return _enc.encode(value).decode()
+def _plain(value: msgspec.Struct | dict[str, Any]) -> dict[str, Any]:
+    """A reply as a plain dict: the tool's structured result (and its JSON text)."""
+    return value if isinstance(value, dict) else msgspec.to_builtins(value)
 
 
 class Bridge:
@@ -111,21 +111,21 @@ def build_server(settings: Settings) -> tuple[MCPServer, Bridge]:
         SERVER_NAME,
         instructions=(
             "hyperhive: message other agents, the manager (hm1nd) and the operator; "
-            "tool results are JSON."
+            "tool results are JSON objects."
         ),
     )
 
     @server.tool()
-    async def send(to: str, body: str) -> str:
+    async def send(to: str, body: str) -> dict[str, Any]:
         """Send a message to an agent by name, to hm1nd (the manager) or to "operator".
 
         Returns {"id", "ts"} once the message is stored; delivery is at least once.
         """
         r = await bridge.call(subjects.AGENT_SEND, SendRequest(to=to, body=body), SendReply)
-        return _json(r)
+        return _plain(r)
 
     @server.tool()
-    async def recv(wait_seconds: float = 0) -> str:
+    async def recv(wait_seconds: float = 0) -> dict[str, Any]:
         """Take the next message from your inbox now (acknowledged at once).
 
         Waits up to wait_seconds (max 60) for one to arrive. Returns the message
@@ -137,10 +137,10 @@ def build_server(settings: Settings) -> tuple[MCPServer, Bridge]:
         timeout = settings.nats.request_timeout_s + wait_seconds
         r = await bridge.call(subjects.AGENT_RECV, RecvRequest(wait_ms=wait_ms), RecvReply, timeout)
         if r.message is None:
-            return _json({"empty": True})
+            return _plain({"empty": True})
         m = r.message
         await bridge.call(subjects.AGENT_ACK, AckRequest(id=m.id), Ok)
-        return _json(
+        return _plain(
             {
                 "id": m.id,
                 "from": m.sender,
@@ -152,10 +152,10 @@ def build_server(settings: Settings) -> tuple[MCPServer, Bridge]:
         )
 
     @server.tool()
-    async def message_status(id: int) -> str:
+    async def message_status(id: int) -> dict[str, Any]:
         """The delivery receipt of a message you sent or received (by its id)."""
         r = await bridge.call(subjects.AGENT_STATUS, StatusRequest(id=id), MessageStatus)
-        return _json(r)
+        return _plain(r)
 
     if bridge.agent == subjects.MANAGER:
         _add_manager_tools(server, bridge)
@@ -164,57 +164,57 @@ def build_server(settings: Settings) -> tuple[MCPServer, Bridge]:
 
 def _add_manager_tools(server: MCPServer, bridge: Bridge) -> None:
     @server.tool()
-    async def request_spawn(name: str) -> str:
+    async def request_spawn(name: str) -> dict[str, Any]:
         """Ask the operator for a new agent with the default config (answer: SpawnResolved)."""
         r = await bridge.call("request_spawn", SpawnToolRequest(name=name), ApprovalQueued)
-        return _json(r)
+        return _plain(r)
 
     @server.tool()
-    async def request_spawn_draft(name: str) -> str:
+    async def request_spawn_draft(name: str) -> dict[str, Any]:
         """Two-step spawn, step one: create the agent's config repo and state dir, no container."""
         r = await bridge.call("request_spawn_draft", SpawnToolRequest(name=name), DraftInfo)
-        return _json(r)
+        return _plain(r)
 
     @server.tool()
-    async def request_spawn_commit(name: str, commit_ref: str) -> str:
+    async def request_spawn_commit(name: str, commit_ref: str) -> dict[str, Any]:
         """Two-step spawn, step two: submit the draft's commit for the operator's approval."""
         req = SpawnCommitRequest(name=name, commit_ref=commit_ref)
-        return _json(await bridge.call("request_spawn_commit", req, ApprovalQueued))
+        return _plain(await bridge.call("request_spawn_commit", req, ApprovalQueued))
 
     @server.tool()
-    async def request_apply_commit(name: str, commit_ref: str) -> str:
+    async def request_apply_commit(name: str, commit_ref: str) -> dict[str, Any]:
         """Submit a commit of an agent's config for approval (answer: ApprovalResolved)."""
         req = ApplyCommitRequest(name=name, commit_ref=commit_ref)
-        return _json(await bridge.call("request_apply_commit", req, ApprovalQueued))
+        return _plain(await bridge.call("request_apply_commit", req, ApprovalQueued))
 
     @server.tool()
     async def ask_operator(
         question: str, options: list[str] | None = None, multi: bool = False
-    ) -> str:
+    ) -> dict[str, Any]:
         """Ask the operator a question: free text, or a choice among options (several with
         multi). The answer arrives later as OperatorAnswered with the returned id."""
         req = AskRequest(question=question, options=options, multi=multi)
-        return _json(await bridge.call("ask_operator", req, ApprovalQueued))
+        return _plain(await bridge.call("ask_operator", req, ApprovalQueued))
 
     @server.tool()
-    async def kill(name: str) -> str:
+    async def kill(name: str) -> dict[str, Any]:
         """Stop an agent's container now."""
-        return _json(await bridge.call("kill", AgentRequest(name=name), AgentInfo))
+        return _plain(await bridge.call("kill", AgentRequest(name=name), AgentInfo))
 
     @server.tool()
-    async def start(name: str) -> str:
+    async def start(name: str) -> dict[str, Any]:
         """Start a stopped agent's container."""
-        return _json(await bridge.call("start", AgentRequest(name=name), AgentInfo))
+        return _plain(await bridge.call("start", AgentRequest(name=name), AgentInfo))
 
     @server.tool()
-    async def restart(name: str) -> str:
+    async def restart(name: str) -> dict[str, Any]:
         """Restart an agent's container."""
-        return _json(await bridge.call("restart", AgentRequest(name=name), AgentInfo))
+        return _plain(await bridge.call("restart", AgentRequest(name=name), AgentInfo))
 
     @server.tool()
-    async def update(name: str) -> str:
+    async def update(name: str) -> dict[str, Any]:
         """Rebuild an agent's container from its deployed config."""
-        return _json(await bridge.call("update", AgentRequest(name=name), AgentInfo))
+        return _plain(await bridge.call("update", AgentRequest(name=name), AgentInfo))
 
 
 def serve_stdio(settings: Settings) -> None:

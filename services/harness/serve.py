@@ -66,10 +66,12 @@ async def run(
     *,
     stop: asyncio.Event | None = None,
     ready: Callable[[Harness, int], None] | None = None,
+    handle_signals: bool = True,
 ) -> None:
     """Runs the harness until ``stop`` is set (or SIGTERM/SIGINT in the main thread).
 
     ``ready(harness, port)`` is called once the page listens and the loop runs.
+    ``handle_signals=False`` leaves SIGTERM/SIGINT alone (in-process tests).
 
     Raises:
         ConfigError: bad settings or agent.toml, or the port is taken.
@@ -77,7 +79,7 @@ async def run(
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT) if handle_signals else ():
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
     cfg: HarnessConfig = resolve(settings)

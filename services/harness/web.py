@@ -138,23 +138,27 @@ async def _stream(d: Deps, after: int | None) -> AsyncIterator[bytes]:
             last = rec.n
         yield _frame("status", _enc.encode(harness.status()))
         closing = asyncio.ensure_future(d.closing.wait())
+        getter: asyncio.Future[Record] | None = None
         try:
             while not d.closing.is_set() and not sub.overflowed:
-                getter = asyncio.ensure_future(sub.queue.get())
+                if getter is None:
+                    getter = asyncio.ensure_future(sub.queue.get())
                 done, _ = await asyncio.wait(
                     {getter, closing}, timeout=PING_S, return_when=asyncio.FIRST_COMPLETED
                 )
                 if getter not in done:
-                    getter.cancel()
                     if not done:
                         yield b": ping\n\n"
                     continue
                 rec = getter.result()
+                getter = None
                 if rec.n > last:
                     last = rec.n
                     yield _record(rec, hub.boot)
         finally:
             closing.cancel()
+            if getter is not None:
+                getter.cancel()
 
 
 @get("/events")

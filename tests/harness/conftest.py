@@ -1,0 +1,368 @@
+"""Harness fixtures: the scripted Anthropic API, a real broker + lifecycle, harnesses.
+
+Two ways to run a harness:
+- in this process (:func:`running_harness`): lifecycle provisions the agent
+  (registry row, dirs, NATS credentials) with a stand-in harness command
+  (``sleep``), and the test runs the real harness here with the agent's
+  credentials, so it can look at the :class:`Harness` object directly;
+- under the process backend (tests marked e2e in test_e2e.py): lifecycle
+  starts ``hive harness serve`` itself.
+Either way claude is the real CLI, pointed at a :class:`ScriptedAnthropic`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from nats.aio.client import Client as NATS
+
+from hyperhive.cli.embedded import EmbeddedNats, free_port
+from hyperhive.common import nats_auth, rpc, subjects
+from hyperhive.common.config import Settings, load_settings, settings_env
+from hyperhive.common.paths import AgentPaths
+from hyperhive.common.wire.broker import (
+    AdminSendRequest,
+    HistoryReply,
+    InboxRequest,
+    MessagesRequest,
+    MessageStatus,
+    SendReply,
+    StatsReply,
+    StatsRequest,
+    StatusRequest,
+)
+from hyperhive.common.wire.lifecycle import AgentInfo, SpawnRequest
+from hyperhive.harness.config import find_claude
+from hyperhive.harness.loop import Harness
+from hyperhive.harness.serve import run as run_harness
+from tests import rig
+from tests.scripted_anthropic import ScriptedAnthropic
+
+CLAUDE = find_claude("")
+SLEEP = "sleep 3600"
+_names = itertools.count(1)
+
+
+def agent_name(prefix: str = "h") -> str:
+    """A name unique in this pytest run (NATS users are shared by the session)."""
+    return f"{prefix}{os.getpid() % 1000}{next(_names)}"[:9]
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedAnthropic]:
+    """The scripted API, and this process's environment pointing claude at it
+    (the harness passes ANTHROPIC_* through; lifecycle hands them to harnesses)."""
+    server = ScriptedAnthropic().start()
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
+    yield server
+    server.stop()
+
+
+def stack_settings(
+    nats: EmbeddedNats, database_url: str, home: Path, *, harness_command: str = SLEEP, **env: str
+) -> Settings:
+    overrides = {
+        "HIVE_LIFECYCLE_HARNESS_COMMAND": harness_command,
+        "HIVE_LIFECYCLE_MANAGER": "",
+        "HIVE_LIFECYCLE_MANAGER_PORT": str(free_port()),
+        "HIVE_LIFECYCLE_PORT_BASE": "21100",
+        "HIVE_LIFECYCLE_PORT_COUNT": "800",
+        "HIVE_LIFECYCLE_START_GRACE_S": "0.3",
+        "HIVE_LIFECYCLE_STOP_TIMEOUT_S": "5",
+        "HIVE_LIFECYCLE_MONITOR_INTERVAL_S": "0.3",
+        "HIVE_LIFECYCLE_AUTO_UPDATE_INTERVAL_S": "3600",
+        "HIVE_HARNESS_CLAUDE_BIN": CLAUDE,
+        "HIVE_HARNESS_HEARTBEAT_INTERVAL_S": "0.5",
+        "HIVE_HARNESS_RECV_WAIT_S": "2",
+        "HIVE_BROKER_VISIBILITY_TIMEOUT_S": "600",
+    }
+    overrides.update(env)
+    return rig.make_settings(nats, database_url, home, **overrides)
+
+
+def _gone(pid: int) -> bool:
+    """True when the process is gone or a zombie (reaped here if it is our child)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")
+
+
+def stop_harnesses(agents_dir: Path, timeout: float = 10.0) -> None:
+    """Ends every harness (process group) lifecycle left; zombies count as ended."""
+    pids = []
+    for pid_file in agents_dir.glob("*/run/harness.pid"):
+        try:
+            pid = int(pid_file.read_text().split()[0])
+            os.killpg(pid, signal.SIGTERM)
+            pids.append(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+        _gone(pid)
+
+
+def cleanup_agents(nats: EmbeddedNats, agents_dir: Path) -> None:
+    stop_harnesses(agents_dir)
+    if not agents_dir.is_dir():
+        return
+    for d in agents_dir.iterdir():
+        nats_auth.remove_user(nats.root, f"agent-{d.name}")
+    nats_auth.render_auth_file(nats.root, nats.auth_file)
+    assert nats.proc is not None
+    nats.proc.send_signal(1)
+
+
+@dataclass
+class Stack:
+    """broker + lifecycle (+ approvals) running in this process, and operator calls."""
+
+    settings: Settings
+    nats: EmbeddedNats
+    op: NATS
+
+    async def spawn(self, name: str) -> AgentInfo:
+        return await rpc.request(
+            self.op,
+            subjects.admin("lifecycle", "spawn"),
+            SpawnRequest(name=name),
+            AgentInfo,
+            timeout=60,
+        )
+
+    async def send(self, to: str, body: str) -> SendReply:
+        return await rpc.request(
+            self.op,
+            subjects.admin("broker", "send"),
+            AdminSendRequest(to=to, body=body),
+            SendReply,
+        )
+
+    async def messages(self, agent: str | None = None) -> HistoryReply:
+        return await rpc.request(
+            self.op,
+            subjects.admin("broker", "messages"),
+            MessagesRequest(agent=agent, limit=500),
+            HistoryReply,
+        )
+
+    async def status(self, message_id: int) -> MessageStatus:
+        return await rpc.request(
+            self.op,
+            subjects.admin("broker", "status"),
+            StatusRequest(id=message_id),
+            MessageStatus,
+        )
+
+    async def inbox(self, agent: str) -> HistoryReply:
+        return await rpc.request(
+            self.op, subjects.admin("broker", "inbox"), InboxRequest(agent=agent), HistoryReply
+        )
+
+    async def stats(self, agent: str) -> StatsReply:
+        return await rpc.request(
+            self.op, subjects.admin("broker", "stats"), StatsRequest(agent=agent), StatsReply
+        )
+
+    def harness_settings(self, name: str, **env: str) -> Settings:
+        """Settings of an in-process harness for agent ``name`` (its own credentials)."""
+        paths = AgentPaths.of(self.settings, name)
+        base = settings_env(self.settings)
+        base.update(
+            {
+                "HIVE_NATS_SEED_FILE": str(paths.nats_seed),
+                "HIVE_NATS_INBOX_PREFIX": subjects.inbox_prefix(name),
+                "HIVE_HARNESS_AGENT": name,
+                "HIVE_HARNESS_PORT": "0",
+                "HIVE_HARNESS_WORKDIR": str(paths.workdir),
+                "HIVE_HARNESS_STATE_DIR": str(paths.state),
+                "HIVE_HARNESS_CREDS_DIR": str(paths.creds),
+                "HIVE_HARNESS_CONFIG_DIR": str(paths.applied),
+            }
+        )
+        base.update(env)
+        return load_settings(base, config_file=None)
+
+
+@contextlib.asynccontextmanager
+async def running_stack(
+    nats: EmbeddedNats, settings: Settings, parts: tuple[str, ...] = ("broker", "lifecycle")
+) -> AsyncIterator[Stack]:
+    op = await rig.connect_as(nats, nats.operator_seed, "_INBOX.operator")
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for part in parts:
+                await stack.enter_async_context(rig.running_service(part, settings))
+            yield Stack(settings=settings, nats=nats, op=op)
+    finally:
+        await op.close()
+        cleanup_agents(nats, settings.paths.agents_dir)
+
+
+@pytest.fixture
+def stack_cfg(nats_server: EmbeddedNats, database_url: str, hive_home: Path) -> Settings:
+    return stack_settings(nats_server, database_url, hive_home)
+
+
+@pytest.fixture
+async def stack(
+    nats_server: EmbeddedNats, stack_cfg: Settings, api: ScriptedAnthropic
+) -> AsyncIterator[Stack]:
+    async with running_stack(nats_server, stack_cfg) as s:
+        yield s
+
+
+@dataclass
+class Running:
+    """A harness running in this process."""
+
+    harness: Harness
+    port: int
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def name(self) -> str:
+        return self.harness.cfg.agent
+
+    def records(self, type: str | None = None, turn: int | None = None) -> list[Any]:
+        """Turn records in the harness's live ring."""
+        return [
+            r.event
+            for r in self.harness.hub.snapshot()
+            if (type is None or r.event.type == type) and (turn is None or r.event.turn == turn)
+        ]
+
+    async def turn_end(self, turn: int | None = None, timeout: float = 60) -> dict[str, Any]:
+        """Waits for the ``turn_end`` record of ``turn`` (default: the next one)."""
+        target = turn if turn is not None else self.harness.turn + 1
+
+        def done() -> dict[str, Any] | None:
+            ends = self.records("turn_end", target)
+            return ends[0].event if ends else None
+
+        return await rig.eventually(done, timeout=timeout, what=f"turn {target} ends")
+
+    def claude_events(self, turn: int, kind: str | None = None) -> list[dict[str, Any]]:
+        return [
+            e.event
+            for e in self.records("claude", turn)
+            if kind is None or e.event.get("type") == kind
+        ]
+
+
+@contextlib.asynccontextmanager
+async def running_harness(settings: Settings) -> AsyncIterator[Running]:
+    """Runs ``hive harness serve`` in this event loop until the block ends."""
+    stop = asyncio.Event()
+    ready: asyncio.Future[tuple[Harness, int]] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        run_harness(
+            settings,
+            stop=stop,
+            ready=lambda h, p: ready.set_result((h, p)),
+            handle_signals=False,
+        )
+    )
+    done, _ = await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        task.result()
+        raise AssertionError("the harness stopped at start")
+    if not done:
+        task.cancel()
+        raise TimeoutError("the harness did not start within 30s")
+    harness, port = ready.result()
+    try:
+        yield Running(harness=harness, port=port, stop=stop, task=task)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+
+
+class Page:
+    """An HTTP client of an agent page, with its CSRF cookie and token."""
+
+    def __init__(self, url: str, token: str = "") -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.AsyncClient(base_url=url, timeout=30, headers=headers)
+        self.csrf = ""
+
+    async def open(self) -> str:
+        r = await self.client.get("/", headers={"accept": "text/html"})
+        r.raise_for_status()
+        marker = 'name="csrf-token" content="'
+        start = r.text.index(marker) + len(marker)
+        self.csrf = r.text[start : r.text.index('"', start)]
+        return r.text
+
+    async def post(self, path: str, doc: dict[str, Any] | None = None) -> httpx.Response:
+        return await self.client.post(path, json=doc or {}, headers={"X-CSRF-Token": self.csrf})
+
+    async def prompt(self, text: str) -> dict[str, Any]:
+        r = await self.post("/prompt", {"text": text})
+        return {"status": r.status_code, **r.json()}
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+async def sse_records(
+    url: str,
+    until: Any,
+    timeout: float = 60,
+    token: str = "",
+    headers: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Reads an agent page's SSE stream until ``until(records)`` is true.
+
+    Returns every ``turn``/``status``/``reset`` frame as ``{"sse": kind, **data}``.
+    """
+    out: list[dict[str, Any]] = []
+    hdrs = dict(headers or {})
+    if token:
+        hdrs["Authorization"] = f"Bearer {token}"
+    async with asyncio.timeout(timeout):
+        async with httpx.AsyncClient(timeout=None) as client:
+            async with client.stream("GET", f"{url}/events", headers=hdrs) as r:
+                r.raise_for_status()
+                kind, data, ident = "message", "", None
+                async for line in r.aiter_lines():
+                    if line.startswith("event:"):
+                        kind = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data += line[5:].strip()
+                    elif line.startswith("id:"):
+                        ident = line[3:].strip()
+                    elif line == "":
+                        if data:
+                            doc = json.loads(data)
+                            out.append({"sse": kind, "sse_id": ident, **doc})
+                            if until(out):
+                                return out
+                        kind, data, ident = "message", "", None
+    return out

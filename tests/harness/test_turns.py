@@ -1,0 +1,136 @@
+"""One harness, its turns: wake prompt, claude events, ack, stats, heartbeat.
+
+The real claude CLI runs against the scripted Anthropic API; broker and
+lifecycle are the real services; the harness runs in this process.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hyperhive.common import subjects
+from hyperhive.common.jetstream import ensure_state_bucket
+from tests import rig
+from tests.harness.conftest import Stack, agent_name, running_harness
+from tests.scripted_anthropic import (
+    ScriptedAnthropic,
+    after_tool_results,
+    last_user_mentions,
+    mentions,
+    tool_result_text,
+    tool_use,
+)
+
+pytestmark = pytest.mark.claude
+
+
+async def test_message_becomes_a_turn(stack: Stack, api: ScriptedAnthropic, service_nc) -> None:
+    name = agent_name("t")
+    await stack.spawn(name)
+    api.reply("hello operator, on it", when=last_user_mentions("first task"))
+    async with running_harness(stack.harness_settings(name)) as h:
+        sent = await stack.send(name, "first task: say hello")
+        end = await h.turn_end(1)
+        assert end["outcome"] == "ok", end
+        assert end["acked"] and end["message_id"] == sent.id
+
+        # the wake prompt names the sender, the message and the notes file
+        req = api.requests[-1]
+        prompt = req.last_user_text()
+        assert f"message #{sent.id} from operator" in prompt
+        assert "first task: say hello" in prompt
+        assert str(h.harness.cfg.notes_path) in prompt
+        # the system prompt addition says who the agent is
+        assert f"You are {name}" in req.system_text()
+
+        # every stream-json event was published; the MCP server connected
+        init = h.claude_events(1, "system")[0]
+        assert {"name": "hyperhive", "status": "connected"}.items() <= init["mcp_servers"][
+            0
+        ].items()
+        assert "mcp__hyperhive__send" in init["tools"]
+        assert "mcp__hyperhive__request_spawn" not in init["tools"]  # not a manager
+        texts = [
+            b["text"]
+            for e in h.claude_events(1, "assistant")
+            for b in e["message"]["content"]
+            if b["type"] == "text"
+        ]
+        assert texts == ["hello operator, on it"]
+        assert h.claude_events(1, "result")[0]["is_error"] is False
+
+        # acked at the broker, stats stored
+        assert (await stack.status(sent.id)).state == "acked"
+        points = await rig.eventually(
+            lambda: _stat_keys(stack, name), timeout=15, what="stats rows"
+        )
+        assert {"duration_ms", "exit_code", "input_tokens", "output_tokens", "cost_usd"} <= points
+
+        # the heartbeat is in the KV bucket, and the events are in HIVE_TURNS
+        kv = await ensure_state_bucket(service_nc.jetstream())
+        entry = await kv.get(subjects.heartbeat_key(name))
+        beat = json.loads(entry.value)
+        assert beat["ts"] > 0 and "turn_started" in beat
+
+
+async def _stat_keys(stack: Stack, name: str) -> set[str] | None:
+    reply = await stack.stats(name)
+    keys = {p.key for p in reply.points}
+    return keys or None
+
+
+async def test_tool_calls_and_bad_input(stack: Stack, api: ScriptedAnthropic) -> None:
+    """claude's MCP calls: a good send, a send to nobody, wrong argument types,
+    a manager tool it is not offered; each error is a clear tool error and the
+    harness goes on."""
+    name, peer = agent_name("u"), agent_name("v")
+    await stack.spawn(name)
+    await stack.spawn(peer)
+    api.reply(
+        tool_use("mcp__hyperhive__send", {"to": peer, "body": "hi peer"}),
+        when=last_user_mentions("start tools"),
+    )
+    mine = mentions(f"You are {name}")
+    api.reply(
+        tool_use("mcp__hyperhive__send", {"to": "nobody9", "body": "x"}),
+        when=after_tool_results(1, also=mine),
+    )
+    api.reply(
+        tool_use("mcp__hyperhive__send", {"to": 5, "body": ["not", "text"]}),
+        when=after_tool_results(2, also=mine),
+    )
+    api.reply(
+        tool_use("mcp__hyperhive__request_spawn", {"name": "evil"}),
+        when=after_tool_results(3, also=mine),
+    )
+    api.reply("done with tools", when=after_tool_results(4, also=mine))
+    async with running_harness(stack.harness_settings(name)) as h:
+        await stack.send(name, "start tools")
+        end = await h.turn_end(1)
+        assert end["outcome"] == "ok", end
+        results = [
+            b
+            for e in h.claude_events(1, "user")
+            for b in e["message"]["content"]
+            if isinstance(b, dict) and b.get("type") == "tool_result"
+        ]
+        assert len(results) == 4
+        ok, unknown, types, manager = results
+        assert not ok.get("is_error") and json.loads(tool_result_text(ok))["id"] > 0
+        assert unknown.get("is_error")
+        assert "not_found" in tool_result_text(unknown) and "nobody9" in tool_result_text(unknown)
+        assert types.get("is_error") and "validation error" in tool_result_text(types)
+        assert manager.get("is_error")  # not offered to a non-manager
+        # the peer got the good one
+        inbox = await stack.inbox(peer)
+        assert [m.body for m in inbox.messages] == ["hi peer"]
+        assert end["stats"]["messages_sent"] == 1
+        assert end["stats"]["tool_calls"]["mcp__hyperhive__send"] == 3
+
+        # the harness keeps running: the next message is a normal turn
+        api.reply("still here", when=last_user_mentions("are you there"))
+        await stack.send(name, "are you there")
+        end2 = await h.turn_end(2)
+        assert end2["outcome"] == "ok"
