@@ -28,6 +28,7 @@ from hyperhive.common.wire.broker import (
     RecvRequest,
     SendReply,
     SendRequest,
+    TurnStats,
 )
 from hyperhive.common.wire.events import OperatorAnswered
 from hyperhive.common.wire.lifecycle import AgentInfo, SpawnRequest
@@ -257,3 +258,26 @@ async def test_page_works_at_phone_width(browser: Browser, stack: Stack, tmp_pat
         await pg.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
     finally:
         await context.close()
+
+
+async def test_telemetry_charts_render_with_uplot(page: Page, stack: Stack) -> None:
+    assert stack.manager is not None
+    now = time.time()
+    for i in range(4):
+        stats = TurnStats(
+            ts=now - 40 + 10 * i,
+            duration_ms=1000.0 * (i + 1),
+            exit_code=0,
+            tool_calls={"Read": i},
+            messages_sent=1,
+            inbox_depth=i,
+        )
+        await rpc.publish(stack.manager, subjects.agent(subjects.MANAGER, "stats"), stats)
+    card = page.locator('.tele[data-agent="hm1nd"]')
+    # the charts redraw live on the broker's stats.turn events
+    await expect(card.locator('[data-role="last"]')).to_contain_text("4 turns in window")
+    for chart in ("turns_per_min", "duration", "tool_calls", "exit_codes", "inbox_depth"):
+        await expect(card.locator(f'figure[data-chart="{chart}"] canvas')).to_be_visible()
+    await expect(card.locator('figure[data-chart="duration"]')).to_contain_text("p95 s")
+    await card.scroll_into_view_if_needed()
+    await assert_not_reloaded(page)

@@ -177,13 +177,16 @@
     ["question.", ["questions"]],
     ["crash.", ["containers"]],
     ["stuck.", ["containers"]],
+    ["stats.", ["telemetry"]],
   ];
   function connectChanges() {
     const es = new EventSource("/events");
     es.addEventListener("change", (e) => {
       const change = JSON.parse(e.data);
       const hit = AFFECTS.find(([prefix]) => change.kind.startsWith(prefix));
-      if (hit) hit[1].forEach((name) => refreshSoon(name));
+      // turn stats can come fast from many agents: redraw charts at most every 2 s
+      const delay = change.kind.startsWith("stats.") ? 2000 : 150;
+      if (hit) hit[1].forEach((name) => refreshSoon(name, delay));
     });
     let opened = false;
     es.addEventListener("open", () => {
