@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Final
 
@@ -72,12 +72,10 @@ class Machine:
         """
         row = await self._pending(approval_id)
         agent = row["agent"]
-        lock = self._locks[agent]
-        if lock.locked():  # fail fast instead of waiting out someone else's build
-            raise await self._busy(approval_id, agent)
-        async with lock:
-            with self._driving(agent, approval_id):
-                return await self._approve_locked(approval_id, agent)
+        async with self._guard(agent, approval_id) as held:
+            if not held:  # fail fast instead of waiting out someone else's build
+                raise await self._busy(approval_id, agent)
+            return await self._approve_locked(approval_id, agent)
 
     async def _approve_locked(self, approval_id: int, agent: str) -> ApprovalInfo:
         async with self._pool.acquire() as conn, conn.transaction():
@@ -128,14 +126,32 @@ class Machine:
             raise _conflict(approval_id, row["state"])
         return row
 
-    @contextlib.contextmanager
-    def _driving(self, agent: str, approval_id: int) -> Iterator[None]:
-        """Records which approval holds the agent's lock (for clear conflicts)."""
-        self._current[agent] = approval_id
-        try:
-            yield
-        finally:
-            self._current.pop(agent, None)
+    @contextlib.asynccontextmanager
+    async def _guard(self, agent: str, approval_id: int) -> AsyncIterator[bool]:
+        """Holds the right to move ``agent``'s applied repo; yields False if
+        someone holds it already (this process, or another instance).
+
+        The in-process lock fails fast; the session advisory lock in Postgres
+        covers other instances and dies with its holder's connection, so an
+        ``approved`` row whose lock is free has nobody driving it.
+        """
+        lock = self._locks[agent]
+        if lock.locked():
+            yield False
+            return
+        async with lock:
+            self._current[agent] = approval_id
+            try:
+                async with self._pool.acquire() as conn:
+                    if not await store.try_lock_agent(conn, agent):
+                        yield False
+                        return
+                    try:
+                        yield True
+                    finally:
+                        await store.unlock_agent(conn, agent)
+            finally:
+                self._current.pop(agent, None)
 
     async def _busy(self, approval_id: int, agent: str) -> HiveError:
         if self._current.get(agent) == approval_id:
@@ -222,15 +238,13 @@ class Machine:
     async def recover(self) -> None:
         """Brings every ``approved`` row that no approve of this run is driving
         (a previous run's, or one whose git step failed) to an end state."""
-        for row in await store.in_flight(self._pool):
-            lock = self._locks[row["agent"]]
-            if lock.locked():
-                continue  # being driven right now
-            async with lock:
-                with self._driving(row["agent"], row["id"]):
-                    row = await store.get(self._pool, row["id"])
-                    if row is None or row["state"] != store.APPROVED:
-                        continue
+        for stale in await store.in_flight(self._pool):
+            async with self._guard(stale["agent"], stale["id"]) as held:
+                if not held:
+                    continue  # being driven right now
+                row = await store.get(self._pool, stale["id"])
+                if row is None or row["state"] != store.APPROVED:
+                    continue
                 try:
                     await self._recover_one(row)
                 except Exception:
@@ -279,7 +293,9 @@ class Machine:
                         row["fetched_sha"],
                         row["note"] or "denied by the operator",
                     )
-                except (NotFound, HiveError) as exc:
+                except NotFound as exc:  # the agent and its repo are gone
+                    log.warning("not tagging %s: %s", row["tag"], exc)
+                except HiveError as exc:
                     log.warning("could not tag %s: %s", row["tag"], exc)
                     return
             await store.mark_tagged(self._pool, approval_id)

@@ -136,6 +136,25 @@ async def begin(conn: asyncpg.Connection, approval_id: int) -> asyncpg.Record | 
     )
 
 
+async def try_lock_agent(conn: asyncpg.Connection, agent: str) -> bool:
+    """Takes the session lock on moving ``agent``'s repo; False if someone holds it.
+
+    Held by the connection: released by :func:`unlock_agent` or when the
+    holder's connection ends (a crashed service releases it).
+    """
+    return bool(
+        await conn.fetchval(
+            "SELECT pg_try_advisory_lock(hashtext('hyperhive.approvals'), hashtext($1))", agent
+        )
+    )
+
+
+async def unlock_agent(conn: asyncpg.Connection, agent: str) -> None:
+    await conn.execute(
+        "SELECT pg_advisory_unlock(hashtext('hyperhive.approvals'), hashtext($1))", agent
+    )
+
+
 async def set_base(conn: asyncpg.Connection, approval_id: int, base_sha: str) -> None:
     await conn.execute("UPDATE approvals SET base_sha = $2 WHERE id = $1", approval_id, base_sha)
 

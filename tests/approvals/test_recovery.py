@@ -225,3 +225,35 @@ async def test_recovery_of_each_crash_point(peers: Hive, crash_point: str, end: 
         assert info.error == f"build broke {q.id}"
     if crash_point == "during a retried build":
         assert info.error.startswith("interrupted")
+
+
+async def test_second_instance_does_not_take_over_a_running_build(peers: Hive) -> None:
+    """Two approvals instances share the queue: recovery in one must not
+    rebuild what the other is building (the Postgres session lock says so)."""
+    hive = peers
+    name = agent_name("rc")
+    await hive.spawn(name)
+    applies = asyncio.Queue[str]()
+
+    async def on_apply(msg: object) -> None:
+        applies.put_nowait("apply")
+
+    watch = await hive.service.subscribe(subjects.system("lifecycle", "apply"), cb=on_apply)
+    try:
+        async with (
+            rig.running_service("approvals", hive.settings),
+            rig.running_service("approvals", hive.settings),
+        ):
+            q = await queue(hive, name)
+            info = await hive.admin("approve", ApprovalIdRequest(id=q.id), ApprovalInfo, timeout=60)
+            assert info.state == "deployed"
+        assert applies.qsize() == 1  # several recovery sweeps ran meanwhile (every 0.5 s)
+        conn = await asyncpg.connect(
+            hive.settings.database.url, server_settings={"search_path": "approvals"}
+        )
+        try:
+            assert await conn.fetchval("SELECT attempts FROM approvals WHERE id = $1", q.id) == 1
+        finally:
+            await conn.close()
+    finally:
+        await watch.unsubscribe()
