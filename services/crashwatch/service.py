@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from hyperhive.common import subjects
+from hyperhive.common.rpc import Call
 from hyperhive.common.service import Runtime
+from hyperhive.common.wire.base import Empty
+from hyperhive.common.wire.lifecycle import WatchStatus
 from hyperhive.crashwatch.watcher import CrashWatch
 
 
@@ -14,3 +17,8 @@ async def start(rt: Runtime) -> None:
     rt.stack.push_async_callback(watch.close)
     rt.stack.push_async_callback(sub.unsubscribe)
     rt.spawn(watch.run(), "crash-watch-poll")
+
+    async def status(_req: Empty, _call: Call) -> WatchStatus:
+        return watch.status()
+
+    await rt.responder.serve(subjects.admin(rt.part, "status"), Empty, status)

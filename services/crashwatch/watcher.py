@@ -35,7 +35,7 @@ from hyperhive.common.errors import HiveError, Unavailable
 from hyperhive.common.outbox import make_event
 from hyperhive.common.wire.broker import DeliverRequest, SendReply
 from hyperhive.common.wire.events import AgentStuck, ContainerCrash, HiveEvent, SystemEvent
-from hyperhive.common.wire.lifecycle import AgentInfo, AgentsReply, AgentsRequest
+from hyperhive.common.wire.lifecycle import AgentInfo, AgentsReply, AgentsRequest, WatchStatus
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class CrashWatch:
         self.known: dict[str, Seen] = {}
         self.seeded = False
         self.stuck: dict[str, str] = {}  # name → reason of the open episode
-        self.reported: list[SystemEvent] = []  # what this instance has reported
+        self.reported = 0  # events reported since start
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()  # one observation at a time
 
@@ -219,13 +219,15 @@ class CrashWatch:
 
     def _report(self, name: str, event: SystemEvent, *, key: str, kind: str) -> None:
         log.warning("%s: %s", kind, msgspec.json.encode(event).decode())
-        self.reported.append(event)
+        self.reported += 1
         task = asyncio.create_task(self._deliver(name, event, key, kind))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _deliver(self, name: str, event: SystemEvent, key: str, kind: str) -> None:
-        record = make_event(kind, agent=name, **msgspec.to_builtins(event))
+        data = msgspec.to_builtins(event)
+        data.pop("agent", None)
+        record = make_event(kind, agent=name, event=data)
         try:
             await self.js.publish(
                 subjects.event(kind),
@@ -258,6 +260,14 @@ class CrashWatch:
             except HiveError as exc:
                 log.error("broker refused %s about %s: %s", kind, name, exc)
                 return
+
+    def status(self) -> WatchStatus:
+        return WatchStatus(
+            seeded=self.seeded,
+            agents={n: s.state for n, s in self.known.items()},
+            stuck=dict(self.stuck),
+            reported=self.reported,
+        )
 
     async def run(self) -> None:
         """The poll loop."""

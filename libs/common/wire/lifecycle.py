@@ -116,3 +116,15 @@ class ApplyRequest(msgspec.Struct, kw_only=True):
 class ApplyReply(msgspec.Struct, kw_only=True):
     ok: bool
     error: str = ""  # the build error when ok is False
+
+
+# --- hive.admin.crash-watch.status --------------------------------------------
+
+
+class WatchStatus(msgspec.Struct, kw_only=True):
+    """What crash-watch currently sees."""
+
+    seeded: bool  # the first poll is done: changes from now on are reported
+    agents: dict[str, str] = msgspec.field(default_factory=dict)  # name → state
+    stuck: dict[str, str] = msgspec.field(default_factory=dict)  # name → reason
+    reported: int = 0  # events reported since start

@@ -1,0 +1,193 @@
+"""Crash-watch with real lifecycle (process backend) and broker services.
+
+The manager's inbox is read the way its harness reads it: ``recv`` with the
+manager's own NATS credentials (issued by lifecycle).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+
+from hyperhive.common import rpc, subjects
+from hyperhive.common.paths import AgentPaths
+from hyperhive.common.wire.base import Empty, Ok
+from hyperhive.common.wire.broker import AckRequest, Message, RecvReply, RecvRequest
+from hyperhive.common.wire.events import AgentStuck, ContainerCrash
+from hyperhive.common.wire.lifecycle import WatchStatus
+from tests import rig
+from tests.lifecycle.conftest import cleanup_agents, lifecycle_settings
+from tests.lifecycle.helpers import Operator, harness_pid, serving, wait_dead
+
+
+@asynccontextmanager
+async def hive(nats_server, database_url, hive_home, operator_nc, **env: str) -> AsyncIterator:  # type: ignore[no-untyped-def]
+    """lifecycle (with hm1nd), broker and crash-watch, in that order."""
+    settings = lifecycle_settings(
+        nats_server,
+        database_url,
+        hive_home,
+        HIVE_LIFECYCLE_MANAGER="hm1nd",
+        HIVE_CRASHWATCH_POLL_INTERVAL_S="0.5",
+        **env,
+    )
+    try:
+        async with (
+            serving("lifecycle", settings, operator_nc),
+            serving("broker", settings, operator_nc),
+            serving("crash-watch", settings, operator_nc),
+        ):
+            seed = AgentPaths.of(settings, "hm1nd").nats_seed
+            manager = await rig.connect_as(nats_server, seed, subjects.inbox_prefix("hm1nd"))
+            try:
+                yield settings, manager
+            finally:
+                await manager.close()
+    finally:
+        cleanup_agents(nats_server, settings.paths.agents_dir)
+
+
+async def watch_status(nc) -> WatchStatus:  # type: ignore[no-untyped-def]
+    return await rpc.request(nc, subjects.admin("crash-watch", "status"), Empty(), WatchStatus)
+
+
+async def watching(nc, *names: str) -> WatchStatus | None:  # type: ignore[no-untyped-def]
+    st = await watch_status(nc)
+    ok = st.seeded and all(st.agents.get(n) == "running" for n in names)
+    return st if ok else None
+
+
+async def drain_inbox(manager, wait_ms: int) -> list[Message]:  # type: ignore[no-untyped-def]
+    """Every message the manager gets within ``wait_ms`` of quiet, acked."""
+    got: list[Message] = []
+    while True:
+        reply = await rpc.request(
+            manager,
+            subjects.agent("hm1nd", "recv"),
+            RecvRequest(wait_ms=wait_ms),
+            RecvReply,
+            timeout=wait_ms / 1000 + 10,
+        )
+        if reply.message is None:
+            return got
+        got.append(reply.message)
+        await rpc.request(
+            manager, subjects.agent("hm1nd", "ack"), AckRequest(id=reply.message.id), Ok
+        )
+
+
+@pytest.mark.slow
+async def test_sigkill_gives_one_crash_and_stop_gives_none(
+    nats_server, database_url, hive_home, operator_nc
+):
+    async with hive(nats_server, database_url, hive_home, operator_nc) as (settings, manager):
+        op = Operator(operator_nc)
+        await op.spawn("crashy")
+        await op.spawn("calm")
+        await rig.eventually(lambda: watching(operator_nc, "crashy", "calm"), what="seeded")
+
+        pid = harness_pid(settings, "crashy")
+        os.kill(pid, signal.SIGKILL)
+        first = await rpc.request(
+            manager,
+            subjects.agent("hm1nd", "recv"),
+            RecvRequest(wait_ms=15_000),
+            RecvReply,
+            timeout=25,
+        )
+        assert first.message is not None
+        msg = first.message
+        assert msg.sender == "system"
+        assert isinstance(msg.event, ContainerCrash)
+        assert msg.event.agent == "crashy"
+        assert msg.event.exit_code == -signal.SIGKILL
+        assert "crashy" in msg.body
+        await rpc.request(manager, subjects.agent("hm1nd", "ack"), AckRequest(id=msg.id), Ok)
+
+        # a deliberate stop (and kill, restart) is no crash
+        calm_pid = harness_pid(settings, "calm")
+        await op.verb("stop", "calm")
+        await wait_dead(calm_pid)
+        await op.verb("start", "calm")
+        await op.verb("restart", "calm")
+        await op.verb("kill", "calm")
+        await op.destroy("calm")
+        # several polls later: still exactly the one crash
+        status = await watch_status(operator_nc)
+        await rig.eventually(
+            lambda: _polled_past(operator_nc, "calm"), what="crash-watch saw calm go"
+        )
+        extra = await drain_inbox(manager, wait_ms=3000)
+        assert [m.event for m in extra] == []
+        assert (await watch_status(operator_nc)).reported == status.reported == 1
+
+
+async def _polled_past(nc, name: str) -> bool:  # type: ignore[no-untyped-def]
+    return name not in (await watch_status(nc)).agents
+
+
+@pytest.mark.slow
+async def test_stuck_agent_gets_one_event_per_episode(
+    nats_server, database_url, hive_home, operator_nc, service_nc
+):
+    async with hive(
+        nats_server,
+        database_url,
+        hive_home,
+        operator_nc,
+        HIVE_CRASHWATCH_HEARTBEAT_TIMEOUT_S="4",
+        HIVE_CRASHWATCH_TURN_LIMIT_S="3",
+    ) as (_settings, manager):
+        op = Operator(operator_nc)
+        kv = await service_nc.jetstream().key_value(subjects.STATE_BUCKET)
+        key = subjects.heartbeat_key("stuck")
+        beat: dict[str, float | None] = {"turn_started": None}
+
+        async def heartbeat() -> None:  # what the harness does while a turn runs
+            while True:
+                value = {"ts": time.time(), "turn_started": beat["turn_started"]}
+                await kv.put(key, json.dumps(value).encode())
+                await asyncio.sleep(0.3)
+
+        beat["turn_started"] = time.time() - 60  # a turn that began long ago
+        await op.spawn("stuck")
+        beating = asyncio.create_task(heartbeat())
+        try:
+            got = await drain_until(manager, lambda ms: len(ms) >= 1)
+            assert [(m.event.agent, m.event.reason) for m in got] == [("stuck", "turn_too_long")]
+            assert isinstance(got[0].event, AgentStuck) and "turn running" in got[0].event.detail
+            # the episode goes on for several polls: no second event
+            await rig.eventually(
+                lambda: _stuck_is(operator_nc, "stuck", "turn_too_long"), what="episode"
+            )
+            # the turn ends: the episode ends
+            beat["turn_started"] = None
+            await rig.eventually(lambda: _stuck_is(operator_nc, "stuck", None), what="recovered")
+        finally:
+            beating.cancel()
+        # the heartbeat stops while the container runs: a new episode
+        got = await drain_until(manager, lambda ms: len(ms) >= 1)
+        assert [(m.event.agent, m.event.reason) for m in got] == [("stuck", "heartbeat")]
+        # (a duplicate of the first episode would have come before this one)
+        assert await drain_inbox(manager, wait_ms=1500) == []
+        assert (await op.list())["stuck"].state == "running"  # nothing is killed
+
+
+async def _stuck_is(nc, name: str, reason: str | None) -> bool:  # type: ignore[no-untyped-def]
+    return (await watch_status(nc)).stuck.get(name) == reason
+
+
+async def drain_until(manager, done, timeout: float = 30) -> list[Message]:  # type: ignore[no-untyped-def]
+    got: list[Message] = []
+    deadline = time.monotonic() + timeout
+    while not done(got):
+        assert time.monotonic() < deadline, f"inbox has only {got}"
+        got += await drain_inbox(manager, wait_ms=1000)
+    return got
