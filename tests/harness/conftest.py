@@ -214,7 +214,11 @@ async def running_stack(
         async with contextlib.AsyncExitStack() as stack:
             for part in parts:
                 await stack.enter_async_context(rig.running_service(part, settings))
-            yield Stack(settings=settings, nats=nats, op=op)
+            try:
+                yield Stack(settings=settings, nats=nats, op=op)
+            finally:
+                # harnesses first, while NATS and the broker still answer them
+                await asyncio.to_thread(stop_harnesses, settings.paths.agents_dir)
     finally:
         await op.close()
         cleanup_agents(nats, settings.paths.agents_dir)

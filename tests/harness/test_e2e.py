@@ -1,0 +1,278 @@
+"""End to end under the process backend: lifecycle starts ``hive harness serve``
+for each agent; broker, lifecycle and approvals are the real services; claude
+is the real CLI against the scripted Anthropic API."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hyperhive.cli.embedded import EmbeddedNats
+from hyperhive.common import rpc, subjects
+from hyperhive.common.errors import HiveError
+from hyperhive.common.paths import AgentPaths
+from hyperhive.common.wire.approvals import (
+    ApprovalQueued,
+    ApprovalsReply,
+    ApprovalsRequest,
+    QuestionsReply,
+    QuestionsRequest,
+    SpawnToolRequest,
+)
+from hyperhive.common.wire.lifecycle import AgentInfo, AgentRequest, AgentsReply, AgentsRequest
+from tests import rig
+from tests.harness.conftest import (
+    Page,
+    Stack,
+    agent_name,
+    running_stack,
+    sse_records,
+    stack_settings,
+)
+from tests.scripted_anthropic import (
+    ScriptedAnthropic,
+    after_tool_results,
+    last_user_mentions,
+    mentions,
+    tool_use,
+)
+
+pytestmark = [pytest.mark.claude, pytest.mark.slow]
+
+
+@pytest.fixture
+async def e2e(
+    nats_server: EmbeddedNats, database_url: str, hive_home: Path, api: ScriptedAnthropic
+) -> AsyncIterator[Stack]:
+    """broker + lifecycle with the real harness command (no manager)."""
+    settings = stack_settings(nats_server, database_url, hive_home, harness_command="")
+    async with running_stack(nats_server, settings) as s:
+        yield s
+
+
+async def _page_up(info: AgentInfo) -> str:
+    url = f"http://127.0.0.1:{info.port}"
+
+    async def up() -> bool:
+        try:
+            async with httpx.AsyncClient(timeout=2) as c:
+                return (await c.get(f"{url}/status")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    await rig.eventually(up, timeout=60, interval=0.2, what=f"{info.name}'s page answers")
+    return url
+
+
+def _turn_ended(turn: int = 1):
+    def check(records: list[dict]) -> bool:
+        return any(
+            r.get("type") == "turn_end" and r.get("turn") == turn and "n" in r for r in records
+        )
+
+    return check
+
+
+async def test_two_agents_talk_through_the_broker(e2e: Stack, api: ScriptedAnthropic) -> None:
+    a, b = agent_name("a"), agent_name("b")
+    url_a = await _page_up(await e2e.spawn(a))
+    url_b = await _page_up(await e2e.spawn(b))
+    is_a, is_b = mentions(f"You are {a},"), mentions(f"You are {b},")
+    api.reply(
+        tool_use("mcp__hyperhive__send", {"to": b, "body": f"ping from {a}: status please"}),
+        when=lambda r: is_a(r) and last_user_mentions("relay this to")(r),
+    )
+    api.reply("relayed", when=after_tool_results(1, also=is_a))
+    api.reply(
+        tool_use("mcp__hyperhive__send", {"to": "operator", "body": f"pong from {b}: all good"}),
+        when=lambda r: is_b(r) and last_user_mentions(f"ping from {a}")(r),
+    )
+    api.reply("answered", when=after_tool_results(1, also=is_b))
+
+    # both agent pages are followed live before anything happens
+    tail_a = asyncio.create_task(sse_records(url_a, _turn_ended(), timeout=120))
+    tail_b = asyncio.create_task(sse_records(url_b, _turn_ended(), timeout=120))
+    sent = await e2e.send(a, f"relay this to {b}")
+    rec_a, rec_b = await asyncio.gather(tail_a, tail_b)
+
+    end_a = next(r for r in rec_a if r.get("type") == "turn_end")
+    end_b = next(r for r in rec_b if r.get("type") == "turn_end")
+    assert end_a["event"]["outcome"] == "ok" and end_b["event"]["outcome"] == "ok"
+    start_b = next(r for r in rec_b if r.get("type") == "turn_start")["event"]
+    assert start_b["sender"] == a and f"ping from {a}" in start_b["body"]
+    tools_a = [
+        blk["name"]
+        for r in rec_a
+        if r.get("type") == "claude" and r["event"].get("type") == "assistant"
+        for blk in r["event"]["message"]["content"]
+        if blk["type"] == "tool_use"
+    ]
+    assert tools_a == ["mcp__hyperhive__send"]
+    init_b = next(
+        r["event"]
+        for r in rec_b
+        if r.get("type") == "claude" and r["event"].get("type") == "system"
+    )
+    assert {s["name"]: s["status"] for s in init_b["mcp_servers"]} == {"hyperhive": "connected"}
+
+    # the operator got b's answer; every message is acked; stats rows exist
+    history = await e2e.messages()
+    to_op = [m for m in history.messages if m.recipient == "operator"]
+    assert [(m.sender, m.body) for m in to_op] == [(b, f"pong from {b}: all good")]
+    assert (await e2e.status(sent.id)).state == "acked"
+    a_to_b = next(m for m in history.messages if m.sender == a)
+    assert (await e2e.status(a_to_b.id)).state == "acked"
+    for name in (a, b):
+        keys = await rig.eventually(
+            lambda n=name: _keys(e2e, n), timeout=20, what=f"{name}'s stats rows"
+        )
+        assert {"duration_ms", "messages_sent", "tool.mcp__hyperhive__send"} <= keys
+
+
+async def _keys(stack: Stack, name: str) -> set[str] | None:
+    return {p.key for p in (await stack.stats(name)).points} or None
+
+
+async def test_model_survives_a_harness_restart(e2e: Stack, api: ScriptedAnthropic) -> None:
+    name = agent_name("r")
+    info = await e2e.spawn(name)
+    url = await _page_up(info)
+    page = Page(url)
+    await page.open()
+    assert (await page.prompt("/model claude-kept-1"))["ok"]
+    boot = (await page.client.get("/status")).json()
+    await page.close()
+
+    await rpc.request(
+        e2e.op,
+        subjects.admin("lifecycle", "restart"),
+        AgentRequest(name=name),
+        AgentInfo,
+        timeout=60,
+    )
+
+    async def restarted() -> dict | None:
+        try:
+            async with httpx.AsyncClient(timeout=2) as c:
+                st = (await c.get(f"{url}/status")).json()
+        except (httpx.HTTPError, ValueError):
+            return None
+        return st if st["now"] > boot["now"] and st["since"] > boot["since"] else None
+
+    status = await rig.eventually(restarted, timeout=60, interval=0.2, what="harness restarted")
+    assert status["model"] == "claude-kept-1"
+    tail = asyncio.create_task(sse_records(url, _turn_ended(1), timeout=120))
+    await e2e.send(name, "which model now")
+    await tail
+    assert api.requests[-1].model == "claude-kept-1"
+
+
+@pytest.fixture
+async def with_manager(
+    nats_server: EmbeddedNats, database_url: str, hive_home: Path, api: ScriptedAnthropic
+) -> AsyncIterator[Stack]:
+    """broker + lifecycle (which creates and starts hm1nd) + approvals."""
+    settings = stack_settings(
+        nats_server, database_url, hive_home, harness_command="", HIVE_LIFECYCLE_MANAGER="hm1nd"
+    )
+    async with running_stack(nats_server, settings, ("broker", "lifecycle", "approvals")) as s:
+        yield s
+
+
+async def test_manager_tools_reach_the_approvals_queue(
+    with_manager: Stack, api: ScriptedAnthropic
+) -> None:
+    stack = with_manager
+    newbie = agent_name("n")
+    manager = mentions("You are hm1nd,")
+    api.reply(
+        tool_use("mcp__hyperhive__request_spawn", {"name": newbie}),
+        when=lambda r: manager(r) and last_user_mentions("grow the hive")(r),
+    )
+    api.reply(
+        tool_use(
+            "mcp__hyperhive__ask_operator",
+            {"question": "Which colour for the new agent?", "options": ["red", "blue"]},
+        ),
+        when=after_tool_results(1, also=manager),
+    )
+    api.reply("asked the operator", when=after_tool_results(2, also=manager))
+
+    agents = await _agents(stack)
+    url = await _page_up(agents[subjects.MANAGER])
+    tail = asyncio.create_task(sse_records(url, _turn_ended(1), timeout=120))
+    await stack.send(subjects.MANAGER, "grow the hive by one agent")
+    records = await tail
+    end = next(r for r in records if r.get("type") == "turn_end")["event"]
+    assert end["outcome"] == "ok"
+    init = next(
+        r["event"]
+        for r in records
+        if r.get("type") == "claude" and r["event"].get("type") == "system"
+    )
+    for tool in subjects.MANAGER_TOOLS:
+        assert f"mcp__hyperhive__{tool}" in init["tools"]
+    results = [
+        blk
+        for r in records
+        if r.get("type") == "claude" and r["event"].get("type") == "user"
+        for blk in r["event"]["message"]["content"]
+        if isinstance(blk, dict) and blk.get("type") == "tool_result"
+    ]
+    assert len(results) == 2 and not any(x.get("is_error") for x in results)
+
+    approvals = await rpc.request(
+        stack.op,
+        subjects.admin("approvals", "list"),
+        ApprovalsRequest(state="pending"),
+        ApprovalsReply,
+    )
+    assert [(x.kind, x.agent) for x in approvals.approvals] == [("Spawn", newbie)]
+    questions = await rpc.request(
+        stack.op, subjects.admin("approvals", "questions"), QuestionsRequest(), QuestionsReply
+    )
+    assert [(q.question, q.options) for q in questions.questions] == [
+        ("Which colour for the new agent?", ["red", "blue"])
+    ]
+
+
+async def test_a_non_manager_cannot_call_manager_tools(
+    with_manager: Stack, api: ScriptedAnthropic
+) -> None:
+    """Not offered to claude (see test_turns), and refused when called directly
+    with the agent's own NATS credentials."""
+    stack = with_manager
+    name = agent_name("w")
+    await stack.spawn(name)
+    seed = AgentPaths.of(stack.settings, name).nats_seed
+    nc = await rig.connect_as(stack.nats, seed, subjects.inbox_prefix(name))
+    try:
+        for subject in (
+            subjects.manager_tool("request_spawn"),  # not allowed to publish there
+            subjects.agent(name, "request_spawn"),  # nobody serves it for a non-manager
+        ):
+            with pytest.raises(HiveError):
+                await rpc.request(
+                    nc, subject, SpawnToolRequest(name="sneaky"), ApprovalQueued, timeout=3
+                )
+    finally:
+        await nc.close()
+    approvals = await rpc.request(
+        stack.op, subjects.admin("approvals", "list"), ApprovalsRequest(), ApprovalsReply
+    )
+    assert not [x for x in approvals.approvals if x.agent == "sneaky"]
+
+
+async def _agents(stack: Stack) -> dict[str, AgentInfo]:
+    async def listed() -> dict[str, AgentInfo] | None:
+        reply = await rpc.request(
+            stack.op, subjects.admin("lifecycle", "list"), AgentsRequest(), AgentsReply
+        )
+        agents = {x.name: x for x in reply.agents}
+        return agents if subjects.MANAGER in agents else None
+
+    return await rig.eventually(listed, timeout=60, interval=0.2, what="the manager exists")
