@@ -103,12 +103,13 @@ class Stack:
         )
         return settings_env(settings)
 
-    def start_broker(self) -> None:
+    def start_broker(self, profile: str | None = None) -> None:
         env = dict(os.environ)
         env.update(self.settings_env())
         log = open(self.root / "broker.log", "wb")
+        prefix = ["-m", "cProfile", "-o", profile] if profile else []
         self.broker = subprocess.Popen(
-            [sys.executable, "-m", "hyperhive.cli.main", "serve", "broker"],
+            [sys.executable, *prefix, "-m", "hyperhive.cli.main", "serve", "broker"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -227,6 +228,8 @@ async def main() -> None:
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--senders", type=int, default=32)
+    parser.add_argument("--only", choices=["latency", "throughput"], help="run one part")
+    parser.add_argument("--profile", help="run the broker under cProfile, stats to this file")
     args = parser.parse_args()
 
     senders = [f"s{i}" for i in range(args.senders)]
@@ -239,7 +242,7 @@ async def main() -> None:
             NatsSettings(url=stack.nats.url, seed_file=str(stack.nats.service_seed)), name="bench"
         )
         registry = await serve_registry(service, senders + receivers)
-        stack.start_broker()
+        stack.start_broker(args.profile)
         await wait_broker(service)
         assert stack.broker is not None
         proc = psutil.Process(stack.broker.pid)
@@ -253,58 +256,61 @@ async def main() -> None:
                 inbox_prefix=subjects.inbox_prefix(name),
             )
 
-        rtt = await raw_rtt(service, conns[senders[0]], senders[0], args.messages)
-        rtt_p50, rtt_p99 = pct(rtt, 50), pct(rtt, 99)
-        print(f"(a) nats-py request/reply RTT: p50 {rtt_p50:.3f} ms, p99 {rtt_p99:.3f} ms")
+        result: dict[str, object] = {"senders": args.senders}
+        if args.only in (None, "latency"):
+            rtt = await raw_rtt(service, conns[senders[0]], senders[0], args.messages)
+            rtt_p50, rtt_p99 = pct(rtt, 50), pct(rtt, 99)
+            print(f"(a) nats-py request/reply RTT: p50 {rtt_p50:.3f} ms, p99 {rtt_p99:.3f} ms")
+            lat = await send_to_recv(
+                conns[senders[0]], senders[0], conns[receivers[0]], receivers[0], args.messages
+            )
+            lat_p50, lat_p99 = pct(lat, 50), pct(lat, 99)
+            print(
+                f"(b) send -> waiting recv: p50 {lat_p50:.3f} ms, p99 {lat_p99:.3f} ms, "
+                f"mean {statistics.fmean(lat):.3f} ms over {len(lat)} messages"
+            )
+            print(f"    ratio (b)/(a): p50 {lat_p50 / rtt_p50:.1f}x, p99 {lat_p99 / rtt_p99:.1f}x")
+            result.update(
+                rtt_p50_ms=round(rtt_p50, 3),
+                rtt_p99_ms=round(rtt_p99, 3),
+                send_recv_p50_ms=round(lat_p50, 3),
+                send_recv_p99_ms=round(lat_p99, 3),
+                ratio_p50=round(lat_p50 / rtt_p50, 2),
+                ratio_p99=round(lat_p99 / rtt_p99, 2),
+                messages=len(lat),
+            )
 
-        lat = await send_to_recv(
-            conns[senders[0]], senders[0], conns[receivers[0]], receivers[0], args.messages
-        )
-        lat_p50, lat_p99 = pct(lat, 50), pct(lat, 99)
-        print(
-            f"(b) send -> waiting recv: p50 {lat_p50:.3f} ms, p99 {lat_p99:.3f} ms, "
-            f"mean {statistics.fmean(lat):.3f} ms over {len(lat)} messages"
-        )
-        print(f"    ratio (b)/(a): p50 {lat_p50 / rtt_p50:.1f}x, p99 {lat_p99 / rtt_p99:.1f}x")
+        if args.only in (None, "throughput"):
+            cpu0 = proc.cpu_times()
+            me = psutil.Process()
+            me0 = me.cpu_times()
+            rate, total, errors = await throughput(
+                conns, list(zip(senders, receivers, strict=True)), args.seconds
+            )
+            print(
+                f"(c) durable sends: {rate:,.0f} msg/s ({total} in {args.seconds:g}s, "
+                f"{args.senders} senders -> {args.senders} agents, {errors} errors)"
+            )
+            cpu1 = proc.cpu_times()
+            me1 = me.cpu_times()
+            b_cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+            c_cpu = (me1.user + me1.system) - (me0.user + me0.system)
+            print(
+                f"    CPU during (c): broker {b_cpu / args.seconds:.0%} of a core "
+                f"({b_cpu / max(total, 1) * 1e6:.0f} us/msg), "
+                f"bench clients {c_cpu / args.seconds:.0%}"
+            )
+            result.update(throughput_msg_s=round(rate, 1), throughput_errors=errors)
 
-        cpu0 = proc.cpu_times()
-        me = psutil.Process()
-        me0 = me.cpu_times()
-        rate, total, errors = await throughput(
-            conns, list(zip(senders, receivers, strict=True)), args.seconds
-        )
-        print(
-            f"(c) durable sends: {rate:,.0f} msg/s ({total} in {args.seconds:g}s, "
-            f"{args.senders} senders -> {args.senders} agents, {errors} errors)"
-        )
-        cpu1 = proc.cpu_times()
-        me1 = me.cpu_times()
-        b_cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
-        c_cpu = (me1.user + me1.system) - (me0.user + me0.system)
-        print(
-            f"    CPU during (c): broker {b_cpu / args.seconds:.0%} of a core "
-            f"({b_cpu / max(total, 1) * 1e6:.0f} us/msg), bench clients {c_cpu / args.seconds:.0%}"
-        )
         rss_mb = proc.memory_info().rss / 1e6
         print(f"(d) broker RSS after the load: {rss_mb:.1f} MB")
+        result["broker_rss_mb"] = round(rss_mb, 1)
 
         for nc in conns.values():
             await nc.close()
         await registry.stop(1.0)
         await service.close()
-        result = {
-            "rtt_p50_ms": round(rtt_p50, 3),
-            "rtt_p99_ms": round(rtt_p99, 3),
-            "send_recv_p50_ms": round(lat_p50, 3),
-            "send_recv_p99_ms": round(lat_p99, 3),
-            "ratio_p50": round(lat_p50 / rtt_p50, 2),
-            "ratio_p99": round(lat_p99 / rtt_p99, 2),
-            "throughput_msg_s": round(rate, 1),
-            "throughput_errors": errors,
-            "broker_rss_mb": round(rss_mb, 1),
-            "messages": len(lat),
-            "senders": args.senders,
-        }
+        stack.stop()  # a clean stop: the profile (if any) is written
         print(json.dumps(result))
     finally:
         stack.stop()

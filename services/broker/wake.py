@@ -131,6 +131,8 @@ class Waiters:
             self.notify(name)
 
     async def _on_sent(self, msg: Msg) -> None:
+        if not self._events:
+            return  # nobody waits here: skip decoding every message event
         try:
             event = _event_dec.decode(msg.data)
         except msgspec.DecodeError:
