@@ -1,0 +1,218 @@
+"""The nixos backend against a recording stand-in ``nixos-container``.
+
+The stand-in checks the arguments it gets (verb, container name, flake
+reference), records each call, and keeps a fake container state, so the
+backend runs its whole create/start/stop/update/destroy cycle and its error
+path here, where real containers cannot run. The rendered flake must parse.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hyperhive.common import rpc, subjects
+from hyperhive.common.errors import BackendFailed
+from hyperhive.common.paths import AgentPaths
+from hyperhive.common.wire.lifecycle import LogsReply, LogsRequest
+from hyperhive.lifecycle.backends.nixos import nix_string, pinned_url
+from tests.lifecycle.conftest import cleanup_agents, lifecycle_settings
+from tests.lifecycle.helpers import Operator, serving
+
+REV = "0123456789abcdef0123456789abcdef01234567"
+
+STAND_IN = r'''#!/usr/bin/env python3
+"""A recording stand-in for nixos-container: checks arguments, keeps state."""
+import json, os, re, sys
+from pathlib import Path
+
+root = Path(os.environ["FAKE_NC_DIR"])
+calls = root / "calls.jsonl"
+state = root / "state.json"
+args = sys.argv[1:]
+with calls.open("a") as f:
+    f.write(json.dumps(args) + "\n")
+containers = json.loads(state.read_text()) if state.exists() else {}
+verbs = {"create", "start", "stop", "terminate", "destroy", "update", "status"}
+if not args or args[0] not in verbs:
+    sys.exit(f"stand-in: unexpected verb {args[:1]}")
+verb, name, rest = args[0], args[1] if len(args) > 1 else "", args[2:]
+if not re.fullmatch(r"(h-[a-z][a-z0-9-]{0,8}|hm1nd)", name):
+    sys.exit(f"stand-in: bad container name {name!r}")
+if verb in ("create", "update"):
+    if rest[:1] != ["--flake"] or len(rest) != 2:
+        sys.exit(f"stand-in: {verb} needs --flake REF, got {rest}")
+    flake, _, attr = rest[1].partition("#")
+    if not flake.startswith("path:") or attr != name:
+        sys.exit(f"stand-in: bad flake ref {rest[1]}")
+    text = (Path(flake[5:]) / "flake.nix").read_text()
+    if "/nix/harness-base.nix" not in text:
+        sys.exit("stand-in: the flake does not import harness-base.nix")
+    agent_nix = (Path(flake[5:]).parent / "applied" / "agent.nix").read_text()
+    if name == "h-nixfail" or "FAIL_BUILD" in agent_nix:
+        sys.exit("error: builder for '/nix/store/xyz-agent.drv' failed: FAIL_BUILD marker")
+elif rest:
+    sys.exit(f"stand-in: unexpected arguments {rest}")
+if verb == "create":
+    if name in containers:
+        sys.exit(f"stand-in: {name} exists")
+    containers[name] = "down"
+    conf = Path(os.environ["FAKE_NC_CONF"]) / f"{name}.conf"
+    conf.write_text("PRIVATE_NETWORK=0\nHOST_ADDRESS=\n")
+elif name not in containers:
+    sys.exit(f"stand-in: no container {name}")
+elif verb == "status":
+    print(containers[name])
+elif verb == "start":
+    containers[name] = "up"
+elif verb in ("stop", "terminate"):
+    containers[name] = "down"
+elif verb == "destroy":
+    del containers[name]
+    (Path(os.environ["FAKE_NC_CONF"]) / f"{name}.conf").unlink()
+state.write_text(json.dumps(containers))
+'''
+
+JOURNALCTL = r"""#!/bin/sh
+echo "$@" >> "$FAKE_NC_DIR/journalctl.args"
+echo "2026-01-01T00:00:00+0000 h-nix hive-harness[1]: turn 1 done"
+echo "-- cursor: s=abc;i=1"
+"""
+
+
+@pytest.fixture
+def stand_in(tmp_path, monkeypatch) -> Path:  # type: ignore[no-untyped-def]
+    d = tmp_path / "fake-nc"
+    conf = tmp_path / "nixos-containers"
+    d.mkdir()
+    conf.mkdir()
+    for name, text in (("nixos-container", STAND_IN), ("journalctl", JOURNALCTL)):
+        (d / name).write_text(text)
+        (d / name).chmod(0o755)
+    monkeypatch.setenv("FAKE_NC_DIR", str(d))
+    monkeypatch.setenv("FAKE_NC_CONF", str(conf))
+    monkeypatch.setenv("PATH", f"{d}:{__import__('os').environ['PATH']}")
+    return d
+
+
+def calls(d: Path) -> list[list[str]]:
+    return [json.loads(line) for line in (d / "calls.jsonl").read_text().splitlines()]
+
+
+async def test_nixos_backend_drives_nixos_container(
+    stand_in, nats_server, database_url, hive_home, operator_nc, tmp_path
+):
+    settings = lifecycle_settings(
+        nats_server,
+        database_url,
+        hive_home,
+        HIVE_LIFECYCLE_BACKEND="nixos",
+        HIVE_LIFECYCLE_FLAKE_REF="git+https://example.org/hyperhive",
+        HIVE_LIFECYCLE_REV=REV,
+        HIVE_LIFECYCLE_NIXOS_CONF_DIR=str(tmp_path / "nixos-containers"),
+        HIVE_LIFECYCLE_MANAGER="hm1nd",
+    )
+    op = Operator(operator_nc)
+    try:
+        async with serving("lifecycle", settings, operator_nc):
+            info = await op.spawn("nix")
+            assert info.state == "running" and info.backend == "nixos"
+            paths = AgentPaths.of(settings, "nix")
+            flake = (paths.root / "flake" / "flake.nix").read_text()
+            ref = f"path:{paths.root / 'flake'}#h-nix"
+            assert ["create", "h-nix", "--flake", ref] in calls(stand_in)
+            assert ["start", "h-nix"] in calls(stand_in)
+            assert [
+                "create",
+                "hm1nd",
+                "--flake",
+                f"path:{AgentPaths.of(settings, 'hm1nd').root / 'flake'}#hm1nd",
+            ] in calls(stand_in)
+
+            # the flake pins hyperhive, imports harness-base.nix and the agent's agent.nix
+            assert f'hyperhive.url = "git+https://example.org/hyperhive?rev={REV}";' in flake
+            assert '"${hyperhive}/nix/harness-base.nix"' in flake
+            assert '"${agent}/agent.nix"' in flake
+            assert f'url = "path:{paths.applied}";' in flake
+            assert 'name = "nix";' in flake and f"port = {info.port};" in flake
+            assert "manager = false;" in flake
+            _parses(paths.root / "flake" / "flake.nix")
+
+            # bind mounts in the container's conf
+            conf = (tmp_path / "nixos-containers" / "h-nix.conf").read_text()
+            assert "PRIVATE_NETWORK=0" in conf  # what nixos-container wrote stays
+            assert f"--bind={paths.creds}:/root/.claude" in conf
+            assert f"--bind={paths.state}:/state" in conf
+            assert f"--bind-ro={paths.run}:/run/hive" in conf
+            assert ":/agents" not in conf
+            mconf = (tmp_path / "nixos-containers" / "hm1nd.conf").read_text()
+            assert f"--bind={settings.paths.agents_dir}:/agents" in mconf
+
+            assert (await op.verb("stop", "nix")).state == "stopped"
+            assert ["stop", "h-nix"] in calls(stand_in)
+            assert (await op.verb("kill", "nix")).state == "stopped"
+            assert ["terminate", "h-nix"] in calls(stand_in)
+            assert (await op.verb("start", "nix")).state == "running"
+            assert (await op.verb("update", "nix")).state == "running"
+            assert ["update", "h-nix", "--flake", ref] in calls(stand_in)
+
+            logs = await rpc.request(
+                operator_nc,
+                subjects.admin("lifecycle", "logs"),
+                LogsRequest(name="nix", lines=5),
+                LogsReply,
+            )
+            assert logs.lines == ["2026-01-01T00:00:00+0000 h-nix hive-harness[1]: turn 1 done"]
+            assert logs.journal_cursor == "s=abc;i=1"
+            args = (stand_in / "journalctl.args").read_text()
+            assert "-M h-nix" in args and "-n 5" in args
+            await rpc.request(
+                operator_nc,
+                subjects.admin("lifecycle", "logs"),
+                LogsRequest(name="nix", after_cursor=logs.journal_cursor),
+                LogsReply,
+            )
+            assert "--after-cursor=s=abc;i=1" in (stand_in / "journalctl.args").read_text()
+
+            # a build that fails: its output in the error, the old container kept
+            (paths.applied / "agent.nix").write_text("# FAIL_BUILD\n{ ... }: { }\n")
+            with pytest.raises(BackendFailed, match="FAIL_BUILD marker"):
+                await op.verb("update", "nix")
+            assert (await op.list())["nix"].state == "running"
+
+            await op.destroy("nix")
+            assert ["destroy", "h-nix"] in calls(stand_in)
+            assert "nix" not in await op.list()
+
+            # a create whose build fails: its output in the error, no agent left
+            with pytest.raises(BackendFailed, match="FAIL_BUILD marker") as err:
+                await op.spawn("nixfail")
+            assert "nixos-container create failed" in str(err.value)
+            assert "nixfail" not in await op.list()
+            assert not AgentPaths.of(settings, "nixfail").proposed.exists()
+    finally:
+        cleanup_agents(nats_server, settings.paths.agents_dir)
+
+
+def _parses(path: Path) -> None:
+    nix = shutil.which("nix-instantiate")
+    if nix is None:
+        pytest.skip("nix-instantiate not installed")
+    proc = subprocess.run([nix, "--parse", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_harness_base_is_where_the_flake_imports_it():
+    repo = Path(__file__).resolve().parents[2]
+    assert (repo / "nix" / "harness-base.nix").is_file()
+
+
+def test_nix_strings_cannot_break_out():
+    assert nix_string('a"b${c}\\') == 'a\\"b\\${c}\\\\'
+    assert pinned_url("git+https://x/y", REV) == f"git+https://x/y?rev={REV}"
+    assert pinned_url("git+https://x/y?ref=main", REV) == f"git+https://x/y?ref=main&rev={REV}"
+    assert pinned_url("path:/src", "0.1.0") == "path:/src"  # a version is no git commit
