@@ -1,0 +1,115 @@
+"""The agent page in headless Chromium: prompt → streamed reply, badge
+thinking → idle, chips, cancel button, sticky scroll with the "↓ N new" pill."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, async_playwright, expect
+
+from tests.harness.conftest import Stack, agent_name, running_harness
+from tests.scripted_anthropic import ScriptedAnthropic, last_user_mentions
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+UI_TIMEOUT_MS = 60_000
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.claude,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no chromium at {CHROMIUM}"),
+]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    # a loaded machine runs claude slowly: wait longer than expect()'s 5 s,
+    # and give the global default back afterwards
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+    try:
+        async with async_playwright() as p:
+            b = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            yield b
+            await b.close()
+    finally:
+        expect.set_options(timeout=5_000)
+
+
+async def test_prompt_streams_reply_and_badge_goes_thinking_then_idle(
+    stack: Stack, api: ScriptedAnthropic, browser: Browser, tmp_path: Path
+) -> None:
+    name = agent_name("br")
+    await stack.spawn(name)
+    held = api.reply("Hello from the scripted model!", hold=True, when=last_user_mentions("hi"))
+    long_text = "\n".join(f"line {i} of a long answer" for i in range(80))
+    api.reply(long_text, when=last_user_mentions("write a lot"))
+    api.reply("the newest line", when=last_user_mentions("one more"))
+    async with running_harness(stack.harness_settings(name)) as h:
+        context = await browser.new_context(viewport={"width": 1100, "height": 600})
+        page = await context.new_page()
+        page.set_default_timeout(UI_TIMEOUT_MS)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        try:
+            await page.goto(h.url + "/")
+            badge = page.locator("#badge")
+            await expect(badge).to_have_attribute("data-state", "idle")
+            await expect(page.locator("#chip-model")).to_have_text("model default")
+
+            # /model is a command: the chip follows, no turn
+            await page.fill("#prompt", "/model browser-model-1")
+            await page.keyboard.press("Enter")
+            await expect(page.locator("#chip-model")).to_have_text("model browser-model-1")
+            await expect(page.locator("#log .local").last).to_contain_text("browser-model-1")
+
+            # a prompt becomes a turn: thinking (with a cancel button) while claude streams
+            await page.fill("#prompt", "hi")
+            await page.keyboard.press("Enter")
+            await expect(badge).to_have_attribute("data-state", "thinking")
+            await expect(page.locator("#cancel")).to_be_visible()
+            await expect(page.locator("#log .operator").last).to_contain_text("› hi")
+            await expect(page.locator("#log .sys").last).to_contain_text("hyperhive:connected")
+            await page.screenshot(path=str(tmp_path / "thinking.png"))
+            held.release()
+            await expect(page.locator("#log .text").last).to_contain_text(
+                "Hello from the scripted model!"
+            )
+            await expect(badge).to_have_attribute("data-state", "idle")
+            await expect(page.locator("#cancel")).to_be_hidden()
+            await expect(page.locator("#log .turn-end").last).to_contain_text("ok")
+            await expect(page.locator("#chip-last")).not_to_have_text("last turn –")
+            assert api.requests[-1].model == "browser-model-1"
+
+            # sticky bottom: a long answer keeps the view at the end
+            await page.fill("#prompt", "write a lot")
+            await page.keyboard.press("Enter")
+            await expect(page.locator("#log .text").last).to_contain_text("line 79")
+            await expect(badge).to_have_attribute("data-state", "idle")
+            assert await page.evaluate(
+                "(() => { const l = document.getElementById('log');"
+                " return l.scrollHeight - l.scrollTop - l.clientHeight < 40; })()"
+            )
+            # scrolled up, new lines do not move the view: the pill counts them
+            await page.evaluate("document.getElementById('log').scrollTop = 0")
+            await page.fill("#prompt", "one more")
+            await page.keyboard.press("Enter")
+            pill = page.locator("#pill")
+            await expect(pill).to_be_visible()
+            await expect(page.locator("#log .text").last).to_contain_text("the newest line")
+            assert int(await page.locator("#pill-n").inner_text()) > 0
+            assert await page.evaluate("document.getElementById('log').scrollTop") == 0
+            await pill.click()
+            await expect(pill).to_be_hidden()
+            await page.screenshot(path=str(tmp_path / "agent-page.png"), full_page=True)
+            assert (tmp_path / "agent-page.png").stat().st_size > 0
+        finally:
+            await context.close()
+        assert not errors, f"JS errors on the page: {errors}"
