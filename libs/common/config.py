@@ -136,6 +136,10 @@ class DashboardSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     flow_coalesce_ms: float = 10.0
     sse_ping_s: float = 15.0  # keep-alive comment on idle SSE streams
     logs_poll_s: float = 1.0  # how often a followed log is re-read
+    # Host names the dashboard answers to besides localhost and its bind
+    # address (comma-separated; "*": any). Refusing other names stops DNS
+    # rebinding from turning a web page into a same-origin client.
+    allowed_hosts: str = ""
 
 
 class HarnessSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -32,7 +32,7 @@ from hyperhive.dashboard import (
 from hyperhive.dashboard.hive import Hive
 from hyperhive.dashboard.hub import EventHub
 from hyperhive.dashboard.render import Renderer
-from hyperhive.dashboard.security import Guard, Security, load_operator_token
+from hyperhive.dashboard.security import Guard, Security, allowed_hosts, load_operator_token
 from hyperhive.dashboard.web import HTTP_STATUS, Deps
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def create_app(settings: Settings, nc: NATS, js: JetStreamContext) -> Litestar:
     """
     ds = settings.dashboard
     render = Renderer()
-    security = Security(load_operator_token(ds))
+    security = Security(load_operator_token(ds), allowed_hosts(ds))
     hub = EventHub(
         js,
         backfill_events=ds.flow_backfill_events,

@@ -6,6 +6,8 @@
   header, or a ``token`` query parameter. Missing: 401 (the login page for a
   browser); wrong: 403. Static assets (CSS, JS, uPlot) are public: they hold
   no data.
+- Host check: only loopback names, the bind address and
+  ``dashboard.allowed_hosts`` are answered (DNS rebinding).
 - CSRF (always): a random ``hive_csrf`` cookie carries a nonce; the page
   embeds ``HMAC(secret, nonce)``. Every POST must send that token in the
   ``X-CSRF-Token`` header or a ``_csrf`` form field, or it is refused with 403
@@ -75,11 +77,42 @@ def load_operator_token(settings: DashboardSettings) -> str:
     return ""
 
 
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+
+
+def allowed_hosts(settings: DashboardSettings) -> frozenset[str] | None:
+    """The Host names to answer (None: any).
+
+    Loopback names and the bind address always; ``allowed_hosts`` adds names.
+    Bound to every interface with no list, any name is accepted (the operator
+    chose to expose it; the operator token is what protects it then).
+    """
+    extra = {h.strip().lower() for h in settings.allowed_hosts.split(",") if h.strip()}
+    if "*" in extra:
+        return None
+    host = settings.host.strip().lower().strip("[]")
+    if host in WILDCARD_HOSTS and not extra:
+        return None
+    return frozenset(LOOPBACK_NAMES | extra | ({host} - WILDCARD_HOSTS))
+
+
+def host_name(header: str | None) -> str:
+    """``example.org:7000`` → ``example.org``; ``[::1]:7000`` → ``::1``."""
+    if not header:
+        return ""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
 class Security:
     """The secrets behind the cookies; one per process."""
 
-    def __init__(self, operator_token: str) -> None:
+    def __init__(self, operator_token: str, hosts: frozenset[str] | None = None) -> None:
         self.operator_token = operator_token
+        self.hosts = hosts
         self._csrf_secret = secrets.token_bytes(32)
         self._session = (
             hmac.new(operator_token.encode(), b"hive-dashboard-session", hashlib.sha256).hexdigest()
@@ -163,6 +196,12 @@ class Guard:
             return
         path: str = scope["path"]
         method: str = scope["method"]
+        if self.security.hosts is not None:
+            if host_name(_header(scope, b"host")) not in self.security.hosts:
+                # DNS rebinding: a foreign name pointing at us must not get a
+                # same-origin page (and with it a valid CSRF pair)
+                await _plain(send, 403, "403: unknown Host; see dashboard.allowed_hosts")
+                return
         cookies = _cookies(scope)
         nonce = cookies.get(CSRF_COOKIE)
         new_cookie: tuple[bytes, bytes] | None = None

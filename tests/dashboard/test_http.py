@@ -331,3 +331,14 @@ async def test_checkbox_and_free_text_questions(stack: Stack, client: httpx.Asyn
     assert answers[text] == ["sc0ut"]
     history = (await client.get("/section/questions")).text
     assert f'id="answered-{multi}"' in history and "git, nix" in history
+
+
+async def test_a_foreign_host_name_is_refused(stack: Stack, client: httpx.AsyncClient) -> None:
+    """DNS rebinding: evil.example resolving to 127.0.0.1 gets no page and no CSRF pair."""
+    r = await client.get("/", headers={"Host": f"evil.example:{stack.settings.dashboard.port}"})
+    assert r.status_code == 403
+    assert "csrf-token" not in r.text and "set-cookie" not in r.headers
+    r = await client.post("/agents/spawn", headers={"Host": "evil.example"}, data={"name": "x"})
+    assert r.status_code == 403
+    r = await client.get("/", headers={"Host": f"localhost:{stack.settings.dashboard.port}"})
+    assert r.status_code == 200
