@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS: Final = 2
 INTERRUPTED: Final = "interrupted: the approvals service stopped during the build"
 DRAFT: Final = "draft"
+CREATING: Final = "creating"
 MAX_EVENT_NOTE: Final = 2000
 
 
@@ -167,8 +168,13 @@ class Machine:
 
     # --- the build --------------------------------------------------------------
 
-    async def _build(self, row: asyncpg.Record) -> ApprovalInfo:
-        """Moves the tree, asks lifecycle to build, and concludes."""
+    async def _build(self, row: asyncpg.Record, *, recovering: bool = False) -> ApprovalInfo:
+        """Moves the tree, asks lifecycle to build, and concludes.
+
+        Raises:
+            Conflict: only when ``recovering``: lifecycle is still busy with the
+                agent (likely the interrupted build itself); try again later.
+        """
         agent, sha = row["agent"], row["fetched_sha"]
         resync = False
         try:
@@ -182,6 +188,10 @@ class Machine:
                 ok, error = True, ""
         except BackendFailed as exc:
             ok, error = False, exc.message
+        except Conflict:
+            if recovering:
+                raise
+            ok, error, resync = False, "lifecycle is busy with this agent; try again", False
         except HiveError as exc:
             # timeout or lifecycle down: the container's state is unknown, so
             # after the rollback ask lifecycle to rebuild from main
@@ -266,14 +276,21 @@ class Machine:
                 return
         if row["kind"] == store.SPAWN:
             info = await self._peers.agent(agent)
+            if info is not None and info.state == CREATING:
+                return  # the interrupted create is still running: look again later
             if info is not None and info.state != DRAFT:
                 await self._conclude(row, True, "")  # the create finished before the crash
                 return
         if row["attempts"] >= MAX_ATTEMPTS:
             await self._conclude(row, False, INTERRUPTED, resync=True)
             return
-        await store.count_attempt(self._pool, approval_id)
-        await self._build(row)
+        await store.count_attempt(self._pool, approval_id, 1)
+        try:
+            await self._build(row, recovering=True)
+        except Conflict as exc:
+            # lifecycle is still busy (likely the interrupted build): not an attempt
+            await store.count_attempt(self._pool, approval_id, -1)
+            log.info("approval %s waits for lifecycle: %s", approval_id, exc)
 
     # --- reporting ---------------------------------------------------------------
 

@@ -159,12 +159,13 @@ async def set_base(conn: asyncpg.Connection, approval_id: int, base_sha: str) ->
     await conn.execute("UPDATE approvals SET base_sha = $2 WHERE id = $1", approval_id, base_sha)
 
 
-async def count_attempt(pool: asyncpg.Pool, approval_id: int) -> int:
-    """One more try of an in-flight approval (recovery). Returns the attempt number."""
+async def count_attempt(pool: asyncpg.Pool, approval_id: int, delta: int) -> int:
+    """Counts a build try of an in-flight approval (-1 takes one back). Returns the count."""
     return int(
         await pool.fetchval(
-            "UPDATE approvals SET attempts = attempts + 1 WHERE id = $1 RETURNING attempts",
+            "UPDATE approvals SET attempts = attempts + $2 WHERE id = $1 RETURNING attempts",
             approval_id,
+            delta,
         )
     )
 

@@ -109,6 +109,13 @@ async def approvals_process(hive: Hive, log_dir: Path) -> AsyncIterator[rig.Serv
         proc.stop(signal.SIGTERM, timeout=30)
 
 
+# With a short op wait, lifecycle answers the restarted service's retry with
+# Conflict while the interrupted build still runs: recovery waits and retries.
+@pytest.mark.parametrize(
+    "lifecycle_overrides",
+    [SLOW_BUILDS, {**SLOW_BUILDS, "HIVE_LIFECYCLE_OP_WAIT_S": "0.3"}],
+    ids=["lifecycle-waits", "lifecycle-busy"],
+)
 async def test_sigkill_during_build_then_restart_finishes_once(peers: Hive, tmp_path: Path) -> None:
     hive = peers
     name = agent_name("rc")
