@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import asyncpg
 import psutil
 from nats.aio.client import Client as NATS
 
@@ -179,6 +180,21 @@ async def raw_rtt(nc: NATS, client: NATS, client_name: str, count: int) -> list[
     return out[200:]  # warm-up
 
 
+async def pg_commit(url: str, count: int) -> list[float]:
+    """Baseline: one-row INSERT with a durable commit on the same Postgres."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CREATE TABLE IF NOT EXISTS public.bench_commit (v text)")
+        out: list[float] = []
+        for _ in range(count):
+            t0 = time.perf_counter()
+            await conn.execute("INSERT INTO public.bench_commit (v) VALUES ('x')")
+            out.append((time.perf_counter() - t0) * 1000)
+        return out
+    finally:
+        await conn.close()
+
+
 async def send_to_recv(sender: NATS, s_name: str, receiver: NATS, r_name: str, count: int):
     """(b): time from a send to the recipient's waiting recv returning."""
     send_subj = subjects.agent(s_name, subjects.AGENT_SEND)
@@ -261,6 +277,11 @@ async def main() -> None:
             rtt = await raw_rtt(service, conns[senders[0]], senders[0], args.messages)
             rtt_p50, rtt_p99 = pct(rtt, 50), pct(rtt, 99)
             print(f"(a) nats-py request/reply RTT: p50 {rtt_p50:.3f} ms, p99 {rtt_p99:.3f} ms")
+            commit = await pg_commit(stack.pg.url, 1000)
+            print(
+                f"    baseline Postgres INSERT+commit: p50 {pct(commit, 50):.3f} ms, "
+                f"p99 {pct(commit, 99):.3f} ms (a send needs one)"
+            )
             lat = await send_to_recv(
                 conns[senders[0]], senders[0], conns[receivers[0]], receivers[0], args.messages
             )
@@ -277,6 +298,8 @@ async def main() -> None:
                 send_recv_p99_ms=round(lat_p99, 3),
                 ratio_p50=round(lat_p50 / rtt_p50, 2),
                 ratio_p99=round(lat_p99 / rtt_p99, 2),
+                pg_commit_p50_ms=round(pct(commit, 50), 3),
+                pg_commit_p99_ms=round(pct(commit, 99), 3),
                 messages=len(lat),
             )
 

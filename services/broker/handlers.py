@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 EVENT_BODY_CHARS = 2000  # bodies in HIVE_EVENTS records are cut to this
 MAX_KEY_CHARS = 200
+RELAY_DELAY_S = 0.005  # how long events may wait to be published with the next ones
 _event_enc = msgspec.json.Encoder()
 _event_dec = msgspec.json.Decoder(SystemEvent)
 
@@ -79,6 +80,7 @@ class Broker:
         self.known = known
         self.waiters = waiters
         self.stopping = stopping
+        self._kick_pending = False
         self.kinds = store.EventKinds(
             sent=_kind(subjects.EV_MESSAGE_SENT),
             delivered=_kind(subjects.EV_MESSAGE_DELIVERED),
@@ -89,6 +91,22 @@ class Broker:
         self.sends: GroupCommit[NewMessage, Stored] = GroupCommit(
             self._commit_sends, max_batch=256, workers=2
         )
+
+    def _kick_relay(self) -> None:
+        """Has the outbox relay publish soon, once for everything committed meanwhile.
+
+        Deferred by a moment so that the replies waiting on a commit go out
+        before the relay takes the event loop, and so that a busy broker
+        publishes events in batches.
+        """
+        if self._kick_pending:
+            return
+        self._kick_pending = True
+        asyncio.get_running_loop().call_later(RELAY_DELAY_S, self._kick_now)
+
+    def _kick_now(self) -> None:
+        self._kick_pending = False
+        self.relay.kick()
 
     # --- send ---------------------------------------------------------------
 
@@ -127,7 +145,7 @@ class Broker:
             stored = await store.insert_messages(self.pool, items, self.kinds)
         new = [(m.recipient, s.id) for m, s in zip(items, stored, strict=True) if s.created]
         if new:
-            self.relay.kick()
+            self._kick_relay()
             await self.waiters.committed([r for r, _ in new], [i for _, i in new])
         return stored
 
@@ -211,7 +229,7 @@ class Broker:
             )
         if row is None:
             return None
-        self.relay.kick()
+        self._kick_relay()
         return Message(
             id=row["id"],
             sender=row["sender"],
@@ -233,7 +251,7 @@ class Broker:
             row = await store.ack(self.relaxed, req.id, agent, self.kinds)
             existing = None if row is not None else await store.get(self.pool, req.id)
         if row is not None:
-            self.relay.kick()
+            self._kick_relay()
             return Ok()
         if existing is None:
             raise NotFound(f"no message with id {req.id}")
@@ -304,7 +322,7 @@ class Broker:
                         subjects.EV_STATS, agent=agent, ts=stats.ts, values=dict(values)
                     ),
                 )
-        self.relay.kick()
+        self._kick_relay()
 
     async def stats(self, req: StatsRequest, _call: Call) -> StatsReply:
         """``hive.admin.broker.stats``: stored turn statistics, oldest first."""
