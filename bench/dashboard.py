@@ -41,6 +41,7 @@ from pathlib import Path
 import psutil
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 
 from hyperhive.cli.devstack import stop_harnesses
 from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port, wait_port
@@ -150,8 +151,9 @@ def client_process(port: int, clients: int, conn: Connection) -> None:
 class Stack:
     """NATS, Postgres and the broker, lifecycle and dashboard processes."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, extra_env: dict[str, str]) -> None:
         self.root = root
+        self.extra_env = extra_env
         os.chmod(root, 0o711)
         self.nats = EmbeddedNats(root / "nats", free_port())
         pg_root = root / "pg"
@@ -179,6 +181,7 @@ class Stack:
                 "HIVE_LIFECYCLE_PORT_BASE": "24100",
                 "HIVE_LIFECYCLE_AUTO_UPDATE_INTERVAL_S": "3600",
                 "HIVE_DASHBOARD_PORT": str(self.dashboard_port),
+                **self.extra_env,
                 "HIVE_LOG_LEVEL": "WARNING",
             },
             config_file=None,
@@ -352,6 +355,22 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, object]:
                 event_at[int(match.group(1))] = now
 
         events_sub = await operator.subscribe(subjects.event(subjects.EV_MESSAGE_SENT), cb=on_event)
+        # and as the dashboard gets it: a JetStream ordered consumer (stored, then pushed)
+        pushed_at: dict[int, float] = {}
+
+        async def on_pushed(msg: Msg) -> None:
+            now = time.monotonic()
+            match = BODY.search(msg.data)
+            if match:
+                pushed_at[int(match.group(1))] = now
+
+        pushed_sub = await operator.jetstream().subscribe(
+            subjects.event(subjects.EV_MESSAGE_SENT),
+            stream=subjects.EVENTS_STREAM,
+            cb=on_pushed,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+        )
         print(f"sending {args.rate:g} msg/s for {args.seconds:g}s ...", flush=True)
         sent_at: dict[int, float] = {}
         ok, failed, elapsed = await send_load(senders, args.rate, args.seconds, sent_at)
@@ -365,11 +384,13 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, object]:
         }
         load_after = os.getloadavg()[0]
         await events_sub.unsubscribe()
+        await pushed_sub.unsubscribe()
         final_rss = rss_mb(dash)
         peak = max(peak, final_rss)
 
         latencies: list[float] = []  # send -> client receipt
-        hops: list[float] = []  # HIVE_EVENTS -> client receipt: the dashboard's share
+        hops: list[float] = []  # HIVE_EVENTS publish -> client receipt
+        in_dashboard: list[float] = []  # JetStream push -> client receipt: the dashboard's share
         received: list[int] = []
         for p, conn in workers:
             conn.send("stop")
@@ -382,9 +403,12 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, object]:
                     latencies.append((t - sent_at[n]) * 1000.0)
                 if n in event_at:
                     hops.append((t - event_at[n]) * 1000.0)
+                if n in pushed_at:
+                    in_dashboard.append((t - pushed_at[n]) * 1000.0)
             received.extend(counts)
             p.join(10)
         event_latencies = [(event_at[n] - sent_at[n]) * 1000.0 for n in event_at if n in sent_at]
+        js_push = [(pushed_at[n] - event_at[n]) * 1000.0 for n in pushed_at if n in event_at]
     finally:
         for _, nc in senders:
             await nc.close()
@@ -406,8 +430,12 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, object]:
         "max_ms": round(max(latencies), 2) if latencies else None,
         "event_p50_ms": round(pct(event_latencies, 50), 2) if event_latencies else None,
         "event_p99_ms": round(pct(event_latencies, 99), 2) if event_latencies else None,
-        "dashboard_hop_p50_ms": round(pct(hops, 50), 2) if hops else None,
-        "dashboard_hop_p99_ms": round(pct(hops, 99), 2) if hops else None,
+        "event_to_client_p50_ms": round(pct(hops, 50), 2) if hops else None,
+        "event_to_client_p99_ms": round(pct(hops, 99), 2) if hops else None,
+        "jetstream_push_p50_ms": round(pct(js_push, 50), 2) if js_push else None,
+        "jetstream_push_p99_ms": round(pct(js_push, 99), 2) if js_push else None,
+        "dashboard_hop_p50_ms": round(pct(in_dashboard, 50), 2) if in_dashboard else None,
+        "dashboard_hop_p99_ms": round(pct(in_dashboard, 99), 2) if in_dashboard else None,
         "dashboard_rss_mb_idle": round(idle_rss, 1),
         "dashboard_rss_mb_peak": round(peak, 1),
         "cpu_pct": cpu,
@@ -433,10 +461,16 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="client processes")
     parser.add_argument("--drain", type=float, default=2.0, help="seconds after the last send")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    parser.add_argument(
+        "--coalesce-ms", type=float, default=None, help="dashboard.flow_coalesce_ms to run with"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # "nats disconnected" at close is expected
     root = Path(tempfile.mkdtemp(prefix="hive-bench-dash-"))
-    stack = Stack(root)
+    extra = {}
+    if args.coalesce_ms is not None:
+        extra["HIVE_DASHBOARD_FLOW_COALESCE_MS"] = str(args.coalesce_ms)
+    stack = Stack(root, extra)
     try:
         result = asyncio.run(run(args, stack))
     finally:
@@ -455,7 +489,11 @@ def main() -> int:
         f"p50 {result['event_p50_ms']} ms, p99 {result['event_p99_ms']} ms"
     )
     print(
-        f"HIVE_EVENTS -> SSE client receipt (the dashboard's own share): "
+        f"message.sent publish -> JetStream ordered-consumer push (NATS server): "
+        f"p50 {result['jetstream_push_p50_ms']} ms, p99 {result['jetstream_push_p99_ms']} ms"
+    )
+    print(
+        f"JetStream push -> SSE client receipt (the dashboard's own share): "
         f"p50 {result['dashboard_hop_p50_ms']} ms, p99 {result['dashboard_hop_p99_ms']} ms"
     )
     print(
