@@ -10,9 +10,12 @@ order of steps makes every crash point recoverable:
    the commit point of the build's outcome.
 4. ``main`` moves (or the tree rolls back to ``base_sha``), then the row ends.
 
-At start :meth:`Machine.recover` looks at each ``approved`` row: an end tag
-means step 3 happened, so it finishes steps 4; no end tag means the build's
-outcome is unknown, so it builds again (once), else gives up as ``failed``.
+A build holds the agent's guard (an asyncio lock plus a Postgres session
+lock, which dies with a crashed holder's connection). At start and every few
+seconds :meth:`Machine.recover` looks at each ``approved`` row whose guard is
+free: an end tag means step 3 happened, so it finishes step 4; no end tag
+means the build's outcome is unknown, so it builds again (once; waiting while
+lifecycle is still busy with the agent), else gives up as ``failed``.
 """
 
 from __future__ import annotations
