@@ -157,8 +157,10 @@ class HarnessSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     token: str = ""  # operator token for the agent page; empty: none
     # manager only: the agents dir (<n>/proposed, <n>/applied, <n>/state)
     agents_dir: str = ""
-    # how long one recv long-poll of the turn loop waits for a message
-    recv_wait_s: float = 20.0
+    # how long one recv long-poll of the turn loop waits for a message (a
+    # stopping harness waits for its last poll, so keep it well under
+    # lifecycle.stop_timeout_s)
+    recv_wait_s: float = 5.0
 
 
 class TelemetrySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -14,7 +14,11 @@ What happens to the message of a turn that does not finish:
   shown to claude at the top of the next wake prompt ("your previous turn did
   not finish … it was handling: …"), so the agent still gets to decide about
   it. It also stays in the broker's history and in the turn records.
-- the harness itself dies mid-turn: the message was not acked, so the broker
+- the harness is stopped (SIGTERM: restart, update, stop) mid-turn: claude
+  is ended, the message is **not acked** and is kept in the state dir
+  (``pending.json``) with any message the last long poll brought; the next
+  harness run takes them first (the wake prompt says it resumed them).
+- the harness is killed outright: the message was not acked, so the broker
   hands it out again after its visibility timeout, marked redelivered.
 """
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -101,6 +106,7 @@ class Harness:
         self._recv_task: asyncio.Task[Wake | None] | None = None
         self._current: ClaudeRun | None = None
         self._cancel_turn = False
+        self._stopping = False
         self._recv_failures = 0
         self._events_subject = subjects.agent(cfg.agent, subjects.AGENT_EVENTS)
 
@@ -228,13 +234,28 @@ class Harness:
     # --- the loop --------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Takes items one at a time until ``stop`` is set."""
+        """Takes items one at a time until ``stop`` is set.
+
+        On stop, a running claude is ended and its message kept (not acked) in
+        the state dir, as is a message the last long poll brought: the next
+        harness run takes them first (the broker would hand them out again
+        only after its visibility timeout).
+        """
+        for doc in self.store.pending:
+            wake = Wake.from_doc(doc)
+            if wake is not None:
+                self._ops.append(dataclasses.replace(wake, resumed=True))
+        self.store.set_pending([])
         await self.publish("state", self.status())
+        watcher = asyncio.create_task(self._watch_stop(stop))
         try:
             while not stop.is_set():
                 item = await self._next(stop)
                 if item is None:
                     continue
+                if stop.is_set():
+                    self._keep_pending(item)
+                    break
                 try:
                     await self._run_item(item)
                 except asyncio.CancelledError:
@@ -244,10 +265,37 @@ class Harness:
                     self.turn_started = None
                     await self._set_state(IDLE)
         finally:
-            if self._recv_task is not None:
-                self._recv_task.cancel()
+            watcher.cancel()
             if self._current is not None:
                 await self._current.cancel()
+            await self._drain_recv()
+
+    async def _watch_stop(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._stopping = True
+        if self._current is not None:
+            await self._current.cancel()
+
+    def _keep_pending(self, item: Item) -> None:
+        """Keeps a taken, unfinished broker message for the next harness run."""
+        if isinstance(item, Wake) and item.id is not None:
+            docs = self.store.pending
+            if all(d.get("id") != item.id for d in docs):
+                self.store.set_pending([*docs, item.to_doc()])
+
+    async def _drain_recv(self) -> None:
+        """Lets an in-flight long poll finish, so no message goes to a dead inbox."""
+        task, self._recv_task = self._recv_task, None
+        if task is None:
+            return
+        done, _ = await asyncio.wait({task}, timeout=self.cfg.settings.harness.recv_wait_s + 2)
+        if not done:
+            task.cancel()
+            return
+        with contextlib.suppress(Exception):
+            wake = task.result()
+            if wake is not None:
+                self._keep_pending(wake)
 
     async def _next(self, stop: asyncio.Event) -> Item | None:
         """The next operator item, else the next inbox message (long poll)."""
@@ -350,7 +398,7 @@ class Harness:
             system_prompt=system_prompt(self.cfg),
         )
         self._current = run
-        if self._cancel_turn:
+        if self._cancel_turn or self._stopping:
             await run.cancel()
         turn = self.turn
 
@@ -367,20 +415,26 @@ class Harness:
     ) -> None:
         last = runs[-1]
         cancelled = self._cancel_turn or any(r.cancelled for r in runs)
-        outcome = "cancelled" if cancelled else ("ok" if last.ok else "failed")
-        error = "cancelled by the operator" if cancelled else last.error
-        if isinstance(item, Wake) and outcome != "ok":
-            self.store.set_interrupted(
-                {
-                    "reason": error[:300] or outcome,
-                    "sender": item.sender,
-                    "id": item.id,
-                    "body": item.body,
-                    "turn": self.turn,
-                }
-            )
-        if isinstance(item, Wake) and item.id is not None:
-            await self._ack(item.id)
+        if cancelled and self._stopping and not self._cancel_turn:
+            # the harness is stopping, not the operator cancelling: the message
+            # is not acked and the next harness run takes it again
+            outcome, error = "interrupted", "the harness stopped"
+            self._keep_pending(item)
+        else:
+            outcome = "cancelled" if cancelled else ("ok" if last.ok else "failed")
+            error = "cancelled by the operator" if cancelled else last.error
+            if isinstance(item, Wake) and outcome != "ok":
+                self.store.set_interrupted(
+                    {
+                        "reason": error[:300] or outcome,
+                        "sender": item.sender,
+                        "id": item.id,
+                        "body": item.body,
+                        "turn": self.turn,
+                    }
+                )
+            if isinstance(item, Wake) and item.id is not None:
+                await self._ack(item.id)
         tool_calls: Counter[str] = Counter()
         for r in runs:
             tool_calls.update(r.tool_calls)
@@ -408,7 +462,9 @@ class Harness:
                 "outcome": outcome,
                 "error": error if outcome != "ok" else "",
                 "message_id": item.id if isinstance(item, Wake) else None,
-                "acked": isinstance(item, Wake) and item.id is not None,
+                "acked": outcome != "interrupted"
+                and isinstance(item, Wake)
+                and item.id is not None,
                 "stats": msgspec.to_builtins(stats),
             },
         )

@@ -8,6 +8,7 @@ who wrote, whether it is a redelivery, and where the notes are.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 import re
 import time
@@ -30,6 +31,7 @@ class Wake:
     redelivered: bool = False
     deliveries: int = 0
     event_type: str = ""  # a system event's type (ContainerCrash, ...)
+    resumed: bool = False  # taken before a harness restart, run now
 
     def record(self) -> dict[str, Any]:
         """The ``turn_start`` record of this wake."""
@@ -41,7 +43,20 @@ class Wake:
             "ts": self.ts,
             "redelivered": self.redelivered,
             "event_type": self.event_type,
+            "resumed": self.resumed,
         }
+
+    def to_doc(self) -> dict[str, Any]:
+        """All fields, to keep it in the state dir across a restart."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> Wake | None:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{k: v for k, v in doc.items() if k in fields})
+        except TypeError:
+            return None
 
 
 def _template(name: str) -> str:
@@ -104,7 +119,12 @@ def wake_prompt(cfg: HarnessConfig, wake: Wake, interrupted: dict[str, Any] | No
         if wake.event_type:
             what += f" (system event {wake.event_type})"
         lines.append(f"You were woken by {what}, sent {_when(wake.ts)}.")
-        if wake.redelivered:
+        if wake.resumed:
+            lines.append(
+                "Your harness restarted while this message was waiting or being handled; "
+                "check your notes before repeating work with side effects."
+            )
+        elif wake.redelivered:
             lines.append(
                 f"This is a redelivery (delivery {wake.deliveries or 2}): an earlier turn took "
                 "this message and did not finish. Check your notes before repeating work "

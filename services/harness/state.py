@@ -5,6 +5,8 @@
 - ``turn``: the number of the last turn, so numbering continues after a restart.
 - ``interrupted.json``: the message of a turn that was cancelled or failed; the
   next wake prompt carries it, so the agent still sees it (see loop.py).
+- ``pending.json``: messages this agent was handed but had not finished when
+  the harness stopped (not acked); the next harness run takes them first.
 """
 
 from __future__ import annotations
@@ -96,3 +98,18 @@ class HarnessState:
             (self.dir / "interrupted.json").unlink(missing_ok=True)
         else:
             _atomic_write(self.dir / "interrupted.json", json.dumps(doc))
+
+    @property
+    def pending(self) -> list[dict[str, Any]]:
+        text = self._read("pending.json")
+        try:
+            docs = json.loads(text) if text else []
+        except ValueError:
+            return []
+        return [d for d in docs if isinstance(d, dict)] if isinstance(docs, list) else []
+
+    def set_pending(self, docs: list[dict[str, Any]]) -> None:
+        if docs:
+            _atomic_write(self.dir / "pending.json", json.dumps(docs))
+        else:
+            (self.dir / "pending.json").unlink(missing_ok=True)

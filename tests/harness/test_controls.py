@@ -295,3 +295,27 @@ async def test_queued_prompts_run_in_order(stack: Stack, api: ScriptedAnthropic)
         bodies = [h.records("turn_start", t)[0].event["body"] for t in (1, 2, 3)]
         assert bodies == ["one", "two", "three"]
         await page.close()
+
+
+async def test_a_stopping_harness_keeps_its_message_for_the_next_run(
+    stack: Stack, api: ScriptedAnthropic
+) -> None:
+    """SIGTERM mid-turn (restart, update): claude ends, the message is not acked,
+    and the next harness run takes it first, saying so in the wake prompt."""
+    name = agent_name("o")
+    await stack.spawn(name)
+    settings = stack.harness_settings(name)
+    held = api.reply("halfway", hold=True, when=last_user_mentions("long job"))
+    async with running_harness(settings) as h:
+        sent = await stack.send(name, "long job before a restart")
+        await api.wait_for_request(lambda r: r.reply is held, timeout=60)
+    assert h.records("turn_end", 1)[0].event["outcome"] == "interrupted"
+    assert (await stack.status(sent.id)).state != "acked"
+    api.reply("finished after the restart", when=last_user_mentions("long job"))
+    async with running_harness(settings) as h2:
+        end = await h2.turn_end(2)
+        assert end["outcome"] == "ok" and end["message_id"] == sent.id
+        start = h2.records("turn_start", 2)[0].event
+        assert start["resumed"] is True
+        assert "harness restarted" in api.requests[-1].last_user_text()
+        assert (await stack.status(sent.id)).state == "acked"
