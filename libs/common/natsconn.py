@@ -53,6 +53,12 @@ async def connect(
             log.debug("nats connect attempt failed: %s", exc)
 
     nc_ready = False
+    holder: list[NATS] = []
+
+    async def on_disconnect() -> None:
+        # a close we asked for is not worth a warning (the CLI closes on exit)
+        if nc_ready and holder and not (holder[0].is_closed or holder[0].is_draining):
+            log.warning("nats disconnected")
 
     options: dict[str, object] = {
         "servers": [settings.url],
@@ -65,7 +71,7 @@ async def connect(
         "reconnect_time_wait": 0,
         "connect_timeout": 2,
         "error_cb": on_error,
-        "disconnected_cb": _on_disconnect,
+        "disconnected_cb": on_disconnect,
         "reconnected_cb": _on_reconnect,
     }
     if seed:
@@ -86,6 +92,7 @@ async def connect(
         nc.options["max_reconnect_attempts"] = -1
         nc.options["reconnect_time_wait"] = 1
         nc_ready = True
+        holder.append(nc)
         return nc
     reason = str(last) or type(last).__name__
     raise Unavailable(f"cannot reach NATS at {settings.url} after {tries} attempts: {reason}")
@@ -93,10 +100,6 @@ async def connect(
 
 async def _on_error(exc: Exception) -> None:
     log.warning("nats error: %s", exc or type(exc).__name__)
-
-
-async def _on_disconnect() -> None:
-    log.warning("nats disconnected")
 
 
 async def _on_reconnect() -> None:

@@ -98,9 +98,7 @@ async def request(
     """
     with tracer.start_as_current_span(f"request {subject}", kind=trace.SpanKind.PRODUCER) as span:
         try:
-            msg = await nc.request(
-                subject, encode(payload), timeout=timeout, headers=inject_headers()
-            )
+            msg = await _request_once(nc, subject, encode(payload), timeout)
         except nats.errors.NoRespondersError:
             raise Unavailable(f"no service answers {subject}") from None
         except nats.errors.TimeoutError:
@@ -117,6 +115,23 @@ async def request(
         except HiveError as exc:
             span.set_attribute("hive.error", exc.code)
             raise
+
+
+# nats-server can report "no responders" for a few milliseconds after a
+# subscriber appeared on another connection (seen with 2.15): retry briefly
+# before calling a service unavailable.
+_NO_RESPONDER_RETRIES_S = (0.02, 0.05, 0.1, 0.2)
+
+
+async def _request_once(nc: NATS, subject: str, data: bytes, timeout: float) -> Msg:
+    for delay in (*_NO_RESPONDER_RETRIES_S, None):
+        try:
+            return await nc.request(subject, data, timeout=timeout, headers=inject_headers())
+        except nats.errors.NoRespondersError:
+            if delay is None:
+                raise
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 async def publish(nc: NATS, subject: str, payload: msgspec.Struct) -> None:
