@@ -82,7 +82,13 @@ async def open_relaxed_pool(url: str, schema: str, max_size: int) -> asyncpg.Poo
         url,
         min_size=0,
         max_size=max_size,
-        server_settings={"search_path": schema, "synchronous_commit": "off"},
+        server_settings={
+            "search_path": schema,
+            "synchronous_commit": "off",
+            # the hot statements are prepared once per connection; planning
+            # each execution anew (custom plans) would cost more than running it
+            "plan_cache_mode": "force_generic_plan",
+        },
         timeout=5,
     )
 
@@ -119,7 +125,32 @@ class EventKinds:
 # Each hot-path statement changes messages and queues the matching outbox row
 # in one statement: atomic on its own, one round trip, no BEGIN/COMMIT.
 
-_INSERT = """
+
+def _event_row(src: str, kind: str, body_chars: str) -> str:
+    """Select list ``payload, msg_id`` of the HIVE_EVENTS record (HiveEvent JSON)
+    of message row ``src`` (which has an ``eid`` column, the event id)."""
+    return f"""
+        convert_to(json_build_object(
+            'kind', {kind}::text,
+            'ts', extract(epoch FROM clock_timestamp())::float8,
+            'agent', {src}.recipient,
+            'data', json_build_object(
+                'id', {src}.id,
+                'sender', {src}.sender,
+                'recipient', {src}.recipient,
+                'body', left({src}.body, {body_chars}),
+                'deliveries', {src}.deliveries,
+                'ts', extract(epoch FROM {src}.created_at)::float8
+            ),
+            'id', {src}.eid
+        )::text, 'UTF8'),
+        {src}.eid
+    """
+
+
+_EID = "replace(gen_random_uuid()::text, '-', '') AS eid"
+
+_INSERT = f"""
 WITH input AS (
     SELECT nextval('messages_id_seq') AS id, s, r, b, e, k, ord
     FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[])
@@ -128,14 +159,11 @@ WITH input AS (
     INSERT INTO messages (id, sender, recipient, body, event, idempotency_key)
     SELECT id, s, r, b, e, k FROM input ORDER BY ord
     ON CONFLICT (sender, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING id, sender, recipient, body, deliveries, created_at
+    RETURNING id, sender, recipient, body, deliveries, created_at, {_EID}
 ), ob AS (
     INSERT INTO outbox (subject, payload, msg_id)
-    SELECT $6, ev.payload, ev.msg_id
-    FROM ins, LATERAL message_event(
-        $7, ins.id, ins.sender, ins.recipient, ins.body, ins.deliveries, ins.created_at, $8
-    ) ev
-    ORDER BY ins.id
+    SELECT $6, {_event_row("ins", "$7", "$8")}
+    FROM ins ORDER BY ins.id
 )
 SELECT input.id, extract(epoch FROM ins.created_at)::float8 AS ts
 FROM input LEFT JOIN ins USING (id) ORDER BY input.ord
@@ -197,14 +225,13 @@ WITH next AS (
         delivered_at = coalesce(m.delivered_at, clock_timestamp())
     FROM next
     WHERE m.id = next.id
-    RETURNING m.*
+    RETURNING m.*, {_EID}
 ), ob AS (
     INSERT INTO outbox (subject, payload, msg_id)
-    SELECT CASE WHEN upd.deliveries > 1 THEN $5 ELSE $3 END, ev.payload, ev.msg_id
-    FROM upd, LATERAL message_event(
-        CASE WHEN upd.deliveries > 1 THEN $6 ELSE $4 END,
-        upd.id, upd.sender, upd.recipient, upd.body, upd.deliveries, upd.created_at, $7
-    ) ev
+    SELECT
+        CASE WHEN upd.deliveries > 1 THEN $5 ELSE $3 END,
+        {_event_row("upd", "CASE WHEN upd.deliveries > 1 THEN $6 ELSE $4 END", "$7")}
+    FROM upd
 )
 SELECT {_columns("upd")} FROM upd
 """
@@ -245,13 +272,11 @@ _ACK = f"""
 WITH upd AS (
     UPDATE messages SET acked_at = clock_timestamp(), lease_until = NULL
     WHERE id = $1 AND recipient = $2 AND acked_at IS NULL
-    RETURNING *
+    RETURNING *, {_EID}
 ), ob AS (
     INSERT INTO outbox (subject, payload, msg_id)
-    SELECT $3, ev.payload, ev.msg_id
-    FROM upd, LATERAL message_event(
-        $4, upd.id, upd.sender, upd.recipient, upd.body, upd.deliveries, upd.created_at, $5
-    ) ev
+    SELECT $3, {_event_row("upd", "$4", "$5")}
+    FROM upd
 )
 SELECT {_columns("upd")} FROM upd
 """

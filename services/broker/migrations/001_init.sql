@@ -37,34 +37,3 @@ CREATE TABLE stats (
 
 CREATE INDEX stats_agent_ts ON stats (agent, ts);
 CREATE INDEX stats_ts ON stats (ts);
-
--- The HIVE_EVENTS record (HiveEvent JSON) of a message transition, built
--- where the row is, so that a transition and its outbox row are written by
--- one statement (one round trip, one implicit transaction).
-CREATE FUNCTION message_event(
-    kind text,
-    id bigint,
-    sender text,
-    recipient text,
-    body text,
-    deliveries integer,
-    created_at timestamptz,
-    body_chars integer
-) RETURNS TABLE (payload bytea, msg_id text)
-LANGUAGE sql VOLATILE AS $$
-    SELECT convert_to(json_build_object(
-        'kind', kind,
-        'ts', extract(epoch FROM clock_timestamp())::float8,
-        'agent', recipient,
-        'data', json_build_object(
-            'id', id,
-            'sender', sender,
-            'recipient', recipient,
-            'body', left(body, body_chars),
-            'deliveries', deliveries,
-            'ts', extract(epoch FROM created_at)::float8
-        ),
-        'id', e.eid
-    )::text, 'UTF8'), e.eid
-    FROM (SELECT replace(gen_random_uuid()::text, '-', '') AS eid) e
-$$;
