@@ -85,6 +85,7 @@ class LifecycleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     use_bwrap: bool = True
     # nixos backend
     nixos_container: str = "nixos-container"
+    machinectl: str = "machinectl"  # adds binds to a running manager container
     flake_ref: str = ""  # hyperhive flake the per-agent flakes pin
     rev: str = ""  # empty: the installed package's version
     # web ports: the manager's, and the range other agents are hashed into

@@ -308,6 +308,7 @@ class Lifecycle:
                 await outbox.add(conn, make_event(subjects.EV_AGENT_DRAFT, agent=name, head=head))
             if self.relay is not None:
                 self.relay.kick()
+            await self.backend.expose_to_manager(name)
             return DraftInfo(name=name, created_at=row.created_at, head=head)
 
     def _prepare_dirs(self, paths: AgentPaths, row: store.AgentRow | None, reuse: bool) -> None:
@@ -352,6 +353,8 @@ class Lifecycle:
                 await creds.issue(self.settings, name)
                 await self.backend.create(spec)
                 await self.backend.start(spec)
+                if not manager and not was_draft:
+                    await self.backend.expose_to_manager(name)
             except Exception as exc:
                 await self._undo_create(conn, spec, was_draft, exc)
                 if isinstance(exc, BackendFailed):

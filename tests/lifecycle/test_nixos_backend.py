@@ -77,6 +77,10 @@ elif verb == "destroy":
 state.write_text(json.dumps(containers))
 '''
 
+MACHINECTL = r"""#!/bin/sh
+echo "$@" >> "$FAKE_NC_DIR/machinectl.args"
+"""
+
 JOURNALCTL = r"""#!/bin/sh
 echo "$@" >> "$FAKE_NC_DIR/journalctl.args"
 echo "2026-01-01T00:00:00+0000 h-nix hive-harness[1]: turn 1 done"
@@ -90,7 +94,11 @@ def stand_in(tmp_path, monkeypatch) -> Path:  # type: ignore[no-untyped-def]
     conf = tmp_path / "nixos-containers"
     d.mkdir()
     conf.mkdir()
-    for name, text in (("nixos-container", STAND_IN), ("journalctl", JOURNALCTL)):
+    for name, text in (
+        ("nixos-container", STAND_IN),
+        ("journalctl", JOURNALCTL),
+        ("machinectl", MACHINECTL),
+    ):
         (d / name).write_text(text)
         (d / name).chmod(0o755)
     monkeypatch.setenv("FAKE_NC_DIR", str(d))
@@ -149,8 +157,19 @@ async def test_nixos_backend_drives_nixos_container(
             assert f"--bind={paths.state}:/state" in conf
             assert f"--bind-ro={paths.run}:/run/hive" in conf
             assert ":/agents" not in conf
+            # the manager sees the agent's config and state, its applied repo
+            # read-only, and never its credentials or NATS seed
             mconf = (tmp_path / "nixos-containers" / "hm1nd.conf").read_text()
-            assert f"--bind={settings.paths.agents_dir}:/agents" in mconf
+            assert f"--bind={paths.proposed}:/agents/nix/config" in mconf
+            assert f"--bind={paths.state}:/agents/nix/state" in mconf
+            assert f"--bind-ro={paths.applied}:/applied/nix" in mconf
+            assert str(paths.creds) not in mconf and str(paths.run) not in mconf
+            assert f"--bind={settings.paths.agents_dir}:/agents" not in mconf
+            assert "PRIVATE_NETWORK=0" in mconf and "HOST_ADDRESS" not in mconf
+            # ... at once, in the running manager, without restarting it
+            binds = (stand_in / "machinectl.args").read_text().splitlines()
+            assert f"bind --mkdir hm1nd {paths.proposed} /agents/nix/config" in binds
+            assert f"bind --mkdir --read-only hm1nd {paths.applied} /applied/nix" in binds
 
             assert (await op.verb("stop", "nix")).state == "stopped"
             assert ["stop", "h-nix"] in calls(stand_in)

@@ -73,6 +73,15 @@ class Backend(abc.ABC):
         touched, so it keeps its previous config.
         """
 
+    async def expose_to_manager(self, name: str) -> None:
+        """Makes agent ``name``'s config, state and applied repo visible to the
+        running manager (``/agents/<n>/{config,state}``, ``/applied/<n>``).
+
+        The process backend's manager reads the agents dir directly, so only
+        a container backend has work to do here.
+        """
+        return None
+
     @abc.abstractmethod
     async def state(self, spec: AgentSpec) -> str:
         """``running``, ``stopped`` or ``missing``."""

@@ -6,18 +6,25 @@ imports the agent's ``agent.nix`` from its applied repo and hyperhive's
 ``nixos-container create/start/stop/terminate/update/destroy`` with it. The
 bind mounts of DESIGN.md section 4 go into the container's
 ``EXTRA_NSPAWN_FLAGS``: credentials → ``/root/.claude``, state → ``/state``,
-the NATS seed dir → ``/run/hive`` (read-only); the manager also gets the
-agents dir at ``/agents``. Logs come from ``journalctl -M``.
+the NATS seed dir → ``/run/hive`` (read-only). The manager gets, per agent,
+its proposed repo at ``/agents/<n>/config``, its state at ``/agents/<n>/state``
+and its applied repo read-only at ``/applied/<n>`` — never another agent's
+credentials or NATS seed. Containers share the host's network
+(``PRIVATE_NETWORK=0``): NATS listens on the host's 127.0.0.1 only. Logs
+come from ``journalctl -M``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from pathlib import Path
 
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import BackendFailed, BadRequest, ConfigError
+from hyperhive.common.names import is_agent_name
+from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.lifecycle import LogsReply
 from hyperhive.lifecycle import agentconf
 from hyperhive.lifecycle.backends.base import (
@@ -28,6 +35,8 @@ from hyperhive.lifecycle.backends.base import (
     Backend,
     run_command,
 )
+
+log = logging.getLogger(__name__)
 
 FLAKE_TEMPLATE = "flake.nix.in"
 _SHA = re.compile(r"^[0-9a-f]{40}$")
@@ -115,15 +124,73 @@ class NixosBackend(Backend):
             f"--bind-ro={p.run}:/run/hive{idmap}",
         ]
         if spec.manager:
-            flags.append(f"--bind={self.settings.paths.agents_dir}:/agents{idmap}")
+            for name in self._other_agents(spec.name):
+                flags += [f"{flag}{idmap}" for flag in self._manager_binds(name)]
         if idmap:
             flags.insert(0, "--private-users=pick")
         return flags
 
+    def _other_agents(self, manager: str) -> list[str]:
+        """Agents (and drafts) with dirs under the agents dir, the manager aside."""
+        root = self.settings.paths.agents_dir
+        if not root.is_dir():
+            return []
+        return sorted(
+            d.name
+            for d in root.iterdir()
+            if d.name != manager and is_agent_name(d.name) and (d / "proposed").is_dir()
+        )
+
+    def _manager_binds(self, name: str) -> list[str]:
+        """The manager's view of one agent: config and state RW, applied RO."""
+        p = AgentPaths(self.settings.paths.agents_dir / name)
+        return [
+            f"--bind={p.proposed}:/agents/{name}/config",
+            f"--bind={p.state}:/agents/{name}/state",
+            f"--bind-ro={p.applied}:/applied/{name}",
+        ]
+
+    async def expose_to_manager(self, name: str) -> None:
+        """Binds a new agent's dirs into the running manager (``machinectl bind``)
+        and records them in its config, so they survive its next start."""
+        manager = self.settings.lifecycle.manager
+        if not manager or name == manager:
+            return
+        conf = self._conf_path(manager)
+        if not conf.exists():
+            return  # the manager's container is not created yet
+        spec = AgentSpec(
+            name=manager,
+            port=0,
+            manager=True,
+            paths=AgentPaths(self.settings.paths.agents_dir / manager),
+        )
+        await asyncio.to_thread(self._write_conf, spec)
+        if await self.state(spec) != RUNNING:
+            return
+        p = AgentPaths(self.settings.paths.agents_dir / name)
+        for src, dst, ro in (
+            (p.proposed, f"/agents/{name}/config", False),
+            (p.state, f"/agents/{name}/state", False),
+            (p.applied, f"/applied/{name}", True),
+        ):
+            args = ["bind", "--mkdir", *(["--read-only"] if ro else []), manager, str(src), dst]
+            try:
+                await run_command([self.settings.lifecycle.machinectl, *args], timeout=60)
+            except BackendFailed as exc:
+                # the binds are in the manager's config: its next start has them
+                log.warning("machinectl bind for %s failed: %s", name, exc)
+
+    def _conf_path(self, container: str) -> Path:
+        return Path(self.settings.lifecycle.nixos_conf_dir) / f"{container}.conf"
+
     def _write_conf(self, spec: AgentSpec) -> None:
-        conf = Path(self.settings.lifecycle.nixos_conf_dir) / f"{container_name(spec)}.conf"
+        conf = self._conf_path(container_name(spec))
         lines = conf.read_text().splitlines() if conf.exists() else []
-        lines = [ln for ln in lines if not ln.startswith("EXTRA_NSPAWN_FLAGS=")]
+        managed = ("EXTRA_NSPAWN_FLAGS=", "PRIVATE_NETWORK=", "HOST_ADDRESS=", "LOCAL_ADDRESS=")
+        lines = [ln for ln in lines if not ln.startswith(managed)]
+        # host network: NATS and the agent page are on the host's loopback
+        lines.append("PRIVATE_NETWORK=0")
         lines.append(f'EXTRA_NSPAWN_FLAGS="{" ".join(self.nspawn_flags(spec))}"')
         conf.parent.mkdir(parents=True, exist_ok=True)
         conf.write_text("\n".join(lines) + "\n")
