@@ -220,7 +220,7 @@ class Broker:
                 with unavailable_on_db_errors("recv"):
                     expiry = await store.seconds_to_next_expiry(self.pool, agent)
                 timeout = remaining if expiry is None else min(remaining, max(expiry, 0.0) + 0.01)
-                await _wait_any(woke, self.stopping, timeout)
+                await woke.wait(timeout)
 
     async def _claim(self, agent: str) -> Message | None:
         with unavailable_on_db_errors("recv"):
@@ -371,18 +371,6 @@ def stats_rows(stats: TurnStats) -> list[tuple[str, float]]:
     if not all(math.isfinite(v) for _, v in values):
         raise BadRequest("turn stats hold a value that is not a finite number")
     return values
-
-
-async def _wait_any(woke: asyncio.Event, stopping: asyncio.Event, timeout: float) -> None:
-    """Returns when either event is set or ``timeout`` seconds passed."""
-    if woke.is_set() or stopping.is_set():
-        return
-    tasks = [asyncio.ensure_future(woke.wait()), asyncio.ensure_future(stopping.wait())]
-    try:
-        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
 
 
 def _decode_event(data: str | None) -> SystemEvent | None:

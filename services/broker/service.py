@@ -44,6 +44,7 @@ async def start(rt: Runtime) -> None:
     waiters = Waiters(rt.nc)
     await waiters.start()
     rt.stack.push_async_callback(waiters.stop)
+    rt.spawn(_release_on_stop(rt, waiters), "recv-release")
 
     relaxed = await store.open_relaxed_pool(
         rt.settings.database.url, SPECS[rt.part].schema or rt.part, rt.settings.database.pool_max
@@ -68,3 +69,9 @@ async def start(rt: Runtime) -> None:
     await serve(subjects.admin("broker", "inbox"), InboxRequest, broker.inbox)
     await serve(subjects.admin("broker", "status"), StatusRequest, broker.admin_status)
     await serve(subjects.admin("broker", "stats"), StatsRequest, broker.stats)
+
+
+async def _release_on_stop(rt: Runtime, waiters: Waiters) -> None:
+    """When the service stops, waiting ``recv`` calls return ``empty`` at once."""
+    await rt.stop.wait()
+    waiters.notify_all()

@@ -44,12 +44,41 @@ _wake_dec = msgspec.json.Decoder(Wake)
 _event_dec = msgspec.json.Decoder(HiveEvent)
 
 
+class Waiter:
+    """One waiting ``recv``: set when its agent may have a new message.
+
+    A bare future rather than an :class:`asyncio.Event` so that a wake-up
+    resumes the waiting handler directly, without a helper task.
+    """
+
+    __slots__ = ("_fut",)
+
+    def __init__(self) -> None:
+        self._fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def set(self) -> None:
+        if not self._fut.done():
+            self._fut.set_result(None)
+
+    def is_set(self) -> bool:
+        return self._fut.done()
+
+    def clear(self) -> None:
+        if self._fut.done():
+            self._fut = asyncio.get_running_loop().create_future()
+
+    async def wait(self, timeout: float) -> None:
+        """Returns when set or after ``timeout`` seconds, whichever comes first."""
+        if not self._fut.done():
+            await asyncio.wait((self._fut,), timeout=timeout)
+
+
 class Waiters:
-    """Per-agent wake-up events of waiting ``recv`` calls in this process."""
+    """The :class:`Waiter` of each waiting ``recv`` in this process, by agent."""
 
     def __init__(self, nc: NATS, *, remember: int = 4096) -> None:
         self._nc = nc
-        self._events: dict[str, set[asyncio.Event]] = {}
+        self._events: dict[str, set[Waiter]] = {}
         self._origin = uuid.uuid4().hex
         self._subs: list[Subscription] = []
         # ids this instance already woke for; their late message.sent is skipped
@@ -70,9 +99,9 @@ class Waiters:
                 pass
 
     @contextlib.contextmanager
-    def watch(self, agent: str) -> Iterator[asyncio.Event]:
-        """An event set whenever ``agent`` may have a new message, while inside."""
-        event = asyncio.Event()
+    def watch(self, agent: str) -> Iterator[Waiter]:
+        """A waiter set whenever ``agent`` may have a new message, while inside."""
+        event = Waiter()
         self._events.setdefault(agent, set()).add(event)
         try:
             yield event
@@ -91,6 +120,7 @@ class Waiters:
             event.set()
 
     def notify_all(self) -> None:
+        """Wakes every waiter (the service is stopping)."""
         for group in self._events.values():
             for event in group:
                 event.set()

@@ -154,8 +154,8 @@ async def test_broker_instances_wake_each_others_waiting_recvs(hive: Hive, nats_
         with there.watch("b1") as woke, there.watch("b2") as other:
             await first.flush()
             await here.committed(["b1"], [1])
-            async with asyncio.timeout(10):
-                await woke.wait()
+            await woke.wait(timeout=10)
+            assert woke.is_set()
             assert not other.is_set()
     finally:
         await here.stop()
