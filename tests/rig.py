@@ -117,9 +117,26 @@ def add_agent_user(nats: EmbeddedNats, name: str) -> Path:
         ),
     )
     nats_auth.render_auth_file(nats.root, nats.auth_file)
-    assert nats.proc is not None
-    nats.proc.send_signal(1)  # SIGHUP: reload
+    reload_nats(nats)
     return path
+
+
+def reload_nats(nats: EmbeddedNats, timeout: float = 10.0) -> None:
+    """SIGHUP, then wait until the server logged the reload.
+
+    A connection that registers while nats-server swaps its users can end up
+    in a stale account, so nobody should connect before the reload is done.
+    """
+    log = nats.root / "nats.log"
+    marker = "Reloaded server configuration"
+    before = log.read_text(errors="replace").count(marker)
+    assert nats.proc is not None
+    nats.proc.send_signal(1)
+    deadline = time.monotonic() + timeout
+    while log.read_text(errors="replace").count(marker) <= before:
+        assert time.monotonic() < deadline, "nats-server did not reload"
+        time.sleep(0.02)
+    time.sleep(0.1)  # the log line comes just before the accounts are swapped
 
 
 async def connect_as(nats: EmbeddedNats, seed: Path, inbox_prefix: str = "") -> NATS:

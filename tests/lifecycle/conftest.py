@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from hyperhive.cli.embedded import EmbeddedNats, free_port
 from hyperhive.common import nats_auth
 from hyperhive.common.config import Settings
 from tests import rig
+from tests.rig import reload_nats
 
 SLEEP = "sleep 3600"
 
@@ -62,25 +62,6 @@ def cleanup_agents(nats: EmbeddedNats, agents_dir: Path) -> None:
         nats_auth.remove_user(nats.root, f"agent-{d.name}")
     nats_auth.render_auth_file(nats.root, nats.auth_file)
     reload_nats(nats)
-
-
-def reload_nats(nats: EmbeddedNats, timeout: float = 10.0) -> None:
-    """SIGHUP, then wait until the server logged the reload.
-
-    A connection that registers while nats-server reloads its users can end
-    up in a stale account (its subscriptions invisible), so the next test's
-    services must not connect before the reload is done.
-    """
-    log = nats.root / "nats.log"
-    marker = "Reloaded server configuration"
-    before = log.read_text(errors="replace").count(marker)
-    assert nats.proc is not None
-    nats.proc.send_signal(1)
-    deadline = time.monotonic() + timeout
-    while log.read_text(errors="replace").count(marker) <= before:
-        assert time.monotonic() < deadline, "nats-server did not reload"
-        time.sleep(0.02)
-    time.sleep(0.1)  # the log line comes just before the accounts are swapped
 
 
 @pytest.fixture
