@@ -80,7 +80,8 @@ def allowed_tools(cfg: HarnessConfig) -> list[str]:
 
 def write_mcp_config(cfg: HarnessConfig) -> str:
     """Writes the MCP config (mode 0600: its env may name secrets) and returns its path."""
-    path = cfg.harness_dir / "mcp.json"
+    path = cfg.private_dir / "mcp.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(".mcp.json.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

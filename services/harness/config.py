@@ -118,7 +118,13 @@ class HarnessConfig:
 
     @property
     def harness_dir(self) -> Path:
+        """The harness's files beside the notes (model override, turn counter)."""
         return self.state_dir / HARNESS_STATE_DIR
+
+    @property
+    def private_dir(self) -> Path:
+        """The harness's files no other agent may touch (messages, MCP config)."""
+        return self.creds_dir / HARNESS_STATE_DIR
 
     @property
     def default_model(self) -> str:
@@ -172,6 +178,8 @@ def resolve(settings: Settings) -> HarnessConfig:
         settings=settings,
         toml=load_agent_toml(config_dir),
     )
+    # private_dir is made on first use: lifecycle treats an empty credentials
+    # dir as "no credentials of its own" (see the harness report)
     for d in (cfg.workdir, cfg.state_dir, cfg.creds_dir, cfg.harness_dir):
         d.mkdir(parents=True, exist_ok=True)
     return cfg

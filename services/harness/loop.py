@@ -10,13 +10,13 @@ What happens to the message of a turn that does not finish:
 - cancelled by the operator (``/cancel``) or failed (claude crashed or
   errored): the message is **acked** (it is not run again by itself: a
   cancel means "stop this"), the turn ends with ``turn_end`` saying
-  ``cancelled``/``failed``, and the message is kept in the state dir and
+  ``cancelled``/``failed``, and the message is kept (privately) and
   shown to claude at the top of the next wake prompt ("your previous turn did
   not finish … it was handling: …"), so the agent still gets to decide about
   it. It also stays in the broker's history and in the turn records.
 - the harness is stopped (SIGTERM: restart, update, stop) mid-turn: claude
-  is ended, the message is **not acked** and is kept in the state dir
-  (``pending.json``) with any message the last long poll brought; the next
+  is ended, the message is **not acked** and is kept (``pending.json``,
+  see state.py) with any message the last long poll brought; the next
   harness run takes them first (the wake prompt says it resumed them).
 - the harness is killed outright: the message was not acked, so the broker
   hands it out again after its visibility timeout, marked redelivered.
@@ -92,7 +92,7 @@ class Harness:
     def __init__(self, cfg: HarnessConfig, nc: NATS) -> None:
         self.cfg = cfg
         self.nc = nc
-        self.store = HarnessState(cfg.harness_dir)
+        self.store = HarnessState(cfg.harness_dir, cfg.private_dir)
         self.hub = Hub()
         self.started_at = time.time()
         self.state = IDLE
@@ -237,7 +237,7 @@ class Harness:
         """Takes items one at a time until ``stop`` is set.
 
         On stop, a running claude is ended and its message kept (not acked) in
-        the state dir, as is a message the last long poll brought: the next
+        private (see state.py), as is a message the last long poll brought: the next
         harness run takes them first (the broker would hand them out again
         only after its visibility timeout).
         """

@@ -1,8 +1,13 @@
-"""What the harness keeps across restarts, in ``<state dir>/.hive-harness/``.
+"""What the harness keeps across restarts.
 
+In ``<state dir>/.hive-harness/`` (beside the agent's notes, DESIGN.md section 6):
 - ``model``: the operator's ``/model`` override ("" = agent.toml's / the default).
 - ``fresh``: present when the next turn starts a new claude session (``/clear``).
 - ``turn``: the number of the last turn, so numbering continues after a restart.
+
+In ``<credentials dir>/.hive-harness/``, which no other agent can reach (the
+manager may write other agents' state dirs, and must not be able to slip a
+message with a forged sender into one):
 - ``interrupted.json``: the message of a turn that was cancelled or failed; the
   next wake prompt carries it, so the agent still sees it (see loop.py).
 - ``pending.json``: messages this agent was handed but had not finished when
@@ -20,6 +25,7 @@ MODEL_MAX_CHARS = 200
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -40,15 +46,16 @@ def check_model(name: str) -> str:
 
 
 class HarnessState:
-    """Small files in the harness dir; every write is atomic."""
+    """Small files in the harness dirs; every write is atomic."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, private: Path) -> None:
         self.dir = directory
+        self.private = private  # made on first write
         self.dir.mkdir(parents=True, exist_ok=True)
 
-    def _read(self, name: str) -> str:
+    def _read(self, name: str, private: bool = False) -> str:
         try:
-            return (self.dir / name).read_text().strip()
+            return ((self.private if private else self.dir) / name).read_text().strip()
         except OSError:
             return ""
 
@@ -84,7 +91,7 @@ class HarnessState:
 
     @property
     def interrupted(self) -> dict[str, Any] | None:
-        text = self._read("interrupted.json")
+        text = self._read("interrupted.json", private=True)
         if not text:
             return None
         try:
@@ -95,13 +102,13 @@ class HarnessState:
 
     def set_interrupted(self, doc: dict[str, Any] | None) -> None:
         if doc is None:
-            (self.dir / "interrupted.json").unlink(missing_ok=True)
+            (self.private / "interrupted.json").unlink(missing_ok=True)
         else:
-            _atomic_write(self.dir / "interrupted.json", json.dumps(doc))
+            _atomic_write(self.private / "interrupted.json", json.dumps(doc))
 
     @property
     def pending(self) -> list[dict[str, Any]]:
-        text = self._read("pending.json")
+        text = self._read("pending.json", private=True)
         try:
             docs = json.loads(text) if text else []
         except ValueError:
@@ -110,6 +117,6 @@ class HarnessState:
 
     def set_pending(self, docs: list[dict[str, Any]]) -> None:
         if docs:
-            _atomic_write(self.dir / "pending.json", json.dumps(docs))
+            _atomic_write(self.private / "pending.json", json.dumps(docs))
         else:
-            (self.dir / "pending.json").unlink(missing_ok=True)
+            (self.private / "pending.json").unlink(missing_ok=True)

@@ -171,6 +171,42 @@ async def test_model_survives_a_harness_restart(e2e: Stack, api: ScriptedAnthrop
     assert api.requests[-1].model == "claude-kept-1"
 
 
+@pytest.mark.xfail(
+    reason="lifecycle passes ANTHROPIC_* to a harness only while its credentials dir is "
+    "empty, but claude keeps its sessions there (CLAUDE_CONFIG_DIR) from the first turn on; "
+    "see the harness report",
+    strict=False,
+)
+async def test_host_api_settings_reach_claude_after_a_restart(
+    e2e: Stack, api: ScriptedAnthropic
+) -> None:
+    name = agent_name("h")
+    url = await _page_up(await e2e.spawn(name))
+    tail = asyncio.create_task(sse_records(url, _turn_ended(1), timeout=120))
+    await e2e.send(name, "before the restart")
+    await tail
+    await rpc.request(
+        e2e.op,
+        subjects.admin("lifecycle", "restart"),
+        AgentRequest(name=name),
+        AgentInfo,
+        timeout=60,
+    )
+    await _page_up(await _info(e2e, name))
+    tail = asyncio.create_task(sse_records(url, _turn_ended(2), timeout=120))
+    await e2e.send(name, "after the restart")
+    records = await tail
+    end = next(r for r in records if r.get("type") == "turn_end" and r["turn"] == 2)
+    assert end["event"]["outcome"] == "ok", end["event"]["error"]
+
+
+async def _info(stack: Stack, name: str) -> AgentInfo:
+    reply = await rpc.request(
+        stack.op, subjects.admin("lifecycle", "list"), AgentsRequest(), AgentsReply
+    )
+    return next(a for a in reply.agents if a.name == name)
+
+
 @pytest.fixture
 async def with_manager(
     nats_server: EmbeddedNats, database_url: str, hive_home: Path, api: ScriptedAnthropic
