@@ -21,6 +21,7 @@ The server runs in a thread, so it works the same from sync and async tests.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import threading
@@ -83,7 +84,7 @@ class Reply:
     ``delay_s`` waits before answering.
     """
 
-    blocks: list[Block]
+    blocks: list[Block | Callable[[Request], Block]]
     when: Callable[[Request], bool] | None = None
     error: tuple[int, str, str] | None = None  # (status, error type, message)
     hold: bool = False
@@ -97,7 +98,15 @@ class Reply:
 
     @property
     def stop_reason(self) -> str:
-        return "tool_use" if any(b.kind == "tool_use" for b in self.blocks) else "end_turn"
+        kinds = [b.kind for b in self.blocks if isinstance(b, Block)]
+        return "tool_use" if "tool_use" in kinds else "end_turn"
+
+    def resolved(self, req: Request) -> Reply:
+        """This reply with its callable blocks computed from ``req``."""
+        blocks: list[Block | Callable[[Request], Block]] = [
+            b(req) if callable(b) else b for b in self.blocks
+        ]
+        return dataclasses.replace(self, blocks=blocks)
 
 
 # --- what claude sent --------------------------------------------------------
@@ -329,12 +338,16 @@ class ScriptedAnthropic:
     # the script
     def reply(
         self,
-        *blocks: Block | str,
+        *blocks: Block | str | Callable[[Request], Block],
         when: Callable[[Request], bool] | None = None,
         hold: bool = False,
         delay_s: float = 0.0,
     ) -> Reply:
-        """Queues one assistant message (strings become text blocks)."""
+        """Queues one assistant message.
+
+        Strings become text blocks; a callable is called with the request when
+        the reply is used (e.g. to quote an id from the last tool result).
+        """
         items = [text(b) if isinstance(b, str) else b for b in blocks] or [text(self.default_text)]
         r = Reply(blocks=items, when=when, hold=hold, delay_s=delay_s)
         with self._lock:
@@ -451,6 +464,7 @@ class _Handler(BaseHTTPRequestHandler):
         req.reply = reply
         if reply is None:
             reply = Reply(blocks=[text(self.api.default_text)])
+        reply = reply.resolved(req)
         if reply.delay_s:
             time.sleep(reply.delay_s)
         if reply.error:

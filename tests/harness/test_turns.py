@@ -15,6 +15,8 @@ from hyperhive.common.jetstream import ensure_state_bucket
 from tests import rig
 from tests.harness.conftest import Stack, agent_name, running_harness
 from tests.scripted_anthropic import (
+    Block,
+    Request,
     ScriptedAnthropic,
     after_tool_results,
     last_user_mentions,
@@ -82,32 +84,33 @@ async def _stat_keys(stack: Stack, name: str) -> set[str] | None:
 
 
 async def test_tool_calls_and_bad_input(stack: Stack, api: ScriptedAnthropic) -> None:
-    """claude's MCP calls: a good send, a send to nobody, wrong argument types,
-    a manager tool it is not offered; each error is a clear tool error and the
-    harness goes on."""
+    """claude's MCP calls: send, message_status, recv; then a send to nobody,
+    wrong argument types, a manager tool it is not offered: each error is a
+    clear tool error and the harness goes on."""
     name, peer = agent_name("u"), agent_name("v")
     await stack.spawn(name)
     await stack.spawn(peer)
-    api.reply(
-        tool_use("mcp__hyperhive__send", {"to": peer, "body": "hi peer"}),
-        when=last_user_mentions("start tools"),
-    )
     mine = mentions(f"You are {name}")
-    api.reply(
+
+    def status_of_sent(req: Request) -> Block:
+        sent_id = json.loads(tool_result_text(req.tool_results()[0]))["id"]
+        return tool_use("mcp__hyperhive__message_status", {"id": sent_id})
+
+    script = [
+        tool_use("mcp__hyperhive__send", {"to": peer, "body": "hi peer"}),
+        status_of_sent,
+        tool_use("mcp__hyperhive__recv", {"wait_seconds": 1}),
         tool_use("mcp__hyperhive__send", {"to": "nobody9", "body": "x"}),
-        when=after_tool_results(1, also=mine),
-    )
-    api.reply(
         tool_use("mcp__hyperhive__send", {"to": 5, "body": ["not", "text"]}),
-        when=after_tool_results(2, also=mine),
-    )
-    api.reply(
         tool_use("mcp__hyperhive__request_spawn", {"name": "evil"}),
-        when=after_tool_results(3, also=mine),
-    )
-    api.reply("done with tools", when=after_tool_results(4, also=mine))
+        "done with tools",
+    ]
+    api.reply(script[0], when=last_user_mentions("start tools"))
+    for i, step in enumerate(script[1:], start=1):
+        api.reply(step, when=after_tool_results(i, also=mine))
     async with running_harness(stack.harness_settings(name)) as h:
         await stack.send(name, "start tools")
+        extra = await stack.send(name, "an extra note, picked up with recv")
         end = await h.turn_end(1)
         assert end["outcome"] == "ok", end
         results = [
@@ -116,9 +119,17 @@ async def test_tool_calls_and_bad_input(stack: Stack, api: ScriptedAnthropic) ->
             for b in e["message"]["content"]
             if isinstance(b, dict) and b.get("type") == "tool_result"
         ]
-        assert len(results) == 4
-        ok, unknown, types, manager = results
-        assert not ok.get("is_error") and json.loads(tool_result_text(ok))["id"] > 0
+        assert len(results) == 6
+        ok, status, received, unknown, types, manager = results
+        assert not ok.get("is_error")
+        sent_id = json.loads(tool_result_text(ok))["id"]
+        receipt = json.loads(tool_result_text(status))
+        assert receipt["id"] == sent_id and receipt["recipient"] == peer
+        assert receipt["state"] == "committed"  # the peer has not taken it yet
+        got = json.loads(tool_result_text(received))
+        assert (got["id"], got["from"]) == (extra.id, "operator")
+        assert got["body"] == "an extra note, picked up with recv"
+        assert (await stack.status(extra.id)).state == "acked"  # recv acks at once
         assert unknown.get("is_error")
         assert "not_found" in tool_result_text(unknown) and "nobody9" in tool_result_text(unknown)
         assert types.get("is_error") and "validation error" in tool_result_text(types)
@@ -126,8 +137,9 @@ async def test_tool_calls_and_bad_input(stack: Stack, api: ScriptedAnthropic) ->
         # the peer got the good one
         inbox = await stack.inbox(peer)
         assert [m.body for m in inbox.messages] == ["hi peer"]
-        assert end["stats"]["messages_sent"] == 1
-        assert end["stats"]["tool_calls"]["mcp__hyperhive__send"] == 3
+        stats = end["stats"]
+        assert stats["messages_sent"] == 1 and stats["messages_received"] == 2
+        assert stats["tool_calls"]["mcp__hyperhive__send"] == 3
 
         # the harness keeps running: the next message is a normal turn
         api.reply("still here", when=last_user_mentions("are you there"))
