@@ -22,6 +22,7 @@ from hyperhive.common import rpc, subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import HiveError
 from hyperhive.common.natsconn import connect
+from hyperhive.common.telemetry import setup_tracing
 from hyperhive.common.wire.approvals import (
     ApplyCommitRequest,
     ApprovalQueued,
@@ -219,5 +220,8 @@ def _add_manager_tools(server: MCPServer, bridge: Bridge) -> None:
 
 def serve_stdio(settings: Settings) -> None:
     """Runs the server on stdin/stdout until claude closes it."""
+    # stdout carries the MCP protocol: only an exporter that does not print
+    if settings.telemetry.exporter == "otlp":
+        setup_tracing(settings.telemetry, "harness-mcp")
     server, _bridge = build_server(settings)
     server.run()

@@ -310,5 +310,6 @@ def create_app(harness: Harness, operator_token: str = "") -> Litestar:
         exception_handlers={Exception: _error},
         state=State({"deps": deps}),
         debug=False,
+        logging_config=None,  # the process's logging is set up once, by serve_main
     )
     return app
