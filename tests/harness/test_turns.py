@@ -7,13 +7,23 @@ lifecycle are the real services; the harness runs in this process.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
 import pytest
 
-from hyperhive.common import subjects
+from hyperhive.common import rpc, subjects
 from hyperhive.common.jetstream import ensure_state_bucket
+from hyperhive.common.paths import AgentPaths
+from hyperhive.common.wire.broker import DeliverRequest, RecvReply, RecvRequest, SendReply
+from hyperhive.common.wire.events import ContainerCrash
 from tests import rig
-from tests.harness.conftest import Stack, agent_name, running_harness
+from tests.harness.conftest import (
+    Stack,
+    agent_name,
+    running_harness,
+    running_stack,
+    stack_settings,
+)
 from tests.scripted_anthropic import (
     Block,
     Request,
@@ -146,3 +156,51 @@ async def test_tool_calls_and_bad_input(stack: Stack, api: ScriptedAnthropic) ->
         await stack.send(name, "are you there")
         end2 = await h.turn_end(2)
         assert end2["outcome"] == "ok"
+
+
+@pytest.fixture
+async def quick_redelivery(
+    nats_server, database_url, hive_home, api: ScriptedAnthropic
+) -> AsyncIterator[Stack]:
+    settings = stack_settings(
+        nats_server, database_url, hive_home, HIVE_BROKER_VISIBILITY_TIMEOUT_S="1"
+    )
+    async with running_stack(nats_server, settings) as s:
+        yield s
+
+
+async def test_wake_prompt_says_redelivered_and_names_system_events(
+    quick_redelivery: Stack, api: ScriptedAnthropic, service_nc
+) -> None:
+    stack = quick_redelivery
+    name = agent_name("d")
+    await stack.spawn(name)
+    # an earlier harness took the message and died before acking it
+    seed = AgentPaths.of(stack.settings, name).nats_seed
+    nc = await rig.connect_as(stack.nats, seed, subjects.inbox_prefix(name))
+    try:
+        sent = await stack.send(name, "half-done work")
+        got = await rpc.request(
+            nc, subjects.agent(name, "recv"), RecvRequest(wait_ms=2000), RecvReply, timeout=10
+        )
+        assert got.message is not None and got.message.id == sent.id
+    finally:
+        await nc.close()
+    async with running_harness(stack.harness_settings(name)) as h:
+        end = await h.turn_end(1)
+        assert end["outcome"] == "ok" and end["message_id"] == sent.id
+        start = h.records("turn_start", 1)[0].event
+        assert start["redelivered"] is True
+        assert "This is a redelivery" in api.requests[-1].last_user_text()
+
+        # a system event from a service: the prompt names its type
+        await rpc.request(
+            service_nc,
+            subjects.system("broker", "deliver"),
+            DeliverRequest(to=name, event=ContainerCrash(agent="peer1", detail="exit 1")),
+            SendReply,
+        )
+        end = await h.turn_end(2)
+        assert end["outcome"] == "ok"
+        prompt = api.requests[-1].last_user_text()
+        assert "from system (system event ContainerCrash)" in prompt
