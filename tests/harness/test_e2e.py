@@ -171,12 +171,6 @@ async def test_model_survives_a_harness_restart(e2e: Stack, api: ScriptedAnthrop
     assert api.requests[-1].model == "claude-kept-1"
 
 
-@pytest.mark.xfail(
-    reason="lifecycle passes ANTHROPIC_* to a harness only while its credentials dir is "
-    "empty, but claude keeps its sessions there (CLAUDE_CONFIG_DIR) from the first turn on; "
-    "see the harness report",
-    strict=False,
-)
 async def test_host_api_settings_reach_claude_after_a_restart(
     e2e: Stack, api: ScriptedAnthropic
 ) -> None:

@@ -101,6 +101,12 @@ async def test_harness_environment_contract(
             assert "HIVE_DATABASE_URL" not in env
             assert str(nats_server.service_seed) not in env_file.read_text()
 
+            # claude's sessions in the credentials dir are not a login: the key stays
+            (paths.creds / "projects").mkdir(exist_ok=True)
+            await op.verb("restart", "envy")
+            await rig.eventually(
+                lambda: "sk-test-operator" in env_file.read_text(), what="key after restart"
+            )
             # an agent with its own credentials does not get the operator's key
             (paths.creds / ".credentials.json").write_text("{}")
             await op.verb("restart", "envy")

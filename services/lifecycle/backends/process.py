@@ -8,10 +8,12 @@ never starts a duplicate. With ``bwrap`` installed (and ``use_bwrap``) the
 harness sees the host read-only, with the data dir hidden except its own
 dirs (the manager also gets the agents dir).
 
-Agents with an empty credentials dir get the operator's
-``ANTHROPIC_API_KEY``, ``ANTHROPIC_BASE_URL`` and ``CLAUDE_CODE_OAUTH_TOKEN``
-from lifecycle's environment; nothing else of lifecycle's environment named
-``HIVE_*`` reaches them (it holds the services' NATS seed).
+Agents without a login of their own (no ``.credentials.json`` or
+``hive-credentials.json`` in their credentials dir; claude's sessions there
+do not count) get the operator's ``ANTHROPIC_API_KEY``, ``ANTHROPIC_BASE_URL``
+and ``CLAUDE_CODE_OAUTH_TOKEN`` from lifecycle's environment; nothing of
+lifecycle's environment named ``HIVE_*`` reaches them (it holds the services'
+NATS seed).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from hyperhive.lifecycle.backends.base import (
 )
 
 PASS_THROUGH = ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "CLAUDE_CODE_OAUTH_TOKEN")
+# an agent's own login: claude's file, or what the agent page's login stored
+LOGIN_FILES = (".credentials.json", "hive-credentials.json")
 LOG_TAIL_BYTES = 512 * 1024
 LOG_CHUNK_BYTES = 1024 * 1024
 
@@ -247,8 +251,7 @@ class ProcessBackend(Backend):
             for k, v in os.environ.items()
             if not k.startswith("HIVE_") and k not in PASS_THROUGH
         }
-        creds_empty = not paths.creds.is_dir() or not any(paths.creds.iterdir())
-        if creds_empty:
+        if not any((paths.creds / f).exists() for f in LOGIN_FILES):
             for key in PASS_THROUGH:
                 if os.environ.get(key):
                     env[key] = os.environ[key]
