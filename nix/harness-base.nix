@@ -137,7 +137,10 @@ in
         "/state"
         "/run/hive"
       ]
-      ++ lib.optional cfg.manager "/agents";
+      ++ lib.optionals cfg.manager [
+        "/agents"
+        "/applied"
+      ];
       path = [
         cfg.claudePackage
         pkgs.git
@@ -163,10 +166,9 @@ in
       // lib.optionalAttrs (cfg.configDir != null) {
         HIVE_HARNESS_CONFIG_DIR = "${cfg.configDir}";
       }
-      // lib.optionalAttrs cfg.manager {
-        # <n>/proposed is what the prompt calls /agents/<n>/config
-        HIVE_HARNESS_AGENTS_DIR = "/agents";
-      }
+      # no HIVE_HARNESS_AGENTS_DIR: in a container the manager sees the
+      # container layout (/agents/<n>/config, /agents/<n>/state, /applied/<n>),
+      # which is what its prompt names when the variable is unset
       // cfg.extraEnvironment;
       serviceConfig = {
         ExecStart = "${cfg.package}/bin/hive harness serve";

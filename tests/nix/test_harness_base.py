@@ -129,8 +129,10 @@ def test_harness_unit_gets_the_contract_environment(agent: dict[str, Any]) -> No
 
 def test_manager_also_gets_the_agents_dir(manager: dict[str, Any]) -> None:
     unit = harness(manager)
-    assert unit["environment"]["HIVE_HARNESS_AGENTS_DIR"] == "/agents"
+    # the container layout, which the manager's prompt names by default
+    assert "HIVE_HARNESS_AGENTS_DIR" not in unit["environment"]
     assert "/agents" in unit["unitConfig"]["RequiresMountsFor"]
+    assert "/applied" in unit["unitConfig"]["RequiresMountsFor"]
     assert manager["config"]["networking"]["hostName"] == subjects.MANAGER
 
 
