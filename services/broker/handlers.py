@@ -143,10 +143,10 @@ class Broker:
     async def _commit_sends(self, items: Sequence[NewMessage]) -> list[Stored]:
         with unavailable_on_db_errors("message not sent"):
             stored = await store.insert_messages(self.pool, items, self.kinds)
-        new = [(m.recipient, s.id) for m, s in zip(items, stored, strict=True) if s.created]
+        new = [m.recipient for m, s in zip(items, stored, strict=True) if s.created]
         if new:
             self._kick_relay()
-            await self.waiters.committed([r for r, _ in new], [i for _, i in new])
+            await self.waiters.committed(new)
         return stored
 
     async def send(self, req: SendRequest, call: Call) -> SendReply:

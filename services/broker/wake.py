@@ -1,12 +1,14 @@
 """Waking waiting ``recv`` calls when a message arrives, across broker instances.
 
-A waiting ``recv`` registers an :class:`asyncio.Event` for its agent. After a
-send commits, the broker sets the events of its own waiters at once and
-publishes the recipients on an internal wake subject, so other broker
-instances wake theirs. ``message.sent`` events from HIVE_EVENTS wake them
-too: they come late, but they come even when the instance that committed the
-message died before its wake publish (its outbox rows are published by the
-next relay that runs).
+A waiting ``recv`` holds a :class:`Waiter` for its agent. After a send
+commits, the broker sets its own waiters for the recipients at once and
+publishes the recipients on an internal wake subject, so that other broker
+instances wake theirs. An instance that starts publishes a wake for everyone:
+if an instance died between a commit and its wake, the waiters elsewhere
+look again when it comes back (and in any case when their wait ends).
+
+Nothing here polls the table; a waiting ``recv`` also looks again when one of
+its agent's leases expires (see ``Broker.recv``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 
 import msgspec
@@ -24,7 +25,6 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from hyperhive.common import subjects
-from hyperhive.common.wire.events import HiveEvent
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +32,15 @@ WAKE_SUBJECT = subjects.system("broker", "wake")
 
 
 class Wake(msgspec.Struct, kw_only=True):
-    """Internal: ``recipients`` have new messages (published by ``origin``)."""
+    """Internal: ``recipients`` have new messages (published by instance ``origin``)."""
 
     origin: str
-    recipients: list[str]
-    ids: list[int] = msgspec.field(default_factory=list)
+    recipients: list[str] = msgspec.field(default_factory=list)
+    everyone: bool = False
 
 
 _wake_enc = msgspec.json.Encoder()
 _wake_dec = msgspec.json.Decoder(Wake)
-_event_dec = msgspec.json.Decoder(HiveEvent)
 
 
 class Waiter:
@@ -76,77 +75,59 @@ class Waiter:
 class Waiters:
     """The :class:`Waiter` of each waiting ``recv`` in this process, by agent."""
 
-    def __init__(self, nc: NATS, *, remember: int = 4096) -> None:
+    def __init__(self, nc: NATS) -> None:
         self._nc = nc
-        self._events: dict[str, set[Waiter]] = {}
+        self._waiters: dict[str, set[Waiter]] = {}
         self._origin = uuid.uuid4().hex
-        self._subs: list[Subscription] = []
-        # ids this instance already woke for; their late message.sent is skipped
-        self._seen: OrderedDict[int, None] = OrderedDict()
-        self._remember = remember
+        self._sub: Subscription | None = None
 
     async def start(self) -> None:
-        self._subs.append(await self._nc.subscribe(WAKE_SUBJECT, cb=self._on_wake))
-        self._subs.append(
-            await self._nc.subscribe(subjects.event(subjects.EV_MESSAGE_SENT), cb=self._on_sent)
-        )
+        """Listens to other instances' wakes and tells them this one started."""
+        self._sub = await self._nc.subscribe(WAKE_SUBJECT, cb=self._on_wake)
+        await self._publish(Wake(origin=self._origin, everyone=True))
 
     async def stop(self) -> None:
-        for sub in self._subs:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # connection already closed
-                pass
+        if self._sub is not None:
+            with contextlib.suppress(Exception):  # connection already closed
+                await self._sub.unsubscribe()
 
     @contextlib.contextmanager
     def watch(self, agent: str) -> Iterator[Waiter]:
         """A waiter set whenever ``agent`` may have a new message, while inside."""
-        event = Waiter()
-        self._events.setdefault(agent, set()).add(event)
+        waiter = Waiter()
+        self._waiters.setdefault(agent, set()).add(waiter)
         try:
-            yield event
+            yield waiter
         finally:
-            group = self._events.get(agent)
+            group = self._waiters.get(agent)
             if group is not None:
-                group.discard(event)
+                group.discard(waiter)
                 if not group:
-                    del self._events[agent]
-
-    def waiting(self, agent: str) -> int:
-        return len(self._events.get(agent, ()))
+                    del self._waiters[agent]
 
     def notify(self, agent: str) -> None:
-        for event in self._events.get(agent, ()):
-            event.set()
+        for waiter in self._waiters.get(agent, ()):
+            waiter.set()
 
     def notify_all(self) -> None:
-        """Wakes every waiter (the service is stopping)."""
-        for group in self._events.values():
-            for event in group:
-                event.set()
+        """Wakes every waiter (a peer started, or this service is stopping)."""
+        for group in self._waiters.values():
+            for waiter in group:
+                waiter.set()
 
-    async def committed(self, recipients: Iterable[str], ids: Iterable[int]) -> None:
-        """Wakes local waiters and tells other instances (call after commit)."""
+    async def committed(self, recipients: Iterable[str]) -> None:
+        """Wakes local waiters of ``recipients`` and tells other instances (after commit)."""
         names = sorted(set(recipients))
-        id_list = list(ids)
         for name in names:
             self.notify(name)
-        for i in id_list:
-            self._remember_id(i)
-        if not names:
-            return
-        try:
-            await self._nc.publish(
-                WAKE_SUBJECT,
-                _wake_enc.encode(Wake(origin=self._origin, recipients=names, ids=id_list)),
-            )
-        except Exception as exc:  # NATS down: message.sent wakes them later
-            log.warning("could not publish wake: %s", exc)
+        if names:
+            await self._publish(Wake(origin=self._origin, recipients=names))
 
-    def _remember_id(self, message_id: int) -> None:
-        self._seen[message_id] = None
-        if len(self._seen) > self._remember:
-            self._seen.popitem(last=False)
+    async def _publish(self, wake: Wake) -> None:
+        try:
+            await self._nc.publish(WAKE_SUBJECT, _wake_enc.encode(wake))
+        except Exception as exc:  # NATS down: remote waiters look again when their wait ends
+            log.warning("could not publish a wake-up: %s", exc)
 
     async def _on_wake(self, msg: Msg) -> None:
         try:
@@ -155,20 +136,7 @@ class Waiters:
             return
         if wake.origin == self._origin:
             return
-        for i in wake.ids:
-            self._remember_id(i)
+        if wake.everyone:
+            self.notify_all()
         for name in wake.recipients:
             self.notify(name)
-
-    async def _on_sent(self, msg: Msg) -> None:
-        if not self._events:
-            return  # nobody waits here: skip decoding every message event
-        try:
-            event = _event_dec.decode(msg.data)
-        except msgspec.DecodeError:
-            return
-        message_id = event.data.get("id")
-        if isinstance(message_id, int) and message_id in self._seen:
-            return
-        if event.agent:
-            self.notify(event.agent)

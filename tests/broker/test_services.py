@@ -148,15 +148,26 @@ async def test_broker_instances_wake_each_others_waiting_recvs(hive: Hive, nats_
     first = await rig.connect_as(nats_server, nats_server.service_seed)
     second = await rig.connect_as(nats_server, nats_server.service_seed)
     here, there = Waiters(first), Waiters(second)
-    await here.start()
     await there.start()
+    await here.start()
     try:
+        # here's start-up wake reaches there before this one (same connection)
+        with there.watch("sync") as synced:
+            await here.committed(["sync"])
+            await synced.wait(timeout=10)
+            assert synced.is_set()
         with there.watch("b1") as woke, there.watch("b2") as other:
-            await first.flush()
-            await here.committed(["b1"], [1])
+            await here.committed(["b1"])
             await woke.wait(timeout=10)
             assert woke.is_set()
             assert not other.is_set()
+            # an instance that (re)starts has everyone look again: it may have
+            # died between a commit and its wake-up
+            restarted = Waiters(first)
+            await restarted.start()
+            await other.wait(timeout=10)
+            assert other.is_set()
+            await restarted.stop()
     finally:
         await here.stop()
         await there.stop()
