@@ -154,6 +154,8 @@ class HarnessSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     config_dir: str = ""  # the agent's deployed config (agent.toml)
     model: str = ""
     notes_compact_bytes: int = 32 * 1024
+    # notes compaction: longest a compaction session may run (then the notes stay as they are)
+    notes_compact_timeout_s: float = 300.0
     heartbeat_interval_s: float = 5.0
     token: str = ""  # operator token for the agent page; empty: none
     # manager only: the agents dir (<n>/proposed, <n>/applied, <n>/state)

@@ -19,8 +19,9 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hyperhive.common.config import settings_env
@@ -191,19 +192,29 @@ class ClaudeRun:
         resume: bool,
         model: str = "",
         system_prompt: str = "",
+        tools: bool = True,
+        extra_args: Sequence[str] = (),
+        cwd: Path | None = None,
     ) -> None:
+        """``tools=False``: a side session without the MCP servers and their
+        allowed tools (e.g. notes compaction); ``extra_args`` go last; ``cwd``
+        defaults to the agent's workdir."""
         self.cfg = cfg
         self.prompt = prompt
+        self.cwd = cwd or cfg.workdir
         self.argv = [cfg.claude_bin, "--print"]
         if resume:
             self.argv.append("--continue")
         self.argv += ["--output-format", "stream-json", "--verbose"]
-        self.argv += ["--mcp-config", write_mcp_config(cfg)]
+        if tools:
+            self.argv += ["--mcp-config", write_mcp_config(cfg)]
         if model:
             self.argv += ["--model", model]
-        self.argv += ["--allowedTools", ",".join(allowed_tools(cfg))]
+        if tools:
+            self.argv += ["--allowedTools", ",".join(allowed_tools(cfg))]
         if system_prompt:
             self.argv += ["--append-system-prompt", system_prompt]
+        self.argv += list(extra_args)
         self._proc: asyncio.subprocess.Process | None = None
         self._cancelled = False
         self._started = asyncio.Event()
@@ -221,7 +232,7 @@ class ClaudeRun:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                cwd=self.cfg.workdir,
+                cwd=self.cwd,
                 env=claude_env(self.cfg),
                 start_new_session=True,
                 limit=LINE_LIMIT,

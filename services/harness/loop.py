@@ -20,6 +20,10 @@ What happens to the message of a turn that does not finish:
   harness run takes them first (the wake prompt says it resumed them).
 - the harness is killed outright: the message was not acked, so the broker
   hands it out again after its visibility timeout, marked redelivered.
+
+Between turns, notes that grew past ``harness.notes_compact_bytes`` are
+compacted by a side claude session (notes.py); the badge says
+``compacting`` meanwhile and ``compaction`` records tell how it went.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from hyperhive.common.wire.broker import (
     TurnsRequest,
     TurnStats,
 )
-from hyperhive.harness import creds
+from hyperhive.harness import creds, notes
 from hyperhive.harness.claude import ClaudeRun, RunResult
 from hyperhive.harness.config import HarnessConfig
 from hyperhive.harness.hub import Hub
@@ -108,6 +112,10 @@ class Harness:
         self._cancel_turn = False
         self._stopping = False
         self._recv_failures = 0
+        self._compacting_notes = False
+        # (size, mtime) of notes whose compaction did not replace them: tried
+        # again only once the file changes
+        self._notes_skip: tuple[int, int] | None = None
         self._events_subject = subjects.agent(cfg.agent, subjects.AGENT_EVENTS)
 
     # --- what the page shows ---------------------------------------------------
@@ -222,8 +230,9 @@ class Harness:
         raise CommandError(f"unknown command {name or line!r}; /help lists them")
 
     async def cancel(self) -> bool:
-        """Ends the running turn's claude process (within 2 s). False if none runs."""
-        if self.turn_started is None:
+        """Ends the running turn's (or notes compaction's) claude process (within
+        2 s). False if none runs."""
+        if self.turn_started is None and not self._compacting_notes:
             return False
         self._cancel_turn = True
         await self.publish("operator", {"command": "/cancel"})
@@ -250,6 +259,9 @@ class Harness:
         watcher = asyncio.create_task(self._watch_stop(stop))
         try:
             while not stop.is_set():
+                await self.compact_notes()
+                if stop.is_set():
+                    break
                 item = await self._next(stop)
                 if item is None:
                     continue
@@ -269,6 +281,81 @@ class Harness:
             if self._current is not None:
                 await self._current.cancel()
             await self._drain_recv()
+
+    async def compact_notes(self) -> notes.Outcome | None:
+        """Compacts the notes when they grew past the limit; None when not needed.
+
+        Runs between turns only. A compaction that does not replace the file
+        (failed, empty, not smaller) is not tried again until the file changes.
+        """
+        key = notes.over_limit(self.cfg)
+        if key is None or key == self._notes_skip or self._stopping:
+            return None
+        try:
+            original = self.cfg.notes_path.read_bytes()
+        except OSError:
+            return None
+        limit = self.cfg.settings.harness.notes_compact_bytes
+        await self.publish("compaction", {"phase": "start", "bytes": len(original), "limit": limit})
+        self._compacting_notes = True
+        await self._set_state(COMPACTING)
+        t0 = time.monotonic()
+        try:
+            res, why = await self._compaction_session(original)
+            outcome = notes.apply(self.cfg, original, res)
+            if why and not outcome.replaced:
+                outcome = dataclasses.replace(outcome, error=why)
+        finally:
+            self._compacting_notes = False
+        self._notes_skip = None if outcome.replaced else key
+        log.info(
+            "notes compaction %s: %d → %s bytes %s",
+            outcome.outcome,
+            outcome.before,
+            outcome.after,
+            outcome.error,
+        )
+        await self.publish(
+            "compaction",
+            {
+                "phase": "end",
+                **dataclasses.asdict(outcome),
+                "replaced": outcome.replaced,
+                "notes_bytes": _size(self.cfg.notes_path),
+                "duration_ms": round((time.monotonic() - t0) * 1000, 1),
+            },
+        )
+        await self._set_state(IDLE)
+        return outcome
+
+    async def _compaction_session(self, original: bytes) -> tuple[RunResult, str]:
+        """Runs the side session (bounded by ``notes_compact_timeout_s``).
+
+        Returns its result and, when it was ended early, why.
+        """
+        run = notes.compaction_run(self.cfg, original.decode(errors="replace"), self.model)
+        self._current = run
+
+        async def ignore(_event: dict[str, Any]) -> None:
+            return None
+
+        task = asyncio.ensure_future(run.run(ignore))
+        timeout = self.cfg.settings.harness.notes_compact_timeout_s
+        try:
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+            why = ""
+            if not done:
+                why = f"the compaction took longer than {timeout:g} s"
+                await run.cancel()
+            res = await task
+        except asyncio.CancelledError:
+            await run.cancel()
+            raise
+        finally:
+            self._current = None
+        if res.cancelled and not why:
+            why = "the harness stopped" if self._stopping else "cancelled by the operator"
+        return res, why
 
     async def _watch_stop(self, stop: asyncio.Event) -> None:
         await stop.wait()

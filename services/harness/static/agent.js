@@ -156,6 +156,11 @@
       case "compact_retry":
         add("sys", "context too long: compacting and retrying once");
         return;
+      case "compaction":
+        if (ev.phase === "start") add("sys", "notes.md is " + ev.bytes + " bytes (limit " + ev.limit + "): compacting it");
+        else if (ev.replaced) add("sys", "notes compacted: " + ev.before + " → " + ev.after + " bytes (previous version in notes.md.prev)");
+        else add("err", "notes not compacted (" + ev.outcome + "): " + clip(ev.error));
+        return;
       case "operator":
         if (ev.text) add("operator", "› " + ev.text);
         else if (ev.command) add("operator", "› " + ev.command + (ev.model ? " " + ev.model : ""));
