@@ -156,6 +156,8 @@ class HarnessSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     notes_compact_bytes: int = 32 * 1024
     # notes compaction: longest a compaction session may run (then the notes stay as they are)
     notes_compact_timeout_s: float = 300.0
+    # the agent page's terminal (a login shell in the agent's workdir, behind the token)
+    terminal: bool = True
     heartbeat_interval_s: float = 5.0
     token: str = ""  # operator token for the agent page; empty: none
     # manager only: the agents dir (<n>/proposed, <n>/applied, <n>/state)

@@ -9,6 +9,10 @@
 - CSRF (always): a random ``hive_csrf`` cookie holds a nonce, the page embeds
   ``HMAC(secret, nonce)``; a POST without that token (``X-CSRF-Token`` header
   or ``_csrf`` form field) is refused with 403 before the app sees it.
+- WebSockets (the terminal): the operator token as above, an ``Origin``
+  equal to the page's own (``Host``), and the page's CSRF token as the
+  ``csrf`` query parameter; otherwise the handshake is refused (403) before
+  the app sees it. A browser cannot be made to open one from another site.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import hmac
 import secrets
 from collections.abc import Callable
 from http.cookies import SimpleCookie
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -35,7 +39,10 @@ MAX_FORM_BYTES = 256 * 1024
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (
         b"content-security-policy",
-        b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        # styles may be inline: xterm.js (the terminal) writes its own <style>
+        # elements; scripts stay 'self' only, and the page inserts no markup
+        b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        b"img-src 'self' data:; "
         b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
     ),
     (b"x-content-type-options", b"nosniff"),
@@ -99,6 +106,18 @@ def cookies(scope: Scope) -> dict[str, str]:
     return {k: m.value for k, m in jar.items()}
 
 
+def _same_origin(scope: Scope) -> bool:
+    """The request's ``Origin`` names the host it was sent to (browsers always send it)."""
+    origin, host = _header(scope, b"origin"), _header(scope, b"host")
+    if not origin or not host:
+        return False
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:
+        return False
+    return hmac.compare_digest(netloc.lower().encode(), host.lower().encode())
+
+
 async def _plain(send: Send, status: int, text: str) -> None:
     await send(
         {
@@ -121,6 +140,9 @@ class Guard:
         self.token_page = token_page  # (csrf, error) -> html of the token form
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -155,6 +177,24 @@ class Guard:
             if not self.security.csrf_ok(jar.get(CSRF_COOKIE), supplied):
                 await _plain(send, 403, "403: CSRF token missing or invalid; reload the page")
                 return
+        await self.app(scope, receive, send)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Token, same origin and CSRF token, or the handshake is refused."""
+        jar = cookies(scope)
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        reason = ""
+        if self.security.token_required and self._authenticate(scope, jar) is not None:
+            reason = "operator token required"
+        elif not _same_origin(scope):
+            reason = "cross-origin WebSocket refused"
+        elif not self.security.csrf_ok(jar.get(CSRF_COOKIE), (query.get("csrf") or [None])[0]):
+            reason = "CSRF token missing or invalid; reload the page"
+        if reason:
+            message = await receive()  # websocket.connect
+            if message["type"] == "websocket.connect":
+                await send({"type": "websocket.close", "code": 1008, "reason": reason})
+            return
         await self.app(scope, receive, send)
 
     def _authenticate(self, scope: Scope, jar: dict[str, str]) -> int | None:

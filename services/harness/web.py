@@ -12,6 +12,7 @@
 - ``GET/POST /login``: the operator gives claude's credentials (stored in the
   credentials dir only; the page never shows them again).
 - ``GET/POST /auth``: the operator token form (when a token is configured).
+- ``/terminal/ws``: WebSocket to a login shell on a PTY (terminal.py).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from hyperhive.harness import creds
 from hyperhive.harness.hub import Record
 from hyperhive.harness.loop import CommandError, Harness
 from hyperhive.harness.security import SCOPE_KEY, Guard, Security
+from hyperhive.harness.terminal import Shell, terminal_ws
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,8 @@ class Deps:
     def __init__(self, harness: Harness, security: Security) -> None:
         self.harness = harness
         self.security = security
-        self.closing = asyncio.Event()  # set at shutdown: SSE streams end
+        self.closing = asyncio.Event()  # set at shutdown: SSE streams and terminals end
+        self.terminals: set[Shell] = set()  # open terminal sessions (terminal.py)
 
 
 def _deps(request: Request[Any, Any, Any]) -> Deps:
@@ -304,6 +307,7 @@ def create_app(harness: Harness, operator_token: str = "") -> Litestar:
             login_save,
             auth_page,
             auth_check,
+            terminal_ws,
             create_static_files_router(path="/static", directories=[HERE / "static"]),
         ],
         middleware=[DefineMiddleware(Guard, security=security, token_page=token_page)],
