@@ -200,3 +200,22 @@ async def test_browser_terminal_echo_hi(stack: Stack, browser: Browser, tmp_path
         finally:
             await context.close()
         assert not errors, f"JS errors on the page: {errors}"
+
+
+async def test_terminal_can_be_switched_off(stack: Stack) -> None:
+    name = agent_name("to")
+    await stack.spawn(name)
+    settings = stack.harness_settings(name, HIVE_HARNESS_TERMINAL="false")
+    async with running_harness(settings) as h:
+        page = Page(h.url)
+        await page.open()
+        nonce = page.client.cookies[CSRF_COOKIE]
+        await page.close()
+        with pytest.raises(InvalidStatus) as err:
+            async with connect(
+                f"ws://127.0.0.1:{h.port}/terminal/ws?csrf={page.csrf}",
+                origin=f"http://127.0.0.1:{h.port}",
+                additional_headers={"Cookie": f"{CSRF_COOKIE}={nonce}"},
+            ):
+                pass
+        assert err.value.response.status_code == 403
