@@ -132,7 +132,7 @@ class Broker:
     async def _check_recipient(self, to: str) -> None:
         if to == subjects.OPERATOR:
             return
-        if not isinstance(to, str) or not is_agent_name(to) or to == subjects.SYSTEM:
+        if not is_agent_name(to) or to == subjects.SYSTEM:
             raise BadRequest(f"invalid recipient {to!r}: an agent name or 'operator'")
         await self.known.check(to)
 

@@ -77,7 +77,7 @@ class Hive:
     settings: Settings
     operator: NATS
     service: NATS
-    conns: list[NATS] = field(default_factory=list)
+    conns: dict[str, NATS] = field(default_factory=dict)
 
     async def spawn(self, name: str | None = None) -> tuple[str, NATS]:
         """Spawns an agent (as the operator would) and connects with its own credentials."""
@@ -94,10 +94,14 @@ class Hive:
     async def connect(self, name: str) -> NATS:
         seed = AgentPaths.of(self.settings, name).nats_seed
         nc = await rig.connect_as(self.nats, seed, subjects.inbox_prefix(name))
-        self.conns.append(nc)
+        self.conns[name] = nc
         return nc
 
     async def destroy(self, name: str) -> None:
+        """Destroys an agent; its connection is closed (its credentials are gone)."""
+        nc = self.conns.pop(name, None)
+        if nc is not None:
+            await nc.close()
         await rpc.request(
             self.operator,
             subjects.admin("lifecycle", "destroy"),
@@ -107,7 +111,7 @@ class Hive:
         )
 
     async def close(self) -> None:
-        for nc in self.conns:
+        for nc in self.conns.values():
             await nc.close()
         self.conns.clear()
 

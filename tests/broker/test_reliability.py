@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ class Traffic:
     sender_errors: collections.Counter[str] = field(default_factory=collections.Counter)
     senders_done: asyncio.Event = field(default_factory=asyncio.Event)
     acked_when_disrupted: tuple[int, int] = (0, 0)  # acked sends before / after it
+    log: list[str] = field(default_factory=list)  # what happened when, for a failure
 
     async def sender(self, nc: NATS, name: str, to: str, lane: int) -> None:
         subject = subjects.agent(name, subjects.AGENT_SEND)
@@ -67,9 +69,12 @@ class Traffic:
                     )
                 except HiveError as exc:  # a clear error: retry with the same key
                     self.sender_errors[type(exc).__name__] += 1
+                    self.log.append(f"{time.monotonic():.3f} {name} {body}: {exc!r}")
                     await asyncio.sleep(0.1)
                     continue
                 self.acked[body] = reply.id
+                if len(self.acked) % 50 == 0:
+                    self.log.append(f"{time.monotonic():.3f} {len(self.acked)} acked")
                 break
 
     async def receiver(self, nc: NATS, name: str, senders: list[str]) -> None:
@@ -183,7 +188,12 @@ async def test_sigkill_during_traffic_loses_no_acknowledged_send(
             traffic = Traffic(per_sender)
 
             async def kill_and_restart() -> None:
-                assert sigkill_guard[-1].stop(signal.SIGKILL) == -signal.SIGKILL
+                serving = await ping(hive.operator, timeout=10)
+                assert serving.pid == sigkill_guard[-1].proc.pid  # the one we kill serves
+                # in a thread: the senders and receivers keep going meanwhile
+                code = await asyncio.to_thread(sigkill_guard[-1].stop, signal.SIGKILL)
+                assert code == -signal.SIGKILL
+                traffic.log.append(f"{time.monotonic():.3f} killed")
                 sigkill_guard.append(rig.start_service_process("broker", settings, tmp_path))
 
             await traffic.run(senders, receivers, disrupt_after=300, disrupt=kill_and_restart)
@@ -191,7 +201,8 @@ async def test_sigkill_during_traffic_loses_no_acknowledged_send(
             assert len(traffic.acked) == 4 * per_sender
             assert traffic.lost() == set()
             assert traffic.acked_when_disrupted[1] < 4 * per_sender
-            assert traffic.sender_errors  # the kill did hit requests in flight
+            print("\n".join(traffic.log))  # shown if the test fails
+            assert traffic.sender_errors  # the senders noticed the crash
             assert set(traffic.sender_errors) <= {"Unavailable", "RequestTimeout"}
             # retries after the kill reused their keys: nothing was stored twice
             for name, _ in receivers:
