@@ -1,8 +1,11 @@
 """A running stack for the dashboard: broker, lifecycle, approvals, dashboard.
 
-All four run in-process on the session's NATS with one database and data dir
-per test module. The harness command is ``sleep 3600`` (the real harness
-needs claude): lifecycle only needs a process it can start, watch and stop.
+All four run in-process on one NATS server and one database and data dir per
+test module. The NATS server is per module, not the session's: the dashboard
+replays HIVE_EVENTS from JetStream, and another module's events (whose
+message ids come from another database) would show up in its flow. The
+harness command is ``sleep 3600`` (the real harness needs claude): lifecycle
+only needs a process it can start, watch and stop.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import asyncio
 import re
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +93,12 @@ async def running_stack(
             stack.push_async_callback(manager.close)
         url = f"http://{settings.dashboard.host}:{settings.dashboard.port}"
         yield Stack(settings=settings, url=url, nats=nats, operator=operator, manager=manager)
+
+
+@pytest.fixture(scope="module")
+def nats_server() -> Iterator[EmbeddedNats]:
+    with rig.nats_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
