@@ -16,4 +16,5 @@
   "opentelemetry-exporter-otlp-proto-http"
   "nkeys"
   "jinja2"
+  "uvloop"
 ]

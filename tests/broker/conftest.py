@@ -25,6 +25,7 @@ from nats.aio.msg import Msg
 from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres
 from hyperhive.common import rpc, subjects
 from hyperhive.common.config import Settings
+from hyperhive.common.natsconn import sync_subscriptions
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.base import Ok
 from hyperhive.common.wire.broker import (
@@ -222,7 +223,7 @@ class EventLog:
 async def events(service_nc: NATS) -> AsyncIterator[EventLog]:
     log = EventLog()
     sub = await service_nc.subscribe(subjects.event_family("message"), cb=log._on)
-    await service_nc.flush()
+    await sync_subscriptions(service_nc)
     yield log
     await sub.unsubscribe()
 

@@ -10,6 +10,7 @@ import pytest
 from hyperhive.broker.wake import Waiters
 from hyperhive.common import rpc, subjects
 from hyperhive.common.errors import NotFound
+from hyperhive.common.natsconn import sync_subscriptions
 from hyperhive.common.wire.broker import (
     DeliverRequest,
     SendReply,
@@ -149,7 +150,7 @@ async def test_broker_instances_wake_each_others_waiting_recvs(hive: Hive, nats_
     second = await rig.connect_as(nats_server, nats_server.service_seed)
     here, there = Waiters(first), Waiters(second)
     await there.start()
-    await second.flush()  # its subscription is live on the server
+    await sync_subscriptions(second)
     await here.start()
     try:
         # here's start-up wake reaches there before this one (same connection)
@@ -166,7 +167,7 @@ async def test_broker_instances_wake_each_others_waiting_recvs(hive: Hive, nats_
             # died between a commit and its wake-up
             restarted = Waiters(first)
             await restarted.start()
-            await first.flush()
+            await sync_subscriptions(first)
             await other.wait(timeout=10)
             assert other.is_set()
             await restarted.stop()

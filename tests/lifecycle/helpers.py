@@ -14,6 +14,7 @@ from nats.aio.client import Client as NATS
 from hyperhive.common import rpc, subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import Unavailable
+from hyperhive.common.natsconn import sync_subscriptions
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.service import Runtime
 from hyperhive.common.wire.base import Empty, Ok, Ping, Pong
@@ -112,7 +113,7 @@ class Events:
             self.items.append(self._dec.decode(msg.data))
 
         self._sub = await nc.subscribe("hive.events.agent.*", cb=on_msg)
-        await nc.flush()
+        await sync_subscriptions(nc)
         return self
 
     async def stop(self) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from hyperhive.common import rpc, subjects
 from hyperhive.common.errors import Forbidden
+from hyperhive.common.natsconn import sync_subscriptions
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.lifecycle import AgentInfo, AgentRequest
 from tests import rig
@@ -70,7 +71,7 @@ async def test_agent_credentials_are_scoped_and_revoked(
                 seen.append(msg.subject)
 
             await service_nc.subscribe("hive.agent.>", cb=on_msg)
-            await service_nc.flush()
+            await sync_subscriptions(service_nc)
 
             # a speaks as itself: allowed
             await nc_a.publish(subjects.agent("ca", "probe"), b"{}")
