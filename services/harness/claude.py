@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hyperhive.common import subjects
 from hyperhive.common.config import settings_env
 from hyperhive.harness import creds
 from hyperhive.harness.config import PASS_THROUGH_ENV, HarnessConfig
@@ -121,10 +122,14 @@ class RunResult:
     init: dict[str, Any] | None = None  # the ``system/init`` event
     stderr: str = ""
     tool_calls: Counter[str] = field(default_factory=Counter)
-    messages_sent: int = 0
+    sent_to: Counter[str] = field(default_factory=Counter)  # by recipient kind
     recv_calls: int = 0
     events: int = 0
     duration_ms: float = 0.0
+
+    @property
+    def messages_sent(self) -> int:
+        return sum(self.sent_to.values())
 
     @property
     def ok(self) -> bool:
@@ -253,7 +258,7 @@ class ClaudeRun:
             proc.stdin.close()
         except (BrokenPipeError, ConnectionResetError):
             pass  # it died at once; the exit code says why
-        pending: dict[str, str] = {}  # tool_use id → tool name
+        pending: dict[str, tuple[str, str]] = {}  # tool_use id → (tool, recipient kind)
         assert proc.stdout is not None
         while True:
             try:
@@ -305,8 +310,10 @@ class ClaudeRun:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _account(event: dict[str, Any], res: RunResult, pending: dict[str, str]) -> None:
-    """Counts tool calls, sends and recvs; keeps the init and result events."""
+def _account(
+    event: dict[str, Any], res: RunResult, pending: dict[str, tuple[str, str]]
+) -> None:
+    """Counts tool calls, sends (by recipient kind) and recvs; keeps init and result."""
     kind = event.get("type")
     if kind == "system" and event.get("subtype") == "init":
         res.init = event
@@ -317,18 +324,29 @@ def _account(event: dict[str, Any], res: RunResult, pending: dict[str, str]) -> 
             if block.get("type") == "tool_use":
                 name = str(block.get("name") or "?")
                 res.tool_calls[name] += 1
-                pending[str(block.get("id"))] = name
+                args = block.get("input")
+                to = args.get("to") if isinstance(args, dict) else None
+                pending[str(block.get("id"))] = (name, recipient_kind(to))
     elif kind == "user":
         for block in _content(event):
             if block.get("type") != "tool_result":
                 continue
-            name = pending.pop(str(block.get("tool_use_id")), "")
+            name, kind = pending.pop(str(block.get("tool_use_id")), ("", ""))
             if block.get("is_error"):
                 continue
             if name == SEND_TOOL:
-                res.messages_sent += 1
+                res.sent_to[kind] += 1
             elif name == RECV_TOOL and '"empty"' not in json.dumps(block.get("content")):
                 res.recv_calls += 1
+
+
+def recipient_kind(to: object) -> str:
+    """``operator``, ``manager`` or ``peer``: how the telemetry splits sends."""
+    if to == subjects.OPERATOR:
+        return "operator"
+    if to == subjects.MANAGER:
+        return "manager"
+    return "peer"
 
 
 def _content(event: dict[str, Any]) -> list[dict[str, Any]]:

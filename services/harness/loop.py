@@ -523,14 +523,17 @@ class Harness:
             if isinstance(item, Wake) and item.id is not None:
                 await self._ack(item.id)
         tool_calls: Counter[str] = Counter()
+        sent_to: Counter[str] = Counter()
         for r in runs:
             tool_calls.update(r.tool_calls)
+            sent_to.update(r.sent_to)
         stats = TurnStats(
             ts=time.time(),
             duration_ms=round(duration_ms, 1),
             exit_code=last.exit_code,
             tool_calls=dict(tool_calls),
-            messages_sent=sum(r.messages_sent for r in runs),
+            messages_sent=sum(sent_to.values()),
+            messages_sent_to=dict(sent_to),
             messages_received=(1 if isinstance(item, Wake) else 0)
             + sum(r.recv_calls for r in runs),
             compact_retry=compact_retry,

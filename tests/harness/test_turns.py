@@ -149,6 +149,7 @@ async def test_tool_calls_and_bad_input(stack: Stack, api: ScriptedAnthropic) ->
         assert [m.body for m in inbox.messages] == ["hi peer"]
         stats = end["stats"]
         assert stats["messages_sent"] == 1 and stats["messages_received"] == 2
+        assert stats["messages_sent_to"] == {"peer": 1}  # failed sends are not counted
         assert stats["tool_calls"]["mcp__hyperhive__send"] == 3
 
         # the harness keeps running: the next message is a normal turn

@@ -110,6 +110,8 @@ class TurnStats(msgspec.Struct, kw_only=True):
     exit_code: int
     tool_calls: dict[str, int] = msgspec.field(default_factory=dict)
     messages_sent: int = 0
+    # the same sends by recipient kind: ``peer``, ``operator``, ``manager``
+    messages_sent_to: dict[str, int] = msgspec.field(default_factory=dict)
     messages_received: int = 1
     compact_retry: bool = False
     input_tokens: int = 0
