@@ -75,7 +75,11 @@ def check_toml(text: str) -> list[str]:
         if key in data and not isinstance(data[key], str):
             problems.append(f"{key} must be a string")
     if "allowed_tools" in data:
-        problems += _check_str_list(data["allowed_tools"], "allowed_tools")
+        tools = data["allowed_tools"]
+        problems += _check_str_list(tools, "allowed_tools")
+        # claude gets them comma-joined: a comma inside one would split it
+        if not problems and any("," in t or not t.strip() for t in tools):
+            problems.append("allowed_tools entries must be non-empty and hold no comma")
     if "mcp_servers" in data:
         problems += _check_mcp_servers(data["mcp_servers"])
     return problems

@@ -15,8 +15,12 @@ from tests.harness.conftest import CLAUDE, Page, Stack, agent_name, running_harn
 from tests.scripted_anthropic import (
     Request,
     ScriptedAnthropic,
+    after_tool_results,
     is_compaction,
     last_user_mentions,
+    mentions,
+    tool_result_text,
+    tool_use,
 )
 
 pytestmark = pytest.mark.claude
@@ -263,6 +267,42 @@ async def test_agent_toml_settings(stack: Stack, api: ScriptedAnthropic, tmp_pat
         assert "EXTRA-PROMPT-MARK: be brief." in req.system_text()
         argv = h.harness.cfg
         assert argv.toml.allowed_tools == ["Read", "mcp__extra__ping"]
+
+
+async def test_allowed_tools_scope_the_shell_by_pattern(
+    stack: Stack, api: ScriptedAnthropic
+) -> None:
+    """agent.toml's ``allowed_tools = ["Bash(echo *)"]``: claude may run echo,
+    and a command outside the pattern is refused without running."""
+    name = agent_name("sh")
+    await stack.spawn(name)
+    settings = stack.harness_settings(name)
+    (Path(settings.harness.config_dir) / "agent.toml").write_text(
+        'allowed_tools = ["Bash(echo *)"]\n'
+    )
+    mine = mentions(f"You are {name}")
+    api.reply(
+        tool_use("Bash", {"command": "echo scoped-ok", "description": "echo"}),
+        when=last_user_mentions("use the shell"),
+    )
+    api.reply(
+        tool_use("Bash", {"command": "touch not-allowed", "description": "touch"}),
+        when=after_tool_results(1, also=mine),
+    )
+    api.reply("shell done", when=after_tool_results(2, also=mine))
+    async with running_harness(settings) as h:
+        await stack.send(name, "use the shell")
+        end = await h.turn_end(1)
+        assert end["outcome"] == "ok", end
+        echo, touch = [
+            b
+            for e in h.claude_events(1, "user")
+            for b in e["message"]["content"]
+            if isinstance(b, dict) and b.get("type") == "tool_result"
+        ]
+        assert not echo.get("is_error") and "scoped-ok" in tool_result_text(echo)
+        assert touch.get("is_error"), touch
+        assert not (Path(settings.harness.workdir) / "not-allowed").exists()
 
 
 async def test_bad_agent_toml_stops_the_harness_with_a_clear_error(stack: Stack) -> None:

@@ -28,6 +28,8 @@ def test_default_agent_toml_is_valid():
         ("prompt = []", "prompt must be a string"),
         ('allowed_tools = "Bash"', "allowed_tools must be a list of strings"),
         ("allowed_tools = [1]", "allowed_tools must be a list of strings"),
+        ('allowed_tools = ["Bash(a,b)"]', "hold no comma"),
+        ('allowed_tools = [" "]', "must be non-empty"),
         ("mcp_servers = 3", "mcp_servers must be a table"),
         ("[mcp_servers.x]\nargs = []", "mcp_servers.x.command must be a non-empty string"),
         ('[mcp_servers.x]\ncommand = "c"\nargs = "a"', "mcp_servers.x.args must be a list"),
