@@ -310,9 +310,7 @@ class ClaudeRun:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _account(
-    event: dict[str, Any], res: RunResult, pending: dict[str, tuple[str, str]]
-) -> None:
+def _account(event: dict[str, Any], res: RunResult, pending: dict[str, tuple[str, str]]) -> None:
     """Counts tool calls, sends (by recipient kind) and recvs; keeps init and result."""
     kind = event.get("type")
     if kind == "system" and event.get("subtype") == "init":
