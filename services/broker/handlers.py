@@ -346,18 +346,25 @@ class Broker:
         )
 
 
+RECIPIENT_KINDS = frozenset({"peer", "operator", "manager"})
+
+
 def stats_rows(stats: TurnStats) -> list[tuple[str, float]]:
-    """The ``(key, value)`` rows of one turn (``tool.<name>`` per tool)."""
+    """The ``(key, value)`` rows of one turn (``tool.<name>`` per tool,
+    ``sent_to.<kind>`` per recipient kind)."""
     if not 0 < stats.ts < 1e11:
         raise BadRequest(f"turn stats ts {stats.ts!r} is not a unix time")
     if not all(n and len(n) <= 200 for n in stats.tool_calls):
         raise BadRequest("tool_calls keys must be tool names")
+    if not set(stats.messages_sent_to) <= RECIPIENT_KINDS:
+        raise BadRequest(f"messages_sent_to keys must be among {sorted(RECIPIENT_KINDS)}")
     values: list[tuple[str, float]] = [
         ("duration_ms", float(stats.duration_ms)),
         ("exit_code", float(stats.exit_code)),
         ("tool_calls", float(sum(stats.tool_calls.values()))),
         *((f"tool.{name}", float(n)) for name, n in sorted(stats.tool_calls.items())),
         ("messages_sent", float(stats.messages_sent)),
+        *((f"sent_to.{kind}", float(n)) for kind, n in sorted(stats.messages_sent_to.items())),
         ("messages_received", float(stats.messages_received)),
         ("compact_retry", 1.0 if stats.compact_retry else 0.0),
         ("input_tokens", float(stats.input_tokens)),
