@@ -30,6 +30,7 @@ from hyperhive.common.outbox import OutboxRelay
 from hyperhive.common.rpc import Call
 from hyperhive.common.wire.base import Ok
 from hyperhive.common.wire.broker import (
+    RECIPIENT_KINDS,
     AckRequest,
     AdminSendRequest,
     DeliverRequest,
@@ -344,9 +345,6 @@ class Broker:
                 for r in rows
             ]
         )
-
-
-RECIPIENT_KINDS = frozenset({"peer", "operator", "manager"})
 
 
 def stats_rows(stats: TurnStats) -> list[tuple[str, float]]:

@@ -8,8 +8,10 @@ from collections.abc import Sequence
 import pytest
 
 from hyperhive.broker.batching import GroupCommit
+from hyperhive.broker.handlers import stats_rows
 from hyperhive.broker.render import render_event
-from hyperhive.common.errors import Internal, Unavailable
+from hyperhive.common.errors import BadRequest, Internal, Unavailable
+from hyperhive.common.wire.broker import TurnStats
 from hyperhive.common.wire.events import (
     AgentStuck,
     ApprovalResolved,
@@ -91,3 +93,11 @@ async def test_a_service_error_fails_the_batch_and_a_bad_item_fails_alone():
 )
 def test_system_events_read_as_one_line(event, text):
     assert render_event(event) == text
+
+
+def test_turn_stats_with_an_unknown_recipient_kind_are_refused() -> None:
+    base = {"ts": 1_800_000_000.0, "duration_ms": 1.0, "exit_code": 0}
+    rows = dict(stats_rows(TurnStats(**base, messages_sent_to={"manager": 2})))
+    assert rows["sent_to.manager"] == 2
+    with pytest.raises(BadRequest, match="messages_sent_to keys"):
+        stats_rows(TurnStats(**base, messages_sent_to={"everyone": 1}))

@@ -102,6 +102,10 @@ class InboxRequest(msgspec.Struct, kw_only=True):
     agent: str
 
 
+# how turn statistics split sends: to another agent, the operator, the manager
+RECIPIENT_KINDS = frozenset({"peer", "operator", "manager"})
+
+
 class TurnStats(msgspec.Struct, kw_only=True):
     """Published by the harness on ``hive.agent.<n>.stats`` at turn end."""
 
