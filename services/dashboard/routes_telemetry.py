@@ -11,6 +11,7 @@ from litestar.params import FromQuery
 
 from hyperhive.common.errors import HiveError
 from hyperhive.common.names import check_agent_name
+from hyperhive.common.wire.approvals import ApprovalsReply, ApprovalsRequest
 from hyperhive.common.wire.broker import StatsReply, StatsRequest
 from hyperhive.dashboard import stats
 from hyperhive.dashboard.web import HTTP_STATUS, deps
@@ -35,15 +36,38 @@ async def agent_stats(
             StatsReply,
         )
     except HiveError as exc:
-        return Response(
-            {"error": str(exc)},
-            status_code=HTTP_STATUS.get(exc.code, 500),
-            media_type=MediaType.JSON,
-        )
+        return _error(exc)
     return Response(
         {"agent": name, **stats.charts(reply.points, window_s=window, now=now)},
         media_type=MediaType.JSON,
     )
 
 
-HANDLERS = [agent_stats]
+@get("/api/stats/hive")
+async def hive_stats(
+    request: Request[Any, Any, Any], window: FromQuery[int] = 3600
+) -> Response[Any]:
+    """Hive-wide series: approvals waiting for the operator over the window."""
+    window = window if window in WINDOWS else WINDOWS[0]
+    now = time.time()
+    hive = deps(request).hive
+    try:
+        recent = await hive.read("approvals", "list", ApprovalsRequest(limit=1000), ApprovalsReply)
+        # every pending one counts, however old
+        pending = await hive.read(
+            "approvals", "list", ApprovalsRequest(state="pending", limit=1000), ApprovalsReply
+        )
+    except HiveError as exc:
+        return _error(exc)
+    spans = {a.id: (a.created_at, a.resolved_at) for a in [*recent.approvals, *pending.approvals]}
+    queue = stats.approval_queue(list(spans.values()), window_s=window, now=now)
+    return Response({"charts": {"approval_queue": queue}}, media_type=MediaType.JSON)
+
+
+def _error(exc: HiveError) -> Response[Any]:
+    return Response(
+        {"error": str(exc)}, status_code=HTTP_STATUS.get(exc.code, 500), media_type=MediaType.JSON
+    )
+
+
+HANDLERS = [agent_stats, hive_stats]

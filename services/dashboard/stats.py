@@ -19,6 +19,9 @@ from hyperhive.common.wire.broker import StatPoint
 TURN_KEY = "duration_ms"  # exactly one per turn
 TOOL_TOTAL = "tool_calls"
 TOOL_PREFIXES = ("tool_calls.", "tool.")
+SENT_TO_PREFIX = "sent_to."  # sends by recipient kind (peer, operator, manager)
+MCP_PREFIX = "mcp__hyperhive__"
+TOP_TOOLS = 6  # tools charted by name; the rest add up as "other"
 
 
 @dataclass
@@ -79,15 +82,14 @@ def charts(points: list[StatPoint], *, window_s: float, now: float | None = None
         durations = sorted(t.values[TURN_KEY] / 1000.0 for t in b)
         p50.append(_quantile(durations, 0.50) if durations else None)
         p95.append(_quantile(durations, 0.95) if durations else None)
-    sent = [sum(t.values.get("messages_sent", 0.0) for t in b) for b in per_bucket]
     received = [sum(t.values.get("messages_received", 0.0) for t in b) for b in per_bucket]
+    messages = _sent_series(per_bucket)
+    messages["received"] = received
 
     codes: dict[str, list[float]] = defaultdict(lambda: [0.0] * n)
     for t in turns:
         if "exit_code" in t.values:
-            code = int(t.values["exit_code"])
-            label = "ok (0)" if code == 0 else f"exit {code}"
-            codes[label][index(t.ts)] += 1
+            codes[_exit_label(t)][index(t.ts)] += 1
 
     turn_x = [t.ts for t in turns]
     gaps: list[float | None] = [None]
@@ -111,10 +113,92 @@ def charts(points: list[StatPoint], *, window_s: float, now: float | None = None
                 "x": turn_x,
                 "series": {"inbox depth": [t.values.get("inbox_depth") for t in turns]},
             },
-            "messages": {"x": xs, "series": {"sent": sent, "received": received}},
+            "messages": {"x": xs, "series": messages},
+            "tools": {"x": xs, "series": _tool_series(per_bucket)},
             "since_last_turn": {"x": turn_x, "series": {"s since previous turn": gaps}},
+            "notes": {
+                "x": turn_x,
+                "series": {"notes KiB": [_kib(t.values.get("notes_bytes")) for t in turns]},
+            },
         },
     }
+
+
+def _exit_label(turn: Turn) -> str:
+    """ok, ok after the compact-and-retry, or the failing exit code."""
+    code = int(turn.values["exit_code"])
+    if code != 0:
+        return f"exit {code}"
+    return "ok after compact retry" if turn.values.get("compact_retry") else "ok (0)"
+
+
+def _sent_series(per_bucket: list[list[Turn]]) -> dict[str, list[float]]:
+    """Sends per bucket, split by recipient kind where the turns say so."""
+    kinds = sorted(
+        {
+            key.removeprefix(SENT_TO_PREFIX)
+            for b in per_bucket
+            for t in b
+            for key in t.values
+            if key.startswith(SENT_TO_PREFIX)
+        }
+    )
+    if not kinds:
+        return {"sent": [sum(t.values.get("messages_sent", 0.0) for t in b) for b in per_bucket]}
+
+    def sent(kind: str, bucket: list[Turn]) -> float:
+        return sum(t.values.get(SENT_TO_PREFIX + kind, 0.0) for t in bucket)
+
+    return {f"sent → {kind}": [sent(kind, b) for b in per_bucket] for kind in kinds}
+
+
+def _tool_name(key: str) -> str | None:
+    for prefix in TOOL_PREFIXES:
+        if key.startswith(prefix):
+            return key.removeprefix(prefix).removeprefix(MCP_PREFIX)
+    return None
+
+
+def _tool_series(per_bucket: list[list[Turn]]) -> dict[str, list[float]]:
+    """Calls per tool per bucket: the busiest tools by name, the rest as "other"."""
+    totals: dict[str, float] = defaultdict(float)
+    for b in per_bucket:
+        for t in b:
+            for key, value in t.values.items():
+                if (name := _tool_name(key)) is not None:
+                    totals[name] += value
+    ranked = sorted(totals, key=lambda name: (-totals[name], name))
+    named = ranked[:TOP_TOOLS]
+    series: dict[str, list[float]] = {name: [0.0] * len(per_bucket) for name in named}
+    if len(ranked) > TOP_TOOLS:
+        series["other"] = [0.0] * len(per_bucket)
+    for i, b in enumerate(per_bucket):
+        for t in b:
+            for key, value in t.values.items():
+                if (name := _tool_name(key)) is not None:
+                    series[name if name in series else "other"][i] += value
+    return series
+
+
+def _kib(value: float | None) -> float | None:
+    return None if value is None else round(value / 1024, 2)
+
+
+def approval_queue(
+    approvals: list[tuple[float, float | None]], *, window_s: float, now: float | None = None
+) -> dict:
+    """Approvals waiting for the operator over time, from ``(created, resolved)`` pairs.
+
+    Sampled at each bucket's end; an approval counts while it is created and
+    not yet resolved.
+    """
+    now = time.time() if now is None else now
+    start = now - window_s
+    step = bucket_seconds(window_s)
+    n = max(1, math.ceil(window_s / step))
+    xs = [start + (i + 1) * step for i in range(n)]
+    waiting = [float(sum(1 for c, r in approvals if c <= x and (r is None or r > x))) for x in xs]
+    return {"x": xs, "series": {"waiting approvals": waiting}}
 
 
 def _last_turn(points: list[StatPoint]) -> float | None:

@@ -276,8 +276,11 @@ async def test_telemetry_charts_render_with_uplot(page: Page, stack: Stack) -> N
     card = page.locator('.tele[data-agent="hm1nd"]')
     # the charts redraw live on the broker's stats.turn events
     await expect(card.locator('[data-role="last"]')).to_contain_text("4 turns in window")
-    for chart in ("turns_per_min", "duration", "tool_calls", "exit_codes", "inbox_depth"):
+    charts = ("turns_per_min", "duration", "tool_calls", "exit_codes", "inbox_depth", "tools")
+    for chart in charts:
         await expect(card.locator(f'figure[data-chart="{chart}"] canvas')).to_be_visible()
+    hive = page.locator(".tele[data-hive]")
+    await expect(hive.locator('figure[data-chart="approval_queue"] canvas')).to_be_visible()
     await expect(card.locator('figure[data-chart="duration"]')).to_contain_text("p95 s")
     await card.scroll_into_view_if_needed()
     await assert_not_reloaded(page)

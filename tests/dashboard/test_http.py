@@ -203,9 +203,12 @@ async def test_telemetry_series_from_turn_stats(stack: Stack, client: httpx.Asyn
             ts=now - 30 + i,
             duration_ms=duration,
             exit_code=code,
-            tool_calls={"Read": 2, "send": 1},
+            tool_calls={"Read": 2, "mcp__hyperhive__send": 1},
             messages_sent=1,
+            messages_sent_to={"peer" if i else "operator": 1},
+            compact_retry=i == 1,
             inbox_depth=i,
+            notes_bytes=2048 * (i + 1),
         )
         await rpc.publish(stack.manager, subjects.agent(subjects.MANAGER, "stats"), stats)
 
@@ -217,9 +220,15 @@ async def test_telemetry_series_from_turn_stats(stack: Stack, client: httpx.Asyn
     data = await rig.eventually(three_turns, timeout=TIMEOUT, what="3 turns charted")
     charts = data["charts"]
     assert charts["tool_calls"]["series"]["tool calls/turn"][-3:] == [3, 3, 3]
-    assert sum(charts["exit_codes"]["series"]["exit 1"]) == 1
+    codes = charts["exit_codes"]["series"]
+    assert (sum(codes["exit 1"]), sum(codes["ok after compact retry"])) == (1, 1)
     assert max(v for v in charts["duration"]["series"]["p95 s"] if v is not None) >= 3.4
     assert data["since_last_turn_s"] is not None
+    sent = charts["messages"]["series"]
+    assert (sum(sent["sent → peer"]), sum(sent["sent → operator"])) == (2, 1)
+    tools = charts["tools"]["series"]
+    assert (sum(tools["Read"]), sum(tools["send"])) == (6, 3)  # mcp__hyperhive__ dropped
+    assert charts["notes"]["series"]["notes KiB"][-3:] == [2, 4, 6]
     r = await client.get("/api/stats", params={"agent": "../etc"})
     assert r.status_code == 400
 
@@ -291,6 +300,9 @@ async def test_secrets_in_a_proposal_are_masked(stack: Stack, client: httpx.Asyn
     assert "API_TOKEN" in page and "tools-mcp" in page  # the change is visible
     assert secret not in page  # its value is not
     assert secret not in (await client.get("/")).text
+    # the hive's telemetry counts it as waiting for the operator
+    hive = (await client.get("/api/stats/hive", params={"window": 3600})).json()
+    assert hive["charts"]["approval_queue"]["series"]["waiting approvals"][-1] >= 1
 
 
 async def test_checkbox_and_free_text_questions(stack: Stack, client: httpx.AsyncClient) -> None:

@@ -97,3 +97,14 @@ def test_chart_series_from_turn_rows() -> None:
     p95 = [v for v in c["duration"]["series"]["p95 s"] if v is not None]
     assert max(p95) == 9.0
     assert all(len(s) == len(c["duration"]["x"]) for s in c["duration"]["series"].values())
+
+
+def test_approval_queue_counts_what_waits_at_each_sample() -> None:
+    now = 7200.0  # one-minute buckets over the last hour: samples at 3660, 3720, ... 7200
+    spans = [(3600.0, 3700.0), (3650.0, None), (5000.0, 5000.5), (7100.0, None)]
+    queue = stats.approval_queue(spans, window_s=3600, now=now)
+    waiting = dict(zip(queue["x"], queue["series"]["waiting approvals"], strict=True))
+    assert waiting[3660.0] == 2  # the first two
+    assert waiting[3720.0] == 1  # the first was resolved at 3700
+    assert waiting[5040.0] == 1  # the third came and went between samples
+    assert waiting[7200.0] == 2

@@ -173,7 +173,7 @@
   const AFFECTS = [
     ["agent.draft", ["drafts"]],
     ["agent.", ["containers", "kept", "drafts", "flow", "telemetry"]],
-    ["approval.", ["approvals", "drafts", "containers"]],
+    ["approval.", ["approvals", "drafts", "containers", "telemetry"]],
     ["question.", ["questions"]],
     ["crash.", ["containers"]],
     ["stuck.", ["containers"]],
@@ -277,9 +277,13 @@
     ["tool_calls", "tool calls / turn"],
     ["exit_codes", "claude exit codes (turns)"],
     ["inbox_depth", "inbox depth"],
-    ["messages", "messages sent / received"],
+    ["messages", "messages sent (by recipient) / received"],
+    ["tools", "tool calls by tool"],
     ["since_last_turn", "time since previous turn (s)"],
+    ["notes", "notes file size (KiB)"],
   ];
+  const HIVE_CHARTS = [["approval_queue", "approvals waiting for the operator"]];
+  const SCATTER = new Set(["tool_calls", "inbox_depth", "since_last_turn", "notes"]);
   const COLORS = ["#39ff88", "#ff3cac", "#2de2e6", "#ffe600", "#ffa43c", "#ff5c7a"];
   const plots = [];
 
@@ -290,74 +294,97 @@
     return "last turn " + (s / 3600).toFixed(1) + "h ago";
   }
 
+  async function fetchJson(url) {
+    const r = await fetch(url, { credentials: "same-origin" });
+    const data = await r.json();
+    if (!r.ok) throw new Error(data.error || r.status);
+    return data;
+  }
+
   async function drawTelemetry() {
     for (const p of plots.splice(0)) p.destroy();
     const win = $("#tele-win")?.value || "3600";
+    const hive = $(".tele[data-hive]");
+    if (hive) {
+      const box = $('[data-role="charts"]', hive);
+      const last = $('[data-role="last"]', hive);
+      try {
+        const data = await fetchJson("/api/stats/hive?window=" + win);
+        last.textContent = "";
+        drawCharts(box, HIVE_CHARTS, data.charts);
+      } catch (e) {
+        box.textContent = "";
+        last.textContent = "approvals d0wn: " + e.message;
+      }
+    }
     for (const card of $$(".tele[data-agent]")) {
       const box = $('[data-role="charts"]', card);
       const last = $('[data-role="last"]', card);
       let data;
       try {
-        const r = await fetch("/api/stats?agent=" + encodeURIComponent(card.dataset.agent) + "&window=" + win, {
-          credentials: "same-origin",
-        });
-        data = await r.json();
-        if (!r.ok) throw new Error(data.error || r.status);
+        data = await fetchJson(
+          "/api/stats?agent=" + encodeURIComponent(card.dataset.agent) + "&window=" + win,
+        );
       } catch (e) {
         box.textContent = "";
         last.textContent = "broker d0wn: " + e.message;
         continue;
       }
       last.textContent = fmtAgo(data.since_last_turn_s) + " · " + data.turns + " turns in window";
-      box.textContent = "";
       if (data.turns === 0) {
+        box.textContent = "";
         const p = document.createElement("p");
         p.className = "nodata";
         p.textContent = "n0 turns in th1s w1nd0w";
         box.append(p);
         continue;
       }
-      for (const [key, title] of CHARTS) {
-        const chart = data.charts[key];
-        const fig = document.createElement("figure");
-        fig.className = "chart";
-        fig.dataset.chart = key;
-        const h = document.createElement("h4");
-        h.textContent = title;
-        fig.append(h);
-        box.append(fig);
-        if (!chart || chart.x.length === 0) {
-          const p = document.createElement("p");
-          p.className = "nodata";
-          p.textContent = "n0 d4t4";
-          fig.append(p);
-          continue;
-        }
-        const labels = Object.keys(chart.series);
-        const scatter = key === "tool_calls" || key === "inbox_depth" || key === "since_last_turn";
-        const opts = {
-          width: Math.max(200, box.clientWidth),
-          height: 130,
-          cursor: { focus: { prox: 16 } },
-          scales: { x: { time: true } },
-          axes: [
-            { stroke: "#9a9ab8", grid: { stroke: "#1d1d33" }, ticks: { stroke: "#2b2b48" } },
-            { stroke: "#9a9ab8", grid: { stroke: "#1d1d33" }, ticks: { stroke: "#2b2b48" }, size: 44 },
-          ],
-          series: [
-            {},
-            ...labels.map((label, i) => ({
-              label,
-              stroke: COLORS[i % COLORS.length],
-              width: 1.5,
-              spanGaps: scatter,
-              points: { show: scatter, size: 5, fill: COLORS[i % COLORS.length] },
-              fill: key === "turns_per_min" ? "rgba(57,255,136,0.12)" : undefined,
-            })),
-          ],
-        };
-        plots.push(new uPlot(opts, [chart.x, ...labels.map((l) => chart.series[l])], fig));
+      drawCharts(box, CHARTS, data.charts);
+    }
+  }
+
+  function drawCharts(box, list, charts) {
+    box.textContent = "";
+    for (const [key, title] of list) {
+      const chart = charts[key];
+      const fig = document.createElement("figure");
+      fig.className = "chart";
+      fig.dataset.chart = key;
+      const h = document.createElement("h4");
+      h.textContent = title;
+      fig.append(h);
+      box.append(fig);
+      const labels = chart ? Object.keys(chart.series) : [];
+      if (!chart || chart.x.length === 0 || labels.length === 0) {
+        const p = document.createElement("p");
+        p.className = "nodata";
+        p.textContent = "n0 d4t4";
+        fig.append(p);
+        continue;
       }
+      const scatter = SCATTER.has(key);
+      const opts = {
+        width: Math.max(200, box.clientWidth),
+        height: 130,
+        cursor: { focus: { prox: 16 } },
+        scales: { x: { time: true } },
+        axes: [
+          { stroke: "#9a9ab8", grid: { stroke: "#1d1d33" }, ticks: { stroke: "#2b2b48" } },
+          { stroke: "#9a9ab8", grid: { stroke: "#1d1d33" }, ticks: { stroke: "#2b2b48" }, size: 44 },
+        ],
+        series: [
+          {},
+          ...labels.map((label, i) => ({
+            label,
+            stroke: COLORS[i % COLORS.length],
+            width: 1.5,
+            spanGaps: scatter,
+            points: { show: scatter, size: 5, fill: COLORS[i % COLORS.length] },
+            fill: key === "turns_per_min" ? "rgba(57,255,136,0.12)" : undefined,
+          })),
+        ],
+      };
+      plots.push(new uPlot(opts, [chart.x, ...labels.map((l) => chart.series[l])], fig));
     }
   }
   window.addEventListener("resize", () => {
