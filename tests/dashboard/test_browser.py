@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from hyperhive.common import rpc, subjects
 from hyperhive.common.wire.approvals import (
@@ -32,31 +32,18 @@ from hyperhive.common.wire.broker import (
 )
 from hyperhive.common.wire.events import OperatorAnswered
 from hyperhive.common.wire.lifecycle import AgentInfo, SpawnRequest
+from tests.browser import chromium, needs_chromium
 from tests.dashboard.conftest import Stack, commit_config, unique_name
 
-CHROMIUM = "/usr/bin/chromium"
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no chromium at {CHROMIUM}"),
-]
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+pytestmark = [pytest.mark.browser, needs_chromium]
 UI_TIMEOUT_MS = 30_000
 TIMEOUT = 30.0
 
 
 @pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    async with chromium() as b:
         yield b
-        await b.close()
 
 
 @pytest.fixture

@@ -7,40 +7,20 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Browser, expect
 
+from tests.browser import chromium, needs_chromium
 from tests.harness.conftest import Stack, agent_name, running_harness
 from tests.scripted_anthropic import ScriptedAnthropic, last_user_mentions
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 UI_TIMEOUT_MS = 60_000
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.claude,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no chromium at {CHROMIUM}"),
-]
+pytestmark = [pytest.mark.browser, pytest.mark.claude, needs_chromium]
 
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    # a loaded machine runs claude slowly: wait longer than expect()'s 5 s,
-    # and give the global default back afterwards
-    expect.set_options(timeout=UI_TIMEOUT_MS)
-    try:
-        async with async_playwright() as p:
-            b = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            yield b
-            await b.close()
-    finally:
-        expect.set_options(timeout=5_000)
+    async with chromium(expect_timeout_ms=UI_TIMEOUT_MS) as b:
+        yield b
 
 
 async def test_prompt_streams_reply_and_badge_goes_thinking_then_idle(

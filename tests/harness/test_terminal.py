@@ -16,14 +16,15 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Browser, expect
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from hyperhive.harness.security import CSRF_COOKIE
 from tests import rig
+from tests.browser import chromium, needs_chromium
 from tests.harness.conftest import Page, Stack, agent_name, running_harness
-from tests.harness.test_browser import CHROMIUM, CHROMIUM_ARGS, UI_TIMEOUT_MS
+from tests.harness.test_browser import UI_TIMEOUT_MS
 
 TOKEN = "terminal-test-token"
 
@@ -140,14 +141,8 @@ async def test_shell_exit_closes_the_websocket(stack: Stack) -> None:
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    expect.set_options(timeout=UI_TIMEOUT_MS)
-    try:
-        async with async_playwright() as p:
-            b = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            yield b
-            await b.close()
-    finally:
-        expect.set_options(timeout=5_000)
+    async with chromium(expect_timeout_ms=UI_TIMEOUT_MS) as b:
+        yield b
 
 
 ROWS_JS = (
@@ -159,7 +154,7 @@ ROWS_JS = (
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no chromium at {CHROMIUM}")
+@needs_chromium
 async def test_browser_terminal_echo_hi(stack: Stack, browser: Browser, tmp_path: Path) -> None:
     name = agent_name("tb")
     await stack.spawn(name)

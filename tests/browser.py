@@ -1,0 +1,44 @@
+"""Headless Chromium for the browser tests: Debian's ``chromium`` driven by
+Playwright (its own browser download does not work on these machines)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, async_playwright, expect
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+EXPECT_DEFAULT_MS = 5_000  # Playwright's own default for expect()
+
+needs_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason=f"no chromium at {CHROMIUM}"
+)
+
+
+@asynccontextmanager
+async def chromium(expect_timeout_ms: int | None = None) -> AsyncIterator[Browser]:
+    """A launched browser. ``expect_timeout_ms`` raises expect()'s timeout
+    while it runs (a loaded machine runs claude and renders slowly)."""
+    if expect_timeout_ms is not None:
+        expect.set_options(timeout=expect_timeout_ms)
+    try:
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                yield browser
+            finally:
+                await browser.close()
+    finally:
+        if expect_timeout_ms is not None:
+            expect.set_options(timeout=EXPECT_DEFAULT_MS)
