@@ -23,6 +23,7 @@ from typing import TypeVar
 import asyncpg
 from nats.aio.client import Client as NATS
 
+from hyperhive.cli.devstack import stop_harnesses
 from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from hyperhive.common import nats_auth
 from hyperhive.common.config import Settings, load_settings, settings_env
@@ -221,3 +222,14 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not met within {timeout}s (last: {last})")
         await asyncio.sleep(interval)
+
+
+def cleanup_agents(nats: EmbeddedNats, agents_dir: Path) -> None:
+    """Stops the harnesses a stack started and removes their NATS users."""
+    stop_harnesses(agents_dir, timeout=10.0)
+    if not agents_dir.is_dir():
+        return
+    for d in agents_dir.iterdir():
+        nats_auth.remove_user(nats.root, f"agent-{d.name}")
+    nats_auth.render_auth_file(nats.root, nats.auth_file)
+    reload_nats(nats)

@@ -8,6 +8,7 @@ or SIGTERM stops the services, the agents' harnesses, and the servers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -164,8 +165,20 @@ class DevStack:
             self.pg.stop()
 
 
-def stop_harnesses(agents_dir: Path) -> None:
-    """Stops every agent harness the process backend left running."""
+def _gone(pid: int) -> bool:
+    """True when the process is gone or a zombie (reaped here if it is our child)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")
+
+
+def stop_harnesses(agents_dir: Path, timeout: float = 5.0) -> None:
+    """Stops every agent harness (its process group) the process backend left
+    running: SIGTERM, then SIGKILL for what is left after ``timeout``."""
     pids: list[int] = []
     for pid_file in agents_dir.glob("*/run/harness.pid"):
         try:
@@ -174,19 +187,14 @@ def stop_harnesses(agents_dir: Path) -> None:
             pids.append(pid)
         except (OSError, ValueError, IndexError):
             continue
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + timeout
     for pid in pids:
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pid, 0)
-            except OSError:
-                break
-            time.sleep(0.05)
-        else:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # the group may hold more than the harness (claude, a shell)
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+        _gone(pid)
 
 
 def up(opts: UpOptions) -> int:

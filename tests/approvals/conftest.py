@@ -27,7 +27,8 @@ from hyperhive.common.wire.broker import AckRequest, RecvReply, RecvRequest
 from hyperhive.common.wire.events import HiveEvent, SystemEvent
 from hyperhive.common.wire.lifecycle import AgentInfo, SpawnRequest
 from tests import rig
-from tests.lifecycle.conftest import cleanup_agents, lifecycle_settings
+from tests.lifecycle.conftest import lifecycle_settings
+from tests.rig import cleanup_agents
 
 T = TypeVar("T", bound=msgspec.Struct)
 AUTHOR = git.Actor("hm1nd", "hm1nd@hive")

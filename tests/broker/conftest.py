@@ -38,7 +38,8 @@ from hyperhive.common.wire.broker import (
 from hyperhive.common.wire.events import HiveEvent
 from hyperhive.common.wire.lifecycle import AgentInfo, DestroyRequest, SpawnRequest
 from tests import rig
-from tests.lifecycle.conftest import cleanup_agents, lifecycle_settings
+from tests.lifecycle.conftest import lifecycle_settings
+from tests.rig import cleanup_agents
 
 T = TypeVar("T", bound=msgspec.Struct)
 TIMEOUT = 30.0

@@ -23,8 +23,9 @@ from hyperhive.common.wire.broker import AckRequest, Message, RecvReply, RecvReq
 from hyperhive.common.wire.events import AgentStuck, ContainerCrash
 from hyperhive.common.wire.lifecycle import WatchStatus
 from tests import rig
-from tests.lifecycle.conftest import cleanup_agents, lifecycle_settings
+from tests.lifecycle.conftest import lifecycle_settings
 from tests.lifecycle.helpers import Operator, harness_pid, serving, wait_dead
+from tests.rig import cleanup_agents
 
 
 @asynccontextmanager

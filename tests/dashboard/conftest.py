@@ -23,9 +23,8 @@ import httpx
 import pytest
 from nats.aio.client import Client as NATS
 
-from hyperhive.cli.devstack import stop_harnesses
 from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
-from hyperhive.common import nats_auth, subjects
+from hyperhive.common import subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.paths import AgentPaths
 from tests import rig
@@ -51,18 +50,6 @@ def stack_settings(nats: EmbeddedNats, database_url: str, home: Path, **override
     return rig.make_settings(nats, database_url, home, **env)
 
 
-def cleanup_agents(nats: EmbeddedNats, agents_dir: Path) -> None:
-    """Stops the harnesses this stack started and removes their NATS users."""
-    stop_harnesses(agents_dir)
-    if not agents_dir.is_dir():
-        return
-    for d in agents_dir.iterdir():
-        nats_auth.remove_user(nats.root, f"agent-{d.name}")
-    nats_auth.render_auth_file(nats.root, nats.auth_file)
-    assert nats.proc is not None
-    nats.proc.send_signal(1)  # SIGHUP: reload
-
-
 @dataclass
 class Stack:
     settings: Settings
@@ -81,7 +68,7 @@ async def running_stack(
     """Runs ``parts`` in-process; yields connections as the operator and hm1nd."""
     async with AsyncExitStack() as stack:
         # registered first so it runs last: after lifecycle stopped
-        stack.callback(cleanup_agents, nats, settings.paths.agents_dir)
+        stack.callback(rig.cleanup_agents, nats, settings.paths.agents_dir)
         for part in parts:
             await stack.enter_async_context(rig.running_service(part, settings))
         operator = await rig.connect_as(nats, nats.operator_seed, "_INBOX.operator")

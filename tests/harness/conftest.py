@@ -17,8 +17,6 @@ import contextlib
 import itertools
 import json
 import os
-import signal
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +26,9 @@ import httpx
 import pytest
 from nats.aio.client import Client as NATS
 
+from hyperhive.cli.devstack import stop_harnesses
 from hyperhive.cli.embedded import EmbeddedNats, free_port
-from hyperhive.common import nats_auth, rpc, subjects
+from hyperhive.common import rpc, subjects
 from hyperhive.common.config import Settings, load_settings, settings_env
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.broker import (
@@ -91,47 +90,6 @@ def stack_settings(
     }
     overrides.update(env)
     return rig.make_settings(nats, database_url, home, **overrides)
-
-
-def _gone(pid: int) -> bool:
-    """True when the process is gone or a zombie (reaped here if it is our child)."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-    except OSError:
-        return True
-    return state in ("Z", "X")
-
-
-def stop_harnesses(agents_dir: Path, timeout: float = 10.0) -> None:
-    """Ends every harness (process group) lifecycle left; zombies count as ended."""
-    pids = []
-    for pid_file in agents_dir.glob("*/run/harness.pid"):
-        try:
-            pid = int(pid_file.read_text().split()[0])
-            os.killpg(pid, signal.SIGTERM)
-            pids.append(pid)
-        except (OSError, ValueError, IndexError):
-            continue
-    deadline = time.monotonic() + timeout
-    for pid in pids:
-        while not _gone(pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        with contextlib.suppress(OSError):
-            os.killpg(pid, signal.SIGKILL)
-        _gone(pid)
-
-
-def cleanup_agents(nats: EmbeddedNats, agents_dir: Path) -> None:
-    stop_harnesses(agents_dir)
-    if not agents_dir.is_dir():
-        return
-    for d in agents_dir.iterdir():
-        nats_auth.remove_user(nats.root, f"agent-{d.name}")
-    nats_auth.render_auth_file(nats.root, nats.auth_file)
-    assert nats.proc is not None
-    nats.proc.send_signal(1)
 
 
 @dataclass
@@ -218,10 +176,10 @@ async def running_stack(
                 yield Stack(settings=settings, nats=nats, op=op)
             finally:
                 # harnesses first, while NATS and the broker still answer them
-                await asyncio.to_thread(stop_harnesses, settings.paths.agents_dir)
+                await asyncio.to_thread(stop_harnesses, settings.paths.agents_dir, 10.0)
     finally:
         await op.close()
-        cleanup_agents(nats, settings.paths.agents_dir)
+        rig.cleanup_agents(nats, settings.paths.agents_dir)
 
 
 @pytest.fixture

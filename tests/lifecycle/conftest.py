@@ -7,18 +7,14 @@ start, watch, stop and adopt.
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from hyperhive.cli.embedded import EmbeddedNats, free_port
-from hyperhive.common import nats_auth
 from hyperhive.common.config import Settings
 from tests import rig
-from tests.rig import reload_nats
 
 SLEEP = "sleep 3600"
 
@@ -44,30 +40,10 @@ def lifecycle_settings(
     return rig.make_settings(nats, database_url, home, **env)
 
 
-def cleanup_agents(nats: EmbeddedNats, agents_dir: Path) -> None:
-    """Kills every harness a test left and removes its agents' NATS users."""
-    if not agents_dir.is_dir():
-        return
-    for pid_file in agents_dir.glob("*/run/harness.pid"):
-        try:
-            pid = int(pid_file.read_text().split()[0])
-            os.killpg(pid, signal.SIGKILL)
-        except (OSError, ValueError, IndexError):
-            continue
-        try:  # the harnesses are children of this test process: reap them
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
-    for d in agents_dir.iterdir():
-        nats_auth.remove_user(nats.root, f"agent-{d.name}")
-    nats_auth.render_auth_file(nats.root, nats.auth_file)
-    reload_nats(nats)
-
-
 @pytest.fixture
 def lc_settings(
     nats_server: EmbeddedNats, database_url: str, hive_home: Path
 ) -> Iterator[Settings]:
     settings = lifecycle_settings(nats_server, database_url, hive_home)
     yield settings
-    cleanup_agents(nats_server, settings.paths.agents_dir)
+    rig.cleanup_agents(nats_server, settings.paths.agents_dir)

@@ -15,8 +15,9 @@ from hyperhive.common.wire.base import Ok
 from hyperhive.common.wire.lifecycle import AgentInfo, AgentRequest, ConfigReply
 from hyperhive.lifecycle import agentconf, ports
 from tests import rig
-from tests.lifecycle.conftest import cleanup_agents, lifecycle_settings
+from tests.lifecycle.conftest import lifecycle_settings
 from tests.lifecycle.helpers import Events, Operator, harness_pid, pid_alive, serving, wait_dead
+from tests.rig import cleanup_agents
 
 
 async def test_spawn_provisions_files_repos_port_and_events(lc_settings, operator_nc, service_nc):

@@ -8,8 +8,9 @@ import pytest
 
 from hyperhive.common.paths import AgentPaths
 from tests import rig
-from tests.lifecycle.conftest import cleanup_agents, lifecycle_settings
+from tests.lifecycle.conftest import lifecycle_settings
 from tests.lifecycle.helpers import Operator, serving
+from tests.rig import cleanup_agents
 
 PROBE = (
     'sh -c \'for f in "$PROBE_SERVICE_SEED" "$PROBE_OTHER_SEED" "$PROBE_OTHER_STATE" '

@@ -9,8 +9,9 @@ import sys
 
 from hyperhive.common.config import Settings, settings_env
 from tests import rig
-from tests.lifecycle.conftest import cleanup_agents, lifecycle_settings
+from tests.lifecycle.conftest import lifecycle_settings
 from tests.lifecycle.helpers import serving
+from tests.rig import cleanup_agents
 
 
 async def hive(settings: Settings, *args: str) -> tuple[int, str, str]:

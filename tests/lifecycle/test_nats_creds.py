@@ -12,8 +12,9 @@ from hyperhive.common.natsconn import sync_subscriptions
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.lifecycle import AgentInfo, AgentRequest
 from tests import rig
-from tests.lifecycle.conftest import cleanup_agents, lifecycle_settings
+from tests.lifecycle.conftest import lifecycle_settings
 from tests.lifecycle.helpers import Operator, serving
+from tests.rig import cleanup_agents
 
 
 class AgentConn:

@@ -20,8 +20,9 @@ from hyperhive.common.errors import BackendFailed
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.lifecycle import LogsReply, LogsRequest
 from hyperhive.lifecycle.backends.nixos import nix_string, pinned_url
-from tests.lifecycle.conftest import cleanup_agents, lifecycle_settings
+from tests.lifecycle.conftest import lifecycle_settings
 from tests.lifecycle.helpers import Operator, serving
+from tests.rig import cleanup_agents
 
 REV = "0123456789abcdef0123456789abcdef01234567"
 

@@ -27,8 +27,9 @@ from hyperhive.common.wire.lifecycle import (
 )
 from hyperhive.lifecycle import creds
 from tests import rig
-from tests.lifecycle.conftest import cleanup_agents, lifecycle_settings
+from tests.lifecycle.conftest import lifecycle_settings
 from tests.lifecycle.helpers import Events, Operator, harness_pid, pid_alive, serving, wait_dead
+from tests.rig import cleanup_agents
 
 
 async def test_concurrent_operations_never_interleave(lc_settings, operator_nc, service_nc):
