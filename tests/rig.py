@@ -233,3 +233,35 @@ def cleanup_agents(nats: EmbeddedNats, agents_dir: Path) -> None:
         nats_auth.remove_user(nats.root, f"agent-{d.name}")
     nats_auth.render_auth_file(nats.root, nats.auth_file)
     reload_nats(nats)
+
+
+def cli_env(settings: Settings) -> dict[str, str]:
+    """This environment without any HIVE_* of its own, plus ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HIVE_")}
+    env.update(settings_env(settings))
+    return env
+
+
+async def hive_cli(settings: Settings, *args: str, timeout: float = 120.0) -> tuple[int, str, str]:
+    """Runs ``hive <args>`` in a child process; returns (exit code, stdout, stderr).
+
+    Async, because the services under test usually run in this event loop.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hyperhive.cli.main",
+        *args,
+        env=cli_env(settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 
 from hyperhive.cli.embedded import EmbeddedNats
-from hyperhive.common.config import settings_env
 from hyperhive.common.wire.approvals import ApplyCommitRequest, ApprovalQueued, AskRequest
 from tests import rig
 from tests.approvals.conftest import Hive, agent_name
 
 
 async def hive_cli(hive: Hive, nats: EmbeddedNats, *args: str) -> tuple[int, str, str]:
-    env = dict(os.environ)
-    env.update(settings_env(rig.operator_settings(hive.settings, nats)))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hyperhive.cli.main",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await rig.hive_cli(rig.operator_settings(hive.settings, nats), *args)
 
 
 async def test_operator_cli_round_trip(hive: Hive, nats_server: EmbeddedNats) -> None:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 
 import pytest
 
 from hyperhive.cli.cmd_messages import parse_since
-from hyperhive.common.config import settings_env
 from hyperhive.common.errors import BadRequest
 from tests import rig
 from tests.broker.conftest import Hive, ack, recv, send
@@ -20,26 +18,13 @@ TIMEOUT = 60
 
 
 def _env(hive: Hive) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HIVE_")}
-    env.update(settings_env(rig.operator_settings(hive.settings, hive.nats)))
-    return env
+    return rig.cli_env(rig.operator_settings(hive.settings, hive.nats))
 
 
 async def hive_cli(hive: Hive, *args: str) -> tuple[int, str, str]:
-    """Runs ``hive <args>``; the broker runs in this event loop, so never block it."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hyperhive.cli.main",
-        *args,
-        env=_env(hive),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    return await rig.hive_cli(
+        rig.operator_settings(hive.settings, hive.nats), *args, timeout=TIMEOUT
     )
-    async with asyncio.timeout(TIMEOUT):
-        out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_send_inbox_messages_and_status(hive: Hive):

@@ -2,34 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 
-from hyperhive.common.config import Settings, settings_env
 from tests import rig
 from tests.lifecycle.conftest import lifecycle_settings
 from tests.lifecycle.helpers import serving
 from tests.rig import cleanup_agents
-
-
-async def hive(settings: Settings, *args: str) -> tuple[int, str, str]:
-    """Runs the CLI in a child process (the services keep running in this loop)."""
-    env = dict(os.environ)
-    env.update(settings_env(settings))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hyperhive.cli.main",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_cli_agent_verbs(nats_server, database_url, hive_home, operator_nc):
@@ -42,47 +20,47 @@ async def test_cli_agent_verbs(nats_server, database_url, hive_home, operator_nc
     operator = rig.operator_settings(settings, nats_server)
     try:
         async with serving("lifecycle", settings, operator_nc):
-            code, out, _ = await hive(operator, "spawn", "clia", "--json")
+            code, out, _ = await rig.hive_cli(operator, "spawn", "clia", "--json")
             assert code == 0
             assert json.loads(out)["state"] == "running"
 
-            code, out, _ = await hive(operator, "agents", "--json")
+            code, out, _ = await rig.hive_cli(operator, "agents", "--json")
             assert code == 0
             agents = {a["name"]: a for a in json.loads(out)}
             assert agents["clia"]["kind"] == "agent"
 
-            code, out, _ = await hive(operator, "agents")
+            code, out, _ = await rig.hive_cli(operator, "agents")
             assert code == 0 and out.splitlines()[0].split()[:3] == ["NAME", "KIND", "STATE"]
             assert "clia" in out and "running" in out
 
-            code, out, _ = await hive(operator, "logs", "clia", "-n", "5")
+            code, out, _ = await rig.hive_cli(operator, "logs", "clia", "-n", "5")
             assert code == 0 and "hello-from-harness" in out
 
-            code, out, _ = await hive(operator, "config", "clia")
+            code, out, _ = await rig.hive_cli(operator, "config", "clia")
             assert code == 0 and "==> agent.toml <==" in out and "==> agent.nix <==" in out
 
-            code, out, _ = await hive(operator, "stop", "clia", "--json")
+            code, out, _ = await rig.hive_cli(operator, "stop", "clia", "--json")
             assert code == 0 and json.loads(out)["state"] == "stopped"
-            code, out, _ = await hive(operator, "start", "clia")
+            code, out, _ = await rig.hive_cli(operator, "start", "clia")
             assert code == 0 and "running" in out
 
-            code, out, _ = await hive(operator, "destroy", "clia")
+            code, out, _ = await rig.hive_cli(operator, "destroy", "clia")
             assert code == 0 and "state kept" in out
-            code, out, _ = await hive(operator, "kept", "--json")
+            code, out, _ = await rig.hive_cli(operator, "kept", "--json")
             assert code == 0 and [k["name"] for k in json.loads(out)] == ["clia"]
-            code, out, _ = await hive(operator, "purge", "clia")
+            code, out, _ = await rig.hive_cli(operator, "purge", "clia")
             assert code == 0
-            code, out, _ = await hive(operator, "kept", "--json")
+            code, out, _ = await rig.hive_cli(operator, "kept", "--json")
             assert json.loads(out) == []
-            code, out, _ = await hive(operator, "drafts", "--json")
+            code, out, _ = await rig.hive_cli(operator, "drafts", "--json")
             assert code == 0 and json.loads(out) == []
 
             # bad input: one clear line on stderr, exit 1
             # (the client's own "nats disconnected" log line may precede it)
-            code, out, err = await hive(operator, "spawn", "Bad_Name")
+            code, out, err = await rig.hive_cli(operator, "spawn", "Bad_Name")
             assert code == 1 and out == ""
             assert err.strip().splitlines()[-1].startswith("hive: invalid agent name 'Bad_Name'")
-            code, _, err = await hive(operator, "stop", "ghost")
+            code, _, err = await rig.hive_cli(operator, "stop", "ghost")
             assert code == 1
             assert err.strip().splitlines()[-1] == "hive: no agent named 'ghost'"
     finally:
