@@ -32,7 +32,7 @@ from hyperhive.dashboard import (
 from hyperhive.dashboard.hive import Hive
 from hyperhive.dashboard.hub import EventHub
 from hyperhive.dashboard.render import Renderer
-from hyperhive.dashboard.security import Guard, Security, allowed_hosts, load_operator_token
+from hyperhive.dashboard.security import Guard, Security, load_operator_token, policy
 from hyperhive.dashboard.web import HTTP_STATUS, Deps
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,8 @@ def create_app(settings: Settings, nc: NATS, js: JetStreamContext) -> Litestar:
     """
     ds = settings.dashboard
     render = Renderer()
-    security = Security(load_operator_token(ds), allowed_hosts(ds))
+    guard_policy = policy(ds)
+    security = Security(load_operator_token(ds), guard_policy.session_label)
     hub = EventHub(
         js,
         backfill_events=ds.flow_backfill_events,
@@ -73,7 +74,9 @@ def create_app(settings: Settings, nc: NATS, js: JetStreamContext) -> Litestar:
             *routes_telemetry.HANDLERS,
             create_static_files_router(path="/static", directories=[STATIC], name="static"),
         ],
-        middleware=[DefineMiddleware(Guard, security=security, login_page=login_page)],
+        middleware=[
+            DefineMiddleware(Guard, security=security, policy=guard_policy, login_page=login_page)
+        ],
         exception_handlers={Exception: _error},
         state=State({"deps": state}),
         debug=False,

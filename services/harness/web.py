@@ -33,10 +33,11 @@ from litestar.middleware import DefineMiddleware
 from litestar.response import Redirect, Stream
 from litestar.static_files import create_static_files_router
 
+from hyperhive.common.webguard import session_cookie
 from hyperhive.harness import creds
 from hyperhive.harness.hub import Record
 from hyperhive.harness.loop import CommandError, Harness
-from hyperhive.harness.security import SCOPE_KEY, Guard, Security
+from hyperhive.harness.security import POLICY, SCOPE_KEY, Guard, Security, security
 from hyperhive.harness.terminal import Shell, terminal_ws
 
 log = logging.getLogger(__name__)
@@ -276,7 +277,7 @@ async def auth_check(request: Request[Any, Any, Any]) -> Response[Any]:
     if not sec.token_ok(fields.get("token", "").strip()):
         return _html(render("auth.html", csrf=_csrf(request), error="wrong token"), 403)
     resp: Response[Any] = Redirect("/", status_code=303)
-    resp.headers["set-cookie"] = sec.session_cookie()
+    resp.headers["set-cookie"] = session_cookie(POLICY, sec)
     return resp
 
 
@@ -294,8 +295,8 @@ def _error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
 
 def create_app(harness: Harness, operator_token: str = "") -> Litestar:
     """The agent page app for ``harness``; ``operator_token`` guards it when set."""
-    security = Security(operator_token)
-    deps = Deps(harness, security)
+    secrets = security(operator_token)
+    deps = Deps(harness, secrets)
     app = Litestar(
         route_handlers=[
             page,
@@ -310,7 +311,9 @@ def create_app(harness: Harness, operator_token: str = "") -> Litestar:
             terminal_ws,
             create_static_files_router(path="/static", directories=[HERE / "static"]),
         ],
-        middleware=[DefineMiddleware(Guard, security=security, token_page=token_page)],
+        middleware=[
+            DefineMiddleware(Guard, security=secrets, policy=POLICY, login_page=token_page)
+        ],
         exception_handlers={Exception: _error},
         state=State({"deps": deps}),
         debug=False,
