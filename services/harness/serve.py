@@ -12,53 +12,22 @@ import asyncio
 import contextlib
 import logging
 import signal
-import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import uvicorn
 from nats.aio.client import Client as NATS
 
 from hyperhive.common.config import Settings
-from hyperhive.common.errors import ConfigError, HiveError
+from hyperhive.common.errors import HiveError
 from hyperhive.common.logs import setup_logging
 from hyperhive.common.natsconn import connect
 from hyperhive.common.telemetry import setup_tracing
+from hyperhive.common.webserve import WebServer, bind
 from hyperhive.harness.config import HarnessConfig, resolve
 from hyperhive.harness.loop import Harness
 from hyperhive.harness.web import Deps, create_app
 
 log = logging.getLogger(__name__)
-
-STARTUP_TIMEOUT_S = 20.0
-SHUTDOWN_GRACE_S = 3.0
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: we own SIGTERM."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """The page's listening socket (port 0: any free port).
-
-    Raises:
-        ConfigError: the address cannot be bound.
-    """
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, kind, proto, _, addr = infos[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-    except OSError as exc:
-        raise ConfigError(f"agent page cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.listen(256)
-    sock.setblocking(False)
-    return sock
 
 
 async def run(
@@ -83,33 +52,22 @@ async def run(
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
     cfg: HarnessConfig = resolve(settings)
-    sock = bind(settings.harness.host, settings.harness.port)
+    sock = bind(settings.harness.host, settings.harness.port, "agent page")
     port = sock.getsockname()[1]
     nc: NATS = await connect(settings.nats, name=f"hive-harness-{cfg.agent}")
     harness = Harness(cfg, nc)
     app = create_app(harness, settings.harness.token)
     deps: Deps = app.state.deps
-    server = _Server(
-        uvicorn.Config(
-            app,
-            log_level="warning",
-            lifespan="off",
-            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
-            access_log=False,
-        )
-    )
-    tasks = [
-        asyncio.create_task(server.serve(sockets=[sock]), name="harness-http"),
-        asyncio.create_task(harness.run(stop), name="harness-loop"),
-        asyncio.create_task(harness.heartbeat(stop), name="harness-heartbeat"),
-    ]
+    server = WebServer(app, sock, name="harness-http")
+    tasks: list[asyncio.Task[None]] = []
     try:
-        async with asyncio.timeout(STARTUP_TIMEOUT_S):
-            while not server.started:
-                if tasks[0].done():
-                    tasks[0].result()
-                    raise ConfigError("agent page stopped while starting")
-                await asyncio.sleep(0.02)
+        await server.start()
+        assert server.task is not None
+        tasks = [
+            server.task,
+            asyncio.create_task(harness.run(stop), name="harness-loop"),
+            asyncio.create_task(harness.heartbeat(stop), name="harness-heartbeat"),
+        ]
         log.info("harness serving", extra={"agent": cfg.agent, "port": port})
         if ready:
             ready(harness, port)
@@ -123,22 +81,15 @@ async def run(
     finally:
         stop.set()
         deps.closing.set()
-        server.should_exit = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*tasks[1:], return_exceptions=True), 10)
-        try:
-            await asyncio.wait_for(tasks[0], SHUTDOWN_GRACE_S + 2)
-        except (TimeoutError, asyncio.CancelledError):
-            server.force_exit = True
-        except Exception:
-            log.exception("web server stop failed")
+        await server.stop()
         for t in tasks:
             t.cancel()
         try:
             await asyncio.wait_for(nc.drain(), 5)
         except Exception:
             await nc.close()
-        sock.close()
 
 
 def serve_main(settings: Settings) -> int:
