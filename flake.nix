@@ -1,7 +1,7 @@
 {
   description = "hyperhive: a swarm of Claude Code agents in nixos-containers, coordinated by a manager agent, approved by a human operator";
 
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
 
   outputs =
     { self, nixpkgs }:
@@ -20,7 +20,8 @@
           }) systems
         );
       pkgsFor = system: nixpkgs.legacyPackages.${system};
-      rev = self.shortRev or self.dirtyShortRev or "dirty";
+      # the full commit, so lifecycle can pin a non-store flakeRef to it
+      rev = self.rev or self.dirtyRev or "dirty";
     in
     {
       packages = forAllSystems (system: {

@@ -1,6 +1,7 @@
 # checks.<system>.tests: the pytest suite against the built package, with a
 # real nats-server and PostgreSQL from nixpkgs. Browser and claude-CLI tests
-# are left out (no Chromium or npm claude in the build sandbox).
+# are deselected (no Chromium or npm claude in the build sandbox); playwright
+# is still in the environment because those modules import it at collection.
 {
   lib,
   stdenv,
@@ -17,21 +18,23 @@ let
     ps.pytest-timeout
     ps.httpx
     ps.psutil
+    ps.playwright
   ]);
 in
 stdenv.mkDerivation {
   name = "hyperhive-tests";
 
-  # tests and their config only: `hyperhive` itself is imported from the
-  # built package
+  # the whole source: tests read the Nix files, templates, docs and the
+  # compose file they check; `hyperhive` itself is imported from the built
+  # package (no `hyperhive` directory sits at the top of the tree)
   src = lib.fileset.toSource {
     root = ../..;
-    fileset = lib.fileset.unions [
-      ../../pyproject.toml
-      ../../README.md
-      ../../tests
-      ../../nix
-    ];
+    fileset = lib.fileset.difference ../.. (
+      lib.fileset.unions [
+        (lib.fileset.maybeMissing ../../tools)
+        (lib.fileset.maybeMissing ../../bench)
+      ]
+    );
   };
 
   nativeBuildInputs = [

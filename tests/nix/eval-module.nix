@@ -17,7 +17,7 @@ let
       port = 4222;
       settings.port = 4222;
     };
-    system.stateVersion = "25.11";
+    system.stateVersion = "26.05";
     systemd.package = s.pkgs.systemd;
     nix.package = s.pkgs.nix;
   };

@@ -14,11 +14,12 @@ SYSTEMS = ["aarch64-linux", "x86_64-linux"]
 
 # The flake's outputs called on stand-ins: a nixpkgs without packages, and a
 # `self` that is the outputs themselves (as Nix gives it).
+REV = "0123456789abcdef0123456789abcdef01234567"
 OUTPUTS = """
 let
   flake = import ./flake.nix;
   nixpkgs = { legacyPackages = { }; outPath = "/nix/store/standin-nixpkgs"; };
-  self = outputs // { outPath = "/nix/store/standin-hyperhive"; shortRev = "abc1234"; };
+  self = outputs // { outPath = "/nix/store/standin-hyperhive"; rev = "@REV@"; };
   outputs = flake.outputs { inherit self nixpkgs; };
   names = builtins.mapAttrs (_: builtins.attrNames);
   # a host module, called as the module system would
@@ -28,7 +29,7 @@ let
   };
   hostModule = call outputs.nixosModules.hyperhive;
 in
-"""
+""".replace("@REV@", REV)
 
 
 @pytest.fixture(scope="module")
@@ -70,5 +71,5 @@ def test_host_module_wires_this_flake(flake: dict[str, Any]) -> None:
     # per-agent container flakes import harness-base.nix from this source, at this rev
     assert flake["hostSettings"] == {
         "flakeRef": "path:/nix/store/standin-hyperhive",
-        "rev": "abc1234",
+        "rev": REV,
     }

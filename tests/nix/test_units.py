@@ -92,7 +92,7 @@ def test_units_are_hardened(units: dict[str, Any]) -> None:
         assert sc["ProtectKernelModules"] is True, part
 
 
-def test_only_lifecycle_keeps_root_privileges(units: dict[str, Any]) -> None:
+def test_root_only_for_lifecycle_and_the_repo_writer(units: dict[str, Any]) -> None:
     privileged = {e["part"] for e in eval_file(REPO / "nix" / "services.nix") if e["privileged"]}
     assert privileged == {"lifecycle", "approvals"}
     for part in subjects.SERVICES:
