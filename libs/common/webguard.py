@@ -4,8 +4,10 @@ One ASGI middleware, configured per app by a :class:`Policy`:
 
 - Operator token (optional): every page, API call and SSE stream needs it, as
   the session cookie set by the app's login form, an ``Authorization: Bearer``
-  / ``X-Hive-Token`` header, or a ``token`` query parameter. Missing: 401 (the
-  login form for a browser); wrong: 403. Static assets are public: they hold
+  / ``X-Hive-Token`` header, or a ``token`` query parameter. Missing on a
+  page, API read or SSE stream: 401 (the login form for a browser); missing on
+  a state-changing request (POST …): 403, like a wrong token, before the app
+  sees it, so nothing changes. Static assets are public: they hold
   no data. The raw token never goes into a cookie, a page or a log: the
   session cookie holds an HMAC derived from it.
 - Host check (optional): only the names in ``Policy.hosts`` are answered, so
@@ -206,7 +208,10 @@ class Guard:
         if self.security.token_required and not public:
             status = self._authenticate(scope, jar)
             if status is not None:
-                await self._refuse(scope, send, status)
+                missing = status == 401
+                if scope["method"] not in SAFE_METHODS:
+                    status = 403  # a change without the token is forbidden, not a login prompt
+                await self._refuse(scope, send, status, missing)
                 return
         if scope["method"] not in SAFE_METHODS:
             receive, supplied = await self._csrf_from_request(scope, receive)
@@ -258,10 +263,10 @@ class Guard:
             return 401  # a stale session cookie is as good as none: log in again
         return None if self.security.token_ok(supplied) else 403
 
-    async def _refuse(self, scope: Scope, send: Send, status: int) -> None:
+    async def _refuse(self, scope: Scope, send: Send, status: int, missing: bool) -> None:
         accept = header(scope, b"accept") or ""
         if scope["method"] == "GET" and "text/html" in accept:
-            error = "wrong token" if status == 403 else ""
+            error = "" if missing else "wrong token"
             body = self.login_page(scope[SCOPE_KEY], error)  # type: ignore[literal-required]
             await send(
                 {
@@ -272,7 +277,7 @@ class Guard:
             )
             await send({"type": "http.response.body", "body": body})
             return
-        text = "401: operator token required" if status == 401 else "403: wrong operator token"
+        text = f"{status}: " + ("operator token required" if missing else "wrong operator token")
         await _plain(send, status, text)
 
     async def _csrf_from_request(

@@ -24,12 +24,25 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
-from hyperhive.common import subjects
+from hyperhive.common import rpc, subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.paths import AgentPaths
+from hyperhive.common.wire.approvals import (
+    ApplyCommitRequest,
+    ApprovalInfo,
+    ApprovalQueued,
+    ApprovalsReply,
+    ApprovalsRequest,
+    AskRequest,
+    QuestionInfo,
+    QuestionsReply,
+    QuestionsRequest,
+)
+from hyperhive.common.wire.lifecycle import AgentInfo, AgentsReply, AgentsRequest, SpawnRequest
 from tests import rig
 
 SLEEP = "sleep 3600"
+TIMEOUT = 30.0
 ALL_PARTS = ("broker", "lifecycle", "approvals", "dashboard")
 
 
@@ -134,3 +147,77 @@ async def commit_config(
     """Edits and commits the agent's proposed agent.toml as hm1nd would; returns the sha."""
     repo = AgentPaths.of(settings, name).proposed
     return await asyncio.to_thread(_commit, repo, edit, message)
+
+
+def set_prompt(prompt: str) -> Callable[[str], str]:
+    """An agent.toml edit that sets its ``prompt``."""
+    return lambda text: text.replace('prompt = ""', f'prompt = "{prompt}"')
+
+
+async def spawn_agent(stack: Stack, prefix: str) -> str:
+    """Spawns a uniquely named agent as the operator; returns its name."""
+    name = unique_name(prefix)
+    info = await rpc.request(
+        stack.operator,
+        subjects.admin("lifecycle", "spawn"),
+        SpawnRequest(name=name),
+        AgentInfo,
+        timeout=TIMEOUT,
+    )
+    assert info.state == "running"
+    return name
+
+
+async def request_apply_commit(stack: Stack, name: str, sha: str) -> int:
+    """hm1nd asks to apply ``sha`` to ``name``; returns the approval id."""
+    assert stack.manager is not None
+    queued = await rpc.request(
+        stack.manager,
+        subjects.manager_tool("request_apply_commit"),
+        ApplyCommitRequest(name=name, commit_ref=sha),
+        ApprovalQueued,
+        timeout=TIMEOUT,
+    )
+    return queued.id
+
+
+async def ask_operator(
+    stack: Stack, question: str, options: list[str] | None = None, multi: bool = False
+) -> int:
+    """hm1nd asks the operator; returns the question id."""
+    assert stack.manager is not None
+    queued = await rpc.request(
+        stack.manager,
+        subjects.manager_tool("ask_operator"),
+        AskRequest(question=question, options=options, multi=multi),
+        ApprovalQueued,
+        timeout=TIMEOUT,
+    )
+    return queued.id
+
+
+async def approval(stack: Stack, approval_id: int) -> ApprovalInfo:
+    """One approval as the approvals service has it."""
+    reply = await rpc.request(
+        stack.operator,
+        subjects.admin("approvals", "list"),
+        ApprovalsRequest(limit=500),
+        ApprovalsReply,
+    )
+    return next(a for a in reply.approvals if a.id == approval_id)
+
+
+async def question(stack: Stack, question_id: int) -> QuestionInfo:
+    """One operator question as the approvals service has it."""
+    reply = await rpc.request(
+        stack.operator, subjects.admin("approvals", "questions"), QuestionsRequest(), QuestionsReply
+    )
+    return next(q for q in reply.questions if q.id == question_id)
+
+
+async def agents(stack: Stack) -> dict[str, AgentInfo]:
+    """The registry's agents by name."""
+    reply = await rpc.request(
+        stack.operator, subjects.admin("lifecycle", "list"), AgentsRequest(), AgentsReply
+    )
+    return {a.name: a for a in reply.agents}

@@ -9,9 +9,23 @@ import pytest
 
 from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres
 from hyperhive.common import rpc, subjects
-from hyperhive.common.wire.lifecycle import AgentsReply, AgentsRequest
+from hyperhive.common.wire.broker import HistoryReply, InboxRequest
 from tests import rig
-from tests.dashboard.conftest import CSRF_META, Stack, running_stack, stack_settings, unique_name
+from tests.dashboard.conftest import (
+    CSRF_META,
+    Stack,
+    agents,
+    approval,
+    ask_operator,
+    commit_config,
+    question,
+    request_apply_commit,
+    running_stack,
+    set_prompt,
+    spawn_agent,
+    stack_settings,
+    unique_name,
+)
 
 TOKEN = "s3cr3t-operator-token-for-tests"
 
@@ -22,7 +36,7 @@ async def guarded(
     postgres_server: EmbeddedPostgres,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Stack]:
-    """Lifecycle and a dashboard that requires the operator token (from a file)."""
+    """The stack with a dashboard that requires the operator token (from a file)."""
     database_url = await rig.create_database(postgres_server.url)
     home = tmp_path_factory.mktemp("dash-token")
     token_file = home / "dashboard.token"
@@ -30,7 +44,7 @@ async def guarded(
     settings = stack_settings(
         nats_server, database_url, home, HIVE_DASHBOARD_TOKEN_FILE=str(token_file)
     )
-    async with running_stack(nats_server, settings, ("lifecycle", "dashboard")) as running:
+    async with running_stack(nats_server, settings) as running:
         yield running
 
 
@@ -73,34 +87,57 @@ async def test_the_token_as_header_or_query_opens_pages_and_sse(client: httpx.As
         assert r.headers["content-type"].startswith("text/event-stream")
 
 
-async def test_post_without_the_token_changes_nothing(
+async def test_post_without_the_token_is_refused_with_403_and_changes_nothing(
     guarded: Stack, client: httpx.AsyncClient
 ) -> None:
-    # a valid CSRF pair from the login page is not enough without the token
+    """Issue 7: a form post without the operator token is refused with 403, even
+    with a valid CSRF pair (from the public login page)."""
     page = await client.get("/login")
     match = CSRF_META.search(page.text)
     assert match
+    csrf = match.group(1)
     name = unique_name("tk")
+    victim = await spawn_agent(guarded, "tv")
+    sha = await commit_config(guarded.settings, victim, set_prompt("be quiet"), "be quiet")
+    approval_id = await request_apply_commit(guarded, victim, sha)
+    question_id = await ask_operator(guarded, "token question?", ["yes", "no"])
+    posts = [
+        ("/agents/spawn", {"name": name}),
+        (f"/agents/{victim}/stop", {}),
+        (f"/agents/{victim}/destroy", {"purge": "on"}),
+        (f"/approvals/{approval_id}/approve", {}),
+        (f"/approvals/{approval_id}/deny", {"note": "no"}),
+        (f"/questions/{question_id}/answer", {"choice": "yes"}),
+        ("/messages/send", {"to": victim, "body": "sneaky"}),
+        ("/logout", {}),
+    ]
+    for path, data in posts:
+        for extra in ({}, {"Authorization": "Bearer nope"}):
+            r = await client.post(
+                path,
+                data={**data, "_csrf": csrf},
+                headers={"X-CSRF-Token": csrf, "Accept": "application/json", **extra},
+            )
+            assert r.status_code == 403, (path, extra, r.status_code, r.text)
+            assert "operator token" in r.text
+    # a browser form post without JS gets 403 too, not the login page
     r = await client.post(
-        "/agents/spawn",
-        data={"name": name},
-        headers={"X-CSRF-Token": match.group(1), "Accept": "application/json"},
-    )
-    assert r.status_code == 401
-    r = await client.post(
-        "/agents/spawn",
-        data={"name": name},
-        headers={
-            "X-CSRF-Token": match.group(1),
-            "Authorization": "Bearer nope",
-            "Accept": "application/json",
-        },
+        "/agents/spawn", data={"name": name, "_csrf": csrf}, headers={"Accept": "text/html"}
     )
     assert r.status_code == 403
-    reply = await rpc.request(
-        guarded.operator, subjects.admin("lifecycle", "list"), AgentsRequest(), AgentsReply
+
+    registry = await agents(guarded)
+    assert name not in registry
+    assert registry[victim].state == "running"
+    assert (await approval(guarded, approval_id)).state == "pending"
+    assert (await question(guarded, question_id)).answer is None
+    inbox = await rpc.request(
+        guarded.operator,
+        subjects.admin("broker", "inbox"),
+        InboxRequest(agent=victim),
+        HistoryReply,
     )
-    assert name not in {a.name for a in reply.agents}
+    assert not inbox.messages
 
 
 async def test_login_sets_a_session_cookie_that_is_not_the_token(

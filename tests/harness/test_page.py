@@ -96,6 +96,16 @@ async def test_operator_token_and_csrf(stack: Stack) -> None:
             assert r.status_code == 200 and r.json()["agent"] == name
             assert (await c.get("/static/agent.css")).status_code == 200  # public asset
 
+            # a state-changing request without the token: 403, and nothing changes
+            # (even with the page's valid CSRF pair, which the public form hands out)
+            csrf = _csrf_field((await c.get("/auth")).text)
+            for path, doc in (("/prompt", {"text": "sneaky"}), ("/prompt", {"text": "/model x"})):
+                r = await c.post(path, json=doc, headers={"X-CSRF-Token": csrf})
+                assert r.status_code == 403 and "operator token required" in r.text
+            r = await c.post("/cancel", headers={"X-CSRF-Token": csrf})
+            assert r.status_code == 403
+            assert h.harness.status()["queued"] == 0 and h.harness.store.model == ""
+
             # the token form sets a session cookie (not the token itself)
             form = await c.get("/auth")
             csrf = _csrf_field(form.text)
