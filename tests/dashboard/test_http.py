@@ -22,7 +22,18 @@ from hyperhive.common.wire.broker import SendReply, SendRequest, TurnStats
 from hyperhive.common.wire.lifecycle import AgentsReply, AgentsRequest, DraftInfo
 from hyperhive.dashboard.sections import SECTIONS
 from tests import rig
-from tests.dashboard.conftest import Stack, commit_config, csrf_session, unique_name
+from tests.dashboard.conftest import (
+    Stack,
+    approval,
+    ask_operator,
+    commit_config,
+    csrf_session,
+    question,
+    request_apply_commit,
+    set_prompt,
+    spawn_agent,
+    unique_name,
+)
 
 TIMEOUT = 30.0
 
@@ -88,6 +99,45 @@ async def test_post_without_csrf_token_is_refused_and_changes_nothing(
     )
     assert r.status_code == 200, r.text
     assert "stopped" in r.json()["message"]
+
+
+async def test_approve_deny_and_answer_without_csrf_are_refused_and_change_nothing(
+    stack: Stack, client: httpx.AsyncClient
+) -> None:
+    name = await spawn_agent(stack, "cx")
+    sha = await commit_config(stack.settings, name, set_prompt("csrf"), "csrf")
+    approval_id = await request_apply_commit(stack, name, sha)
+    question_id = await ask_operator(stack, "csrf question?", ["yes", "no"])
+    text_id = await ask_operator(stack, "csrf free text?")
+    token = await csrf_session(client)
+    async with httpx.AsyncClient(base_url=stack.url) as other:
+        foreign = await csrf_session(other)
+    posts = [
+        (f"/approvals/{approval_id}/approve", {}),
+        (f"/approvals/{approval_id}/deny", {"note": "forged"}),
+        (f"/questions/{question_id}/answer", {"choice": "yes"}),
+        (f"/questions/{text_id}/answer", {"answer": "forged"}),
+    ]
+    for path, data in posts:
+        for forged in ({}, {"_csrf": "0" * 64}, {"_csrf": foreign}):
+            r = await client.post(path, data={**data, **forged})
+            assert r.status_code == 403, (path, forged, r.text)
+            assert "CSRF" in r.text
+        r = await client.post(path, data=data, headers={"X-CSRF-Token": "f00"})
+        assert r.status_code == 403
+    pending = await approval(stack, approval_id)
+    assert (pending.state, pending.note, pending.tag) == ("pending", "", f"proposal/{approval_id}")
+    assert (await question(stack, question_id)).answer is None
+    assert (await question(stack, text_id)).answer is None
+
+    # the page's own token goes through
+    r = await client.post(
+        f"/approvals/{approval_id}/deny",
+        data={"note": "with the token", "_csrf": token},
+        headers={"Accept": "application/json"},
+    )
+    assert r.status_code == 200, r.text
+    assert (await approval(stack, approval_id)).state == "denied"
 
 
 async def test_action_errors_come_back_with_their_status(client: httpx.AsyncClient) -> None:
