@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import msgspec
 from nats.aio.client import Client as NATS
 
-from hyperhive.common import rpc
+from hyperhive.common import rpc, subjects
 from hyperhive.common.config import Settings, load_settings
 from hyperhive.common.errors import HiveError
 from hyperhive.common.natsconn import connect
@@ -24,7 +24,7 @@ async def operator_nats(settings: Settings, attempts: int = 2) -> NATS:
     return await connect(
         settings.nats,
         name="hive-cli",
-        inbox_prefix=settings.nats.inbox_prefix or "_INBOX.operator",
+        inbox_prefix=settings.nats.inbox_prefix or subjects.operator_inbox_prefix(),
         attempts=attempts,
     )
 

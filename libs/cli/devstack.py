@@ -87,7 +87,7 @@ class DevStack:
         lines.append(f'url = "{nats_url}"')
         if operator_seed:
             lines.append(f'seed_file = "{operator_seed}"')
-        lines.append('inbox_prefix = "_INBOX.operator"')
+        lines.append(f'inbox_prefix = "{subjects.operator_inbox_prefix()}"')
         if self.opts.dashboard_port is not None or self.opts.dashboard_host:
             lines.append("[dashboard]")
             if self.opts.dashboard_port is not None:

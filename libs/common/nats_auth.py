@@ -71,16 +71,21 @@ def agent_permissions(name: str) -> Permissions:
             subjects.agent_all(name),
             subjects.kv_subject(subjects.heartbeat_key(name)),
         ],
-        subscribe=[f"{subjects.inbox_prefix(name)}.>"],
+        subscribe=[subjects.inbox_all(name)],
     )
 
 
 def operator_permissions() -> Permissions:
     """The human operator: the admin surface, the event log, JetStream reads."""
     return Permissions(
-        publish=["hive.admin.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>"],
+        publish=[
+            subjects.ADMIN_ALL,
+            subjects.JS_API_ALL,
+            subjects.JS_ACK_ALL,
+            subjects.JS_FLOW_CONTROL_ALL,
+        ],
         subscribe=[
-            f"{subjects.inbox_prefix(OPERATOR_USER)}.>",
+            subjects.inbox_all(OPERATOR_USER),
             subjects.EVENTS_ALL,
             subjects.AGENT_EVENTS_ALL,
         ],

@@ -103,11 +103,30 @@ def event_family(family: str) -> str:
 
 EVENTS_ALL: Final = f"{ROOT}.events.>"
 AGENT_EVENTS_ALL: Final = f"{ROOT}.agent.*.{AGENT_EVENTS}"
+ADMIN_ALL: Final = f"{ROOT}.admin.>"  # the operator surface of every service
+
+# JetStream's own API: what a client needs to read streams and consumers
+JS_API_ALL: Final = "$JS.API.>"
+JS_ACK_ALL: Final = "$JS.ACK.>"
+JS_FLOW_CONTROL_ALL: Final = "$JS.FC.>"
+
+
+INBOX_ROOT: Final = "_INBOX"
 
 
 def inbox_prefix(name: str) -> str:
     """The reply-inbox prefix of a NATS user (``_INBOX.<name>``)."""
-    return f"_INBOX.{_token(name)}"
+    return f"{INBOX_ROOT}.{_token(name)}"
+
+
+def inbox_all(name: str) -> str:
+    """``_INBOX.<name>.>``: every reply subject under a user's inbox prefix."""
+    return f"{inbox_prefix(name)}.>"
+
+
+def operator_inbox_prefix() -> str:
+    """``_INBOX.operator``: where the operator (CLI, dashboard) gets replies."""
+    return inbox_prefix(OPERATOR)
 
 
 def heartbeat_key(name: str) -> str:
