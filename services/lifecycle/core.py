@@ -433,11 +433,7 @@ class Lifecycle:
         if was_draft:
             await self._record(conn, spec.name, store.DRAFT, port=None, error=error)
             return
-        for d in (paths.proposed, paths.applied, paths.run, paths.workdir, paths.creds):
-            await asyncio.to_thread(repos.remove, d)
-        kept = paths.state.is_dir() and any(paths.state.iterdir())
-        if not kept:
-            await asyncio.to_thread(repos.remove, paths.root)
+        kept = await asyncio.to_thread(self._remove_files, paths, False)
         await self._record(
             conn, spec.name, store.DESTROYED, port=None, error=error, kept_state=kept
         )
@@ -542,9 +538,7 @@ class Lifecycle:
                     await self._after_failure(conn, spec, DESTROYING, exc)
                     raise
             await creds.revoke(self.settings, name)
-            paths = spec.paths
-            await asyncio.to_thread(self._remove_files, paths, purge)
-            kept = paths.state.is_dir()
+            kept = await asyncio.to_thread(self._remove_files, spec.paths, purge)
             after = [make_event(subjects.EV_AGENT_DESTROYED, agent=name, purged=purge)]
             if purge:
                 after.append(make_event(subjects.EV_AGENT_PURGED, agent=name))
@@ -562,13 +556,20 @@ class Lifecycle:
             except Exception:
                 pass  # no heartbeat was ever written
 
-    def _remove_files(self, paths: AgentPaths, purge: bool) -> None:
-        if purge:
-            repos.remove(paths.root)
-            return
-        for d in (paths.proposed, paths.applied, paths.run, paths.workdir, paths.creds):
-            repos.remove(d)
-        repos.remove(paths.root / "flake")
+    def _remove_files(self, paths: AgentPaths, purge: bool) -> bool:
+        """Removes a destroyed agent's files. Returns whether a state is kept.
+
+        A state dir with nothing in it is no kept state: it goes with the rest
+        (destroy and a failed create agree on this).
+        """
+        if not purge:
+            for d in (paths.proposed, paths.applied, paths.run, paths.workdir, paths.creds):
+                repos.remove(d)
+            repos.remove(paths.root / "flake")
+            if _has_state(paths):
+                return True
+        repos.remove(paths.root)
+        return False
 
     async def purge(self, name: str) -> None:
         """Deletes a destroyed agent's kept state."""
@@ -687,6 +688,11 @@ class Lifecycle:
             except Exception:
                 log.exception("auto-update pass failed")
             await asyncio.sleep(max(1.0, interval))
+
+
+def _has_state(paths: AgentPaths) -> bool:
+    """The state dir exists and holds something."""
+    return paths.state.is_dir() and any(paths.state.iterdir())
 
 
 def _du(root: Path) -> int:

@@ -255,6 +255,25 @@ async def test_destroy_keeps_state_reuse_and_purge(lc_settings, operator_nc, ser
     await events.stop()
 
 
+async def test_an_empty_state_dir_is_no_kept_state(lc_settings, operator_nc):
+    op = Operator(operator_nc)
+    async with serving("lifecycle", lc_settings, operator_nc):
+        await op.spawn("empty")
+        paths = AgentPaths.of(lc_settings, "empty")
+        assert paths.state.is_dir() and not any(paths.state.iterdir())
+        await op.destroy("empty")
+        assert "empty" not in await op.kept()
+        assert not (await op.list(include_destroyed=True))["empty"].kept_state
+        assert not paths.root.exists()  # nothing left of it
+        # a state dir with something in it is kept, even an empty sub-dir
+        await op.spawn("empty")
+        (paths.state / "sub").mkdir()
+        await op.destroy("empty")
+        assert "empty" in await op.kept()
+        assert (await op.list(include_destroyed=True))["empty"].kept_state
+        assert paths.state.is_dir() and not paths.proposed.exists()
+
+
 async def test_bad_names_and_unknown_agents(lc_settings, operator_nc, service_nc):
     op = Operator(operator_nc)
     async with serving("lifecycle", lc_settings, operator_nc):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from hyperhive.common.paths import AgentPaths
 from tests import rig
 from tests.lifecycle.conftest import lifecycle_settings
 from tests.lifecycle.helpers import serving
@@ -44,6 +45,7 @@ async def test_cli_agent_verbs(nats_server, database_url, hive_home, operator_nc
             code, out, _ = await rig.hive_cli(operator, "start", "clia")
             assert code == 0 and "running" in out
 
+            (AgentPaths.of(settings, "clia").state / "notes.md").write_text("keep me")
             code, out, _ = await rig.hive_cli(operator, "destroy", "clia")
             assert code == 0 and "state kept" in out
             code, out, _ = await rig.hive_cli(operator, "kept", "--json")

@@ -132,6 +132,18 @@ async def test_failing_harness_command_leaves_registry_consistent(
             listed = await op.list(include_destroyed=True)
             assert listed["boom"].state == "destroyed"
             assert "harness-boom-output" in listed["boom"].error
+            # its state dir was empty: no kept state (as after a destroy)
+            assert not listed["boom"].kept_state and not paths.root.exists()
+            assert "boom" not in await op.kept()
+
+            # a state kept from an earlier life survives a failed create, and is listed
+            paths.state.mkdir(parents=True)
+            (paths.state / "notes.md").write_text("old notes")
+            with pytest.raises(BackendFailed, match="harness-boom-output"):
+                await op.spawn("boom")
+            assert (paths.state / "notes.md").read_text() == "old notes"
+            assert (await op.list(include_destroyed=True))["boom"].kept_state
+            assert (await op.kept())["boom"] == len("old notes")
     finally:
         cleanup_agents(nats_server, settings.paths.agents_dir)
 
