@@ -9,19 +9,20 @@ path here, where real containers cannot run. The rendered flake must parse.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from hyperhive.common import rpc, subjects
+from hyperhive.common.config import LifecycleSettings, PathSettings, Settings
 from hyperhive.common.errors import BackendFailed
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.lifecycle import LogsReply, LogsRequest
-from hyperhive.lifecycle.backends.nixos import nix_string, pinned_url
+from hyperhive.lifecycle.backends.base import AgentSpec
+from hyperhive.lifecycle.backends.nixos import nix_string, pinned_url, render_flake
 from tests.lifecycle.conftest import lifecycle_settings
 from tests.lifecycle.helpers import Operator, serving
+from tests.nix.nixeval import needs_nix, run
 from tests.rig import cleanup_agents
 
 REV = "0123456789abcdef0123456789abcdef01234567"
@@ -149,7 +150,9 @@ async def test_nixos_backend_drives_nixos_container(
             assert f'url = "path:{paths.applied}";' in flake
             assert 'name = "nix";' in flake and f"port = {info.port};" in flake
             assert "manager = false;" in flake
-            _parses(paths.root / "flake" / "flake.nix")
+            # what test_rendered_flakes_parse checks with nix-instantiate
+            spec = AgentSpec(name="nix", port=info.port, manager=False, paths=paths, rev=REV)
+            assert flake == render_flake(spec, settings)
 
             # bind mounts in the container's conf
             conf = (tmp_path / "nixos-containers" / "h-nix.conf").read_text()
@@ -218,12 +221,25 @@ async def test_nixos_backend_drives_nixos_container(
         cleanup_agents(nats_server, settings.paths.agents_dir)
 
 
-def _parses(path: Path) -> None:
-    nix = shutil.which("nix-instantiate")
-    if nix is None:
-        pytest.skip("nix-instantiate not installed")
-    proc = subprocess.run([nix, "--parse", str(path)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+@needs_nix
+def test_rendered_flakes_parse(tmp_path):
+    settings = Settings(
+        lifecycle=LifecycleSettings(
+            backend="nixos", flake_ref="git+https://example.org/hyperhive?ref=main"
+        ),
+        paths=PathSettings(home=str(tmp_path)),
+    )
+    for name, port, manager in (("nix", 8123, False), ("hm1nd", 8000, True)):
+        spec = AgentSpec(
+            name=name, port=port, manager=manager, paths=AgentPaths.of(settings, name), rev=REV
+        )
+        path = tmp_path / f"{name}.flake.nix"
+        path.write_text(render_flake(spec, settings))
+        proc = run(["--parse", str(path)])
+        assert proc.returncode == 0, proc.stderr
+    # the check can fail: a broken render does not parse
+    path.write_text(render_flake(spec, settings).replace("};", "", 1))
+    assert run(["--parse", str(path)]).returncode != 0
 
 
 def test_harness_base_is_where_the_flake_imports_it():
