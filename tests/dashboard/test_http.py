@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import html
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
 from hyperhive.common import rpc, subjects
+from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.approvals import (
     ApplyCommitRequest,
     ApprovalQueued,
@@ -18,12 +23,13 @@ from hyperhive.common.wire.approvals import (
     QuestionsRequest,
     SpawnToolRequest,
 )
-from hyperhive.common.wire.broker import SendReply, SendRequest, TurnStats
+from hyperhive.common.wire.broker import AdminSendRequest, SendReply, SendRequest, TurnStats
 from hyperhive.common.wire.lifecycle import AgentsReply, AgentsRequest, DraftInfo
 from hyperhive.dashboard.sections import SECTIONS
 from tests import rig
 from tests.dashboard.conftest import (
     Stack,
+    agents,
     approval,
     ask_operator,
     commit_config,
@@ -140,6 +146,156 @@ async def test_approve_deny_and_answer_without_csrf_are_refused_and_change_nothi
     assert (await approval(stack, approval_id)).state == "denied"
 
 
+def _pid(stack: Stack, name: str) -> int | None:
+    try:
+        return int(AgentPaths.of(stack.settings, name).pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _harness_starts(stack: Stack, name: str) -> int:
+    log = AgentPaths.of(stack.settings, name).log_file.read_text()
+    return log.count("harness start")
+
+
+async def test_kill_start_restart_update_from_the_dashboard(
+    stack: Stack, client: httpx.AsyncClient
+) -> None:
+    name = await spawn_agent(stack, "ac")
+    token = await csrf_session(client)
+    headers = {"X-CSRF-Token": token, "Accept": "application/json"}
+
+    async def do(verb: str) -> dict:
+        r = await client.post(f"/agents/{name}/{verb}", headers=headers)
+        assert r.status_code == 200, r.text
+        data = r.json()
+        assert data["ok"] is True and "containers" in data["refresh"]
+        return data
+
+    first = _pid(stack, name)
+    assert first and _alive(first)
+    assert (await do("kill"))["message"] == f"kill: {name} is stopped"
+    assert (await agents(stack))[name].state == "stopped"
+    assert not _alive(first) and _pid(stack, name) is None
+    card = (await client.get("/section/containers")).text
+    assert f'data-agent="{name}" data-state="stopped"' in card
+
+    assert (await do("start"))["message"] == f"start: {name} is running"
+    started = _pid(stack, name)
+    assert started and started != first and _alive(started)
+    assert (await agents(stack))[name].state == "running"
+
+    starts = _harness_starts(stack, name)
+    assert (await do("restart"))["message"] == f"restart: {name} is running"
+    restarted = _pid(stack, name)
+    assert restarted and restarted != started and _alive(restarted) and not _alive(started)
+    assert _harness_starts(stack, name) == starts + 1
+
+    assert (await do("update"))["message"] == f"update: {name} is running"
+    updated = _pid(stack, name)
+    assert updated and updated != restarted and _alive(updated)
+    assert _harness_starts(stack, name) == starts + 2
+    assert (await agents(stack))[name].state == "running"
+
+
+async def _set_rev(stack: Stack, name: str, rev: str) -> None:
+    """Records ``name`` as built from another hyperhive revision (as after an upgrade)."""
+    conn = await asyncpg.connect(stack.settings.database.url)
+    try:
+        await conn.execute("UPDATE lifecycle.agents SET rev = $2 WHERE name = $1", name, rev)
+    finally:
+        await conn.close()
+
+
+def _card(page: str, name: str) -> str:
+    start = page.index(f'id="agent-{name}"')
+    end = page.find('<article class="card agent"', start)
+    return page[start : end if end != -1 else len(page)]
+
+
+async def test_a_stale_revision_is_marked_until_update(
+    stack: Stack, client: httpx.AsyncClient
+) -> None:
+    name = await spawn_agent(stack, "st")
+    fresh = _card((await client.get("/section/containers")).text, name)
+    assert "st4l3" not in fresh and "test-rev-1"[:12] in fresh
+    await _set_rev(stack, name, "old-rev-0")
+    assert (await agents(stack))[name].stale is True
+    stale = _card((await client.get("/section/containers")).text, name)
+    assert 'class="rev stale"' in stale and 'class="badge stale"' in stale and "st4l3" in stale
+    assert "old-rev-0" in stale
+    other = _card((await client.get("/")).text, subjects.MANAGER)
+    assert "st4l3" not in other  # only that agent
+
+    token = await csrf_session(client)
+    r = await client.post(
+        f"/agents/{name}/update", headers={"X-CSRF-Token": token, "Accept": "application/json"}
+    )
+    assert r.status_code == 200, r.text
+    rebuilt = _card((await client.get("/section/containers")).text, name)
+    assert "st4l3" not in rebuilt and "test-rev-1" in rebuilt
+
+
+async def test_a_failed_deploy_shows_its_build_error(
+    stack: Stack, client: httpx.AsyncClient
+) -> None:
+    name = await spawn_agent(stack, "fd")
+    sha = await commit_config(
+        stack.settings, name, lambda text: text.replace('model = ""', "model = 5"), "bad model"
+    )
+    approval_id = await request_apply_commit(stack, name, sha)
+    token = await csrf_session(client)
+    r = await client.post(
+        f"/approvals/{approval_id}/approve",
+        headers={"X-CSRF-Token": token, "Accept": "application/json"},
+    )
+    assert r.status_code == 200, r.text
+    info = await rig.eventually(
+        lambda: _resolved(stack, approval_id), timeout=TIMEOUT, what="the deploy fails"
+    )
+    assert info.state == "failed" and info.error
+    page = (await client.get("/section/approvals")).text
+    start = page.index(f'id="resolved-{approval_id}"')
+    row = page[start : page.index("</li>", start)]
+    assert 'data-state="failed"' in row
+    assert f'<code class="tag">failed/{approval_id}</code>' in row
+    assert '<details class="build-error"><summary>build error</summary>' in row
+    error_line = info.error.strip().splitlines()[-1]
+    assert html.escape(error_line, quote=False) in row or error_line in row
+    assert "model" in row
+    assert f'id="approval-{approval_id}"' not in page  # no longer pending
+
+
+async def _resolved(stack: Stack, approval_id: int):
+    info = await approval(stack, approval_id)
+    return info if info.state not in ("pending", "approved") else None
+
+
+async def test_sections_in_page_order_with_drafts_between_kept_and_approvals(
+    client: httpx.AsyncClient,
+) -> None:
+    page = (await client.get("/")).text
+    main = page[page.index('id="main"') :]
+    positions = [main.index(f'<section id="{name}"') for name in SECTIONS]
+    assert positions == sorted(positions)
+    kept, drafts, approvals = (
+        main.index(f'<section id="{n}"') for n in ("kept", "drafts", "approvals")
+    )
+    assert kept < drafts < approvals
+    # and nothing else in between
+    assert (
+        "<section" not in main[kept + 1 : drafts] and "<section" not in main[drafts + 1 : approvals]
+    )
+
+
 async def test_action_errors_come_back_with_their_status(client: httpx.AsyncClient) -> None:
     token = await csrf_session(client)
     headers = {"X-CSRF-Token": token, "Accept": "application/json"}
@@ -201,8 +357,6 @@ async def test_message_flow_streams_live_and_backfills(
             SendReply,
         )
 
-    import asyncio
-
     async def watch() -> tuple[str, dict]:
         return await first_message(client, "/flow/stream?agent=hm1nd", body)
 
@@ -232,12 +386,30 @@ async def test_message_flow_streams_live_and_backfills(
                 break
 
 
-async def test_agent_panels_show_config_inbox_and_logs(client: httpx.AsyncClient) -> None:
+async def test_agent_panels_show_config_inbox_and_logs(
+    stack: Stack, client: httpx.AsyncClient
+) -> None:
     config = await client.get("/agents/hm1nd/config")
     assert config.status_code == 200
     assert "agent.toml" in config.text and "allowed_tools" in config.text
-    inbox = await client.get("/agents/hm1nd/inbox")
+    # agent.nix, the config's entry point, is shown beside it
+    assert "<code>agent.nix</code>" in config.text
+    assert "environment.systemPackages" in config.text
+    # the inbox panel lists a pending message with its sender, escaped
+    name = await spawn_agent(stack, "ib")  # its harness (sleep) never takes it
+    assert "inb0x 3mpty" in (await client.get(f"/agents/{name}/inbox")).text
+    body = f"<b>pending for {name}</b> & more"
+    sent = await rpc.request(
+        stack.operator,
+        subjects.admin("broker", "send"),
+        AdminSendRequest(to=name, body=body),
+        SendReply,
+    )
+    inbox = await client.get(f"/agents/{name}/inbox")
     assert inbox.status_code == 200
+    assert f'data-id="{sent.id}"' in inbox.text
+    assert html.escape(body, quote=False) in inbox.text and body not in inbox.text
+    assert '<span class="from">operator</span>' in inbox.text
     first = (await client.get("/agents/hm1nd/logs")).json()
     assert any("harness start" in line for line in first["lines"])
     assert first["after"] is not None  # where to follow from
@@ -290,6 +462,8 @@ async def test_kept_state_can_be_respawned_and_purged(
     headers = {"X-CSRF-Token": token, "Accept": "application/json"}
     name = unique_name("kp")
     assert (await client.post("/agents/spawn", data={"name": name}, headers=headers)).is_success
+    # the agent kept notes (an empty state dir is no state to keep)
+    (AgentPaths.of(stack.settings, name).state / "notes.md").write_text("remember me\n")
     r = await client.post(f"/agents/{name}/destroy", headers=headers)  # state kept
     assert r.status_code == 200, r.text
     kept = await client.get("/section/kept")
