@@ -8,6 +8,7 @@ or SIGTERM stops the services, the agents' harnesses, and the servers.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -17,14 +18,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
+import nats.errors
+
 from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres, check_port_free
-from hyperhive.common import subjects
+from hyperhive.common import db, subjects
 from hyperhive.common.config import UP_FILE, Settings, load_settings, settings_env
-from hyperhive.common.errors import ConfigError, HiveError
+from hyperhive.common.errors import ConfigError, HiveError, Unavailable
+from hyperhive.common.natsconn import connect
 
 DEFAULT_NATS_PORT = 4222
 DEFAULT_PG_PORT = 5433
 STOP_GRACE_S = 8.0
+JETSTREAM_PROBE_S = 2.0
 
 
 @dataclass
@@ -59,11 +65,51 @@ class DevStack:
         except OSError as exc:
             raise ConfigError(f"HIVE_HOME {home} is not writable: {exc.strerror}") from None
 
+    def dashboard_address(self, settings: Settings) -> tuple[str, int]:
+        """Where the dashboard will listen: the flags, else the settings (:7000)."""
+        host = self.opts.dashboard_host or settings.dashboard.host
+        port = self.opts.dashboard_port
+        return host, settings.dashboard.port if port is None else port
+
+    def preflight(self, settings: Settings) -> None:
+        """Checks, before anything starts, what would make the services fail:
+        a port already taken, a NATS or PostgreSQL URL that does not answer.
+
+        Raises:
+            ConfigError: a port is taken or a URL is malformed.
+            Unavailable: a given server cannot be reached (after the retries
+                of the NATS and database settings).
+        """
+        host, port = self.dashboard_address(settings)
+        check_port_free(port, "the dashboard", host)
+        if not self.opts.nats_url:
+            check_port_free(self.opts.nats_port, "NATS")
+        if not self.opts.database_url:
+            check_port_free(self.opts.pg_port, "PostgreSQL")
+        if self.opts.nats_url:
+            asyncio.run(self._probe_nats(settings, self.opts.nats_url))
+        if self.opts.database_url:
+            asyncio.run(
+                db.probe(msgspec.structs.replace(settings.database, url=self.opts.database_url))
+            )
+
+    async def _probe_nats(self, settings: Settings, url: str) -> None:
+        """Connects as the services will (their seed) and asks for JetStream."""
+        nats_settings = msgspec.structs.replace(
+            settings.nats, url=url, seed_file=self.opts.nats_seed or "", inbox_prefix=""
+        )
+        nc = await connect(nats_settings, name="hive-up-probe")
+        try:
+            await nc.jetstream(timeout=JETSTREAM_PROBE_S).account_info()
+        except (nats.errors.Error, TimeoutError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise Unavailable(f"NATS at {url} has no usable JetStream: {reason}") from None
+        finally:
+            await nc.close()
+
     def start_servers(self) -> tuple[str, str, str, str]:
         """Starts what is embedded. Returns (nats url, service seed, operator seed, db url)."""
         home = self.opts.home
-        if self.opts.dashboard_port is not None:
-            check_port_free(self.opts.dashboard_port, "the dashboard")
         if self.opts.nats_url:
             seed = self.opts.nats_seed or ""
             nats_url, service_seed, operator_seed = self.opts.nats_url, seed, seed
@@ -158,7 +204,10 @@ class DevStack:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
-        stop_harnesses(self.opts.home / "agents")
+        if self.children:
+            # only a stack that ran services has harnesses of its own: a
+            # `hive up` that failed its checks must not stop another's agents
+            stop_harnesses(self.opts.home / "agents")
         if self.nats is not None:
             self.nats.stop()
         if self.pg is not None:
@@ -211,22 +260,21 @@ def up(opts: UpOptions) -> int:
         stack.check_home()
         os.environ["HIVE_HOME"] = str(opts.home)
         settings = load_settings()
+        stack.preflight(settings)
         nats_url, service_seed, operator_seed, db_url = stack.start_servers()
         stack.write_up_file(nats_url, operator_seed)
         env = stack.service_env(settings, nats_url, service_seed, db_url)
-        if opts.dashboard_port is not None:
-            env["HIVE_DASHBOARD_PORT"] = str(opts.dashboard_port)
-        if opts.dashboard_host:
-            env["HIVE_DASHBOARD_HOST"] = opts.dashboard_host
-        for part in subjects.SERVICES:
-            stack.spawn(part, env)
-        host = env.get("HIVE_DASHBOARD_HOST", settings.dashboard.host)
-        port = env.get("HIVE_DASHBOARD_PORT", str(settings.dashboard.port))
-        print(f"hyperhive is up (HIVE_HOME={opts.home})", flush=True)
-        print(f"  dashboard  http://{host}:{port}/", flush=True)
-        print(f"  nats       {nats_url}", flush=True)
-        print("  logs       " + str(opts.home / "logs"), flush=True)
-        print("Ctrl-C stops everything.", flush=True)
+        host, port = stack.dashboard_address(settings)
+        env["HIVE_DASHBOARD_HOST"] = host
+        env["HIVE_DASHBOARD_PORT"] = str(port)
+        if not stopped:  # else Ctrl-C came while the servers were starting
+            for part in subjects.SERVICES:
+                stack.spawn(part, env)
+            print(f"hyperhive is up (HIVE_HOME={opts.home})", flush=True)
+            print(f"  dashboard  http://{host}:{port}/", flush=True)
+            print(f"  nats       {nats_url}", flush=True)
+            print("  logs       " + str(opts.home / "logs"), flush=True)
+            print("Ctrl-C stops everything.", flush=True)
         while not stopped:
             time.sleep(0.2)
             stack.supervise(env)

@@ -7,6 +7,7 @@ unprivileged system user (created on first use), as the pgserver package does.
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import os
@@ -35,13 +36,27 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def check_port_free(port: int, what: str, host: str = "127.0.0.1") -> None:
-    """Raises ConfigError naming ``what`` if ``port`` is taken."""
-    with socket.socket() as s:
+    """Raises ConfigError naming ``what`` if ``port`` on ``host`` cannot be listened on.
+
+    A port in use says so; a host that does not resolve or is not local, or a
+    port we may not bind, gets its own reason.
+    """
+    if not 0 < port < 65536:
+        raise ConfigError(f"port {port} for {what} is not a TCP port (1-65535)")
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on {host}:{port} for {what}: {exc.strerror}") from None
+    with socket.socket(family, kind, proto) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((host, port))
-        except OSError:
-            raise ConfigError(f"port {port} for {what} is already in use on {host}") from None
+            s.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {port} for {what} is already in use on {host}") from None
+            raise ConfigError(
+                f"cannot listen on {host}:{port} for {what}: {exc.strerror}"
+            ) from None
 
 
 def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None, what: str) -> None:

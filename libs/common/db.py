@@ -72,7 +72,39 @@ async def create_pool(settings: DatabaseSettings, schema: str) -> asyncpg.Pool:
             if attempt < tries:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-    raise Unavailable(
+    raise _unreachable(settings, tries, last)
+
+
+async def probe(settings: DatabaseSettings) -> None:
+    """Checks that Postgres answers (``SELECT 1``), with the configured retries.
+
+    Raises:
+        ConfigError: the URL is malformed.
+        Unavailable: Postgres could not be reached after the configured retries.
+    """
+    delay = settings.connect_backoff_s
+    tries = max(1, settings.connect_attempts)
+    last: BaseException | None = None
+    for attempt in range(1, tries + 1):
+        try:
+            conn = await asyncpg.connect(settings.url, timeout=5)
+            try:
+                await conn.fetchval("SELECT 1")
+            finally:
+                await conn.close()
+            return
+        except (asyncpg.InterfaceError, ValueError) as exc:
+            raise ConfigError(f"bad database URL {_redact(settings.url)}: {exc}") from None
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            last = exc
+            if attempt < tries:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+    raise _unreachable(settings, tries, last)
+
+
+def _unreachable(settings: DatabaseSettings, tries: int, last: BaseException | None) -> Unavailable:
+    return Unavailable(
         f"cannot reach PostgreSQL at {_redact(settings.url)} after {tries} attempts: "
         f"{str(last) or type(last).__name__}"
     )

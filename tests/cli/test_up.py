@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -127,6 +128,190 @@ def test_up_serves_status_and_ctrl_c_leaves_no_process(tmp_path):
     finally:
         code, out = _stop_up(proc)
     assert code == 0, out
+
+
+def _fast_retries(env: dict[str, str]) -> dict[str, str]:
+    env.update(
+        HIVE_NATS_CONNECT_ATTEMPTS="2",
+        HIVE_NATS_CONNECT_BACKOFF_S="0.1",
+        HIVE_DATABASE_CONNECT_ATTEMPTS="2",
+        HIVE_DATABASE_CONNECT_BACKOFF_S="0.1",
+    )
+    return env
+
+
+def _procs_of(home: Path) -> list[psutil.Process]:
+    """Live processes started for ``home`` (its path in their command line or env)."""
+    needle = str(home)
+    found = []
+    for p in psutil.process_iter(["cmdline", "environ", "status"]):
+        if p.pid == os.getpid() or p.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        env = p.info["environ"] or {}
+        if needle in " ".join(p.info["cmdline"] or []) or env.get("HIVE_HOME") == needle:
+            found.append(p)
+    return found
+
+
+def _assert_refused(result: subprocess.CompletedProcess[str], line: str, home: Path) -> None:
+    """``hive up`` printed exactly ``line`` (and nothing on stdout) and left nothing."""
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert result.stderr.strip().splitlines() == [line]
+    assert result.stdout == "", result.stdout  # never said it was up
+    assert not _procs_of(home), f"left behind: {_procs_of(home)}"
+
+
+def _up_args(*extra: str, dashboard: bool = True) -> list[str]:
+    """``up`` on free ports, so that only ``extra`` can be wrong (a later flag wins)."""
+    args = ["up", "--nats-port", str(free_port()), "--pg-port", str(free_port())]
+    if dashboard:
+        args += ["--dashboard-port", str(free_port())]
+    return [*args, *extra]
+
+
+def test_unreachable_nats_url_is_one_line(tmp_path):
+    home = tmp_path / "home"
+    env = _fast_retries(_up_env(home))
+    url = f"nats://127.0.0.1:{free_port()}"
+    result = _hive(*_up_args("--nats-url", url), env=env, timeout=60)
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"hive up: cannot reach NATS at {url} after 2 attempts: "), line
+    _assert_refused(result, line, home)
+
+
+def test_nats_url_without_jetstream_is_one_line(tmp_path):
+    from hyperhive.cli.embedded import nats_server_binary, wait_port
+
+    home = tmp_path / "home"
+    env = _fast_retries(_up_env(home))
+    port = free_port()
+    plain = subprocess.Popen(
+        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port, 10, plain, "nats-server")
+        url = f"nats://127.0.0.1:{port}"
+        result = _hive(*_up_args("--nats-url", url), env=env, timeout=60)
+    finally:
+        plain.terminate()
+        plain.wait(10)
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"hive up: NATS at {url} has no usable JetStream: "), line
+    _assert_refused(result, line, home)
+
+
+def test_unreachable_database_url_is_one_line(tmp_path):
+    home = tmp_path / "home"
+    env = _fast_retries(_up_env(home))
+    url = f"postgresql://hyperhive:secret@127.0.0.1:{free_port()}/hyperhive"
+    result = _hive(*_up_args("--database-url", url), env=env, timeout=60)
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    shown = url.replace(":secret@", ":***@")
+    assert line.startswith(f"hive up: cannot reach PostgreSQL at {shown} after 2 attempts: "), line
+    assert "secret" not in result.stderr
+    # nothing was started: not even the embedded NATS
+    _assert_refused(result, line, home)
+    assert not (home / "nats" / "nats.pid").exists()
+
+
+@pytest.mark.parametrize("how", ["default", "flag", "setting"])
+def test_dashboard_port_taken_is_one_line(tmp_path, how):
+    home = tmp_path / "home"
+    env = _fast_retries(_up_env(home))
+    with socket.socket() as blocker:
+        if how == "default":  # nothing configured: the dashboard's :7000
+            port = 7000
+            with contextlib.suppress(OSError):  # already taken by someone: as good
+                blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                blocker.bind(("127.0.0.1", port))
+                blocker.listen()
+        else:
+            blocker.bind(("127.0.0.1", 0))
+            blocker.listen()
+            port = blocker.getsockname()[1]
+        extra = ["--dashboard-port", str(port)] if how == "flag" else []
+        if how == "setting":
+            env["HIVE_DASHBOARD_PORT"] = str(port)
+        result = _hive(*_up_args(*extra, dashboard=False), env=env)
+    line = f"hive up: port {port} for the dashboard is already in use on 127.0.0.1"
+    _assert_refused(result, line, home)
+
+
+def test_postgres_port_taken_is_one_line(tmp_path):
+    home = tmp_path / "home"
+    env = _fast_retries(_up_env(home))
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        result = _hive(*_up_args("--pg-port", str(port)), env=env)
+    line = f"hive up: port {port} for PostgreSQL is already in use on 127.0.0.1"
+    _assert_refused(result, line, home)
+    # checked before anything started: the embedded NATS never ran
+    assert not (home / "nats" / "nats.log").exists()
+
+
+def test_up_with_given_nats_and_database_urls(nats_server, database_url, tmp_path):
+    """The compose-dev.yml way: the checks pass on servers that answer, and the
+    services run against them."""
+    home = tmp_path / "home"
+    env = _fast_retries(_up_env(home))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hyperhive.cli.main",
+            *_up_args(
+                "--nats-url",
+                nats_server.url,
+                "--nats-seed",
+                str(nats_server.service_seed),
+                "--database-url",
+                database_url,
+                "--no-agents",
+            ),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        report = _wait_status(env, proc)
+        assert report["nats"] == {"url": nats_server.url, "reachable": True}
+        assert report["postgres"]["reachable"] is True
+    finally:
+        code, out = _stop_up(proc)
+    assert code == 0, out
+    assert "hyperhive is up" in out and f"nats       {nats_server.url}" in out
+    assert not _procs_of(home), f"left behind: {_procs_of(home)}"
+
+
+def test_failed_second_up_leaves_the_running_one_alone(tmp_path):
+    """A `hive up` refused for a taken port must not stop the agents of the one
+    running on the same HIVE_HOME (they share ``agents/*/run/harness.pid``)."""
+    home = tmp_path / "home"
+    env = _fast_retries(_up_env(home))
+    run_dir = home / "agents" / "hm1nd" / "run"
+    run_dir.mkdir(parents=True)
+    harness = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        (run_dir / "harness.pid").write_text(f"{harness.pid} 0\n")
+        with socket.socket() as blocker:
+            blocker.bind(("127.0.0.1", 0))
+            blocker.listen()
+            port = blocker.getsockname()[1]
+            result = _hive(*_up_args("--nats-port", str(port)), env=env)
+        assert result.returncode == 1, result.stderr
+        assert harness.poll() is None, "the refused `hive up` stopped a running harness"
+    finally:
+        harness.kill()
+        harness.wait()
 
 
 def test_port_already_taken_is_one_line(tmp_path):
