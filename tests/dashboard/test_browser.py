@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, Page, expect
 
 from hyperhive.common import rpc, subjects
-from hyperhive.common.wire.approvals import (
-    ApplyCommitRequest,
-    ApprovalQueued,
-    AskRequest,
-)
+from hyperhive.common.paths import AgentPaths
+from hyperhive.common.wire.approvals import ApprovalQueued, AskRequest
 from hyperhive.common.wire.base import Ok
 from hyperhive.common.wire.broker import (
     AckRequest,
@@ -31,9 +28,16 @@ from hyperhive.common.wire.broker import (
     TurnStats,
 )
 from hyperhive.common.wire.events import OperatorAnswered
-from hyperhive.common.wire.lifecycle import AgentInfo, SpawnRequest
 from tests.browser import chromium, needs_chromium
-from tests.dashboard.conftest import Stack, commit_config, unique_name
+from tests.dashboard.conftest import (
+    Stack,
+    agents,
+    commit_config,
+    request_apply_commit,
+    set_prompt,
+    spawn_agent,
+    unique_name,
+)
 
 pytestmark = [pytest.mark.browser, needs_chromium]
 UI_TIMEOUT_MS = 30_000
@@ -63,35 +67,6 @@ async def page(browser: Browser, stack: Stack, tmp_path: Path) -> AsyncIterator[
 
 async def assert_not_reloaded(page: Page) -> None:
     assert await page.evaluate("window.__noReload") == "still here"
-
-
-async def spawn_agent(stack: Stack, prefix: str) -> str:
-    name = unique_name(prefix)
-    info = await rpc.request(
-        stack.operator,
-        subjects.admin("lifecycle", "spawn"),
-        SpawnRequest(name=name),
-        AgentInfo,
-        timeout=TIMEOUT,
-    )
-    assert info.state == "running"
-    return name
-
-
-def set_prompt(prompt: str) -> Callable[[str], str]:
-    return lambda text: text.replace('prompt = ""', f'prompt = "{prompt}"')
-
-
-async def request_apply_commit(stack: Stack, name: str, sha: str) -> int:
-    assert stack.manager is not None
-    queued = await rpc.request(
-        stack.manager,
-        subjects.manager_tool("request_apply_commit"),
-        ApplyCommitRequest(name=name, commit_ref=sha),
-        ApprovalQueued,
-        timeout=TIMEOUT,
-    )
-    return queued.id
 
 
 async def test_spawn_from_the_form_shows_the_agent_running(page: Page, stack: Stack) -> None:
@@ -255,19 +230,130 @@ async def test_telemetry_charts_render_with_uplot(page: Page, stack: Stack) -> N
             ts=now - 40 + 10 * i,
             duration_ms=1000.0 * (i + 1),
             exit_code=0,
-            tool_calls={"Read": i},
+            tool_calls={"Read": i, "mcp__hyperhive__send": 1},
             messages_sent=1,
+            messages_sent_to={"peer": 1},
             inbox_depth=i,
+            notes_bytes=1024 * (i + 1),
         )
         await rpc.publish(stack.manager, subjects.agent(subjects.MANAGER, "stats"), stats)
     card = page.locator('.tele[data-agent="hm1nd"]')
     # the charts redraw live on the broker's stats.turn events
     await expect(card.locator('[data-role="last"]')).to_contain_text("4 turns in window")
-    charts = ("turns_per_min", "duration", "tool_calls", "exit_codes", "inbox_depth", "tools")
-    for chart in charts:
-        await expect(card.locator(f'figure[data-chart="{chart}"] canvas')).to_be_visible()
+    # every chart the API serves is drawn, each one with data
+    api = await page.evaluate("fetch('/api/stats?agent=hm1nd&window=3600').then((r) => r.json())")
+    served = set(api["charts"])
+    assert {"turns_per_min", "duration", "tool_calls", "exit_codes", "inbox_depth"} <= served
+    assert {"messages", "tools", "since_last_turn", "notes"} <= served
+    figures = card.locator("figure[data-chart]")
+    await expect(figures).to_have_count(len(served))
+    drawn = set(await figures.evaluate_all("(fs) => fs.map((f) => f.dataset.chart)"))
+    assert drawn == served
+    for chart in sorted(served):
+        fig = card.locator(f'figure[data-chart="{chart}"]')
+        await expect(fig.locator("canvas").first).to_be_visible()
+        await expect(fig.locator(".nodata")).to_have_count(0)
     hive = page.locator(".tele[data-hive]")
     await expect(hive.locator('figure[data-chart="approval_queue"] canvas')).to_be_visible()
     await expect(card.locator('figure[data-chart="duration"]')).to_contain_text("p95 s")
+    await expect(card.locator('figure[data-chart="messages"]')).to_contain_text("sent → peer")
+    await expect(card.locator('figure[data-chart="tools"]')).to_contain_text("Read")
     await card.scroll_into_view_if_needed()
     await assert_not_reloaded(page)
+
+
+async def test_card_actions_with_their_confirm_dialogs(page: Page, stack: Stack) -> None:
+    """kill, destroy and purge ask first (Playwright dismisses a dialog unless told)."""
+    name = await spawn_agent(stack, "ka")
+    (AgentPaths.of(stack.settings, name).state / "notes.md").write_text("keep me\n")
+    card = page.locator(f"#agent-{name}")
+    state = card.locator('[data-role="state"]')
+    await expect(state).to_have_text("running")  # arrived live (agent events)
+    toasts = page.locator("#toasts")
+    asked: list[str] = []
+
+    async def dismiss(dialog) -> None:  # type: ignore[no-untyped-def]
+        asked.append(dialog.message)
+        await dialog.dismiss()
+
+    async def accept(dialog) -> None:  # type: ignore[no-untyped-def]
+        asked.append(dialog.message)
+        await dialog.accept()
+
+    # a dismissed confirm sends nothing
+    kill = card.get_by_role("button", name=f"kill {name}", exact=True)
+    page.once("dialog", dismiss)
+    await kill.click()
+    assert asked == [f"kill {name}?"]
+    assert await kill.is_enabled()  # the form never went busy: no request
+    assert (await agents(stack))[name].state == "running"
+
+    page.once("dialog", accept)
+    await kill.click()
+    await expect(state).to_have_text("stopped")
+    await expect(toasts).to_contain_text(f"kill: {name} is stopped")
+    for verb, shown in (("start", "running"), ("restart", "running"), ("update", "running")):
+        await card.get_by_role("button", name=f"{verb} {name}", exact=True).click()
+        await expect(toasts).to_contain_text(f"{verb}: {name} is {shown}")
+        await expect(state).to_have_text(shown)
+    assert asked == [f"kill {name}?", f"kill {name}?"]  # only kill asked
+
+    # destroy (state kept) asks, then the agent moves to K3PT ST4T3
+    page.once("dialog", accept)
+    await card.get_by_role("button", name=f"destroy {name}", exact=True).click()
+    await expect(card).to_have_count(0)
+    kept = page.locator(f'#body-kept li[data-agent="{name}"]')
+    await expect(kept).to_be_visible()
+    assert asked[-1] == f"destroy {name}?"
+
+    # purge asks too; dismissed it keeps the state, accepted it is gone
+    page.once("dialog", dismiss)
+    await kept.get_by_role("button", name="purge").click()
+    assert asked[-1].startswith(f"purge the kept state of {name}?")
+    assert await kept.get_by_role("button", name="purge").is_enabled()
+    page.once("dialog", accept)
+    await kept.get_by_role("button", name="purge").click()
+    await expect(kept).to_have_count(0)
+    await expect(toasts).to_contain_text(f"purged kept state of {name}")
+    assert not AgentPaths.of(stack.settings, name).state.exists()
+    await assert_not_reloaded(page)
+
+
+async def test_the_logs_panel_follows_new_lines(page: Page, stack: Stack) -> None:
+    name = await spawn_agent(stack, "lg")
+    card = page.locator(f"#agent-{name}")
+    await card.locator("summary", has_text="l0gs").click()
+    log = card.locator("pre.log")
+    await expect(log).to_contain_text("harness start")
+    # the harness writes to its log (its stdout) while the panel is open
+    line = f"harness says hello at {time.time()}"
+    with AgentPaths.of(stack.settings, name).log_file.open("a") as f:
+        f.write(line + "\n")
+    await expect(log).to_contain_text(line)
+    text = await log.inner_text()
+    assert text.count("harness start") == 1  # appended, not reloaded
+    await assert_not_reloaded(page)
+
+
+async def test_layout_fits_1280_px(page: Page, stack: Stack, tmp_path: Path) -> None:
+    """Long content (a wide diff, a long message, many agents) scrolls inside its
+    own box; the page itself never scrolls sideways at 1280 px."""
+    assert stack.manager is not None
+    name = await spawn_agent(stack, "wd")
+    long = "w" * 600
+    sha = await commit_config(stack.settings, name, set_prompt(long), "a very long prompt")
+    approval_id = await request_apply_commit(stack, name, sha)
+    await rpc.request(
+        stack.manager,
+        subjects.agent(subjects.MANAGER, "send"),
+        SendRequest(to=subjects.OPERATOR, body="x" * 2000),
+        SendReply,
+    )
+    await expect(page.locator(f"#approval-{approval_id} .dl.add")).to_contain_text("www")
+    await expect(page.locator(f"#agent-{name}")).to_be_visible()
+    await page.locator(f"#agent-{name} summary", has_text="l0gs").click()
+    await expect(page.locator(f"#agent-{name} pre.log")).to_contain_text("harness start")
+    assert page.viewport_size == {"width": 1280, "height": 900}
+    width = await page.evaluate("document.scrollingElement.scrollWidth")
+    assert width <= 1280, f"the page is {width} px wide at 1280 px"
+    await page.screenshot(path=str(tmp_path / "at-1280.png"), full_page=True)
