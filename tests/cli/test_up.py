@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -75,16 +76,55 @@ def _wait_status(env: dict[str, str], proc: subprocess.Popen[str], timeout: floa
     raise AssertionError(f"hive status never all up: {last.stdout if last else ''}")
 
 
+# "Ctrl-C stops everything within a few seconds" (issue 2)
+STOP_BOUND_S = 10.0
+
+
 def _stop_up(proc: subprocess.Popen[str]) -> tuple[int, str]:
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=30)
     return proc.returncode, out
 
 
+def _wait_manager_harness(env: dict[str, str], proc: subprocess.Popen[str], home: Path) -> int:
+    """Waits until lifecycle reports hm1nd running and its harness process lives.
+
+    Returns:
+        The harness's pid.
+    """
+    pid_file = home / "agents" / "hm1nd" / "run" / "harness.pid"
+    deadline = time.monotonic() + 60
+    last = None
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"hive up exited: {proc.stdout.read() if proc.stdout else ''}"
+        last = _hive("agents", "--json", env=env)
+        if last.returncode == 0:
+            manager = {a["name"]: a for a in json.loads(last.stdout)}.get("hm1nd")
+            if manager and manager["state"] == "running" and pid_file.exists():
+                pid = int(pid_file.read_text().split()[0])
+                if psutil.pid_exists(pid):
+                    return pid
+        time.sleep(0.5)
+    raise AssertionError(f"hm1nd never running: {last.stdout if last else ''}")
+
+
+def _still_alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """The processes of ``procs`` that still run (zombies count as gone)."""
+    alive = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+        except psutil.NoSuchProcess:
+            continue
+    return alive
+
+
 def test_up_serves_status_and_ctrl_c_leaves_no_process(tmp_path):
     home = shared_tempdir("hive-up-") / "home"
     env = _up_env(home)
     proc, ports = _start_up(home, env)
+    marker = f"kept across restarts {uuid.uuid4().hex}"
     try:
         report = _wait_status(env, proc)
         assert report["nats"]["reachable"] is True
@@ -100,6 +140,13 @@ def test_up_serves_status_and_ctrl_c_leaves_no_process(tmp_path):
         table = _hive("status", env=env)
         assert table.returncode == 0
         assert "crash-watch" in table.stdout and "DOWN" not in table.stdout
+        # the manager's harness is the last thing `hive up` brings up: only
+        # once it runs is every process there to be watched
+        harness_pid = _wait_manager_harness(env, proc, home)
+        sent = _hive("send", "hm1nd", marker, "--json", env=env)
+        assert sent.returncode == 0, sent.stderr
+        sent_id = json.loads(sent.stdout)["id"]
+
         children = psutil.Process(proc.pid).children(recursive=True)
         # postgres daemonizes away from us: find it by its data dir
         pg = [
@@ -110,12 +157,22 @@ def test_up_serves_status_and_ctrl_c_leaves_no_process(tmp_path):
             and str(home.resolve()) in " ".join(p.info["cmdline"])
         ]
         watched = children + pg
-        assert len(children) >= 6  # nats + five services
+        names = {p.pid: " ".join(p.cmdline()) for p in children}
+        assert harness_pid in names, f"harness {harness_pid} not under hive up: {names}"
+        assert sum("nats-server" in c for c in names.values()) == 1
+        for part in ("broker", "lifecycle", "approvals", "crash-watch", "dashboard"):
+            assert any(c.endswith(f"serve {part}") for c in names.values()), (part, names)
+        assert pg, "no postgres process found"
     finally:
+        t0 = time.monotonic()
         code, out = _stop_up(proc)
+        stopped_in = time.monotonic() - t0
     assert code == 0, out
-    _gone, alive = psutil.wait_procs(watched, timeout=10)
-    assert not alive, f"left behind: {[p.pid for p in alive]}"
+    assert stopped_in < STOP_BOUND_S, f"hive up took {stopped_in:.1f}s to stop"
+    while _still_alive(watched) and time.monotonic() < t0 + STOP_BOUND_S:
+        time.sleep(0.05)
+    alive = _still_alive(watched)
+    assert not alive, f"left behind: {[(p.pid, p.cmdline()) for p in alive]}"
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", int(ports[0]))) != 0, "NATS still listening"
 
@@ -123,8 +180,11 @@ def test_up_serves_status_and_ctrl_c_leaves_no_process(tmp_path):
     proc, _ = _start_up(home, env)
     try:
         _wait_status(env, proc)
-        assert (home / "nats" / "service.seed").exists()
-        assert (home / "postgres").exists()
+        history = _hive("messages", "--agent", "hm1nd", "--json", env=env)
+        assert history.returncode == 0, history.stderr
+        found = [m for m in json.loads(history.stdout) if m["id"] == sent_id]
+        assert found and found[0]["body"] == marker, history.stdout
+        _wait_manager_harness(env, proc, home)  # the manager is back too
     finally:
         code, out = _stop_up(proc)
     assert code == 0, out
@@ -383,10 +443,15 @@ def test_status_without_a_hive_says_nats_is_down(tmp_path):
     assert not any(s["up"] for s in report["services"].values())
 
 
-def test_serve_stops_cleanly_on_sigterm(settings, tmp_path):
+@pytest.mark.parametrize(
+    ("part", "sig"),
+    [("crash-watch", signal.SIGTERM), ("crash-watch", signal.SIGINT), ("broker", signal.SIGINT)],
+    ids=["crash-watch-sigterm", "crash-watch-sigint", "broker-sigint"],
+)
+def test_serve_stops_cleanly_on_a_signal(settings, tmp_path, part, sig):
     from tests.rig import start_service_process
 
-    proc = start_service_process("crash-watch", settings, tmp_path)
+    proc = start_service_process(part, settings, tmp_path)
     try:
         deadline = time.monotonic() + 30
         while "serving" not in proc.output():
@@ -394,6 +459,7 @@ def test_serve_stops_cleanly_on_sigterm(settings, tmp_path):
             assert time.monotonic() < deadline, proc.output()
             time.sleep(0.1)
     finally:
-        code = proc.stop(signal.SIGTERM, timeout=15)
+        code = proc.stop(sig, timeout=15)
     assert code == 0, proc.output()
-    assert "stopping" in proc.output()
+    assert "stopping" in proc.output()  # the graceful drain, not a KeyboardInterrupt
+    assert "Traceback" not in proc.output()
