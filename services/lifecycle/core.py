@@ -458,7 +458,7 @@ class Lifecycle:
             try:
                 await self.backend.start(spec)
             except BackendFailed as exc:
-                await self._record(conn, name, store.FAILED, error=str(exc)[:4000])
+                await self._after_failure(conn, spec, None, exc)
                 raise
             row = await self._record(conn, name, store.RUNNING, error="")
             return self.info(row)
@@ -467,8 +467,12 @@ class Lifecycle:
         async with self.operation(name, "kill" if kill else "stop", STOPPING) as conn:
             row = await self._container(conn, name)
             spec = self.spec(row)
-            await self.backend.stop(spec, kill=kill)
-            row = await self._record(conn, name, store.STOPPED, flag=STOPPING)
+            try:
+                await self.backend.stop(spec, kill=kill)
+            except BackendFailed as exc:
+                await self._after_failure(conn, spec, STOPPING, exc)
+                raise
+            row = await self._record(conn, name, store.STOPPED, flag=STOPPING, error="")
             return self.info(row)
 
     async def restart(self, name: str) -> AgentInfo:
@@ -483,13 +487,31 @@ class Lifecycle:
             row = await self._record(conn, name, store.RUNNING, flag=RESTARTING, always=True)
             return self.info(row)
 
+    async def _seen_running(self, spec: AgentSpec) -> bool | None:
+        """Whether the container runs; None when the backend cannot tell."""
+        try:
+            return await self.backend.state(spec) == RUNNING
+        except HiveError as exc:
+            log.warning("cannot see %s's container: %s", spec.name, exc)
+            return None
+
     async def _after_failure(
-        self, conn: asyncpg.Connection, spec: AgentSpec, flag: str, exc: HiveError
+        self, conn: asyncpg.Connection, spec: AgentSpec, flag: str | None, exc: HiveError
     ) -> None:
-        """Records what the container is left in after a failed operation."""
-        running = await self.backend.state(spec) == RUNNING
+        """Records what the container is left in after a failed operation.
+
+        Running → ``running``, else ``failed`` (with the operation's flag, so a
+        stop that failed halfway is no crash); when the backend cannot tell,
+        the state stays as it was. The error is kept either way.
+        """
+        error = str(exc)[:4000]
+        running = await self._seen_running(spec)
+        if running is None:
+            async with conn.transaction():
+                await store.set_fields(conn, spec.name, error=error)
+            return
         state = store.RUNNING if running else store.FAILED
-        await self._record(conn, spec.name, state, flag=flag, error=str(exc)[:4000])
+        await self._record(conn, spec.name, state, flag=flag, error=error)
 
     async def update(self, name: str) -> AgentInfo:
         """Rebuilds from the applied working tree (restarting a running agent).
@@ -508,7 +530,7 @@ class Lifecycle:
         try:
             await self.backend.update(spec, running=was_running)
         except BackendFailed as exc:
-            if await self.backend.state(spec) == RUNNING or not was_running:
+            if not was_running or await self._seen_running(spec) is not False:
                 async with conn.transaction():
                     await store.set_fields(conn, row.name, error=str(exc)[:4000])
             else:
@@ -638,10 +660,13 @@ class Lifecycle:
                 try:
                     if await self.backend.state(spec) == RUNNING:
                         continue
-                except HiveError as exc:
+                except HiveError as exc:  # unknown is not stopped: no crash
                     log.warning("cannot see %s's container: %s", name, exc)
                     continue
-                await self._notice_exit(name, spec)
+                try:
+                    await self._notice_exit(name, spec)
+                except HiveError as exc:
+                    log.warning("could not record %s's exit: %s", name, exc)
 
     async def _notice_exit(self, name: str, spec: AgentSpec) -> None:
         lock = self._locks.setdefault(name, asyncio.Lock())

@@ -17,11 +17,13 @@ from hyperhive.common import rpc, subjects
 from hyperhive.common.config import LifecycleSettings, PathSettings, Settings
 from hyperhive.common.errors import BackendFailed
 from hyperhive.common.paths import AgentPaths
-from hyperhive.common.wire.lifecycle import LogsReply, LogsRequest
+from hyperhive.common.wire.lifecycle import AgentInfo, LogsReply, LogsRequest
+from hyperhive.lifecycle import creds
 from hyperhive.lifecycle.backends.base import AgentSpec
 from hyperhive.lifecycle.backends.nixos import nix_string, pinned_url, render_flake
+from tests import rig
 from tests.lifecycle.conftest import lifecycle_settings
-from tests.lifecycle.helpers import Operator, serving
+from tests.lifecycle.helpers import Events, Operator, serving
 from tests.nix.nixeval import needs_nix, run
 from tests.rig import cleanup_agents
 
@@ -59,16 +61,29 @@ if verb in ("create", "update"):
         sys.exit("error: builder for '/nix/store/xyz-agent.drv' failed: FAIL_BUILD marker")
 elif rest:
     sys.exit(f"stand-in: unexpected arguments {rest}")
+# a marker file fail-<verb>-<container> makes that verb fail; with "down" in
+# it, the container goes down first (a stop that timed out after stopping)
+fail = root / f"fail-{verb}-{name}"
+if fail.exists():
+    if fail.read_text().strip() == "down" and name in containers:
+        containers[name] = "down"
+        state.write_text(json.dumps(containers))
+    sys.exit(f"stand-in: {verb} of {name} failed: FAIL_MARKER {verb}")
 if verb == "create":
     if name in containers:
         sys.exit(f"stand-in: {name} exists")
     containers[name] = "down"
     conf = Path(os.environ["FAKE_NC_CONF"]) / f"{name}.conf"
     conf.write_text("PRIVATE_NETWORK=0\nHOST_ADDRESS=\n")
-elif name not in containers:
-    sys.exit(f"stand-in: no container {name}")
+elif name not in containers:  # as nixos-container does without a conf file
+    if verb == "destroy":
+        sys.exit(0)
+    if verb == "status":
+        print("gone", flush=True)
+    sys.exit(f"nixos-container: container \u2018{name}\u2019 does not exist")
 elif verb == "status":
     print(containers[name])
+    sys.exit(0)  # reads only: never writes the state a concurrent call changes
 elif verb == "start":
     containers[name] = "up"
 elif verb in ("stop", "terminate"):
@@ -113,10 +128,8 @@ def calls(d: Path) -> list[list[str]]:
     return [json.loads(line) for line in (d / "calls.jsonl").read_text().splitlines()]
 
 
-async def test_nixos_backend_drives_nixos_container(
-    stand_in, nats_server, database_url, hive_home, operator_nc, tmp_path
-):
-    settings = lifecycle_settings(
+def nixos_settings(nats_server, database_url, hive_home, tmp_path, **env: str) -> Settings:  # type: ignore[no-untyped-def]
+    return lifecycle_settings(
         nats_server,
         database_url,
         hive_home,
@@ -124,7 +137,15 @@ async def test_nixos_backend_drives_nixos_container(
         HIVE_LIFECYCLE_FLAKE_REF="git+https://example.org/hyperhive",
         HIVE_LIFECYCLE_REV=REV,
         HIVE_LIFECYCLE_NIXOS_CONF_DIR=str(tmp_path / "nixos-containers"),
-        HIVE_LIFECYCLE_MANAGER="hm1nd",
+        **env,
+    )
+
+
+async def test_nixos_backend_drives_nixos_container(
+    stand_in, nats_server, database_url, hive_home, operator_nc, tmp_path
+):
+    settings = nixos_settings(
+        nats_server, database_url, hive_home, tmp_path, HIVE_LIFECYCLE_MANAGER="hm1nd"
     )
     op = Operator(operator_nc)
     try:
@@ -218,6 +239,129 @@ async def test_nixos_backend_drives_nixos_container(
             assert "nixfail" not in await op.list()
             assert not AgentPaths.of(settings, "nixfail").proposed.exists()
     finally:
+        cleanup_agents(nats_server, settings.paths.agents_dir)
+
+
+def fake_state(d: Path, container: str) -> str | None:
+    """The stand-in's state of ``container``: up, down, or None (no container)."""
+    path = d / "state.json"
+    return json.loads(path.read_text()).get(container) if path.exists() else None
+
+
+async def test_failing_nixos_container_leaves_registry_consistent(
+    stand_in, nats_server, database_url, hive_home, operator_nc, service_nc, tmp_path
+):
+    """start, stop, kill, restart, destroy failing: the command's output in a
+    clear error, the registry saying what the container is left in, and no
+    transition that crash-watch would take for a crash."""
+    settings = nixos_settings(nats_server, database_url, hive_home, tmp_path)
+    op = Operator(operator_nc)
+    events = await Events().start(service_nc)
+
+    def fail(verb: str, name: str, how: str = "") -> Path:
+        marker = stand_in / f"fail-{verb}-h-{name}"
+        marker.write_text(how)
+        return marker
+
+    async def state_of(name: str) -> AgentInfo:
+        return (await op.list())[name]
+
+    try:
+        async with serving("lifecycle", settings, operator_nc):
+            # a create whose start fails: nothing left of the agent or its container
+            marker = fail("start", "nfs")
+            with pytest.raises(BackendFailed, match="FAIL_MARKER start") as err:
+                await op.spawn("nfs")
+            assert "nixos-container start failed" in str(err.value)
+            assert "nfs" not in await op.list()
+            assert ["destroy", "h-nfs"] in calls(stand_in)
+            assert fake_state(stand_in, "h-nfs") is None
+            assert not creds.has_user(settings, "nfs")
+            marker.unlink()
+
+            await op.spawn("nf")
+            # start fails: the container stays down; the agent is failed, with the output
+            await op.verb("stop", "nf")
+            marker = fail("start", "nf")
+            with pytest.raises(BackendFailed, match="FAIL_MARKER start"):
+                await op.verb("start", "nf")
+            info = await state_of("nf")
+            assert info.state == "failed" and "FAIL_MARKER start" in info.error
+            marker.unlink()
+            info = await op.verb("start", "nf")
+            assert info.state == "running" and info.error == ""
+
+            # stop fails and the container still runs: running, with the output
+            for verb, marker_verb in (("stop", "stop"), ("kill", "terminate")):
+                marker = fail(marker_verb, "nf")
+                with pytest.raises(BackendFailed, match=f"FAIL_MARKER {marker_verb}") as err:
+                    await op.verb(verb, "nf")
+                assert f"nixos-container {marker_verb} failed" in str(err.value)
+                info = await state_of("nf")
+                assert info.state == "running" and f"FAIL_MARKER {marker_verb}" in info.error
+                assert fake_state(stand_in, "h-nf") == "up"
+                marker.unlink()
+
+            # stop fails after the container went down: failed, flagged Stopping
+            marker = fail("stop", "nf", "down")
+            with pytest.raises(BackendFailed, match="FAIL_MARKER stop"):
+                await op.verb("stop", "nf")
+            assert (await state_of("nf")).state == "failed"
+            assert fake_state(stand_in, "h-nf") == "down"
+            marker.unlink()
+            assert (await op.verb("start", "nf")).state == "running"
+
+            # restart: the stop works, the start fails: failed, flagged Restarting
+            marker = fail("start", "nf")
+            with pytest.raises(BackendFailed, match="FAIL_MARKER start"):
+                await op.verb("restart", "nf")
+            info = await state_of("nf")
+            assert info.state == "failed" and "FAIL_MARKER start" in info.error
+            marker.unlink()
+            assert (await op.verb("start", "nf")).state == "running"
+
+            # destroy fails: the agent, its container and its credentials stay
+            marker = fail("destroy", "nf")
+            with pytest.raises(BackendFailed, match="FAIL_MARKER destroy") as err:
+                await op.destroy("nf")
+            assert "nixos-container destroy failed" in str(err.value)
+            info = await state_of("nf")
+            assert info.state == "running" and "FAIL_MARKER destroy" in info.error
+            assert fake_state(stand_in, "h-nf") == "up"
+            assert creds.has_user(settings, "nf")
+            assert AgentPaths.of(settings, "nf").applied.is_dir()
+            marker.unlink()
+            await op.destroy("nf")
+            assert "nf" not in await op.list() and fake_state(stand_in, "h-nf") is None
+
+            # the status command failing is no stopped container: nothing recorded
+            await op.spawn("nst")
+            marker = fail("status", "nst")
+            seen = calls(stand_in).count(["status", "h-nst"])
+            await rig.eventually(
+                lambda: calls(stand_in).count(["status", "h-nst"]) >= seen + 2,
+                timeout=30,
+                what="the monitor looked twice",
+            )
+            assert (await state_of("nst")).state == "running"
+            marker.unlink()
+            await op.verb("stop", "nst")
+
+            # every event: running -> down only with a flag (no false crash)
+            await rig.eventually(
+                lambda: ("running", "stopped", "Stopping") in events.states("nst"),
+                what="last event",
+            )
+            for name in ("nf", "nst"):
+                for previous, state, flag in events.states(name):
+                    if previous == "running" and state in ("stopped", "failed"):
+                        assert flag, (name, events.states(name))
+            assert ("running", "failed", "Stopping") in events.states("nf")
+            assert ("running", "failed", "Restarting") in events.states("nf")
+            assert events.states("nst").count(("running", "stopped", "Stopping")) == 1
+            assert [s for _, s, _ in events.states("nst")] == ["creating", "running", "stopped"]
+    finally:
+        await events.stop()
         cleanup_agents(nats_server, settings.paths.agents_dir)
 
 

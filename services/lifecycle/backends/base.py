@@ -84,7 +84,12 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def state(self, spec: AgentSpec) -> str:
-        """``running``, ``stopped`` or ``missing``."""
+        """``running``, ``stopped`` or ``missing``.
+
+        Raises:
+            BackendFailed: the backend cannot tell (a failing or hanging
+                command); never reported as ``stopped`` or ``missing``.
+        """
 
     def last_exit(self, spec: AgentSpec) -> Exit:
         """How the harness ended last, if known (after :meth:`state` saw it stop)."""
@@ -97,12 +102,11 @@ class Backend(abc.ABC):
         """The last ``lines`` lines, or what came after a previous reply's cursor."""
 
 
-async def run_command(argv: list[str], *, timeout: float = 600.0, what: str = "") -> str:
-    """Runs a command; returns its output.
+async def run_output(argv: list[str], *, timeout: float = 600.0, what: str = "") -> tuple[int, str]:
+    """Runs a command; returns its exit code and output (stdout and stderr).
 
     Raises:
-        BackendFailed: it could not run, timed out, or exited non-zero; the
-            message carries its output (the build error).
+        BackendFailed: it could not run or timed out.
     """
     label = what or argv[0]
     try:
@@ -120,8 +124,24 @@ async def run_command(argv: list[str], *, timeout: float = 600.0, what: str = ""
         proc.kill()
         await proc.wait()
         raise BackendFailed(f"{label}: timed out after {timeout:g}s") from None
-    text = out.decode(errors="replace")
-    if proc.returncode != 0:
-        tail = text.strip()[-4000:] or "(no output)"
-        raise BackendFailed(f"{label} failed (exit {proc.returncode}):\n{tail}")
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")
+
+
+def command_failed(label: str, code: int, output: str) -> BackendFailed:
+    """The error of a command that exited non-zero, with the tail of its output."""
+    tail = output.strip()[-4000:] or "(no output)"
+    return BackendFailed(f"{label} failed (exit {code}):\n{tail}")
+
+
+async def run_command(argv: list[str], *, timeout: float = 600.0, what: str = "") -> str:
+    """Runs a command; returns its output.
+
+    Raises:
+        BackendFailed: it could not run, timed out, or exited non-zero; the
+            message carries its output (the build error).
+    """
+    code, text = await run_output(argv, timeout=timeout, what=what)
+    if code != 0:
+        raise command_failed(what or argv[0], code, text)
     return text

@@ -33,7 +33,9 @@ from hyperhive.lifecycle.backends.base import (
     STOPPED,
     AgentSpec,
     Backend,
+    command_failed,
     run_command,
+    run_output,
 )
 
 log = logging.getLogger(__name__)
@@ -220,11 +222,25 @@ class NixosBackend(Backend):
         await asyncio.to_thread(self._write_conf, spec)
 
     async def state(self, spec: AgentSpec) -> str:
-        try:
-            out = await self._nc("status", container_name(spec), timeout=60)
-        except BackendFailed:
+        """``nixos-container status``: ``up``, ``down``, or ``gone`` and an error
+        for a container it does not know (no conf file) — that is ``missing``.
+
+        Raises:
+            BackendFailed: any other failure (a timeout, systemd unreachable):
+                the state is unknown, which is not a stopped container.
+        """
+        name = container_name(spec)
+        label = "nixos-container status"
+        code, out = await run_output([self._bin, "status", name], timeout=60, what=label)
+        answer = out.strip()
+        if code == 0 and answer in ("up", "down"):
+            return RUNNING if answer == "up" else STOPPED
+        lines = [line.strip() for line in out.splitlines()]
+        if code != 0 and ("gone" in lines or f"‘{name}’ does not exist" in out):
             return MISSING
-        return RUNNING if out.strip() == "up" else STOPPED
+        if code == 0:
+            raise BackendFailed(f"{label}: unexpected answer {answer[:200]!r}")
+        raise command_failed(label, code, out)
 
     async def logs(
         self, spec: AgentSpec, lines: int, after: int | None, after_cursor: str
