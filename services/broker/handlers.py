@@ -20,7 +20,7 @@ from hyperhive.broker import store
 from hyperhive.broker.batching import GroupCommit
 from hyperhive.broker.known import KnownAgents
 from hyperhive.broker.render import render_event
-from hyperhive.broker.store import NewMessage, Stored, unavailable_on_db_errors
+from hyperhive.broker.store import NewMessage, Stored, db_errors
 from hyperhive.broker.wake import Waiters
 from hyperhive.common import outbox, subjects
 from hyperhive.common.config import BrokerSettings
@@ -142,7 +142,8 @@ class Broker:
         return SendReply(id=stored.id, ts=stored.ts)
 
     async def _commit_sends(self, items: Sequence[NewMessage]) -> list[Stored]:
-        with unavailable_on_db_errors("message not sent"):
+        # a bad value in a batch of several: retried one by one (see GroupCommit)
+        with db_errors("message not sent", bad_values=len(items) == 1):
             stored = await store.insert_messages(self.pool, items, self.kinds)
         new = [m.recipient for m, s in zip(items, stored, strict=True) if s.created]
         if new:
@@ -218,13 +219,13 @@ class Broker:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self.stopping.is_set():
                     return RecvReply(empty=True)
-                with unavailable_on_db_errors("recv"):
+                with db_errors("recv"):
                     expiry = await store.seconds_to_next_expiry(self.pool, agent)
                 timeout = remaining if expiry is None else min(remaining, max(expiry, 0.0) + 0.01)
                 await woke.wait(timeout)
 
     async def _claim(self, agent: str) -> Message | None:
-        with unavailable_on_db_errors("recv"):
+        with db_errors("recv"):
             row = await store.claim_next(
                 self.relaxed, agent, self.settings.visibility_timeout_s, self.kinds
             )
@@ -248,7 +249,7 @@ class Broker:
         Acking an already acked message of one's own is a no-op.
         """
         agent = call.agent
-        with unavailable_on_db_errors("ack"):
+        with db_errors("ack"):
             row = await store.ack(self.relaxed, req.id, agent, self.kinds)
             existing = None if row is not None else await store.get(self.pool, req.id)
         if row is not None:
@@ -263,7 +264,7 @@ class Broker:
     # --- receipts and history -------------------------------------------------
 
     async def _status_row(self, message_id: int) -> asyncpg.Record:
-        with unavailable_on_db_errors("status"):
+        with db_errors("status"):
             row = await store.get(self.pool, message_id)
         if row is None:
             raise NotFound(f"no message with id {message_id}")
@@ -288,7 +289,7 @@ class Broker:
         """``hive.admin.broker.messages``: history, filtered by agent and time."""
         if req.agent is not None and req.agent not in (subjects.OPERATOR, subjects.SYSTEM):
             check_agent_name(req.agent, allow_manager=True)
-        with unavailable_on_db_errors("history"):
+        with db_errors("history"):
             rows = await store.history(
                 self.pool, agent=req.agent, since=req.since, limit=self._limit(req.limit)
             )
@@ -298,7 +299,7 @@ class Broker:
         """``hive.admin.broker.inbox``: the messages an agent has not acked."""
         if req.agent != subjects.OPERATOR:
             check_agent_name(req.agent, allow_manager=True)
-        with unavailable_on_db_errors("inbox"):
+        with db_errors("inbox"):
             rows = await store.pending(self.pool, req.agent, self.settings.history_limit)
         return HistoryReply(messages=[_history_item(r) for r in rows])
 
@@ -312,7 +313,7 @@ class Broker:
         except BadRequest as exc:
             log.warning("turn stats of %s refused: %s", agent, exc)
             raise
-        with unavailable_on_db_errors("stats"):
+        with db_errors("stats"):
             async with self.relaxed.acquire() as conn, conn.transaction():
                 if stats.inbox_depth is None:
                     values.append(("inbox_depth", float(await store.inbox_depth(conn, agent))))
@@ -331,7 +332,7 @@ class Broker:
             check_agent_name(req.agent, allow_manager=True)
         if req.limit <= 0:
             raise BadRequest("limit must be > 0")
-        with unavailable_on_db_errors("stats"):
+        with db_errors("stats"):
             rows = await store.query_stats(
                 self.pool,
                 agent=req.agent,

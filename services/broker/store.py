@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from hyperhive.common.errors import Unavailable
+from hyperhive.common.errors import BadRequest, HiveError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -30,27 +30,46 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.ReadOnlySQLTransactionError,
 )
 
+# Errors that mean "this request holds a value the database cannot take": an
+# integer beyond int64, a time outside timestamptz's range (SQLSTATE class 22,
+# data exception), or asyncpg refusing to encode an argument (a client-side
+# ``DataError``, which is also an ``InterfaceError``: checked first).
+_BAD_VALUE: tuple[type[BaseException], ...] = (
+    asyncpg.DataError,
+    asyncpg.exceptions._base.DataError,
+)
+
 
 def is_unavailable(exc: BaseException) -> bool:
     """True when ``exc`` says the database is unreachable or refusing work."""
-    return isinstance(exc, _UNAVAILABLE)
+    return isinstance(exc, _UNAVAILABLE) and not isinstance(exc, _BAD_VALUE)
 
 
 @contextlib.contextmanager
-def unavailable_on_db_errors(what: str) -> Iterator[None]:
-    """Turns connection-level database errors into :class:`Unavailable`.
+def db_errors(what: str, *, bad_values: bool = True) -> Iterator[None]:
+    """Translates database errors once, at the store boundary.
 
-    Wraps ``async with``/``await`` blocks too: the exception of an awaited
-    call passes through a plain context manager.
+    Connection-level errors become :class:`Unavailable`; a value the database
+    cannot take becomes :class:`BadRequest` (unless ``bad_values`` is false:
+    a batch of several requests lets the error through, so that the batch is
+    retried item by item and only the bad item fails). Wraps ``async
+    with``/``await`` blocks too: the exception of an awaited call passes
+    through a plain context manager.
     """
     try:
         yield
-    except Unavailable:
+    except HiveError:
         raise
+    except _BAD_VALUE as exc:
+        if not bad_values:
+            raise
+        raise BadRequest(f"{what}: invalid value: {_first_line(exc)}") from None
     except _UNAVAILABLE as exc:
-        raise Unavailable(
-            f"database unavailable, {what} not done: {str(exc) or type(exc).__name__}"
-        ) from None
+        raise Unavailable(f"database unavailable, {what} not done: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc) or type(exc).__name__).splitlines()[0]
 
 
 def _columns(t: str = "") -> str:

@@ -7,7 +7,7 @@ import json
 import pytest
 from nats.aio.client import Client as NATS
 
-from hyperhive.common import rpc, subjects
+from hyperhive.common import catalog, rpc, subjects
 from hyperhive.common.wire.base import Ping, Pong
 from tests.broker.conftest import Hive, recv, send, unique
 
@@ -41,10 +41,18 @@ AGENT_CASES = [
     ("ack", b"", "bad_request", "missing required field"),
     ("ack", b'{"id": "one"}', "bad_request", "Expected `int`"),
     ("ack", b'{"id": 987654321}', "not_found", "no message"),
+    # out of range: refused when decoded, never an error from Postgres
+    ("ack", b'{"id": 9223372036854775808}', "bad_request", "<= 9223372036854775807"),
+    ("ack", b'{"id": 18446744073709551616}', "bad_request", "<= 9223372036854775807"),
+    ("ack", b'{"id": -9223372036854775809}', "bad_request", ">= 1"),
+    ("ack", b'{"id": 0}', "bad_request", ">= 1"),
+    ("status", b'{"id": 9223372036854775808}', "bad_request", "<= 9223372036854775807"),
+    ("status", b'{"id": -1}', "bad_request", ">= 1"),
     ("status", b'{"id": 987654321}', "not_found", "no message"),
     ("status", b'{"id": null}', "bad_request", "Expected `int`"),
     ("turns", b'{"after_seq": -1}', "bad_request", "after_seq"),
     ("turns", b'{"limit": 0}', "bad_request", "limit"),
+    ("turns", b'{"after_seq": 18446744073709551616}', "bad_request", "after_seq"),
     ("stats", b'{"ts": "now"}', "bad_request", "Expected"),
     ("stats", b'{"ts": 1e300, "duration_ms": 1, "exit_code": 0}', "bad_request", "unix time"),
 ]
@@ -102,21 +110,79 @@ SERVICE_CASES = [
     (subjects.admin("broker", "messages"), b'{"limit": 0}', "bad_request"),
     (subjects.admin("broker", "messages"), b'{"agent": "../etc"}', "bad_request"),
     (subjects.admin("broker", "messages"), b'{"since": "yesterday"}', "bad_request"),
+    (subjects.admin("broker", "messages"), b'{"since": 1e300}', "bad_request"),
+    (subjects.admin("broker", "messages"), b'{"since": -1e300}', "bad_request"),
+    (subjects.admin("broker", "messages"), b'{"since": 9223372036854775808}', "bad_request"),
+    (subjects.admin("broker", "messages"), b'{"limit": 9223372036854775808}', "ok"),
     (subjects.admin("broker", "inbox"), b"{}", "bad_request"),
     (subjects.admin("broker", "inbox"), b'{"agent": "NO"}', "bad_request"),
     (subjects.admin("broker", "status"), b'{"id": 987654321}', "not_found"),
+    (subjects.admin("broker", "status"), b'{"id": 9223372036854775808}', "bad_request"),
     (subjects.admin("broker", "stats"), b'{"limit": -1}', "bad_request"),
     (subjects.admin("broker", "stats"), b'{"agent": 7}', "bad_request"),
+    (subjects.admin("broker", "stats"), b'{"since": 1e300}', "bad_request"),
+    (subjects.admin("broker", "stats"), b'{"since": -5}', "bad_request"),
 ]
 
 
 async def test_bad_service_and_operator_requests_get_clear_errors(hive: Hive, caller):
     for subject, data, code in SERVICE_CASES:
         nc = hive.service if ".system." in subject else hive.operator
+        if code == "ok":  # in range: capped, not refused
+            reply = json.loads((await nc.request(subject, data, timeout=30)).data)
+            assert "error" not in reply, (subject, data, reply)
+            continue
         error = await raw(nc, subject, data)
         assert error["code"] == code, (subject, data, error)
     name, nc = caller
     await _still_serving(hive, nc, name)
+
+
+MALFORMED = [b"{", b"[]", b"null", b"1", b'"text"', b"\xff\xfe", b'{"a": 1} trailing']
+
+
+def broker_subjects(agent: str) -> list[str]:
+    """Every subject the broker answers, from the catalog (agent subjects as ``agent``)."""
+    return [
+        e.subject.replace("<n>", agent)
+        for e in catalog.CATALOG
+        if e.handler == "broker" and e.request is not None
+    ]
+
+
+async def test_malformed_json_on_every_broker_subject_is_a_bad_request(hive: Hive, caller):
+    name, nc = caller
+    listed = broker_subjects(name)
+    agent_verbs = ("send", "recv", "ack", "status", "turns", "stats")
+    admin_verbs = ("send", "messages", "inbox", "status", "stats", "ping")
+    expected = {subjects.agent(name, v) for v in agent_verbs}
+    expected |= {subjects.admin("broker", v) for v in admin_verbs}
+    expected.add(subjects.system("broker", "deliver"))
+    assert expected <= set(listed), sorted(expected - set(listed))
+    for subject in listed:
+        if subject.startswith("hive.agent."):
+            conn = nc
+        elif subject.startswith("hive.system."):
+            conn = hive.service
+        else:
+            conn = hive.operator
+        for data in MALFORMED:
+            error = await raw(conn, subject, data)
+            assert error["code"] == "bad_request", (subject, data, error)
+            assert "bad request" in str(error["message"]), (subject, data, error)
+    await _still_serving(hive, nc, name)
+
+
+async def test_oversized_operator_message_is_refused(hive: Hive, caller):
+    name, _nc = caller
+    limit = hive.settings.broker.max_body_bytes
+    subject = subjects.admin("broker", "send")
+    too_big = json.dumps({"to": name, "body": "x" * (limit + 1)}).encode()
+    error = await raw(hive.operator, subject, too_big)
+    assert error["code"] == "bad_request" and str(limit) in str(error["message"])
+    at_limit = json.dumps({"to": name, "body": "y" * limit}).encode()
+    ok = json.loads((await hive.operator.request(subject, at_limit, timeout=30)).data)
+    assert isinstance(ok.get("id"), int), ok
 
 
 async def test_garbage_turn_stats_are_dropped(hive: Hive, caller):

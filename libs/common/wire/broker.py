@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from hyperhive.common.wire.events import SystemEvent
+
+# Bounds checked when a request is decoded, so that a value Postgres or
+# JetStream cannot take is a ``bad_request`` and never reaches them.
+INT64_MAX = 2**63 - 1
+# a message id (``bigserial``)
+MessageId = Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]
+# a unix time in seconds, within what ``timestamptz`` holds (up to year 5138)
+UnixTime = Annotated[float, msgspec.Meta(ge=0, le=1e11)]
+# a JetStream stream sequence
+StreamSeq = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
 
 
 class SendRequest(msgspec.Struct, kw_only=True):
@@ -39,11 +51,11 @@ class RecvReply(msgspec.Struct, kw_only=True):
 
 
 class AckRequest(msgspec.Struct, kw_only=True):
-    id: int
+    id: MessageId
 
 
 class StatusRequest(msgspec.Struct, kw_only=True):
-    id: int
+    id: MessageId
 
 
 class MessageStatus(msgspec.Struct, kw_only=True):
@@ -76,7 +88,7 @@ class AdminSendRequest(msgspec.Struct, kw_only=True):
 
 class MessagesRequest(msgspec.Struct, kw_only=True):
     agent: str | None = None
-    since: float | None = None
+    since: UnixTime | None = None
     limit: int = 100
 
 
@@ -128,7 +140,7 @@ class TurnStats(msgspec.Struct, kw_only=True):
 
 class StatsRequest(msgspec.Struct, kw_only=True):
     agent: str | None = None
-    since: float | None = None
+    since: UnixTime | None = None
     key: str | None = None
     limit: int = 5000
 
@@ -147,7 +159,7 @@ class StatsReply(msgspec.Struct, kw_only=True):
 class TurnsRequest(msgspec.Struct, kw_only=True):
     """``hive.agent.<n>.turns``: backfill of the agent's own turn events."""
 
-    after_seq: int = 0
+    after_seq: StreamSeq = 0
     limit: int = 500
 
 
