@@ -4,14 +4,60 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+from collections.abc import Callable
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.aio.client import Server
 
 from hyperhive.common.config import NatsSettings
 from hyperhive.common.errors import Unavailable
 
 log = logging.getLogger(__name__)
+
+BACKOFF_CAP_S = 5.0  # the longest wait between two tries, at start and on reconnect
+BACKOFF_FLOOR_S = 0.05  # the shortest first ceiling: a zero base would spin
+
+
+def backoff_delay(
+    failures: int,
+    base: float,
+    cap: float = BACKOFF_CAP_S,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """The wait before the next reconnect try: capped exponential, with jitter.
+
+    The ceiling doubles with each failure (``base``, ``2*base``, … up to
+    ``cap``); the wait is drawn from its upper half, so that clients that lost
+    the server together do not come back in lockstep.
+
+    Args:
+        failures: tries that failed since the connection was lost (0 before
+            the first).
+        base: the first ceiling (seconds).
+        cap: the largest ceiling.
+        rand: a source of numbers in [0, 1).
+    """
+    ceiling = min(cap, base * 2 ** min(failures, 32))
+    return ceiling / 2 + rand() * ceiling / 2
+
+
+def _reconnect_handler(
+    base: float,
+) -> Callable[[list[Server], dict[str, Any]], tuple[Server | None, float]]:
+    """nats-py's ``reconnect_to_server_handler``: the server that failed least
+    so far, and the backoff that its failures call for."""
+    base = max(base, BACKOFF_FLOOR_S)
+
+    def choose(servers: list[Server], _info: dict[str, Any]) -> tuple[Server | None, float]:
+        if not servers:
+            return None, backoff_delay(0, base)
+        server = min(servers, key=lambda s: s.reconnects)
+        return server, backoff_delay(server.reconnects, base)
+
+    return choose
 
 
 async def connect(
@@ -24,8 +70,10 @@ async def connect(
 ) -> NATS:
     """Connects with retries and exponential backoff.
 
-    Once connected the client reconnects by itself forever (with backoff), so
-    a NATS restart is survived without the caller doing anything.
+    Once connected the client reconnects by itself forever, waiting
+    :func:`backoff_delay` between tries (from ``connect_backoff_s`` up to
+    ``BACKOFF_CAP_S``, jittered), so a NATS restart is survived without the
+    caller doing anything.
 
     Args:
         settings: the NATS settings (url, seed file, inbox prefix, retries).
@@ -69,6 +117,8 @@ async def connect(
         "allow_reconnect": False,
         "max_reconnect_attempts": 1,
         "reconnect_time_wait": 0,
+        # used by nats-py only when it reconnects (never for the first connect)
+        "reconnect_to_server_handler": _reconnect_handler(settings.connect_backoff_s),
         "connect_timeout": 2,
         "error_cb": on_error,
         "disconnected_cb": on_disconnect,
@@ -86,11 +136,10 @@ async def connect(
             last = errors_seen[-1] if errors_seen else exc
             if attempt < tries:
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, BACKOFF_CAP_S)
             continue
         nc.options["allow_reconnect"] = True
         nc.options["max_reconnect_attempts"] = -1
-        nc.options["reconnect_time_wait"] = 1
         nc_ready = True
         holder.append(nc)
         return nc

@@ -1,12 +1,21 @@
-"""Request/reply against a real NATS server: errors, timeouts, bad input."""
+"""Request/reply against a real NATS server: errors, timeouts, bad input;
+and the connection helper's reconnects."""
 
 import asyncio
+import itertools
+import shutil
+import tempfile
+import time
 import uuid
+from pathlib import Path
 
+import nats.errors
 import pytest
 
+from hyperhive.cli.embedded import EmbeddedNats, free_port
 from hyperhive.common import errors, rpc, wire
-from hyperhive.common.natsconn import sync_subscriptions
+from hyperhive.common.config import NatsSettings
+from hyperhive.common.natsconn import BACKOFF_CAP_S, backoff_delay, connect, sync_subscriptions
 
 
 def _subject() -> str:
@@ -148,3 +157,76 @@ async def test_call_knows_the_calling_agent_from_the_subject(service_nc):
     await rpc.request(service_nc, f"hive.agent.{name}.probe{name}", wire.Empty(), wire.Ok)
     assert seen == [(name, f"probe{name}")]
     await responder.stop()
+
+
+def test_reconnect_backoff_doubles_up_to_the_cap_with_jitter():
+    ceilings = [min(BACKOFF_CAP_S, 0.5 * 2**n) for n in range(8)]
+    assert ceilings[:5] == [0.5, 1.0, 2.0, 4.0, 5.0]
+    for n, ceiling in enumerate(ceilings):
+        assert backoff_delay(n, 0.5, rand=lambda: 0.0) == ceiling / 2
+        assert backoff_delay(n, 0.5, rand=lambda: 0.999) == pytest.approx(ceiling, rel=1e-3)
+        drawn = {backoff_delay(n, 0.5) for _ in range(50)}
+        assert all(ceiling / 2 <= d <= ceiling for d in drawn)
+        assert len(drawn) > 1, "no jitter"
+    assert backoff_delay(10_000, 0.5) <= BACKOFF_CAP_S  # no overflow however long it lasts
+
+
+async def test_reconnect_waits_longer_after_each_failed_try_then_recovers():
+    """While the server is gone, each try waits at least half of a doubling
+    ceiling; once it is back, the client reconnects and its subscriptions work."""
+    root = Path(tempfile.mkdtemp(prefix="hive-nats-reconnect-"))
+    server = EmbeddedNats(root, free_port())
+    server.start()
+    base = 0.3
+    nc = await connect(
+        NatsSettings(url=server.url, connect_backoff_s=base),
+        name="test-reconnect",
+        seed_file=str(server.service_seed),
+    )
+    try:
+        subject = f"hive.admin.test{uuid.uuid4().hex[:8]}.echo"
+
+        async def echo(msg):
+            await msg.respond(msg.data)
+
+        await nc.subscribe(subject, cb=echo)
+        await sync_subscriptions(nc)
+        server.stop()
+
+        # the port now answers and hangs up at once: every try fails, and we
+        # see when each one came
+        tries: list[float] = []
+        enough = asyncio.Event()
+
+        async def hang_up(_reader, writer):
+            tries.append(time.monotonic())
+            writer.close()
+            if len(tries) >= 4:
+                enough.set()
+
+        fake = await asyncio.start_server(hang_up, "127.0.0.1", server.port, reuse_address=True)
+        try:
+            await asyncio.wait_for(enough.wait(), timeout=30)
+        finally:
+            fake.close()
+            await fake.wait_closed()
+        gaps = [b - a for a, b in itertools.pairwise(tries)][:3]
+        # try n+1 waits at least half of base * 2**(n+1); a fixed wait of 1 s
+        # (what nats-py does by default) fails the last of these
+        floors = [base * 2 ** (n + 1) / 2 for n in range(3)]
+        assert all(g >= f - 0.02 for g, f in zip(gaps, floors, strict=True)), (gaps, floors)
+
+        server.start()
+        reply = None
+        deadline = time.monotonic() + 30
+        while reply is None:
+            assert time.monotonic() < deadline, "never reconnected"
+            try:
+                reply = await nc.request(subject, b"ping", timeout=1)
+            except (nats.errors.Error, TimeoutError):  # not back yet
+                await asyncio.sleep(0.1)
+        assert reply.data == b"ping"
+    finally:
+        await nc.close()
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
