@@ -457,9 +457,9 @@ def render_markdown() -> str:
         "",
         "```sh",
         "nats --server nats://127.0.0.1:4222 --nkey $HIVE_HOME/nats/operator.seed \\",
-        "     --inbox-prefix _INBOX.operator sub 'hive.events.>'",
-        "nats ... stream view HIVE_EVENTS         # the durable event log",
-        "nats ... sub 'hive.agent.*.events'       # live claude output of every agent",
+        f"     --inbox-prefix {s.operator_inbox_prefix()} sub '{s.EVENTS_ALL}'",
+        f"nats ... stream view {s.EVENTS_STREAM}         # the durable event log",
+        f"nats ... sub '{s.AGENT_EVENTS_ALL}'       # live claude output of every agent",
         "```",
         "",
     ]
