@@ -117,6 +117,9 @@ class CrashWatchSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
     poll_interval_s: float = 10.0
     heartbeat_timeout_s: float = 60.0
     turn_limit_s: float = 1800.0
+    # a transient flag older than this is one a dead lifecycle left: ignored
+    # (longer than any operation: a nixos-container build may take 30 min)
+    flag_max_age_s: float = 3600.0
 
 
 class DashboardSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -162,6 +165,9 @@ class HarnessSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     token: str = ""  # operator token for the agent page; empty: none
     # manager only: the agents dir (<n>/proposed, <n>/applied, <n>/state)
     agents_dir: str = ""
+    # manager only: the dir holding agents/<n>/{config,state} and applied/<n>
+    # when they are not at / (the process backend without bwrap: symlinks)
+    view_dir: str = ""
     # how long one recv long-poll of the turn loop waits for a message (a
     # stopping harness waits for its last poll, so keep it well under
     # lifecycle.stop_timeout_s)

@@ -6,7 +6,8 @@ events as they happen. Each carries the agent's state sequence number, so an
 older poll reply never overrides a newer event. A change ``running`` →
 ``stopped``/``failed`` with no transient flag (in the event, or in the KV
 bucket) is a crash: the manager gets one ``ContainerCrash`` through the
-broker. The first poll only seeds the view.
+broker. A KV flag older than ``flag_max_age_s`` was left by a lifecycle that
+died mid-operation and hides nothing. The first poll only seeds the view.
 
 Stuck: an agent that runs but whose harness heartbeat (``heartbeat.<n>`` in
 the KV bucket) is older than ``heartbeat_timeout_s``, or whose current turn
@@ -35,7 +36,13 @@ from hyperhive.common.errors import HiveError, Unavailable
 from hyperhive.common.outbox import make_event
 from hyperhive.common.wire.broker import DeliverRequest, SendReply
 from hyperhive.common.wire.events import AgentStuck, ContainerCrash, HiveEvent, SystemEvent
-from hyperhive.common.wire.lifecycle import AgentInfo, AgentsReply, AgentsRequest, WatchStatus
+from hyperhive.common.wire.lifecycle import (
+    AgentInfo,
+    AgentsReply,
+    AgentsRequest,
+    TransientFlag,
+    WatchStatus,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +64,7 @@ class Heartbeat(msgspec.Struct, kw_only=True):
 
 
 _event_decoder = msgspec.json.Decoder(HiveEvent)
+_flag_decoder = msgspec.json.Decoder(TransientFlag)
 _hb_decoder = msgspec.json.Decoder(Heartbeat)
 
 
@@ -146,11 +154,27 @@ class CrashWatch:
             )
 
     async def _flag_set(self, name: str) -> bool:
+        """An operation on ``name`` is under way (a recent flag in the KV bucket)."""
         try:
             entry = await self.kv.get(subjects.flag_key(name))
         except Exception:  # missing or deleted key: no operation under way
             return False
-        return bool(entry.value)
+        if not entry.value:
+            return False
+        try:
+            flag = _flag_decoder.decode(entry.value)
+        except msgspec.DecodeError:
+            return True  # a bare flag name from an older lifecycle
+        age = time.time() - flag.since
+        if age > self.settings.crashwatch.flag_max_age_s:
+            log.warning(
+                "ignoring %s's flag %s: set %.0fs ago, longer than any operation",
+                name,
+                flag.flag,
+                age,
+            )
+            return False
+        return True
 
     # --- stuck ----------------------------------------------------------------
 

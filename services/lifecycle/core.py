@@ -4,8 +4,11 @@ Every operation on one agent runs under that agent's lock (an asyncio lock in
 this process plus a Postgres advisory lock, so a second lifecycle instance
 cannot interleave either): a second operation waits up to
 ``lifecycle.op_wait_s`` and then gets ``Conflict``. Operations that stop a
-running container set a transient flag (``flag.<n>`` in the KV bucket, and in
-the ``agent.state`` event) so that crash-watch can tell them from a crash.
+running container set a transient flag (``flag.<n>`` in the KV bucket, with
+the time it was set, and in the ``agent.state`` event) so that crash-watch can
+tell them from a crash. A flag left by a lifecycle that died in the middle of
+an operation is deleted at the next start (:meth:`Lifecycle.reconcile`), and
+crash-watch ignores one older than ``crashwatch.flag_max_age_s``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
+import msgspec
+from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
 from hyperhive.common import outbox, subjects
@@ -33,6 +38,7 @@ from hyperhive.common.wire.lifecycle import (
     DraftInfo,
     KeptState,
     LogsReply,
+    TransientFlag,
 )
 from hyperhive.lifecycle import agentconf, creds, ports, repos, store
 from hyperhive.lifecycle.backends.base import RUNNING, AgentSpec, Backend
@@ -46,6 +52,7 @@ REBUILDING = "Rebuilding"
 
 _LOCK_SPACE = 0x48495645  # "HIVE": first key of the per-agent advisory locks
 MAX_LOG_LINES = 10_000
+_encoder = msgspec.json.Encoder()
 
 
 class Lifecycle:
@@ -151,7 +158,8 @@ class Lifecycle:
 
     async def _set_flag(self, name: str, flag: str) -> None:
         self._flags[name] = flag
-        await self.kv.put(subjects.flag_key(name), flag.encode())
+        value = TransientFlag(flag=flag, since=time.time())
+        await self.kv.put(subjects.flag_key(name), _encoder.encode(value))
 
     async def _clear_flag(self, name: str) -> None:
         self._flags.pop(name, None)
@@ -612,8 +620,34 @@ class Lifecycle:
 
     # --- background -----------------------------------------------------------
 
+    async def clear_leftover_flags(self) -> None:
+        """Deletes the flags a lifecycle that died mid-operation left in the bucket.
+
+        Each under the agent's lock, so an operation of another lifecycle
+        instance keeps its flag until it is done.
+        """
+        try:
+            keys = await self.kv.keys()
+        except NoKeysError:
+            return
+        for key in keys:
+            name = key.partition(".")[2]
+            try:
+                if key != subjects.flag_key(name):
+                    continue  # a heartbeat
+            except ValueError:
+                continue  # not a key of ours
+            try:
+                async with self.operation(name, "reconcile"):
+                    await self.kv.delete(key)
+                log.warning("deleted %s's leftover transient flag", name)
+            except HiveError as exc:
+                log.warning("could not clear %s's leftover flag: %s", name, exc)
+
     async def reconcile(self) -> None:
-        """At start: adopt running containers, restart those that should run."""
+        """At start: clear leftover flags, adopt running containers, restart
+        those that should run."""
+        await self.clear_leftover_flags()
         rows = await store.list_agents(
             self.pool, (store.RUNNING, store.STOPPED, store.FAILED, store.CREATING)
         )

@@ -14,14 +14,17 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import msgspec
 import pytest
+from nats.js.errors import KeyValueError
 
 from hyperhive.common import rpc, subjects
+from hyperhive.common.jetstream import ensure_state_bucket
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.base import Empty, Ok
 from hyperhive.common.wire.broker import AckRequest, Message, RecvReply, RecvRequest
 from hyperhive.common.wire.events import AgentStuck, ContainerCrash
-from hyperhive.common.wire.lifecycle import WatchStatus
+from hyperhive.common.wire.lifecycle import TransientFlag, WatchStatus
 from tests import rig
 from tests.lifecycle.conftest import lifecycle_settings
 from tests.lifecycle.helpers import Operator, harness_pid, serving, wait_dead
@@ -192,3 +195,77 @@ async def drain_until(manager, done, timeout: float = 30) -> list[Message]:  # t
         assert time.monotonic() < deadline, f"inbox has only {got}"
         got += await drain_inbox(manager, wait_ms=1000)
     return got
+
+
+@pytest.mark.slow
+async def test_leftover_and_old_flags_hide_no_crash(
+    nats_server, database_url, hive_home, operator_nc, service_nc
+):
+    """A lifecycle that dies mid-operation leaves ``flag.<n>`` behind: the next
+    lifecycle deletes it at start, and crash-watch ignores a flag older than
+    ``flag_max_age_s``; a recent flag still marks an operation under way."""
+    settings = lifecycle_settings(
+        nats_server,
+        database_url,
+        hive_home,
+        HIVE_LIFECYCLE_MANAGER="hm1nd",
+        HIVE_CRASHWATCH_POLL_INTERVAL_S="0.5",
+        HIVE_CRASHWATCH_FLAG_MAX_AGE_S="30",
+    )
+    kv = await ensure_state_bucket(service_nc.jetstream())
+    op = Operator(operator_nc)
+
+    async def put_flag(name: str, age: float) -> None:
+        flag = TransientFlag(flag="Stopping", since=time.time() - age)
+        await kv.put(subjects.flag_key(name), msgspec.json.encode(flag))
+
+    async def crash_of(manager, name: str) -> ContainerCrash:  # type: ignore[no-untyped-def]
+        pid = harness_pid(settings, name)
+        os.kill(pid, signal.SIGKILL)
+        got = await drain_until(manager, lambda ms: len(ms) >= 1)
+        assert len(got) == 1 and isinstance(got[0].event, ContainerCrash), got
+        assert got[0].event.agent == name
+        return got[0].event
+
+    try:
+        async with serving("lifecycle", settings, operator_nc):
+            await op.spawn("left")
+        # lifecycle is gone as if it died while stopping "left": the flag stays
+        await put_flag("left", age=0)
+        async with (
+            serving("lifecycle", settings, operator_nc),
+            serving("broker", settings, operator_nc),
+            serving("crash-watch", settings, operator_nc),
+        ):
+            with pytest.raises(KeyValueError):  # deleted at start
+                await kv.get(subjects.flag_key("left"))
+            seed = AgentPaths.of(settings, "hm1nd").nats_seed
+            manager = await rig.connect_as(nats_server, seed, subjects.inbox_prefix("hm1nd"))
+            try:
+                await op.spawn("old")
+                await op.spawn("fresh")
+                await rig.eventually(
+                    lambda: watching(operator_nc, "left", "old", "fresh"), what="seeded"
+                )
+                await crash_of(manager, "left")
+
+                await put_flag("old", age=120)  # older than the limit: ignored
+                await crash_of(manager, "old")
+
+                # a recent flag is an operation under way: no crash
+                await put_flag("fresh", age=0)
+                os.kill(harness_pid(settings, "fresh"), signal.SIGKILL)
+                await rig.eventually(
+                    lambda: _state_seen(operator_nc, "fresh", "stopped"), what="fresh seen down"
+                )
+                assert await drain_inbox(manager, wait_ms=1500) == []
+                assert (await watch_status(operator_nc)).reported == 2
+                await kv.delete(subjects.flag_key("fresh"))
+            finally:
+                await manager.close()
+    finally:
+        cleanup_agents(nats_server, settings.paths.agents_dir)
+
+
+async def _state_seen(nc, name: str, state: str) -> bool:  # type: ignore[no-untyped-def]
+    return (await watch_status(nc)).agents.get(name) == state

@@ -118,6 +118,20 @@ class ApplyReply(msgspec.Struct, kw_only=True):
     error: str = ""  # the build error when ok is False
 
 
+# --- the state bucket (KV, shared by lifecycle and crash-watch) ----------------
+
+
+class TransientFlag(msgspec.Struct, kw_only=True):
+    """``flag.<n>``: lifecycle is stopping, restarting, destroying or rebuilding ``n``.
+
+    ``since`` lets crash-watch ignore a flag that a lifecycle which died in the
+    middle of an operation left behind.
+    """
+
+    flag: str  # Stopping | Restarting | Destroying | Rebuilding
+    since: float = 0.0  # when it was set (epoch seconds)
+
+
 # --- hive.admin.crash-watch.status --------------------------------------------
 
 
