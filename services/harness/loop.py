@@ -20,6 +20,9 @@ What happens to the message of a turn that does not finish:
   harness run takes them first (the wake prompt says it resumed them).
 - the harness is killed outright: the message was not acked, so the broker
   hands it out again after its visibility timeout, marked redelivered.
+In both of these last cases the note about an earlier cancelled or failed
+turn, if the interrupted prompt carried one, is kept: it is dropped only once
+a turn whose prompt carried it has finished.
 
 Between turns, notes that grew past ``harness.notes_compact_bytes`` are
 compacted by a side claude session (notes.py); the badge says
@@ -112,6 +115,10 @@ class Harness:
         self._cancel_turn = False
         self._stopping = False
         self._recv_failures = 0
+        # whether this turn's prompt carries the note about an earlier unfinished
+        # turn: the note is dropped only once this turn has finished (not when
+        # the harness stops or dies mid-turn: the resumed turn says it again)
+        self._carries_note = False
         self._compacting_notes = False
         # (size, mtime) of notes whose compaction did not replace them: tried
         # again only once the file changes
@@ -462,7 +469,7 @@ class Harness:
         await self._set_state(THINKING)
         prompt = wake_prompt(self.cfg, wake, interrupted)
         self.store.set_fresh(False)
-        self.store.set_interrupted(None)  # it is in this prompt now
+        self._carries_note = interrupted is not None
         first = await self._claude(prompt, resume=not fresh)
         runs = [first]
         if first.prompt_too_long and not self._cancel_turn:
@@ -501,6 +508,7 @@ class Harness:
         self, item: Item, runs: list[RunResult], compact_retry: bool, duration_ms: float
     ) -> None:
         last = runs[-1]
+        carries_note, self._carries_note = self._carries_note, False
         cancelled = self._cancel_turn or any(r.cancelled for r in runs)
         if cancelled and self._stopping and not self._cancel_turn:
             # the harness is stopping, not the operator cancelling: the message
@@ -510,6 +518,8 @@ class Harness:
         else:
             outcome = "cancelled" if cancelled else ("ok" if last.ok else "failed")
             error = "cancelled by the operator" if cancelled else last.error
+            if carries_note:
+                self.store.set_interrupted(None)  # claude saw it in this turn's prompt
             if isinstance(item, Wake) and outcome != "ok":
                 self.store.set_interrupted(
                     {

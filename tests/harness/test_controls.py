@@ -402,3 +402,42 @@ async def test_a_stopping_harness_keeps_its_message_for_the_next_run(
         assert start["resumed"] is True
         assert "harness restarted" in api.requests[-1].last_user_text()
         assert (await stack.status(sent.id)).state == "acked"
+
+
+async def test_an_interrupted_turn_keeps_the_note_of_an_earlier_cancelled_one(
+    stack: Stack, api: ScriptedAnthropic
+) -> None:
+    """A cancelled turn's note rides on the next prompt; if that turn is
+    interrupted by a harness stop, the resumed turn still carries the note."""
+    name = agent_name("n")
+    await stack.spawn(name)
+    settings = stack.harness_settings(name)
+    first = api.reply("counting", hold=True, when=last_user_mentions("count sheep"))
+    second = api.reply("halfway", hold=True, when=last_user_mentions("then paint"))
+    async with running_harness(settings) as h:
+        page = Page(h.url)
+        await page.open()
+        await stack.send(name, "count sheep forever")
+        await api.wait_for_request(lambda r: r.reply is first, timeout=60)
+        assert (await page.post("/cancel")).json()["cancelled"] is True
+        assert (await h.turn_end(1, timeout=10))["outcome"] == "cancelled"
+        sent = await stack.send(name, "then paint the fence")
+        req = await api.wait_for_request(lambda r: r.reply is second, timeout=60)
+        assert "did not finish (cancelled by the operator)" in req.last_user_text()
+        assert "count sheep forever" in req.last_user_text()
+        await page.close()
+    assert h.records("turn_end", 2)[0].event["outcome"] == "interrupted"
+
+    api.reply("painted", when=last_user_mentions("then paint"))
+    async with running_harness(settings) as h2:
+        end = await h2.turn_end(3)
+        assert end["outcome"] == "ok" and end["message_id"] == sent.id
+        prompt = api.requests[-1].last_user_text()
+        assert "harness restarted" in prompt and "then paint the fence" in prompt
+        assert "did not finish (cancelled by the operator)" in prompt
+        assert "count sheep forever" in prompt
+        # once a turn carrying it has finished, the note is gone
+        await stack.send(name, "and then rest")
+        await h2.turn_end(4)
+        assert "did not finish" not in api.requests[-1].last_user_text()
+        assert h2.harness.store.interrupted is None
