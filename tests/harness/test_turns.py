@@ -6,15 +6,24 @@ lifecycle are the real services; the harness runs in this process.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
+from nats.aio.client import Client as NATS
 
 from hyperhive.common import rpc, subjects
 from hyperhive.common.jetstream import ensure_state_bucket
 from hyperhive.common.paths import AgentPaths
-from hyperhive.common.wire.broker import DeliverRequest, RecvReply, RecvRequest, SendReply
+from hyperhive.common.wire.broker import (
+    DeliverRequest,
+    RecvReply,
+    RecvRequest,
+    SendReply,
+    TurnEvent,
+)
 from hyperhive.common.wire.events import ContainerCrash
 from tests import rig
 from tests.harness.conftest import (
@@ -80,11 +89,38 @@ async def test_message_becomes_a_turn(stack: Stack, api: ScriptedAnthropic, serv
         )
         assert {"duration_ms", "exit_code", "input_tokens", "output_tokens", "cost_usd"} <= points
 
-        # the heartbeat is in the KV bucket, and the events are in HIVE_TURNS
+        # the heartbeat is in the KV bucket
         kv = await ensure_state_bucket(service_nc.jetstream())
         entry = await kv.get(subjects.heartbeat_key(name))
         beat = json.loads(entry.value)
         assert beat["ts"] > 0 and "turn_started" in beat
+
+        # and the turn's records are in HIVE_TURNS, in order, as the page showed them
+        stored = await _turn_records(service_nc, name, until_type="turn_end")
+        ours = [r for r in stored if r.turn == 1]
+        assert ours[0].type == "turn_start" and ours[-1].type == "turn_end"
+        assert [r.event for r in ours if r.type == "claude"] == h.claude_events(1)
+        assert ours[-1].event["message_id"] == sent.id
+
+
+async def _turn_records(nc: NATS, name: str, until_type: str) -> list[TurnEvent]:
+    """The agent's records in the HIVE_TURNS stream, oldest first, up to the
+    first of type ``until_type``."""
+    js = nc.jetstream()
+    sub = await js.subscribe(
+        subjects.agent(name, subjects.AGENT_EVENTS),
+        stream=subjects.TURNS_STREAM,
+        ordered_consumer=True,
+    )
+    out: list[TurnEvent] = []
+    try:
+        async with asyncio.timeout(15):
+            while not out or out[-1].type != until_type:
+                msg = await sub.next_msg(timeout=15)
+                out.append(msgspec.json.decode(msg.data, type=TurnEvent))
+    finally:
+        await sub.unsubscribe()
+    return out
 
 
 async def _stat_keys(stack: Stack, name: str) -> set[str] | None:
