@@ -3,6 +3,7 @@ thinking → idle, chips, cancel button, sticky scroll with the "↓ N new" pill
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -90,6 +91,71 @@ async def test_prompt_streams_reply_and_badge_goes_thinking_then_idle(
             await expect(pill).to_be_hidden()
             await page.screenshot(path=str(tmp_path / "agent-page.png"), full_page=True)
             assert (tmp_path / "agent-page.png").stat().st_size > 0
+        finally:
+            await context.close()
+        assert not errors, f"JS errors on the page: {errors}"
+
+
+AGE_AT_LEAST = """(min) => {
+  const t = document.getElementById("badge-age").textContent.trim();
+  const n = parseInt(t, 10);
+  if (Number.isNaN(n)) return min < 0;
+  return (t.endsWith("h") ? n * 3600 : t.endsWith("m") ? n * 60 : n) >= min;
+}"""
+AGE_S = """() => {
+  const t = document.getElementById("badge-age").textContent.trim();
+  const n = parseInt(t, 10);
+  if (Number.isNaN(n)) return -1;
+  return t.endsWith("h") ? n * 3600 : t.endsWith("m") ? n * 60 : n;
+}"""
+
+
+async def test_cancel_button_age_timer_and_offline_badge(
+    stack: Stack, api: ScriptedAnthropic, browser: Browser, tmp_path: Path
+) -> None:
+    name = agent_name("bc")
+    await stack.spawn(name)
+    held = api.reply("pondering at length", hold=True, when=last_user_mentions("ponder"))
+    async with running_harness(stack.harness_settings(name)) as h:
+        context = await browser.new_context(viewport={"width": 1100, "height": 600})
+        page = await context.new_page()
+        page.set_default_timeout(UI_TIMEOUT_MS)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        try:
+            await page.goto(h.url + "/")
+            badge = page.locator("#badge")
+            await expect(badge).to_have_attribute("data-state", "idle")
+
+            # the badge's age timer counts up by itself
+            start = await page.evaluate(AGE_S)
+            assert start >= 0
+            await page.wait_for_function(AGE_AT_LEAST, arg=start + 2)
+
+            # a held turn: the cancel button ends it
+            await page.fill("#prompt", "ponder the universe")
+            await page.keyboard.press("Enter")
+            await api.wait_for_request(lambda r: r.reply is held, timeout=60)
+            await expect(badge).to_have_attribute("data-state", "thinking")
+            cancel = page.locator("#cancel")
+            await expect(cancel).to_be_visible()
+            await cancel.click()
+            await expect(page.locator("#log .local").last).to_contain_text("cancelling")
+            await expect(page.locator("#log .turn-end").last).to_contain_text("cancelled")
+            await expect(badge).to_have_attribute("data-state", "idle")
+            await expect(cancel).to_be_hidden()
+            end = await h.turn_end(1, timeout=10)
+            assert end["outcome"] == "cancelled"
+            assert end["error"] == "cancelled by the operator"
+            assert not held.released.is_set()  # ended by the cancel, not by the script
+
+            # the harness stops: the page says offline
+            h.stop.set()
+            await asyncio.wait_for(h.task, timeout=30)
+            await expect(badge).to_have_attribute("data-state", "offline")
+            await expect(page.locator("#badge-state")).to_have_text("offline")
+            await expect(cancel).to_be_hidden()
+            await page.screenshot(path=str(tmp_path / "offline.png"))
         finally:
             await context.close()
         assert not errors, f"JS errors on the page: {errors}"
