@@ -92,9 +92,9 @@ def _entries() -> list[Entry]:
             s.kv_subject(s.heartbeat_key("N")).replace(".N", ".<n>"),
             "publish",
             "KV hive_state",
+            w.Heartbeat,
             None,
-            None,
-            "harness heartbeat while a turn runs",
+            "harness heartbeat (every interval; turn_started while a turn runs)",
         ),
     ]
     lifecycle_tools = {

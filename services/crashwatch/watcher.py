@@ -18,7 +18,6 @@ Nothing is stopped automatically: the manager decides.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -40,6 +39,7 @@ from hyperhive.common.wire.lifecycle import (
     AgentInfo,
     AgentsReply,
     AgentsRequest,
+    Heartbeat,
     TransientFlag,
     WatchStatus,
 )
@@ -56,11 +56,6 @@ HEARTBEAT_SKEW_S = 5.0  # a heartbeat this much older than the start still count
 class Seen:
     state: str
     seq: int
-
-
-class Heartbeat(msgspec.Struct, kw_only=True):
-    ts: float
-    turn_started: float | None = None
 
 
 _event_decoder = msgspec.json.Decoder(HiveEvent)
@@ -185,14 +180,11 @@ class CrashWatch:
             return None
         if not entry.value:
             return None
-        try:
+        try:  # extra fields of a newer harness are ignored
             return _hb_decoder.decode(entry.value)
-        except msgspec.DecodeError:
-            try:  # tolerate a harness that wrote extra fields or ints
-                raw = json.loads(entry.value)
-                return Heartbeat(ts=float(raw["ts"]), turn_started=raw.get("turn_started"))
-            except (ValueError, KeyError, TypeError):
-                return None
+        except msgspec.DecodeError as exc:
+            log.warning("%s's heartbeat is malformed: %s", name, exc)
+            return None
 
     async def check_stuck(self, agents: list[AgentInfo]) -> None:
         cw = self.settings.crashwatch

@@ -35,7 +35,6 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 from collections import Counter
@@ -57,6 +56,7 @@ from hyperhive.common.wire.broker import (
     TurnsRequest,
     TurnStats,
 )
+from hyperhive.common.wire.lifecycle import Heartbeat
 from hyperhive.harness import creds, notes
 from hyperhive.harness.claude import ClaudeRun, RunResult
 from hyperhive.harness.config import HarnessConfig
@@ -595,13 +595,13 @@ class Harness:
     # --- heartbeat -------------------------------------------------------------
 
     async def heartbeat(self, stop: asyncio.Event) -> None:
-        """Core-publishes ``{"ts", "turn_started"}`` to the KV key every interval."""
+        """Core-publishes a :class:`Heartbeat` to the KV key every interval."""
         subject = subjects.kv_subject(subjects.heartbeat_key(self.cfg.agent))
         interval = max(0.2, self.cfg.settings.harness.heartbeat_interval_s)
         while not stop.is_set():
-            doc = {"ts": time.time(), "turn_started": self.turn_started}
+            beat = Heartbeat(ts=time.time(), turn_started=self.turn_started)
             try:
-                await self.nc.publish(subject, json.dumps(doc).encode())
+                await self.nc.publish(subject, msgspec.json.encode(beat))
             except Exception as exc:
                 log.warning("heartbeat not published: %s", exc)
             with contextlib.suppress(TimeoutError):

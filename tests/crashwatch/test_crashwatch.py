@@ -18,17 +18,27 @@ import msgspec
 import pytest
 from nats.js.errors import KeyValueError
 
+from hyperhive.cli.devstack import stop_harnesses
 from hyperhive.common import rpc, subjects
 from hyperhive.common.jetstream import ensure_state_bucket
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.base import Empty, Ok
-from hyperhive.common.wire.broker import AckRequest, Message, RecvReply, RecvRequest
+from hyperhive.common.wire.broker import (
+    AckRequest,
+    AdminSendRequest,
+    Message,
+    RecvReply,
+    RecvRequest,
+    SendReply,
+)
 from hyperhive.common.wire.events import AgentStuck, ContainerCrash
-from hyperhive.common.wire.lifecycle import TransientFlag, WatchStatus
+from hyperhive.common.wire.lifecycle import Heartbeat, TransientFlag, WatchStatus
+from hyperhive.harness.config import find_claude
 from tests import rig
 from tests.lifecycle.conftest import lifecycle_settings
 from tests.lifecycle.helpers import Operator, harness_pid, serving, wait_dead
 from tests.rig import cleanup_agents
+from tests.scripted_anthropic import ScriptedAnthropic
 
 
 @asynccontextmanager
@@ -269,3 +279,90 @@ async def test_leftover_and_old_flags_hide_no_crash(
 
 async def _state_seen(nc, name: str, state: str) -> bool:  # type: ignore[no-untyped-def]
     return (await watch_status(nc)).agents.get(name) == state
+
+
+@pytest.mark.slow
+@pytest.mark.claude
+async def test_real_harness_heartbeat_marks_a_running_turn(
+    nats_server, database_url, hive_home, operator_nc, service_nc, monkeypatch
+):
+    """``hive harness serve`` under the process backend, the real claude CLI
+    against the scripted API: while a turn runs, the harness's ``Heartbeat``
+    has ``turn_started`` set (and crash-watch reads it: the turn runs past the
+    limit); when the turn ends it is cleared again."""
+    api = ScriptedAnthropic().start()
+    for key, value in api.env().items():
+        monkeypatch.setenv(key, value)
+    settings = lifecycle_settings(
+        nats_server,
+        database_url,
+        hive_home,
+        HIVE_LIFECYCLE_HARNESS_COMMAND="",  # the real harness
+        HIVE_HARNESS_CLAUDE_BIN=find_claude(""),
+        HIVE_HARNESS_HEARTBEAT_INTERVAL_S="0.3",
+        HIVE_HARNESS_RECV_WAIT_S="2",
+        HIVE_CRASHWATCH_POLL_INTERVAL_S="0.5",
+        HIVE_CRASHWATCH_TURN_LIMIT_S="2",
+        HIVE_CRASHWATCH_HEARTBEAT_TIMEOUT_S="60",
+    )
+    kv = await ensure_state_bucket(service_nc.jetstream())
+    decoder = msgspec.json.Decoder(Heartbeat)
+
+    async def beat() -> Heartbeat | None:
+        try:
+            entry = await kv.get(subjects.heartbeat_key("beat"))
+        except KeyValueError:
+            return None
+        return decoder.decode(entry.value) if entry.value else None
+
+    async def beat_where(check) -> Heartbeat | None:  # type: ignore[no-untyped-def]
+        hb = await beat()
+        return hb if hb is not None and check(hb) else None
+
+    try:
+        async with (
+            serving("lifecycle", settings, operator_nc),
+            serving("broker", settings, operator_nc),
+            serving("crash-watch", settings, operator_nc),
+        ):
+            started = time.time()
+            await Operator(operator_nc).spawn("beat")
+            idle = await rig.eventually(
+                lambda: beat_where(lambda hb: hb.ts > started), timeout=60, what="heartbeat"
+            )
+            assert idle.turn_started is None
+
+            held = api.reply("thinking for a long time", hold=True)
+            sent = time.time()
+            await rpc.request(
+                operator_nc,
+                subjects.admin("broker", "send"),
+                AdminSendRequest(to="beat", body="take your time"),
+                SendReply,
+            )
+            busy = await rig.eventually(
+                lambda: beat_where(lambda hb: hb.turn_started is not None),
+                timeout=60,
+                what="heartbeat of a running turn",
+            )
+            assert busy.turn_started is not None
+            assert sent - 1 <= busy.turn_started <= busy.ts
+            await rig.eventually(
+                lambda: _stuck_is(operator_nc, "beat", "turn_too_long"),
+                timeout=30,
+                what="crash-watch sees the long turn",
+            )
+            held.release()
+            done = await rig.eventually(
+                lambda: beat_where(lambda hb: hb.turn_started is None and hb.ts > busy.ts),
+                timeout=60,
+                what="heartbeat after the turn",
+            )
+            assert done.turn_started is None
+            await rig.eventually(
+                lambda: _stuck_is(operator_nc, "beat", None), timeout=30, what="episode over"
+            )
+    finally:
+        api.stop()
+        await asyncio.to_thread(stop_harnesses, settings.paths.agents_dir, 10.0)
+        cleanup_agents(nats_server, settings.paths.agents_dir)

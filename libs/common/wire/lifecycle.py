@@ -132,6 +132,13 @@ class TransientFlag(msgspec.Struct, kw_only=True):
     since: float = 0.0  # when it was set (epoch seconds)
 
 
+class Heartbeat(msgspec.Struct, kw_only=True):
+    """``heartbeat.<n>``: the harness is alive (written every heartbeat interval)."""
+
+    ts: float  # when it was written (epoch seconds)
+    turn_started: float | None = None  # set while a turn runs
+
+
 # --- hive.admin.crash-watch.status --------------------------------------------
 
 
@@ -142,3 +149,27 @@ class WatchStatus(msgspec.Struct, kw_only=True):
     agents: dict[str, str] = msgspec.field(default_factory=dict)  # name → state
     stuck: dict[str, str] = msgspec.field(default_factory=dict)  # name → reason
     reported: int = 0  # events reported since start
+
+
+__all__ = [
+    "AgentInfo",
+    "AgentRequest",
+    "AgentsReply",
+    "AgentsRequest",
+    "ApplyReply",
+    "ApplyRequest",
+    "ConfigReply",
+    "CreateRequest",
+    "DestroyRequest",
+    "DraftInfo",
+    "DraftRequest",
+    "DraftsReply",
+    "Heartbeat",
+    "KeptState",
+    "KeptStatesReply",
+    "LogsReply",
+    "LogsRequest",
+    "SpawnRequest",
+    "TransientFlag",
+    "WatchStatus",
+]
