@@ -447,7 +447,12 @@ class Lifecycle:
         )
 
     async def ensure_manager(self) -> None:
-        """Creates the manager when it is missing (not when ``manager`` is empty)."""
+        """Creates the manager when it is missing (not when ``manager`` is empty).
+
+        Called at start and at every auto-update pass: the operator may destroy
+        the manager (to reset it, say); it comes back, with its kept state, at
+        the next pass (``lifecycle.auto_update_interval_s``).
+        """
         if not self.manager:
             return
         async with self.pool.acquire() as conn:
@@ -724,7 +729,12 @@ class Lifecycle:
             )
 
     async def auto_update(self) -> None:
-        """Rebuilds every container whose recorded hyperhive revision is stale."""
+        """Creates the manager again if it was destroyed, and rebuilds every
+        container whose recorded hyperhive revision is stale."""
+        try:
+            await self.ensure_manager()
+        except HiveError as exc:
+            log.warning("could not create the manager %s: %s", self.manager, exc)
         rows = await store.list_agents(self.pool, (store.RUNNING, store.STOPPED))
         for row in rows:
             if row.rev == self.rev:

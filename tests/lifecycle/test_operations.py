@@ -252,6 +252,41 @@ async def test_auto_update_rebuilds_stale_agents(nats_server, database_url, hive
         cleanup_agents(nats_server, new.paths.agents_dir)
 
 
+async def test_a_destroyed_manager_comes_back_at_the_next_auto_update_pass(
+    nats_server, database_url, hive_home, operator_nc
+):
+    settings = lifecycle_settings(
+        nats_server,
+        database_url,
+        hive_home,
+        HIVE_LIFECYCLE_MANAGER="hm1nd",
+        HIVE_LIFECYCLE_AUTO_UPDATE_INTERVAL_S="1",
+    )
+    op = Operator(operator_nc)
+    try:
+        async with serving("lifecycle", settings, operator_nc):
+            first = (await op.list())["hm1nd"]
+            assert first.state == "running" and first.kind == "manager"
+            pid = harness_pid(settings, "hm1nd")
+            paths = AgentPaths.of(settings, "hm1nd")
+            (paths.state / "notes.md").write_text("manager notes")
+            await op.destroy("hm1nd")  # the operator may do this
+            await wait_dead(pid)
+            again = await rig.eventually(
+                lambda: _running_since(op, "hm1nd", first.state_seq), what="manager back"
+            )
+            assert again.kind == "manager" and again.port == settings.lifecycle.manager_port
+            assert harness_pid(settings, "hm1nd") != pid
+            assert (paths.state / "notes.md").read_text() == "manager notes"  # kept state
+    finally:
+        cleanup_agents(nats_server, settings.paths.agents_dir)
+
+
+async def _running_since(op: Operator, name: str, seq: int) -> AgentInfo | None:
+    info = (await op.list()).get(name)
+    return info if info is not None and info.state == "running" and info.state_seq > seq else None
+
+
 async def _rev_is(op: Operator, name: str, rev: str) -> AgentInfo | None:
     info = (await op.list())[name]
     return info if info.rev == rev else None
