@@ -107,6 +107,8 @@ class HarnessConfig:
     claude_bin: str
     settings: Settings
     toml: AgentToml = field(default_factory=AgentToml)
+    # manager only: where agents/<n>/{config,state} and applied/<n> are; None: /
+    view_dir: Path | None = None
 
     @property
     def manager(self) -> bool:
@@ -177,6 +179,7 @@ def resolve(settings: Settings) -> HarnessConfig:
         claude_bin=find_claude(h.claude_bin),
         settings=settings,
         toml=load_agent_toml(config_dir),
+        view_dir=Path(h.view_dir) if h.view_dir else None,
     )
     # private_dir is made on first use: lifecycle treats an empty credentials
     # dir as "no credentials of its own" (see the harness report)

@@ -69,20 +69,23 @@ def _template(name: str) -> str:
 def system_prompt(cfg: HarnessConfig) -> str:
     """The text appended to claude's system prompt for this agent."""
     text = _template("manager.md" if cfg.manager else "agent.md")
-    if cfg.agents_dir is not None:  # process backend: the host's layout
+    # the container layout (DESIGN.md section 4), which the process backend
+    # gives too: at / under bwrap, under view_dir (symlinks) without it
+    root = str(cfg.view_dir).rstrip("/") if cfg.view_dir is not None else ""
+    agent_config = f"{root}/agents/<name>/config"
+    agent_state = f"{root}/agents/<name>/state"
+    applied_dir = f"{root}/applied"
+    if cfg.view_dir is None and cfg.agents_dir is not None:
+        # a harness started by hand on the host's agents dir: the host's names
         agent_config = f"{cfg.agents_dir}/<name>/proposed"
         agent_state = f"{cfg.agents_dir}/<name>/state"
-        applied = f"{cfg.agents_dir}/<name>/applied"
-    else:  # container layout (DESIGN.md section 4)
-        agent_config, agent_state, applied = "/agents/<name>/config", "/agents/<name>/state", ""
-    if applied:
-        text = text.replace("{applied_dir}/<name>", applied)
+        text = text.replace("{applied_dir}/<name>", f"{cfg.agents_dir}/<name>/applied")
     values = {
         "name": cfg.agent,
         "notes_path": str(cfg.notes_path),
         "agent_config": agent_config,
         "agent_state": agent_state,
-        "applied_dir": "/applied",
+        "applied_dir": applied_dir,
     }
     text = re.sub(r"\{([a-z_]+)\}", lambda m: values.get(m.group(1), m.group(0)), text)
     extra = cfg.toml.prompt.strip()

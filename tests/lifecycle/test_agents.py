@@ -115,10 +115,13 @@ async def test_harness_environment_contract(
                 lambda: "ANTHROPIC_API_KEY" not in env_file.read_text(), what="no key"
             )
 
-            # the manager was created at start, on its port, with the agents dir
+            # the manager was created at start, on its port, with its view of
+            # the agents (no bwrap here: the container layout as symlinks)
             mgr = await rig.eventually(lambda: _manager_env(settings), what="manager env")
             assert mgr["HIVE_HARNESS_PORT"] == str(settings.lifecycle.manager_port)
-            assert mgr["HIVE_HARNESS_AGENTS_DIR"] == str(settings.paths.agents_dir)
+            view = AgentPaths.of(settings, "hm1nd").root / "view"
+            assert mgr["HIVE_HARNESS_VIEW_DIR"] == str(view)
+            assert "HIVE_HARNESS_AGENTS_DIR" not in mgr
             assert (await op.list())["hm1nd"].kind == "manager"
     finally:
         cleanup_agents(nats_server, settings.paths.agents_dir)
@@ -126,7 +129,7 @@ async def test_harness_environment_contract(
 
 def _manager_env(settings) -> dict[str, str] | None:  # type: ignore[no-untyped-def]
     f = AgentPaths.of(settings, "hm1nd").workdir / "env.txt"
-    if not f.exists() or "HIVE_HARNESS_AGENTS_DIR" not in f.read_text():
+    if not f.exists() or "HIVE_HARNESS_VIEW_DIR" not in f.read_text():
         return None
     return dict(line.split("=", 1) for line in f.read_text().splitlines() if "=" in line)
 

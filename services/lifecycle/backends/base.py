@@ -77,8 +77,7 @@ class Backend(abc.ABC):
         """Makes agent ``name``'s config, state and applied repo visible to the
         running manager (``/agents/<n>/{config,state}``, ``/applied/<n>``).
 
-        The process backend's manager reads the agents dir directly, so only
-        a container backend has work to do here.
+        Called after the agent's dirs exist, while the manager may run.
         """
         return None
 

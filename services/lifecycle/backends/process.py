@@ -6,7 +6,10 @@ to ``run/harness.log``. A restarted lifecycle adopts harnesses from their pid
 files after checking ``/proc`` that the pid is still the same process, so it
 never starts a duplicate. With ``bwrap`` installed (and ``use_bwrap``) the
 harness sees the host read-only, with the data dir hidden except its own
-dirs (the manager also gets the agents dir).
+dirs, in its own PID namespace and without capabilities. The manager sees
+the other agents in the container layout of the nixos backend (see
+:func:`manager_binds`); without ``bwrap`` it gets the same layout as a dir
+of symlinks (:func:`view_dir`), since nothing isolates it then.
 
 Agents without a login of their own (no ``.credentials.json`` or
 ``hive-credentials.json`` in their credentials dir; claude's sessions there
@@ -19,6 +22,8 @@ NATS seed).
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import logging
 import os
 import shlex
 import shutil
@@ -32,6 +37,7 @@ import hyperhive
 from hyperhive.common import subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import BackendFailed, ConfigError
+from hyperhive.common.names import is_agent_name
 from hyperhive.common.paths import AgentPaths, nats_dir
 from hyperhive.common.wire.lifecycle import LogsReply
 from hyperhive.lifecycle import agentconf
@@ -44,11 +50,43 @@ from hyperhive.lifecycle.backends.base import (
     Exit,
 )
 
+log = logging.getLogger(__name__)
+
 PASS_THROUGH = ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "CLAUDE_CODE_OAUTH_TOKEN")
 # an agent's own login: claude's file, or what the agent page's login stored
 LOGIN_FILES = (".credentials.json", "hive-credentials.json")
 LOG_TAIL_BYTES = 512 * 1024
 LOG_CHUNK_BYTES = 1024 * 1024
+
+# The manager's view of the other agents: the container layout of
+# nix/harness-base.nix and the nixos backend's binds, proposed repo →
+# /agents/<n>/config and state → /agents/<n>/state read-write, applied repo →
+# /applied/<n> read-only. Never another agent's creds/ or run/.
+VIEW_AGENTS = "agents"
+VIEW_APPLIED = "applied"
+# Under bwrap, the agents dir itself sits read-only at this path inside the
+# manager's sandbox, under a tmpfs of mode 0000 remounted read-only. Only
+# lifecycle, entering the sandbox's namespaces with capabilities there, can
+# pass it (to bind agents created after the manager started, as ``machinectl
+# bind`` does for the nixos backend); see ProcessBackend.expose_to_manager.
+STAGE = "/.hive-agents"
+STAGE_AGENTS = f"{STAGE}/agents"
+NSENTER_TIMEOUT_S = 30.0
+NS_GET_USERNS = 0xB701  # ioctl on a namespace fd: the user namespace owning it
+# bind one agent's dirs into a running sandbox; $1 = name, $2 = STAGE_AGENTS
+_BIND_SCRIPT = """set -eu
+n=$1 src=$2/$1
+for d in /agents/$n /agents/$n/config /agents/$n/state /applied/$n; do
+    if [ -L "$d" ]; then echo "refusing: $d is a symlink" >&2; exit 3; fi
+done
+mkdir -p /agents/$n/config /agents/$n/state /applied/$n
+mount --bind "$src/proposed" /agents/$n/config
+mount -o remount,bind,rw /agents/$n/config
+mount --bind "$src/state" /agents/$n/state
+mount -o remount,bind,rw /agents/$n/state
+mount --bind "$src/applied" /applied/$n
+mount -o remount,bind,ro /applied/$n
+"""
 
 
 def default_harness_command() -> list[str]:
@@ -95,6 +133,126 @@ def _killpg(pid: int, sig: int) -> None:
         pass
 
 
+def manager_view_agents(settings: Settings, manager: str) -> list[str]:
+    """Agents (and drafts) the manager sees: dirs with a proposed repo, itself aside."""
+    root = settings.paths.agents_dir
+    if not root.is_dir():
+        return []
+    return sorted(
+        d.name
+        for d in root.iterdir()
+        if d.name != manager and is_agent_name(d.name) and (d / "proposed").is_dir()
+    )
+
+
+def manager_binds(paths: AgentPaths, root: str = "") -> list[tuple[Path, str, bool]]:
+    """``(source, path in the manager's view, read-only)`` for one agent."""
+    n = paths.name
+    return [
+        (paths.proposed, f"{root}/{VIEW_AGENTS}/{n}/config", False),
+        (paths.state, f"{root}/{VIEW_AGENTS}/{n}/state", False),
+        (paths.applied, f"{root}/{VIEW_APPLIED}/{n}", True),
+    ]
+
+
+def view_dir(manager: AgentPaths) -> Path:
+    """Without bwrap: the manager's layout as symlinks (``view/agents``, ``view/applied``)."""
+    return manager.root / "view"
+
+
+def _link_view(view: Path, agents: list[AgentPaths]) -> None:
+    """Points ``view``'s symlinks at each agent's dirs (replacing stale ones)."""
+    for paths in agents:
+        for src, dst, _ro in manager_binds(paths, str(view)):
+            link = Path(dst)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            tmp = link.with_name(f".{link.name}.tmp")
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(src)
+            tmp.replace(link)
+
+
+def _host_root() -> list[str]:
+    """The host's root, read-only, entry by entry on a tmpfs root (so that
+    ``/agents`` and ``/applied`` can be made; ``--ro-bind / /`` cannot)."""
+    args: list[str] = []
+    for entry in sorted(os.scandir("/"), key=lambda e: e.name):
+        path = f"/{entry.name}"
+        if entry.name in ("dev", "proc", "tmp"):
+            continue
+        if entry.is_symlink():
+            args += ["--symlink", os.readlink(path), path]
+        elif entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False):
+            args += ["--ro-bind", path, path]
+    return [*args, "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+
+
+def _bwrap_can_disable_userns(bwrap: str) -> bool:
+    try:
+        out = subprocess.run(
+            [bwrap, "--help"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "--disable-userns" in out.stdout + out.stderr
+
+
+def _sandbox_pid(bwrap_pid: int) -> int | None:
+    """A process inside the sandbox: bwrap's first child."""
+    try:
+        children = Path(f"/proc/{bwrap_pid}/task/{bwrap_pid}/children").read_text().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
+
+
+def _bind_into_sandbox(nsenter: str, bwrap_pid: int, name: str) -> None:
+    """Binds agent ``name``'s dirs into the running manager sandbox of ``bwrap_pid``.
+
+    Enters the sandbox's mount namespace, through the user namespace that owns
+    it when that is not ours (bwrap without root): lifecycle created it, so it
+    has capabilities there. Blocking.
+
+    Raises:
+        BackendFailed: no sandbox, or nsenter or mount failed.
+    """
+    pid = _sandbox_pid(bwrap_pid)
+    if pid is None:
+        raise BackendFailed(f"no sandboxed process under bwrap pid {bwrap_pid}")
+    mnt = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    owner = -1
+    try:
+        argv = [nsenter, f"--mount=/proc/{pid}/ns/mnt"]
+        try:
+            owner = fcntl.ioctl(mnt, NS_GET_USERNS)
+        except OSError as exc:
+            raise BackendFailed(f"cannot read the sandbox's user namespace: {exc}") from None
+        if os.fstat(owner).st_ino != os.stat("/proc/self/ns/user").st_ino:
+            argv += [f"--user=/proc/self/fd/{owner}", "--preserve-credentials"]
+        argv += ["--", "sh", "-c", _BIND_SCRIPT, "sh", name, STAGE_AGENTS]
+        try:
+            proc = subprocess.run(
+                argv,
+                pass_fds=(owner,),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=NSENTER_TIMEOUT_S,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise BackendFailed(f"nsenter: {exc}") from None
+        if proc.returncode != 0:
+            raise BackendFailed(
+                f"binding {name} into the manager's sandbox failed (exit {proc.returncode}): "
+                + (proc.stderr or proc.stdout).strip()[-2000:]
+            )
+    finally:
+        os.close(mnt)
+        if owner >= 0:
+            os.close(owner)
+
+
 class ProcessBackend(Backend):
     name = "process"
 
@@ -109,6 +267,11 @@ class ProcessBackend(Backend):
         except ValueError as exc:
             raise ConfigError(f"lifecycle.harness_command: {exc}") from None
         self._bwrap = shutil.which("bwrap") if settings.lifecycle.use_bwrap else None
+        # the manager's staging dir needs a sandbox that cannot make user
+        # namespaces (in one, it would have capabilities over its own files
+        # and could read the 0000 dir); bwrap < 0.8 cannot promise that
+        self._stage = bool(self._bwrap) and _bwrap_can_disable_userns(self._bwrap)
+        self._nsenter = shutil.which("nsenter")
 
     # --- liveness -------------------------------------------------------------
 
@@ -165,6 +328,8 @@ class ProcessBackend(Backend):
         paths = spec.paths
         for d in (paths.state, paths.creds, paths.run, paths.workdir):
             d.mkdir(parents=True, exist_ok=True)
+        if spec.manager and not self._bwrap:
+            await asyncio.to_thread(self._rebuild_view, spec)
         argv = self.command(spec)
         env = self.environment(spec)
         proc = await asyncio.to_thread(_popen, argv, env, paths)
@@ -223,24 +388,85 @@ class ProcessBackend(Backend):
         s = self.settings
         paths = spec.paths
         agents = s.paths.agents_dir
-        args = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+        # no capabilities (bwrap run as root keeps them otherwise: it could
+        # unmount what hides the data dir) and its own PID namespace (else
+        # /proc/<pid>/root of any host process of the same user is the host)
+        args = [*_host_root(), "--unshare-pid", "--cap-drop", "ALL"]
         # hide the data dir (other agents, NATS seeds, the database), outermost first
         hidden = {Path(s.paths.home), nats_dir(s), agents}
         for d in sorted((d for d in hidden if d.exists()), key=lambda p: len(p.parts)):
             args += ["--tmpfs", str(d)]
         if spec.manager:
-            args += ["--bind", str(agents), str(agents)]
-            for other in agents.iterdir():
-                if other.name != spec.name and other.is_dir():
-                    for secret in (other / "run", other / "creds"):
-                        if secret.is_dir():
-                            args += ["--tmpfs", str(secret)]
+            args += self._manager_args(spec)
         for d in (paths.state, paths.creds, paths.workdir):
             args += ["--bind", str(d), str(d)]
         for d in (paths.applied, paths.run):
             args += ["--ro-bind", str(d), str(d)]
-        args += ["--chdir", str(paths.workdir)]
+        args += ["--remount-ro", "/", "--chdir", str(paths.workdir)]
         return args
+
+    def _manager_args(self, spec: AgentSpec) -> list[str]:
+        """The manager's view of the other agents inside its sandbox.
+
+        bwrap's binds are fixed at start, but agents appear while the manager
+        runs (its own ``request_spawn_draft``, in the middle of a turn, must
+        show the draft at once: a restart then would kill that turn). Binding
+        the agents dir itself would show every agent's creds/ and run/ (claude
+        login, NATS seed). So the agents that exist get their three binds
+        here; later ones are bound into the running sandbox by
+        :meth:`expose_to_manager` from the staging dir, which the manager
+        cannot read: mode 0000 on a read-only tmpfs, no capabilities, no user
+        namespaces of its own.
+        """
+        agents = self.settings.paths.agents_dir
+        args = ["--tmpfs", f"/{VIEW_AGENTS}", "--tmpfs", f"/{VIEW_APPLIED}"]
+        if self._stage and agents.is_dir():
+            args += ["--unshare-user", "--disable-userns", "--tmpfs", STAGE]
+            args += ["--ro-bind", str(agents), STAGE_AGENTS]
+            args += ["--chmod", "0000", STAGE, "--remount-ro", STAGE]
+        for name in manager_view_agents(self.settings, spec.name):
+            for src, dst, ro in manager_binds(AgentPaths(agents / name)):
+                if src.is_dir():
+                    args += ["--ro-bind" if ro else "--bind", str(src), dst]
+        return args
+
+    def _rebuild_view(self, spec: AgentSpec) -> None:
+        """Without bwrap: the manager's symlink view, stale entries removed."""
+        view = view_dir(spec.paths)
+        shutil.rmtree(view, ignore_errors=True)
+        names = manager_view_agents(self.settings, spec.name)
+        _link_view(view, [AgentPaths.of(self.settings, n) for n in names])
+
+    async def expose_to_manager(self, name: str) -> None:
+        """Shows agent ``name`` (new since the manager started) to the manager.
+
+        Under bwrap its dirs are bind-mounted into the running sandbox;
+        without, the manager's symlink view gets its links. If the binds fail
+        the agent shows up at the manager's next start (logged).
+        """
+        manager = self.settings.lifecycle.manager
+        if not manager or name == manager or not is_agent_name(name):
+            return
+        mpaths = AgentPaths.of(self.settings, manager)
+        if not self._bwrap:
+            if mpaths.root.is_dir():
+                agent = AgentPaths.of(self.settings, name)
+                await asyncio.to_thread(_link_view, view_dir(mpaths), [agent])
+            return
+        pid = self.pid(AgentSpec(name=manager, port=0, manager=True, paths=mpaths))
+        if pid is None:
+            return  # not running: its next start binds every agent
+        if not (self._stage and self._nsenter):
+            log.warning(
+                "%s appears in the manager's sandbox at its next start "
+                "(needs nsenter and bwrap >= 0.8 to bind it now)",
+                name,
+            )
+            return
+        try:
+            await asyncio.to_thread(_bind_into_sandbox, self._nsenter, pid, name)
+        except BackendFailed as exc:
+            log.warning("%s appears in the manager's sandbox at its next start: %s", name, exc)
 
     def environment(self, spec: AgentSpec) -> dict[str, str]:
         """The harness environment of the contract (nothing else of ``HIVE_*``)."""
@@ -284,8 +510,9 @@ class ProcessBackend(Backend):
             env["HIVE_HARNESS_MODEL"] = s.harness.model
         if s.harness.token:
             env["HIVE_HARNESS_TOKEN"] = s.harness.token
-        if spec.manager:
-            env["HIVE_HARNESS_AGENTS_DIR"] = str(s.paths.agents_dir)
+        if spec.manager and not self._bwrap:
+            # the container layout under a dir of its own (no sandbox to put it at /)
+            env["HIVE_HARNESS_VIEW_DIR"] = str(view_dir(paths))
         return env
 
     # --- logs -----------------------------------------------------------------
