@@ -159,7 +159,8 @@ class Handlers:
         return ApprovalsReply(approvals=[store.approval_info(r) for r in rows])
 
     async def diff(self, req: ApprovalIdRequest, _call: Call) -> DiffReply:
-        """``git diff main..proposal/<id>`` of the agent's applied repo."""
+        """``git diff main..proposal/<id>`` of the agent's applied repo, taken from
+        ``fetched_sha`` (the commit the tag pinned), never from the tag itself."""
         row = await store.get(self._pool, req.id)
         if row is None:
             raise NotFound(f"no approval {req.id}")
@@ -171,12 +172,17 @@ class Handlers:
             base = await asyncio.to_thread(gitops.main_sha, applied)
         else:  # what it was compared against when approved
             base = row["base_sha"]
-        target = f"refs/tags/{gitops.tag_name('proposal', req.id)}"
-        if not await asyncio.to_thread(
-            gitops.tag_sha, applied, gitops.tag_name("proposal", req.id)
-        ):
-            target = sha
-        text, files = await asyncio.to_thread(gitops.diff, applied, base, target)
+        # the fetched commit itself, not whatever proposal/<id> names now: a
+        # tag can be moved, fetched_sha is what approve deploys
+        text, files = await asyncio.to_thread(gitops.diff, applied, base, sha)
+        tag = gitops.tag_name("proposal", req.id)
+        tagged = await asyncio.to_thread(gitops.tag_sha, applied, tag)
+        if tagged and tagged != sha:
+            log.warning("tag %s of %s moved to %s (fetched %s)", tag, agent, tagged, sha)
+            text = (
+                f"(warning: tag {tag} now points at {tagged}, not at the fetched commit;"
+                f" this is the fetched commit {sha}, which approve deploys)\n" + text
+            )
         return DiffReply(id=req.id, sha=sha, diff=text, files=files)
 
     async def approve(self, req: ApprovalIdRequest, _call: Call) -> ApprovalInfo:

@@ -161,3 +161,30 @@ async def test_noop_proposal_says_so(hive: Hive) -> None:
     diff = await hive.admin("diff", ApprovalIdRequest(id=queued.id), DiffReply)
     assert diff.diff == "(proposal matches currently-deployed tree)"
     assert diff.files == []
+
+
+async def test_a_moved_proposal_tag_changes_neither_diff_nor_deploy(hive: Hive) -> None:
+    """proposal/<id> is a ref anyone with the repo can move; fetched_sha is the record."""
+    name = agent_name()
+    await hive.spawn(name)
+    applied = hive.paths(name).applied
+    queued = await propose(hive, name, {"agent.toml": GOOD_TOML})
+    before = await hive.admin("diff", ApprovalIdRequest(id=queued.id), DiffReply)
+    # another commit reaches the applied repo, and the tag is moved onto it
+    other = await propose(hive, name, {"agent.toml": BAD_TOML, "evil.txt": "x\n"})
+    git_out(applied, "tag", "-f", f"proposal/{queued.id}", other.fetched_sha)
+    assert gitops.tag_sha(applied, f"proposal/{queued.id}") == other.fetched_sha
+
+    diff = await hive.admin("diff", ApprovalIdRequest(id=queued.id), DiffReply)
+    assert diff.sha == queued.fetched_sha
+    assert diff.files == before.files == ["agent.toml"]
+    assert "claude-sonnet-4-5" in diff.diff and "evil.txt" not in diff.diff
+    assert f"tag proposal/{queued.id} now points at {other.fetched_sha}" in diff.diff
+    assert diff.diff.endswith(before.diff)
+
+    info = await hive.admin("approve", ApprovalIdRequest(id=queued.id), ApprovalInfo)
+    assert info.state == "deployed", info
+    assert gitops.main_sha(applied) == queued.fetched_sha
+    assert gitops.tag_sha(applied, f"deployed/{queued.id}") == queued.fetched_sha
+    assert (applied / "agent.toml").read_text() == GOOD_TOML
+    assert not (applied / "evil.txt").exists()
