@@ -16,7 +16,7 @@ from typing import Final
 
 import git
 
-from hyperhive.common.errors import BadRequest, Internal, NotFound
+from hyperhive.common.errors import BadRequest, Conflict, Internal, NotFound
 
 MAIN: Final = "refs/heads/main"
 # the tree of no files (sha1 repos); the diff base of a spawn commit
@@ -230,13 +230,39 @@ def checkout_detached(applied: Path, sha: str) -> None:
             raise Internal(f"could not check out {sha}: {_stderr(exc)}") from None
 
 
-def advance_main(applied: Path, sha: str) -> None:
-    """Points ``main`` at ``sha`` and HEAD at ``main`` (the tree is already there)."""
+def is_ancestor(applied: Path, ancestor: str, descendant: str) -> bool:
+    """Whether commit ``ancestor`` is ``descendant`` or in its history (False
+    when either is missing)."""
+    _check_sha(ancestor)
+    _check_sha(descendant)
+    repo = _repo(applied, "applied")
+    with repo:
+        return _try(repo, "merge-base", "--is-ancestor", ancestor, descendant) is not None
+
+
+def advance_main(applied: Path, sha: str, base: str) -> None:
+    """Fast-forwards ``main`` from ``base`` to ``sha`` and points HEAD at it
+    (the tree is already there). Idempotent: ``main`` already at ``sha`` is fine.
+
+    ``base == ""``: the repo had no main (a spawn commit).
+
+    Raises:
+        Conflict: ``sha`` does not descend from ``base`` (nothing is moved).
+        Internal: ``main`` is neither at ``base`` nor at ``sha``, or git failed.
+    """
     _check_sha(sha)
+    current = main_sha(applied)
+    if current != sha:
+        if current != base:
+            raise Internal(f"main moved to {current or '(none)'} during the deploy of {sha}")
+        if base and not is_ancestor(applied, base, sha):
+            raise Conflict(f"{sha} does not descend from main ({base}): not a fast-forward")
     repo = _repo(applied, "applied")
     with repo:
         try:
-            _run(repo, "update-ref", "-m", "hyperhive: deployed", MAIN, sha)
+            # compare-and-swap: only from the main checked above
+            old = current or "0" * len(sha)
+            _run(repo, "update-ref", "-m", "hyperhive: deployed", MAIN, sha, old)
             _run(repo, "symbolic-ref", "HEAD", MAIN)
             _run(repo, "reset", "--quiet", "--hard", MAIN)
         except git.GitCommandError as exc:

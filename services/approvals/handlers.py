@@ -10,7 +10,7 @@ from typing import Final
 import asyncpg
 
 from hyperhive.approvals import gitops, store
-from hyperhive.approvals.machine import DRAFT, Machine
+from hyperhive.approvals.machine import DRAFT, Machine, not_based_on_main
 from hyperhive.approvals.peers import Peers
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import BadRequest, Conflict, NotFound
@@ -177,6 +177,9 @@ class Handlers:
         text, files = await asyncio.to_thread(gitops.diff, applied, base, sha)
         tag = gitops.tag_name("proposal", req.id)
         tagged = await asyncio.to_thread(gitops.tag_sha, applied, tag)
+        if row["state"] == store.PENDING and base:
+            if not await asyncio.to_thread(gitops.is_ancestor, applied, base, sha):
+                text = f"(warning: {not_based_on_main(req.id).message})\n" + text
         if tagged and tagged != sha:
             log.warning("tag %s of %s moved to %s (fetched %s)", tag, agent, tagged, sha)
             text = (

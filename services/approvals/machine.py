@@ -71,8 +71,10 @@ class Machine:
 
         Raises:
             NotFound: no such approval.
-            Conflict: not pending any more, or another approval of the agent is
-                being deployed.
+            Conflict: not pending any more, another approval of the agent is
+                being deployed, or the proposal does not descend from the
+                deployed main (approving it would revert what shipped since;
+                it stays pending, for the operator to deny).
         """
         row = await self._pending(approval_id)
         agent = row["agent"]
@@ -93,9 +95,14 @@ class Machine:
             if started is None:
                 raise await self._not_pending(approval_id, conn)
             base = ""
-            if started["fetched_sha"]:
-                # inside the transaction: if the repo is gone, the row stays pending
-                base = await asyncio.to_thread(gitops.main_sha, self.applied(agent))
+            sha = started["fetched_sha"]
+            if sha:
+                # inside the transaction: if the repo is gone, or the proposal
+                # would not fast-forward main, the row stays pending
+                applied = self.applied(agent)
+                base = await asyncio.to_thread(gitops.main_sha, applied)
+                if base and not await asyncio.to_thread(gitops.is_ancestor, applied, base, sha):
+                    raise not_based_on_main(approval_id)
             await store.set_base(conn, approval_id, base)
         self._kick()
         row = await store.get(self._pool, approval_id)
@@ -211,7 +218,7 @@ class Machine:
             tag = gitops.tag_name(store.DEPLOYED, approval_id)
             if sha:
                 await asyncio.to_thread(gitops.create_tag, applied, tag, sha)
-                await asyncio.to_thread(gitops.advance_main, applied, sha)
+                await asyncio.to_thread(gitops.advance_main, applied, sha, row["base_sha"])
             else:
                 tag = await asyncio.to_thread(_tag_default_main, applied, tag)
             done = await store.finish(self._pool, approval_id, store.DEPLOYED, tag=tag)
@@ -360,6 +367,13 @@ class Machine:
 
 def _conflict(approval_id: int, state: str) -> Conflict:
     return Conflict(f"approval {approval_id} is already {state}")
+
+
+def not_based_on_main(approval_id: int) -> Conflict:
+    """Approving would not fast-forward main (it would revert what was deployed since)."""
+    return Conflict(
+        f"proposal {approval_id} is not based on the deployed main; rebase and request again"
+    )
 
 
 def _tag_default_main(applied: Path, tag: str) -> str:

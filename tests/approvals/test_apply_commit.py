@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import git
 import pytest
 
 from hyperhive.approvals import gitops
-from hyperhive.common.errors import Conflict
+from hyperhive.common.errors import Conflict, Internal
 from hyperhive.common.wire.approvals import (
     ApplyCommitRequest,
     ApprovalIdRequest,
@@ -188,3 +189,61 @@ async def test_a_moved_proposal_tag_changes_neither_diff_nor_deploy(hive: Hive) 
     assert gitops.tag_sha(applied, f"deployed/{queued.id}") == queued.fetched_sha
     assert (applied / "agent.toml").read_text() == GOOD_TOML
     assert not (applied / "evil.txt").exists()
+
+
+async def test_approving_a_proposal_not_based_on_main_is_refused(hive: Hive) -> None:
+    """Two proposals from the same main: once one is deployed, the other would
+    revert it. Approve refuses it, changes nothing, and it stays pending."""
+    name = agent_name()
+    await hive.spawn(name)
+    proposed, applied = hive.paths(name).proposed, hive.paths(name).applied
+    base = gitops.main_sha(applied)
+    older = await propose(hive, name, {"agent.toml": GOOD_TOML, "older.txt": "1\n"})
+    git_out(proposed, "reset", "--hard", base)
+    newer = await propose(hive, name, {"agent.toml": 'model = "newer"\n'})
+    assert (await hive.admin("approve", ApprovalIdRequest(id=newer.id), ApprovalInfo)).state == (
+        "deployed"
+    )
+    tags = git_out(applied, "tag", "-l")
+
+    diff = await hive.admin("diff", ApprovalIdRequest(id=older.id), DiffReply)
+    assert f"proposal {older.id} is not based on the deployed main" in diff.diff
+    message = f"proposal {older.id} is not based on the deployed main; rebase and request again"
+    with pytest.raises(Conflict, match=message):
+        await hive.admin("approve", ApprovalIdRequest(id=older.id), ApprovalInfo)
+
+    assert gitops.main_sha(applied) == newer.fetched_sha
+    assert gitops.head_state(applied) == ("refs/heads/main", newer.fetched_sha)
+    assert (applied / "agent.toml").read_text() == 'model = "newer"\n'
+    assert not (applied / "older.txt").exists()
+    assert git_out(applied, "status", "--porcelain") == ""
+    assert git_out(applied, "tag", "-l") == tags
+    listed = await hive.admin("list", ApprovalsRequest(state="pending"), ApprovalsReply)
+    assert [a.id for a in listed.approvals] == [older.id]
+    # the operator can still deny it
+    denied = await hive.admin("deny", DenyRequest(id=older.id, note="stale"), ApprovalInfo)
+    assert denied.state == "denied"
+
+
+def test_advance_main_only_fast_forwards(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    repo = tmp_path / "applied"
+    git_out_init(repo)
+    a = commit_files(repo, {"f": "a\n"}, "a")
+    b = commit_files(repo, {"f": "b\n"}, "b")
+    git_out(repo, "checkout", "-q", "--detach", a)
+    c = commit_files(repo, {"f": "c\n"}, "c")  # a sibling of b
+    git_out(repo, "update-ref", "refs/heads/main", b)
+    with pytest.raises(Conflict, match="not a fast-forward"):
+        gitops.advance_main(repo, c, b)
+    assert gitops.main_sha(repo) == b
+    with pytest.raises(Internal, match="main moved"):
+        gitops.advance_main(repo, c, a)  # main is not where the caller thinks
+    assert gitops.main_sha(repo) == b
+    git_out(repo, "update-ref", "refs/heads/main", a)
+    gitops.advance_main(repo, c, a)
+    gitops.advance_main(repo, c, a)  # again (recovery): main is there already
+    assert gitops.head_state(repo) == ("refs/heads/main", c)
+
+
+def git_out_init(path) -> None:  # type: ignore[no-untyped-def]
+    git.Repo.init(path, initial_branch="main").close()
