@@ -74,6 +74,7 @@ class CrashWatch:
         self.seeded = False
         self.stuck: dict[str, str] = {}  # name → reason of the open episode
         self.reported = 0  # events reported since start
+        self.polls = 0  # polls completed since start
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()  # one observation at a time
 
@@ -97,8 +98,11 @@ class CrashWatch:
             for gone in set(self.known) - names:
                 self.known.pop(gone, None)
                 self.stuck.pop(gone, None)
+            if not self.seeded:
+                log.info("first poll: seeded with %d agents, nothing reported", len(names))
             self.seeded = True
         await self.check_stuck(reply.agents)
+        self.polls += 1
 
     async def on_event(self, msg: Msg) -> None:
         """An ``agent.state`` event from lifecycle."""
@@ -283,6 +287,7 @@ class CrashWatch:
             agents={n: s.state for n, s in self.known.items()},
             stuck=dict(self.stuck),
             reported=self.reported,
+            polls=self.polls,
         )
 
     async def run(self) -> None:

@@ -149,6 +149,7 @@ class WatchStatus(msgspec.Struct, kw_only=True):
     agents: dict[str, str] = msgspec.field(default_factory=dict)  # name → state
     stuck: dict[str, str] = msgspec.field(default_factory=dict)  # name → reason
     reported: int = 0  # events reported since start
+    polls: int = 0  # polls of lifecycle's registry completed since start
 
 
 __all__ = [
