@@ -175,6 +175,7 @@ EV_AGENT_DESTROYED: Final = "agent.destroyed"
 EV_AGENT_PURGED: Final = "agent.purged"
 EV_AGENT_DRAFT: Final = "agent.draft"
 EV_APPROVAL_QUEUED: Final = "approval.queued"
+EV_APPROVAL_APPROVED: Final = "approval.approved"  # pending → approved: the build starts
 EV_APPROVAL_RESOLVED: Final = "approval.resolved"  # data: id, kind, state, tag, note
 EV_QUESTION_ASKED: Final = "question.asked"
 EV_QUESTION_ANSWERED: Final = "question.answered"

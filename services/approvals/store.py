@@ -124,16 +124,20 @@ async def list_approvals(pool: asyncpg.Pool, state: str | None, limit: int) -> l
 
 
 async def begin(conn: asyncpg.Connection, approval_id: int) -> asyncpg.Record | None:
-    """pending → approved, inside the caller's transaction. None if not pending.
+    """pending → approved and its ``approval.approved`` event, inside the
+    caller's transaction. None if not pending.
 
     Raises:
         asyncpg.UniqueViolationError: another approval of the agent is in flight.
     """
-    return await conn.fetchrow(
+    row = await conn.fetchrow(
         f"UPDATE approvals SET state = 'approved', approved_at = now(), attempts = attempts + 1"
         f" WHERE id = $1 AND state = 'pending' RETURNING {_COLUMNS}",
         approval_id,
     )
+    if row is not None:
+        await outbox.add(conn, _event(subjects.EV_APPROVAL_APPROVED, row))
+    return row
 
 
 async def try_lock_agent(conn: asyncpg.Connection, agent: str) -> bool:

@@ -74,6 +74,17 @@ async def test_approved_commit_is_deployed_and_main_fast_forwards(hive: Hive) ->
 
     ev = await resolved_event(hive, queued.id)
     assert (ev.state, ev.tag, ev.sha) == ("deployed", f"deployed/{queued.id}", queued.fetched_sha)
+    # HIVE_EVENTS: each step of this approval, the start of the build included
+    events = await hive_events(
+        hive.service, "approval.>", lambda e: (e.agent, e.data.get("id")) == (name, queued.id), 3
+    )
+    assert [(e.kind, e.data["state"]) for e in events] == [
+        ("approval.queued", "pending"),
+        ("approval.approved", "approved"),
+        ("approval.resolved", "deployed"),
+    ]
+    assert events[1].data["sha"] == events[2].data["sha"] == queued.fetched_sha
+    assert events[2].data["tag"] == f"deployed/{queued.id}"
 
     # the first proposal now diffs against the new main
     listed = await hive.admin("list", ApprovalsRequest(state="pending"), ApprovalsReply)
@@ -103,6 +114,15 @@ async def test_failed_build_rolls_back_main_and_tree(hive: Hive) -> None:
     assert not gitops.tag_sha(applied, f"deployed/{queued.id}")
     ev = await resolved_event(hive, queued.id)
     assert ev.state == "failed" and "model" in ev.error
+    events = await hive_events(
+        hive.service, "approval.>", lambda e: (e.agent, e.data.get("id")) == (name, queued.id), 3
+    )
+    assert [(e.kind, e.data["state"]) for e in events] == [
+        ("approval.queued", "pending"),
+        ("approval.approved", "approved"),
+        ("approval.resolved", "failed"),
+    ]
+    assert events[2].data["tag"] == f"failed/{queued.id}" and "model" in events[2].data["error"]
 
 
 async def test_deny_tags_the_note(hive: Hive) -> None:
