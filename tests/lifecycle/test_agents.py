@@ -67,6 +67,7 @@ async def test_harness_environment_contract(
 ):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-operator")
     monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("CLAUDE_CODE_OAUTH_TOKEN", "oauth-test-operator")
     monkeypatch.setenv("HIVE_DATABASE_URL", "postgresql://secret")
     settings = lifecycle_settings(
         nats_server,
@@ -97,6 +98,7 @@ async def test_harness_environment_contract(
             assert env["HIVE_HARNESS_CLAUDE_BIN"].endswith("claude")
             assert env["ANTHROPIC_API_KEY"] == "sk-test-operator"
             assert env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:9"
+            assert env["CLAUDE_CODE_OAUTH_TOKEN"] == "oauth-test-operator"
             assert "HIVE_HARNESS_AGENTS_DIR" not in env
             # nothing of the services' own environment (their seed, the database)
             assert "HIVE_DATABASE_URL" not in env
@@ -108,12 +110,16 @@ async def test_harness_environment_contract(
             await rig.eventually(
                 lambda: "sk-test-operator" in env_file.read_text(), what="key after restart"
             )
+            assert "CLAUDE_CODE_OAUTH_TOKEN=oauth-test-operator" in env_file.read_text()
             # an agent with its own credentials does not get the operator's key
             (paths.creds / ".credentials.json").write_text("{}")
             await op.verb("restart", "envy")
             await rig.eventually(
                 lambda: "ANTHROPIC_API_KEY" not in env_file.read_text(), what="no key"
             )
+            assert "CLAUDE_CODE_OAUTH_TOKEN" not in env_file.read_text()
+            assert "oauth-test-operator" not in env_file.read_text()
+            assert "ANTHROPIC_BASE_URL" not in env_file.read_text()
 
             # the manager was created at start, on its port, with its view of
             # the agents (no bwrap here: the container layout as symlinks)
@@ -125,6 +131,49 @@ async def test_harness_environment_contract(
             assert (await op.list())["hm1nd"].kind == "manager"
     finally:
         cleanup_agents(nats_server, settings.paths.agents_dir)
+
+
+async def test_configured_claude_beats_the_one_on_path(
+    nats_server, database_url, hive_home, operator_nc, monkeypatch, tmp_path
+):
+    on_path = tmp_path / "bin" / "claude"
+    configured = tmp_path / "opt" / "claude"
+    for exe in (on_path, configured):
+        exe.parent.mkdir()
+        exe.write_text("#!/bin/sh\nexit 0\n")
+        exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{on_path.parent}:{os.environ['PATH']}")
+    command = "sh -c 'env > env.txt; exec sleep 3600'"
+    plain = lifecycle_settings(
+        nats_server, database_url, hive_home, HIVE_LIFECYCLE_HARNESS_COMMAND=command
+    )
+    assert plain.harness.claude_bin == ""
+    op = Operator(operator_nc)
+    env_file = AgentPaths.of(plain, "clau").workdir / "env.txt"
+
+    async def claude_bin() -> str | None:
+        if not env_file.exists():
+            return None
+        env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+        return env.get("HIVE_HARNESS_CLAUDE_BIN")
+
+    try:
+        async with serving("lifecycle", plain, operator_nc):
+            await op.spawn("clau")
+            assert await rig.eventually(claude_bin, what="env") == str(on_path)  # PATH's
+        env_file.unlink()
+        given = lifecycle_settings(
+            nats_server,
+            database_url,
+            hive_home,
+            HIVE_LIFECYCLE_HARNESS_COMMAND=command,
+            HIVE_HARNESS_CLAUDE_BIN=str(configured),
+        )
+        async with serving("lifecycle", given, operator_nc):
+            await op.verb("restart", "clau")
+            assert await rig.eventually(claude_bin, what="env") == str(configured)
+    finally:
+        cleanup_agents(nats_server, plain.paths.agents_dir)
 
 
 def _manager_env(settings) -> dict[str, str] | None:  # type: ignore[no-untyped-def]
@@ -171,6 +220,29 @@ async def test_stop_start_restart_kill_with_flags(lc_settings, operator_nc, serv
         ]
         seqs = [e.data["seq"] for e in events.of("beta", subjects.EV_AGENT_STATE)]
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    await events.stop()
+
+
+async def test_rebuilding_and_destroying_flags_in_events(lc_settings, operator_nc, service_nc):
+    events = await Events().start(service_nc)
+    op = Operator(operator_nc)
+    async with serving("lifecycle", lc_settings, operator_nc):
+        await op.spawn("theta")
+        assert (await op.verb("update", "theta")).state == "running"
+        await op.verb("stop", "theta")
+        assert (await op.verb("update", "theta")).state == "stopped"  # rebuilt, not started
+        await op.verb("start", "theta")
+        await op.destroy("theta")
+        await rig.eventually(lambda: len(events.states("theta")) >= 7, what="events")
+        assert events.states("theta") == [
+            (None, "creating", None),
+            ("creating", "running", None),
+            ("running", "running", "Rebuilding"),
+            ("running", "stopped", "Stopping"),
+            ("stopped", "stopped", "Rebuilding"),
+            ("stopped", "running", None),
+            ("running", "destroyed", "Destroying"),
+        ]
     await events.stop()
 
 
