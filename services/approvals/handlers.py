@@ -86,7 +86,7 @@ class Handlers:
         if await self._is_draft(name):
             raise Conflict(f"{name} is a draft: submit it with request_spawn_commit")
         try:
-            row = await store.queue(self._pool, approval_id=None, kind=store.SPAWN, agent=name)
+            row = await store.queue(self._pool, kind=store.SPAWN, agent=name)
         except asyncpg.UniqueViolationError:
             raise Conflict(f"a spawn of {name} is already waiting for the operator") from None
         self._kick()
@@ -111,28 +111,24 @@ class Handlers:
         return name in {d.name for d in await self._peers.drafts()}
 
     async def _pin_and_queue(self, kind: str, name: str, ref: str) -> ApprovalQueued:
+        """Fetches the commit into the applied repo, records it, then tags it.
+
+        The row comes before the tag so that a crash leaves a row whose tag
+        recovery writes (``pinned`` false), never a tag without a row. The
+        fetched objects alone change nothing: no ref points at them.
+        """
         paths = AgentPaths.of(self._settings, name)
         sha = await asyncio.to_thread(gitops.resolve_commit, paths.proposed, ref)
-        approval_id = await store.next_id(self._pool)
-        tag = gitops.tag_name("proposal", approval_id)
         await asyncio.to_thread(gitops.fetch_commit, paths.applied, paths.proposed, sha)
-        await asyncio.to_thread(gitops.create_tag, paths.applied, tag, sha)
         try:
-            await store.queue(
-                self._pool,
-                approval_id=approval_id,
-                kind=kind,
-                agent=name,
-                commit_ref=ref,
-                fetched_sha=sha,
+            row = await store.queue(
+                self._pool, kind=kind, agent=name, commit_ref=ref, fetched_sha=sha
             )
         except asyncpg.UniqueViolationError:
-            await asyncio.to_thread(gitops.delete_tag, paths.applied, tag)
             raise Conflict(f"a spawn of {name} is already waiting for the operator") from None
-        except BaseException:
-            await asyncio.to_thread(gitops.delete_tag, paths.applied, tag)
-            raise
         self._kick()
+        approval_id = row["id"]
+        await self._machine.pin(row)
         log.info("approval queued", extra={"approval": approval_id, "agent": name, "sha": sha})
         return ApprovalQueued(id=approval_id, fetched_sha=sha)
 

@@ -4,6 +4,9 @@ pending → approved → deployed | failed, or pending → denied. The database 
 is the system of record; the applied repo's tags must agree with it. The
 order of steps makes every crash point recoverable:
 
+0. A request fetches the commit, commits the ``pending`` row (unpinned), then
+   tags ``proposal/<id>``: a crash leaves a row whose tag :meth:`Machine.pin`
+   writes later, never a tag without a row.
 1. ``approved`` is committed together with ``base_sha`` (main before the change).
 2. The working tree moves to the proposal (detached HEAD); lifecycle builds.
 3. The end tag is written first (``deployed/<id>`` or ``failed/<id>``): it is
@@ -15,7 +18,9 @@ lock, which dies with a crashed holder's connection). At start and every few
 seconds :meth:`Machine.recover` looks at each ``approved`` row whose guard is
 free: an end tag means step 3 happened, so it finishes step 4; no end tag
 means the build's outcome is unknown, so it builds again (once; waiting while
-lifecycle is still busy with the agent), else gives up as ``failed``.
+lifecycle is still busy with the agent), else gives up as ``failed``; so does
+an approval whose applied repo is gone. A deny commits first and tags
+``denied/<id>`` after (:meth:`Machine.settle` writes a missing one).
 """
 
 from __future__ import annotations
@@ -271,6 +276,14 @@ class Machine:
                     log.exception("could not recover approval %s", row["id"])
 
     async def _recover_one(self, row: asyncpg.Record) -> None:
+        try:
+            await self._recover_steps(row)
+        except NotFound as exc:
+            # the agent's repo (or the agent) went away meanwhile: no build can
+            # ever end this approval, so it fails instead of being retried
+            await self._give_up(row, f"cannot finish the approval: {exc}")
+
+    async def _recover_steps(self, row: asyncpg.Record) -> None:
         approval_id, agent, sha = row["id"], row["agent"], row["fetched_sha"]
         log.info("recovering approval", extra={"approval": approval_id, "agent": agent})
         applied = self.applied(agent)
@@ -301,6 +314,32 @@ class Machine:
             # lifecycle is still busy (likely the interrupted build): not an attempt
             await store.count_attempt(self._pool, approval_id, -1)
             log.info("approval %s waits for lifecycle: %s", approval_id, exc)
+
+    async def pin(self, row: asyncpg.Record) -> bool:
+        """Writes ``proposal/<id>`` at ``fetched_sha`` (idempotent). Returns
+        whether it is there; a failure is logged and :meth:`settle_all` retries."""
+        approval_id = row["id"]
+        tag = gitops.tag_name("proposal", approval_id)
+        try:
+            await asyncio.to_thread(
+                gitops.create_tag, self.applied(row["agent"]), tag, row["fetched_sha"]
+            )
+        except NotFound as exc:  # the agent and its repo are gone: nothing to pin
+            log.warning("not tagging %s: %s", tag, exc)
+        except HiveError as exc:
+            log.warning("could not tag %s yet: %s", tag, exc)
+            return False
+        await store.mark_pinned(self._pool, approval_id)
+        return True
+
+    async def _give_up(self, row: asyncpg.Record, error: str) -> None:
+        """Ends an in-flight approval as failed without touching its repo
+        (which is gone): recovery must not retry it forever."""
+        log.warning("approval %s of %s fails: %s", row["id"], row["agent"], error)
+        done = await store.finish(self._pool, row["id"], store.FAILED, tag="", error=error)
+        self._kick()
+        if done is not None:
+            await self.settle(done)
 
     # --- reporting ---------------------------------------------------------------
 
@@ -349,6 +388,8 @@ class Machine:
 
     async def settle_all(self) -> None:
         """Retries every missing tag and undelivered report."""
+        for row in await store.unpinned(self._pool):
+            await self.pin(row)
         for row in await store.unsettled(self._pool):
             await self.settle(row)
         for row in await store.unnotified_answers(self._pool):

@@ -31,7 +31,7 @@ STATES: Final = (PENDING, APPROVED, *END_STATES)
 
 _COLUMNS: Final = (
     "id, kind, agent, commit_ref, fetched_sha, base_sha, state, note, error, tag, "
-    "tagged, notified, attempts, created_at, approved_at, resolved_at"
+    "tagged, notified, pinned, attempts, created_at, approved_at, resolved_at"
 )
 
 
@@ -72,15 +72,9 @@ def _event_data(row: asyncpg.Record) -> dict[str, Any]:
 # --- approvals ---------------------------------------------------------------
 
 
-async def next_id(pool: asyncpg.Pool) -> int:
-    """Reserves an approval id (so ``proposal/<id>`` can be tagged before the row exists)."""
-    return int(await pool.fetchval("SELECT nextval(pg_get_serial_sequence('approvals', 'id'))"))
-
-
 async def queue(
     pool: asyncpg.Pool,
     *,
-    approval_id: int | None,
     kind: str,
     agent: str,
     commit_ref: str = "",
@@ -88,23 +82,29 @@ async def queue(
 ) -> asyncpg.Record:
     """Inserts a pending approval and its ``approval.queued`` event.
 
+    A row with a ``fetched_sha`` starts unpinned: the caller writes
+    ``proposal/<id>`` after this commits, then :func:`mark_pinned`.
+
     Raises:
         asyncpg.UniqueViolationError: an open spawn for the same name exists.
     """
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
-            f"INSERT INTO approvals (id, kind, agent, commit_ref, fetched_sha, tag)"
-            f" VALUES (COALESCE($1, nextval(pg_get_serial_sequence('approvals', 'id'))),"
-            f" $2, $3, $4, $5, $6)"
-            f" RETURNING {_COLUMNS}",
-            approval_id,
+            f"INSERT INTO approvals (kind, agent, commit_ref, fetched_sha, pinned)"
+            f" VALUES ($1, $2, $3, $4, $5) RETURNING {_COLUMNS}",
             kind,
             agent,
             commit_ref,
             fetched_sha,
-            f"proposal/{approval_id}" if fetched_sha else "",
+            not fetched_sha,
         )
         assert row is not None
+        if fetched_sha:
+            row = await conn.fetchrow(
+                f"UPDATE approvals SET tag = 'proposal/' || id WHERE id = $1 RETURNING {_COLUMNS}",
+                row["id"],
+            )
+            assert row is not None
         await outbox.add(conn, _event(subjects.EV_APPROVAL_QUEUED, row))
     return row
 
@@ -230,6 +230,15 @@ async def mark_tagged(pool: asyncpg.Pool, approval_id: int) -> None:
 
 async def mark_notified(pool: asyncpg.Pool, approval_id: int) -> None:
     await pool.execute("UPDATE approvals SET notified = true WHERE id = $1", approval_id)
+
+
+async def mark_pinned(pool: asyncpg.Pool, approval_id: int) -> None:
+    await pool.execute("UPDATE approvals SET pinned = true WHERE id = $1", approval_id)
+
+
+async def unpinned(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    """Approvals whose ``proposal/<id>`` tag may be missing (a crash after the insert)."""
+    return await pool.fetch(f"SELECT {_COLUMNS} FROM approvals WHERE NOT pinned ORDER BY id")
 
 
 async def in_flight(pool: asyncpg.Pool) -> list[asyncpg.Record]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,11 +27,14 @@ from hyperhive.common.wire.approvals import (
     ApprovalQueued,
     ApprovalsReply,
     ApprovalsRequest,
+    SpawnCommitRequest,
+    SpawnToolRequest,
 )
 from hyperhive.common.wire.base import Ping, Pong
 from hyperhive.common.wire.events import ApprovalResolved
+from hyperhive.common.wire.lifecycle import DraftInfo
 from tests import rig
-from tests.approvals.conftest import SLOW_BUILDS, Hive, agent_name, git_out
+from tests.approvals.conftest import SLOW_BUILDS, Hive, agent_name, commit_files, git_out
 
 GOOD = 'model = "after-crash"\n'
 END_STATES = ("deployed", "failed", "denied")
@@ -264,3 +268,117 @@ async def test_second_instance_does_not_take_over_a_running_build(peers: Hive) -
             await conn.close()
     finally:
         await watch.unsubscribe()
+
+
+async def stage(hive: Hive, sql: str, *args: object) -> None:
+    """Writes what a killed run would have left in the database."""
+    conn = await asyncpg.connect(
+        hive.settings.database.url, server_settings={"search_path": "approvals"}
+    )
+    try:
+        await conn.execute(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def resolved(hive: Hive, approval_id: int) -> ApprovalResolved:
+    async def find() -> ApprovalResolved | None:
+        for e in await hive.inbox():
+            if isinstance(e, ApprovalResolved) and e.approval_id == approval_id:
+                return e
+        return None
+
+    return await rig.eventually(find, timeout=20, what=f"ApprovalResolved {approval_id}")
+
+
+async def test_crash_between_deny_commit_and_denied_tag(peers: Hive) -> None:
+    hive = peers
+    name = agent_name("rd")
+    await hive.spawn(name)
+    applied = hive.paths(name).applied
+    base = gitops.main_sha(applied)
+    async with rig.running_service("approvals", hive.settings):
+        q = await queue(hive, name)
+    # the deny committed (state, note, tag name), the service died before tagging
+    note = "not now\nthe budget is spent"
+    await stage(
+        hive,
+        "UPDATE approvals SET state = 'denied', note = $2, tag = $3, resolved_at = now(),"
+        " tagged = false WHERE id = $1",
+        q.id,
+        note,
+        f"denied/{q.id}",
+    )
+    assert not gitops.tag_sha(applied, f"denied/{q.id}")
+
+    async with rig.running_service("approvals", hive.settings):
+        await rig.eventually(
+            lambda: gitops.tag_sha(applied, f"denied/{q.id}"), timeout=20, what="denied tag"
+        )
+        event = await resolved(hive, q.id)
+    assert gitops.tag_sha(applied, f"denied/{q.id}") == q.fetched_sha
+    assert gitops.tag_message(applied, f"denied/{q.id}") == note
+    assert git_out(applied, "cat-file", "-t", f"refs/tags/denied/{q.id}") == "tag"
+    assert (event.state, event.note, event.tag) == ("denied", note, f"denied/{q.id}")
+    assert gitops.main_sha(applied) == base
+
+
+async def test_crash_between_the_row_and_the_proposal_tag(peers: Hive) -> None:
+    """The row is committed before proposal/<id> is written: a crash in between
+    leaves a row without its tag, which the next start writes."""
+    hive = peers
+    name = agent_name("rt")
+    await hive.spawn(name)
+    applied = hive.paths(name).applied
+    async with rig.running_service("approvals", hive.settings):
+        q = await queue(hive, name)
+        # a draft's spawn commit that loses the race for its name writes no tag
+        draft = agent_name("rt")
+        await hive.tool("request_spawn_draft", SpawnToolRequest(name=draft), DraftInfo)
+        sha = commit_files(hive.paths(draft).proposed, {"agent.toml": GOOD}, "first")
+        first = await hive.tool(
+            "request_spawn_commit", SpawnCommitRequest(name=draft, commit_ref=sha), ApprovalQueued
+        )
+        with pytest.raises(Conflict, match="already waiting"):
+            await hive.tool(
+                "request_spawn_commit",
+                SpawnCommitRequest(name=draft, commit_ref=sha),
+                ApprovalQueued,
+            )
+        assert git_out(hive.paths(draft).applied, "tag", "-l").split() == [f"proposal/{first.id}"]
+    gitops.delete_tag(applied, f"proposal/{q.id}")
+    await stage(hive, "UPDATE approvals SET pinned = false WHERE id = $1", q.id)
+
+    async with rig.running_service("approvals", hive.settings):
+        await rig.eventually(
+            lambda: gitops.tag_sha(applied, f"proposal/{q.id}"), timeout=20, what="proposal tag"
+        )
+        assert gitops.tag_sha(applied, f"proposal/{q.id}") == q.fetched_sha
+        info = await hive.admin("approve", ApprovalIdRequest(id=q.id), ApprovalInfo, timeout=60)
+        assert info.state == "deployed"
+
+
+async def test_recovery_fails_an_approval_whose_repo_is_gone(peers: Hive) -> None:
+    """An approved row whose applied repo vanished ends failed, once, instead
+    of being retried at every sweep."""
+    hive = peers
+    name = agent_name("rg")
+    await hive.spawn(name)
+    applied = hive.paths(name).applied
+    async with rig.running_service("approvals", hive.settings):
+        q = await queue(hive, name)
+    await stage(
+        hive,
+        "UPDATE approvals SET state = 'approved', base_sha = $2, attempts = 1 WHERE id = $1",
+        q.id,
+        gitops.main_sha(applied),
+    )
+    shutil.rmtree(applied)
+
+    async with rig.running_service("approvals", hive.settings):
+        info = await ended(hive, q.id)
+        event = await resolved(hive, q.id)
+    assert info.state == "failed", info
+    assert "no applied repo" in info.error
+    assert info.tag == ""
+    assert (event.state, event.error) == ("failed", info.error)
