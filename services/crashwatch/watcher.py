@@ -92,9 +92,8 @@ class CrashWatch:
         names = {a.name for a in reply.agents}
         async with self._lock:
             for info in reply.agents:
-                await self._observe(
-                    info.name, info.state, info.state_seq, info.flag, None, info.error
-                )
+                flag = info.state_flag or info.flag
+                await self._observe(info.name, info.state, info.state_seq, flag, None, info.error)
             for gone in set(self.known) - names:
                 self.known.pop(gone, None)
                 self.stuck.pop(gone, None)

@@ -102,6 +102,7 @@ class Lifecycle:
             rev=row.rev,
             stale=row.rev != self.rev and row.state not in (store.DRAFT, store.DESTROYED),
             flag=self._flags.get(row.name),
+            state_flag=row.state_flag or None,
             created_at=row.created_at,
             destroyed_at=row.destroyed_at,
             kept_state=row.kept_state,
@@ -188,7 +189,7 @@ class Lifecycle:
                 raise NotFound(f"no agent named {name!r}")
             changed = always or prev.state != state
             if changed:
-                row = await store.set_state(conn, name, state, **fields)  # type: ignore[arg-type]
+                row = await store.set_state(conn, name, state, flag=flag or "", **fields)  # type: ignore[arg-type]
             else:  # nothing happened: no new sequence number, no event
                 fields.pop("port", None)
                 await store.set_fields(conn, name, **fields)  # type: ignore[arg-type]

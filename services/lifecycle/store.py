@@ -14,7 +14,7 @@ FAILED = "failed"
 DESTROYED = "destroyed"
 
 _COLUMNS = """
-    name, kind, state, port, rev, backend, state_seq, kept_state, error,
+    name, kind, state, port, rev, backend, state_seq, kept_state, error, state_flag,
     extract(epoch FROM state_since)::float8 AS state_since,
     extract(epoch FROM created_at)::float8 AS created_at,
     extract(epoch FROM destroyed_at)::float8 AS destroyed_at
@@ -32,6 +32,7 @@ class AgentRow:
     state_seq: int
     kept_state: bool
     error: str
+    state_flag: str  # the transient flag of the change into ``state`` ('' for none)
     state_since: float
     created_at: float
     destroyed_at: float | None
@@ -97,7 +98,8 @@ async def register(
             kind = EXCLUDED.kind, state = EXCLUDED.state, port = EXCLUDED.port,
             rev = EXCLUDED.rev, backend = EXCLUDED.backend,
             state_seq = agents.state_seq + 1, state_since = now(),
-            created_at = now(), destroyed_at = NULL, kept_state = false, error = ''
+            created_at = now(), destroyed_at = NULL, kept_state = false, error = '',
+            state_flag = ''
         RETURNING {_COLUMNS}
         """,
         name,
@@ -121,8 +123,10 @@ async def set_state(
     rev: str | None = None,
     port: int | bool | None = False,
     kept_state: bool | None = None,
+    flag: str = "",
 ) -> AgentRow:
-    """Moves ``name`` to ``state`` (bumping its sequence). ``port=None`` clears the port."""
+    """Moves ``name`` to ``state`` (bumping its sequence) by an operation that
+    set ``flag`` (``""``: none, e.g. a crash). ``port=None`` clears the port."""
     record = await conn.fetchrow(
         f"""
         UPDATE agents SET
@@ -133,6 +137,7 @@ async def set_state(
             rev = COALESCE($4, rev),
             port = CASE WHEN $5 THEN $6 ELSE port END,
             kept_state = COALESCE($7, kept_state),
+            state_flag = $8,
             destroyed_at = CASE WHEN $2 = '{DESTROYED}' THEN now() ELSE destroyed_at END
         WHERE name = $1
         RETURNING {_COLUMNS}
@@ -144,6 +149,7 @@ async def set_state(
         port is not False,
         None if port is False else port,
         kept_state,
+        flag,
     )
     row = _row(record)
     if row is None:

@@ -34,6 +34,7 @@ from hyperhive.common.wire.broker import (
 )
 from hyperhive.common.wire.events import AgentStuck, ContainerCrash
 from hyperhive.common.wire.lifecycle import Heartbeat, TransientFlag, WatchStatus
+from hyperhive.crashwatch.watcher import CrashWatch
 from hyperhive.harness.config import find_claude
 from tests import rig
 from tests.lifecycle.conftest import lifecycle_settings
@@ -459,3 +460,42 @@ async def test_real_harness_heartbeat_marks_a_running_turn(
         api.stop()
         await asyncio.to_thread(stop_harnesses, settings.paths.agents_dir, 10.0)
         cleanup_agents(nats_server, settings.paths.agents_dir)
+
+
+async def test_a_poll_alone_tells_a_stop_from_a_crash(
+    nats_server, database_url, hive_home, operator_nc, service_nc
+):
+    """crash-watch's polls without lifecycle's events (as when an event is
+    missed or arrives after the poll): the registry says which flag brought an
+    agent down, so a deliberate stop is still no crash and a SIGKILL is one."""
+    lc_settings = lifecycle_settings(nats_server, database_url, hive_home)
+    op = Operator(operator_nc)
+    js = service_nc.jetstream()
+    watch = CrashWatch(lc_settings, service_nc, js, await ensure_state_bucket(js))
+    try:
+        async with serving("lifecycle", lc_settings, operator_nc):
+            await op.spawn("pstop")
+            await op.spawn("pkill")
+            await watch.poll_once()  # seeds
+            assert watch.status().agents == {"pstop": "running", "pkill": "running"}
+
+            await op.verb("stop", "pstop")
+            info = (await op.list())["pstop"]
+            assert info.flag is None and info.state_flag == "Stopping"
+            await watch.poll_once()
+            assert watch.status().agents["pstop"] == "stopped"
+            assert watch.reported == 0
+
+            os.kill(harness_pid(lc_settings, "pkill"), signal.SIGKILL)
+            await rig.eventually(lambda: _state_is(op, "pkill", "stopped"), what="crash recorded")
+            assert (await op.list())["pkill"].state_flag is None
+            await watch.poll_once()
+            assert watch.reported == 1
+            # started again: the flag of the new state is none, and nothing is reported
+            await op.verb("start", "pstop")
+            await watch.poll_once()
+            assert (await op.list())["pstop"].state_flag is None
+            assert watch.reported == 1
+    finally:
+        await watch.close()
+        cleanup_agents(nats_server, lc_settings.paths.agents_dir)

@@ -20,6 +20,9 @@ class AgentInfo(msgspec.Struct, kw_only=True):
     state_seq: int = 0  # bumped on every state change (orders polls against events)
     state_since: float = 0.0  # when the current state began
     error: str = ""  # the last failed operation's error
+    # the flag of the operation that brought it into ``state`` (None: none,
+    # e.g. a crash): a poll tells a deliberate stop from a crash without the event
+    state_flag: str | None = None
 
 
 class AgentsRequest(msgspec.Struct, kw_only=True):
