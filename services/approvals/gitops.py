@@ -107,6 +107,49 @@ def resolve_commit(proposed: Path, ref: str) -> str:
     return sha.strip()
 
 
+# tree entry modes git records besides regular files and directories
+_SYMLINK: Final = "120000"
+_GITLINK: Final = "160000"  # a submodule
+MAX_LISTED: Final = 5
+
+
+def check_tree(repo_path: Path, sha: str, what: str) -> None:
+    """Refuses a commit whose tree holds a symlink or a submodule.
+
+    A config is regular files: a symlink in the applied tree could point the
+    deploy (or the manager's read-only mirror) at files outside the repo, and
+    a submodule would fetch from elsewhere.
+
+    Raises:
+        BadRequest: the tree has a symlink or a submodule (the paths are named).
+        NotFound: no repo at ``repo_path`` (the ``what`` repo).
+        Internal: git could not list the tree.
+    """
+    _check_sha(sha)
+    repo = _repo(repo_path, what)
+    with repo:
+        try:
+            out = _run(repo, "ls-tree", "-r", "-z", "--full-tree", sha)
+        except git.GitCommandError as exc:
+            raise Internal(f"could not list the tree of {sha}: {_stderr(exc)}") from None
+    bad: dict[str, list[str]] = {_SYMLINK: [], _GITLINK: []}
+    for entry in out.split("\x00"):
+        meta, _, path = entry.partition("\t")
+        mode = meta.split(" ", 1)[0]
+        if mode in bad:
+            bad[mode].append(path)
+    problems = [
+        f"{what} {', '.join(repr(p) for p in paths[:MAX_LISTED])}"
+        + (f" and {len(paths) - MAX_LISTED} more" if len(paths) > MAX_LISTED else "")
+        for what, paths in (("symlinks", bad[_SYMLINK]), ("submodules", bad[_GITLINK]))
+        if paths
+    ]
+    if problems:
+        raise BadRequest(
+            f"commit {sha} has {'; '.join(problems)}: a config holds regular files only"
+        )
+
+
 def fetch_commit(applied: Path, proposed: Path, sha: str) -> None:
     """Copies commit ``sha`` (and its history) from the proposed repo into applied.
 

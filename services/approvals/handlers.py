@@ -119,7 +119,11 @@ class Handlers:
         """
         paths = AgentPaths.of(self._settings, name)
         sha = await asyncio.to_thread(gitops.resolve_commit, paths.proposed, ref)
+        # refused before anything is written; checked again on the fetched
+        # objects, which the manager's repo (its config, alternates) cannot dress up
+        await asyncio.to_thread(gitops.check_tree, paths.proposed, sha, "proposed")
         await asyncio.to_thread(gitops.fetch_commit, paths.applied, paths.proposed, sha)
+        await asyncio.to_thread(gitops.check_tree, paths.applied, sha, "applied")
         try:
             row = await store.queue(
                 self._pool, kind=kind, agent=name, commit_ref=ref, fetched_sha=sha

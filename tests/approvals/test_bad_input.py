@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import git
 import pytest
 
 from hyperhive.approvals import gitops
@@ -21,6 +22,7 @@ from hyperhive.common.wire.approvals import (
     SpawnCommitRequest,
     SpawnToolRequest,
 )
+from hyperhive.common.wire.lifecycle import DraftInfo
 from tests.approvals.conftest import Hive, agent_name, git_out
 
 BAD_REFS = [
@@ -150,3 +152,68 @@ async def test_bad_questions_and_answers(hive: Hive) -> None:
 def test_check_ref_accepts_ordinary_refs() -> None:
     for ref in ("main", "feature/x-1", "v1.2", "a" * 40, "HEAD", "refs/heads/main"):
         assert gitops.check_ref(ref) == ref
+
+
+def commit_special(repo_path: Path, kind: str) -> str:
+    """A commit whose tree has a symlink or a submodule (gitlink), on top of HEAD."""
+    with git.Repo(repo_path) as repo:
+        if kind == "symlink":
+            (repo_path / "passwd").symlink_to("/etc/passwd")
+            repo.git.add("passwd")
+        else:
+            head = repo.head.commit.hexsha
+            repo.git.update_index("--add", "--cacheinfo", f"160000,{head},vendor/lib")
+        repo.git.commit("-m", f"add a {kind}", env=AUTHOR_ENV)
+        sha = repo.head.commit.hexsha
+        repo.git.reset("--hard", "HEAD~1")  # the commit stays reachable by sha only
+        return sha
+
+
+AUTHOR_ENV = {
+    "GIT_AUTHOR_NAME": "hm1nd",
+    "GIT_AUTHOR_EMAIL": "hm1nd@hive",
+    "GIT_COMMITTER_NAME": "hm1nd",
+    "GIT_COMMITTER_EMAIL": "hm1nd@hive",
+}
+
+
+@pytest.mark.parametrize("kind", ["symlink", "submodule"])
+async def test_symlinks_and_submodules_are_refused(hive: Hive, kind: str) -> None:
+    name, draft = agent_name("bi"), agent_name("bd")
+    await hive.spawn(name)
+    await hive.tool("request_spawn_draft", SpawnToolRequest(name=draft), DraftInfo)
+    cases = (
+        (name, ApplyCommitRequest, "request_apply_commit"),
+        (draft, SpawnCommitRequest, "request_spawn_commit"),
+    )
+    for agent, request, tool in cases:
+        applied = hive.paths(agent).applied
+        tags = git_out(applied, "tag", "-l")
+        sha = commit_special(hive.paths(agent).proposed, kind)
+        with pytest.raises(BadRequest, match=f"has {kind}s 'passwd'|has {kind}s 'vendor/lib'"):
+            await hive.tool(tool, request(name=agent, commit_ref=sha), ApprovalQueued)
+        assert git_out(applied, "tag", "-l") == tags
+        with pytest.raises(git.GitCommandError):  # not even fetched
+            git_out(applied, "cat-file", "-e", sha)
+    reply = await hive.admin("list", ApprovalsRequest(), ApprovalsReply)
+    assert reply.approvals == []
+
+
+def test_check_tree_names_every_offender(tmp_path: Path) -> None:
+    repo_path = tmp_path / "r"
+    with git.Repo.init(repo_path, initial_branch="main") as repo:
+        (repo_path / "dir").mkdir()
+        (repo_path / "dir" / "a.txt").write_text("x\n")
+        repo.git.add("-A")
+        repo.git.commit("-m", "plain", env=AUTHOR_ENV)
+        plain = repo.head.commit.hexsha
+        for n in range(7):
+            (repo_path / f"l{n}").symlink_to("dir/a.txt")
+        repo.git.add("-A")
+        repo.git.update_index("--add", "--cacheinfo", f"160000,{plain},sub")
+        repo.git.commit("-m", "links", env=AUTHOR_ENV)
+        sha = repo.head.commit.hexsha
+    gitops.check_tree(repo_path, plain, "proposed")  # files and directories are fine
+    with pytest.raises(BadRequest) as err:
+        gitops.check_tree(repo_path, sha, "proposed")
+    assert "symlinks 'l0', 'l1', 'l2', 'l3', 'l4' and 2 more; submodules 'sub'" in str(err.value)
