@@ -46,7 +46,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("deny", help="deny an approval; the note goes into its git tag")
     p.add_argument("id", type=int)
-    p.add_argument("--note", required=True, help="why (the manager reads it)")
+    p.add_argument(
+        "--note",
+        required=True,
+        help="why (required: the manager reads it; it is the message of tag denied/<id>)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_deny)
 
@@ -55,10 +59,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_questions)
 
-    p = sub.add_parser("answer", help="answer a question: TEXT, or --choice for options")
+    p = sub.add_parser(
+        "answer", help="answer a question: TEXT, --choice for options, --none for no checkbox"
+    )
     p.add_argument("id", type=int)
     p.add_argument("text", nargs="?", help="free-text answer")
     p.add_argument("--choice", action="append", help="an option to choose (repeat for several)")
+    p.add_argument(
+        "--none", action="store_true", help="tick no checkbox (a checkbox question only)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_answer)
 
@@ -142,6 +151,10 @@ def _approve(args: argparse.Namespace) -> int:
 
 
 def _deny(args: argparse.Namespace) -> int:
+    if not args.note.strip():
+        print("hive deny: --note must say why (the manager reads it)", file=sys.stderr)
+        return 2
+
     async def body(settings: Settings) -> int:
         req = DenyRequest(id=args.id, note=args.note)
         reply = await call(settings, _subject("deny"), req, ApprovalInfo)
@@ -190,19 +203,20 @@ def _questions(args: argparse.Namespace) -> int:
 
 def _answer(args: argparse.Namespace) -> int:
     choices = args.choice or []
-    if (args.text is None) == (not choices):
-        print("hive answer: give either TEXT or --choice (not both)", file=sys.stderr)
+    given = (args.text is not None) + bool(choices) + args.none
+    if given != 1:
+        print("hive answer: give one of TEXT, --choice (repeatable) or --none", file=sys.stderr)
         return 2
 
     async def body(settings: Settings) -> int:
-        answer = [args.text] if args.text is not None else choices
+        answer = [args.text] if args.text is not None else choices  # --none: []
         reply = await call(
             settings, _subject("answer"), AnswerRequest(id=args.id, answer=answer), QuestionInfo
         )
         if args.json:
             print_json(reply)
         else:
-            print(f"question {reply.id} answered: {', '.join(reply.answer or [])}")
+            print(f"question {reply.id} answered: {', '.join(reply.answer or []) or '(none)'}")
         return 0
 
     return run_command(body)

@@ -6,6 +6,7 @@ import json
 
 from hyperhive.cli.embedded import EmbeddedNats
 from hyperhive.common.wire.approvals import ApplyCommitRequest, ApprovalQueued, AskRequest
+from hyperhive.common.wire.events import OperatorAnswered
 from tests import rig
 from tests.approvals.conftest import Hive, agent_name
 
@@ -55,8 +56,51 @@ async def test_operator_cli_round_trip(hive: Hive, nats_server: EmbeddedNats) ->
     code, out, _ = await cli("questions", "--json")
     assert code == 0 and json.loads(out)[0]["options"] == ["a", "b"]
     code, _, err = await cli("answer", str(q.id))
-    assert code == 2 and "TEXT or --choice" in err
+    assert code == 2 and "one of TEXT, --choice (repeatable) or --none" in err
     code, out, _ = await cli("answer", str(q.id), "--choice", "b")
     assert code == 0 and f"question {q.id} answered: b" in out
     code, out, _ = await cli("questions")
     assert code == 0 and out.strip() == "no open questions"
+
+
+async def test_answer_text_none_and_deny_edge_cases(hive: Hive, nats_server: EmbeddedNats) -> None:
+    async def cli(*args: str) -> tuple[int, str, str]:
+        return await hive_cli(hive, nats_server, *args)
+
+    free = await hive.tool("ask_operator", AskRequest(question="why?"), ApprovalQueued)
+    ask = AskRequest(question="which?", options=["a", "b"], multi=True)
+    boxes = await hive.tool("ask_operator", ask, ApprovalQueued)
+    radio = await hive.tool(
+        "ask_operator", AskRequest(question="one?", options=["x", "y"]), ApprovalQueued
+    )
+    code, out, _ = await cli("answer", str(free.id), "because it is faster")
+    assert code == 0 and f"question {free.id} answered: because it is faster" in out
+    # a checkbox question answered with nothing ticked
+    code, out, _ = await cli("answer", str(boxes.id), "--none", "--json")
+    assert code == 0 and json.loads(out)["answer"] == []
+    # --none is no answer to a radio question, nor does it go with others
+    code, _, err = await cli("answer", str(radio.id), "--none")
+    assert code == 1 and "choose exactly one option" in err
+    code, _, err = await cli("answer", str(radio.id), "--none", "--choice", "x")
+    assert code == 2 and "one of TEXT" in err
+    code, _, err = await cli("answer", str(free.id), "again")
+    assert code == 1 and f"question {free.id} is already answered" in err
+    inbox = await hive.inbox()
+    answers = {e.question_id: e.answer for e in inbox if isinstance(e, OperatorAnswered)}
+    assert answers == {free.id: ["because it is faster"], boxes.id: []}
+
+    name = agent_name("cl")
+    await hive.spawn(name)
+    sha = hive.commit(name, {"agent.toml": 'model = "m"\n'})
+    q = await hive.tool(
+        "request_apply_commit", ApplyCommitRequest(name=name, commit_ref=sha), ApprovalQueued
+    )
+    # the note is required (it is the tag's message and what the manager reads)
+    code, _, err = await cli("deny", str(q.id))
+    assert code == 2 and "the following arguments are required: --note" in err
+    code, _, err = await cli("deny", str(q.id), "--note", "  ")
+    assert code == 2 and "--note must say why" in err
+    code, out, _ = await cli("deny", str(q.id), "--note", "not this one")
+    assert code == 0 and f"approval {q.id} (ApplyCommit {name}): denied  tag denied/{q.id}" in out
+    code, _, err = await cli("deny", str(q.id), "--note", "again")
+    assert code == 1 and f"hive: approval {q.id} is already denied" in err
