@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgspec
+
 from hyperhive.approvals.handlers import Handlers
 from hyperhive.approvals.machine import Machine
 from hyperhive.approvals.peers import Peers
 from hyperhive.common import subjects
+from hyperhive.common.errors import Forbidden
+from hyperhive.common.rpc import Call, Handler
 from hyperhive.common.service import Runtime
 from hyperhive.common.wire.approvals import (
     AnswerRequest,
@@ -22,6 +28,17 @@ from hyperhive.common.wire.approvals import (
 PART = "approvals"
 
 
+def manager_only(tool: str, handler: Handler) -> Handler:
+    """``handler``, answering anyone but the manager with ``Forbidden``."""
+
+    async def guarded(req: Any, call: Call) -> msgspec.Struct | None:
+        if call.agent != subjects.MANAGER:
+            raise Forbidden(f"only the manager {subjects.MANAGER} may call {tool}")
+        return await handler(req, call)
+
+    return guarded
+
+
 async def start(rt: Runtime) -> None:
     """Serves the manager's tools and the operator's verbs; recovers and
     reports interrupted approvals in the background."""
@@ -30,12 +47,18 @@ async def start(rt: Runtime) -> None:
     machine = Machine(rt.pool, rt.settings, peers, rt.outbox.kick)
     h = Handlers(rt.pool, rt.settings, peers, machine, rt.outbox.kick)
     serve = rt.responder.serve
-    tool = subjects.manager_tool
-    await serve(tool("request_apply_commit"), ApplyCommitRequest, h.request_apply_commit)
-    await serve(tool("request_spawn"), SpawnToolRequest, h.request_spawn)
-    await serve(tool("request_spawn_draft"), SpawnToolRequest, h.request_spawn_draft)
-    await serve(tool("request_spawn_commit"), SpawnCommitRequest, h.request_spawn_commit)
-    await serve(tool("ask_operator"), AskRequest, h.ask_operator)
+    tools: dict[str, tuple[type[msgspec.Struct], Handler]] = {
+        "request_apply_commit": (ApplyCommitRequest, h.request_apply_commit),
+        "request_spawn": (SpawnToolRequest, h.request_spawn),
+        "request_spawn_draft": (SpawnToolRequest, h.request_spawn_draft),
+        "request_spawn_commit": (SpawnCommitRequest, h.request_spawn_commit),
+        "ask_operator": (AskRequest, h.ask_operator),
+    }
+    assert set(tools) == set(subjects.APPROVALS_MANAGER_TOOLS)
+    for tool, (request_type, handler) in tools.items():
+        # every agent's subject, so that another agent calling a manager tool
+        # hears why it may not (rather than "no responders")
+        await serve(subjects.agent_wildcard(tool), request_type, manager_only(tool, handler))
     admin = subjects.admin
     await serve(admin(PART, "list"), ApprovalsRequest, h.list_approvals)
     await serve(admin(PART, "diff"), ApprovalIdRequest, h.diff)
