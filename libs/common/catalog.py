@@ -19,7 +19,7 @@ from hyperhive.common import wire as w
 @dataclass(frozen=True, slots=True)
 class Entry:
     subject: str  # pattern; <n> = an agent name
-    kind: str  # request | publish
+    kind: str  # request | publish | consumer (a JetStream consumer reads it)
     handler: str  # the service that answers (or the stream that keeps it)
     request: type[msgspec.Struct] | None
     reply: type[msgspec.Struct] | None
@@ -397,6 +397,16 @@ def _entries() -> list[Entry]:
             None,
             "every committed state change; kinds below",
         ),
+        Entry(
+            s.event_family("message"),
+            "consumer",
+            "stream HIVE_EVENTS",
+            w.HiveEvent,
+            None,
+            "`hive tail` (the operator's `.tail`): an ephemeral pull consumer on HIVE_EVENTS "
+            "filtered to `message.*`, from now or from a start time (`--since`); after a "
+            "reconnect a new consumer resumes after the last record, so nothing is missed",
+        ),
     ]
     return e
 
@@ -460,6 +470,7 @@ def render_markdown() -> str:
         f"     --inbox-prefix {s.operator_inbox_prefix()} sub '{s.EVENTS_ALL}'",
         f"nats ... stream view {s.EVENTS_STREAM}         # the durable event log",
         f"nats ... sub '{s.AGENT_EVENTS_ALL}'       # live claude output of every agent",
+        f"hive tail [--agent A] [--since 10m]      # message events, from {s.EVENTS_STREAM}",
         "```",
         "",
     ]

@@ -6,13 +6,17 @@ import asyncio
 import json
 import signal
 import sys
+from pathlib import Path
 
 import pytest
 
 from hyperhive.cli.cmd_messages import parse_since
-from hyperhive.common.errors import BadRequest
+from hyperhive.cli.embedded import EmbeddedPostgres
+from hyperhive.common import rpc, subjects
+from hyperhive.common.errors import BadRequest, HiveError
+from hyperhive.common.wire.base import Ping, Pong
 from tests import rig
-from tests.broker.conftest import Hive, ack, recv, send
+from tests.broker.conftest import Hive, ack, broker_settings, hive_of, recv, send
 
 TIMEOUT = 60
 
@@ -104,6 +108,130 @@ async def test_tail_follows_messages_until_interrupted(hive: Hive):
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def start_tail(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
+    """``hive tail <args>`` with the operator's credentials, once it follows."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hyperhive.cli.main",
+        "tail",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    if "--json" not in args:
+        async with asyncio.timeout(TIMEOUT):
+            assert b"following messages" in await proc.stderr.readline()
+    return proc
+
+
+async def read_events(proc: asyncio.subprocess.Process, count: int) -> list[dict[str, object]]:
+    """The next ``count`` lines of ``hive tail --json``."""
+    assert proc.stdout is not None
+    out = []
+    async with asyncio.timeout(TIMEOUT):
+        while len(out) < count:
+            line = await proc.stdout.readline()
+            assert line, "hive tail ended"
+            out.append(json.loads(line))
+    return out
+
+
+async def stop_tail(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                assert await proc.wait() == 130
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+async def test_tail_since_replays_from_hive_events_then_follows(hive: Hive):
+    a, na = await hive.spawn()
+    b, nb = await hive.spawn()
+    before = await send(na, a, b, "before the tail started")
+    got = await recv(nb, b)
+    assert got.message is not None
+    await ack(nb, b, before.id)
+    proc = await start_tail(_env(hive), "--agent", a, "--since", "1h", "--json")
+    try:
+        replayed = await read_events(proc, 3)
+        assert [(e["kind"], e["data"]["id"]) for e in replayed] == [  # type: ignore[index]
+            ("message.sent", before.id),
+            ("message.delivered", before.id),
+            ("message.acked", before.id),
+        ]
+        live = await send(nb, b, a, "while it follows")
+        [event] = await read_events(proc, 1)
+        assert (event["kind"], event["data"]["id"]) == ("message.sent", live.id)  # type: ignore[index]
+        assert event["data"]["body"] == "while it follows"  # type: ignore[index]
+    finally:
+        await stop_tail(proc)
+
+
+@pytest.mark.slow
+async def test_tail_leaves_no_gap_when_its_connection_was_down(
+    postgres_server: EmbeddedPostgres, tmp_path: Path
+):
+    """Events published while ``hive tail`` was cut off are shown once it is back."""
+    with rig.nats_server() as nats:
+        db = await rig.create_database(postgres_server.url)
+        settings = broker_settings(nats, db, tmp_path / "home")
+        async with hive_of(nats, settings) as h:
+            a, na = await h.spawn()
+            proc = await start_tail(_env(h), "--agent", a)
+            try:
+                first = await send(na, a, "operator", "first")
+                assert proc.stdout is not None
+                async with asyncio.timeout(TIMEOUT):
+                    assert f"#{first.id} " in (await proc.stdout.readline()).decode()
+                # the tail is frozen while NATS restarts: its connection breaks,
+                # and the next events are published before it reconnects
+                proc.send_signal(signal.SIGSTOP)
+                await asyncio.to_thread(nats.stop)
+                await asyncio.to_thread(nats.start)
+                await rig.eventually(
+                    lambda: _pong(h), timeout=TIMEOUT, interval=0.2, what="broker back"
+                )
+                later = [await send(na, a, "operator", f"while cut off {i}") for i in range(3)]
+                await rig.eventually(
+                    lambda: _in_stream(h, later[-1].id), timeout=TIMEOUT, what="events stored"
+                )
+                proc.send_signal(signal.SIGCONT)
+                async with asyncio.timeout(TIMEOUT):
+                    lines = [(await proc.stdout.readline()).decode() for _ in later]
+                for sent, line in zip(later, lines, strict=True):
+                    assert f"#{sent.id} {a} -> operator  sent: while cut off" in line, lines
+            finally:
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGCONT)
+                await stop_tail(proc)
+
+
+async def _pong(h: Hive) -> bool:
+    try:
+        pong = await rpc.request(
+            h.operator, subjects.admin("broker", "ping"), Ping(), Pong, timeout=2
+        )
+    except HiveError:
+        return False
+    return pong.database == "ok"
+
+
+async def _in_stream(h: Hive, message_id: int) -> bool:
+    js = h.service.jetstream()
+    try:
+        msg = await js.get_last_msg(subjects.EVENTS_STREAM, subjects.event("message.sent"))
+    except Exception:
+        return False
+    return bool(json.loads(msg.data)["data"]["id"] == message_id)
 
 
 def test_since_takes_unix_time_iso_time_and_ages():
