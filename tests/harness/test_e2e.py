@@ -5,7 +5,9 @@ is the real CLI against the scripted Anthropic API."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import json
+import subprocess
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -23,7 +25,14 @@ from hyperhive.common.wire.approvals import (
     QuestionsRequest,
     SpawnToolRequest,
 )
-from hyperhive.common.wire.lifecycle import AgentInfo, AgentRequest, AgentsReply, AgentsRequest
+from hyperhive.common.wire.base import Empty
+from hyperhive.common.wire.lifecycle import (
+    AgentInfo,
+    AgentRequest,
+    AgentsReply,
+    AgentsRequest,
+    DraftsReply,
+)
 from tests import rig
 from tests.harness.conftest import (
     Page,
@@ -34,10 +43,13 @@ from tests.harness.conftest import (
     stack_settings,
 )
 from tests.scripted_anthropic import (
+    Block,
+    Request,
     ScriptedAnthropic,
     after_tool_results,
     last_user_mentions,
     mentions,
+    tool_result_text,
     tool_use,
 )
 
@@ -66,6 +78,12 @@ async def _page_up(info: AgentInfo) -> str:
 
     await rig.eventually(up, timeout=60, interval=0.2, what=f"{info.name}'s page answers")
     return url
+
+
+def _this_run(records: list[dict]) -> list[dict]:
+    """The records of this harness run (numbered); a page also backfills the
+    agent's earlier runs from HIVE_TURNS, e.g. another test's hm1nd."""
+    return [r for r in records if "n" in r or r.get("sse") != "turn"]
 
 
 def _turn_ended(turn: int = 1):
@@ -236,7 +254,7 @@ async def test_manager_tools_reach_the_approvals_queue(
     url = await _page_up(agents[subjects.MANAGER])
     tail = asyncio.create_task(sse_records(url, _turn_ended(1), timeout=120))
     await stack.send(subjects.MANAGER, "grow the hive by one agent")
-    records = await tail
+    records = _this_run(await tail)  # hm1nd's earlier runs are backfilled too
     end = next(r for r in records if r.get("type") == "turn_end")["event"]
     assert end["outcome"] == "ok"
     init = next(
@@ -306,3 +324,132 @@ async def _agents(stack: Stack) -> dict[str, AgentInfo]:
         return agents if subjects.MANAGER in agents else None
 
     return await rig.eventually(listed, timeout=60, interval=0.2, what="the manager exists")
+
+
+def _commit_toml(repo: Path, old: str, new: str, message: str) -> str:
+    """Edits agent.toml in a proposed repo and commits, as hm1nd would; returns the sha."""
+    toml = repo / "agent.toml"
+    toml.write_text(toml.read_text().replace(old, new))
+    git = ["git", "-C", str(repo), "-c", "user.name=hm1nd", "-c", "user.email=hm1nd@hive"]
+    subprocess.run([*git, "commit", "-qam", message], check=True)
+    out = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+async def test_manager_drives_two_step_spawn_apply_and_lifecycle_tools_over_mcp(
+    with_manager: Stack, api: ScriptedAnthropic
+) -> None:
+    """One manager turn calls every remaining manager tool through MCP:
+    request_spawn_draft → (a commit in the draft's repo) → request_spawn_commit,
+    request_apply_commit, kill / start / restart / update of an agent, and a
+    refused call (restarting itself) that comes back as a tool error."""
+    stack = with_manager
+    url = await _page_up((await _agents(stack))[subjects.MANAGER])
+    worker, draftee = agent_name("wk"), agent_name("dr")
+    await stack.spawn(worker)
+    worker_sha = _commit_toml(
+        AgentPaths.of(stack.settings, worker).proposed,
+        'prompt = ""',
+        'prompt = "work hard"',
+        "work hard",
+    )
+    manager = mentions("You are hm1nd,")
+    draft_sha: list[str] = []
+
+    def commit_the_draft(_req: Request) -> Block:
+        # between the tool calls hm1nd edits and commits /agents/<draftee>/config
+        sha = _commit_toml(
+            AgentPaths.of(stack.settings, draftee).proposed,
+            'prompt = ""',
+            'prompt = "a drafted agent"',
+            "draft config",
+        )
+        draft_sha.append(sha)
+        return tool_use(
+            "mcp__hyperhive__request_spawn_commit", {"name": draftee, "commit_ref": sha}
+        )
+
+    script: list[Block | Callable[[Request], Block] | str] = [
+        tool_use("mcp__hyperhive__request_spawn_draft", {"name": draftee}),
+        commit_the_draft,
+        tool_use(
+            "mcp__hyperhive__request_apply_commit", {"name": worker, "commit_ref": worker_sha}
+        ),
+        tool_use("mcp__hyperhive__kill", {"name": worker}),
+        tool_use("mcp__hyperhive__start", {"name": worker}),
+        tool_use("mcp__hyperhive__restart", {"name": worker}),
+        tool_use("mcp__hyperhive__update", {"name": worker}),
+        tool_use("mcp__hyperhive__restart", {"name": subjects.MANAGER}),
+        "the hive is staffed",
+    ]
+    api.reply(script[0], when=lambda r: manager(r) and last_user_mentions("staff the hive")(r))
+    for i, step in enumerate(script[1:], start=1):
+        api.reply(step, when=after_tool_results(i, also=manager))
+
+    tail = asyncio.create_task(sse_records(url, _turn_ended(1), timeout=240))
+    await stack.send(subjects.MANAGER, "staff the hive: draft, configure and tend the agents")
+    records = _this_run(await tail)  # hm1nd's earlier runs are backfilled too
+    end = next(r for r in records if r.get("type") == "turn_end")["event"]
+    assert end["outcome"] == "ok", end
+    calls = [
+        blk["name"].removeprefix("mcp__hyperhive__")
+        for r in records
+        if r.get("type") == "claude" and r["event"].get("type") == "assistant"
+        for blk in r["event"]["message"]["content"]
+        if blk["type"] == "tool_use"
+    ]
+    assert calls == [
+        "request_spawn_draft",
+        "request_spawn_commit",
+        "request_apply_commit",
+        "kill",
+        "start",
+        "restart",
+        "update",
+        "restart",
+    ]
+    results = [
+        blk
+        for r in records
+        if r.get("type") == "claude" and r["event"].get("type") == "user"
+        for blk in r["event"]["message"]["content"]
+        if isinstance(blk, dict) and blk.get("type") == "tool_result"
+    ]
+    assert len(results) == len(calls)
+    *fine, refused = results
+    for call, result in zip(calls, fine, strict=False):
+        assert not result.get("is_error"), (call, tool_result_text(result))
+    docs = [json.loads(tool_result_text(r)) for r in fine]
+    draft, spawn_q, apply_q, killed, started, restarted, updated = docs
+    assert draft["name"] == draftee and draft["head"]
+    assert spawn_q["state"] == "pending" and spawn_q["fetched_sha"] == draft_sha[0]
+    assert apply_q["state"] == "pending" and apply_q["fetched_sha"] == worker_sha
+    assert (killed["name"], killed["state"]) == (worker, "stopped")
+    assert (started["name"], started["state"]) == (worker, "running")
+    assert (restarted["name"], restarted["state"]) == (worker, "running")
+    assert (updated["name"], updated["state"]) == (worker, "running")
+    # the service's refusal reaches claude as a tool error with its message
+    assert refused.get("is_error")
+    assert "forbidden" in tool_result_text(refused)
+    assert "the manager cannot restart itself" in tool_result_text(refused)
+
+    # the queue holds both proposals; the draft is a draft; the worker runs
+    approvals = await rpc.request(
+        stack.op,
+        subjects.admin("approvals", "list"),
+        ApprovalsRequest(state="pending"),
+        ApprovalsReply,
+    )
+    queued = {(x.id, x.kind, x.agent, x.fetched_sha) for x in approvals.approvals}
+    assert (spawn_q["id"], "Spawn", draftee, draft_sha[0]) in queued
+    assert (apply_q["id"], "ApplyCommit", worker, worker_sha) in queued
+    drafts = await rpc.request(
+        stack.op, subjects.admin("lifecycle", "drafts"), Empty(), DraftsReply
+    )
+    assert [(d.name, d.head) for d in drafts.drafts if d.name == draftee] == [
+        (draftee, draft_sha[0])
+    ]
+    agents = await _agents(stack)
+    assert draftee not in agents  # no container until the operator approves
+    assert agents[worker].state == "running"
+    assert agents[subjects.MANAGER].state == "running"
