@@ -28,7 +28,7 @@ from hyperhive.common import subjects
 from hyperhive.common.config import settings_env
 from hyperhive.harness import creds
 from hyperhive.harness.config import PASS_THROUGH_ENV, HarnessConfig
-from hyperhive.harness.mcp_server import SERVER_NAME, tool_names
+from hyperhive.harness.mcp_server import SERVER_NAME, TRACEPARENT_ENV, tool_names
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,16 @@ _MCP_ENV_KEYS = (
 OnEvent = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-def mcp_config(cfg: HarnessConfig) -> dict[str, Any]:
-    """The ``--mcp-config`` document: ``hyperhive`` plus agent.toml's servers."""
+def mcp_config(cfg: HarnessConfig, traceparent: str = "") -> dict[str, Any]:
+    """The ``--mcp-config`` document: ``hyperhive`` plus agent.toml's servers.
+
+    ``traceparent`` (the turn's trace context) reaches the hyperhive server as
+    ``TRACEPARENT``, so its NATS requests are children of the turn.
+    """
     env = settings_env(cfg.settings)
     hive_env = {k: env[k] for k in _MCP_ENV_KEYS if k in env}
+    if traceparent:
+        hive_env[TRACEPARENT_ENV] = traceparent
     command = cfg.mcp_command()
     servers: dict[str, Any] = {
         SERVER_NAME: {"type": "stdio", "command": command[0], "args": command[1:], "env": hive_env}
@@ -83,14 +89,14 @@ def allowed_tools(cfg: HarnessConfig) -> list[str]:
     return tools
 
 
-def write_mcp_config(cfg: HarnessConfig) -> str:
+def write_mcp_config(cfg: HarnessConfig, traceparent: str = "") -> str:
     """Writes the MCP config (mode 0600: its env may name secrets) and returns its path."""
     path = cfg.private_dir / "mcp.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(".mcp.json.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump(mcp_config(cfg), f)
+        json.dump(mcp_config(cfg, traceparent), f)
     tmp.replace(path)
     return str(path)
 
@@ -200,10 +206,12 @@ class ClaudeRun:
         tools: bool = True,
         extra_args: Sequence[str] = (),
         cwd: Path | None = None,
+        traceparent: str = "",
     ) -> None:
         """``tools=False``: a side session without the MCP servers and their
         allowed tools (e.g. notes compaction); ``extra_args`` go last; ``cwd``
-        defaults to the agent's workdir."""
+        defaults to the agent's workdir; ``traceparent``: the turn's trace
+        context, handed to the hyperhive MCP server."""
         self.cfg = cfg
         self.prompt = prompt
         self.cwd = cwd or cfg.workdir
@@ -212,7 +220,7 @@ class ClaudeRun:
             self.argv.append("--continue")
         self.argv += ["--output-format", "stream-json", "--verbose"]
         if tools:
-            self.argv += ["--mcp-config", write_mcp_config(cfg)]
+            self.argv += ["--mcp-config", write_mcp_config(cfg, traceparent)]
         if model:
             self.argv += ["--model", model]
         if tools:

@@ -43,9 +43,12 @@ from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
+from opentelemetry import trace
+from opentelemetry.context import Context
 
 from hyperhive.common import rpc, subjects
 from hyperhive.common.errors import HiveError
+from hyperhive.common.telemetry import extract_context, inject_headers
 from hyperhive.common.wire.base import Ok
 from hyperhive.common.wire.broker import (
     AckRequest,
@@ -65,6 +68,7 @@ from hyperhive.harness.prompt import Wake, system_prompt, wake_prompt
 from hyperhive.harness.state import HarnessState, check_model
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 IDLE, THINKING, COMPACTING, OFFLINE = "idle", "thinking", "compacting", "offline"
 COMPACT_PROMPT = "/compact"
@@ -454,18 +458,37 @@ class Harness:
         self._cancel_turn = False
         self.turn_started = time.time()
         t0 = time.monotonic()
-        if isinstance(item, Compact):
-            await self.publish("turn_start", {"source": "operator", "command": COMPACT_PROMPT})
-            await self._set_state(COMPACTING)
-            runs, compact_retry = [await self._claude(COMPACT_PROMPT, resume=True)], False
-        else:
-            runs, compact_retry = await self._wake_turn(item)
-        await self._finish(item, runs, compact_retry, (time.monotonic() - t0) * 1000)
+        # the turn continues the trace of the message's send (DESIGN §8); its
+        # records, stats, acks and the MCP server's requests are its children
+        with tracer.start_as_current_span(
+            f"turn {self.cfg.agent}",
+            context=_parent_context(item),
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "hive.agent": self.cfg.agent,
+                "hive.turn": self.turn,
+                "hive.message_id": item.id if isinstance(item, Wake) and item.id else 0,
+            },
+        ) as span:
+            if isinstance(item, Compact):
+                await self.publish(
+                    "turn_start",
+                    {"source": "operator", "command": COMPACT_PROMPT, "trace_id": _trace_id()},
+                )
+                await self._set_state(COMPACTING)
+                runs, compact_retry = [await self._claude(COMPACT_PROMPT, resume=True)], False
+            else:
+                runs, compact_retry = await self._wake_turn(item)
+            await self._finish(item, runs, compact_retry, (time.monotonic() - t0) * 1000)
+            span.set_attribute("hive.outcome", self.last_outcome)
 
     async def _wake_turn(self, wake: Wake) -> tuple[list[RunResult], bool]:
         interrupted = self.store.interrupted
         fresh = self.store.fresh
-        await self.publish("turn_start", {**wake.record(), "model": self.model, "fresh": fresh})
+        await self.publish(
+            "turn_start",
+            {**wake.record(), "model": self.model, "fresh": fresh, "trace_id": _trace_id()},
+        )
         await self._set_state(THINKING)
         prompt = wake_prompt(self.cfg, wake, interrupted)
         self.store.set_fresh(False)
@@ -490,6 +513,7 @@ class Harness:
             resume=resume,
             model=self.model,
             system_prompt=system_prompt(self.cfg),
+            traceparent=inject_headers().get("traceparent", ""),
         )
         self._current = run
         if self._cancel_turn or self._stopping:
@@ -606,6 +630,19 @@ class Harness:
                 log.warning("heartbeat not published: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
+
+
+def _parent_context(item: Item) -> Context:
+    """The trace context the message's send carried; a fresh trace for the rest."""
+    if isinstance(item, Wake) and item.traceparent:
+        return extract_context({"traceparent": item.traceparent})
+    return Context()
+
+
+def _trace_id() -> str:
+    """The current trace's id (32 hex digits), "" outside one."""
+    ctx = trace.get_current_span().get_span_context()
+    return trace.format_trace_id(ctx.trace_id) if ctx.is_valid else ""
 
 
 def _size(path: Any) -> int | None:

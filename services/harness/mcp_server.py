@@ -5,24 +5,32 @@ file, inbox prefix ``_INBOX.<n>``): the agent can only speak as itself, and the
 service learns who calls from the subject. A service error comes back to
 claude as a tool error carrying the service's message. The manager tools are
 offered only to ``hm1nd`` (and the services refuse them from anyone else).
+
+Tracing: the harness gives the running turn's trace context in the
+``TRACEPARENT`` environment variable (W3C ``traceparent``); every tool call's
+NATS request is a child of it, so a send can be followed from the sender's
+turn through the broker to the recipient's turn.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any, TypeVar
 
 import msgspec
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from nats.aio.client import Client as NATS
+from opentelemetry import trace
+from opentelemetry.context import Context
 
 from hyperhive.common import rpc, subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import HiveError
 from hyperhive.common.natsconn import connect
-from hyperhive.common.telemetry import setup_tracing
+from hyperhive.common.telemetry import extract_context, setup_tracing
 from hyperhive.common.wire.approvals import (
     ApplyCommitRequest,
     ApprovalQueued,
@@ -43,8 +51,10 @@ from hyperhive.common.wire.broker import (
 from hyperhive.common.wire.lifecycle import AgentInfo, AgentRequest, DraftInfo
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 SERVER_NAME = "hyperhive"
+TRACEPARENT_ENV = "TRACEPARENT"  # the turn's trace context, set by the harness
 MAX_RECV_WAIT_S = 60.0  # the broker caps a long poll at this anyway
 BASE_TOOLS = ("send", "recv", "message_status")
 R = TypeVar("R", bound=msgspec.Struct)
@@ -60,12 +70,21 @@ def _plain(value: msgspec.Struct | dict[str, Any]) -> dict[str, Any]:
     return value if isinstance(value, dict) else msgspec.to_builtins(value)
 
 
-class Bridge:
-    """One NATS connection with the agent's credentials, opened on first use."""
+def turn_context(traceparent: str) -> Context | None:
+    """The trace context of the turn that started this server (None without one)."""
+    return extract_context({"traceparent": traceparent}) if traceparent.strip() else None
 
-    def __init__(self, settings: Settings) -> None:
+
+class Bridge:
+    """One NATS connection with the agent's credentials, opened on first use.
+
+    ``parent``: the turn's trace context; each call's request is its child.
+    """
+
+    def __init__(self, settings: Settings, parent: Context | None = None) -> None:
         self.settings = settings
         self.agent = settings.harness.agent
+        self.parent = parent
         self._nc: NATS | None = None
         self._lock = asyncio.Lock()
 
@@ -89,25 +108,29 @@ class Bridge:
     ) -> R:
         """``hive.agent.<self>.<verb>`` → the reply, or a ToolError with the service's message."""
         nc = await self.nc()
-        try:
-            return await rpc.request(
-                nc,
-                subjects.agent(self.agent, verb),
-                payload,
-                reply,
-                timeout=timeout or self.settings.nats.request_timeout_s,
-            )
-        except HiveError as exc:
-            raise ToolError(f"{exc.code}: {exc.message}") from None
+        with tracer.start_as_current_span(
+            f"tool {verb}", context=self.parent, kind=trace.SpanKind.SERVER
+        ):
+            try:
+                return await rpc.request(
+                    nc,
+                    subjects.agent(self.agent, verb),
+                    payload,
+                    reply,
+                    timeout=timeout or self.settings.nats.request_timeout_s,
+                )
+            except HiveError as exc:
+                raise ToolError(f"{exc.code}: {exc.message}") from None
 
     async def close(self) -> None:
         if self._nc is not None and not self._nc.is_closed:
             await self._nc.close()
 
 
-def build_server(settings: Settings) -> tuple[MCPServer, Bridge]:
-    """The MCP server for ``settings.harness.agent`` and its NATS bridge."""
-    bridge = Bridge(settings)
+def build_server(settings: Settings, traceparent: str = "") -> tuple[MCPServer, Bridge]:
+    """The MCP server for ``settings.harness.agent`` and its NATS bridge
+    (``traceparent``: the turn's trace context, see the module docstring)."""
+    bridge = Bridge(settings, turn_context(traceparent))
     server: MCPServer = MCPServer(
         SERVER_NAME,
         instructions=(
@@ -223,5 +246,5 @@ def serve_stdio(settings: Settings) -> None:
     # stdout carries the MCP protocol: only an exporter that does not print
     if settings.telemetry.exporter == "otlp":
         setup_tracing(settings.telemetry, "harness-mcp")
-    server, _bridge = build_server(settings)
+    server, _bridge = build_server(settings, os.environ.get(TRACEPARENT_ENV, ""))
     server.run()

@@ -32,6 +32,7 @@ class Wake:
     deliveries: int = 0
     event_type: str = ""  # a system event's type (ContainerCrash, ...)
     resumed: bool = False  # taken before a harness restart, run now
+    traceparent: str = ""  # the trace context of the message's send (loop.py's turn span)
 
     def record(self) -> dict[str, Any]:
         """The ``turn_start`` record of this wake."""

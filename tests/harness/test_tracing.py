@@ -1,0 +1,94 @@
+"""Tracing across agents (DESIGN §8): a turn is a span, and the MCP calls it
+makes are its children. The real claude CLI calls ``hive harness mcp``; broker, lifecycle
+and both harnesses run in this process, their spans collected in memory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from hyperhive.common import subjects
+from hyperhive.common.natsconn import sync_subscriptions
+from tests.harness.conftest import Stack, agent_name, running_harness
+from tests.scripted_anthropic import (
+    ScriptedAnthropic,
+    after_tool_results,
+    last_user_mentions,
+    mentions,
+    tool_use,
+)
+
+pytestmark = pytest.mark.claude
+
+
+@pytest.fixture
+def spans() -> InMemorySpanExporter:
+    """Every span this process ends from now on."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+@pytest.fixture
+async def sends(service_nc: NATS) -> AsyncIterator[dict[str, list[Msg]]]:
+    """A copy of every agent's send request (headers included), by agent."""
+    seen: dict[str, list[Msg]] = {}
+
+    async def on_msg(msg: Msg) -> None:
+        seen.setdefault(subjects.parse_agent(msg.subject)[0], []).append(msg)
+
+    sub = await service_nc.subscribe(subjects.agent_wildcard(subjects.AGENT_SEND), cb=on_msg)
+    await sync_subscriptions(service_nc)
+    yield seen
+    await sub.unsubscribe()
+
+
+def _traceparent(msg: Msg) -> tuple[str, str]:
+    """(trace id, parent span id) of a NATS message's ``traceparent`` header."""
+    value = (msg.headers or {}).get("traceparent", "")
+    parts = value.split("-")
+    assert len(parts) == 4, f"no traceparent on {msg.subject}: {msg.headers}"
+    return parts[1], parts[2]
+
+
+def _one(spans: InMemorySpanExporter, name: str) -> ReadableSpan:
+    found = [s for s in spans.get_finished_spans() if s.name == name]
+    assert len(found) == 1, [s.name for s in spans.get_finished_spans()]
+    return found[0]
+
+
+async def test_an_operator_prompt_starts_its_own_trace(
+    stack: Stack, api: ScriptedAnthropic, spans: InMemorySpanExporter, sends
+) -> None:
+    """No send behind it: the turn is a new trace, still handed to the MCP server."""
+    name = agent_name("tp")
+    await stack.spawn(name)
+    mine = mentions(f"You are {name},")
+    api.reply(
+        tool_use("mcp__hyperhive__send", {"to": "operator", "body": "from a prompt"}),
+        when=lambda r: mine(r) and last_user_mentions("say something")(r),
+    )
+    api.reply("said", when=after_tool_results(1, also=mine))
+    async with running_harness(stack.harness_settings(name)) as h:
+        await h.harness.operator_prompt("say something")
+        assert (await h.turn_end(1))["outcome"] == "ok"
+        start = h.records("turn_start", 1)[0].event
+    turn = _one(spans, f"turn {name}")
+    assert turn.parent is None  # a root span
+    assert start["trace_id"] == trace.format_trace_id(turn.context.trace_id)
+    (sent,) = sends[name]
+    assert _traceparent(sent) == (
+        start["trace_id"],
+        trace.format_span_id(turn.context.span_id),
+    )
