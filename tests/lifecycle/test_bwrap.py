@@ -304,3 +304,34 @@ async def test_manager_without_bwrap_gets_the_layout_as_symlinks(
             assert sorted(p.name for p in (view / "applied").iterdir()) == ["bob"]
     finally:
         cleanup_agents(nats_server, settings.paths.agents_dir)
+
+
+GRACEFUL = (
+    'sh -c \'trap "sleep 0.5; echo graceful-exit; exit 0" TERM; echo ready; '
+    "while :; do sleep 0.1; done'"
+)
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap not installed")
+async def test_stop_under_bwrap_lets_the_harness_finish_its_graceful_stop(
+    nats_server, database_url, hive_home, operator_nc
+):
+    # bwrap forwards no signal: stop must reach the harness inside, and wait
+    # for it, instead of taking the outer bwrap's end for the harness's
+    settings = lifecycle_settings(
+        nats_server,
+        database_url,
+        hive_home,
+        HIVE_LIFECYCLE_USE_BWRAP="true",
+        HIVE_LIFECYCLE_HARNESS_COMMAND=GRACEFUL,
+    )
+    op = Operator(operator_nc)
+    try:
+        async with serving("lifecycle", settings, operator_nc):
+            await op.spawn("gentle")
+            log = AgentPaths.of(settings, "gentle").log_file
+            await rig.eventually(lambda: "ready" in log.read_text(), what="harness ready")
+            await op.verb("stop", "gentle")
+            assert "graceful-exit" in log.read_text()
+    finally:
+        cleanup_agents(nats_server, settings.paths.agents_dir)

@@ -133,6 +133,50 @@ def _killpg(pid: int, sig: int) -> None:
         pass
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc's children lists of all its threads."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = list(Path(f"/proc/{parent}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                kids = [int(c) for c in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def _terminate_sandbox(bwrap_pid: int) -> None:
+    """SIGTERM to what runs inside bwrap's sandbox, not to bwrap itself.
+
+    bwrap passes no signal on: a SIGTERM to the whole group ends the outer
+    bwrap at once, which looks like the harness exiting, and the SIGKILL that
+    clears the group would then cut its graceful stop short. The sandbox's
+    pid 1 (bwrap again) ends by itself once the harness has.
+    """
+    try:
+        wrapped = Path(f"/proc/{bwrap_pid}/comm").read_text().strip() == "bwrap"
+    except OSError:
+        wrapped = False
+    inner = _sandbox_pid(bwrap_pid) if wrapped else None
+    targets = _descendants(inner) if inner is not None else []
+    if not targets:
+        _killpg(bwrap_pid, signal.SIGTERM)
+        return
+    for pid in targets:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+
+
 def manager_view_agents(settings: Settings, manager: str) -> list[str]:
     """Agents (and drafts) the manager sees: dirs with a proposed repo, itself aside."""
     root = settings.paths.agents_dir
@@ -355,7 +399,12 @@ class ProcessBackend(Backend):
     async def stop(self, spec: AgentSpec, *, kill: bool = False) -> None:
         pid = self.pid(spec)
         if pid is not None:
-            _killpg(pid, signal.SIGKILL if kill else signal.SIGTERM)
+            if kill:
+                _killpg(pid, signal.SIGKILL)
+            elif self._bwrap:
+                _terminate_sandbox(pid)
+            else:
+                _killpg(pid, signal.SIGTERM)
             if not await self._wait_gone(spec, self.settings.lifecycle.stop_timeout_s):
                 _killpg(pid, signal.SIGKILL)
                 if not await self._wait_gone(spec, 10.0):
