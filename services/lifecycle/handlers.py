@@ -104,8 +104,8 @@ class Handlers:
     # --- hive.agent.<manager>.{kill,start,restart,update} ---------------------
 
     async def manager_tool(self, req: AgentRequest, call: Call) -> AgentInfo:
-        if call.agent != self.lc.manager:  # only the manager's subjects are served
-            raise Forbidden(f"only {self.lc.manager} may use {call.verb}")
+        if call.agent != self.lc.manager:
+            raise Forbidden(f"only the manager {self.lc.manager} may call {call.verb}")
         name = check_agent_name(req.name, allow_manager=True)
         if name == self.lc.manager:
             raise Forbidden(f"the manager cannot {call.verb} itself; ask the operator")
@@ -149,7 +149,9 @@ class Handlers:
         for verb, (kind, handler) in admin.items():
             await responder.serve(subjects.admin(PART, verb), kind, handler)
         if self.lc.manager:
+            # every agent's subject, so that another agent calling a manager
+            # tool hears why it may not (rather than "no responders")
             for tool in subjects.LIFECYCLE_MANAGER_TOOLS:
                 await responder.serve(
-                    subjects.agent(self.lc.manager, tool), AgentRequest, self.manager_tool
+                    subjects.agent_wildcard(tool), AgentRequest, self.manager_tool
                 )

@@ -126,10 +126,12 @@ async def test_agent_credentials_are_scoped_and_revoked(
                 await rpc.request(
                     nc_m, subjects.manager_tool("restart"), AgentRequest(name="hm1nd"), AgentInfo
                 )
-            # an agent's own subject for a manager tool is served by nobody
-            # (the test's own hive.agent.> listener keeps it from "no responders")
-            with pytest.raises((nats.errors.NoRespondersError, nats.errors.TimeoutError)):
-                await nc_a.request(subjects.agent("ca", "kill"), b'{"name":"cb"}', timeout=2)
+            # another agent calling a manager tool on its own subject hears why not
+            for tool in subjects.LIFECYCLE_MANAGER_TOOLS:
+                with pytest.raises(Forbidden, match=f"only the manager hm1nd may call {tool}"):
+                    await rpc.request(
+                        nc_a, subjects.agent("ca", tool), AgentRequest(name="cb"), AgentInfo
+                    )
             assert (await op.list())["cb"].state == "running"
 
             # destroying a closes its connection and refuses its seed; b stays connected
