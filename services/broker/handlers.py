@@ -143,7 +143,7 @@ class Broker:
 
     async def _commit_sends(self, items: Sequence[NewMessage]) -> list[Stored]:
         # a bad value in a batch of several: retried one by one (see GroupCommit)
-        with db_errors("message not sent", bad_values=len(items) == 1):
+        with db_errors("send", bad_values=len(items) == 1):
             stored = await store.insert_messages(self.pool, items, self.kinds)
         new = [m.recipient for m, s in zip(items, stored, strict=True) if s.created]
         if new:

@@ -28,6 +28,10 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.ReadOnlySQLTransactionError,
+    # seen when Postgres shuts down under load: the pool's reset of a
+    # connection the server just ended finds it mid-operation ("cannot switch
+    # to state 15; another operation (2) is in progress"); the pool drops it
+    asyncpg.exceptions.InternalClientError,
 )
 
 # Errors that mean "this request holds a value the database cannot take": an

@@ -50,6 +50,7 @@ class Traffic:
     acked: dict[str, int] = field(default_factory=dict)  # body -> id
     received: collections.Counter[str] = field(default_factory=collections.Counter)
     sender_errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    sender_error_messages: list[str] = field(default_factory=list)
     senders_done: asyncio.Event = field(default_factory=asyncio.Event)
     acked_when_disrupted: tuple[int, int] = (0, 0)  # acked sends before / after it
     log: list[str] = field(default_factory=list)  # what happened when, for a failure
@@ -69,6 +70,7 @@ class Traffic:
                     )
                 except HiveError as exc:  # a clear error: retry with the same key
                     self.sender_errors[type(exc).__name__] += 1
+                    self.sender_error_messages.append(f"{exc.code}: {exc}")
                     self.log.append(f"{time.monotonic():.3f} {name} {body}: {exc!r}")
                     await asyncio.sleep(0.1)
                     continue
@@ -285,6 +287,70 @@ async def test_postgres_down_fails_sends_clearly_and_recovers_without_restart(
                 "before the outage",
                 "after the outage",
             ]
+
+
+def stop_postgres(pg: EmbeddedPostgres, mode: str) -> None:
+    """``pg_ctl stop -m <mode>``: ``fast`` ends sessions cleanly, ``immediate`` is a crash."""
+    done = pg._run([str(pg.bin_dir / "pg_ctl"), "-D", str(pg.data_dir), "-m", mode, "-w", "stop"])
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+async def test_postgres_stop_under_load_loses_no_acknowledged_send(
+    postgres_server: EmbeddedPostgres, tmp_path: Path, mode: str
+):
+    per_sender = 100  # 2 senders x 2 lanes x 100 = 400 messages
+    with rig.nats_server() as nats, rig.postgres_server() as private_pg:
+        lifecycle_db = await rig.create_database(postgres_server.url)
+        broker_db = await rig.create_database(private_pg.url)
+        settings = broker_settings(nats, lifecycle_db, tmp_path / "home")
+        own = broker_settings(nats, broker_db, tmp_path / "home")
+        async with hive_of(nats, settings, broker_settings=own) as hive:
+            senders, receivers = await spawn_pairs(hive, 2)
+            traffic = Traffic(per_sender)
+
+            async def outage() -> None:
+                await asyncio.to_thread(stop_postgres, private_pg, mode)
+                traffic.log.append(f"{time.monotonic():.3f} postgres stopped ({mode})")
+                await asyncio.sleep(1.5)  # the senders meet a database that is gone
+                await asyncio.to_thread(private_pg.start)
+                traffic.log.append(f"{time.monotonic():.3f} postgres started")
+
+            await traffic.run(senders, receivers, disrupt_after=100, disrupt=outage)
+            print("\n".join(traffic.log))  # shown if the test fails
+
+            assert len(traffic.acked) == 4 * per_sender
+            assert traffic.acked_when_disrupted[1] < 4 * per_sender  # under load
+            # only clear errors while the database was gone, never a success
+            # reply for a message that was not committed (checked below)
+            assert traffic.sender_errors["Unavailable"] > 0
+            assert set(traffic.sender_errors) <= {"Unavailable", "RequestTimeout"}, sorted(
+                set(traffic.sender_error_messages)
+            )
+            unclear = [
+                m
+                for m in traffic.sender_error_messages
+                if m.startswith("unavailable") and "database unavailable" not in m
+            ]
+            assert unclear == []
+            # every acknowledged send is committed, once, with the id it was given
+            conn = await asyncpg.connect(broker_db)
+            try:
+                rows = await conn.fetch("SELECT id, body FROM broker.messages")
+            finally:
+                await conn.close()
+            stored = {r["body"]: r["id"] for r in rows}
+            assert len(rows) == len(stored) == 4 * per_sender
+            assert {b: stored.get(b) for b in traffic.acked} == traffic.acked
+            # ... and was delivered
+            assert traffic.lost() == set()
+            # served again without a restart: the same process, database ok
+            await wait_serving(hive.operator)
+            after = await send(senders[0][1], senders[0][0], receivers[0][0], "after it all")
+            got = await recv(receivers[0][1], receivers[0][0], wait_ms=20_000)
+            while got.message is not None and got.message.id != after.id:
+                got = await recv(receivers[0][1], receivers[0][0], wait_ms=20_000)
+            assert got.message is not None and got.message.body == "after it all"
 
 
 async def test_unreachable_registry_refuses_unknown_recipients_clearly(

@@ -53,11 +53,11 @@ async def test_a_bad_value_in_a_batch_passes_through_for_a_retry_one_by_one(pool
     good = NewMessage(sender="a", recipient="b", body="fine")
     bad = NewMessage(sender="a", recipient="b", body="fine", event='{"detail": "\\u0000"}')
     with pytest.raises(asyncpg.DataError):
-        with db_errors("message not sent", bad_values=False):
+        with db_errors("send", bad_values=False):
             await store.insert_messages(pool, [good, bad], KINDS)
     assert await pool.fetchval("SELECT count(*) FROM messages") == 0  # one statement: all or none
-    with pytest.raises(BadRequest, match="message not sent: invalid value"):
-        with db_errors("message not sent"):
+    with pytest.raises(BadRequest, match="send: invalid value"):
+        with db_errors("send"):
             await store.insert_messages(pool, [bad], KINDS)
     [stored] = await store.insert_messages(pool, [good], KINDS)
     assert stored.created
@@ -69,3 +69,12 @@ async def test_connection_errors_are_unavailable(settings: Settings):
     with pytest.raises(Unavailable, match="database unavailable, inbox not done"):
         with db_errors("inbox"):
             await gone.fetch("SELECT 1")
+
+
+def test_a_connection_the_server_ended_mid_operation_is_unavailable():
+    # what asyncpg raises when the pool resets a connection that Postgres
+    # ended during a fast shutdown (seen in the stop-under-load test)
+    state = "cannot switch to state 15; another operation (2) is in progress"
+    with pytest.raises(Unavailable, match="database unavailable, ack not done: cannot switch"):
+        with db_errors("ack"):
+            raise asyncpg.exceptions.InternalClientError(state)
