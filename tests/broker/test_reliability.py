@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
+import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -33,6 +34,7 @@ from hyperhive.common.wire.broker import (
     SendReply,
     SendRequest,
 )
+from hyperhive.common.wire.events import HiveEvent
 from tests import rig
 from tests.broker.conftest import Hive, broker_settings, hive_of, recv, send, unique
 
@@ -209,6 +211,33 @@ async def test_sigkill_during_traffic_loses_no_acknowledged_send(
             # retries after the kill reused their keys: nothing was stored twice
             for name, _ in receivers:
                 assert await stored_count(hive, name) == 2 * per_sender
+            # the restarted broker drained the outbox: every transition that was
+            # committed reached HIVE_EVENTS, once (a row published just before
+            # the kill and again after the restart is deduplicated)
+            conn = await asyncpg.connect(db)
+            try:
+                await rig.eventually(lambda: _outbox_empty(conn), timeout=30, what="outbox drained")
+                rows = await conn.fetch(
+                    "SELECT id, deliveries, acked_at IS NOT NULL AS acked FROM broker.messages"
+                )
+            finally:
+                await conn.close()
+            events = await message_events(hive.service)
+            kinds = collections.Counter((e.kind, e.data["id"]) for e in events)
+            sent = {i for k, i in kinds if k == subjects.EV_MESSAGE_SENT}
+            assert set(traffic.acked.values()) <= sent
+            expected: collections.Counter[tuple[str, object]] = collections.Counter()
+            for r in rows:
+                expected[(subjects.EV_MESSAGE_SENT, r["id"])] = 1
+                if r["deliveries"] > 0:
+                    expected[(subjects.EV_MESSAGE_DELIVERED, r["id"])] = 1
+                if r["deliveries"] > 1:
+                    expected[(subjects.EV_MESSAGE_REDELIVERED, r["id"])] = r["deliveries"] - 1
+                if r["acked"]:
+                    expected[(subjects.EV_MESSAGE_ACKED, r["id"])] = 1
+            missing = expected - kinds
+            extra = kinds - expected
+            assert (missing, extra) == (collections.Counter(), collections.Counter())
             sigkill_guard[-1].stop()
 
 
@@ -246,6 +275,23 @@ async def test_nats_restart_mid_stream_loses_nothing_and_the_broker_reconnects(
                 await rig.eventually(lambda: _outbox_empty(conn), timeout=30, what="outbox drained")
             finally:
                 await conn.close()
+
+
+async def message_events(nc: NATS) -> list[HiveEvent]:
+    """Every ``message.*`` record in HIVE_EVENTS, oldest first."""
+    js = nc.jetstream()
+    family = subjects.event_family("message")
+    info = await js.stream_info(subjects.EVENTS_STREAM, subjects_filter=family)
+    total = sum((info.state.subjects or {}).values())
+    sub = await js.subscribe(family, stream=subjects.EVENTS_STREAM, ordered_consumer=True)
+    out: list[HiveEvent] = []
+    try:
+        while len(out) < total:
+            msg = await sub.next_msg(timeout=10)
+            out.append(msgspec.json.decode(msg.data, type=HiveEvent))
+    finally:
+        await sub.unsubscribe()
+    return out
 
 
 async def _outbox_empty(conn: asyncpg.Connection) -> bool:
