@@ -342,6 +342,15 @@ def _entries() -> list[Entry]:
             "a system event into an agent's inbox",
         ),
         Entry(
+            s.BROKER_WAKE,
+            "publish",
+            "broker",
+            w.BrokerWake,
+            None,
+            "internal, between broker instances: after a commit, wakes the other instances' "
+            "waiting recv calls of the recipients; a starting instance wakes them all",
+        ),
+        Entry(
             s.system("lifecycle", "list"),
             "request",
             "lifecycle",

@@ -104,6 +104,8 @@ def event_family(family: str) -> str:
 EVENTS_ALL: Final = f"{ROOT}.events.>"
 AGENT_EVENTS_ALL: Final = f"{ROOT}.agent.*.{AGENT_EVENTS}"
 ADMIN_ALL: Final = f"{ROOT}.admin.>"  # the operator surface of every service
+# broker instances tell each other which inboxes got messages (wire.BrokerWake)
+BROKER_WAKE: Final = f"{ROOT}.system.broker.wake"
 
 # JetStream's own API: what a client needs to read streams and consumers
 JS_API_ALL: Final = "$JS.API.>"

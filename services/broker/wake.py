@@ -25,22 +25,12 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from hyperhive.common import subjects
+from hyperhive.common.wire.broker import BrokerWake
 
 log = logging.getLogger(__name__)
 
-WAKE_SUBJECT = subjects.system("broker", "wake")
-
-
-class Wake(msgspec.Struct, kw_only=True):
-    """Internal: ``recipients`` have new messages (published by instance ``origin``)."""
-
-    origin: str
-    recipients: list[str] = msgspec.field(default_factory=list)
-    everyone: bool = False
-
-
 _wake_enc = msgspec.json.Encoder()
-_wake_dec = msgspec.json.Decoder(Wake)
+_wake_dec = msgspec.json.Decoder(BrokerWake)
 
 
 class Waiter:
@@ -83,8 +73,8 @@ class Waiters:
 
     async def start(self) -> None:
         """Listens to other instances' wakes and tells them this one started."""
-        self._sub = await self._nc.subscribe(WAKE_SUBJECT, cb=self._on_wake)
-        await self._publish(Wake(origin=self._origin, everyone=True))
+        self._sub = await self._nc.subscribe(subjects.BROKER_WAKE, cb=self._on_wake)
+        await self._publish(BrokerWake(origin=self._origin, everyone=True))
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -121,11 +111,11 @@ class Waiters:
         for name in names:
             self.notify(name)
         if names:
-            await self._publish(Wake(origin=self._origin, recipients=names))
+            await self._publish(BrokerWake(origin=self._origin, recipients=names))
 
-    async def _publish(self, wake: Wake) -> None:
+    async def _publish(self, wake: BrokerWake) -> None:
         try:
-            await self._nc.publish(WAKE_SUBJECT, _wake_enc.encode(wake))
+            await self._nc.publish(subjects.BROKER_WAKE, _wake_enc.encode(wake))
         except Exception as exc:  # NATS down: remote waiters look again when their wait ends
             log.warning("could not publish a wake-up: %s", exc)
 

@@ -146,7 +146,7 @@ def broker_subjects(agent: str) -> list[str]:
     return [
         e.subject.replace("<n>", agent)
         for e in catalog.CATALOG
-        if e.handler == "broker" and e.request is not None
+        if e.handler == "broker" and e.request is not None and e.subject != subjects.BROKER_WAKE
     ]
 
 
@@ -189,6 +189,14 @@ async def test_garbage_turn_stats_are_dropped(hive: Hive, caller):
     name, nc = caller
     await nc.publish(subjects.agent(name, subjects.AGENT_STATS), b"\xff\xfe garbage")
     await nc.flush()
+    await _still_serving(hive, nc, name)
+
+
+async def test_garbage_wakes_between_instances_are_ignored(hive: Hive, caller):
+    name, nc = caller
+    for data in (b"{", b'{"origin": 5}', b'{"origin": "x", "recipients": "all"}', b"\xff"):
+        await hive.service.publish(subjects.BROKER_WAKE, data)
+    await hive.service.flush()
     await _still_serving(hive, nc, name)
 
 

@@ -30,6 +30,16 @@ class SendReply(msgspec.Struct, kw_only=True):
     ts: float
 
 
+class BrokerWake(msgspec.Struct, kw_only=True):
+    """``hive.system.broker.wake``, between broker instances: ``recipients`` got
+    messages committed by instance ``origin``; ``everyone``: ``origin`` just
+    started, so every waiting ``recv`` looks again."""
+
+    origin: str
+    recipients: list[str] = msgspec.field(default_factory=list)
+    everyone: bool = False
+
+
 class RecvRequest(msgspec.Struct, kw_only=True):
     wait_ms: int = 0
 
@@ -183,3 +193,34 @@ class TurnsReply(msgspec.Struct, kw_only=True):
 
     events: list[TurnEvent] = msgspec.field(default_factory=list)
     more: bool = False  # older events after ``after_seq`` were left out
+
+
+__all__ = [
+    "INT64_MAX",
+    "RECIPIENT_KINDS",
+    "AckRequest",
+    "AdminSendRequest",
+    "BrokerWake",
+    "DeliverRequest",
+    "HistoryItem",
+    "HistoryReply",
+    "InboxRequest",
+    "Message",
+    "MessageId",
+    "MessageStatus",
+    "MessagesRequest",
+    "RecvReply",
+    "RecvRequest",
+    "SendReply",
+    "SendRequest",
+    "StatPoint",
+    "StatsReply",
+    "StatsRequest",
+    "StatusRequest",
+    "StreamSeq",
+    "TurnEvent",
+    "TurnStats",
+    "TurnsReply",
+    "TurnsRequest",
+    "UnixTime",
+]
