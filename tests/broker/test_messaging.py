@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +19,8 @@ from hyperhive.common.wire.broker import (
     SendReply,
     StatusRequest,
 )
-from tests.broker.conftest import Hive, ack, admin, call, recv, send
+from tests import rig
+from tests.broker.conftest import Hive, ack, admin, broker_settings, call, recv, send, unique
 
 EV = subjects
 
@@ -105,6 +108,27 @@ async def test_recv_with_nothing_pending_returns_empty(hive: Hive):
     assert (await recv(nb, b, wait_ms=0)).empty
     reply = await recv(nb, b, wait_ms=300)
     assert reply.empty and reply.message is None
+
+
+async def test_a_recv_waits_no_longer_than_the_cap(database_url: str, tmp_path: Path):
+    cap_ms = 400
+    with rig.nats_server() as nats:  # its own: no other broker may answer
+        settings = broker_settings(
+            nats, database_url, tmp_path / "home", HIVE_BROKER_MAX_WAIT_MS=str(cap_ms)
+        )
+        name = unique("w")
+        seed = rig.add_agent_user(nats, name)
+        nc = await rig.connect_as(nats, seed, subjects.inbox_prefix(name))
+        try:
+            async with rig.running_service("broker", settings):
+                t0 = time.monotonic()
+                reply = await recv(nc, name, wait_ms=60_000)
+                waited = time.monotonic() - t0
+        finally:
+            await nc.close()
+    assert reply.empty and reply.message is None
+    # about the cap, nowhere near the 60 s asked for
+    assert cap_ms / 1000 * 0.9 <= waited < 10, waited
 
 
 async def test_concurrent_recvs_never_get_the_same_message(hive: Hive):
