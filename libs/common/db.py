@@ -37,6 +37,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     msg_id text NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
+-- the trace context of the transaction that wrote the row, published with it
+ALTER TABLE outbox ADD COLUMN IF NOT EXISTS traceparent text;
 """
 
 

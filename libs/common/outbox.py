@@ -5,6 +5,8 @@ the change (:func:`add`); the service's :class:`OutboxRelay` publishes pending
 rows to JetStream and deletes them once the stream acknowledged them. A crash
 between commit and publish leaves the row, which the next start publishes; the
 ``Nats-Msg-Id`` header makes a re-publish inside the dedupe window harmless.
+Each row keeps the ``traceparent`` of the span that wrote it, and the record
+carries it as a header, so a consumer joins the trace of the change.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import msgspec
 from nats.js import JetStreamContext
 
 from hyperhive.common import subjects
+from hyperhive.common.telemetry import TRACEPARENT, current_traceparent
 from hyperhive.common.wire.events import HiveEvent
 
 log = logging.getLogger(__name__)
@@ -30,22 +33,37 @@ def make_event(kind: str, *, agent: str | None = None, **data: object) -> HiveEv
     return HiveEvent(kind=kind, ts=time.time(), agent=agent, data=data, id=uuid.uuid4().hex)
 
 
+_INSERT = "INSERT INTO outbox (subject, payload, msg_id, traceparent) VALUES ($1, $2, $3, $4)"
+
+
 async def add(conn: asyncpg.Connection, event: HiveEvent) -> None:
-    """Queues ``event`` inside the caller's transaction."""
+    """Queues ``event`` inside the caller's transaction (with the current trace context)."""
     await conn.execute(
-        "INSERT INTO outbox (subject, payload, msg_id) VALUES ($1, $2, $3)",
+        _INSERT,
         subjects.event(event.kind),
         _encoder.encode(event),
         event.id or uuid.uuid4().hex,
+        current_traceparent(),
     )
 
 
 async def add_many(conn: asyncpg.Connection, events: list[HiveEvent]) -> None:
     """Queues several events inside the caller's transaction."""
+    traceparent = current_traceparent()
     await conn.executemany(
-        "INSERT INTO outbox (subject, payload, msg_id) VALUES ($1, $2, $3)",
-        [(subjects.event(e.kind), _encoder.encode(e), e.id or uuid.uuid4().hex) for e in events],
+        _INSERT,
+        [
+            (subjects.event(e.kind), _encoder.encode(e), e.id or uuid.uuid4().hex, traceparent)
+            for e in events
+        ],
     )
+
+
+def _headers(row: asyncpg.Record) -> dict[str, str]:
+    headers = {"Nats-Msg-Id": row["msg_id"]}
+    if row["traceparent"]:
+        headers[TRACEPARENT] = row["traceparent"]
+    return headers
 
 
 class OutboxRelay:
@@ -108,16 +126,14 @@ class OutboxRelay:
     async def _publish_batch(self) -> int:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
-                "SELECT id, subject, payload, msg_id FROM outbox ORDER BY id LIMIT $1",
+                "SELECT id, subject, payload, msg_id, traceparent FROM outbox ORDER BY id LIMIT $1",
                 self._batch,
             )
         if not rows:
             return 0
         results = await asyncio.gather(
             *(
-                self._js.publish(
-                    r["subject"], bytes(r["payload"]), headers={"Nats-Msg-Id": r["msg_id"]}
-                )
+                self._js.publish(r["subject"], bytes(r["payload"]), headers=_headers(r))
                 for r in rows
             ),
             return_exceptions=True,

@@ -60,3 +60,18 @@ def inject_headers(headers: dict[str, str] | None = None) -> dict[str, str]:
 def extract_context(headers: dict[str, str] | None) -> context.Context:
     """The trace context a NATS message carried, for a consumer span."""
     return propagate.extract(headers or {})
+
+
+TRACEPARENT = "traceparent"  # the W3C trace context header
+
+
+def current_traceparent() -> str | None:
+    """The ``traceparent`` of the current span, to store with what it wrote.
+
+    Stored with a message or an outbox row, it lets a later reader (the
+    recipient's turn, a HIVE_EVENTS consumer) continue the same trace. None
+    when there is no trace context.
+    """
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get(TRACEPARENT)

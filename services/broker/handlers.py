@@ -28,6 +28,7 @@ from hyperhive.common.errors import BadRequest, Forbidden, NotFound
 from hyperhive.common.names import check_agent_name, is_agent_name
 from hyperhive.common.outbox import OutboxRelay
 from hyperhive.common.rpc import Call
+from hyperhive.common.telemetry import current_traceparent
 from hyperhive.common.wire.base import Ok
 from hyperhive.common.wire.broker import (
     RECIPIENT_KINDS,
@@ -162,6 +163,7 @@ class Broker:
                 recipient=req.to,
                 body=req.body,
                 idempotency_key=req.idempotency_key,
+                traceparent=current_traceparent(),
             )
         )
 
@@ -178,6 +180,7 @@ class Broker:
                 recipient=req.to,
                 body=req.body,
                 idempotency_key=req.idempotency_key,
+                traceparent=current_traceparent(),
             )
         )
 
@@ -194,6 +197,7 @@ class Broker:
                 body=body,
                 event=_event_enc.encode(req.event).decode(),
                 idempotency_key=req.idempotency_key,
+                traceparent=current_traceparent(),
             )
         )
 
@@ -227,7 +231,11 @@ class Broker:
     async def _claim(self, agent: str) -> Message | None:
         with db_errors("recv"):
             row = await store.claim_next(
-                self.relaxed, agent, self.settings.visibility_timeout_s, self.kinds
+                self.relaxed,
+                agent,
+                self.settings.visibility_timeout_s,
+                self.kinds,
+                current_traceparent(),
             )
         if row is None:
             return None
@@ -241,6 +249,7 @@ class Broker:
             redelivered=row["deliveries"] > 1,
             deliveries=row["deliveries"],
             event=_decode_event(row["event"]),
+            traceparent=row["traceparent"],
         )
 
     async def ack(self, req: AckRequest, call: Call) -> Ok:
@@ -250,7 +259,7 @@ class Broker:
         """
         agent = call.agent
         with db_errors("ack"):
-            row = await store.ack(self.relaxed, req.id, agent, self.kinds)
+            row = await store.ack(self.relaxed, req.id, agent, self.kinds, current_traceparent())
             existing = None if row is not None else await store.get(self.pool, req.id)
         if row is not None:
             self._kick_relay()

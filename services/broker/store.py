@@ -85,7 +85,8 @@ def _columns(t: str = "") -> str:
     extract(epoch FROM {p}delivered_at)::float8 AS delivered_at,
     extract(epoch FROM {p}lease_until)::float8 AS lease_until,
     {p}deliveries,
-    extract(epoch FROM {p}acked_at)::float8 AS acked_at
+    extract(epoch FROM {p}acked_at)::float8 AS acked_at,
+    {p}traceparent
 """
 
 
@@ -123,6 +124,7 @@ class NewMessage:
     body: str
     event: str | None = None  # JSON of a system event
     idempotency_key: str | None = None
+    traceparent: str | None = None  # of the send: the recipient's turn continues its trace
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,17 +177,17 @@ _EID = "replace(gen_random_uuid()::text, '-', '') AS eid"
 
 _INSERT = f"""
 WITH input AS (
-    SELECT nextval('messages_id_seq') AS id, s, r, b, e, k, ord
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[])
-        WITH ORDINALITY AS t(s, r, b, e, k, ord)
+    SELECT nextval('messages_id_seq') AS id, s, r, b, e, k, tp, ord
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::text[])
+        WITH ORDINALITY AS t(s, r, b, e, k, tp, ord)
 ), ins AS (
-    INSERT INTO messages (id, sender, recipient, body, event, idempotency_key)
-    SELECT id, s, r, b, e, k FROM input ORDER BY ord
+    INSERT INTO messages (id, sender, recipient, body, event, idempotency_key, traceparent)
+    SELECT id, s, r, b, e, k, tp FROM input ORDER BY ord
     ON CONFLICT (sender, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING id, sender, recipient, body, deliveries, created_at, {_EID}
+    RETURNING id, sender, recipient, body, deliveries, created_at, traceparent, {_EID}
 ), ob AS (
-    INSERT INTO outbox (subject, payload, msg_id)
-    SELECT $6, {_event_row("ins", "$7", "$8")}
+    INSERT INTO outbox (subject, payload, msg_id, traceparent)
+    SELECT $7, {_event_row("ins", "$8", "$9")}, ins.traceparent
     FROM ins ORDER BY ins.id
 )
 SELECT input.id, extract(epoch FROM ins.created_at)::float8 AS ts
@@ -215,6 +217,7 @@ async def insert_messages(
         [m.body for m in items],
         [m.event for m in items],
         [m.idempotency_key for m in items],
+        [m.traceparent for m in items],
         subject,
         kind,
         kinds.body_chars,
@@ -250,10 +253,11 @@ WITH next AS (
     WHERE m.id = next.id
     RETURNING m.*, {_EID}
 ), ob AS (
-    INSERT INTO outbox (subject, payload, msg_id)
+    INSERT INTO outbox (subject, payload, msg_id, traceparent)
     SELECT
         CASE WHEN upd.deliveries > 1 THEN $5 ELSE $3 END,
-        {_event_row("upd", "CASE WHEN upd.deliveries > 1 THEN $6 ELSE $4 END", "$7")}
+        {_event_row("upd", "CASE WHEN upd.deliveries > 1 THEN $6 ELSE $4 END", "$7")},
+        $8
     FROM upd
 )
 SELECT {_columns("upd")} FROM upd
@@ -261,13 +265,18 @@ SELECT {_columns("upd")} FROM upd
 
 
 async def claim_next(
-    conn: asyncpg.Connection | asyncpg.Pool, recipient: str, lease_s: float, kinds: EventKinds
+    conn: asyncpg.Connection | asyncpg.Pool,
+    recipient: str,
+    lease_s: float,
+    kinds: EventKinds,
+    traceparent: str | None = None,
 ) -> asyncpg.Record | None:
     """Hands out the oldest available message of ``recipient`` for ``lease_s``.
 
     Available: not acked, and never handed out or its lease expired. Rows
     locked by a concurrent claim are skipped, so two claims never return the
-    same message. Queues ``message.delivered`` (or ``.redelivered``).
+    same message. Queues ``message.delivered`` (or ``.redelivered``) with
+    ``traceparent`` (the recv's).
     """
     return await conn.fetchrow(
         _CLAIM,
@@ -276,6 +285,7 @@ async def claim_next(
         *kinds.delivered,
         *kinds.redelivered,
         kinds.body_chars,
+        traceparent,
     )
 
 
@@ -297,8 +307,8 @@ WITH upd AS (
     WHERE id = $1 AND recipient = $2 AND acked_at IS NULL
     RETURNING *, {_EID}
 ), ob AS (
-    INSERT INTO outbox (subject, payload, msg_id)
-    SELECT $3, {_event_row("upd", "$4", "$5")}
+    INSERT INTO outbox (subject, payload, msg_id, traceparent)
+    SELECT $3, {_event_row("upd", "$4", "$5")}, $6
     FROM upd
 )
 SELECT {_columns("upd")} FROM upd
@@ -306,13 +316,20 @@ SELECT {_columns("upd")} FROM upd
 
 
 async def ack(
-    conn: asyncpg.Connection | asyncpg.Pool, message_id: int, recipient: str, kinds: EventKinds
+    conn: asyncpg.Connection | asyncpg.Pool,
+    message_id: int,
+    recipient: str,
+    kinds: EventKinds,
+    traceparent: str | None = None,
 ) -> asyncpg.Record | None:
-    """Marks a pending message of ``recipient`` acked and queues ``message.acked``.
+    """Marks a pending message of ``recipient`` acked and queues ``message.acked``
+    (with ``traceparent``, the ack's).
 
     None: the message is not pending or not addressed to ``recipient``.
     """
-    return await conn.fetchrow(_ACK, message_id, recipient, *kinds.acked, kinds.body_chars)
+    return await conn.fetchrow(
+        _ACK, message_id, recipient, *kinds.acked, kinds.body_chars, traceparent
+    )
 
 
 async def get(conn: asyncpg.Connection | asyncpg.Pool, message_id: int) -> asyncpg.Record | None:

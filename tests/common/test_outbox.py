@@ -4,11 +4,13 @@ import asyncio
 import uuid
 
 import msgspec
+from opentelemetry import trace
 
 from hyperhive.common import outbox, subjects
 from hyperhive.common.db import create_pool, migrate
 from hyperhive.common.jetstream import ensure_streams
 from hyperhive.common.wire.events import HiveEvent
+from tests.common.test_tracing import _exporter, parse_traceparent
 
 
 async def _events_for(js, kind: str, count: int, timeout: float = 10.0) -> list[HiveEvent]:
@@ -82,5 +84,34 @@ async def test_rolled_back_transaction_publishes_nothing(settings, service_nc):
         except RuntimeError:
             pass
         assert await outbox.OutboxRelay(pool, js).drain() == 0
+    finally:
+        await pool.close()
+
+
+async def test_a_record_carries_the_trace_of_the_transaction_that_wrote_it(settings, service_nc):
+    _exporter()
+    js = service_nc.jetstream()
+    await ensure_streams(js)
+    kind = f"test.t{uuid.uuid4().hex[:8]}"
+    pool = await create_pool(settings.database, "obx4")
+    try:
+        await migrate(pool, "hyperhive.common")
+        with trace.get_tracer("test").start_as_current_span("a change") as span:
+            async with pool.acquire() as conn, conn.transaction():
+                await outbox.add(conn, outbox.make_event(kind, n=0))
+                await outbox.add_many(conn, [outbox.make_event(kind, n=1)])
+        async with pool.acquire() as conn:  # no trace context
+            await outbox.add(conn, outbox.make_event(kind, n=2))
+        await outbox.OutboxRelay(pool, js).drain()
+        sub = await js.subscribe(subjects.event(kind), ordered_consumer=True)
+        try:
+            msgs = [await sub.next_msg(timeout=10) for _ in range(3)]
+        finally:
+            await sub.unsubscribe()
+        ctx = span.get_span_context()
+        traced = [m.headers.get("traceparent") for m in msgs if m.headers]
+        assert [parse_traceparent(t) for t in traced if t] == [(ctx.trace_id, ctx.span_id)] * 2
+        assert "traceparent" not in (msgs[2].headers or {})
+        assert [msgspec.json.decode(m.data, type=HiveEvent).data["n"] for m in msgs] == [0, 1, 2]
     finally:
         await pool.close()

@@ -9,6 +9,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from hyperhive.common import rpc, wire
 from hyperhive.common.natsconn import sync_subscriptions
+from hyperhive.common.telemetry import current_traceparent
+
+
+def parse_traceparent(value: str) -> tuple[int, int]:
+    """``(trace_id, span_id)`` of a W3C ``traceparent`` (``00-<trace>-<span>-<flags>``)."""
+    version, trace_id, span_id, _flags = value.split("-")
+    assert version == "00" and len(trace_id) == 32 and len(span_id) == 16, value
+    return int(trace_id, 16), int(span_id, 16)
 
 
 def _exporter() -> InMemorySpanExporter:
@@ -43,3 +51,13 @@ async def test_handler_span_joins_the_callers_trace(service_nc):
     names = {s.name: s for s in exporter.get_finished_spans() if s.context.trace_id == trace_id}
     assert f"request {subject}" in names and f"handle {subject}" in names
     assert names[f"handle {subject}"].parent.span_id == names[f"request {subject}"].context.span_id
+
+
+def test_current_traceparent_names_the_current_span():
+    _exporter()
+    assert current_traceparent() is None  # no span, no trace context
+    with trace.get_tracer("test").start_as_current_span("work") as span:
+        value = current_traceparent()
+    assert value is not None
+    ctx = span.get_span_context()
+    assert parse_traceparent(value) == (ctx.trace_id, ctx.span_id)

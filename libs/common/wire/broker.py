@@ -53,6 +53,8 @@ class Message(msgspec.Struct, kw_only=True):
     redelivered: bool = False
     deliveries: int = 0
     event: SystemEvent | None = None  # set when sender is ``system``
+    # W3C trace context of the send: the recipient's turn continues that trace
+    traceparent: str | None = None
 
 
 class RecvReply(msgspec.Struct, kw_only=True):
