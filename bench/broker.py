@@ -6,22 +6,29 @@ measures:
 
   (a) the raw nats-py request/reply round trip on the same server;
   (b) send → the recipient's waiting ``recv`` returning, p50/p99;
-  (c) sustained durable sends/s, 32 concurrent senders to 32 agents (each
-      send is committed to Postgres before its reply);
-  (d) the broker's resident memory (RSS) after the load.
+  (c) sustained durable end-to-end throughput: 32 concurrent senders to 32
+      agents whose receivers recv and ack meanwhile (each send is committed
+      to Postgres before its reply); a message counts once it is acked;
+  (d) the broker's peak resident memory (VmHWM, and RSS sampled during the
+      load), and its RSS after it.
+
+Each figure is compared with the issue's targets (p50 < 3 ms, p99 < 15 ms,
+>= 3,000 msg/s, < 120 MB) in ``targets_met``.
 
 Agents use their own NATS credentials, as in production. The agent registry
 (lifecycle ``list``/``get``) is answered by a small responder here: starting
 64 harnesses is not what this measures.
 
 Usage: python bench/broker.py [--messages 5000] [--seconds 10] [--senders 32]
-The last line printed is one JSON object with every figure.
+The last line printed is always one JSON object with every figure measured
+(and an ``error`` key if a phase failed).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -29,7 +36,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from pathlib import Path
 
 import asyncpg
@@ -50,6 +59,63 @@ from hyperhive.common.wire.broker import (
     SendRequest,
 )
 from hyperhive.common.wire.lifecycle import AgentInfo, AgentRequest, AgentsReply, AgentsRequest
+
+TARGETS = {
+    "send_recv_p50_ms": ("<", 3.0),
+    "send_recv_p99_ms": ("<", 15.0),
+    "throughput_msg_s": (">=", 3000.0),
+    "broker_peak_rss_mb": ("<", 120.0),
+}
+
+
+def targets_met(result: dict[str, object]) -> dict[str, bool | None]:
+    """Each target: met, missed, or None when its figure was not measured."""
+    out: dict[str, bool | None] = {}
+    for key, (op, limit) in TARGETS.items():
+        value = result.get(key)
+        if not isinstance(value, int | float):
+            out[key] = None
+        else:
+            out[key] = value < limit if op == "<" else value >= limit
+    return out
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The process's peak resident set (VmHWM) so far, in MB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e6
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class RssSampler:
+    """Samples a process's RSS in a thread; ``peak_mb`` is the highest seen."""
+
+    def __init__(self, proc: psutil.Process, interval_s: float = 0.05) -> None:
+        self._proc = proc
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self.peak_mb = 0.0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak_mb = max(self.peak_mb, self._proc.memory_info().rss / 1e6)
+            except psutil.Error:
+                return
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -218,30 +284,57 @@ async def send_to_recv(sender: NATS, s_name: str, receiver: NATS, r_name: str, c
 
 
 async def throughput(conns: dict[str, NATS], pairs: list[tuple[str, str]], seconds: float):
-    """(c): committed sends per second with one sender task per pair."""
+    """(c): end to end, one sender and one receiver (recv + ack) per pair.
+
+    Returns (acked/s, sent/s, acked, sent, errors): a message counts in the
+    rate once its recipient acked it inside the window.
+    """
     stop_at = time.monotonic() + seconds
-    counts = [0] * len(pairs)
+    sent = [0] * len(pairs)
+    acked = [0] * len(pairs)
     errors = [0]
 
     async def sender(i: int, s_name: str, r_name: str) -> None:
         nc = conns[s_name]
         subj = subjects.agent(s_name, subjects.AGENT_SEND)
-        n = 0
         while time.monotonic() < stop_at:
             try:
-                await rpc.request(nc, subj, SendRequest(to=r_name, body=f"t{n}"), SendReply)
-                n += 1
+                await rpc.request(nc, subj, SendRequest(to=r_name, body=f"t{sent[i]}"), SendReply)
+                sent[i] += 1
             except Exception:
                 errors[0] += 1
-        counts[i] = n
+
+    async def receiver(i: int, r_name: str) -> None:
+        nc = conns[r_name]
+        recv_subj = subjects.agent(r_name, subjects.AGENT_RECV)
+        ack_subj = subjects.agent(r_name, subjects.AGENT_ACK)
+        while True:
+            left_ms = int((stop_at - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                return
+            try:
+                reply = await rpc.request(
+                    nc, recv_subj, RecvRequest(wait_ms=min(left_ms, 1000)), RecvReply
+                )
+                if reply.message is None:
+                    continue
+                await rpc.request(nc, ack_subj, AckRequest(id=reply.message.id), Ok)
+            except Exception:
+                errors[0] += 1
+                continue
+            if time.monotonic() < stop_at:
+                acked[i] += 1
 
     t0 = time.monotonic()
-    await asyncio.gather(*(sender(i, s, r) for i, (s, r) in enumerate(pairs)))
-    elapsed = time.monotonic() - t0
-    return sum(counts) / elapsed, sum(counts), errors[0]
+    await asyncio.gather(
+        *(sender(i, s, r) for i, (s, r) in enumerate(pairs)),
+        *(receiver(i, r) for i, (_s, r) in enumerate(pairs)),
+    )
+    elapsed = max(time.monotonic() - t0, seconds)
+    return sum(acked) / elapsed, sum(sent) / elapsed, sum(acked), sum(sent), errors[0]
 
 
-async def main() -> None:
+async def main() -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -250,103 +343,189 @@ async def main() -> None:
     parser.add_argument("--profile", help="run the broker under cProfile, stats to this file")
     args = parser.parse_args()
 
+    result: dict[str, object] = {"senders": args.senders}
+    errors: list[str] = []
+
+    def failed(phase: str, exc: BaseException) -> None:
+        traceback.print_exc()
+        errors.append(f"{phase}: {type(exc).__name__}: {exc}")
+
     senders = [f"s{i}" for i in range(args.senders)]
     receivers = [f"r{i}" for i in range(args.senders)]
     root = Path(tempfile.mkdtemp(prefix="hive-bench-"))
     stack = Stack(root)
+    conns: dict[str, NATS] = {}
+    service: NATS | None = None
+    registry: Responder | None = None
     try:
-        stack.start(senders + receivers)
-        service = await connect(
-            NatsSettings(url=stack.nats.url, seed_file=str(stack.nats.service_seed)), name="bench"
-        )
-        registry = await serve_registry(service, senders + receivers)
-        stack.start_broker(args.profile)
-        await wait_broker(service)
-        assert stack.broker is not None
-        proc = psutil.Process(stack.broker.pid)
+        try:
+            stack.start(senders + receivers)
+            service = await connect(
+                NatsSettings(url=stack.nats.url, seed_file=str(stack.nats.service_seed)),
+                name="bench",
+            )
+            registry = await serve_registry(service, senders + receivers)
+            stack.start_broker(args.profile)
+            await wait_broker(service)
+            assert stack.broker is not None
+            proc = psutil.Process(stack.broker.pid)
+            for name in senders + receivers:
+                conns[name] = await connect(
+                    NatsSettings(url=stack.nats.url, connect_attempts=5, connect_backoff_s=0.2),
+                    name=f"bench-{name}",
+                    seed_file=str(stack.seeds[name]),
+                    inbox_prefix=subjects.inbox_prefix(name),
+                )
+        except Exception as exc:
+            failed("setup", exc)
+            return result
 
-        conns: dict[str, NATS] = {}
-        for name in senders + receivers:
-            conns[name] = await connect(
-                NatsSettings(url=stack.nats.url, connect_attempts=5, connect_backoff_s=0.2),
-                name=f"bench-{name}",
-                seed_file=str(stack.seeds[name]),
-                inbox_prefix=subjects.inbox_prefix(name),
-            )
+        sampler = RssSampler(proc)
+        with sampler:
+            if args.only in (None, "latency"):
+                try:
+                    await latency_phase(stack, service, conns, senders, receivers, args, result)
+                except Exception as exc:
+                    failed("latency", exc)
+            if args.only in (None, "throughput"):
+                try:
+                    await throughput_phase(proc, conns, senders, receivers, args, result)
+                except Exception as exc:
+                    failed("throughput", exc)
 
-        result: dict[str, object] = {"senders": args.senders}
-        if args.only in (None, "latency"):
-            rtt = await raw_rtt(service, conns[senders[0]], senders[0], args.messages)
-            rtt_p50, rtt_p99 = pct(rtt, 50), pct(rtt, 99)
-            print(f"(a) nats-py request/reply RTT: p50 {rtt_p50:.3f} ms, p99 {rtt_p99:.3f} ms")
-            commit = await pg_commit(stack.pg.url, 1000)
+        try:
+            rss_mb = proc.memory_info().rss / 1e6
+            hwm = peak_rss_mb(proc.pid)
+            peak = max(hwm or 0.0, sampler.peak_mb)
             print(
-                f"    baseline Postgres INSERT+commit: p50 {pct(commit, 50):.3f} ms, "
-                f"p99 {pct(commit, 99):.3f} ms (a send needs one)"
+                f"(d) broker RSS: peak {peak:.1f} MB (VmHWM {hwm or 0:.1f} MB, "
+                f"sampled {sampler.peak_mb:.1f} MB), after the load {rss_mb:.1f} MB"
             )
-            lat, sends = await send_to_recv(
-                conns[senders[0]], senders[0], conns[receivers[0]], receivers[0], args.messages
-            )
-            lat_p50, lat_p99 = pct(lat, 50), pct(lat, 99)
-            print(
-                f"(b) send -> waiting recv: p50 {lat_p50:.3f} ms, p99 {lat_p99:.3f} ms, "
-                f"mean {statistics.fmean(lat):.3f} ms over {len(lat)} messages"
-            )
-            print(
-                f"    (the send's own reply, committed: p50 {pct(sends, 50):.3f} ms, "
-                f"p99 {pct(sends, 99):.3f} ms)"
-            )
-            print(f"    ratio (b)/(a): p50 {lat_p50 / rtt_p50:.1f}x, p99 {lat_p99 / rtt_p99:.1f}x")
             result.update(
-                rtt_p50_ms=round(rtt_p50, 3),
-                rtt_p99_ms=round(rtt_p99, 3),
-                send_recv_p50_ms=round(lat_p50, 3),
-                send_recv_p99_ms=round(lat_p99, 3),
-                ratio_p50=round(lat_p50 / rtt_p50, 2),
-                ratio_p99=round(lat_p99 / rtt_p99, 2),
-                send_reply_p50_ms=round(pct(sends, 50), 3),
-                send_reply_p99_ms=round(pct(sends, 99), 3),
-                pg_commit_p50_ms=round(pct(commit, 50), 3),
-                pg_commit_p99_ms=round(pct(commit, 99), 3),
-                messages=len(lat),
+                broker_peak_rss_mb=round(peak, 1),
+                broker_rss_mb=round(rss_mb, 1),
+                broker_vmhwm_mb=None if hwm is None else round(hwm, 1),
+                broker_sampled_peak_rss_mb=round(sampler.peak_mb, 1),
             )
-
-        if args.only in (None, "throughput"):
-            cpu0 = proc.cpu_times()
-            me = psutil.Process()
-            me0 = me.cpu_times()
-            rate, total, errors = await throughput(
-                conns, list(zip(senders, receivers, strict=True)), args.seconds
-            )
-            print(
-                f"(c) durable sends: {rate:,.0f} msg/s ({total} in {args.seconds:g}s, "
-                f"{args.senders} senders -> {args.senders} agents, {errors} errors)"
-            )
-            cpu1 = proc.cpu_times()
-            me1 = me.cpu_times()
-            b_cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
-            c_cpu = (me1.user + me1.system) - (me0.user + me0.system)
-            print(
-                f"    CPU during (c): broker {b_cpu / args.seconds:.0%} of a core "
-                f"({b_cpu / max(total, 1) * 1e6:.0f} us/msg), "
-                f"bench clients {c_cpu / args.seconds:.0%}"
-            )
-            result.update(throughput_msg_s=round(rate, 1), throughput_errors=errors)
-
-        rss_mb = proc.memory_info().rss / 1e6
-        print(f"(d) broker RSS after the load: {rss_mb:.1f} MB")
-        result["broker_rss_mb"] = round(rss_mb, 1)
-
-        for nc in conns.values():
-            await nc.close()
-        await registry.stop(1.0)
-        await service.close()
-        stack.stop()  # a clean stop: the profile (if any) is written
-        print(json.dumps(result))
+        except Exception as exc:
+            failed("memory", exc)
+        return result
     finally:
-        stack.stop()
+        for nc in conns.values():
+            with contextlib.suppress(Exception):
+                await nc.close()
+        if registry is not None:
+            with contextlib.suppress(Exception):
+                await registry.stop(1.0)
+        if service is not None:
+            with contextlib.suppress(Exception):
+                await service.close()
+        try:
+            stack.stop()  # a clean stop: the profile (if any) is written
+        except Exception as exc:
+            failed("stop", exc)
         shutil.rmtree(root, ignore_errors=True)
+        result["targets"] = {k: f"{op} {limit:g}" for k, (op, limit) in TARGETS.items()}
+        result["targets_met"] = targets_met(result)
+        if errors:
+            result["error"] = "; ".join(errors)
+
+
+async def latency_phase(
+    stack: Stack,
+    service: NATS,
+    conns: dict[str, NATS],
+    senders: list[str],
+    receivers: list[str],
+    args: argparse.Namespace,
+    result: dict[str, object],
+) -> None:
+    """(a) and (b)."""
+    rtt = await raw_rtt(service, conns[senders[0]], senders[0], args.messages)
+    rtt_p50, rtt_p99 = pct(rtt, 50), pct(rtt, 99)
+    print(f"(a) nats-py request/reply RTT: p50 {rtt_p50:.3f} ms, p99 {rtt_p99:.3f} ms")
+    result.update(rtt_p50_ms=round(rtt_p50, 3), rtt_p99_ms=round(rtt_p99, 3))
+    commit = await pg_commit(stack.pg.url, 1000)
+    print(
+        f"    baseline Postgres INSERT+commit: p50 {pct(commit, 50):.3f} ms, "
+        f"p99 {pct(commit, 99):.3f} ms (a send needs one)"
+    )
+    result.update(
+        pg_commit_p50_ms=round(pct(commit, 50), 3), pg_commit_p99_ms=round(pct(commit, 99), 3)
+    )
+    lat, sends = await send_to_recv(
+        conns[senders[0]], senders[0], conns[receivers[0]], receivers[0], args.messages
+    )
+    lat_p50, lat_p99 = pct(lat, 50), pct(lat, 99)
+    print(
+        f"(b) send -> waiting recv: p50 {lat_p50:.3f} ms, p99 {lat_p99:.3f} ms, "
+        f"mean {statistics.fmean(lat):.3f} ms over {len(lat)} messages"
+    )
+    print(
+        f"    (the send's own reply, committed: p50 {pct(sends, 50):.3f} ms, "
+        f"p99 {pct(sends, 99):.3f} ms)"
+    )
+    print(f"    ratio (b)/(a): p50 {lat_p50 / rtt_p50:.1f}x, p99 {lat_p99 / rtt_p99:.1f}x")
+    result.update(
+        send_recv_p50_ms=round(lat_p50, 3),
+        send_recv_p99_ms=round(lat_p99, 3),
+        ratio_p50=round(lat_p50 / rtt_p50, 2),
+        ratio_p99=round(lat_p99 / rtt_p99, 2),
+        send_reply_p50_ms=round(pct(sends, 50), 3),
+        send_reply_p99_ms=round(pct(sends, 99), 3),
+        messages=len(lat),
+    )
+
+
+async def throughput_phase(
+    proc: psutil.Process,
+    conns: dict[str, NATS],
+    senders: list[str],
+    receivers: list[str],
+    args: argparse.Namespace,
+    result: dict[str, object],
+) -> None:
+    """(c)."""
+    cpu0 = proc.cpu_times()
+    me = psutil.Process()
+    me0 = me.cpu_times()
+    rate, send_rate, acked, sent, errors = await throughput(
+        conns, list(zip(senders, receivers, strict=True)), args.seconds
+    )
+    print(
+        f"(c) end to end (sent, committed, received, acked): {rate:,.0f} msg/s "
+        f"({acked} acked in {args.seconds:g}s; {args.senders} senders -> {args.senders} "
+        f"agents receiving; sends {send_rate:,.0f}/s, {sent} sent; {errors} errors)"
+    )
+    cpu1 = proc.cpu_times()
+    me1 = me.cpu_times()
+    b_cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+    c_cpu = (me1.user + me1.system) - (me0.user + me0.system)
+    print(
+        f"    CPU during (c): broker {b_cpu / args.seconds:.0%} of a core "
+        f"({b_cpu / max(acked, 1) * 1e6:.0f} us/msg), "
+        f"bench clients {c_cpu / args.seconds:.0%}"
+    )
+    result.update(
+        throughput_msg_s=round(rate, 1),
+        send_rate_msg_s=round(send_rate, 1),
+        throughput_acked=acked,
+        throughput_sent=sent,
+        throughput_errors=errors,
+    )
+
+
+def run() -> int:
+    result: dict[str, object] = {}
+    try:
+        result = asyncio.run(main())
+    except BaseException as exc:  # even Ctrl-C or a crash: the JSON line comes last
+        traceback.print_exc()
+        result.setdefault("error", f"{type(exc).__name__}: {exc}")
+        result.setdefault("targets_met", targets_met(result))
+    print(json.dumps(result), flush=True)
+    return 1 if "error" in result else 0
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    sys.exit(run())
