@@ -48,7 +48,7 @@ from opentelemetry.context import Context
 
 from hyperhive.common import rpc, subjects
 from hyperhive.common.errors import HiveError
-from hyperhive.common.telemetry import extract_context, inject_headers
+from hyperhive.common.telemetry import TRACEPARENT, current_traceparent, extract_context
 from hyperhive.common.wire.base import Ok
 from hyperhive.common.wire.broker import (
     AckRequest,
@@ -450,6 +450,7 @@ class Harness:
             redelivered=m.redelivered,
             deliveries=m.deliveries,
             event_type=type(m.event).__name__ if m.event is not None else "",
+            traceparent=m.traceparent or "",
         )
 
     async def _run_item(self, item: Item) -> None:
@@ -513,7 +514,7 @@ class Harness:
             resume=resume,
             model=self.model,
             system_prompt=system_prompt(self.cfg),
-            traceparent=inject_headers().get("traceparent", ""),
+            traceparent=current_traceparent() or "",
         )
         self._current = run
         if self._cancel_turn or self._stopping:
@@ -635,7 +636,7 @@ class Harness:
 def _parent_context(item: Item) -> Context:
     """The trace context the message's send carried; a fresh trace for the rest."""
     if isinstance(item, Wake) and item.traceparent:
-        return extract_context({"traceparent": item.traceparent})
+        return extract_context({TRACEPARENT: item.traceparent})
     return Context()
 
 

@@ -30,7 +30,7 @@ from hyperhive.common import rpc, subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import HiveError
 from hyperhive.common.natsconn import connect
-from hyperhive.common.telemetry import extract_context, setup_tracing
+from hyperhive.common.telemetry import TRACEPARENT, extract_context, setup_tracing
 from hyperhive.common.wire.approvals import (
     ApplyCommitRequest,
     ApprovalQueued,
@@ -72,7 +72,7 @@ def _plain(value: msgspec.Struct | dict[str, Any]) -> dict[str, Any]:
 
 def turn_context(traceparent: str) -> Context | None:
     """The trace context of the turn that started this server (None without one)."""
-    return extract_context({"traceparent": traceparent}) if traceparent.strip() else None
+    return extract_context({TRACEPARENT: traceparent}) if traceparent.strip() else None
 
 
 class Bridge:

@@ -1,5 +1,6 @@
-"""Tracing across agents (DESIGN §8): a turn is a span, and the MCP calls it
-makes are its children. The real claude CLI calls ``hive harness mcp``; broker, lifecycle
+"""Tracing across agents (DESIGN §8): one send is one trace, from the caller
+through the broker to the recipient's turn, and on through the MCP calls that
+turn makes. The real claude CLI calls ``hive harness mcp``; broker, lifecycle
 and both harnesses run in this process, their spans collected in memory."""
 
 from __future__ import annotations
@@ -66,6 +67,61 @@ def _one(spans: InMemorySpanExporter, name: str) -> ReadableSpan:
     found = [s for s in spans.get_finished_spans() if s.name == name]
     assert len(found) == 1, [s.name for s in spans.get_finished_spans()]
     return found[0]
+
+
+async def test_one_send_is_one_trace_through_both_turns(
+    stack: Stack,
+    api: ScriptedAnthropic,
+    spans: InMemorySpanExporter,
+    sends: dict[str, list[Msg]],
+) -> None:
+    a, b = agent_name("ta"), agent_name("tb")
+    await stack.spawn(a)
+    await stack.spawn(b)
+    is_a, is_b = mentions(f"You are {a},"), mentions(f"You are {b},")
+    api.reply(
+        tool_use("mcp__hyperhive__send", {"to": b, "body": f"traced ping from {a}"}),
+        when=lambda r: is_a(r) and last_user_mentions("pass it on")(r),
+    )
+    api.reply("passed on", when=after_tool_results(1, also=is_a))
+    api.reply(
+        tool_use("mcp__hyperhive__send", {"to": "operator", "body": "traced pong"}),
+        when=lambda r: is_b(r) and last_user_mentions("traced ping")(r),
+    )
+    api.reply("answered", when=after_tool_results(1, also=is_b))
+
+    async with (
+        running_harness(stack.harness_settings(a)) as ha,
+        running_harness(stack.harness_settings(b)) as hb,
+    ):
+        with trace.get_tracer("test").start_as_current_span("operator sends") as root:
+            await stack.send(a, f"pass it on to {b}")
+        end_a = await ha.turn_end(1)
+        end_b = await hb.turn_end(1)
+        assert end_a["outcome"] == "ok" and end_b["outcome"] == "ok"
+        start_a = ha.records("turn_start", 1)[0].event
+        start_b = hb.records("turn_start", 1)[0].event
+    trace_id = trace.format_trace_id(root.get_span_context().trace_id)
+
+    # a's turn continues the operator's send, and the page's record says so
+    turn_a = _one(spans, f"turn {a}")
+    assert trace.format_trace_id(turn_a.context.trace_id) == trace_id
+    assert turn_a.parent is not None and turn_a.parent.is_remote
+    assert start_a["trace_id"] == trace_id
+    # the MCP server's send (a subprocess of claude) is a child of a's turn
+    (a_send,) = sends[a]
+    tid, parent = _traceparent(a_send)
+    assert tid == trace_id
+    assert parent == trace.format_span_id(turn_a.context.span_id)
+    # the broker handled it in the same trace ...
+    handled = _one(spans, f"handle {a_send.subject}")
+    assert trace.format_trace_id(handled.context.trace_id) == trace_id
+    # ... and b's turn, woken by that message, continues it
+    turn_b = _one(spans, f"turn {b}")
+    assert trace.format_trace_id(turn_b.context.trace_id) == trace_id
+    assert start_b["trace_id"] == trace_id
+    (b_send,) = sends[b]
+    assert _traceparent(b_send) == (trace_id, trace.format_span_id(turn_b.context.span_id))
 
 
 async def test_an_operator_prompt_starts_its_own_trace(
