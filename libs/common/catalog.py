@@ -169,6 +169,14 @@ def _entries() -> list[Entry]:
         )
     e += [
         Entry(
+            s.admin("crash-watch", "status"),
+            "request",
+            "crash-watch",
+            w.Empty,
+            w.WatchStatus,
+            "what crash-watch sees: seeded, agent states, stuck agents, events reported, polls",
+        ),
+        Entry(
             s.admin("broker", "send"),
             "request",
             "broker",

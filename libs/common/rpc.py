@@ -192,6 +192,11 @@ class Responder:
 
         self._subs.append(await self._nc.subscribe(subject, queue=self._queue, cb=on_msg))
 
+    @property
+    def served(self) -> list[str]:
+        """The subjects (patterns as subscribed) this responder answers."""
+        return [sub.subject for sub in self._subs]
+
     async def _run(self, msg: Msg, dec: msgspec.json.Decoder[Any], handler: Handler) -> None:
         headers = dict(msg.headers or {})
         ctx = extract_context(headers)
