@@ -6,9 +6,10 @@ measures:
 
   (a) the raw nats-py request/reply round trip on the same server;
   (b) send → the recipient's waiting ``recv`` returning, p50/p99;
-  (c) sustained durable end-to-end throughput: 32 concurrent senders to 32
-      agents whose receivers recv and ack meanwhile (each send is committed
-      to Postgres before its reply); a message counts once it is acked;
+  (c) sustained durable throughput: 32 concurrent senders to 32 agents, each
+      send committed to Postgres before its reply (the issue's figure and
+      target); then (c') the same senders while the 32 agents recv and ack
+      meanwhile, counted once acked (end to end, reported without a target);
   (d) the broker's peak resident memory (VmHWM, and RSS sampled during the
       load), and its RSS after it.
 
@@ -283,11 +284,13 @@ async def send_to_recv(sender: NATS, s_name: str, receiver: NATS, r_name: str, c
     return out[200:], sends[200:]
 
 
-async def throughput(conns: dict[str, NATS], pairs: list[tuple[str, str]], seconds: float):
-    """(c): end to end, one sender and one receiver (recv + ack) per pair.
+async def throughput(
+    conns: dict[str, NATS], pairs: list[tuple[str, str]], seconds: float, *, receive: bool
+):
+    """(c) one sender per pair; (c') with ``receive``, a receiver (recv + ack) too.
 
     Returns (acked/s, sent/s, acked, sent, errors): a message counts in the
-    rate once its recipient acked it inside the window.
+    acked rate once its recipient acked it inside the window.
     """
     stop_at = time.monotonic() + seconds
     sent = [0] * len(pairs)
@@ -326,10 +329,8 @@ async def throughput(conns: dict[str, NATS], pairs: list[tuple[str, str]], secon
                 acked[i] += 1
 
     t0 = time.monotonic()
-    await asyncio.gather(
-        *(sender(i, s, r) for i, (s, r) in enumerate(pairs)),
-        *(receiver(i, r) for i, (_s, r) in enumerate(pairs)),
-    )
+    receivers = [receiver(i, r) for i, (_s, r) in enumerate(pairs)] if receive else []
+    await asyncio.gather(*(sender(i, s, r) for i, (s, r) in enumerate(pairs)), *receivers)
     elapsed = max(time.monotonic() - t0, seconds)
     return sum(acked) / elapsed, sum(sent) / elapsed, sum(acked), sum(sent), errors[0]
 
@@ -485,34 +486,44 @@ async def throughput_phase(
     args: argparse.Namespace,
     result: dict[str, object],
 ) -> None:
-    """(c)."""
-    cpu0 = proc.cpu_times()
-    me = psutil.Process()
-    me0 = me.cpu_times()
-    rate, send_rate, acked, sent, errors = await throughput(
-        conns, list(zip(senders, receivers, strict=True)), args.seconds
-    )
-    print(
-        f"(c) end to end (sent, committed, received, acked): {rate:,.0f} msg/s "
-        f"({acked} acked in {args.seconds:g}s; {args.senders} senders -> {args.senders} "
-        f"agents receiving; sends {send_rate:,.0f}/s, {sent} sent; {errors} errors)"
-    )
-    cpu1 = proc.cpu_times()
-    me1 = me.cpu_times()
-    b_cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
-    c_cpu = (me1.user + me1.system) - (me0.user + me0.system)
-    print(
-        f"    CPU during (c): broker {b_cpu / args.seconds:.0%} of a core "
-        f"({b_cpu / max(acked, 1) * 1e6:.0f} us/msg), "
-        f"bench clients {c_cpu / args.seconds:.0%}"
-    )
-    result.update(
-        throughput_msg_s=round(rate, 1),
-        send_rate_msg_s=round(send_rate, 1),
-        throughput_acked=acked,
-        throughput_sent=sent,
-        throughput_errors=errors,
-    )
+    """(c), then (c')."""
+    pairs = list(zip(senders, receivers, strict=True))
+    for receive in (False, True):
+        cpu0 = proc.cpu_times()
+        me = psutil.Process()
+        me0 = me.cpu_times()
+        rate, send_rate, acked, sent, errors = await throughput(
+            conns, pairs, args.seconds, receive=receive
+        )
+        if receive:
+            print(
+                f"(c') end to end (sent, committed, received, acked): {rate:,.0f} msg/s "
+                f"({acked} acked in {args.seconds:g}s; sends meanwhile {send_rate:,.0f}/s; "
+                f"{errors} errors)"
+            )
+            result.update(
+                e2e_throughput_msg_s=round(rate, 1),
+                e2e_send_rate_msg_s=round(send_rate, 1),
+                e2e_acked=acked,
+                e2e_errors=errors,
+            )
+        else:
+            print(
+                f"(c) durable sends: {send_rate:,.0f} msg/s ({sent} committed in "
+                f"{args.seconds:g}s; {args.senders} senders -> {args.senders} agents; "
+                f"{errors} errors)"
+            )
+            result.update(
+                throughput_msg_s=round(send_rate, 1), throughput_sent=sent, throughput_errors=errors
+            )
+        cpu1 = proc.cpu_times()
+        me1 = me.cpu_times()
+        b_cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+        c_cpu = (me1.user + me1.system) - (me0.user + me0.system)
+        print(
+            f"    CPU: broker {b_cpu / args.seconds:.0%} of a core, "
+            f"bench clients {c_cpu / args.seconds:.0%}"
+        )
 
 
 def run() -> int:
