@@ -12,6 +12,8 @@ import asyncio
 import importlib.resources
 import logging
 import re
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import asyncpg
 
@@ -22,6 +24,8 @@ log = logging.getLogger(__name__)
 
 _MIGRATION = re.compile(r"^(\d{3,})_([a-z0-9_]+)\.sql$")
 _SCHEMA = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
+
+T = TypeVar("T")
 
 # Tables every service schema gets before its own migrations.
 _BASE_SQL = """
@@ -50,31 +54,23 @@ async def create_pool(settings: DatabaseSettings, schema: str) -> asyncpg.Pool:
     """
     if not _SCHEMA.match(schema):
         raise ConfigError(f"bad schema name {schema!r}")
-    delay = settings.connect_backoff_s
-    tries = max(1, settings.connect_attempts)
-    last: BaseException | None = None
-    for attempt in range(1, tries + 1):
+
+    async def attempt() -> asyncpg.Pool:
+        conn = await asyncpg.connect(settings.url, timeout=5)
         try:
-            conn = await asyncpg.connect(settings.url, timeout=5)
-            try:
-                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-            finally:
-                await conn.close()
-            return await asyncpg.create_pool(
-                settings.url,
-                min_size=settings.pool_min,
-                max_size=settings.pool_max,
-                server_settings={"search_path": schema},
-                timeout=5,
-            )
-        except asyncpg.UniqueViolationError:
-            continue  # two services created the schema at once; retry
-        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-            last = exc
-            if attempt < tries:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-    raise _unreachable(settings, tries, last)
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        finally:
+            await conn.close()
+        return await asyncpg.create_pool(
+            settings.url,
+            min_size=settings.pool_min,
+            max_size=settings.pool_max,
+            server_settings={"search_path": schema},
+            timeout=5,
+        )
+
+    # UniqueViolationError: two services created the schema at once; retry.
+    return await _with_retries(settings, attempt, again=(asyncpg.UniqueViolationError,))
 
 
 async def probe(settings: DatabaseSettings) -> None:
@@ -84,22 +80,47 @@ async def probe(settings: DatabaseSettings) -> None:
         ConfigError: the URL is malformed.
         Unavailable: Postgres could not be reached after the configured retries.
     """
-    delay = settings.connect_backoff_s
-    tries = max(1, settings.connect_attempts)
-    last: BaseException | None = None
-    for attempt in range(1, tries + 1):
+
+    async def attempt() -> None:
         try:
             conn = await asyncpg.connect(settings.url, timeout=5)
             try:
                 await conn.fetchval("SELECT 1")
             finally:
                 await conn.close()
-            return
         except (asyncpg.InterfaceError, ValueError) as exc:
             raise ConfigError(f"bad database URL {_redact(settings.url)}: {exc}") from None
+
+    await _with_retries(settings, attempt)
+
+
+async def _with_retries(
+    settings: DatabaseSettings,
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    again: tuple[type[BaseException], ...] = (),
+) -> T:
+    """``attempt()``, tried up to ``connect_attempts`` times while Postgres cannot
+    be reached, sleeping ``connect_backoff_s`` (doubling, at most 5 s) between tries.
+
+    Args:
+        again: errors after which the next try follows at once (no sleep); checked
+            before the connection errors, and they count as a try.
+
+    Raises:
+        Unavailable: every try failed.
+    """
+    delay = settings.connect_backoff_s
+    tries = max(1, settings.connect_attempts)
+    last: BaseException | None = None
+    for n in range(1, tries + 1):
+        try:
+            return await attempt()
+        except again:
+            continue
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             last = exc
-            if attempt < tries:
+            if n < tries:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
     raise _unreachable(settings, tries, last)
