@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import BackendFailed
+from hyperhive.common.names import is_agent_name
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.lifecycle import LogsReply
 
@@ -99,6 +100,18 @@ class Backend(abc.ABC):
         self, spec: AgentSpec, lines: int, after: int | None, after_cursor: str
     ) -> LogsReply:
         """The last ``lines`` lines, or what came after a previous reply's cursor."""
+
+
+def manager_view_agents(settings: Settings, manager: str) -> list[str]:
+    """Agents (and drafts) the manager sees: dirs with a proposed repo, itself aside."""
+    root = settings.paths.agents_dir
+    if not root.is_dir():
+        return []
+    return sorted(
+        d.name
+        for d in root.iterdir()
+        if d.name != manager and is_agent_name(d.name) and (d / "proposed").is_dir()
+    )
 
 
 async def run_output(argv: list[str], *, timeout: float = 600.0, what: str = "") -> tuple[int, str]:

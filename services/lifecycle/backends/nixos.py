@@ -23,7 +23,6 @@ from pathlib import Path
 
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import BackendFailed, BadRequest, ConfigError
-from hyperhive.common.names import is_agent_name
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.lifecycle import LogsReply
 from hyperhive.lifecycle import agentconf
@@ -34,6 +33,7 @@ from hyperhive.lifecycle.backends.base import (
     AgentSpec,
     Backend,
     command_failed,
+    manager_view_agents,
     run_command,
     run_output,
 )
@@ -126,22 +126,11 @@ class NixosBackend(Backend):
             f"--bind-ro={p.run}:/run/hive{idmap}",
         ]
         if spec.manager:
-            for name in self._other_agents(spec.name):
+            for name in manager_view_agents(self.settings, spec.name):
                 flags += [f"{flag}{idmap}" for flag in self._manager_binds(name)]
         if idmap:
             flags.insert(0, "--private-users=pick")
         return flags
-
-    def _other_agents(self, manager: str) -> list[str]:
-        """Agents (and drafts) with dirs under the agents dir, the manager aside."""
-        root = self.settings.paths.agents_dir
-        if not root.is_dir():
-            return []
-        return sorted(
-            d.name
-            for d in root.iterdir()
-            if d.name != manager and is_agent_name(d.name) and (d / "proposed").is_dir()
-        )
 
     def _manager_binds(self, name: str) -> list[str]:
         """The manager's view of one agent: config and state RW, applied RO."""

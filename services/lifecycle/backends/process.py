@@ -48,6 +48,7 @@ from hyperhive.lifecycle.backends.base import (
     AgentSpec,
     Backend,
     Exit,
+    manager_view_agents,
 )
 
 log = logging.getLogger(__name__)
@@ -175,18 +176,6 @@ def _terminate_sandbox(bwrap_pid: int) -> None:
             os.kill(pid, signal.SIGTERM)
         except OSError:
             pass
-
-
-def manager_view_agents(settings: Settings, manager: str) -> list[str]:
-    """Agents (and drafts) the manager sees: dirs with a proposed repo, itself aside."""
-    root = settings.paths.agents_dir
-    if not root.is_dir():
-        return []
-    return sorted(
-        d.name
-        for d in root.iterdir()
-        if d.name != manager and is_agent_name(d.name) and (d / "proposed").is_dir()
-    )
 
 
 def manager_binds(paths: AgentPaths, root: str = "") -> list[tuple[Path, str, bool]]:
