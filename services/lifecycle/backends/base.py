@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import BackendFailed
@@ -15,6 +16,13 @@ from hyperhive.common.wire.lifecycle import LogsReply
 RUNNING = "running"
 STOPPED = "stopped"
 MISSING = "missing"  # no container (never created, or destroyed)
+
+# The manager's view of the other agents, the same in every backend (the
+# container layout of nix/harness-base.nix): proposed repo → /agents/<n>/config
+# and state → /agents/<n>/state read-write, applied repo → /applied/<n>
+# read-only. Never another agent's creds/ or run/.
+VIEW_AGENTS = "agents"
+VIEW_APPLIED = "applied"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +120,16 @@ def manager_view_agents(settings: Settings, manager: str) -> list[str]:
         for d in root.iterdir()
         if d.name != manager and is_agent_name(d.name) and (d / "proposed").is_dir()
     )
+
+
+def manager_binds(paths: AgentPaths, root: str = "") -> list[tuple[Path, str, bool]]:
+    """``(source, path in the manager's view, read-only)`` for one agent."""
+    n = paths.name
+    return [
+        (paths.proposed, f"{root}/{VIEW_AGENTS}/{n}/config", False),
+        (paths.state, f"{root}/{VIEW_AGENTS}/{n}/state", False),
+        (paths.applied, f"{root}/{VIEW_APPLIED}/{n}", True),
+    ]
 
 
 async def run_output(argv: list[str], *, timeout: float = 600.0, what: str = "") -> tuple[int, str]:

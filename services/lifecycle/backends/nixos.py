@@ -33,6 +33,7 @@ from hyperhive.lifecycle.backends.base import (
     AgentSpec,
     Backend,
     command_failed,
+    manager_binds,
     manager_view_agents,
     run_command,
     run_output,
@@ -127,19 +128,11 @@ class NixosBackend(Backend):
         ]
         if spec.manager:
             for name in manager_view_agents(self.settings, spec.name):
-                flags += [f"{flag}{idmap}" for flag in self._manager_binds(name)]
+                for src, dst, ro in manager_binds(AgentPaths.of(self.settings, name)):
+                    flags.append(f"--bind{'-ro' if ro else ''}={src}:{dst}{idmap}")
         if idmap:
             flags.insert(0, "--private-users=pick")
         return flags
-
-    def _manager_binds(self, name: str) -> list[str]:
-        """The manager's view of one agent: config and state RW, applied RO."""
-        p = AgentPaths(self.settings.paths.agents_dir / name)
-        return [
-            f"--bind={p.proposed}:/agents/{name}/config",
-            f"--bind={p.state}:/agents/{name}/state",
-            f"--bind-ro={p.applied}:/applied/{name}",
-        ]
 
     async def expose_to_manager(self, name: str) -> None:
         """Binds a new agent's dirs into the running manager (``machinectl bind``)
@@ -159,12 +152,7 @@ class NixosBackend(Backend):
         await asyncio.to_thread(self._write_conf, spec)
         if await self.state(spec) != RUNNING:
             return
-        p = AgentPaths(self.settings.paths.agents_dir / name)
-        for src, dst, ro in (
-            (p.proposed, f"/agents/{name}/config", False),
-            (p.state, f"/agents/{name}/state", False),
-            (p.applied, f"/applied/{name}", True),
-        ):
+        for src, dst, ro in manager_binds(AgentPaths.of(self.settings, name)):
             args = ["bind", "--mkdir", *(["--read-only"] if ro else []), manager, str(src), dst]
             try:
                 await run_command([self.settings.lifecycle.machinectl, *args], timeout=60)

@@ -45,9 +45,12 @@ from hyperhive.lifecycle.backends.base import (
     MISSING,
     RUNNING,
     STOPPED,
+    VIEW_AGENTS,
+    VIEW_APPLIED,
     AgentSpec,
     Backend,
     Exit,
+    manager_binds,
     manager_view_agents,
 )
 
@@ -59,12 +62,6 @@ LOGIN_FILES = (".credentials.json", "hive-credentials.json")
 LOG_TAIL_BYTES = 512 * 1024
 LOG_CHUNK_BYTES = 1024 * 1024
 
-# The manager's view of the other agents: the container layout of
-# nix/harness-base.nix and the nixos backend's binds, proposed repo →
-# /agents/<n>/config and state → /agents/<n>/state read-write, applied repo →
-# /applied/<n> read-only. Never another agent's creds/ or run/.
-VIEW_AGENTS = "agents"
-VIEW_APPLIED = "applied"
 # Under bwrap, the agents dir itself sits read-only at this path inside the
 # manager's sandbox, under a tmpfs of mode 0000 remounted read-only. Only
 # lifecycle, entering the sandbox's namespaces with capabilities there, can
@@ -176,16 +173,6 @@ def _terminate_sandbox(bwrap_pid: int) -> None:
             os.kill(pid, signal.SIGTERM)
         except OSError:
             pass
-
-
-def manager_binds(paths: AgentPaths, root: str = "") -> list[tuple[Path, str, bool]]:
-    """``(source, path in the manager's view, read-only)`` for one agent."""
-    n = paths.name
-    return [
-        (paths.proposed, f"{root}/{VIEW_AGENTS}/{n}/config", False),
-        (paths.state, f"{root}/{VIEW_AGENTS}/{n}/state", False),
-        (paths.applied, f"{root}/{VIEW_APPLIED}/{n}", True),
-    ]
 
 
 def view_dir(manager: AgentPaths) -> Path:
