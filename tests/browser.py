@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Browser, Page, async_playwright, expect
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -42,3 +42,30 @@ async def chromium(expect_timeout_ms: int | None = None) -> AsyncIterator[Browse
     finally:
         if expect_timeout_ms is not None:
             expect.set_options(timeout=EXPECT_DEFAULT_MS)
+
+
+@asynccontextmanager
+async def open_page(
+    browser: Browser,
+    *,
+    width: int,
+    height: int,
+    timeout_ms: int,
+    console_errors: bool = False,
+) -> AsyncIterator[Page]:
+    """A page in a context of its own (closed at the end), with ``timeout_ms``
+    as its default timeout. JavaScript errors on the page (and, with
+    ``console_errors``, console errors such as CSP violations) fail the test
+    once the block has ended without an exception of its own."""
+    context = await browser.new_context(viewport={"width": width, "height": height})
+    errors: list[str] = []
+    try:
+        page = await context.new_page()
+        page.set_default_timeout(timeout_ms)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        if console_errors:
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        yield page
+    finally:
+        await context.close()
+    assert not errors, f"JS errors on the page: {errors}"

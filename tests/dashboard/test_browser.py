@@ -28,7 +28,7 @@ from hyperhive.common.wire.broker import (
     TurnStats,
 )
 from hyperhive.common.wire.events import OperatorAnswered
-from tests.browser import chromium, needs_chromium
+from tests.browser import chromium, needs_chromium, open_page
 from tests.dashboard.conftest import (
     Stack,
     agents,
@@ -52,17 +52,11 @@ async def browser() -> AsyncIterator[Browser]:
 
 @pytest.fixture
 async def page(browser: Browser, stack: Stack, tmp_path: Path) -> AsyncIterator[Page]:
-    context = await browser.new_context(viewport={"width": 1280, "height": 900})
-    pg = await context.new_page()
-    pg.set_default_timeout(UI_TIMEOUT_MS)
-    errors: list[str] = []
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    await pg.goto(stack.url + "/")
-    await pg.evaluate("window.__noReload = 'still here'")
-    yield pg
-    await pg.screenshot(path=str(tmp_path / "screenshot.png"), full_page=True)
-    await context.close()
-    assert not errors, f"JS errors on the page: {errors}"
+    async with open_page(browser, width=1280, height=900, timeout_ms=UI_TIMEOUT_MS) as pg:
+        await pg.goto(stack.url + "/")
+        await pg.evaluate("window.__noReload = 'still here'")
+        yield pg
+        await pg.screenshot(path=str(tmp_path / "screenshot.png"), full_page=True)
 
 
 async def assert_not_reloaded(page: Page) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 from nats.aio.client import Client as NATS
+from playwright.async_api import Browser
 
 from hyperhive.cli.devstack import stop_harnesses
 from hyperhive.cli.embedded import EmbeddedNats, free_port
@@ -47,16 +48,25 @@ from hyperhive.harness.config import find_claude
 from hyperhive.harness.loop import Harness
 from hyperhive.harness.serve import run as run_harness
 from tests import rig
+from tests.browser import chromium
 from tests.scripted_anthropic import ScriptedAnthropic
 
 CLAUDE = find_claude("")
 SLEEP = "sleep 3600"
+UI_TIMEOUT_MS = 60_000  # the browser tests' page and expect() timeout (claude is slow here)
 _names = itertools.count(1)
 
 
 def agent_name(prefix: str = "h") -> str:
     """A name unique in this pytest run (NATS users are shared by the session)."""
     return f"{prefix}{os.getpid() % 1000}{next(_names)}"[:9]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Chromium, expect() waiting up to UI_TIMEOUT_MS."""
+    async with chromium(expect_timeout_ms=UI_TIMEOUT_MS) as b:
+        yield b
 
 
 @pytest.fixture

@@ -4,24 +4,16 @@ thinking → idle, chips, cancel button, sticky scroll with the "↓ N new" pill
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, expect
 
-from tests.browser import chromium, needs_chromium
-from tests.harness.conftest import Stack, agent_name, running_harness
+from tests.browser import needs_chromium, open_page
+from tests.harness.conftest import UI_TIMEOUT_MS, Stack, agent_name, running_harness
 from tests.scripted_anthropic import ScriptedAnthropic, last_user_mentions
 
-UI_TIMEOUT_MS = 60_000
 pytestmark = [pytest.mark.browser, pytest.mark.claude, needs_chromium]
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium(expect_timeout_ms=UI_TIMEOUT_MS) as b:
-        yield b
 
 
 async def test_prompt_streams_reply_and_badge_goes_thinking_then_idle(
@@ -34,12 +26,7 @@ async def test_prompt_streams_reply_and_badge_goes_thinking_then_idle(
     api.reply(long_text, when=last_user_mentions("write a lot"))
     api.reply("the newest line", when=last_user_mentions("one more"))
     async with running_harness(stack.harness_settings(name)) as h:
-        context = await browser.new_context(viewport={"width": 1100, "height": 600})
-        page = await context.new_page()
-        page.set_default_timeout(UI_TIMEOUT_MS)
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        try:
+        async with open_page(browser, width=1100, height=600, timeout_ms=UI_TIMEOUT_MS) as page:
             await page.goto(h.url + "/")
             badge = page.locator("#badge")
             await expect(badge).to_have_attribute("data-state", "idle")
@@ -91,9 +78,6 @@ async def test_prompt_streams_reply_and_badge_goes_thinking_then_idle(
             await expect(pill).to_be_hidden()
             await page.screenshot(path=str(tmp_path / "agent-page.png"), full_page=True)
             assert (tmp_path / "agent-page.png").stat().st_size > 0
-        finally:
-            await context.close()
-        assert not errors, f"JS errors on the page: {errors}"
 
 
 AGE_AT_LEAST = """(min) => {
@@ -117,12 +101,7 @@ async def test_cancel_button_age_timer_and_offline_badge(
     await stack.spawn(name)
     held = api.reply("pondering at length", hold=True, when=last_user_mentions("ponder"))
     async with running_harness(stack.harness_settings(name)) as h:
-        context = await browser.new_context(viewport={"width": 1100, "height": 600})
-        page = await context.new_page()
-        page.set_default_timeout(UI_TIMEOUT_MS)
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        try:
+        async with open_page(browser, width=1100, height=600, timeout_ms=UI_TIMEOUT_MS) as page:
             await page.goto(h.url + "/")
             badge = page.locator("#badge")
             await expect(badge).to_have_attribute("data-state", "idle")
@@ -156,6 +135,3 @@ async def test_cancel_button_age_timer_and_offline_badge(
             await expect(page.locator("#badge-state")).to_have_text("offline")
             await expect(cancel).to_be_hidden()
             await page.screenshot(path=str(tmp_path / "offline.png"))
-        finally:
-            await context.close()
-        assert not errors, f"JS errors on the page: {errors}"

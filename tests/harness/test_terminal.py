@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,8 @@ from websockets.exceptions import InvalidStatus
 
 from hyperhive.harness.security import CSRF_COOKIE
 from tests import rig
-from tests.browser import chromium, needs_chromium
-from tests.harness.conftest import Page, Stack, agent_name, running_harness
-from tests.harness.test_browser import UI_TIMEOUT_MS
+from tests.browser import needs_chromium, open_page
+from tests.harness.conftest import UI_TIMEOUT_MS, Page, Stack, agent_name, running_harness
 
 TOKEN = "terminal-test-token"
 
@@ -139,12 +137,6 @@ async def test_shell_exit_closes_the_websocket(stack: Stack) -> None:
         assert not alive(started["pid"])
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium(expect_timeout_ms=UI_TIMEOUT_MS) as b:
-        yield b
-
-
 ROWS_JS = (
     "(() => { const t = window.hiveTerminal; if (!t) return [];"
     " const b = t.buffer.active; const out = [];"
@@ -159,14 +151,10 @@ async def test_browser_terminal_echo_hi(stack: Stack, browser: Browser, tmp_path
     name = agent_name("tb")
     await stack.spawn(name)
     async with running_harness(stack.harness_settings(name)) as h:
-        context = await browser.new_context(viewport={"width": 1100, "height": 800})
-        page = await context.new_page()
-        page.set_default_timeout(UI_TIMEOUT_MS)
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
         # CSP violations (e.g. xterm.js styles refused) show up as console errors
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        try:
+        async with open_page(
+            browser, width=1100, height=800, timeout_ms=UI_TIMEOUT_MS, console_errors=True
+        ) as page:
             await page.goto(h.url + "/")
             await page.click("#term-toggle")
             await expect(page.locator("#term .xterm")).to_be_visible()
@@ -192,9 +180,6 @@ async def test_browser_terminal_echo_hi(stack: Stack, browser: Browser, tmp_path
             await rig.eventually(
                 lambda: not alive(shell_pid), timeout=30, what="the shell ends with the page"
             )
-        finally:
-            await context.close()
-        assert not errors, f"JS errors on the page: {errors}"
 
 
 async def test_terminal_can_be_switched_off(stack: Stack) -> None:
