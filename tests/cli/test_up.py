@@ -221,6 +221,15 @@ def _assert_refused(result: subprocess.CompletedProcess[str], line: str, home: P
     assert not _procs_of(home), f"left behind: {_procs_of(home)}"
 
 
+def _assert_refused_with(result: subprocess.CompletedProcess[str], prefix: str, home: Path) -> None:
+    """:func:`_assert_refused` for one line that starts with ``prefix`` (the
+    rest is the underlying error's own words)."""
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(prefix), line
+    _assert_refused(result, line, home)
+
+
 def _up_args(*extra: str, dashboard: bool = True) -> list[str]:
     """``up`` on free ports, so that only ``extra`` can be wrong (a later flag wins)."""
     args = ["up", "--nats-port", str(free_port()), "--pg-port", str(free_port())]
@@ -234,10 +243,7 @@ def test_unreachable_nats_url_is_one_line(tmp_path):
     env = _fast_retries(_up_env(home))
     url = f"nats://127.0.0.1:{free_port()}"
     result = _hive(*_up_args("--nats-url", url), env=env, timeout=60)
-    assert result.returncode == 1, result.stderr
-    (line,) = result.stderr.strip().splitlines()
-    assert line.startswith(f"hive up: cannot reach NATS at {url} after 2 attempts: "), line
-    _assert_refused(result, line, home)
+    _assert_refused_with(result, f"hive up: cannot reach NATS at {url} after 2 attempts: ", home)
 
 
 def test_nats_url_without_jetstream_is_one_line(tmp_path):
@@ -258,10 +264,7 @@ def test_nats_url_without_jetstream_is_one_line(tmp_path):
     finally:
         plain.terminate()
         plain.wait(10)
-    assert result.returncode == 1, result.stderr
-    (line,) = result.stderr.strip().splitlines()
-    assert line.startswith(f"hive up: NATS at {url} has no usable JetStream: "), line
-    _assert_refused(result, line, home)
+    _assert_refused_with(result, f"hive up: NATS at {url} has no usable JetStream: ", home)
 
 
 def test_unreachable_database_url_is_one_line(tmp_path):
@@ -269,13 +272,11 @@ def test_unreachable_database_url_is_one_line(tmp_path):
     env = _fast_retries(_up_env(home))
     url = f"postgresql://hyperhive:secret@127.0.0.1:{free_port()}/hyperhive"
     result = _hive(*_up_args("--database-url", url), env=env, timeout=60)
-    assert result.returncode == 1, result.stderr
-    (line,) = result.stderr.strip().splitlines()
     shown = url.replace(":secret@", ":***@")
-    assert line.startswith(f"hive up: cannot reach PostgreSQL at {shown} after 2 attempts: "), line
+    prefix = f"hive up: cannot reach PostgreSQL at {shown} after 2 attempts: "
+    _assert_refused_with(result, prefix, home)
     assert "secret" not in result.stderr
     # nothing was started: not even the embedded NATS
-    _assert_refused(result, line, home)
     assert not (home / "nats" / "nats.pid").exists()
 
 
