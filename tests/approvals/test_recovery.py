@@ -69,15 +69,28 @@ async def ended(hive: Hive, approval_id: int) -> ApprovalInfo:
     return await rig.eventually(check, timeout=90, interval=0.2, what=f"approval {approval_id} end")
 
 
-async def peek_state(hive: Hive, approval_id: int) -> str:
-    """The row's state read from the database (the service is down)."""
+@contextlib.asynccontextmanager
+async def approvals_db(hive: Hive) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the approvals service's schema, past the service."""
     conn = await asyncpg.connect(
         hive.settings.database.url, server_settings={"search_path": "approvals"}
     )
     try:
-        return str(await conn.fetchval("SELECT state FROM approvals WHERE id = $1", approval_id))
+        yield conn
     finally:
         await conn.close()
+
+
+async def stage(hive: Hive, sql: str, *args: object) -> None:
+    """Writes what a killed run would have left in the database."""
+    async with approvals_db(hive) as conn:
+        await conn.execute(sql, *args)
+
+
+async def peek_state(hive: Hive, approval_id: int) -> str:
+    """The row's state read from the database (the service is down)."""
+    async with approvals_db(hive) as conn:
+        return str(await conn.fetchval("SELECT state FROM approvals WHERE id = $1", approval_id))
 
 
 def assert_repo_agrees(hive: Hive, name: str, info: ApprovalInfo, base: str) -> None:
@@ -210,18 +223,13 @@ async def test_recovery_of_each_crash_point(peers: Hive, crash_point: str, end: 
     async with rig.running_service("approvals", hive.settings):
         q = await queue(hive, name)
     # what a killed run leaves: row approved, tree at the proposal, maybe an end tag
-    conn = await asyncpg.connect(
-        hive.settings.database.url, server_settings={"search_path": "approvals"}
+    await stage(
+        hive,
+        "UPDATE approvals SET state = 'approved', base_sha = $2, attempts = $3 WHERE id = $1",
+        q.id,
+        base,
+        2 if crash_point == "during a retried build" else 1,
     )
-    try:
-        await conn.execute(
-            "UPDATE approvals SET state = 'approved', base_sha = $2, attempts = $3 WHERE id = $1",
-            q.id,
-            base,
-            2 if crash_point == "during a retried build" else 1,
-        )
-    finally:
-        await conn.close()
     gitops.checkout_detached(applied, q.fetched_sha)
     if crash_point == "after the deployed tag":
         gitops.create_tag(applied, f"deployed/{q.id}", q.fetched_sha)
@@ -259,26 +267,10 @@ async def test_second_instance_does_not_take_over_a_running_build(peers: Hive) -
             info = await hive.admin("approve", ApprovalIdRequest(id=q.id), ApprovalInfo, timeout=60)
             assert info.state == "deployed"
         assert applies.qsize() == 1  # several recovery sweeps ran meanwhile (every 0.5 s)
-        conn = await asyncpg.connect(
-            hive.settings.database.url, server_settings={"search_path": "approvals"}
-        )
-        try:
+        async with approvals_db(hive) as conn:
             assert await conn.fetchval("SELECT attempts FROM approvals WHERE id = $1", q.id) == 1
-        finally:
-            await conn.close()
     finally:
         await watch.unsubscribe()
-
-
-async def stage(hive: Hive, sql: str, *args: object) -> None:
-    """Writes what a killed run would have left in the database."""
-    conn = await asyncpg.connect(
-        hive.settings.database.url, server_settings={"search_path": "approvals"}
-    )
-    try:
-        await conn.execute(sql, *args)
-    finally:
-        await conn.close()
 
 
 async def resolved(hive: Hive, approval_id: int) -> ApprovalResolved:
