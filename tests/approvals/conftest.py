@@ -31,6 +31,7 @@ from tests.lifecycle.conftest import lifecycle_settings
 from tests.rig import cleanup_agents
 
 T = TypeVar("T", bound=msgspec.Struct)
+E = TypeVar("E", bound=SystemEvent)
 AUTHOR = git.Actor("hm1nd", "hm1nd@hive")
 _names = itertools.count()
 
@@ -94,6 +95,25 @@ class Hive:
                 AckRequest(id=reply.message.id),
                 Ok,
             )
+
+    async def events(self, kind: type[E], **fields: object) -> list[E]:
+        """The ``kind`` events the manager has received so far (see :meth:`inbox`)
+        whose ``fields`` have the given values, in the order they came."""
+        return [
+            e
+            for e in await self.inbox()
+            if isinstance(e, kind) and all(getattr(e, k) == v for k, v in fields.items())
+        ]
+
+    async def event(self, kind: type[E], *, timeout: float = 20, **fields: object) -> E:
+        """The first of :meth:`events`, waited for up to ``timeout`` seconds."""
+
+        async def first() -> E | None:
+            found = await self.events(kind, **fields)
+            return found[0] if found else None
+
+        what = " ".join([kind.__name__, *map(str, fields.values())])
+        return await rig.eventually(first, timeout=timeout, what=what)
 
 
 def commit_files(

@@ -18,7 +18,6 @@ from hyperhive.common.wire.approvals import (
     DiffReply,
 )
 from hyperhive.common.wire.events import ApprovalResolved
-from tests import rig
 from tests.approvals.conftest import Hive, agent_name, commit_files, git_out, hive_events
 
 GOOD_TOML = 'model = "claude-sonnet-4-5"\nallowed_tools = ["Read"]\n'
@@ -32,16 +31,6 @@ async def propose(hive: Hive, name: str, files: dict[str, str | None]) -> Approv
     )
     assert queued.fetched_sha == sha
     return queued
-
-
-async def resolved_event(hive: Hive, approval_id: int) -> ApprovalResolved:
-    async def find() -> ApprovalResolved | None:
-        for ev in await hive.inbox():
-            if isinstance(ev, ApprovalResolved) and ev.approval_id == approval_id:
-                return ev
-        return None
-
-    return await rig.eventually(find, timeout=20, what=f"ApprovalResolved {approval_id}")
 
 
 async def test_approved_commit_is_deployed_and_main_fast_forwards(hive: Hive) -> None:
@@ -72,7 +61,7 @@ async def test_approved_commit_is_deployed_and_main_fast_forwards(hive: Hive) ->
     # the manager's read-only mirror is this repo: what shipped is there
     assert git_out(applied, "show", f"deployed/{queued.id}:agent.toml") == GOOD_TOML.strip()
 
-    ev = await resolved_event(hive, queued.id)
+    ev = await hive.event(ApprovalResolved, approval_id=queued.id)
     assert (ev.state, ev.tag, ev.sha) == ("deployed", f"deployed/{queued.id}", queued.fetched_sha)
     # HIVE_EVENTS: each step of this approval, the start of the build included
     events = await hive_events(
@@ -112,7 +101,7 @@ async def test_failed_build_rolls_back_main_and_tree(hive: Hive) -> None:
     assert gitops.tag_sha(applied, f"failed/{queued.id}") == queued.fetched_sha
     assert "model" in gitops.tag_message(applied, f"failed/{queued.id}")
     assert not gitops.tag_sha(applied, f"deployed/{queued.id}")
-    ev = await resolved_event(hive, queued.id)
+    ev = await hive.event(ApprovalResolved, approval_id=queued.id)
     assert ev.state == "failed" and "model" in ev.error
     events = await hive_events(
         hive.service, "approval.>", lambda e: (e.agent, e.data.get("id")) == (name, queued.id), 3
@@ -139,7 +128,7 @@ async def test_deny_tags_the_note(hive: Hive) -> None:
     assert gitops.tag_message(applied, f"denied/{queued.id}") == note
     assert git_out(applied, "cat-file", "-t", f"refs/tags/denied/{queued.id}") == "tag"
     assert gitops.main_sha(applied) == main_before
-    ev = await resolved_event(hive, queued.id)
+    ev = await hive.event(ApprovalResolved, approval_id=queued.id)
     assert (ev.state, ev.note) == ("denied", note)
     with pytest.raises(Conflict, match="already denied"):
         await hive.admin("approve", ApprovalIdRequest(id=queued.id), ApprovalInfo)

@@ -16,18 +16,7 @@ from hyperhive.common.wire.approvals import (
     QuestionsRequest,
 )
 from hyperhive.common.wire.events import OperatorAnswered
-from tests import rig
 from tests.approvals.conftest import Hive, hive_events
-
-
-async def answered_event(hive: Hive, question_id: int) -> OperatorAnswered:
-    async def find() -> OperatorAnswered | None:
-        for ev in await hive.inbox():
-            if isinstance(ev, OperatorAnswered) and ev.question_id == question_id:
-                return ev
-        return None
-
-    return await rig.eventually(find, timeout=20, what=f"OperatorAnswered {question_id}")
 
 
 async def test_three_forms_answered_into_the_managers_inbox(hive: Hive) -> None:
@@ -55,7 +44,7 @@ async def test_three_forms_answered_into_the_managers_inbox(hive: Hive) -> None:
         info = await hive.admin("answer", AnswerRequest(id=qid, answer=answer), QuestionInfo)
         assert info.answer == answer and info.answered_at
     for qid, answer in answers.items():
-        ev = await answered_event(hive, qid)
+        ev = await hive.event(OperatorAnswered, question_id=qid)
         assert ev.answer == answer and tag in ev.question
 
     with pytest.raises(Conflict, match="already answered"):
@@ -79,4 +68,4 @@ async def test_checkboxes_may_be_answered_with_none(hive: Hive) -> None:
     )
     info = await hive.admin("answer", AnswerRequest(id=q.id, answer=[]), QuestionInfo)
     assert info.answer == []
-    assert (await answered_event(hive, q.id)).answer == []
+    assert (await hive.event(OperatorAnswered, question_id=q.id)).answer == []

@@ -166,14 +166,11 @@ async def test_sigkill_during_build_then_restart_finishes_once(peers: Hive, tmp_
             assert_repo_agrees(hive, name, info, base)
             assert (applied / "agent.toml").read_text() == GOOD
 
-            async def reported() -> list[ApprovalResolved]:
-                return [
-                    e
-                    for e in await hive.inbox()
-                    if isinstance(e, ApprovalResolved) and e.approval_id == q.id
-                ]
-
-            events = await rig.eventually(reported, timeout=20, what="ApprovalResolved")
+            events = await rig.eventually(
+                lambda: hive.events(ApprovalResolved, approval_id=q.id),
+                timeout=20,
+                what="ApprovalResolved",
+            )
             assert {e.state for e in events} == {"deployed"}
             with pytest.raises(Conflict, match="already deployed"):
                 await hive.admin("approve", ApprovalIdRequest(id=q.id), ApprovalInfo)
@@ -273,16 +270,6 @@ async def test_second_instance_does_not_take_over_a_running_build(peers: Hive) -
         await watch.unsubscribe()
 
 
-async def resolved(hive: Hive, approval_id: int) -> ApprovalResolved:
-    async def find() -> ApprovalResolved | None:
-        for e in await hive.inbox():
-            if isinstance(e, ApprovalResolved) and e.approval_id == approval_id:
-                return e
-        return None
-
-    return await rig.eventually(find, timeout=20, what=f"ApprovalResolved {approval_id}")
-
-
 async def test_crash_between_deny_commit_and_denied_tag(peers: Hive) -> None:
     hive = peers
     name = agent_name("rd")
@@ -307,7 +294,7 @@ async def test_crash_between_deny_commit_and_denied_tag(peers: Hive) -> None:
         await rig.eventually(
             lambda: gitops.tag_sha(applied, f"denied/{q.id}"), timeout=20, what="denied tag"
         )
-        event = await resolved(hive, q.id)
+        event = await hive.event(ApprovalResolved, approval_id=q.id)
     assert gitops.tag_sha(applied, f"denied/{q.id}") == q.fetched_sha
     assert gitops.tag_message(applied, f"denied/{q.id}") == note
     assert git_out(applied, "cat-file", "-t", f"refs/tags/denied/{q.id}") == "tag"
@@ -369,7 +356,7 @@ async def test_recovery_fails_an_approval_whose_repo_is_gone(peers: Hive) -> Non
 
     async with rig.running_service("approvals", hive.settings):
         info = await ended(hive, q.id)
-        event = await resolved(hive, q.id)
+        event = await hive.event(ApprovalResolved, approval_id=q.id)
     assert info.state == "failed", info
     assert "no applied repo" in info.error
     assert info.tag == ""

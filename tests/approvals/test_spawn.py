@@ -20,20 +20,9 @@ from hyperhive.common.wire.approvals import (
 from hyperhive.common.wire.base import Empty
 from hyperhive.common.wire.events import SpawnResolved
 from hyperhive.common.wire.lifecycle import AgentInfo, AgentRequest, DraftInfo, DraftsReply
-from tests import rig
 from tests.approvals.conftest import Hive, agent_name, git_out
 
 TOML = 'model = "claude-haiku"\nprompt = "You keep the docs tidy."\n'
-
-
-async def spawn_event(hive: Hive, approval_id: int) -> SpawnResolved:
-    async def find() -> SpawnResolved | None:
-        for ev in await hive.inbox():
-            if isinstance(ev, SpawnResolved) and ev.approval_id == approval_id:
-                return ev
-        return None
-
-    return await rig.eventually(find, timeout=20, what=f"SpawnResolved {approval_id}")
 
 
 async def lifecycle_get(hive: Hive, name: str) -> AgentInfo:
@@ -63,14 +52,14 @@ async def test_one_step_spawn_approved_and_denied(hive: Hive) -> None:
     assert (await lifecycle_get(hive, name)).state == "running"
     applied = hive.paths(name).applied
     assert gitops.tag_sha(applied, f"deployed/{q.id}") == gitops.main_sha(applied)
-    assert (await spawn_event(hive, q.id)).state == "deployed"
+    assert (await hive.event(SpawnResolved, approval_id=q.id)).state == "deployed"
     with pytest.raises(Conflict, match="already exists"):
         await hive.tool("request_spawn", SpawnToolRequest(name=name), ApprovalQueued)
 
     q2 = await hive.tool("request_spawn", SpawnToolRequest(name=other), ApprovalQueued)
     denied = await hive.admin("deny", DenyRequest(id=q2.id, note="not now"), ApprovalInfo)
     assert denied.state == "denied"
-    ev = await spawn_event(hive, q2.id)
+    ev = await hive.event(SpawnResolved, approval_id=q2.id)
     assert (ev.state, ev.note) == ("denied", "not now")
     with pytest.raises(NotFound):
         await lifecycle_get(hive, other)
@@ -112,7 +101,7 @@ async def test_two_step_spawn_from_a_staged_commit(hive: Hive) -> None:
     assert (paths.state / "notes.md").read_text() == "# first notes\n"
     assert (await lifecycle_get(hive, name)).state == "running"
     assert name not in await drafts(hive)
-    ev = await spawn_event(hive, q.id)
+    ev = await hive.event(SpawnResolved, approval_id=q.id)
     assert (ev.state, ev.sha, ev.tag) == ("deployed", sha, f"deployed/{q.id}")
 
 
@@ -133,7 +122,7 @@ async def test_two_step_spawn_that_fails_to_build_stays_a_draft(hive: Hive) -> N
     assert git_out(paths.applied, "ls-files") == ""
     assert not (paths.applied / "agent.toml").exists()
     assert name in await drafts(hive)
-    ev = await spawn_event(hive, q.id)
+    ev = await hive.event(SpawnResolved, approval_id=q.id)
     assert ev.state == "failed" and "model" in ev.error
 
     good = hive.commit(name, {"agent.toml": TOML}, "fixed")
