@@ -22,6 +22,10 @@ from typing import TypeVar
 
 import asyncpg
 from nats.aio.client import Client as NATS
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from hyperhive.cli.devstack import stop_harnesses
 from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
@@ -265,3 +269,22 @@ async def hive_cli(settings: Settings, *args: str, timeout: float = 120.0) -> tu
         raise
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+def span_exporter() -> InMemorySpanExporter:
+    """Every span this process ends from now on, kept in memory (the SDK's
+    TracerProvider is installed the first time, as an entry point would)."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+def parse_traceparent(value: str) -> tuple[int, int]:
+    """``(trace_id, span_id)`` of a W3C ``traceparent`` (``00-<trace>-<span>-<flags>``)."""
+    version, trace_id, span_id, _flags = value.split("-")
+    assert version == "00" and len(trace_id) == 32 and len(span_id) == 16, value
+    return int(trace_id, 16), int(span_id, 16)

@@ -12,11 +12,11 @@ from opentelemetry import trace
 from hyperhive.common import subjects
 from hyperhive.common.natsconn import sync_subscriptions
 from tests.broker.conftest import Hive, ack, recv, send
-from tests.common.test_tracing import _exporter, parse_traceparent
+from tests.rig import parse_traceparent, span_exporter
 
 
 async def test_a_send_is_followed_to_the_recipient_and_its_events(hive: Hive):
-    spans = _exporter()
+    spans = span_exporter()
     a, na = await hive.spawn()
     b, nb = await hive.spawn()
     headers: dict[tuple[int, str], dict[str, str]] = {}

@@ -10,7 +10,7 @@ from hyperhive.common import outbox, subjects
 from hyperhive.common.db import create_pool, migrate
 from hyperhive.common.jetstream import ensure_streams
 from hyperhive.common.wire.events import HiveEvent
-from tests.common.test_tracing import _exporter, parse_traceparent
+from tests.rig import parse_traceparent, span_exporter
 
 
 async def _events_for(js, kind: str, count: int, timeout: float = 10.0) -> list[HiveEvent]:
@@ -89,7 +89,7 @@ async def test_rolled_back_transaction_publishes_nothing(settings, service_nc):
 
 
 async def test_a_record_carries_the_trace_of_the_transaction_that_wrote_it(settings, service_nc):
-    _exporter()
+    span_exporter()
     js = service_nc.jetstream()
     await ensure_streams(js)
     kind = f"test.t{uuid.uuid4().hex[:8]}"

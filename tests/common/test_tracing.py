@@ -3,34 +3,15 @@
 import uuid
 
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from hyperhive.common import rpc, wire
 from hyperhive.common.natsconn import sync_subscriptions
 from hyperhive.common.telemetry import current_traceparent
-
-
-def parse_traceparent(value: str) -> tuple[int, int]:
-    """``(trace_id, span_id)`` of a W3C ``traceparent`` (``00-<trace>-<span>-<flags>``)."""
-    version, trace_id, span_id, _flags = value.split("-")
-    assert version == "00" and len(trace_id) == 32 and len(span_id) == 16, value
-    return int(trace_id, 16), int(span_id, 16)
-
-
-def _exporter() -> InMemorySpanExporter:
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return exporter
+from tests.rig import parse_traceparent, span_exporter
 
 
 async def test_handler_span_joins_the_callers_trace(service_nc):
-    exporter = _exporter()
+    exporter = span_exporter()
     subject = f"hive.admin.trace{uuid.uuid4().hex[:8]}.verb"
     responder = rpc.Responder(service_nc, queue="t")
     seen_trace_ids = []
@@ -54,7 +35,7 @@ async def test_handler_span_joins_the_callers_trace(service_nc):
 
 
 def test_current_traceparent_names_the_current_span():
-    _exporter()
+    span_exporter()
     assert current_traceparent() is None  # no span, no trace context
     with trace.get_tracer("test").start_as_current_span("work") as span:
         value = current_traceparent()

@@ -11,13 +11,13 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from hyperhive.common import subjects
 from hyperhive.common.natsconn import sync_subscriptions
 from tests.harness.conftest import Stack, agent_name, running_harness
+from tests.rig import span_exporter
 from tests.scripted_anthropic import (
     ScriptedAnthropic,
     after_tool_results,
@@ -32,13 +32,7 @@ pytestmark = pytest.mark.claude
 @pytest.fixture
 def spans() -> InMemorySpanExporter:
     """Every span this process ends from now on."""
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return exporter
+    return span_exporter()
 
 
 @pytest.fixture
