@@ -81,26 +81,8 @@ async def watching(nc, *names: str) -> WatchStatus | None:  # type: ignore[no-un
     return st if ok else None
 
 
-async def drain_inbox(manager, wait_ms: int) -> list[Message]:  # type: ignore[no-untyped-def]
-    """Every message the manager gets within ``wait_ms`` of quiet, acked."""
-    got: list[Message] = []
-    while True:
-        reply = await rpc.request(
-            manager,
-            subjects.agent("hm1nd", "recv"),
-            RecvRequest(wait_ms=wait_ms),
-            RecvReply,
-            timeout=wait_ms / 1000 + 10,
-        )
-        if reply.message is None:
-            return got
-        got.append(reply.message)
-        await rpc.request(
-            manager, subjects.agent("hm1nd", "ack"), AckRequest(id=reply.message.id), Ok
-        )
-
-
 async def recv(manager, wait_ms: int) -> Message | None:  # type: ignore[no-untyped-def]
+    """The manager's next message, waiting up to ``wait_ms`` for one (not acked)."""
     reply = await rpc.request(
         manager,
         subjects.agent("hm1nd", "recv"),
@@ -109,6 +91,19 @@ async def recv(manager, wait_ms: int) -> Message | None:  # type: ignore[no-unty
         timeout=wait_ms / 1000 + 10,
     )
     return reply.message
+
+
+async def ack(manager, msg: Message) -> None:  # type: ignore[no-untyped-def]
+    await rpc.request(manager, subjects.agent("hm1nd", "ack"), AckRequest(id=msg.id), Ok)
+
+
+async def drain_inbox(manager, wait_ms: int) -> list[Message]:  # type: ignore[no-untyped-def]
+    """Every message the manager gets within ``wait_ms`` of quiet, acked."""
+    got: list[Message] = []
+    while (msg := await recv(manager, wait_ms)) is not None:
+        got.append(msg)
+        await ack(manager, msg)
+    return got
 
 
 async def polled_after(nc, polls: int) -> WatchStatus | None:  # type: ignore[no-untyped-def]
@@ -155,7 +150,7 @@ async def test_sigkill_gives_one_crash_within_2s_and_stop_gives_none(
         assert msg.event.agent == "crashy"
         assert msg.event.exit_code == -signal.SIGKILL
         assert "crashy" in msg.body
-        await rpc.request(manager, subjects.agent("hm1nd", "ack"), AckRequest(id=msg.id), Ok)
+        await ack(manager, msg)
 
         # the same agent again, stopped with `hive stop`: no crash
         assert (await op.verb("start", "crashy")).state == "running"
