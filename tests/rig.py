@@ -29,9 +29,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from hyperhive.cli.devstack import stop_harnesses
 from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
-from hyperhive.common import nats_auth
+from hyperhive.common import nats_auth, subjects
 from hyperhive.common.config import Settings, load_settings, settings_env
 from hyperhive.common.natsconn import connect
+from hyperhive.common.paths import AgentPaths
 from hyperhive.common.service import Runtime, run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -153,6 +154,20 @@ async def connect_as(nats: EmbeddedNats, seed: Path, inbox_prefix: str = "") -> 
         seed_file=str(seed),
         inbox_prefix=inbox_prefix,
     )
+
+
+@contextlib.asynccontextmanager
+async def agent_connection(
+    nats: EmbeddedNats, settings: Settings, name: str
+) -> AsyncIterator[NATS]:
+    """Connected as agent ``name`` with the NATS credentials lifecycle issued it
+    (its seed and its own inbox prefix), closed at the end."""
+    seed = AgentPaths.of(settings, name).nats_seed
+    nc = await connect_as(nats, seed, subjects.inbox_prefix(name))
+    try:
+        yield nc
+    finally:
+        await nc.close()
 
 
 @contextlib.asynccontextmanager

@@ -198,17 +198,6 @@ def reap_harnesses(agents_dir: Path) -> None:
             os.waitpid(pid, 0)
 
 
-@contextlib.asynccontextmanager
-async def manager_connection(nats: EmbeddedNats, settings: Settings) -> AsyncIterator[NATS]:
-    """Connected as hm1nd with the credentials lifecycle issued it."""
-    seed = AgentPaths.of(settings, subjects.MANAGER).nats_seed
-    nc = await rig.connect_as(nats, seed, subjects.inbox_prefix(subjects.MANAGER))
-    try:
-        yield nc
-    finally:
-        await nc.close()
-
-
 @pytest.fixture
 async def peers(
     ap_settings: Settings, nats_server: EmbeddedNats, operator_nc: NATS, service_nc: NATS
@@ -218,7 +207,7 @@ async def peers(
     async with (
         rig.running_service("lifecycle", ap_settings),
         rig.running_service("broker", ap_settings),
-        manager_connection(nats_server, ap_settings) as manager,
+        rig.agent_connection(nats_server, ap_settings, subjects.MANAGER) as manager,
     ):
         yield Hive(ap_settings, manager, operator_nc, service_nc)
 

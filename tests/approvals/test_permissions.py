@@ -29,7 +29,6 @@ async def test_a_plain_agent_calling_a_manager_tool_is_forbidden(
 ) -> None:
     name = agent_name("pm")
     await hive.spawn(name)  # a real agent, with the NATS credentials lifecycle issued
-    seed = hive.paths(name).nats_seed
     newbie = agent_name("nb")
     # what those credentials allow: its own subjects, its own inbox
     assert nats_auth.agent_permissions(name).publish[0] == subjects.agent_all(name)
@@ -41,8 +40,7 @@ async def test_a_plain_agent_calling_a_manager_tool_is_forbidden(
         "ask_operator": AskRequest(question="may I?"),
     }
     assert set(calls) == set(subjects.APPROVALS_MANAGER_TOOLS)
-    nc = await rig.connect_as(nats_server, seed, subjects.inbox_prefix(name))
-    try:
+    async with rig.agent_connection(nats_server, hive.settings, name) as nc:
         for tool, req in calls.items():
             with pytest.raises(Forbidden, match=f"only the manager hm1nd may call {tool}$"):
                 await rpc.request(nc, subjects.agent(name, tool), req, ApprovalQueued)
@@ -55,8 +53,6 @@ async def test_a_plain_agent_calling_a_manager_tool_is_forbidden(
                 ApprovalQueued,
                 timeout=2,
             )
-    finally:
-        await nc.close()
 
     listed = await hive.admin("list", ApprovalsRequest(), ApprovalsReply)
     assert listed.approvals == []

@@ -22,7 +22,6 @@ from hyperhive.cli.devstack import stop_harnesses
 from hyperhive.common import rpc, subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.jetstream import ensure_state_bucket
-from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.base import Empty, Ok
 from hyperhive.common.wire.broker import (
     AckRequest,
@@ -61,12 +60,8 @@ async def hive(nats_server, database_url, hive_home, operator_nc, **env: str) ->
             serving("broker", settings, operator_nc),
             serving("crash-watch", settings, operator_nc),
         ):
-            seed = AgentPaths.of(settings, "hm1nd").nats_seed
-            manager = await rig.connect_as(nats_server, seed, subjects.inbox_prefix("hm1nd"))
-            try:
+            async with rig.agent_connection(nats_server, settings, "hm1nd") as manager:
                 yield settings, manager
-            finally:
-                await manager.close()
     finally:
         cleanup_agents(nats_server, settings.paths.agents_dir)
 
@@ -208,9 +203,7 @@ async def test_first_poll_only_seeds(nats_server, database_url, hive_home, opera
             await op.verb("stop", "stopped")
             await rig.eventually(lambda: _state_is(op, "crashed", "stopped"), what="crash recorded")
             assert not (await op.list())["crashed"].flag
-            seed = AgentPaths.of(settings, "hm1nd").nats_seed
-            manager = await rig.connect_as(nats_server, seed, subjects.inbox_prefix("hm1nd"))
-            try:
+            async with rig.agent_connection(nats_server, settings, "hm1nd") as manager:
                 async with serving("crash-watch", settings, operator_nc):
                     # the first poll seeds, the second is the first that could report
                     st = await rig.eventually(
@@ -226,8 +219,6 @@ async def test_first_poll_only_seeds(nats_server, database_url, hive_home, opera
                     assert st.reported == 0
                     assert await drain_inbox(manager, wait_ms=1500) == []
                     assert (await watch_status(operator_nc)).reported == 0
-            finally:
-                await manager.close()
     finally:
         cleanup_agents(nats_server, settings.paths.agents_dir)
 
@@ -338,9 +329,7 @@ async def test_leftover_and_old_flags_hide_no_crash(
         ):
             with pytest.raises(KeyValueError):  # deleted at start
                 await kv.get(subjects.flag_key("left"))
-            seed = AgentPaths.of(settings, "hm1nd").nats_seed
-            manager = await rig.connect_as(nats_server, seed, subjects.inbox_prefix("hm1nd"))
-            try:
+            async with rig.agent_connection(nats_server, settings, "hm1nd") as manager:
                 await op.spawn("old")
                 await op.spawn("fresh")
                 await rig.eventually(
@@ -360,8 +349,6 @@ async def test_leftover_and_old_flags_hide_no_crash(
                 assert await drain_inbox(manager, wait_ms=1500) == []
                 assert (await watch_status(operator_nc)).reported == 2
                 await kv.delete(subjects.flag_key("fresh"))
-            finally:
-                await manager.close()
     finally:
         cleanup_agents(nats_server, settings.paths.agents_dir)
 

@@ -89,8 +89,9 @@ async def running_stack(
         manager = None
         seed = AgentPaths.of(settings, subjects.MANAGER).nats_seed
         if "lifecycle" in parts and seed.exists():
-            manager = await rig.connect_as(nats, seed, subjects.inbox_prefix(subjects.MANAGER))
-            stack.push_async_callback(manager.close)
+            manager = await stack.enter_async_context(
+                rig.agent_connection(nats, settings, subjects.MANAGER)
+            )
         url = f"http://{settings.dashboard.host}:{settings.dashboard.port}"
         yield Stack(settings=settings, url=url, nats=nats, operator=operator, manager=manager)
 

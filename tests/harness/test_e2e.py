@@ -296,9 +296,7 @@ async def test_a_non_manager_cannot_call_manager_tools(
     stack = with_manager
     name = agent_name("w")
     await stack.spawn(name)
-    seed = AgentPaths.of(stack.settings, name).nats_seed
-    nc = await rig.connect_as(stack.nats, seed, subjects.inbox_prefix(name))
-    try:
+    async with rig.agent_connection(stack.nats, stack.settings, name) as nc:
         for subject in (
             subjects.manager_tool("request_spawn"),  # not allowed to publish there
             subjects.agent(name, "request_spawn"),  # nobody serves it for a non-manager
@@ -307,8 +305,6 @@ async def test_a_non_manager_cannot_call_manager_tools(
                 await rpc.request(
                     nc, subject, SpawnToolRequest(name="sneaky"), ApprovalQueued, timeout=3
                 )
-    finally:
-        await nc.close()
     approvals = await rpc.request(
         stack.op, subjects.admin("approvals", "list"), ApprovalsRequest(), ApprovalsReply
     )

@@ -16,7 +16,6 @@ from nats.aio.client import Client as NATS
 
 from hyperhive.common import rpc, subjects
 from hyperhive.common.jetstream import ensure_state_bucket
-from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.broker import (
     DeliverRequest,
     RecvReply,
@@ -213,16 +212,12 @@ async def test_wake_prompt_says_redelivered_and_names_system_events(
     name = agent_name("d")
     await stack.spawn(name)
     # an earlier harness took the message and died before acking it
-    seed = AgentPaths.of(stack.settings, name).nats_seed
-    nc = await rig.connect_as(stack.nats, seed, subjects.inbox_prefix(name))
-    try:
+    async with rig.agent_connection(stack.nats, stack.settings, name) as nc:
         sent = await stack.send(name, "half-done work")
         got = await rpc.request(
             nc, subjects.agent(name, "recv"), RecvRequest(wait_ms=2000), RecvReply, timeout=10
         )
         assert got.message is not None and got.message.id == sent.id
-    finally:
-        await nc.close()
     async with running_harness(stack.harness_settings(name)) as h:
         end = await h.turn_end(1)
         assert end["outcome"] == "ok" and end["message_id"] == sent.id

@@ -179,11 +179,7 @@ async def test_manager_sandbox_has_the_container_layout(
         ):
             # created after the manager started: bound into its running sandbox
             await op.spawn("alice")
-            seed = AgentPaths.of(settings, subjects.MANAGER).nats_seed
-            manager = await rig.connect_as(
-                nats_server, seed, subjects.inbox_prefix(subjects.MANAGER)
-            )
-            try:
+            async with rig.agent_connection(nats_server, settings, subjects.MANAGER) as manager:
                 # the manager edits and commits in /agents/alice/config
                 toml = 'model = "from-the-box"\n'
                 rc, out = await in_sandbox(
@@ -232,8 +228,6 @@ async def test_manager_sandbox_has_the_container_layout(
                 bob = AgentPaths.of(settings, "bob")
                 assert (bob.state / "notes.md").read_text() == "you keep the docs\n"
                 await assert_mirror(box, "bob", settings, q.id, toml)
-            finally:
-                await manager.close()
 
             # a restarted manager gets the same view from its start binds
             await op.verb("restart", subjects.MANAGER)
