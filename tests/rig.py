@@ -243,6 +243,15 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+def pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie (read from /proc: no reaping here)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
 def cleanup_agents(nats: EmbeddedNats, agents_dir: Path) -> None:
     """Stops the harnesses a stack started and removes their NATS users."""
     stop_harnesses(agents_dir, timeout=10.0)

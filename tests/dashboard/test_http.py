@@ -7,7 +7,6 @@ import html
 import json
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -153,14 +152,6 @@ def _pid(stack: Stack, name: str) -> int | None:
         return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
-
-
 def _harness_starts(stack: Stack, name: str) -> int:
     log = AgentPaths.of(stack.settings, name).log_file.read_text()
     return log.count("harness start")
@@ -181,27 +172,32 @@ async def test_kill_start_restart_update_from_the_dashboard(
         return data
 
     first = _pid(stack, name)
-    assert first and _alive(first)
+    assert first and rig.pid_alive(first)
     assert (await do("kill"))["message"] == f"kill: {name} is stopped"
     assert (await agents(stack))[name].state == "stopped"
-    assert not _alive(first) and _pid(stack, name) is None
+    assert not rig.pid_alive(first) and _pid(stack, name) is None
     card = (await client.get("/section/containers")).text
     assert f'data-agent="{name}" data-state="stopped"' in card
 
     assert (await do("start"))["message"] == f"start: {name} is running"
     started = _pid(stack, name)
-    assert started and started != first and _alive(started)
+    assert started and started != first and rig.pid_alive(started)
     assert (await agents(stack))[name].state == "running"
 
     starts = _harness_starts(stack, name)
     assert (await do("restart"))["message"] == f"restart: {name} is running"
     restarted = _pid(stack, name)
-    assert restarted and restarted != started and _alive(restarted) and not _alive(started)
+    assert (
+        restarted
+        and restarted != started
+        and rig.pid_alive(restarted)
+        and not rig.pid_alive(started)
+    )
     assert _harness_starts(stack, name) == starts + 1
 
     assert (await do("update"))["message"] == f"update: {name} is running"
     updated = _pid(stack, name)
-    assert updated and updated != restarted and _alive(updated)
+    assert updated and updated != restarted and rig.pid_alive(updated)
     assert _harness_starts(stack, name) == starts + 2
     assert (await agents(stack))[name].state == "running"
 

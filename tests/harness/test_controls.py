@@ -31,14 +31,6 @@ from tests.scripted_anthropic import (
 pytestmark = pytest.mark.claude
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
-
-
 async def _heartbeat(nc: NATS, name: str) -> dict[str, Any] | None:
     """The agent's heartbeat entry in the KV bucket, decoded as plain JSON."""
     kv = await ensure_state_bucket(nc.jetstream())
@@ -63,7 +55,7 @@ async def test_cancel_ends_a_long_turn_and_keeps_the_message(
         await api.wait_for_request(lambda r: r.reply is held, timeout=60)
         assert h.harness.state == "thinking"
         pid = h.harness._current.pid if h.harness._current else None
-        assert pid and _alive(pid)
+        assert pid and rig.pid_alive(pid)
 
         # mid-turn the heartbeat says a turn runs, and keeps beating
         started = h.harness.turn_started
@@ -85,7 +77,7 @@ async def test_cancel_ends_a_long_turn_and_keeps_the_message(
         r = await page.post("/cancel")
         assert r.json()["cancelled"] is True
         # claude (and its process group) is gone within 2 s of the cancel
-        await rig.eventually(lambda: not _alive(pid), timeout=2.0, what="claude ends")
+        await rig.eventually(lambda: not rig.pid_alive(pid), timeout=2.0, what="claude ends")
         end = await h.turn_end(1, timeout=10)
         # issue 6: "/cancel ends a long-running turn within 2 s"
         ended_s = h.records("turn_end", 1)[0].ts - t0

@@ -27,15 +27,6 @@ from tests.harness.conftest import UI_TIMEOUT_MS, Page, Stack, agent_name, runni
 TOKEN = "terminal-test-token"
 
 
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie (read from /proc: no reaping here)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
-
-
 async def read_until(ws: ClientConnection, pattern: str, timeout: float = 30) -> re.Match[str]:
     """Reads the shell's output until ``pattern`` matches it."""
     out = ""
@@ -92,7 +83,7 @@ async def test_terminal_websocket_guard_resize_and_close_ends_the_shell(
             started = json.loads(await asyncio.wait_for(ws.recv(), 30))
             assert started["type"] == "started", started
             shell_pid = started["pid"]
-            assert alive(shell_pid)
+            assert rig.pid_alive(shell_pid)
             assert started["cwd"] == str(h.harness.cfg.workdir)
             await send_line(ws, "echo cwd=$(pwd) size=$(stty size)")
             m = await read_until(ws, r"cwd=(\S+) size=(\d+ \d+)")
@@ -103,10 +94,10 @@ async def test_terminal_websocket_guard_resize_and_close_ends_the_shell(
             # a background job in the shell's session ends with it
             await send_line(ws, "sleep 300 & echo bg=$!")
             job_pid = int((await read_until(ws, r"bg=(\d+)")).group(1))
-            assert alive(job_pid)
+            assert rig.pid_alive(job_pid)
 
         await rig.eventually(
-            lambda: not alive(shell_pid) and not alive(job_pid),
+            lambda: not rig.pid_alive(shell_pid) and not rig.pid_alive(job_pid),
             timeout=30,
             what="the shell and its job end with the WebSocket",
         )
@@ -134,7 +125,7 @@ async def test_shell_exit_closes_the_websocket(stack: Stack) -> None:
                 async for _frame in ws:
                     pass
             assert ws.close_code == 1000
-        assert not alive(started["pid"])
+        assert not rig.pid_alive(started["pid"])
 
 
 ROWS_JS = (
@@ -160,7 +151,7 @@ async def test_browser_terminal_echo_hi(stack: Stack, browser: Browser, tmp_path
             await expect(page.locator("#term .xterm")).to_be_visible()
             await expect(page.locator("#term-info")).to_contain_text("pid")
             shell_pid = int(re.search(r"pid (\d+)", await page.inner_text("#term-info")).group(1))  # type: ignore[union-attr]
-            assert alive(shell_pid)
+            assert rig.pid_alive(shell_pid)
             await page.locator("#term .xterm").click()
             await page.keyboard.type("echo hi")
             await page.keyboard.press("Enter")
@@ -178,7 +169,9 @@ async def test_browser_terminal_echo_hi(stack: Stack, browser: Browser, tmp_path
             # closing the page ends the shell
             await page.close()
             await rig.eventually(
-                lambda: not alive(shell_pid), timeout=30, what="the shell ends with the page"
+                lambda: not rig.pid_alive(shell_pid),
+                timeout=30,
+                what="the shell ends with the page",
             )
 
 

@@ -6,7 +6,6 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -29,6 +28,7 @@ from hyperhive.common.wire.lifecycle import (
     SpawnRequest,
 )
 from tests import rig
+from tests.rig import pid_alive
 
 TIMEOUT = 30.0
 
@@ -132,14 +132,6 @@ class Events:
 
 def harness_pid(settings, name: str) -> int:  # type: ignore[no-untyped-def]
     return int(AgentPaths.of(settings, name).pid_file.read_text().split()[0])
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
 async def wait_dead(pid: int, timeout: float = 10.0) -> None:
