@@ -17,7 +17,6 @@ from playwright.async_api import Browser, Page, expect
 
 from hyperhive.common import rpc, subjects
 from hyperhive.common.paths import AgentPaths
-from hyperhive.common.wire.approvals import ApprovalQueued, AskRequest
 from hyperhive.common.wire.base import Ok
 from hyperhive.common.wire.broker import (
     AckRequest,
@@ -32,6 +31,7 @@ from tests.browser import chromium, needs_chromium, open_page
 from tests.dashboard.conftest import (
     Stack,
     agents,
+    ask_operator,
     commit_config,
     request_apply_commit,
     set_prompt,
@@ -132,22 +132,16 @@ async def test_deny_with_a_note(page: Page, stack: Stack) -> None:
 async def test_answer_a_radio_question_reaches_the_manager(page: Page, stack: Stack) -> None:
     assert stack.manager is not None
     question = f"which colour for the hive? ({time.time():.0f})"
-    queued = await rpc.request(
-        stack.manager,
-        subjects.manager_tool("ask_operator"),
-        AskRequest(question=question, options=["amber", "teal", "violet"]),
-        ApprovalQueued,
-        timeout=TIMEOUT,
-    )
-    form = page.locator(f"#question-{queued.id}")
+    question_id = await ask_operator(stack, question, ["amber", "teal", "violet"])
+    form = page.locator(f"#question-{question_id}")
     await expect(form).to_contain_text(question)
     await form.get_by_label("teal").check()
     await form.get_by_role("button", name="4nsw3r").click()
-    await expect(page.locator(f"#answered-{queued.id}")).to_contain_text("teal")
+    await expect(page.locator(f"#answered-{question_id}")).to_contain_text("teal")
     await assert_not_reloaded(page)
 
     # hm1nd's inbox receives the answer as a system event
-    answered = await manager_receives_answer(stack, queued.id)
+    answered = await manager_receives_answer(stack, question_id)
     assert answered.answer == ["teal"]
     assert answered.question == question
 

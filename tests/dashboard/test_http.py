@@ -15,9 +15,6 @@ import pytest
 from hyperhive.common import rpc, subjects
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.approvals import (
-    ApplyCommitRequest,
-    ApprovalQueued,
-    AskRequest,
     QuestionsReply,
     QuestionsRequest,
     SpawnToolRequest,
@@ -508,15 +505,9 @@ async def test_secrets_in_a_proposal_are_masked(stack: Stack, client: httpx.Asyn
     secret = "sk-very-secret-value-123"
     tools = f'\n[mcp_servers.tools]\ncommand = "tools-mcp"\nenv = {{ API_TOKEN = "{secret}" }}\n'
     sha = await commit_config(stack.settings, name, lambda text: text + tools, "add tools")
-    queued = await rpc.request(
-        stack.manager,
-        subjects.manager_tool("request_apply_commit"),
-        ApplyCommitRequest(name=name, commit_ref=sha),
-        ApprovalQueued,
-        timeout=TIMEOUT,
-    )
+    approval_id = await request_apply_commit(stack, name, sha)
     page = (await client.get("/section/approvals")).text
-    assert f'id="approval-{queued.id}"' in page
+    assert f'id="approval-{approval_id}"' in page
     assert "API_TOKEN" in page and "tools-mcp" in page  # the change is visible
     assert secret not in page  # its value is not
     assert secret not in (await client.get("/")).text
@@ -527,19 +518,8 @@ async def test_secrets_in_a_proposal_are_masked(stack: Stack, client: httpx.Asyn
 
 async def test_checkbox_and_free_text_questions(stack: Stack, client: httpx.AsyncClient) -> None:
     assert stack.manager is not None
-
-    async def ask(question: str, options: list[str] | None, multi: bool) -> int:
-        queued = await rpc.request(
-            stack.manager,  # type: ignore[arg-type]
-            subjects.manager_tool("ask_operator"),
-            AskRequest(question=question, options=options, multi=multi),
-            ApprovalQueued,
-            timeout=TIMEOUT,
-        )
-        return queued.id
-
-    multi = await ask("which tools?", ["git", "nix", "curl"], True)
-    text = await ask("what should the next agent be called?", None, False)
+    multi = await ask_operator(stack, "which tools?", ["git", "nix", "curl"], True)
+    text = await ask_operator(stack, "what should the next agent be called?", None, False)
     page = (await client.get("/section/questions")).text
     assert page.count('name="choice"') >= 3 and 'type="checkbox"' in page
     assert f'id="answer-{text}"' in page  # a textarea
