@@ -3,6 +3,7 @@
 Identity comes from the subject (``call.agent``). A send is committed to
 Postgres, with its ``message.sent`` event in the same transaction (outbox),
 before it is answered; concurrent sends share a transaction (group commit).
+Concurrent hand-outs share a statement too, and so do concurrent acks.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from hyperhive.broker import store
 from hyperhive.broker.batching import GroupCommit
 from hyperhive.broker.known import KnownAgents
 from hyperhive.broker.render import render_event
-from hyperhive.broker.store import NewMessage, Stored, db_errors
+from hyperhive.broker.store import Ack, Claim, NewMessage, Stored, db_errors
 from hyperhive.broker.wake import Waiters
 from hyperhive.common import outbox, subjects
 from hyperhive.common.config import BrokerSettings
@@ -93,6 +94,20 @@ class Broker:
         self.sends: GroupCommit[NewMessage, Stored] = GroupCommit(
             self._commit_sends, max_batch=256, workers=2
         )
+        self.claims: GroupCommit[Claim, asyncpg.Record | None] = GroupCommit(
+            self._claim_batch, max_batch=256, workers=2
+        )
+        self.acks: GroupCommit[Ack, bool] = GroupCommit(self._ack_batch, max_batch=256, workers=2)
+
+    def start(self) -> None:
+        """Starts the batching of sends, hand-outs and acks (inside the event loop)."""
+        for batcher in (self.sends, self.claims, self.acks):
+            batcher.start()
+
+    async def stop(self) -> None:
+        """Stops the batching; requests still queued fail with ``Internal``."""
+        for batcher in (self.sends, self.claims, self.acks):
+            await batcher.stop()
 
     def _kick_relay(self) -> None:
         """Has the outbox relay publish soon, once for everything committed meanwhile.
@@ -228,18 +243,19 @@ class Broker:
                 timeout = remaining if expiry is None else min(remaining, max(expiry, 0.0) + 0.01)
                 await woke.wait(timeout)
 
-    async def _claim(self, agent: str) -> Message | None:
-        with db_errors("recv"):
-            row = await store.claim_next(
-                self.relaxed,
-                agent,
-                self.settings.visibility_timeout_s,
-                self.kinds,
-                current_traceparent(),
+    async def _claim_batch(self, claims: Sequence[Claim]) -> list[asyncpg.Record | None]:
+        with db_errors("recv", bad_values=len(claims) == 1):
+            rows = await store.claim_many(
+                self.relaxed, claims, self.settings.visibility_timeout_s, self.kinds
             )
+        if any(row is not None for row in rows):
+            self._kick_relay()
+        return rows
+
+    async def _claim(self, agent: str) -> Message | None:
+        row = await self.claims.submit(Claim(agent, current_traceparent()))
         if row is None:
             return None
-        self._kick_relay()
         return Message(
             id=row["id"],
             sender=row["sender"],
@@ -258,17 +274,22 @@ class Broker:
         Acking an already acked message of one's own is a no-op.
         """
         agent = call.agent
-        with db_errors("ack"):
-            row = await store.ack(self.relaxed, req.id, agent, self.kinds, current_traceparent())
-            existing = None if row is not None else await store.get(self.pool, req.id)
-        if row is not None:
-            self._kick_relay()
+        if await self.acks.submit(Ack(req.id, agent, current_traceparent())):
             return Ok()
+        with db_errors("ack"):
+            existing = await store.get(self.pool, req.id)
         if existing is None:
             raise NotFound(f"no message with id {req.id}")
         if existing["recipient"] != agent:
             raise Forbidden(f"message {req.id} is not addressed to {agent}")
         return Ok()  # already acked
+
+    async def _ack_batch(self, acks: Sequence[Ack]) -> list[bool]:
+        with db_errors("ack", bad_values=len(acks) == 1):
+            acked = await store.ack_many(self.relaxed, acks, self.kinds)
+        if any(acked):
+            self._kick_relay()
+        return acked
 
     # --- receipts and history -------------------------------------------------
 

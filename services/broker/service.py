@@ -51,8 +51,8 @@ async def start(rt: Runtime) -> None:
     )
     rt.stack.push_async_callback(relaxed.close)
     broker = Broker(rt.pool, relaxed, rt.outbox, rt.settings.broker, known, waiters, rt.stop)
-    broker.sends.start()
-    rt.stack.push_async_callback(broker.sends.stop)
+    broker.start()
+    rt.stack.push_async_callback(broker.stop)
     turns = Turns(rt.js, max_bytes=max(rt.nc.max_payload - _REPLY_MARGIN, 64 * 1024))
 
     serve = rt.responder.serve

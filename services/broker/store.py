@@ -101,6 +101,11 @@ async def open_relaxed_pool(url: str, schema: str, max_size: int) -> asyncpg.Poo
     last few hand-outs or acks together with their outbox rows, so the state
     and HIVE_EVENTS stay consistent and the message is handed out again:
     delivery stays at-least-once. Connections open on first use.
+
+    Nothing run on these connections changes session state (no ``SET``,
+    ``LISTEN``, advisory locks or cursors), so a connection goes back to the
+    pool without asyncpg's reset query, which would cost a second round trip
+    per statement; asyncpg still rolls back a transaction left open.
     """
     return await asyncpg.create_pool(
         url,
@@ -114,7 +119,12 @@ async def open_relaxed_pool(url: str, schema: str, max_size: int) -> asyncpg.Poo
             "plan_cache_mode": "force_generic_plan",
         },
         timeout=5,
+        reset=_keep_session,
     )
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """The relaxed pool's reset: nothing to undo (see :func:`open_relaxed_pool`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,32 +246,88 @@ async def insert_messages(
     return out
 
 
+# One statement hands out messages to a batch of recvs: ``$1``/``$2`` are
+# the recipient and the rank (1, 2, ... among that recipient's recvs in the
+# batch) of each recv, ``$3`` its traceparent. Each recipient's oldest
+# available messages, as many as it has recvs, are locked with SKIP LOCKED
+# (a concurrent batch skips them) and the n-th goes to the recv of rank n.
 _CLAIM = f"""
-WITH next AS (
-    SELECT id FROM messages
-    WHERE recipient = $1 AND acked_at IS NULL
-      AND (lease_until IS NULL OR lease_until <= clock_timestamp())
-    ORDER BY id
-    LIMIT 1
-    FOR UPDATE SKIP LOCKED
+WITH req AS (
+    SELECT r, rn, tp FROM unnest($1::text[], $2::int[], $3::text[]) AS t(r, rn, tp)
+), want AS (
+    SELECT r, max(rn) AS n FROM req GROUP BY r
+), next AS (
+    SELECT n.id, row_number() OVER (PARTITION BY want.r ORDER BY n.id) AS rn
+    FROM want CROSS JOIN LATERAL (
+        SELECT id FROM messages
+        WHERE recipient = want.r AND acked_at IS NULL
+          AND (lease_until IS NULL OR lease_until <= clock_timestamp())
+        ORDER BY id
+        LIMIT want.n
+        FOR UPDATE SKIP LOCKED
+    ) n
 ), upd AS (
     UPDATE messages m
     SET deliveries = m.deliveries + 1,
-        lease_until = clock_timestamp() + make_interval(secs => $2),
+        lease_until = clock_timestamp() + make_interval(secs => $4),
         delivered_at = coalesce(m.delivered_at, clock_timestamp())
     FROM next
     WHERE m.id = next.id
-    RETURNING m.*, {_EID}
+    RETURNING m.*, next.rn, {_EID}
 ), ob AS (
     INSERT INTO outbox (subject, payload, msg_id, traceparent)
     SELECT
-        CASE WHEN upd.deliveries > 1 THEN $5 ELSE $3 END,
-        {_event_row("upd", "CASE WHEN upd.deliveries > 1 THEN $6 ELSE $4 END", "$7")},
-        $8
-    FROM upd
+        CASE WHEN upd.deliveries > 1 THEN $7 ELSE $5 END,
+        {_event_row("upd", "CASE WHEN upd.deliveries > 1 THEN $8 ELSE $6 END", "$9")},
+        req.tp
+    FROM upd LEFT JOIN req ON req.r = upd.recipient AND req.rn = upd.rn
+    ORDER BY upd.id
 )
-SELECT {_columns("upd")} FROM upd
+SELECT upd.rn, {_columns("upd")} FROM upd
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One recv's request for a message: whose, and the recv's trace context."""
+
+    recipient: str
+    traceparent: str | None = None
+
+
+async def claim_many(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    claims: Sequence[Claim],
+    lease_s: float,
+    kinds: EventKinds,
+) -> list[asyncpg.Record | None]:
+    """Hands out, in one statement, the oldest available message of each claim's
+    recipient for ``lease_s``; several claims of one recipient get its oldest
+    messages in order.
+
+    Available: not acked, and never handed out or its lease expired. Rows
+    locked by a concurrent claim are skipped, so no two claims return the same
+    message. Queues ``message.delivered`` (or ``.redelivered``) with the
+    claim's ``traceparent``. Returns one row (or None: nothing available) per
+    claim, in order.
+    """
+    seen: dict[str, int] = {}
+    ranks: list[int] = []
+    for c in claims:
+        seen[c.recipient] = rank = seen.get(c.recipient, 0) + 1
+        ranks.append(rank)
+    rows = await conn.fetch(
+        _CLAIM,
+        [c.recipient for c in claims],
+        ranks,
+        [c.traceparent for c in claims],
+        float(lease_s),
+        *kinds.delivered,
+        *kinds.redelivered,
+        kinds.body_chars,
+    )
+    got = {(row["recipient"], row["rn"]): row for row in rows}
+    return [got.get((c.recipient, rank)) for c, rank in zip(claims, ranks, strict=True)]
 
 
 async def claim_next(
@@ -271,22 +337,9 @@ async def claim_next(
     kinds: EventKinds,
     traceparent: str | None = None,
 ) -> asyncpg.Record | None:
-    """Hands out the oldest available message of ``recipient`` for ``lease_s``.
-
-    Available: not acked, and never handed out or its lease expired. Rows
-    locked by a concurrent claim are skipped, so two claims never return the
-    same message. Queues ``message.delivered`` (or ``.redelivered``) with
-    ``traceparent`` (the recv's).
-    """
-    return await conn.fetchrow(
-        _CLAIM,
-        recipient,
-        float(lease_s),
-        *kinds.delivered,
-        *kinds.redelivered,
-        kinds.body_chars,
-        traceparent,
-    )
+    """Hands out the oldest available message of ``recipient`` (see :func:`claim_many`)."""
+    [row] = await claim_many(conn, [Claim(recipient, traceparent)], lease_s, kinds)
+    return row
 
 
 async def seconds_to_next_expiry(pool: asyncpg.Pool, recipient: str) -> float | None:
@@ -301,18 +354,64 @@ async def seconds_to_next_expiry(pool: asyncpg.Pool, recipient: str) -> float | 
     )
 
 
+# One statement acks a batch: ``$1``/``$2``/``$3`` are each ack's message id,
+# recipient and traceparent, no (id, recipient) pair twice. The rows are
+# locked in id order, so two batches never wait on each other in a cycle.
 _ACK = f"""
-WITH upd AS (
-    UPDATE messages SET acked_at = clock_timestamp(), lease_until = NULL
-    WHERE id = $1 AND recipient = $2 AND acked_at IS NULL
-    RETURNING *, {_EID}
+WITH req AS (
+    SELECT id, r, tp FROM unnest($1::bigint[], $2::text[], $3::text[]) AS t(id, r, tp)
+), mine AS (
+    SELECT m.id, req.tp FROM messages m JOIN req ON m.id = req.id AND m.recipient = req.r
+    WHERE m.acked_at IS NULL
+    ORDER BY m.id
+    FOR UPDATE OF m
+), upd AS (
+    UPDATE messages m SET acked_at = clock_timestamp(), lease_until = NULL
+    FROM mine
+    WHERE m.id = mine.id AND m.acked_at IS NULL
+    RETURNING m.*, mine.tp, {_EID}
 ), ob AS (
     INSERT INTO outbox (subject, payload, msg_id, traceparent)
-    SELECT $3, {_event_row("upd", "$4", "$5")}, $6
-    FROM upd
+    SELECT $4, {_event_row("upd", "$5", "$6")}, upd.tp
+    FROM upd ORDER BY upd.id
 )
-SELECT {_columns("upd")} FROM upd
+SELECT upd.id, upd.recipient FROM upd
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """One ack: the message, the acking recipient, the ack's trace context."""
+
+    id: int
+    recipient: str
+    traceparent: str | None = None
+
+
+async def ack_many(
+    conn: asyncpg.Connection | asyncpg.Pool, acks: Sequence[Ack], kinds: EventKinds
+) -> list[bool]:
+    """Marks, in one statement, each ack's message acked if it is pending and
+    addressed to the ack's recipient, and queues its ``message.acked`` (with the
+    ack's ``traceparent``).
+
+    Returns, per ack in order, whether its message is acked by this call
+    (False: not pending, or not addressed to that recipient). Two acks of the
+    same message by the same recipient both get True; it is acked once.
+    """
+    unique: dict[tuple[int, str], Ack] = {}
+    for a in acks:
+        unique.setdefault((a.id, a.recipient), a)
+    rows = await conn.fetch(
+        _ACK,
+        [a.id for a in unique.values()],
+        [a.recipient for a in unique.values()],
+        [a.traceparent for a in unique.values()],
+        *kinds.acked,
+        kinds.body_chars,
+    )
+    done = {(row["id"], row["recipient"]) for row in rows}
+    return [(a.id, a.recipient) in done for a in acks]
 
 
 async def ack(
@@ -321,15 +420,10 @@ async def ack(
     recipient: str,
     kinds: EventKinds,
     traceparent: str | None = None,
-) -> asyncpg.Record | None:
-    """Marks a pending message of ``recipient`` acked and queues ``message.acked``
-    (with ``traceparent``, the ack's).
-
-    None: the message is not pending or not addressed to ``recipient``.
-    """
-    return await conn.fetchrow(
-        _ACK, message_id, recipient, *kinds.acked, kinds.body_chars, traceparent
-    )
+) -> bool:
+    """Acks one message (see :func:`ack_many`)."""
+    [acked] = await ack_many(conn, [Ack(message_id, recipient, traceparent)], kinds)
+    return acked
 
 
 async def get(conn: asyncpg.Connection | asyncpg.Pool, message_id: int) -> asyncpg.Record | None:

@@ -3,6 +3,7 @@ is translated once, to ``unavailable`` or ``bad_request``."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -78,3 +79,116 @@ def test_a_connection_the_server_ended_mid_operation_is_unavailable():
     with pytest.raises(Unavailable, match="database unavailable, ack not done: cannot switch"):
         with db_errors("ack"):
             raise asyncpg.exceptions.InternalClientError(state)
+
+
+async def _send(pool: asyncpg.Pool, recipient: str, n: int) -> list[int]:
+    items = [NewMessage(sender="a", recipient=recipient, body=f"m{i}") for i in range(n)]
+    return [s.id for s in await store.insert_messages(pool, items, KINDS)]
+
+
+async def _events(pool: asyncpg.Pool, kind: str) -> list[tuple[int, str | None]]:
+    """(message id, traceparent) of each queued outbox record of ``kind``, in order."""
+    rows = await pool.fetch(
+        """
+        SELECT (convert_from(payload, 'UTF8')::json #>> '{data,id}')::bigint AS msg, traceparent
+        FROM outbox WHERE subject = $1 ORDER BY outbox.id
+        """,
+        f"hive.events.{kind}",
+    )
+    return [(r["msg"], r["traceparent"]) for r in rows]
+
+
+async def test_claims_in_one_batch_get_their_recipients_oldest_messages_in_order(
+    pool: asyncpg.Pool,
+):
+    b = await _send(pool, "b", 3)
+    [c] = await _send(pool, "c", 1)
+    claims = [
+        store.Claim("b", "tp-b1"),
+        store.Claim("c", "tp-c"),
+        store.Claim("b", "tp-b2"),
+        store.Claim("b"),
+        store.Claim("b", "tp-none"),
+    ]
+    rows = await store.claim_many(pool, claims, 60, KINDS)
+    assert [r and r["id"] for r in rows] == [b[0], c, b[1], b[2], None]
+    assert all(r["deliveries"] == 1 for r in rows if r is not None)
+    # one delivered record per hand-out, with the trace context of its own recv
+    delivered = await _events(pool, "message.delivered")
+    assert sorted(delivered) == sorted(
+        [(b[0], "tp-b1"), (c, "tp-c"), (b[1], "tp-b2"), (b[2], None)]
+    )
+    # handed out: hidden while the lease runs
+    assert await store.claim_many(pool, [store.Claim("b"), store.Claim("c")], 60, KINDS) == [
+        None,
+        None,
+    ]
+
+
+async def test_a_lease_that_ran_out_is_handed_out_again_as_a_redelivery(pool: asyncpg.Pool):
+    [m] = await _send(pool, "b", 1)
+    first = await store.claim_next(pool, "b", 0, KINDS)  # the lease ends at once
+    again = await store.claim_next(pool, "b", 60, KINDS, "tp-again")
+    assert first is not None and again is not None
+    assert (first["id"], again["id"], again["deliveries"]) == (m, m, 2)
+    assert await _events(pool, "message.redelivered") == [(m, "tp-again")]
+    assert await store.claim_next(pool, "b", 60, KINDS) is None
+
+
+async def test_concurrent_claim_batches_never_hand_out_one_message_twice(settings: Settings):
+    pool = await create_pool(settings.database, "broker")
+    await migrate(pool, "hyperhive.broker")
+    relaxed = await store.open_relaxed_pool(settings.database.url, "broker", 8)
+    try:
+        ids = await _send(pool, "b", 40)
+        batches = await asyncio.gather(
+            *(store.claim_many(relaxed, [store.Claim("b")] * 3, 60, KINDS) for _ in range(20))
+        )
+        got = [r["id"] for rows in batches for r in rows if r is not None]
+        assert sorted(got) == ids  # 60 claims for 40 messages: each handed out once
+        assert len(await _events(pool, "message.delivered")) == 40
+    finally:
+        await relaxed.close()
+        await pool.close()
+
+
+async def test_acks_in_one_batch_count_only_pending_messages_of_the_acking_recipient(
+    pool: asyncpg.Pool,
+):
+    m1, m2 = await _send(pool, "b", 2)
+    assert await store.ack(pool, m2, "b", KINDS)
+    acks = [
+        store.Ack(m1, "c", "tp-wrong"),  # not c's: refused, before and after the right one
+        store.Ack(m1, "b", "tp-first"),
+        store.Ack(m1, "b", "tp-twice"),  # the same ack twice: acked once
+        store.Ack(m2, "b"),  # already acked
+        store.Ack(2**40, "b"),  # no such message
+    ]
+    assert await store.ack_many(pool, acks, KINDS) == [False, True, True, False, False]
+    assert await _events(pool, "message.acked") == [(m2, None), (m1, "tp-first")]
+    row = await store.get(pool, m1)
+    assert row is not None and row["acked_at"] is not None and row["lease_until"] is None
+    assert await store.ack_many(pool, [store.Ack(m1, "b")], KINDS) == [False]
+
+
+async def test_the_relaxed_pool_hands_out_clean_connections_without_a_reset_query(
+    settings: Settings,
+):
+    pool = await create_pool(settings.database, "broker")
+    await migrate(pool, "hyperhive.broker")
+    relaxed = await store.open_relaxed_pool(settings.database.url, "broker", 1)
+    try:
+        conn = await relaxed.acquire()
+        pid = conn.get_server_pid()
+        tx = conn.transaction()
+        await tx.start()  # left open: asyncpg must still roll it back
+        await conn.execute("INSERT INTO stats VALUES ('a', now(), 'k', 1)")
+        await relaxed.release(conn)
+        async with relaxed.acquire() as again:
+            assert again.get_server_pid() == pid  # the same session, reused
+            assert not again.is_in_transaction()
+            assert await again.fetchval("SELECT count(*) FROM stats") == 0
+            assert await again.fetchval("SHOW synchronous_commit") == "off"
+    finally:
+        await relaxed.close()
+        await pool.close()
