@@ -303,6 +303,25 @@ class Page:
         await self.client.aclose()
 
 
+def claude_events(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """The claude stream-json events of type ``kind`` (``system``, ``assistant``,
+    ``user``) among an agent page's records."""
+    return [
+        r["event"] for r in records if r.get("type") == "claude" and r["event"].get("type") == kind
+    ]
+
+
+def claude_blocks(records: list[dict[str, Any]], kind: str, block: str) -> list[dict[str, Any]]:
+    """The content blocks of type ``block`` (``text``, ``tool_use``, ``tool_result``)
+    in the messages of the ``kind`` events among an agent page's records."""
+    return [
+        blk
+        for event in claude_events(records, kind)
+        for blk in event["message"]["content"]
+        if isinstance(blk, dict) and blk.get("type") == block
+    ]
+
+
 async def sse_records(
     url: str,
     until: Any,

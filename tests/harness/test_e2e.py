@@ -38,6 +38,8 @@ from tests.harness.conftest import (
     Page,
     Stack,
     agent_name,
+    claude_blocks,
+    claude_events,
     running_stack,
     sse_records,
     stack_settings,
@@ -122,19 +124,9 @@ async def test_two_agents_talk_through_the_broker(e2e: Stack, api: ScriptedAnthr
     assert end_a["event"]["outcome"] == "ok" and end_b["event"]["outcome"] == "ok"
     start_b = next(r for r in rec_b if r.get("type") == "turn_start")["event"]
     assert start_b["sender"] == a and f"ping from {a}" in start_b["body"]
-    tools_a = [
-        blk["name"]
-        for r in rec_a
-        if r.get("type") == "claude" and r["event"].get("type") == "assistant"
-        for blk in r["event"]["message"]["content"]
-        if blk["type"] == "tool_use"
-    ]
+    tools_a = [blk["name"] for blk in claude_blocks(rec_a, "assistant", "tool_use")]
     assert tools_a == ["mcp__hyperhive__send"]
-    init_b = next(
-        r["event"]
-        for r in rec_b
-        if r.get("type") == "claude" and r["event"].get("type") == "system"
-    )
+    init_b = claude_events(rec_b, "system")[0]
     assert {s["name"]: s["status"] for s in init_b["mcp_servers"]} == {"hyperhive": "connected"}
 
     # the operator got b's answer; every message is acked; stats rows exist
@@ -257,20 +249,10 @@ async def test_manager_tools_reach_the_approvals_queue(
     records = _this_run(await tail)  # hm1nd's earlier runs are backfilled too
     end = next(r for r in records if r.get("type") == "turn_end")["event"]
     assert end["outcome"] == "ok"
-    init = next(
-        r["event"]
-        for r in records
-        if r.get("type") == "claude" and r["event"].get("type") == "system"
-    )
+    init = claude_events(records, "system")[0]
     for tool in subjects.MANAGER_TOOLS:
         assert f"mcp__hyperhive__{tool}" in init["tools"]
-    results = [
-        blk
-        for r in records
-        if r.get("type") == "claude" and r["event"].get("type") == "user"
-        for blk in r["event"]["message"]["content"]
-        if isinstance(blk, dict) and blk.get("type") == "tool_result"
-    ]
+    results = claude_blocks(records, "user", "tool_result")
     assert len(results) == 2 and not any(x.get("is_error") for x in results)
 
     approvals = await rpc.request(
@@ -389,10 +371,7 @@ async def test_manager_drives_two_step_spawn_apply_and_lifecycle_tools_over_mcp(
     assert end["outcome"] == "ok", end
     calls = [
         blk["name"].removeprefix("mcp__hyperhive__")
-        for r in records
-        if r.get("type") == "claude" and r["event"].get("type") == "assistant"
-        for blk in r["event"]["message"]["content"]
-        if blk["type"] == "tool_use"
+        for blk in claude_blocks(records, "assistant", "tool_use")
     ]
     assert calls == [
         "request_spawn_draft",
@@ -404,13 +383,7 @@ async def test_manager_drives_two_step_spawn_apply_and_lifecycle_tools_over_mcp(
         "update",
         "restart",
     ]
-    results = [
-        blk
-        for r in records
-        if r.get("type") == "claude" and r["event"].get("type") == "user"
-        for blk in r["event"]["message"]["content"]
-        if isinstance(blk, dict) and blk.get("type") == "tool_result"
-    ]
+    results = claude_blocks(records, "user", "tool_result")
     assert len(results) == len(calls)
     *fine, refused = results
     for call, result in zip(calls, fine, strict=False):

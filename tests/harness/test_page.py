@@ -10,7 +10,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness.conftest import Page, Stack, agent_name, running_harness, sse_records
+from tests.harness.conftest import (
+    Page,
+    Stack,
+    agent_name,
+    claude_blocks,
+    running_harness,
+    sse_records,
+)
 from tests.scripted_anthropic import ScriptedAnthropic, last_user_mentions
 
 
@@ -41,13 +48,7 @@ async def test_sse_live_tail_resume_and_backfill(stack: Stack, api: ScriptedAnth
         assert records[0]["sse"] == "reset"
         kinds = [r.get("type") for r in records if r["sse"] == "turn"]
         assert {"operator", "turn_start", "claude", "turn_end", "state"} <= set(kinds)
-        texts = [
-            b["text"]
-            for r in records
-            if r.get("type") == "claude" and r["event"].get("type") == "assistant"
-            for b in r["event"]["message"]["content"]
-            if b["type"] == "text"
-        ]
+        texts = [b["text"] for b in claude_blocks(records, "assistant", "text")]
         assert texts == ["streamed reply one"]
         assert any(r["sse"] == "status" for r in records)
         live = [r for r in records if r["sse"] == "turn"]
