@@ -49,7 +49,13 @@ from hyperhive.harness.loop import Harness
 from hyperhive.harness.serve import run as run_harness
 from tests import rig
 from tests.browser import chromium
-from tests.scripted_anthropic import ScriptedAnthropic
+from tests.scripted_anthropic import (
+    ScriptedAnthropic,
+    after_tool_results,
+    last_user_mentions,
+    mentions,
+    tool_use,
+)
 
 CLAUDE = find_claude("")
 SLEEP = "sleep 3600"
@@ -60,6 +66,25 @@ _names = itertools.count(1)
 def agent_name(prefix: str = "h") -> str:
     """A name unique in this pytest run (NATS users are shared by the session)."""
     return f"{prefix}{os.getpid() % 1000}{next(_names)}"[:9]
+
+
+def script_relay(
+    api: ScriptedAnthropic, a: str, b: str, *, prompt: str, ping: str, pong: str
+) -> None:
+    """Scripts one exchange through the broker: ``a``, asked with a message that
+    mentions ``prompt``, sends ``ping`` to ``b`` (MCP ``send``) and ends its turn;
+    ``b``, woken by the ping, sends ``pong`` to the operator and ends its turn."""
+    is_a, is_b = mentions(f"You are {a},"), mentions(f"You are {b},")
+    api.reply(
+        tool_use("mcp__hyperhive__send", {"to": b, "body": ping}),
+        when=lambda r: is_a(r) and last_user_mentions(prompt)(r),
+    )
+    api.reply("relayed", when=after_tool_results(1, also=is_a))
+    api.reply(
+        tool_use("mcp__hyperhive__send", {"to": "operator", "body": pong}),
+        when=lambda r: is_b(r) and last_user_mentions(ping)(r),
+    )
+    api.reply("answered", when=after_tool_results(1, also=is_b))
 
 
 @pytest.fixture

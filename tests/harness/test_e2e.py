@@ -41,6 +41,7 @@ from tests.harness.conftest import (
     claude_blocks,
     claude_events,
     running_stack,
+    script_relay,
     sse_records,
     stack_settings,
 )
@@ -101,17 +102,14 @@ async def test_two_agents_talk_through_the_broker(e2e: Stack, api: ScriptedAnthr
     a, b = agent_name("a"), agent_name("b")
     url_a = await _page_up(await e2e.spawn(a))
     url_b = await _page_up(await e2e.spawn(b))
-    is_a, is_b = mentions(f"You are {a},"), mentions(f"You are {b},")
-    api.reply(
-        tool_use("mcp__hyperhive__send", {"to": b, "body": f"ping from {a}: status please"}),
-        when=lambda r: is_a(r) and last_user_mentions("relay this to")(r),
+    script_relay(
+        api,
+        a,
+        b,
+        prompt="relay this to",
+        ping=f"ping from {a}: status please",
+        pong=f"pong from {b}: all good",
     )
-    api.reply("relayed", when=after_tool_results(1, also=is_a))
-    api.reply(
-        tool_use("mcp__hyperhive__send", {"to": "operator", "body": f"pong from {b}: all good"}),
-        when=lambda r: is_b(r) and last_user_mentions(f"ping from {a}")(r),
-    )
-    api.reply("answered", when=after_tool_results(1, also=is_b))
 
     # both agent pages are followed live before anything happens
     tail_a = asyncio.create_task(sse_records(url_a, _turn_ended(), timeout=120))

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from hyperhive.common import subjects
 from hyperhive.common.natsconn import sync_subscriptions
-from tests.harness.conftest import Stack, agent_name, running_harness
+from tests.harness.conftest import Stack, agent_name, running_harness, script_relay
 from tests.rig import span_exporter
 from tests.scripted_anthropic import (
     ScriptedAnthropic,
@@ -72,17 +72,7 @@ async def test_one_send_is_one_trace_through_both_turns(
     a, b = agent_name("ta"), agent_name("tb")
     await stack.spawn(a)
     await stack.spawn(b)
-    is_a, is_b = mentions(f"You are {a},"), mentions(f"You are {b},")
-    api.reply(
-        tool_use("mcp__hyperhive__send", {"to": b, "body": f"traced ping from {a}"}),
-        when=lambda r: is_a(r) and last_user_mentions("pass it on")(r),
-    )
-    api.reply("passed on", when=after_tool_results(1, also=is_a))
-    api.reply(
-        tool_use("mcp__hyperhive__send", {"to": "operator", "body": "traced pong"}),
-        when=lambda r: is_b(r) and last_user_mentions("traced ping")(r),
-    )
-    api.reply("answered", when=after_tool_results(1, also=is_b))
+    script_relay(api, a, b, prompt="pass it on", ping=f"traced ping from {a}", pong="traced pong")
 
     async with (
         running_harness(stack.harness_settings(a)) as ha,
