@@ -266,6 +266,15 @@ async def test_failing_nixos_container_leaves_registry_consistent(
     async def state_of(name: str) -> AgentInfo:
         return (await op.list())[name]
 
+    async def fails_at_start(verb: str, name: str) -> None:
+        """``verb`` with a failing start: the agent is failed, with the output."""
+        marker = fail("start", name)
+        with pytest.raises(BackendFailed, match="FAIL_MARKER start"):
+            await op.verb(verb, name)
+        info = await state_of(name)
+        assert info.state == "failed" and "FAIL_MARKER start" in info.error
+        marker.unlink()
+
     try:
         async with serving("lifecycle", settings, operator_nc):
             # a create whose start fails: nothing left of the agent or its container
@@ -282,12 +291,7 @@ async def test_failing_nixos_container_leaves_registry_consistent(
             await op.spawn("nf")
             # start fails: the container stays down; the agent is failed, with the output
             await op.verb("stop", "nf")
-            marker = fail("start", "nf")
-            with pytest.raises(BackendFailed, match="FAIL_MARKER start"):
-                await op.verb("start", "nf")
-            info = await state_of("nf")
-            assert info.state == "failed" and "FAIL_MARKER start" in info.error
-            marker.unlink()
+            await fails_at_start("start", "nf")
             info = await op.verb("start", "nf")
             assert info.state == "running" and info.error == ""
 
@@ -312,12 +316,7 @@ async def test_failing_nixos_container_leaves_registry_consistent(
             assert (await op.verb("start", "nf")).state == "running"
 
             # restart: the stop works, the start fails: failed, flagged Restarting
-            marker = fail("start", "nf")
-            with pytest.raises(BackendFailed, match="FAIL_MARKER start"):
-                await op.verb("restart", "nf")
-            info = await state_of("nf")
-            assert info.state == "failed" and "FAIL_MARKER start" in info.error
-            marker.unlink()
+            await fails_at_start("restart", "nf")
             assert (await op.verb("start", "nf")).state == "running"
 
             # destroy fails: the agent, its container and its credentials stay
