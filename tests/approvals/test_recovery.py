@@ -13,6 +13,7 @@ import shutil
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import NamedTuple
 
 import asyncpg
 import pytest
@@ -50,6 +51,27 @@ async def queue(hive: Hive, name: str, toml: str = GOOD) -> ApprovalQueued:
     return await hive.tool(
         "request_apply_commit", ApplyCommitRequest(name=name, commit_ref=sha), ApprovalQueued
     )
+
+
+class Left(NamedTuple):
+    """What an approvals run that has ended since left behind (see :func:`left_pending`)."""
+
+    name: str
+    applied: Path
+    base: str  # the applied repo's main before the approval
+    queued: ApprovalQueued
+
+
+async def left_pending(hive: Hive, prefix: str) -> Left:
+    """A new agent with one apply-commit approval pending, queued by an
+    approvals service that has stopped since."""
+    name = agent_name(prefix)
+    await hive.spawn(name)
+    applied = hive.paths(name).applied
+    base = gitops.main_sha(applied)
+    async with rig.running_service("approvals", hive.settings):
+        q = await queue(hive, name)
+    return Left(name, applied, base, q)
 
 
 async def state_of(hive: Hive, approval_id: int) -> ApprovalInfo:
@@ -213,12 +235,7 @@ async def test_two_approvals_of_one_agent_do_not_interleave(hive: Hive) -> None:
 )
 async def test_recovery_of_each_crash_point(peers: Hive, crash_point: str, end: str) -> None:
     hive = peers
-    name = agent_name("rp")
-    await hive.spawn(name)
-    applied = hive.paths(name).applied
-    base = gitops.main_sha(applied)
-    async with rig.running_service("approvals", hive.settings):
-        q = await queue(hive, name)
+    name, applied, base, q = await left_pending(hive, "rp")
     # what a killed run leaves: row approved, tree at the proposal, maybe an end tag
     await stage(
         hive,
@@ -272,12 +289,7 @@ async def test_second_instance_does_not_take_over_a_running_build(peers: Hive) -
 
 async def test_crash_between_deny_commit_and_denied_tag(peers: Hive) -> None:
     hive = peers
-    name = agent_name("rd")
-    await hive.spawn(name)
-    applied = hive.paths(name).applied
-    base = gitops.main_sha(applied)
-    async with rig.running_service("approvals", hive.settings):
-        q = await queue(hive, name)
+    _name, applied, base, q = await left_pending(hive, "rd")
     # the deny committed (state, note, tag name), the service died before tagging
     note = "not now\nthe budget is spent"
     await stage(
@@ -341,16 +353,12 @@ async def test_recovery_fails_an_approval_whose_repo_is_gone(peers: Hive) -> Non
     """An approved row whose applied repo vanished ends failed, once, instead
     of being retried at every sweep."""
     hive = peers
-    name = agent_name("rg")
-    await hive.spawn(name)
-    applied = hive.paths(name).applied
-    async with rig.running_service("approvals", hive.settings):
-        q = await queue(hive, name)
+    _name, applied, base, q = await left_pending(hive, "rg")
     await stage(
         hive,
         "UPDATE approvals SET state = 'approved', base_sha = $2, attempts = 1 WHERE id = $1",
         q.id,
-        gitops.main_sha(applied),
+        base,
     )
     shutil.rmtree(applied)
 
