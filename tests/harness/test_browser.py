@@ -80,18 +80,14 @@ async def test_prompt_streams_reply_and_badge_goes_thinking_then_idle(
             assert (tmp_path / "agent-page.png").stat().st_size > 0
 
 
-AGE_AT_LEAST = """(min) => {
-  const t = document.getElementById("badge-age").textContent.trim();
-  const n = parseInt(t, 10);
-  if (Number.isNaN(n)) return min < 0;
-  return (t.endsWith("h") ? n * 3600 : t.endsWith("m") ? n * 60 : n) >= min;
-}"""
+# the badge's age in seconds ("12s", "3m", "1h"), -1 when it shows none
 AGE_S = """() => {
   const t = document.getElementById("badge-age").textContent.trim();
   const n = parseInt(t, 10);
   if (Number.isNaN(n)) return -1;
   return t.endsWith("h") ? n * 3600 : t.endsWith("m") ? n * 60 : n;
 }"""
+AGE_AT_LEAST = f"(min) => ({AGE_S})() >= min"
 
 
 async def test_cancel_button_age_timer_and_offline_badge(
