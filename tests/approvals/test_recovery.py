@@ -109,6 +109,18 @@ async def stage(hive: Hive, sql: str, *args: object) -> None:
         await conn.execute(sql, *args)
 
 
+async def stage_approved(hive: Hive, approval_id: int, base: str, attempts: int = 1) -> None:
+    """The row as a run killed during the build left it: approved, with its base
+    and the number of builds begun."""
+    await stage(
+        hive,
+        "UPDATE approvals SET state = 'approved', base_sha = $2, attempts = $3 WHERE id = $1",
+        approval_id,
+        base,
+        attempts,
+    )
+
+
 async def peek_state(hive: Hive, approval_id: int) -> str:
     """The row's state read from the database (the service is down)."""
     async with approvals_db(hive) as conn:
@@ -237,13 +249,7 @@ async def test_recovery_of_each_crash_point(peers: Hive, crash_point: str, end: 
     hive = peers
     name, applied, base, q = await left_pending(hive, "rp")
     # what a killed run leaves: row approved, tree at the proposal, maybe an end tag
-    await stage(
-        hive,
-        "UPDATE approvals SET state = 'approved', base_sha = $2, attempts = $3 WHERE id = $1",
-        q.id,
-        base,
-        2 if crash_point == "during a retried build" else 1,
-    )
+    await stage_approved(hive, q.id, base, 2 if crash_point == "during a retried build" else 1)
     gitops.checkout_detached(applied, q.fetched_sha)
     if crash_point == "after the deployed tag":
         gitops.create_tag(applied, f"deployed/{q.id}", q.fetched_sha)
@@ -354,12 +360,7 @@ async def test_recovery_fails_an_approval_whose_repo_is_gone(peers: Hive) -> Non
     of being retried at every sweep."""
     hive = peers
     _name, applied, base, q = await left_pending(hive, "rg")
-    await stage(
-        hive,
-        "UPDATE approvals SET state = 'approved', base_sha = $2, attempts = 1 WHERE id = $1",
-        q.id,
-        base,
-    )
+    await stage_approved(hive, q.id, base)
     shutil.rmtree(applied)
 
     async with rig.running_service("approvals", hive.settings):
