@@ -12,7 +12,7 @@ import collections
 import contextlib
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -294,6 +294,22 @@ async def message_events(nc: NATS) -> list[HiveEvent]:
     return out
 
 
+@contextlib.asynccontextmanager
+async def hive_with_own_postgres(
+    postgres_server: EmbeddedPostgres, tmp_path: Path
+) -> AsyncIterator[tuple[Hive, EmbeddedPostgres, str]]:
+    """A hive whose broker has a PostgreSQL of its own (the server and the
+    broker's database URL), so a test can stop it while lifecycle's registry,
+    on the shared server, stays up."""
+    with rig.nats_server() as nats, rig.postgres_server() as private_pg:
+        lifecycle_db = await rig.create_database(postgres_server.url)
+        broker_db = await rig.create_database(private_pg.url)
+        settings = broker_settings(nats, lifecycle_db, tmp_path / "home")
+        own = broker_settings(nats, broker_db, tmp_path / "home")
+        async with hive_of(nats, settings, broker_settings=own) as hive:
+            yield hive, private_pg, broker_db
+
+
 async def _outbox_empty(conn: asyncpg.Connection) -> bool:
     return await conn.fetchval("SELECT count(*) FROM broker.outbox") == 0
 
@@ -301,38 +317,33 @@ async def _outbox_empty(conn: asyncpg.Connection) -> bool:
 async def test_postgres_down_fails_sends_clearly_and_recovers_without_restart(
     postgres_server: EmbeddedPostgres, tmp_path: Path
 ):
-    with rig.nats_server() as nats, rig.postgres_server() as private_pg:
-        lifecycle_db = await rig.create_database(postgres_server.url)
-        broker_db = await rig.create_database(private_pg.url)
-        settings = broker_settings(nats, lifecycle_db, tmp_path / "home")
-        own = broker_settings(nats, broker_db, tmp_path / "home")
-        async with hive_of(nats, settings, broker_settings=own) as hive:
-            a, na = await hive.spawn()
-            b, nb = await hive.spawn()
-            before = await send(na, a, b, "before the outage")
+    async with hive_with_own_postgres(postgres_server, tmp_path) as (hive, private_pg, _db):
+        a, na = await hive.spawn()
+        b, nb = await hive.spawn()
+        before = await send(na, a, b, "before the outage")
 
-            await asyncio.to_thread(private_pg.stop)
-            with pytest.raises(Unavailable, match="database unavailable"):
-                await send(na, a, b, "during the outage")
-            with pytest.raises(Unavailable, match="database unavailable"):
-                await recv(nb, b)
-            assert (await ping(hive.operator)).database.startswith("error")
+        await asyncio.to_thread(private_pg.stop)
+        with pytest.raises(Unavailable, match="database unavailable"):
+            await send(na, a, b, "during the outage")
+        with pytest.raises(Unavailable, match="database unavailable"):
+            await recv(nb, b)
+        assert (await ping(hive.operator)).database.startswith("error")
 
-            await asyncio.to_thread(private_pg.start)
+        await asyncio.to_thread(private_pg.start)
 
-            async def sent() -> SendReply | None:
-                try:
-                    return await send(na, a, b, "after the outage")
-                except Unavailable:
-                    return None
+        async def sent() -> SendReply | None:
+            try:
+                return await send(na, a, b, "after the outage")
+            except Unavailable:
+                return None
 
-            after = await rig.eventually(sent, timeout=30, what="send works again")
-            got = [await recv(nb, b) for _ in range(2)]
-            assert [g.message.id for g in got if g.message] == [before.id, after.id]
-            assert [g.message.body for g in got if g.message] == [
-                "before the outage",
-                "after the outage",
-            ]
+        after = await rig.eventually(sent, timeout=30, what="send works again")
+        got = [await recv(nb, b) for _ in range(2)]
+        assert [g.message.id for g in got if g.message] == [before.id, after.id]
+        assert [g.message.body for g in got if g.message] == [
+            "before the outage",
+            "after the outage",
+        ]
 
 
 def stop_postgres(pg: EmbeddedPostgres, mode: str) -> None:
@@ -346,57 +357,56 @@ async def test_postgres_stop_under_load_loses_no_acknowledged_send(
     postgres_server: EmbeddedPostgres, tmp_path: Path, mode: str
 ):
     per_sender = 100  # 2 senders x 2 lanes x 100 = 400 messages
-    with rig.nats_server() as nats, rig.postgres_server() as private_pg:
-        lifecycle_db = await rig.create_database(postgres_server.url)
-        broker_db = await rig.create_database(private_pg.url)
-        settings = broker_settings(nats, lifecycle_db, tmp_path / "home")
-        own = broker_settings(nats, broker_db, tmp_path / "home")
-        async with hive_of(nats, settings, broker_settings=own) as hive:
-            senders, receivers = await spawn_pairs(hive, 2)
-            traffic = Traffic(per_sender)
+    async with hive_with_own_postgres(postgres_server, tmp_path) as (
+        hive,
+        private_pg,
+        broker_db,
+    ):
+        senders, receivers = await spawn_pairs(hive, 2)
+        traffic = Traffic(per_sender)
 
-            async def outage() -> None:
-                await asyncio.to_thread(stop_postgres, private_pg, mode)
-                traffic.log.append(f"{time.monotonic():.3f} postgres stopped ({mode})")
-                await asyncio.sleep(1.5)  # the senders meet a database that is gone
-                await asyncio.to_thread(private_pg.start)
-                traffic.log.append(f"{time.monotonic():.3f} postgres started")
+        async def outage() -> None:
+            await asyncio.to_thread(stop_postgres, private_pg, mode)
+            traffic.log.append(f"{time.monotonic():.3f} postgres stopped ({mode})")
+            await asyncio.sleep(1.5)  # the senders meet a database that is gone
+            await asyncio.to_thread(private_pg.start)
+            traffic.log.append(f"{time.monotonic():.3f} postgres started")
 
-            await traffic.run(senders, receivers, disrupt_after=100, disrupt=outage)
-            print("\n".join(traffic.log))  # shown if the test fails
+        await traffic.run(senders, receivers, disrupt_after=100, disrupt=outage)
+        print("\n".join(traffic.log))  # shown if the test fails
 
-            assert len(traffic.acked) == 4 * per_sender
-            assert traffic.acked_when_disrupted[1] < 4 * per_sender  # under load
-            # only clear errors while the database was gone, never a success
-            # reply for a message that was not committed (checked below)
-            assert traffic.sender_errors["Unavailable"] > 0
-            assert set(traffic.sender_errors) <= {"Unavailable", "RequestTimeout"}, sorted(
-                set(traffic.sender_error_messages)
-            )
-            unclear = [
-                m
-                for m in traffic.sender_error_messages
-                if m.startswith("unavailable") and "database unavailable" not in m
-            ]
-            assert unclear == []
-            # every acknowledged send is committed, once, with the id it was given
-            conn = await asyncpg.connect(broker_db)
-            try:
-                rows = await conn.fetch("SELECT id, body FROM broker.messages")
-            finally:
-                await conn.close()
-            stored = {r["body"]: r["id"] for r in rows}
-            assert len(rows) == len(stored) == 4 * per_sender
-            assert {b: stored.get(b) for b in traffic.acked} == traffic.acked
-            # ... and was delivered
-            assert traffic.lost() == set()
-            # served again without a restart: the same process, database ok
-            await wait_serving(hive.operator)
-            after = await send(senders[0][1], senders[0][0], receivers[0][0], "after it all")
+        assert len(traffic.acked) == 4 * per_sender
+        assert traffic.acked_when_disrupted[1] < 4 * per_sender  # under load
+        # only clear errors while the database was gone, never a success
+        # reply for a message that was not committed (checked below)
+        assert traffic.sender_errors["Unavailable"] > 0
+        assert set(traffic.sender_errors) <= {"Unavailable", "RequestTimeout"}, sorted(
+            set(traffic.sender_error_messages)
+        )
+        unclear = [
+            m
+            for m in traffic.sender_error_messages
+            if m.startswith("unavailable") and "database unavailable" not in m
+        ]
+        assert unclear == []
+        # every acknowledged send is committed, once, with the id it was given
+        conn = await asyncpg.connect(broker_db)
+        try:
+            rows = await conn.fetch("SELECT id, body FROM broker.messages")
+        finally:
+            await conn.close()
+        stored = {r["body"]: r["id"] for r in rows}
+        assert len(rows) == len(stored) == 4 * per_sender
+        assert {b: stored.get(b) for b in traffic.acked} == traffic.acked
+        # ... and was delivered
+        assert traffic.lost() == set()
+        # served again without a restart: the same process, database ok
+        await wait_serving(hive.operator)
+        after = await send(senders[0][1], senders[0][0], receivers[0][0], "after it all")
+        got = await recv(receivers[0][1], receivers[0][0], wait_ms=20_000)
+        while got.message is not None and got.message.id != after.id:
             got = await recv(receivers[0][1], receivers[0][0], wait_ms=20_000)
-            while got.message is not None and got.message.id != after.id:
-                got = await recv(receivers[0][1], receivers[0][0], wait_ms=20_000)
-            assert got.message is not None and got.message.body == "after it all"
+        assert got.message is not None and got.message.body == "after it all"
 
 
 async def test_unreachable_registry_refuses_unknown_recipients_clearly(
