@@ -24,6 +24,7 @@ from opentelemetry import trace
 from hyperhive.common import subjects
 from hyperhive.common.errors import (
     BadRequest,
+    Forbidden,
     HiveError,
     Internal,
     RequestTimeout,
@@ -157,6 +158,19 @@ class Call:
 
 
 Handler = Callable[[Any, Call], Awaitable[msgspec.Struct | None]]
+
+
+def manager_only(handler: Handler, manager: str = subjects.MANAGER) -> Handler:
+    """``handler`` for a manager tool served on every agent's subject
+    (``hive.agent.*.<tool>``): anyone but ``manager`` hears ``Forbidden``
+    (rather than "no responders")."""
+
+    async def guarded(req: Any, call: Call) -> msgspec.Struct | None:
+        if call.agent != manager:
+            raise Forbidden(f"only the manager {manager} may call {call.verb}")
+        return await handler(req, call)
+
+    return guarded
 
 
 def error_reply(exc: HiveError) -> bytes:

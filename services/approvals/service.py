@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
 from hyperhive.approvals.handlers import Handlers
 from hyperhive.approvals.machine import Machine
 from hyperhive.approvals.peers import Peers
 from hyperhive.common import subjects
-from hyperhive.common.errors import Forbidden
-from hyperhive.common.rpc import Call, Handler
+from hyperhive.common.rpc import Handler, manager_only
 from hyperhive.common.service import Runtime
 from hyperhive.common.wire.approvals import (
     AnswerRequest,
@@ -26,17 +23,6 @@ from hyperhive.common.wire.approvals import (
 )
 
 PART = "approvals"
-
-
-def manager_only(tool: str, handler: Handler) -> Handler:
-    """``handler``, answering anyone but the manager with ``Forbidden``."""
-
-    async def guarded(req: Any, call: Call) -> msgspec.Struct | None:
-        if call.agent != subjects.MANAGER:
-            raise Forbidden(f"only the manager {subjects.MANAGER} may call {tool}")
-        return await handler(req, call)
-
-    return guarded
 
 
 async def start(rt: Runtime) -> None:
@@ -56,9 +42,7 @@ async def start(rt: Runtime) -> None:
     }
     assert set(tools) == set(subjects.APPROVALS_MANAGER_TOOLS)
     for tool, (request_type, handler) in tools.items():
-        # every agent's subject, so that another agent calling a manager tool
-        # hears why it may not (rather than "no responders")
-        await serve(subjects.agent_wildcard(tool), request_type, manager_only(tool, handler))
+        await serve(subjects.agent_wildcard(tool), request_type, manager_only(handler))
     admin = subjects.admin
     await serve(admin(PART, "list"), ApprovalsRequest, h.list_approvals)
     await serve(admin(PART, "diff"), ApprovalIdRequest, h.diff)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hyperhive.common import subjects
 from hyperhive.common.errors import Forbidden
 from hyperhive.common.names import check_agent_name
-from hyperhive.common.rpc import Call, Responder
+from hyperhive.common.rpc import Call, Responder, manager_only
 from hyperhive.common.wire.base import Empty, Ok
 from hyperhive.common.wire.lifecycle import (
     AgentInfo,
@@ -104,8 +104,7 @@ class Handlers:
     # --- hive.agent.<manager>.{kill,start,restart,update} ---------------------
 
     async def manager_tool(self, req: AgentRequest, call: Call) -> AgentInfo:
-        if call.agent != self.lc.manager:
-            raise Forbidden(f"only the manager {self.lc.manager} may call {call.verb}")
+        """A manager tool, served behind :func:`manager_only` (the manager calls)."""
         name = check_agent_name(req.name, allow_manager=True)
         if name == self.lc.manager:
             raise Forbidden(f"the manager cannot {call.verb} itself; ask the operator")
@@ -149,9 +148,6 @@ class Handlers:
         for verb, (kind, handler) in admin.items():
             await responder.serve(subjects.admin(PART, verb), kind, handler)
         if self.lc.manager:
-            # every agent's subject, so that another agent calling a manager
-            # tool hears why it may not (rather than "no responders")
+            tool_handler = manager_only(self.manager_tool, self.lc.manager)
             for tool in subjects.LIFECYCLE_MANAGER_TOOLS:
-                await responder.serve(
-                    subjects.agent_wildcard(tool), AgentRequest, self.manager_tool
-                )
+                await responder.serve(subjects.agent_wildcard(tool), AgentRequest, tool_handler)
