@@ -75,3 +75,11 @@ def current_traceparent() -> str | None:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier.get(TRACEPARENT)
+
+
+def traceparent_context(traceparent: str | None) -> context.Context:
+    """The trace context a stored ``traceparent`` names, to continue its trace;
+    an empty context (a new trace) without one."""
+    if not traceparent or not traceparent.strip():
+        return context.Context()
+    return extract_context({TRACEPARENT: traceparent})

@@ -48,7 +48,7 @@ from opentelemetry.context import Context
 
 from hyperhive.common import rpc, subjects
 from hyperhive.common.errors import HiveError
-from hyperhive.common.telemetry import TRACEPARENT, current_traceparent, extract_context
+from hyperhive.common.telemetry import current_traceparent, traceparent_context
 from hyperhive.common.wire.base import Ok
 from hyperhive.common.wire.broker import (
     AckRequest,
@@ -635,9 +635,7 @@ class Harness:
 
 def _parent_context(item: Item) -> Context:
     """The trace context the message's send carried; a fresh trace for the rest."""
-    if isinstance(item, Wake) and item.traceparent:
-        return extract_context({TRACEPARENT: item.traceparent})
-    return Context()
+    return traceparent_context(item.traceparent if isinstance(item, Wake) else None)
 
 
 def _trace_id() -> str:

@@ -30,7 +30,7 @@ from hyperhive.common import rpc, subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import HiveError
 from hyperhive.common.natsconn import connect
-from hyperhive.common.telemetry import TRACEPARENT, extract_context, setup_tracing
+from hyperhive.common.telemetry import setup_tracing, traceparent_context
 from hyperhive.common.wire.approvals import (
     ApplyCommitRequest,
     ApprovalQueued,
@@ -68,11 +68,6 @@ def tool_names(agent: str) -> tuple[str, ...]:
 def _plain(value: msgspec.Struct | dict[str, Any]) -> dict[str, Any]:
     """A reply as a plain dict: the tool's structured result (and its JSON text)."""
     return value if isinstance(value, dict) else msgspec.to_builtins(value)
-
-
-def turn_context(traceparent: str) -> Context | None:
-    """The trace context of the turn that started this server (None without one)."""
-    return extract_context({TRACEPARENT: traceparent}) if traceparent.strip() else None
 
 
 class Bridge:
@@ -130,7 +125,7 @@ class Bridge:
 def build_server(settings: Settings, traceparent: str = "") -> tuple[MCPServer, Bridge]:
     """The MCP server for ``settings.harness.agent`` and its NATS bridge
     (``traceparent``: the turn's trace context, see the module docstring)."""
-    bridge = Bridge(settings, turn_context(traceparent))
+    bridge = Bridge(settings, traceparent_context(traceparent))
     server: MCPServer = MCPServer(
         SERVER_NAME,
         instructions=(
