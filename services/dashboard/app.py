@@ -32,7 +32,7 @@ from hyperhive.dashboard import (
 from hyperhive.dashboard.hive import Hive
 from hyperhive.dashboard.hub import EventHub
 from hyperhive.dashboard.render import Renderer
-from hyperhive.dashboard.security import Guard, Security, load_operator_token, policy
+from hyperhive.dashboard.security import Guard, operator_security, policy
 from hyperhive.dashboard.web import HTTP_STATUS, Deps
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def create_app(settings: Settings, nc: NATS, js: JetStreamContext) -> Litestar:
     ds = settings.dashboard
     render = Renderer()
     guard_policy = policy(ds)
-    security = Security(load_operator_token(ds), guard_policy.session_label)
+    security = operator_security(ds, guard_policy.session_label)
     hub = EventHub(
         js,
         backfill_events=ds.flow_backfill_events,

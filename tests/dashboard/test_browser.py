@@ -27,7 +27,7 @@ from hyperhive.common.wire.broker import (
     TurnStats,
 )
 from hyperhive.common.wire.events import OperatorAnswered
-from tests.browser import chromium, needs_chromium, open_page
+from tests.browser import chromium, log_in, needs_chromium, open_page
 from tests.dashboard.conftest import (
     Stack,
     agents,
@@ -53,7 +53,7 @@ async def browser() -> AsyncIterator[Browser]:
 @pytest.fixture
 async def page(browser: Browser, stack: Stack, tmp_path: Path) -> AsyncIterator[Page]:
     async with open_page(browser, width=1280, height=900, timeout_ms=UI_TIMEOUT_MS) as pg:
-        await pg.goto(stack.url + "/")
+        await log_in(pg, stack.login_url)
         await pg.evaluate("window.__noReload = 'still here'")
         yield pg
         await pg.screenshot(path=str(tmp_path / "screenshot.png"), full_page=True)
@@ -193,7 +193,7 @@ async def test_page_works_at_phone_width(browser: Browser, stack: Stack, tmp_pat
     context = await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
     pg = await context.new_page()
     try:
-        await pg.goto(stack.url + "/")
+        await log_in(pg, stack.login_url)
         await expect(pg.locator("#agent-hm1nd")).to_be_visible()
         # nothing wider than the screen: no sideways scrolling of the page
         overflow = await pg.evaluate(
