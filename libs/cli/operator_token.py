@@ -38,7 +38,11 @@ def ensure_token(home: Path) -> tuple[Path, bool]:
     Raises:
         ConfigError: it cannot be written, or it exists but is empty or unreadable.
     """
-    path = token_path(home)
+    return ensure_token_file(token_path(home))
+
+
+def ensure_token_file(path: Path) -> tuple[Path, bool]:
+    """:func:`ensure_token` for any path (the NixOS module's ``hive setup-token``)."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

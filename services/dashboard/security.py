@@ -95,8 +95,11 @@ def load_operator_token(
     return token
 
 
-def operator_security(settings: DashboardSettings, session_label: bytes) -> Security:
-    """The guard's secrets: the operator token is required.
+def operator_security(
+    settings: DashboardSettings, session_label: bytes, *, warn: bool = True
+) -> Security:
+    """The guard's secrets: the operator token is required (``warn``: log the
+    opt-out's warning when there is none).
 
     Raises:
         ConfigError: no token and no explicit opt-out, a bad ``token_label``,
@@ -114,7 +117,7 @@ def operator_security(settings: DashboardSettings, session_label: bytes) -> Secu
             " creates $HIVE_HOME/operator-token) or, to run without one, "
             "HIVE_DASHBOARD_INSECURE_NO_TOKEN=true"
         )
-    if not token:
+    if not token and warn:
         log.warning(
             "INSECURE: the dashboard runs WITHOUT an operator token "
             "(dashboard.insecure_no_token): anyone who reaches %s:%s reads every page, and "
