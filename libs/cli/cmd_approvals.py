@@ -179,19 +179,22 @@ def _questions(args: argparse.Namespace) -> int:
         if not reply.questions:
             print("no questions" if args.all else "no open questions")
             return 0
-        print_table(
-            ["id", "asked", "question", "form", "answer"],
+        headers = ["id", "asked", "question", "form", "answer"]
+        rows = [
             [
-                (
-                    q.id,
-                    fmt_ts(q.asked_at),
-                    q.question.splitlines()[0][:60],
-                    _form(q)[:60],
-                    ", ".join(q.answer) if q.answer is not None else "",
-                )
-                for q in reply.questions
-            ],
-        )
+                q.id,
+                fmt_ts(q.asked_at),
+                q.question.splitlines()[0][:60],
+                _form(q)[:60],
+                ", ".join(q.answer) if q.answer is not None else "",
+            ]
+            for q in reply.questions
+        ]
+        if args.all:  # who answered, and when
+            headers += ["answered by", "answered at"]
+            for row, q in zip(rows, reply.questions, strict=True):
+                row += [q.answered_by, fmt_ts(q.answered_at)]
+        print_table(headers, rows)
         return 0
 
     return run_command(body)

@@ -81,6 +81,9 @@ async def test_operator_cli_round_trip(hive: Hive, nats_server: EmbeddedNats) ->
     assert code == 0 and f"question {q.id} answered: b" in out
     code, out, _ = await cli("questions", "--all", "--json")
     assert {x["id"]: x for x in json.loads(out)}[q.id]["answered_by"] == by
+    code, out, _ = await cli("questions", "--all")
+    assert "ANSWERED BY" in out.splitlines()[0]
+    assert by in next(r for r in out.splitlines() if r.split()[0] == str(q.id))
     code, out, _ = await cli("questions")
     assert code == 0 and out.strip() == "no open questions"
 
