@@ -62,7 +62,6 @@ def policy(settings: DashboardSettings) -> Policy:
         public_paths=(LOGIN_PATH,),
         hosts=allowed_hosts(settings),
         hosts_hint="dashboard.allowed_hosts",
-        loopback_actions_only=settings.insecure_no_token,
     )
 
 
