@@ -10,7 +10,12 @@
 #     hyperhive.common.subjects.SERVICES; tests/nix checks they agree):
 #     hive-broker, hive-lifecycle, hive-approvals, hive-crash-watch,
 #     hive-dashboard, each `hive serve <part>`;
-#   - a `hive` command for the operator, wired to the local NATS as operator.
+#   - the operator token the dashboard requires: `operatorTokenFile`, or one
+#     `hive-setup` generates (root-only, <dataDir>/operator-token), passed to
+#     hive-dashboard as the systemd credential `operator-token` (the dashboard
+#     reads $CREDENTIALS_DIRECTORY/operator-token);
+#   - a `hive` command for the operator, wired to the local NATS as operator
+#     (`sudo hive dashboard-url` prints the login URL).
 #
 # The agent containers are not defined here: lifecycle creates them at run
 # time with nixos-container from per-agent flakes that import
@@ -37,6 +42,9 @@ let
   authFile = "${natsDir}/auth.conf";
   serviceSeed = "${natsDir}/service.seed";
   operatorSeed = "${natsDir}/operator.seed";
+  # the dashboard's operator token: the given file, else one hive-setup makes
+  generatedToken = "${cfg.dataDir}/operator-token";
+  operatorToken = if cfg.operatorTokenFile != null then cfg.operatorTokenFile else generatedToken;
   natsUrl = "nats://127.0.0.1:${toString config.services.nats.port}";
   hive = "${cfg.package}/bin/hive";
   systemctl = "${config.systemd.package}/bin/systemctl";
@@ -179,17 +187,16 @@ let
       ];
     };
     # A NATS client only, with the operator's credentials (DESIGN.md section 2).
+    # Always behind the operator token: a systemd credential, so the root-only
+    # file is read by systemd and the unprivileged unit sees it only in its
+    # own $CREDENTIALS_DIRECTORY (no agent can read either).
     dashboard = {
       environment = {
         HIVE_NATS_SEED_FILE = operatorSeed;
         HIVE_NATS_INBOX_PREFIX = "_INBOX.operator";
-      }
-      // lib.optionalAttrs (cfg.operatorTokenFile != null) {
-        HIVE_DASHBOARD_TOKEN_FILE = "%d/operator-token";
       };
-      serviceConfig = lib.optionalAttrs (cfg.operatorTokenFile != null) {
-        # readable by the unit even though the file is root's
-        LoadCredential = "operator-token:${cfg.operatorTokenFile}";
+      serviceConfig = {
+        LoadCredential = "operator-token:${operatorToken}";
       };
     };
   };
@@ -240,6 +247,8 @@ let
     [dashboard]
     host = "${cfg.dashboard.host}"
     port = ${toString cfg.dashboard.port}
+    # root's: `sudo hive dashboard-url` prints the login URL
+    token_file = "${operatorToken}"
   '';
   cli = pkgs.writeShellScriptBin "hive" ''
     export HIVE_CONFIG="''${HIVE_CONFIG:-/etc/hyperhive/cli.toml}"
@@ -314,6 +323,9 @@ in
         File holding the operator token the dashboard requires on every page.
         Give a path outside the Nix store (a string, not a Nix path literal),
         readable by root; the dashboard gets it through systemd credentials.
+        Null: `hive-setup` generates one at `<dataDir>/operator-token`
+        (root-only, kept across restarts); `sudo hive dashboard-url` prints
+        the login URL.
       '';
     };
 
@@ -483,6 +495,10 @@ in
             Type = "oneshot";
             RemainAfterExit = true;
             ExecStart = "${hive} setup-nats --dir ${natsDir} --group hyperhive";
+            # the dashboard's operator token, root's alone (0600), made once
+            ExecStartPost = lib.optional (
+              cfg.operatorTokenFile == null
+            ) "${hive} setup-token --file ${generatedToken}";
             UMask = "0022";
             CapabilityBoundingSet = [
               "CAP_CHOWN"

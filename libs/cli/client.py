@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
+import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -44,6 +47,15 @@ async def call(
         )
     finally:
         await nc.close()
+
+
+def decided_by() -> str:
+    """Who an operator decision from this command is recorded as."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid
+        user = f"uid {os.getuid()}"
+    return f"operator via cli ({user}@{socket.gethostname()})"
 
 
 def run_command(body: Callable[[Settings], Awaitable[int | None]]) -> int:

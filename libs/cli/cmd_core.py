@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 from pathlib import Path
 
 from hyperhive.cli.client import operator_nats, print_json, print_table, run_command
@@ -35,6 +36,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait per service")
     p.set_defaults(func=_status)
+
+    p = sub.add_parser(
+        "dashboard-url", help="the dashboard's login URL, with the operator token (keep it secret)"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_dashboard_url)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -105,6 +112,33 @@ async def gather_status(settings: Settings, timeout: float) -> dict[str, object]
     else:
         report["postgres"] = {"reachable": False, "error": db_states[0]}
     return report
+
+
+def _dashboard_url(args: argparse.Namespace) -> int:
+    """Prints the login URL ``hive up`` printed (it reads the token, not the hive)."""
+    from hyperhive.cli import operator_token as ot
+    from hyperhive.common.errors import ConfigError
+
+    try:
+        settings = load_settings()
+        base = ot.base_url(settings.dashboard)
+        token_file = ot.configured_token_file(settings)
+        try:
+            url = ot.login_url(base, ot.operator_token(settings))
+        except ConfigError:
+            if not settings.dashboard.insecure_no_token:
+                raise
+            url = base  # no token by explicit opt-out: the page itself
+    except ConfigError as exc:
+        print(f"hive dashboard-url: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print_json(
+            {"url": base, "login_url": url, "token_file": str(token_file) if token_file else None}
+        )
+    else:
+        print(url)
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -2,8 +2,11 @@
 
 Starts (unless given URLs) a private nats-server and PostgreSQL under
 ``$HIVE_HOME``, writes ``$HIVE_HOME/up.toml`` so that CLI commands find the
-stack, runs the five services as supervised child processes, and on Ctrl-C
-or SIGTERM stops the services, the agents' harnesses, and the servers.
+stack, creates the operator token (``$HIVE_HOME/operator-token``, 0600) at
+the first start and tells only the dashboard where it is, runs the five
+services as supervised child processes, prints the dashboard's login URL,
+and on Ctrl-C or SIGTERM stops the services, the agents' harnesses, and the
+servers.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 import msgspec
 import nats.errors
 
+from hyperhive.cli import operator_token as ot
 from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres, check_port_free
 from hyperhive.common import db, subjects
 from hyperhive.common.config import UP_FILE, Settings, load_settings, settings_env
@@ -52,6 +56,7 @@ class DevStack:
     nats: EmbeddedNats | None = None
     pg: EmbeddedPostgres | None = None
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    envs: dict[str, dict[str, str]] = field(default_factory=dict)
     restarts: dict[str, list[float]] = field(default_factory=dict)
     stopping: bool = False
 
@@ -163,7 +168,36 @@ class DevStack:
             env["HIVE_LIFECYCLE_MANAGER"] = ""
         return env
 
+    def operator_token(self, settings: Settings) -> tuple[dict[str, str], str, Path | None]:
+        """The dashboard's operator token: the configured one, else
+        ``$HIVE_HOME/operator-token`` (created now at the first start).
+
+        Returns:
+            The dashboard's extra environment, the token ("" only with
+            ``dashboard.insecure_no_token`` and none configured), its file.
+
+        Raises:
+            ConfigError: the token file cannot be created or read.
+        """
+        ds = settings.dashboard
+        if ds.token.strip():
+            return {}, ds.token.strip(), None
+        if ds.token_file:
+            path = Path(ds.token_file)
+            return {}, ot.read_token_file(path), path
+        if ds.insecure_no_token:
+            return {}, "", None
+        path, _created = ot.ensure_token(self.opts.home)
+        return {"HIVE_DASHBOARD_TOKEN_FILE": str(path)}, ot.read_token_file(path), path
+
+    def part_env(self, part: str, env: dict[str, str], dashboard: dict[str, str]) -> dict[str, str]:
+        """A service's environment: only the dashboard learns of the operator token."""
+        if part == "dashboard":
+            return {**env, **dashboard}
+        return {k: v for k, v in env.items() if k != "HIVE_DASHBOARD_TOKEN"}
+
     def spawn(self, part: str, env: dict[str, str]) -> None:
+        self.envs[part] = env
         log_dir = self.opts.home / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         with open(log_dir / f"{part}.log", "ab") as log:
@@ -178,7 +212,7 @@ class DevStack:
                 start_new_session=True,
             )
 
-    def supervise(self, env: dict[str, str]) -> None:
+    def supervise(self) -> None:
         """Restarts a service that died (like ``Restart=on-failure``), with backoff."""
         for part, proc in list(self.children.items()):
             if proc.poll() is None or self.stopping:
@@ -190,7 +224,7 @@ class DevStack:
             recent.append(now)
             self.restarts[part] = recent
             print(f"hive up: {part} exited with {proc.returncode}; restarting", file=sys.stderr)
-            self.spawn(part, env)
+            self.spawn(part, self.envs[part])
 
     def stop(self) -> None:
         self.stopping = True
@@ -261,6 +295,7 @@ def up(opts: UpOptions) -> int:
         os.environ["HIVE_HOME"] = str(opts.home)
         settings = load_settings()
         stack.preflight(settings)
+        dashboard_env, token, token_file = stack.operator_token(settings)
         nats_url, service_seed, operator_seed, db_url = stack.start_servers()
         stack.write_up_file(nats_url, operator_seed)
         env = stack.service_env(settings, nats_url, service_seed, db_url)
@@ -269,15 +304,21 @@ def up(opts: UpOptions) -> int:
         env["HIVE_DASHBOARD_PORT"] = str(port)
         if not stopped:  # else Ctrl-C came while the servers were starting
             for part in subjects.SERVICES:
-                stack.spawn(part, env)
+                stack.spawn(part, stack.part_env(part, env, dashboard_env))
+            base = ot.base_url(settings.dashboard, host, port)
             print(f"hyperhive is up (HIVE_HOME={opts.home})", flush=True)
-            print(f"  dashboard  http://{host}:{port}/", flush=True)
+            # the one place the token is shown (as Jupyter shows its ?token= URL)
+            print(f"  dashboard  {ot.login_url(base, token) if token else base}", flush=True)
+            if token_file is not None:
+                print(f"  token      {token_file} (`hive dashboard-url` prints the URL again)")
+            elif not token:
+                print("  WARNING    the dashboard has NO operator token (insecure_no_token)")
             print(f"  nats       {nats_url}", flush=True)
             print("  logs       " + str(opts.home / "logs"), flush=True)
             print("Ctrl-C stops everything.", flush=True)
         while not stopped:
             time.sleep(0.2)
-            stack.supervise(env)
+            stack.supervise()
     except HiveError as exc:
         print(f"hive up: {exc}", file=sys.stderr)
         stack.stop()

@@ -313,7 +313,7 @@ def _entries() -> list[Entry]:
             s.admin("approvals", "approve"),
             "request",
             "approvals",
-            w.ApprovalIdRequest,
+            w.ApproveRequest,
             w.ApprovalInfo,
             "approve and deploy",
         ),

@@ -125,9 +125,19 @@ class CrashWatchSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
 class DashboardSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 7000
-    # operator token required for every page and SSE; empty: none
+    # the operator token every page, action and SSE stream requires (the
+    # token itself, or a file holding it; ``hive up`` writes
+    # ``$HIVE_HOME/operator-token``). Neither set: the dashboard reads
+    # ``$CREDENTIALS_DIRECTORY/operator-token`` (systemd's LoadCredential),
+    # else refuses to start.
     token: str = ""
     token_file: str = ""
+    # who the token stands for in the record of each operator decision
+    token_label: str = "operator"
+    # run without a token (loudly logged): every page is open, and every
+    # operator action (POST, WebSocket) is refused unless it comes from a
+    # loopback address. Agents on this host are loopback clients too.
+    insecure_no_token: bool = False
     # per-section read timeout: a service that does not answer within it is
     # shown as down in its section while the rest of the page renders
     section_timeout_s: float = 2.0

@@ -40,5 +40,12 @@ pkgs.testers.runNixOSTest {
     machine.fail("su -s /bin/sh nobody -c 'cat /var/lib/hyperhive/nats/service.seed'")
     # NATS refuses a client without credentials
     machine.fail("${pkgs.natscli}/bin/nats --server nats://127.0.0.1:4222 pub hive.events.x y")
+    # the generated operator token: root's alone; the dashboard requires it
+    machine.succeed("test \"$(stat -c %a:%U /var/lib/hyperhive/operator-token)\" = 600:root")
+    machine.fail("su -s /bin/sh nobody -c 'cat /var/lib/hyperhive/operator-token'")
+    machine.succeed("test \"$(${pkgs.curl}/bin/curl -s -o /dev/null -w %{http_code} http://127.0.0.1:7000/)\" = 401")
+    url = machine.succeed("hive dashboard-url").strip()
+    machine.succeed(f"${pkgs.curl}/bin/curl -sf -c /tmp/jar '{url}' -o /dev/null")
+    machine.succeed("${pkgs.curl}/bin/curl -sf -b /tmp/jar http://127.0.0.1:7000/ | grep -q csrf-token")
   '';
 }

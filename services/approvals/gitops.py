@@ -11,6 +11,7 @@ callers run them in a thread.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
@@ -67,6 +68,25 @@ def check_ref(ref: object) -> str:
 def tag_name(state: str, approval_id: int) -> str:
     """``<state>/<id>``: ``proposal``, ``deployed``, ``failed`` or ``denied``."""
     return f"{state}/{int(approval_id)}"
+
+
+DECIDED_BY: Final = "Decided-by"
+DECIDED_AT: Final = "Decided-at"
+
+
+def decision_message(body: str, decided_by: str, decided_at: datetime | None) -> str:
+    """An end tag's message: ``body``, then git trailers saying who decided and when."""
+    when = decided_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if decided_at else "-"
+    who = " ".join(decided_by.split()) or "-"
+    return f"{body.rstrip()}\n\n{DECIDED_BY}: {who}\n{DECIDED_AT}: {when}"
+
+
+def message_body(message: str) -> str:
+    """A tag message without the trailers of :func:`decision_message`."""
+    body, sep, trailers = message.rpartition("\n\n")
+    if sep and trailers.startswith(f"{DECIDED_BY}: "):
+        return body
+    return message
 
 
 def _repo(path: Path, what: str) -> git.Repo:

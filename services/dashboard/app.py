@@ -7,6 +7,7 @@ one in-process :class:`~hyperhive.dashboard.hub.EventHub`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from hyperhive.dashboard import (
 from hyperhive.dashboard.hive import Hive
 from hyperhive.dashboard.hub import EventHub
 from hyperhive.dashboard.render import Renderer
-from hyperhive.dashboard.security import Guard, Security, load_operator_token, policy
+from hyperhive.dashboard.security import Guard, operator_security, policy
 from hyperhive.dashboard.web import HTTP_STATUS, Deps
 
 log = logging.getLogger(__name__)
@@ -46,12 +47,14 @@ def create_app(settings: Settings, nc: NATS, js: JetStreamContext) -> Litestar:
     a failure to subscribe must surface before the server listens.
 
     Raises:
-        ConfigError: the operator token file cannot be read.
+        ConfigError: no operator token (and no opt-out), or its file cannot be read.
     """
     ds = settings.dashboard
     render = Renderer()
     guard_policy = policy(ds)
-    security = Security(load_operator_token(ds), guard_policy.session_label)
+    security = operator_security(ds, guard_policy.session_label)
+    if not security.token_required:  # the explicit opt-out: act only from loopback
+        guard_policy = dataclasses.replace(guard_policy, loopback_actions_only=True)
     hub = EventHub(
         js,
         backfill_events=ds.flow_backfill_events,

@@ -19,6 +19,7 @@ from litestar.response import Stream
 
 from hyperhive.common.config import DashboardSettings
 from hyperhive.common.errors import HiveError
+from hyperhive.dashboard import security
 from hyperhive.dashboard.hive import Hive
 from hyperhive.dashboard.hub import EventHub
 from hyperhive.dashboard.render import Renderer
@@ -56,6 +57,13 @@ def deps(request: Request[Any, Any, Any]) -> Deps:
 def csrf_token(request: Request[Any, Any, Any]) -> str:
     """The token the page embeds (set by the Guard middleware)."""
     return str(request.scope.get(SCOPE_KEY, ""))  # type: ignore[call-overload]
+
+
+def decided_by(request: Request[Any, Any, Any]) -> str:
+    """Who an operator action through this request is recorded as."""
+    d = deps(request)
+    client = request.client.host if request.client else ""
+    return security.decided_by(d.settings, d.security, client)
 
 
 def page_context(request: Request[Any, Any, Any]) -> dict[str, Any]:

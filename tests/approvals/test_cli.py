@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+import socket
 
+from hyperhive.approvals import gitops
+from hyperhive.cli.client import decided_by
 from hyperhive.cli.embedded import EmbeddedNats
 from hyperhive.common.wire.approvals import ApplyCommitRequest, ApprovalQueued, AskRequest
 from hyperhive.common.wire.events import OperatorAnswered
@@ -49,6 +53,22 @@ async def test_operator_cli_round_trip(hive: Hive, nats_server: EmbeddedNats) ->
     assert code == 0 and out.strip() == "no pending approvals"
     code, out, _ = await cli("approvals", "--all")
     assert code == 0 and "one change at a time" in out and "deployed" in out
+    # who decided each, and when: this user on this host, through the CLI
+    by = decided_by()
+    assert by.startswith("operator via cli (") and by.endswith(f"@{socket.gethostname()})")
+    header, *rows = out.splitlines()
+    assert "DECIDED BY" in header and "DECIDED AT" in header
+    for approval_id in ids:
+        (row,) = [r for r in rows if r.split()[0] == str(approval_id)]
+        assert by in row, row
+        assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row.split(by, 1)[1]), row
+    code, out, _ = await cli("approvals", "--all", "--json")
+    decided = {a["id"]: a for a in json.loads(out)}
+    for approval_id in ids:
+        assert decided[approval_id]["decided_by"] == by and decided[approval_id]["decided_at"]
+    applied = hive.paths(name).applied
+    assert f"Decided-by: {by}" in gitops.tag_message(applied, f"deployed/{ids[0]}")
+    assert f"Decided-by: {by}" in gitops.tag_message(applied, f"denied/{ids[1]}")
 
     q = await hive.tool(
         "ask_operator", AskRequest(question="which?", options=["a", "b"]), ApprovalQueued
@@ -59,6 +79,11 @@ async def test_operator_cli_round_trip(hive: Hive, nats_server: EmbeddedNats) ->
     assert code == 2 and "one of TEXT, --choice (repeatable) or --none" in err
     code, out, _ = await cli("answer", str(q.id), "--choice", "b")
     assert code == 0 and f"question {q.id} answered: b" in out
+    code, out, _ = await cli("questions", "--all", "--json")
+    assert {x["id"]: x for x in json.loads(out)}[q.id]["answered_by"] == by
+    code, out, _ = await cli("questions", "--all")
+    assert "ANSWERED BY" in out.splitlines()[0]
+    assert by in next(r for r in out.splitlines() if r.split()[0] == str(q.id))
     code, out, _ = await cli("questions")
     assert code == 0 and out.strip() == "no open questions"
 

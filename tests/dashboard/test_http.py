@@ -30,6 +30,7 @@ from tests.dashboard.conftest import (
     ask_operator,
     commit_config,
     csrf_session,
+    logged_in,
     question,
     request_apply_commit,
     set_prompt,
@@ -42,7 +43,7 @@ TIMEOUT = 30.0
 
 @pytest.fixture
 async def client(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.url, timeout=TIMEOUT) as c:
+    async with logged_in(stack, TIMEOUT) as c:
         yield c
 
 
@@ -79,7 +80,7 @@ async def test_post_without_csrf_token_is_refused_and_changes_nothing(
     r = await client.post("/agents/spawn", data={"name": name}, headers={"X-CSRF-Token": "f00"})
     assert r.status_code == 403
     # a token from another session (cookie) does not fit this one
-    async with httpx.AsyncClient(base_url=stack.url) as other:
+    async with logged_in(stack) as other:
         foreign = await csrf_session(other)
     assert foreign != token
     r = await client.post("/agents/spawn", data={"name": name, "_csrf": foreign})
@@ -112,7 +113,7 @@ async def test_approve_deny_and_answer_without_csrf_are_refused_and_change_nothi
     question_id = await ask_operator(stack, "csrf question?", ["yes", "no"])
     text_id = await ask_operator(stack, "csrf free text?")
     token = await csrf_session(client)
-    async with httpx.AsyncClient(base_url=stack.url) as other:
+    async with logged_in(stack) as other:
         foreign = await csrf_session(other)
     posts = [
         (f"/approvals/{approval_id}/approve", {}),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from hyperhive.common.wire.broker import StatPoint
 from hyperhive.common.wire.events import HiveEvent
 from hyperhive.dashboard import diff, stats
@@ -108,3 +110,28 @@ def test_approval_queue_counts_what_waits_at_each_sample() -> None:
     assert waiting[3720.0] == 1  # the first was resolved at 3700
     assert waiting[5040.0] == 1  # the third came and went between samples
     assert waiting[7200.0] == 2
+
+
+def test_the_operator_token_comes_from_settings_or_the_systemd_credential(tmp_path) -> None:
+    from hyperhive.common.config import load_settings
+    from hyperhive.common.errors import ConfigError
+    from hyperhive.dashboard.security import load_operator_token, operator_security
+
+    def ds(**env: str):
+        return load_settings(env, config_file=None).dashboard
+
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "operator-token").write_text("from-systemd\n")
+    env = {"CREDENTIALS_DIRECTORY": str(creds)}
+    assert load_operator_token(ds(), env) == "from-systemd"
+    assert load_operator_token(ds(HIVE_DASHBOARD_TOKEN="inline"), env) == "inline"
+    own = tmp_path / "own"
+    own.write_text("from-file\n")
+    assert load_operator_token(ds(HIVE_DASHBOARD_TOKEN_FILE=str(own)), env) == "from-file"
+    assert load_operator_token(ds(), {}) == ""
+    with pytest.raises(ConfigError, match="no operator token"):
+        operator_security(ds(), b"label")
+    assert not operator_security(ds(HIVE_DASHBOARD_INSECURE_NO_TOKEN="true"), b"l").token_required
+    with pytest.raises(ConfigError, match="token_label"):
+        operator_security(ds(HIVE_DASHBOARD_TOKEN="t", HIVE_DASHBOARD_TOKEN_LABEL='a"b'), b"l")

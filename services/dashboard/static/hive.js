@@ -389,8 +389,9 @@
   }
   window.addEventListener("resize", () => {
     for (const p of plots) {
-      const width = Math.max(200, p.root.parentElement.parentElement.clientWidth);
-      p.setSize({ width, height: 130 });
+      const box = p.root.parentElement?.parentElement;
+      if (!box) continue; // a chart a redraw has just replaced
+      p.setSize({ width: Math.max(200, box.clientWidth), height: 130 });
     }
   });
   $("#tele-win")?.addEventListener("change", drawTelemetry);
