@@ -23,6 +23,7 @@ from nats.js import JetStreamContext
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import HiveError
 from hyperhive.dashboard import (
+    routes_app,
     routes_approvals,
     routes_containers,
     routes_flow,
@@ -70,6 +71,7 @@ def create_app(settings: Settings, nc: NATS, js: JetStreamContext) -> Litestar:
     return Litestar(
         route_handlers=[
             *routes_pages.HANDLERS,
+            *routes_app.HANDLERS,
             *routes_containers.HANDLERS,
             *routes_approvals.HANDLERS,
             *routes_questions.HANDLERS,

@@ -28,6 +28,7 @@ _event_decoder = msgspec.json.Decoder(HiveEvent)
 
 MESSAGE_FAMILY = "message."
 BODY_LIMIT = 2000  # events already carry at most this much; never trust it
+DETAIL_LIMIT = 200  # of a question, in a change record (a notification's body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,21 @@ def flow_record(ev: HiveEvent, seq: int) -> dict[str, object]:
     }
 
 
+def change_detail(ev: HiveEvent) -> dict[str, object]:
+    """What a browser notification of a waiting decision says: the approval's
+    or question's id, and its kind or the start of the question."""
+    ref = ev.data.get("id")
+    if not isinstance(ref, int):
+        return {}
+    if ev.kind == subjects.EV_QUESTION_ASKED:
+        text = ev.data.get("question")
+        return {"id": ref, "detail": text[:DETAIL_LIMIT] if isinstance(text, str) else ""}
+    if ev.kind.startswith("approval."):
+        what = ev.data.get("kind")
+        return {"id": ref, "detail": what if isinstance(what, str) else ""}
+    return {"id": ref}
+
+
 class EventHub:
     """Follows HIVE_EVENTS; hands frames to any number of SSE streams."""
 
@@ -166,6 +182,7 @@ class EventHub:
             self.flow.append(Item(seq, parties, sse_frame(kind, record, seq)))
         else:
             change = {"seq": seq, "kind": ev.kind, "agent": ev.agent, "ts": ev.ts}
+            change.update(change_detail(ev))
             self.changes.append(Item(seq, (ev.agent or "",), sse_frame("change", change, seq)))
         for listener in self.listeners:
             listener(ev)

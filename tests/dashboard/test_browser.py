@@ -104,7 +104,7 @@ async def test_approve_an_apply_commit_and_see_it_deployed(
     await expect(card.locator(".dl.add")).to_contain_text('+prompt = "be terse"')
     await expect(card.locator(".dl.del")).to_contain_text('-prompt = ""')
     await card.screenshot(path=str(tmp_path / "pending.png"))
-    await card.get_by_role("button", name="◆ APPR0VE").click()
+    await card.get_by_role("button", name="Approve").click()
 
     resolved = page.locator(f"#resolved-{approval_id}")
     await expect(resolved).to_contain_text("deployed")
@@ -124,8 +124,8 @@ async def test_deny_with_a_note(page: Page, stack: Stack) -> None:
 
     card = page.locator(f"#approval-{approval_id}")
     await expect(card).to_be_visible()
-    await card.get_by_label("note").fill("no shouting in the hive")
-    await card.get_by_role("button", name="d3ny").click()
+    await card.get_by_label("Note").fill("no shouting in the hive")
+    await card.get_by_role("button", name="Deny").click()
 
     resolved = page.locator(f"#resolved-{approval_id}")
     await expect(resolved).to_contain_text("denied")
@@ -160,8 +160,8 @@ async def test_the_printed_login_url_logs_in_and_leaves_the_address_bar(
         await expect(pg.locator("#agent-hm1nd")).to_be_visible()
         await pg.context.clear_cookies()
         await pg.goto(stack.url + "/login")
-        await pg.get_by_label("0p3r4t0r t0k3n").fill(stack.token)
-        await pg.get_by_role("button", name="3nt3r").click()
+        await pg.get_by_label("Operator token").fill(stack.token)
+        await pg.get_by_role("button", name="Log in").click()
         await expect(pg.locator("#agent-hm1nd")).to_be_visible()
         assert pg.url == stack.url + "/"
 

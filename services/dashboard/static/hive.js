@@ -179,10 +179,79 @@
     ["stuck.", ["containers"]],
     ["stats.", ["telemetry"]],
   ];
+  /* ---------- browser notifications of waiting decisions ---------- */
+  // Asked once, on a click (browsers ignore a request without one); then
+  // every approval or question that arrives on the live stream is shown.
+  const notifyBtn = $("#notify-btn");
+  const notifyState = $("#notify-state");
+  let swReg = null;
+
+  function notifySupported() {
+    return "Notification" in window && window.isSecureContext;
+  }
+
+  function showNotifyState() {
+    if (!notifyBtn) return;
+    if (!notifySupported()) {
+      notifyBtn.hidden = true;
+      notifyState.textContent = window.isSecureContext ? "" : "notifications need https";
+      return;
+    }
+    const p = Notification.permission;
+    notifyBtn.hidden = p !== "default";
+    notifyState.textContent =
+      p === "granted" ? "notifications on" : p === "denied" ? "notifications blocked in the browser" : "";
+  }
+
+  notifyBtn?.addEventListener("click", async () => {
+    try {
+      await Notification.requestPermission();
+    } catch (e) {
+      /* an old browser without the promise form: the state below says it */
+    }
+    showNotifyState();
+    if (Notification.permission === "granted") toast("Notifications on: you will be told when a decision waits.");
+  });
+
+  if ("serviceWorker" in navigator && window.isSecureContext) {
+    // only to show notifications where the page cannot (Android) and focus the
+    // dashboard on a click; it caches nothing
+    navigator.serviceWorker.register("/sw.js").then((r) => (swReg = r), () => {});
+  }
+
+  function notifyDecision(change) {
+    if (!notifySupported() || Notification.permission !== "granted") return;
+    let title, body, anchor;
+    if (change.kind === "approval.queued") {
+      title = "Approval #" + change.id + " waits";
+      body = (change.detail === "Spawn" ? "Spawn a new agent " : "Deploy a change to ") + (change.agent || "");
+      anchor = "approval-" + change.id;
+    } else if (change.kind === "question.asked") {
+      title = "Question #" + change.id + " from " + (change.agent || "the manager");
+      body = change.detail || "";
+      anchor = "question-" + change.id;
+    } else {
+      return;
+    }
+    const opts = { body, tag: anchor, icon: "/static/icon-192.png", data: { url: "/#" + anchor } };
+    try {
+      const n = new Notification(title, opts);
+      n.onclick = () => {
+        window.focus();
+        location.hash = anchor;
+        n.close();
+      };
+    } catch (e) {
+      swReg?.showNotification(title, opts); // Android: only a service worker may show one
+    }
+  }
+  showNotifyState();
+
   function connectChanges() {
     const es = new EventSource("/events");
     es.addEventListener("change", (e) => {
       const change = JSON.parse(e.data);
+      notifyDecision(change);
       const hit = AFFECTS.find(([prefix]) => change.kind.startsWith(prefix));
       // turn stats can come fast from many agents: redraw charts at most every 2 s
       const delay = change.kind.startsWith("stats.") ? 2000 : 150;
