@@ -20,7 +20,7 @@ import asyncpg
 import msgspec
 from nats.js import JetStreamContext
 
-from hyperhive.common import subjects
+from hyperhive.common import actor, subjects
 from hyperhive.common.telemetry import TRACEPARENT, current_traceparent
 from hyperhive.common.wire.events import HiveEvent
 
@@ -29,7 +29,11 @@ _encoder = msgspec.json.Encoder()
 
 
 def make_event(kind: str, *, agent: str | None = None, **data: object) -> HiveEvent:
-    """A new event with a fresh id and the current time."""
+    """A new event with a fresh id, the current time and, when known, who
+    caused it (``by``, see :mod:`hyperhive.common.actor`)."""
+    by = actor.current()
+    if by and "by" not in data:
+        data["by"] = by
     return HiveEvent(kind=kind, ts=time.time(), agent=agent, data=data, id=uuid.uuid4().hex)
 
 

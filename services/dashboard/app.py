@@ -23,6 +23,7 @@ from nats.js import JetStreamContext
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import HiveError
 from hyperhive.dashboard import (
+    routes_activity,
     routes_app,
     routes_approvals,
     routes_containers,
@@ -72,6 +73,7 @@ def create_app(settings: Settings, nc: NATS, js: JetStreamContext) -> Litestar:
         route_handlers=[
             *routes_pages.HANDLERS,
             *routes_app.HANDLERS,
+            *routes_activity.HANDLERS,
             *routes_containers.HANDLERS,
             *routes_approvals.HANDLERS,
             *routes_questions.HANDLERS,

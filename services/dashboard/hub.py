@@ -138,6 +138,11 @@ class EventHub:
         self.closed = False
         self.listeners: list[Callable[[HiveEvent], None]] = []
 
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context it reads from (for other readers of the stream)."""
+        return self._js
+
     async def start(self) -> None:
         """Subscribes from ``backfill_events`` records back, then live."""
         info = await self._js.stream_info(subjects.EVENTS_STREAM)

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hyperhive.common import subjects
+from hyperhive.common import activity, subjects
 from hyperhive.common.errors import HiveError
 from hyperhive.common.wire.approvals import (
     ApprovalIdRequest,
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 PENDING_APPROVAL = frozenset({"pending", "approved"})  # approved: deploying now
 RESOLVED_SHOWN = 30
+ACTIVITY_SHOWN = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,7 @@ SECTIONS: dict[str, Meta] = {
         Meta("drafts", "DR4FTS", "lifecycle"),
         Meta("approvals", "4PPR0V4LS", "approvals"),
         Meta("questions", "QU3ST10NS", "approvals"),
+        Meta("activity", "4CT1V1TY", "HIVE_EVENTS"),
         Meta("flow", "M3SS4G3 FL0W", "broker"),
         Meta("telemetry", "T3L3M3TRY", "broker"),
     )
@@ -122,7 +124,8 @@ class Proposal:
     default_spawn: bool = False  # a one-shot spawn: default config, nothing to diff
 
 
-async def _proposal(hive: Hive, approval: ApprovalInfo) -> Proposal:
+async def proposal(hive: Hive, approval: ApprovalInfo) -> Proposal:
+    """An approval with its diff (or why there is none)."""
     sha = approval.fetched_sha or approval.commit_ref
     if approval.kind == "Spawn" and not sha:
         return Proposal(approval, "", [], default_spawn=True)
@@ -149,7 +152,7 @@ async def approvals(hive: Hive) -> View:
     pending.sort(key=lambda a: a.id)
     resolved = [a for a in reply.approvals if a.state not in PENDING_APPROVAL]
     resolved.sort(key=lambda a: a.resolved_at or a.created_at, reverse=True)
-    proposals = await asyncio.gather(*(_proposal(hive, a) for a in pending))
+    proposals = await asyncio.gather(*(proposal(hive, a) for a in pending))
     return View(meta, {"pending": proposals, "resolved": resolved[:RESOLVED_SHOWN]})
 
 
@@ -166,6 +169,35 @@ async def questions(hive: Hive) -> View:
         reverse=True,
     )
     return View(meta, {"open": open_, "answered": answered[:RESOLVED_SHOWN]})
+
+
+def day_clock(ts: float, now: float | None = None) -> str:
+    """The clock time, with the date when it is not today."""
+    now = time.time() if now is None else now
+    day = time.strftime("%Y-%m-%d", time.localtime(ts))
+    clock = time.strftime("%H:%M:%S", time.localtime(ts))
+    return clock if day == time.strftime("%Y-%m-%d", time.localtime(now)) else f"{day} {clock}"
+
+
+async def activity_view(hive: Hive) -> View:
+    """The last day of the timeline, newest first (filtered in the page)."""
+    meta = SECTIONS["activity"]
+    try:
+        async with asyncio.timeout(hive.read_timeout * 2):
+            entries = await activity.read(hive.nc.jetstream(), limit=ACTIVITY_SHOWN)
+    except (HiveError, TimeoutError) as exc:
+        return View(meta, down=f"HIVE_EVENTS unreadable: {exc or 'timed out'}")
+    entries.reverse()
+    names = sorted({e.agent for e in entries if e.agent})
+    return View(
+        meta,
+        {
+            "entries": entries,
+            "clock": day_clock,
+            "agents": names,
+            "categories": activity.CATEGORIES,
+        },
+    )
 
 
 async def flow(hive: Hive) -> View:
@@ -201,6 +233,7 @@ LOADERS: dict[str, Callable[[Hive], Awaitable[View]]] = {
     "drafts": drafts,
     "approvals": approvals,
     "questions": questions,
+    "activity": activity_view,
     "flow": flow,
     "telemetry": telemetry,
 }

@@ -54,7 +54,44 @@
       if (again) again.focus();
     }
     if (name === "telemetry") drawTelemetry();
+    if (name === "activity") filterActivity();
   }
+
+  /* ---------- activity timeline: filtered in the page ---------- */
+  const GROUPS = {
+    decisions: ["approval", "deploy", "deny", "answer", "fail"],
+    trouble: ["crash", "stuck", "fail"],
+  };
+  function filterActivity() {
+    const kind = $("#activity-kind")?.value || "";
+    const who = $("#activity-who")?.value || "";
+    const agent = ($("#activity-agent")?.value || "").trim();
+    const rows = $$("#body-activity li.ev");
+    let shown = 0;
+    for (const li of rows) {
+      const cats = GROUPS[kind] || (kind ? [kind] : null);
+      const ok =
+        (!cats || cats.includes(li.dataset.category)) &&
+        (!who || li.dataset.whoKind === who) &&
+        (!agent || li.dataset.agent === agent || li.dataset.who === agent);
+      li.hidden = !ok;
+      if (ok) shown++;
+    }
+    const count = $("#activity-count");
+    if (count) count.textContent = rows.length ? shown + " of " + rows.length + " shown" : "";
+  }
+  for (const id of ["#activity-kind", "#activity-who"]) $(id)?.addEventListener("change", filterActivity);
+  $("#activity-agent")?.addEventListener("input", filterActivity);
+  $("#activity-filter")?.addEventListener("submit", (e) => {
+    e.preventDefault();
+    filterActivity();
+  });
+  $("#activity-clear")?.addEventListener("click", () => {
+    $("#activity-kind").value = "";
+    $("#activity-who").value = "";
+    $("#activity-agent").value = "";
+    filterActivity();
+  });
 
   function focusKeyOf(el) {
     const form = el.closest("form");
@@ -171,12 +208,12 @@
 
   /* ---------- live changes from HIVE_EVENTS ---------- */
   const AFFECTS = [
-    ["agent.draft", ["drafts"]],
-    ["agent.", ["containers", "kept", "drafts", "flow", "telemetry"]],
-    ["approval.", ["approvals", "drafts", "containers", "telemetry"]],
-    ["question.", ["questions"]],
-    ["crash.", ["containers"]],
-    ["stuck.", ["containers"]],
+    ["agent.draft", ["drafts", "activity"]],
+    ["agent.", ["containers", "kept", "drafts", "flow", "telemetry", "activity"]],
+    ["approval.", ["approvals", "drafts", "containers", "telemetry", "activity"]],
+    ["question.", ["questions", "activity"]],
+    ["crash.", ["containers", "activity"]],
+    ["stuck.", ["containers", "activity"]],
     ["stats.", ["telemetry"]],
   ];
   /* ---------- browser notifications of waiting decisions ---------- */
@@ -469,6 +506,7 @@
 
   /* ---------- start ---------- */
   hydrate(document);
+  filterActivity();
   connectChanges();
   connectFlow();
   if (typeof uPlot !== "undefined") drawTelemetry();
