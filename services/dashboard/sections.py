@@ -48,22 +48,23 @@ ACTIVITY_SHOWN = 300
 @dataclass(frozen=True, slots=True)
 class Meta:
     name: str
-    title: str  # l33t heading
+    title: str  # l33t heading (the seed's voice)
     service: str  # whose section it is
+    label: str = ""  # the heading in plain words (navigation, screen readers)
 
 
 # Page order. Drafts sit between K3PT ST4T3 and approvals (seed TODO).
 SECTIONS: dict[str, Meta] = {
     m.name: m
     for m in (
-        Meta("containers", "C0NT41N3RS", "lifecycle"),
-        Meta("kept", "K3PT ST4T3", "lifecycle"),
-        Meta("drafts", "DR4FTS", "lifecycle"),
-        Meta("approvals", "4PPR0V4LS", "approvals"),
-        Meta("questions", "QU3ST10NS", "approvals"),
-        Meta("activity", "4CT1V1TY", "HIVE_EVENTS"),
-        Meta("flow", "M3SS4G3 FL0W", "broker"),
-        Meta("telemetry", "T3L3M3TRY", "broker"),
+        Meta("containers", "C0NT41N3RS", "lifecycle", "Containers"),
+        Meta("kept", "K3PT ST4T3", "lifecycle", "Kept state"),
+        Meta("drafts", "DR4FTS", "lifecycle", "Drafts"),
+        Meta("approvals", "4PPR0V4LS", "approvals", "Approvals"),
+        Meta("questions", "QU3ST10NS", "approvals", "Questions"),
+        Meta("activity", "4CT1V1TY", "HIVE_EVENTS", "Activity"),
+        Meta("flow", "M3SS4G3 FL0W", "broker", "Message flow"),
+        Meta("telemetry", "T3L3M3TRY", "broker", "Telemetry"),
     )
 }
 
@@ -74,11 +75,11 @@ class View:
 
     meta: Meta
     data: dict[str, Any] = field(default_factory=dict)
-    down: str | None = None  # "<service> d0wn: <reason>"
+    down: str | None = None  # "<service> is down: <reason>"
 
 
 def _down(meta: Meta, exc: HiveError, service: str | None = None) -> View:
-    return View(meta, down=f"{service or meta.service} d0wn: {exc}")
+    return View(meta, down=f"{service or meta.service} is down: {exc}")
 
 
 async def _agents(hive: Hive) -> list[AgentInfo]:
@@ -93,7 +94,7 @@ async def containers(hive: Hive) -> View:
         agents = await _agents(hive)
     except HiveError as exc:
         return _down(meta, exc)
-    return View(meta, {"agents": agents})
+    return View(meta, {"agents": agents, "now": time.time()})
 
 
 async def kept(hive: Hive) -> View:
@@ -171,14 +172,6 @@ async def questions(hive: Hive) -> View:
     return View(meta, {"open": open_, "answered": answered[:RESOLVED_SHOWN]})
 
 
-def day_clock(ts: float, now: float | None = None) -> str:
-    """The clock time, with the date when it is not today."""
-    now = time.time() if now is None else now
-    day = time.strftime("%Y-%m-%d", time.localtime(ts))
-    clock = time.strftime("%H:%M:%S", time.localtime(ts))
-    return clock if day == time.strftime("%Y-%m-%d", time.localtime(now)) else f"{day} {clock}"
-
-
 async def activity_view(hive: Hive) -> View:
     """The last day of the timeline, newest first (filtered in the page)."""
     meta = SECTIONS["activity"]
@@ -193,7 +186,6 @@ async def activity_view(hive: Hive) -> View:
         meta,
         {
             "entries": entries,
-            "clock": day_clock,
             "agents": names,
             "categories": activity.CATEGORIES,
         },

@@ -218,15 +218,15 @@ async def test_timeline_in_the_browser(
         await expect(deny.locator("time")).to_have_text(re.compile(r"^\d\d:\d\d:\d\d$"))
 
         # filter: only the denials
-        await page.get_by_label("Show").select_option("deny")
+        await page.get_by_label("Show", exact=True).select_option("deny")
         visible = section.locator("li.ev:visible")
         await expect(visible.first).to_be_visible()
         assert {await r.get_attribute("data-category") for r in await visible.all()} == {"deny"}
         await expect(page.locator("#activity-count")).to_contain_text("shown")
         # by the manager, for this agent
-        await page.get_by_label("Show").select_option("")
-        await page.get_by_label("by").select_option("manager")
-        await page.get_by_label("agent", exact=True).fill(story["name"])
+        await page.get_by_label("Show", exact=True).select_option("")
+        await page.get_by_label("Done by", exact=True).select_option("manager")
+        await page.get_by_label("Agent", exact=True).fill(story["name"])
         for r in await visible.all():
             assert await r.get_attribute("data-who-kind") == "manager"
             assert await r.get_attribute("data-agent") == story["name"]
@@ -242,7 +242,7 @@ async def test_timeline_in_the_browser(
         await expect(section.locator("li.ev", has_text=f"Live at {width} px?")).to_be_visible()
 
         # the link of a denial opens its diff with who decided
-        await page.get_by_label("Show").select_option("deny")
+        await page.get_by_label("Show", exact=True).select_option("deny")
         link = deny.get_by_role("link", name=re.compile("see the diff"))
         await link.click()
         await expect(page).to_have_url(re.compile(rf"/approvals/{story['denied']}/diff$"))

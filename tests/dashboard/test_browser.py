@@ -66,22 +66,22 @@ async def assert_not_reloaded(page: Page) -> None:
 
 async def test_spawn_from_the_form_shows_the_agent_running(page: Page, stack: Stack) -> None:
     name = unique_name("sp")
-    await page.get_by_label("sp4wn 4g3nt").fill(name)
-    await page.get_by_role("button", name="+ sp4wn").click()
+    await page.get_by_label("Spawn an agent named").fill(name)
+    await page.get_by_role("button", name="Spawn", exact=True).click()
     card = page.locator(f"#agent-{name}")
     await expect(card.locator('[data-role="state"]')).to_have_text("running")
     await expect(card.get_by_role("link")).to_have_attribute(
         "href", f"http://127.0.0.1:{await card_port(page, name)}/"
     )
-    await expect(page.locator("#toasts")).to_contain_text(f"sp4wn3d {name}")
+    await expect(page.locator("#toasts")).to_contain_text(f"Spawned {name}")
     await assert_not_reloaded(page)
 
     # its log follows in a collapsible panel
-    await card.locator("summary", has_text="l0gs").click()
+    await card.locator("summary", has_text="Logs").click()
     await expect(card.locator("pre.log")).to_contain_text("harness start")
 
     # the same card's actions work in place: stop it
-    await card.get_by_role("button", name=f"stop {name}", exact=True).click()
+    await card.get_by_role("button", name=f"Stop {name}", exact=True).click()
     await expect(card.locator('[data-role="state"]')).to_have_text("stopped")
     await assert_not_reloaded(page)
 
@@ -173,7 +173,7 @@ async def test_answer_a_radio_question_reaches_the_manager(page: Page, stack: St
     form = page.locator(f"#question-{question_id}")
     await expect(form).to_contain_text(question)
     await form.get_by_label("teal").check()
-    await form.get_by_role("button", name="4nsw3r").click()
+    await form.get_by_role("button", name="Answer").click()
     await expect(page.locator(f"#answered-{question_id}")).to_contain_text("teal")
     await assert_not_reloaded(page)
 
@@ -219,10 +219,10 @@ async def test_a_sent_message_appears_live_in_the_flow(page: Page, stack: Stack)
     await assert_not_reloaded(page)
 
     # filtering on another agent hides it; clearing the filter brings it back
-    await page.get_by_label("f1lt3r").fill("nobody")
-    await page.get_by_label("f1lt3r").press("Enter")
+    await page.get_by_label("Filter by agent").fill("nobody")
+    await page.get_by_label("Filter by agent").press("Enter")
     await expect(row).to_have_count(0)
-    await page.get_by_role("button", name="all", exact=True).click()
+    await page.get_by_role("button", name="All agents", exact=True).click()
     await expect(flow.locator(f'li[data-id="{sent.id}"]')).to_contain_text(body)
 
 
@@ -306,10 +306,11 @@ async def test_card_actions_with_their_confirm_dialogs(page: Page, stack: Stack)
         await dialog.accept()
 
     # a dismissed confirm sends nothing
-    kill = card.get_by_role("button", name=f"kill {name}", exact=True)
+    KILL = f"Kill {name} now, without waiting for its turn to end?"
+    kill = card.get_by_role("button", name=f"Kill {name}", exact=True)
     page.once("dialog", dismiss)
     await kill.click()
-    assert asked == [f"kill {name}?"]
+    assert asked == [KILL]
     assert await kill.is_enabled()  # the form never went busy: no request
     assert (await agents(stack))[name].state == "running"
 
@@ -318,26 +319,26 @@ async def test_card_actions_with_their_confirm_dialogs(page: Page, stack: Stack)
     await expect(state).to_have_text("stopped")
     await expect(toasts).to_contain_text(f"kill: {name} is stopped")
     for verb, shown in (("start", "running"), ("restart", "running"), ("update", "running")):
-        await card.get_by_role("button", name=f"{verb} {name}", exact=True).click()
+        await card.get_by_role("button", name=f"{verb.capitalize()} {name}", exact=True).click()
         await expect(toasts).to_contain_text(f"{verb}: {name} is {shown}")
         await expect(state).to_have_text(shown)
-    assert asked == [f"kill {name}?", f"kill {name}?"]  # only kill asked
+    assert asked == [KILL, KILL]  # only kill asked
 
     # destroy (state kept) asks, then the agent moves to K3PT ST4T3
     page.once("dialog", accept)
-    await card.get_by_role("button", name=f"destroy {name}", exact=True).click()
+    await card.get_by_role("button", name=f"Destroy {name}", exact=True).click()
     await expect(card).to_have_count(0)
     kept = page.locator(f'#body-kept li[data-agent="{name}"]')
     await expect(kept).to_be_visible()
-    assert asked[-1] == f"destroy {name}?"
+    assert asked[-1] == f"Destroy {name}?"
 
     # purge asks too; dismissed it keeps the state, accepted it is gone
     page.once("dialog", dismiss)
-    await kept.get_by_role("button", name="purge").click()
+    await kept.get_by_role("button", name="Purge").click()
     assert asked[-1].startswith(f"purge the kept state of {name}?")
-    assert await kept.get_by_role("button", name="purge").is_enabled()
+    assert await kept.get_by_role("button", name="Purge").is_enabled()
     page.once("dialog", accept)
-    await kept.get_by_role("button", name="purge").click()
+    await kept.get_by_role("button", name="Purge").click()
     await expect(kept).to_have_count(0)
     await expect(toasts).to_contain_text(f"purged kept state of {name}")
     assert not AgentPaths.of(stack.settings, name).state.exists()
@@ -347,7 +348,7 @@ async def test_card_actions_with_their_confirm_dialogs(page: Page, stack: Stack)
 async def test_the_logs_panel_follows_new_lines(page: Page, stack: Stack) -> None:
     name = await spawn_agent(stack, "lg")
     card = page.locator(f"#agent-{name}")
-    await card.locator("summary", has_text="l0gs").click()
+    await card.locator("summary", has_text="Logs").click()
     log = card.locator("pre.log")
     await expect(log).to_contain_text("harness start")
     # the harness writes to its log (its stdout) while the panel is open
@@ -376,7 +377,7 @@ async def test_layout_fits_1280_px(page: Page, stack: Stack, tmp_path: Path) -> 
     )
     await expect(page.locator(f"#approval-{approval_id} .dl.add")).to_contain_text("www")
     await expect(page.locator(f"#agent-{name}")).to_be_visible()
-    await page.locator(f"#agent-{name} summary", has_text="l0gs").click()
+    await page.locator(f"#agent-{name} summary", has_text="Logs").click()
     await expect(page.locator(f"#agent-{name} pre.log")).to_contain_text("harness start")
     assert page.viewport_size == {"width": 1280, "height": 900}
     width = await page.evaluate("document.scrollingElement.scrollWidth")

@@ -182,7 +182,7 @@ async def test_login_sets_a_session_cookie_that_is_not_the_token(
     assert "httponly" in r.headers["set-cookie"].lower()
     r = await client.get("/")
     assert r.status_code == 200
-    assert "l0g0ut" in r.text
+    assert "Log out" in r.text
 
 
 def _routes(settings: Settings) -> list[tuple[str, str]]:

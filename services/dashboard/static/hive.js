@@ -147,7 +147,7 @@
       d.addEventListener("toggle", async () => {
         if (!d.open) return;
         const target = $(".panel-body", d);
-        target.textContent = "l04d1ng…";
+        target.textContent = "Loading…";
         try {
           const r = await fetch(d.dataset.lazy, { headers: { Accept: "text/html" }, credentials: "same-origin" });
           target.innerHTML = await r.text();
@@ -177,7 +177,7 @@
         const r = await fetch(d.dataset.follow + "?" + params, { credentials: "same-origin" });
         const data = await r.json();
         if (data.down) {
-          pre.textContent += "[lifecycle d0wn: " + data.down + "]\n";
+          pre.textContent += "[lifecycle is down: " + data.down + "]\n";
         } else {
           state.after = data.after;
           state.cursor = data.cursor || "";
@@ -394,7 +394,7 @@
   const plots = [];
 
   function fmtAgo(s) {
-    if (s == null) return "n0 turns yet";
+    if (s == null) return "no turns yet";
     if (s < 60) return "last turn " + Math.round(s) + "s ago";
     if (s < 3600) return "last turn " + Math.round(s / 60) + "m ago";
     return "last turn " + (s / 3600).toFixed(1) + "h ago";
@@ -420,7 +420,7 @@
         drawCharts(box, HIVE_CHARTS, data.charts);
       } catch (e) {
         box.textContent = "";
-        last.textContent = "approvals d0wn: " + e.message;
+        last.textContent = "approvals is down: " + e.message;
       }
     }
     for (const card of $$(".tele[data-agent]")) {
@@ -433,7 +433,7 @@
         );
       } catch (e) {
         box.textContent = "";
-        last.textContent = "broker d0wn: " + e.message;
+        last.textContent = "broker is down: " + e.message;
         continue;
       }
       last.textContent = fmtAgo(data.since_last_turn_s) + " · " + data.turns + " turns in window";
@@ -441,7 +441,7 @@
         box.textContent = "";
         const p = document.createElement("p");
         p.className = "nodata";
-        p.textContent = "n0 turns in th1s w1nd0w";
+        p.textContent = "No turns in this window";
         box.append(p);
         continue;
       }
@@ -464,7 +464,7 @@
       if (!chart || chart.x.length === 0 || labels.length === 0) {
         const p = document.createElement("p");
         p.className = "nodata";
-        p.textContent = "n0 d4t4";
+        p.textContent = "No data";
         fig.append(p);
         continue;
       }
