@@ -262,9 +262,15 @@ async def test_telemetry_charts_render_with_uplot(page: Page, stack: Stack) -> N
             notes_bytes=1024 * (i + 1),
         )
         await rpc.publish(stack.manager, subjects.agent(subjects.MANAGER, "stats"), stats)
-    card = page.locator('.tele[data-agent="hm1nd"]')
-    # the charts redraw live on the broker's stats.turn events
-    await expect(card.locator('[data-role="last"]')).to_contain_text("4 turns in window")
+    row = page.locator('tr.tele[data-agent="hm1nd"]')
+    # the row redraws live on the broker's stats.turn events
+    await expect(row.locator('[data-role="last"]')).to_contain_text("4 turns in window")
+    await expect(row.locator('[data-role="turns"]')).to_have_text(re.compile(r"^\d+"))
+    # the full charts are behind a click
+    card = page.locator("#tele-charts-hm1nd")
+    await expect(card).to_be_hidden()
+    await row.get_by_role("button", name="Charts of hm1nd").click()
+    await expect(card).to_be_visible()
     # every chart the API serves is drawn, each one with data
     api = await page.evaluate("fetch('/api/stats?agent=hm1nd&window=3600').then((r) => r.json())")
     served = set(api["charts"])
@@ -279,10 +285,13 @@ async def test_telemetry_charts_render_with_uplot(page: Page, stack: Stack) -> N
         await expect(fig.locator("canvas").first).to_be_visible()
         await expect(fig.locator(".nodata")).to_have_count(0)
     hive = page.locator(".tele[data-hive]")
-    await expect(hive.locator('figure[data-chart="approval_queue"] canvas')).to_be_visible()
+    # the approval queue is drawn only if something waited in the window
+    queue = hive.locator('figure[data-chart="approval_queue"] canvas, .nodata')
+    await expect(queue).to_have_count(1)
     await expect(card.locator('figure[data-chart="duration"]')).to_contain_text("p95 s")
     await expect(card.locator('figure[data-chart="messages"]')).to_contain_text("sent → peer")
     await expect(card.locator('figure[data-chart="tools"]')).to_contain_text("Read")
+    await expect(hive.locator('figure[data-chart="cost_per_day"]')).to_have_count(0)  # no cost yet
     await card.scroll_into_view_if_needed()
     await assert_not_reloaded(page)
 

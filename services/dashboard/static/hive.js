@@ -31,7 +31,7 @@
   async function refresh(name) {
     const body = document.getElementById("body-" + name);
     if (!body) return;
-    const open = $$("details[open][id]", body).map((d) => d.id);
+    const open = $$("details[open][id], tr.tele-charts[id]:not([hidden])", body).map((d) => d.id);
     const active = document.activeElement;
     const focusKey = active && body.contains(active) ? focusKeyOf(active) : null;
     let html;
@@ -47,7 +47,12 @@
     hydrate(body);
     for (const id of open) {
       const d = document.getElementById(id);
-      if (d && body.contains(d)) d.open = true;
+      if (!d || !body.contains(d)) continue;
+      if (d.tagName === "DETAILS") d.open = true;
+      else {
+        d.hidden = false; // an open telemetry panel stays open
+        $(`[aria-controls="${CSS.escape(id)}"]`, body)?.setAttribute("aria-expanded", "true");
+      }
     }
     if (focusKey) {
       const again = $$("button, input, textarea, select, summary, a", body).find((el) => focusKeyOf(el) === focusKey);
@@ -388,16 +393,26 @@
     ["since_last_turn", "time since previous turn (s)"],
     ["notes", "notes file size (KiB)"],
   ];
-  const HIVE_CHARTS = [["approval_queue", "approvals waiting for the operator"]];
+  const HIVE_CHARTS = [
+    ["cost_per_day", "cost per day, every agent (USD)"],
+    ["approval_queue", "approvals waiting for the operator"],
+  ];
   const SCATTER = new Set(["tool_calls", "inbox_depth", "since_last_turn", "notes"]);
   const COLORS = ["#39ff88", "#ff3cac", "#2de2e6", "#ffe600", "#ffa43c", "#ff5c7a"];
   const plots = [];
 
   function fmtAgo(s) {
     if (s == null) return "no turns yet";
-    if (s < 60) return "last turn " + Math.round(s) + "s ago";
-    if (s < 3600) return "last turn " + Math.round(s / 60) + "m ago";
-    return "last turn " + (s / 3600).toFixed(1) + "h ago";
+    if (s < 60) return Math.round(s) + "s ago";
+    if (s < 3600) return Math.round(s / 60) + "m ago";
+    if (s < 86400) return (s / 3600).toFixed(1) + "h ago";
+    return (s / 86400).toFixed(1) + "d ago";
+  }
+
+  function fmtTokens(n) {
+    if (n >= 1e6) return (n / 1e6).toFixed(1) + "M";
+    if (n >= 1e3) return (n / 1e3).toFixed(1) + "k";
+    return String(n);
   }
 
   async function fetchJson(url) {
@@ -406,6 +421,32 @@
     if (!r.ok) throw new Error(data.error || r.status);
     return data;
   }
+
+  // A sparkline: the first series of a chart as an SVG polyline (no axes).
+  function spark(svg, chart) {
+    svg.textContent = "";
+    const ys = chart ? Object.values(chart.series)[0] || [] : [];
+    const vals = ys.map((v) => (v == null ? null : Number(v)));
+    const max = Math.max(0, ...vals.filter((v) => v != null));
+    if (!vals.length || max === 0) {
+      svg.classList.add("empty");
+      return;
+    }
+    svg.classList.remove("empty");
+    const step = 100 / Math.max(1, vals.length - 1);
+    let d = "";
+    vals.forEach((v, i) => {
+      if (v == null) return;
+      const x = (i * step).toFixed(2);
+      const y = (22 - (v / max) * 20).toFixed(2);
+      d += (d ? " L" : "M") + x + " " + y;
+    });
+    const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
+    path.setAttribute("d", d);
+    svg.append(path);
+  }
+
+  const agentData = new Map(); // agent -> the last /api/stats answer
 
   async function drawTelemetry() {
     for (const p of plots.splice(0)) p.destroy();
@@ -417,42 +458,73 @@
       try {
         const data = await fetchJson("/api/stats/hive?window=" + win);
         last.textContent = "";
-        drawCharts(box, HIVE_CHARTS, data.charts);
+        drawCharts(box, HIVE_CHARTS, data.charts, data);
       } catch (e) {
         box.textContent = "";
         last.textContent = "approvals is down: " + e.message;
       }
     }
-    for (const card of $$(".tele[data-agent]")) {
-      const box = $('[data-role="charts"]', card);
-      const last = $('[data-role="last"]', card);
+    for (const row of $$("tr.tele[data-agent]")) {
+      const agent = row.dataset.agent;
+      const cell = (role) => $('[data-role="' + role + '"]', row);
       let data;
       try {
-        data = await fetchJson(
-          "/api/stats?agent=" + encodeURIComponent(card.dataset.agent) + "&window=" + win,
-        );
+        data = await fetchJson("/api/stats?agent=" + encodeURIComponent(agent) + "&window=" + win);
       } catch (e) {
-        box.textContent = "";
-        last.textContent = "broker is down: " + e.message;
+        cell("last").textContent = "broker is down: " + e.message;
         continue;
       }
-      last.textContent = fmtAgo(data.since_last_turn_s) + " · " + data.turns + " turns in window";
-      if (data.turns === 0) {
-        box.textContent = "";
-        const p = document.createElement("p");
-        p.className = "nodata";
-        p.textContent = "No turns in this window";
-        box.append(p);
-        continue;
-      }
-      drawCharts(box, CHARTS, data.charts);
+      agentData.set(agent, data);
+      const s = data.summary;
+      cell("turns").textContent = s.turns_today + (s.failed_today ? " (" + s.failed_today + " failed)" : "");
+      cell("cost").textContent = "$" + s.cost_today_usd.toFixed(2);
+      cell("tokens").textContent = fmtTokens(s.tokens_today);
+      cell("last").textContent =
+        s.last_turn_s == null
+          ? "no turns yet"
+          : s.last_turn_s.toFixed(1) + " s, " + fmtAgo(data.since_last_turn_s) + " · " + data.turns + " turns in window";
+      cell("inbox").textContent = s.inbox_depth == null ? "–" : String(s.inbox_depth);
+      for (const svg of $$("svg[data-spark]", row)) spark(svg, data.charts[svg.dataset.spark]);
+      const open = $('[data-role="open"]', row);
+      open.hidden = Object.keys(data.charts).length === 0;
+      const panel = document.getElementById("tele-charts-" + agent);
+      if (panel && !panel.hidden) drawAgentCharts(agent);
     }
   }
 
-  function drawCharts(box, list, charts) {
+  function drawAgentCharts(agent) {
+    const panel = document.getElementById("tele-charts-" + agent);
+    const data = agentData.get(agent);
+    if (!panel || !data) return;
+    const box = $('[data-role="charts"]', panel);
+    drawCharts(box, CHARTS, data.charts, data);
+  }
+
+  document.addEventListener("click", (ev) => {
+    const btn = ev.target.closest?.('tr.tele [data-role="open"]');
+    if (!btn) return;
+    const agent = btn.closest("tr").dataset.agent;
+    const panel = document.getElementById("tele-charts-" + agent);
+    const open = panel.hidden;
+    panel.hidden = !open;
+    btn.setAttribute("aria-expanded", String(open));
+    if (open) drawAgentCharts(agent);
+  });
+
+  // Charts that have data (the server leaves empty ones out), on a time axis
+  // that spans the window (one point must not stretch it over years).
+  function drawCharts(box, list, charts, span) {
+    for (const p of plots.filter((q) => box.contains(q.root))) {
+      p.destroy();
+      plots.splice(plots.indexOf(p), 1);
+    }
     box.textContent = "";
     for (const [key, title] of list) {
       const chart = charts[key];
+      const labels = chart ? Object.keys(chart.series) : [];
+      if (!chart || chart.x.length === 0 || labels.length === 0) continue;
+      const values = labels.flatMap((l) => chart.series[l]).filter((v) => v != null);
+      if (!values.some((v) => v !== 0)) continue;
       const fig = document.createElement("figure");
       fig.className = "chart";
       fig.dataset.chart = key;
@@ -460,37 +532,42 @@
       h.textContent = title;
       fig.append(h);
       box.append(fig);
-      const labels = chart ? Object.keys(chart.series) : [];
-      if (!chart || chart.x.length === 0 || labels.length === 0) {
-        const p = document.createElement("p");
-        p.className = "nodata";
-        p.textContent = "No data";
-        fig.append(p);
-        continue;
-      }
       const scatter = SCATTER.has(key);
+      const daily = key === "cost_per_day";
+      const range = daily
+        ? [chart.x[0] - 43200, chart.x[chart.x.length - 1] + 43200]
+        : [span.start, span.end];
       const opts = {
         width: Math.max(200, box.clientWidth),
         height: 130,
         cursor: { focus: { prox: 16 } },
-        scales: { x: { time: true } },
+        scales: { x: { time: true, range: () => range } },
         axes: [
           { stroke: "#9a9ab8", grid: { stroke: "#1d1d33" }, ticks: { stroke: "#2b2b48" } },
-          { stroke: "#9a9ab8", grid: { stroke: "#1d1d33" }, ticks: { stroke: "#2b2b48" }, size: 44 },
+          { stroke: "#9a9ab8", grid: { stroke: "#1d1d33" }, ticks: { stroke: "#2b2b48" }, size: 50 },
         ],
         series: [
           {},
           ...labels.map((label, i) => ({
             label,
             stroke: COLORS[i % COLORS.length],
-            width: 1.5,
+            width: daily ? 0 : 1.5,
             spanGaps: scatter,
-            points: { show: scatter, size: 5, fill: COLORS[i % COLORS.length] },
-            fill: key === "turns_per_min" ? "rgba(57,255,136,0.12)" : undefined,
+            points: { show: scatter || daily, size: daily ? 8 : 5, fill: COLORS[i % COLORS.length] },
+            fill: key === "turns_per_min" || daily ? "rgba(57,255,136,0.12)" : undefined,
+            paths: daily && uPlot.paths?.bars ? uPlot.paths.bars({ size: [0.6, 40] }) : undefined,
           })),
         ],
       };
-      plots.push(new uPlot(opts, [chart.x, ...labels.map((l) => chart.series[l])], fig));
+      const plot = new uPlot(opts, [chart.x, ...labels.map((l) => chart.series[l])], fig);
+      fig.uplot = plot; // its scales, for tests and the curious
+      plots.push(plot);
+    }
+    if (!box.children.length) {
+      const p = document.createElement("p");
+      p.className = "nodata";
+      p.textContent = "No data in this window";
+      box.append(p);
     }
   }
   window.addEventListener("resize", () => {
