@@ -118,6 +118,9 @@ class NotifySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # waits for the operator (an approval or a question), e.g. an ntfy topic
     # or a chat bot's webhook (``HIVE_NOTIFY_URL``); empty: nothing is sent
     url: str = ""
+    # json: the document as the body; ntfy: the message as the body and
+    # ntfy's Title, Click, Tags headers (https://ntfy.sh/<topic> works as is)
+    format: str = "json"
     # the dashboard's address as the operator opens it, for the link in each
     # notification (e.g. ``https://hive.example:7000``); empty: no link
     dashboard_url: str = ""

@@ -30,6 +30,7 @@ from hyperhive.common.errors import ConfigError
 log = logging.getLogger(__name__)
 
 HEADER: Final = "X-Hive-Notification"
+FORMATS: Final = ("json", "ntfy")
 BATCH: Final = 32
 MAX_BODY_TEXT: Final = 1000
 
@@ -42,6 +43,10 @@ def check(settings: NotifySettings) -> None:
         parts = urllib.parse.urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(f"notify.{name} must be an http(s) URL, not {redact(value)!r}")
+    if settings.format not in FORMATS:
+        raise ConfigError(
+            f"notify.format must be one of {', '.join(FORMATS)}, not {settings.format!r}"
+        )
     if settings.max_attempts < 1 or settings.backoff_s <= 0 or settings.timeout_s <= 0:
         raise ConfigError("notify: max_attempts ≥ 1, backoff_s > 0 and timeout_s > 0")
 
@@ -108,18 +113,28 @@ def question_payload(settings: NotifySettings, row: asyncpg.Record) -> dict[str,
     }
 
 
-def _post(url: str, body: bytes, key: str, timeout: float) -> None:
+def encode(settings: NotifySettings, payload: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of one POST in the configured format."""
+    headers = {"User-Agent": "hyperhive-approvals", HEADER: str(payload["key"])}
+    if settings.format == "ntfy":
+        headers["Content-Type"] = "text/plain; charset=utf-8"
+        headers["Title"] = _latin1(str(payload["title"]))
+        headers["Tags"] = "bell"
+        if payload["url"]:
+            headers["Click"] = str(payload["url"])
+        return str(payload["message"]).encode(), headers
+    headers["Content-Type"] = "application/json"
+    return json.dumps(payload).encode(), headers
+
+
+def _latin1(value: str) -> str:
+    """A header value http.client can send (names are ASCII; be safe anyway)."""
+    return value.encode("latin-1", "replace").decode("latin-1")
+
+
+def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> None:
     """One POST. Raises OSError (URLError, HTTPError, timeout) on any failure."""
-    request = urllib.request.Request(
-        url,
-        data=body,
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "User-Agent": "hyperhive-approvals",
-            HEADER: key,
-        },
-    )
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
     with urllib.request.urlopen(request, timeout=timeout) as response:
         response.read(4096)
 
@@ -190,10 +205,10 @@ class Notifier:
         if payload is None:
             await store.end_notification(self._pool, n["id"], "skipped", "decided before sent")
             return False
-        body = json.dumps(payload).encode()
+        body, headers = encode(self._settings, payload)
         try:
             await asyncio.to_thread(
-                _post, self._settings.url, body, payload["key"], self._settings.timeout_s
+                _post, self._settings.url, body, headers, self._settings.timeout_s
             )
         except (OSError, ValueError) as exc:
             error = _describe(exc)

@@ -55,7 +55,8 @@ class Receiver:
         }
         body = await reader.readexactly(int(headers.get("content-length", "0")))
         status = self.statuses.pop(0) if self.statuses else 200
-        self.posts.append((headers, json.loads(body)))
+        is_json = headers.get("content-type") == "application/json"
+        self.posts.append((headers, json.loads(body) if is_json else {"text": body.decode()}))
         writer.write(
             f"HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".encode()
         )
@@ -87,11 +88,12 @@ async def receiver(
         await r.stop()
 
 
-def with_webhook(settings: Settings, port: int) -> Settings:
+def with_webhook(settings: Settings, port: int, fmt: str = "json") -> Settings:
     return msgspec.structs.replace(
         settings,
         notify=NotifySettings(
             url=f"http://127.0.0.1:{port}/hook/secret-topic",
+            format=fmt,
             dashboard_url="https://hive.example:7000",
             backoff_s=0.2,
             backoff_max_s=1.0,
@@ -166,8 +168,8 @@ async def test_retried_on_connection_refused(peers: Hive) -> None:
         qid = await ask(peers, "is anyone there?")
 
         async def failed_twice() -> bool:
-            (row,) = await rows(settings)
-            return row["attempts"] >= 2 and "cannot connect" in row["last_error"]
+            found = await rows(settings)  # none until the sender's first sweep
+            return any(r["attempts"] >= 2 and "cannot connect" in r["last_error"] for r in found)
 
         await rig.eventually(failed_twice, timeout=15, what="two refused tries")
         async with receiver(port) as r:
@@ -200,17 +202,39 @@ async def test_decided_before_sent_is_skipped(peers: Hive) -> None:
     settings = with_webhook(peers.settings, port)
     async with rig.running_service("approvals", settings):
         qid = await ask(peers, "answered quickly")
+
+        async def tried() -> bool:  # recorded and refused once (nothing listens yet)
+            return any(r["attempts"] >= 1 for r in await rows(settings))
+
+        await rig.eventually(tried, timeout=15, what="a refused try")
         await peers.admin("answer", AnswerRequest(id=qid, answer=["yes"]), QuestionInfo)
         async with receiver(port) as r:
 
             async def ended() -> bool:
-                (row,) = await rows(settings)
-                return row["state"] != "pending"
+                return any(r["state"] != "pending" for r in await rows(settings))
 
             await rig.eventually(ended, timeout=15, what="notification ended")
     (row,) = await rows(settings)
     assert row["state"] == "skipped"
     assert r.posts == []
+
+
+async def test_ntfy_format(peers: Hive) -> None:
+    async with receiver() as r:
+        settings = with_webhook(peers.settings, r.port, "ntfy")
+        async with rig.running_service("approvals", settings):
+            qid = await ask(peers, "Ship it tonight?")
+            await rig.eventually(lambda: r.posts, timeout=10, what="a post")
+    ((headers, body),) = r.posts
+    assert body == {"text": "Ship it tonight?"}
+    assert headers["title"] == f"Question #{qid} from hm1nd"
+    assert headers["click"] == f"https://hive.example:7000/#question-{qid}"
+    assert headers["content-type"].startswith("text/plain")
+
+
+def test_bad_format_refused() -> None:
+    with pytest.raises(ConfigError, match=r"notify\.format"):
+        notify.check(NotifySettings(format="xml"))
 
 
 @pytest.mark.parametrize(
