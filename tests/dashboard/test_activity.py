@@ -234,7 +234,7 @@ async def test_timeline_in_the_browser(
             "document.documentElement.scrollWidth - document.documentElement.clientWidth"
         )
         assert overflow <= 0
-        await section.screenshot(path=str(tmp_path / f"activity-{width}.png"))
+        await page.screenshot(path=str(tmp_path / f"activity-{width}.png"))
 
         # live: a new decision appears without a reload, the filter still applies
         await page.get_by_role("button", name="Clear filters").click()

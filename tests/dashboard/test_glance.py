@@ -118,7 +118,7 @@ async def test_state_aware_controls_in_the_browser(
         await expect(stop).to_have_count(0)
         await expect(c.get_by_role("button", name=f"Kill {name}", exact=True)).to_have_count(0)
         await expect(c.locator('[data-role="uptime"]')).to_contain_text("stopped since")
-        await c.screenshot(path=str(tmp_path / f"stopped-{width}.png"))
+        await page.screenshot(path=str(tmp_path / f"stopped-{width}.png"))
         await start.click()
         await expect(c.locator('[data-role="state"]')).to_have_text("running")
         await expect(stop).to_be_visible()
