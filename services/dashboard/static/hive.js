@@ -397,7 +397,8 @@
     ["cost_per_day", "cost per day, every agent (USD)"],
     ["approval_queue", "approvals waiting for the operator"],
   ];
-  const SCATTER = new Set(["tool_calls", "inbox_depth", "since_last_turn", "notes"]);
+  // sparse series: points, joined across empty buckets
+  const SCATTER = new Set(["duration", "tool_calls", "inbox_depth", "since_last_turn", "notes"]);
   const COLORS = ["#39ff88", "#ff3cac", "#2de2e6", "#ffe600", "#ffa43c", "#ff5c7a"];
   const plots = [];
 
@@ -538,7 +539,7 @@
         ? [chart.x[0] - 43200, chart.x[chart.x.length - 1] + 43200]
         : [span.start, span.end];
       const opts = {
-        width: Math.max(200, box.clientWidth),
+        width: Math.max(200, fig.clientWidth), // the figure's own column, not the box
         height: 130,
         cursor: { focus: { prox: 16 } },
         scales: { x: { time: true, range: () => range } },
@@ -572,9 +573,9 @@
   }
   window.addEventListener("resize", () => {
     for (const p of plots) {
-      const box = p.root.parentElement?.parentElement;
-      if (!box) continue; // a chart a redraw has just replaced
-      p.setSize({ width: Math.max(200, box.clientWidth), height: 130 });
+      const fig = p.root.parentElement;
+      if (!fig?.isConnected) continue; // a chart a redraw has just replaced
+      p.setSize({ width: Math.max(200, fig.clientWidth), height: 130 });
     }
   });
   $("#tele-win")?.addEventListener("change", drawTelemetry);
