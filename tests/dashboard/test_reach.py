@@ -4,6 +4,7 @@ headless Chromium and over HTTP against the running stack."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -81,6 +82,8 @@ async def test_notification_permission_flow_and_a_new_decision(
         assert by_tag[f"approval-{aid}"]["title"] == f"Approval #{aid} waits"
         assert by_tag[f"approval-{aid}"]["body"] == f"Deploy a change to {name}"
         assert len(seen) == 2  # one each, nothing for the spawn's own events
+        # the tab's title counts what waits
+        await expect(page).to_have_title(re.compile(r"^\(\d+ waiting\) hyperhive"))
         await page.screenshot(path=str(tmp_path / "notifications.png"))
 
         # a reload does not ask again: the browser remembers the answer

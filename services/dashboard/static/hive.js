@@ -60,6 +60,16 @@
     }
     if (name === "telemetry") drawTelemetry();
     if (name === "activity") filterActivity();
+    if (name === "approvals" || name === "questions") showWaiting();
+  }
+
+  // The tab's title says how many decisions wait (seen from another tab).
+  const baseTitle = document.title;
+  function showWaiting() {
+    const n =
+      $$('#body-approvals article.approval[data-state="pending"]').length +
+      $$("#body-questions article.question").length;
+    document.title = n ? "(" + n + " waiting) " + baseTitle : baseTitle;
   }
 
   /* ---------- activity timeline: filtered in the page ---------- */
@@ -585,6 +595,7 @@
   /* ---------- start ---------- */
   hydrate(document);
   filterActivity();
+  showWaiting();
   connectChanges();
   connectFlow();
   if (typeof uPlot !== "undefined") drawTelemetry();
