@@ -64,7 +64,9 @@ def create_app(settings: Settings, nc: NATS, js: JetStreamContext) -> Litestar:
         coalesce_s=ds.flow_coalesce_ms / 1000.0,
         ping_s=ds.sse_ping_s,
     )
-    state = Deps(settings=ds, hive=Hive(nc, ds), hub=hub, render=render, security=security)
+    hive = Hive(nc, ds)
+    hive.activity_feed = hub.activity_entries
+    state = Deps(settings=ds, hive=hive, hub=hub, render=render, security=security)
 
     def login_page(csrf: str, error: str) -> bytes:
         return render("login.html", csrf=csrf, error=error).encode()

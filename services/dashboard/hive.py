@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -16,6 +17,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 
 from hyperhive.common import rpc, subjects
+from hyperhive.common.activity import Entry
 from hyperhive.common.config import DashboardSettings
 from hyperhive.common.errors import HiveError
 from hyperhive.common.wire.base import Ping, Pong
@@ -36,6 +38,8 @@ class Hive:
         self.action_timeout = settings.action_timeout_s
         self.started_at = time.time()
         self.last_errors: dict[str, tuple[str, float]] = {}  # part → (error, when)
+        # the activity timeline the event hub keeps (None: read the stream)
+        self.activity_feed: Callable[[], list[Entry] | None] | None = None
 
     async def read(self, part: str, verb: str, payload: msgspec.Struct | None, reply: type[T]) -> T:
         """A read for a page section (short timeout).

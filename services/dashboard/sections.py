@@ -175,11 +175,16 @@ async def questions(hive: Hive) -> View:
 async def activity_view(hive: Hive) -> View:
     """The last day of the timeline, newest first (filtered in the page)."""
     meta = SECTIONS["activity"]
-    try:
-        async with asyncio.timeout(hive.read_timeout * 2):
-            entries = await activity.read(hive.nc.jetstream(), limit=ACTIVITY_SHOWN)
-    except (HiveError, TimeoutError) as exc:
-        return View(meta, down=f"HIVE_EVENTS unreadable: {exc or 'timed out'}")
+    kept = hive.activity_feed() if hive.activity_feed else None
+    if kept is not None:  # the event hub's copy: no stream read per page
+        since = time.time() - activity.DEFAULT_WINDOW_S
+        entries = [e for e in kept if e.ts >= since][-ACTIVITY_SHOWN:]
+    else:
+        try:
+            async with asyncio.timeout(hive.read_timeout * 2):
+                entries = await activity.read(hive.nc.jetstream(), limit=ACTIVITY_SHOWN)
+        except (HiveError, TimeoutError) as exc:
+            return View(meta, down=f"HIVE_EVENTS unreadable: {exc or 'timed out'}")
     entries.reverse()
     names = sorted({e.agent for e in entries if e.agent})
     return View(

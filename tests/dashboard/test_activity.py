@@ -248,3 +248,22 @@ async def test_timeline_in_the_browser(
         await expect(page).to_have_url(re.compile(rf"/approvals/{story['denied']}/diff$"))
         await expect(page.locator(".diff")).to_contain_text('+prompt = "shout"')
         await expect(page.locator("main")).to_contain_text("no shouting")
+
+
+async def test_the_hub_keeps_the_timeline_in_order_without_repeats() -> None:
+    from hyperhive.dashboard.hub import EventHub
+
+    hub = EventHub(None, backfill_events=0, ring=10, coalesce_s=0.001, ping_s=30)  # type: ignore[arg-type]
+    assert hub.activity_entries() is None  # not loaded: the section reads the stream
+    hub._activity_ready = True  # as after start() read the last day
+
+    def ev(event_kind: str, **data: object) -> HiveEvent:
+        return HiveEvent(kind=event_kind, ts=1.0, agent="coder", data=data)
+
+    hub.publish(ev("approval.resolved", id=1, kind="ApplyCommit", state="denied", note="no"), 5)
+    hub.publish(ev("question.asked", id=2, question="?"), 3)  # replayed: read at start already
+    hub.publish(ev("message.sent", id=9, sender="a", recipient="coder", body="hi"), 6)
+    hub.publish(ev("agent.created"), 7)
+    entries = hub.activity_entries()
+    assert entries is not None
+    assert [(e.seq, e.category) for e in entries] == [(5, "deny"), (7, "spawn")]
