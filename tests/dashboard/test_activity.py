@@ -186,6 +186,37 @@ def test_words_for_events() -> None:
     assert e.text == "approval #7 failed (deploy abababababab to coder)"
     assert matches(e, ["fail"]) and matches(e, ["approval"]) and not matches(e, ["deny"])
     assert matches(e, [], "coder") and not matches(e, [], "other")
+    crash = entry(
+        HiveEvent(
+            kind="crash.detected",
+            ts=1.0,
+            agent="coder",
+            data={"event": {"type": "ContainerCrash", "detail": "oom", "exit_code": 137}},
+        ),
+        2,
+    )
+    assert crash is not None and (crash.category, crash.who_kind) == ("crash", "system")
+    assert crash.text == "agent coder stopped unexpectedly (exit code 137)" and crash.note == "oom"
+    stuck = entry(
+        HiveEvent(
+            kind="stuck.detected",
+            ts=1.0,
+            agent="coder",
+            data={"event": {"type": "AgentStuck", "reason": "turn_too_long"}},
+        ),
+        3,
+    )
+    assert stuck is not None and stuck.text == "agent coder looks stuck: a turn is running too long"
+    restart = entry(
+        HiveEvent(
+            kind="agent.state",
+            ts=1.0,
+            agent="coder",
+            data={"state": "running", "previous": "running", "flag": "Restarting", "by": "hm1nd"},
+        ),
+        4,
+    )
+    assert restart is not None and (restart.category, restart.who_kind) == ("restart", "manager")
     assert entry(HiveEvent(kind="message.sent", ts=1.0), 1) is None
     assert entry(HiveEvent(kind="stats.turn", ts=1.0), 1) is None
     assert [who_kind(w) for w in ("operator via cli (x)", "hm1nd", "coder", "system", "")] == [
