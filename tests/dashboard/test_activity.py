@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from playwright.async_api import expect
 
+from hyperhive.cli.embedded import free_port
 from hyperhive.common.activity import Entry, entry, matches, who_kind
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.events import HiveEvent
@@ -298,3 +300,27 @@ async def test_the_hub_keeps_the_timeline_in_order_without_repeats() -> None:
     entries = hub.activity_entries()
     assert entries is not None
     assert [(e.seq, e.category) for e in entries] == [(5, "deny"), (7, "spawn")]
+
+
+async def test_a_restarted_dashboard_shows_what_happened_before(
+    stack: Stack, story: dict[str, Any]
+) -> None:
+    """After being away (the dashboard restarted meanwhile), the section still
+    has the day's entries: the hub reads them from HIVE_EVENTS at start."""
+    settings = msgspec.structs.replace(
+        stack.settings,
+        dashboard=msgspec.structs.replace(
+            stack.settings.dashboard, port=free_port(), flow_backfill_events=1
+        ),
+    )
+    async with rig.running_service("dashboard", settings):
+        other = Stack(
+            settings,
+            f"http://127.0.0.1:{settings.dashboard.port}",
+            stack.nats,
+            stack.operator,
+            stack.manager,
+        )
+        async with logged_in(other) as client:
+            section = (await client.get("/section/activity")).text
+    assert "no shouting" in section and f"approval #{story['deployed']}" in section
