@@ -286,6 +286,14 @@ def _entries() -> list[Entry]:
             "an agent's deployed agent.nix and agent.toml",
         ),
         Entry(
+            s.admin("lifecycle", "notes"),
+            "request",
+            "lifecycle",
+            w.NotesRequest,
+            w.NotesReply,
+            "an agent's notes, one kept version of them, or the list of versions",
+        ),
+        Entry(
             s.admin("lifecycle", "drafts"),
             "request",
             "lifecycle",

@@ -158,8 +158,8 @@
         return;
       case "compaction":
         if (ev.phase === "start") add("sys", "notes.md is " + ev.bytes + " bytes (limit " + ev.limit + "): compacting it");
-        else if (ev.replaced) add("sys", "notes compacted: " + ev.before + " → " + ev.after + " bytes (previous version in notes.md.prev)");
-        else add("err", "notes not compacted (" + ev.outcome + "): " + clip(ev.error));
+        else if (ev.replaced) add("sys", "notes compacted: " + ev.before + " → " + ev.after + " bytes (v" + ev.version_before + " → v" + ev.version_after + "; every version: " + ev.history + ")");
+        else add("err", "notes not compacted (" + ev.outcome + (ev.check ? ", " + ev.check : "") + "): " + clip(ev.error) + "; the notes are unchanged (every version: " + ev.history + ")");
         return;
       case "operator":
         if (ev.text) add("operator", "› " + ev.text);
