@@ -217,6 +217,14 @@ def _entries() -> list[Entry]:
             "turn statistics series",
         ),
         Entry(
+            s.admin("broker", "usage"),
+            "request",
+            "broker",
+            w.UsageRequest,
+            w.UsageReply,
+            "turns, model calls, tokens and cost per agent and UTC day",
+        ),
+        Entry(
             s.admin("lifecycle", "list"),
             "request",
             "lifecycle",

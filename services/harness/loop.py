@@ -67,6 +67,7 @@ from hyperhive.harness.config import HarnessConfig
 from hyperhive.harness.hub import Hub
 from hyperhive.harness.prompt import Wake, system_prompt, wake_prompt
 from hyperhive.harness.state import HarnessState, check_model
+from hyperhive.harness.usage import Usage, UsageMeter
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -105,6 +106,7 @@ class Harness:
         self.cfg = cfg
         self.nc = nc
         self.store = HarnessState(cfg.harness_dir, cfg.private_dir)
+        self.meter = UsageMeter(lambda: self.store.usage_snapshots, self.store.set_usage_snapshots)
         self.hub = Hub()
         self.started_at = time.time()
         self.state = IDLE
@@ -354,8 +356,31 @@ class Harness:
                 "duration_ms": round((time.monotonic() - t0) * 1000, 1),
             },
         )
+        # what the side session cost counts, though it is not a turn
+        await self._publish_stats(
+            TurnStats(
+                kind="compaction",
+                ts=time.time(),
+                duration_ms=round(res.duration_ms, 1),
+                exit_code=res.exit_code,
+                messages_received=0,
+                **self._usage([res]),
+                model=res.model or self.model,
+                notes_bytes=_size(self.cfg.notes_path),
+            )
+        )
         await self._set_state(IDLE)
         return outcome
+
+    def _usage(self, runs: list[RunResult]) -> dict[str, Any]:
+        """The :class:`TurnStats` usage fields of some runs (once per run: see usage.py)."""
+        return sum((self.meter.of(r.result) for r in runs), Usage()).fields()
+
+    async def _publish_stats(self, stats: TurnStats) -> None:
+        try:
+            await rpc.publish(self.nc, subjects.agent(self.cfg.agent, subjects.AGENT_STATS), stats)
+        except Exception as exc:
+            log.warning("turn stats not published: %s", exc)
 
     async def _compaction_session(
         self, original: bytes, session: notes.SessionLog
@@ -589,9 +614,7 @@ class Harness:
             messages_received=(1 if isinstance(item, Wake) else 0)
             + sum(r.recv_calls for r in runs),
             compact_retry=compact_retry,
-            input_tokens=sum(r.input_tokens for r in runs),
-            output_tokens=sum(r.output_tokens for r in runs),
-            cost_usd=round(sum(r.cost_usd for r in runs), 6),
+            **self._usage(runs),
             model=last.model or self.model,
             notes_bytes=_size(self.cfg.notes_path),
         )
@@ -610,10 +633,7 @@ class Harness:
                 "stats": msgspec.to_builtins(stats),
             },
         )
-        try:
-            await rpc.publish(self.nc, subjects.agent(self.cfg.agent, subjects.AGENT_STATS), stats)
-        except Exception as exc:
-            log.warning("turn stats not published: %s", exc)
+        await self._publish_stats(stats)
         await self._set_state(IDLE)
 
     async def _ack(self, message_id: int) -> None:
