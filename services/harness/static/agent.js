@@ -126,7 +126,9 @@
       }
       case "result":
         if (ev.is_error) add("err", "✗ " + clip(ev.result || ev.subtype));
-        else add("done", "✓ " + fmtMs(ev.duration_ms) + (ev.total_cost_usd ? " · $" + Number(ev.total_cost_usd).toFixed(4) : "") + " · " + (ev.num_turns || 0) + " model calls");
+        // total_cost_usd is the whole session's (--continue carries it over): the
+        // turn's own cost is on the turn_end line
+        else add("done", "✓ " + fmtMs(ev.duration_ms) + " · " + (ev.num_turns || 0) + " model calls");
         return;
       case "raw":
         add("sys", clip(ev.text));
@@ -150,7 +152,9 @@
       }
       case "turn_end": {
         const st = ev.stats || {};
-        add("turn-end " + ev.outcome, "── turn " + rec.turn + " " + ev.outcome + " · " + fmtMs(st.duration_ms) + (ev.error ? " · " + clip(ev.error) : "") + " ──");
+        const tokens = (st.input_tokens || 0) + (st.output_tokens || 0) + (st.cache_read_tokens || 0) + (st.cache_creation_tokens || 0);
+        const usage = st.model_calls ? " · $" + Number(st.cost_usd || 0).toFixed(4) + " · " + tokens + " tokens" : "";
+        add("turn-end " + ev.outcome, "── turn " + rec.turn + " " + ev.outcome + " · " + fmtMs(st.duration_ms) + usage + (ev.error ? " · " + clip(ev.error) : "") + " ──");
         return;
       }
       case "compact_retry":
