@@ -412,6 +412,8 @@ def stats_rows(stats: TurnStats) -> list[tuple[str, float]]:
     if not set(stats.messages_sent_to) <= RECIPIENT_KINDS:
         raise BadRequest(f"messages_sent_to keys must be among {sorted(RECIPIENT_KINDS)}")
     usage: list[tuple[str, float]] = [(k, float(getattr(stats, k))) for k in USAGE_KEYS]
+    if any(v < 0 for _, v in usage):
+        raise BadRequest(f"turn stats {', '.join(USAGE_KEYS)} must be >= 0")
     if stats.kind == "compaction":  # not a turn: what it cost, and that it ran
         values = [*usage, ("compactions", 1.0)]
         if not all(math.isfinite(v) for _, v in values):
