@@ -308,8 +308,8 @@ class Harness:
         key = (st.st_size, st.st_mtime_ns)
         if key == self._notes_kept:
             return
-        notes.record_change(self.cfg, turn)
-        self._notes_kept = key
+        if notes.record_change(self.cfg, turn):
+            self._notes_kept = key
 
     async def compact_notes(self) -> notes.Outcome | None:
         """Compacts the notes when they grew past the limit; None when not needed.

@@ -97,22 +97,22 @@ def history(cfg: HarnessConfig) -> NotesHistory:
     return NotesHistory(cfg.state_dir)
 
 
-def record_change(cfg: HarnessConfig, turn: int | None = None) -> int | None:
+def record_change(cfg: HarnessConfig, turn: int | None = None) -> bool:
     """Keeps the notes as a new version if they changed since the newest one.
 
-    Returns the new version's number (None: unchanged, absent, or it could
-    not be kept: logged, and tried again at the next call).
+    Returns False when they could not be kept (logged; the caller tries
+    again later), True otherwise (kept, unchanged, or no notes).
     """
     try:
         data = cfg.notes_path.read_bytes()
     except OSError:
-        return None
+        return True
     try:
-        entry = history(cfg).record(data, CHANGE, turn=turn)
+        history(cfg).record(data, CHANGE, turn=turn)
     except OSError as exc:
         log.warning("notes version not kept: %s", exc)
-        return None
-    return entry.v if entry else None
+        return False
+    return True
 
 
 def compaction_run(cfg: HarnessConfig, notes: str, model: str = "") -> ClaudeRun:

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from hyperhive.common.config import load_settings
 from hyperhive.common.notes import NotesHistory, version_name
-from hyperhive.harness.notes import check_answer
+from hyperhive.harness.claude import RunResult
+from hyperhive.harness.config import HarnessConfig, resolve
+from hyperhive.harness.notes import SessionLog, apply, check_answer
 
 R30 = range(30)
 NOTES = "# Notes\n" + "".join(
@@ -49,3 +52,33 @@ def test_history_keeps_each_new_content_once_and_never_overwrites(tmp_path: Path
         (3, "compaction", None),
     ]
     assert history.record(b"one\n", "change") is not None  # back to an older content: kept
+
+
+def _cfg(tmp_path: Path) -> HarnessConfig:
+    env = {"HIVE_HOME": str(tmp_path / "home"), "HIVE_HARNESS_AGENT": "nt"}
+    return resolve(load_settings(env, config_file=None))
+
+
+def _answer(text: str) -> RunResult:
+    return RunResult(exit_code=0, result={"type": "result", "is_error": False, "result": text})
+
+
+def test_a_compaction_replaces_the_notes_only_once_both_versions_are_kept(
+    tmp_path: Path,
+) -> None:
+    cfg = _cfg(tmp_path)
+    cfg.notes_path.write_text(NOTES)
+    answer = "# Notes\n" + "".join(NOTES.splitlines(keepends=True)[1:30])
+    history_dir = NotesHistory(cfg.state_dir).dir
+    history_dir.parent.mkdir(parents=True, exist_ok=True)
+    history_dir.write_text("in the way")  # the history cannot be written
+    out = apply(cfg, NOTES.encode(), _answer(answer), SessionLog())
+    assert out.outcome == "failed" and "cannot keep" in out.error
+    assert cfg.notes_path.read_text() == NOTES
+
+    history_dir.unlink()
+    out = apply(cfg, NOTES.encode(), _answer(answer), SessionLog())
+    assert out.replaced and cfg.notes_path.read_text() == answer
+    history = NotesHistory(cfg.state_dir)
+    assert history.read(out.version_before or 0).decode() == NOTES
+    assert history.read(out.version_after or 0).decode() == answer
