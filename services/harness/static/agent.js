@@ -160,11 +160,13 @@
       case "compact_retry":
         add("sys", "context too long: compacting and retrying once");
         return;
-      case "compaction":
+      case "compaction": {
+        const history = ev.history || "hive notes <agent> --history";
         if (ev.phase === "start") add("sys", "notes.md is " + ev.bytes + " bytes (limit " + ev.limit + "): compacting it");
-        else if (ev.replaced) add("sys", "notes compacted: " + ev.before + " → " + ev.after + " bytes (v" + ev.version_before + " → v" + ev.version_after + "; every version: " + ev.history + ")");
-        else add("err", "notes not compacted (" + ev.outcome + (ev.check ? ", " + ev.check : "") + "): " + clip(ev.error) + "; the notes are unchanged (every version: " + ev.history + ")");
+        else if (ev.replaced) add("sys", "notes compacted: " + ev.before + " → " + ev.after + " bytes (v" + ev.version_before + " → v" + ev.version_after + "; every version: " + history + ")");
+        else add("err", "notes not compacted (" + ev.outcome + (ev.check ? ", " + ev.check : "") + "): " + clip(ev.error) + "; the notes are unchanged (every version: " + history + ")");
         return;
+      }
       case "operator":
         if (ev.text) add("operator", "› " + ev.text);
         else if (ev.command) add("operator", "› " + ev.command + (ev.model ? " " + ev.model : ""));
