@@ -81,7 +81,10 @@ class Reply:
     ``error`` (an HTTP status and message) answers with an API error instead
     of content. ``hold`` keeps the stream open after the first text delta
     until :meth:`release` is called or the client goes away (a "long turn").
-    ``delay_s`` waits before answering.
+    ``delay_s`` waits before answering. ``usage`` sets the token counts the
+    answer reports (``input_tokens``, ``output_tokens``,
+    ``cache_creation_input_tokens``, ``cache_read_input_tokens``; the rest
+    default); ``stop`` overrides the stop reason (e.g. ``max_tokens``).
     """
 
     blocks: list[Block | Callable[[Request], Block]]
@@ -89,6 +92,8 @@ class Reply:
     error: tuple[int, str, str] | None = None  # (status, error type, message)
     hold: bool = False
     delay_s: float = 0.0
+    usage: dict[str, int] | None = None
+    stop: str | None = None
     released: threading.Event = field(default_factory=threading.Event)
     used_by: Request | None = None
 
@@ -98,6 +103,8 @@ class Reply:
 
     @property
     def stop_reason(self) -> str:
+        if self.stop:
+            return self.stop
         kinds = [b.kind for b in self.blocks if isinstance(b, Block)]
         return "tool_use" if "tool_use" in kinds else "end_turn"
 
@@ -342,14 +349,16 @@ class ScriptedAnthropic:
         when: Callable[[Request], bool] | None = None,
         hold: bool = False,
         delay_s: float = 0.0,
+        usage: dict[str, int] | None = None,
+        stop: str | None = None,
     ) -> Reply:
-        """Queues one assistant message.
+        """Queues one assistant message (``usage``, ``stop``: see :class:`Reply`).
 
         Strings become text blocks; a callable is called with the request when
         the reply is used (e.g. to quote an id from the last tool result).
         """
         items = [text(b) if isinstance(b, str) else b for b in blocks] or [text(self.default_text)]
-        r = Reply(blocks=items, when=when, hold=hold, delay_s=delay_s)
+        r = Reply(blocks=items, when=when, hold=hold, delay_s=delay_s, usage=usage, stop=stop)
         with self._lock:
             self._queue.append(r)
         return r
@@ -504,7 +513,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         msg = _message(reply, model)
         start = dict(msg, content=[], stop_reason=None)
-        start["usage"] = {"input_tokens": msg["usage"]["input_tokens"], "output_tokens": 1}
+        start["usage"] = dict(msg["usage"], output_tokens=1)
         self._event("message_start", {"type": "message_start", "message": start})
         for i, block in enumerate(reply.blocks):
             if block.kind == "text":
@@ -605,6 +614,7 @@ def _message(reply: Reply, model: str) -> dict[str, Any]:
             "output_tokens": out_tokens,
             "cache_creation_input_tokens": 0,
             "cache_read_input_tokens": 0,
+            **(reply.usage or {}),
         },
     }
 

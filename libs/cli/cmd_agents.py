@@ -1,6 +1,6 @@
 """``hive agents``, ``hive spawn``, ``hive start|stop|restart|kill|update``,
 ``hive destroy``, ``hive kept``, ``hive purge``, ``hive logs``, ``hive drafts``,
-``hive config``: the operator's verbs on lifecycle."""
+``hive config``, ``hive notes``: the operator's verbs on lifecycle."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from hyperhive.common.wire.lifecycle import (
     KeptStatesReply,
     LogsReply,
     LogsRequest,
+    NotesReply,
+    NotesRequest,
     SpawnRequest,
 )
 
@@ -85,6 +87,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("name")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_config)
+
+    p = sub.add_parser(
+        "notes", help="an agent's notes; --history lists every kept version, --version N shows one"
+    )
+    p.add_argument("name")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--history", action="store_true", help="list the kept versions")
+    which.add_argument("--version", type=int, metavar="N", help="show version N")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_notes)
 
 
 def _agent_row(a: AgentInfo) -> list[object]:
@@ -241,5 +253,36 @@ def _config(args: argparse.Namespace) -> int:
         for path, text in sorted(reply.files.items()):
             print(f"\n==> {path} <==")
             sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+    return run_command(body)
+
+
+def _notes(args: argparse.Namespace) -> int:
+    async def body(settings: Settings) -> int:
+        reply = await call(
+            settings,
+            subjects.admin(PART, "notes"),
+            NotesRequest(name=args.name, history=args.history, version=args.version),
+            NotesReply,
+        )
+        if args.json:
+            print_json(reply)
+            return 0
+        if args.history:
+            print_table(
+                ["v", "time", "kind", "turn", "bytes", "note"],
+                [[v.v, fmt_ts(v.ts), v.kind, v.turn, v.bytes, v.note] for v in reply.versions],
+            )
+            return 0
+        if not reply.exists:
+            print(f"hive: {reply.name} has no notes yet", file=sys.stderr)
+            return 1
+        text = reply.text
+        sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+        if reply.truncated:
+            print(
+                f"hive: only the first {len(text.encode())} of {reply.bytes} bytes", file=sys.stderr
+            )
+        return 0
 
     return run_command(body)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -169,6 +169,9 @@ class HarnessSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     notes_compact_bytes: int = 32 * 1024
     # notes compaction: longest a compaction session may run (then the notes stay as they are)
     notes_compact_timeout_s: float = 300.0
+    # notes compaction: an answer smaller than this fraction of the notes is refused
+    # as implausible (a useless or truncated answer, not a compaction)
+    notes_compact_min_ratio: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.1
     # the agent page's terminal (a login shell in the agent's workdir, behind the token)
     terminal: bool = True
     heartbeat_interval_s: float = 5.0

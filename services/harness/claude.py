@@ -170,24 +170,6 @@ class RunResult:
         return ""
 
     @property
-    def input_tokens(self) -> int:
-        usage = (self.result or {}).get("usage") or {}
-        return int(
-            (usage.get("input_tokens") or 0)
-            + (usage.get("cache_creation_input_tokens") or 0)
-            + (usage.get("cache_read_input_tokens") or 0)
-        )
-
-    @property
-    def output_tokens(self) -> int:
-        usage = (self.result or {}).get("usage") or {}
-        return int(usage.get("output_tokens") or 0)
-
-    @property
-    def cost_usd(self) -> float:
-        return float((self.result or {}).get("total_cost_usd") or 0.0)
-
-    @property
     def model(self) -> str:
         return str((self.init or {}).get("model") or "")
 

@@ -22,11 +22,9 @@ from hyperhive.common import subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import BadRequest, ConfigError
 from hyperhive.common.names import check_agent_name
+from hyperhive.common.notes import HARNESS_STATE_DIR, NOTES_FILE
 
 AGENT_TOML = "agent.toml"
-NOTES_FILE = "notes.md"
-# The harness's own files inside the state dir (model override, turn counter…)
-HARNESS_STATE_DIR = ".hive-harness"
 # Passed through to claude from the harness's environment (contract).
 PASS_THROUGH_ENV = ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "CLAUDE_CODE_OAUTH_TOKEN")
 

@@ -26,7 +26,8 @@ a turn whose prompt carried it has finished.
 
 Between turns, notes that grew past ``harness.notes_compact_bytes`` are
 compacted by a side claude session (notes.py); the badge says
-``compacting`` meanwhile and ``compaction`` records tell how it went.
+``compacting`` meanwhile and ``compaction`` records tell how it went. Every
+version of the notes is kept (docs/notes.md).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ from hyperhive.harness.config import HarnessConfig
 from hyperhive.harness.hub import Hub
 from hyperhive.harness.prompt import Wake, system_prompt, wake_prompt
 from hyperhive.harness.state import HarnessState, check_model
+from hyperhive.harness.usage import Usage, UsageMeter
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -104,6 +106,7 @@ class Harness:
         self.cfg = cfg
         self.nc = nc
         self.store = HarnessState(cfg.harness_dir, cfg.private_dir)
+        self.meter = UsageMeter(lambda: self.store.usage_snapshots, self.store.set_usage_snapshots)
         self.hub = Hub()
         self.started_at = time.time()
         self.state = IDLE
@@ -127,6 +130,8 @@ class Harness:
         # (size, mtime) of notes whose compaction did not replace them: tried
         # again only once the file changes
         self._notes_skip: tuple[int, int] | None = None
+        # (size, mtime) of the notes when their version was last kept
+        self._notes_kept: tuple[int, int] | None = None
         self._events_subject = subjects.agent(cfg.agent, subjects.AGENT_EVENTS)
 
     # --- what the page shows ---------------------------------------------------
@@ -270,6 +275,7 @@ class Harness:
         watcher = asyncio.create_task(self._watch_stop(stop))
         try:
             while not stop.is_set():
+                self.keep_notes()
                 await self.compact_notes()
                 if stop.is_set():
                     break
@@ -293,11 +299,23 @@ class Harness:
                 await self._current.cancel()
             await self._drain_recv()
 
+    def keep_notes(self, turn: int | None = None) -> None:
+        """Keeps the notes as a new version in their history if they changed."""
+        try:
+            st = self.cfg.notes_path.stat()
+        except OSError:
+            return
+        key = (st.st_size, st.st_mtime_ns)
+        if key == self._notes_kept:
+            return
+        if notes.record_change(self.cfg, turn):
+            self._notes_kept = key
+
     async def compact_notes(self) -> notes.Outcome | None:
         """Compacts the notes when they grew past the limit; None when not needed.
 
         Runs between turns only. A compaction that does not replace the file
-        (failed, empty, not smaller) is not tried again until the file changes.
+        (failed, empty, refused) is not tried again until the file changes.
         """
         key = notes.over_limit(self.cfg)
         if key is None or key == self._notes_skip or self._stopping:
@@ -312,8 +330,9 @@ class Harness:
         await self._set_state(COMPACTING)
         t0 = time.monotonic()
         try:
-            res, why = await self._compaction_session(original)
-            outcome = notes.apply(self.cfg, original, res)
+            session = notes.SessionLog()
+            res, why = await self._compaction_session(original, session)
+            outcome = notes.apply(self.cfg, original, res, session)
             if why and not outcome.replaced:
                 outcome = dataclasses.replace(outcome, error=why)
         finally:
@@ -333,24 +352,46 @@ class Harness:
                 **dataclasses.asdict(outcome),
                 "replaced": outcome.replaced,
                 "notes_bytes": _size(self.cfg.notes_path),
+                "history": f"hive notes {self.cfg.agent} --history",
                 "duration_ms": round((time.monotonic() - t0) * 1000, 1),
             },
+        )
+        # what the side session cost counts, though it is not a turn
+        await self._publish_stats(
+            TurnStats(
+                kind="compaction",
+                ts=time.time(),
+                duration_ms=round(res.duration_ms, 1),
+                exit_code=res.exit_code,
+                messages_received=0,
+                **self._usage([res]),
+                model=res.model or self.model,
+                notes_bytes=_size(self.cfg.notes_path),
+            )
         )
         await self._set_state(IDLE)
         return outcome
 
-    async def _compaction_session(self, original: bytes) -> tuple[RunResult, str]:
+    def _usage(self, runs: list[RunResult]) -> dict[str, Any]:
+        """The :class:`TurnStats` usage fields of some runs (once per run: see usage.py)."""
+        return sum((self.meter.of(r.result) for r in runs), Usage()).fields()
+
+    async def _publish_stats(self, stats: TurnStats) -> None:
+        try:
+            await rpc.publish(self.nc, subjects.agent(self.cfg.agent, subjects.AGENT_STATS), stats)
+        except Exception as exc:
+            log.warning("turn stats not published: %s", exc)
+
+    async def _compaction_session(
+        self, original: bytes, session: notes.SessionLog
+    ) -> tuple[RunResult, str]:
         """Runs the side session (bounded by ``notes_compact_timeout_s``).
 
         Returns its result and, when it was ended early, why.
         """
         run = notes.compaction_run(self.cfg, original.decode(errors="replace"), self.model)
         self._current = run
-
-        async def ignore(_event: dict[str, Any]) -> None:
-            return None
-
-        task = asyncio.ensure_future(run.run(ignore))
+        task = asyncio.ensure_future(run.run(session.on_event))
         timeout = self.cfg.settings.harness.notes_compact_timeout_s
         try:
             done, _ = await asyncio.wait({task}, timeout=timeout)
@@ -557,6 +598,7 @@ class Harness:
                 )
             if isinstance(item, Wake) and item.id is not None:
                 await self._ack(item.id)
+        self.keep_notes(self.turn)
         tool_calls: Counter[str] = Counter()
         sent_to: Counter[str] = Counter()
         for r in runs:
@@ -572,9 +614,7 @@ class Harness:
             messages_received=(1 if isinstance(item, Wake) else 0)
             + sum(r.recv_calls for r in runs),
             compact_retry=compact_retry,
-            input_tokens=sum(r.input_tokens for r in runs),
-            output_tokens=sum(r.output_tokens for r in runs),
-            cost_usd=round(sum(r.cost_usd for r in runs), 6),
+            **self._usage(runs),
             model=last.model or self.model,
             notes_bytes=_size(self.cfg.notes_path),
         )
@@ -593,10 +633,7 @@ class Harness:
                 "stats": msgspec.to_builtins(stats),
             },
         )
-        try:
-            await rpc.publish(self.nc, subjects.agent(self.cfg.agent, subjects.AGENT_STATS), stats)
-        except Exception as exc:
-            log.warning("turn stats not published: %s", exc)
+        await self._publish_stats(stats)
         await self._set_state(IDLE)
 
     async def _ack(self, message_id: int) -> None:

@@ -260,6 +260,10 @@ async def test_telemetry_charts_render_with_uplot(page: Page, stack: Stack) -> N
             messages_sent_to={"peer": 1},
             inbox_depth=i,
             notes_bytes=1024 * (i + 1),
+            input_tokens=500,
+            cache_read_tokens=1500,
+            model_calls=1,
+            cost_usd=0.125,
         )
         await rpc.publish(stack.manager, subjects.agent(subjects.MANAGER, "stats"), stats)
     card = page.locator('.tele[data-agent="hm1nd"]')
@@ -283,6 +287,15 @@ async def test_telemetry_charts_render_with_uplot(page: Page, stack: Stack) -> N
     await expect(card.locator('figure[data-chart="duration"]')).to_contain_text("p95 s")
     await expect(card.locator('figure[data-chart="messages"]')).to_contain_text("sent → peer")
     await expect(card.locator('figure[data-chart="tools"]')).to_contain_text("Read")
+    # cost and tokens: the window's totals beside the turn count, a row per agent and day
+    await expect(card.locator('[data-role="last"]')).to_contain_text("$")
+    await expect(card.locator('figure[data-chart="cost"]')).to_contain_text("USD")
+    total = hive.locator('table.usage tr[data-agent="hm1nd"][data-day="total"]')
+    await expect(total).to_be_visible()
+    today = time.strftime("%Y-%m-%d", time.gmtime(now))
+    await expect(
+        hive.locator(f'table.usage tr[data-agent="hm1nd"][data-day="{today}"]')
+    ).to_have_count(1)
     await card.scroll_into_view_if_needed()
     await assert_not_reloaded(page)
 

@@ -413,9 +413,14 @@ async def test_agent_panels_show_config_inbox_and_logs(
 
 async def test_telemetry_series_from_turn_stats(stack: Stack, client: httpx.AsyncClient) -> None:
     assert stack.manager is not None
+    before = (await client.get("/api/usage")).json()["totals"].get("hm1nd", {})
     now = time.time()
     for i, (duration, code) in enumerate(((1200.0, 0), (3400.0, 0), (800.0, 1))):
         stats = TurnStats(
+            input_tokens=100 * (i + 1),
+            cache_read_tokens=1000,
+            model_calls=2,
+            cost_usd=0.25,
             ts=now - 30 + i,
             duration_ms=duration,
             exit_code=code,
@@ -445,6 +450,18 @@ async def test_telemetry_series_from_turn_stats(stack: Stack, client: httpx.Asyn
     tools = charts["tools"]["series"]
     assert (sum(tools["Read"]), sum(tools["send"])) == (6, 3)  # mcp__hyperhive__ dropped
     assert charts["notes"]["series"]["notes KiB"][-3:] == [2, 4, 6]
+    assert sum(charts["tokens"]["series"]["input"]) >= 600
+    assert data["totals"]["model_calls"] >= 6 and data["totals"]["cost_usd"] >= 0.75
+
+    # per agent and UTC day: today's row and the totals grew by what was published
+    usage = (await client.get("/api/usage")).json()
+    after = usage["totals"]["hm1nd"]
+    grew = {k: after[k] - before.get(k, 0) for k in ("turns", "input_tokens", "model_calls")}
+    assert grew == {"turns": 3, "input_tokens": 600, "model_calls": 6}
+    assert after["cache_read_tokens"] - before.get("cache_read_tokens", 0) == 3000
+    assert after["cost_usd"] - before.get("cost_usd", 0) == pytest.approx(0.75)
+    today = time.strftime("%Y-%m-%d", time.gmtime(now))
+    assert any(d["agent"] == "hm1nd" and d["day"] == today for d in usage["days"])
     r = await client.get("/api/stats", params={"agent": "../etc"})
     assert r.status_code == 400
 

@@ -11,7 +11,7 @@ from playwright.async_api import Browser, expect
 
 from tests.browser import needs_chromium, open_page
 from tests.harness.conftest import UI_TIMEOUT_MS, Stack, agent_name, running_harness
-from tests.scripted_anthropic import ScriptedAnthropic, last_user_mentions
+from tests.scripted_anthropic import ScriptedAnthropic, last_user_mentions, mentions
 
 pytestmark = [pytest.mark.browser, pytest.mark.claude, needs_chromium]
 
@@ -131,3 +131,35 @@ async def test_cancel_button_age_timer_and_offline_badge(
             await expect(page.locator("#badge-state")).to_have_text("offline")
             await expect(cancel).to_be_hidden()
             await page.screenshot(path=str(tmp_path / "offline.png"))
+
+
+async def test_tail_says_a_compaction_was_refused_and_what_a_turn_cost(
+    stack: Stack, api: ScriptedAnthropic, browser: Browser
+) -> None:
+    name = agent_name("bn")
+    await stack.spawn(name)
+    api.reply(
+        "done",
+        when=last_user_mentions("costly"),
+        usage={"input_tokens": 400, "output_tokens": 20, "cache_read_input_tokens": 580},
+    )
+    api.reply("ok", when=mentions("--- notes.md ---"))
+    settings = stack.harness_settings(name, HIVE_HARNESS_NOTES_COMPACT_BYTES="2000")
+    async with running_harness(settings) as h:
+        async with open_page(browser, width=1100, height=600, timeout_ms=UI_TIMEOUT_MS) as page:
+            await page.goto(h.url + "/")
+            await page.fill("#prompt", "costly")
+            await page.keyboard.press("Enter")
+            end = page.locator("#log .turn-end").last
+            await expect(end).to_contain_text("ok")
+            await expect(end).to_contain_text("1000 tokens")
+            await expect(end).to_contain_text("$")
+
+            notes = "".join(f"- fact {i}: the build server is ci{i}.example\n" for i in range(80))
+            h.harness.cfg.notes_path.write_text(notes)
+            refused = page.locator("#log .err").last
+            await expect(refused).to_contain_text("notes not compacted (refused, too_small)")
+            await expect(refused).to_contain_text("'ok'")
+            await expect(refused).to_contain_text("the notes are unchanged")
+            await expect(refused).to_contain_text(f"hive notes {name} --history")
+            assert h.harness.cfg.notes_path.read_text() == notes

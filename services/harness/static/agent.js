@@ -126,7 +126,9 @@
       }
       case "result":
         if (ev.is_error) add("err", "✗ " + clip(ev.result || ev.subtype));
-        else add("done", "✓ " + fmtMs(ev.duration_ms) + (ev.total_cost_usd ? " · $" + Number(ev.total_cost_usd).toFixed(4) : "") + " · " + (ev.num_turns || 0) + " model calls");
+        // total_cost_usd is the whole session's (--continue carries it over): the
+        // turn's own cost is on the turn_end line
+        else add("done", "✓ " + fmtMs(ev.duration_ms) + " · " + (ev.num_turns || 0) + " model calls");
         return;
       case "raw":
         add("sys", clip(ev.text));
@@ -150,17 +152,21 @@
       }
       case "turn_end": {
         const st = ev.stats || {};
-        add("turn-end " + ev.outcome, "── turn " + rec.turn + " " + ev.outcome + " · " + fmtMs(st.duration_ms) + (ev.error ? " · " + clip(ev.error) : "") + " ──");
+        const tokens = (st.input_tokens || 0) + (st.output_tokens || 0) + (st.cache_read_tokens || 0) + (st.cache_creation_tokens || 0);
+        const usage = st.model_calls ? " · $" + Number(st.cost_usd || 0).toFixed(4) + " · " + tokens + " tokens" : "";
+        add("turn-end " + ev.outcome, "── turn " + rec.turn + " " + ev.outcome + " · " + fmtMs(st.duration_ms) + usage + (ev.error ? " · " + clip(ev.error) : "") + " ──");
         return;
       }
       case "compact_retry":
         add("sys", "context too long: compacting and retrying once");
         return;
-      case "compaction":
+      case "compaction": {
+        const history = ev.history || "hive notes <agent> --history";
         if (ev.phase === "start") add("sys", "notes.md is " + ev.bytes + " bytes (limit " + ev.limit + "): compacting it");
-        else if (ev.replaced) add("sys", "notes compacted: " + ev.before + " → " + ev.after + " bytes (previous version in notes.md.prev)");
-        else add("err", "notes not compacted (" + ev.outcome + "): " + clip(ev.error));
+        else if (ev.replaced) add("sys", "notes compacted: " + ev.before + " → " + ev.after + " bytes (v" + ev.version_before + " → v" + ev.version_after + "; every version: " + history + ")");
+        else add("err", "notes not compacted (" + ev.outcome + (ev.check ? ", " + ev.check : "") + "): " + clip(ev.error) + "; the notes are unchanged (every version: " + history + ")");
         return;
+      }
       case "operator":
         if (ev.text) add("operator", "› " + ev.text);
         else if (ev.command) add("operator", "› " + ev.command + (ev.model ? " " + ev.model : ""));

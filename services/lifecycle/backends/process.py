@@ -520,6 +520,7 @@ class ProcessBackend(Backend):
                 "HIVE_HARNESS_CLAUDE_BIN": find_claude(s),
                 "HIVE_HARNESS_HEARTBEAT_INTERVAL_S": str(s.harness.heartbeat_interval_s),
                 "HIVE_HARNESS_NOTES_COMPACT_BYTES": str(s.harness.notes_compact_bytes),
+                "HIVE_HARNESS_NOTES_COMPACT_MIN_RATIO": str(s.harness.notes_compact_min_ratio),
                 "HIVE_NATS_URL": s.nats.url,
                 "HIVE_NATS_SEED_FILE": str(paths.nats_seed),
                 "HIVE_NATS_INBOX_PREFIX": subjects.inbox_prefix(spec.name),
