@@ -272,6 +272,10 @@ def up(opts: UpOptions) -> int:
                 stack.spawn(part, env)
             print(f"hyperhive is up (HIVE_HOME={opts.home})", flush=True)
             print(f"  dashboard  http://{host}:{port}/", flush=True)
+            if settings.lifecycle.manager:
+                # agent pages are the dashboard's (a unix socket per harness, no port)
+                page = f"http://{host}:{port}/agents/{settings.lifecycle.manager}/"
+                print(f"  manager    {page}", flush=True)
             print(f"  nats       {nats_url}", flush=True)
             print("  logs       " + str(opts.home / "logs"), flush=True)
             print("Ctrl-C stops everything.", flush=True)

@@ -148,8 +148,12 @@ class DashboardSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
 
 class HarnessSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     agent: str = ""
-    port: int = 0
-    host: str = "127.0.0.1"
+    # the agent page's API: a unix socket (``<run dir>/page.sock``), no TCP
+    # port; reached by the operator through the dashboard only
+    socket: str = ""
+    # an inherited listening socket on that path (the process backend binds
+    # it on the host and passes it: the agent's run dir is read-only to it)
+    socket_fd: int = -1
     claude_bin: str = ""  # empty: ``claude`` on PATH, else the repo's pinned one
     workdir: str = ""
     state_dir: str = ""
@@ -159,10 +163,10 @@ class HarnessSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     notes_compact_bytes: int = 32 * 1024
     # notes compaction: longest a compaction session may run (then the notes stay as they are)
     notes_compact_timeout_s: float = 300.0
-    # the agent page's terminal (a login shell in the agent's workdir, behind the token)
+    # the agent page's terminal (a login shell in the agent's workdir, behind
+    # the dashboard's operator login)
     terminal: bool = True
     heartbeat_interval_s: float = 5.0
-    token: str = ""  # operator token for the agent page; empty: none
     # manager only: the agents dir (<n>/proposed, <n>/applied, <n>/state)
     agents_dir: str = ""
     # manager only: the dir holding agents/<n>/{config,state} and applied/<n>
