@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from hyperhive.cli.embedded import EmbeddedNats
@@ -40,6 +42,7 @@ from tests.harness.conftest import (
     agent_name,
     claude_blocks,
     claude_events,
+    page_client,
     running_stack,
     script_relay,
     sse_records,
@@ -69,18 +72,31 @@ async def e2e(
         yield s
 
 
-async def _page_up(info: AgentInfo) -> str:
-    url = f"http://127.0.0.1:{info.port}"
+async def _page_up(stack: Stack, info: AgentInfo) -> str:
+    """The agent page's socket, once it answers (the harness alone, no dashboard)."""
+    sock = str(AgentPaths.of(stack.settings, info.name).page_socket)
 
     async def up() -> bool:
         try:
-            async with httpx.AsyncClient(timeout=2) as c:
-                return (await c.get(f"{url}/status")).status_code == 200
+            async with page_client(sock, timeout=2) as c:
+                return (await c.get("/api/status")).status_code == 200
         except httpx.HTTPError:
             return False
 
     await rig.eventually(up, timeout=60, interval=0.2, what=f"{info.name}'s page answers")
-    return url
+    return sock
+
+
+def _tcp_listeners(stack: Stack, name: str) -> list[object]:
+    """TCP sockets listening in the agent's harness (bwrap and all below it)."""
+    pid = int(AgentPaths.of(stack.settings, name).pid_file.read_text().split()[0])
+    top = psutil.Process(pid)
+    return [
+        c
+        for p in (top, *top.children(recursive=True))
+        for c in p.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    ]
 
 
 def _this_run(records: list[dict]) -> list[dict]:
@@ -100,8 +116,13 @@ def _turn_ended(turn: int = 1):
 
 async def test_two_agents_talk_through_the_broker(e2e: Stack, api: ScriptedAnthropic) -> None:
     a, b = agent_name("a"), agent_name("b")
-    url_a = await _page_up(await e2e.spawn(a))
-    url_b = await _page_up(await e2e.spawn(b))
+    info_a = await e2e.spawn(a)
+    url_a = await _page_up(e2e, info_a)
+    url_b = await _page_up(e2e, await e2e.spawn(b))
+    # the page is a unix socket: nothing listens on the registry's port
+    assert info_a.port > 0 and not _tcp_listeners(e2e, a) and not _tcp_listeners(e2e, b)
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", info_a.port)) != 0
     script_relay(
         api,
         a,
@@ -148,11 +169,11 @@ async def _keys(stack: Stack, name: str) -> set[str] | None:
 async def test_model_survives_a_harness_restart(e2e: Stack, api: ScriptedAnthropic) -> None:
     name = agent_name("r")
     info = await e2e.spawn(name)
-    url = await _page_up(info)
+    url = await _page_up(e2e, info)
     page = Page(url)
     await page.open()
     assert (await page.prompt("/model claude-kept-1"))["ok"]
-    boot = (await page.client.get("/status")).json()
+    boot = (await page.client.get("/api/status")).json()
     await page.close()
 
     await rpc.request(
@@ -165,8 +186,8 @@ async def test_model_survives_a_harness_restart(e2e: Stack, api: ScriptedAnthrop
 
     async def restarted() -> dict | None:
         try:
-            async with httpx.AsyncClient(timeout=2) as c:
-                st = (await c.get(f"{url}/status")).json()
+            async with page_client(url, timeout=2) as c:
+                st = (await c.get("/api/status")).json()
         except (httpx.HTTPError, ValueError):
             return None
         return st if st["now"] > boot["now"] and st["since"] > boot["since"] else None
@@ -183,7 +204,7 @@ async def test_host_api_settings_reach_claude_after_a_restart(
     e2e: Stack, api: ScriptedAnthropic
 ) -> None:
     name = agent_name("h")
-    url = await _page_up(await e2e.spawn(name))
+    url = await _page_up(e2e, await e2e.spawn(name))
     tail = asyncio.create_task(sse_records(url, _turn_ended(1), timeout=120))
     await e2e.send(name, "before the restart")
     await tail
@@ -194,7 +215,7 @@ async def test_host_api_settings_reach_claude_after_a_restart(
         AgentInfo,
         timeout=60,
     )
-    await _page_up(await _info(e2e, name))
+    await _page_up(e2e, await _info(e2e, name))
     tail = asyncio.create_task(sse_records(url, _turn_ended(2), timeout=120))
     await e2e.send(name, "after the restart")
     records = await tail
@@ -241,7 +262,7 @@ async def test_manager_tools_reach_the_approvals_queue(
     api.reply("asked the operator", when=after_tool_results(2, also=manager))
 
     agents = await _agents(stack)
-    url = await _page_up(agents[subjects.MANAGER])
+    url = await _page_up(stack, agents[subjects.MANAGER])
     tail = asyncio.create_task(sse_records(url, _turn_ended(1), timeout=120))
     await stack.send(subjects.MANAGER, "grow the hive by one agent")
     records = _this_run(await tail)  # hm1nd's earlier runs are backfilled too
@@ -320,7 +341,7 @@ async def test_manager_drives_two_step_spawn_apply_and_lifecycle_tools_over_mcp(
     request_apply_commit, kill / start / restart / update of an agent, and a
     refused call (restarting itself) that comes back as a tool error."""
     stack = with_manager
-    url = await _page_up((await _agents(stack))[subjects.MANAGER])
+    url = await _page_up(stack, (await _agents(stack))[subjects.MANAGER])
     worker, draftee = agent_name("wk"), agent_name("dr")
     await stack.spawn(worker)
     worker_sha = _commit_toml(
