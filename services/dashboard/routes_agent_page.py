@@ -205,9 +205,19 @@ async def _request_body(request: Request[Any, Any, Any]) -> bytes:
     return body
 
 
-@route("/agents/{name:str}/api/{rest:path}", http_method=["GET", "POST"])
+@route("/agents/{name:str}/api/{rest:path}", http_method=["GET", "POST"], media_type=JSON)
 async def api(request: Request[Any, Any, Any], name: FromPath[str], rest: FromPath[str]) -> Any:
-    """One call of the agent page's API, checked both ways."""
+    """One JSON call of the agent page's API, checked both ways."""
+    return await _proxy(request, name, rest)
+
+
+@get("/agents/{name:str}/api/events", media_type=SSE)
+async def events(request: Request[Any, Any, Any], name: FromPath[str]) -> Any:
+    """The agent's live tail (SSE), relayed as it comes."""
+    return await _proxy(request, name, "events")
+
+
+async def _proxy(request: Request[Any, Any, Any], name: str, rest: str) -> Any:
     agent = _agent(name)
     path = rest.strip("/")
     expected = API.get((request.method, path))
@@ -325,4 +335,4 @@ async def _to_harness(socket: WebSocket[Any, Any, Any], upstream: ClientConnecti
             await upstream.send(text)
 
 
-HANDLERS = [agent_page, credentials_form, credentials_save, api, terminal]
+HANDLERS = [agent_page, credentials_form, credentials_save, api, events, terminal]

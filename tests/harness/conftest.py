@@ -26,6 +26,7 @@ import httpx
 import pytest
 from nats.aio.client import Client as NATS
 from playwright.async_api import Browser
+from playwright.async_api import Page as BrowserPage
 
 from hyperhive.cli.devstack import stop_harnesses
 from hyperhive.cli.embedded import EmbeddedNats, free_port
@@ -267,6 +268,25 @@ async def page_csrf(client: httpx.AsyncClient, name: str) -> str:
     return r.text[start : r.text.index('"', start)]
 
 
+async def open_agent_page(page: BrowserPage, stack: Stack, name: str) -> None:
+    """Logs ``page``'s browser context in on the dashboard (its login form,
+    posted from the context, whose cookies the page shares) and opens agent
+    ``name``'s page there."""
+    request = page.context.request
+    form = await request.get(f"{stack.dashboard}/login")
+    marker = 'name="_csrf" value="'
+    text = await form.text()
+    start = text.index(marker) + len(marker)
+    csrf = text[start : text.index('"', start)]
+    r = await request.post(
+        f"{stack.dashboard}/login",
+        form={"token": OPERATOR_TOKEN, "_csrf": csrf},
+        max_redirects=0,
+    )
+    assert r.status == 303, await r.text()
+    await page.goto(f"{stack.dashboard}/agents/{name}/")
+
+
 @dataclass
 class Running:
     """A harness running in this process."""
@@ -404,6 +424,7 @@ async def sse_records(
         async with asyncio.timeout(timeout):
             async with client.stream("GET", path, headers=hdrs, timeout=None) as r:
                 r.raise_for_status()
+                assert r.headers["content-type"].startswith("text/event-stream"), r.headers
                 kind, data, ident = "message", "", None
                 async for line in r.aiter_lines():
                     if line.startswith("event:"):
