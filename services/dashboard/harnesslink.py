@@ -11,19 +11,26 @@ section 9: with agents on other hosts it may travel over NATS instead):
 :meth:`HarnessLink.client` for HTTP (JSON and SSE) and
 :meth:`HarnessLink.terminal` for the terminal's WebSocket. The name is
 checked with the agent-name rules before it becomes a path.
+
+The socket is opened ``O_PATH | O_NOFOLLOW`` and checked to be a socket,
+then connected through ``/proc/self/fd/<n>``: a run dir the agent can write
+(the nixos backend's) cannot swap in a symlink to another agent's socket
+between the check and the connect.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import stat
-from pathlib import Path
+from collections.abc import Iterator
 from urllib.parse import urlencode
 
 import httpx
 from websockets.asyncio.client import ClientConnection, unix_connect
 
 from hyperhive.common.config import Settings
-from hyperhive.common.errors import NotFound, Unavailable
+from hyperhive.common.errors import HiveError, NotFound, Unavailable
 from hyperhive.common.names import check_agent_name
 from hyperhive.common.paths import AgentPaths
 
@@ -43,8 +50,8 @@ class HarnessLink:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
 
-    def socket(self, name: str) -> Path:
-        """The page socket of agent ``name``.
+    def _open(self, name: str) -> int:
+        """An ``O_PATH`` fd of agent ``name``'s page socket (close it after use).
 
         Raises:
             BadRequest: not a valid agent name (checked before any path is made).
@@ -54,21 +61,31 @@ class HarnessLink:
         agent = check_agent_name(name, allow_manager=True)
         path = AgentPaths.of(self._settings, agent).page_socket
         try:
-            mode = path.lstat().st_mode
+            fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             raise NotFound(f"agent {agent} has no page (not running here?)") from None
         except OSError as exc:
             raise Unavailable(f"agent page of {agent}: {exc.strerror}") from None
-        if not stat.S_ISSOCK(mode):  # a symlink included: never followed
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):  # a symlink included: never followed
+            os.close(fd)
             raise Unavailable(f"agent page of {agent}: {path.name} is not a socket")
-        return path
+        return fd
+
+    @contextlib.contextmanager
+    def socket(self, name: str) -> Iterator[str]:
+        """A path that connects to agent ``name``'s page socket while the block runs."""
+        fd = self._open(name)
+        try:
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
 
     def client(self, name: str, *, stream: bool = False) -> httpx.AsyncClient:
         """An HTTP client of agent ``name``'s page API (close it after use).
 
         ``stream``: no read timeout (the SSE tail pings every 15 s).
         """
-        transport = httpx.AsyncHTTPTransport(uds=str(self.socket(name)), retries=0)
+        transport = _Transport(self._open(name))
         read = None if stream else READ_TIMEOUT_S
         return httpx.AsyncClient(
             transport=transport,
@@ -84,17 +101,35 @@ class HarnessLink:
         Raises:
             Unavailable: the page does not answer.
         """
-        path = self.socket(name)
         uri = f"{TERMINAL_URI}?{urlencode({'cols': cols, 'rows': rows})}"
         try:
-            return await unix_connect(
-                str(path),
-                uri,
-                open_timeout=CONNECT_TIMEOUT_S,
-                max_size=MAX_WS_FRAME,
-                compression=None,
-            )
+            with self.socket(name) as path:
+                return await unix_connect(
+                    path,
+                    uri,
+                    open_timeout=CONNECT_TIMEOUT_S,
+                    max_size=MAX_WS_FRAME,
+                    compression=None,
+                )
+        except HiveError:
+            raise
         except (OSError, TimeoutError) as exc:
             raise Unavailable(f"agent page of {name} does not answer: {exc}") from None
         except Exception as exc:  # websockets' handshake errors (a refused upgrade)
             raise Unavailable(f"agent page of {name} refused the terminal: {exc}") from None
+
+
+class _Transport(httpx.AsyncHTTPTransport):
+    """HTTP over the socket held open as ``fd``; the fd closes with the client."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(uds=f"/proc/self/fd/{fd}", retries=0)
+        self._fd = fd
+
+    async def aclose(self) -> None:
+        try:
+            await super().aclose()
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1

@@ -106,7 +106,9 @@ def page_socket(settings: Settings) -> socket.socket:
         return inherited(hs.socket_fd, "agent page")
     if not hs.socket:
         raise ConfigError("harness.socket is not set (the agent page's unix socket)")
-    return bind_unix(hs.socket, "agent page")
+    # who may connect is decided by who sees the run dir (this agent and the
+    # host); the dashboard may run as another user than the harness
+    return bind_unix(hs.socket, "agent page", mode=0o666)
 
 
 def serve_main(settings: Settings) -> int:

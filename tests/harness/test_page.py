@@ -221,6 +221,26 @@ async def test_proxy_refuses_bad_names_paths_and_foreign_content(dash_stack: Sta
         server.close()
         await server.wait_closed()
 
+    # a symlink in its place (to another agent's socket, say) is never followed
+    decoy_path = sock_path.parent / "decoy.sock"
+    decoy_hits: list[bool] = []
+
+    async def decoy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoy_hits.append(True)
+        writer.close()
+
+    decoy_server = await asyncio.start_unix_server(decoy, path=str(decoy_path))
+    try:
+        sock_path.unlink(missing_ok=True)
+        sock_path.symlink_to(decoy_path)
+        async with dash_stack.operator() as op:
+            r = await op.get(f"/agents/{name}/api/status")
+            assert r.status_code == 503 and "not a socket" in r.text
+        assert not decoy_hits
+    finally:
+        decoy_server.close()
+        await decoy_server.wait_closed()
+
 
 def _nothing_listens(port: int) -> bool:
     with socket.socket() as s:
