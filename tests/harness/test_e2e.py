@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
 import subprocess
 from collections.abc import AsyncIterator, Callable
@@ -88,7 +89,7 @@ async def _page_up(stack: Stack, info: AgentInfo) -> str:
 
 
 def _tcp_listeners(stack: Stack, name: str) -> list[object]:
-    """TCP sockets listening in the agent's harness (bwrap and all below it)."""
+    """TCP sockets listening in the agent's harness process and all below it."""
     pid = int(AgentPaths.of(stack.settings, name).pid_file.read_text().split()[0])
     top = psutil.Process(pid)
     return [
@@ -221,6 +222,81 @@ async def test_host_api_settings_reach_claude_after_a_restart(
     records = await tail
     end = next(r for r in records if r.get("type") == "turn_end" and r["turn"] == 2)
     assert end["event"]["outcome"] == "ok", end["event"]["error"]
+
+
+# run by the agent's claude through its Bash tool, inside its sandbox: an HTTP
+# GET of /api/status on each unix socket and TCP address named
+PAGE_PROBE = """python3 - <<'EOF'
+import socket
+for target in {targets!r}:
+    family = socket.AF_UNIX if isinstance(target, str) else socket.AF_INET
+    s = socket.socket(family)
+    s.settimeout(5)
+    try:
+        s.connect(target)
+        s.sendall(b"GET /api/status HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
+        data = b"".join(iter(lambda: s.recv(65536), b""))
+        print("ANSWERED", target, data.decode(errors="replace").replace("\\n", " "))
+    except OSError as e:
+        print("REFUSED", target, e)
+EOF"""
+
+
+@pytest.fixture
+async def e2e_bwrap(
+    nats_server: EmbeddedNats, database_url: str, hive_home: Path, api: ScriptedAnthropic
+) -> AsyncIterator[Stack]:
+    """broker + lifecycle, harnesses under bubblewrap as with ``hive up``."""
+    if shutil.which("bwrap") is None:
+        pytest.skip("bwrap not installed")
+    settings = stack_settings(
+        nats_server, database_url, hive_home, harness_command="", HIVE_LIFECYCLE_USE_BWRAP="true"
+    )
+    async with running_stack(nats_server, settings) as s:
+        yield s
+
+
+async def test_an_agent_cannot_reach_another_agents_page(
+    e2e_bwrap: Stack, api: ScriptedAnthropic
+) -> None:
+    """A hostile agent's claude, from its Bash tool in its sandbox, tries the
+    other agent's page socket (by its host path) and its registry port: both
+    fail; its own page answers. The other agent's state is unchanged."""
+    e2e = e2e_bwrap
+    a, b = agent_name("x"), agent_name("y")
+    info_b = await e2e.spawn(b)
+    sock_b = await _page_up(e2e, info_b)
+    await e2e.spawn(a)
+    paths_a = AgentPaths.of(e2e.settings, a)
+    (paths_a.applied / "agent.toml").write_text('allowed_tools = ["Bash"]\n')
+    await rpc.request(
+        e2e.op, subjects.admin("lifecycle", "restart"), AgentRequest(name=a), AgentInfo, timeout=60
+    )
+    sock_a = await _page_up(e2e, await _info(e2e, a))
+    before_b = await _status(sock_b)
+
+    is_a = mentions(f"You are {a},")
+    probe = PAGE_PROBE.format(targets=[sock_b, sock_a, ("127.0.0.1", info_b.port)])
+    api.reply(
+        tool_use("Bash", {"command": probe, "description": "probe the pages"}),
+        when=lambda r: is_a(r) and last_user_mentions("probe the pages")(r),
+    )
+    api.reply("probed", when=after_tool_results(1, also=is_a))
+    tail = asyncio.create_task(sse_records(sock_a, _turn_ended(1), timeout=120))
+    await e2e.send(a, "probe the pages")
+    records = _this_run(await tail)
+    (result,) = claude_blocks(records, "user", "tool_result")
+    out = tool_result_text(result)
+    assert f"REFUSED {sock_b}" in out and f"ANSWERED {sock_b}" not in out, out
+    assert f"REFUSED ('127.0.0.1', {info_b.port})" in out, out
+    assert f"ANSWERED {sock_a}" in out and f'"agent":"{a}"' in out, out  # its own: yes
+    after_b = await _status(sock_b)
+    assert after_b["turn"] == before_b["turn"] and after_b["queued"] == 0
+
+
+async def _status(sock: str) -> dict:
+    async with page_client(sock, timeout=10) as c:
+        return (await c.get("/api/status")).json()  # type: ignore[no-any-return]
 
 
 async def _info(stack: Stack, name: str) -> AgentInfo:
