@@ -88,7 +88,9 @@ class LifecycleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     machinectl: str = "machinectl"  # adds binds to a running manager container
     flake_ref: str = ""  # hyperhive flake the per-agent flakes pin
     rev: str = ""  # empty: the installed package's version
-    # web ports: the manager's, and the range other agents are hashed into
+    # registry ports: the manager's, and the range other agents are hashed
+    # into (kept in the registry; nothing listens on them: an agent page is a
+    # unix socket in its run dir, served to the operator by the dashboard)
     manager_port: int = 8000
     port_base: int = 8100
     port_count: int = 900

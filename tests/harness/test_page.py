@@ -118,6 +118,10 @@ async def test_page_only_through_the_dashboard_with_the_operator_login(dash_stac
             assert r.headers["content-type"].startswith("application/json")
             assert "sandbox" in r.headers.get_list("content-security-policy")[0]
             assert r.headers["x-content-type-options"] == "nosniff"  # the guard's
+            # a rebound DNS name reaches no agent page (the Host allow-list)
+            for path in ("", "api/status"):
+                r = await op.get(base + path, headers={"host": "rebound.example:7000"})
+                assert r.status_code == 403 and "unknown Host" in r.text, path
 
             # CSRF: the proxy's posts need the page's token
             r = await op.post(base + "api/prompt", json={"text": "/model x"})
