@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -63,6 +64,7 @@ KINDS = ("api_key", "oauth_token", "credentials_json")  # the harness's creds.KI
 STATES = frozenset({"idle", "thinking", "compacting", "offline"})
 MAX_TEXT = 500  # a harness's error text shown on the credentials form
 TERMINAL_SIZE = (80, 24)
+IDENTITY_JSON = {"accept": JSON, "accept-encoding": "identity"}
 
 
 def _agent(name: str) -> str:
@@ -83,6 +85,9 @@ def _refuse(status: int, text: str) -> Response[str]:
 
 
 def _media(response: httpx.Response) -> str:
+    """The answer's media type, '' for one sent compressed (never decoded here)."""
+    if response.headers.get("content-encoding", "identity").strip().lower() != "identity":
+        return ""
     return response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
@@ -95,7 +100,7 @@ async def _read_json(response: httpx.Response) -> bytes:
     if _media(response) != JSON:
         raise Unavailable(f"the agent page answered {_media(response)!r}, not JSON")
     body = b""
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.aiter_raw():
         body += chunk
         if len(body) > MAX_BODY_BYTES:
             raise Unavailable("the agent page's answer is too long")
@@ -104,14 +109,16 @@ async def _read_json(response: httpx.Response) -> bytes:
 
 async def _status(name: str, request: Request[Any, Any, Any]) -> dict[str, Any]:
     """The harness's status, reduced to what the page's first render shows
-    (an offline page if it does not answer)."""
+    (an offline page if it does not answer within the section timeout)."""
+    d = deps(request)
     doc: Any = {}
     try:
-        async with deps(request).link.client(name) as client:
-            async with client.stream("GET", "/api/status", headers={"accept": JSON}) as r:
-                if r.status_code == 200:
-                    doc = httpx.Response(200, content=await _read_json(r)).json()
-    except (HiveError, httpx.HTTPError, ValueError) as exc:
+        async with asyncio.timeout(d.settings.section_timeout_s):
+            async with d.link.client(name) as client:
+                async with client.stream("GET", "/api/status", headers=IDENTITY_JSON) as r:
+                    if r.status_code == 200:
+                        doc = json.loads(await _read_json(r))
+    except (HiveError, httpx.HTTPError, ValueError, TimeoutError) as exc:
         log.info("agent page of %s does not answer: %s", name, exc)
     doc = doc if isinstance(doc, dict) else {}
     state = doc.get("state")
@@ -169,8 +176,10 @@ async def credentials_save(request: Request[Any, Any, Any], name: FromPath[str])
     error = ""
     try:
         async with deps(request).link.client(agent) as client:
-            async with client.stream("POST", "/api/credentials", json=doc) as r:
-                answer = httpx.Response(r.status_code, content=await _read_json(r)).json()
+            async with client.stream(
+                "POST", "/api/credentials", json=doc, headers=IDENTITY_JSON
+            ) as r:
+                answer = json.loads(await _read_json(r))
         if not (isinstance(answer, dict) and answer.get("ok") is True):
             text = answer.get("text") if isinstance(answer, dict) else None
             error = str(text)[:MAX_TEXT] if text else f"not stored (HTTP {r.status_code})"
@@ -188,7 +197,7 @@ async def credentials_save(request: Request[Any, Any, Any], name: FromPath[str])
 
 def _upstream_headers(request: Request[Any, Any, Any], expected: str) -> dict[str, str]:
     """What the harness gets of the operator's request: nothing that identifies them."""
-    out = {"accept": expected}
+    out = {"accept": expected, "accept-encoding": "identity"}
     last = request.headers.get("last-event-id")
     if last and len(last) <= 64:
         out["last-event-id"] = last
