@@ -189,6 +189,7 @@ async def test_proxy_refuses_bad_names_paths_and_foreign_content(dash_stack: Sta
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: "
             + answer["type"]
+            + answer.get("extra", b"")
             + b"\r\ncontent-length: "
             + str(len(body)).encode()
             + b"\r\nconnection: close\r\n\r\n"
@@ -208,6 +209,12 @@ async def test_proxy_refuses_bad_names_paths_and_foreign_content(dash_stack: Sta
                 assert OPERATOR_TOKEN.encode() not in head and csrf.encode() not in head
                 assert b"cookie:" not in head and b"authorization:" not in head, head
                 assert b"x-csrf-token" not in head and b"x-hive-token" not in head
+
+            # compressed (a gzip bomb would get past a cap on decoded bytes): refused
+            answer["extra"] = b"\r\ncontent-encoding: gzip"
+            r = await op.get(f"/agents/{name}/api/status")
+            assert r.status_code == 502 and r.headers["content-type"].startswith("text/plain")
+            del answer["extra"]
 
             # it answers text/html: none of that is passed on as HTML
             evil = b"<html><script>alert(document.cookie)</script></html>"
