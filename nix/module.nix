@@ -438,8 +438,11 @@ in
       # seeds in here are 0640 root:hyperhive; auth.conf and users.d are
       # public keys only, readable by nats
       "d ${natsDir} 0755 root root -"
-      # agents' credentials and repos: root's (lifecycle, approvals)
-      "d ${cfg.dataDir}/agents 0700 root root -"
+      # agents' credentials and repos: root's (lifecycle, approvals); the
+      # hyperhive group may only pass through, to reach each agent's page
+      # socket (run/page.sock) for the dashboard (seeds and claude
+      # credentials below are 0600 root)
+      "d ${cfg.dataDir}/agents 0710 root hyperhive -"
       "d /etc/${containerDirName} 0755 root root -"
       "d /var/lib/${containerDirName} 0700 root root -"
       "d /nix/var/nix/profiles/per-container 0700 root root -"

@@ -313,6 +313,10 @@ def up(opts: UpOptions) -> int:
                 print(f"  token      {token_file} (`hive dashboard-url` prints the URL again)")
             elif not token:
                 print("  WARNING    the dashboard has NO operator token (insecure_no_token)")
+            if settings.lifecycle.manager:
+                # agent pages are the dashboard's (a unix socket per harness, no port)
+                page = f"{base.rstrip('/')}/agents/{settings.lifecycle.manager}/"
+                print(f"  manager    {page}", flush=True)
             print(f"  nats       {nats_url}", flush=True)
             print("  logs       " + str(opts.home / "logs"), flush=True)
             print("Ctrl-C stops everything.", flush=True)

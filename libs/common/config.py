@@ -88,7 +88,9 @@ class LifecycleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     machinectl: str = "machinectl"  # adds binds to a running manager container
     flake_ref: str = ""  # hyperhive flake the per-agent flakes pin
     rev: str = ""  # empty: the installed package's version
-    # web ports: the manager's, and the range other agents are hashed into
+    # registry ports: the manager's, and the range other agents are hashed
+    # into (kept in the registry; nothing listens on them: an agent page is a
+    # unix socket in its run dir, served to the operator by the dashboard)
     manager_port: int = 8000
     port_base: int = 8100
     port_count: int = 900
@@ -158,8 +160,12 @@ class DashboardSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
 
 class HarnessSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     agent: str = ""
-    port: int = 0
-    host: str = "127.0.0.1"
+    # the agent page's API: a unix socket (``<run dir>/page.sock``), no TCP
+    # port; reached by the operator through the dashboard only
+    socket: str = ""
+    # an inherited listening socket on that path (the process backend binds
+    # it on the host and passes it: the agent's run dir is read-only to it)
+    socket_fd: int = -1
     claude_bin: str = ""  # empty: ``claude`` on PATH, else the repo's pinned one
     workdir: str = ""
     state_dir: str = ""
@@ -172,10 +178,10 @@ class HarnessSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # notes compaction: an answer smaller than this fraction of the notes is refused
     # as implausible (a useless or truncated answer, not a compaction)
     notes_compact_min_ratio: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.1
-    # the agent page's terminal (a login shell in the agent's workdir, behind the token)
+    # the agent page's terminal (a login shell in the agent's workdir, behind
+    # the dashboard's operator login)
     terminal: bool = True
     heartbeat_interval_s: float = 5.0
-    token: str = ""  # operator token for the agent page; empty: none
     # manager only: the agents dir (<n>/proposed, <n>/applied, <n>/state)
     agents_dir: str = ""
     # manager only: the dir holding agents/<n>/{config,state} and applied/<n>

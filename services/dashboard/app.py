@@ -2,7 +2,9 @@
 
 A NATS client only: pages and actions go through ``hive.admin.*`` (see
 :mod:`hyperhive.dashboard.hive`), live views follow ``HIVE_EVENTS`` through
-one in-process :class:`~hyperhive.dashboard.hub.EventHub`.
+one in-process :class:`~hyperhive.dashboard.hub.EventHub`. Agent pages are
+served here too (``/agents/<name>/``), their API proxied to each harness's
+unix socket (:mod:`hyperhive.dashboard.routes_agent_page`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from nats.js import JetStreamContext
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import HiveError
 from hyperhive.dashboard import (
+    routes_agent_page,
     routes_approvals,
     routes_containers,
     routes_flow,
@@ -30,6 +33,7 @@ from hyperhive.dashboard import (
     routes_questions,
     routes_telemetry,
 )
+from hyperhive.dashboard.harnesslink import HarnessLink
 from hyperhive.dashboard.hive import Hive
 from hyperhive.dashboard.hub import EventHub
 from hyperhive.dashboard.render import Renderer
@@ -62,7 +66,14 @@ def create_app(settings: Settings, nc: NATS, js: JetStreamContext) -> Litestar:
         coalesce_s=ds.flow_coalesce_ms / 1000.0,
         ping_s=ds.sse_ping_s,
     )
-    state = Deps(settings=ds, hive=Hive(nc, ds), hub=hub, render=render, security=security)
+    state = Deps(
+        settings=ds,
+        hive=Hive(nc, ds),
+        hub=hub,
+        render=render,
+        security=security,
+        link=HarnessLink(settings),
+    )
 
     def login_page(csrf: str, error: str) -> bytes:
         return render("login.html", csrf=csrf, error=error).encode()
@@ -70,6 +81,7 @@ def create_app(settings: Settings, nc: NATS, js: JetStreamContext) -> Litestar:
     return Litestar(
         route_handlers=[
             *routes_pages.HANDLERS,
+            *routes_agent_page.HANDLERS,
             *routes_containers.HANDLERS,
             *routes_approvals.HANDLERS,
             *routes_questions.HANDLERS,

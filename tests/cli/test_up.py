@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -199,6 +200,16 @@ def test_up_serves_status_and_ctrl_c_leaves_no_process(tmp_path):
         # the manager's harness is the last thing `hive up` brings up: only
         # once it runs is every process there to be watched
         harness_pid = _wait_manager_harness(env, proc, home)
+        # its page: a unix socket in its run dir, nothing listening on TCP
+        assert (home / "agents" / "hm1nd" / "run" / "page.sock").is_socket()
+        harness = psutil.Process(harness_pid)
+        listening = [
+            c
+            for p in (harness, *harness.children(recursive=True))
+            for c in p.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN
+        ]
+        assert not listening, listening
         sent = _hive("send", "hm1nd", marker, "--json", env=env)
         assert sent.returncode == 0, sent.stderr
         sent_id = json.loads(sent.stdout)["id"]
@@ -235,6 +246,8 @@ def test_up_serves_status_and_ctrl_c_leaves_no_process(tmp_path):
         code, out = _stop_up(proc)
         stopped_in = time.monotonic() - t0
     assert code == 0, out
+    # the manager's page is the dashboard's
+    assert re.search(r"manager\s+http://127\.0\.0\.1:\d+/agents/hm1nd/", out), out
     assert stopped_in < STOP_BOUND_S, f"hive up took {stopped_in:.1f}s to stop"
     while _still_alive(watched) and time.monotonic() < t0 + STOP_BOUND_S:
         time.sleep(0.05)

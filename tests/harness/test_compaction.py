@@ -16,12 +16,18 @@ import stat
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from hyperhive.common.notes import NotesHistory
 from tests import rig
-from tests.harness.conftest import CLAUDE, Running, Stack, agent_name, running_harness
+from tests.harness.conftest import (
+    CLAUDE,
+    Running,
+    Stack,
+    agent_name,
+    page_client,
+    running_harness,
+)
 from tests.scripted_anthropic import (
     Block,
     Request,
@@ -103,8 +109,8 @@ async def test_large_notes_are_compacted_between_turns(
         await rig.eventually(
             lambda: h.harness.state == "compacting", timeout=60, what="badge says compacting"
         )
-        async with httpx.AsyncClient(base_url=h.url) as page:
-            assert (await page.get("/status")).json()["state"] == "compacting"
+        async with page_client(h.socket) as page:
+            assert (await page.get("/api/status")).json()["state"] == "compacting"
         start = [r.event for r in h.records("compaction") if r.event["phase"] == "start"]
         assert start[0]["bytes"] == len(original) and start[0]["limit"] == LIMIT
         held.release()

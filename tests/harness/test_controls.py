@@ -49,7 +49,7 @@ async def test_cancel_ends_a_long_turn_and_keeps_the_message(
     held = api.reply("working on it", hold=True, when=last_user_mentions("long job"))
     api.reply("noted the cancelled job", when=last_user_mentions("next thing"))
     async with running_harness(stack.harness_settings(name)) as h:
-        page = Page(h.url)
+        page = Page(h.socket)
         await page.open()
         sent = await stack.send(name, "long job: count to a billion")
         await api.wait_for_request(lambda r: r.reply is held, timeout=60)
@@ -121,7 +121,7 @@ async def test_model_persists_across_restart(stack: Stack, api: ScriptedAnthropi
     await stack.spawn(name)
     settings = stack.harness_settings(name)
     async with running_harness(settings) as h:
-        page = Page(h.url)
+        page = Page(h.socket)
         await page.open()
         assert (await page.prompt("/model claude-test-9"))["ok"]
         assert h.harness.status()["model"] == "claude-test-9"
@@ -139,7 +139,7 @@ async def test_model_persists_across_restart(stack: Stack, api: ScriptedAnthropi
         assert end["outcome"] == "ok"
         assert api.requests[-1].model == "claude-test-9"
         assert end["stats"]["model"] == "claude-test-9"
-        page = Page(h2.url)
+        page = Page(h2.socket)
         await page.open()
         assert "default" in (await page.prompt("/model default"))["text"]
         assert h2.harness.model == ""
@@ -151,7 +151,7 @@ async def test_clear_compact_help_and_prompts(stack: Stack, api: ScriptedAnthrop
     await stack.spawn(name)
     api.reply("first answer", when=last_user_mentions("remember apples"))
     async with running_harness(stack.harness_settings(name)) as h:
-        page = Page(h.url)
+        page = Page(h.socket)
         await page.open()
         help_text = (await page.prompt("/help"))["text"]
         for cmd in ("/help", "/clear", "/cancel", "/compact", "/model"):
@@ -358,7 +358,7 @@ async def test_queued_prompts_run_in_order(stack: Stack, api: ScriptedAnthropic)
     await stack.spawn(name)
     held = api.reply("slow", hold=True, when=last_user_mentions("one"))
     async with running_harness(stack.harness_settings(name)) as h:
-        page = Page(h.url)
+        page = Page(h.socket)
         await page.open()
         await page.prompt("one")
         await api.wait_for_request(lambda r: r.reply is held, timeout=60)
@@ -407,7 +407,7 @@ async def test_an_interrupted_turn_keeps_the_note_of_an_earlier_cancelled_one(
     first = api.reply("counting", hold=True, when=last_user_mentions("count sheep"))
     second = api.reply("halfway", hold=True, when=last_user_mentions("then paint"))
     async with running_harness(settings) as h:
-        page = Page(h.url)
+        page = Page(h.socket)
         await page.open()
         await stack.send(name, "count sheep forever")
         await api.wait_for_request(lambda r: r.reply is first, timeout=60)

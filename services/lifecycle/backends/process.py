@@ -6,7 +6,11 @@ to ``run/harness.log``. A restarted lifecycle adopts harnesses from their pid
 files after checking ``/proc`` that the pid is still the same process, so it
 never starts a duplicate. With ``bwrap`` installed (and ``use_bwrap``) the
 harness sees the host read-only, with the data dir hidden except its own
-dirs, in its own PID namespace and without capabilities. The manager sees
+dirs, in its own PID namespace and without capabilities. Lifecycle binds the
+agent page's unix socket (``run/page.sock``) on the host and passes it to
+the harness (fd ``HIVE_HARNESS_SOCKET_FD``): the run dir is read-only in the
+sandbox, and no other agent's run dir is visible there, so an agent reaches
+only its own page (the dashboard proxies it for the operator). The manager sees
 the other agents in the container layout of the nixos backend (see
 :func:`manager_binds`); without ``bwrap`` it gets the same layout as a dir
 of symlinks (:func:`view_dir`), since nothing isolates it then.
@@ -39,6 +43,7 @@ from hyperhive.common.config import Settings
 from hyperhive.common.errors import BackendFailed, ConfigError
 from hyperhive.common.names import is_agent_name
 from hyperhive.common.paths import AgentPaths, nats_dir
+from hyperhive.common.webserve import bind_unix
 from hyperhive.common.wire.lifecycle import LogsReply
 from hyperhive.lifecycle import agentconf
 from hyperhive.lifecycle.backends.base import (
@@ -352,7 +357,17 @@ class ProcessBackend(Backend):
             await asyncio.to_thread(self._rebuild_view, spec)
         argv = self.command(spec)
         env = self.environment(spec)
-        proc = await asyncio.to_thread(_popen, argv, env, paths)
+        # the page's socket is bound here, on the host: the run dir is
+        # read-only inside the sandbox (the pid file and log are lifecycle's)
+        try:
+            sock = bind_unix(paths.page_socket, f"agent page of {spec.name}")
+        except ConfigError as exc:
+            raise BackendFailed(str(exc)) from None
+        env["HIVE_HARNESS_SOCKET_FD"] = str(sock.fileno())
+        try:
+            proc = await asyncio.to_thread(_popen, argv, env, paths, sock.fileno())
+        finally:
+            sock.close()  # the harness holds its own copy
         start = proc_start_time(proc.pid) or "0"
         tmp = paths.pid_file.with_suffix(".tmp")
         tmp.write_text(f"{proc.pid} {start}\n")
@@ -511,8 +526,7 @@ class ProcessBackend(Backend):
                 "HOME": str(paths.workdir),
                 "HIVE_HOME": s.paths.home,
                 "HIVE_HARNESS_AGENT": spec.name,
-                "HIVE_HARNESS_PORT": str(spec.port),
-                "HIVE_HARNESS_HOST": s.harness.host,
+                "HIVE_HARNESS_SOCKET": str(paths.page_socket),
                 "HIVE_HARNESS_WORKDIR": str(paths.workdir),
                 "HIVE_HARNESS_STATE_DIR": str(paths.state),
                 "HIVE_HARNESS_CREDS_DIR": str(paths.creds),
@@ -534,8 +548,6 @@ class ProcessBackend(Backend):
         )
         if s.harness.model:
             env["HIVE_HARNESS_MODEL"] = s.harness.model
-        if s.harness.token:
-            env["HIVE_HARNESS_TOKEN"] = s.harness.token
         if spec.manager and not self._bwrap:
             # the container layout under a dir of its own (no sandbox to put it at /)
             env["HIVE_HARNESS_VIEW_DIR"] = str(view_dir(paths))
@@ -556,8 +568,11 @@ class ProcessBackend(Backend):
         return await asyncio.to_thread(_read_after, path, after)
 
 
-def _popen(argv: list[str], env: dict[str, str], paths: AgentPaths) -> subprocess.Popen[bytes]:
-    """Starts the harness in its own session, output appended to its log."""
+def _popen(
+    argv: list[str], env: dict[str, str], paths: AgentPaths, listen_fd: int
+) -> subprocess.Popen[bytes]:
+    """Starts the harness in its own session, output appended to its log,
+    with the page's listening socket ``listen_fd`` inherited."""
     with open(paths.log_file, "ab") as log:
         log.write(f"--- hyperhive: harness start {time.ctime()} ---\n".encode())
         log.flush()
@@ -570,6 +585,7 @@ def _popen(argv: list[str], env: dict[str, str], paths: AgentPaths) -> subproces
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                pass_fds=(listen_fd,),
             )
         except OSError as exc:
             raise BackendFailed(

@@ -2,6 +2,8 @@
 (function () {
   "use strict";
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
+  // the page is the dashboard's /agents/<name>/; its API is proxied under api/
+  const base = document.body.dataset.base;
   const log = document.getElementById("log");
   const pill = document.getElementById("pill");
   const pillN = document.getElementById("pill-n");
@@ -180,7 +182,7 @@
   // --- the stream ---------------------------------------------------------------------
   let source = null;
   function connect() {
-    source = new EventSource("/events");
+    source = new EventSource(base + "api/events");
     source.addEventListener("reset", function () {
       log.textContent = ""; unseen = 0; pill.hidden = true; stuck = true;
     });
@@ -216,7 +218,7 @@
     if (!text) return;
     input.value = "";
     if (text === "/clear") { log.textContent = ""; unseen = 0; pill.hidden = true; }
-    post("/prompt", { text: text }).then(function (r) {
+    post(base + "api/prompt", { text: text }).then(function (r) {
       if (r.command || !r.ok) add(r.ok ? "local" : "err", r.text);
     }).catch(function (err) { add("err", "not sent: " + err); });
   });
@@ -224,6 +226,6 @@
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); form.requestSubmit(); }
   });
   cancelBtn.addEventListener("click", function () {
-    post("/cancel").then(function (r) { add("local", r.text); });
+    post(base + "api/cancel").then(function (r) { add("local", r.text); });
   });
 })();
