@@ -84,8 +84,6 @@ class DevStack:
         check_port_free(port, "the dashboard", host)
         if not self.opts.nats_url:
             check_port_free(self.opts.nats_port, "NATS")
-        if not self.opts.database_url:
-            check_port_free(self.opts.pg_port, "PostgreSQL")
         if self.opts.nats_url:
             asyncio.run(self._probe_nats(settings, self.opts.nats_url))
         if self.opts.database_url:

@@ -163,6 +163,14 @@ def test_up_serves_status_and_ctrl_c_leaves_no_process(tmp_path):
         for part in ("broker", "lifecycle", "approvals", "crash-watch", "dashboard"):
             assert any(c.endswith(f"serve {part}") for c in names.values()), (part, names)
         assert pg, "no postgres process found"
+        # the embedded PostgreSQL has no TCP listener: --pg-port names its socket
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", int(ports[1]))) != 0, "PostgreSQL on TCP"
+        assert not any(
+            c.laddr and c.laddr.port == int(ports[1])
+            for p in pg
+            for c in p.net_connections(kind="inet")
+        )
     finally:
         t0 = time.monotonic()
         code, out = _stop_up(proc)
@@ -301,20 +309,6 @@ def test_dashboard_port_taken_is_one_line(tmp_path, how):
         result = _hive(*_up_args(*extra, dashboard=False), env=env)
     line = f"hive up: port {port} for the dashboard is already in use on 127.0.0.1"
     _assert_refused(result, line, home)
-
-
-def test_postgres_port_taken_is_one_line(tmp_path):
-    home = tmp_path / "home"
-    env = _fast_retries(_up_env(home))
-    with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", 0))
-        blocker.listen()
-        port = blocker.getsockname()[1]
-        result = _hive(*_up_args("--pg-port", str(port)), env=env)
-    line = f"hive up: port {port} for PostgreSQL is already in use on 127.0.0.1"
-    _assert_refused(result, line, home)
-    # checked before anything started: the embedded NATS never ran
-    assert not (home / "nats" / "nats.log").exists()
 
 
 def test_up_with_given_nats_and_database_urls(nats_server, database_url, tmp_path):
