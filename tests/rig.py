@@ -101,6 +101,9 @@ def make_settings(nats: EmbeddedNats, database_url: str, home: Path, **overrides
         "HIVE_DATABASE_CONNECT_ATTEMPTS": "2",
         "HIVE_DATABASE_CONNECT_BACKOFF_S": "0.2",
         "HIVE_LIFECYCLE_USE_BWRAP": "false",
+        # harnesses as the test's own uid; tests/lifecycle/test_host_doors.py
+        # runs them as the agent user
+        "HIVE_LIFECYCLE_AGENT_USER": "",
         "HIVE_LOG_LEVEL": "INFO",
     }
     env.update(overrides)

@@ -25,6 +25,7 @@ from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres, check_port_fr
 from hyperhive.common import db, subjects
 from hyperhive.common.config import UP_FILE, Settings, load_settings, settings_env
 from hyperhive.common.errors import ConfigError, HiveError, Unavailable
+from hyperhive.common.hostuser import isolation_gaps
 from hyperhive.common.natsconn import connect
 
 DEFAULT_NATS_PORT = 4222
@@ -272,6 +273,8 @@ def up(opts: UpOptions) -> int:
             print(f"  dashboard  http://{host}:{port}/", flush=True)
             print(f"  nats       {nats_url}", flush=True)
             print("  logs       " + str(opts.home / "logs"), flush=True)
+            for gap in isolation_gaps(settings):
+                print(f"  warning    {gap}", flush=True)
             print("Ctrl-C stops everything.", flush=True)
         while not stopped:
             time.sleep(0.2)

@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 from hyperhive.common import nats_auth
 from hyperhive.common.errors import ConfigError, Unavailable
+from hyperhive.common.hostuser import system_user
 
 PG_SYSTEM_USER = "hyperhive-pg"
 PG_DB = "hyperhive"
@@ -229,24 +230,7 @@ def _pg_user() -> pwd.struct_passwd | None:
     """The unprivileged user PostgreSQL runs as when we are root (else None)."""
     if os.geteuid() != 0:
         return None
-    try:
-        return pwd.getpwnam(PG_SYSTEM_USER)
-    except KeyError:
-        subprocess.run(
-            [
-                "useradd",
-                "--system",
-                "--no-create-home",
-                "--home-dir",
-                "/nonexistent",
-                "--shell",
-                "/usr/sbin/nologin",
-                PG_SYSTEM_USER,
-            ],
-            check=True,
-            capture_output=True,
-        )
-        return pwd.getpwnam(PG_SYSTEM_USER)
+    return system_user(PG_SYSTEM_USER)
 
 
 def _traversable_by(path: Path, user: pwd.struct_passwd) -> bool:

@@ -36,6 +36,7 @@ def _up_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HIVE_")}
     env["HIVE_HOME"] = str(home)
     env["HIVE_LIFECYCLE_USE_BWRAP"] = "false"
+    env["HIVE_LIFECYCLE_AGENT_USER"] = ""  # see tests/lifecycle/test_host_doors.py
     # the real manager needs a claude key; this test is about the stack
     env["HIVE_LIFECYCLE_HARNESS_COMMAND"] = "sleep 3600"
     return env
