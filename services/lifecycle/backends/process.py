@@ -336,7 +336,8 @@ def _host_root() -> list[str]:
             args += ["--symlink", os.readlink(path), path]
         elif entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False):
             args += ["--ro-bind", path, path]
-    return [*args, "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    # /tmp is the sandbox's own, writable by whoever the harness runs as
+    return [*args, "--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp"]
 
 
 def _bwrap_can_disable_userns(bwrap: str) -> bool:
