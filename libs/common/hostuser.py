@@ -2,7 +2,9 @@
 
 As root, ``hive up`` runs PostgreSQL as ``hyperhive-pg`` and the process
 backend runs every agent harness as ``hyperhive-agent`` (``lifecycle.agent_user``):
-system users with no home and no login shell, created on first use.
+system users with no home and no login shell, created on first use. What a
+harness runs from (:func:`runtime_paths`) must be reachable by that user, or
+bound into its sandbox.
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import site
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
+import hyperhive
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import ConfigError
 
@@ -119,3 +124,62 @@ def isolation_gaps(settings: Settings) -> list[str]:
             + ("" if root else "; as your uid, also all of $HIVE_HOME and the services")
         )
     return lines
+
+
+def program_path(argv0: str) -> str | None:
+    """The file a command's ``argv[0]`` runs (a path as given, else from PATH)."""
+    return argv0 if "/" in argv0 else shutil.which(argv0)
+
+
+def checkout() -> Path | None:
+    """The source checkout of an editable install, if hyperhive runs from one."""
+    try:
+        root = Path(hyperhive.__file__).resolve().parents[2]
+    except (IndexError, TypeError):
+        return None
+    return root if (root / "pyproject.toml").is_file() else None
+
+
+def installed_at(program: str) -> list[Path]:
+    """Dirs that make ``program`` (a path) run: its dir, its real file's, the
+    prefix of a ``bin/`` dir, a ``node_modules`` tree it sits in."""
+    found: list[Path] = []
+    for path in {Path(os.path.abspath(program)), Path(os.path.realpath(program))}:
+        parent = path.parent
+        found.append(parent.parent if parent.name == "bin" else parent)
+        parts = path.parts
+        if "node_modules" in parts:
+            cut = len(parts) - 1 - parts[::-1].index("node_modules")
+            found.append(Path(*parts[: cut + 1]))
+    return found
+
+
+def runtime_paths(argv: list[str], claude: str) -> list[Path]:
+    """What a harness needs to run, wherever it is installed: this Python's
+    prefix and base prefix, its site dirs, an editable checkout, the harness
+    command's program, the claude CLI and node."""
+    paths = [Path(sys.prefix), Path(sys.base_prefix), *installed_at(sys.executable)]
+    paths += [Path(d) for d in site.getsitepackages()]
+    source = checkout()
+    if source is not None:
+        paths.append(source)
+    programs = [program_path(argv[0]) if argv else None, claude or None, shutil.which("node")]
+    for program in programs:
+        if program:
+            paths += installed_at(program)
+    real = {Path(os.path.realpath(p)) for p in paths if p.is_absolute()}
+    return sorted({*real, *(p for p in paths if p.is_absolute())})
+
+
+def unreachable(user: pwd.struct_passwd, paths: list[Path]) -> str:
+    """Why ``user`` cannot run a harness that needs ``paths`` without a
+    sandbox (one line), or ``""`` when every one of them is reachable."""
+    for path in paths:
+        closed = closed_ancestor(path / "x", user.pw_uid, user.pw_gid)
+        if closed is not None:
+            return (
+                f"the harness runs as {user.pw_name} and cannot reach {path}: {closed} is "
+                "closed to it; install bubblewrap (the sandbox binds what it needs) or "
+                "move it where that user can read it"
+            )
+    return ""

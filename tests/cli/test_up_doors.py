@@ -17,7 +17,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.cli.test_up import _start_up, _stop_up, _up_env, _wait_manager_harness
+from tests.cli.test_up import (
+    _assert_refused,
+    _hive,
+    _start_up,
+    _stop_up,
+    _up_args,
+    _up_env,
+    _wait_manager_harness,
+)
 from tests.rig import shared_tempdir
 
 AGENT_USER = "hyperhive-agent"
@@ -103,3 +111,17 @@ def test_up_without_bwrap_still_drops_root_and_says_what_is_missing():
         "  warning    agents run without a sandbox (use_bwrap is off): they share one uid, "
         "so each can read the others' files and signal their processes"
     ], out
+
+
+def test_up_without_bwrap_refuses_a_home_the_agent_user_cannot_reach(tmp_path: Path):
+    """pytest's tmp dir is 0700 root's: no harness there could start."""
+    home = tmp_path / "home"
+    env = _defaults(home, HIVE_LIFECYCLE_USE_BWRAP="false")
+    result = _hive(*_up_args(), env=env)
+    closed = next(p for p in reversed(home.parents) if not p.stat().st_mode & 0o001)
+    line = (
+        f"hive up: the harness runs as {AGENT_USER} and cannot reach {home / 'agents'}: "
+        f"{closed} is closed to it; install bubblewrap (the sandbox binds what it needs) "
+        "or move it where that user can read it"
+    )
+    _assert_refused(result, line, home)

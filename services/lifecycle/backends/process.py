@@ -51,7 +51,16 @@ import hyperhive
 from hyperhive.common import subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import BackendFailed, ConfigError
-from hyperhive.common.hostuser import chown_tree, closed_ancestor, isolation_gaps, system_user
+from hyperhive.common.hostuser import (
+    chown_tree,
+    closed_ancestor,
+    installed_at,
+    isolation_gaps,
+    program_path,
+    runtime_paths,
+    system_user,
+    unreachable,
+)
 from hyperhive.common.names import is_agent_name
 from hyperhive.common.paths import AgentPaths, nats_dir
 from hyperhive.common.wire.lifecycle import LogsReply
@@ -121,53 +130,6 @@ def drop_argv(setpriv: str, user: pwd.struct_passwd) -> list[str]:
         "--bounding-set=-all",
         "--",
     ]
-
-
-def _program(argv0: str) -> str | None:
-    """The file a command's ``argv[0]`` runs (a path as given, else from PATH)."""
-    return argv0 if "/" in argv0 else shutil.which(argv0)
-
-
-def _checkout() -> Path | None:
-    """The source checkout of an editable install, if hyperhive runs from one."""
-    try:
-        root = Path(hyperhive.__file__).resolve().parents[2]
-    except (IndexError, TypeError):
-        return None
-    return root if (root / "pyproject.toml").is_file() else None
-
-
-def _installed_at(program: str) -> list[Path]:
-    """Dirs that make ``program`` (a path) run: its dir, its real file's, the
-    prefix of a ``bin/`` dir, a ``node_modules`` tree it sits in."""
-    found: list[Path] = []
-    for path in {Path(os.path.abspath(program)), Path(os.path.realpath(program))}:
-        parent = path.parent
-        found.append(parent.parent if parent.name == "bin" else parent)
-        parts = path.parts
-        if "node_modules" in parts:
-            cut = len(parts) - 1 - parts[::-1].index("node_modules")
-            found.append(Path(*parts[: cut + 1]))
-    return found
-
-
-def runtime_paths(argv: list[str], claude: str) -> list[Path]:
-    """What a harness needs to run, wherever it is installed: this Python's
-    prefix and base prefix, its site dirs, an editable checkout, the harness
-    command's program, the claude CLI and node."""
-    import site
-
-    paths = [Path(sys.prefix), Path(sys.base_prefix), *_installed_at(sys.executable)]
-    paths += [Path(d) for d in site.getsitepackages()]
-    checkout = _checkout()
-    if checkout is not None:
-        paths.append(checkout)
-    programs = [_program(argv[0]) if argv else None, claude or None, shutil.which("node")]
-    for program in programs:
-        if program:
-            paths += _installed_at(program)
-    real = {Path(os.path.realpath(p)) for p in paths if p.is_absolute()}
-    return sorted({*real, *(p for p in paths if p.is_absolute())})
 
 
 def _open_dirs(path: Path, tops: list[Path]) -> list[str]:
@@ -586,18 +548,13 @@ class ProcessBackend(Backend):
                 self._share_with_manager(AgentPaths(self.settings.paths.agents_dir / name))
         if self._bwrap:
             return
-        program = _program(self._argv[0])
-        needed = [paths.workdir, *(_installed_at(program) if program else [])]
+        program = program_path(self._argv[0])
+        needed = [paths.workdir, *(installed_at(program) if program else [])]
         if self._argv == default_harness_command():
             needed += runtime_paths(self._argv, find_claude(self.settings))
-        for path in needed:
-            closed = closed_ancestor(path / "x", user.pw_uid, user.pw_gid)
-            if closed is not None:
-                raise BackendFailed(
-                    f"the harness runs as {user.pw_name} and cannot reach {path}: {closed} "
-                    "is closed to it; install bubblewrap (the sandbox binds what it "
-                    "needs) or move it where that user can read it"
-                )
+        reason = unreachable(user, needed)
+        if reason:
+            raise BackendFailed(reason)
 
     def _share_with_manager(self, paths: AgentPaths) -> None:
         user = self._user
