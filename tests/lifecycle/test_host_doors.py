@@ -20,13 +20,16 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from hyperhive.approvals import gitops
 from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres
+from hyperhive.common import rpc, subjects
 from hyperhive.common.errors import HiveError
 from hyperhive.common.paths import AgentPaths
+from hyperhive.common.wire.approvals import ApplyCommitRequest, ApprovalQueued
 from tests import rig
 from tests.lifecycle.conftest import lifecycle_settings
 from tests.lifecycle.helpers import Operator, serving
-from tests.lifecycle.test_bwrap import RUNNER, in_sandbox
+from tests.lifecycle.test_bwrap import RUNNER, approve, git_in_box, in_sandbox
 from tests.rig import cleanup_agents
 
 AGENT_USER = "hyperhive-agent"
@@ -273,3 +276,77 @@ async def test_harness_runs_from_a_venv_under_tmp(
     assert prefix == str(tmp_venv)
     if os.geteuid() == 0:
         assert int(uid) == pwd.getpwnam(AGENT_USER).pw_uid
+
+
+@as_root
+@needs_bwrap
+async def test_manager_commits_but_cannot_plant_commands_for_roots_git(
+    nats_server: EmbeddedNats, database_url: str, hive_home: Path, operator_nc, tmp_path: Path
+):
+    """The manager (the agent user) edits a proposed repo that lifecycle and
+    approvals (root) run git in: its commits go through, while .git/config,
+    .git/hooks and .git/commondir (which could name a config of its own, with
+    core.fsmonitor = <command>) stay root's."""
+    marker = tmp_path / "ran-as-root"
+    settings = lifecycle_settings(
+        nats_server,
+        database_url,
+        hive_home,
+        HIVE_LIFECYCLE_USE_BWRAP="true",
+        HIVE_LIFECYCLE_AGENT_USER=AGENT_USER,
+        HIVE_LIFECYCLE_MANAGER=subjects.MANAGER,
+        HIVE_LIFECYCLE_HARNESS_COMMAND=RUNNER,
+        HIVE_APPROVALS_NOTIFY_RETRY_S="0.5",
+    )
+    box = AgentPaths.of(settings, subjects.MANAGER).state
+    alice = AgentPaths.of(settings, "alice")
+    repo = "/agents/alice/config"
+    try:
+        async with (
+            serving("lifecycle", settings, operator_nc),
+            rig.running_service("broker", settings),
+            rig.running_service("approvals", settings),
+        ):
+            await Operator(operator_nc).spawn("alice")
+            config_before = (alice.proposed / ".git" / "config").read_bytes()
+            await in_sandbox(box, f"mkdir -p {box}/evil && cp -r {repo}/.git/* {box}/evil/")
+            (box / "evil-config").write_text(f"[core]\n\tfsmonitor = touch {marker}\n")
+            for attempt in (
+                git_in_box("-C", repo, "config", "core.fsmonitor", f"touch {marker}"),
+                f"echo '[core] fsmonitor = touch {marker}' >> {repo}/.git/config",
+                f"mv {repo}/.git/config {repo}/.git/config.old",
+                f"rm -f {repo}/.git/config",
+                f"echo {box}/evil > {repo}/.git/commondir",
+                f"rm -f {repo}/.git/commondir",
+                f"mv {repo}/.git/commondir {repo}/.git/c.old",
+                f"touch {repo}/.git/hooks/post-merge",
+                f"mv {repo}/.git {repo}/git.old",
+            ):
+                rc, out = await in_sandbox(box, attempt)
+                assert rc != 0, (attempt, out)
+            assert (alice.proposed / ".git" / "config").read_bytes() == config_before
+            assert (alice.proposed / ".git" / "commondir").read_text() == ".\n"
+            assert (alice.proposed / ".git" / "commondir").stat().st_uid == 0
+            assert not (alice.proposed / ".git" / "hooks" / "post-merge").exists()
+
+            # its commit goes through; root's git reads it and deploys it
+            rc, out = await in_sandbox(
+                box,
+                f"cd {repo} && printf 'model = \"m\"\\n' > agent.toml && "
+                + git_in_box("commit", "-qam", "from the manager")
+                + " && git status --short && git rev-parse HEAD",
+            )
+            assert rc == 0, out
+            sha = out.split()[-1]
+            assert gitops.resolve_commit(alice.proposed, sha) == sha
+            async with rig.agent_connection(nats_server, settings, subjects.MANAGER) as nc:
+                q = await rpc.request(
+                    nc,
+                    subjects.manager_tool("request_apply_commit"),
+                    ApplyCommitRequest(name="alice", commit_ref=sha),
+                    ApprovalQueued,
+                )
+            assert (await approve(operator_nc, q.id)).state == "deployed"
+            assert not marker.exists()
+    finally:
+        cleanup_agents(nats_server, settings.paths.agents_dir)

@@ -157,14 +157,21 @@ def share_repo(repo: Path, user: pwd.struct_passwd) -> None:
     The worktree's top dir and ``.git`` stay root's (git as root refuses a repo
     another uid owns) but group-writable by the agent user's group, setgid and
     sticky: the user can add entries and replace its own, never root's.
-    ``.git/config`` and ``.git/hooks`` stay root's and read-only to it, so
-    nothing it writes becomes a command that root's git runs. Everything else
-    is the user's.
+    ``.git/config`` and ``.git/hooks`` stay root's and read-only to it, and a
+    root-owned ``.git/commondir`` of ``.`` keeps it from pointing git at a
+    config of its own, so nothing it writes becomes a command that root's git
+    runs. Everything else is the user's.
     """
     gitdir = repo / ".git"
     if not gitdir.is_dir() or repo.is_symlink() or gitdir.is_symlink():
         return
-    keep = {gitdir / "config", gitdir / "hooks"}
+    commondir = gitdir / "commondir"
+    if commondir.is_symlink() or (commondir.exists() and commondir.stat().st_uid != 0):
+        commondir.unlink()  # the user's: it may name a config of its own
+    if not commondir.exists():
+        commondir.write_text(".\n")
+    os.chmod(commondir, 0o644)
+    keep = {gitdir / "config", gitdir / "hooks", commondir}
     for entry in (*repo.iterdir(), *gitdir.iterdir()):
         if entry == gitdir or entry in keep:
             continue
@@ -382,14 +389,14 @@ class ProcessBackend(Backend):
         except ValueError as exc:
             raise ConfigError(f"lifecycle.harness_command: {exc}") from None
         self._bwrap = shutil.which("bwrap") if settings.lifecycle.use_bwrap else None
+        self._user = _agent_user(settings)
         # the manager's staging dir needs a sandbox that cannot make user
         # namespaces (in one, it would have capabilities over its own files
-        # and could read the 0000 dir); bwrap < 0.8 cannot promise that
-        self._user = _agent_user(settings)
-        # as the agent user, the staging dir (root's, mode 0000) is closed by
-        # plain permissions; a user namespace of its own maps no root, so it
-        # gains nothing there (and the sandbox may not be a user namespace
-        # itself: setpriv could not switch to an unmapped uid)
+        # and could read the 0000 dir); bwrap < 0.8 cannot promise that. As
+        # the agent user, the dir (root's) is closed by plain permissions: a
+        # user namespace of its own maps no root, so it gains nothing there
+        # (and the sandbox may not be a user namespace itself: setpriv could
+        # not switch to an unmapped uid)
         self._stage = bool(self._bwrap) and (
             self._user is not None or _bwrap_can_disable_userns(self._bwrap)
         )
