@@ -9,6 +9,7 @@ bound into its sandbox.
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import shutil
@@ -34,11 +35,16 @@ def system_user(name: str) -> pwd.struct_passwd:
     except KeyError:
         pass
     try:
+        grp.getgrnam(name)
+        group = ["--gid", name]  # a group of that name exists: its own group
+    except KeyError:
+        group = ["--user-group"]  # never a shared one such as `users`
+    try:
         subprocess.run(
             [
                 "useradd",
                 "--system",
-                "--user-group",
+                *group,
                 "--no-create-home",
                 "--home-dir",
                 "/nonexistent",
