@@ -26,6 +26,8 @@ from hyperhive.common import rpc, subjects
 from hyperhive.common.errors import HiveError
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.approvals import ApplyCommitRequest, ApprovalQueued
+from hyperhive.lifecycle.backends.base import AgentSpec
+from hyperhive.lifecycle.backends.process import ProcessBackend
 from tests import rig
 from tests.lifecycle.conftest import lifecycle_settings
 from tests.lifecycle.helpers import Operator, serving
@@ -33,6 +35,7 @@ from tests.lifecycle.test_bwrap import RUNNER, approve, git_in_box, in_sandbox
 from tests.rig import cleanup_agents
 
 AGENT_USER = "hyperhive-agent"
+NOBODY = 65534  # a normal user, in the test of hive up as one
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the agent user needs root")
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap not installed")
 needs_psql = pytest.mark.skipif(shutil.which("psql") is None, reason="psql not installed")
@@ -350,3 +353,75 @@ async def test_manager_commits_but_cannot_plant_commands_for_roots_git(
             assert not marker.exists()
     finally:
         cleanup_agents(nats_server, settings.paths.agents_dir)
+
+
+@as_root
+@needs_bwrap
+def test_as_a_normal_user_the_sandbox_hides_hive_home_from_the_same_uid():
+    """``hive up`` as a normal user: services and agents share that uid, so the
+    sandbox alone hides $HIVE_HOME. The process backend's own bwrap argv,
+    run by an unprivileged uid that owns the whole $HIVE_HOME (as a user's
+    hive up does), with a probe as the harness."""
+    root = rig.shared_tempdir("hive-user-")
+    home = root / "home"
+    probe = (
+        'for f in "$@"; do if cat "$f" >/dev/null 2>&1; then echo "read $f"; '
+        'else echo "hidden $f"; fi; done; ls -a "$HIVE_HOME"; echo probe-end'
+    )
+    settings = rig.make_settings(
+        _StandInNats(home / "nats"),
+        f"postgresql://hyperhive@/hyperhive?host={home / 'postgres'}&port=5433",
+        home,
+        HIVE_LIFECYCLE_USE_BWRAP="true",
+        HIVE_LIFECYCLE_HARNESS_COMMAND=f"sh -c '{probe}' probe",
+    )
+    boxed, other = (AgentPaths.of(settings, n) for n in ("boxed", "other"))
+    secrets = {
+        home / "nats" / "service.seed": "SUSERVICESEED",
+        home / "nats" / "operator.seed": "SUOPERATORSEED",
+        home / "dashboard-token": "operator-token",
+        home / "postgres" / ".s.PGSQL.5433": "socket",
+        other.nats_seed: "SUOTHERSEED",
+        other.creds / ".credentials.json": "other-login",
+        other.state / "notes.md": "other-notes",
+        boxed.nats_seed: "SUBOXEDSEED",
+    }
+    try:
+        for path, text in secrets.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        for d in (boxed.state, boxed.creds, boxed.workdir, boxed.applied):
+            d.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(home)], check=True)
+        backend = ProcessBackend(settings)
+        spec = AgentSpec(name="boxed", port=1, manager=False, paths=boxed)
+        argv = backend.command(spec)
+        assert "setpriv" not in " ".join(argv)  # no agent user: the same uid
+        done = subprocess.run(
+            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--", *argv]
+            + [str(p) for p in secrets],
+            env=backend.environment(spec),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        out = done.stdout
+        assert "probe-end" in out, (done.stdout, done.stderr)
+        for path, text in secrets.items():
+            if path == boxed.nats_seed:
+                assert f"read {path}" in out
+            else:
+                assert f"hidden {path}" in out and text not in out, (path, out)
+        # $HIVE_HOME is an empty tmpfs: only the mount points of what is hidden
+        # (empty tmpfs again) or bound back show
+        listed = [w for w in out.split("probe-end")[0].splitlines() if " " not in w]
+        assert set(listed) <= {".", "..", "agents", "nats"}, out
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+class _StandInNats(EmbeddedNats):
+    """An EmbeddedNats that is never started: only its paths are used."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, 4222)
