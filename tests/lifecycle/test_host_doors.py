@@ -252,9 +252,20 @@ def tmp_venv() -> Iterator[Path]:
 async def test_harness_runs_from_a_venv_under_tmp(
     nats_server: EmbeddedNats, database_url: str, hive_home: Path, operator_nc, tmp_venv: Path
 ):
-    """The sandbox's /tmp is a fresh tmpfs: the venv is bound back, read-only."""
+    """The sandbox's /tmp is a fresh tmpfs: the venv and a claude installed
+    under /tmp (an npm tree: .bin/claude, a symlink into its package) are
+    bound back, read-only."""
+    package = tmp_venv.parent / "node_modules" / "@anthropic-ai" / "claude-code"
+    package.mkdir(parents=True)
+    (package / "cli.sh").write_text("#!/bin/sh\necho claude-ok\n")
+    (package / "cli.sh").chmod(0o755)
+    claude = tmp_venv.parent / "node_modules" / ".bin" / "claude"
+    claude.parent.mkdir()
+    claude.symlink_to("../@anthropic-ai/claude-code/cli.sh")
     script = (
-        "import os, sys, time, hyperhive.harness, msgspec; "
+        "import os, subprocess, sys, time, hyperhive.harness, msgspec; "
+        "claude = subprocess.run([os.environ['HIVE_HARNESS_CLAUDE_BIN']], capture_output=True); "
+        "print(claude.stdout.decode().strip(), flush=True); "
         "print('venv-ok', os.getuid(), sys.prefix, flush=True); time.sleep(3600)"
     )
     settings = lifecycle_settings(
@@ -265,6 +276,7 @@ async def test_harness_runs_from_a_venv_under_tmp(
         HIVE_LIFECYCLE_AGENT_USER=AGENT_USER if os.geteuid() == 0 else "",
         HIVE_LIFECYCLE_HARNESS_COMMAND=f'{tmp_venv}/bin/python -c "{script}"',
         HIVE_LIFECYCLE_START_GRACE_S="1.5",
+        HIVE_HARNESS_CLAUDE_BIN=str(claude),
     )
     log = AgentPaths.of(settings, "venv").log_file
     try:
@@ -274,6 +286,7 @@ async def test_harness_runs_from_a_venv_under_tmp(
             await rig.eventually(lambda: "venv-ok" in log.read_text(), what="harness runs")
     finally:
         cleanup_agents(nats_server, settings.paths.agents_dir)
+    assert "claude-ok" in log.read_text().splitlines()
     line = next(x for x in log.read_text().splitlines() if x.startswith("venv-ok"))
     _, uid, prefix = line.split()
     assert prefix == str(tmp_venv)
