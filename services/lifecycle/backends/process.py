@@ -309,14 +309,18 @@ def _host_root() -> list[str]:
     return [*args, "--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp"]
 
 
-def _bwrap_can_disable_userns(bwrap: str) -> bool:
+def _bwrap_help(bwrap: str) -> str:
     try:
         out = subprocess.run(
             [bwrap, "--help"], capture_output=True, text=True, timeout=10, check=False
         )
     except (OSError, subprocess.TimeoutExpired):
-        return False
-    return "--disable-userns" in out.stdout + out.stderr
+        return ""
+    return out.stdout + out.stderr
+
+
+def _bwrap_can_disable_userns(bwrap: str) -> bool:
+    return "--disable-userns" in _bwrap_help(bwrap)
 
 
 def _sandbox_pid(bwrap_pid: int) -> int | None:
@@ -401,6 +405,13 @@ class ProcessBackend(Backend):
             self._user is not None or _bwrap_can_disable_userns(self._bwrap)
         )
         self._nsenter = shutil.which("nsenter")
+        if self._bwrap and "--perms" not in _bwrap_help(self._bwrap):
+            # the sandbox's /tmp (1777) and the dirs on the way to its binds
+            # (0755) need it; without, an agent user could start nothing
+            raise ConfigError(
+                f"{self._bwrap} is too old (no --perms): install bubblewrap >= 0.5, "
+                "or set lifecycle.use_bwrap = false"
+            )
         self._drop: list[str] = []
         if self._user is not None:
             setpriv = shutil.which("setpriv")
