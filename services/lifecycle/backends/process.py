@@ -481,7 +481,12 @@ class ProcessBackend(Backend):
         for d in (paths.state, paths.creds, paths.run, paths.workdir):
             d.mkdir(parents=True, exist_ok=True)
         if self._user is not None:
-            await asyncio.to_thread(self._hand_over, spec)
+            try:
+                await asyncio.to_thread(self._hand_over, spec)
+            except OSError as exc:
+                raise BackendFailed(
+                    f"cannot give {spec.name}'s files to {self._user.pw_name}: {exc}"
+                ) from None
         if spec.manager and not self._bwrap:
             await asyncio.to_thread(self._rebuild_view, spec)
         argv = self.command(spec)
