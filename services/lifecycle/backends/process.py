@@ -680,7 +680,12 @@ class ProcessBackend(Backend):
         mpaths = AgentPaths.of(self.settings, manager)
         if self._user is not None:
             agent = AgentPaths.of(self.settings, name)
-            await asyncio.to_thread(self._share_with_manager, agent)
+            try:
+                await asyncio.to_thread(self._share_with_manager, agent)
+            except OSError as exc:
+                log.warning(
+                    "%s's files stay closed to the manager until it restarts: %s", name, exc
+                )
         if not self._bwrap:
             if mpaths.root.is_dir():
                 agent = AgentPaths.of(self.settings, name)
