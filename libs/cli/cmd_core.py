@@ -26,7 +26,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--nats-seed", help="nkey seed file for --nats-url (if it needs auth)")
     p.add_argument("--database-url", help="use this PostgreSQL instead of an embedded one")
     p.add_argument("--nats-port", type=int, default=None, help="embedded NATS port (4222)")
-    p.add_argument("--pg-port", type=int, default=None, help="embedded PostgreSQL port (5433)")
+    p.add_argument(
+        "--pg-port",
+        type=int,
+        default=None,
+        help="embedded PostgreSQL socket number (5433; no TCP port)",
+    )
     p.add_argument("--dashboard-port", type=int, default=None, help="dashboard port (7000)")
     p.add_argument("--dashboard-host", default=None, help="dashboard bind address (127.0.0.1)")
     p.add_argument("--no-agents", action="store_true", help="do not start the manager agent")

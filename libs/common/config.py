@@ -83,6 +83,10 @@ class LifecycleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     # process backend: the harness command and the claude CLI it runs
     harness_command: str = ""  # empty: ``<python> -m hyperhive.cli.main harness serve``
     use_bwrap: bool = True
+    # process backend run as root: every harness runs as this unprivileged
+    # system user (created on first use), never as root. Empty keeps them
+    # root, with a warning at every start (the tests' rig does, not hive up)
+    agent_user: str = "hyperhive-agent"
     # nixos backend
     nixos_container: str = "nixos-container"
     machinectl: str = "machinectl"  # adds binds to a running manager container
@@ -104,7 +108,9 @@ class LifecycleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     journalctl: str = "journalctl"
     nixos_conf_dir: str = "/etc/nixos-containers"
     nixos_system: str = "x86_64-linux"
-    nixos_private_users: bool = False  # --private-users=pick (needs idmapped binds)
+    # --private-users=pick with id-mapped binds: a container's root is an
+    # unprivileged uid on the host (needs a filesystem with id-mapped mounts)
+    nixos_private_users: bool = True
 
 
 class ApprovalsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -43,9 +43,16 @@ PROBE = (
 )
 
 
+# as root: harnesses as root (capabilities dropped), or as the agent user
+AGENT_USERS = pytest.mark.parametrize(
+    "agent_user", ["", *(["hyperhive-agent"] if os.geteuid() == 0 else [])]
+)
+
+
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap not installed")
+@AGENT_USERS
 async def test_agent_under_bwrap_sees_only_its_own_dirs(
-    nats_server, database_url, hive_home, operator_nc, monkeypatch
+    nats_server, database_url, hive_home, operator_nc, monkeypatch, agent_user
 ):
     settings = lifecycle_settings(
         nats_server,
@@ -53,6 +60,7 @@ async def test_agent_under_bwrap_sees_only_its_own_dirs(
         hive_home,
         HIVE_LIFECYCLE_USE_BWRAP="true",
         HIVE_LIFECYCLE_HARNESS_COMMAND=PROBE,
+        HIVE_LIFECYCLE_AGENT_USER=agent_user,
     )
     other = AgentPaths.of(settings, "other")
     monkeypatch.setenv("PROBE_SERVICE_SEED", str(nats_server.service_seed))
@@ -127,7 +135,9 @@ async def assert_mirror(box: Path, name: str, settings: Settings, deployed: int,
         git_in_box("-C", f"/applied/{name}", "update-ref", "refs/heads/main", "HEAD~0"),
     ):
         rc, out = await in_sandbox(box, write)
-        assert rc != 0 and "Read-only file system" in out, (write, out)
+        # as the agent user, the files' modes refuse it before the read-only mount
+        refused = "Read-only file system" in out or "Permission denied" in out
+        assert rc != 0 and refused, (write, out)
     assert not gitops.tag_sha(p.applied, "sneaky")
     # config and state are the agent's real dirs, writable
     script = f"echo hi > /agents/{name}/state/from-manager && ls /agents/{name}/config"
@@ -158,13 +168,15 @@ async def assert_mirror(box: Path, name: str, settings: Settings, deployed: int,
 
 
 @needs_bwrap
+@AGENT_USERS
 async def test_manager_sandbox_has_the_container_layout(
-    nats_server, database_url, hive_home, operator_nc, service_nc
+    nats_server, database_url, hive_home, operator_nc, service_nc, agent_user
 ):
     settings = lifecycle_settings(
         nats_server,
         database_url,
         hive_home,
+        HIVE_LIFECYCLE_AGENT_USER=agent_user,
         HIVE_LIFECYCLE_USE_BWRAP="true",
         HIVE_LIFECYCLE_MANAGER=subjects.MANAGER,
         HIVE_LIFECYCLE_HARNESS_COMMAND=RUNNER,
