@@ -150,8 +150,9 @@ async def test_cancel_button_age_timer_and_offline_badge(
 
 
 async def test_tail_says_a_compaction_was_refused_and_what_a_turn_cost(
-    stack: Stack, api: ScriptedAnthropic, browser: Browser
+    dash_stack: Stack, api: ScriptedAnthropic, browser: Browser
 ) -> None:
+    stack = dash_stack
     name = agent_name("bn")
     await stack.spawn(name)
     api.reply(
@@ -163,7 +164,7 @@ async def test_tail_says_a_compaction_was_refused_and_what_a_turn_cost(
     settings = stack.harness_settings(name, HIVE_HARNESS_NOTES_COMPACT_BYTES="2000")
     async with running_harness(settings) as h:
         async with open_page(browser, width=1100, height=600, timeout_ms=UI_TIMEOUT_MS) as page:
-            await page.goto(h.url + "/")
+            await open_agent_page(page, stack, name)
             await page.fill("#prompt", "costly")
             await page.keyboard.press("Enter")
             end = page.locator("#log .turn-end").last
