@@ -37,6 +37,9 @@ STDERR_TAIL = 8 * 1024
 LINE_LIMIT = 64 * 1024 * 1024  # a stream-json line can carry a whole file
 SEND_TOOL = f"mcp__{SERVER_NAME}__send"
 RECV_TOOL = f"mcp__{SERVER_NAME}__recv"
+# An MCP server's key in --mcp-config: true offers its tools in every request
+# (the CLI otherwise defers MCP tools behind its tool search); false defers them
+ALWAYS_LOAD = "alwaysLoad"
 # Settings the MCP server child needs; nothing else of the harness's HIVE_*.
 _MCP_ENV_KEYS = (
     "HIVE_HOME",
@@ -58,8 +61,11 @@ OnEvent = Callable[[dict[str, Any]], Awaitable[None]]
 def mcp_config(cfg: HarnessConfig, traceparent: str = "") -> dict[str, Any]:
     """The ``--mcp-config`` document: ``hyperhive`` plus agent.toml's servers.
 
-    ``traceparent`` (the turn's trace context) reaches the hyperhive server as
-    ``TRACEPARENT``, so its NATS requests are children of the turn.
+    Every server is ``alwaysLoad`` (its tools are in every request, with their
+    schemas) except one whose agent.toml entry says ``defer_tools = true``
+    (its tools wait behind claude's tool search). ``traceparent`` (the turn's
+    trace context) reaches the hyperhive server as ``TRACEPARENT``, so its
+    NATS requests are children of the turn.
     """
     env = settings_env(cfg.settings)
     hive_env = {k: env[k] for k in _MCP_ENV_KEYS if k in env}
@@ -67,7 +73,13 @@ def mcp_config(cfg: HarnessConfig, traceparent: str = "") -> dict[str, Any]:
         hive_env[TRACEPARENT_ENV] = traceparent
     command = cfg.mcp_command()
     servers: dict[str, Any] = {
-        SERVER_NAME: {"type": "stdio", "command": command[0], "args": command[1:], "env": hive_env}
+        SERVER_NAME: {
+            "type": "stdio",
+            "command": command[0],
+            "args": command[1:],
+            "env": hive_env,
+            ALWAYS_LOAD: True,
+        }
     }
     for name, spec in cfg.toml.mcp_servers.items():
         servers[name] = {
@@ -75,6 +87,7 @@ def mcp_config(cfg: HarnessConfig, traceparent: str = "") -> dict[str, Any]:
             "command": spec.command,
             "args": spec.args,
             "env": spec.env,
+            ALWAYS_LOAD: not spec.defer_tools,
         }
     return {"mcpServers": servers}
 
