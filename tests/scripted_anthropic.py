@@ -859,6 +859,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(400, _err("invalid_request_error", why), req)
             return
         model = req.model or self.api.model
+        if fault and fault.disconnect:
+            req.disconnected = True
         if isinstance(req.body, dict) and req.body.get("stream"):
             self._stream(reply, model, drop=bool(fault and fault.disconnect))
         elif fault and fault.disconnect:

@@ -252,6 +252,7 @@ async def login_save(request: Request[Any, Any, Any]) -> Response[Any]:
         )
         return _html(page_html, 400)
     log.info("claude credentials stored", extra={"kind": fields.get("kind")})
+    d.harness.credentials_changed()
     await d.harness.publish("state", d.harness.status())
     return Redirect("/login?saved=1", status_code=303)
 
