@@ -265,3 +265,22 @@ async def _manager_events(
             )
             if isinstance(msg.event, AgentStuck):
                 got.append(msg.event)
+
+
+async def test_a_request_the_api_refuses_is_a_failed_turn_as_before(
+    stack: Stack, api: ScriptedAnthropic
+) -> None:
+    """A 400 is not an outage: the turn fails and the message is acked, as for
+    any failed turn (test_controls: it is shown again in the next prompt);
+    no back-off, no retry."""
+    name = agent_name("r")
+    await stack.spawn(name)
+    # every request (claude tries a refused request again in another form)
+    api.outage(Fault(status=400, error_type="invalid_request_error", message="refused: no"))
+    async with running_harness(stack.harness_settings(name, **FAST_RETRY)) as h:
+        sent = await stack.send(name, "refused task")
+        end = await h.turn_end(1)
+        assert end["outcome"] == "failed" and end["acked"], end
+        assert "refused: no" in end["error"]
+        assert (await stack.status(sent.id)).state == "acked"
+        assert not h.records("api_retry") and h.harness.state == "idle"
