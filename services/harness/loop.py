@@ -422,8 +422,7 @@ class Harness:
 
     def _backoff_s(self, hint_s: float) -> float:
         h = self.cfg.settings.harness
-        ceiling = min(h.api_backoff_max_s, h.api_backoff_s * 2 ** (self._api_attempts - 1))
-        return max(random.uniform(ceiling / 2, ceiling), min(hint_s, MAX_RETRY_AFTER_S))
+        return backoff_s(self._api_attempts, h.api_backoff_s, h.api_backoff_max_s, hint_s)
 
     async def _give_up(self, item: Item, reason: str) -> None:
         """Acks a message whose turn will not run, keeping it for the next prompt."""
@@ -715,6 +714,15 @@ class Harness:
                 log.warning("heartbeat not published: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
+
+
+def backoff_s(attempt: int, base_s: float, max_s: float, hint_s: float = 0.0) -> float:
+    """The wait before attempt ``attempt + 1`` after ``attempt`` transient faults in
+    a row: ``base_s`` doubled per attempt up to ``max_s``, jittered down to half
+    of that, and never shorter than ``hint_s`` (the API's ``retry-after`` as
+    claude saw it, believed up to an hour)."""
+    ceiling = min(max_s, base_s * 2 ** max(0, attempt - 1))
+    return max(random.uniform(ceiling / 2, ceiling), min(hint_s, MAX_RETRY_AFTER_S))
 
 
 async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:
