@@ -94,7 +94,8 @@ def _entries() -> list[Entry]:
             "KV hive_state",
             w.Heartbeat,
             None,
-            "harness heartbeat (every interval; turn_started while a turn runs)",
+            "harness heartbeat (every interval; turn_started while a turn runs; "
+            "login_needed while the API refuses its credentials)",
         ),
     ]
     lifecycle_tools = {

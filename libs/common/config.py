@@ -197,6 +197,12 @@ class HarnessSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # stopping harness waits for its last poll, so keep it well under
     # lifecycle.stop_timeout_s)
     recv_wait_s: float = 5.0
+    # API faults (docs/turn-loop.md): how often claude itself retries one
+    # failed request (CLAUDE_CODE_MAX_RETRIES), then the harness's back-off
+    # before running the same turn again: first delay and cap, jittered
+    api_retries: int = 2
+    api_backoff_s: float = 10.0
+    api_backoff_max_s: float = 300.0
 
 
 class TelemetrySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -35,6 +35,9 @@ class McpServer(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     command: str
     args: list[str] = msgspec.field(default_factory=list)
     env: dict[str, str] = msgspec.field(default_factory=dict)
+    # the server's tools wait behind claude's tool search instead of being
+    # offered in every request (docs/turn-loop.md, "Tools offered")
+    defer_tools: bool = False
 
 
 class AgentToml(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

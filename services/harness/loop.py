@@ -6,23 +6,9 @@ stream-json event published on ``hive.agent.<n>.events`` → ack → TurnStats o
 gets one ``/compact`` and one retry. A claude crash is a failed turn; the
 harness goes on with the next message.
 
-What happens to the message of a turn that does not finish:
-- cancelled by the operator (``/cancel``) or failed (claude crashed or
-  errored): the message is **acked** (it is not run again by itself: a
-  cancel means "stop this"), the turn ends with ``turn_end`` saying
-  ``cancelled``/``failed``, and the message is kept (privately) and
-  shown to claude at the top of the next wake prompt ("your previous turn did
-  not finish … it was handling: …"), so the agent still gets to decide about
-  it. It also stays in the broker's history and in the turn records.
-- the harness is stopped (SIGTERM: restart, update, stop) mid-turn: claude
-  is ended, the message is **not acked** and is kept (``pending.json``,
-  see state.py) with any message the last long poll brought; the next
-  harness run takes them first (the wake prompt says it resumed them).
-- the harness is killed outright: the message was not acked, so the broker
-  hands it out again after its visibility timeout, marked redelivered.
-In both of these last cases the note about an earlier cancelled or failed
-turn, if the interrupted prompt carried one, is kept: it is dropped only once
-a turn whose prompt carried it has finished.
+What happens to a message whose turn does not finish (cancelled, failed, the
+harness stopped, the API unavailable or refusing the credentials) is the
+contract in docs/turn-loop.md.
 
 Between turns, notes that grew past ``harness.notes_compact_bytes`` are
 compacted by a side claude session (notes.py); the badge says
@@ -37,6 +23,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import random
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -62,7 +49,7 @@ from hyperhive.common.wire.broker import (
 )
 from hyperhive.common.wire.lifecycle import Heartbeat
 from hyperhive.harness import creds, notes
-from hyperhive.harness.claude import ClaudeRun, RunResult
+from hyperhive.harness.claude import AUTH, ClaudeRun, RunResult
 from hyperhive.harness.config import HarnessConfig
 from hyperhive.harness.hub import Hub
 from hyperhive.harness.prompt import Wake, system_prompt, wake_prompt
@@ -73,6 +60,12 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
 IDLE, THINKING, COMPACTING, OFFLINE = "idle", "thinking", "compacting", "offline"
+# waiting out an API outage before running the same message again; waiting for
+# credentials after the API refused them (docs/turn-loop.md)
+RETRYING, LOGIN = "retrying", "login"
+API_UNAVAILABLE, LOGIN_NEEDED = "api_unavailable", "login_needed"  # turn outcomes
+CREDS_POLL_S = 2.0  # how often a logged-out harness looks for new credentials
+MAX_RETRY_AFTER_S = 3600.0  # a longer retry-after is not believed
 COMPACT_PROMPT = "/compact"
 ACK_ATTEMPTS = 5
 BACKFILL_LIMIT = 1000
@@ -133,6 +126,14 @@ class Harness:
         # (size, mtime) of the notes when their version was last kept
         self._notes_kept: tuple[int, int] | None = None
         self._events_subject = subjects.agent(cfg.agent, subjects.AGENT_EVENTS)
+        # API faults: the item to run again and the fault; consecutive transient
+        # attempts; when the back-off ends; why the credentials were refused
+        self._api_fault: tuple[Item, RunResult] | None = None
+        self._api_attempts = 0
+        self.retry_at: float | None = None
+        self.api_error = ""
+        self.login_needed = ""
+        self._wake_up = asyncio.Event()  # a cancel, or new credentials, ends a wait
 
     # --- what the page shows ---------------------------------------------------
 
@@ -155,6 +156,9 @@ class Harness:
             "fresh": self.store.fresh,
             "queued": len(self._ops),
             "credentials": creds.kind(self.cfg.creds_dir),
+            "retry_at": self.retry_at,
+            "api_error": self.api_error,
+            "login_needed": bool(self.login_needed),
             "manager": self.cfg.manager,
             "now": time.time(),
         }
@@ -247,7 +251,12 @@ class Harness:
 
     async def cancel(self) -> bool:
         """Ends the running turn's (or notes compaction's) claude process (within
-        2 s). False if none runs."""
+        2 s), or gives up the message an API fault keeps waiting. False if none."""
+        if self.state in (RETRYING, LOGIN):
+            self._cancel_turn = True
+            await self.publish("operator", {"command": "/cancel"})
+            self._wake_up.set()
+            return True
         if self.turn_started is None and not self._compacting_notes:
             return False
         self._cancel_turn = True
@@ -287,6 +296,8 @@ class Harness:
                     break
                 try:
                     await self._run_item(item)
+                    if self._api_fault is not None:
+                        await self._after_api_fault(stop)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
@@ -408,6 +419,76 @@ class Harness:
         if res.cancelled and not why:
             why = "the harness stopped" if self._stopping else "cancelled by the operator"
         return res, why
+
+    # --- API faults (docs/turn-loop.md) ------------------------------------------
+
+    def credentials_changed(self) -> None:
+        """The operator stored new credentials: a logged-out loop tries again now."""
+        if self.state == LOGIN:
+            self._wake_up.set()
+
+    async def _after_api_fault(self, stop: asyncio.Event) -> None:
+        """Waits as the fault says, then puts the same item first in line again.
+
+        Transient: a bounded, jittered exponential back-off (at least the delay
+        claude's own retries chose, which honours ``retry-after``). Credentials
+        refused: until they change. A stop keeps the message for the next
+        harness run; a ``/cancel`` gives it up like a cancelled turn.
+        """
+        assert self._api_fault is not None
+        item, res = self._api_fault
+        self._api_fault = None
+        self._wake_up.clear()
+        self._cancel_turn = False
+        if res.api_fault == AUTH:
+            self.login_needed = res.error or "the API refused the credentials"
+            await self.publish(LOGIN_NEEDED, {"error": self.login_needed})
+            await self._set_state(LOGIN)
+            fingerprint = creds.fingerprint(self.cfg.creds_dir)
+            while not (stop.is_set() or self._wake_up.is_set()):
+                await _wait_any(stop, self._wake_up, CREDS_POLL_S)
+                if creds.fingerprint(self.cfg.creds_dir) != fingerprint:
+                    break
+            self.login_needed = ""
+        else:
+            self._api_attempts += 1
+            delay = self._backoff_s(res.retry_delay_s)
+            self.retry_at, self.api_error = time.time() + delay, res.error
+            await self.publish(
+                "api_retry",
+                {"attempt": self._api_attempts, "delay_s": round(delay, 1), "error": res.error},
+            )
+            await self._set_state(RETRYING)
+            await _wait_any(stop, self._wake_up, delay)
+            self.retry_at, self.api_error = None, ""
+        if stop.is_set():
+            self._keep_pending(item)
+        elif self._cancel_turn:
+            self._cancel_turn = False
+            self._api_attempts = 0
+            await self._give_up(item, "cancelled by the operator")
+        else:
+            self._ops.appendleft(item)  # before anything queued meanwhile
+        await self._set_state(IDLE)
+
+    def _backoff_s(self, hint_s: float) -> float:
+        h = self.cfg.settings.harness
+        return backoff_s(self._api_attempts, h.api_backoff_s, h.api_backoff_max_s, hint_s)
+
+    async def _give_up(self, item: Item, reason: str) -> None:
+        """Acks a message whose turn will not run, keeping it for the next prompt."""
+        if isinstance(item, Wake):
+            self.store.set_interrupted(
+                {
+                    "reason": reason,
+                    "sender": item.sender,
+                    "id": item.id,
+                    "body": item.body,
+                    "turn": self.turn,
+                }
+            )
+            if item.id is not None:
+                await self._ack(item.id)
 
     async def _watch_stop(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -581,7 +662,14 @@ class Harness:
             # is not acked and the next harness run takes it again
             outcome, error = "interrupted", "the harness stopped"
             self._keep_pending(item)
+        elif not cancelled and last.api_fault:
+            # nothing ran: the same message runs again once the API answers
+            # (the note of an earlier unfinished turn stays for that run)
+            outcome = LOGIN_NEEDED if last.api_fault == AUTH else API_UNAVAILABLE
+            error = last.error
+            self._api_fault = (item, last)
         else:
+            self._api_attempts = 0
             outcome = "cancelled" if cancelled else ("ok" if last.ok else "failed")
             error = "cancelled by the operator" if cancelled else last.error
             if carries_note:
@@ -627,13 +715,14 @@ class Harness:
                 "outcome": outcome,
                 "error": error if outcome != "ok" else "",
                 "message_id": item.id if isinstance(item, Wake) else None,
-                "acked": outcome != "interrupted"
+                "acked": outcome not in ("interrupted", API_UNAVAILABLE, LOGIN_NEEDED)
                 and isinstance(item, Wake)
                 and item.id is not None,
                 "stats": msgspec.to_builtins(stats),
             },
         )
-        await self._publish_stats(stats)
+        if self._api_fault is None:  # a turn the API did not answer made no stats
+            await self._publish_stats(stats)
         await self._set_state(IDLE)
 
     async def _ack(self, message_id: int) -> None:
@@ -661,13 +750,34 @@ class Harness:
         subject = subjects.kv_subject(subjects.heartbeat_key(self.cfg.agent))
         interval = max(0.2, self.cfg.settings.harness.heartbeat_interval_s)
         while not stop.is_set():
-            beat = Heartbeat(ts=time.time(), turn_started=self.turn_started)
+            beat = Heartbeat(
+                ts=time.time(), turn_started=self.turn_started, login_needed=self.login_needed
+            )
             try:
                 await self.nc.publish(subject, msgspec.json.encode(beat))
             except Exception as exc:
                 log.warning("heartbeat not published: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
+
+
+def backoff_s(attempt: int, base_s: float, max_s: float, hint_s: float = 0.0) -> float:
+    """The wait before attempt ``attempt + 1`` after ``attempt`` transient faults in
+    a row: ``base_s`` doubled per attempt up to ``max_s``, jittered down to half
+    of that, and never shorter than ``hint_s`` (the API's ``retry-after`` as
+    claude saw it, believed up to an hour)."""
+    ceiling = min(max_s, base_s * 2 ** max(0, attempt - 1))
+    return max(random.uniform(ceiling / 2, ceiling), min(hint_s, MAX_RETRY_AFTER_S))
+
+
+async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:
+    """Returns when either event is set or after ``timeout`` seconds."""
+    waiters = {asyncio.create_task(a.wait()), asyncio.create_task(b.wait())}
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
 
 
 def _parent_context(item: Item) -> Context:

@@ -194,6 +194,7 @@ async def credentials(request: Request[Any, Any, Any]) -> Response[dict[str, Any
     except creds.CredentialsError as exc:
         return Response({"ok": False, "text": str(exc)}, status_code=400)
     log.info("claude credentials stored", extra={"kind": body.kind})
+    d.harness.credentials_changed()
     await d.harness.publish("state", d.harness.status())
     return Response({"ok": True, "current": creds.kind(d.harness.cfg.creds_dir)}, status_code=200)
 

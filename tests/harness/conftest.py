@@ -47,10 +47,12 @@ from hyperhive.common.wire.broker import (
 from hyperhive.common.wire.lifecycle import AgentInfo, SpawnRequest
 from hyperhive.harness.config import find_claude
 from hyperhive.harness.loop import Harness
+from hyperhive.harness.mcp_server import SERVER_NAME, tool_names
 from hyperhive.harness.serve import run as run_harness
 from tests import rig
 from tests.browser import chromium
 from tests.scripted_anthropic import (
+    Request,
     ScriptedAnthropic,
     after_tool_results,
     last_user_mentions,
@@ -89,6 +91,19 @@ def script_relay(
     api.reply("answered", when=after_tool_results(1, also=is_b))
 
 
+def assert_offers_hyperhive_tools(req: Request, agent: str) -> None:
+    """Every hyperhive tool of ``agent`` is offered in ``req`` with its input
+    schema (not deferred behind tool search), and no manager tool to another agent."""
+    offered = req.offered
+    mine = {f"mcp__{SERVER_NAME}__{t}" for t in tool_names(agent)}
+    missing = sorted(mine - set(offered))
+    assert not missing, f"{agent}'s request offers no {missing}; it offered {sorted(offered)}"
+    for name in mine:
+        assert offered[name].get("type") == "object" and "properties" in offered[name], name
+    others = {t for t in req.tool_names if t.startswith(f"mcp__{SERVER_NAME}__")} - mine
+    assert not others, f"{agent} is offered {sorted(others)}"
+
+
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     """Headless Chromium, expect() waiting up to UI_TIMEOUT_MS."""
@@ -99,12 +114,17 @@ async def browser() -> AsyncIterator[Browser]:
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedAnthropic]:
     """The scripted API, and this process's environment pointing claude at it
-    (the harness passes ANTHROPIC_* through; lifecycle hands them to harnesses)."""
+    (the harness passes ANTHROPIC_* through; lifecycle hands them to harnesses).
+
+    At teardown the test fails if the CLI sent a request the real API refuses
+    or the script called a tool the request did not offer.
+    """
     server = ScriptedAnthropic().start()
     for key, value in server.env().items():
         monkeypatch.setenv(key, value)
     yield server
     server.stop()
+    server.check()
 
 
 def stack_settings(

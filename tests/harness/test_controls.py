@@ -16,7 +16,14 @@ from nats.aio.client import Client as NATS
 from hyperhive.common import subjects
 from hyperhive.common.jetstream import ensure_state_bucket
 from tests import rig
-from tests.harness.conftest import CLAUDE, Page, Stack, agent_name, running_harness
+from tests.harness.conftest import (
+    CLAUDE,
+    Page,
+    Stack,
+    agent_name,
+    assert_offers_hyperhive_tools,
+    running_harness,
+)
 from tests.scripted_anthropic import (
     Request,
     ScriptedAnthropic,
@@ -266,18 +273,11 @@ async def test_claude_crash_is_a_failed_turn(
 
 
 async def test_agent_toml_settings(stack: Stack, api: ScriptedAnthropic, tmp_path: Path) -> None:
-    """model, prompt, allowed_tools and an extra MCP server from agent.toml."""
+    """model, prompt, allowed_tools and extra MCP servers from agent.toml: one
+    whose tools are offered up front, one that asks for deferral."""
     name = agent_name("y")
     await stack.spawn(name)
-    extra = tmp_path / "extra_mcp.py"
-    extra.write_text(
-        "from mcp.server.mcpserver import MCPServer\n"
-        "s = MCPServer('extra')\n"
-        "@s.tool()\n"
-        "def ping() -> str:\n"
-        "    return 'pong'\n"
-        "s.run()\n"
-    )
+    extra = Path(__file__).with_name("ping_mcp.py")
     settings = stack.harness_settings(name)
     toml = Path(settings.harness.config_dir) / "agent.toml"
     toml.write_text(
@@ -288,6 +288,10 @@ async def test_agent_toml_settings(stack: Stack, api: ScriptedAnthropic, tmp_pat
         f'command = "{sys.executable}"\n'
         f'args = ["{extra}"]\n'
         'env = { EXTRA_FLAG = "1" }\n'
+        "[mcp_servers.lazy]\n"
+        f'command = "{sys.executable}"\n'
+        f'args = ["{extra}"]\n'
+        "defer_tools = true\n"
     )
     async with running_harness(settings) as h:
         await stack.send(name, "use your config")
@@ -295,9 +299,12 @@ async def test_agent_toml_settings(stack: Stack, api: ScriptedAnthropic, tmp_pat
         assert end["outcome"] == "ok"
         init = h.claude_events(1, "system")[0]
         servers = {s["name"]: s["status"] for s in init["mcp_servers"]}
-        assert servers == {"hyperhive": "connected", "extra": "connected"}
+        assert servers == {"hyperhive": "connected", "extra": "connected", "lazy": "connected"}
         assert "mcp__extra__ping" in init["tools"]
         req = api.requests[-1]
+        assert_offers_hyperhive_tools(req, name)
+        assert req.offered["mcp__extra__ping"]["type"] == "object"
+        assert "mcp__lazy__ping" not in req.offered  # behind tool search
         assert req.model == "toml-model-1"
         assert "EXTRA-PROMPT-MARK: be brief." in req.system_text()
         argv = h.harness.cfg

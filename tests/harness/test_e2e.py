@@ -41,6 +41,7 @@ from tests.harness.conftest import (
     Page,
     Stack,
     agent_name,
+    assert_offers_hyperhive_tools,
     claude_blocks,
     claude_events,
     page_client,
@@ -146,6 +147,9 @@ async def test_two_agents_talk_through_the_broker(e2e: Stack, api: ScriptedAnthr
     assert start_b["sender"] == a and f"ping from {a}" in start_b["body"]
     tools_a = [blk["name"] for blk in claude_blocks(rec_a, "assistant", "tool_use")]
     assert tools_a == ["mcp__hyperhive__send"]
+    for agent in (a, b):
+        for req in api.matching(mentions(f"You are {agent},")):
+            assert_offers_hyperhive_tools(req, agent)
     init_b = claude_events(rec_b, "system")[0]
     assert {s["name"]: s["status"] for s in init_b["mcp_servers"]} == {"hyperhive": "connected"}
 
@@ -347,6 +351,11 @@ async def test_manager_tools_reach_the_approvals_queue(
     init = claude_events(records, "system")[0]
     for tool in subjects.MANAGER_TOOLS:
         assert f"mcp__hyperhive__{tool}" in init["tools"]
+    # every request of the turn offered all of hm1nd's tools with their schemas
+    turn = api.matching(manager)
+    assert len(turn) >= 3
+    for req in turn:
+        assert_offers_hyperhive_tools(req, subjects.MANAGER)
     results = claude_blocks(records, "user", "tool_result")
     assert len(results) == 2 and not any(x.get("is_error") for x in results)
 

@@ -174,6 +174,8 @@ class Heartbeat(msgspec.Struct, kw_only=True):
 
     ts: float  # when it was written (epoch seconds)
     turn_started: float | None = None  # set while a turn runs
+    # set while the API refuses the agent's credentials: why (docs/turn-loop.md)
+    login_needed: str = ""
 
 
 # --- hive.admin.crash-watch.status --------------------------------------------

@@ -75,16 +75,17 @@
   }
 
   // --- the badge and chips -------------------------------------------------------
+  const STATE_LABELS = { retrying: "api unavailable", login: "login needed" };
   function setStatus(st) {
     if (!st || !st.state) return;
     if (st.now) clockSkew = st.now - Date.now() / 1000;
     since = st.since || since;
     badge.className = "badge state-" + st.state;
     badge.dataset.state = st.state;
-    badgeState.textContent = st.state;
+    badgeState.textContent = STATE_LABELS[st.state] || st.state;
     chipModel.textContent = "model " + (st.model || "default");
     chipLast.textContent = "last turn " + fmtMs(st.last_turn_ms);
-    cancelBtn.hidden = !(st.state === "thinking" || st.state === "compacting");
+    cancelBtn.hidden = !(st.state in STATE_LABELS || st.state === "thinking" || st.state === "compacting");
     tick();
   }
   function tick() {
@@ -159,6 +160,12 @@
         add("turn-end " + ev.outcome, "── turn " + rec.turn + " " + ev.outcome + " · " + fmtMs(st.duration_ms) + usage + (ev.error ? " · " + clip(ev.error) : "") + " ──");
         return;
       }
+      case "api_retry":
+        add("err", "api unavailable, retrying in " + Math.round(ev.delay_s) + " s (attempt " + ev.attempt + "): " + clip(ev.error));
+        return;
+      case "login_needed":
+        add("err", "login needed: " + clip(ev.error) + " (turns wait for new credentials)");
+        return;
       case "compact_retry":
         add("sys", "context too long: compacting and retrying once");
         return;
