@@ -179,7 +179,7 @@ def dashboard_probes(ctx: dict[str, Any]) -> None:
     s2, _, h2 = http(base + "/section/approvals", opener=opener)
     record("dashboard: log in with a guessed token", opened(s2, h2), f"-> {s}, then {s2}")
     for name in (ctx["other"], ctx["manager"]):
-        for path in ("/", "/api/status", "/api/events", "/events", "/status"):
+        for path in ("/", "/api/status", "/api/events", "/credentials", "/events", "/status"):
             s, _, h = http(f"{base}/agents/{name}{path}", opener=opener)
             record(
                 f"dashboard: {name}'s page {path}",
@@ -193,7 +193,7 @@ def agent_port_probes(ctx: dict[str, Any]) -> None:
     for name, port in sorted(ctx.get("agent_ports", {}).items()):
         if name == ctx["self"] or not port:
             continue
-        for path in ("/", "/status", "/events", "/login", "/terminal/ws"):
+        for path in ("/", "/status", "/events", "/login", "/terminal/ws", "/api/status"):
             s, _, h = http(f"http://127.0.0.1:{port}{path}")
             record(f"page of {name} on tcp :{port}{path}", opened(s, h), f"-> {s}")
 
@@ -218,12 +218,12 @@ def page_socket_probes(ctx: dict[str, Any]) -> None:
             candidates.add(p)
     for path in sorted(candidates):
         ws = (
-            b"GET /terminal/ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+            b"GET /api/terminal HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
             b"Sec-WebSocket-Version: 13\r\n\r\n"
         )
         for what, req in (
-            ("status", b"GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+            ("status", b"GET /api/status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
             ("terminal", ws),
         ):
             try:
