@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import sys
@@ -13,8 +14,11 @@ from nats.aio.client import Client as NATS
 
 from hyperhive.common import rpc, subjects
 from hyperhive.common.config import Settings, load_settings
-from hyperhive.common.errors import HiveError
+from hyperhive.common.errors import HiveError, NotFound
+from hyperhive.common.names import check_agent_name
 from hyperhive.common.natsconn import connect
+from hyperhive.common.redact import mask, mask_data
+from hyperhive.common.wire.lifecycle import AgentsReply, AgentsRequest
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -46,6 +50,37 @@ async def call(
         await nc.close()
 
 
+async def require_agent(
+    settings: Settings, name: str, *, destroyed_ok: bool = False, operator_ok: bool = False
+) -> None:
+    """The one check of an agent name given on the command line: the agent
+    exists (lifecycle's registry; the manager included).
+
+    Args:
+        destroyed_ok: a destroyed agent is fine (its messages are history).
+        operator_ok: ``operator`` and ``system`` (senders that are no
+            agents) are fine too.
+
+    Raises:
+        BadRequest: not an agent name.
+        NotFound: no such agent, or it is destroyed and that is not fine.
+    """
+    if operator_ok and name in (subjects.OPERATOR, subjects.SYSTEM):
+        return
+    check_agent_name(name, allow_manager=True)
+    reply = await call(
+        settings,
+        subjects.admin("lifecycle", "list"),
+        AgentsRequest(include_destroyed=True),
+        AgentsReply,
+    )
+    states = {a.name: a.state for a in reply.agents}
+    if name not in states:
+        raise NotFound(f"no agent named {name!r} (`hive agents` lists them)")
+    if states[name] == "destroyed" and not destroyed_ok:
+        raise NotFound(f"agent {name!r} is destroyed")
+
+
 def run_command(body: Callable[[Settings], Awaitable[int | None]]) -> int:
     """Runs an async command body; a ``HiveError`` becomes one line and exit 1."""
     try:
@@ -58,14 +93,39 @@ def run_command(body: Callable[[Settings], Awaitable[int | None]]) -> int:
         return 130
 
 
-def print_json(value: Any) -> None:
-    """Prints a wire value (or plain data) as JSON."""
-    sys.stdout.write(json.dumps(msgspec.to_builtins(value), indent=2) + "\n")
+def add_show_secrets(p: argparse.ArgumentParser) -> None:
+    """Adds ``--show-secrets`` to a command whose output may hold secrets."""
+    p.add_argument(
+        "--show-secrets",
+        action="store_true",
+        help="print secrets (env values, tokens, keys) in clear; masked by default",
+    )
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    """Prints aligned columns; ``-`` for empty cells."""
+def shown(text: str, args: argparse.Namespace) -> str:
+    """``text`` as the operator may see it: masked unless ``--show-secrets``."""
+    return text if getattr(args, "show_secrets", False) else mask(text)
+
+
+def print_json(value: Any, args: argparse.Namespace | None = None) -> None:
+    """Prints a wire value (or plain data) as JSON; given the command's
+    ``args``, with secrets masked unless ``--show-secrets``."""
+    data = msgspec.to_builtins(value)
+    if args is not None and not getattr(args, "show_secrets", False):
+        data = mask_data(data)
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def print_table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    args: argparse.Namespace | None = None,
+) -> None:
+    """Prints aligned columns; ``-`` for empty cells; given the command's
+    ``args``, with secrets masked unless ``--show-secrets``."""
     cells = [[("-" if c is None or c == "" else str(c)) for c in row] for row in rows]
+    if args is not None:
+        cells = [[shown(c, args) for c in row] for row in cells]
     widths = [len(h) for h in headers]
     for row in cells:
         for i, c in enumerate(row):

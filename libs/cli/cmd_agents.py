@@ -8,7 +8,16 @@ import argparse
 import asyncio
 import sys
 
-from hyperhive.cli.client import call, fmt_ts, print_json, print_table, run_command
+from hyperhive.cli.client import (
+    add_show_secrets,
+    call,
+    fmt_ts,
+    print_json,
+    print_table,
+    require_agent,
+    run_command,
+    shown,
+)
 from hyperhive.common import subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.wire.base import Empty, Ok
@@ -44,6 +53,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("agents", help="list agents and their containers")
     p.add_argument("--all", action="store_true", help="include destroyed agents")
     p.add_argument("--json", action="store_true")
+    add_show_secrets(p)
     p.set_defaults(func=_agents)
 
     p = sub.add_parser("spawn", help="create and start an agent (no approval needed)")
@@ -75,6 +85,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("name")
     p.add_argument("-n", "--lines", type=int, default=100, help="last N lines (default 100)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    add_show_secrets(p)
     p.set_defaults(func=_logs)
 
     p = sub.add_parser("drafts", help="agents drafted by the manager, not yet created")
@@ -84,6 +95,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("config", help="an agent's deployed config files")
     p.add_argument("name")
     p.add_argument("--json", action="store_true")
+    add_show_secrets(p)
     p.set_defaults(func=_config)
 
 
@@ -93,11 +105,12 @@ def _agent_row(a: AgentInfo) -> list[object]:
     return [a.name, a.kind, state, a.port or "", rev, fmt_ts(a.state_since), a.error[:60]]
 
 
-def _print_agent(a: AgentInfo, as_json: bool) -> None:
-    if as_json:
-        print_json(a)
+def _print_agent(a: AgentInfo, args: argparse.Namespace) -> None:
+    if args.json:
+        print_json(a, args)
     else:
-        print_table(["name", "kind", "state", "port", "rev", "since", "error"], [_agent_row(a)])
+        headers = ["name", "kind", "state", "port", "rev", "since", "error"]
+        print_table(headers, [_agent_row(a)], args)
 
 
 def _agents(args: argparse.Namespace) -> int:
@@ -109,11 +122,12 @@ def _agents(args: argparse.Namespace) -> int:
             AgentsReply,
         )
         if args.json:
-            print_json(reply.agents)
+            print_json(reply.agents, args)
             return
         print_table(
             ["name", "kind", "state", "port", "rev", "since", "error"],
             [_agent_row(a) for a in reply.agents],
+            args,
         )
 
     return run_command(body)
@@ -128,13 +142,14 @@ def _spawn(args: argparse.Namespace) -> int:
             AgentInfo,
             timeout=OP_TIMEOUT_S,
         )
-        _print_agent(info, args.json)
+        _print_agent(info, args)
 
     return run_command(body)
 
 
 def _verb(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> None:
+        await require_agent(settings, args.name)
         info = await call(
             settings,
             subjects.admin(PART, args.verb),
@@ -142,13 +157,14 @@ def _verb(args: argparse.Namespace) -> int:
             AgentInfo,
             timeout=OP_TIMEOUT_S,
         )
-        _print_agent(info, args.json)
+        _print_agent(info, args)
 
     return run_command(body)
 
 
 def _destroy(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> None:
+        await require_agent(settings, args.name)
         await call(
             settings,
             subjects.admin(PART, "destroy"),
@@ -178,6 +194,7 @@ def _kept(args: argparse.Namespace) -> int:
 
 def _purge(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> None:
+        await require_agent(settings, args.name, destroyed_ok=True)
         await call(settings, subjects.admin(PART, "purge"), AgentRequest(name=args.name), Ok)
         print(f"purged {args.name}")
 
@@ -186,11 +203,12 @@ def _purge(args: argparse.Namespace) -> int:
 
 def _logs(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> None:
+        await require_agent(settings, args.name)
         subject = subjects.admin(PART, "logs")
         reply = await call(
             settings, subject, LogsRequest(name=args.name, lines=args.lines), LogsReply
         )
-        _write(reply.lines)
+        _write(reply.lines, args)
         while args.follow:
             await asyncio.sleep(FOLLOW_INTERVAL_S)
             reply = await call(
@@ -204,14 +222,14 @@ def _logs(args: argparse.Namespace) -> int:
                 ),
                 LogsReply,
             )
-            _write(reply.lines)
+            _write(reply.lines, args)
 
     return run_command(body)
 
 
-def _write(lines: list[str]) -> None:
+def _write(lines: list[str], args: argparse.Namespace) -> None:
     for line in lines:
-        sys.stdout.write(line + "\n")
+        sys.stdout.write(shown(line, args) + "\n")
     sys.stdout.flush()
 
 
@@ -231,9 +249,12 @@ def _drafts(args: argparse.Namespace) -> int:
 
 def _config(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> None:
+        await require_agent(settings, args.name)
         reply = await call(
             settings, subjects.admin(PART, "config"), AgentRequest(name=args.name), ConfigReply
         )
+        # each file whole: a TOML table header holds for the lines below it
+        reply.files = {path: shown(text, args) for path, text in reply.files.items()}
         if args.json:
             print_json(reply)
             return

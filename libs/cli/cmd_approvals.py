@@ -6,9 +6,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hyperhive.cli.client import call, fmt_ts, print_json, print_table, run_command
+from hyperhive.cli.client import (
+    add_show_secrets,
+    call,
+    fmt_ts,
+    print_json,
+    print_table,
+    run_command,
+    shown,
+)
 from hyperhive.common import subjects
 from hyperhive.common.config import Settings
+from hyperhive.common.redact import mask_diff
 from hyperhive.common.wire.approvals import (
     AnswerRequest,
     ApprovalIdRequest,
@@ -32,16 +41,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("approvals", help="list approvals (pending ones unless --all)")
     p.add_argument("--all", action="store_true", help="every approval, resolved ones too")
     p.add_argument("--json", action="store_true")
+    add_show_secrets(p)
     p.set_defaults(func=_approvals)
 
     p = sub.add_parser("diff", help="show what an approval would change (git diff)")
     p.add_argument("id", type=int)
     p.add_argument("--json", action="store_true")
+    add_show_secrets(p)
     p.set_defaults(func=_diff)
 
     p = sub.add_parser("approve", help="approve and deploy; waits for the build")
     p.add_argument("id", type=int)
     p.add_argument("--json", action="store_true")
+    add_show_secrets(p)
     p.set_defaults(func=_approve)
 
     p = sub.add_parser("deny", help="deny an approval; the note goes into its git tag")
@@ -52,11 +64,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="why (required: the manager reads it; it is the message of tag denied/<id>)",
     )
     p.add_argument("--json", action="store_true")
+    add_show_secrets(p)
     p.set_defaults(func=_deny)
 
     p = sub.add_parser("questions", help="the manager's questions (open ones unless --all)")
     p.add_argument("--all", action="store_true", help="answered questions too")
     p.add_argument("--json", action="store_true")
+    add_show_secrets(p)
     p.set_defaults(func=_questions)
 
     p = sub.add_parser(
@@ -81,7 +95,7 @@ def _approvals(args: argparse.Namespace) -> int:
         req = ApprovalsRequest(state=None if args.all else "pending")
         reply = await call(settings, _subject("list"), req, ApprovalsReply)
         if args.json:
-            print_json(reply.approvals)
+            print_json(reply.approvals, args)
             return 0
         if not reply.approvals:
             print("no approvals" if args.all else "no pending approvals")
@@ -100,6 +114,7 @@ def _approvals(args: argparse.Namespace) -> int:
                 )
                 for a in reply.approvals
             ],
+            args,
         )
         return 0
 
@@ -115,6 +130,8 @@ def _detail(a: ApprovalInfo) -> str:
 def _diff(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> int:
         reply = await call(settings, _subject("diff"), ApprovalIdRequest(id=args.id), DiffReply)
+        if not args.show_secrets:
+            reply.diff = mask_diff(reply.diff)
         if args.json:
             print_json(reply)
         else:
@@ -126,10 +143,13 @@ def _diff(args: argparse.Namespace) -> int:
     return run_command(body)
 
 
-def _print_approval(a: ApprovalInfo) -> None:
+def _print_approval(a: ApprovalInfo, args: argparse.Namespace) -> None:
+    if args.json:
+        print_json(a, args)
+        return
     print(f"approval {a.id} ({a.kind} {a.agent}): {a.state}" + (f"  tag {a.tag}" if a.tag else ""))
     if a.error:
-        print(a.error)
+        print(shown(a.error, args))
 
 
 def _approve(args: argparse.Namespace) -> int:
@@ -141,10 +161,7 @@ def _approve(args: argparse.Namespace) -> int:
             ApprovalInfo,
             timeout=settings.approvals.build_timeout_s + BUILD_MARGIN_S,
         )
-        if args.json:
-            print_json(reply)
-        else:
-            _print_approval(reply)
+        _print_approval(reply, args)
         return 0 if reply.state == "deployed" else 1
 
     return run_command(body)
@@ -158,10 +175,7 @@ def _deny(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> int:
         req = DenyRequest(id=args.id, note=args.note)
         reply = await call(settings, _subject("deny"), req, ApprovalInfo)
-        if args.json:
-            print_json(reply)
-        else:
-            _print_approval(reply)
+        _print_approval(reply, args)
         return 0
 
     return run_command(body)
@@ -178,7 +192,7 @@ def _questions(args: argparse.Namespace) -> int:
         req = QuestionsRequest(answered=None if args.all else False)
         reply = await call(settings, _subject("questions"), req, QuestionsReply)
         if args.json:
-            print_json(reply.questions)
+            print_json(reply.questions, args)
             return 0
         if not reply.questions:
             print("no questions" if args.all else "no open questions")
@@ -195,6 +209,7 @@ def _questions(args: argparse.Namespace) -> int:
                 )
                 for q in reply.questions
             ],
+            args,
         )
         return 0
 

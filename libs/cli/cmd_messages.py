@@ -10,6 +10,7 @@ import logging
 import re
 import sys
 import time
+import typing
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -20,16 +21,20 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from hyperhive.cli.client import (
+    add_show_secrets,
     call,
     fmt_ts,
     operator_nats,
     print_json,
     print_table,
+    require_agent,
     run_command,
+    shown,
 )
 from hyperhive.common import subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import BadRequest, Unavailable
+from hyperhive.common.redact import mask_data
 from hyperhive.common.wire.broker import (
     AdminSendRequest,
     HistoryItem,
@@ -56,7 +61,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Adds the broker's verbs."""
     p = sub.add_parser("send", help="send a message to an agent as the operator")
     p.add_argument("agent")
-    p.add_argument("text", nargs="+", help="the message (words are joined by spaces)")
+    p.add_argument(
+        "text",
+        nargs="+",
+        help="the message (words are joined by spaces); '-' alone: read it from stdin",
+    )
     p.add_argument("--key", help="idempotency key: resending with it stores nothing new")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_send)
@@ -68,11 +77,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     p.add_argument("--json", action="store_true")
+    add_show_secrets(p)
     p.set_defaults(func=_messages)
 
     p = sub.add_parser("inbox", help="messages an agent has not acknowledged yet")
     p.add_argument("agent")
     p.add_argument("--json", action="store_true")
+    add_show_secrets(p)
     p.set_defaults(func=_inbox)
 
     p = sub.add_parser("message-status", help="delivery receipt of one message")
@@ -87,6 +98,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="first replay the events after: unix time, ISO time, or an age like 10m, 2h, 1d",
     )
     p.add_argument("--json", action="store_true", help="one JSON event per line")
+    add_show_secrets(p)
     p.set_defaults(func=_tail)
 
 
@@ -118,19 +130,53 @@ def _preview(body: str) -> str:
     return flat if len(flat) <= PREVIEW_CHARS else flat[: PREVIEW_CHARS - 1] + "…"
 
 
-def _print_history(items: list[HistoryItem]) -> None:
+def _print_history(items: list[HistoryItem], args: argparse.Namespace) -> None:
+    if args.json:
+        print_json(items, args)
+        return
     print_table(
         ["id", "time", "from", "to", "state", "n", "body"],
         [
-            [m.id, fmt_ts(m.ts), m.sender, m.recipient, m.state, m.deliveries, _preview(m.body)]
+            [
+                m.id,
+                fmt_ts(m.ts),
+                m.sender,
+                m.recipient,
+                m.state,
+                m.deliveries,
+                _preview(shown(m.body, args)),  # masked whole, then shortened
+            ]
             for m in items
         ],
     )
 
 
+def read_body(stdin: typing.BinaryIO, limit: int) -> str:
+    """A message body from stdin (``hive send <agent> -``), at most ``limit``
+    bytes of UTF-8; one trailing newline is dropped.
+
+    Raises:
+        BadRequest: over the limit, or not UTF-8 text.
+    """
+    data = stdin.read(limit + 1)
+    if len(data) > limit:
+        raise BadRequest(
+            f"the message on stdin is over the limit of {limit} bytes (HIVE_BROKER_MAX_BODY_BYTES)"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("the message on stdin is not UTF-8 text") from None
+    return text.removesuffix("\n")
+
+
 def _send(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> int:
-        text = " ".join(args.text)
+        if args.text == ["-"]:
+            text = read_body(sys.stdin.buffer, settings.broker.max_body_bytes)
+        else:
+            text = " ".join(args.text)
+        await require_agent(settings, args.agent)
         reply = await call(
             settings,
             subjects.admin("broker", "send"),
@@ -149,16 +195,15 @@ def _send(args: argparse.Namespace) -> int:
 def _messages(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> int:
         since = parse_since(args.since) if args.since else None
+        if args.agent:
+            await require_agent(settings, args.agent, destroyed_ok=True, operator_ok=True)
         reply = await call(
             settings,
             subjects.admin("broker", "messages"),
             MessagesRequest(agent=args.agent, since=since, limit=args.limit),
             HistoryReply,
         )
-        if args.json:
-            print_json(reply.messages)
-        else:
-            _print_history(reply.messages)
+        _print_history(reply.messages, args)
         return 0
 
     return run_command(body)
@@ -166,18 +211,17 @@ def _messages(args: argparse.Namespace) -> int:
 
 def _inbox(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> int:
+        await require_agent(settings, args.agent, destroyed_ok=True, operator_ok=True)
         reply = await call(
             settings,
             subjects.admin("broker", "inbox"),
             InboxRequest(agent=args.agent),
             HistoryReply,
         )
-        if args.json:
-            print_json(reply.messages)
-        elif not reply.messages:
+        if not reply.messages and not args.json:
             print(f"{args.agent}: inbox empty")
         else:
-            _print_history(reply.messages)
+            _print_history(reply.messages, args)
         return 0
 
     return run_command(body)
@@ -285,6 +329,8 @@ async def follow_messages(
                     except msgspec.DecodeError:
                         continue
                     on_event(event)
+        except BrokenPipeError:
+            raise  # on_event's reader is gone: no consumer helps
         except (nats.errors.Error, OSError) as exc:
             # consumer lost or connection down: a new consumer picks up after next_seq
             log.debug("tail: consumer %s lost: %s", name, exc)
@@ -301,12 +347,16 @@ async def follow_messages(
 def _tail(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> int:
         since = parse_since(args.since) if args.since else None
+        if args.agent:
+            await require_agent(settings, args.agent, destroyed_ok=True, operator_ok=True)
         nc = await operator_nats(settings)
 
         def on_event(event: HiveEvent) -> None:
             d = event.data
             if args.agent and args.agent not in (d.get("sender"), d.get("recipient")):
                 return
+            if not args.show_secrets:  # records written before masking was the rule
+                event.data = mask_data(d)
             if args.json:
                 line = json.dumps(msgspec.to_builtins(event))
             else:

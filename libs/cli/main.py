@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -31,9 +33,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# what a shell reports for a Unix tool that SIGPIPE ended (``yes | head -1``)
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    """Runs one command. A reader that went away (``hive messages | head -1``)
+    ends it quietly with :data:`EXIT_BROKEN_PIPE`, as it ends a Unix tool."""
+    try:
+        args = build_parser().parse_args(argv)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # nothing more reaches the reader; and Python's own flush at exit
+        # must not fail on the closed pipe either
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

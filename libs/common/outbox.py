@@ -21,6 +21,7 @@ import msgspec
 from nats.js import JetStreamContext
 
 from hyperhive.common import subjects
+from hyperhive.common.redact import mask_data
 from hyperhive.common.telemetry import TRACEPARENT, current_traceparent
 from hyperhive.common.wire.events import HiveEvent
 
@@ -29,8 +30,17 @@ _encoder = msgspec.json.Encoder()
 
 
 def make_event(kind: str, *, agent: str | None = None, **data: object) -> HiveEvent:
-    """A new event with a fresh id and the current time."""
-    return HiveEvent(kind=kind, ts=time.time(), agent=agent, data=data, id=uuid.uuid4().hex)
+    """A new event with a fresh id and the current time; secrets in its data
+    (a message body, a build error quoting a config) are masked: HIVE_EVENTS
+    is read by every live view and kept."""
+    return HiveEvent(
+        kind=kind, ts=time.time(), agent=agent, data=mask_data(data), id=uuid.uuid4().hex
+    )
+
+
+def _encode(event: HiveEvent) -> bytes:
+    """The record as stored: data added after :func:`make_event` is masked too."""
+    return _encoder.encode(msgspec.structs.replace(event, data=mask_data(event.data)))
 
 
 _INSERT = "INSERT INTO outbox (subject, payload, msg_id, traceparent) VALUES ($1, $2, $3, $4)"
@@ -41,7 +51,7 @@ async def add(conn: asyncpg.Connection, event: HiveEvent) -> None:
     await conn.execute(
         _INSERT,
         subjects.event(event.kind),
-        _encoder.encode(event),
+        _encode(event),
         event.id or uuid.uuid4().hex,
         current_traceparent(),
     )
@@ -53,7 +63,7 @@ async def add_many(conn: asyncpg.Connection, events: list[HiveEvent]) -> None:
     await conn.executemany(
         _INSERT,
         [
-            (subjects.event(e.kind), _encoder.encode(e), e.id or uuid.uuid4().hex, traceparent)
+            (subjects.event(e.kind), _encode(e), e.id or uuid.uuid4().hex, traceparent)
             for e in events
         ],
     )
