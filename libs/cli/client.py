@@ -76,7 +76,7 @@ async def require_agent(
     )
     states = {a.name: a.state for a in reply.agents}
     if name not in states:
-        raise NotFound(f"no agent named {name!r} (`hive agents` lists them)")
+        raise NotFound(f"no agent named {name!r}")
     if states[name] == "destroyed" and not destroyed_ok:
         raise NotFound(f"agent {name!r} is destroyed")
 
