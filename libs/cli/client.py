@@ -18,7 +18,8 @@ from hyperhive.common.errors import HiveError, NotFound
 from hyperhive.common.names import check_agent_name
 from hyperhive.common.natsconn import connect
 from hyperhive.common.redact import mask, mask_data
-from hyperhive.common.wire.lifecycle import AgentsReply, AgentsRequest
+from hyperhive.common.wire.base import Empty
+from hyperhive.common.wire.lifecycle import AgentsReply, AgentsRequest, DraftsReply
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -54,7 +55,7 @@ async def require_agent(
     settings: Settings, name: str, *, destroyed_ok: bool = False, operator_ok: bool = False
 ) -> None:
     """The one check of an agent name given on the command line: the agent
-    exists (lifecycle's registry; the manager included).
+    exists (lifecycle's registry: the manager and drafts included).
 
     Args:
         destroyed_ok: a destroyed agent is fine (its messages are history).
@@ -76,6 +77,11 @@ async def require_agent(
     )
     states = {a.name: a.state for a in reply.agents}
     if name not in states:
+        # a two-step spawn's draft is registered too (destroy discards it);
+        # what it may do is the service's to say
+        drafts = await call(settings, subjects.admin("lifecycle", "drafts"), Empty(), DraftsReply)
+        if any(d.name == name for d in drafts.drafts):
+            return
         raise NotFound(f"no agent named {name!r}")
     if states[name] == "destroyed" and not destroyed_ok:
         raise NotFound(f"agent {name!r} is destroyed")

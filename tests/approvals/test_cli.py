@@ -5,8 +5,14 @@ from __future__ import annotations
 import json
 
 from hyperhive.cli.embedded import EmbeddedNats
-from hyperhive.common.wire.approvals import ApplyCommitRequest, ApprovalQueued, AskRequest
+from hyperhive.common.wire.approvals import (
+    ApplyCommitRequest,
+    ApprovalQueued,
+    AskRequest,
+    SpawnToolRequest,
+)
 from hyperhive.common.wire.events import OperatorAnswered
+from hyperhive.common.wire.lifecycle import DraftInfo
 from tests import rig
 from tests.approvals.conftest import Hive, agent_name
 
@@ -158,3 +164,16 @@ async def test_secrets_are_masked_in_diff_and_config(hive: Hive, nats_server: Em
         assert SECRET not in out and "eu-west-" not in out, out
     code, out, _ = await cli("config", name, "--show-secrets")
     assert code == 0 and f'EXTRA_TOKEN = "{SECRET}"' in out and 'REGION_3 = "eu-west-3"' in out
+
+
+async def test_a_draft_is_an_agent_to_the_cli(hive: Hive, nats_server: EmbeddedNats) -> None:
+    """The one agent-name check knows drafts: ``hive destroy`` discards one."""
+    settings = rig.operator_settings(hive.settings, nats_server)
+    name = agent_name("dr")
+    await hive.tool("request_spawn_draft", SpawnToolRequest(name=name), DraftInfo)
+    code, out, err = await rig.hive_exe_cli(settings, "inbox", name)
+    assert (code, out.strip()) == (0, f"{name}: inbox empty"), err
+    code, out, err = await rig.hive_exe_cli(settings, "destroy", name)
+    assert code == 0 and out.startswith(f"destroyed {name}"), err
+    code, _, err = await rig.hive_exe_cli(settings, "destroy", name)
+    assert code == 1 and err.strip().splitlines()[-1] == f"hive: agent '{name}' is destroyed"
