@@ -98,7 +98,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="first replay the events after: unix time, ISO time, or an age like 10m, 2h, 1d",
     )
     p.add_argument("--json", action="store_true", help="one JSON event per line")
-    add_show_secrets(p)
     p.set_defaults(func=_tail)
 
 
@@ -355,8 +354,9 @@ def _tail(args: argparse.Namespace) -> int:
             d = event.data
             if args.agent and args.agent not in (d.get("sender"), d.get("recipient")):
                 return
-            if not args.show_secrets:  # records written before masking was the rule
-                event.data = mask_data(d)
+            # HIVE_EVENTS holds masked data; records stored before that was the
+            # rule are masked here (no --show-secrets: the stream has no clear text)
+            event.data = mask_data(d)
             if args.json:
                 line = json.dumps(msgspec.to_builtins(event))
             else:

@@ -2,7 +2,8 @@
 
 A handler adds its event to the ``outbox`` table in the same transaction as
 the change (:func:`add`); the service's :class:`OutboxRelay` publishes pending
-rows to JetStream and deletes them once the stream acknowledged them. A crash
+rows to JetStream, their data masked (:func:`masked`: HIVE_EVENTS holds no
+secret), and deletes them once the stream acknowledged them. A crash
 between commit and publish leaves the row, which the next start publishes; the
 ``Nats-Msg-Id`` header makes a re-publish inside the dedupe window harmless.
 Each row keeps the ``traceparent`` of the span that wrote it, and the record
@@ -27,6 +28,7 @@ from hyperhive.common.wire.events import HiveEvent
 
 log = logging.getLogger(__name__)
 _encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(HiveEvent)
 
 
 def make_event(kind: str, *, agent: str | None = None, **data: object) -> HiveEvent:
@@ -38,11 +40,6 @@ def make_event(kind: str, *, agent: str | None = None, **data: object) -> HiveEv
     )
 
 
-def _encode(event: HiveEvent) -> bytes:
-    """The record as stored: data added after :func:`make_event` is masked too."""
-    return _encoder.encode(msgspec.structs.replace(event, data=mask_data(event.data)))
-
-
 _INSERT = "INSERT INTO outbox (subject, payload, msg_id, traceparent) VALUES ($1, $2, $3, $4)"
 
 
@@ -51,7 +48,7 @@ async def add(conn: asyncpg.Connection, event: HiveEvent) -> None:
     await conn.execute(
         _INSERT,
         subjects.event(event.kind),
-        _encode(event),
+        _encoder.encode(event),
         event.id or uuid.uuid4().hex,
         current_traceparent(),
     )
@@ -63,10 +60,22 @@ async def add_many(conn: asyncpg.Connection, events: list[HiveEvent]) -> None:
     await conn.executemany(
         _INSERT,
         [
-            (subjects.event(e.kind), _encode(e), e.id or uuid.uuid4().hex, traceparent)
+            (subjects.event(e.kind), _encoder.encode(e), e.id or uuid.uuid4().hex, traceparent)
             for e in events
         ],
     )
+
+
+def masked(payload: bytes) -> bytes:
+    """A stored record as it may be published: its data masked
+    (``hyperhive.common.redact``). Every row passes here, also those a
+    service writes in SQL (the broker's message events carry the body)."""
+    try:
+        event = _decoder.decode(payload)
+    except msgspec.DecodeError:
+        log.warning("outbox row is no HiveEvent; published as stored")
+        return payload
+    return _encoder.encode(msgspec.structs.replace(event, data=mask_data(event.data)))
 
 
 def _headers(row: asyncpg.Record) -> dict[str, str]:
@@ -143,7 +152,7 @@ class OutboxRelay:
             return 0
         results = await asyncio.gather(
             *(
-                self._js.publish(r["subject"], bytes(r["payload"]), headers=_headers(r))
+                self._js.publish(r["subject"], masked(bytes(r["payload"])), headers=_headers(r))
                 for r in rows
             ),
             return_exceptions=True,

@@ -28,6 +28,7 @@ What counts as a secret:
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,11 +71,21 @@ _VALUE_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b(gh[pousr]_|github_pat_|glpat-|xox[abposr]-)[\w-]{10,}"), r"\1" + MASK),
     (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), "AKIA" + MASK),
     (re.compile(r"\beyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]*"), "eyJ" + MASK),
-    (re.compile(r"(?i)\b(bearer|basic)(\s+)[\w.~+/=-]{8,}"), r"\1\2" + MASK),
+    (re.compile(r"\b((?i:bearer|basic))(\s+)[\w.~+/=-]{8,}"), r"\1\2" + MASK),
     (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s:/@\"']+:)[^\s@/\"']+@"), r"\1" + MASK + "@"),
     # NATS nkey seeds: S + the key's type (User, Account, Operator, Node, Cluster, curve X)
     (re.compile(r"\bS[UAONCX][A-Z2-7]{50,}\b"), "S" + MASK + " (nkey seed)"),
 )
+# Cheap gates (literal searches) in front of the rules: most text holds none
+# of these, and a regex that does not start with a literal tries every position.
+_VALUE_LITERALS = ("sk-", "gh", "github_pat_", "glpat-", "xox", "AKIA", "eyJ", "://")
+_VALUE_LITERALS_LOWER = ("bearer", "basic")
+_SEED_GATE = re.compile(r"S[UAONCX][A-Z2-7]{50}")
+# words (lower case) without which no key on a line can name a secret or an env table
+_PAIR_WORDS = (
+    "token", "secret", "passw", "pwd", "passphrase", "key", "credential", "seed",
+    "authorization", "cookie", "env", "variables",
+)  # fmt: skip
 _PEM_BEGIN = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----")
 _PEM_END = re.compile(r"-----END [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----")
 
@@ -103,6 +114,7 @@ def _segments(dotted: str) -> list[str]:
     return [p.strip("\"'").lower() for p in parts]
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_key(name: str) -> bool:
     """Whether a key (an env var, a config key, a JSON field) names a secret.
 
@@ -135,8 +147,14 @@ def _mask_values_in(text: str) -> str:
 
 
 def _value_rules(text: str) -> str:
+    if not (
+        any(x in text for x in _VALUE_LITERALS)
+        or _SEED_GATE.search(text)
+        or any(x in text.lower() for x in _VALUE_LITERALS_LOWER)
+    ):
+        return text
     for pattern, replacement in _VALUE_RULES:
-        text = pattern.sub(replacement, text)
+        text = pattern.sub(lambda m, r=replacement: m.expand(r), text)
     return text
 
 
@@ -182,6 +200,8 @@ def _mask_line(line: str, st: _State) -> str:
         st.table = _segments(header.group("path"))
         st.unknown_table = False
         return line
+    if not (st.braces or st.in_env() or any(w in line.lower() for w in _PAIR_WORDS)):
+        return line  # no key here can name a secret, and no env table holds it
     out: list[str] = []
     pos = 0
     while m := _PAIR.search(line, pos):
