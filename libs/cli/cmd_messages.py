@@ -10,10 +10,10 @@ import logging
 import re
 import sys
 import time
-import typing
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import BinaryIO
 
 import msgspec
 import nats.errors
@@ -150,7 +150,7 @@ def _print_history(items: list[HistoryItem], args: argparse.Namespace) -> None:
     )
 
 
-def read_body(stdin: typing.BinaryIO, limit: int) -> str:
+def read_body(stdin: BinaryIO, limit: int) -> str:
     """A message body from stdin (``hive send <agent> -``), at most ``limit``
     bytes of UTF-8; one trailing newline is dropped.
 

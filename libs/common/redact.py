@@ -171,9 +171,6 @@ class _State:
     def in_env(self) -> bool:
         return self.unknown_table or any(s in _ENV_SEGMENTS for s in self.table)
 
-    def copy(self) -> _State:
-        return _State(list(self.table), self.unknown_table, self.braces, self.closer, self.pem)
-
 
 def _mask_line(line: str, st: _State) -> str:
     """One line masked; ``st`` moves past it."""
@@ -277,7 +274,7 @@ def mask_diff(diff: str) -> str:
     every value masked.
     """
     out: list[str] = []
-    old = new = _State()
+    old, new = _State(), _State()
     for raw in diff.split("\n"):
         if raw.startswith("diff --git "):
             old, new = _State(), _State()
