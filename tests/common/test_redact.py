@@ -122,6 +122,13 @@ CASES = [
     ),
     ("a NATS seed", f"seed on disk: {SEED}", [SEED, SEED[2:20]], ["(nkey seed)"]),
     (
+        "claude's credentials file",
+        '{"claudeAiOauth": {"accessToken": "opaque-access-1", "refreshToken": "opaque-2",'
+        ' "expiresAt": 1767225600000, "scopes": ["user:inference"]}}',
+        ["opaque-access-1", "opaque-2"],
+        ['"expiresAt": 1767225600000', '"scopes": ["user:inference"]'],
+    ),
+    (
         "a bearer header",
         "curl -H 'Authorization: Bearer abcdefghijklmnopqrstuvwxyz'",
         ["abcdefghijklmnopqrstuvwxyz"],
@@ -238,6 +245,7 @@ def test_mask_data() -> None:
         "idempotency_key": "k-1",
         "n": 3,
         "items": [{"password": "p"}],
+        "usage": {"input_tokens": 5, "cache_read_input_tokens": 2, "max_tokens": 9},
     }
     assert mask_data(data) == {
         "body": "use sk-ant-" + MASK,
@@ -246,4 +254,5 @@ def test_mask_data() -> None:
         "idempotency_key": "k-1",
         "n": 3,
         "items": [{"password": MASK}],
+        "usage": {"input_tokens": 5, "cache_read_input_tokens": 2, "max_tokens": 9},
     }
