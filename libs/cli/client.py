@@ -14,7 +14,7 @@ from nats.aio.client import Client as NATS
 
 from hyperhive.common import rpc, subjects
 from hyperhive.common.config import Settings, load_settings
-from hyperhive.common.errors import HiveError, NotFound
+from hyperhive.common.errors import HiveError, NotFound, RequestTimeout, Unavailable
 from hyperhive.common.names import check_agent_name
 from hyperhive.common.natsconn import connect
 from hyperhive.common.redact import mask, mask_data
@@ -62,6 +62,9 @@ async def require_agent(
         operator_ok: ``operator`` and ``system`` (senders that are no
             agents) are fine too.
 
+    When lifecycle does not answer, the command goes on after one warning
+    line: the operator may still read a broker's inbox during an outage.
+
     Raises:
         BadRequest: not an agent name.
         NotFound: no such agent, or it is destroyed and that is not fine.
@@ -69,12 +72,16 @@ async def require_agent(
     if operator_ok and name in (subjects.OPERATOR, subjects.SYSTEM):
         return
     check_agent_name(name, allow_manager=True)
-    reply = await call(
-        settings,
-        subjects.admin("lifecycle", "list"),
-        AgentsRequest(include_destroyed=True),
-        AgentsReply,
-    )
+    try:
+        reply = await call(
+            settings,
+            subjects.admin("lifecycle", "list"),
+            AgentsRequest(include_destroyed=True),
+            AgentsReply,
+        )
+    except (Unavailable, RequestTimeout) as exc:
+        print(f"hive: warning: agent {name!r} not checked: {exc}", file=sys.stderr)
+        return
     states = {a.name: a.state for a in reply.agents}
     if name not in states:
         # a two-step spawn's draft is registered too (destroy discards it);

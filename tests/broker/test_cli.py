@@ -423,3 +423,18 @@ async def test_secrets_in_messages_are_masked_in_history_and_tail(hive: Hive, ev
         assert secret not in json.dumps(event)
     finally:
         await stop_tail(proc)
+
+
+async def test_agent_check_warns_and_goes_on_when_lifecycle_is_down(
+    postgres_server: EmbeddedPostgres, tmp_path: Path
+):
+    """With the broker up and lifecycle down, an inbox is still readable."""
+    with rig.nats_server() as nats:
+        db = await rig.create_database(postgres_server.url)
+        settings = broker_settings(nats, db, tmp_path / "home")
+        async with rig.running_service("broker", settings):
+            code, out, err = await rig.hive_exe_cli(
+                rig.operator_settings(settings, nats), "inbox", "anyone", timeout=TIMEOUT
+            )
+    assert (code, out.strip()) == (0, "anyone: inbox empty"), err
+    assert "hive: warning: agent 'anyone' not checked: no service answers" in err
