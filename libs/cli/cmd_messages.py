@@ -172,6 +172,8 @@ def read_body(stdin: BinaryIO, limit: int) -> str:
 def _send(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> int:
         if args.text == ["-"]:
+            if sys.stdin.isatty():
+                print("hive send: type the message, end it with Ctrl-D", file=sys.stderr)
             text = read_body(sys.stdin.buffer, settings.broker.max_body_bytes)
         else:
             text = " ".join(args.text)
