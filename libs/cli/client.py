@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
@@ -17,7 +16,7 @@ from hyperhive.common.config import Settings, load_settings
 from hyperhive.common.errors import HiveError, NotFound, RequestTimeout, Unavailable
 from hyperhive.common.names import check_agent_name
 from hyperhive.common.natsconn import connect
-from hyperhive.common.redact import mask, mask_data
+from hyperhive.common.redact import mask, mask_data, mask_diff
 from hyperhive.common.wire.base import Empty
 from hyperhive.common.wire.lifecycle import AgentsReply, AgentsRequest, DraftsReply
 
@@ -49,6 +48,78 @@ async def call(
         )
     finally:
         await nc.close()
+
+
+def run_command(body: Callable[[Settings], Awaitable[int | None]]) -> int:
+    """Runs an async command body; a ``HiveError`` becomes one line and exit 1."""
+    try:
+        settings = load_settings()
+        return asyncio.run(body(settings)) or 0
+    except HiveError as exc:
+        print(f"hive: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def print_json(value: Any, *, masked: bool = True) -> None:
+    """Prints a wire value (or plain data) as JSON, its secrets masked (see
+    :func:`shown`); ``masked=False`` for data that holds none (seed paths)."""
+    data = msgspec.to_builtins(value)
+    sys.stdout.write(json.dumps(shown_data(data) if masked else data, indent=2) + "\n")
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Prints aligned columns; ``-`` for empty cells; secrets masked (see :func:`shown`)."""
+    cells = [[shown("-" if c is None or c == "" else str(c)) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, c in enumerate(row):
+            widths[i] = max(widths[i], len(c))
+    line = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))
+    print(line.rstrip())
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def fmt_ts(ts: float | None) -> str:
+    """Local time of a timestamp, compact."""
+    if not ts:
+        return "-"
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+# --- secrets ---------------------------------------------------------------------
+# What the CLI prints goes through the one masking rule (hyperhive.common.redact)
+# unless the command was given --show-secrets; main() sets this once per run.
+_show_secrets = False
+
+
+def set_show_secrets(on: bool) -> None:
+    """Whether this run prints secrets in clear (the command's ``--show-secrets``)."""
+    global _show_secrets
+    _show_secrets = on
+
+
+def shown(text: str) -> str:
+    """``text`` (one document: a config file, a log line, a message) as the
+    operator may see it: masked unless ``--show-secrets``."""
+    return text if _show_secrets else mask(text)
+
+
+def shown_diff(diff: str) -> str:
+    """A unified diff as the operator may see it (``mask_diff`` reads its hunks)."""
+    return diff if _show_secrets else mask_diff(diff)
+
+
+def shown_data(data: Any) -> Any:
+    """JSON-like data as the operator may see it (``mask_data``)."""
+    return data if _show_secrets else mask_data(data)
+
+
+# --- agent names ---------------------------------------------------------------
 
 
 async def require_agent(
@@ -92,67 +163,3 @@ async def require_agent(
         raise NotFound(f"no agent named {name!r}")
     if states[name] == "destroyed" and not destroyed_ok:
         raise NotFound(f"agent {name!r} is destroyed")
-
-
-def run_command(body: Callable[[Settings], Awaitable[int | None]]) -> int:
-    """Runs an async command body; a ``HiveError`` becomes one line and exit 1."""
-    try:
-        settings = load_settings()
-        return asyncio.run(body(settings)) or 0
-    except HiveError as exc:
-        print(f"hive: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-
-
-def add_show_secrets(p: argparse.ArgumentParser) -> None:
-    """Adds ``--show-secrets`` to a command whose output may hold secrets."""
-    p.add_argument(
-        "--show-secrets",
-        action="store_true",
-        help="print secrets (env values, tokens, keys) in clear; masked by default",
-    )
-
-
-def shown(text: str, args: argparse.Namespace) -> str:
-    """``text`` as the operator may see it: masked unless ``--show-secrets``."""
-    return text if getattr(args, "show_secrets", False) else mask(text)
-
-
-def print_json(value: Any, args: argparse.Namespace | None = None) -> None:
-    """Prints a wire value (or plain data) as JSON; given the command's
-    ``args``, with secrets masked unless ``--show-secrets``."""
-    data = msgspec.to_builtins(value)
-    if args is not None and not getattr(args, "show_secrets", False):
-        data = mask_data(data)
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
-
-
-def print_table(
-    headers: Sequence[str],
-    rows: Sequence[Sequence[object]],
-    args: argparse.Namespace | None = None,
-) -> None:
-    """Prints aligned columns; ``-`` for empty cells; given the command's
-    ``args``, with secrets masked unless ``--show-secrets``."""
-    cells = [[("-" if c is None or c == "" else str(c)) for c in row] for row in rows]
-    if args is not None:
-        cells = [[shown(c, args) for c in row] for row in cells]
-    widths = [len(h) for h in headers]
-    for row in cells:
-        for i, c in enumerate(row):
-            widths[i] = max(widths[i], len(c))
-    line = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))
-    print(line.rstrip())
-    for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
-def fmt_ts(ts: float | None) -> str:
-    """Local time of a timestamp, compact."""
-    if not ts:
-        return "-"
-    import time
-
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))

@@ -9,7 +9,6 @@ import asyncio
 import sys
 
 from hyperhive.cli.client import (
-    add_show_secrets,
     call,
     fmt_ts,
     print_json,
@@ -53,7 +52,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("agents", help="list agents and their containers")
     p.add_argument("--all", action="store_true", help="include destroyed agents")
     p.add_argument("--json", action="store_true")
-    add_show_secrets(p)
     p.set_defaults(func=_agents)
 
     p = sub.add_parser("spawn", help="create and start an agent (no approval needed)")
@@ -85,7 +83,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("name")
     p.add_argument("-n", "--lines", type=int, default=100, help="last N lines (default 100)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
-    add_show_secrets(p)
     p.set_defaults(func=_logs)
 
     p = sub.add_parser("drafts", help="agents drafted by the manager, not yet created")
@@ -95,7 +92,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("config", help="an agent's deployed config files")
     p.add_argument("name")
     p.add_argument("--json", action="store_true")
-    add_show_secrets(p)
     p.set_defaults(func=_config)
 
 
@@ -105,12 +101,11 @@ def _agent_row(a: AgentInfo) -> list[object]:
     return [a.name, a.kind, state, a.port or "", rev, fmt_ts(a.state_since), a.error[:60]]
 
 
-def _print_agent(a: AgentInfo, args: argparse.Namespace) -> None:
-    if args.json:
-        print_json(a, args)
+def _print_agent(a: AgentInfo, as_json: bool) -> None:
+    if as_json:
+        print_json(a)
     else:
-        headers = ["name", "kind", "state", "port", "rev", "since", "error"]
-        print_table(headers, [_agent_row(a)], args)
+        print_table(["name", "kind", "state", "port", "rev", "since", "error"], [_agent_row(a)])
 
 
 def _agents(args: argparse.Namespace) -> int:
@@ -122,12 +117,11 @@ def _agents(args: argparse.Namespace) -> int:
             AgentsReply,
         )
         if args.json:
-            print_json(reply.agents, args)
+            print_json(reply.agents)
             return
         print_table(
             ["name", "kind", "state", "port", "rev", "since", "error"],
             [_agent_row(a) for a in reply.agents],
-            args,
         )
 
     return run_command(body)
@@ -142,7 +136,7 @@ def _spawn(args: argparse.Namespace) -> int:
             AgentInfo,
             timeout=OP_TIMEOUT_S,
         )
-        _print_agent(info, args)
+        _print_agent(info, args.json)
 
     return run_command(body)
 
@@ -157,7 +151,7 @@ def _verb(args: argparse.Namespace) -> int:
             AgentInfo,
             timeout=OP_TIMEOUT_S,
         )
-        _print_agent(info, args)
+        _print_agent(info, args.json)
 
     return run_command(body)
 
@@ -208,7 +202,7 @@ def _logs(args: argparse.Namespace) -> int:
         reply = await call(
             settings, subject, LogsRequest(name=args.name, lines=args.lines), LogsReply
         )
-        _write(reply.lines, args)
+        _write(reply.lines)
         while args.follow:
             await asyncio.sleep(FOLLOW_INTERVAL_S)
             reply = await call(
@@ -222,14 +216,14 @@ def _logs(args: argparse.Namespace) -> int:
                 ),
                 LogsReply,
             )
-            _write(reply.lines, args)
+            _write(reply.lines)
 
     return run_command(body)
 
 
-def _write(lines: list[str], args: argparse.Namespace) -> None:
+def _write(lines: list[str]) -> None:
     for line in lines:
-        sys.stdout.write(shown(line, args) + "\n")
+        sys.stdout.write(shown(line) + "\n")
     sys.stdout.flush()
 
 
@@ -253,10 +247,10 @@ def _config(args: argparse.Namespace) -> int:
         reply = await call(
             settings, subjects.admin(PART, "config"), AgentRequest(name=args.name), ConfigReply
         )
-        # each file whole: a TOML table header holds for the lines below it
-        reply.files = {path: shown(text, args) for path, text in reply.files.items()}
+        # each file read whole: a TOML table header holds for the lines below it
+        reply.files = {path: shown(text) for path, text in reply.files.items()}
         if args.json:
-            print_json(reply)
+            print_json(reply, masked=False)
             return
         print(f"# {reply.name} @ {reply.sha or '(nothing deployed)'}")
         for path, text in sorted(reply.files.items()):

@@ -7,17 +7,16 @@ import argparse
 import sys
 
 from hyperhive.cli.client import (
-    add_show_secrets,
     call,
     fmt_ts,
     print_json,
     print_table,
     run_command,
     shown,
+    shown_diff,
 )
 from hyperhive.common import subjects
 from hyperhive.common.config import Settings
-from hyperhive.common.redact import mask_diff
 from hyperhive.common.wire.approvals import (
     AnswerRequest,
     ApprovalIdRequest,
@@ -41,19 +40,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("approvals", help="list approvals (pending ones unless --all)")
     p.add_argument("--all", action="store_true", help="every approval, resolved ones too")
     p.add_argument("--json", action="store_true")
-    add_show_secrets(p)
     p.set_defaults(func=_approvals)
 
     p = sub.add_parser("diff", help="show what an approval would change (git diff)")
     p.add_argument("id", type=int)
     p.add_argument("--json", action="store_true")
-    add_show_secrets(p)
     p.set_defaults(func=_diff)
 
     p = sub.add_parser("approve", help="approve and deploy; waits for the build")
     p.add_argument("id", type=int)
     p.add_argument("--json", action="store_true")
-    add_show_secrets(p)
     p.set_defaults(func=_approve)
 
     p = sub.add_parser("deny", help="deny an approval; the note goes into its git tag")
@@ -64,13 +60,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="why (required: the manager reads it; it is the message of tag denied/<id>)",
     )
     p.add_argument("--json", action="store_true")
-    add_show_secrets(p)
     p.set_defaults(func=_deny)
 
     p = sub.add_parser("questions", help="the manager's questions (open ones unless --all)")
     p.add_argument("--all", action="store_true", help="answered questions too")
     p.add_argument("--json", action="store_true")
-    add_show_secrets(p)
     p.set_defaults(func=_questions)
 
     p = sub.add_parser(
@@ -95,7 +89,7 @@ def _approvals(args: argparse.Namespace) -> int:
         req = ApprovalsRequest(state=None if args.all else "pending")
         reply = await call(settings, _subject("list"), req, ApprovalsReply)
         if args.json:
-            print_json(reply.approvals, args)
+            print_json(reply.approvals)
             return 0
         if not reply.approvals:
             print("no approvals" if args.all else "no pending approvals")
@@ -114,7 +108,6 @@ def _approvals(args: argparse.Namespace) -> int:
                 )
                 for a in reply.approvals
             ],
-            args,
         )
         return 0
 
@@ -130,10 +123,9 @@ def _detail(a: ApprovalInfo) -> str:
 def _diff(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> int:
         reply = await call(settings, _subject("diff"), ApprovalIdRequest(id=args.id), DiffReply)
-        if not args.show_secrets:
-            reply.diff = mask_diff(reply.diff)
+        reply.diff = shown_diff(reply.diff)  # read as a diff: per file, per hunk
         if args.json:
-            print_json(reply)
+            print_json(reply, masked=False)
         else:
             if reply.sha:
                 print(f"approval {reply.id}  sha {reply.sha}  files: {len(reply.files)}")
@@ -143,13 +135,10 @@ def _diff(args: argparse.Namespace) -> int:
     return run_command(body)
 
 
-def _print_approval(a: ApprovalInfo, args: argparse.Namespace) -> None:
-    if args.json:
-        print_json(a, args)
-        return
+def _print_approval(a: ApprovalInfo) -> None:
     print(f"approval {a.id} ({a.kind} {a.agent}): {a.state}" + (f"  tag {a.tag}" if a.tag else ""))
     if a.error:
-        print(shown(a.error, args))
+        print(shown(a.error))
 
 
 def _approve(args: argparse.Namespace) -> int:
@@ -161,7 +150,10 @@ def _approve(args: argparse.Namespace) -> int:
             ApprovalInfo,
             timeout=settings.approvals.build_timeout_s + BUILD_MARGIN_S,
         )
-        _print_approval(reply, args)
+        if args.json:
+            print_json(reply)
+        else:
+            _print_approval(reply)
         return 0 if reply.state == "deployed" else 1
 
     return run_command(body)
@@ -175,7 +167,10 @@ def _deny(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> int:
         req = DenyRequest(id=args.id, note=args.note)
         reply = await call(settings, _subject("deny"), req, ApprovalInfo)
-        _print_approval(reply, args)
+        if args.json:
+            print_json(reply)
+        else:
+            _print_approval(reply)
         return 0
 
     return run_command(body)
@@ -192,7 +187,7 @@ def _questions(args: argparse.Namespace) -> int:
         req = QuestionsRequest(answered=None if args.all else False)
         reply = await call(settings, _subject("questions"), req, QuestionsReply)
         if args.json:
-            print_json(reply.questions, args)
+            print_json(reply.questions)
             return 0
         if not reply.questions:
             print("no questions" if args.all else "no open questions")
@@ -209,7 +204,6 @@ def _questions(args: argparse.Namespace) -> int:
                 )
                 for q in reply.questions
             ],
-            args,
         )
         return 0
 

@@ -21,7 +21,6 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from hyperhive.cli.client import (
-    add_show_secrets,
     call,
     fmt_ts,
     operator_nats,
@@ -77,13 +76,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     p.add_argument("--json", action="store_true")
-    add_show_secrets(p)
     p.set_defaults(func=_messages)
 
     p = sub.add_parser("inbox", help="messages an agent has not acknowledged yet")
     p.add_argument("agent")
     p.add_argument("--json", action="store_true")
-    add_show_secrets(p)
     p.set_defaults(func=_inbox)
 
     p = sub.add_parser("message-status", help="delivery receipt of one message")
@@ -125,26 +122,15 @@ def parse_since(value: str, now: float | None = None) -> float:
 
 
 def _preview(body: str) -> str:
-    flat = " ".join(body.split())
+    flat = " ".join(shown(body).split())  # masked whole (a table header holds), then flat
     return flat if len(flat) <= PREVIEW_CHARS else flat[: PREVIEW_CHARS - 1] + "…"
 
 
-def _print_history(items: list[HistoryItem], args: argparse.Namespace) -> None:
-    if args.json:
-        print_json(items, args)
-        return
+def _print_history(items: list[HistoryItem]) -> None:
     print_table(
         ["id", "time", "from", "to", "state", "n", "body"],
         [
-            [
-                m.id,
-                fmt_ts(m.ts),
-                m.sender,
-                m.recipient,
-                m.state,
-                m.deliveries,
-                _preview(shown(m.body, args)),  # masked whole, then shortened
-            ]
+            [m.id, fmt_ts(m.ts), m.sender, m.recipient, m.state, m.deliveries, _preview(m.body)]
             for m in items
         ],
     )
@@ -204,7 +190,10 @@ def _messages(args: argparse.Namespace) -> int:
             MessagesRequest(agent=args.agent, since=since, limit=args.limit),
             HistoryReply,
         )
-        _print_history(reply.messages, args)
+        if args.json:
+            print_json(reply.messages)
+        else:
+            _print_history(reply.messages)
         return 0
 
     return run_command(body)
@@ -219,10 +208,12 @@ def _inbox(args: argparse.Namespace) -> int:
             InboxRequest(agent=args.agent),
             HistoryReply,
         )
-        if not reply.messages and not args.json:
+        if args.json:
+            print_json(reply.messages)
+        elif not reply.messages:
             print(f"{args.agent}: inbox empty")
         else:
-            _print_history(reply.messages, args)
+            _print_history(reply.messages)
         return 0
 
     return run_command(body)

@@ -10,6 +10,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from hyperhive.cli import client
+
 # Each module adds its verbs with ``register(subparsers)``; a verb's handler is
 # stored as ``func`` and returns the exit code.
 COMMAND_MODULES = (
@@ -22,6 +24,23 @@ COMMAND_MODULES = (
 )
 
 
+# Commands whose output may quote a config, an environment or a message: what
+# they print is masked (hyperhive.common.redact) unless given --show-secrets.
+# Every other command's output is masked too, without a way around it.
+SHOW_SECRETS_COMMANDS = (
+    "agents",
+    "config",
+    "logs",
+    "messages",
+    "inbox",
+    "approvals",
+    "diff",
+    "approve",
+    "deny",
+    "questions",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hive", description="Run and steer a swarm of Claude Code agents."
@@ -30,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    for name in SHOW_SECRETS_COMMANDS:
+        sub.choices[name].add_argument(
+            "--show-secrets",
+            action="store_true",
+            help="print secrets (env values, tokens, keys) in clear; masked by default",
+        )
     return parser
 
 
@@ -42,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ends it quietly with :data:`EXIT_BROKEN_PIPE`, as it ends a Unix tool."""
     try:
         args = build_parser().parse_args(argv)
+        client.set_show_secrets(getattr(args, "show_secrets", False))
         code = int(args.func(args) or 0)
         sys.stdout.flush()
         return code
