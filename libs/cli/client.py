@@ -40,14 +40,16 @@ async def call(
     reply: type[T],
     timeout: float | None = None,
 ) -> T:
-    """One operator request on a fresh connection."""
+    """One operator request on a fresh connection; the reply as the operator
+    may see it (:func:`shown_reply`)."""
     nc = await operator_nats(settings)
     try:
-        return await rpc.request(
+        answer = await rpc.request(
             nc, subject, payload, reply, timeout=timeout or settings.nats.request_timeout_s
         )
     finally:
         await nc.close()
+    return shown_reply(answer)
 
 
 def run_command(body: Callable[[Settings], Awaitable[int | None]]) -> int:
@@ -109,14 +111,23 @@ def shown(text: str) -> str:
     return text if _show_secrets else mask(text)
 
 
-def shown_diff(diff: str) -> str:
-    """A unified diff as the operator may see it (``mask_diff`` reads its hunks)."""
-    return diff if _show_secrets else mask_diff(diff)
-
-
 def shown_data(data: Any) -> Any:
     """JSON-like data as the operator may see it (``mask_data``)."""
     return data if _show_secrets else mask_data(data)
+
+
+def shown_reply(reply: T) -> T:
+    """A service's reply as the operator may see it: every text in it masked
+    (a ``diff`` field read as a diff), unless ``--show-secrets``. Every reply
+    the CLI prints comes through :func:`call`, so no command can forget it."""
+    if _show_secrets:
+        return reply
+    data = msgspec.to_builtins(reply)
+    diff = data.pop("diff", None) if isinstance(data, dict) else None
+    data = mask_data(data)
+    if isinstance(diff, str):
+        data["diff"] = mask_diff(diff)
+    return msgspec.convert(data, type(reply))
 
 
 # --- agent names ---------------------------------------------------------------

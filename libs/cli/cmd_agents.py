@@ -15,7 +15,6 @@ from hyperhive.cli.client import (
     print_table,
     require_agent,
     run_command,
-    shown,
 )
 from hyperhive.common import subjects
 from hyperhive.common.config import Settings
@@ -223,7 +222,7 @@ def _logs(args: argparse.Namespace) -> int:
 
 def _write(lines: list[str]) -> None:
     for line in lines:
-        sys.stdout.write(shown(line) + "\n")
+        sys.stdout.write(line + "\n")
     sys.stdout.flush()
 
 
@@ -247,10 +246,8 @@ def _config(args: argparse.Namespace) -> int:
         reply = await call(
             settings, subjects.admin(PART, "config"), AgentRequest(name=args.name), ConfigReply
         )
-        # each file read whole: a TOML table header holds for the lines below it
-        reply.files = {path: shown(text) for path, text in reply.files.items()}
         if args.json:
-            print_json(reply, masked=False)
+            print_json(reply)
             return
         print(f"# {reply.name} @ {reply.sha or '(nothing deployed)'}")
         for path, text in sorted(reply.files.items()):

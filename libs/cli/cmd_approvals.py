@@ -6,15 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hyperhive.cli.client import (
-    call,
-    fmt_ts,
-    print_json,
-    print_table,
-    run_command,
-    shown,
-    shown_diff,
-)
+from hyperhive.cli.client import call, fmt_ts, print_json, print_table, run_command
 from hyperhive.common import subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.wire.approvals import (
@@ -123,9 +115,8 @@ def _detail(a: ApprovalInfo) -> str:
 def _diff(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> int:
         reply = await call(settings, _subject("diff"), ApprovalIdRequest(id=args.id), DiffReply)
-        reply.diff = shown_diff(reply.diff)  # read as a diff: per file, per hunk
         if args.json:
-            print_json(reply, masked=False)
+            print_json(reply)
         else:
             if reply.sha:
                 print(f"approval {reply.id}  sha {reply.sha}  files: {len(reply.files)}")
@@ -138,7 +129,7 @@ def _diff(args: argparse.Namespace) -> int:
 def _print_approval(a: ApprovalInfo) -> None:
     print(f"approval {a.id} ({a.kind} {a.agent}): {a.state}" + (f"  tag {a.tag}" if a.tag else ""))
     if a.error:
-        print(shown(a.error))
+        print(a.error)
 
 
 def _approve(args: argparse.Namespace) -> int:

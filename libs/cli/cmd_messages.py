@@ -28,7 +28,6 @@ from hyperhive.cli.client import (
     print_table,
     require_agent,
     run_command,
-    shown,
 )
 from hyperhive.common import subjects
 from hyperhive.common.config import Settings
@@ -122,7 +121,7 @@ def parse_since(value: str, now: float | None = None) -> float:
 
 
 def _preview(body: str) -> str:
-    flat = " ".join(shown(body).split())  # masked whole (a table header holds), then flat
+    flat = " ".join(body.split())
     return flat if len(flat) <= PREVIEW_CHARS else flat[: PREVIEW_CHARS - 1] + "…"
 
 
