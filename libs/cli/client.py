@@ -57,23 +57,21 @@ def run_command(body: Callable[[Settings], Awaitable[int | None]]) -> int:
     try:
         settings = load_settings()
         return asyncio.run(body(settings)) or 0
-    except HiveError as exc:
-        print(f"hive: {exc}", file=sys.stderr)
+    except HiveError as exc:  # a build error may quote a config
+        print(f"hive: {exc if _show_secrets else mask(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
 
 
-def print_json(value: Any, *, masked: bool = True) -> None:
-    """Prints a wire value (or plain data) as JSON, its secrets masked (see
-    :func:`shown`); ``masked=False`` for data that holds none (seed paths)."""
-    data = msgspec.to_builtins(value)
-    sys.stdout.write(json.dumps(shown_data(data) if masked else data, indent=2) + "\n")
+def print_json(value: Any) -> None:
+    """Prints a wire value (or plain data) as JSON."""
+    sys.stdout.write(json.dumps(msgspec.to_builtins(value), indent=2) + "\n")
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    """Prints aligned columns; ``-`` for empty cells; secrets masked (see :func:`shown`)."""
-    cells = [[shown("-" if c is None or c == "" else str(c)) for c in row] for row in rows]
+    """Prints aligned columns; ``-`` for empty cells."""
+    cells = [[("-" if c is None or c == "" else str(c)) for c in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in cells:
         for i, c in enumerate(row):
@@ -94,8 +92,9 @@ def fmt_ts(ts: float | None) -> str:
 
 
 # --- secrets ---------------------------------------------------------------------
-# What the CLI prints goes through the one masking rule (hyperhive.common.redact)
-# unless the command was given --show-secrets; main() sets this once per run.
+# What the services answer passes the one masking rule (hyperhive.common.redact)
+# on its way to the operator unless the command was given --show-secrets; main()
+# sets this once per run.
 _show_secrets = False
 
 
@@ -103,17 +102,6 @@ def set_show_secrets(on: bool) -> None:
     """Whether this run prints secrets in clear (the command's ``--show-secrets``)."""
     global _show_secrets
     _show_secrets = on
-
-
-def shown(text: str) -> str:
-    """``text`` (one document: a config file, a log line, a message) as the
-    operator may see it: masked unless ``--show-secrets``."""
-    return text if _show_secrets else mask(text)
-
-
-def shown_data(data: Any) -> Any:
-    """JSON-like data as the operator may see it (``mask_data``)."""
-    return data if _show_secrets else mask_data(data)
 
 
 def shown_reply(reply: T) -> T:

@@ -112,7 +112,7 @@ def _setup_nats(args: argparse.Namespace) -> int:
         print(f"hive setup-nats: {exc}")
         return 1
     if args.json:
-        print_json(asdict(result), masked=False)  # paths of the seeds, not the seeds
+        print_json(asdict(result))
     else:
         print(f"{result.auth_file}: {len(result.users)} users ({', '.join(result.users)})")
     return 0
