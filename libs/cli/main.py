@@ -24,9 +24,9 @@ COMMAND_MODULES = (
 )
 
 
-# Commands whose output may quote a config, an environment or a message: what
-# they print is masked (hyperhive.common.redact) unless given --show-secrets.
-# Every other command's output is masked too, without a way around it.
+# Every reply of the services is masked on its way to the operator
+# (hyperhive.common.redact, client.call); these commands, whose output may quote
+# a config, an environment or a message, take --show-secrets to print it in clear.
 SHOW_SECRETS_COMMANDS = (
     "agents",
     "config",
