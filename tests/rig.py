@@ -304,6 +304,43 @@ async def hive_cli(settings: Settings, *args: str, timeout: float = 120.0) -> tu
     return proc.returncode, out.decode(), err.decode()
 
 
+def hive_exe() -> str:
+    """The installed ``hive`` executable of this environment (its console script)."""
+    exe = Path(sys.executable).parent / "hive"
+    found = str(exe) if exe.is_file() else shutil.which("hive")
+    assert found, "no hive executable installed"
+    return found
+
+
+async def hive_exe_cli(
+    settings: Settings,
+    *args: str,
+    stdin: bytes | None = None,
+    stdout: int = asyncio.subprocess.PIPE,
+    timeout: float = 120.0,
+) -> tuple[int, str, str]:
+    """Runs the installed ``hive`` executable (as an operator types it), with
+    ``stdin`` as its input; returns (exit code, stdout, stderr). ``stdout``
+    may be a file descriptor (e.g. a pipe whose reader is gone)."""
+    proc = await asyncio.create_subprocess_exec(
+        hive_exe(),
+        *args,
+        env=cli_env(settings),
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate(stdin)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, (out or b"").decode(), err.decode()
+
+
 def span_exporter() -> InMemorySpanExporter:
     """Every span this process ends from now on, kept in memory (the SDK's
     TracerProvider is installed the first time, as an entry point would)."""

@@ -8,7 +8,14 @@ import argparse
 import asyncio
 import sys
 
-from hyperhive.cli.client import call, fmt_ts, print_json, print_table, run_command
+from hyperhive.cli.client import (
+    call,
+    fmt_ts,
+    print_json,
+    print_table,
+    require_agent,
+    run_command,
+)
 from hyperhive.common import subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.wire.base import Empty, Ok
@@ -147,6 +154,7 @@ def _spawn(args: argparse.Namespace) -> int:
 
 def _verb(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> None:
+        await require_agent(settings, args.name)
         info = await call(
             settings,
             subjects.admin(PART, args.verb),
@@ -161,6 +169,7 @@ def _verb(args: argparse.Namespace) -> int:
 
 def _destroy(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> None:
+        await require_agent(settings, args.name)
         await call(
             settings,
             subjects.admin(PART, "destroy"),
@@ -190,6 +199,7 @@ def _kept(args: argparse.Namespace) -> int:
 
 def _purge(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> None:
+        await require_agent(settings, args.name, destroyed_ok=True)
         await call(settings, subjects.admin(PART, "purge"), AgentRequest(name=args.name), Ok)
         print(f"purged {args.name}")
 
@@ -198,6 +208,7 @@ def _purge(args: argparse.Namespace) -> int:
 
 def _logs(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> None:
+        await require_agent(settings, args.name)
         subject = subjects.admin(PART, "logs")
         reply = await call(
             settings, subject, LogsRequest(name=args.name, lines=args.lines), LogsReply
@@ -243,6 +254,7 @@ def _drafts(args: argparse.Namespace) -> int:
 
 def _config(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> None:
+        await require_agent(settings, args.name)
         reply = await call(
             settings, subjects.admin(PART, "config"), AgentRequest(name=args.name), ConfigReply
         )

@@ -36,6 +36,7 @@ from opentelemetry.context import Context
 
 from hyperhive.common import rpc, subjects
 from hyperhive.common.errors import HiveError
+from hyperhive.common.redact import mask_data
 from hyperhive.common.telemetry import current_traceparent, traceparent_context
 from hyperhive.common.wire.base import Ok
 from hyperhive.common.wire.broker import (
@@ -164,7 +165,14 @@ class Harness:
         }
 
     async def publish(self, type: str, event: dict[str, Any], turn: int | None = None) -> None:
-        """One record: into the live ring and onto ``hive.agent.<n>.events``."""
+        """One record: into the live ring and onto ``hive.agent.<n>.events``.
+
+        claude's own events are masked first (``hyperhive.common.redact``): a
+        tool's output may print a config or an environment (``env``, ``cat
+        agent.toml``), and the page, HIVE_TURNS and its backfill keep them.
+        """
+        if type == "claude":
+            event = mask_data(event)
         rec = TurnEvent(
             type=type, ts=time.time(), turn=self.turn if turn is None else turn, event=event
         )

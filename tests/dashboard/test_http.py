@@ -15,6 +15,8 @@ import pytest
 from hyperhive.common import rpc, subjects
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.approvals import (
+    ApprovalIdRequest,
+    ApprovalInfo,
     QuestionsReply,
     QuestionsRequest,
     SpawnToolRequest,
@@ -529,6 +531,40 @@ async def test_secrets_in_a_proposal_are_masked(stack: Stack, client: httpx.Asyn
     assert "API_TOKEN" in page and "tools-mcp" in page  # the change is visible
     assert secret not in page  # its value is not
     assert secret not in (await client.get("/")).text
+    # a hunk deep in an env table (its header far above) is masked as well
+    regions = "".join(f'REGION_{i} = "eu-west-{i}"\n' for i in range(12))
+    sha = await commit_config(
+        stack.settings,
+        name,
+        lambda text: (
+            text + f'\n[mcp_servers.geo]\ncommand = "geo"\n[mcp_servers.geo.env]\n{regions}'
+        ),
+        "env",
+    )
+    env_id = await request_apply_commit(stack, name, sha)
+    deployed = await rpc.request(
+        stack.operator,
+        subjects.admin("approvals", "approve"),
+        ApprovalIdRequest(id=env_id),
+        ApprovalInfo,
+        timeout=TIMEOUT,
+    )
+    assert deployed.state == "deployed", deployed.error
+    sha = await commit_config(
+        stack.settings, name, lambda text: text.replace("eu-west-9", "eu-north-9"), "move"
+    )
+    await request_apply_commit(stack, name, sha)
+    page = (await client.get("/section/approvals")).text
+    assert "REGION_9" in page and "eu-west-" not in page and "eu-north-9" not in page
+    # the same rule for a message in the agent's inbox panel
+    await rpc.request(
+        stack.operator,
+        subjects.admin("broker", "send"),
+        AdminSendRequest(to=name, body=f"use ANTHROPIC_API_KEY={secret} for now"),
+        SendReply,
+    )
+    inbox = (await client.get(f"/agents/{name}/inbox")).text
+    assert "ANTHROPIC_API_KEY" in inbox and secret not in inbox
     # the hive's telemetry counts it as waiting for the operator
     hive = (await client.get("/api/stats/hive", params={"window": 3600})).json()
     assert hive["charts"]["approval_queue"]["series"]["waiting approvals"][-1] >= 1
