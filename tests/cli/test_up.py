@@ -256,7 +256,8 @@ def test_up_serves_status_and_ctrl_c_leaves_no_process(tmp_path):
         stopped_in = time.monotonic() - t0
     assert code == 0, out
     # the manager's page is the dashboard's
-    assert re.search(r"manager\s+http://127\.0\.0\.1:\d+/agents/hm1nd/", out), out
+    start = "\n".join(printed)
+    assert re.search(r"manager\s+http://127\.0\.0\.1:\d+/agents/hm1nd/", start), start
     assert stopped_in < STOP_BOUND_S, f"hive up took {stopped_in:.1f}s to stop"
     while _still_alive(watched) and time.monotonic() < t0 + STOP_BOUND_S:
         time.sleep(0.05)
