@@ -61,6 +61,48 @@ let
     }
   );
 
+  # PostgreSQL is for the services only (DESIGN.md section 7): peer auth over
+  # /run/postgresql for the hyperhive role, and before anything else in
+  # pg_hba.conf (first match wins) TCP to its database or as its role is
+  # rejected, whatever listen_addresses is and whatever rules come later.
+  pgAuthentication = ''
+    local hyperhive hyperhive              peer map=hyperhive
+    host  hyperhive all       0.0.0.0/0    reject
+    host  hyperhive all       ::/0         reject
+    host  all       hyperhive 0.0.0.0/0    reject
+    host  all       hyperhive ::/0         reject
+  '';
+  # every pg_hba.conf line of the host that trusts a TCP client (none may)
+  pgTrustOnTcp = builtins.filter (
+    line:
+    builtins.isString line
+    && builtins.match "[[:space:]]*host[a-z]*[[:space:]]+.*[[:space:]]trust([[:space:]].*)?" line != null
+  ) (builtins.split "\n" (config.services.postgresql.authentication or ""));
+
+  # privateUsers needs id-mapped bind mounts of the agents' dirs: the
+  # filesystem holding dataDir (its longest mount point) must support them.
+  idmapFilesystems = [
+    "btrfs"
+    "ext4"
+    "f2fs"
+    "overlay"
+    "tmpfs"
+    "xfs"
+  ];
+  fileSystems = config.fileSystems or { };
+  dataMounts = builtins.filter (m: m == "/" || lib.hasPrefix "${m}/" "${cfg.dataDir}/") (
+    builtins.attrNames fileSystems
+  );
+  dataMount = builtins.foldl' (
+    a: b: if a == null || builtins.stringLength b > builtins.stringLength a then b else a
+  ) null dataMounts;
+  dataFsType = if dataMount == null then null else fileSystems.${dataMount}.fsType or null;
+  zfsIdmap = lib.versionAtLeast (config.boot.zfs.package.version or "0") "2.2";
+  idmapOk =
+    dataFsType == null
+    || builtins.elem dataFsType idmapFilesystems
+    || (dataFsType == "zfs" && zfsIdmap);
+
   # Environment every service gets (hyperhive.common.config reads HIVE_*).
   commonEnv = {
     HIVE_HOME = cfg.dataDir;
@@ -420,6 +462,28 @@ in
         '';
       }
       {
+        assertion = pgTrustOnTcp == [ ];
+        message = ''
+          services.postgresql.authentication trusts TCP clients, which every
+          agent container can be (they share the host's network): the
+          hyperhive database is for the services only. Use peer or
+          scram-sha-256 instead of trust on these lines:
+            ${builtins.concatStringsSep "\n    " pgTrustOnTcp}
+        '';
+      }
+      {
+        assertion = !cfg.privateUsers || idmapOk;
+        message = ''
+          services.hyperhive.privateUsers needs id-mapped bind mounts of the
+          agents' dirs under ${cfg.dataDir}, but it is on a ${toString dataFsType}
+          filesystem (mounted at ${toString dataMount}), which cannot do them
+          (id-mapped mounts: ${builtins.concatStringsSep ", " idmapFilesystems}, zfs >= 2.2).
+          Move dataDir to such a filesystem, or set
+          services.hyperhive.privateUsers = false: the agents' root is then
+          the host's root inside their containers.
+        '';
+      }
+      {
         assertion = cfg.operatorTokenFile == null || lib.hasPrefix "/" cfg.operatorTokenFile;
         message = "services.hyperhive.operatorTokenFile must be an absolute path.";
       }
@@ -438,8 +502,11 @@ in
       # seeds in here are 0640 root:hyperhive; auth.conf and users.d are
       # public keys only, readable by nats
       "d ${natsDir} 0755 root root -"
-      # agents' credentials and repos: root's (lifecycle, approvals)
-      "d ${cfg.dataDir}/agents 0700 root root -"
+      # agents' credentials and repos: root's (lifecycle, approvals); the
+      # hyperhive group may only pass through, to reach each agent's page
+      # socket (run/page.sock) for the dashboard (seeds and claude
+      # credentials below are 0600 root)
+      "d ${cfg.dataDir}/agents 0710 root hyperhive -"
       "d /etc/${containerDirName} 0755 root root -"
       "d /var/lib/${containerDirName} 0700 root root -"
       "d /nix/var/nix/profiles/per-container 0700 root root -"
@@ -472,9 +539,7 @@ in
         hyperhive root      hyperhive
         hyperhive hyperhive hyperhive
       '';
-      authentication = lib.mkBefore ''
-        local hyperhive hyperhive peer map=hyperhive
-      '';
+      authentication = lib.mkBefore pgAuthentication;
     };
 
     # nixos-container needs these; flakes build the per-agent containers

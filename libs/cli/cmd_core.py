@@ -12,6 +12,7 @@ from hyperhive.cli.client import operator_nats, print_json, print_table, run_com
 from hyperhive.common import rpc, subjects
 from hyperhive.common.config import Settings, default_home, load_settings
 from hyperhive.common.errors import HiveError
+from hyperhive.common.redact import mask
 from hyperhive.common.wire.base import Ping, Pong
 
 
@@ -26,7 +27,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--nats-seed", help="nkey seed file for --nats-url (if it needs auth)")
     p.add_argument("--database-url", help="use this PostgreSQL instead of an embedded one")
     p.add_argument("--nats-port", type=int, default=None, help="embedded NATS port (4222)")
-    p.add_argument("--pg-port", type=int, default=None, help="embedded PostgreSQL port (5433)")
+    p.add_argument(
+        "--pg-port",
+        type=int,
+        default=None,
+        help="embedded PostgreSQL socket number (5433; no TCP port)",
+    )
     p.add_argument("--dashboard-port", type=int, default=None, help="dashboard port (7000)")
     p.add_argument("--dashboard-host", default=None, help="dashboard bind address (127.0.0.1)")
     p.add_argument("--no-agents", action="store_true", help="do not start the manager agent")
@@ -77,17 +83,18 @@ def _up(args: argparse.Namespace) -> int:
 
 async def gather_status(settings: Settings, timeout: float) -> dict[str, object]:
     """Pings every service. Returns a JSON-able report."""
-    report: dict[str, object] = {"nats": {"url": settings.nats.url, "reachable": False}}
+    url = mask(settings.nats.url)  # a password in the URL is not shown
+    report: dict[str, object] = {"nats": {"url": url, "reachable": False}}
     try:
         nc = await operator_nats(settings, attempts=1)
     except HiveError as exc:
-        report["nats"] = {"url": settings.nats.url, "reachable": False, "error": str(exc)}
+        report["nats"] = {"url": url, "reachable": False, "error": mask(str(exc))}
         report["services"] = {
             part: {"up": False, "error": "NATS unreachable"} for part in subjects.SERVICES
         }
         report["postgres"] = {"reachable": False, "error": "unknown: NATS unreachable"}
         return report
-    report["nats"] = {"url": settings.nats.url, "reachable": True}
+    report["nats"] = {"url": url, "reachable": True}
 
     async def ping(part: str) -> dict[str, object]:
         try:

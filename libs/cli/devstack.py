@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres, check_port_fr
 from hyperhive.common import db, subjects
 from hyperhive.common.config import UP_FILE, Settings, load_settings, settings_env
 from hyperhive.common.errors import ConfigError, HiveError, Unavailable
+from hyperhive.common.hostuser import isolation_gaps, runtime_paths, system_user, unreachable
 from hyperhive.common.natsconn import connect
 
 DEFAULT_NATS_PORT = 4222
@@ -88,16 +90,34 @@ class DevStack:
         """
         host, port = self.dashboard_address(settings)
         check_port_free(port, "the dashboard", host)
+        self._check_agents_reachable(settings)
         if not self.opts.nats_url:
             check_port_free(self.opts.nats_port, "NATS")
-        if not self.opts.database_url:
-            check_port_free(self.opts.pg_port, "PostgreSQL")
         if self.opts.nats_url:
             asyncio.run(self._probe_nats(settings, self.opts.nats_url))
         if self.opts.database_url:
             asyncio.run(
                 db.probe(msgspec.structs.replace(settings.database, url=self.opts.database_url))
             )
+
+    def _check_agents_reachable(self, settings: Settings) -> None:
+        """As root without a sandbox, the agent user must reach what the
+        default harness runs from and the agents' dirs (nothing binds them).
+
+        Raises:
+            ConfigError: one of them is behind a dir closed to that user.
+        """
+        lc = settings.lifecycle
+        sandboxed = lc.use_bwrap and shutil.which("bwrap")
+        if os.geteuid() != 0 or not lc.agent_user or sandboxed or lc.backend != "process":
+            return
+        needed = [self.opts.home / "agents"]
+        if not lc.harness_command:
+            argv = [sys.executable, "-m", "hyperhive.cli.main", "harness", "serve"]
+            needed += runtime_paths(argv, settings.harness.claude_bin or "")
+        reason = unreachable(system_user(lc.agent_user), needed)
+        if reason:
+            raise ConfigError(reason)
 
     async def _probe_nats(self, settings: Settings, url: str) -> None:
         """Connects as the services will (their seed) and asks for JetStream."""
@@ -314,8 +334,14 @@ def up(opts: UpOptions) -> int:
                 print(f"  token      {token_file} (`hive dashboard-url` prints the URL again)")
             elif not token:
                 print("  WARNING    the dashboard has NO operator token (insecure_no_token)")
+            if settings.lifecycle.manager:
+                # agent pages are the dashboard's (a unix socket per harness, no port)
+                page = f"{base.rstrip('/')}/agents/{settings.lifecycle.manager}/"
+                print(f"  manager    {page}", flush=True)
             print(f"  nats       {nats_url}", flush=True)
             print("  logs       " + str(opts.home / "logs"), flush=True)
+            for gap in isolation_gaps(settings):
+                print(f"  warning    {gap}", flush=True)
             print("Ctrl-C stops everything.", flush=True)
             waiting.report_when_ready()  # "  waiting    N approvals, M questions"
         while not stopped:

@@ -1,4 +1,4 @@
-"""The guard in front of hyperhive's web pages (the dashboard and each agent page).
+"""The guard in front of hyperhive's web pages (the dashboard, agent pages included).
 
 One ASGI middleware, configured per app by a :class:`Policy`:
 
@@ -106,11 +106,6 @@ class Security:
 
     def session_ok(self, value: str | None) -> bool:
         return bool(value) and hmac.compare_digest((value or "").encode(), self._session.encode())
-
-
-def session_cookie(policy: Policy, security: Security) -> str:
-    """The ``Set-Cookie`` value after a good login."""
-    return f"{policy.session_cookie}={security.session_value()}; Path=/; HttpOnly; SameSite=Strict"
 
 
 def host_name(header: str | None) -> str:

@@ -9,6 +9,7 @@
 }:
 let
   services = import ../services.nix;
+  psql = "${pkgs.postgresql}/bin/psql";
   waitForUnits = pkgs.lib.concatMapStrings (svc: ''
     machine.wait_for_unit("${svc.name}.service")
   '') services;
@@ -47,5 +48,13 @@ pkgs.testers.runNixOSTest {
     url = machine.succeed("hive dashboard-url").strip()
     machine.succeed(f"${pkgs.curl}/bin/curl -sf -c /tmp/jar '{url}' -o /dev/null")
     machine.succeed("${pkgs.curl}/bin/curl -sf -b /tmp/jar http://127.0.0.1:7000/ | grep -q csrf-token")
+    # PostgreSQL: TCP gets no session for the hyperhive database or role (as
+    # an agent container on the host's network would try), not even for root;
+    # the socket lets in only the users of the ident map
+    for target in ("-U hyperhive -d hyperhive", "-U postgres -d hyperhive", "-U hyperhive -d postgres"):
+        for host in ("127.0.0.1", "::1"):
+            machine.fail(f"${psql} -h {host} {target} -w -c 'select 1'")
+    machine.fail("su -s /bin/sh nobody -c '${psql} -h /run/postgresql -U hyperhive -d hyperhive -w -c \"select 1\"'")
+    machine.succeed("${psql} -h /run/postgresql -U hyperhive -d hyperhive -w -c 'select 1'")
   '';
 }

@@ -264,6 +264,12 @@ def delete_tag(applied: Path, name: str) -> None:
         _try(repo, "update-ref", "-d", f"refs/tags/{name}")
 
 
+# A hunk's header names the TOML table it starts in (``@@ … @@ [mcp_servers.x.env]``),
+# never a line of the file: the masking of secrets (hyperhive.common.redact)
+# reads it to know that a hunk's lines are an env table's values.
+TABLE_FUNCNAME = r"diff.default.xfuncname=^[ \t]*\[\[?[^]]+\]\]?[ \t]*(#.*)?$"
+
+
 def diff(applied: Path, base: str, target: str) -> tuple[str, list[str]]:
     """``git diff base..target`` of every file, and the changed paths.
 
@@ -274,7 +280,7 @@ def diff(applied: Path, base: str, target: str) -> tuple[str, list[str]]:
     opts = ["--no-color", "--no-ext-diff", "--no-textconv", "--find-renames"]
     with repo:
         try:
-            text = _run(repo, "diff", *opts, base, target, "--")
+            text = _run(repo, "-c", TABLE_FUNCNAME, "diff", *opts, base, target, "--")
             names = _run(repo, "diff", "--name-only", "-z", "--no-renames", base, target, "--")
         except git.GitCommandError as exc:
             raise Internal(f"git diff failed: {_stderr(exc)}") from None

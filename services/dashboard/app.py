@@ -2,7 +2,9 @@
 
 A NATS client only: pages and actions go through ``hive.admin.*`` (see
 :mod:`hyperhive.dashboard.hive`), live views follow ``HIVE_EVENTS`` through
-one in-process :class:`~hyperhive.dashboard.hub.EventHub`.
+one in-process :class:`~hyperhive.dashboard.hub.EventHub`. Agent pages are
+served here too (``/agents/<name>/``), their API proxied to each harness's
+unix socket (:mod:`hyperhive.dashboard.routes_agent_page`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from hyperhive.common.config import Settings
 from hyperhive.common.errors import HiveError
 from hyperhive.dashboard import (
     routes_activity,
+    routes_agent_page,
     routes_app,
     routes_approvals,
     routes_containers,
@@ -32,6 +35,7 @@ from hyperhive.dashboard import (
     routes_questions,
     routes_telemetry,
 )
+from hyperhive.dashboard.harnesslink import HarnessLink
 from hyperhive.dashboard.hive import Hive
 from hyperhive.dashboard.hub import EventHub
 from hyperhive.dashboard.render import Renderer
@@ -66,7 +70,14 @@ def create_app(settings: Settings, nc: NATS, js: JetStreamContext) -> Litestar:
     )
     hive = Hive(nc, ds)
     hive.activity_feed = hub.activity_entries
-    state = Deps(settings=ds, hive=hive, hub=hub, render=render, security=security)
+    state = Deps(
+        settings=ds,
+        hive=hive,
+        hub=hub,
+        render=render,
+        security=security,
+        link=HarnessLink(settings),
+    )
 
     def login_page(csrf: str, error: str) -> bytes:
         return render("login.html", csrf=csrf, error=error).encode()
@@ -76,6 +87,7 @@ def create_app(settings: Settings, nc: NATS, js: JetStreamContext) -> Litestar:
             *routes_pages.HANDLERS,
             *routes_app.HANDLERS,
             *routes_activity.HANDLERS,
+            *routes_agent_page.HANDLERS,
             *routes_containers.HANDLERS,
             *routes_approvals.HANDLERS,
             *routes_questions.HANDLERS,

@@ -10,7 +10,8 @@ with the dashboard's policy.
   operator action (POST) from a non-loopback client is refused.
 - Host check: only loopback names, the bind address and
   ``dashboard.allowed_hosts`` are answered (DNS rebinding).
-- CSRF on every POST; no WebSockets.
+- CSRF on every POST. WebSockets (the agent pages' terminals) need the
+  operator token, an Origin equal to the page's and the page's CSRF token.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def policy(settings: DashboardSettings) -> Policy:
         public_paths=(LOGIN_PATH, *PUBLIC_PATHS),
         hosts=allowed_hosts(settings),
         hosts_hint="dashboard.allowed_hosts",
+        websockets=True,
     )
 
 

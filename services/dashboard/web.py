@@ -21,6 +21,7 @@ from hyperhive.common import actor
 from hyperhive.common.config import DashboardSettings
 from hyperhive.common.errors import HiveError
 from hyperhive.dashboard import security
+from hyperhive.dashboard.harnesslink import HarnessLink
 from hyperhive.dashboard.hive import Hive
 from hyperhive.dashboard.hub import EventHub
 from hyperhive.dashboard.render import Renderer
@@ -49,6 +50,7 @@ class Deps:
     hub: EventHub
     render: Renderer
     security: Security
+    link: HarnessLink  # the agent pages' APIs (routes_agent_page)
 
 
 def deps(request: Request[Any, Any, Any]) -> Deps:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -38,6 +39,7 @@ def _up_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HIVE_")}
     env["HIVE_HOME"] = str(home)
     env["HIVE_LIFECYCLE_USE_BWRAP"] = "false"
+    env["HIVE_LIFECYCLE_AGENT_USER"] = ""  # see tests/lifecycle/test_host_doors.py
     # the real manager needs a claude key; this test is about the stack
     env["HIVE_LIFECYCLE_HARNESS_COMMAND"] = "sleep 3600"
     return env
@@ -199,6 +201,16 @@ def test_up_serves_status_and_ctrl_c_leaves_no_process(tmp_path):
         # the manager's harness is the last thing `hive up` brings up: only
         # once it runs is every process there to be watched
         harness_pid = _wait_manager_harness(env, proc, home)
+        # its page: a unix socket in its run dir, nothing listening on TCP
+        assert (home / "agents" / "hm1nd" / "run" / "page.sock").is_socket()
+        harness = psutil.Process(harness_pid)
+        listening = [
+            c
+            for p in (harness, *harness.children(recursive=True))
+            for c in p.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN
+        ]
+        assert not listening, listening
         sent = _hive("send", "hm1nd", marker, "--json", env=env)
         assert sent.returncode == 0, sent.stderr
         sent_id = json.loads(sent.stdout)["id"]
@@ -230,11 +242,22 @@ def test_up_serves_status_and_ctrl_c_leaves_no_process(tmp_path):
             "login_url": f"http://127.0.0.1:{ports[2]}/login?token={token}",
             "token_file": str(home / "operator-token"),
         }
+        # the embedded PostgreSQL has no TCP listener: --pg-port names its socket
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", int(ports[1]))) != 0, "PostgreSQL on TCP"
+        assert not any(
+            c.laddr and c.laddr.port == int(ports[1])
+            for p in pg
+            for c in p.net_connections(kind="inet")
+        )
     finally:
         t0 = time.monotonic()
         code, out = _stop_up(proc)
         stopped_in = time.monotonic() - t0
     assert code == 0, out
+    # the manager's page is the dashboard's
+    start = "\n".join(printed)
+    assert re.search(r"manager\s+http://127\.0\.0\.1:\d+/agents/hm1nd/", start), start
     assert stopped_in < STOP_BOUND_S, f"hive up took {stopped_in:.1f}s to stop"
     while _still_alive(watched) and time.monotonic() < t0 + STOP_BOUND_S:
         time.sleep(0.05)
@@ -374,20 +397,6 @@ def test_dashboard_port_taken_is_one_line(tmp_path, how):
         result = _hive(*_up_args(*extra, dashboard=False), env=env)
     line = f"hive up: port {port} for the dashboard is already in use on 127.0.0.1"
     _assert_refused(result, line, home)
-
-
-def test_postgres_port_taken_is_one_line(tmp_path):
-    home = tmp_path / "home"
-    env = _fast_retries(_up_env(home))
-    with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", 0))
-        blocker.listen()
-        port = blocker.getsockname()[1]
-        result = _hive(*_up_args("--pg-port", str(port)), env=env)
-    line = f"hive up: port {port} for PostgreSQL is already in use on 127.0.0.1"
-    _assert_refused(result, line, home)
-    # checked before anything started: the embedded NATS never ran
-    assert not (home / "nats" / "nats.log").exists()
 
 
 def test_up_with_given_nats_and_database_urls(nats_server, database_url, tmp_path):

@@ -70,9 +70,8 @@ async def test_spawn_from_the_form_shows_the_agent_running(page: Page, stack: St
     await page.get_by_role("button", name="Spawn", exact=True).click()
     card = page.locator(f"#agent-{name}")
     await expect(card.locator('[data-role="state"]')).to_have_text("running")
-    await expect(card.get_by_role("link")).to_have_attribute(
-        "href", f"http://127.0.0.1:{await card_port(page, name)}/"
-    )
+    # its page is the dashboard's own (no port of the agent's)
+    await expect(card.get_by_role("link")).to_have_attribute("href", f"/agents/{name}/")
     await expect(page.locator("#toasts")).to_contain_text(f"Spawned {name}")
     await assert_not_reloaded(page)
 
@@ -84,11 +83,6 @@ async def test_spawn_from_the_form_shows_the_agent_running(page: Page, stack: St
     await card.get_by_role("button", name=f"Stop {name}", exact=True).click()
     await expect(card.locator('[data-role="state"]')).to_have_text("stopped")
     await assert_not_reloaded(page)
-
-
-async def card_port(page: Page, name: str) -> str:
-    text = await page.locator(f"#agent-{name} a.port").inner_text()
-    return text.split(":")[-1].split()[0]
 
 
 async def test_approve_an_apply_commit_and_see_it_deployed(
@@ -260,6 +254,10 @@ async def test_telemetry_charts_render_with_uplot(page: Page, stack: Stack) -> N
             messages_sent_to={"peer": 1},
             inbox_depth=i,
             notes_bytes=1024 * (i + 1),
+            input_tokens=500,
+            cache_read_tokens=1500,
+            model_calls=1,
+            cost_usd=0.125,
         )
         await rpc.publish(stack.manager, subjects.agent(subjects.MANAGER, "stats"), stats)
     row = page.locator('tr.tele[data-agent="hm1nd"]')
@@ -291,7 +289,16 @@ async def test_telemetry_charts_render_with_uplot(page: Page, stack: Stack) -> N
     await expect(card.locator('figure[data-chart="duration"]')).to_contain_text("p95 s")
     await expect(card.locator('figure[data-chart="messages"]')).to_contain_text("sent → peer")
     await expect(card.locator('figure[data-chart="tools"]')).to_contain_text("Read")
-    await expect(hive.locator('figure[data-chart="cost_per_day"]')).to_have_count(0)  # no cost yet
+    # cost and tokens: today's on the row, the hive's cost per day, a row per agent and day
+    await expect(row.locator('[data-role="cost"]')).to_contain_text("$")
+    await expect(card.locator('figure[data-chart="cost"]')).to_contain_text("USD")
+    await expect(hive.locator('figure[data-chart="cost_per_day"]')).to_have_count(1)
+    total = hive.locator('table.usage tr[data-agent="hm1nd"][data-day="total"]')
+    await expect(total).to_be_visible()
+    today = time.strftime("%Y-%m-%d", time.gmtime(now))
+    await expect(
+        hive.locator(f'table.usage tr[data-agent="hm1nd"][data-day="{today}"]')
+    ).to_have_count(1)
     await card.scroll_into_view_if_needed()
     await assert_not_reloaded(page)
 

@@ -101,6 +101,38 @@ def test_chart_series_from_turn_rows() -> None:
     assert all(len(s) == len(c["duration"]["x"]) for s in c["duration"]["series"].values())
 
 
+def test_usage_totals_and_charts_count_turns_and_compactions() -> None:
+    now = 10_000.0
+    rows = {
+        now - 100: {"duration_ms": 5, "input_tokens": 10, "output_tokens": 2,
+                    "cache_read_tokens": 900, "cache_creation_tokens": 40,
+                    "model_calls": 2, "cost_usd": 0.25},
+        now - 50: {"input_tokens": 300, "output_tokens": 30, "model_calls": 1,
+                   "cost_usd": 0.5, "compactions": 1},  # a compaction: no duration_ms
+        now - 7200: {"duration_ms": 5, "input_tokens": 99, "cost_usd": 9.0},  # before the window
+    }  # fmt: skip
+    points = [
+        StatPoint(agent="a", ts=ts, key=k, value=v)
+        for ts, kv in rows.items()
+        for k, v in kv.items()
+    ]
+    data = stats.charts(points, window_s=3600, now=now)
+    assert data["turns"] == 1
+    assert data["totals"] == {
+        "turns": 1,
+        "model_calls": 3,
+        "input_tokens": 310,
+        "output_tokens": 32,
+        "cache_read_tokens": 900,
+        "cache_creation_tokens": 40,
+        "cost_usd": 0.75,
+    }
+    tokens = data["charts"]["tokens"]["series"]
+    assert (sum(tokens["input"]), sum(tokens["cache write"])) == (310, 40)
+    assert sum(data["charts"]["cost"]["series"]["USD"]) == 0.75
+    assert sum(data["charts"]["turns_per_min"]["series"]["turns/min"]) == 1
+
+
 def test_approval_queue_counts_what_waits_at_each_sample() -> None:
     now = 7200.0  # one-minute buckets over the last hour: samples at 3660, 3720, ... 7200
     spans = [(3600.0, 3700.0), (3650.0, None), (5000.0, 5000.5), (7100.0, None)]

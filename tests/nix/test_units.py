@@ -203,7 +203,10 @@ def test_options_reach_the_units() -> None:
         assert env["HIVE_LOG_LEVEL"] == "DEBUG"
         assert env["HIVE_TELEMETRY_EXPORTER"] == "otlp"
         assert "/srv/hive" in units[f"hive-{part}"]["serviceConfig"]["ReadWritePaths"]
-    assert "d /srv/hive/nats 0755 root root -" in module["config"]["systemd"]["tmpfiles"]["rules"]
+    rules = module["config"]["systemd"]["tmpfiles"]["rules"]
+    assert "d /srv/hive/nats 0755 root root -" in rules
+    # the dashboard (group hyperhive) passes through to the agents' page sockets
+    assert "d /srv/hive/agents 0710 root hyperhive -" in rules
 
 
 def test_nats_and_postgres_are_set_up(module: dict[str, Any], units: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ class AgentStuck(msgspec.Struct, kw_only=True, tag=True):
     """An agent's heartbeat stopped, or its turn ran past the limit."""
 
     agent: str
-    reason: str  # "heartbeat" | "turn_too_long"
+    reason: str  # "heartbeat" | "turn_too_long" | "login_needed"
     since: float = 0.0
     detail: str = ""
 

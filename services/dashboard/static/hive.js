@@ -401,6 +401,8 @@
     ["messages", "messages sent (by recipient) / received"],
     ["tools", "tool calls by tool"],
     ["since_last_turn", "time since previous turn (s)"],
+    ["tokens", "tokens (input / output / cache read / cache write)"],
+    ["cost", "cost (USD, notes compactions included)"],
     ["notes", "notes file size (KiB)"],
   ];
   const HIVE_CHARTS = [
@@ -474,6 +476,7 @@
         box.textContent = "";
         last.textContent = "approvals is down: " + e.message;
       }
+      drawUsage($('[data-role="usage"]', hive));
     }
     for (const row of $$("tr.tele[data-agent]")) {
       const agent = row.dataset.agent;
@@ -521,6 +524,52 @@
     btn.setAttribute("aria-expanded", String(open));
     if (open) drawAgentCharts(agent);
   });
+
+  const USAGE_COLS = [
+    ["day", "day (UTC)"], ["agent", "agent"], ["turns", "turns"], ["model_calls", "calls"],
+    ["input_tokens", "in"], ["output_tokens", "out"], ["cache_read_tokens", "cache read"],
+    ["cache_creation_tokens", "cache write"], ["cost_usd", "USD"],
+  ];
+
+  async function drawUsage(box) {
+    if (!box) return;
+    let data;
+    try {
+      data = await fetchJson("/api/usage");
+    } catch (e) {
+      box.textContent = "usage: the broker is not answering: " + e.message;
+      return;
+    }
+    const rows = [...data.days].reverse();
+    for (const [agent, t] of Object.entries(data.totals)) rows.push({ ...t, day: "total", agent });
+    const table = document.createElement("table");
+    table.className = "usage";
+    const cap = document.createElement("caption");
+    cap.textContent = "usage per agent and day, last " + data.window_days + " days";
+    table.append(cap);
+    const head = table.insertRow();
+    for (const [, label] of USAGE_COLS) {
+      const th = document.createElement("th");
+      th.textContent = label;
+      head.append(th);
+    }
+    for (const r of rows) {
+      const tr = table.insertRow();
+      tr.dataset.agent = r.agent;
+      tr.dataset.day = r.day;
+      for (const [key] of USAGE_COLS) {
+        const v = r[key];
+        tr.insertCell().textContent =
+          key === "cost_usd" ? v.toFixed(4) : typeof v === "number" ? fmtTokens(v) : v;
+      }
+    }
+    box.textContent = "";
+    if (rows.length === 0) {
+      box.textContent = "no usage in the last " + data.window_days + " days";
+      return;
+    }
+    box.append(table);
+  }
 
   // Charts that have data (the server leaves empty ones out), on a time axis
   // that spans the window (one point must not stretch it over years).
