@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import time
 from pathlib import Path
 
 from hyperhive.cli.client import operator_nats, print_json, print_table, run_command
@@ -104,7 +105,39 @@ async def gather_status(settings: Settings, timeout: float) -> dict[str, object]
         report["postgres"] = {"reachable": True}
     else:
         report["postgres"] = {"reachable": False, "error": db_states[0]}
+    _add_restarts(report, settings)
     return report
+
+
+def _add_restarts(report: dict[str, object], settings: Settings) -> None:
+    """Adds what the ``hive up`` running on this home restarted (its state file):
+    ``restarts`` and ``last_exit`` on the servers' and services' entries."""
+    from hyperhive.cli.supervisor import read_state
+
+    parts = read_state(Path(settings.paths.home))
+    services = report.get("services")
+    for name, record in parts.items():
+        entry = report.get(name) if name in ("nats", "postgres") else None
+        if entry is None and isinstance(services, dict):
+            entry = services.get(name)
+        if isinstance(entry, dict):
+            entry["restarts"] = record.get("restarts", 0)
+            entry["last_exit"] = record.get("last_exit", "")
+            entry["last_exit_at"] = record.get("last_exit_at", 0.0)
+            if record.get("state") not in (None, "running"):
+                entry["supervisor"] = record["state"]
+
+
+def _restarts_text(entry: dict[str, object]) -> str:
+    """``; restarted 2x, last: killed by SIGKILL at 18:52:01`` (empty if never)."""
+    if not entry.get("restarts") and not entry.get("last_exit"):
+        return ""
+    at = entry.get("last_exit_at")
+    when = time.strftime(" at %H:%M:%S", time.localtime(at)) if isinstance(at, float) else ""
+    text = f"; restarted {entry.get('restarts', 0)}x, last: {entry.get('last_exit')}{when}"
+    if entry.get("supervisor"):
+        text += f" ({entry['supervisor']})"
+    return text
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -118,13 +151,15 @@ def _status(args: argparse.Namespace) -> int:
             nats = report["nats"]
             pg = report["postgres"]
             assert isinstance(nats, dict) and isinstance(pg, dict)
+            nats_detail = str(nats.get("error") or nats["url"]) + _restarts_text(nats)
+            pg_detail = str(pg.get("error", "")) + _restarts_text(pg)
             rows: list[list[object]] = [
-                ["nats", "up" if nats["reachable"] else "DOWN", nats.get("error") or nats["url"]],
-                ["postgres", "up" if pg["reachable"] else "DOWN", pg.get("error", "")],
+                ["nats", "up" if nats["reachable"] else "DOWN", nats_detail],
+                ["postgres", "up" if pg["reachable"] else "DOWN", pg_detail.lstrip("; ")],
             ]
             for part, s in services.items():
                 detail = f"pid {s['pid']} v{s['version']}" if s["up"] else s.get("error", "")
-                rows.append([part, "up" if s["up"] else "DOWN", detail])
+                rows.append([part, "up" if s["up"] else "DOWN", detail + _restarts_text(s)])
             print_table(["part", "state", "detail"], rows)
         all_up = all(s["up"] for s in services.values())
         return 0 if all_up else 1

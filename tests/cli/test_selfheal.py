@@ -1,0 +1,183 @@
+"""``hive up`` heals itself: its NATS and PostgreSQL are restarted when they die
+(issue 19), and a server that cannot be brought back stops the hive cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from hyperhive.common import rpc, subjects
+from hyperhive.common.config import NatsSettings
+from hyperhive.common.natsconn import connect
+from hyperhive.common.wire.base import Ok
+from hyperhive.common.wire.broker import AckRequest, RecvReply, RecvRequest
+from tests.cli.test_up import (
+    _hive,
+    _procs_of,
+    _start_up,
+    _still_alive,
+    _stop_up,
+    _up_env,
+    _wait_manager_harness,
+    _wait_status,
+)
+from tests.rig import shared_tempdir
+
+pytestmark = pytest.mark.slow
+
+HEAL_BOUND_S = 15.0  # issue 19: everything up again within 15 s
+MANAGER = "hm1nd"
+
+
+def _nats_pid(up: subprocess.Popen[str]) -> int:
+    (pid,) = [
+        p.pid
+        for p in psutil.Process(up.pid).children(recursive=True)
+        if "nats-server" in " ".join(p.cmdline())
+    ]
+    return pid
+
+
+def _postmaster_pid(home: Path) -> int:
+    """The postmaster of ``home``'s cluster (its command line names the data dir)."""
+    needle = str(home.resolve())
+    found = [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if p.info["cmdline"]
+        and "postgres" in p.info["cmdline"][0]
+        and "-D" in p.info["cmdline"]
+        and needle in " ".join(p.info["cmdline"])
+    ]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _send(env: dict[str, str], body: str) -> int:
+    sent = _hive("send", MANAGER, body, "--json", env=env)
+    assert sent.returncode == 0, sent.stderr
+    return int(json.loads(sent.stdout)["id"])
+
+
+def _wait_healed(env: dict[str, str], up: subprocess.Popen[str], part: str, t0: float) -> dict:
+    """Waits until ``hive status`` is all up with ``part`` restarted once; within
+    :data:`HEAL_BOUND_S` of ``t0``."""
+    last = None
+    while time.monotonic() < t0 + HEAL_BOUND_S:
+        assert up.poll() is None, f"hive up exited: {up.stdout.read() if up.stdout else ''}"
+        last = _hive("status", "--json", "--timeout", "1", env=env, timeout=30)
+        if last.returncode == 0:
+            report = json.loads(last.stdout)
+            if report[part].get("restarts") == 1:
+                return report
+        time.sleep(0.25)
+    raise AssertionError(f"not healed within {HEAL_BOUND_S}s: {last.stdout if last else ''}")
+
+
+async def _receive_as_manager(home: Path, nats_url: str, wanted: set[int]) -> set[int]:
+    """Receives (and acks) the manager's messages with its own credentials until
+    every id in ``wanted`` came. Returns the ids received."""
+    seed = home / "agents" / MANAGER / "run" / "nats.seed"
+    nc = await connect(
+        NatsSettings(url=nats_url, connect_attempts=3, connect_backoff_s=0.2),
+        name="test-manager",
+        seed_file=str(seed),
+        inbox_prefix=subjects.inbox_prefix(MANAGER),
+    )
+    got: set[int] = set()
+    try:
+        deadline = time.monotonic() + 30
+        while not wanted <= got and time.monotonic() < deadline:
+            reply = await rpc.request(
+                nc,
+                subjects.agent(MANAGER, "recv"),
+                RecvRequest(wait_ms=2000),
+                RecvReply,
+                timeout=10,
+            )
+            if reply.message is None:
+                continue
+            got.add(reply.message.id)
+            await rpc.request(
+                nc, subjects.agent(MANAGER, "ack"), AckRequest(id=reply.message.id), Ok
+            )
+    finally:
+        await nc.close()
+    return got
+
+
+def _kill_and_heal(part: str, kill: signal.Signals = signal.SIGKILL) -> None:
+    home = shared_tempdir("hive-heal-") / "home"
+    env = _up_env(home)
+    up, ports = _start_up(home, env)
+    try:
+        _wait_status(env, up)
+        _wait_manager_harness(env, up, home)
+        before = _send(env, f"before the {part} kill")
+        victim = _nats_pid(up) if part == "nats" else _postmaster_pid(home)
+        t0 = time.monotonic()
+        os.kill(victim, kill)
+        report = _wait_healed(env, up, part, t0)
+        assert report[part]["last_exit"], report
+        table = _hive("status", env=env)
+        assert "restarted 1x" in table.stdout, table.stdout
+        after = _send(env, f"after the {part} kill")
+        url = f"nats://127.0.0.1:{ports[0]}"
+        got = asyncio.run(_receive_as_manager(home, url, {before, after}))
+        assert {before, after} <= got
+    finally:
+        code, out = _stop_up(up)
+    assert code == 0, out
+    restarts = [line for line in out.splitlines() if line.startswith(f"hive up: {part} ")]
+    assert len(restarts) == 1 and "restarted" in restarts[0], out
+    log = (home / "logs" / "up.log").read_text()
+    assert restarts[0] in log
+    assert not _procs_of(home), f"left behind: {_procs_of(home)}"
+
+
+def test_killed_nats_server_is_restarted_and_nothing_is_lost():
+    _kill_and_heal("nats")
+
+
+def test_killed_postmaster_is_restarted_and_nothing_is_lost():
+    _kill_and_heal("postgres")
+
+
+def test_restart_cap_reached_stops_the_hive_with_one_line():
+    home = shared_tempdir("hive-heal-") / "home"
+    env = _up_env(home)
+    env["HIVE_UP_RESTART_LIMIT"] = "1"
+    up, _ = _start_up(home, env)
+    watched: list[psutil.Process] = []
+    try:
+        _wait_status(env, up)
+        _wait_manager_harness(env, up, home)
+        watched = psutil.Process(up.pid).children(recursive=True)
+        watched.append(psutil.Process(_postmaster_pid(home)))
+        os.kill(_nats_pid(up), signal.SIGKILL)
+        _wait_healed(env, up, "nats", time.monotonic())
+        os.kill(_nats_pid(up), signal.SIGKILL)
+        out, _ = up.communicate(timeout=60)
+    finally:
+        if up.poll() is None:
+            _stop_up(up)
+    assert up.returncode == 1, out
+    lines = out.strip().splitlines()
+    assert lines[-1].startswith("hive up: nats went down 2 times within 60s"), out
+    assert "then run `hive up` again" in lines[-1]
+    gave_up = [line for line in lines if "not restarting" in line]
+    assert gave_up == [lines[-1]], out
+    deadline = time.monotonic() + 10
+    while _still_alive(watched) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _still_alive(watched), [(p.pid, p.cmdline()) for p in _still_alive(watched)]
+    assert not _procs_of(home), f"left behind: {_procs_of(home)}"
+    assert not (home / "up.state.json").exists()
