@@ -365,4 +365,10 @@ def process_part(name: str, get: Callable[[], Any], start: Callable[[], None], l
             return None
         return describe_returncode(proc.returncode)
 
-    return Part(name=name, exited=exited, restart=start, server=False, hint=f"see {log}")
+    def restart() -> None:
+        try:
+            start()
+        except OSError as exc:
+            raise Unavailable(f"cannot start: {exc}") from None
+
+    return Part(name=name, exited=exited, restart=restart, server=False, hint=f"see {log}")

@@ -67,16 +67,18 @@ def _send(env: dict[str, str], body: str) -> int:
     return int(json.loads(sent.stdout)["id"])
 
 
-def _wait_healed(env: dict[str, str], up: subprocess.Popen[str], part: str, t0: float) -> dict:
-    """Waits until ``hive status`` is all up with ``part`` restarted once; within
-    :data:`HEAL_BOUND_S` of ``t0``."""
+def _wait_healed(
+    env: dict[str, str], up: subprocess.Popen[str], part: str, t0: float, restarts: int = 1
+) -> dict:
+    """Waits until ``hive status`` is all up with ``part`` restarted ``restarts``
+    times; within :data:`HEAL_BOUND_S` of ``t0``."""
     last = None
     while time.monotonic() < t0 + HEAL_BOUND_S:
         assert up.poll() is None, f"hive up exited: {up.stdout.read() if up.stdout else ''}"
         last = _hive("status", "--json", "--timeout", "1", env=env, timeout=30)
         if last.returncode == 0:
             report = json.loads(last.stdout)
-            if report[part].get("restarts") == 1:
+            if report[part].get("restarts", 0) == restarts:
                 return report
         time.sleep(0.25)
     raise AssertionError(f"not healed within {HEAL_BOUND_S}s: {last.stdout if last else ''}")
@@ -114,32 +116,42 @@ async def _receive_as_manager(home: Path, nats_url: str, wanted: set[int]) -> se
     return got
 
 
-def _kill_and_heal(part: str, kill: signal.Signals = signal.SIGKILL) -> None:
+def _kill_and_heal(part: str, how: signal.Signals = signal.SIGKILL) -> None:
+    """``how`` (SIGKILL, or SIGSTOP for 3 s then SIGCONT) to ``part``'s server; the
+    hive is all up again within 15 s and a message sent before and one sent after
+    are both delivered to the manager."""
     home = shared_tempdir("hive-heal-") / "home"
     env = _up_env(home)
     up, ports = _start_up(home, env)
+    restarts = 1 if how == signal.SIGKILL else 0
     try:
         _wait_status(env, up)
         _wait_manager_harness(env, up, home)
-        before = _send(env, f"before the {part} kill")
+        before = _send(env, f"before the {part} {how.name}")
         victim = _nats_pid(up) if part == "nats" else _postmaster_pid(home)
         t0 = time.monotonic()
-        os.kill(victim, kill)
-        report = _wait_healed(env, up, part, t0)
-        assert report[part]["last_exit"], report
-        table = _hive("status", env=env)
-        assert "restarted 1x" in table.stdout, table.stdout
-        after = _send(env, f"after the {part} kill")
+        os.kill(victim, how)
+        if how == signal.SIGSTOP:
+            time.sleep(3)
+            os.kill(victim, signal.SIGCONT)
+        report = _wait_healed(env, up, part, t0, restarts)
+        if restarts:
+            assert report[part]["last_exit"], report
+            table = _hive("status", env=env)
+            assert "restarted 1x" in table.stdout, table.stdout
+        after = _send(env, f"after the {part} {how.name}")
         url = f"nats://127.0.0.1:{ports[0]}"
         got = asyncio.run(_receive_as_manager(home, url, {before, after}))
         assert {before, after} <= got
     finally:
         code, out = _stop_up(up)
     assert code == 0, out
-    restarts = [line for line in out.splitlines() if line.startswith(f"hive up: {part} ")]
-    assert len(restarts) == 1 and "restarted" in restarts[0], out
-    log = (home / "logs" / "up.log").read_text()
-    assert restarts[0] in log
+    lines = [line for line in out.splitlines() if line.startswith(f"hive up: {part} ")]
+    if restarts:
+        assert len(lines) == 1 and "restarted" in lines[0], out
+        assert lines[0] in (home / "logs" / "up.log").read_text()
+    else:
+        assert lines == [], out  # a stopped server is not restarted
     assert not _procs_of(home), f"left behind: {_procs_of(home)}"
 
 
@@ -149,6 +161,11 @@ def test_killed_nats_server_is_restarted_and_nothing_is_lost():
 
 def test_killed_postmaster_is_restarted_and_nothing_is_lost():
     _kill_and_heal("postgres")
+
+
+@pytest.mark.parametrize("part", ["nats", "postgres"])
+def test_stopped_server_is_waited_for_and_nothing_is_lost(part):
+    _kill_and_heal(part, signal.SIGSTOP)
 
 
 def test_restart_cap_reached_stops_the_hive_with_one_line():
