@@ -192,9 +192,10 @@ class Supervisor:
             self.save()
             window = f"{self.policy.window_s:g}s"
             if part.server:
+                hint = part.hint[:1].upper() + part.hint[1:]
                 raise GaveUp(
-                    f"{part.name} went down {len(part.times) + 1} times within {window} "
-                    f"(last: {part.pending}); not restarting it: {part.hint}, "
+                    f"{part.name} cannot be kept up ({len(part.times)} restarts within "
+                    f"{window}; last: {part.pending}); stopping the hive. {hint}, "
                     "then run `hive up` again"
                 )
             self.say(

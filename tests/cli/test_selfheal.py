@@ -188,9 +188,10 @@ def test_restart_cap_reached_stops_the_hive_with_one_line():
             _stop_up(up)
     assert up.returncode == 1, out
     lines = out.strip().splitlines()
-    assert lines[-1].startswith("hive up: nats went down 2 times within 60s"), out
-    assert "then run `hive up` again" in lines[-1]
-    gave_up = [line for line in lines if "not restarting" in line]
+    prefix = "hive up: nats cannot be kept up (1 restarts within 60s; last: killed by SIGKILL)"
+    assert lines[-1].startswith(prefix), out
+    assert lines[-1].endswith("nats.log, then run `hive up` again"), out
+    gave_up = [line for line in lines if "cannot be kept up" in line]
     assert gave_up == [lines[-1]], out
     deadline = time.monotonic() + 10
     while _still_alive(watched) and time.monotonic() < deadline:
@@ -198,3 +199,32 @@ def test_restart_cap_reached_stops_the_hive_with_one_line():
     assert not _still_alive(watched), [(p.pid, p.cmdline()) for p in _still_alive(watched)]
     assert not _procs_of(home), f"left behind: {_procs_of(home)}"
     assert not (home / "up.state.json").exists()
+
+
+def test_damaged_postgres_data_dir_stops_the_hive_with_one_line():
+    home = shared_tempdir("hive-heal-") / "home"
+    env = _up_env(home)
+    env["HIVE_UP_RESTART_LIMIT"] = "2"
+    up, _ = _start_up(home, env)
+    try:
+        _wait_status(env, up)
+        data_dir = (home / "postgres").resolve()
+        postmaster = _postmaster_pid(home)
+        # the control file gone: no start can succeed
+        (data_dir / "global" / "pg_control").unlink()
+        os.kill(postmaster, signal.SIGKILL)
+        out, _ = up.communicate(timeout=90)
+    finally:
+        if up.poll() is None:
+            _stop_up(up)
+    assert up.returncode == 1, out
+    lines = out.strip().splitlines()
+    last = lines[-1]
+    assert last.startswith("hive up: postgres cannot be kept up (2 restarts within 60s"), out
+    assert "last: failed to restart: PostgreSQL did not start" in last
+    assert "postgres.log" in last and "restore" in last and "run `hive up` again" in last
+    assert [line for line in lines if "cannot be kept up" in line] == [last]
+    deadline = time.monotonic() + 10
+    while _procs_of(home) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _procs_of(home), f"left behind: {_procs_of(home)}"

@@ -95,8 +95,9 @@ def test_a_server_at_its_cap_gives_up_with_one_line(tmp_path, lines):
     with pytest.raises(GaveUp) as gave_up:
         sup.check()
     message = str(gave_up.value)
-    assert message.startswith("postgres went down 3 times within 60s (last: failed to restart: ")
-    assert "bad data dir" in message and "see x.log, then run `hive up` again" in message
+    assert message.startswith("postgres cannot be kept up (2 restarts within 60s; last: failed")
+    assert "bad data dir" in message
+    assert message.endswith("; stopping the hive. See x.log, then run `hive up` again")
     assert "\n" not in message
     assert supervisor.read_state(tmp_path)["postgres"]["state"] == "given up"
 
