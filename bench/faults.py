@@ -398,6 +398,9 @@ async def nemesis(
         # answers the first call, no service restart needed
         listed = await hive.acli("agents", "--json")
         fault["first_call_ok"] = listed.returncode == 0
+        if listed.returncode != 0:
+            fault["first_call_error"] = listed.stderr.strip()[-300:]
+            log(f"nemesis: first call after healing failed: {fault['first_call_error']}")
         h.add(op="healed", target=target, s=fault["heal_s"])
         log(f"nemesis: {target} healed in {fault['heal_s']}s")
         faults.append(fault)
@@ -556,6 +559,9 @@ async def run(args: argparse.Namespace, result: dict[str, Any], hive: Hive) -> N
         **{k: v for k, v in verdict.items() if not k.startswith("_")},
         unhealed=sum(1 for s in heals if s is None),
         first_call_errors=sum(1 for f in faults if f.get("first_call_ok") is False),
+        first_call_errors_after=[
+            f"{f['how']} {f['target']}" for f in faults if f.get("first_call_ok") is False
+        ],
         max_heal_s=max((s for s in heals if s is not None), default=None),
         healthy=healthy,
         restarts=_restart_lines(hive.output()),

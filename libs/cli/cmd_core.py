@@ -32,7 +32,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--no-agents", action="store_true", help="do not start the manager agent")
     p.set_defaults(func=_up)
 
-    p = sub.add_parser("status", help="which services answer; NATS and Postgres reachability")
+    p = sub.add_parser(
+        "status",
+        help="which services answer; NATS and Postgres reachability (exit 0: all up)",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait per service")
     p.set_defaults(func=_status)
@@ -99,12 +102,15 @@ async def gather_status(settings: Settings, timeout: float) -> dict[str, object]
     services = dict(zip(subjects.SERVICES, results, strict=True))
     report["services"] = services
     db_states = [s.get("database") for s in services.values() if s.get("database")]
+    failing = [state for state in db_states if state != "ok"]
     if not db_states:
         report["postgres"] = {"reachable": False, "error": "no service with a database answers"}
-    elif "ok" in db_states:
+    elif not failing:
         report["postgres"] = {"reachable": True}
     else:
-        report["postgres"] = {"reachable": False, "error": db_states[0]}
+        # reachable only when every service's pool works: right after a
+        # PostgreSQL restart one pool may still be reconnecting
+        report["postgres"] = {"reachable": False, "error": failing[0]}
     _add_restarts(report, settings)
     return report
 
@@ -161,7 +167,9 @@ def _status(args: argparse.Namespace) -> int:
                 detail = f"pid {s['pid']} v{s['version']}" if s["up"] else s.get("error", "")
                 rows.append([part, "up" if s["up"] else "DOWN", detail + _restarts_text(s)])
             print_table(["part", "state", "detail"], rows)
-        all_up = all(s["up"] for s in services.values())
+        postgres = report["postgres"]
+        assert isinstance(postgres, dict)
+        all_up = all(s["up"] for s in services.values()) and bool(postgres["reachable"])
         return 0 if all_up else 1
 
     return run_command(body)
