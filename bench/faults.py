@@ -29,7 +29,7 @@ Redeliveries of an acked message are counted (``acked_redelivered``) but are
 not a failure: delivery is at-least-once and a PostgreSQL crash may lose the
 last acks (DESIGN.md section 3).
 
-Usage: python bench/faults.py --seed 1 [--duration 90] [--agents 3] [--keep]
+Usage: python bench/faults.py --seed 1 [--duration 150] [--agents 3] [--keep]
 The last line printed is one JSON object:
 ``{"seed": …, "ops": …, "faults": …, "lost": 0, "duplicated": 0, …, "ok": true}``.
 """
@@ -59,7 +59,7 @@ import psutil
 from nats.aio.client import Client as NATS
 
 from hyperhive.cli.embedded import free_port
-from hyperhive.cli.supervisor import postmaster_pid
+from hyperhive.cli.supervisor import pid_alive, postmaster_pid, read_state
 from hyperhive.common import rpc, subjects
 from hyperhive.common.config import NatsSettings
 from hyperhive.common.natsconn import connect
@@ -191,7 +191,12 @@ class Hive:
             return None
 
     def pid_of(self, target: str) -> int | None:
-        """The pid of a supervised process of this hive."""
+        """The pid of a supervised process of this hive (as ``hive up`` records it
+        in ``up.state.json``, else found among its children)."""
+        parts = read_state(self.home)
+        recorded = parts.get("nats" if target == "nats-server" else target, {}).get("pid")
+        if isinstance(recorded, int) and pid_alive(recorded):
+            return recorded
         if target == "postgres":
             return postmaster_pid((self.home / "postgres").resolve())
         assert self.proc is not None
@@ -582,7 +587,7 @@ def main() -> int:
     logging.getLogger("hyperhive.common.natsconn").setLevel(logging.ERROR)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--duration", type=float, default=90.0, help="seconds of faults")
+    parser.add_argument("--duration", type=float, default=150.0, help="seconds of faults (at most)")
     parser.add_argument("--faults", type=int, default=12, help="at most this many (plus 2 crashes)")
     parser.add_argument("--agents", type=int, default=3)
     parser.add_argument("--history", help="write the client history here (JSON lines)")

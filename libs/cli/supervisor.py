@@ -13,7 +13,8 @@ everything. A service at its cap stays down (``hive status`` shows it).
 
 Each restart is one line on stderr and in ``$HIVE_HOME/logs/up.log``; the
 counts and last exits are kept in ``$HIVE_HOME/up.state.json`` (rewritten on
-every change, with ``hive up``'s pid), which ``hive status`` reads.
+every change, with ``hive up``'s pid and each part's), which ``hive status``
+reads.
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ class Part:
     restart: Callable[[], None]  # raises HiveError when it cannot start
     server: bool  # a server: giving up stops the hive
     hint: str  # what the operator should look at when it cannot be restarted
+    pid: Callable[[], int | None] = lambda: None  # its process now, if known
     restarts: int = 0
     times: list[float] = field(default_factory=list)
     last_exit: str = ""
@@ -129,6 +131,7 @@ class Part:
 
     def report(self) -> dict[str, object]:
         return {
+            "pid": self.pid() if self.state == "running" else None,
             "state": self.state,
             "restarts": self.restarts,
             "last_exit": self.last_exit,
@@ -282,6 +285,7 @@ def nats_part(server: EmbeddedNats) -> Part:
         restart=restart,
         server=True,
         hint=f"see {server.root / 'nats.log'}",
+        pid=lambda: server.proc.pid if server.proc is not None else None,
     )
 
 
@@ -350,6 +354,7 @@ def postgres_part(server: EmbeddedPostgres) -> Part:
         exited=postmaster.exited,
         restart=postmaster.restart,
         server=True,
+        pid=lambda: postmaster.pid,
         hint=(
             f"see {server.data_dir / 'postgres.log'} (a damaged data dir needs the "
             "restore in docs/operations.md)"
@@ -372,4 +377,8 @@ def process_part(name: str, get: Callable[[], Any], start: Callable[[], None], l
         except OSError as exc:
             raise Unavailable(f"cannot start: {exc}") from None
 
-    return Part(name=name, exited=exited, restart=restart, server=False, hint=f"see {log}")
+    def pid() -> int | None:
+        proc = get()
+        return proc.pid if proc is not None else None
+
+    return Part(name=name, exited=exited, restart=restart, server=False, hint=f"see {log}", pid=pid)

@@ -135,7 +135,11 @@ def _kill_and_heal(part: str, how: signal.Signals = signal.SIGKILL) -> None:
             time.sleep(3)
             os.kill(victim, signal.SIGCONT)
         report = _wait_healed(env, up, part, t0, restarts)
+        now = _nats_pid(up) if part == "nats" else _postmaster_pid(home)
+        state = json.loads((home / "up.state.json").read_text())
+        assert state["parts"][part]["pid"] == now, state
         if restarts:
+            assert now != victim
             assert report[part]["last_exit"], report
             table = _hive("status", env=env)
             assert "restarted 1x" in table.stdout, table.stdout
