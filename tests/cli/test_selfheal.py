@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -32,6 +34,15 @@ from tests.cli.test_up import (
 from tests.rig import shared_tempdir
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    """A HIVE_HOME the unprivileged PostgreSQL user can reach, removed afterwards."""
+    root = shared_tempdir("hive-heal-")
+    yield root / "home"
+    shutil.rmtree(root, ignore_errors=True)
+
 
 HEAL_BOUND_S = 15.0  # issue 19: everything up again within 15 s
 MANAGER = "hm1nd"
@@ -116,11 +127,10 @@ async def _receive_as_manager(home: Path, nats_url: str, wanted: set[int]) -> se
     return got
 
 
-def _kill_and_heal(part: str, how: signal.Signals = signal.SIGKILL) -> None:
+def _kill_and_heal(home: Path, part: str, how: signal.Signals = signal.SIGKILL) -> None:
     """``how`` (SIGKILL, or SIGSTOP for 3 s then SIGCONT) to ``part``'s server; the
     hive is all up again within 15 s and a message sent before and one sent after
     are both delivered to the manager."""
-    home = shared_tempdir("hive-heal-") / "home"
     env = _up_env(home)
     up, ports = _start_up(home, env)
     restarts = 1 if how == signal.SIGKILL else 0
@@ -159,21 +169,20 @@ def _kill_and_heal(part: str, how: signal.Signals = signal.SIGKILL) -> None:
     assert not _procs_of(home), f"left behind: {_procs_of(home)}"
 
 
-def test_killed_nats_server_is_restarted_and_nothing_is_lost():
-    _kill_and_heal("nats")
+def test_killed_nats_server_is_restarted_and_nothing_is_lost(home):
+    _kill_and_heal(home, "nats")
 
 
-def test_killed_postmaster_is_restarted_and_nothing_is_lost():
-    _kill_and_heal("postgres")
+def test_killed_postmaster_is_restarted_and_nothing_is_lost(home):
+    _kill_and_heal(home, "postgres")
 
 
 @pytest.mark.parametrize("part", ["nats", "postgres"])
-def test_stopped_server_is_waited_for_and_nothing_is_lost(part):
-    _kill_and_heal(part, signal.SIGSTOP)
+def test_stopped_server_is_waited_for_and_nothing_is_lost(home, part):
+    _kill_and_heal(home, part, signal.SIGSTOP)
 
 
-def test_restart_cap_reached_stops_the_hive_with_one_line():
-    home = shared_tempdir("hive-heal-") / "home"
+def test_restart_cap_reached_stops_the_hive_with_one_line(home):
     env = _up_env(home)
     env["HIVE_UP_RESTART_LIMIT"] = "1"
     up, _ = _start_up(home, env)
@@ -205,8 +214,7 @@ def test_restart_cap_reached_stops_the_hive_with_one_line():
     assert not (home / "up.state.json").exists()
 
 
-def test_damaged_postgres_data_dir_stops_the_hive_with_one_line():
-    home = shared_tempdir("hive-heal-") / "home"
+def test_damaged_postgres_data_dir_stops_the_hive_with_one_line(home):
     env = _up_env(home)
     env["HIVE_UP_RESTART_LIMIT"] = "2"
     up, _ = _start_up(home, env)
