@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from hyperhive.cli.client import operator_nats, print_json, print_table, run_com
 from hyperhive.common import rpc, subjects
 from hyperhive.common.config import Settings, default_home, load_settings
 from hyperhive.common.errors import HiveError
+from hyperhive.common.redact import mask
 from hyperhive.common.wire.base import Ping, Pong
 
 
@@ -26,7 +28,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--nats-seed", help="nkey seed file for --nats-url (if it needs auth)")
     p.add_argument("--database-url", help="use this PostgreSQL instead of an embedded one")
     p.add_argument("--nats-port", type=int, default=None, help="embedded NATS port (4222)")
-    p.add_argument("--pg-port", type=int, default=None, help="embedded PostgreSQL port (5433)")
+    p.add_argument(
+        "--pg-port",
+        type=int,
+        default=None,
+        help="embedded PostgreSQL socket number (5433; no TCP port)",
+    )
     p.add_argument("--dashboard-port", type=int, default=None, help="dashboard port (7000)")
     p.add_argument("--dashboard-host", default=None, help="dashboard bind address (127.0.0.1)")
     p.add_argument("--no-agents", action="store_true", help="do not start the manager agent")
@@ -39,6 +46,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait per service")
     p.set_defaults(func=_status)
+
+    p = sub.add_parser(
+        "dashboard-url", help="the dashboard's login URL, with the operator token (keep it secret)"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_dashboard_url)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -74,17 +87,18 @@ def _up(args: argparse.Namespace) -> int:
 
 async def gather_status(settings: Settings, timeout: float) -> dict[str, object]:
     """Pings every service. Returns a JSON-able report."""
-    report: dict[str, object] = {"nats": {"url": settings.nats.url, "reachable": False}}
+    url = mask(settings.nats.url)  # a password in the URL is not shown
+    report: dict[str, object] = {"nats": {"url": url, "reachable": False}}
     try:
         nc = await operator_nats(settings, attempts=1)
     except HiveError as exc:
-        report["nats"] = {"url": settings.nats.url, "reachable": False, "error": str(exc)}
+        report["nats"] = {"url": url, "reachable": False, "error": mask(str(exc))}
         report["services"] = {
             part: {"up": False, "error": "NATS unreachable"} for part in subjects.SERVICES
         }
         report["postgres"] = {"reachable": False, "error": "unknown: NATS unreachable"}
         return report
-    report["nats"] = {"url": settings.nats.url, "reachable": True}
+    report["nats"] = {"url": url, "reachable": True}
 
     async def ping(part: str) -> dict[str, object]:
         try:
@@ -144,6 +158,33 @@ def _restarts_text(entry: dict[str, object]) -> str:
     if entry.get("supervisor"):
         text += f" ({entry['supervisor']})"
     return text
+
+
+def _dashboard_url(args: argparse.Namespace) -> int:
+    """Prints the login URL ``hive up`` printed (it reads the token, not the hive)."""
+    from hyperhive.cli import operator_token as ot
+    from hyperhive.common.errors import ConfigError
+
+    try:
+        settings = load_settings()
+        base = ot.base_url(settings.dashboard)
+        token_file = ot.configured_token_file(settings)
+        try:
+            url = ot.login_url(base, ot.operator_token(settings))
+        except ConfigError:
+            if not settings.dashboard.insecure_no_token:
+                raise
+            url = base  # no token by explicit opt-out: the page itself
+    except ConfigError as exc:
+        print(f"hive dashboard-url: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print_json(
+            {"url": base, "login_url": url, "token_file": str(token_file) if token_file else None}
+        )
+    else:
+        print(url)
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:

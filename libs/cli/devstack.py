@@ -2,8 +2,11 @@
 
 Starts (unless given URLs) a private nats-server and PostgreSQL under
 ``$HIVE_HOME``, writes ``$HIVE_HOME/up.toml`` so that CLI commands find the
-stack, runs the five services as supervised child processes, and on Ctrl-C
-or SIGTERM stops the services, the agents' harnesses, and the servers.
+stack, creates the operator token (``$HIVE_HOME/operator-token``, 0600) at
+the first start and tells only the dashboard where it is, runs the five
+services as supervised child processes, prints the dashboard's login URL,
+and on Ctrl-C or SIGTERM stops the services, the agents' harnesses, and the
+servers.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,10 +26,12 @@ import msgspec
 import nats.errors
 
 from hyperhive.cli import supervisor
+from hyperhive.cli import operator_token as ot
 from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres, check_port_free
 from hyperhive.common import db, subjects
 from hyperhive.common.config import UP_FILE, Settings, load_settings, settings_env
 from hyperhive.common.errors import ConfigError, HiveError, Unavailable
+from hyperhive.common.hostuser import isolation_gaps, runtime_paths, system_user, unreachable
 from hyperhive.common.natsconn import connect
 
 DEFAULT_NATS_PORT = 4222
@@ -54,6 +60,7 @@ class DevStack:
     pg: EmbeddedPostgres | None = None
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     watch: supervisor.Supervisor | None = None
+    envs: dict[str, dict[str, str]] = field(default_factory=dict)
     stopping: bool = False
 
     def check_home(self) -> None:
@@ -83,16 +90,34 @@ class DevStack:
         """
         host, port = self.dashboard_address(settings)
         check_port_free(port, "the dashboard", host)
+        self._check_agents_reachable(settings)
         if not self.opts.nats_url:
             check_port_free(self.opts.nats_port, "NATS")
-        if not self.opts.database_url:
-            check_port_free(self.opts.pg_port, "PostgreSQL")
         if self.opts.nats_url:
             asyncio.run(self._probe_nats(settings, self.opts.nats_url))
         if self.opts.database_url:
             asyncio.run(
                 db.probe(msgspec.structs.replace(settings.database, url=self.opts.database_url))
             )
+
+    def _check_agents_reachable(self, settings: Settings) -> None:
+        """As root without a sandbox, the agent user must reach what the
+        default harness runs from and the agents' dirs (nothing binds them).
+
+        Raises:
+            ConfigError: one of them is behind a dir closed to that user.
+        """
+        lc = settings.lifecycle
+        sandboxed = lc.use_bwrap and shutil.which("bwrap")
+        if os.geteuid() != 0 or not lc.agent_user or sandboxed or lc.backend != "process":
+            return
+        needed = [self.opts.home / "agents"]
+        if not lc.harness_command:
+            argv = [sys.executable, "-m", "hyperhive.cli.main", "harness", "serve"]
+            needed += runtime_paths(argv, settings.harness.claude_bin or "")
+        reason = unreachable(system_user(lc.agent_user), needed)
+        if reason:
+            raise ConfigError(reason)
 
     async def _probe_nats(self, settings: Settings, url: str) -> None:
         """Connects as the services will (their seed) and asks for JetStream."""
@@ -164,7 +189,36 @@ class DevStack:
             env["HIVE_LIFECYCLE_MANAGER"] = ""
         return env
 
+    def operator_token(self, settings: Settings) -> tuple[dict[str, str], str, Path | None]:
+        """The dashboard's operator token: the configured one, else
+        ``$HIVE_HOME/operator-token`` (created now at the first start).
+
+        Returns:
+            The dashboard's extra environment, the token ("" only with
+            ``dashboard.insecure_no_token`` and none configured), its file.
+
+        Raises:
+            ConfigError: the token file cannot be created or read.
+        """
+        ds = settings.dashboard
+        if ds.token.strip():
+            return {}, ds.token.strip(), None
+        if ds.token_file:
+            path = Path(ds.token_file)
+            return {}, ot.read_token_file(path), path
+        if ds.insecure_no_token:
+            return {}, "", None
+        path, _created = ot.ensure_token(self.opts.home)
+        return {"HIVE_DASHBOARD_TOKEN_FILE": str(path)}, ot.read_token_file(path), path
+
+    def part_env(self, part: str, env: dict[str, str], dashboard: dict[str, str]) -> dict[str, str]:
+        """A service's environment: only the dashboard learns of the operator token."""
+        if part == "dashboard":
+            return {**env, **dashboard}
+        return {k: v for k, v in env.items() if k != "HIVE_DASHBOARD_TOKEN"}
+
     def spawn(self, part: str, env: dict[str, str]) -> None:
+        self.envs[part] = env
         log_dir = self.opts.home / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         with open(log_dir / f"{part}.log", "ab") as log:
@@ -191,7 +245,7 @@ class DevStack:
                 supervisor.process_part(
                     part,
                     get=lambda p=part: self.children.get(p),
-                    start=lambda p=part: self.spawn(p, env),
+                    start=lambda p=part: self.spawn(p, self.envs[p]),
                     log=self.opts.home / "logs" / f"{part}.log",
                 )
             )
@@ -276,6 +330,7 @@ def up(opts: UpOptions) -> int:
         os.environ["HIVE_HOME"] = str(opts.home)
         settings = load_settings()
         stack.preflight(settings)
+        dashboard_env, token, token_file = stack.operator_token(settings)
         nats_url, service_seed, operator_seed, db_url = stack.start_servers()
         stack.write_up_file(nats_url, operator_seed)
         env = stack.service_env(settings, nats_url, service_seed, db_url)
@@ -284,12 +339,24 @@ def up(opts: UpOptions) -> int:
         env["HIVE_DASHBOARD_PORT"] = str(port)
         if not stopped:  # else Ctrl-C came while the servers were starting
             for part in subjects.SERVICES:
-                stack.spawn(part, env)
+                stack.spawn(part, stack.part_env(part, env, dashboard_env))
             stack.supervise_all(settings, env)
+            base = ot.base_url(settings.dashboard, host, port)
             print(f"hyperhive is up (HIVE_HOME={opts.home})", flush=True)
-            print(f"  dashboard  http://{host}:{port}/", flush=True)
+            # the one place the token is shown (as Jupyter shows its ?token= URL)
+            print(f"  dashboard  {ot.login_url(base, token) if token else base}", flush=True)
+            if token_file is not None:
+                print(f"  token      {token_file} (`hive dashboard-url` prints the URL again)")
+            elif not token:
+                print("  WARNING    the dashboard has NO operator token (insecure_no_token)")
+            if settings.lifecycle.manager:
+                # agent pages are the dashboard's (a unix socket per harness, no port)
+                page = f"{base.rstrip('/')}/agents/{settings.lifecycle.manager}/"
+                print(f"  manager    {page}", flush=True)
             print(f"  nats       {nats_url}", flush=True)
             print("  logs       " + str(opts.home / "logs"), flush=True)
+            for gap in isolation_gaps(settings):
+                print(f"  warning    {gap}", flush=True)
             print("Ctrl-C stops everything.", flush=True)
         while not stopped:
             time.sleep(0.2)

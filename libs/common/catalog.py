@@ -94,7 +94,8 @@ def _entries() -> list[Entry]:
             "KV hive_state",
             w.Heartbeat,
             None,
-            "harness heartbeat (every interval; turn_started while a turn runs)",
+            "harness heartbeat (every interval; turn_started while a turn runs; "
+            "login_needed while the API refuses its credentials)",
         ),
     ]
     lifecycle_tools = {
@@ -217,6 +218,14 @@ def _entries() -> list[Entry]:
             "turn statistics series",
         ),
         Entry(
+            s.admin("broker", "usage"),
+            "request",
+            "broker",
+            w.UsageRequest,
+            w.UsageReply,
+            "turns, model calls, tokens and cost per agent and UTC day",
+        ),
+        Entry(
             s.admin("lifecycle", "list"),
             "request",
             "lifecycle",
@@ -286,6 +295,14 @@ def _entries() -> list[Entry]:
             "an agent's deployed agent.nix and agent.toml",
         ),
         Entry(
+            s.admin("lifecycle", "notes"),
+            "request",
+            "lifecycle",
+            w.NotesRequest,
+            w.NotesReply,
+            "an agent's notes, one kept version of them, or the list of versions",
+        ),
+        Entry(
             s.admin("lifecycle", "drafts"),
             "request",
             "lifecycle",
@@ -313,7 +330,7 @@ def _entries() -> list[Entry]:
             s.admin("approvals", "approve"),
             "request",
             "approvals",
-            w.ApprovalIdRequest,
+            w.ApproveRequest,
             w.ApprovalInfo,
             "approve and deploy",
         ),

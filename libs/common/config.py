@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -83,12 +83,18 @@ class LifecycleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     # process backend: the harness command and the claude CLI it runs
     harness_command: str = ""  # empty: ``<python> -m hyperhive.cli.main harness serve``
     use_bwrap: bool = True
+    # process backend run as root: every harness runs as this unprivileged
+    # system user (created on first use), never as root. Empty keeps them
+    # root, with a warning at every start (the tests' rig does, not hive up)
+    agent_user: str = "hyperhive-agent"
     # nixos backend
     nixos_container: str = "nixos-container"
     machinectl: str = "machinectl"  # adds binds to a running manager container
     flake_ref: str = ""  # hyperhive flake the per-agent flakes pin
     rev: str = ""  # empty: the installed package's version
-    # web ports: the manager's, and the range other agents are hashed into
+    # registry ports: the manager's, and the range other agents are hashed
+    # into (kept in the registry; nothing listens on them: an agent page is a
+    # unix socket in its run dir, served to the operator by the dashboard)
     manager_port: int = 8000
     port_base: int = 8100
     port_count: int = 900
@@ -102,7 +108,9 @@ class LifecycleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     journalctl: str = "journalctl"
     nixos_conf_dir: str = "/etc/nixos-containers"
     nixos_system: str = "x86_64-linux"
-    nixos_private_users: bool = False  # --private-users=pick (needs idmapped binds)
+    # --private-users=pick with id-mapped binds: a container's root is an
+    # unprivileged uid on the host (needs a filesystem with id-mapped mounts)
+    nixos_private_users: bool = True
 
 
 class ApprovalsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -125,9 +133,19 @@ class CrashWatchSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
 class DashboardSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 7000
-    # operator token required for every page and SSE; empty: none
+    # the operator token every page, action and SSE stream requires (the
+    # token itself, or a file holding it; ``hive up`` writes
+    # ``$HIVE_HOME/operator-token``). Neither set: the dashboard reads
+    # ``$CREDENTIALS_DIRECTORY/operator-token`` (systemd's LoadCredential),
+    # else refuses to start.
     token: str = ""
     token_file: str = ""
+    # who the token stands for in the record of each operator decision
+    token_label: str = "operator"
+    # run without a token (loudly logged): every page is open, and every
+    # operator action (POST, WebSocket) is refused unless it comes from a
+    # loopback address. Agents on this host are loopback clients too.
+    insecure_no_token: bool = False
     # per-section read timeout: a service that does not answer within it is
     # shown as down in its section while the rest of the page renders
     section_timeout_s: float = 2.0
@@ -148,8 +166,12 @@ class DashboardSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
 
 class HarnessSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     agent: str = ""
-    port: int = 0
-    host: str = "127.0.0.1"
+    # the agent page's API: a unix socket (``<run dir>/page.sock``), no TCP
+    # port; reached by the operator through the dashboard only
+    socket: str = ""
+    # an inherited listening socket on that path (the process backend binds
+    # it on the host and passes it: the agent's run dir is read-only to it)
+    socket_fd: int = -1
     claude_bin: str = ""  # empty: ``claude`` on PATH, else the repo's pinned one
     workdir: str = ""
     state_dir: str = ""
@@ -159,10 +181,13 @@ class HarnessSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     notes_compact_bytes: int = 32 * 1024
     # notes compaction: longest a compaction session may run (then the notes stay as they are)
     notes_compact_timeout_s: float = 300.0
-    # the agent page's terminal (a login shell in the agent's workdir, behind the token)
+    # notes compaction: an answer smaller than this fraction of the notes is refused
+    # as implausible (a useless or truncated answer, not a compaction)
+    notes_compact_min_ratio: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.1
+    # the agent page's terminal (a login shell in the agent's workdir, behind
+    # the dashboard's operator login)
     terminal: bool = True
     heartbeat_interval_s: float = 5.0
-    token: str = ""  # operator token for the agent page; empty: none
     # manager only: the agents dir (<n>/proposed, <n>/applied, <n>/state)
     agents_dir: str = ""
     # manager only: the dir holding agents/<n>/{config,state} and applied/<n>
@@ -172,6 +197,12 @@ class HarnessSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # stopping harness waits for its last poll, so keep it well under
     # lifecycle.stop_timeout_s)
     recv_wait_s: float = 5.0
+    # API faults (docs/turn-loop.md): how often claude itself retries one
+    # failed request (CLAUDE_CODE_MAX_RETRIES), then the harness's back-off
+    # before running the same turn again: first delay and cap, jittered
+    api_retries: int = 2
+    api_backoff_s: float = 10.0
+    api_backoff_max_s: float = 300.0
 
 
 class UpSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -15,6 +15,7 @@ from hyperhive.common.wire.approvals import (
     ApplyCommitRequest,
     ApprovalIdRequest,
     ApprovalsRequest,
+    ApproveRequest,
     AskRequest,
     DenyRequest,
     QuestionsRequest,
@@ -46,7 +47,7 @@ async def start(rt: Runtime) -> None:
     admin = subjects.admin
     await serve(admin(PART, "list"), ApprovalsRequest, h.list_approvals)
     await serve(admin(PART, "diff"), ApprovalIdRequest, h.diff)
-    await serve(admin(PART, "approve"), ApprovalIdRequest, h.approve)
+    await serve(admin(PART, "approve"), ApproveRequest, h.approve)
     await serve(admin(PART, "deny"), DenyRequest, h.deny)
     await serve(admin(PART, "questions"), QuestionsRequest, h.questions)
     await serve(admin(PART, "answer"), AnswerRequest, h.answer)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, get
 from litestar.enums import MediaType
 from litestar.params import FromQuery
@@ -12,12 +13,20 @@ from litestar.params import FromQuery
 from hyperhive.common.errors import HiveError
 from hyperhive.common.names import check_agent_name
 from hyperhive.common.wire.approvals import ApprovalsReply, ApprovalsRequest
-from hyperhive.common.wire.broker import StatsReply, StatsRequest
+from hyperhive.common.wire.broker import (
+    USAGE_KEYS,
+    StatsReply,
+    StatsRequest,
+    UsageReply,
+    UsageRequest,
+)
 from hyperhive.dashboard import stats
 from hyperhive.dashboard.web import HTTP_STATUS, deps
 
 WINDOWS = (3600, 6 * 3600, 24 * 3600)  # what the window picker offers, seconds
 MAX_POINTS = 20_000
+USAGE_DAYS = 7  # the per-day usage table: today and the days before (UTC)
+DAY_S = 86400
 
 
 @get("/api/stats")
@@ -64,10 +73,38 @@ async def hive_stats(
     return Response({"charts": {"approval_queue": queue}}, media_type=MediaType.JSON)
 
 
+@get("/api/usage")
+async def usage(request: Request[Any, Any, Any]) -> Response[Any]:
+    """Turns, model calls, tokens and cost per agent and UTC day (the last
+    ``USAGE_DAYS`` days), with each agent's total over them."""
+    today = time.time() // DAY_S * DAY_S
+    try:
+        reply = await deps(request).hive.read(
+            "broker",
+            "usage",
+            UsageRequest(since=today - (USAGE_DAYS - 1) * DAY_S),
+            UsageReply,
+        )
+    except HiveError as exc:
+        return _error(exc)
+    keys = ("turns", *USAGE_KEYS)
+    totals: dict[str, dict[str, float]] = {}
+    for d in reply.days:
+        t = totals.setdefault(d.agent, dict.fromkeys(keys, 0))
+        for k in keys:
+            t[k] += getattr(d, k)
+    for t in totals.values():
+        t["cost_usd"] = round(t["cost_usd"], 6)
+    return Response(
+        {"days": msgspec.to_builtins(reply.days), "totals": totals, "window_days": USAGE_DAYS},
+        media_type=MediaType.JSON,
+    )
+
+
 def _error(exc: HiveError) -> Response[Any]:
     return Response(
         {"error": str(exc)}, status_code=HTTP_STATUS.get(exc.code, 500), media_type=MediaType.JSON
     )
 
 
-HANDLERS = [agent_stats, hive_stats]
+HANDLERS = [agent_stats, hive_stats, usage]

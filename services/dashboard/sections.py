@@ -37,6 +37,7 @@ from hyperhive.common.wire.lifecycle import (
 )
 from hyperhive.dashboard import diff, stats
 from hyperhive.dashboard.hive import Hive
+from hyperhive.dashboard.redact import mask_diff
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ async def _proposal(hive: Hive, approval: ApprovalInfo) -> Proposal:
     return Proposal(
         approval,
         reply.sha or sha,
-        diff.parse(text),
+        diff.parse(mask_diff(text)),
         no_change=not text.strip() or text.strip() == diff.NO_CHANGE,
     )
 

@@ -19,6 +19,8 @@ from litestar.response import Stream
 
 from hyperhive.common.config import DashboardSettings
 from hyperhive.common.errors import HiveError
+from hyperhive.dashboard import security
+from hyperhive.dashboard.harnesslink import HarnessLink
 from hyperhive.dashboard.hive import Hive
 from hyperhive.dashboard.hub import EventHub
 from hyperhive.dashboard.render import Renderer
@@ -47,6 +49,7 @@ class Deps:
     hub: EventHub
     render: Renderer
     security: Security
+    link: HarnessLink  # the agent pages' APIs (routes_agent_page)
 
 
 def deps(request: Request[Any, Any, Any]) -> Deps:
@@ -56,6 +59,13 @@ def deps(request: Request[Any, Any, Any]) -> Deps:
 def csrf_token(request: Request[Any, Any, Any]) -> str:
     """The token the page embeds (set by the Guard middleware)."""
     return str(request.scope.get(SCOPE_KEY, ""))  # type: ignore[call-overload]
+
+
+def decided_by(request: Request[Any, Any, Any]) -> str:
+    """Who an operator action through this request is recorded as."""
+    d = deps(request)
+    client = request.client.host if request.client else ""
+    return security.decided_by(d.settings, d.security, client)
 
 
 def page_context(request: Request[Any, Any, Any]) -> dict[str, Any]:

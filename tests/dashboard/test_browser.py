@@ -8,6 +8,7 @@ proves that nothing reloaded the page.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from hyperhive.common.wire.broker import (
     TurnStats,
 )
 from hyperhive.common.wire.events import OperatorAnswered
-from tests.browser import chromium, needs_chromium, open_page
+from tests.browser import chromium, log_in, needs_chromium, open_page
 from tests.dashboard.conftest import (
     Stack,
     agents,
@@ -53,7 +54,7 @@ async def browser() -> AsyncIterator[Browser]:
 @pytest.fixture
 async def page(browser: Browser, stack: Stack, tmp_path: Path) -> AsyncIterator[Page]:
     async with open_page(browser, width=1280, height=900, timeout_ms=UI_TIMEOUT_MS) as pg:
-        await pg.goto(stack.url + "/")
+        await log_in(pg, stack.login_url)
         await pg.evaluate("window.__noReload = 'still here'")
         yield pg
         await pg.screenshot(path=str(tmp_path / "screenshot.png"), full_page=True)
@@ -69,9 +70,8 @@ async def test_spawn_from_the_form_shows_the_agent_running(page: Page, stack: St
     await page.get_by_role("button", name="+ sp4wn").click()
     card = page.locator(f"#agent-{name}")
     await expect(card.locator('[data-role="state"]')).to_have_text("running")
-    await expect(card.get_by_role("link")).to_have_attribute(
-        "href", f"http://127.0.0.1:{await card_port(page, name)}/"
-    )
+    # its page is the dashboard's own (no port of the agent's)
+    await expect(card.get_by_role("link")).to_have_attribute("href", f"/agents/{name}/")
     await expect(page.locator("#toasts")).to_contain_text(f"sp4wn3d {name}")
     await assert_not_reloaded(page)
 
@@ -83,11 +83,6 @@ async def test_spawn_from_the_form_shows_the_agent_running(page: Page, stack: St
     await card.get_by_role("button", name=f"stop {name}", exact=True).click()
     await expect(card.locator('[data-role="state"]')).to_have_text("stopped")
     await assert_not_reloaded(page)
-
-
-async def card_port(page: Page, name: str) -> str:
-    text = await page.locator(f"#agent-{name} a.port").inner_text()
-    return text.split(":")[-1].split()[0]
 
 
 async def test_approve_an_apply_commit_and_see_it_deployed(
@@ -108,6 +103,10 @@ async def test_approve_an_apply_commit_and_see_it_deployed(
     resolved = page.locator(f"#resolved-{approval_id}")
     await expect(resolved).to_contain_text("deployed")
     await expect(resolved).to_contain_text(f"deployed/{approval_id}")
+    # who decided, and when (the clock time, not only "ago")
+    by = 'approved by operator via dashboard (token "operator") at'
+    await expect(resolved.locator(".decided")).to_contain_text(by)
+    await expect(resolved.locator(".decided time")).to_have_text(re.compile(r"\d\d:\d\d:\d\d$"))
     await expect(card).to_have_count(0)
     await assert_not_reloaded(page)
 
@@ -126,7 +125,39 @@ async def test_deny_with_a_note(page: Page, stack: Stack) -> None:
     await expect(resolved).to_contain_text("denied")
     await expect(resolved).to_contain_text(f"denied/{approval_id}")
     await expect(resolved).to_contain_text("no shouting in the hive")
+    await expect(resolved.locator(".decided")).to_contain_text("denied by operator via dashboard")
     await assert_not_reloaded(page)
+
+
+async def test_the_printed_login_url_logs_in_and_leaves_the_address_bar(
+    browser: Browser, stack: Stack
+) -> None:
+    async with open_page(browser, width=1280, height=900, timeout_ms=UI_TIMEOUT_MS) as pg:
+        # no token: the login form, on every page
+        await pg.goto(stack.url + "/")
+        await expect(pg.locator("form[action='/login']")).to_be_visible()
+        await expect(pg.locator("#agent-hm1nd")).to_have_count(0)
+        # a wrong token in the URL: refused
+        await pg.goto(f"{stack.url}/login?token=wrong")
+        await expect(pg.get_by_role("alert")).to_contain_text("wrong token")
+        # the URL `hive up` prints: logged in, redirected, the token gone from the address
+        response = await pg.goto(stack.login_url)
+        assert response is not None and response.ok
+        assert pg.url == stack.url + "/"
+        await expect(pg.locator("#agent-hm1nd")).to_be_visible()
+        assert stack.token not in await pg.content()
+        cookies = {c["name"]: c for c in await pg.context.cookies()}
+        session = cookies["hive_session"]
+        assert session["httpOnly"] and stack.token not in session["value"]
+        # a reload keeps the session; the login form works by typing the token too
+        await pg.reload()
+        await expect(pg.locator("#agent-hm1nd")).to_be_visible()
+        await pg.context.clear_cookies()
+        await pg.goto(stack.url + "/login")
+        await pg.get_by_label("0p3r4t0r t0k3n").fill(stack.token)
+        await pg.get_by_role("button", name="3nt3r").click()
+        await expect(pg.locator("#agent-hm1nd")).to_be_visible()
+        assert pg.url == stack.url + "/"
 
 
 async def test_answer_a_radio_question_reaches_the_manager(page: Page, stack: Stack) -> None:
@@ -193,7 +224,7 @@ async def test_page_works_at_phone_width(browser: Browser, stack: Stack, tmp_pat
     context = await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
     pg = await context.new_page()
     try:
-        await pg.goto(stack.url + "/")
+        await log_in(pg, stack.login_url)
         await expect(pg.locator("#agent-hm1nd")).to_be_visible()
         # nothing wider than the screen: no sideways scrolling of the page
         overflow = await pg.evaluate(
@@ -223,6 +254,10 @@ async def test_telemetry_charts_render_with_uplot(page: Page, stack: Stack) -> N
             messages_sent_to={"peer": 1},
             inbox_depth=i,
             notes_bytes=1024 * (i + 1),
+            input_tokens=500,
+            cache_read_tokens=1500,
+            model_calls=1,
+            cost_usd=0.125,
         )
         await rpc.publish(stack.manager, subjects.agent(subjects.MANAGER, "stats"), stats)
     card = page.locator('.tele[data-agent="hm1nd"]')
@@ -246,6 +281,15 @@ async def test_telemetry_charts_render_with_uplot(page: Page, stack: Stack) -> N
     await expect(card.locator('figure[data-chart="duration"]')).to_contain_text("p95 s")
     await expect(card.locator('figure[data-chart="messages"]')).to_contain_text("sent → peer")
     await expect(card.locator('figure[data-chart="tools"]')).to_contain_text("Read")
+    # cost and tokens: the window's totals beside the turn count, a row per agent and day
+    await expect(card.locator('[data-role="last"]')).to_contain_text("$")
+    await expect(card.locator('figure[data-chart="cost"]')).to_contain_text("USD")
+    total = hive.locator('table.usage tr[data-agent="hm1nd"][data-day="total"]')
+    await expect(total).to_be_visible()
+    today = time.strftime("%Y-%m-%d", time.gmtime(now))
+    await expect(
+        hive.locator(f'table.usage tr[data-agent="hm1nd"][data-day="{today}"]')
+    ).to_have_count(1)
     await card.scroll_into_view_if_needed()
     await assert_not_reloaded(page)
 

@@ -15,6 +15,8 @@ import pytest
 from hyperhive.common import rpc, subjects
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.approvals import (
+    ApprovalIdRequest,
+    ApprovalInfo,
     QuestionsReply,
     QuestionsRequest,
     SpawnToolRequest,
@@ -30,6 +32,7 @@ from tests.dashboard.conftest import (
     ask_operator,
     commit_config,
     csrf_session,
+    logged_in,
     question,
     request_apply_commit,
     set_prompt,
@@ -42,7 +45,7 @@ TIMEOUT = 30.0
 
 @pytest.fixture
 async def client(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.url, timeout=TIMEOUT) as c:
+    async with logged_in(stack, TIMEOUT) as c:
         yield c
 
 
@@ -79,7 +82,7 @@ async def test_post_without_csrf_token_is_refused_and_changes_nothing(
     r = await client.post("/agents/spawn", data={"name": name}, headers={"X-CSRF-Token": "f00"})
     assert r.status_code == 403
     # a token from another session (cookie) does not fit this one
-    async with httpx.AsyncClient(base_url=stack.url) as other:
+    async with logged_in(stack) as other:
         foreign = await csrf_session(other)
     assert foreign != token
     r = await client.post("/agents/spawn", data={"name": name, "_csrf": foreign})
@@ -112,7 +115,7 @@ async def test_approve_deny_and_answer_without_csrf_are_refused_and_change_nothi
     question_id = await ask_operator(stack, "csrf question?", ["yes", "no"])
     text_id = await ask_operator(stack, "csrf free text?")
     token = await csrf_session(client)
-    async with httpx.AsyncClient(base_url=stack.url) as other:
+    async with logged_in(stack) as other:
         foreign = await csrf_session(other)
     posts = [
         (f"/approvals/{approval_id}/approve", {}),
@@ -412,9 +415,14 @@ async def test_agent_panels_show_config_inbox_and_logs(
 
 async def test_telemetry_series_from_turn_stats(stack: Stack, client: httpx.AsyncClient) -> None:
     assert stack.manager is not None
+    before = (await client.get("/api/usage")).json()["totals"].get("hm1nd", {})
     now = time.time()
     for i, (duration, code) in enumerate(((1200.0, 0), (3400.0, 0), (800.0, 1))):
         stats = TurnStats(
+            input_tokens=100 * (i + 1),
+            cache_read_tokens=1000,
+            model_calls=2,
+            cost_usd=0.25,
             ts=now - 30 + i,
             duration_ms=duration,
             exit_code=code,
@@ -444,6 +452,18 @@ async def test_telemetry_series_from_turn_stats(stack: Stack, client: httpx.Asyn
     tools = charts["tools"]["series"]
     assert (sum(tools["Read"]), sum(tools["send"])) == (6, 3)  # mcp__hyperhive__ dropped
     assert charts["notes"]["series"]["notes KiB"][-3:] == [2, 4, 6]
+    assert sum(charts["tokens"]["series"]["input"]) >= 600
+    assert data["totals"]["model_calls"] >= 6 and data["totals"]["cost_usd"] >= 0.75
+
+    # per agent and UTC day: today's row and the totals grew by what was published
+    usage = (await client.get("/api/usage")).json()
+    after = usage["totals"]["hm1nd"]
+    grew = {k: after[k] - before.get(k, 0) for k in ("turns", "input_tokens", "model_calls")}
+    assert grew == {"turns": 3, "input_tokens": 600, "model_calls": 6}
+    assert after["cache_read_tokens"] - before.get("cache_read_tokens", 0) == 3000
+    assert after["cost_usd"] - before.get("cost_usd", 0) == pytest.approx(0.75)
+    today = time.strftime("%Y-%m-%d", time.gmtime(now))
+    assert any(d["agent"] == "hm1nd" and d["day"] == today for d in usage["days"])
     r = await client.get("/api/stats", params={"agent": "../etc"})
     assert r.status_code == 400
 
@@ -511,6 +531,40 @@ async def test_secrets_in_a_proposal_are_masked(stack: Stack, client: httpx.Asyn
     assert "API_TOKEN" in page and "tools-mcp" in page  # the change is visible
     assert secret not in page  # its value is not
     assert secret not in (await client.get("/")).text
+    # a hunk deep in an env table (its header far above) is masked as well
+    regions = "".join(f'REGION_{i} = "eu-west-{i}"\n' for i in range(12))
+    sha = await commit_config(
+        stack.settings,
+        name,
+        lambda text: (
+            text + f'\n[mcp_servers.geo]\ncommand = "geo"\n[mcp_servers.geo.env]\n{regions}'
+        ),
+        "env",
+    )
+    env_id = await request_apply_commit(stack, name, sha)
+    deployed = await rpc.request(
+        stack.operator,
+        subjects.admin("approvals", "approve"),
+        ApprovalIdRequest(id=env_id),
+        ApprovalInfo,
+        timeout=TIMEOUT,
+    )
+    assert deployed.state == "deployed", deployed.error
+    sha = await commit_config(
+        stack.settings, name, lambda text: text.replace("eu-west-9", "eu-north-9"), "move"
+    )
+    await request_apply_commit(stack, name, sha)
+    page = (await client.get("/section/approvals")).text
+    assert "REGION_9" in page and "eu-west-" not in page and "eu-north-9" not in page
+    # the same rule for a message in the agent's inbox panel
+    await rpc.request(
+        stack.operator,
+        subjects.admin("broker", "send"),
+        AdminSendRequest(to=name, body=f"use ANTHROPIC_API_KEY={secret} for now"),
+        SendReply,
+    )
+    inbox = (await client.get(f"/agents/{name}/inbox")).text
+    assert "ANTHROPIC_API_KEY" in inbox and secret not in inbox
     # the hive's telemetry counts it as waiting for the operator
     hive = (await client.get("/api/stats/hive", params={"window": 3600})).json()
     assert hive["charts"]["approval_queue"]["series"]["waiting approvals"][-1] >= 1

@@ -280,6 +280,8 @@
     ["messages", "messages sent (by recipient) / received"],
     ["tools", "tool calls by tool"],
     ["since_last_turn", "time since previous turn (s)"],
+    ["tokens", "tokens (input / output / cache read / cache write)"],
+    ["cost", "cost (USD, notes compactions included)"],
     ["notes", "notes file size (KiB)"],
   ];
   const HIVE_CHARTS = [["approval_queue", "approvals waiting for the operator"]];
@@ -316,6 +318,7 @@
         box.textContent = "";
         last.textContent = "approvals d0wn: " + e.message;
       }
+      drawUsage($('[data-role="usage"]', hive));
     }
     for (const card of $$(".tele[data-agent]")) {
       const box = $('[data-role="charts"]', card);
@@ -330,7 +333,7 @@
         last.textContent = "broker d0wn: " + e.message;
         continue;
       }
-      last.textContent = fmtAgo(data.since_last_turn_s) + " · " + data.turns + " turns in window";
+      last.textContent = fmtAgo(data.since_last_turn_s) + " · " + data.turns + " turns in window" + fmtTotals(data.totals);
       if (data.turns === 0) {
         box.textContent = "";
         const p = document.createElement("p");
@@ -341,6 +344,64 @@
       }
       drawCharts(box, CHARTS, data.charts);
     }
+  }
+
+  function fmtTokens(n) {
+    if (n >= 1e6) return (n / 1e6).toFixed(1) + "M";
+    if (n >= 1e3) return (n / 1e3).toFixed(1) + "k";
+    return String(Math.round(n));
+  }
+
+  function fmtTotals(t) {
+    if (!t) return "";
+    const tokens = t.input_tokens + t.output_tokens + t.cache_read_tokens + t.cache_creation_tokens;
+    return " · $" + t.cost_usd.toFixed(4) + " · " + fmtTokens(tokens) + " tokens";
+  }
+
+  const USAGE_COLS = [
+    ["day", "day (UTC)"], ["agent", "agent"], ["turns", "turns"], ["model_calls", "calls"],
+    ["input_tokens", "in"], ["output_tokens", "out"], ["cache_read_tokens", "cache read"],
+    ["cache_creation_tokens", "cache write"], ["cost_usd", "USD"],
+  ];
+
+  async function drawUsage(box) {
+    if (!box) return;
+    let data;
+    try {
+      data = await fetchJson("/api/usage");
+    } catch (e) {
+      box.textContent = "usage: broker d0wn: " + e.message;
+      return;
+    }
+    const rows = [...data.days].reverse();
+    for (const [agent, t] of Object.entries(data.totals)) rows.push({ ...t, day: "total", agent });
+    const table = document.createElement("table");
+    table.className = "usage";
+    const cap = document.createElement("caption");
+    cap.textContent = "usage per agent and day, last " + data.window_days + " days";
+    table.append(cap);
+    const head = table.insertRow();
+    for (const [, label] of USAGE_COLS) {
+      const th = document.createElement("th");
+      th.textContent = label;
+      head.append(th);
+    }
+    for (const r of rows) {
+      const tr = table.insertRow();
+      tr.dataset.agent = r.agent;
+      tr.dataset.day = r.day;
+      for (const [key] of USAGE_COLS) {
+        const v = r[key];
+        tr.insertCell().textContent =
+          key === "cost_usd" ? v.toFixed(4) : typeof v === "number" ? fmtTokens(v) : v;
+      }
+    }
+    box.textContent = "";
+    if (rows.length === 0) {
+      box.textContent = "n0 usage in th3 l4st " + data.window_days + " d4ys";
+      return;
+    }
+    box.append(table);
   }
 
   function drawCharts(box, list, charts) {
@@ -389,8 +450,9 @@
   }
   window.addEventListener("resize", () => {
     for (const p of plots) {
-      const width = Math.max(200, p.root.parentElement.parentElement.clientWidth);
-      p.setSize({ width, height: 130 });
+      const box = p.root.parentElement?.parentElement;
+      if (!box) continue; // a chart a redraw has just replaced
+      p.setSize({ width: Math.max(200, box.clientWidth), height: 130 });
     }
   });
   $("#tele-win")?.addEventListener("change", drawTelemetry);
