@@ -25,8 +25,8 @@ from pathlib import Path
 import msgspec
 import nats.errors
 
-from hyperhive.cli import supervisor
 from hyperhive.cli import operator_token as ot
+from hyperhive.cli import supervisor
 from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres, check_port_free
 from hyperhive.common import db, subjects
 from hyperhive.common.config import UP_FILE, Settings, load_settings, settings_env
