@@ -291,8 +291,13 @@ def nats_part(server: EmbeddedNats) -> Part:
 
 def postmaster_pid(data_dir: Path) -> int | None:
     """The pid in ``postmaster.pid`` (None when there is none)."""
+    return postmaster_pid_in(data_dir / "postmaster.pid")
+
+
+def postmaster_pid_in(lock: Path) -> int | None:
+    """The pid on the first line of a PostgreSQL lock file (None when there is none)."""
     try:
-        return int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+        return int(lock.read_text().split("\n", 1)[0])
     except (OSError, ValueError):
         return None
 
@@ -331,10 +336,14 @@ class _Postmaster:
         for pid in orphans:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-        stale = postmaster_pid(data_dir)
-        if stale is not None and not pid_alive(stale):
-            with contextlib.suppress(OSError):
-                (data_dir / "postmaster.pid").unlink()
+        # lock files naming a dead postmaster: PostgreSQL itself refuses them
+        # while that pid is a zombie nobody reaps (pid 1 of a container may not)
+        locks = [data_dir / "postmaster.pid", *self.server.socket_dir.glob(".s.PGSQL.*.lock")]
+        for lock in locks:
+            stale = postmaster_pid_in(lock)
+            if stale is not None and not pid_alive(stale):
+                with contextlib.suppress(OSError):
+                    lock.unlink()
         try:
             self.server.start()
         except HiveError:
