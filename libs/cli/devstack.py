@@ -26,7 +26,7 @@ import msgspec
 import nats.errors
 
 from hyperhive.cli import operator_token as ot
-from hyperhive.cli import waiting
+from hyperhive.cli import supervisor, waiting
 from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres, check_port_free
 from hyperhive.common import db, subjects
 from hyperhive.common.config import UP_FILE, Settings, load_settings, settings_env
@@ -59,8 +59,8 @@ class DevStack:
     nats: EmbeddedNats | None = None
     pg: EmbeddedPostgres | None = None
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    watch: supervisor.Supervisor | None = None
     envs: dict[str, dict[str, str]] = field(default_factory=dict)
-    restarts: dict[str, list[float]] = field(default_factory=dict)
     stopping: bool = False
 
     def check_home(self) -> None:
@@ -233,19 +233,31 @@ class DevStack:
                 start_new_session=True,
             )
 
+    def supervise_all(self, settings: Settings, env: dict[str, str]) -> None:
+        """Puts the embedded servers and the services under :mod:`supervisor`."""
+        self.watch = supervisor.Supervisor(self.opts.home, supervisor.RestartPolicy.of(settings.up))
+        if self.nats is not None:
+            self.watch.add(supervisor.nats_part(self.nats))
+        if self.pg is not None:
+            self.watch.add(supervisor.postgres_part(self.pg))
+        for part in self.children:
+            self.watch.add(
+                supervisor.process_part(
+                    part,
+                    get=lambda p=part: self.children.get(p),
+                    start=lambda p=part: self.spawn(p, self.envs[p]),
+                    log=self.opts.home / "logs" / f"{part}.log",
+                )
+            )
+
     def supervise(self) -> None:
-        """Restarts a service that died (like ``Restart=on-failure``), with backoff."""
-        for part, proc in list(self.children.items()):
-            if proc.poll() is None or self.stopping:
-                continue
-            now = time.monotonic()
-            recent = [t for t in self.restarts.get(part, []) if now - t < 60]
-            if len(recent) >= 5:
-                continue  # crash loop: leave it down; `hive status` shows it
-            recent.append(now)
-            self.restarts[part] = recent
-            print(f"hive up: {part} exited with {proc.returncode}; restarting", file=sys.stderr)
-            self.spawn(part, self.envs[part])
+        """Restarts what exited (like ``Restart=on-failure``), with backoff.
+
+        Raises:
+            supervisor.GaveUp: NATS or PostgreSQL cannot be brought back.
+        """
+        if self.watch is not None and not self.stopping:
+            self.watch.check()
 
     def stop(self) -> None:
         self.stopping = True
@@ -267,6 +279,8 @@ class DevStack:
             self.nats.stop()
         if self.pg is not None:
             self.pg.stop()
+        if self.watch is not None:
+            self.watch.forget()
 
 
 def _gone(pid: int) -> bool:
@@ -326,6 +340,7 @@ def up(opts: UpOptions) -> int:
         if not stopped:  # else Ctrl-C came while the servers were starting
             for part in subjects.SERVICES:
                 stack.spawn(part, stack.part_env(part, env, dashboard_env))
+            stack.supervise_all(settings, env)
             base = ot.base_url(settings.dashboard, host, port)
             print(f"hyperhive is up (HIVE_HOME={opts.home})", flush=True)
             # the one place the token is shown (as Jupyter shows its ?token= URL)

@@ -225,6 +225,17 @@ class HarnessSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     api_backoff_max_s: float = 300.0
 
 
+class UpSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``hive up``'s supervision of the embedded servers and the services."""
+
+    # a part restarted this many times within the window is not restarted
+    # again (a server: the hive stops, saying so)
+    restart_limit: int = 5
+    restart_window_s: float = 60.0
+    # the first restart in the window is immediate; then this, doubling, up to 5 s
+    restart_backoff_s: float = 0.5
+
+
 class TelemetrySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     exporter: str = "none"  # none | console | otlp
     otlp_endpoint: str = ""
@@ -247,6 +258,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     notify: NotifySettings = msgspec.field(default_factory=NotifySettings)
     dashboard: DashboardSettings = msgspec.field(default_factory=DashboardSettings)
     harness: HarnessSettings = msgspec.field(default_factory=HarnessSettings)
+    up: UpSettings = msgspec.field(default_factory=UpSettings)
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
 

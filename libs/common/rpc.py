@@ -22,6 +22,7 @@ from nats.aio.subscription import Subscription
 from opentelemetry import trace
 
 from hyperhive.common import actor, subjects
+from hyperhive.common.db import is_connection_error
 from hyperhive.common.errors import (
     BadRequest,
     Forbidden,
@@ -228,9 +229,17 @@ class Responder:
                 data = b'{"ok":true}' if result is None else _encoder.encode(result)
             except HiveError as exc:
                 data = error_reply(exc)
-            except Exception:
-                log.exception("handler failed", extra={"subject": msg.subject})
-                data = error_reply(Internal(f"internal error handling {msg.subject}"))
+            except Exception as exc:
+                if is_connection_error(exc):
+                    # PostgreSQL down or restarting: the caller may retry
+                    reason = (str(exc) or type(exc).__name__).splitlines()[0]
+                    log.warning("database unavailable for %s: %s", msg.subject, reason)
+                    data = error_reply(
+                        Unavailable(f"database unavailable, {msg.subject} not done: {reason}")
+                    )
+                else:
+                    log.exception("handler failed", extra={"subject": msg.subject})
+                    data = error_reply(Internal(f"internal error handling {msg.subject}"))
         if msg.reply:
             try:
                 await msg.respond(data)
