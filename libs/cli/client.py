@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import msgspec
 from nats.aio.client import Client as NATS
 
-from hyperhive.common import rpc, subjects
+from hyperhive.common import actor, rpc, subjects
 from hyperhive.common.config import Settings, load_settings
 from hyperhive.common.errors import HiveError, NotFound, RequestTimeout, Unavailable
 from hyperhive.common.names import check_agent_name
@@ -27,7 +27,9 @@ T = TypeVar("T", bound=msgspec.Struct)
 
 
 async def operator_nats(settings: Settings, attempts: int = 2) -> NATS:
-    """Connects as the operator (``_INBOX.operator`` replies)."""
+    """Connects as the operator (``_INBOX.operator`` replies); what this
+    command changes is recorded as done by :func:`decided_by`."""
+    actor.set_actor(decided_by())
     return await connect(
         settings.nats,
         name="hive-cli",

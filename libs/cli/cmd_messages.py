@@ -7,9 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -33,6 +31,7 @@ from hyperhive.common import subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import BadRequest, Unavailable
 from hyperhive.common.redact import mask_data
+from hyperhive.common.timeparse import parse_since
 from hyperhive.common.wire.broker import (
     AdminSendRequest,
     HistoryItem,
@@ -48,7 +47,6 @@ from hyperhive.common.wire.events import HiveEvent
 log = logging.getLogger(__name__)
 
 PREVIEW_CHARS = 80
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 TAIL_BATCH = 256  # records per pull request
 TAIL_WAIT_S = 5.0  # how long one pull request waits for a record
 TAIL_RETRY_S = 1.0  # pause before a new consumer after an error
@@ -95,29 +93,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--json", action="store_true", help="one JSON event per line")
     p.set_defaults(func=_tail)
-
-
-def parse_since(value: str, now: float | None = None) -> float:
-    """``1700000000``, ``2026-01-02T03:04``, or an age (``90s``, ``10m``, ``2h``, ``1d``).
-
-    Raises:
-        BadRequest: none of those.
-    """
-    now = time.time() if now is None else now
-    value = value.strip()
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", value)
-    if m:
-        return now - float(m.group(1)) * _UNITS[m.group(2)]
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        raise BadRequest(
-            f"--since {value!r}: use unix time, ISO time (2026-01-02T03:04) or an age (10m, 2h)"
-        ) from None
 
 
 def _preview(body: str) -> str:

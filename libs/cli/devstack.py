@@ -26,7 +26,7 @@ import msgspec
 import nats.errors
 
 from hyperhive.cli import operator_token as ot
-from hyperhive.cli import supervisor
+from hyperhive.cli import supervisor, waiting
 from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres, check_port_free
 from hyperhive.common import db, subjects
 from hyperhive.common.config import UP_FILE, Settings, load_settings, settings_env
@@ -358,6 +358,7 @@ def up(opts: UpOptions) -> int:
             for gap in isolation_gaps(settings):
                 print(f"  warning    {gap}", flush=True)
             print("Ctrl-C stops everything.", flush=True)
+            waiting.report_when_ready()  # "  waiting    N approvals, M questions"
         while not stopped:
             time.sleep(0.2)
             stack.supervise()

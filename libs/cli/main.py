@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "hyperhive.cli.cmd_messages",
     "hyperhive.cli.cmd_agents",
     "hyperhive.cli.cmd_approvals",
+    "hyperhive.cli.cmd_log",
     "hyperhive.cli.cmd_usage",
     "hyperhive.harness.cli",
 )

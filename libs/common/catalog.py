@@ -441,6 +441,18 @@ def _entries() -> list[Entry]:
             "filtered to `message.*`, from now or from a start time (`--since`); after a "
             "reconnect a new consumer resumes after the last record, so nothing is missed",
         ),
+        Entry(
+            " ".join(
+                s.event_family(f) for f in ("agent", "approval", "question", "crash", "stuck")
+            ),
+            "consumer",
+            "stream HIVE_EVENTS",
+            w.HiveEvent,
+            None,
+            "the activity timeline (`hive log`, the dashboard's activity section, "
+            "`GET /api/activity`): a short-lived pull consumer from a start time, each record "
+            "turned into one line of plain words with who (`data.by`) and when",
+        ),
     ]
     return e
 
@@ -486,6 +498,12 @@ def render_markdown() -> str:
         "",
         "Each record is a `HiveEvent` {kind, ts, agent?, data?, id?}.",
         "",
+        "`data.by` says who caused it, when a request did: the agent for",
+        "`hive.agent.<n>.*`, the operator's tool for `hive.admin.*` (the `Hive-Actor`",
+        "header, e.g. `operator via cli (ann@box)`, else `operator`), and for",
+        "`hive.system.*` the actor the calling service passed on (else `system`).",
+        "A change from a service's own loop (a crash restart, an auto-update) has none.",
+        "",
     ]
     lines += [f"- `{k}`" for k in EVENT_KINDS]
     lines += [
@@ -505,6 +523,7 @@ def render_markdown() -> str:
         f"nats ... stream view {s.EVENTS_STREAM}         # the durable event log",
         f"nats ... sub '{s.AGENT_EVENTS_ALL}'       # live claude output of every agent",
         f"hive tail [--agent A] [--since 10m]      # message events, from {s.EVENTS_STREAM}",
+        "hive log [--agent A] [--kind deny] [--since 1d] [--json]   # the activity timeline",
         "```",
         "",
     ]

@@ -121,6 +121,26 @@ class ApprovalsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     notify_retry_s: float = 5.0
 
 
+class NotifySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # where the approvals service POSTs one JSON document per decision that
+    # waits for the operator (an approval or a question), e.g. an ntfy topic
+    # or a chat bot's webhook (``HIVE_NOTIFY_URL``); empty: nothing is sent
+    url: str = ""
+    # json: the document as the body; ntfy: the message as the body and
+    # ntfy's Title, Click, Tags headers (https://ntfy.sh/<topic> works as is)
+    format: str = "json"
+    # the dashboard's address as the operator opens it, for the link in each
+    # notification (e.g. ``https://hive.example:7000``); empty: no link
+    dashboard_url: str = ""
+    timeout_s: float = 10.0  # one POST
+    # a failed POST (connection refused, timeout, not 2xx) is retried after
+    # backoff_s, doubled each time up to backoff_max_s, at most max_attempts
+    backoff_s: float = 2.0
+    backoff_max_s: float = 300.0
+    max_attempts: int = 10
+    sweep_s: float = 5.0  # how often new decisions are looked for without a kick
+
+
 class CrashWatchSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     poll_interval_s: float = 10.0
     heartbeat_timeout_s: float = 60.0
@@ -235,6 +255,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     lifecycle: LifecycleSettings = msgspec.field(default_factory=LifecycleSettings)
     crashwatch: CrashWatchSettings = msgspec.field(default_factory=CrashWatchSettings)
     approvals: ApprovalsSettings = msgspec.field(default_factory=ApprovalsSettings)
+    notify: NotifySettings = msgspec.field(default_factory=NotifySettings)
     dashboard: DashboardSettings = msgspec.field(default_factory=DashboardSettings)
     harness: HarnessSettings = msgspec.field(default_factory=HarnessSettings)
     up: UpSettings = msgspec.field(default_factory=UpSettings)

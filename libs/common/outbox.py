@@ -21,7 +21,7 @@ import asyncpg
 import msgspec
 from nats.js import JetStreamContext
 
-from hyperhive.common import subjects
+from hyperhive.common import actor, subjects
 from hyperhive.common.redact import mask_data
 from hyperhive.common.telemetry import TRACEPARENT, current_traceparent
 from hyperhive.common.wire.events import HiveEvent
@@ -32,9 +32,13 @@ _decoder = msgspec.json.Decoder(HiveEvent)
 
 
 def make_event(kind: str, *, agent: str | None = None, **data: object) -> HiveEvent:
-    """A new event with a fresh id and the current time; secrets in its data
+    """A new event with a fresh id, the current time and, when known, who
+    caused it (``by``, see :mod:`hyperhive.common.actor`); secrets in its data
     (a message body, a build error quoting a config) are masked: HIVE_EVENTS
     is read by every live view and kept."""
+    by = actor.current()
+    if by and "by" not in data:
+        data["by"] = by
     return HiveEvent(
         kind=kind, ts=time.time(), agent=agent, data=mask_data(data), id=uuid.uuid4().hex
     )

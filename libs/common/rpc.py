@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from opentelemetry import trace
 
-from hyperhive.common import subjects
+from hyperhive.common import actor, subjects
 from hyperhive.common.db import is_connection_error
 from hyperhive.common.errors import (
     BadRequest,
@@ -128,7 +128,8 @@ _NO_RESPONDER_RETRIES_S = (0.02, 0.05, 0.1, 0.2)
 async def _request_once(nc: NATS, subject: str, data: bytes, timeout: float) -> Msg:
     for delay in (*_NO_RESPONDER_RETRIES_S, None):
         try:
-            return await nc.request(subject, data, timeout=timeout, headers=inject_headers())
+            headers = inject_headers(actor.headers())
+            return await nc.request(subject, data, timeout=timeout, headers=headers)
         except nats.errors.NoRespondersError:
             if delay is None:
                 raise
@@ -223,7 +224,8 @@ class Responder:
                     req = dec.decode(msg.data or b"{}")
                 except msgspec.DecodeError as exc:
                     raise BadRequest(f"bad request on {msg.subject}: {exc}") from None
-                result = await handler(req, Call(subject=msg.subject, headers=headers))
+                with actor.acting_as(actor.of_request(msg.subject, headers)):
+                    result = await handler(req, Call(subject=msg.subject, headers=headers))
                 data = b'{"ok":true}' if result is None else _encoder.encode(result)
             except HiveError as exc:
                 data = error_reply(exc)

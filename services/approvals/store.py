@@ -370,3 +370,74 @@ async def unnotified_answers(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     return await pool.fetch(
         f"SELECT {_Q_COLUMNS} FROM questions WHERE answer IS NOT NULL AND NOT notified ORDER BY id"
     )
+
+
+# --- notifications (the webhook's record) ---------------------------------------
+
+
+async def enqueue_notifications(pool: asyncpg.Pool) -> int:
+    """Records every waiting decision that has no notification yet. Returns how many."""
+    async with pool.acquire() as conn, conn.transaction():
+        a = await conn.execute(
+            "INSERT INTO notifications (decision, ref_id)"
+            " SELECT 'approval', id FROM approvals WHERE state = 'pending'"
+            " ON CONFLICT DO NOTHING"
+        )
+        q = await conn.execute(
+            "INSERT INTO notifications (decision, ref_id)"
+            " SELECT 'question', id FROM questions WHERE answer IS NULL"
+            " ON CONFLICT DO NOTHING"
+        )
+    return int(a.split()[-1]) + int(q.split()[-1])
+
+
+async def claim_notifications(
+    pool: asyncpg.Pool, lease_s: float, limit: int
+) -> list[asyncpg.Record]:
+    """Takes due notifications for one try: each is counted as an attempt and
+    hidden from other senders for ``lease_s`` (a sender that dies mid-POST
+    leaves it due again after the lease)."""
+    return await pool.fetch(
+        "UPDATE notifications SET attempts = attempts + 1,"
+        " next_at = now() + make_interval(secs => $1)"
+        " WHERE id IN (SELECT id FROM notifications WHERE state = 'pending' AND next_at <= now()"
+        "   ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)"
+        " RETURNING id, decision, ref_id, attempts",
+        lease_s,
+        limit,
+    )
+
+
+async def end_notification(
+    pool: asyncpg.Pool, notification_id: int, state: str, error: str = ""
+) -> None:
+    """pending → sent | skipped | gave_up."""
+    await pool.execute(
+        "UPDATE notifications SET state = $2, last_error = $3,"
+        " sent_at = CASE WHEN $2 = 'sent' THEN now() ELSE sent_at END"
+        " WHERE id = $1 AND state = 'pending'",
+        notification_id,
+        state,
+        error[:2000],
+    )
+
+
+async def retry_notification(
+    pool: asyncpg.Pool, notification_id: int, delay_s: float, error: str
+) -> None:
+    """A failed try: due again after ``delay_s``."""
+    await pool.execute(
+        "UPDATE notifications SET next_at = now() + make_interval(secs => $2), last_error = $3"
+        " WHERE id = $1 AND state = 'pending'",
+        notification_id,
+        delay_s,
+        error[:2000],
+    )
+
+
+async def notifications(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    """Every notification, oldest first (for tests and audits)."""
+    return await pool.fetch(
+        "SELECT id, decision, ref_id, state, attempts, last_error, created_at, sent_at"
+        " FROM notifications ORDER BY id"
+    )

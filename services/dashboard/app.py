@@ -25,7 +25,9 @@ from nats.js import JetStreamContext
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import HiveError
 from hyperhive.dashboard import (
+    routes_activity,
     routes_agent_page,
+    routes_app,
     routes_approvals,
     routes_containers,
     routes_flow,
@@ -66,9 +68,11 @@ def create_app(settings: Settings, nc: NATS, js: JetStreamContext) -> Litestar:
         coalesce_s=ds.flow_coalesce_ms / 1000.0,
         ping_s=ds.sse_ping_s,
     )
+    hive = Hive(nc, ds)
+    hive.activity_feed = hub.activity_entries
     state = Deps(
         settings=ds,
-        hive=Hive(nc, ds),
+        hive=hive,
         hub=hub,
         render=render,
         security=security,
@@ -81,6 +85,8 @@ def create_app(settings: Settings, nc: NATS, js: JetStreamContext) -> Litestar:
     return Litestar(
         route_handlers=[
             *routes_pages.HANDLERS,
+            *routes_app.HANDLERS,
+            *routes_activity.HANDLERS,
             *routes_agent_page.HANDLERS,
             *routes_containers.HANDLERS,
             *routes_approvals.HANDLERS,

@@ -25,6 +25,7 @@ from hyperhive.dashboard.web import HTTP_STATUS, deps
 
 WINDOWS = (3600, 6 * 3600, 24 * 3600)  # what the window picker offers, seconds
 MAX_POINTS = 20_000
+COST_DAYS = 14  # the hive's cost-per-day chart
 USAGE_DAYS = 7  # the per-day usage table: today and the days before (UTC)
 DAY_S = 86400
 
@@ -36,18 +37,22 @@ async def agent_stats(
     """Chart series of ``agent`` over the last ``window`` seconds."""
     window = window if window in WINDOWS else WINDOWS[0]
     now = time.time()
+    since = min(now - window, stats.day_start(now))  # the window, and today for the summary
     try:
         name = check_agent_name(agent, allow_manager=True)
         reply = await deps(request).hive.read(
             "broker",
             "stats",
-            StatsRequest(agent=name, since=now - window, limit=MAX_POINTS),
+            StatsRequest(agent=name, since=since, limit=MAX_POINTS),
             StatsReply,
         )
     except HiveError as exc:
         return _error(exc)
+    data = stats.charts(reply.points, window_s=window, now=now)
+    # no chart without data: an empty one is left out, not drawn
+    data["charts"] = {k: c for k, c in data["charts"].items() if stats.has_data(c)}
     return Response(
-        {"agent": name, **stats.charts(reply.points, window_s=window, now=now)},
+        {"agent": name, **data, "summary": stats.summary(reply.points, now=now)},
         media_type=MediaType.JSON,
     )
 
@@ -56,7 +61,8 @@ async def agent_stats(
 async def hive_stats(
     request: Request[Any, Any, Any], window: FromQuery[int] = 3600
 ) -> Response[Any]:
-    """Hive-wide series: approvals waiting for the operator over the window."""
+    """Hive-wide series: approvals waiting for the operator over the window,
+    and the cost of every agent per day over the last two weeks."""
     window = window if window in WINDOWS else WINDOWS[0]
     now = time.time()
     hive = deps(request).hive
@@ -70,7 +76,21 @@ async def hive_stats(
         return _error(exc)
     spans = {a.id: (a.created_at, a.resolved_at) for a in [*recent.approvals, *pending.approvals]}
     queue = stats.approval_queue(list(spans.values()), window_s=window, now=now)
-    return Response({"charts": {"approval_queue": queue}}, media_type=MediaType.JSON)
+    charts: dict[str, Any] = {"approval_queue": queue}
+    try:
+        first_day = stats.day_start(now - (COST_DAYS - 1) * 86_400)
+        costs = await hive.read(
+            "broker",
+            "stats",
+            StatsRequest(key="cost_usd", since=first_day, limit=MAX_POINTS),
+            StatsReply,
+        )
+        charts["cost_per_day"] = stats.cost_per_day(costs.points, days=COST_DAYS, now=now)
+    except HiveError as exc:  # the queue still shows without the broker
+        charts["cost_per_day"] = {"x": [], "series": {}, "error": str(exc)}
+    return Response(
+        {"start": now - window, "end": now, "charts": charts}, media_type=MediaType.JSON
+    )
 
 
 @get("/api/usage")

@@ -25,6 +25,7 @@ from pathlib import Path
 from hyperhive.common.config import DashboardSettings
 from hyperhive.common.errors import ConfigError
 from hyperhive.common.webguard import SCOPE_KEY, Guard, Policy, Security
+from hyperhive.dashboard.routes_app import PUBLIC_PATHS
 
 __all__ = [
     "SCOPE_KEY",
@@ -60,7 +61,7 @@ def policy(settings: DashboardSettings) -> Policy:
         session_cookie=SESSION_COOKIE,
         session_label=b"hive-dashboard-session",
         content_security_policy=CONTENT_SECURITY_POLICY,
-        public_paths=(LOGIN_PATH,),
+        public_paths=(LOGIN_PATH, *PUBLIC_PATHS),
         hosts=allowed_hosts(settings),
         hosts_hint="dashboard.allowed_hosts",
         websockets=True,

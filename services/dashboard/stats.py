@@ -109,6 +109,8 @@ def charts(points: list[StatPoint], *, window_s: float, now: float | None = None
     totals["cost_usd"] = round(totals["cost_usd"], 6)
     return {
         "window_s": window_s,
+        "start": start,
+        "end": now,
         "turns": len(turns),
         "totals": {"turns": len(turns), **totals},
         "last_turn_ts": last_ts,
@@ -227,3 +229,52 @@ def _last_turn(points: list[StatPoint]) -> float | None:
     """The latest turn even if it is older than the window."""
     stamps = [p.ts for p in points if p.key == TURN_KEY]
     return max(stamps) if stamps else None
+
+
+def day_start(ts: float) -> float:
+    """Local midnight of the day ``ts`` falls in."""
+    lt = time.localtime(ts)
+    return time.mktime((lt.tm_year, lt.tm_mon, lt.tm_mday, 0, 0, 0, 0, 0, -1))
+
+
+def summary(points: list[StatPoint], *, now: float | None = None) -> dict:
+    """One agent's compact row: today's turns, cost and tokens, the last turn's
+    duration and the inbox depth it saw."""
+    now = time.time() if now is None else now
+    midnight = day_start(now)
+    turns = [t for t in group_turns(points) if TURN_KEY in t.values]
+    today = [t for t in turns if t.ts >= midnight]
+    last = turns[-1] if turns else None
+    tokens = sum(
+        t.values.get("input_tokens", 0.0) + t.values.get("output_tokens", 0.0) for t in today
+    )
+    return {
+        "turns_today": len(today),
+        "cost_today_usd": round(sum(t.values.get("cost_usd", 0.0) for t in today), 4),
+        "tokens_today": int(tokens),
+        "last_turn_ts": last.ts if last else None,
+        "last_turn_s": round(last.values[TURN_KEY] / 1000.0, 2) if last else None,
+        "inbox_depth": last.values.get("inbox_depth") if last else None,
+        "failed_today": sum(1 for t in today if t.values.get("exit_code", 0.0) != 0),
+    }
+
+
+def has_data(chart: dict) -> bool:
+    """A chart worth drawing: some value that is neither missing nor zero."""
+    return any(v for ys in chart["series"].values() for v in ys if v is not None)
+
+
+def cost_per_day(points: list[StatPoint], *, days: int, now: float | None = None) -> dict:
+    """The hive's cost (USD, every agent) per local day, the last ``days`` days;
+    x is each day's midnight."""
+    now = time.time() if now is None else now
+    starts = [day_start(now)]
+    for _ in range(days - 1):
+        starts.insert(0, day_start(starts[0] - 43_200))  # noon of the day before
+    totals = [0.0] * len(starts)
+    for p in points:
+        if p.key != "cost_usd" or p.ts < starts[0]:
+            continue
+        i = max(i for i, s in enumerate(starts) if s <= p.ts)
+        totals[i] += p.value
+    return {"x": starts, "series": {"cost USD": [round(v, 4) for v in totals]}}

@@ -17,6 +17,7 @@ from litestar import Request, Response
 from litestar.enums import MediaType
 from litestar.response import Stream
 
+from hyperhive.common import actor
 from hyperhive.common.config import DashboardSettings
 from hyperhive.common.errors import HiveError
 from hyperhive.dashboard import security
@@ -98,9 +99,11 @@ async def act(
     section: str,
     refresh: tuple[str, ...],
 ) -> Response[Any]:
-    """Runs an operator action and reports how it went."""
+    """Runs an operator action (recorded as done by :func:`decided_by`) and
+    reports how it went."""
     try:
-        message = await work
+        with actor.acting_as(decided_by(request)):
+            message = await work
         ok, status = True, 200
     except HiveError as exc:
         message, ok, status = str(exc), False, HTTP_STATUS.get(exc.code, 500)
