@@ -21,6 +21,9 @@ from hyperhive.common.activity import Entry
 from hyperhive.common.config import DashboardSettings
 from hyperhive.common.errors import HiveError
 from hyperhive.common.wire.base import Ping, Pong
+from hyperhive.common.wire.lifecycle import Heartbeat
+
+_heartbeat = msgspec.json.Decoder(Heartbeat)
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -57,6 +60,25 @@ class Hive:
         return await rpc.request(
             self.nc, subjects.admin(part, verb), payload, reply, timeout=self.action_timeout
         )
+
+    async def logins_needed(self, names: list[str]) -> dict[str, str]:
+        """The agents whose harness says the API refused its credentials (its
+        last heartbeat's ``login_needed``), with the API's words. Best effort:
+        without the state bucket nothing is reported."""
+        try:
+            kv = await self.nc.jetstream().key_value(subjects.STATE_BUCKET)
+        except Exception:
+            return {}
+        found: dict[str, str] = {}
+        for name in names:
+            try:
+                entry = await kv.get(subjects.heartbeat_key(name))
+                beat = _heartbeat.decode(entry.value or b"")
+            except Exception:
+                continue  # no heartbeat yet, or one this dashboard cannot read
+            if beat.login_needed:
+                found[name] = beat.login_needed
+        return found
 
     async def services(self) -> list[Health]:
         """Every part the hive needs, in the order of the status bar: NATS (this

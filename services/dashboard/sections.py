@@ -95,7 +95,9 @@ async def containers(hive: Hive) -> View:
         agents = await _agents(hive)
     except HiveError as exc:
         return _down(meta, exc)
-    return View(meta, {"agents": agents, "now": time.time()})
+    running = [a.name for a in agents if a.state == "running"]
+    logins = await hive.logins_needed(running)
+    return View(meta, {"agents": agents, "now": time.time(), "logins": logins})
 
 
 async def kept(hive: Hive) -> View:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
+import msgspec
 import pytest
 
 from hyperhive.common import rpc, subjects
@@ -22,7 +23,7 @@ from hyperhive.common.wire.approvals import (
     SpawnToolRequest,
 )
 from hyperhive.common.wire.broker import AdminSendRequest, SendReply, SendRequest, TurnStats
-from hyperhive.common.wire.lifecycle import AgentsReply, AgentsRequest, DraftInfo
+from hyperhive.common.wire.lifecycle import AgentsReply, AgentsRequest, DraftInfo, Heartbeat
 from hyperhive.dashboard.sections import SECTIONS
 from tests import rig
 from tests.dashboard.conftest import (
@@ -238,6 +239,35 @@ async def test_a_stale_revision_is_marked_until_update(
     assert r.status_code == 200, r.text
     rebuilt = _card((await client.get("/section/containers")).text, name)
     assert "outdated" not in rebuilt and "test-rev-1" in rebuilt
+
+
+async def test_an_agent_whose_login_was_refused_is_shown_with_its_credentials_link(
+    stack: Stack, client: httpx.AsyncClient
+) -> None:
+    """The harness's heartbeat says the API refused its credentials: its card and
+    a notice above the cards say so and link its credentials form; a heartbeat
+    without it clears both."""
+    name = await spawn_agent(stack, "lg")
+    subject = subjects.kv_subject(subjects.heartbeat_key(name))
+
+    async def beat(login_needed: str) -> None:
+        async with rig.agent_connection(stack.nats, stack.settings, name) as nc:
+            beat = Heartbeat(ts=time.time(), login_needed=login_needed)
+            await nc.request(subject, msgspec.json.encode(beat), timeout=10)
+
+    await beat("401 invalid x-api-key")
+    page = (await client.get("/section/containers")).text
+    notice = page[page.index('data-role="logins-needed"') :].split("</p>", 1)[0]
+    assert f'href="/agents/{name}/credentials"' in notice
+    assert subjects.MANAGER not in notice  # only the agent whose login was refused
+    card = _card(page, name)
+    assert "login needed" in card and "401 invalid x-api-key" in card
+    assert "login needed" not in _card(page, subjects.MANAGER)
+
+    await beat("")
+    page = (await client.get("/section/containers")).text
+    assert 'data-role="logins-needed"' not in page
+    assert "login needed" not in _card(page, name)
 
 
 async def test_a_failed_deploy_shows_its_build_error(
