@@ -252,6 +252,15 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+async def table_exists(url: str, name: str) -> bool:
+    """Whether the database at ``url`` has a table ``name`` (probes that must not make one)."""
+    conn = await asyncpg.connect(url)
+    try:
+        return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name))
+    finally:
+        await conn.close()
+
+
 def pid_alive(pid: int) -> bool:
     """The process exists and is not a zombie (read from /proc: no reaping here)."""
     try:
