@@ -288,6 +288,20 @@ def cli_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def hive_run(
+    *args: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Runs ``hive <args>`` with ``env`` in a child process and waits for it;
+    its output as text, whatever its exit code (``hive_cli`` is the async one)."""
+    return subprocess.run(
+        [sys.executable, "-m", "hyperhive.cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 async def hive_cli(settings: Settings, *args: str, timeout: float = 120.0) -> tuple[int, str, str]:
     """Runs ``hive <args>`` in a child process; returns (exit code, stdout, stderr).
 
