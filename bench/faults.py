@@ -73,6 +73,10 @@ from hyperhive.common.wire.broker import (
 )
 from hyperhive.common.wire.events import ContainerCrash
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.rig import hive_run  # the repo root is on the path now
+
 MANAGER = "hm1nd"
 SERVICES = ("broker", "lifecycle", "approvals", "crash-watch")
 TARGETS = (*SERVICES, "nats-server", "postgres")
@@ -101,13 +105,7 @@ class Hive:
         return f"nats://127.0.0.1:{self.nats_port}"
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "hyperhive.cli.main", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        return hive_run(*args, env=self.env, timeout=timeout)
 
     async def acli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return await asyncio.to_thread(self.cli, *args, timeout=timeout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -63,3 +64,12 @@ async def operator_nc(nats_server: EmbeddedNats) -> AsyncIterator[NATS]:
     nc = await rig.connect_as(nats_server, nats_server.operator_seed, "_INBOX.operator")
     yield nc
     await nc.close()
+
+
+@pytest.fixture
+def victim() -> Iterator[subprocess.Popen[bytes]]:
+    """A process of the host's root, as the services are: no agent may signal it."""
+    proc = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    yield proc
+    proc.kill()
+    proc.wait()

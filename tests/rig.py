@@ -252,6 +252,15 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+async def table_exists(url: str, name: str) -> bool:
+    """Whether the database at ``url`` has a table ``name`` (probes that must not make one)."""
+    conn = await asyncpg.connect(url)
+    try:
+        return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name))
+    finally:
+        await conn.close()
+
+
 def pid_alive(pid: int) -> bool:
     """The process exists and is not a zombie (read from /proc: no reaping here)."""
     try:
@@ -277,6 +286,20 @@ def cli_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HIVE_")}
     env.update(settings_env(settings))
     return env
+
+
+def hive_run(
+    *args: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Runs ``hive <args>`` with ``env`` in a child process and waits for it;
+    its output as text, whatever its exit code (``hive_cli`` is the async one)."""
+    return subprocess.run(
+        [sys.executable, "-m", "hyperhive.cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 async def hive_cli(settings: Settings, *args: str, timeout: float = 120.0) -> tuple[int, str, str]:

@@ -926,54 +926,14 @@ class _Handler(BaseHTTPRequestHandler):
         for i, block in enumerate(reply.blocks):
             assert isinstance(block, Block)
             if block.kind == "text":
-                self._event(
-                    "content_block_start",
-                    {
-                        "type": "content_block_start",
-                        "index": i,
-                        "content_block": {"type": "text", "text": ""},
-                    },
-                )
-                for piece in _pieces(block.text):
-                    self._event(
-                        "content_block_delta",
-                        {
-                            "type": "content_block_delta",
-                            "index": i,
-                            "delta": {"type": "text_delta", "text": piece},
-                        },
-                    )
-                    if drop:
-                        self._drop()
-                        return
-                    if reply.hold:
-                        self._hold(reply)
+                head = {"type": "text", "text": ""}
+                sent = self._block(i, head, "text_delta", "text", block.text, drop=drop, hold=reply)
             else:
-                self._event(
-                    "content_block_start",
-                    {
-                        "type": "content_block_start",
-                        "index": i,
-                        "content_block": {
-                            "type": "tool_use",
-                            "id": block.id,
-                            "name": block.name,
-                            "input": {},
-                        },
-                    },
-                )
-                for piece in _pieces(json.dumps(block.input)):
-                    self._event(
-                        "content_block_delta",
-                        {
-                            "type": "content_block_delta",
-                            "index": i,
-                            "delta": {"type": "input_json_delta", "partial_json": piece},
-                        },
-                    )
-                    if drop:
-                        self._drop()
-                        return
+                head = {"type": "tool_use", "id": block.id, "name": block.name, "input": {}}
+                value = json.dumps(block.input)
+                sent = self._block(i, head, "input_json_delta", "partial_json", value, drop=drop)
+            if not sent:
+                return
             self._event("content_block_stop", {"type": "content_block_stop", "index": i})
         self._event(
             "message_delta",
@@ -986,6 +946,36 @@ class _Handler(BaseHTTPRequestHandler):
         self._event("message_stop", {"type": "message_stop"})
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
+
+    def _block(
+        self,
+        i: int,
+        head: dict[str, Any],
+        delta: str,
+        key: str,
+        value: str,
+        *,
+        drop: bool,
+        hold: Reply | None = None,
+    ) -> bool:
+        """Content block ``i``: its start (``head``), then ``value`` in a few
+        ``delta`` events. False: ``drop`` closed the connection after the first
+        delta. ``hold``: the reply whose ``hold`` keeps the stream open after a delta."""
+        self._event(
+            "content_block_start",
+            {"type": "content_block_start", "index": i, "content_block": head},
+        )
+        for piece in _pieces(value):
+            self._event(
+                "content_block_delta",
+                {"type": "content_block_delta", "index": i, "delta": {"type": delta, key: piece}},
+            )
+            if drop:
+                self._drop()
+                return False
+            if hold is not None and hold.hold:
+                self._hold(hold)
+        return True
 
     def _hold(self, reply: Reply) -> None:
         """Keeps the stream open (with pings, which notice a hung-up client)."""

@@ -45,14 +45,7 @@ def fmt_span(seconds: float | None) -> str:
 def fmt_ago(ts: float | None) -> str:
     if not ts:
         return "-"
-    s = max(0.0, time.time() - ts)
-    if s < 60:
-        return f"{s:.0f}s ago"
-    if s < 3600:
-        return f"{s / 60:.0f}m ago"
-    if s < 86_400:
-        return f"{s / 3600:.1f}h ago"
-    return f"{s / 86_400:.1f}d ago"
+    return f"{fmt_span(time.time() - ts)} ago"
 
 
 def fmt_bytes(n: int | None) -> str:

@@ -20,19 +20,9 @@ import psutil
 import pytest
 
 from hyperhive.cli.embedded import free_port
-from tests.rig import shared_tempdir
+from tests.rig import hive_run, shared_tempdir
 
 pytestmark = pytest.mark.slow
-
-
-def _hive(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hyperhive.cli.main", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def _up_env(home: Path) -> dict[str, str]:
@@ -73,7 +63,7 @@ def _wait_status(env: dict[str, str], proc: subprocess.Popen[str], timeout: floa
     last = None
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"hive up exited: {proc.stdout.read() if proc.stdout else ''}"
-        last = _hive("status", "--json", "--timeout", "1", env=env)
+        last = hive_run("status", "--json", "--timeout", "1", env=env)
         if last.returncode == 0:
             return json.loads(last.stdout)
         time.sleep(0.5)
@@ -153,7 +143,7 @@ def _wait_manager_harness(env: dict[str, str], proc: subprocess.Popen[str], home
     last = None
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"hive up exited: {proc.stdout.read() if proc.stdout else ''}"
-        last = _hive("agents", "--json", env=env)
+        last = hive_run("agents", "--json", env=env)
         if last.returncode == 0:
             manager = {a["name"]: a for a in json.loads(last.stdout)}.get("hm1nd")
             if manager and manager["state"] == "running" and pid_file.exists():
@@ -195,7 +185,7 @@ def test_up_serves_status_and_ctrl_c_leaves_no_process(tmp_path):
             "dashboard",
         }
         assert all(s["up"] for s in report["services"].values())
-        table = _hive("status", env=env)
+        table = hive_run("status", env=env)
         assert table.returncode == 0
         assert "crash-watch" in table.stdout and "DOWN" not in table.stdout
         # the manager's harness is the last thing `hive up` brings up: only
@@ -211,7 +201,7 @@ def test_up_serves_status_and_ctrl_c_leaves_no_process(tmp_path):
             if c.status == psutil.CONN_LISTEN
         ]
         assert not listening, listening
-        sent = _hive("send", "hm1nd", marker, "--json", env=env)
+        sent = hive_run("send", "hm1nd", marker, "--json", env=env)
         assert sent.returncode == 0, sent.stderr
         sent_id = json.loads(sent.stdout)["id"]
 
@@ -233,10 +223,10 @@ def test_up_serves_status_and_ctrl_c_leaves_no_process(tmp_path):
         assert pg, "no postgres process found"
         _token_nowhere_else(home, token, children)
         # `hive dashboard-url` prints the URL again (the port from up.toml)
-        again = _hive("dashboard-url", env=env)
+        again = hive_run("dashboard-url", env=env)
         assert again.returncode == 0, again.stderr
         assert again.stdout.strip() == f"http://127.0.0.1:{ports[2]}/login?token={token}"
-        again = _hive("dashboard-url", "--json", env=env)
+        again = hive_run("dashboard-url", "--json", env=env)
         assert json.loads(again.stdout) == {
             "url": f"http://127.0.0.1:{ports[2]}/",
             "login_url": f"http://127.0.0.1:{ports[2]}/login?token={token}",
@@ -276,7 +266,7 @@ def test_up_serves_status_and_ctrl_c_leaves_no_process(tmp_path):
         printed = _printed_lines(proc)
         _wait_status(env, proc)
         assert _check_operator_token(home, printed, ports[2]) == token
-        history = _hive("messages", "--agent", "hm1nd", "--json", env=env)
+        history = hive_run("messages", "--agent", "hm1nd", "--json", env=env)
         assert history.returncode == 0, history.stderr
         found = [m for m in json.loads(history.stdout) if m["id"] == sent_id]
         assert found and found[0]["body"] == marker, history.stdout
@@ -338,7 +328,7 @@ def test_unreachable_nats_url_is_one_line(tmp_path):
     home = tmp_path / "home"
     env = _fast_retries(_up_env(home))
     url = f"nats://127.0.0.1:{free_port()}"
-    result = _hive(*_up_args("--nats-url", url), env=env, timeout=60)
+    result = hive_run(*_up_args("--nats-url", url), env=env, timeout=60)
     _assert_refused_with(result, f"hive up: cannot reach NATS at {url} after 2 attempts: ", home)
 
 
@@ -356,7 +346,7 @@ def test_nats_url_without_jetstream_is_one_line(tmp_path):
     try:
         wait_port(port, 10, plain, "nats-server")
         url = f"nats://127.0.0.1:{port}"
-        result = _hive(*_up_args("--nats-url", url), env=env, timeout=60)
+        result = hive_run(*_up_args("--nats-url", url), env=env, timeout=60)
     finally:
         plain.terminate()
         plain.wait(10)
@@ -367,7 +357,7 @@ def test_unreachable_database_url_is_one_line(tmp_path):
     home = tmp_path / "home"
     env = _fast_retries(_up_env(home))
     url = f"postgresql://hyperhive:secret@127.0.0.1:{free_port()}/hyperhive"
-    result = _hive(*_up_args("--database-url", url), env=env, timeout=60)
+    result = hive_run(*_up_args("--database-url", url), env=env, timeout=60)
     shown = url.replace(":secret@", ":***@")
     prefix = f"hive up: cannot reach PostgreSQL at {shown} after 2 attempts: "
     _assert_refused_with(result, prefix, home)
@@ -394,7 +384,7 @@ def test_dashboard_port_taken_is_one_line(tmp_path, how):
         extra = ["--dashboard-port", str(port)] if how == "flag" else []
         if how == "setting":
             env["HIVE_DASHBOARD_PORT"] = str(port)
-        result = _hive(*_up_args(*extra, dashboard=False), env=env)
+        result = hive_run(*_up_args(*extra, dashboard=False), env=env)
     line = f"hive up: port {port} for the dashboard is already in use on 127.0.0.1"
     _assert_refused(result, line, home)
 
@@ -449,7 +439,7 @@ def test_failed_second_up_leaves_the_running_one_alone(tmp_path):
             blocker.bind(("127.0.0.1", 0))
             blocker.listen()
             port = blocker.getsockname()[1]
-            result = _hive(*_up_args("--nats-port", str(port)), env=env)
+            result = hive_run(*_up_args("--nats-port", str(port)), env=env)
         assert result.returncode == 1, result.stderr
         assert harness.poll() is None, "the refused `hive up` stopped a running harness"
     finally:
@@ -464,7 +454,7 @@ def test_port_already_taken_is_one_line(tmp_path):
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
         port = blocker.getsockname()[1]
-        result = _hive("up", "--nats-port", str(port), "--pg-port", str(free_port()), env=env)
+        result = hive_run("up", "--nats-port", str(port), "--pg-port", str(free_port()), env=env)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert lines == [f"hive up: port {port} for NATS is already in use on 127.0.0.1"]
@@ -474,7 +464,7 @@ def test_unwritable_home_is_one_line(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a dir")
     env = _up_env(blocker / "home")
-    result = _hive("up", env=env)
+    result = hive_run("up", env=env)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "is not writable" in lines[0] and str(blocker) in lines[0]
@@ -487,7 +477,7 @@ def test_serve_with_unreachable_nats_exits_with_one_line(settings, tmp_path):
         HIVE_NATS_CONNECT_ATTEMPTS="2",
         HIVE_NATS_CONNECT_BACKOFF_S="0.1",
     )
-    result = _hive("serve", "broker", env=env)
+    result = hive_run("serve", "broker", env=env)
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("hive serve broker: cannot reach NATS at nats://127.0.0.1:")
@@ -502,7 +492,7 @@ def test_serve_with_unreachable_postgres_exits_with_one_line(settings, nats_serv
         HIVE_DATABASE_CONNECT_ATTEMPTS="2",
         HIVE_DATABASE_CONNECT_BACKOFF_S="0.1",
     )
-    result = _hive("serve", "broker", env=env)
+    result = hive_run("serve", "broker", env=env)
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("hive serve broker: cannot reach PostgreSQL at postgresql://")
@@ -511,7 +501,7 @@ def test_serve_with_unreachable_postgres_exits_with_one_line(settings, nats_serv
 def test_bad_setting_stops_serve_with_one_line(tmp_path):
     env = _up_env(tmp_path)
     env["HIVE_BROKER_MAX_BODY_BYTES"] = "huge"
-    result = _hive("serve", "broker", env=env)
+    result = hive_run("serve", "broker", env=env)
     assert result.returncode == 1
     assert "broker.max_body_bytes" in (result.stdout + result.stderr)
 
@@ -519,7 +509,7 @@ def test_bad_setting_stops_serve_with_one_line(tmp_path):
 def test_status_without_a_hive_says_nats_is_down(tmp_path):
     env = _up_env(tmp_path)
     env.update(HIVE_NATS_URL=f"nats://127.0.0.1:{free_port()}", HIVE_NATS_CONNECT_ATTEMPTS="1")
-    result = _hive("status", "--json", env=env)
+    result = hive_run("status", "--json", env=env)
     assert result.returncode == 1
     report = json.loads(result.stdout)
     assert report["nats"]["reachable"] is False

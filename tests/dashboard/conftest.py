@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 from nats.aio.client import Client as NATS
+from playwright.async_api import Browser
 
 from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from hyperhive.common import rpc, subjects
@@ -44,6 +45,7 @@ from hyperhive.common.wire.approvals import (
 )
 from hyperhive.common.wire.lifecycle import AgentInfo, AgentsReply, AgentsRequest, SpawnRequest
 from tests import rig
+from tests.browser import chromium
 
 SLEEP = "sleep 3600"
 TIMEOUT = 30.0
@@ -159,6 +161,13 @@ async def stack(
     settings = stack_settings(nats_server, database_url, home)
     async with running_stack(nats_server, settings) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Chromium, one per test module."""
+    async with chromium() as b:
+        yield b
 
 
 def unique_name(prefix: str) -> str:

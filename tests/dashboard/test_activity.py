@@ -14,14 +14,14 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from playwright.async_api import expect
+from playwright.async_api import Browser, expect
 
 from hyperhive.cli.embedded import free_port
 from hyperhive.common.activity import Entry, entry, matches, who_kind
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.events import HiveEvent
 from tests import rig
-from tests.browser import chromium, log_in, needs_chromium, open_page
+from tests.browser import log_in, needs_chromium, open_page
 from tests.dashboard.conftest import (
     Stack,
     ask_operator,
@@ -234,14 +234,11 @@ def test_words_for_events() -> None:
 @needs_chromium
 @pytest.mark.parametrize(("width", "height"), [(1280, 900), (390, 844)])
 async def test_timeline_in_the_browser(
-    stack: Stack, story: dict[str, Any], width: int, height: int, tmp_path: Path
+    browser: Browser, stack: Stack, story: dict[str, Any], width: int, height: int, tmp_path: Path
 ) -> None:
-    async with (
-        chromium() as browser,
-        open_page(
-            browser, width=width, height=height, timeout_ms=30_000, console_errors=True
-        ) as page,
-    ):
+    async with open_page(
+        browser, width=width, height=height, timeout_ms=30_000, console_errors=True
+    ) as page:
         await log_in(page, stack.login_url)
         section = page.locator("#activity")
         rows = section.locator("li.ev")

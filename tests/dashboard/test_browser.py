@@ -28,7 +28,7 @@ from hyperhive.common.wire.broker import (
     TurnStats,
 )
 from hyperhive.common.wire.events import OperatorAnswered
-from tests.browser import chromium, log_in, needs_chromium, open_page
+from tests.browser import log_in, needs_chromium, open_page
 from tests.dashboard.conftest import (
     Stack,
     agents,
@@ -43,12 +43,6 @@ from tests.dashboard.conftest import (
 pytestmark = [pytest.mark.browser, needs_chromium]
 UI_TIMEOUT_MS = 30_000
 TIMEOUT = 30.0
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as b:
-        yield b
 
 
 @pytest.fixture

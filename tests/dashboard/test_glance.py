@@ -12,7 +12,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, expect
 
-from tests.browser import chromium, log_in, needs_chromium, open_page
+from tests.browser import log_in, needs_chromium, open_page
 from tests.dashboard.conftest import Stack, agents, csrf_session, logged_in, spawn_agent
 
 VERBS = ("start", "stop", "restart", "kill", "update", "destroy")
@@ -89,12 +89,6 @@ async def test_the_health_strip_names_every_part(stack: Stack, client: httpx.Asy
     # ... and the error stays as its last error (shown with its time once it is back)
     again = (await client.get("/section/status")).text
     assert 'data-service="crash-watch"' in again
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as b:
-        yield b
 
 
 @pytest.mark.browser

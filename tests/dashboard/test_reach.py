@@ -5,14 +5,13 @@ headless Chromium and over HTTP against the running stack."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 from playwright.async_api import Browser, expect
 
-from tests.browser import chromium, log_in, needs_chromium, open_page
+from tests.browser import log_in, needs_chromium, open_page
 from tests.dashboard.conftest import (
     Stack,
     approval,
@@ -44,12 +43,6 @@ RECORD_NOTIFICATIONS = """
   window.Notification = Recorded;
 })();
 """
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as b:
-        yield b
 
 
 @pytest.mark.browser

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.async_api import expect
+from playwright.async_api import Browser, expect
 
 from hyperhive.common import rpc, subjects
 from hyperhive.common.wire.broker import StatPoint, TurnStats
 from hyperhive.dashboard import stats
 from tests import rig
-from tests.browser import chromium, log_in, needs_chromium, open_page
+from tests.browser import log_in, needs_chromium, open_page
 from tests.dashboard.conftest import Stack, logged_in
 
 
@@ -117,14 +117,11 @@ async def test_summary_and_no_empty_charts(
 @needs_chromium
 @pytest.mark.parametrize(("width", "height"), [(1280, 900), (390, 844)])
 async def test_one_point_keeps_the_window_axis(
-    stack: Stack, one_turn: float, width: int, height: int, tmp_path: Path
+    browser: Browser, stack: Stack, one_turn: float, width: int, height: int, tmp_path: Path
 ) -> None:
-    async with (
-        chromium() as browser,
-        open_page(
-            browser, width=width, height=height, timeout_ms=30_000, console_errors=True
-        ) as page,
-    ):
+    async with open_page(
+        browser, width=width, height=height, timeout_ms=30_000, console_errors=True
+    ) as page:
         await log_in(page, stack.login_url)
         row = page.locator('tr.tele[data-agent="hm1nd"]')
         await expect(row.locator('[data-role="turns"]')).to_have_text("1")

@@ -13,14 +13,14 @@ import os
 import pwd
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres
 from hyperhive.common.paths import AgentPaths
+from tests import rig
 from tests.harness.conftest import Stack, agent_name, running_stack, stack_settings
 from tests.scripted_anthropic import (
     ScriptedAnthropic,
@@ -58,25 +58,9 @@ async def sandboxed(
         yield s
 
 
-@pytest.fixture
-def victim() -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(["sleep", "600"], start_new_session=True)
-    yield proc
-    proc.kill()
-    proc.wait()
-
-
 def _door(label: str, command: str) -> str:
     """``label=open`` if ``command`` succeeds, else ``label=closed``."""
     return f"if {command} >/dev/null 2>&1; then echo {label}=open; else echo {label}=closed; fi"
-
-
-async def _has_table(url: str, name: str) -> bool:
-    conn = await asyncpg.connect(url)
-    try:
-        return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name))
-    finally:
-        await conn.close()
 
 
 async def test_claude_bash_finds_every_host_door_closed(
@@ -133,4 +117,4 @@ async def test_claude_bash_finds_every_host_door_closed(
     assert nats_server.service_seed.read_text().strip() not in out
     assert victim.poll() is None
     for url in (pg.url, database_url):
-        assert not await _has_table(url, "escaped_e2e")
+        assert not await rig.table_exists(url, "escaped_e2e")

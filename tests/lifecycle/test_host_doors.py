@@ -17,7 +17,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from hyperhive.approvals import gitops
@@ -41,29 +40,12 @@ needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap no
 needs_psql = pytest.mark.skipif(shutil.which("psql") is None, reason="psql not installed")
 
 
-@pytest.fixture
-def victim() -> Iterator[subprocess.Popen[bytes]]:
-    """A process of the host's root, as the services are: no agent may signal it."""
-    proc = subprocess.Popen(["sleep", "600"], start_new_session=True)
-    yield proc
-    proc.kill()
-    proc.wait()
-
-
 def _root_file() -> Path | None:
     """A regular file in the host's /root that root can read, if there is one."""
     for entry in sorted(Path("/root").iterdir()):
         if entry.is_file() and not entry.is_symlink() and entry.stat().st_size:
             return entry
     return None
-
-
-async def _table_exists(url: str, name: str) -> bool:
-    conn = await asyncpg.connect(url)
-    try:
-        return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name))
-    finally:
-        await conn.close()
 
 
 async def _probe_database(box: Path, pg: EmbeddedPostgres, database_url: str) -> None:
@@ -77,7 +59,7 @@ async def _probe_database(box: Path, pg: EmbeddedPostgres, database_url: str) ->
     rc, out = await in_sandbox(box, f"ls -a {pg.socket_dir}")
     assert rc != 0 and ".s.PGSQL" not in out, out
     for url in (pg.url, database_url):
-        assert not await _table_exists(url, "escaped")
+        assert not await rig.table_exists(url, "escaped")
 
 
 async def _probe_host_secrets(box: Path) -> None:

@@ -37,6 +37,7 @@ from hyperhive.common import rpc, subjects
 from hyperhive.common.config import NatsSettings
 from hyperhive.common.natsconn import connect
 from hyperhive.common.wire.approvals import ApplyCommitRequest, ApprovalQueued, AskRequest
+from tests.rig import hive_run
 from tests.scripted_anthropic import (
     ScriptedAnthropic,
     after_tool_results,
@@ -62,19 +63,8 @@ def hive_env(home: Path, api: ScriptedAnthropic) -> dict[str, str]:
     return env
 
 
-def hive(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hyperhive.cli.main", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 def hive_json(*args: str, env: dict[str, str], timeout: float = 60) -> Any:
-    done = hive(*args, "--json", env=env, timeout=timeout)
+    done = hive_run(*args, "--json", env=env, timeout=timeout)
     if done.returncode != 0:
         raise AssertionError(f"hive {' '.join(args)} failed: {done.stdout}{done.stderr}")
     return json.loads(done.stdout)
@@ -154,7 +144,7 @@ class HostileHive:
         if self.proc.poll() is not None:
             out = "".join(self.output)
             raise AssertionError(f"hive up exited {self.proc.returncode}: {out}")
-        return hive("status", "--json", "--timeout", "2", env=self.env).returncode == 0
+        return hive_run("status", "--json", "--timeout", "2", env=self.env).returncode == 0
 
     def _wait(self, ready: Any, what: str, timeout: float = START_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout
@@ -178,7 +168,7 @@ class HostileHive:
             return False
 
     def spawn(self, name: str) -> None:
-        done = hive("spawn", name, env=self.env, timeout=120)
+        done = hive_run("spawn", name, env=self.env, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
         self._wait(lambda: self._running(name), f"agent {name} running")
 
@@ -360,7 +350,7 @@ class HostileHive:
             when=lambda r: is_me(r) and after_tool_results(1)(r) and marker in r.dump(),
         )
         seen = len(self.api.requests)
-        done = hive("send", me, f"operator asks: {marker}", env=self.env)
+        done = hive_run("send", me, f"operator asks: {marker}", env=self.env)
         assert done.returncode == 0, done.stdout + done.stderr
         deadline = time.monotonic() + PROBE_TIMEOUT_S
         while time.monotonic() < deadline:
