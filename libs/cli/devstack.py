@@ -44,6 +44,12 @@ class UpOptions:
     dashboard_port: int | None = None
     dashboard_host: str | None = None
     no_agents: bool = False  # do not start the manager agent
+    brokers: int = 1  # broker instances (one NATS queue group)
+
+    def instances(self, part: str) -> list[str]:
+        """The child names of ``part``: ``broker``, ``broker-2``, ... for the brokers."""
+        count = self.brokers if part == "broker" else 1
+        return [part] + [f"{part}-{i}" for i in range(2, count + 1)]
 
 
 @dataclass
@@ -163,11 +169,13 @@ class DevStack:
             env["HIVE_LIFECYCLE_MANAGER"] = ""
         return env
 
-    def spawn(self, part: str, env: dict[str, str]) -> None:
+    def spawn(self, part: str, env: dict[str, str], name: str | None = None) -> None:
+        """Starts service ``part`` as child ``name`` (its log: ``logs/<name>.log``)."""
+        name = name or part
         log_dir = self.opts.home / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        with open(log_dir / f"{part}.log", "ab") as log:
-            self.children[part] = subprocess.Popen(
+        with open(log_dir / f"{name}.log", "ab") as log:
+            self.children[name] = subprocess.Popen(
                 [sys.executable, "-m", "hyperhive.cli.main", "serve", part],
                 env=env,
                 stdout=log,
@@ -180,17 +188,17 @@ class DevStack:
 
     def supervise(self, env: dict[str, str]) -> None:
         """Restarts a service that died (like ``Restart=on-failure``), with backoff."""
-        for part, proc in list(self.children.items()):
+        for name, proc in list(self.children.items()):
             if proc.poll() is None or self.stopping:
                 continue
             now = time.monotonic()
-            recent = [t for t in self.restarts.get(part, []) if now - t < 60]
+            recent = [t for t in self.restarts.get(name, []) if now - t < 60]
             if len(recent) >= 5:
                 continue  # crash loop: leave it down; `hive status` shows it
             recent.append(now)
-            self.restarts[part] = recent
-            print(f"hive up: {part} exited with {proc.returncode}; restarting", file=sys.stderr)
-            self.spawn(part, env)
+            self.restarts[name] = recent
+            print(f"hive up: {name} exited with {proc.returncode}; restarting", file=sys.stderr)
+            self.spawn(_part_of(name), env, name)
 
     def stop(self) -> None:
         self.stopping = True
@@ -212,6 +220,12 @@ class DevStack:
             self.nats.stop()
         if self.pg is not None:
             self.pg.stop()
+
+
+def _part_of(name: str) -> str:
+    """The service of child ``name`` (``broker-2`` → ``broker``)."""
+    part, _, n = name.rpartition("-")
+    return part if n.isdigit() and part in subjects.SERVICES else name
 
 
 def _gone(pid: int) -> bool:
@@ -269,7 +283,8 @@ def up(opts: UpOptions) -> int:
         env["HIVE_DASHBOARD_PORT"] = str(port)
         if not stopped:  # else Ctrl-C came while the servers were starting
             for part in subjects.SERVICES:
-                stack.spawn(part, env)
+                for name in opts.instances(part):
+                    stack.spawn(part, env, name)
             print(f"hyperhive is up (HIVE_HOME={opts.home})", flush=True)
             print(f"  dashboard  http://{host}:{port}/", flush=True)
             print(f"  nats       {nats_url}", flush=True)
