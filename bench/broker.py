@@ -11,9 +11,11 @@ figures are divided by), then measures:
   (b) send → the recipient's waiting ``recv`` returning, p50/p99, and its
       ratio to (raw request/reply p50 + INSERT+commit p50);
   (c) durable sends: 32 concurrent senders to 32 agents, each send committed
-      before its reply, and its ratio to the raw throughput of (a); then (c')
-      end to end, the same senders while the agents recv and ack, counted
-      once acked, and its ratio to (c);
+      before its reply, and its ratio to the raw throughput of (a); then end
+      to end, the same senders while the agents recv and ack, counted once
+      acked, and its ratio to (c): (c') with a recv and an ack request per
+      message, (c'') with each recv acking the message before (the target's
+      figure);
   (e) with ``--brokers 1,2,4``: durable throughput per number of broker
       instances (one NATS queue group);
   (f) with 1,000,000 messages of history seeded with COPY (``--history``):
@@ -379,9 +381,15 @@ async def send_to_recv(sender: NATS, s_name: str, receiver: NATS, r_name: str, c
 
 
 async def throughput(
-    conns: dict[str, NATS], pairs: list[tuple[str, str]], seconds: float, *, receive: bool
+    conns: dict[str, NATS],
+    pairs: list[tuple[str, str]],
+    seconds: float,
+    *,
+    receive: bool,
+    combined: bool = False,
 ):
-    """(c) one sender per pair; (c') with ``receive``, a receiver (recv + ack) too.
+    """(c) one sender per pair; (c') with ``receive``, a receiver (recv + ack) too,
+    and with ``combined`` each recv acks the message before (``RecvRequest.ack``).
 
     Returns (acked/s, sent/s, acked, sent, errors): a message counts in the
     acked rate once its recipient acked it inside the window.
@@ -405,15 +413,22 @@ async def throughput(
         nc = conns[r_name]
         recv_subj = subjects.agent(r_name, subjects.AGENT_RECV)
         ack_subj = subjects.agent(r_name, subjects.AGENT_ACK)
+        to_ack: int | None = None  # combined: acked by the next recv
         while True:
             left_ms = int((stop_at - time.monotonic()) * 1000)
             if left_ms <= 0:
-                return
+                break
             try:
                 reply = await rpc.request(
-                    nc, recv_subj, RecvRequest(wait_ms=min(left_ms, 1000)), RecvReply
+                    nc, recv_subj, RecvRequest(wait_ms=min(left_ms, 1000), ack=to_ack), RecvReply
                 )
+                if to_ack is not None:
+                    to_ack = None
+                    acked[i] += 1
                 if reply.message is None:
+                    continue
+                if combined:
+                    to_ack = reply.message.id
                     continue
                 await rpc.request(nc, ack_subj, AckRequest(id=reply.message.id), Ok)
             except Exception:
@@ -421,6 +436,8 @@ async def throughput(
                 continue
             if time.monotonic() < stop_at:
                 acked[i] += 1
+        if to_ack is not None:
+            await rpc.request(nc, ack_subj, AckRequest(id=to_ack), Ok)
 
     t0 = time.monotonic()
     receivers = [receiver(i, r) for i, (_s, r) in enumerate(pairs)] if receive else []
@@ -669,6 +686,9 @@ def finish(result: dict[str, object], ratios: dict[str, float | None]) -> None:
     ratios["e2e_vs_throughput"] = ratio(
         result.get("e2e_throughput_msg_s"), result.get("throughput_msg_s")
     )
+    ratios["e2e_separate_ack_vs_throughput"] = ratio(
+        result.get("e2e_separate_ack_throughput_msg_s"), result.get("throughput_msg_s")
+    )
     ratios["history_send_recv_p50_vs_empty"] = ratio(
         result.get("history_send_recv_p50_ms"), result.get("send_recv_p50_ms")
     )
@@ -752,29 +772,37 @@ async def throughput_phase(
     *,
     prefix: str = "",
     end_to_end: bool = True,
+    separate_ack: bool = True,
 ) -> None:
-    """(c), then (c') when ``end_to_end``."""
+    """(c), then (c') and (c'') when ``end_to_end``."""
     pairs = list(zip(senders, receivers, strict=True))
-    for receive in (False, True) if end_to_end else (False,):
+    runs = [("", False, False)]
+    if end_to_end and separate_ack:
+        runs.append(("e2e_separate_ack_", True, False))
+    if end_to_end:
+        runs.append(("e2e_", True, True))
+    for key, receive, combined in runs:
         await drain_inboxes(conns, receivers)
         cpu0 = cpu_s(procs)
         rate, send_rate, acked, sent, errors = await throughput(
-            conns, pairs, args.seconds, receive=receive
+            conns, pairs, args.seconds, receive=receive, combined=combined
         )
         b_cpu = (cpu_s(procs) - cpu0) / args.seconds
         if receive:
+            how = "recv acking the one before" if combined else "recv, then ack"
+            label = "c''" if combined else "c'"
             print(
-                f"(c') end to end (sent, committed, received, acked): {rate:,.0f} msg/s "
-                f"({acked} acked in {args.seconds:g}s; sends meanwhile {send_rate:,.0f}/s; "
-                f"{errors} errors)"
+                f"({label}) end to end (sent, committed, received, "
+                f"acked; {how}): {rate:,.0f} msg/s ({acked} acked in {args.seconds:g}s; sends "
+                f"meanwhile {send_rate:,.0f}/s; {errors} errors)"
             )
             result.update(
                 {
-                    f"{prefix}e2e_throughput_msg_s": round(rate, 1),
-                    f"{prefix}e2e_send_rate_msg_s": round(send_rate, 1),
-                    f"{prefix}e2e_acked": acked,
-                    f"{prefix}e2e_errors": errors,
-                    f"{prefix}e2e_broker_cpu": round(b_cpu, 2),
+                    f"{prefix}{key}throughput_msg_s": round(rate, 1),
+                    f"{prefix}{key}send_rate_msg_s": round(send_rate, 1),
+                    f"{prefix}{key}acked": acked,
+                    f"{prefix}{key}errors": errors,
+                    f"{prefix}{key}broker_cpu": round(b_cpu, 2),
                 }
             )
         else:
@@ -832,7 +860,7 @@ async def brokers_phase(
         procs = [psutil.Process(p.pid) for p in stack.brokers]
         figures: dict[str, object] = {}
         print(f"(e) {n} broker instance(s):")
-        await throughput_phase(procs, conns, senders, receivers, args, figures, prefix="")
+        await throughput_phase(procs, conns, senders, receivers, args, figures, separate_ack=False)
         per_count[str(n)] = {
             "throughput_msg_s": figures["throughput_msg_s"],  # type: ignore[dict-item]
             "e2e_throughput_msg_s": figures["e2e_throughput_msg_s"],  # type: ignore[dict-item]

@@ -25,7 +25,7 @@ from hyperhive.broker.store import Ack, Claim, NewMessage, Stored, db_errors
 from hyperhive.broker.wake import Waiters
 from hyperhive.common import outbox, subjects
 from hyperhive.common.config import BrokerSettings
-from hyperhive.common.errors import BadRequest, Forbidden, NotFound
+from hyperhive.common.errors import BadRequest, Forbidden, HiveError, NotFound
 from hyperhive.common.names import check_agent_name, is_agent_name
 from hyperhive.common.outbox import OutboxRelay
 from hyperhive.common.rpc import Call
@@ -42,6 +42,8 @@ from hyperhive.common.wire.broker import (
     Message,
     MessagesRequest,
     MessageStatus,
+    PruneReply,
+    PruneRequest,
     RecvReply,
     RecvRequest,
     SendReply,
@@ -59,6 +61,7 @@ log = logging.getLogger(__name__)
 EVENT_BODY_CHARS = 2000  # bodies in HIVE_EVENTS records are cut to this
 MAX_KEY_CHARS = 200
 RELAY_DELAY_S = 0.005  # how long events may wait to be published with the next ones
+PRUNE_BATCH = 10_000  # messages deleted per transaction by retention
 _event_enc = msgspec.json.Encoder()
 _event_dec = msgspec.json.Decoder(SystemEvent)
 
@@ -223,10 +226,14 @@ class Broker:
 
         Woken by a commit for this agent (in this or another broker instance)
         or by the expiry of one of its leases; never by polling the table.
+        With ``ack``, that message is acked first (as :meth:`ack` would; an
+        ack refused fails the recv, which then hands out nothing).
         """
         agent = call.agent
         if req.wait_ms < 0:
             raise BadRequest("wait_ms must be >= 0")
+        if req.ack is not None:
+            await self._ack(req.ack, agent)
         wait_s = min(req.wait_ms, self.settings.max_wait_ms) / 1000
         deadline = time.monotonic() + wait_s
         with self.waiters.watch(agent) as woke:
@@ -273,16 +280,19 @@ class Broker:
 
         Acking an already acked message of one's own is a no-op.
         """
-        agent = call.agent
-        if await self.acks.submit(Ack(req.id, agent, current_traceparent())):
-            return Ok()
+        await self._ack(req.id, call.agent)
+        return Ok()
+
+    async def _ack(self, message_id: int, agent: str) -> None:
+        if await self.acks.submit(Ack(message_id, agent, current_traceparent())):
+            return
         with db_errors("ack"):
-            existing = await store.get(self.pool, req.id)
+            existing = await store.get(self.pool, message_id)
         if existing is None:
-            raise NotFound(f"no message with id {req.id}")
+            raise NotFound(f"no message with id {message_id}")
         if existing["recipient"] != agent:
-            raise Forbidden(f"message {req.id} is not addressed to {agent}")
-        return Ok()  # already acked
+            raise Forbidden(f"message {message_id} is not addressed to {agent}")
+        # already acked
 
     async def _ack_batch(self, acks: Sequence[Ack]) -> list[bool]:
         with db_errors("ack", bad_values=len(acks) == 1):
@@ -332,6 +342,54 @@ class Broker:
         with db_errors("inbox"):
             rows = await store.pending(self.pool, req.agent, self.settings.history_limit)
         return HistoryReply(messages=[_history_item(r) for r in rows])
+
+    # --- retention ----------------------------------------------------------------
+
+    async def prune(self, before: float, by: str) -> int:
+        """Deletes the acked messages created before ``before``, in batches.
+
+        Each batch commits with its ``messages.pruned`` event (outbox), so
+        the audit trail holds every deletion. Returns how many were deleted.
+        """
+        total = 0
+        while True:
+            with db_errors("prune"):
+                async with self.pool.acquire() as conn, conn.transaction():
+                    n = await store.prune_batch(conn, before, PRUNE_BATCH)
+                    if n:
+                        await outbox.add(
+                            conn,
+                            outbox.make_event(
+                                subjects.EV_MESSAGES_PRUNED, before=before, deleted=n, by=by
+                            ),
+                        )
+            if n:
+                self._kick_relay()
+            total += n
+            if n < PRUNE_BATCH:
+                return total
+
+    async def admin_prune(self, req: PruneRequest, _call: Call) -> PruneReply:
+        """``hive.admin.broker.prune``: the operator deletes old history."""
+        if req.before > time.time() + 60:
+            raise BadRequest("prune before a time in the future: nothing pending is kept apart")
+        deleted = await self.prune(req.before, "operator")
+        log.info("history pruned", extra={"before": req.before, "deleted": deleted})
+        return PruneReply(deleted=deleted, before=req.before)
+
+    async def retain_forever(self) -> None:
+        """Applies ``retention_days`` every ``retention_interval_s`` (0 days: never)."""
+        days = self.settings.retention_days
+        if days <= 0:
+            return
+        while True:
+            try:
+                deleted = await self.prune(time.time() - days * 86400, "retention")
+                if deleted:
+                    log.info("history retention", extra={"days": days, "deleted": deleted})
+            except HiveError as exc:  # the database is down: the next round retries
+                log.warning("history retention not applied: %s", exc)
+            await asyncio.sleep(self.settings.retention_interval_s)
 
     # --- turn statistics --------------------------------------------------------
 

@@ -479,6 +479,28 @@ async def inbox_depth(conn: asyncpg.Connection | asyncpg.Pool, agent: str) -> in
     )
 
 
+# History retention: acked messages created before ``$1`` (unix time), at most
+# ``$2`` of them, oldest first. Pending messages are never deleted. Rows a
+# concurrent prune (another instance) holds are skipped.
+_PRUNE = """
+WITH doomed AS (
+    SELECT id FROM messages
+    WHERE acked_at IS NOT NULL AND created_at < to_timestamp($1)
+    ORDER BY created_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), del AS (
+    DELETE FROM messages m USING doomed WHERE m.id = doomed.id RETURNING 1
+)
+SELECT count(*) FROM del
+"""
+
+
+async def prune_batch(conn: asyncpg.Connection, before: float, limit: int) -> int:
+    """Deletes up to ``limit`` acked messages created before ``before``; returns how many."""
+    return int(await conn.fetchval(_PRUNE, before, limit))
+
+
 async def insert_stats(
     conn: asyncpg.Connection, agent: str, ts: float, values: Sequence[tuple[str, float]]
 ) -> None:
