@@ -76,6 +76,7 @@ WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT $1)
 RETURNING id, subject, payload, msg_id, traceparent
 """
 LOCKED_RETRY_S = 0.02  # another instance is draining: look again this soon
+PUBLISH_TIMEOUT_S = 5.0  # for JetStream's acks of one batch
 
 
 class OutboxRelay:
@@ -165,15 +166,25 @@ class OutboxRelay:
             if not rows:
                 locked = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM outbox)")
                 return 0, bool(locked)
-            rows = sorted(rows, key=lambda r: r["id"])
-            results = await asyncio.gather(
-                *(
-                    self._js.publish(r["subject"], bytes(r["payload"]), headers=_headers(r))
-                    for r in rows
-                ),
-                return_exceptions=True,
-            )
-            failed = [res for res in results if isinstance(res, BaseException)]
-            if failed:  # rolls the delete back: the batch is published again
-                raise RuntimeError(f"{len(failed)} outbox rows not published: {failed[0]}")
+            await self._publish(sorted(rows, key=lambda r: r["id"]))
         return len(rows), False
+
+    async def _publish(self, rows: list[asyncpg.Record]) -> None:
+        """Publishes ``rows`` in order and waits for every PubAck.
+
+        Raises (so that the caller's transaction rolls back) if any was not
+        acknowledged within ``PUBLISH_TIMEOUT_S``.
+        """
+        # publish_async: the acks come back on one subscription, without a
+        # task and a timer per record as ``publish`` would cost
+        acks = [
+            await self._js.publish_async(r["subject"], bytes(r["payload"]), headers=_headers(r))
+            for r in rows
+        ]
+        done, pending = await asyncio.wait(acks, timeout=PUBLISH_TIMEOUT_S)
+        for fut in pending:
+            fut.cancel()
+        failed = [f.exception() for f in done if f.exception() is not None]
+        if pending or failed:
+            first = failed[0] if failed else TimeoutError("no PubAck")
+            raise RuntimeError(f"{len(pending) + len(failed)} outbox rows not published: {first}")
