@@ -21,7 +21,7 @@ from hyperhive.broker import store
 from hyperhive.broker.batching import GroupCommit
 from hyperhive.broker.known import KnownAgents
 from hyperhive.broker.render import render_event
-from hyperhive.broker.store import Ack, Claim, NewMessage, Stored, db_errors
+from hyperhive.broker.store import Ack, Claim, Claimed, NewMessage, Stored, db_errors
 from hyperhive.broker.wake import Waiters
 from hyperhive.common import outbox, subjects
 from hyperhive.common.config import BrokerSettings
@@ -97,7 +97,7 @@ class Broker:
         self.sends: GroupCommit[NewMessage, Stored] = GroupCommit(
             self._commit_sends, max_batch=256, workers=2
         )
-        self.claims: GroupCommit[Claim, asyncpg.Record | None] = GroupCommit(
+        self.claims: GroupCommit[Claim, Claimed] = GroupCommit(
             self._claim_batch, max_batch=256, workers=2
         )
         self.acks: GroupCommit[Ack, bool] = GroupCommit(self._ack_batch, max_batch=256, workers=2)
@@ -239,41 +239,24 @@ class Broker:
         with self.waiters.watch(agent) as woke:
             while True:
                 woke.clear()
-                message = await self._claim(agent)
-                if message is not None:
-                    return RecvReply(message=message)
+                claimed = await self.claims.submit(Claim(agent, current_traceparent()))
+                if claimed.row is not None:
+                    return RecvReply(message=_message(claimed.row))
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self.stopping.is_set():
                     return RecvReply(empty=True)
-                with db_errors("recv"):
-                    expiry = await store.seconds_to_next_expiry(self.pool, agent)
+                expiry = claimed.next_expiry
                 timeout = remaining if expiry is None else min(remaining, max(expiry, 0.0) + 0.01)
                 await woke.wait(timeout)
 
-    async def _claim_batch(self, claims: Sequence[Claim]) -> list[asyncpg.Record | None]:
+    async def _claim_batch(self, claims: Sequence[Claim]) -> list[Claimed]:
         with db_errors("recv", bad_values=len(claims) == 1):
-            rows = await store.claim_many(
+            claimed = await store.claim_batch(
                 self.relaxed, claims, self.settings.visibility_timeout_s, self.kinds
             )
-        if any(row is not None for row in rows):
+        if any(c.row is not None for c in claimed):
             self._kick_relay()
-        return rows
-
-    async def _claim(self, agent: str) -> Message | None:
-        row = await self.claims.submit(Claim(agent, current_traceparent()))
-        if row is None:
-            return None
-        return Message(
-            id=row["id"],
-            sender=row["sender"],
-            recipient=row["recipient"],
-            body=row["body"],
-            ts=row["created_at"],
-            redelivered=row["deliveries"] > 1,
-            deliveries=row["deliveries"],
-            event=_decode_event(row["event"]),
-            traceparent=row["traceparent"],
-        )
+        return claimed
 
     async def ack(self, req: AckRequest, call: Call) -> Ok:
         """``hive.agent.<n>.ack``: the calling agent consumed message ``id``.
@@ -465,6 +448,20 @@ def stats_rows(stats: TurnStats) -> list[tuple[str, float]]:
     if not all(math.isfinite(v) for _, v in values):
         raise BadRequest("turn stats hold a value that is not a finite number")
     return values
+
+
+def _message(row: asyncpg.Record) -> Message:
+    return Message(
+        id=row["id"],
+        sender=row["sender"],
+        recipient=row["recipient"],
+        body=row["body"],
+        ts=row["created_at"],
+        redelivered=row["deliveries"] > 1,
+        deliveries=row["deliveries"],
+        event=_decode_event(row["event"]),
+        traceparent=row["traceparent"],
+    )
 
 
 def _decode_event(data: str | None) -> SystemEvent | None:
