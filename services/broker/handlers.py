@@ -22,7 +22,7 @@ from hyperhive.broker.batching import GroupCommit
 from hyperhive.broker.known import KnownAgents
 from hyperhive.broker.render import render_event
 from hyperhive.broker.store import Ack, Claim, Claimed, NewMessage, Stored, db_errors
-from hyperhive.broker.wake import Waiter, Waiters
+from hyperhive.broker.wake import Waiters
 from hyperhive.common import outbox, subjects
 from hyperhive.common.config import BrokerSettings
 from hyperhive.common.errors import BadRequest, Forbidden, HiveError, NotFound
@@ -161,45 +161,9 @@ class Broker:
         return SendReply(id=stored.id, ts=stored.ts)
 
     async def _commit_sends(self, items: Sequence[NewMessage]) -> list[Stored]:
-        # A recv waiting here for a recipient is handed the batch's first message
-        # for it by the insert itself: no claim round trip after the commit.
-        reserved: list[Waiter | None] = []
-        seen: set[str] = set()
-        for m in items:
-            waiter = None if m.recipient in seen else self.waiters.reserve(m.recipient)
-            if waiter is not None:
-                seen.add(m.recipient)
-            reserved.append(waiter)
-        try:
-            # a bad value in a batch of several: retried one by one (see GroupCommit)
-            with db_errors("send", bad_values=len(items) == 1):
-                stored = await store.insert_messages(
-                    self.pool,
-                    items,
-                    self.kinds,
-                    hands=[None if w is None else store.Hand(w.traceparent) for w in reserved],
-                    lease_s=self.settings.visibility_timeout_s,
-                )
-        except BaseException:
-            for waiter in reserved:
-                if waiter is not None:
-                    waiter.reserved = False
-                    waiter.set()
-            raise
-        gone: list[int] = []
-        for m, s, waiter in zip(items, stored, reserved, strict=True):
-            if waiter is None:
-                continue
-            waiter.reserved = False
-            if not s.handed:
-                waiter.set()  # an older message is available: it claims that one
-            elif not waiter.hand(_handed(m, s)):
-                gone.append(s.id)
-        if gone:  # their recvs ended meanwhile: available again at once
-            try:
-                await store.release(self.relaxed, gone)
-            except Exception as exc:  # their leases end by themselves
-                log.warning("messages %s stay leased until the lease ends: %s", gone, exc)
+        # a bad value in a batch of several: retried one by one (see GroupCommit)
+        with db_errors("send", bad_values=len(items) == 1):
+            stored = await store.insert_messages(self.pool, items, self.kinds)
         new = [m.recipient for m, s in zip(items, stored, strict=True) if s.created]
         if new:
             self._kick_relay()
@@ -272,7 +236,7 @@ class Broker:
             await self._ack(req.ack, agent)
         wait_s = min(req.wait_ms, self.settings.max_wait_ms) / 1000
         deadline = time.monotonic() + wait_s
-        with self.waiters.watch(agent, current_traceparent()) as woke:
+        with self.waiters.watch(agent) as woke:
             while True:
                 woke.clear()
                 claimed = await self.claims.submit(Claim(agent, current_traceparent()))
@@ -284,8 +248,6 @@ class Broker:
                 expiry = claimed.next_expiry
                 timeout = remaining if expiry is None else min(remaining, max(expiry, 0.0) + 0.01)
                 await woke.wait(timeout)
-                if woke.handed is not None:  # by a send committed here
-                    return RecvReply(message=woke.handed)
 
     async def _claim_batch(self, claims: Sequence[Claim]) -> list[Claimed]:
         with db_errors("recv", bad_values=len(claims) == 1):
@@ -486,20 +448,6 @@ def stats_rows(stats: TurnStats) -> list[tuple[str, float]]:
     if not all(math.isfinite(v) for _, v in values):
         raise BadRequest("turn stats hold a value that is not a finite number")
     return values
-
-
-def _handed(m: NewMessage, s: Stored) -> Message:
-    """The message a send committed already handed out (see ``_commit_sends``)."""
-    return Message(
-        id=s.id,
-        sender=m.sender,
-        recipient=m.recipient,
-        body=m.body,
-        ts=s.ts,
-        deliveries=1,
-        event=_decode_event(m.event),
-        traceparent=m.traceparent,
-    )
 
 
 def _message(row: asyncpg.Record) -> Message:

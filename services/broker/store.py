@@ -144,7 +144,6 @@ class Stored:
     id: int
     ts: float
     created: bool
-    handed: bool = False  # inserted handed out to the waiting recv (see insert_messages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,12 +161,9 @@ class EventKinds:
 # in one statement: atomic on its own, one round trip, no BEGIN/COMMIT.
 
 
-def _event_row(
-    src: str, kind: str, body_chars: str, *, eid: str = "eid", deliveries: str = ""
-) -> str:
+def _event_row(src: str, kind: str, body_chars: str) -> str:
     """Select list ``payload, msg_id`` of the HIVE_EVENTS record (HiveEvent JSON)
-    of message row ``src`` (whose column ``eid`` holds the event id)."""
-    deliveries = deliveries or f"{src}.deliveries"
+    of message row ``src`` (which has an ``eid`` column, the event id)."""
     return f"""
         convert_to(json_build_object(
             'kind', {kind}::text,
@@ -178,64 +174,33 @@ def _event_row(
                 'sender', {src}.sender,
                 'recipient', {src}.recipient,
                 'body', left({src}.body, {body_chars}),
-                'deliveries', {deliveries},
+                'deliveries', {src}.deliveries,
                 'ts', extract(epoch FROM {src}.created_at)::float8
             ),
-            'id', {src}.{eid}
+            'id', {src}.eid
         )::text, 'UTF8'),
-        {src}.{eid}
+        {src}.eid
     """
 
 
 _EID = "replace(gen_random_uuid()::text, '-', '') AS eid"
 
-# A send for a recipient whose recv is waiting in this process may be handed
-# to it by the same statement (``$10``, with that recv's traceparent in
-# ``$11``): inserted already handed out (one delivery, a lease of ``$12``
-# seconds, ``message.delivered`` queued after ``message.sent``), unless the
-# recipient has an older message available, which a recv must get first.
 _INSERT = f"""
 WITH input AS (
-    SELECT nextval('messages_id_seq') AS id, s, r, b, e, k, tp, h, htp, ord
-    FROM unnest(
-        $1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::text[],
-        $10::bool[], $11::text[]
-    ) WITH ORDINALITY AS t(s, r, b, e, k, tp, h, htp, ord)
-), handed AS (
-    SELECT input.id FROM input
-    WHERE input.h AND NOT EXISTS (
-        SELECT 1 FROM messages m
-        WHERE m.recipient = input.r AND m.acked_at IS NULL
-          AND (m.lease_until IS NULL OR m.lease_until <= clock_timestamp())
-    )
+    SELECT nextval('messages_id_seq') AS id, s, r, b, e, k, tp, ord
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::text[])
+        WITH ORDINALITY AS t(s, r, b, e, k, tp, ord)
 ), ins AS (
-    INSERT INTO messages (
-        id, sender, recipient, body, event, idempotency_key, traceparent,
-        deliveries, delivered_at, lease_until
-    )
-    SELECT
-        input.id, s, r, b, e, k, tp,
-        CASE WHEN handed.id IS NULL THEN 0 ELSE 1 END,
-        CASE WHEN handed.id IS NULL THEN NULL ELSE clock_timestamp() END,
-        CASE WHEN handed.id IS NULL THEN NULL
-            ELSE clock_timestamp() + make_interval(secs => $12) END
-    FROM input LEFT JOIN handed USING (id) ORDER BY ord
+    INSERT INTO messages (id, sender, recipient, body, event, idempotency_key, traceparent)
+    SELECT id, s, r, b, e, k, tp FROM input ORDER BY ord
     ON CONFLICT (sender, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING id, sender, recipient, body, deliveries, created_at, traceparent, {_EID},
-        replace(gen_random_uuid()::text, '-', '') AS eid2
+    RETURNING id, sender, recipient, body, deliveries, created_at, traceparent, {_EID}
 ), ob AS (
     INSERT INTO outbox (subject, payload, msg_id, traceparent)
-    SELECT subject, payload, msg_id, tp FROM (
-        SELECT ins.id, 1 AS step, $7 AS subject,
-            {_event_row("ins", "$8", "$9", deliveries="0")}, ins.traceparent AS tp
-        FROM ins
-        UNION ALL
-        SELECT ins.id, 2, $13, {_event_row("ins", "$14", "$9", eid="eid2")}, input.htp
-        FROM ins JOIN input USING (id) WHERE ins.deliveries = 1
-    ) AS ev (id, step, subject, payload, msg_id, tp)
-    ORDER BY id, step
+    SELECT $7, {_event_row("ins", "$8", "$9")}, ins.traceparent
+    FROM ins ORDER BY ins.id
 )
-SELECT input.id, extract(epoch FROM ins.created_at)::float8 AS ts, ins.deliveries = 1 AS handed
+SELECT input.id, extract(epoch FROM ins.created_at)::float8 AS ts
 FROM input LEFT JOIN ins USING (id) ORDER BY input.ord
 """
 
@@ -245,32 +210,16 @@ FROM messages WHERE sender = $1 AND idempotency_key = $2
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Hand:
-    """A recv waiting for the item's recipient, which may take it at once."""
-
-    traceparent: str | None = None  # of that recv, for ``message.delivered``
-
-
 async def insert_messages(
-    conn: asyncpg.Connection | asyncpg.Pool,
-    items: Sequence[NewMessage],
-    kinds: EventKinds,
-    *,
-    hands: Sequence[Hand | None] = (),
-    lease_s: float = 0.0,
+    conn: asyncpg.Connection | asyncpg.Pool, items: Sequence[NewMessage], kinds: EventKinds
 ) -> list[Stored]:
     """Commits messages and their ``message.sent`` events in one statement.
 
     Returns one :class:`Stored` per item, in order. An item whose
     ``(sender, idempotency_key)`` already names a message stores nothing and
-    gets that message's id with ``created=False``. An item with a
-    :class:`Hand` (``hands``, per item) is committed handed out for
-    ``lease_s`` (``handed=True``) when its recipient has no older message
-    available, with its ``message.delivered`` event.
+    gets that message's id with ``created=False``.
     """
     subject, kind = kinds.sent
-    hand_list = list(hands) or [None] * len(items)
     rows = await conn.fetch(
         _INSERT,
         [m.sender for m in items],
@@ -282,15 +231,11 @@ async def insert_messages(
         subject,
         kind,
         kinds.body_chars,
-        [h is not None for h in hand_list],
-        [h.traceparent if h is not None else None for h in hand_list],
-        float(lease_s),
-        *kinds.delivered,
     )
     out: list[Stored] = []
     for item, row in zip(items, rows, strict=True):
         if row["ts"] is not None:
-            out.append(Stored(row["id"], row["ts"], True, bool(row["handed"])))
+            out.append(Stored(row["id"], row["ts"], True))
             continue
         # the key was taken: by an earlier message, by an item earlier in this
         # batch, or by a transaction that committed while this one waited
@@ -574,16 +519,6 @@ WITH doomed AS (
 )
 SELECT count(*) FROM del
 """
-
-
-async def release(conn: asyncpg.Connection | asyncpg.Pool, ids: Sequence[int]) -> None:
-    """Ends the leases of messages handed to recvs that were gone by the commit:
-    they are available again (the next hand-out counts as a redelivery)."""
-    await conn.execute(
-        "UPDATE messages SET lease_until = clock_timestamp() "
-        "WHERE id = ANY($1::bigint[]) AND acked_at IS NULL",
-        list(ids),
-    )
 
 
 async def prune_batch(conn: asyncpg.Connection, before: float, limit: int) -> int:

@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from hyperhive.common import subjects
-from hyperhive.common.wire.broker import BrokerWake, Message
+from hyperhive.common.wire.broker import BrokerWake
 
 log = logging.getLogger(__name__)
 
@@ -34,35 +34,16 @@ _wake_dec = msgspec.json.Decoder(BrokerWake)
 
 
 class Waiter:
-    """One waiting ``recv``: set when its agent may have a new message, or
-    handed a message committed for it (see ``Broker._commit_sends``).
+    """One waiting ``recv``: set when its agent may have a new message.
 
     A bare future rather than an :class:`asyncio.Event` so that a wake-up
     resumes the waiting handler directly, without a helper task.
     """
 
-    __slots__ = ("_fut", "_waiting", "handed", "reserved", "traceparent")
+    __slots__ = ("_fut",)
 
-    def __init__(self, traceparent: str | None = None) -> None:
+    def __init__(self) -> None:
         self._fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting = False
-        self.handed: Message | None = None
-        # a send being committed may hand it its message: not woken meanwhile
-        self.reserved = False
-        self.traceparent = traceparent  # of the recv
-
-    @property
-    def idle(self) -> bool:
-        """Inside :meth:`wait`, not woken yet: a message handed now is returned."""
-        return self._waiting and not self._fut.done()
-
-    def hand(self, message: Message) -> bool:
-        """Gives ``message`` to the waiting recv; False if it no longer waits."""
-        if not self.idle:
-            return False
-        self.handed = message
-        self._fut.set_result(None)
-        return True
 
     def set(self) -> None:
         if not self._fut.done():
@@ -78,11 +59,7 @@ class Waiter:
     async def wait(self, timeout: float) -> None:
         """Returns when set or after ``timeout`` seconds, whichever comes first."""
         if not self._fut.done():
-            self._waiting = True
-            try:
-                await asyncio.wait((self._fut,), timeout=timeout)
-            finally:
-                self._waiting = False
+            await asyncio.wait((self._fut,), timeout=timeout)
 
 
 class Waiters:
@@ -105,9 +82,9 @@ class Waiters:
                 await self._sub.unsubscribe()
 
     @contextlib.contextmanager
-    def watch(self, agent: str, traceparent: str | None = None) -> Iterator[Waiter]:
+    def watch(self, agent: str) -> Iterator[Waiter]:
         """A waiter set whenever ``agent`` may have a new message, while inside."""
-        waiter = Waiter(traceparent)
+        waiter = Waiter()
         self._waiters.setdefault(agent, set()).add(waiter)
         try:
             yield waiter
@@ -119,19 +96,8 @@ class Waiters:
                     del self._waiters[agent]
 
     def notify(self, agent: str) -> None:
-        """Wakes the waiters of ``agent`` (a reserved one is woken or handed its
-        message by the send that reserved it)."""
         for waiter in self._waiters.get(agent, ()):
-            if not waiter.reserved:
-                waiter.set()
-
-    def reserve(self, agent: str) -> Waiter | None:
-        """An idle waiter of ``agent`` that a send may hand its message to."""
-        for waiter in self._waiters.get(agent, ()):
-            if waiter.idle and not waiter.reserved:
-                waiter.reserved = True
-                return waiter
-        return None
+            waiter.set()
 
     def notify_all(self) -> None:
         """Wakes every waiter (a peer started, or this service is stopping)."""

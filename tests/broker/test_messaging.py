@@ -273,34 +273,3 @@ async def test_retention_deletes_acked_history_older_than_the_setting(hive: Hive
         await rig.eventually(forgotten, timeout=30, what="acked message pruned")
     status = await admin(hive.operator, "status", StatusRequest(id=pending.id), MessageStatus)
     assert status.state == "committed"
-
-
-async def test_a_waiting_recv_is_handed_the_send_it_waited_for(hive: Hive, events):
-    """The send's own statement hands the message to the waiting recv (one
-    delivery, its events in order), and it is acked as any other."""
-    a, na = await hive.spawn()
-    b, nb = await hive.spawn()
-    for i in range(3):
-        waiting = asyncio.ensure_future(recv(nb, b, wait_ms=20_000))
-        await asyncio.sleep(0.2)  # the recv waits in the broker
-        t0 = time.monotonic()
-        sent = await send(na, a, b, f"for the waiting recv {i}")
-        got = await waiting
-        assert time.monotonic() - t0 < 10
-        assert got.message is not None and got.message.id == sent.id
-        assert got.message.body == f"for the waiting recv {i}"
-        assert got.message.deliveries == 1 and not got.message.redelivered
-        assert got.message.ts == pytest.approx(sent.ts)
-        receipt = await call(na, a, "status", StatusRequest(id=sent.id), MessageStatus)
-        assert receipt.state == "handed_out" and receipt.deliveries == 1
-        await ack(nb, b, sent.id)
-        await events.wait_for(
-            sent.id, [EV.EV_MESSAGE_SENT, EV.EV_MESSAGE_DELIVERED, EV.EV_MESSAGE_ACKED]
-        )
-        delivered = next(
-            e
-            for e in events.events
-            if e.data.get("id") == sent.id and e.kind == EV.EV_MESSAGE_DELIVERED
-        )
-        assert delivered.data["deliveries"] == 1
-    assert (await recv(nb, b)).empty
