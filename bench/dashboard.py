@@ -30,6 +30,7 @@ import logging
 import multiprocessing as mp
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -115,11 +116,12 @@ class SSEClient(asyncio.Protocol):
             self.lost.set_result(exc)
 
 
-async def _client_main(port: int, clients: int, conn: Connection) -> None:
+async def _client_main(port: int, token: str, clients: int, conn: Connection) -> None:
     loop = asyncio.get_running_loop()
     seen = (array.array("q"), array.array("d"))  # message number, receipt time
     request = (
-        f"GET /flow/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\r\n"
+        f"GET /flow/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n"
     ).encode()
     protocols: list[SSEClient] = []
     transports: list[asyncio.BaseTransport] = []
@@ -140,9 +142,9 @@ async def _client_main(port: int, clients: int, conn: Connection) -> None:
     conn.send((seen[0].tobytes(), seen[1].tobytes(), [p.received for p in protocols]))
 
 
-def client_process(port: int, clients: int, conn: Connection) -> None:
+def client_process(port: int, token: str, clients: int, conn: Connection) -> None:
     """Entry point of one client worker process."""
-    asyncio.run(_client_main(port, clients, conn))
+    asyncio.run(_client_main(port, token, clients, conn))
 
 
 # --- the stack -----------------------------------------------------------------
@@ -161,6 +163,7 @@ class Stack:
         os.chmod(pg_root, 0o711)
         self.pg = EmbeddedPostgres(pg_root / "data", free_port())
         self.dashboard_port = free_port()
+        self.token = secrets.token_urlsafe(32)  # the dashboard's operator token
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.settings: Settings | None = None
 
@@ -181,6 +184,7 @@ class Stack:
                 "HIVE_LIFECYCLE_PORT_BASE": "24100",
                 "HIVE_LIFECYCLE_AUTO_UPDATE_INTERVAL_S": "3600",
                 "HIVE_DASHBOARD_PORT": str(self.dashboard_port),
+                "HIVE_DASHBOARD_TOKEN": self.token,
                 **self.extra_env,
                 "HIVE_LOG_LEVEL": "WARNING",
             },
@@ -313,7 +317,9 @@ async def run(args: argparse.Namespace, stack: Stack) -> dict[str, object]:
         per_worker[0] += args.clients - sum(per_worker)
         for count in per_worker:
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=client_process, args=(stack.dashboard_port, count, child))
+            p = ctx.Process(
+                target=client_process, args=(stack.dashboard_port, stack.token, count, child)
+            )
             p.start()
             workers.append((p, parent))
         loop = asyncio.get_running_loop()

@@ -16,11 +16,12 @@
 #
 # Bind mounts are host-side: lifecycle puts them in the container's
 # EXTRA_NSPAWN_FLAGS (NixosBackend.nspawn_flags): credentials → /root/.claude,
-# state → /state, the NATS seed dir → /run/hive (read-only), and for the
-# manager the agents dir → /agents. This module runs the harness against
+# state → /state, the run dir (NATS seed, page socket) → /run/hive, and for
+# the manager the agents dir → /agents. This module runs the harness against
 # those paths. The container shares the host's network, so the harness
-# reaches NATS on 127.0.0.1 and the operator reaches the agent page on its
-# port.
+# reaches NATS on 127.0.0.1; its page listens on no port: the harness serves
+# the page's API on /run/hive/page.sock and the operator reaches it through
+# the dashboard (/agents/<name>/).
 {
   config,
   lib,
@@ -42,7 +43,7 @@ in
 
     port = mkOption {
       type = types.port;
-      description = "Port of the agent page (manager 8000, others 8100-8999; lifecycle assigns it).";
+      description = "The port lifecycle assigned in its registry (nothing listens on it: the agent page is a unix socket, /run/hive/page.sock).";
     };
 
     manager = mkOption {
@@ -151,8 +152,9 @@ in
         HOME = "/root";
         HIVE_HOME = "/var/lib/hyperhive";
         HIVE_HARNESS_AGENT = cfg.name;
-        HIVE_HARNESS_PORT = toString cfg.port;
-        HIVE_HARNESS_HOST = "127.0.0.1";
+        # the page's API: a unix socket in the run dir, no TCP port; the
+        # dashboard reaches it at the host path agents/<name>/run/page.sock
+        HIVE_HARNESS_SOCKET = "/run/hive/page.sock";
         HIVE_HARNESS_WORKDIR = "/root/work";
         HIVE_HARNESS_STATE_DIR = "/state";
         HIVE_HARNESS_CREDS_DIR = "/root/.claude";

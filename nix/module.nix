@@ -10,7 +10,12 @@
 #     hyperhive.common.subjects.SERVICES; tests/nix checks they agree):
 #     hive-broker, hive-lifecycle, hive-approvals, hive-crash-watch,
 #     hive-dashboard, each `hive serve <part>`;
-#   - a `hive` command for the operator, wired to the local NATS as operator.
+#   - the operator token the dashboard requires: `operatorTokenFile`, or one
+#     `hive-setup` generates (root-only, <dataDir>/operator-token), passed to
+#     hive-dashboard as the systemd credential `operator-token` (the dashboard
+#     reads $CREDENTIALS_DIRECTORY/operator-token);
+#   - a `hive` command for the operator, wired to the local NATS as operator
+#     (`sudo hive dashboard-url` prints the login URL).
 #
 # The agent containers are not defined here: lifecycle creates them at run
 # time with nixos-container from per-agent flakes that import
@@ -39,6 +44,9 @@ let
   authFile = "${natsDir}/auth.conf";
   serviceSeed = "${natsDir}/service.seed";
   operatorSeed = "${natsDir}/operator.seed";
+  # the dashboard's operator token: the given file, else one hive-setup makes
+  generatedToken = "${cfg.dataDir}/operator-token";
+  operatorToken = if cfg.operatorTokenFile != null then cfg.operatorTokenFile else generatedToken;
   natsUrl = "nats://127.0.0.1:${toString config.services.nats.port}";
   hive = "${cfg.package}/bin/hive";
   systemctl = "${config.systemd.package}/bin/systemctl";
@@ -54,6 +62,48 @@ let
       inherit authFile;
     }
   );
+
+  # PostgreSQL is for the services only (DESIGN.md section 7): peer auth over
+  # /run/postgresql for the hyperhive role, and before anything else in
+  # pg_hba.conf (first match wins) TCP to its database or as its role is
+  # rejected, whatever listen_addresses is and whatever rules come later.
+  pgAuthentication = ''
+    local hyperhive hyperhive              peer map=hyperhive
+    host  hyperhive all       0.0.0.0/0    reject
+    host  hyperhive all       ::/0         reject
+    host  all       hyperhive 0.0.0.0/0    reject
+    host  all       hyperhive ::/0         reject
+  '';
+  # every pg_hba.conf line of the host that trusts a TCP client (none may)
+  pgTrustOnTcp = builtins.filter (
+    line:
+    builtins.isString line
+    && builtins.match "[[:space:]]*host[a-z]*[[:space:]]+.*[[:space:]]trust([[:space:]].*)?" line != null
+  ) (builtins.split "\n" (config.services.postgresql.authentication or ""));
+
+  # privateUsers needs id-mapped bind mounts of the agents' dirs: the
+  # filesystem holding dataDir (its longest mount point) must support them.
+  idmapFilesystems = [
+    "btrfs"
+    "ext4"
+    "f2fs"
+    "overlay"
+    "tmpfs"
+    "xfs"
+  ];
+  fileSystems = config.fileSystems or { };
+  dataMounts = builtins.filter (m: m == "/" || lib.hasPrefix "${m}/" "${cfg.dataDir}/") (
+    builtins.attrNames fileSystems
+  );
+  dataMount = builtins.foldl' (
+    a: b: if a == null || builtins.stringLength b > builtins.stringLength a then b else a
+  ) null dataMounts;
+  dataFsType = if dataMount == null then null else fileSystems.${dataMount}.fsType or null;
+  zfsIdmap = lib.versionAtLeast (config.boot.zfs.package.version or "0") "2.2";
+  idmapOk =
+    dataFsType == null
+    || builtins.elem dataFsType idmapFilesystems
+    || (dataFsType == "zfs" && zfsIdmap);
 
   # Environment every service gets (hyperhive.common.config reads HIVE_*).
   commonEnv = {
@@ -181,17 +231,16 @@ let
       ];
     };
     # A NATS client only, with the operator's credentials (DESIGN.md section 2).
+    # Always behind the operator token: a systemd credential, so the root-only
+    # file is read by systemd and the unprivileged unit sees it only in its
+    # own $CREDENTIALS_DIRECTORY (no agent can read either).
     dashboard = {
       environment = {
         HIVE_NATS_SEED_FILE = operatorSeed;
         HIVE_NATS_INBOX_PREFIX = "_INBOX.operator";
-      }
-      // lib.optionalAttrs (cfg.operatorTokenFile != null) {
-        HIVE_DASHBOARD_TOKEN_FILE = "%d/operator-token";
       };
-      serviceConfig = lib.optionalAttrs (cfg.operatorTokenFile != null) {
-        # readable by the unit even though the file is root's
-        LoadCredential = "operator-token:${cfg.operatorTokenFile}";
+      serviceConfig = {
+        LoadCredential = "operator-token:${operatorToken}";
       };
     };
   };
@@ -254,6 +303,8 @@ let
     [dashboard]
     host = "${cfg.dashboard.host}"
     port = ${toString cfg.dashboard.port}
+    # root's: `sudo hive dashboard-url` prints the login URL
+    token_file = "${operatorToken}"
   '';
   cli = pkgs.writeShellScriptBin "hive" ''
     export HIVE_CONFIG="''${HIVE_CONFIG:-/etc/hyperhive/cli.toml}"
@@ -328,6 +379,9 @@ in
         File holding the operator token the dashboard requires on every page.
         Give a path outside the Nix store (a string, not a Nix path literal),
         readable by root; the dashboard gets it through systemd credentials.
+        Null: `hive-setup` generates one at `<dataDir>/operator-token`
+        (root-only, kept across restarts); `sudo hive dashboard-url` prints
+        the login URL.
       '';
     };
 
@@ -433,6 +487,28 @@ in
         '';
       }
       {
+        assertion = pgTrustOnTcp == [ ];
+        message = ''
+          services.postgresql.authentication trusts TCP clients, which every
+          agent container can be (they share the host's network): the
+          hyperhive database is for the services only. Use peer or
+          scram-sha-256 instead of trust on these lines:
+            ${builtins.concatStringsSep "\n    " pgTrustOnTcp}
+        '';
+      }
+      {
+        assertion = !cfg.privateUsers || idmapOk;
+        message = ''
+          services.hyperhive.privateUsers needs id-mapped bind mounts of the
+          agents' dirs under ${cfg.dataDir}, but it is on a ${toString dataFsType}
+          filesystem (mounted at ${toString dataMount}), which cannot do them
+          (id-mapped mounts: ${builtins.concatStringsSep ", " idmapFilesystems}, zfs >= 2.2).
+          Move dataDir to such a filesystem, or set
+          services.hyperhive.privateUsers = false: the agents' root is then
+          the host's root inside their containers.
+        '';
+      }
+      {
         assertion = cfg.operatorTokenFile == null || lib.hasPrefix "/" cfg.operatorTokenFile;
         message = "services.hyperhive.operatorTokenFile must be an absolute path.";
       }
@@ -451,8 +527,11 @@ in
       # seeds in here are 0640 root:hyperhive; auth.conf and users.d are
       # public keys only, readable by nats
       "d ${natsDir} 0755 root root -"
-      # agents' credentials and repos: root's (lifecycle, approvals)
-      "d ${cfg.dataDir}/agents 0700 root root -"
+      # agents' credentials and repos: root's (lifecycle, approvals); the
+      # hyperhive group may only pass through, to reach each agent's page
+      # socket (run/page.sock) for the dashboard (seeds and claude
+      # credentials below are 0600 root)
+      "d ${cfg.dataDir}/agents 0710 root hyperhive -"
       "d /etc/${containerDirName} 0755 root root -"
       "d /var/lib/${containerDirName} 0700 root root -"
       "d /nix/var/nix/profiles/per-container 0700 root root -"
@@ -485,9 +564,7 @@ in
         hyperhive root      hyperhive
         hyperhive hyperhive hyperhive
       '';
-      authentication = lib.mkBefore ''
-        local hyperhive hyperhive peer map=hyperhive
-      '';
+      authentication = lib.mkBefore pgAuthentication;
     };
 
     # nixos-container needs these; flakes build the per-agent containers
@@ -508,6 +585,10 @@ in
             Type = "oneshot";
             RemainAfterExit = true;
             ExecStart = "${hive} setup-nats --dir ${natsDir} --group hyperhive";
+            # the dashboard's operator token, root's alone (0600), made once
+            ExecStartPost = lib.optional (
+              cfg.operatorTokenFile == null
+            ) "${hive} setup-token --file ${generatedToken}";
             UMask = "0022";
             CapabilityBoundingSet = [
               "CAP_CHOWN"

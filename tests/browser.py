@@ -69,3 +69,12 @@ async def open_page(
     finally:
         await context.close()
     assert not errors, f"JS errors on the page: {errors}"
+
+
+async def log_in(page: Page, login_url: str) -> None:
+    """Opens the login URL a hive prints (``…/login?token=…``), as the operator
+    does: the session cookie is set and the page redirected, so the token is no
+    longer in the address bar."""
+    response = await page.goto(login_url)
+    assert response is not None and response.ok, response and response.status
+    assert "token=" not in page.url and not page.url.endswith("/login"), page.url

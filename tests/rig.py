@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -70,15 +71,20 @@ def postgres_server() -> Iterator[EmbeddedPostgres]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def database_url(url: str, database: str) -> str:
+    """``url`` naming ``database`` instead (its host, socket dir and port kept)."""
+    return urllib.parse.urlsplit(url)._replace(path=f"/{database}").geturl()
+
+
 async def create_database(admin_url: str) -> str:
     """A fresh empty database on the test server. Returns its URL."""
     name = f"t_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(admin_url.rsplit("/", 1)[0] + "/postgres")
+    conn = await asyncpg.connect(database_url(admin_url, "postgres"))
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    return admin_url.rsplit("/", 1)[0] + "/" + name
+    return database_url(admin_url, name)
 
 
 def make_settings(nats: EmbeddedNats, database_url: str, home: Path, **overrides: str) -> Settings:
@@ -95,6 +101,9 @@ def make_settings(nats: EmbeddedNats, database_url: str, home: Path, **overrides
         "HIVE_DATABASE_CONNECT_ATTEMPTS": "2",
         "HIVE_DATABASE_CONNECT_BACKOFF_S": "0.2",
         "HIVE_LIFECYCLE_USE_BWRAP": "false",
+        # harnesses as the test's own uid; tests/lifecycle/test_host_doors.py
+        # runs them as the agent user
+        "HIVE_LIFECYCLE_AGENT_USER": "",
         "HIVE_LOG_LEVEL": "INFO",
     }
     env.update(overrides)
@@ -293,6 +302,43 @@ async def hive_cli(settings: Settings, *args: str, timeout: float = 120.0) -> tu
         raise
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+def hive_exe() -> str:
+    """The installed ``hive`` executable of this environment (its console script)."""
+    exe = Path(sys.executable).parent / "hive"
+    found = str(exe) if exe.is_file() else shutil.which("hive")
+    assert found, "no hive executable installed"
+    return found
+
+
+async def hive_exe_cli(
+    settings: Settings,
+    *args: str,
+    stdin: bytes | None = None,
+    stdout: int = asyncio.subprocess.PIPE,
+    timeout: float = 120.0,
+) -> tuple[int, str, str]:
+    """Runs the installed ``hive`` executable (as an operator types it), with
+    ``stdin`` as its input; returns (exit code, stdout, stderr). ``stdout``
+    may be a file descriptor (e.g. a pipe whose reader is gone)."""
+    proc = await asyncio.create_subprocess_exec(
+        hive_exe(),
+        *args,
+        env=cli_env(settings),
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate(stdin)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, (out or b"").decode(), err.decode()
 
 
 def span_exporter() -> InMemorySpanExporter:

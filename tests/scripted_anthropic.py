@@ -15,6 +15,22 @@ answers with :attr:`default_text`, so auxiliary requests (titles, summaries
 for ``/compact``, quota probes) never hang a test. ``/v1/messages/count_tokens``
 answers a token estimate. Each request is recorded for assertions.
 
+It is as strict as the real API, so a test cannot pass on leniency:
+- a request the real API refuses (:func:`check_request`: model, ``max_tokens``,
+  roles, content block types, a ``tool_result`` for every ``tool_use`` of the
+  previous assistant turn, tool definitions) gets the real API's 400
+  ``invalid_request_error``;
+- a scripted ``tool_use`` of a tool the request did not offer with a schema
+  (or with an input that is not an object) is not sent: the API answers 400 and
+  :meth:`ScriptedAnthropic.check` (run by the ``api`` fixture at teardown)
+  fails the test naming the tool and what was offered.
+Both are kept in :attr:`ScriptedAnthropic.problems`.
+
+Faults (:class:`Fault`: 429 with ``retry-after``, 529, 500, 401, a stream
+closed midway, a first byte only after a delay) are answered once
+(:meth:`ScriptedAnthropic.fault`) or to every request until
+:meth:`ScriptedAnthropic.end_outage` (:meth:`ScriptedAnthropic.outage`).
+
 The server runs in a thread, so it works the same from sync and async tests.
 """
 
@@ -24,6 +40,8 @@ import asyncio
 import dataclasses
 import itertools
 import json
+import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -33,10 +51,13 @@ from typing import Any
 
 __all__ = [
     "Block",
+    "Fault",
     "Reply",
     "Request",
     "ScriptedAnthropic",
+    "Usage",
     "after_tool_results",
+    "check_request",
     "has_tool_result",
     "is_compaction",
     "last_user_mentions",
@@ -70,25 +91,104 @@ def text(value: str) -> Block:
 
 
 def tool_use(name: str, input: Any, id: str | None = None) -> Block:
-    """A ``tool_use`` block calling ``name`` with ``input`` (any JSON value)."""
+    """A ``tool_use`` block calling ``name`` with ``input`` (a JSON object)."""
     return Block(kind="tool_use", name=name, input=input, id=id or f"toolu_{next(_ids):08d}")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """The token counts one answer reports (``message_start`` and ``message_delta``).
+
+    ``output_tokens`` None: estimated from the content.
+    """
+
+    input_tokens: int = 100
+    output_tokens: int | None = None
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+    def doc(self, output_tokens: int) -> dict[str, int]:
+        return {
+            "input_tokens": self.input_tokens,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+            "cache_read_input_tokens": self.cache_read_input_tokens,
+            "output_tokens": output_tokens,
+        }
+
+
+@dataclass(frozen=True)
+class Fault:
+    """An answer that is not the model's: an API error or a broken connection.
+
+    ``status`` > 0 answers that HTTP status with the real API's error body
+    (and ``retry-after`` when set); ``disconnect`` starts a 200 stream and
+    closes the connection midway; ``first_byte_s`` waits that long before the
+    first byte of whatever comes next (an error, or the scripted content).
+    """
+
+    status: int = 0
+    error_type: str = ""
+    message: str = ""
+    retry_after: float | None = None
+    disconnect: bool = False
+    first_byte_s: float = 0.0
+
+    @property
+    def label(self) -> str:
+        if self.status:
+            return f"{self.status} {self.error_type}"
+        return "disconnect" if self.disconnect else f"first byte after {self.first_byte_s:g} s"
+
+    @classmethod
+    def rate_limited(cls, retry_after: float = 20) -> Fault:
+        return cls(
+            status=429,
+            error_type="rate_limit_error",
+            message="This request would exceed the rate limit for your organization.",
+            retry_after=retry_after,
+        )
+
+    @classmethod
+    def overloaded(cls) -> Fault:
+        return cls(status=529, error_type="overloaded_error", message="Overloaded")
+
+    @classmethod
+    def server_error(cls) -> Fault:
+        return cls(status=500, error_type="api_error", message="Internal server error")
+
+    @classmethod
+    def unauthorized(cls) -> Fault:
+        return cls(status=401, error_type="authentication_error", message="invalid x-api-key")
+
+    @classmethod
+    def dropped(cls) -> Fault:
+        return cls(disconnect=True)
+
+    @classmethod
+    def slow(cls, first_byte_s: float) -> Fault:
+        return cls(first_byte_s=first_byte_s)
 
 
 @dataclass
 class Reply:
     """One scripted answer to one ``/v1/messages`` request.
 
-    ``error`` (an HTTP status and message) answers with an API error instead
-    of content. ``hold`` keeps the stream open after the first text delta
-    until :meth:`release` is called or the client goes away (a "long turn").
-    ``delay_s`` waits before answering.
+    ``error`` (an HTTP status, error type and message) answers with an API
+    error instead of content; ``fault`` with a :class:`Fault`. ``hold`` keeps
+    the stream open after the first text delta until :meth:`release` is
+    called or the client goes away (a "long turn"). ``delay_s`` waits before
+    answering. ``usage`` is what the answer reports. ``stop`` overrides the stop reason
+    (e.g. ``max_tokens``).
     """
 
     blocks: list[Block | Callable[[Request], Block]]
     when: Callable[[Request], bool] | None = None
     error: tuple[int, str, str] | None = None  # (status, error type, message)
+    fault: Fault | None = None
     hold: bool = False
     delay_s: float = 0.0
+    usage: Usage = field(default_factory=Usage)
+    stop: str | None = None
     released: threading.Event = field(default_factory=threading.Event)
     used_by: Request | None = None
 
@@ -98,6 +198,8 @@ class Reply:
 
     @property
     def stop_reason(self) -> str:
+        if self.stop:
+            return self.stop
         kinds = [b.kind for b in self.blocks if isinstance(b, Block)]
         return "tool_use" if "tool_use" in kinds else "end_turn"
 
@@ -123,6 +225,8 @@ class Request:
     ts: float = field(default_factory=time.time)
     reply: Reply | None = None
     disconnected: bool = False  # the client hung up before the reply ended
+    status: int = 200  # what the server answered
+    refused: str = ""  # why it answered 400 (a request or a script the real API refuses)
 
     @property
     def is_messages(self) -> bool:
@@ -134,13 +238,36 @@ class Request:
 
     @property
     def tool_names(self) -> list[str]:
-        """Names of the tools offered to the model."""
+        """Names of the tools in the request (deferred ones included)."""
         if not isinstance(self.body, dict):
             return []
         return [str(t.get("name")) for t in self.body.get("tools") or [] if isinstance(t, dict)]
 
+    @property
+    def offered(self) -> dict[str, dict[str, Any]]:
+        """The tools the model can call: name → input schema.
+
+        A tool with ``defer_loading`` is not offered until a ``tool_reference``
+        block in the conversation (a tool search result) loads it.
+        """
+        if not isinstance(self.body, dict):
+            return {}
+        loaded = {
+            str(b.get("tool_name"))
+            for b in _walk_blocks(self.messages)
+            if b.get("type") == "tool_reference"
+        }
+        out = {}
+        for t in self.body.get("tools") or []:
+            if not isinstance(t, dict) or not isinstance(t.get("input_schema"), dict):
+                continue
+            if t.get("defer_loading") and t.get("name") not in loaded:
+                continue
+            out[str(t.get("name"))] = t["input_schema"]
+        return out
+
     def tool(self, name: str) -> dict[str, Any] | None:
-        """The definition of an offered tool."""
+        """The definition of a tool in the request."""
         if not isinstance(self.body, dict):
             return None
         for t in self.body.get("tools") or []:
@@ -222,6 +349,198 @@ def _text_of(content: Any, include_tool_results: bool = True) -> str:
     return "\n".join(parts)
 
 
+def _walk_blocks(messages: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+    """Every content block of the messages, nested ones (in tool results) too."""
+    stack: list[Any] = [m.get("content") for m in messages]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            yield item
+            stack.append(item.get("content"))
+
+
+# --- what the real API refuses -------------------------------------------------
+
+# content block types a request's messages may carry (the Messages API's tags)
+BLOCK_TYPES = frozenset(
+    {
+        "text",
+        "image",
+        "document",
+        "search_result",
+        "thinking",
+        "redacted_thinking",
+        "tool_use",
+        "tool_result",
+        "server_tool_use",
+        "web_search_tool_result",
+        "web_fetch_tool_result",
+        "code_execution_tool_result",
+        "bash_code_execution_tool_result",
+        "text_editor_code_execution_tool_result",
+        "tool_search_tool_result",
+        "mcp_tool_use",
+        "mcp_tool_result",
+        "container_upload",
+        "tool_reference",
+        "compaction",
+    }
+)
+ROLES = ("user", "assistant", "system")
+TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
+
+
+def check_request(body: Any) -> str:
+    """Why the real Messages API would refuse this request body ("" if it would not).
+
+    The messages are the real API's ``invalid_request_error`` texts. ``system``
+    messages (which the CLI appends) are allowed and do not count for the
+    alternation of ``user`` and ``assistant``.
+    """
+    if not isinstance(body, dict):
+        return "request body must be a JSON object"
+    for key in ("model", "max_tokens", "messages"):
+        if key not in body:
+            return f"{key}: Field required"
+    if not isinstance(body["model"], str) or not body["model"]:
+        return "model: String should have at least 1 character"
+    max_tokens = body["max_tokens"]
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
+        return "max_tokens: Input should be a valid integer"
+    if max_tokens < 1:
+        return "max_tokens: Input should be greater than or equal to 1"
+    messages = body["messages"]
+    if not isinstance(messages, list):
+        return "messages: Input should be a valid list"
+    problem = _check_tools(body.get("tools"))
+    if problem:
+        return problem
+    prev_role, prev_uses, prev_at = "", set[str](), -1
+    for i, m in enumerate(messages):
+        where = f"messages.{i}"
+        if not isinstance(m, dict):
+            return f"{where}: Input should be a valid dictionary"
+        role = m.get("role")
+        if role not in ROLES:
+            return f"{where}.role: Input should be 'user', 'assistant' or 'system'"
+        content = m.get("content")
+        blocks: list[Any]
+        if isinstance(content, str):
+            if not content and not (role == "assistant" and i == len(messages) - 1):
+                return (
+                    f"{where}: all messages must have non-empty content except for "
+                    "the optional final assistant message"
+                )
+            blocks = []
+        elif isinstance(content, list):
+            if not content and not (role == "assistant" and i == len(messages) - 1):
+                return (
+                    f"{where}: all messages must have non-empty content except for "
+                    "the optional final assistant message"
+                )
+            blocks = content
+        else:
+            return f"{where}.content: Input should be a valid string or list"
+        for j, b in enumerate(blocks):
+            kind = b.get("type") if isinstance(b, dict) else None
+            if kind not in BLOCK_TYPES:
+                return (
+                    f"{where}.content.{j}.type: Input tag {kind!r} found using 'type' "
+                    "does not match any of the expected tags"
+                )
+        if role == "system":
+            continue
+        if not prev_role and role != "user":
+            return 'messages: first message must use the "user" role'
+        if role == prev_role:
+            return (
+                f'messages: roles must alternate between "user" and "assistant", '
+                f'but found multiple "{role}" roles in a row'
+            )
+        results = [b for b in blocks if b.get("type") == "tool_result"]
+        result_ids = [str(b.get("tool_use_id")) for b in results]
+        if role == "user":
+            missing = [u for u in sorted(prev_uses) if u not in result_ids]
+            if missing:
+                return (
+                    f"messages.{prev_at}: `tool_use` ids were found without `tool_result` "
+                    f"blocks immediately after: {', '.join(missing)}. Each `tool_use` block "
+                    "must have a corresponding `tool_result` block in the next message."
+                )
+            unexpected = [r for r in result_ids if r not in prev_uses]
+            if unexpected:
+                return (
+                    f"{where}.content.0: unexpected `tool_use_id` found in `tool_result` "
+                    f"blocks: {', '.join(unexpected)}. Each `tool_result` block must have "
+                    "a corresponding `tool_use` block in the previous message."
+                )
+            if results and blocks[: len(results)] != results:
+                return (
+                    f"{where}: `tool_result` blocks must come first in the content of a "
+                    "user message that answers tool uses"
+                )
+        elif results:
+            return f"{where}: `tool_result` blocks can only be in user messages"
+        uses = [b for b in blocks if b.get("type") == "tool_use"] if role == "assistant" else []
+        for b in uses:
+            if not isinstance(b.get("input"), dict):
+                return f"{where}: tool_use.input: Input should be a valid dictionary"
+        prev_role, prev_uses, prev_at = role, {str(b.get("id")) for b in uses}, i
+    if prev_uses:
+        return (
+            f"messages.{prev_at}: `tool_use` ids were found without `tool_result` blocks "
+            f"immediately after: {', '.join(sorted(prev_uses))}. Each `tool_use` block must "
+            "have a corresponding `tool_result` block in the next message."
+        )
+    return ""
+
+
+def _check_tools(tools: Any) -> str:
+    if tools is None:
+        return ""
+    if not isinstance(tools, list):
+        return "tools: Input should be a valid list"
+    seen: set[str] = set()
+    for i, t in enumerate(tools):
+        if not isinstance(t, dict):
+            return f"tools.{i}: Input should be a valid dictionary"
+        name = t.get("name")
+        if not isinstance(name, str) or not TOOL_NAME.match(name):
+            return f"tools.{i}.custom.name: String should match pattern '^[a-zA-Z0-9_-]{{1,128}}$'"
+        if name in seen:
+            return "tools: Tool names must be unique."
+        seen.add(name)
+        if t.get("type") in (None, "custom"):
+            schema = t.get("input_schema")
+            if not isinstance(schema, dict):
+                return f"tools.{i}.custom.input_schema: Field required"
+            if schema.get("type") != "object":
+                return f"tools.{i}.custom.input_schema.type: Input should be 'object'"
+    return ""
+
+
+def check_tool_calls(blocks: Iterable[Block], req: Request) -> str:
+    """Why a scripted answer's ``tool_use`` blocks could not come from a real
+    model given this request ("" if they could): a tool not offered with a
+    schema, or an input that is not an object. An input the schema refuses
+    can come from a real model (the API does not check it): it passes."""
+    offered = req.offered
+    for b in blocks:
+        if b.kind != "tool_use":
+            continue
+        if b.name not in offered:
+            deferred = " (in the request, deferred)" if b.name in req.tool_names else ""
+            return (
+                f"the script calls tool {b.name!r}{deferred}, which this request did not "
+                f"offer with a schema; offered: {', '.join(sorted(offered)) or '(none)'}"
+            )
+        if not isinstance(b.input, dict):
+            return f"the script calls tool {b.name!r} with a non-object input {b.input!r}"
+    return ""
+
+
 # --- predicates for Reply.when -------------------------------------------------
 
 
@@ -289,6 +608,8 @@ class ScriptedAnthropic:
         self._queue: list[Reply] = []
         self._lock = threading.Lock()
         self._requests: list[Request] = []
+        self._problems: list[str] = []
+        self._outage: Fault | None = None
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -342,17 +663,21 @@ class ScriptedAnthropic:
         when: Callable[[Request], bool] | None = None,
         hold: bool = False,
         delay_s: float = 0.0,
+        usage: Usage | dict[str, int] | None = None,
+        stop: str | None = None,
     ) -> Reply:
-        """Queues one assistant message.
+        """Queues one assistant message (``usage``, ``stop``: see :class:`Reply`).
 
         Strings become text blocks; a callable is called with the request when
         the reply is used (e.g. to quote an id from the last tool result).
         """
         items = [text(b) if isinstance(b, str) else b for b in blocks] or [text(self.default_text)]
-        r = Reply(blocks=items, when=when, hold=hold, delay_s=delay_s)
-        with self._lock:
-            self._queue.append(r)
-        return r
+        if isinstance(usage, dict):
+            usage = Usage(**usage)
+        r = Reply(
+            blocks=items, when=when, hold=hold, delay_s=delay_s, usage=usage or Usage(), stop=stop
+        )
+        return self._queued(r)
 
     def error(
         self,
@@ -363,10 +688,28 @@ class ScriptedAnthropic:
         when: Callable[[Request], bool] | None = None,
     ) -> Reply:
         """Queues an API error answer (e.g. 400 ``prompt is too long``)."""
-        r = Reply(blocks=[], when=when, error=(status, error_type, message))
+        return self._queued(Reply(blocks=[], when=when, error=(status, error_type, message)))
+
+    def fault(
+        self,
+        fault: Fault,
+        *blocks: Block | str | Callable[[Request], Block],
+        when: Callable[[Request], bool] | None = None,
+    ) -> Reply:
+        """Queues one faulty answer. A slow first byte (``Fault.slow``) still
+        answers ``blocks`` (the default text when none) once it comes."""
+        items = [text(b) if isinstance(b, str) else b for b in blocks] or [text(self.default_text)]
+        return self._queued(Reply(blocks=items, when=when, fault=fault))
+
+    def outage(self, fault: Fault) -> None:
+        """Answers every ``/v1/messages`` request with ``fault`` (scripted
+        replies wait) until :meth:`end_outage`."""
         with self._lock:
-            self._queue.append(r)
-        return r
+            self._outage = fault
+
+    def end_outage(self) -> None:
+        with self._lock:
+            self._outage = None
 
     def pending(self) -> list[Reply]:
         """Replies queued and not used yet."""
@@ -388,6 +731,22 @@ class ScriptedAnthropic:
         """The ``/v1/messages`` requests, oldest first."""
         return [r for r in self.all_requests if r.is_messages]
 
+    @property
+    def problems(self) -> list[str]:
+        """Requests the real API would refuse, and scripted tool calls a real
+        model could not make (each answered with a 400)."""
+        with self._lock:
+            return list(self._problems)
+
+    def check(self) -> None:
+        """Fails (AssertionError) when the CLI sent a request the real API
+        refuses or the script called a tool it was not offered."""
+        problems = self.problems
+        if problems:
+            raise AssertionError(
+                "the scripted API refused what the real one would:\n- " + "\n- ".join(problems)
+            )
+
     def matching(self, pred: Callable[[Request], bool]) -> list[Request]:
         return [r for r in self.requests if pred(r)]
 
@@ -406,12 +765,24 @@ class ScriptedAnthropic:
             await asyncio.sleep(0.05)
 
     # used by the handler
+    def _queued(self, r: Reply) -> Reply:
+        with self._lock:
+            self._queue.append(r)
+        return r
+
     def _record(self, req: Request) -> None:
         with self._lock:
             self._requests.append(req)
 
+    def _refuse(self, req: Request, why: str) -> None:
+        req.refused = why
+        with self._lock:
+            self._problems.append(f"request {len(self._requests)}: {why}")
+
     def _take(self, req: Request) -> Reply | None:
         with self._lock:
+            if self._outage is not None:
+                return Reply(blocks=[text(self.default_text)], fault=self._outage)
             for i, r in enumerate(self._queue):
                 try:
                     ok = r.when is None or r.when(req)
@@ -460,6 +831,17 @@ class _Handler(BaseHTTPRequestHandler):
         if path != "/v1/messages":
             self._json(404, _err("not_found_error", f"no route {path}"))
             return
+        try:
+            self._messages(req)
+        except (BrokenPipeError, ConnectionResetError):
+            req.disconnected = True
+
+    def _messages(self, req: Request) -> None:
+        why = check_request(req.body)
+        if why:
+            self.api._refuse(req, why)
+            self._json(400, _err("invalid_request_error", why), req)
+            return
         reply = self.api._take(req)
         req.reply = reply
         if reply is None:
@@ -467,26 +849,50 @@ class _Handler(BaseHTTPRequestHandler):
         reply = reply.resolved(req)
         if reply.delay_s:
             time.sleep(reply.delay_s)
+        fault = reply.fault
+        if fault and fault.first_byte_s:
+            time.sleep(fault.first_byte_s)
+        if fault and fault.status:
+            headers = {}
+            if fault.retry_after is not None:
+                headers["retry-after"] = f"{fault.retry_after:g}"
+            self._json(fault.status, _err(fault.error_type, fault.message), req, headers)
+            return
         if reply.error:
             status, etype, message = reply.error
-            self._json(status, _err(etype, message))
+            self._json(status, _err(etype, message), req)
+            return
+        why = check_tool_calls([b for b in reply.blocks if isinstance(b, Block)], req)
+        if why:
+            self.api._refuse(req, why)
+            self._json(400, _err("invalid_request_error", why), req)
             return
         model = req.model or self.api.model
-        stream = isinstance(body, dict) and bool(body.get("stream"))
-        try:
-            if stream:
-                self._stream(reply, model)
-            else:
-                self._json(200, _message(reply, model))
-        except (BrokenPipeError, ConnectionResetError):
+        if fault and fault.disconnect:
             req.disconnected = True
+        if isinstance(req.body, dict) and req.body.get("stream"):
+            self._stream(reply, model, drop=bool(fault and fault.disconnect))
+        elif fault and fault.disconnect:
+            self._drop()
+        else:
+            self._json(200, _message(reply, model), req)
 
-    def _json(self, status: int, doc: Any) -> None:
+    def _json(
+        self,
+        status: int,
+        doc: Any,
+        req: Request | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        if req is not None:
+            req.status = status
         data = json.dumps(doc).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
         self.send_header("request-id", f"req_{next(_ids)}")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         self.end_headers()
         self.wfile.write(data)
 
@@ -495,7 +901,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
         self.wfile.flush()
 
-    def _stream(self, reply: Reply, model: str) -> None:
+    def _drop(self) -> None:
+        """Closes the connection at once, without a clean end (a reset)."""
+        self.close_connection = True
+        self.wfile.flush()
+        self.connection.setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+        )
+        self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _stream(self, reply: Reply, model: str, *, drop: bool = False) -> None:
+        """The real API's event sequence; ``drop``: the connection closes after
+        the first content delta."""
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("cache-control", "no-cache")
@@ -504,9 +921,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         msg = _message(reply, model)
         start = dict(msg, content=[], stop_reason=None)
-        start["usage"] = {"input_tokens": msg["usage"]["input_tokens"], "output_tokens": 1}
+        start["usage"] = reply.usage.doc(output_tokens=1)
         self._event("message_start", {"type": "message_start", "message": start})
         for i, block in enumerate(reply.blocks):
+            assert isinstance(block, Block)
             if block.kind == "text":
                 self._event(
                     "content_block_start",
@@ -525,6 +943,9 @@ class _Handler(BaseHTTPRequestHandler):
                             "delta": {"type": "text_delta", "text": piece},
                         },
                     )
+                    if drop:
+                        self._drop()
+                        return
                     if reply.hold:
                         self._hold(reply)
             else:
@@ -541,24 +962,25 @@ class _Handler(BaseHTTPRequestHandler):
                         },
                     },
                 )
-                self._event(
-                    "content_block_delta",
-                    {
-                        "type": "content_block_delta",
-                        "index": i,
-                        "delta": {
-                            "type": "input_json_delta",
-                            "partial_json": json.dumps(block.input),
+                for piece in _pieces(json.dumps(block.input)):
+                    self._event(
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": i,
+                            "delta": {"type": "input_json_delta", "partial_json": piece},
                         },
-                    },
-                )
+                    )
+                    if drop:
+                        self._drop()
+                        return
             self._event("content_block_stop", {"type": "content_block_stop", "index": i})
         self._event(
             "message_delta",
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
-                "usage": {"output_tokens": msg["usage"]["output_tokens"]},
+                "usage": msg["usage"],
             },
         )
         self._event("message_stop", {"type": "message_stop"})
@@ -587,11 +1009,14 @@ def _pieces(value: str) -> Iterable[str]:
 def _message(reply: Reply, model: str) -> dict[str, Any]:
     content: list[dict[str, Any]] = []
     for b in reply.blocks:
+        assert isinstance(b, Block)
         if b.kind == "text":
             content.append({"type": "text", "text": b.text})
         else:
             content.append({"type": "tool_use", "id": b.id, "name": b.name, "input": b.input})
-    out_tokens = sum(len(json.dumps(c)) // 4 + 1 for c in content)
+    out_tokens = reply.usage.output_tokens
+    if out_tokens is None:
+        out_tokens = sum(len(json.dumps(c)) // 4 + 1 for c in content)
     return {
         "id": f"msg_{next(_ids):08d}",
         "type": "message",
@@ -600,12 +1025,7 @@ def _message(reply: Reply, model: str) -> dict[str, Any]:
         "content": content,
         "stop_reason": reply.stop_reason,
         "stop_sequence": None,
-        "usage": {
-            "input_tokens": 100,
-            "output_tokens": out_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-        },
+        "usage": reply.usage.doc(output_tokens=out_tokens),
     }
 
 

@@ -1,6 +1,6 @@
 """``hive agents``, ``hive spawn``, ``hive start|stop|restart|kill|update``,
 ``hive destroy``, ``hive kept``, ``hive purge``, ``hive logs``, ``hive drafts``,
-``hive config``: the operator's verbs on lifecycle."""
+``hive config``, ``hive notes``: the operator's verbs on lifecycle."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ import argparse
 import asyncio
 import sys
 
-from hyperhive.cli.client import call, fmt_ts, print_json, print_table, run_command
+from hyperhive.cli.client import (
+    call,
+    fmt_ts,
+    print_json,
+    print_table,
+    require_agent,
+    run_command,
+)
 from hyperhive.common import subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.wire.base import Empty, Ok
@@ -23,6 +30,8 @@ from hyperhive.common.wire.lifecycle import (
     KeptStatesReply,
     LogsReply,
     LogsRequest,
+    NotesReply,
+    NotesRequest,
     SpawnRequest,
 )
 
@@ -86,6 +95,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_config)
 
+    p = sub.add_parser(
+        "notes", help="an agent's notes; --history lists every kept version, --version N shows one"
+    )
+    p.add_argument("name")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--history", action="store_true", help="list the kept versions")
+    which.add_argument("--version", type=int, metavar="N", help="show version N")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_notes)
+
 
 def _agent_row(a: AgentInfo) -> list[object]:
     state = f"{a.state} ({a.flag})" if a.flag else a.state
@@ -135,6 +154,7 @@ def _spawn(args: argparse.Namespace) -> int:
 
 def _verb(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> None:
+        await require_agent(settings, args.name)
         info = await call(
             settings,
             subjects.admin(PART, args.verb),
@@ -149,6 +169,7 @@ def _verb(args: argparse.Namespace) -> int:
 
 def _destroy(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> None:
+        await require_agent(settings, args.name)
         await call(
             settings,
             subjects.admin(PART, "destroy"),
@@ -178,6 +199,7 @@ def _kept(args: argparse.Namespace) -> int:
 
 def _purge(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> None:
+        await require_agent(settings, args.name, destroyed_ok=True)
         await call(settings, subjects.admin(PART, "purge"), AgentRequest(name=args.name), Ok)
         print(f"purged {args.name}")
 
@@ -186,6 +208,7 @@ def _purge(args: argparse.Namespace) -> int:
 
 def _logs(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> None:
+        await require_agent(settings, args.name)
         subject = subjects.admin(PART, "logs")
         reply = await call(
             settings, subject, LogsRequest(name=args.name, lines=args.lines), LogsReply
@@ -231,6 +254,7 @@ def _drafts(args: argparse.Namespace) -> int:
 
 def _config(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> None:
+        await require_agent(settings, args.name)
         reply = await call(
             settings, subjects.admin(PART, "config"), AgentRequest(name=args.name), ConfigReply
         )
@@ -241,5 +265,36 @@ def _config(args: argparse.Namespace) -> int:
         for path, text in sorted(reply.files.items()):
             print(f"\n==> {path} <==")
             sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+    return run_command(body)
+
+
+def _notes(args: argparse.Namespace) -> int:
+    async def body(settings: Settings) -> int:
+        reply = await call(
+            settings,
+            subjects.admin(PART, "notes"),
+            NotesRequest(name=args.name, history=args.history, version=args.version),
+            NotesReply,
+        )
+        if args.json:
+            print_json(reply)
+            return 0
+        if args.history:
+            print_table(
+                ["v", "time", "kind", "turn", "bytes", "note"],
+                [[v.v, fmt_ts(v.ts), v.kind, v.turn, v.bytes, v.note] for v in reply.versions],
+            )
+            return 0
+        if not reply.exists:
+            print(f"hive: {reply.name} has no notes yet", file=sys.stderr)
+            return 1
+        text = reply.text
+        sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+        if reply.truncated:
+            print(
+                f"hive: only the first {len(text.encode())} of {reply.bytes} bytes", file=sys.stderr
+            )
+        return 0
 
     return run_command(body)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hyperhive.cli.client import call, fmt_ts, print_json, print_table, run_command
+from hyperhive.cli.client import call, decided_by, fmt_ts, print_json, print_table, run_command
 from hyperhive.common import subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.wire.approvals import (
@@ -15,6 +15,7 @@ from hyperhive.common.wire.approvals import (
     ApprovalInfo,
     ApprovalsReply,
     ApprovalsRequest,
+    ApproveRequest,
     DenyRequest,
     DiffReply,
     QuestionInfo,
@@ -86,21 +87,16 @@ def _approvals(args: argparse.Namespace) -> int:
         if not reply.approvals:
             print("no approvals" if args.all else "no pending approvals")
             return 0
-        print_table(
-            ["id", "kind", "agent", "state", "sha", "created", "detail"],
-            [
-                (
-                    a.id,
-                    a.kind,
-                    a.agent,
-                    a.state,
-                    a.fetched_sha[:12],
-                    fmt_ts(a.created_at),
-                    _detail(a),
-                )
-                for a in reply.approvals
-            ],
-        )
+        headers = ["id", "kind", "agent", "state", "sha", "created", "detail"]
+        rows = [
+            [a.id, a.kind, a.agent, a.state, a.fetched_sha[:12], fmt_ts(a.created_at), _detail(a)]
+            for a in reply.approvals
+        ]
+        if args.all:  # who decided each resolved one, and when
+            headers[-1:-1] = ["decided by", "decided at"]
+            for row, a in zip(rows, reply.approvals, strict=True):
+                row[-1:-1] = [a.decided_by, fmt_ts(a.decided_at)]
+        print_table(headers, rows)
         return 0
 
     return run_command(body)
@@ -137,7 +133,7 @@ def _approve(args: argparse.Namespace) -> int:
         reply = await call(
             settings,
             _subject("approve"),
-            ApprovalIdRequest(id=args.id),
+            ApproveRequest(id=args.id, decided_by=decided_by()),
             ApprovalInfo,
             timeout=settings.approvals.build_timeout_s + BUILD_MARGIN_S,
         )
@@ -156,7 +152,7 @@ def _deny(args: argparse.Namespace) -> int:
         return 2
 
     async def body(settings: Settings) -> int:
-        req = DenyRequest(id=args.id, note=args.note)
+        req = DenyRequest(id=args.id, note=args.note, decided_by=decided_by())
         reply = await call(settings, _subject("deny"), req, ApprovalInfo)
         if args.json:
             print_json(reply)
@@ -183,19 +179,22 @@ def _questions(args: argparse.Namespace) -> int:
         if not reply.questions:
             print("no questions" if args.all else "no open questions")
             return 0
-        print_table(
-            ["id", "asked", "question", "form", "answer"],
+        headers = ["id", "asked", "question", "form", "answer"]
+        rows = [
             [
-                (
-                    q.id,
-                    fmt_ts(q.asked_at),
-                    q.question.splitlines()[0][:60],
-                    _form(q)[:60],
-                    ", ".join(q.answer) if q.answer is not None else "",
-                )
-                for q in reply.questions
-            ],
-        )
+                q.id,
+                fmt_ts(q.asked_at),
+                q.question.splitlines()[0][:60],
+                _form(q)[:60],
+                ", ".join(q.answer) if q.answer is not None else "",
+            ]
+            for q in reply.questions
+        ]
+        if args.all:  # who answered, and when
+            headers += ["answered by", "answered at"]
+            for row, q in zip(rows, reply.questions, strict=True):
+                row += [q.answered_by, fmt_ts(q.answered_at)]
+        print_table(headers, rows)
         return 0
 
     return run_command(body)
@@ -210,9 +209,8 @@ def _answer(args: argparse.Namespace) -> int:
 
     async def body(settings: Settings) -> int:
         answer = [args.text] if args.text is not None else choices  # --none: []
-        reply = await call(
-            settings, _subject("answer"), AnswerRequest(id=args.id, answer=answer), QuestionInfo
-        )
+        req = AnswerRequest(id=args.id, answer=answer, decided_by=decided_by())
+        reply = await call(settings, _subject("answer"), req, QuestionInfo)
         if args.json:
             print_json(reply)
         else:

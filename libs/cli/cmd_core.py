@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
+import time
 from pathlib import Path
 
 from hyperhive.cli.client import operator_nats, print_json, print_table, run_command
 from hyperhive.common import rpc, subjects
 from hyperhive.common.config import Settings, default_home, load_settings
 from hyperhive.common.errors import HiveError
+from hyperhive.common.redact import mask
 from hyperhive.common.wire.base import Ping, Pong
 
 
@@ -25,7 +28,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--nats-seed", help="nkey seed file for --nats-url (if it needs auth)")
     p.add_argument("--database-url", help="use this PostgreSQL instead of an embedded one")
     p.add_argument("--nats-port", type=int, default=None, help="embedded NATS port (4222)")
-    p.add_argument("--pg-port", type=int, default=None, help="embedded PostgreSQL port (5433)")
+    p.add_argument(
+        "--pg-port",
+        type=int,
+        default=None,
+        help="embedded PostgreSQL socket number (5433; no TCP port)",
+    )
     p.add_argument("--dashboard-port", type=int, default=None, help="dashboard port (7000)")
     p.add_argument("--dashboard-host", default=None, help="dashboard bind address (127.0.0.1)")
     p.add_argument("--no-agents", action="store_true", help="do not start the manager agent")
@@ -34,10 +42,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.set_defaults(func=_up)
 
-    p = sub.add_parser("status", help="which services answer; NATS and Postgres reachability")
+    p = sub.add_parser(
+        "status",
+        help="which services answer; NATS and Postgres reachability (exit 0: all up)",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait per service")
     p.set_defaults(func=_status)
+
+    p = sub.add_parser(
+        "dashboard-url", help="the dashboard's login URL, with the operator token (keep it secret)"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_dashboard_url)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -84,17 +101,18 @@ def _instances(value: str) -> int:
 
 async def gather_status(settings: Settings, timeout: float) -> dict[str, object]:
     """Pings every service. Returns a JSON-able report."""
-    report: dict[str, object] = {"nats": {"url": settings.nats.url, "reachable": False}}
+    url = mask(settings.nats.url)  # a password in the URL is not shown
+    report: dict[str, object] = {"nats": {"url": url, "reachable": False}}
     try:
         nc = await operator_nats(settings, attempts=1)
     except HiveError as exc:
-        report["nats"] = {"url": settings.nats.url, "reachable": False, "error": str(exc)}
+        report["nats"] = {"url": url, "reachable": False, "error": mask(str(exc))}
         report["services"] = {
             part: {"up": False, "error": "NATS unreachable"} for part in subjects.SERVICES
         }
         report["postgres"] = {"reachable": False, "error": "unknown: NATS unreachable"}
         return report
-    report["nats"] = {"url": settings.nats.url, "reachable": True}
+    report["nats"] = {"url": url, "reachable": True}
 
     async def ping(part: str) -> dict[str, object]:
         try:
@@ -112,13 +130,75 @@ async def gather_status(settings: Settings, timeout: float) -> dict[str, object]
     services = dict(zip(subjects.SERVICES, results, strict=True))
     report["services"] = services
     db_states = [s.get("database") for s in services.values() if s.get("database")]
+    failing = [state for state in db_states if state != "ok"]
     if not db_states:
         report["postgres"] = {"reachable": False, "error": "no service with a database answers"}
-    elif "ok" in db_states:
+    elif not failing:
         report["postgres"] = {"reachable": True}
     else:
-        report["postgres"] = {"reachable": False, "error": db_states[0]}
+        # reachable only when every service's pool works: right after a
+        # PostgreSQL restart one pool may still be reconnecting
+        report["postgres"] = {"reachable": False, "error": failing[0]}
+    _add_restarts(report, settings)
     return report
+
+
+def _add_restarts(report: dict[str, object], settings: Settings) -> None:
+    """Adds what the ``hive up`` running on this home restarted (its state file):
+    ``restarts`` and ``last_exit`` on the servers' and services' entries."""
+    from hyperhive.cli.supervisor import read_state
+
+    parts = read_state(Path(settings.paths.home))
+    services = report.get("services")
+    for name, record in parts.items():
+        entry = report.get(name) if name in ("nats", "postgres") else None
+        if entry is None and isinstance(services, dict):
+            entry = services.get(name)
+        if isinstance(entry, dict):
+            entry["restarts"] = record.get("restarts", 0)
+            entry["last_exit"] = record.get("last_exit", "")
+            entry["last_exit_at"] = record.get("last_exit_at", 0.0)
+            if record.get("state") not in (None, "running"):
+                entry["supervisor"] = record["state"]
+
+
+def _restarts_text(entry: dict[str, object]) -> str:
+    """``; restarted 2x, last: killed by SIGKILL at 18:52:01`` (empty if never)."""
+    if not entry.get("restarts") and not entry.get("last_exit"):
+        return ""
+    at = entry.get("last_exit_at")
+    when = time.strftime(" at %H:%M:%S", time.localtime(at)) if isinstance(at, float) else ""
+    text = f"; restarted {entry.get('restarts', 0)}x, last: {entry.get('last_exit')}{when}"
+    if entry.get("supervisor"):
+        text += f" ({entry['supervisor']})"
+    return text
+
+
+def _dashboard_url(args: argparse.Namespace) -> int:
+    """Prints the login URL ``hive up`` printed (it reads the token, not the hive)."""
+    from hyperhive.cli import operator_token as ot
+    from hyperhive.common.errors import ConfigError
+
+    try:
+        settings = load_settings()
+        base = ot.base_url(settings.dashboard)
+        token_file = ot.configured_token_file(settings)
+        try:
+            url = ot.login_url(base, ot.operator_token(settings))
+        except ConfigError:
+            if not settings.dashboard.insecure_no_token:
+                raise
+            url = base  # no token by explicit opt-out: the page itself
+    except ConfigError as exc:
+        print(f"hive dashboard-url: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print_json(
+            {"url": base, "login_url": url, "token_file": str(token_file) if token_file else None}
+        )
+    else:
+        print(url)
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -132,15 +212,19 @@ def _status(args: argparse.Namespace) -> int:
             nats = report["nats"]
             pg = report["postgres"]
             assert isinstance(nats, dict) and isinstance(pg, dict)
+            nats_detail = str(nats.get("error") or nats["url"]) + _restarts_text(nats)
+            pg_detail = str(pg.get("error", "")) + _restarts_text(pg)
             rows: list[list[object]] = [
-                ["nats", "up" if nats["reachable"] else "DOWN", nats.get("error") or nats["url"]],
-                ["postgres", "up" if pg["reachable"] else "DOWN", pg.get("error", "")],
+                ["nats", "up" if nats["reachable"] else "DOWN", nats_detail],
+                ["postgres", "up" if pg["reachable"] else "DOWN", pg_detail.lstrip("; ")],
             ]
             for part, s in services.items():
                 detail = f"pid {s['pid']} v{s['version']}" if s["up"] else s.get("error", "")
-                rows.append([part, "up" if s["up"] else "DOWN", detail])
+                rows.append([part, "up" if s["up"] else "DOWN", detail + _restarts_text(s)])
             print_table(["part", "state", "detail"], rows)
-        all_up = all(s["up"] for s in services.values())
+        postgres = report["postgres"]
+        assert isinstance(postgres, dict)
+        all_up = all(s["up"] for s in services.values()) and bool(postgres["reachable"])
         return 0 if all_up else 1
 
     return run_command(body)

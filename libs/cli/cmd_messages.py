@@ -7,12 +7,11 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import BinaryIO
 
 import msgspec
 import nats.errors
@@ -25,11 +24,14 @@ from hyperhive.cli.client import (
     operator_nats,
     print_json,
     print_table,
+    require_agent,
     run_command,
 )
 from hyperhive.common import subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import BadRequest, Unavailable
+from hyperhive.common.redact import mask_data
+from hyperhive.common.timeparse import parse_since
 from hyperhive.common.wire.broker import (
     AdminSendRequest,
     HistoryItem,
@@ -47,7 +49,6 @@ from hyperhive.common.wire.events import HiveEvent
 log = logging.getLogger(__name__)
 
 PREVIEW_CHARS = 80
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 TAIL_BATCH = 256  # records per pull request
 TAIL_WAIT_S = 5.0  # how long one pull request waits for a record
 TAIL_RETRY_S = 1.0  # pause before a new consumer after an error
@@ -58,7 +59,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Adds the broker's verbs."""
     p = sub.add_parser("send", help="send a message to an agent as the operator")
     p.add_argument("agent")
-    p.add_argument("text", nargs="+", help="the message (words are joined by spaces)")
+    p.add_argument(
+        "text",
+        nargs="+",
+        help="the message (words are joined by spaces); '-' alone: read it from stdin",
+    )
     p.add_argument("--key", help="idempotency key: resending with it stores nothing new")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_send)
@@ -98,29 +103,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_tail)
 
 
-def parse_since(value: str, now: float | None = None) -> float:
-    """``1700000000``, ``2026-01-02T03:04``, or an age (``90s``, ``10m``, ``2h``, ``1d``).
-
-    Raises:
-        BadRequest: none of those.
-    """
-    now = time.time() if now is None else now
-    value = value.strip()
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", value)
-    if m:
-        return now - float(m.group(1)) * _UNITS[m.group(2)]
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        raise BadRequest(
-            f"--since {value!r}: use unix time, ISO time (2026-01-02T03:04) or an age (10m, 2h)"
-        ) from None
-
-
 def _preview(body: str) -> str:
     flat = " ".join(body.split())
     return flat if len(flat) <= PREVIEW_CHARS else flat[: PREVIEW_CHARS - 1] + "…"
@@ -136,9 +118,34 @@ def _print_history(items: list[HistoryItem]) -> None:
     )
 
 
+def read_body(stdin: BinaryIO, limit: int) -> str:
+    """A message body from stdin (``hive send <agent> -``), at most ``limit``
+    bytes of UTF-8; one trailing newline is dropped.
+
+    Raises:
+        BadRequest: over the limit, or not UTF-8 text.
+    """
+    data = stdin.read(limit + 1)
+    if len(data) > limit:
+        raise BadRequest(
+            f"the message on stdin is over the limit of {limit} bytes (HIVE_BROKER_MAX_BODY_BYTES)"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("the message on stdin is not UTF-8 text") from None
+    return text.removesuffix("\n")
+
+
 def _send(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> int:
-        text = " ".join(args.text)
+        if args.text == ["-"]:
+            if sys.stdin.isatty():
+                print("hive send: type the message, end it with Ctrl-D", file=sys.stderr)
+            text = read_body(sys.stdin.buffer, settings.broker.max_body_bytes)
+        else:
+            text = " ".join(args.text)
+        await require_agent(settings, args.agent)
         reply = await call(
             settings,
             subjects.admin("broker", "send"),
@@ -163,6 +170,8 @@ def _messages(args: argparse.Namespace) -> int:
 
     async def body(settings: Settings) -> int:
         since = parse_since(args.since) if args.since else None
+        if args.agent:
+            await require_agent(settings, args.agent, destroyed_ok=True, operator_ok=True)
         reply = await call(
             settings,
             subjects.admin("broker", "messages"),
@@ -201,6 +210,7 @@ def _prune(args: argparse.Namespace) -> int:
 
 def _inbox(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> int:
+        await require_agent(settings, args.agent, destroyed_ok=True, operator_ok=True)
         reply = await call(
             settings,
             subjects.admin("broker", "inbox"),
@@ -320,6 +330,8 @@ async def follow_messages(
                     except msgspec.DecodeError:
                         continue
                     on_event(event)
+        except BrokenPipeError:
+            raise  # on_event's reader is gone: no consumer helps
         except (nats.errors.Error, OSError) as exc:
             # consumer lost or connection down: a new consumer picks up after next_seq
             log.debug("tail: consumer %s lost: %s", name, exc)
@@ -336,12 +348,17 @@ async def follow_messages(
 def _tail(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> int:
         since = parse_since(args.since) if args.since else None
+        if args.agent:
+            await require_agent(settings, args.agent, destroyed_ok=True, operator_ok=True)
         nc = await operator_nats(settings)
 
         def on_event(event: HiveEvent) -> None:
             d = event.data
             if args.agent and args.agent not in (d.get("sender"), d.get("recipient")):
                 return
+            # HIVE_EVENTS holds masked data; records stored before that was the
+            # rule are masked here (no --show-secrets: the stream has no clear text)
+            event.data = mask_data(d)
             if args.json:
                 line = json.dumps(msgspec.to_builtins(event))
             else:

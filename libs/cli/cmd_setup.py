@@ -1,4 +1,5 @@
-"""``hive setup-nats``: the NATS auth dir of a host install (NixOS ``hive-setup``).
+"""``hive setup-nats``: the NATS auth dir of a host install (NixOS ``hive-setup``);
+``hive setup-token``: the operator token file of a host install.
 
 The NixOS module runs this as root before nats-server starts: it creates the
 services' and the operator's nkey seeds, their users in ``users.d/`` and the
@@ -15,8 +16,10 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from hyperhive.cli import operator_token
 from hyperhive.cli.client import print_json
 from hyperhive.common import nats_auth
+from hyperhive.common.errors import ConfigError
 
 SERVICE_SEED = "service.seed"
 OPERATOR_SEED = "operator.seed"
@@ -48,6 +51,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_setup_nats)
+
+    p = sub.add_parser(
+        "setup-token",
+        help="create the dashboard's operator token file (0600) if it is missing",
+    )
+    p.add_argument("--file", required=True, help="where the token is kept (root's, mode 0600)")
+    p.set_defaults(func=_setup_token)
 
 
 def _share_with_group(path: Path, gid: int) -> None:
@@ -115,4 +125,15 @@ def _setup_nats(args: argparse.Namespace) -> int:
         print_json(asdict(result))
     else:
         print(f"{result.auth_file}: {len(result.users)} users ({', '.join(result.users)})")
+    return 0
+
+
+def _setup_token(args: argparse.Namespace) -> int:
+    """Creates the token file once; never prints the token (``hive dashboard-url`` does)."""
+    try:
+        path, created = operator_token.ensure_token_file(Path(args.file).absolute())
+    except ConfigError as exc:
+        print(f"hive setup-token: {exc}")
+        return 1
+    print(f"{path}: {'created' if created else 'kept'} (mode 0600)")
     return 0

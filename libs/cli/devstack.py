@@ -2,8 +2,11 @@
 
 Starts (unless given URLs) a private nats-server and PostgreSQL under
 ``$HIVE_HOME``, writes ``$HIVE_HOME/up.toml`` so that CLI commands find the
-stack, runs the five services as supervised child processes, and on Ctrl-C
-or SIGTERM stops the services, the agents' harnesses, and the servers.
+stack, creates the operator token (``$HIVE_HOME/operator-token``, 0600) at
+the first start and tells only the dashboard where it is, runs the five
+services as supervised child processes, prints the dashboard's login URL,
+and on Ctrl-C or SIGTERM stops the services, the agents' harnesses, and the
+servers.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,10 +25,13 @@ from pathlib import Path
 import msgspec
 import nats.errors
 
+from hyperhive.cli import operator_token as ot
+from hyperhive.cli import supervisor, waiting
 from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres, check_port_free
 from hyperhive.common import db, subjects
 from hyperhive.common.config import UP_FILE, Settings, load_settings, settings_env
 from hyperhive.common.errors import ConfigError, HiveError, Unavailable
+from hyperhive.common.hostuser import isolation_gaps, runtime_paths, system_user, unreachable
 from hyperhive.common.natsconn import connect
 
 DEFAULT_NATS_PORT = 4222
@@ -58,7 +65,8 @@ class DevStack:
     nats: EmbeddedNats | None = None
     pg: EmbeddedPostgres | None = None
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    restarts: dict[str, list[float]] = field(default_factory=dict)
+    watch: supervisor.Supervisor | None = None
+    envs: dict[str, dict[str, str]] = field(default_factory=dict)
     stopping: bool = False
 
     def check_home(self) -> None:
@@ -88,16 +96,34 @@ class DevStack:
         """
         host, port = self.dashboard_address(settings)
         check_port_free(port, "the dashboard", host)
+        self._check_agents_reachable(settings)
         if not self.opts.nats_url:
             check_port_free(self.opts.nats_port, "NATS")
-        if not self.opts.database_url:
-            check_port_free(self.opts.pg_port, "PostgreSQL")
         if self.opts.nats_url:
             asyncio.run(self._probe_nats(settings, self.opts.nats_url))
         if self.opts.database_url:
             asyncio.run(
                 db.probe(msgspec.structs.replace(settings.database, url=self.opts.database_url))
             )
+
+    def _check_agents_reachable(self, settings: Settings) -> None:
+        """As root without a sandbox, the agent user must reach what the
+        default harness runs from and the agents' dirs (nothing binds them).
+
+        Raises:
+            ConfigError: one of them is behind a dir closed to that user.
+        """
+        lc = settings.lifecycle
+        sandboxed = lc.use_bwrap and shutil.which("bwrap")
+        if os.geteuid() != 0 or not lc.agent_user or sandboxed or lc.backend != "process":
+            return
+        needed = [self.opts.home / "agents"]
+        if not lc.harness_command:
+            argv = [sys.executable, "-m", "hyperhive.cli.main", "harness", "serve"]
+            needed += runtime_paths(argv, settings.harness.claude_bin or "")
+        reason = unreachable(system_user(lc.agent_user), needed)
+        if reason:
+            raise ConfigError(reason)
 
     async def _probe_nats(self, settings: Settings, url: str) -> None:
         """Connects as the services will (their seed) and asks for JetStream."""
@@ -169,9 +195,38 @@ class DevStack:
             env["HIVE_LIFECYCLE_MANAGER"] = ""
         return env
 
+    def operator_token(self, settings: Settings) -> tuple[dict[str, str], str, Path | None]:
+        """The dashboard's operator token: the configured one, else
+        ``$HIVE_HOME/operator-token`` (created now at the first start).
+
+        Returns:
+            The dashboard's extra environment, the token ("" only with
+            ``dashboard.insecure_no_token`` and none configured), its file.
+
+        Raises:
+            ConfigError: the token file cannot be created or read.
+        """
+        ds = settings.dashboard
+        if ds.token.strip():
+            return {}, ds.token.strip(), None
+        if ds.token_file:
+            path = Path(ds.token_file)
+            return {}, ot.read_token_file(path), path
+        if ds.insecure_no_token:
+            return {}, "", None
+        path, _created = ot.ensure_token(self.opts.home)
+        return {"HIVE_DASHBOARD_TOKEN_FILE": str(path)}, ot.read_token_file(path), path
+
+    def part_env(self, part: str, env: dict[str, str], dashboard: dict[str, str]) -> dict[str, str]:
+        """A service's environment: only the dashboard learns of the operator token."""
+        if part == "dashboard":
+            return {**env, **dashboard}
+        return {k: v for k, v in env.items() if k != "HIVE_DASHBOARD_TOKEN"}
+
     def spawn(self, part: str, env: dict[str, str], name: str | None = None) -> None:
         """Starts service ``part`` as child ``name`` (its log: ``logs/<name>.log``)."""
         name = name or part
+        self.envs[name] = env
         log_dir = self.opts.home / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         with open(log_dir / f"{name}.log", "ab") as log:
@@ -186,19 +241,31 @@ class DevStack:
                 start_new_session=True,
             )
 
-    def supervise(self, env: dict[str, str]) -> None:
-        """Restarts a service that died (like ``Restart=on-failure``), with backoff."""
-        for name, proc in list(self.children.items()):
-            if proc.poll() is None or self.stopping:
-                continue
-            now = time.monotonic()
-            recent = [t for t in self.restarts.get(name, []) if now - t < 60]
-            if len(recent) >= 5:
-                continue  # crash loop: leave it down; `hive status` shows it
-            recent.append(now)
-            self.restarts[name] = recent
-            print(f"hive up: {name} exited with {proc.returncode}; restarting", file=sys.stderr)
-            self.spawn(_part_of(name), env, name)
+    def supervise_all(self, settings: Settings, env: dict[str, str]) -> None:
+        """Puts the embedded servers and the services under :mod:`supervisor`."""
+        self.watch = supervisor.Supervisor(self.opts.home, supervisor.RestartPolicy.of(settings.up))
+        if self.nats is not None:
+            self.watch.add(supervisor.nats_part(self.nats))
+        if self.pg is not None:
+            self.watch.add(supervisor.postgres_part(self.pg))
+        for part in self.children:  # each child by its name (broker-2, ...)
+            self.watch.add(
+                supervisor.process_part(
+                    part,
+                    get=lambda p=part: self.children.get(p),
+                    start=lambda p=part: self.spawn(_part_of(p), self.envs[p], p),
+                    log=self.opts.home / "logs" / f"{part}.log",
+                )
+            )
+
+    def supervise(self) -> None:
+        """Restarts what exited (like ``Restart=on-failure``), with backoff.
+
+        Raises:
+            supervisor.GaveUp: NATS or PostgreSQL cannot be brought back.
+        """
+        if self.watch is not None and not self.stopping:
+            self.watch.check()
 
     def stop(self) -> None:
         self.stopping = True
@@ -220,6 +287,8 @@ class DevStack:
             self.nats.stop()
         if self.pg is not None:
             self.pg.stop()
+        if self.watch is not None:
+            self.watch.forget()
 
 
 def _part_of(name: str) -> str:
@@ -275,6 +344,7 @@ def up(opts: UpOptions) -> int:
         os.environ["HIVE_HOME"] = str(opts.home)
         settings = load_settings()
         stack.preflight(settings)
+        dashboard_env, token, token_file = stack.operator_token(settings)
         nats_url, service_seed, operator_seed, db_url = stack.start_servers()
         stack.write_up_file(nats_url, operator_seed)
         env = stack.service_env(settings, nats_url, service_seed, db_url)
@@ -284,15 +354,29 @@ def up(opts: UpOptions) -> int:
         if not stopped:  # else Ctrl-C came while the servers were starting
             for part in subjects.SERVICES:
                 for name in opts.instances(part):
-                    stack.spawn(part, env, name)
+                    stack.spawn(part, stack.part_env(part, env, dashboard_env), name)
+            stack.supervise_all(settings, env)
+            base = ot.base_url(settings.dashboard, host, port)
             print(f"hyperhive is up (HIVE_HOME={opts.home})", flush=True)
-            print(f"  dashboard  http://{host}:{port}/", flush=True)
+            # the one place the token is shown (as Jupyter shows its ?token= URL)
+            print(f"  dashboard  {ot.login_url(base, token) if token else base}", flush=True)
+            if token_file is not None:
+                print(f"  token      {token_file} (`hive dashboard-url` prints the URL again)")
+            elif not token:
+                print("  WARNING    the dashboard has NO operator token (insecure_no_token)")
+            if settings.lifecycle.manager:
+                # agent pages are the dashboard's (a unix socket per harness, no port)
+                page = f"{base.rstrip('/')}/agents/{settings.lifecycle.manager}/"
+                print(f"  manager    {page}", flush=True)
             print(f"  nats       {nats_url}", flush=True)
             print("  logs       " + str(opts.home / "logs"), flush=True)
+            for gap in isolation_gaps(settings):
+                print(f"  warning    {gap}", flush=True)
             print("Ctrl-C stops everything.", flush=True)
+            waiting.report_when_ready()  # "  waiting    N approvals, M questions"
         while not stopped:
             time.sleep(0.2)
-            stack.supervise(env)
+            stack.supervise()
     except HiveError as exc:
         print(f"hive up: {exc}", file=sys.stderr)
         stack.stop()

@@ -3,6 +3,10 @@
 Both run as child processes with their data under one directory. PostgreSQL
 refuses to run as root, so when we are root the cluster runs as an
 unprivileged system user (created on first use), as the pgserver package does.
+
+PostgreSQL listens on no TCP port: only on a unix socket in its own data dir
+(mode 0700, its owner's), which no agent can see or enter (DESIGN.md section
+7). Its URL names that dir: ``postgresql://hyperhive@/hyperhive?host=<dir>&port=<n>``.
 """
 
 from __future__ import annotations
@@ -12,20 +16,31 @@ import glob
 import hashlib
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from hyperhive.common import nats_auth
 from hyperhive.common.errors import ConfigError, Unavailable
+from hyperhive.common.hostuser import system_user
 
 PG_SYSTEM_USER = "hyperhive-pg"
 PG_DB = "hyperhive"
 PG_ROLE = "hyperhive"
+# sockaddr_un's sun_path is 108 bytes: a longer socket path cannot be bound
+MAX_SOCKET_PATH = 107
+# the whole of pg_hba.conf: local (unix socket) connections only; the
+# socket's dir is what keeps agents out, there is no TCP listener at all
+PG_HBA = """# written by hyperhive at every start: unix socket only, no TCP entries
+local all all trust
+"""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -215,24 +230,7 @@ def _pg_user() -> pwd.struct_passwd | None:
     """The unprivileged user PostgreSQL runs as when we are root (else None)."""
     if os.geteuid() != 0:
         return None
-    try:
-        return pwd.getpwnam(PG_SYSTEM_USER)
-    except KeyError:
-        subprocess.run(
-            [
-                "useradd",
-                "--system",
-                "--no-create-home",
-                "--home-dir",
-                "/nonexistent",
-                "--shell",
-                "/usr/sbin/nologin",
-                PG_SYSTEM_USER,
-            ],
-            check=True,
-            capture_output=True,
-        )
-        return pwd.getpwnam(PG_SYSTEM_USER)
+    return system_user(PG_SYSTEM_USER)
 
 
 def _traversable_by(path: Path, user: pwd.struct_passwd) -> bool:
@@ -247,7 +245,12 @@ def _traversable_by(path: Path, user: pwd.struct_passwd) -> bool:
 
 
 class EmbeddedPostgres:
-    """A private PostgreSQL cluster listening on 127.0.0.1 only (trust auth)."""
+    """A private PostgreSQL cluster on a unix socket only (no TCP listener).
+
+    ``port`` names the socket (``.s.PGSQL.<port>``); the socket lives in
+    :attr:`socket_dir`, the cluster's 0700 data dir, unless that path is too
+    long for a socket, then in a 0700 dir of its own under the temp dir.
+    """
 
     def __init__(self, data_dir: Path, port: int) -> None:
         self.requested_dir = data_dir
@@ -255,6 +258,7 @@ class EmbeddedPostgres:
         self.bin_dir = postgres_bin_dir()
         self.user = _pg_user()
         self.data_dir = self._place(data_dir)
+        self.socket_dir = self._socket_place()
 
     def _place(self, data_dir: Path) -> Path:
         """Where the cluster really lives.
@@ -279,9 +283,21 @@ class EmbeddedPostgres:
             data_dir.symlink_to(real)
         return real
 
+    def _socket_place(self) -> Path:
+        """The data dir, or a short private dir when the data dir's path is too long."""
+        if len(f"{self.data_dir.absolute()}/.s.PGSQL.{self.port}.lock") <= MAX_SOCKET_PATH:
+            return self.data_dir.absolute()
+        digest = hashlib.sha256(str(self.data_dir.absolute()).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"hive-pg-{digest}"
+
     @property
     def url(self) -> str:
-        return f"postgresql://{PG_ROLE}@127.0.0.1:{self.port}/{PG_DB}"
+        return self.url_of(PG_DB)
+
+    def url_of(self, database: str) -> str:
+        """The URL of ``database`` on this cluster (over its socket)."""
+        host = quote(str(self.socket_dir), safe="/")
+        return f"postgresql://{PG_ROLE}@/{database}?host={host}&port={self.port}"
 
     def _run(self, args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
         user = {} if self.user is None else {"user": self.user.pw_uid, "group": self.user.pw_gid}
@@ -289,11 +305,15 @@ class EmbeddedPostgres:
             args, capture_output=True, text=True, cwd="/", **user, **kw
         )
 
-    def _initdb(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+    def _own(self, path: Path) -> None:
+        """``path`` as a 0700 dir of the cluster's user."""
+        path.mkdir(parents=True, exist_ok=True)
         if self.user is not None:
-            os.chown(self.data_dir, self.user.pw_uid, self.user.pw_gid)
-        os.chmod(self.data_dir, 0o700)
+            os.chown(path, self.user.pw_uid, self.user.pw_gid)
+        os.chmod(path, 0o700)
+
+    def _initdb(self) -> None:
+        self._own(self.data_dir)
         proc = self._run(
             [
                 str(self.bin_dir / "initdb"),
@@ -301,8 +321,8 @@ class EmbeddedPostgres:
                 str(self.data_dir),
                 "-U",
                 PG_ROLE,
-                "-A",
-                "trust",
+                "--auth-local=trust",
+                "--auth-host=reject",
                 "-E",
                 "UTF8",
                 "--no-locale",
@@ -311,11 +331,31 @@ class EmbeddedPostgres:
         if proc.returncode != 0:
             raise Unavailable(f"initdb failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
 
+    def _write_hba(self) -> None:
+        """pg_hba.conf with local lines only (also over a cluster an older version made)."""
+        hba = self.data_dir / "pg_hba.conf"
+        tmp = hba.with_name("pg_hba.conf.tmp")
+        tmp.write_text(PG_HBA)
+        if self.user is not None:
+            os.chown(tmp, self.user.pw_uid, self.user.pw_gid)
+        os.chmod(tmp, 0o600)
+        tmp.replace(hba)
+
     def start(self, timeout: float = 30.0) -> None:
-        check_port_free(self.port, "PostgreSQL")
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
+        self._own(self.data_dir)
+        if self.socket_dir != self.data_dir.absolute():
+            self._own(self.socket_dir)
+        self._write_hba()
         log_file = self.data_dir / "postgres.log"
+        options = [
+            f"-p {self.port}",
+            "-c listen_addresses=''",
+            f"-c unix_socket_directories={shlex.quote(str(self.socket_dir))}",
+            "-c unix_socket_permissions=0700",
+            "-c fsync=on -c max_connections=200",
+        ]
         proc = self._run(
             [
                 str(self.bin_dir / "pg_ctl"),
@@ -327,8 +367,7 @@ class EmbeddedPostgres:
                 "-t",
                 str(int(timeout)),
                 "-o",
-                f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
-                "-c fsync=on -c max_connections=200",
+                " ".join(options),
                 "start",
             ]
         )
@@ -340,9 +379,22 @@ class EmbeddedPostgres:
             raise Unavailable(f"PostgreSQL did not start: {tail or proc.stderr.strip()[-300:]}")
         self._ensure_database()
 
+    def psql(self, database: str = "postgres") -> list[str]:
+        """``psql`` connected to ``database`` over the socket (run it with :meth:`_run`)."""
+        return [
+            str(self.bin_dir / "psql"),
+            "-h",
+            str(self.socket_dir),
+            "-p",
+            str(self.port),
+            "-U",
+            PG_ROLE,
+            "-d",
+            database,
+        ]
+
     def _ensure_database(self) -> None:
-        psql = str(self.bin_dir / "psql")
-        base = [psql, "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_ROLE, "-d", "postgres"]
+        base = self.psql()
         probe = self._run([*base, "-tAc", f"SELECT 1 FROM pg_database WHERE datname='{PG_DB}'"])
         if probe.returncode != 0:
             raise Unavailable(f"PostgreSQL not usable: {probe.stderr.strip()}")

@@ -94,7 +94,8 @@ def _entries() -> list[Entry]:
             "KV hive_state",
             w.Heartbeat,
             None,
-            "harness heartbeat (every interval; turn_started while a turn runs)",
+            "harness heartbeat (every interval; turn_started while a turn runs; "
+            "login_needed while the API refuses its credentials)",
         ),
     ]
     lifecycle_tools = {
@@ -225,6 +226,14 @@ def _entries() -> list[Entry]:
             "turn statistics series",
         ),
         Entry(
+            s.admin("broker", "usage"),
+            "request",
+            "broker",
+            w.UsageRequest,
+            w.UsageReply,
+            "turns, model calls, tokens and cost per agent and UTC day",
+        ),
+        Entry(
             s.admin("lifecycle", "list"),
             "request",
             "lifecycle",
@@ -294,6 +303,14 @@ def _entries() -> list[Entry]:
             "an agent's deployed agent.nix and agent.toml",
         ),
         Entry(
+            s.admin("lifecycle", "notes"),
+            "request",
+            "lifecycle",
+            w.NotesRequest,
+            w.NotesReply,
+            "an agent's notes, one kept version of them, or the list of versions",
+        ),
+        Entry(
             s.admin("lifecycle", "drafts"),
             "request",
             "lifecycle",
@@ -321,7 +338,7 @@ def _entries() -> list[Entry]:
             s.admin("approvals", "approve"),
             "request",
             "approvals",
-            w.ApprovalIdRequest,
+            w.ApproveRequest,
             w.ApprovalInfo,
             "approve and deploy",
         ),
@@ -432,6 +449,18 @@ def _entries() -> list[Entry]:
             "filtered to `message.*`, from now or from a start time (`--since`); after a "
             "reconnect a new consumer resumes after the last record, so nothing is missed",
         ),
+        Entry(
+            " ".join(
+                s.event_family(f) for f in ("agent", "approval", "question", "crash", "stuck")
+            ),
+            "consumer",
+            "stream HIVE_EVENTS",
+            w.HiveEvent,
+            None,
+            "the activity timeline (`hive log`, the dashboard's activity section, "
+            "`GET /api/activity`): a short-lived pull consumer from a start time, each record "
+            "turned into one line of plain words with who (`data.by`) and when",
+        ),
     ]
     return e
 
@@ -477,6 +506,12 @@ def render_markdown() -> str:
         "",
         "Each record is a `HiveEvent` {kind, ts, agent?, data?, id?}.",
         "",
+        "`data.by` says who caused it, when a request did: the agent for",
+        "`hive.agent.<n>.*`, the operator's tool for `hive.admin.*` (the `Hive-Actor`",
+        "header, e.g. `operator via cli (ann@box)`, else `operator`), and for",
+        "`hive.system.*` the actor the calling service passed on (else `system`).",
+        "A change from a service's own loop (a crash restart, an auto-update) has none.",
+        "",
     ]
     lines += [f"- `{k}`" for k in EVENT_KINDS]
     lines += [
@@ -496,6 +531,7 @@ def render_markdown() -> str:
         f"nats ... stream view {s.EVENTS_STREAM}         # the durable event log",
         f"nats ... sub '{s.AGENT_EVENTS_ALL}'       # live claude output of every agent",
         f"hive tail [--agent A] [--since 10m]      # message events, from {s.EVENTS_STREAM}",
+        "hive log [--agent A] [--kind deny] [--since 1d] [--json]   # the activity timeline",
         "```",
         "",
     ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -87,12 +87,18 @@ class LifecycleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     # process backend: the harness command and the claude CLI it runs
     harness_command: str = ""  # empty: ``<python> -m hyperhive.cli.main harness serve``
     use_bwrap: bool = True
+    # process backend run as root: every harness runs as this unprivileged
+    # system user (created on first use), never as root. Empty keeps them
+    # root, with a warning at every start (the tests' rig does, not hive up)
+    agent_user: str = "hyperhive-agent"
     # nixos backend
     nixos_container: str = "nixos-container"
     machinectl: str = "machinectl"  # adds binds to a running manager container
     flake_ref: str = ""  # hyperhive flake the per-agent flakes pin
     rev: str = ""  # empty: the installed package's version
-    # web ports: the manager's, and the range other agents are hashed into
+    # registry ports: the manager's, and the range other agents are hashed
+    # into (kept in the registry; nothing listens on them: an agent page is a
+    # unix socket in its run dir, served to the operator by the dashboard)
     manager_port: int = 8000
     port_base: int = 8100
     port_count: int = 900
@@ -106,7 +112,9 @@ class LifecycleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     journalctl: str = "journalctl"
     nixos_conf_dir: str = "/etc/nixos-containers"
     nixos_system: str = "x86_64-linux"
-    nixos_private_users: bool = False  # --private-users=pick (needs idmapped binds)
+    # --private-users=pick with id-mapped binds: a container's root is an
+    # unprivileged uid on the host (needs a filesystem with id-mapped mounts)
+    nixos_private_users: bool = True
 
 
 class ApprovalsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -115,6 +123,26 @@ class ApprovalsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     build_timeout_s: float = 1800.0
     # how often undelivered outcomes are retried into the manager's inbox
     notify_retry_s: float = 5.0
+
+
+class NotifySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # where the approvals service POSTs one JSON document per decision that
+    # waits for the operator (an approval or a question), e.g. an ntfy topic
+    # or a chat bot's webhook (``HIVE_NOTIFY_URL``); empty: nothing is sent
+    url: str = ""
+    # json: the document as the body; ntfy: the message as the body and
+    # ntfy's Title, Click, Tags headers (https://ntfy.sh/<topic> works as is)
+    format: str = "json"
+    # the dashboard's address as the operator opens it, for the link in each
+    # notification (e.g. ``https://hive.example:7000``); empty: no link
+    dashboard_url: str = ""
+    timeout_s: float = 10.0  # one POST
+    # a failed POST (connection refused, timeout, not 2xx) is retried after
+    # backoff_s, doubled each time up to backoff_max_s, at most max_attempts
+    backoff_s: float = 2.0
+    backoff_max_s: float = 300.0
+    max_attempts: int = 10
+    sweep_s: float = 5.0  # how often new decisions are looked for without a kick
 
 
 class CrashWatchSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -129,9 +157,19 @@ class CrashWatchSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
 class DashboardSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 7000
-    # operator token required for every page and SSE; empty: none
+    # the operator token every page, action and SSE stream requires (the
+    # token itself, or a file holding it; ``hive up`` writes
+    # ``$HIVE_HOME/operator-token``). Neither set: the dashboard reads
+    # ``$CREDENTIALS_DIRECTORY/operator-token`` (systemd's LoadCredential),
+    # else refuses to start.
     token: str = ""
     token_file: str = ""
+    # who the token stands for in the record of each operator decision
+    token_label: str = "operator"
+    # run without a token (loudly logged): every page is open, and every
+    # operator action (POST, WebSocket) is refused unless it comes from a
+    # loopback address. Agents on this host are loopback clients too.
+    insecure_no_token: bool = False
     # per-section read timeout: a service that does not answer within it is
     # shown as down in its section while the rest of the page renders
     section_timeout_s: float = 2.0
@@ -152,8 +190,12 @@ class DashboardSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
 
 class HarnessSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     agent: str = ""
-    port: int = 0
-    host: str = "127.0.0.1"
+    # the agent page's API: a unix socket (``<run dir>/page.sock``), no TCP
+    # port; reached by the operator through the dashboard only
+    socket: str = ""
+    # an inherited listening socket on that path (the process backend binds
+    # it on the host and passes it: the agent's run dir is read-only to it)
+    socket_fd: int = -1
     claude_bin: str = ""  # empty: ``claude`` on PATH, else the repo's pinned one
     workdir: str = ""
     state_dir: str = ""
@@ -163,10 +205,13 @@ class HarnessSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     notes_compact_bytes: int = 32 * 1024
     # notes compaction: longest a compaction session may run (then the notes stay as they are)
     notes_compact_timeout_s: float = 300.0
-    # the agent page's terminal (a login shell in the agent's workdir, behind the token)
+    # notes compaction: an answer smaller than this fraction of the notes is refused
+    # as implausible (a useless or truncated answer, not a compaction)
+    notes_compact_min_ratio: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.1
+    # the agent page's terminal (a login shell in the agent's workdir, behind
+    # the dashboard's operator login)
     terminal: bool = True
     heartbeat_interval_s: float = 5.0
-    token: str = ""  # operator token for the agent page; empty: none
     # manager only: the agents dir (<n>/proposed, <n>/applied, <n>/state)
     agents_dir: str = ""
     # manager only: the dir holding agents/<n>/{config,state} and applied/<n>
@@ -176,6 +221,23 @@ class HarnessSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # stopping harness waits for its last poll, so keep it well under
     # lifecycle.stop_timeout_s)
     recv_wait_s: float = 5.0
+    # API faults (docs/turn-loop.md): how often claude itself retries one
+    # failed request (CLAUDE_CODE_MAX_RETRIES), then the harness's back-off
+    # before running the same turn again: first delay and cap, jittered
+    api_retries: int = 2
+    api_backoff_s: float = 10.0
+    api_backoff_max_s: float = 300.0
+
+
+class UpSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``hive up``'s supervision of the embedded servers and the services."""
+
+    # a part restarted this many times within the window is not restarted
+    # again (a server: the hive stops, saying so)
+    restart_limit: int = 5
+    restart_window_s: float = 60.0
+    # the first restart in the window is immediate; then this, doubling, up to 5 s
+    restart_backoff_s: float = 0.5
 
 
 class TelemetrySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -197,8 +259,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     lifecycle: LifecycleSettings = msgspec.field(default_factory=LifecycleSettings)
     crashwatch: CrashWatchSettings = msgspec.field(default_factory=CrashWatchSettings)
     approvals: ApprovalsSettings = msgspec.field(default_factory=ApprovalsSettings)
+    notify: NotifySettings = msgspec.field(default_factory=NotifySettings)
     dashboard: DashboardSettings = msgspec.field(default_factory=DashboardSettings)
     harness: HarnessSettings = msgspec.field(default_factory=HarnessSettings)
+    up: UpSettings = msgspec.field(default_factory=UpSettings)
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
 

@@ -148,6 +148,24 @@ def _unreachable(settings: DatabaseSettings, tries: int, last: BaseException | N
     )
 
 
+def is_connection_error(exc: BaseException) -> bool:
+    """True when ``exc`` means PostgreSQL cannot be used right now (down,
+    restarting, the connection dropped), not that the request was wrong.
+
+    For a request handler's top-level error translation: such an error
+    becomes ``unavailable`` (worth retrying), not ``internal``.
+    """
+    if isinstance(exc, asyncpg.DataError):
+        return False
+    return isinstance(
+        exc,
+        ConnectionError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.InterfaceError
+        | asyncpg.exceptions.OperatorInterventionError,
+    )
+
+
 def _redact(url: str) -> str:
     """The URL without its password, for error messages."""
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)

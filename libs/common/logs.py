@@ -8,6 +8,7 @@ import sys
 import time
 
 from hyperhive.common.config import LogSettings
+from hyperhive.common.redact import mask, mask_data
 
 _STD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -23,7 +24,7 @@ class _JsonFormatter(logging.Formatter):
         doc.update({k: v for k, v in record.__dict__.items() if k not in _STD})
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str)
+        return json.dumps(mask_data(json.loads(json.dumps(doc, default=str))))
 
 
 class _TextFormatter(logging.Formatter):
@@ -35,7 +36,7 @@ class _TextFormatter(logging.Formatter):
             line += f" {extra}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return mask(line)
 
 
 def setup_logging(settings: LogSettings, service: str) -> None:

@@ -49,9 +49,11 @@ def public_key(seed: bytes) -> str:
 
 
 def write_seed(path: Path, seed: bytes) -> None:
-    """Writes a seed file readable by its owner only."""
+    """Writes a seed file readable by its owner only, never through a symlink
+    (an agent's run dir is writable from its container under the nixos backend).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(seed + b"\n")
 

@@ -2,7 +2,8 @@
 
 A handler adds its event to the ``outbox`` table in the same transaction as
 the change (:func:`add`); the service's :class:`OutboxRelay` publishes pending
-rows to JetStream and deletes them once the stream acknowledged them. A crash
+rows to JetStream, their data masked (:func:`masked`: HIVE_EVENTS holds no
+secret), and deletes them once the stream acknowledged them. A crash
 between commit and publish leaves the row, which the next start publishes; the
 ``Nats-Msg-Id`` header makes a re-publish inside the dedupe window harmless.
 Each row keeps the ``traceparent`` of the span that wrote it, and the record
@@ -20,17 +21,27 @@ import asyncpg
 import msgspec
 from nats.js import JetStreamContext
 
-from hyperhive.common import subjects
+from hyperhive.common import actor, subjects
+from hyperhive.common.redact import mask_data
 from hyperhive.common.telemetry import TRACEPARENT, current_traceparent
 from hyperhive.common.wire.events import HiveEvent
 
 log = logging.getLogger(__name__)
 _encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(HiveEvent)
 
 
 def make_event(kind: str, *, agent: str | None = None, **data: object) -> HiveEvent:
-    """A new event with a fresh id and the current time."""
-    return HiveEvent(kind=kind, ts=time.time(), agent=agent, data=data, id=uuid.uuid4().hex)
+    """A new event with a fresh id, the current time and, when known, who
+    caused it (``by``, see :mod:`hyperhive.common.actor`); secrets in its data
+    (a message body, a build error quoting a config) are masked: HIVE_EVENTS
+    is read by every live view and kept."""
+    by = actor.current()
+    if by and "by" not in data:
+        data["by"] = by
+    return HiveEvent(
+        kind=kind, ts=time.time(), agent=agent, data=mask_data(data), id=uuid.uuid4().hex
+    )
 
 
 _INSERT = "INSERT INTO outbox (subject, payload, msg_id, traceparent) VALUES ($1, $2, $3, $4)"
@@ -57,6 +68,18 @@ async def add_many(conn: asyncpg.Connection, events: list[HiveEvent]) -> None:
             for e in events
         ],
     )
+
+
+def masked(payload: bytes) -> bytes:
+    """A stored record as it may be published: its data masked
+    (``hyperhive.common.redact``). Every row passes here, also those a
+    service writes in SQL (the broker's message events carry the body)."""
+    try:
+        event = _decoder.decode(payload)
+    except msgspec.DecodeError:
+        log.warning("outbox row is no HiveEvent; published as stored")
+        return payload
+    return _encoder.encode(msgspec.structs.replace(event, data=mask_data(event.data)))
 
 
 def _headers(row: asyncpg.Record) -> dict[str, str]:
@@ -178,7 +201,9 @@ class OutboxRelay:
         # publish_async: the acks come back on one subscription, without a
         # task and a timer per record as ``publish`` would cost
         acks = [
-            await self._js.publish_async(r["subject"], bytes(r["payload"]), headers=_headers(r))
+            await self._js.publish_async(
+                r["subject"], masked(bytes(r["payload"])), headers=_headers(r)
+            )
             for r in rows
         ]
         done, pending = await asyncio.wait(acks, timeout=PUBLISH_TIMEOUT_S)

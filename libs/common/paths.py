@@ -44,7 +44,7 @@ class AgentPaths:
 
     @property
     def run(self) -> Path:
-        """NATS seed, pid file, logs (``/run/hive``)."""
+        """NATS seed, pid file, logs, the page socket (``/run/hive``)."""
         return self.root / "run"
 
     @property
@@ -58,6 +58,11 @@ class AgentPaths:
     @property
     def log_file(self) -> Path:
         return self.run / "harness.log"
+
+    @property
+    def page_socket(self) -> Path:
+        """The agent page's API (a unix socket; the dashboard proxies it)."""
+        return self.run / "page.sock"
 
     @property
     def workdir(self) -> Path:

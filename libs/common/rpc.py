@@ -21,7 +21,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from opentelemetry import trace
 
-from hyperhive.common import subjects
+from hyperhive.common import actor, subjects
+from hyperhive.common.db import is_connection_error
 from hyperhive.common.errors import (
     BadRequest,
     Forbidden,
@@ -127,7 +128,8 @@ _NO_RESPONDER_RETRIES_S = (0.02, 0.05, 0.1, 0.2)
 async def _request_once(nc: NATS, subject: str, data: bytes, timeout: float) -> Msg:
     for delay in (*_NO_RESPONDER_RETRIES_S, None):
         try:
-            return await nc.request(subject, data, timeout=timeout, headers=inject_headers())
+            headers = inject_headers(actor.headers())
+            return await nc.request(subject, data, timeout=timeout, headers=headers)
         except nats.errors.NoRespondersError:
             if delay is None:
                 raise
@@ -222,13 +224,22 @@ class Responder:
                     req = dec.decode(msg.data or b"{}")
                 except msgspec.DecodeError as exc:
                     raise BadRequest(f"bad request on {msg.subject}: {exc}") from None
-                result = await handler(req, Call(subject=msg.subject, headers=headers))
+                with actor.acting_as(actor.of_request(msg.subject, headers)):
+                    result = await handler(req, Call(subject=msg.subject, headers=headers))
                 data = b'{"ok":true}' if result is None else _encoder.encode(result)
             except HiveError as exc:
                 data = error_reply(exc)
-            except Exception:
-                log.exception("handler failed", extra={"subject": msg.subject})
-                data = error_reply(Internal(f"internal error handling {msg.subject}"))
+            except Exception as exc:
+                if is_connection_error(exc):
+                    # PostgreSQL down or restarting: the caller may retry
+                    reason = (str(exc) or type(exc).__name__).splitlines()[0]
+                    log.warning("database unavailable for %s: %s", msg.subject, reason)
+                    data = error_reply(
+                        Unavailable(f"database unavailable, {msg.subject} not done: {reason}")
+                    )
+                else:
+                    log.exception("handler failed", extra={"subject": msg.subject})
+                    data = error_reply(Internal(f"internal error handling {msg.subject}"))
         if msg.reply:
             try:
                 await msg.respond(data)

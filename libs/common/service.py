@@ -2,7 +2,9 @@
 
 A service module exposes ``async def start(rt: Runtime) -> None`` that
 registers its handlers on ``rt.responder`` and pushes its own cleanups onto
-``rt.stack``. The runner owns everything else: NATS, JetStream streams, the
+``rt.stack``, and may expose ``def check(settings) -> None``, run before
+anything is connected, that raises ``ConfigError`` for settings it cannot
+run with. The runner owns everything else: NATS, JetStream streams, the
 state bucket, the Postgres pool and migrations, the outbox relay, the
 ``hive.admin.<part>.ping`` handler, and the graceful stop.
 """
@@ -114,12 +116,16 @@ async def run(
     """Runs service ``part`` until ``stop`` is set (SIGTERM/SIGINT set it too).
 
     Raises:
-        ConfigError: unknown part.
+        ConfigError: unknown part, or a setting the service cannot run with.
         Unavailable: NATS or Postgres unreachable after the configured retries.
     """
     spec = SPECS.get(part)
     if spec is None:
         raise ConfigError(f"unknown service {part!r}; one of: {', '.join(SPECS)}")
+    module = importlib.import_module(spec.module)
+    check = getattr(module, "check", None)
+    if check is not None:
+        check(settings)  # a setting it cannot run with: one line, nothing started
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -166,7 +172,6 @@ async def run(
             )
 
         await responder.serve(subjects.admin(part, "ping"), Ping, ping)
-        module = importlib.import_module(spec.module)
         await module.start(rt)
         await sync_subscriptions(nc)  # live on the server before "ready"
         log.info("serving", extra={"service": part})

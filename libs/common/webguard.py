@@ -1,4 +1,4 @@
-"""The guard in front of hyperhive's web pages (the dashboard and each agent page).
+"""The guard in front of hyperhive's web pages (the dashboard, agent pages included).
 
 One ASGI middleware, configured per app by a :class:`Policy`:
 
@@ -16,6 +16,10 @@ One ASGI middleware, configured per app by a :class:`Policy`:
   embeds ``HMAC(secret, nonce)``. Every POST must send that token in the
   ``X-CSRF-Token`` header or a ``_csrf`` form field, or it is refused with 403
   before the app sees it, so nothing changes.
+- Loopback-only actions (only where ``Policy.loopback_actions_only``, for an
+  app run without a token by explicit opt-out): every state-changing request
+  and WebSocket from a client address that is not loopback is refused with
+  403 before the app sees it.
 - WebSockets (only where ``Policy.websockets``): the operator token as above,
   an ``Origin`` equal to the page's own (``Host``) and the page's CSRF token as
   the ``csrf`` query parameter; otherwise the handshake is refused. An app
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,6 +69,8 @@ class Policy:
     hosts: frozenset[str] | None = None  # None: any Host
     hosts_hint: str = ""  # named in the refusal of an unknown Host
     websockets: bool = False
+    # no token by opt-out: operator actions only from a loopback client
+    loopback_actions_only: bool = False
 
 
 class Security:
@@ -101,11 +108,6 @@ class Security:
         return bool(value) and hmac.compare_digest((value or "").encode(), self._session.encode())
 
 
-def session_cookie(policy: Policy, security: Security) -> str:
-    """The ``Set-Cookie`` value after a good login."""
-    return f"{policy.session_cookie}={security.session_value()}; Path=/; HttpOnly; SameSite=Strict"
-
-
 def host_name(header: str | None) -> str:
     """``example.org:7000`` → ``example.org``; ``[::1]:7000`` → ``::1``."""
     if not header:
@@ -133,6 +135,23 @@ def cookies(scope: Scope) -> dict[str, str]:
     except Exception:  # a malformed cookie header counts as none
         return {}
     return {k: m.value for k, m in jar.items()}
+
+
+def from_loopback(scope: Scope) -> bool:
+    """The client's address is a loopback one (no address, e.g. a unix socket: no)."""
+    client = scope.get("client")
+    if not client:
+        return False
+    try:
+        address = ipaddress.ip_address(str(client[0]).split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+LOOPBACK_ONLY = "403: operator actions are refused from a non-loopback address (no operator token)"
 
 
 def _same_origin(scope: Scope) -> bool:
@@ -214,6 +233,9 @@ class Guard:
                 await self._refuse(scope, send, status, missing)
                 return
         if scope["method"] not in SAFE_METHODS:
+            if self.policy.loopback_actions_only and not from_loopback(scope):
+                await _plain(send, 403, LOOPBACK_ONLY)
+                return
             receive, supplied = await self._csrf_from_request(scope, receive)
             if not self.security.csrf_ok(jar.get(CSRF_COOKIE), supplied):
                 await _plain(send, 403, "403: CSRF token missing or invalid; reload the page")
@@ -235,6 +257,8 @@ class Guard:
             reason = "unknown Host"
         elif self.security.token_required and self._authenticate(scope, jar) is not None:
             reason = "operator token required"
+        elif self.policy.loopback_actions_only and not from_loopback(scope):
+            reason = "refused from a non-loopback address (no operator token)"
         elif not _same_origin(scope):
             reason = "cross-origin WebSocket refused"
         elif not self.security.csrf_ok(jar.get(CSRF_COOKIE), (query.get("csrf") or [None])[0]):

@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
+import stat
 from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -54,6 +57,46 @@ def bind(host: str, port: int, what: str, *, backlog: int = 256) -> socket.socke
     return sock
 
 
+def bind_unix(path: str | Path, what: str, *, mode: int = 0o600) -> socket.socket:
+    """A listening unix socket at ``path`` (a stale socket there is replaced).
+
+    Raises:
+        ConfigError: the path is not a socket, or cannot be bound; names ``what``.
+    """
+    path = Path(path)
+    try:
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"{what} cannot listen on {path}: {exc.strerror}") from None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, mode)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"{what} cannot listen on {path}: {exc.strerror or exc}") from None
+    sock.listen(256)
+    sock.setblocking(False)
+    return sock
+
+
+def inherited(fd: int, what: str) -> socket.socket:
+    """The listening socket passed in as ``fd`` (socket activation).
+
+    Raises:
+        ConfigError: ``fd`` is not an open listening socket.
+    """
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise ConfigError(f"{what}: fd {fd} is not a socket: {exc.strerror or exc}") from None
+    sock.setblocking(False)
+    return sock
+
+
 class WebServer:
     """``app`` served on ``sock`` until :meth:`stop`."""
 
@@ -77,6 +120,9 @@ class WebServer:
 
     @property
     def port(self) -> int:
+        """The TCP port (0 for a unix socket)."""
+        if self.sock.family == socket.AF_UNIX:
+            return 0
         return int(self.sock.getsockname()[1])
 
     async def start(self, spawn: Spawn | None = None) -> None:

@@ -9,6 +9,7 @@
 }:
 let
   services = import ../services.nix;
+  psql = "${pkgs.postgresql}/bin/psql";
   waitForUnits = pkgs.lib.concatMapStrings (svc: ''
     machine.wait_for_unit("${svc.name}.service")
   '') services;
@@ -40,5 +41,20 @@ pkgs.testers.runNixOSTest {
     machine.fail("su -s /bin/sh nobody -c 'cat /var/lib/hyperhive/nats/service.seed'")
     # NATS refuses a client without credentials
     machine.fail("${pkgs.natscli}/bin/nats --server nats://127.0.0.1:4222 pub hive.events.x y")
+    # the generated operator token: root's alone; the dashboard requires it
+    machine.succeed("test \"$(stat -c %a:%U /var/lib/hyperhive/operator-token)\" = 600:root")
+    machine.fail("su -s /bin/sh nobody -c 'cat /var/lib/hyperhive/operator-token'")
+    machine.succeed("test \"$(${pkgs.curl}/bin/curl -s -o /dev/null -w %{http_code} http://127.0.0.1:7000/)\" = 401")
+    url = machine.succeed("hive dashboard-url").strip()
+    machine.succeed(f"${pkgs.curl}/bin/curl -sf -c /tmp/jar '{url}' -o /dev/null")
+    machine.succeed("${pkgs.curl}/bin/curl -sf -b /tmp/jar http://127.0.0.1:7000/ | grep -q csrf-token")
+    # PostgreSQL: TCP gets no session for the hyperhive database or role (as
+    # an agent container on the host's network would try), not even for root;
+    # the socket lets in only the users of the ident map
+    for target in ("-U hyperhive -d hyperhive", "-U postgres -d hyperhive", "-U hyperhive -d postgres"):
+        for host in ("127.0.0.1", "::1"):
+            machine.fail(f"${psql} -h {host} {target} -w -c 'select 1'")
+    machine.fail("su -s /bin/sh nobody -c '${psql} -h /run/postgresql -U hyperhive -d hyperhive -w -c \"select 1\"'")
+    machine.succeed("${psql} -h /run/postgresql -U hyperhive -d hyperhive -w -c 'select 1'")
   '';
 }

@@ -11,6 +11,7 @@ callers run them in a thread.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
@@ -67,6 +68,25 @@ def check_ref(ref: object) -> str:
 def tag_name(state: str, approval_id: int) -> str:
     """``<state>/<id>``: ``proposal``, ``deployed``, ``failed`` or ``denied``."""
     return f"{state}/{int(approval_id)}"
+
+
+DECIDED_BY: Final = "Decided-by"
+DECIDED_AT: Final = "Decided-at"
+
+
+def decision_message(body: str, decided_by: str, decided_at: datetime | None) -> str:
+    """An end tag's message: ``body``, then git trailers saying who decided and when."""
+    when = decided_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if decided_at else "-"
+    who = " ".join(decided_by.split()) or "-"
+    return f"{body.rstrip()}\n\n{DECIDED_BY}: {who}\n{DECIDED_AT}: {when}"
+
+
+def message_body(message: str) -> str:
+    """A tag message without the trailers of :func:`decision_message`."""
+    body, sep, trailers = message.rpartition("\n\n")
+    if sep and trailers.startswith(f"{DECIDED_BY}: "):
+        return body
+    return message
 
 
 def _repo(path: Path, what: str) -> git.Repo:
@@ -244,6 +264,12 @@ def delete_tag(applied: Path, name: str) -> None:
         _try(repo, "update-ref", "-d", f"refs/tags/{name}")
 
 
+# A hunk's header names the TOML table it starts in (``@@ … @@ [mcp_servers.x.env]``),
+# never a line of the file: the masking of secrets (hyperhive.common.redact)
+# reads it to know that a hunk's lines are an env table's values.
+TABLE_FUNCNAME = r"diff.default.xfuncname=^[ \t]*\[\[?[^]]+\]\]?[ \t]*(#.*)?$"
+
+
 def diff(applied: Path, base: str, target: str) -> tuple[str, list[str]]:
     """``git diff base..target`` of every file, and the changed paths.
 
@@ -254,7 +280,7 @@ def diff(applied: Path, base: str, target: str) -> tuple[str, list[str]]:
     opts = ["--no-color", "--no-ext-diff", "--no-textconv", "--find-renames"]
     with repo:
         try:
-            text = _run(repo, "diff", *opts, base, target, "--")
+            text = _run(repo, "-c", TABLE_FUNCNAME, "diff", *opts, base, target, "--")
             names = _run(repo, "diff", "--name-only", "-z", "--no-renames", base, target, "--")
         except git.GitCommandError as exc:
             raise Internal(f"git diff failed: {_stderr(exc)}") from None

@@ -18,6 +18,7 @@ from hyperhive.common.names import check_agent_name
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.rpc import Call
 from hyperhive.common.wire.approvals import (
+    MAX_DECIDED_BY,
     AnswerRequest,
     ApplyCommitRequest,
     ApprovalIdRequest,
@@ -25,6 +26,7 @@ from hyperhive.common.wire.approvals import (
     ApprovalQueued,
     ApprovalsReply,
     ApprovalsRequest,
+    ApproveRequest,
     AskRequest,
     DenyRequest,
     DiffReply,
@@ -44,6 +46,8 @@ MAX_OPTION: Final = 500
 MAX_ANSWER: Final = 16_000
 MAX_NOTE: Final = 16_000
 MAX_LIST: Final = 1_000
+# an operator request that does not say who sent it (an older CLI or script)
+UNATTRIBUTED: Final = "operator (unattributed)"
 
 
 class Handlers:
@@ -188,14 +192,14 @@ class Handlers:
             )
         return DiffReply(id=req.id, sha=sha, diff=text, files=files)
 
-    async def approve(self, req: ApprovalIdRequest, _call: Call) -> ApprovalInfo:
-        return await self._machine.approve(req.id)
+    async def approve(self, req: ApproveRequest, _call: Call) -> ApprovalInfo:
+        return await self._machine.approve(req.id, _decided_by(req.decided_by))
 
     async def deny(self, req: DenyRequest, _call: Call) -> ApprovalInfo:
         note = req.note.strip()
         if len(note) > MAX_NOTE or "\x00" in note:
             raise BadRequest(f"note too long (max {MAX_NOTE} characters) or has NUL")
-        return await self._machine.deny(req.id, note)
+        return await self._machine.deny(req.id, note, _decided_by(req.decided_by))
 
     async def questions(self, req: QuestionsRequest, _call: Call) -> QuestionsReply:
         rows = await store.list_questions(self._pool, req.answered)
@@ -210,12 +214,27 @@ class Handlers:
         if info.answer is not None:
             raise Conflict(f"question {req.id} is already answered")
         value = _check_answer(info, req.answer)
-        done = await store.answer(self._pool, req.id, value)
+        done = await store.answer(self._pool, req.id, value, _decided_by(req.decided_by))
         if done is None:
             raise Conflict(f"question {req.id} is already answered")
         self._kick()
         await self._machine.notify_answer(done)
         return store.question_info(done)
+
+
+def _decided_by(value: str) -> str:
+    """Who decided, as the operator's tool said (``hive.admin.*`` only: no
+    agent can send it); one printable line, since it goes into git tags.
+
+    Raises:
+        BadRequest: too long, or a control character.
+    """
+    value = value.strip()
+    if len(value) > MAX_DECIDED_BY or any(not c.isprintable() for c in value):
+        raise BadRequest(
+            f"decided_by must be one printable line of at most {MAX_DECIDED_BY} characters"
+        )
+    return value or UNATTRIBUTED
 
 
 def _check_options(options: list[str], multi: bool) -> list[str]:

@@ -71,8 +71,9 @@ class Machine:
 
     # --- operator verbs ---------------------------------------------------------
 
-    async def approve(self, approval_id: int) -> ApprovalInfo:
-        """Approves, builds, and returns the approval in its end state.
+    async def approve(self, approval_id: int, decided_by: str) -> ApprovalInfo:
+        """Approves (recording ``decided_by``), builds, and returns the approval
+        in its end state.
 
         Raises:
             NotFound: no such approval.
@@ -86,12 +87,12 @@ class Machine:
         async with self._guard(agent, approval_id) as held:
             if not held:  # fail fast instead of waiting out someone else's build
                 raise await self._busy(approval_id, agent)
-            return await self._approve_locked(approval_id, agent)
+            return await self._approve_locked(approval_id, agent, decided_by)
 
-    async def _approve_locked(self, approval_id: int, agent: str) -> ApprovalInfo:
+    async def _approve_locked(self, approval_id: int, agent: str, decided_by: str) -> ApprovalInfo:
         async with self._pool.acquire() as conn, conn.transaction():
             try:
-                started = await store.begin(conn, approval_id)
+                started = await store.begin(conn, approval_id, decided_by)
             except asyncpg.UniqueViolationError:
                 # an earlier approval of this agent is unfinished (recovery ends it)
                 raise Conflict(
@@ -114,8 +115,9 @@ class Machine:
         assert row is not None
         return await self._build(row)
 
-    async def deny(self, approval_id: int, note: str) -> ApprovalInfo:
-        """Denies a pending approval; ``denied/<id>`` carries ``note``.
+    async def deny(self, approval_id: int, note: str, decided_by: str) -> ApprovalInfo:
+        """Denies a pending approval; ``denied/<id>`` carries ``note`` and who
+        decided when.
 
         Raises:
             NotFound: no such approval.
@@ -125,7 +127,7 @@ class Machine:
         sha = row["fetched_sha"]
         tag = gitops.tag_name(store.DENIED, approval_id) if sha else ""
         async with self._pool.acquire() as conn, conn.transaction():
-            denied = await store.deny(conn, approval_id, note, tag)
+            denied = await store.deny(conn, approval_id, note, tag, decided_by)
             if denied is None:
                 raise await self._not_pending(approval_id, conn)
         self._kick()
@@ -221,18 +223,21 @@ class Machine:
         applied = self.applied(agent)
         if ok:
             tag = gitops.tag_name(store.DEPLOYED, approval_id)
+            message = _decision(row, f"approval {approval_id} for {agent} deployed")
             if sha:
-                await asyncio.to_thread(gitops.create_tag, applied, tag, sha)
+                await asyncio.to_thread(gitops.create_tag, applied, tag, sha, message)
                 await asyncio.to_thread(gitops.advance_main, applied, sha, row["base_sha"])
             else:
-                tag = await asyncio.to_thread(_tag_default_main, applied, tag)
+                tag = await asyncio.to_thread(_tag_default_main, applied, tag, message)
             done = await store.finish(self._pool, approval_id, store.DEPLOYED, tag=tag)
         else:
             error = error or "the build failed"
             tag = ""
             if sha:
                 tag = gitops.tag_name(store.FAILED, approval_id)
-                message = f"approval {approval_id} for {agent} failed to build\n\n{error}"
+                message = _decision(
+                    row, f"approval {approval_id} for {agent} failed to build\n\n{error}"
+                )
                 await asyncio.to_thread(gitops.create_tag, applied, tag, sha, message)
                 await asyncio.to_thread(gitops.restore_main, applied, row["base_sha"])
                 if resync and row["kind"] == store.APPLY_COMMIT:
@@ -295,7 +300,8 @@ class Machine:
                 return
             if await asyncio.to_thread(gitops.tag_sha, applied, failed):
                 message = await asyncio.to_thread(gitops.tag_message, applied, failed)
-                await self._conclude(row, False, message.split("\n\n", 1)[-1])
+                body = gitops.message_body(message)
+                await self._conclude(row, False, body.split("\n\n", 1)[-1])
                 return
         if row["kind"] == store.SPAWN:
             info = await self._peers.agent(agent)
@@ -357,7 +363,7 @@ class Machine:
                         self.applied(row["agent"]),
                         row["tag"],
                         row["fetched_sha"],
-                        row["note"] or "denied by the operator",
+                        _decision(row, row["note"] or "denied by the operator"),
                     )
                 except NotFound as exc:  # the agent and its repo are gone
                     log.warning("not tagging %s: %s", row["tag"], exc)
@@ -377,7 +383,10 @@ class Machine:
         """Puts an answered question into the manager's inbox (retried if it fails)."""
         info = store.question_info(row)
         event = OperatorAnswered(
-            question_id=info.id, question=info.question, answer=info.answer or []
+            question_id=info.id,
+            question=info.question,
+            answer=info.answer or [],
+            answered_by=info.answered_by,
         )
         try:
             await self._peers.deliver(event, f"question-{info.id}")
@@ -417,12 +426,17 @@ def not_based_on_main(approval_id: int) -> Conflict:
     )
 
 
-def _tag_default_main(applied: Path, tag: str) -> str:
+def _decision(row: asyncpg.Record, body: str) -> str:
+    """An end tag's message: ``body`` and who decided when (from the row)."""
+    return gitops.decision_message(body, row["decided_by"], row["decided_at"])
+
+
+def _tag_default_main(applied: Path, tag: str, message: str) -> str:
     """Tags the default config lifecycle committed for a one-step spawn ("" if none)."""
     try:
         sha = gitops.main_sha(applied)
         if sha:
-            gitops.create_tag(applied, tag, sha)
+            gitops.create_tag(applied, tag, sha, message)
             return tag
     except HiveError as exc:
         log.warning("could not tag %s: %s", tag, exc)
@@ -442,6 +456,8 @@ def _resolved_event(row: asyncpg.Record) -> ApprovalResolved | SpawnResolved:
             error=row["error"],
             tag=row["tag"],
             sha=row["fetched_sha"],
+            decided_by=row["decided_by"],
+            decided_at=store.ts(row["decided_at"]),
         )
     return ApprovalResolved(
         approval_id=row["id"],
@@ -451,4 +467,6 @@ def _resolved_event(row: asyncpg.Record) -> ApprovalResolved | SpawnResolved:
         note=note,
         sha=row["fetched_sha"],
         error=row["error"],
+        decided_by=row["decided_by"],
+        decided_at=store.ts(row["decided_at"]),
     )

@@ -31,11 +31,13 @@ STATES: Final = (PENDING, APPROVED, *END_STATES)
 
 _COLUMNS: Final = (
     "id, kind, agent, commit_ref, fetched_sha, base_sha, state, note, error, tag, "
-    "tagged, notified, pinned, attempts, created_at, approved_at, resolved_at"
+    "tagged, notified, pinned, attempts, created_at, approved_at, resolved_at, "
+    "decided_by, decided_at"
 )
 
 
-def _ts(value: datetime | None) -> float | None:
+def ts(value: datetime | None) -> float | None:
+    """A timestamptz as epoch seconds (None stays None)."""
     return value.timestamp() if value is not None else None
 
 
@@ -51,8 +53,10 @@ def approval_info(row: asyncpg.Record) -> ApprovalInfo:
         note=row["note"],
         error=row["error"],
         tag=row["tag"],
-        created_at=_ts(row["created_at"]) or 0.0,
-        resolved_at=_ts(row["resolved_at"]),
+        created_at=ts(row["created_at"]) or 0.0,
+        resolved_at=ts(row["resolved_at"]),
+        decided_by=row["decided_by"],
+        decided_at=ts(row["decided_at"]),
     )
 
 
@@ -66,6 +70,8 @@ def _event_data(row: asyncpg.Record) -> dict[str, Any]:
         "tag": row["tag"],
         "note": row["note"],
         "error": row["error"][:2000],
+        "decided_by": row["decided_by"],
+        "decided_at": ts(row["decided_at"]),
     }
 
 
@@ -123,17 +129,21 @@ async def list_approvals(pool: asyncpg.Pool, state: str | None, limit: int) -> l
     )
 
 
-async def begin(conn: asyncpg.Connection, approval_id: int) -> asyncpg.Record | None:
-    """pending → approved and its ``approval.approved`` event, inside the
-    caller's transaction. None if not pending.
+async def begin(
+    conn: asyncpg.Connection, approval_id: int, decided_by: str
+) -> asyncpg.Record | None:
+    """pending → approved (by ``decided_by``, now) and its ``approval.approved``
+    event, inside the caller's transaction. None if not pending.
 
     Raises:
         asyncpg.UniqueViolationError: another approval of the agent is in flight.
     """
     row = await conn.fetchrow(
-        f"UPDATE approvals SET state = 'approved', approved_at = now(), attempts = attempts + 1"
+        f"UPDATE approvals SET state = 'approved', approved_at = now(), attempts = attempts + 1,"
+        f" decided_by = $2, decided_at = now()"
         f" WHERE id = $1 AND state = 'pending' RETURNING {_COLUMNS}",
         approval_id,
+        decided_by,
     )
     if row is not None:
         await outbox.add(conn, _event(subjects.EV_APPROVAL_APPROVED, row))
@@ -198,15 +208,18 @@ async def finish(
 
 
 async def deny(
-    conn: asyncpg.Connection, approval_id: int, note: str, tag: str
+    conn: asyncpg.Connection, approval_id: int, note: str, tag: str, decided_by: str
 ) -> asyncpg.Record | None:
-    """pending → denied inside the caller's transaction. None if not pending."""
+    """pending → denied (by ``decided_by``, now) inside the caller's
+    transaction. None if not pending."""
     row = await conn.fetchrow(
-        f"UPDATE approvals SET state = 'denied', note = $2, tag = $3, resolved_at = now()"
+        f"UPDATE approvals SET state = 'denied', note = $2, tag = $3, resolved_at = now(),"
+        f" decided_by = $4, decided_at = now()"
         f" WHERE id = $1 AND state = 'pending' RETURNING {_COLUMNS}",
         approval_id,
         note,
         tag,
+        decided_by,
     )
     if row is not None:
         await outbox.add(conn, _resolved_event(row))
@@ -259,7 +272,7 @@ async def unsettled(pool: asyncpg.Pool) -> list[asyncpg.Record]:
 # --- questions ----------------------------------------------------------------
 
 _Q_COLUMNS: Final = (
-    "id, asked_by, question, options, multi, answer, notified, asked_at, answered_at"
+    "id, asked_by, question, options, multi, answer, notified, asked_at, answered_at, answered_by"
 )
 
 
@@ -275,8 +288,9 @@ def question_info(row: asyncpg.Record) -> QuestionInfo:
         options=_json_list(row["options"]),
         multi=row["multi"],
         answer=_json_list(row["answer"]),
-        asked_at=_ts(row["asked_at"]) or 0.0,
-        answered_at=_ts(row["answered_at"]),
+        asked_at=ts(row["asked_at"]) or 0.0,
+        answered_at=ts(row["answered_at"]),
+        answered_by=row["answered_by"],
     )
 
 
@@ -321,14 +335,17 @@ async def list_questions(pool: asyncpg.Pool, answered: bool | None) -> list[asyn
     )
 
 
-async def answer(pool: asyncpg.Pool, question_id: int, value: list[str]) -> asyncpg.Record | None:
-    """Records the answer once; None if it was already answered."""
+async def answer(
+    pool: asyncpg.Pool, question_id: int, value: list[str], answered_by: str
+) -> asyncpg.Record | None:
+    """Records the answer (by ``answered_by``) once; None if it was already answered."""
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
-            f"UPDATE questions SET answer = $2::jsonb, answered_at = now()"
+            f"UPDATE questions SET answer = $2::jsonb, answered_at = now(), answered_by = $3"
             f" WHERE id = $1 AND answer IS NULL RETURNING {_Q_COLUMNS}",
             question_id,
             json.dumps(value),
+            answered_by,
         )
         if row is not None:
             await outbox.add(
@@ -339,6 +356,7 @@ async def answer(pool: asyncpg.Pool, question_id: int, value: list[str]) -> asyn
                     id=question_id,
                     question=row["question"],
                     answer=value,
+                    answered_by=answered_by,
                 ),
             )
     return row
@@ -351,4 +369,75 @@ async def mark_question_notified(pool: asyncpg.Pool, question_id: int) -> None:
 async def unnotified_answers(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     return await pool.fetch(
         f"SELECT {_Q_COLUMNS} FROM questions WHERE answer IS NOT NULL AND NOT notified ORDER BY id"
+    )
+
+
+# --- notifications (the webhook's record) ---------------------------------------
+
+
+async def enqueue_notifications(pool: asyncpg.Pool) -> int:
+    """Records every waiting decision that has no notification yet. Returns how many."""
+    async with pool.acquire() as conn, conn.transaction():
+        a = await conn.execute(
+            "INSERT INTO notifications (decision, ref_id)"
+            " SELECT 'approval', id FROM approvals WHERE state = 'pending'"
+            " ON CONFLICT DO NOTHING"
+        )
+        q = await conn.execute(
+            "INSERT INTO notifications (decision, ref_id)"
+            " SELECT 'question', id FROM questions WHERE answer IS NULL"
+            " ON CONFLICT DO NOTHING"
+        )
+    return int(a.split()[-1]) + int(q.split()[-1])
+
+
+async def claim_notifications(
+    pool: asyncpg.Pool, lease_s: float, limit: int
+) -> list[asyncpg.Record]:
+    """Takes due notifications for one try: each is counted as an attempt and
+    hidden from other senders for ``lease_s`` (a sender that dies mid-POST
+    leaves it due again after the lease)."""
+    return await pool.fetch(
+        "UPDATE notifications SET attempts = attempts + 1,"
+        " next_at = now() + make_interval(secs => $1)"
+        " WHERE id IN (SELECT id FROM notifications WHERE state = 'pending' AND next_at <= now()"
+        "   ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)"
+        " RETURNING id, decision, ref_id, attempts",
+        lease_s,
+        limit,
+    )
+
+
+async def end_notification(
+    pool: asyncpg.Pool, notification_id: int, state: str, error: str = ""
+) -> None:
+    """pending → sent | skipped | gave_up."""
+    await pool.execute(
+        "UPDATE notifications SET state = $2, last_error = $3,"
+        " sent_at = CASE WHEN $2 = 'sent' THEN now() ELSE sent_at END"
+        " WHERE id = $1 AND state = 'pending'",
+        notification_id,
+        state,
+        error[:2000],
+    )
+
+
+async def retry_notification(
+    pool: asyncpg.Pool, notification_id: int, delay_s: float, error: str
+) -> None:
+    """A failed try: due again after ``delay_s``."""
+    await pool.execute(
+        "UPDATE notifications SET next_at = now() + make_interval(secs => $2), last_error = $3"
+        " WHERE id = $1 AND state = 'pending'",
+        notification_id,
+        delay_s,
+        error[:2000],
+    )
+
+
+async def notifications(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    """Every notification, oldest first (for tests and audits)."""
+    return await pool.fetch(
+        "SELECT id, decision, ref_id, state, attempts, last_error, created_at, sent_at"
+        " FROM notifications ORDER BY id"
     )

@@ -33,6 +33,7 @@ from hyperhive.common.telemetry import current_traceparent
 from hyperhive.common.wire.base import Ok
 from hyperhive.common.wire.broker import (
     RECIPIENT_KINDS,
+    USAGE_KEYS,
     AckRequest,
     AdminSendRequest,
     DeliverRequest,
@@ -53,6 +54,9 @@ from hyperhive.common.wire.broker import (
     StatsRequest,
     StatusRequest,
     TurnStats,
+    UsageDay,
+    UsageReply,
+    UsageRequest,
 )
 from hyperhive.common.wire.events import SystemEvent
 
@@ -386,7 +390,7 @@ class Broker:
             raise
         with db_errors("stats"):
             async with self.relaxed.acquire() as conn, conn.transaction():
-                if stats.inbox_depth is None:
+                if stats.inbox_depth is None and stats.kind == "turn":
                     values.append(("inbox_depth", float(await store.inbox_depth(conn, agent))))
                 await store.insert_stats(conn, agent, stats.ts, values)
                 await outbox.add(
@@ -418,6 +422,26 @@ class Broker:
             ]
         )
 
+    async def usage(self, req: UsageRequest, _call: Call) -> UsageReply:
+        """``hive.admin.broker.usage``: turns, model calls, tokens and cost per
+        agent and UTC day (compactions' usage included)."""
+        if req.agent is not None:
+            check_agent_name(req.agent, allow_manager=True)
+        with db_errors("usage"):
+            rows = await store.usage_per_day(self.pool, agent=req.agent, since=req.since)
+        return UsageReply(
+            days=[
+                UsageDay(
+                    agent=r["agent"],
+                    day=r["day"],
+                    turns=int(r["turns"]),
+                    **{k: int(r[k]) for k in USAGE_KEYS if k != "cost_usd"},
+                    cost_usd=round(float(r["cost_usd"]), 6),
+                )
+                for r in rows
+            ]
+        )
+
 
 def stats_rows(stats: TurnStats) -> list[tuple[str, float]]:
     """The ``(key, value)`` rows of one turn (``tool.<name>`` per tool,
@@ -428,6 +452,14 @@ def stats_rows(stats: TurnStats) -> list[tuple[str, float]]:
         raise BadRequest("tool_calls keys must be tool names")
     if not set(stats.messages_sent_to) <= RECIPIENT_KINDS:
         raise BadRequest(f"messages_sent_to keys must be among {sorted(RECIPIENT_KINDS)}")
+    usage: list[tuple[str, float]] = [(k, float(getattr(stats, k))) for k in USAGE_KEYS]
+    if any(v < 0 for _, v in usage):
+        raise BadRequest(f"turn stats {', '.join(USAGE_KEYS)} must be >= 0")
+    if stats.kind == "compaction":  # not a turn: what it cost, and that it ran
+        values = [*usage, ("compactions", 1.0)]
+        if not all(math.isfinite(v) for _, v in values):
+            raise BadRequest("turn stats hold a value that is not a finite number")
+        return values
     values: list[tuple[str, float]] = [
         ("duration_ms", float(stats.duration_ms)),
         ("exit_code", float(stats.exit_code)),
@@ -437,9 +469,7 @@ def stats_rows(stats: TurnStats) -> list[tuple[str, float]]:
         *((f"sent_to.{kind}", float(n)) for kind, n in sorted(stats.messages_sent_to.items())),
         ("messages_received", float(stats.messages_received)),
         ("compact_retry", 1.0 if stats.compact_retry else 0.0),
-        ("input_tokens", float(stats.input_tokens)),
-        ("output_tokens", float(stats.output_tokens)),
-        ("cost_usd", float(stats.cost_usd)),
+        *usage,
     ]
     if stats.inbox_depth is not None:
         values.append(("inbox_depth", float(stats.inbox_depth)))

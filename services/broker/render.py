@@ -24,6 +24,7 @@ def render_event(event: SystemEvent) -> str:
             why = {
                 "heartbeat": "its heartbeat stopped",
                 "turn_too_long": "its turn is running too long",
+                "login_needed": "the API refused its credentials (login needed)",
             }.get(reason, reason)
             return _with(f"agent {agent} looks stuck: {why}", detail)
         case ApprovalResolved(

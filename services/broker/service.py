@@ -27,6 +27,7 @@ from hyperhive.common.wire.broker import (
     StatusRequest,
     TurnsRequest,
     TurnStats,
+    UsageRequest,
 )
 
 # room left in a reply for everything around the turn events
@@ -72,6 +73,7 @@ async def start(rt: Runtime) -> None:
     await serve(subjects.admin("broker", "prune"), PruneRequest, broker.admin_prune)
     await serve(subjects.admin("broker", "status"), StatusRequest, broker.admin_status)
     await serve(subjects.admin("broker", "stats"), StatsRequest, broker.stats)
+    await serve(subjects.admin("broker", "usage"), UsageRequest, broker.usage)
 
 
 async def _release_on_stop(rt: Runtime, waiters: Waiters) -> None:

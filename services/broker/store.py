@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from hyperhive.common.errors import BadRequest, HiveError, Unavailable
+from hyperhive.common.wire.broker import TURN_KEY, USAGE_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -569,3 +570,32 @@ async def query_stats(
         *args,
     )
     return list(reversed(rows))
+
+
+async def usage_per_day(
+    pool: asyncpg.Pool, *, agent: str | None, since: float | None
+) -> list[asyncpg.Record]:
+    """Turns and the usage keys added up per agent and UTC day, by day then agent."""
+    sums = ",\n".join(
+        f"coalesce(sum(value) FILTER (WHERE key = '{k}'), 0) AS {k}" for k in USAGE_KEYS
+    )
+    args: list[object] = [[*USAGE_KEYS, TURN_KEY]]
+    where = ["key = ANY($1::text[])"]
+    if agent is not None:
+        args.append(agent)
+        where.append(f"agent = ${len(args)}")
+    if since is not None:
+        args.append(since)
+        where.append(f"ts > to_timestamp(${len(args)})")
+    return list(
+        await pool.fetch(
+            f"""
+            SELECT agent, to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day,
+                   count(*) FILTER (WHERE key = '{TURN_KEY}') AS turns,
+                   {sums}
+            FROM stats WHERE {" AND ".join(where)}
+            GROUP BY 1, 2 ORDER BY 2, 1
+            """,
+            *args,
+        )
+    )

@@ -10,8 +10,9 @@ broker. A KV flag older than ``flag_max_age_s`` was left by a lifecycle that
 died mid-operation and hides nothing. The first poll only seeds the view.
 
 Stuck: an agent that runs but whose harness heartbeat (``heartbeat.<n>`` in
-the KV bucket) is older than ``heartbeat_timeout_s``, or whose current turn
-began more than ``turn_limit_s`` ago, gets one ``AgentStuck`` per episode.
+the KV bucket) is older than ``heartbeat_timeout_s``, whose heartbeat says the
+API refused its credentials (``login_needed``), or whose current turn began
+more than ``turn_limit_s`` ago, gets one ``AgentStuck`` per episode.
 Nothing is stopped automatically: the manager decides.
 """
 
@@ -206,6 +207,13 @@ class CrashWatch:
                         since=hb.ts,
                         detail=f"last harness heartbeat {now - hb.ts:.0f}s ago "
                         f"(limit {cw.heartbeat_timeout_s:g}s)",
+                    )
+                elif hb.login_needed:
+                    found = AgentStuck(
+                        agent=info.name,
+                        reason="login_needed",
+                        since=hb.ts,
+                        detail=hb.login_needed,
                     )
                 elif hb.turn_started and now - hb.turn_started > cw.turn_limit_s:
                     found = AgentStuck(

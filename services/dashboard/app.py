@@ -2,11 +2,14 @@
 
 A NATS client only: pages and actions go through ``hive.admin.*`` (see
 :mod:`hyperhive.dashboard.hive`), live views follow ``HIVE_EVENTS`` through
-one in-process :class:`~hyperhive.dashboard.hub.EventHub`.
+one in-process :class:`~hyperhive.dashboard.hub.EventHub`. Agent pages are
+served here too (``/agents/<name>/``), their API proxied to each harness's
+unix socket (:mod:`hyperhive.dashboard.routes_agent_page`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,9 @@ from nats.js import JetStreamContext
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import HiveError
 from hyperhive.dashboard import (
+    routes_activity,
+    routes_agent_page,
+    routes_app,
     routes_approvals,
     routes_containers,
     routes_flow,
@@ -29,10 +35,11 @@ from hyperhive.dashboard import (
     routes_questions,
     routes_telemetry,
 )
+from hyperhive.dashboard.harnesslink import HarnessLink
 from hyperhive.dashboard.hive import Hive
 from hyperhive.dashboard.hub import EventHub
 from hyperhive.dashboard.render import Renderer
-from hyperhive.dashboard.security import Guard, Security, load_operator_token, policy
+from hyperhive.dashboard.security import Guard, operator_security, policy
 from hyperhive.dashboard.web import HTTP_STATUS, Deps
 
 log = logging.getLogger(__name__)
@@ -46,12 +53,14 @@ def create_app(settings: Settings, nc: NATS, js: JetStreamContext) -> Litestar:
     a failure to subscribe must surface before the server listens.
 
     Raises:
-        ConfigError: the operator token file cannot be read.
+        ConfigError: no operator token (and no opt-out), or its file cannot be read.
     """
     ds = settings.dashboard
     render = Renderer()
     guard_policy = policy(ds)
-    security = Security(load_operator_token(ds), guard_policy.session_label)
+    security = operator_security(ds, guard_policy.session_label)
+    if not security.token_required:  # the explicit opt-out: act only from loopback
+        guard_policy = dataclasses.replace(guard_policy, loopback_actions_only=True)
     hub = EventHub(
         js,
         backfill_events=ds.flow_backfill_events,
@@ -59,7 +68,16 @@ def create_app(settings: Settings, nc: NATS, js: JetStreamContext) -> Litestar:
         coalesce_s=ds.flow_coalesce_ms / 1000.0,
         ping_s=ds.sse_ping_s,
     )
-    state = Deps(settings=ds, hive=Hive(nc, ds), hub=hub, render=render, security=security)
+    hive = Hive(nc, ds)
+    hive.activity_feed = hub.activity_entries
+    state = Deps(
+        settings=ds,
+        hive=hive,
+        hub=hub,
+        render=render,
+        security=security,
+        link=HarnessLink(settings),
+    )
 
     def login_page(csrf: str, error: str) -> bytes:
         return render("login.html", csrf=csrf, error=error).encode()
@@ -67,6 +85,9 @@ def create_app(settings: Settings, nc: NATS, js: JetStreamContext) -> Litestar:
     return Litestar(
         route_handlers=[
             *routes_pages.HANDLERS,
+            *routes_app.HANDLERS,
+            *routes_activity.HANDLERS,
+            *routes_agent_page.HANDLERS,
             *routes_containers.HANDLERS,
             *routes_approvals.HANDLERS,
             *routes_questions.HANDLERS,

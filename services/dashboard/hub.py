@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -20,7 +21,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from hyperhive.common import subjects
+from hyperhive.common import activity, subjects
+from hyperhive.common.errors import HiveError
 from hyperhive.common.wire.events import HiveEvent
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,8 @@ _event_decoder = msgspec.json.Decoder(HiveEvent)
 
 MESSAGE_FAMILY = "message."
 BODY_LIMIT = 2000  # events already carry at most this much; never trust it
+ACTIVITY_RING = 1000  # timeline entries kept in memory
+DETAIL_LIMIT = 200  # of a question, in a change record (a notification's body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +102,21 @@ def flow_record(ev: HiveEvent, seq: int) -> dict[str, object]:
     }
 
 
+def change_detail(ev: HiveEvent) -> dict[str, object]:
+    """What a browser notification of a waiting decision says: the approval's
+    or question's id, and its kind or the start of the question."""
+    ref = ev.data.get("id")
+    if not isinstance(ref, int):
+        return {}
+    if ev.kind == subjects.EV_QUESTION_ASKED:
+        text = ev.data.get("question")
+        return {"id": ref, "detail": text[:DETAIL_LIMIT] if isinstance(text, str) else ""}
+    if ev.kind.startswith("approval."):
+        what = ev.data.get("kind")
+        return {"id": ref, "detail": what if isinstance(what, str) else ""}
+    return {"id": ref}
+
+
 class EventHub:
     """Follows HIVE_EVENTS; hands frames to any number of SSE streams."""
 
@@ -121,9 +140,25 @@ class EventHub:
         self._sub: JetStreamContext.PushSubscription | None = None
         self.closed = False
         self.listeners: list[Callable[[HiveEvent], None]] = []
+        # the activity timeline, newest last: the last day read at start, then live
+        self._activity: deque[activity.Entry] = deque(maxlen=ACTIVITY_RING)
+        self._activity_ready = False
+
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context it reads from (for other readers of the stream)."""
+        return self._js
 
     async def start(self) -> None:
-        """Subscribes from ``backfill_events`` records back, then live."""
+        """Reads the last day of the activity timeline, then subscribes from
+        ``backfill_events`` records back, then live."""
+        try:
+            older = await activity.read(self._js, limit=ACTIVITY_RING)
+        except HiveError as exc:  # the section reads the stream itself meanwhile
+            log.warning("activity timeline not preloaded: %s", exc)
+        else:
+            self._activity.extend(older)
+            self._activity_ready = True
         info = await self._js.stream_info(subjects.EVENTS_STREAM)
         start = max(1, info.state.last_seq - self._backfill_events + 1)
         self._sub = await self._js.subscribe(
@@ -166,12 +201,20 @@ class EventHub:
             self.flow.append(Item(seq, parties, sse_frame(kind, record, seq)))
         else:
             change = {"seq": seq, "kind": ev.kind, "agent": ev.agent, "ts": ev.ts}
+            change.update(change_detail(ev))
             self.changes.append(Item(seq, (ev.agent or "",), sse_frame("change", change, seq)))
+        entry = activity.entry(ev, seq)
+        if entry is not None and (not self._activity or seq > self._activity[-1].seq):
+            self._activity.append(entry)  # a replayed record read at start is skipped
         for listener in self.listeners:
             listener(ev)
         if not self._wake_pending:
             self._wake_pending = True
             asyncio.get_running_loop().call_later(self._coalesce_s, self._notify)
+
+    def activity_entries(self) -> list[activity.Entry] | None:
+        """The timeline kept in memory, oldest first; None until it was loaded."""
+        return list(self._activity) if self._activity_ready else None
 
     def _notify(self) -> None:
         self._wake_pending = False

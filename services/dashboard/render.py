@@ -19,6 +19,29 @@ def fmt_ts(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
+def fmt_clock(ts: float | None) -> str:
+    """The clock time, with the date when it is not today."""
+    if not ts:
+        return "-"
+    day = time.strftime("%Y-%m-%d", time.localtime(ts))
+    clock = time.strftime("%H:%M:%S", time.localtime(ts))
+    return clock if day == time.strftime("%Y-%m-%d") else f"{day} {clock}"
+
+
+def fmt_span(seconds: float | None) -> str:
+    """A duration in the largest fitting unit: 45s, 12m, 3.5h, 2.1d."""
+    if seconds is None:
+        return "-"
+    s = max(0.0, seconds)
+    if s < 60:
+        return f"{s:.0f}s"
+    if s < 3600:
+        return f"{s / 60:.0f}m"
+    if s < 86_400:
+        return f"{s / 3600:.1f}h"
+    return f"{s / 86_400:.1f}d"
+
+
 def fmt_ago(ts: float | None) -> str:
     if not ts:
         return "-"
@@ -56,7 +79,15 @@ class Renderer:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self.env.filters.update(ts=fmt_ts, ago=fmt_ago, bytes=fmt_bytes, short=short, mask=mask)
+        self.env.filters.update(
+            ts=fmt_ts,
+            ago=fmt_ago,
+            clock=fmt_clock,
+            span=fmt_span,
+            bytes=fmt_bytes,
+            short=short,
+            mask=mask,
+        )
 
     def __call__(self, template: str, /, **context: Any) -> str:
         return self.env.get_template(template).render(**context)

@@ -7,8 +7,8 @@ from typing import Any
 from litestar import Request, Response, post
 from litestar.params import FromPath
 
-from hyperhive.common.wire.approvals import ApprovalIdRequest, ApprovalInfo, DenyRequest
-from hyperhive.dashboard.web import act, deps, field, form_fields
+from hyperhive.common.wire.approvals import ApprovalInfo, ApproveRequest, DenyRequest
+from hyperhive.dashboard.web import act, decided_by, deps, field, form_fields
 
 REFRESH = ("approvals", "containers", "drafts")
 
@@ -26,7 +26,10 @@ def _outcome(info: ApprovalInfo) -> str:
 async def approve(request: Request[Any, Any, Any], approval_id: FromPath[int]) -> Response[Any]:
     async def work() -> str:
         info = await deps(request).hive.act(
-            "approvals", "approve", ApprovalIdRequest(id=approval_id), ApprovalInfo
+            "approvals",
+            "approve",
+            ApproveRequest(id=approval_id, decided_by=decided_by(request)),
+            ApprovalInfo,
         )
         return _outcome(info)
 
@@ -39,9 +42,8 @@ async def deny(request: Request[Any, Any, Any], approval_id: FromPath[int]) -> R
 
     async def work() -> str:
         note = field(fields, "note")
-        info = await deps(request).hive.act(
-            "approvals", "deny", DenyRequest(id=approval_id, note=note), ApprovalInfo
-        )
+        req = DenyRequest(id=approval_id, note=note, decided_by=decided_by(request))
+        info = await deps(request).hive.act("approvals", "deny", req, ApprovalInfo)
         return _outcome(info)
 
     return await act(request, work(), section="approvals", refresh=REFRESH)

@@ -1,4 +1,4 @@
-"""Containers, K3PT ST4T3 and drafts: lifecycle actions and per-agent panels."""
+"""Containers, kept state and drafts: lifecycle actions and per-agent panels."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ async def spawn(request: Request[Any, Any, Any]) -> Response[Any]:
         info = await deps(request).hive.act(
             "lifecycle", "spawn", SpawnRequest(name=name, reuse_state=reuse), AgentInfo
         )
-        return f"sp4wn3d {info.name}: {info.state} on port {info.port}"
+        return f"Spawned {info.name}: {info.state} on port {info.port}"
 
     return await act(request, work(), section="containers", refresh=REFRESH)
 
@@ -57,13 +57,18 @@ async def verb(
     async def work() -> str:
         agent = _name(name)
         hive = deps(request).hive
-        if verb == "destroy":
-            purge = field(fields, "purge") == "on"
-            await hive.act("lifecycle", "destroy", DestroyRequest(name=agent, purge=purge), Ok)
-            return f"destr0y3d {agent}" + (" (state purged)" if purge else " (state kept)")
-        if verb not in VERBS:
+        if verb != "destroy" and verb not in VERBS:
             raise BadRequest(f"unknown action {verb!r}")
-        info = await hive.act("lifecycle", verb, AgentRequest(name=agent), AgentInfo)
+        try:
+            if verb == "destroy":
+                purge = field(fields, "purge") == "on"
+                await hive.act("lifecycle", "destroy", DestroyRequest(name=agent, purge=purge), Ok)
+                return f"Destroyed {agent}" + (
+                    " and its state" if purge else " (its state is kept)"
+                )
+            info = await hive.act("lifecycle", verb, AgentRequest(name=agent), AgentInfo)
+        except HiveError as exc:  # say which action was refused, and why
+            raise type(exc)(f"Could not {verb} {agent}: {exc.message}") from exc
         return f"{verb}: {info.name} is {info.state}"
 
     return await act(request, work(), section="containers", refresh=REFRESH)
@@ -86,7 +91,7 @@ async def respawn(request: Request[Any, Any, Any], name: FromPath[str]) -> Respo
         info = await deps(request).hive.act(
             "lifecycle", "spawn", SpawnRequest(name=agent, reuse_state=True), AgentInfo
         )
-        return f"re-sp4wn3d {info.name} with its kept state: {info.state}"
+        return f"Spawned {info.name} again with its kept state: {info.state}"
 
     return await act(request, work(), section="kept", refresh=REFRESH)
 

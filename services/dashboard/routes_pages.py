@@ -43,22 +43,32 @@ async def events(request: Request[Any, Any, Any]) -> Stream:
 
 
 @get("/login")
-async def login_form(request: Request[Any, Any, Any]) -> Response[str]:
-    d = deps(request)
-    return html(d.render("login.html", csrf=page_context(request)["csrf"], error=""))
+async def login_form(request: Request[Any, Any, Any]) -> Response[Any]:
+    """The login form; ``?token=…`` (the URL ``hive up`` prints) logs in at once
+    and redirects to ``/``, so the token leaves the address bar."""
+    token = request.query_params.get("token")
+    if token is None:
+        d = deps(request)
+        return html(d.render("login.html", csrf=page_context(request)["csrf"], error=""))
+    return _log_in(request, token)
 
 
 @post("/login")
 async def login(request: Request[Any, Any, Any]) -> Response[Any]:
+    return _log_in(request, field(await form_fields(request), "token"))
+
+
+def _log_in(request: Request[Any, Any, Any], token: str) -> Response[Any]:
+    """The session cookie and a redirect to ``/`` for the right token; the form again if not."""
     d = deps(request)
     if not d.security.token_required:
         return Redirect("/", status_code=303)
-    token = field(await form_fields(request), "token")
+    token = token.strip()
     if not token or not d.security.token_ok(token):
         page = d.render("login.html", csrf=page_context(request)["csrf"], error="wrong token")
         return html(page, 403)
     name, value = login_cookie(d.security)
-    response: Response[Any] = Redirect("/", status_code=303)
+    response: Response[Any] = Redirect("/", status_code=303, headers={"Cache-Control": "no-store"})
     response.set_cookie(name, value, path="/", httponly=True, samesite="strict")
     return response
 

@@ -9,7 +9,7 @@ from litestar.params import FromPath
 
 from hyperhive.common.errors import BadRequest
 from hyperhive.common.wire.approvals import AnswerRequest, QuestionInfo
-from hyperhive.dashboard.web import act, deps, field, form_fields
+from hyperhive.dashboard.web import act, decided_by, deps, field, form_fields
 
 REFRESH = ("questions",)
 
@@ -25,9 +25,8 @@ async def answer(request: Request[Any, Any, Any], question_id: FromPath[int]) ->
         values = chosen or ([text] if text else [])
         if not values:
             raise BadRequest("pick an option or write an answer")
-        info = await deps(request).hive.act(
-            "approvals", "answer", AnswerRequest(id=question_id, answer=values), QuestionInfo
-        )
+        req = AnswerRequest(id=question_id, answer=values, decided_by=decided_by(request))
+        info = await deps(request).hive.act("approvals", "answer", req, QuestionInfo)
         return f"answered question #{info.id}: {', '.join(info.answer or values)}"
 
     return await act(request, work(), section="questions", refresh=REFRESH)

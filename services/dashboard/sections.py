@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hyperhive.common import subjects
+from hyperhive.common import activity, subjects
 from hyperhive.common.errors import HiveError
 from hyperhive.common.wire.approvals import (
     ApprovalIdRequest,
@@ -37,31 +37,35 @@ from hyperhive.common.wire.lifecycle import (
 )
 from hyperhive.dashboard import diff, stats
 from hyperhive.dashboard.hive import Hive
+from hyperhive.dashboard.redact import mask_diff
 
 log = logging.getLogger(__name__)
 
 PENDING_APPROVAL = frozenset({"pending", "approved"})  # approved: deploying now
 RESOLVED_SHOWN = 30
+ACTIVITY_SHOWN = 300
 
 
 @dataclass(frozen=True, slots=True)
 class Meta:
     name: str
-    title: str  # l33t heading
+    title: str  # l33t heading (the seed's voice)
     service: str  # whose section it is
+    label: str = ""  # the heading in plain words (navigation, screen readers)
 
 
 # Page order. Drafts sit between K3PT ST4T3 and approvals (seed TODO).
 SECTIONS: dict[str, Meta] = {
     m.name: m
     for m in (
-        Meta("containers", "C0NT41N3RS", "lifecycle"),
-        Meta("kept", "K3PT ST4T3", "lifecycle"),
-        Meta("drafts", "DR4FTS", "lifecycle"),
-        Meta("approvals", "4PPR0V4LS", "approvals"),
-        Meta("questions", "QU3ST10NS", "approvals"),
-        Meta("flow", "M3SS4G3 FL0W", "broker"),
-        Meta("telemetry", "T3L3M3TRY", "broker"),
+        Meta("containers", "C0NT41N3RS", "lifecycle", "Containers"),
+        Meta("kept", "K3PT ST4T3", "lifecycle", "Kept state"),
+        Meta("drafts", "DR4FTS", "lifecycle", "Drafts"),
+        Meta("approvals", "4PPR0V4LS", "approvals", "Approvals"),
+        Meta("questions", "QU3ST10NS", "approvals", "Questions"),
+        Meta("activity", "4CT1V1TY", "HIVE_EVENTS", "Activity"),
+        Meta("flow", "M3SS4G3 FL0W", "broker", "Message flow"),
+        Meta("telemetry", "T3L3M3TRY", "broker", "Telemetry"),
     )
 }
 
@@ -72,11 +76,11 @@ class View:
 
     meta: Meta
     data: dict[str, Any] = field(default_factory=dict)
-    down: str | None = None  # "<service> d0wn: <reason>"
+    down: str | None = None  # "<service> is down: <reason>"
 
 
 def _down(meta: Meta, exc: HiveError, service: str | None = None) -> View:
-    return View(meta, down=f"{service or meta.service} d0wn: {exc}")
+    return View(meta, down=f"{service or meta.service} is down: {exc}")
 
 
 async def _agents(hive: Hive) -> list[AgentInfo]:
@@ -91,7 +95,9 @@ async def containers(hive: Hive) -> View:
         agents = await _agents(hive)
     except HiveError as exc:
         return _down(meta, exc)
-    return View(meta, {"agents": agents})
+    running = [a.name for a in agents if a.state == "running"]
+    logins = await hive.logins_needed(running)
+    return View(meta, {"agents": agents, "now": time.time(), "logins": logins})
 
 
 async def kept(hive: Hive) -> View:
@@ -122,7 +128,8 @@ class Proposal:
     default_spawn: bool = False  # a one-shot spawn: default config, nothing to diff
 
 
-async def _proposal(hive: Hive, approval: ApprovalInfo) -> Proposal:
+async def proposal(hive: Hive, approval: ApprovalInfo) -> Proposal:
+    """An approval with its diff (or why there is none)."""
     sha = approval.fetched_sha or approval.commit_ref
     if approval.kind == "Spawn" and not sha:
         return Proposal(approval, "", [], default_spawn=True)
@@ -134,7 +141,7 @@ async def _proposal(hive: Hive, approval: ApprovalInfo) -> Proposal:
     return Proposal(
         approval,
         reply.sha or sha,
-        diff.parse(text),
+        diff.parse(mask_diff(text)),
         no_change=not text.strip() or text.strip() == diff.NO_CHANGE,
     )
 
@@ -149,7 +156,7 @@ async def approvals(hive: Hive) -> View:
     pending.sort(key=lambda a: a.id)
     resolved = [a for a in reply.approvals if a.state not in PENDING_APPROVAL]
     resolved.sort(key=lambda a: a.resolved_at or a.created_at, reverse=True)
-    proposals = await asyncio.gather(*(_proposal(hive, a) for a in pending))
+    proposals = await asyncio.gather(*(proposal(hive, a) for a in pending))
     return View(meta, {"pending": proposals, "resolved": resolved[:RESOLVED_SHOWN]})
 
 
@@ -166,6 +173,31 @@ async def questions(hive: Hive) -> View:
         reverse=True,
     )
     return View(meta, {"open": open_, "answered": answered[:RESOLVED_SHOWN]})
+
+
+async def activity_view(hive: Hive) -> View:
+    """The last day of the timeline, newest first (filtered in the page)."""
+    meta = SECTIONS["activity"]
+    kept = hive.activity_feed() if hive.activity_feed else None
+    if kept is not None:  # the event hub's copy: no stream read per page
+        since = time.time() - activity.DEFAULT_WINDOW_S
+        entries = [e for e in kept if e.ts >= since][-ACTIVITY_SHOWN:]
+    else:
+        try:
+            async with asyncio.timeout(hive.read_timeout * 2):
+                entries = await activity.read(hive.nc.jetstream(), limit=ACTIVITY_SHOWN)
+        except (HiveError, TimeoutError) as exc:
+            return View(meta, down=f"HIVE_EVENTS unreadable: {exc or 'timed out'}")
+    entries.reverse()
+    names = sorted({e.agent for e in entries if e.agent})
+    return View(
+        meta,
+        {
+            "entries": entries,
+            "agents": names,
+            "categories": activity.CATEGORIES,
+        },
+    )
 
 
 async def flow(hive: Hive) -> View:
@@ -201,6 +233,7 @@ LOADERS: dict[str, Callable[[Hive], Awaitable[View]]] = {
     "drafts": drafts,
     "approvals": approvals,
     "questions": questions,
+    "activity": activity_view,
     "flow": flow,
     "telemetry": telemetry,
 }

@@ -6,12 +6,23 @@ from __future__ import annotations
 
 import logging
 
+from hyperhive.common.config import Settings
 from hyperhive.common.service import Runtime
 from hyperhive.common.webserve import WebServer, bind
 from hyperhive.dashboard.app import create_app
+from hyperhive.dashboard.security import operator_security, policy
 from hyperhive.dashboard.web import Deps
 
 log = logging.getLogger(__name__)
+
+
+def check(settings: Settings) -> None:
+    """Before connecting: the operator token is there (or explicitly waived).
+
+    Raises:
+        ConfigError: no token and no opt-out, or an unreadable token file.
+    """
+    operator_security(settings.dashboard, policy(settings.dashboard).session_label, warn=False)
 
 
 async def start(rt: Runtime) -> None:

@@ -14,9 +14,8 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from hyperhive.common.wire.broker import StatPoint
+from hyperhive.common.wire.broker import TURN_KEY, USAGE_KEYS, StatPoint
 
-TURN_KEY = "duration_ms"  # exactly one per turn
 TOOL_TOTAL = "tool_calls"
 TOOL_PREFIXES = ("tool_calls.", "tool.")
 SENT_TO_PREFIX = "sent_to."  # sends by recipient kind (peer, operator, manager)
@@ -59,11 +58,14 @@ def charts(points: list[StatPoint], *, window_s: float, now: float | None = None
     """The telemetry of one agent over the last ``window_s`` seconds.
 
     Returns a JSON-able dict: ``last_turn_ts``, ``since_last_turn_s``,
-    ``turns`` (count) and ``charts``: name -> {``x``, ``series``: {label: ys}}.
+    ``turns`` (count), ``totals`` (turns and the usage keys: model calls,
+    tokens, cost, notes compactions included) and ``charts``: name ->
+    {``x``, ``series``: {label: ys}}.
     """
     now = time.time() if now is None else now
     start = now - window_s
-    turns = [t for t in group_turns(points) if t.ts >= start and TURN_KEY in t.values]
+    groups = [t for t in group_turns(points) if t.ts >= start]
+    turns = [t for t in groups if TURN_KEY in t.values]
     step = bucket_seconds(window_s)
     n = max(1, math.ceil(window_s / step))
     xs = [start + (i + 1) * step for i in range(n)]  # a bucket is plotted at its end
@@ -74,6 +76,13 @@ def charts(points: list[StatPoint], *, window_s: float, now: float | None = None
     per_bucket: list[list[Turn]] = [[] for _ in range(n)]
     for t in turns:
         per_bucket[index(t.ts)].append(t)
+    # usage: turns and the notes compactions between them (not turns)
+    usage_bucket: list[list[Turn]] = [[] for _ in range(n)]
+    for t in groups:
+        usage_bucket[index(t.ts)].append(t)
+
+    def usage(key: str) -> list[float]:
+        return [sum(t.values.get(key, 0.0) for t in b) for b in usage_bucket]
 
     turns_per_min = [len(b) * 60.0 / step for b in per_bucket]
     p50: list[float | None] = []
@@ -96,9 +105,14 @@ def charts(points: list[StatPoint], *, window_s: float, now: float | None = None
     gaps += [b.ts - a.ts for a, b in itertools.pairwise(turns)]
     last_ts = turns[-1].ts if turns else _last_turn(points)
 
+    totals = {k: sum(t.values.get(k, 0.0) for t in groups) for k in USAGE_KEYS}
+    totals["cost_usd"] = round(totals["cost_usd"], 6)
     return {
         "window_s": window_s,
+        "start": start,
+        "end": now,
         "turns": len(turns),
+        "totals": {"turns": len(turns), **totals},
         "last_turn_ts": last_ts,
         "since_last_turn_s": (now - last_ts) if last_ts is not None else None,
         "charts": {
@@ -116,6 +130,16 @@ def charts(points: list[StatPoint], *, window_s: float, now: float | None = None
             "messages": {"x": xs, "series": messages},
             "tools": {"x": xs, "series": _tool_series(per_bucket)},
             "since_last_turn": {"x": turn_x, "series": {"s since previous turn": gaps}},
+            "tokens": {
+                "x": xs,
+                "series": {
+                    "input": usage("input_tokens"),
+                    "output": usage("output_tokens"),
+                    "cache read": usage("cache_read_tokens"),
+                    "cache write": usage("cache_creation_tokens"),
+                },
+            },
+            "cost": {"x": xs, "series": {"USD": usage("cost_usd")}},
             "notes": {
                 "x": turn_x,
                 "series": {"notes KiB": [_kib(t.values.get("notes_bytes")) for t in turns]},
@@ -205,3 +229,52 @@ def _last_turn(points: list[StatPoint]) -> float | None:
     """The latest turn even if it is older than the window."""
     stamps = [p.ts for p in points if p.key == TURN_KEY]
     return max(stamps) if stamps else None
+
+
+def day_start(ts: float) -> float:
+    """Local midnight of the day ``ts`` falls in."""
+    lt = time.localtime(ts)
+    return time.mktime((lt.tm_year, lt.tm_mon, lt.tm_mday, 0, 0, 0, 0, 0, -1))
+
+
+def summary(points: list[StatPoint], *, now: float | None = None) -> dict:
+    """One agent's compact row: today's turns, cost and tokens, the last turn's
+    duration and the inbox depth it saw."""
+    now = time.time() if now is None else now
+    midnight = day_start(now)
+    turns = [t for t in group_turns(points) if TURN_KEY in t.values]
+    today = [t for t in turns if t.ts >= midnight]
+    last = turns[-1] if turns else None
+    tokens = sum(
+        t.values.get("input_tokens", 0.0) + t.values.get("output_tokens", 0.0) for t in today
+    )
+    return {
+        "turns_today": len(today),
+        "cost_today_usd": round(sum(t.values.get("cost_usd", 0.0) for t in today), 4),
+        "tokens_today": int(tokens),
+        "last_turn_ts": last.ts if last else None,
+        "last_turn_s": round(last.values[TURN_KEY] / 1000.0, 2) if last else None,
+        "inbox_depth": last.values.get("inbox_depth") if last else None,
+        "failed_today": sum(1 for t in today if t.values.get("exit_code", 0.0) != 0),
+    }
+
+
+def has_data(chart: dict) -> bool:
+    """A chart worth drawing: some value that is neither missing nor zero."""
+    return any(v for ys in chart["series"].values() for v in ys if v is not None)
+
+
+def cost_per_day(points: list[StatPoint], *, days: int, now: float | None = None) -> dict:
+    """The hive's cost (USD, every agent) per local day, the last ``days`` days;
+    x is each day's midnight."""
+    now = time.time() if now is None else now
+    starts = [day_start(now)]
+    for _ in range(days - 1):
+        starts.insert(0, day_start(starts[0] - 43_200))  # noon of the day before
+    totals = [0.0] * len(starts)
+    for p in points:
+        if p.key != "cost_usd" or p.ts < starts[0]:
+            continue
+        i = max(i for i, s in enumerate(starts) if s <= p.ts)
+        totals[i] += p.value
+    return {"x": starts, "series": {"cost USD": [round(v, 4) for v in totals]}}

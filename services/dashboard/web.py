@@ -17,8 +17,11 @@ from litestar import Request, Response
 from litestar.enums import MediaType
 from litestar.response import Stream
 
+from hyperhive.common import actor
 from hyperhive.common.config import DashboardSettings
 from hyperhive.common.errors import HiveError
+from hyperhive.dashboard import security
+from hyperhive.dashboard.harnesslink import HarnessLink
 from hyperhive.dashboard.hive import Hive
 from hyperhive.dashboard.hub import EventHub
 from hyperhive.dashboard.render import Renderer
@@ -47,6 +50,7 @@ class Deps:
     hub: EventHub
     render: Renderer
     security: Security
+    link: HarnessLink  # the agent pages' APIs (routes_agent_page)
 
 
 def deps(request: Request[Any, Any, Any]) -> Deps:
@@ -56,6 +60,13 @@ def deps(request: Request[Any, Any, Any]) -> Deps:
 def csrf_token(request: Request[Any, Any, Any]) -> str:
     """The token the page embeds (set by the Guard middleware)."""
     return str(request.scope.get(SCOPE_KEY, ""))  # type: ignore[call-overload]
+
+
+def decided_by(request: Request[Any, Any, Any]) -> str:
+    """Who an operator action through this request is recorded as."""
+    d = deps(request)
+    client = request.client.host if request.client else ""
+    return security.decided_by(d.settings, d.security, client)
 
 
 def page_context(request: Request[Any, Any, Any]) -> dict[str, Any]:
@@ -88,9 +99,11 @@ async def act(
     section: str,
     refresh: tuple[str, ...],
 ) -> Response[Any]:
-    """Runs an operator action and reports how it went."""
+    """Runs an operator action (recorded as done by :func:`decided_by`) and
+    reports how it went."""
     try:
-        message = await work
+        with actor.acting_as(decided_by(request)):
+            message = await work
         ok, status = True, 200
     except HiveError as exc:
         message, ok, status = str(exc), False, HTTP_STATUS.get(exc.code, 500)

@@ -37,6 +37,11 @@ STDERR_TAIL = 8 * 1024
 LINE_LIMIT = 64 * 1024 * 1024  # a stream-json line can carry a whole file
 SEND_TOOL = f"mcp__{SERVER_NAME}__send"
 RECV_TOOL = f"mcp__{SERVER_NAME}__recv"
+# An MCP server's key in --mcp-config: true offers its tools in every request
+# (the CLI otherwise defers MCP tools behind its tool search); false defers them
+ALWAYS_LOAD = "alwaysLoad"
+# How often claude retries one failed API request before it gives up the run
+RETRIES_ENV = "CLAUDE_CODE_MAX_RETRIES"
 # Settings the MCP server child needs; nothing else of the harness's HIVE_*.
 _MCP_ENV_KEYS = (
     "HIVE_HOME",
@@ -54,12 +59,32 @@ _MCP_ENV_KEYS = (
 
 OnEvent = Callable[[dict[str, Any]], Awaitable[None]]
 
+# What kind of API fault ended a run (docs/turn-loop.md, "API faults")
+TRANSIENT, AUTH = "transient", "auth"
+_AUTH_STATUSES = (401, 403)
+_TRANSIENT_STATUSES = (408, 409, 429)
+# claude's result text when it has no credentials at all (it makes no request)
+_NOT_LOGGED_IN = ("not logged in", "please run /login", "invalid api key")
+
+
+def result_is_login_needed(result: dict[str, Any]) -> bool:
+    """The ``result`` event of a run that claude's credentials ended (refused or none)."""
+    if result.get("terminal_reason") != "api_error":
+        return False
+    if result.get("api_error_status") in _AUTH_STATUSES:
+        return True
+    text = str(result.get("result") or "").lower()
+    return any(marker in text for marker in _NOT_LOGGED_IN)
+
 
 def mcp_config(cfg: HarnessConfig, traceparent: str = "") -> dict[str, Any]:
     """The ``--mcp-config`` document: ``hyperhive`` plus agent.toml's servers.
 
-    ``traceparent`` (the turn's trace context) reaches the hyperhive server as
-    ``TRACEPARENT``, so its NATS requests are children of the turn.
+    Every server is ``alwaysLoad`` (its tools are in every request, with their
+    schemas) except one whose agent.toml entry says ``defer_tools = true``
+    (its tools wait behind claude's tool search). ``traceparent`` (the turn's
+    trace context) reaches the hyperhive server as ``TRACEPARENT``, so its
+    NATS requests are children of the turn.
     """
     env = settings_env(cfg.settings)
     hive_env = {k: env[k] for k in _MCP_ENV_KEYS if k in env}
@@ -67,7 +92,13 @@ def mcp_config(cfg: HarnessConfig, traceparent: str = "") -> dict[str, Any]:
         hive_env[TRACEPARENT_ENV] = traceparent
     command = cfg.mcp_command()
     servers: dict[str, Any] = {
-        SERVER_NAME: {"type": "stdio", "command": command[0], "args": command[1:], "env": hive_env}
+        SERVER_NAME: {
+            "type": "stdio",
+            "command": command[0],
+            "args": command[1:],
+            "env": hive_env,
+            ALWAYS_LOAD: True,
+        }
     }
     for name, spec in cfg.toml.mcp_servers.items():
         servers[name] = {
@@ -75,6 +106,7 @@ def mcp_config(cfg: HarnessConfig, traceparent: str = "") -> dict[str, Any]:
             "command": spec.command,
             "args": spec.args,
             "env": spec.env,
+            ALWAYS_LOAD: not spec.defer_tools,
         }
     return {"mcpServers": servers}
 
@@ -108,6 +140,9 @@ def claude_env(cfg: HarnessConfig) -> dict[str, str]:
     # a daemon: no auto-update, no telemetry; the operator may override
     env.setdefault("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
     env.setdefault("DISABLE_AUTOUPDATER", "1")
+    # claude's own retries are bounded: a longer outage is the harness's to
+    # wait out, without losing the turn's message (docs/turn-loop.md)
+    env[RETRIES_ENV] = str(cfg.settings.harness.api_retries)
     stored = creds.claude_env(cfg.creds_dir)
     if stored or creds.kind(cfg.creds_dir):
         # the operator logged this agent in: its own credentials win
@@ -132,6 +167,7 @@ class RunResult:
     recv_calls: int = 0
     events: int = 0
     duration_ms: float = 0.0
+    retry_delay_s: float = 0.0  # the longest delay claude's own API retries chose
 
     @property
     def messages_sent(self) -> int:
@@ -156,6 +192,21 @@ class RunResult:
         return bool(r.get("is_error") or self.exit_code) and "prompt is too long" in text.lower()
 
     @property
+    def api_fault(self) -> str:
+        """``AUTH`` (credentials refused or missing), ``TRANSIENT`` (429, 5xx, a
+        timeout or a broken connection, after claude's own retries) or "" (no
+        API fault: it succeeded, or failed for another reason)."""
+        r = self.result or {}
+        if self.cancelled or not r.get("is_error") or r.get("terminal_reason") != "api_error":
+            return ""
+        if result_is_login_needed(r):
+            return AUTH
+        status = r.get("api_error_status")
+        if status is None or status in _TRANSIENT_STATUSES or int(status) >= 500:
+            return TRANSIENT
+        return ""
+
+    @property
     def error(self) -> str:
         """A one-paragraph reason when the run did not succeed."""
         if self.cancelled:
@@ -168,24 +219,6 @@ class RunResult:
         if self.result is None:
             return "claude ended without a result"
         return ""
-
-    @property
-    def input_tokens(self) -> int:
-        usage = (self.result or {}).get("usage") or {}
-        return int(
-            (usage.get("input_tokens") or 0)
-            + (usage.get("cache_creation_input_tokens") or 0)
-            + (usage.get("cache_read_input_tokens") or 0)
-        )
-
-    @property
-    def output_tokens(self) -> int:
-        usage = (self.result or {}).get("usage") or {}
-        return int(usage.get("output_tokens") or 0)
-
-    @property
-    def cost_usd(self) -> float:
-        return float((self.result or {}).get("total_cost_usd") or 0.0)
 
     @property
     def model(self) -> str:
@@ -323,6 +356,10 @@ def _account(event: dict[str, Any], res: RunResult, pending: dict[str, tuple[str
     kind = event.get("type")
     if kind == "system" and event.get("subtype") == "init":
         res.init = event
+    elif kind == "system" and event.get("subtype") == "api_retry":
+        # its delay honours the API's retry-after: the harness's back-off does too
+        with contextlib.suppress(TypeError, ValueError):
+            res.retry_delay_s = max(res.retry_delay_s, float(event.get("retry_delay_ms")) / 1000)
     elif kind == "result":
         res.result = event
     elif kind == "assistant":

@@ -22,11 +22,9 @@ from hyperhive.common import subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import BadRequest, ConfigError
 from hyperhive.common.names import check_agent_name
+from hyperhive.common.notes import HARNESS_STATE_DIR, NOTES_FILE
 
 AGENT_TOML = "agent.toml"
-NOTES_FILE = "notes.md"
-# The harness's own files inside the state dir (model override, turn counter…)
-HARNESS_STATE_DIR = ".hive-harness"
 # Passed through to claude from the harness's environment (contract).
 PASS_THROUGH_ENV = ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "CLAUDE_CODE_OAUTH_TOKEN")
 
@@ -37,6 +35,9 @@ class McpServer(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     command: str
     args: list[str] = msgspec.field(default_factory=list)
     env: dict[str, str] = msgspec.field(default_factory=dict)
+    # the server's tools wait behind claude's tool search instead of being
+    # offered in every request (docs/turn-loop.md, "Tools offered")
+    defer_tools: bool = False
 
 
 class AgentToml(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -93,3 +93,16 @@ def claude_env(creds_dir: Path) -> dict[str, str]:
         case "oauth_token":
             return {"CLAUDE_CODE_OAUTH_TOKEN": str(doc.get("secret", ""))}
     return {}
+
+
+def fingerprint(creds_dir: Path) -> tuple[tuple[int, int], ...]:
+    """Changes whenever credentials are stored or claude logs in again: the
+    turn loop waits for it after the API refused the credentials."""
+    out = []
+    for name in (SECRET_FILE, CLAUDE_CREDENTIALS):
+        try:
+            st = (creds_dir / name).stat()
+            out.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((0, -1))
+    return tuple(out)

@@ -6,27 +6,14 @@ stream-json event published on ``hive.agent.<n>.events`` → ack → TurnStats o
 gets one ``/compact`` and one retry. A claude crash is a failed turn; the
 harness goes on with the next message.
 
-What happens to the message of a turn that does not finish:
-- cancelled by the operator (``/cancel``) or failed (claude crashed or
-  errored): the message is **acked** (it is not run again by itself: a
-  cancel means "stop this"), the turn ends with ``turn_end`` saying
-  ``cancelled``/``failed``, and the message is kept (privately) and
-  shown to claude at the top of the next wake prompt ("your previous turn did
-  not finish … it was handling: …"), so the agent still gets to decide about
-  it. It also stays in the broker's history and in the turn records.
-- the harness is stopped (SIGTERM: restart, update, stop) mid-turn: claude
-  is ended, the message is **not acked** and is kept (``pending.json``,
-  see state.py) with any message the last long poll brought; the next
-  harness run takes them first (the wake prompt says it resumed them).
-- the harness is killed outright: the message was not acked, so the broker
-  hands it out again after its visibility timeout, marked redelivered.
-In both of these last cases the note about an earlier cancelled or failed
-turn, if the interrupted prompt carried one, is kept: it is dropped only once
-a turn whose prompt carried it has finished.
+What happens to a message whose turn does not finish (cancelled, failed, the
+harness stopped, the API unavailable or refusing the credentials) is the
+contract in docs/turn-loop.md.
 
 Between turns, notes that grew past ``harness.notes_compact_bytes`` are
 compacted by a side claude session (notes.py); the badge says
-``compacting`` meanwhile and ``compaction`` records tell how it went.
+``compacting`` meanwhile and ``compaction`` records tell how it went. Every
+version of the notes is kept (docs/notes.md).
 """
 
 from __future__ import annotations
@@ -36,6 +23,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import random
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -48,6 +36,7 @@ from opentelemetry.context import Context
 
 from hyperhive.common import rpc, subjects
 from hyperhive.common.errors import HiveError
+from hyperhive.common.redact import mask_data
 from hyperhive.common.telemetry import current_traceparent, traceparent_context
 from hyperhive.common.wire.base import Ok
 from hyperhive.common.wire.broker import (
@@ -61,16 +50,23 @@ from hyperhive.common.wire.broker import (
 )
 from hyperhive.common.wire.lifecycle import Heartbeat
 from hyperhive.harness import creds, notes
-from hyperhive.harness.claude import ClaudeRun, RunResult
+from hyperhive.harness.claude import AUTH, ClaudeRun, RunResult
 from hyperhive.harness.config import HarnessConfig
 from hyperhive.harness.hub import Hub
 from hyperhive.harness.prompt import Wake, system_prompt, wake_prompt
 from hyperhive.harness.state import HarnessState, check_model
+from hyperhive.harness.usage import Usage, UsageMeter
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
 IDLE, THINKING, COMPACTING, OFFLINE = "idle", "thinking", "compacting", "offline"
+# waiting out an API outage before running the same message again; waiting for
+# credentials after the API refused them (docs/turn-loop.md)
+RETRYING, LOGIN = "retrying", "login"
+API_UNAVAILABLE, LOGIN_NEEDED = "api_unavailable", "login_needed"  # turn outcomes
+CREDS_POLL_S = 2.0  # how often a logged-out harness looks for new credentials
+MAX_RETRY_AFTER_S = 3600.0  # a longer retry-after is not believed
 COMPACT_PROMPT = "/compact"
 ACK_ATTEMPTS = 5
 BACKFILL_LIMIT = 1000
@@ -104,6 +100,7 @@ class Harness:
         self.cfg = cfg
         self.nc = nc
         self.store = HarnessState(cfg.harness_dir, cfg.private_dir)
+        self.meter = UsageMeter(lambda: self.store.usage_snapshots, self.store.set_usage_snapshots)
         self.hub = Hub()
         self.started_at = time.time()
         self.state = IDLE
@@ -127,7 +124,17 @@ class Harness:
         # (size, mtime) of notes whose compaction did not replace them: tried
         # again only once the file changes
         self._notes_skip: tuple[int, int] | None = None
+        # (size, mtime) of the notes when their version was last kept
+        self._notes_kept: tuple[int, int] | None = None
         self._events_subject = subjects.agent(cfg.agent, subjects.AGENT_EVENTS)
+        # API faults: the item to run again and the fault; consecutive transient
+        # attempts; when the back-off ends; why the credentials were refused
+        self._api_fault: tuple[Item, RunResult] | None = None
+        self._api_attempts = 0
+        self.retry_at: float | None = None
+        self.api_error = ""
+        self.login_needed = ""
+        self._wake_up = asyncio.Event()  # a cancel, or new credentials, ends a wait
 
     # --- what the page shows ---------------------------------------------------
 
@@ -150,12 +157,22 @@ class Harness:
             "fresh": self.store.fresh,
             "queued": len(self._ops),
             "credentials": creds.kind(self.cfg.creds_dir),
+            "retry_at": self.retry_at,
+            "api_error": self.api_error,
+            "login_needed": bool(self.login_needed),
             "manager": self.cfg.manager,
             "now": time.time(),
         }
 
     async def publish(self, type: str, event: dict[str, Any], turn: int | None = None) -> None:
-        """One record: into the live ring and onto ``hive.agent.<n>.events``."""
+        """One record: into the live ring and onto ``hive.agent.<n>.events``.
+
+        claude's own events are masked first (``hyperhive.common.redact``): a
+        tool's output may print a config or an environment (``env``, ``cat
+        agent.toml``), and the page, HIVE_TURNS and its backfill keep them.
+        """
+        if type == "claude":
+            event = mask_data(event)
         rec = TurnEvent(
             type=type, ts=time.time(), turn=self.turn if turn is None else turn, event=event
         )
@@ -242,7 +259,12 @@ class Harness:
 
     async def cancel(self) -> bool:
         """Ends the running turn's (or notes compaction's) claude process (within
-        2 s). False if none runs."""
+        2 s), or gives up the message an API fault keeps waiting. False if none."""
+        if self.state in (RETRYING, LOGIN):
+            self._cancel_turn = True
+            await self.publish("operator", {"command": "/cancel"})
+            self._wake_up.set()
+            return True
         if self.turn_started is None and not self._compacting_notes:
             return False
         self._cancel_turn = True
@@ -270,6 +292,7 @@ class Harness:
         watcher = asyncio.create_task(self._watch_stop(stop))
         try:
             while not stop.is_set():
+                self.keep_notes()
                 await self.compact_notes()
                 if stop.is_set():
                     break
@@ -281,6 +304,8 @@ class Harness:
                     break
                 try:
                     await self._run_item(item)
+                    if self._api_fault is not None:
+                        await self._after_api_fault(stop)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
@@ -293,11 +318,23 @@ class Harness:
                 await self._current.cancel()
             await self._drain_recv()
 
+    def keep_notes(self, turn: int | None = None) -> None:
+        """Keeps the notes as a new version in their history if they changed."""
+        try:
+            st = self.cfg.notes_path.stat()
+        except OSError:
+            return
+        key = (st.st_size, st.st_mtime_ns)
+        if key == self._notes_kept:
+            return
+        if notes.record_change(self.cfg, turn):
+            self._notes_kept = key
+
     async def compact_notes(self) -> notes.Outcome | None:
         """Compacts the notes when they grew past the limit; None when not needed.
 
         Runs between turns only. A compaction that does not replace the file
-        (failed, empty, not smaller) is not tried again until the file changes.
+        (failed, empty, refused) is not tried again until the file changes.
         """
         key = notes.over_limit(self.cfg)
         if key is None or key == self._notes_skip or self._stopping:
@@ -312,8 +349,9 @@ class Harness:
         await self._set_state(COMPACTING)
         t0 = time.monotonic()
         try:
-            res, why = await self._compaction_session(original)
-            outcome = notes.apply(self.cfg, original, res)
+            session = notes.SessionLog()
+            res, why = await self._compaction_session(original, session)
+            outcome = notes.apply(self.cfg, original, res, session)
             if why and not outcome.replaced:
                 outcome = dataclasses.replace(outcome, error=why)
         finally:
@@ -333,24 +371,46 @@ class Harness:
                 **dataclasses.asdict(outcome),
                 "replaced": outcome.replaced,
                 "notes_bytes": _size(self.cfg.notes_path),
+                "history": f"hive notes {self.cfg.agent} --history",
                 "duration_ms": round((time.monotonic() - t0) * 1000, 1),
             },
+        )
+        # what the side session cost counts, though it is not a turn
+        await self._publish_stats(
+            TurnStats(
+                kind="compaction",
+                ts=time.time(),
+                duration_ms=round(res.duration_ms, 1),
+                exit_code=res.exit_code,
+                messages_received=0,
+                **self._usage([res]),
+                model=res.model or self.model,
+                notes_bytes=_size(self.cfg.notes_path),
+            )
         )
         await self._set_state(IDLE)
         return outcome
 
-    async def _compaction_session(self, original: bytes) -> tuple[RunResult, str]:
+    def _usage(self, runs: list[RunResult]) -> dict[str, Any]:
+        """The :class:`TurnStats` usage fields of some runs (once per run: see usage.py)."""
+        return sum((self.meter.of(r.result) for r in runs), Usage()).fields()
+
+    async def _publish_stats(self, stats: TurnStats) -> None:
+        try:
+            await rpc.publish(self.nc, subjects.agent(self.cfg.agent, subjects.AGENT_STATS), stats)
+        except Exception as exc:
+            log.warning("turn stats not published: %s", exc)
+
+    async def _compaction_session(
+        self, original: bytes, session: notes.SessionLog
+    ) -> tuple[RunResult, str]:
         """Runs the side session (bounded by ``notes_compact_timeout_s``).
 
         Returns its result and, when it was ended early, why.
         """
         run = notes.compaction_run(self.cfg, original.decode(errors="replace"), self.model)
         self._current = run
-
-        async def ignore(_event: dict[str, Any]) -> None:
-            return None
-
-        task = asyncio.ensure_future(run.run(ignore))
+        task = asyncio.ensure_future(run.run(session.on_event))
         timeout = self.cfg.settings.harness.notes_compact_timeout_s
         try:
             done, _ = await asyncio.wait({task}, timeout=timeout)
@@ -367,6 +427,76 @@ class Harness:
         if res.cancelled and not why:
             why = "the harness stopped" if self._stopping else "cancelled by the operator"
         return res, why
+
+    # --- API faults (docs/turn-loop.md) ------------------------------------------
+
+    def credentials_changed(self) -> None:
+        """The operator stored new credentials: a logged-out loop tries again now."""
+        if self.state == LOGIN:
+            self._wake_up.set()
+
+    async def _after_api_fault(self, stop: asyncio.Event) -> None:
+        """Waits as the fault says, then puts the same item first in line again.
+
+        Transient: a bounded, jittered exponential back-off (at least the delay
+        claude's own retries chose, which honours ``retry-after``). Credentials
+        refused: until they change. A stop keeps the message for the next
+        harness run; a ``/cancel`` gives it up like a cancelled turn.
+        """
+        assert self._api_fault is not None
+        item, res = self._api_fault
+        self._api_fault = None
+        self._wake_up.clear()
+        self._cancel_turn = False
+        if res.api_fault == AUTH:
+            self.login_needed = res.error or "the API refused the credentials"
+            await self.publish(LOGIN_NEEDED, {"error": self.login_needed})
+            await self._set_state(LOGIN)
+            fingerprint = creds.fingerprint(self.cfg.creds_dir)
+            while not (stop.is_set() or self._wake_up.is_set()):
+                await _wait_any(stop, self._wake_up, CREDS_POLL_S)
+                if creds.fingerprint(self.cfg.creds_dir) != fingerprint:
+                    break
+            self.login_needed = ""
+        else:
+            self._api_attempts += 1
+            delay = self._backoff_s(res.retry_delay_s)
+            self.retry_at, self.api_error = time.time() + delay, res.error
+            await self.publish(
+                "api_retry",
+                {"attempt": self._api_attempts, "delay_s": round(delay, 1), "error": res.error},
+            )
+            await self._set_state(RETRYING)
+            await _wait_any(stop, self._wake_up, delay)
+            self.retry_at, self.api_error = None, ""
+        if stop.is_set():
+            self._keep_pending(item)
+        elif self._cancel_turn:
+            self._cancel_turn = False
+            self._api_attempts = 0
+            await self._give_up(item, "cancelled by the operator")
+        else:
+            self._ops.appendleft(item)  # before anything queued meanwhile
+        await self._set_state(IDLE)
+
+    def _backoff_s(self, hint_s: float) -> float:
+        h = self.cfg.settings.harness
+        return backoff_s(self._api_attempts, h.api_backoff_s, h.api_backoff_max_s, hint_s)
+
+    async def _give_up(self, item: Item, reason: str) -> None:
+        """Acks a message whose turn will not run, keeping it for the next prompt."""
+        if isinstance(item, Wake):
+            self.store.set_interrupted(
+                {
+                    "reason": reason,
+                    "sender": item.sender,
+                    "id": item.id,
+                    "body": item.body,
+                    "turn": self.turn,
+                }
+            )
+            if item.id is not None:
+                await self._ack(item.id)
 
     async def _watch_stop(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -540,7 +670,14 @@ class Harness:
             # is not acked and the next harness run takes it again
             outcome, error = "interrupted", "the harness stopped"
             self._keep_pending(item)
+        elif not cancelled and last.api_fault:
+            # nothing ran: the same message runs again once the API answers
+            # (the note of an earlier unfinished turn stays for that run)
+            outcome = LOGIN_NEEDED if last.api_fault == AUTH else API_UNAVAILABLE
+            error = last.error
+            self._api_fault = (item, last)
         else:
+            self._api_attempts = 0
             outcome = "cancelled" if cancelled else ("ok" if last.ok else "failed")
             error = "cancelled by the operator" if cancelled else last.error
             if carries_note:
@@ -557,6 +694,7 @@ class Harness:
                 )
             if isinstance(item, Wake) and item.id is not None:
                 await self._ack(item.id)
+        self.keep_notes(self.turn)
         tool_calls: Counter[str] = Counter()
         sent_to: Counter[str] = Counter()
         for r in runs:
@@ -572,9 +710,7 @@ class Harness:
             messages_received=(1 if isinstance(item, Wake) else 0)
             + sum(r.recv_calls for r in runs),
             compact_retry=compact_retry,
-            input_tokens=sum(r.input_tokens for r in runs),
-            output_tokens=sum(r.output_tokens for r in runs),
-            cost_usd=round(sum(r.cost_usd for r in runs), 6),
+            **self._usage(runs),
             model=last.model or self.model,
             notes_bytes=_size(self.cfg.notes_path),
         )
@@ -587,16 +723,14 @@ class Harness:
                 "outcome": outcome,
                 "error": error if outcome != "ok" else "",
                 "message_id": item.id if isinstance(item, Wake) else None,
-                "acked": outcome != "interrupted"
+                "acked": outcome not in ("interrupted", API_UNAVAILABLE, LOGIN_NEEDED)
                 and isinstance(item, Wake)
                 and item.id is not None,
                 "stats": msgspec.to_builtins(stats),
             },
         )
-        try:
-            await rpc.publish(self.nc, subjects.agent(self.cfg.agent, subjects.AGENT_STATS), stats)
-        except Exception as exc:
-            log.warning("turn stats not published: %s", exc)
+        if self._api_fault is None:  # a turn the API did not answer made no stats
+            await self._publish_stats(stats)
         await self._set_state(IDLE)
 
     async def _ack(self, message_id: int) -> None:
@@ -624,13 +758,34 @@ class Harness:
         subject = subjects.kv_subject(subjects.heartbeat_key(self.cfg.agent))
         interval = max(0.2, self.cfg.settings.harness.heartbeat_interval_s)
         while not stop.is_set():
-            beat = Heartbeat(ts=time.time(), turn_started=self.turn_started)
+            beat = Heartbeat(
+                ts=time.time(), turn_started=self.turn_started, login_needed=self.login_needed
+            )
             try:
                 await self.nc.publish(subject, msgspec.json.encode(beat))
             except Exception as exc:
                 log.warning("heartbeat not published: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
+
+
+def backoff_s(attempt: int, base_s: float, max_s: float, hint_s: float = 0.0) -> float:
+    """The wait before attempt ``attempt + 1`` after ``attempt`` transient faults in
+    a row: ``base_s`` doubled per attempt up to ``max_s``, jittered down to half
+    of that, and never shorter than ``hint_s`` (the API's ``retry-after`` as
+    claude saw it, believed up to an hour)."""
+    ceiling = min(max_s, base_s * 2 ** max(0, attempt - 1))
+    return max(random.uniform(ceiling / 2, ceiling), min(hint_s, MAX_RETRY_AFTER_S))
+
+
+async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:
+    """Returns when either event is set or after ``timeout`` seconds."""
+    waiters = {asyncio.create_task(a.wait()), asyncio.create_task(b.wait())}
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
 
 
 def _parent_context(item: Item) -> Context:

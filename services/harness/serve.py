@@ -1,9 +1,11 @@
 """``hive harness serve``: the turn loop, the heartbeat and the agent page in one process.
 
-Start: settings → NATS with the agent's own credentials → listening socket
-→ turn loop + heartbeat + web server. SIGTERM/SIGINT: stop taking messages,
-end a running claude (its message is not acked, so the broker hands it out
-again, marked redelivered), end SSE streams, stop the web server, drain NATS.
+Start: settings → NATS with the agent's own credentials → the page's unix
+socket (``harness.socket``, or the listening socket lifecycle passed in as
+``harness.socket_fd``) → turn loop + heartbeat + web server. No TCP port.
+SIGTERM/SIGINT: stop taking messages, end a running claude (its message is
+not acked, so the broker hands it out again, marked redelivered), end SSE
+streams, stop the web server, drain NATS.
 """
 
 from __future__ import annotations
@@ -12,17 +14,18 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
 
 from hyperhive.common.config import Settings
-from hyperhive.common.errors import HiveError
+from hyperhive.common.errors import ConfigError, HiveError
 from hyperhive.common.logs import setup_logging
 from hyperhive.common.natsconn import connect
 from hyperhive.common.telemetry import setup_tracing
-from hyperhive.common.webserve import WebServer, bind
+from hyperhive.common.webserve import WebServer, bind_unix, inherited
 from hyperhive.harness.config import HarnessConfig, resolve
 from hyperhive.harness.loop import Harness
 from hyperhive.harness.web import Deps, create_app
@@ -34,16 +37,16 @@ async def run(
     settings: Settings,
     *,
     stop: asyncio.Event | None = None,
-    ready: Callable[[Harness, int], None] | None = None,
+    ready: Callable[[Harness, str], None] | None = None,
     handle_signals: bool = True,
 ) -> None:
     """Runs the harness until ``stop`` is set (or SIGTERM/SIGINT in the main thread).
 
-    ``ready(harness, port)`` is called once the page listens and the loop runs.
+    ``ready(harness, socket_path)`` is called once the page listens and the loop runs.
     ``handle_signals=False`` leaves SIGTERM/SIGINT alone (in-process tests).
 
     Raises:
-        ConfigError: bad settings or agent.toml, or the port is taken.
+        ConfigError: bad settings or agent.toml, or no page socket.
         Unavailable: NATS cannot be reached.
     """
     stop = stop or asyncio.Event()
@@ -52,11 +55,11 @@ async def run(
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
     cfg: HarnessConfig = resolve(settings)
-    sock = bind(settings.harness.host, settings.harness.port, "agent page")
-    port = sock.getsockname()[1]
+    sock = page_socket(settings)
+    path = settings.harness.socket
     nc: NATS = await connect(settings.nats, name=f"hive-harness-{cfg.agent}")
     harness = Harness(cfg, nc)
-    app = create_app(harness, settings.harness.token)
+    app = create_app(harness)
     deps: Deps = app.state.deps
     server = WebServer(app, sock, name="harness-http")
     tasks: list[asyncio.Task[None]] = []
@@ -68,9 +71,9 @@ async def run(
             asyncio.create_task(harness.run(stop), name="harness-loop"),
             asyncio.create_task(harness.heartbeat(stop), name="harness-heartbeat"),
         ]
-        log.info("harness serving", extra={"agent": cfg.agent, "port": port})
+        log.info("harness serving", extra={"agent": cfg.agent, "socket": path})
         if ready:
-            ready(harness, port)
+            ready(harness, path)
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
@@ -90,6 +93,22 @@ async def run(
             await asyncio.wait_for(nc.drain(), 5)
         except Exception:
             await nc.close()
+
+
+def page_socket(settings: Settings) -> socket.socket:
+    """The page's listening unix socket: inherited, else bound at ``harness.socket``.
+
+    Raises:
+        ConfigError: neither is set, or it cannot be used.
+    """
+    hs = settings.harness
+    if hs.socket_fd >= 0:
+        return inherited(hs.socket_fd, "agent page")
+    if not hs.socket:
+        raise ConfigError("harness.socket is not set (the agent page's unix socket)")
+    # who may connect is decided by who sees the run dir (this agent and the
+    # host); the dashboard may run as another user than the harness
+    return bind_unix(hs.socket, "agent page", mode=0o666)
 
 
 def serve_main(settings: Settings) -> int:

@@ -12,6 +12,8 @@ message with a forged sender into one):
   next wake prompt carries it, so the agent still sees it (see loop.py).
 - ``pending.json``: messages this agent was handed but had not finished when
   the harness stopped (not acked); the next harness run takes them first.
+- ``usage.json``: the cumulative usage each recent claude session last
+  reported (see usage.py), so a run's own share is known after a restart.
 """
 
 from __future__ import annotations
@@ -120,3 +122,15 @@ class HarnessState:
             _atomic_write(self.private / "pending.json", json.dumps(docs))
         else:
             (self.private / "pending.json").unlink(missing_ok=True)
+
+    @property
+    def usage_snapshots(self) -> dict[str, Any]:
+        text = self._read("usage.json", private=True)
+        try:
+            doc = json.loads(text) if text else {}
+        except ValueError:
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def set_usage_snapshots(self, doc: dict[str, Any]) -> None:
+        _atomic_write(self.private / "usage.json", json.dumps(doc))

@@ -1,7 +1,8 @@
 """The agent page's terminal: a login shell on a PTY, attached over a WebSocket.
 
-``GET /terminal/ws`` (WebSocket; the guard checks the operator token, the
-Origin and the page's CSRF token first, see security.py) opens ``$SHELL -l``
+``/api/terminal`` (WebSocket on the page socket; the operator reaches it
+only through the dashboard, whose guard checks the operator login, the
+Origin and the page's CSRF token first, see web.py) opens ``$SHELL -l``
 (else bash) on a new PTY, in the agent's working dir, as the harness's user,
 with claude's environment (so ``claude`` there uses the agent's config dir).
 
@@ -197,7 +198,7 @@ async def _pump_in(shell: Shell, socket: WebSocket[Any, Any, Any]) -> None:
             shell.resize(_clamp(msg.get("cols"), DEFAULT_SIZE[0]), _clamp(msg.get("rows"), 24))
 
 
-@websocket("/terminal/ws")
+@websocket("/api/terminal")
 async def terminal_ws(socket: WebSocket[Any, Any, Any]) -> None:
     """One terminal session: lives exactly as long as this WebSocket."""
     deps = socket.app.state.deps

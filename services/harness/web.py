@@ -1,65 +1,58 @@
-"""The agent page: a Litestar app over one :class:`~hyperhive.harness.loop.Harness`.
+"""The agent page's API: a Litestar app over one :class:`~hyperhive.harness.loop.Harness`,
+served on a unix socket in the agent's own run dir (``run/page.sock``), never
+on a TCP port.
 
-- ``GET /``: the terminal-themed live tail, prompt box, state badge, chips.
-- ``GET /events``: SSE. A new stream gets ``reset``, the turn records of
+The operator reaches it only through the dashboard, which serves the page
+itself (``/agents/<name>/``, HTML/JS/CSS are the dashboard's) behind its
+operator login and proxies ``/agents/<name>/api/...`` here. The socket is
+visible to this agent's own sandbox and to the host, nobody else: no other
+agent can read this page, its tail or open its terminal. So there is no
+token, CSRF or Host check here; the agent itself may call its own API (it
+could do all of it from its own Bash anyway).
+
+- ``GET /api/status``: the badge's data as JSON.
+- ``GET /api/events``: SSE. A new stream gets ``reset``, the turn records of
   earlier harness runs (``hive.agent.<n>.turns`` through the broker), this
   run's recent records, then live ones. Live records carry
   ``id: <boot>:<n>``; a reconnecting EventSource sends it back as
   ``Last-Event-ID`` and gets only what it missed.
-- ``GET /status``: the badge's data as JSON.
-- ``POST /prompt``: ``{"text"}``: a slash command, or a prompt that becomes a turn.
-- ``POST /cancel``: ends the running turn.
-- ``GET/POST /login``: the operator gives claude's credentials (stored in the
-  credentials dir only; the page never shows them again).
-- ``GET/POST /auth``: the operator token form (when a token is configured).
-- ``/terminal/ws``: WebSocket to a login shell on a PTY (terminal.py).
+- ``POST /api/prompt``: ``{"text"}``: a slash command, or a prompt that becomes a turn.
+- ``POST /api/cancel``: ends the running turn.
+- ``POST /api/credentials``: ``{"kind", "secret"}``: claude's credentials
+  (stored in the credentials dir only; never shown again).
+- ``/api/terminal``: WebSocket to a login shell on a PTY (terminal.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import html as html_lib
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import msgspec
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
-from litestar.enums import MediaType
-from litestar.middleware import DefineMiddleware
-from litestar.response import Redirect, Stream
-from litestar.static_files import create_static_files_router
+from litestar.response import Stream
 
-from hyperhive.common.webguard import session_cookie
 from hyperhive.harness import creds
 from hyperhive.harness.hub import Record
 from hyperhive.harness.loop import CommandError, Harness
-from hyperhive.harness.security import POLICY, SCOPE_KEY, Guard, Security, security
 from hyperhive.harness.terminal import Shell, terminal_ws
 
 log = logging.getLogger(__name__)
 
-HERE = Path(__file__).parent
 PING_S = 15.0
 MAX_PROMPT_CHARS = 64 * 1024
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _enc = msgspec.json.Encoder()
-_templates = Environment(
-    loader=FileSystemLoader(HERE / "templates"),
-    autoescape=select_autoescape(["html"]),
-    undefined=StrictUndefined,
-)
 
 
 class Deps:
     """What the handlers share (``app.state.deps``)."""
 
-    def __init__(self, harness: Harness, security: Security) -> None:
+    def __init__(self, harness: Harness) -> None:
         self.harness = harness
-        self.security = security
         self.closing = asyncio.Event()  # set at shutdown: SSE streams and terminals end
         self.terminals: set[Shell] = set()  # open terminal sessions (terminal.py)
 
@@ -68,35 +61,7 @@ def _deps(request: Request[Any, Any, Any]) -> Deps:
     return request.app.state.deps  # type: ignore[no-any-return]
 
 
-def _csrf(request: Request[Any, Any, Any]) -> str:
-    return str(request.scope.get(SCOPE_KEY, ""))  # type: ignore[call-overload]
-
-
-def render(name: str, **context: Any) -> str:
-    return _templates.get_template(name).render(**context)
-
-
-def _html(content: str, status: int = 200) -> Response[str]:
-    return Response(content, media_type=MediaType.HTML, status_code=status)
-
-
-# --- pages -----------------------------------------------------------------------
-
-
-@get("/")
-async def page(request: Request[Any, Any, Any]) -> Response[str]:
-    d = _deps(request)
-    return _html(
-        render(
-            "agent.html",
-            agent=d.harness.cfg.agent,
-            csrf=_csrf(request),
-            status=d.harness.status(),
-        )
-    )
-
-
-@get("/status")
+@get("/api/status")
 async def status(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return _deps(request).harness.status()
 
@@ -165,7 +130,7 @@ async def _stream(d: Deps, after: int | None) -> AsyncIterator[bytes]:
                 getter.cancel()
 
 
-@get("/events")
+@get("/api/events")
 async def events(request: Request[Any, Any, Any]) -> Stream:
     d = _deps(request)
     last = request.headers.get("last-event-id", "") or request.query_params.get("after", "")
@@ -180,7 +145,7 @@ class PromptBody(msgspec.Struct):
     text: str
 
 
-@post("/prompt")
+@post("/api/prompt")
 async def prompt(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     d = _deps(request)
     try:
@@ -202,7 +167,7 @@ async def prompt(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     return Response({"ok": True, "text": "queued as a turn", "command": False}, status_code=200)
 
 
-@post("/cancel")
+@post("/api/cancel")
 async def cancel(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     running = await _deps(request).harness.cancel()
     text = "cancelling the running turn" if running else "no turn is running"
@@ -212,73 +177,26 @@ async def cancel(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
 # --- claude credentials --------------------------------------------------------------
 
 
-async def _form(request: Request[Any, Any, Any]) -> dict[str, str]:
-    form = await request.form()
-    return {k: str(v) for k, v in form.items()}
+class CredentialsBody(msgspec.Struct):
+    kind: str
+    secret: str
 
 
-@get("/login")
-async def login_page(request: Request[Any, Any, Any]) -> Response[str]:
+@post("/api/credentials")
+async def credentials(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     d = _deps(request)
-    saved = request.query_params.get("saved") == "1"
-    return _html(
-        render(
-            "login.html",
-            agent=d.harness.cfg.agent,
-            csrf=_csrf(request),
-            current=creds.kind(d.harness.cfg.creds_dir),
-            kinds=creds.KINDS,
-            error="",
-            saved=saved,
-        )
-    )
-
-
-@post("/login")
-async def login_save(request: Request[Any, Any, Any]) -> Response[Any]:
-    d = _deps(request)
-    fields = await _form(request)
     try:
-        creds.store(d.harness.cfg.creds_dir, fields.get("kind", ""), fields.get("secret", ""))
+        body = msgspec.json.decode(await request.body(), type=CredentialsBody)
+    except msgspec.DecodeError as exc:
+        return Response({"ok": False, "text": f"bad request: {exc}"}, status_code=400)
+    try:
+        creds.store(d.harness.cfg.creds_dir, body.kind, body.secret)
     except creds.CredentialsError as exc:
-        page_html = render(
-            "login.html",
-            agent=d.harness.cfg.agent,
-            csrf=_csrf(request),
-            current=creds.kind(d.harness.cfg.creds_dir),
-            kinds=creds.KINDS,
-            error=str(exc),
-            saved=False,
-        )
-        return _html(page_html, 400)
-    log.info("claude credentials stored", extra={"kind": fields.get("kind")})
+        return Response({"ok": False, "text": str(exc)}, status_code=400)
+    log.info("claude credentials stored", extra={"kind": body.kind})
+    d.harness.credentials_changed()
     await d.harness.publish("state", d.harness.status())
-    return Redirect("/login?saved=1", status_code=303)
-
-
-# --- operator token --------------------------------------------------------------------
-
-
-def token_page(csrf: str, error: str) -> bytes:
-    return render("auth.html", csrf=csrf, error=error).encode()
-
-
-@get("/auth")
-async def auth_page(request: Request[Any, Any, Any]) -> Response[str]:
-    return _html(render("auth.html", csrf=_csrf(request), error=""))
-
-
-@post("/auth")
-async def auth_check(request: Request[Any, Any, Any]) -> Response[Any]:
-    sec = _deps(request).security
-    fields = await _form(request)
-    if not sec.token_required:
-        return Redirect("/", status_code=303)
-    if not sec.token_ok(fields.get("token", "").strip()):
-        return _html(render("auth.html", csrf=_csrf(request), error="wrong token"), 403)
-    resp: Response[Any] = Redirect("/", status_code=303)
-    resp.headers["set-cookie"] = session_cookie(POLICY, sec)
-    return resp
+    return Response({"ok": True, "current": creds.kind(d.harness.cfg.creds_dir)}, status_code=200)
 
 
 def _error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
@@ -286,37 +204,16 @@ def _error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     if status >= 500:
         log.exception("agent page error", exc_info=exc)
     detail = getattr(exc, "detail", "") or "internal error"
-    return Response(
-        f"{status}: {html_lib.escape(str(detail))}",
-        media_type=MediaType.TEXT,
-        status_code=status,
-    )
+    return Response({"ok": False, "text": f"{status}: {detail}"}, status_code=status)
 
 
-def create_app(harness: Harness, operator_token: str = "") -> Litestar:
-    """The agent page app for ``harness``; ``operator_token`` guards it when set."""
-    secrets = security(operator_token)
-    deps = Deps(harness, secrets)
-    app = Litestar(
-        route_handlers=[
-            page,
-            status,
-            events,
-            prompt,
-            cancel,
-            login_page,
-            login_save,
-            auth_page,
-            auth_check,
-            terminal_ws,
-            create_static_files_router(path="/static", directories=[HERE / "static"]),
-        ],
-        middleware=[
-            DefineMiddleware(Guard, security=secrets, policy=POLICY, login_page=token_page)
-        ],
+def create_app(harness: Harness) -> Litestar:
+    """The agent page's API app for ``harness`` (served on its unix socket)."""
+    deps = Deps(harness)
+    return Litestar(
+        route_handlers=[status, events, prompt, cancel, credentials, terminal_ws],
         exception_handlers={Exception: _error},
         state=State({"deps": deps}),
         debug=False,
         logging_config=None,  # the process's logging is set up once, by serve_main
     )
-    return app

@@ -46,13 +46,15 @@ def _check_mcp_servers(value: Any) -> list[str]:
         if not isinstance(spec, dict):
             problems.append(f"{where} must be a table")
             continue
-        unknown = set(spec) - {"command", "args", "env"}
+        unknown = set(spec) - {"command", "args", "env", "defer_tools"}
         if unknown:
             problems.append(f"{where}: unknown keys {', '.join(sorted(unknown))}")
         if not isinstance(spec.get("command"), str) or not spec.get("command"):
             problems.append(f"{where}.command must be a non-empty string")
         if "args" in spec:
             problems += _check_str_list(spec["args"], f"{where}.args")
+        if not isinstance(spec.get("defer_tools", False), bool):
+            problems.append(f"{where}.defer_tools must be true or false")
         env = spec.get("env", {})
         if not isinstance(env, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in env.items()

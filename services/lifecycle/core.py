@@ -25,6 +25,7 @@ import msgspec
 from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
+from hyperhive.common import notes as agent_notes
 from hyperhive.common import outbox, subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import BackendFailed, BadRequest, Conflict, HiveError, NotFound
@@ -38,6 +39,7 @@ from hyperhive.common.wire.lifecycle import (
     DraftInfo,
     KeptState,
     LogsReply,
+    NotesReply,
     TransientFlag,
 )
 from hyperhive.lifecycle import agentconf, creds, ports, repos, store
@@ -286,6 +288,20 @@ class Lifecycle:
         paths = self.paths(row.name)
         sha, files = await asyncio.to_thread(repos.read_tree, paths.applied)
         return ConfigReply(name=name, files=files, sha=sha)
+
+    async def notes(self, name: str, history: bool, version: int | None) -> NotesReply:
+        """An agent's notes (or one kept version), and the list of versions.
+
+        Also for a destroyed agent whose state was kept. The state dir is the
+        agent's to write: it is read without following symlinks, bounded.
+        """
+        async with self.pool.acquire() as conn:
+            row = await store.get(conn, name)
+        if row is None or not (row.live or row.kept_state):
+            raise NotFound(f"no agent (or kept state) named {name!r}")
+        return await asyncio.to_thread(
+            _read_notes, self.paths(row.name).state, row.name, history, version
+        )
 
     # --- creating -------------------------------------------------------------
 
@@ -763,6 +779,33 @@ class Lifecycle:
 def _has_state(paths: AgentPaths) -> bool:
     """The state dir exists and holds something."""
     return paths.state.is_dir() and any(paths.state.iterdir())
+
+
+def _read_notes(state: Path, name: str, history: bool, version: int | None) -> NotesReply:
+    reply = NotesReply(name=name, version=version)
+    log = agent_notes.read_file(
+        state, *agent_notes.history_parts(), agent_notes.LOG_FILE, limit=16 * 1024 * 1024
+    )
+    versions = agent_notes.parse_log(log[0]) if log else []
+    if history:  # the list only (the newest MAX_LISTED), no text
+        reply.versions = versions[-agent_notes.MAX_LISTED :]
+        reply.exists = bool(versions)
+        return reply
+    if version is None:
+        found = agent_notes.read_file(state, agent_notes.NOTES_FILE)
+    elif any(v.v == version for v in versions):
+        found = agent_notes.read_file(
+            state, *agent_notes.history_parts(), agent_notes.version_name(version)
+        )
+    else:
+        raise NotFound(f"{name} has no notes version {version}")
+    if found is not None:
+        data, size = found
+        reply.exists = True
+        reply.text = data.decode(errors="replace")
+        reply.bytes = size
+        reply.truncated = size > len(data)
+    return reply
 
 
 def _du(root: Path) -> int:

@@ -23,6 +23,8 @@ from hyperhive.common.wire.lifecycle import (
     KeptStatesReply,
     LogsReply,
     LogsRequest,
+    NotesReply,
+    NotesRequest,
     SpawnRequest,
 )
 from hyperhive.lifecycle.core import Lifecycle
@@ -101,6 +103,9 @@ class Handlers:
     async def config(self, req: AgentRequest, _call: Call) -> ConfigReply:
         return await self.lc.config(self._name(req.name))
 
+    async def notes(self, req: NotesRequest, _call: Call) -> NotesReply:
+        return await self.lc.notes(self._name(req.name), req.history, req.version)
+
     # --- hive.agent.<manager>.{kill,start,restart,update} ---------------------
 
     async def manager_tool(self, req: AgentRequest, call: Call) -> AgentInfo:
@@ -143,6 +148,7 @@ class Handlers:
             "purge": (AgentRequest, self.purge),
             "logs": (LogsRequest, self.logs),
             "config": (AgentRequest, self.config),
+            "notes": (NotesRequest, self.notes),
             "drafts": (Empty, self.drafts),
         }
         for verb, (kind, handler) in admin.items():

@@ -125,7 +125,7 @@ async def test_deny_tags_the_note(hive: Hive) -> None:
     info = await hive.admin("deny", DenyRequest(id=queued.id, note=note), ApprovalInfo)
 
     assert (info.state, info.note, info.tag) == ("denied", note, f"denied/{queued.id}")
-    assert gitops.tag_message(applied, f"denied/{queued.id}") == note
+    assert gitops.message_body(gitops.tag_message(applied, f"denied/{queued.id}")) == note
     assert git_out(applied, "cat-file", "-t", f"refs/tags/denied/{queued.id}") == "tag"
     assert gitops.main_sha(applied) == main_before
     ev = await hive.event(ApprovalResolved, approval_id=queued.id)

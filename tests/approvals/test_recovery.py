@@ -314,7 +314,7 @@ async def test_crash_between_deny_commit_and_denied_tag(peers: Hive) -> None:
         )
         event = await hive.event(ApprovalResolved, approval_id=q.id)
     assert gitops.tag_sha(applied, f"denied/{q.id}") == q.fetched_sha
-    assert gitops.tag_message(applied, f"denied/{q.id}") == note
+    assert gitops.message_body(gitops.tag_message(applied, f"denied/{q.id}")) == note
     assert git_out(applied, "cat-file", "-t", f"refs/tags/denied/{q.id}") == "tag"
     assert (event.state, event.note, event.tag) == ("denied", note, f"denied/{q.id}")
     assert gitops.main_sha(applied) == base

@@ -57,6 +57,19 @@ AGENT_CASES = [
     ("turns", b'{"after_seq": 18446744073709551616}', "bad_request", "after_seq"),
     ("stats", b'{"ts": "now"}', "bad_request", "Expected"),
     ("stats", b'{"ts": 1e300, "duration_ms": 1, "exit_code": 0}', "bad_request", "unix time"),
+    ("stats", b'{"ts": 1, "duration_ms": 1, "exit_code": 0, "kind": "nap"}', "bad_request", "kind"),
+    (
+        "stats",
+        b'{"ts": 1, "duration_ms": 1, "exit_code": 0, "cost_usd": -2}',
+        "bad_request",
+        ">= 0",
+    ),
+    (
+        "stats",
+        b'{"ts": 1, "duration_ms": 1, "exit_code": 0, "model_calls": -1}',
+        "bad_request",
+        ">= 0",
+    ),
 ]
 
 
@@ -129,6 +142,11 @@ SERVICE_CASES = [
     (subjects.admin("broker", "stats"), b'{"agent": 7}', "bad_request"),
     (subjects.admin("broker", "stats"), b'{"since": 1e300}', "bad_request"),
     (subjects.admin("broker", "stats"), b'{"since": -5}', "bad_request"),
+    (subjects.admin("broker", "usage"), b'{"agent": "../etc"}', "bad_request"),
+    (subjects.admin("broker", "usage"), b'{"agent": 7}', "bad_request"),
+    (subjects.admin("broker", "usage"), b'{"since": 1e300}', "bad_request"),
+    (subjects.admin("broker", "usage"), b'{"since": -5}', "bad_request"),
+    (subjects.admin("broker", "usage"), b'{"agent": "nobody3"}', "ok"),
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -13,11 +14,12 @@ import pytest
 
 from hyperhive.cli.cmd_messages import parse_since
 from hyperhive.cli.embedded import EmbeddedPostgres
+from hyperhive.cli.main import EXIT_BROKEN_PIPE
 from hyperhive.common import rpc, subjects
 from hyperhive.common.errors import BadRequest, HiveError
 from hyperhive.common.wire.base import Ping, Pong
 from tests import rig
-from tests.broker.conftest import Hive, ack, broker_settings, hive_of, recv, send
+from tests.broker.conftest import EventLog, Hive, ack, broker_settings, hive_of, recv, send
 
 TIMEOUT = 60
 
@@ -76,7 +78,7 @@ def _last_line(text: str) -> str:
 async def test_errors_are_one_clear_line(hive: Hive):
     code, out, err = await hive_cli(hive, "send", "nobody9", "hi")
     assert code == 1 and out == ""
-    assert _last_line(err) == "hive: unknown recipient 'nobody9': no such agent"
+    assert _last_line(err) == "hive: no agent named 'nobody9'"
     code, _, err = await hive_cli(hive, "message-status", "987654321")
     assert code == 1 and _last_line(err) == "hive: no message with id 987654321"
     code, _, err = await hive_cli(hive, "messages", "--since", "yesterday")
@@ -276,3 +278,198 @@ async def test_prune_before_deletes_old_acked_messages_only(hive: Hive):
     assert code != 0 and "--prune-before deletes by time only" in err
     code, _, err = await hive_cli(hive, "messages", "--prune-before", "2999-01-01")
     assert code != 0 and "future" in err
+
+
+# --- issue 16: unknown agents, stdin bodies, broken pipes, through the real `hive` ---
+
+
+async def exe(hive: Hive, *args: str, **kw: object) -> tuple[int, str, str]:
+    """The installed ``hive`` executable with the operator's credentials."""
+    settings = rig.operator_settings(hive.settings, hive.nats)
+    return await rig.hive_exe_cli(settings, *args, timeout=TIMEOUT, **kw)  # type: ignore[arg-type]
+
+
+GHOST_COMMANDS = [
+    ("inbox", "ghost"),
+    ("send", "ghost", "hi"),
+    ("messages", "--agent", "ghost"),
+    ("tail", "--agent", "ghost"),
+    ("logs", "ghost"),
+    ("config", "ghost"),
+    ("start", "ghost"),
+    ("stop", "ghost"),
+    ("restart", "ghost"),
+    ("kill", "ghost"),
+    ("update", "ghost"),
+    ("destroy", "ghost"),
+    ("purge", "ghost"),
+]
+
+
+@pytest.mark.parametrize("args", GHOST_COMMANDS, ids=[" ".join(a) for a in GHOST_COMMANDS])
+async def test_unknown_agent_is_an_error_naming_it(hive: Hive, args: tuple[str, ...]):
+    code, out, err = await exe(hive, *args)
+    assert (code, out) == (1, ""), (code, out, err)
+    assert _last_line(err) == "hive: no agent named 'ghost'"
+
+
+async def test_agent_names_checked_once_for_every_command(hive: Hive):
+    code, _, err = await exe(hive, "inbox", "Bad_Name")
+    assert code == 1 and _last_line(err).startswith("hive: invalid agent name 'Bad_Name'")
+    a, _ = await hive.spawn()
+    code, out, _ = await exe(hive, "inbox", a)
+    assert (code, out.strip()) == (0, f"{a}: inbox empty")
+    # the operator and the system are no agents, but their messages are history
+    code, _, err = await exe(hive, "messages", "--agent", "operator", "--limit", "1")
+    assert code == 0, err
+    # a destroyed agent's history stays readable; it takes no new message
+    b, _ = await hive.spawn()
+    await hive.destroy(b)
+    code, out, err = await exe(hive, "inbox", b)
+    assert (code, out.strip()) == (0, f"{b}: inbox empty"), err
+    code, _, err = await exe(hive, "send", b, "hi")
+    assert code == 1 and _last_line(err) == f"hive: agent '{b}' is destroyed"
+
+
+async def test_send_reads_the_body_from_stdin(hive: Hive):
+    a, na = await hive.spawn()
+    # longer than any argument list allows in one word, with lines and unicode
+    body = "".join(f"line {i}: größer als ein Argument\n" for i in range(1500))
+    assert 40_000 < len(body.encode()) <= 64 * 1024
+    code, out, err = await exe(hive, "send", a, "-", "--json", stdin=body.encode())
+    assert code == 0, err
+    got = await recv(na, a)
+    assert got.message is not None and got.message.id == json.loads(out)["id"]
+    assert got.message.body == body.removesuffix("\n")  # one trailing newline dropped
+    await ack(na, a, got.message.id)
+
+    # over the limit: one clear line, nothing stored
+    limit = hive.settings.broker.max_body_bytes
+    code, out, err = await exe(hive, "send", a, "-", stdin=b"x" * (limit + 1))
+    assert (code, out) == (1, "")
+    assert _last_line(err) == (
+        f"hive: the message on stdin is over the limit of {limit} bytes"
+        " (HIVE_BROKER_MAX_BODY_BYTES)"
+    )
+    code, _, err = await exe(hive, "send", a, "-", stdin=b"\xff\xfe binary")
+    assert code == 1 and _last_line(err) == "hive: the message on stdin is not UTF-8 text"
+    code, _, err = await exe(hive, "send", a, "-", stdin=b"")
+    assert code == 1 and _last_line(err) == "hive: message body is empty"
+    # "-" among other words is a word, not stdin
+    code, _, err = await exe(hive, "send", a, "a", "-", "b", stdin=b"ignored")
+    assert code == 0, err
+    got = await recv(na, a)
+    assert got.message is not None and got.message.body == "a - b"
+    await ack(na, a, got.message.id)
+    assert (await recv(na, a)).message is None
+
+
+def _closed_pipe() -> int:
+    """The write end of a pipe whose reader is gone (``| head -1`` that ended)."""
+    r, w = os.pipe()
+    os.close(r)
+    return w
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("messages",), ("messages", "--json"), ("agents",), ("--help",), ("inbox", "{a}")],
+)
+async def test_broken_pipe_ends_quietly(hive: Hive, args: tuple[str, ...]):
+    a, na = await hive.spawn()
+    for i in range(3):
+        await send(na, a, "operator", f"message {i}")
+    await send(na, a, a, "to self")  # something in a's inbox
+    w = _closed_pipe()
+    try:
+        code, _, err = await exe(hive, *(x.format(a=a) for x in args), stdout=w)
+    finally:
+        os.close(w)
+    # argparse's help drops a failed write itself (and exits 0)
+    expected = 0 if args == ("--help",) else EXIT_BROKEN_PIPE
+    assert err == "" and code == expected, (code, err)
+
+
+async def test_piped_into_head_there_is_no_traceback(hive: Hive):
+    a, na = await hive.spawn()
+    for i in range(200):  # more than one buffer of output
+        await send(na, a, "operator", f"message {i} " + "x" * 200)
+    settings = rig.operator_settings(hive.settings, hive.nats)
+    proc = await asyncio.create_subprocess_exec(
+        "bash",
+        "-c",
+        f"set -o pipefail; '{rig.hive_exe()}' messages --limit 200 | head -1",
+        env=rig.cli_env(settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(TIMEOUT):
+        out, err = await proc.communicate()
+    assert out.decode().startswith("ID ")
+    assert err.decode() == "" and proc.returncode in (0, EXIT_BROKEN_PIPE)
+
+
+async def test_tail_into_a_closed_pipe_ends_at_its_first_line(hive: Hive):
+    a, na = await hive.spawn()
+    w = _closed_pipe()
+    settings = rig.operator_settings(hive.settings, hive.nats)
+    proc = await asyncio.create_subprocess_exec(
+        rig.hive_exe(),
+        "tail",
+        "--agent",
+        a,
+        env=rig.cli_env(settings),
+        stdout=w,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    os.close(w)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            assert proc.stderr is not None
+            assert b"following messages" in await proc.stderr.readline()
+            await send(na, a, "operator", "nobody reads this")
+            assert await proc.wait() == EXIT_BROKEN_PIPE
+            assert await proc.stderr.read() == b""
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_secrets_in_messages_are_masked_in_history_and_tail(hive: Hive, events: EventLog):
+    a, na = await hive.spawn()
+    secret = "s3cr3t-value-42"
+    sent = await send(na, a, "operator", f'my config: env = {{ EXTRA_TOKEN = "{secret}" }}')
+    # the record itself, as HIVE_EVENTS stores it, holds no secret
+    await events.wait_for(sent.id, ["message.sent"])
+    (record,) = [e for e in events.events if e.data.get("id") == sent.id]
+    assert "EXTRA_TOKEN" in record.data["body"] and secret not in record.data["body"]
+    for args in (("messages", "--agent", a), ("messages", "--agent", a, "--json")):
+        code, out, err = await exe(hive, *args)
+        assert code == 0 and "EXTRA_TOKEN" in out and secret not in out, (out, err)
+    code, out, _ = await exe(hive, "messages", "--agent", a, "--json", "--show-secrets")
+    assert code == 0 and secret in out
+    # HIVE_EVENTS keeps the masked text: hive tail has nothing clear to show
+    proc = await start_tail(_env(hive), "--agent", a, "--since", "1h", "--json")
+    try:
+        (event,) = await read_events(proc, 1)
+        assert event["data"]["id"] == sent.id  # type: ignore[index]
+        assert "EXTRA_TOKEN" in event["data"]["body"]  # type: ignore[index]
+        assert secret not in json.dumps(event)
+    finally:
+        await stop_tail(proc)
+
+
+async def test_agent_check_warns_and_goes_on_when_lifecycle_is_down(
+    postgres_server: EmbeddedPostgres, tmp_path: Path
+):
+    """With the broker up and lifecycle down, an inbox is still readable."""
+    with rig.nats_server() as nats:
+        db = await rig.create_database(postgres_server.url)
+        settings = broker_settings(nats, db, tmp_path / "home")
+        async with rig.running_service("broker", settings):
+            code, out, err = await rig.hive_exe_cli(
+                rig.operator_settings(settings, nats), "inbox", "anyone", timeout=TIMEOUT
+            )
+    assert (code, out.strip()) == (0, "anyone: inbox empty"), err
+    assert "hive: warning: agent 'anyone' not checked: no service answers" in err

@@ -12,6 +12,7 @@ from hyperhive.common import rpc, subjects
 from hyperhive.common.errors import NotFound
 from hyperhive.common.natsconn import sync_subscriptions
 from hyperhive.common.wire.broker import (
+    USAGE_KEYS,
     DeliverRequest,
     SendReply,
     StatsReply,
@@ -20,6 +21,9 @@ from hyperhive.common.wire.broker import (
     TurnsReply,
     TurnsRequest,
     TurnStats,
+    UsageDay,
+    UsageReply,
+    UsageRequest,
 )
 from hyperhive.common.wire.events import ApprovalResolved, ContainerCrash
 from tests import rig
@@ -73,6 +77,9 @@ async def test_turn_statistics_are_stored_as_series(hive: Hive):
         output_tokens=50,
         cost_usd=0.01,
         notes_bytes=300,
+        cache_read_tokens=4000,
+        cache_creation_tokens=250,
+        model_calls=3,
     )
     await rpc.publish(na, subjects.agent(a, subjects.AGENT_STATS), stats)
 
@@ -95,11 +102,53 @@ async def test_turn_statistics_are_stored_as_series(hive: Hive):
         "input_tokens": 100,
         "output_tokens": 50,
         "cost_usd": 0.01,
+        "cache_read_tokens": 4000,
+        "cache_creation_tokens": 250,
+        "model_calls": 3,
         "notes_bytes": 300,
         "inbox_depth": 2,
     }
     only = await admin(hive.operator, "stats", StatsRequest(agent=a, key="duration_ms"), StatsReply)
     assert [(p.agent, p.ts, p.value) for p in only.points] == [(a, 1_800_000_000.0, 1234.5)]
+
+
+async def test_usage_adds_up_turns_and_compactions_per_agent_and_utc_day(hive: Hive):
+    a, na = await hive.spawn()
+    day1, day2 = 1_800_000_000.0, 1_800_000_000.0 + 86400  # 2027-01-15 / 16, 08:00 UTC
+    published = [
+        TurnStats(ts=day1, duration_ms=1, exit_code=0, input_tokens=10, output_tokens=1,
+                  cache_read_tokens=100, cache_creation_tokens=5, model_calls=2, cost_usd=0.25),
+        TurnStats(ts=day1 + 60, duration_ms=1, exit_code=1, input_tokens=20, output_tokens=2,
+                  model_calls=1, cost_usd=0.125),
+        # a notes compaction: its usage counts, it is not a turn
+        TurnStats(kind="compaction", ts=day1 + 120, duration_ms=1, exit_code=0,
+                  input_tokens=300, output_tokens=30, model_calls=1, cost_usd=0.5),
+        TurnStats(ts=day2, duration_ms=1, exit_code=0, input_tokens=1, model_calls=1,
+                  cost_usd=0.0625),
+    ]  # fmt: skip
+    for stats in published:
+        await rpc.publish(na, subjects.agent(a, subjects.AGENT_STATS), stats)
+
+    async def days() -> list[UsageDay] | None:
+        reply = await admin(hive.operator, "usage", UsageRequest(agent=a), UsageReply)
+        return reply.days if sum(d.model_calls for d in reply.days) == 5 else None
+
+    got = await rig.eventually(days, timeout=20, what="usage of 4 records")
+    assert got == [
+        UsageDay(agent=a, day="2027-01-15", turns=2, model_calls=4, input_tokens=330,
+                 output_tokens=33, cache_read_tokens=100, cache_creation_tokens=5,
+                 cost_usd=0.875),
+        UsageDay(agent=a, day="2027-01-16", turns=1, model_calls=1, input_tokens=1,
+                 cost_usd=0.0625),
+    ]  # fmt: skip
+    # the compaction's rows: its usage and a count, none of a turn's
+    points = (await admin(hive.operator, "stats", StatsRequest(agent=a), StatsReply)).points
+    compaction = {p.key for p in points if p.ts == day1 + 120}
+    assert compaction == {*USAGE_KEYS, "compactions"}
+    later = await admin(
+        hive.operator, "usage", UsageRequest(agent=a, since=day1 + 3600), UsageReply
+    )
+    assert [d.day for d in later.days] == ["2027-01-16"]
 
 
 async def test_an_agent_backfills_its_own_turn_events(hive: Hive):

@@ -71,6 +71,10 @@ async def test_a_service_error_fails_the_batch_and_a_bad_item_fails_alone():
             "agent w1 looks stuck: its heartbeat stopped: last beat 90s ago",
         ),
         (
+            AgentStuck(agent="w1", reason="login_needed", detail="Invalid API key"),
+            "agent w1 looks stuck: the API refused its credentials (login needed): Invalid API key",
+        ),
+        (
             ApprovalResolved(
                 approval_id=3,
                 agent="w1",

@@ -5,14 +5,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -36,6 +39,7 @@ def _up_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HIVE_")}
     env["HIVE_HOME"] = str(home)
     env["HIVE_LIFECYCLE_USE_BWRAP"] = "false"
+    env["HIVE_LIFECYCLE_AGENT_USER"] = ""  # see tests/lifecycle/test_host_doors.py
     # the real manager needs a claude key; this test is about the stack
     env["HIVE_LIFECYCLE_HARNESS_COMMAND"] = "sleep 3600"
     return env
@@ -74,6 +78,58 @@ def _wait_status(env: dict[str, str], proc: subprocess.Popen[str], timeout: floa
             return json.loads(last.stdout)
         time.sleep(0.5)
     raise AssertionError(f"hive status never all up: {last.stdout if last else ''}")
+
+
+def _printed_lines(proc: subprocess.Popen[str]) -> list[str]:
+    """What ``hive up`` printed up to its last start line (it is up by then)."""
+    assert proc.stdout is not None
+    lines = []
+    while not lines or lines[-1] != "Ctrl-C stops everything.":
+        line = proc.stdout.readline()
+        assert line, f"hive up stopped printing: {lines}"
+        lines.append(line.rstrip("\n"))
+    return lines
+
+
+def _login_url(lines: list[str], port: str) -> tuple[str, str]:
+    """The printed login URL and its token."""
+    (line,) = [line for line in lines if line.startswith("  dashboard  ")]
+    url = line.split()[-1]
+    prefix = f"http://127.0.0.1:{port}/login?token="
+    assert url.startswith(prefix), url
+    return url, url.removeprefix(prefix)
+
+
+def _check_operator_token(home: Path, lines: list[str], port: str) -> str:
+    """The token ``hive up`` printed is the one in its 0600 file and logs a
+    browser in; the dashboard refuses whoever comes without it."""
+    url, token = _login_url(lines, port)
+    token_file = home / "operator-token"
+    assert token_file.read_text().strip() == token and len(token) >= 32
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert any(str(token_file) in line for line in lines)
+    base = f"http://127.0.0.1:{port}"
+    with httpx.Client(base_url=base, timeout=30) as client:
+        assert client.get("/").status_code == 401
+        r = client.get(url)
+        assert r.status_code == 303 and r.headers["location"] == "/"
+        assert client.get("/").status_code == 200
+    with httpx.Client(base_url=base, timeout=30) as script:
+        headers = {"Authorization": f"Bearer {token}"}
+        assert script.get("/section/status", headers=headers).status_code == 200
+    return token
+
+
+def _token_nowhere_else(home: Path, token: str, procs: list[psutil.Process]) -> None:
+    """Only the file and the one printed line hold the token: no log, no
+    service's environment (the dashboard is told the file)."""
+    for path in home.rglob("*"):
+        if path.is_file() and path.name != "operator-token" and not path.is_symlink():
+            with contextlib.suppress(OSError):
+                assert token.encode() not in path.read_bytes(), path
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            assert not any(token in v for v in p.environ().values()), p.cmdline()
 
 
 # "Ctrl-C stops everything within a few seconds" (issue 2)
@@ -126,7 +182,9 @@ def test_up_serves_status_and_ctrl_c_leaves_no_process(tmp_path):
     proc, ports = _start_up(home, env)
     marker = f"kept across restarts {uuid.uuid4().hex}"
     try:
+        printed = _printed_lines(proc)
         report = _wait_status(env, proc)
+        token = _check_operator_token(home, printed, ports[2])
         assert report["nats"]["reachable"] is True
         assert report["postgres"]["reachable"] is True
         assert set(report["services"]) == {
@@ -143,6 +201,16 @@ def test_up_serves_status_and_ctrl_c_leaves_no_process(tmp_path):
         # the manager's harness is the last thing `hive up` brings up: only
         # once it runs is every process there to be watched
         harness_pid = _wait_manager_harness(env, proc, home)
+        # its page: a unix socket in its run dir, nothing listening on TCP
+        assert (home / "agents" / "hm1nd" / "run" / "page.sock").is_socket()
+        harness = psutil.Process(harness_pid)
+        listening = [
+            c
+            for p in (harness, *harness.children(recursive=True))
+            for c in p.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN
+        ]
+        assert not listening, listening
         sent = _hive("send", "hm1nd", marker, "--json", env=env)
         assert sent.returncode == 0, sent.stderr
         sent_id = json.loads(sent.stdout)["id"]
@@ -163,11 +231,33 @@ def test_up_serves_status_and_ctrl_c_leaves_no_process(tmp_path):
         for part in ("broker", "lifecycle", "approvals", "crash-watch", "dashboard"):
             assert any(c.endswith(f"serve {part}") for c in names.values()), (part, names)
         assert pg, "no postgres process found"
+        _token_nowhere_else(home, token, children)
+        # `hive dashboard-url` prints the URL again (the port from up.toml)
+        again = _hive("dashboard-url", env=env)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.strip() == f"http://127.0.0.1:{ports[2]}/login?token={token}"
+        again = _hive("dashboard-url", "--json", env=env)
+        assert json.loads(again.stdout) == {
+            "url": f"http://127.0.0.1:{ports[2]}/",
+            "login_url": f"http://127.0.0.1:{ports[2]}/login?token={token}",
+            "token_file": str(home / "operator-token"),
+        }
+        # the embedded PostgreSQL has no TCP listener: --pg-port names its socket
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", int(ports[1]))) != 0, "PostgreSQL on TCP"
+        assert not any(
+            c.laddr and c.laddr.port == int(ports[1])
+            for p in pg
+            for c in p.net_connections(kind="inet")
+        )
     finally:
         t0 = time.monotonic()
         code, out = _stop_up(proc)
         stopped_in = time.monotonic() - t0
     assert code == 0, out
+    # the manager's page is the dashboard's
+    start = "\n".join(printed)
+    assert re.search(r"manager\s+http://127\.0\.0\.1:\d+/agents/hm1nd/", start), start
     assert stopped_in < STOP_BOUND_S, f"hive up took {stopped_in:.1f}s to stop"
     while _still_alive(watched) and time.monotonic() < t0 + STOP_BOUND_S:
         time.sleep(0.05)
@@ -176,10 +266,16 @@ def test_up_serves_status_and_ctrl_c_leaves_no_process(tmp_path):
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", int(ports[0]))) != 0, "NATS still listening"
 
-    # a second `hive up` on the same HIVE_HOME finds the earlier data
-    proc, _ = _start_up(home, env)
+    assert token not in out  # printed once, at the start (read above)
+    _token_nowhere_else(home, token, [])
+
+    # a second `hive up` on the same HIVE_HOME finds the earlier data, and
+    # reuses the token
+    proc, ports = _start_up(home, env)
     try:
+        printed = _printed_lines(proc)
         _wait_status(env, proc)
+        assert _check_operator_token(home, printed, ports[2]) == token
         history = _hive("messages", "--agent", "hm1nd", "--json", env=env)
         assert history.returncode == 0, history.stderr
         found = [m for m in json.loads(history.stdout) if m["id"] == sent_id]
@@ -301,20 +397,6 @@ def test_dashboard_port_taken_is_one_line(tmp_path, how):
         result = _hive(*_up_args(*extra, dashboard=False), env=env)
     line = f"hive up: port {port} for the dashboard is already in use on 127.0.0.1"
     _assert_refused(result, line, home)
-
-
-def test_postgres_port_taken_is_one_line(tmp_path):
-    home = tmp_path / "home"
-    env = _fast_retries(_up_env(home))
-    with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", 0))
-        blocker.listen()
-        port = blocker.getsockname()[1]
-        result = _hive(*_up_args("--pg-port", str(port)), env=env)
-    line = f"hive up: port {port} for PostgreSQL is already in use on 127.0.0.1"
-    _assert_refused(result, line, home)
-    # checked before anything started: the embedded NATS never ran
-    assert not (home / "nats" / "nats.log").exists()
 
 
 def test_up_with_given_nats_and_database_urls(nats_server, database_url, tmp_path):

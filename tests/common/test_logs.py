@@ -21,3 +21,21 @@ def test_json_lines_carry_extra_fields(capsys):
     assert lines[-1]["msg"] == "sent"
     assert lines[-1]["agent"] == "a" and lines[-1]["id"] == 7
     assert lines[-1]["level"] == "info" and lines[-1]["logger"] == "hyperhive.test"
+
+
+def test_secrets_are_masked_in_both_formats(capsys):
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    seed = "SU" + "A" * 56
+    try:
+        for fmt in ("json", "text"):
+            setup_logging(LogSettings(level="INFO", format=fmt), "lifecycle")
+            logging.getLogger("hyperhive.test").warning(
+                "build failed: env = { EXTRA_TOKEN = %r }", "s3cr3t-value", extra={"seed": seed}
+            )
+        err = capsys.readouterr().err
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    assert err.count("EXTRA_TOKEN") == 2 and err.count("seed") >= 2
+    assert "s3cr3t-value" not in err and seed not in err

@@ -9,6 +9,7 @@ import time
 import uuid
 from pathlib import Path
 
+import asyncpg
 import nats.errors
 import pytest
 
@@ -79,6 +80,31 @@ async def test_unexpected_exception_is_an_internal_error_not_a_crash(service_nc)
     with pytest.raises(errors.Internal):
         await rpc.request(service_nc, subject, wire.Empty(), wire.Ok)
     assert (await rpc.request(service_nc, subject, wire.Empty(), wire.Ok)).ok
+    await responder.stop()
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ConnectionRefusedError(111, "Connection refused"),
+        asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+        asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+    ],
+    ids=["refused", "starting-up", "closed"],
+)
+async def test_database_outage_in_a_handler_is_unavailable_not_internal(service_nc, exc):
+    """A handler that meets a PostgreSQL down or restarting answers ``unavailable``
+    (worth a retry), as the broker's own store does, not ``internal``."""
+    subject = _subject()
+    responder = rpc.Responder(service_nc, queue="t")
+
+    async def handler(req: wire.Empty, call: rpc.Call) -> wire.Ok:
+        raise exc
+
+    await responder.serve(subject, wire.Empty, handler)
+    await sync_subscriptions(service_nc)
+    with pytest.raises(errors.Unavailable, match=f"database unavailable, {subject} not done"):
+        await rpc.request(service_nc, subject, wire.Empty(), wire.Ok)
     await responder.stop()
 
 

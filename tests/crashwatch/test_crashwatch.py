@@ -442,6 +442,7 @@ async def test_real_harness_heartbeat_marks_a_running_turn(
         api.stop()
         await asyncio.to_thread(stop_harnesses, settings.paths.agents_dir, 10.0)
         cleanup_agents(nats_server, settings.paths.agents_dir)
+    api.check()  # nothing the real API would refuse
 
 
 async def test_a_poll_alone_tells_a_stop_from_a_crash(

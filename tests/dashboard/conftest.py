@@ -6,12 +6,16 @@ replays HIVE_EVENTS from JetStream, and another module's events (whose
 message ids come from another database) would show up in its flow. The
 harness command is ``sleep 3600`` (the real harness needs claude): lifecycle
 only needs a process it can start, watch and stop.
+
+The dashboard always requires the operator token: every client here logs in
+(:func:`logged_in`, the URL ``hive up`` prints, or ``Authorization: Bearer``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -46,9 +50,18 @@ TIMEOUT = 30.0
 ALL_PARTS = ("broker", "lifecycle", "approvals", "dashboard")
 
 
+TOKEN_FILE = "operator-token"
+
+
 def stack_settings(nats: EmbeddedNats, database_url: str, home: Path, **overrides: str) -> Settings:
-    """Service settings with a harmless harness and a free dashboard port."""
+    """Service settings with a harmless harness, a free dashboard port and an
+    operator token of its own (``home/operator-token``, as ``hive up`` makes)."""
+    token_file = home / TOKEN_FILE
+    if not token_file.exists():
+        token_file.write_text(secrets.token_urlsafe(32) + "\n")
+        token_file.chmod(0o600)
     env = {
+        "HIVE_DASHBOARD_TOKEN_FILE": str(token_file),
         "HIVE_DASHBOARD_PORT": str(free_port()),
         "HIVE_LIFECYCLE_HARNESS_COMMAND": SLEEP,
         "HIVE_LIFECYCLE_MANAGER_PORT": str(free_port()),
@@ -70,6 +83,38 @@ class Stack:
     nats: EmbeddedNats
     operator: NATS  # operator credentials (hive.admin.*)
     manager: NATS | None  # hm1nd's own credentials, when lifecycle runs
+
+    @property
+    def token(self) -> str:
+        """The dashboard's operator token."""
+        return operator_token(self.settings)
+
+    @property
+    def login_url(self) -> str:
+        """The URL ``hive up`` prints: logs a browser in, then redirects to ``/``."""
+        return f"{self.url}/login?token={self.token}"
+
+
+def operator_token(settings: Settings) -> str:
+    if settings.dashboard.token:
+        return settings.dashboard.token
+    return Path(settings.dashboard.token_file).read_text().strip()
+
+
+async def log_in(client: httpx.AsyncClient, token: str) -> None:
+    """Logs ``client`` in as a browser does with the printed URL (session cookie)."""
+    r = await client.get("/login", params={"token": token})
+    assert r.status_code == 303, (r.status_code, r.text[:300])
+    assert r.headers["location"] == "/"
+    assert client.cookies.get("hive_session")
+
+
+@asynccontextmanager
+async def logged_in(stack: Stack, timeout: float = TIMEOUT) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the dashboard with the operator's session cookie."""
+    async with httpx.AsyncClient(base_url=stack.url, timeout=timeout) as client:
+        await log_in(client, stack.token)
+        yield client
 
 
 @asynccontextmanager

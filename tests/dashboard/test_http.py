@@ -10,17 +10,20 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
+import msgspec
 import pytest
 
 from hyperhive.common import rpc, subjects
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.approvals import (
+    ApprovalIdRequest,
+    ApprovalInfo,
     QuestionsReply,
     QuestionsRequest,
     SpawnToolRequest,
 )
 from hyperhive.common.wire.broker import AdminSendRequest, SendReply, SendRequest, TurnStats
-from hyperhive.common.wire.lifecycle import AgentsReply, AgentsRequest, DraftInfo
+from hyperhive.common.wire.lifecycle import AgentsReply, AgentsRequest, DraftInfo, Heartbeat
 from hyperhive.dashboard.sections import SECTIONS
 from tests import rig
 from tests.dashboard.conftest import (
@@ -30,6 +33,7 @@ from tests.dashboard.conftest import (
     ask_operator,
     commit_config,
     csrf_session,
+    logged_in,
     question,
     request_apply_commit,
     set_prompt,
@@ -42,7 +46,7 @@ TIMEOUT = 30.0
 
 @pytest.fixture
 async def client(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.url, timeout=TIMEOUT) as c:
+    async with logged_in(stack, TIMEOUT) as c:
         yield c
 
 
@@ -57,9 +61,9 @@ async def test_page_shows_every_section_and_the_manager(client: httpx.AsyncClien
     page = await client.get("/")
     assert page.status_code == 200
     for meta in SECTIONS.values():
-        assert meta.title in page.text
+        assert meta.title in page.text and meta.label in page.text
     assert 'id="agent-hm1nd"' in page.text
-    assert "d0wn" not in page.text.split('id="main"')[1]  # every service answers
+    assert "is down" not in page.text.split('id="main"')[1]  # every service answers
     assert page.headers["x-frame-options"] == "DENY"
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
 
@@ -79,7 +83,7 @@ async def test_post_without_csrf_token_is_refused_and_changes_nothing(
     r = await client.post("/agents/spawn", data={"name": name}, headers={"X-CSRF-Token": "f00"})
     assert r.status_code == 403
     # a token from another session (cookie) does not fit this one
-    async with httpx.AsyncClient(base_url=stack.url) as other:
+    async with logged_in(stack) as other:
         foreign = await csrf_session(other)
     assert foreign != token
     r = await client.post("/agents/spawn", data={"name": name, "_csrf": foreign})
@@ -112,7 +116,7 @@ async def test_approve_deny_and_answer_without_csrf_are_refused_and_change_nothi
     question_id = await ask_operator(stack, "csrf question?", ["yes", "no"])
     text_id = await ask_operator(stack, "csrf free text?")
     token = await csrf_session(client)
-    async with httpx.AsyncClient(base_url=stack.url) as other:
+    async with logged_in(stack) as other:
         foreign = await csrf_session(other)
     posts = [
         (f"/approvals/{approval_id}/approve", {}),
@@ -219,14 +223,14 @@ async def test_a_stale_revision_is_marked_until_update(
 ) -> None:
     name = await spawn_agent(stack, "st")
     fresh = _card((await client.get("/section/containers")).text, name)
-    assert "st4l3" not in fresh and "test-rev-1"[:12] in fresh
+    assert "outdated" not in fresh and "test-rev-1"[:12] in fresh
     await _set_rev(stack, name, "old-rev-0")
     assert (await agents(stack))[name].stale is True
     stale = _card((await client.get("/section/containers")).text, name)
-    assert 'class="rev stale"' in stale and 'class="badge stale"' in stale and "st4l3" in stale
+    assert 'class="rev stale"' in stale and 'class="badge stale"' in stale and "outdated" in stale
     assert "old-rev-0" in stale
     other = _card((await client.get("/")).text, subjects.MANAGER)
-    assert "st4l3" not in other  # only that agent
+    assert "outdated" not in other  # only that agent
 
     token = await csrf_session(client)
     r = await client.post(
@@ -234,7 +238,36 @@ async def test_a_stale_revision_is_marked_until_update(
     )
     assert r.status_code == 200, r.text
     rebuilt = _card((await client.get("/section/containers")).text, name)
-    assert "st4l3" not in rebuilt and "test-rev-1" in rebuilt
+    assert "outdated" not in rebuilt and "test-rev-1" in rebuilt
+
+
+async def test_an_agent_whose_login_was_refused_is_shown_with_its_credentials_link(
+    stack: Stack, client: httpx.AsyncClient
+) -> None:
+    """The harness's heartbeat says the API refused its credentials: its card and
+    a notice above the cards say so and link its credentials form; a heartbeat
+    without it clears both."""
+    name = await spawn_agent(stack, "lg")
+    subject = subjects.kv_subject(subjects.heartbeat_key(name))
+
+    async def beat(login_needed: str) -> None:
+        async with rig.agent_connection(stack.nats, stack.settings, name) as nc:
+            beat = Heartbeat(ts=time.time(), login_needed=login_needed)
+            await nc.request(subject, msgspec.json.encode(beat), timeout=10)
+
+    await beat("401 invalid x-api-key")
+    page = (await client.get("/section/containers")).text
+    notice = page[page.index('data-role="logins-needed"') :].split("</p>", 1)[0]
+    assert f'href="/agents/{name}/credentials"' in notice
+    assert subjects.MANAGER not in notice  # only the agent whose login was refused
+    card = _card(page, name)
+    assert "login needed" in card and "401 invalid x-api-key" in card
+    assert "login needed" not in _card(page, subjects.MANAGER)
+
+    await beat("")
+    page = (await client.get("/section/containers")).text
+    assert 'data-role="logins-needed"' not in page
+    assert "login needed" not in _card(page, name)
 
 
 async def test_a_failed_deploy_shows_its_build_error(
@@ -390,7 +423,7 @@ async def test_agent_panels_show_config_inbox_and_logs(
     assert "environment.systemPackages" in config.text
     # the inbox panel lists a pending message with its sender, escaped
     name = await spawn_agent(stack, "ib")  # its harness (sleep) never takes it
-    assert "inb0x 3mpty" in (await client.get(f"/agents/{name}/inbox")).text
+    assert "Inbox empty" in (await client.get(f"/agents/{name}/inbox")).text
     body = f"<b>pending for {name}</b> & more"
     sent = await rpc.request(
         stack.operator,
@@ -412,9 +445,14 @@ async def test_agent_panels_show_config_inbox_and_logs(
 
 async def test_telemetry_series_from_turn_stats(stack: Stack, client: httpx.AsyncClient) -> None:
     assert stack.manager is not None
+    before = (await client.get("/api/usage")).json()["totals"].get("hm1nd", {})
     now = time.time()
     for i, (duration, code) in enumerate(((1200.0, 0), (3400.0, 0), (800.0, 1))):
         stats = TurnStats(
+            input_tokens=100 * (i + 1),
+            cache_read_tokens=1000,
+            model_calls=2,
+            cost_usd=0.25,
             ts=now - 30 + i,
             duration_ms=duration,
             exit_code=code,
@@ -444,6 +482,18 @@ async def test_telemetry_series_from_turn_stats(stack: Stack, client: httpx.Asyn
     tools = charts["tools"]["series"]
     assert (sum(tools["Read"]), sum(tools["send"])) == (6, 3)  # mcp__hyperhive__ dropped
     assert charts["notes"]["series"]["notes KiB"][-3:] == [2, 4, 6]
+    assert sum(charts["tokens"]["series"]["input"]) >= 600
+    assert data["totals"]["model_calls"] >= 6 and data["totals"]["cost_usd"] >= 0.75
+
+    # per agent and UTC day: today's row and the totals grew by what was published
+    usage = (await client.get("/api/usage")).json()
+    after = usage["totals"]["hm1nd"]
+    grew = {k: after[k] - before.get(k, 0) for k in ("turns", "input_tokens", "model_calls")}
+    assert grew == {"turns": 3, "input_tokens": 600, "model_calls": 6}
+    assert after["cache_read_tokens"] - before.get("cache_read_tokens", 0) == 3000
+    assert after["cost_usd"] - before.get("cost_usd", 0) == pytest.approx(0.75)
+    today = time.strftime("%Y-%m-%d", time.gmtime(now))
+    assert any(d["agent"] == "hm1nd" and d["day"] == today for d in usage["days"])
     r = await client.get("/api/stats", params={"agent": "../etc"})
     assert r.status_code == 400
 
@@ -511,6 +561,40 @@ async def test_secrets_in_a_proposal_are_masked(stack: Stack, client: httpx.Asyn
     assert "API_TOKEN" in page and "tools-mcp" in page  # the change is visible
     assert secret not in page  # its value is not
     assert secret not in (await client.get("/")).text
+    # a hunk deep in an env table (its header far above) is masked as well
+    regions = "".join(f'REGION_{i} = "eu-west-{i}"\n' for i in range(12))
+    sha = await commit_config(
+        stack.settings,
+        name,
+        lambda text: (
+            text + f'\n[mcp_servers.geo]\ncommand = "geo"\n[mcp_servers.geo.env]\n{regions}'
+        ),
+        "env",
+    )
+    env_id = await request_apply_commit(stack, name, sha)
+    deployed = await rpc.request(
+        stack.operator,
+        subjects.admin("approvals", "approve"),
+        ApprovalIdRequest(id=env_id),
+        ApprovalInfo,
+        timeout=TIMEOUT,
+    )
+    assert deployed.state == "deployed", deployed.error
+    sha = await commit_config(
+        stack.settings, name, lambda text: text.replace("eu-west-9", "eu-north-9"), "move"
+    )
+    await request_apply_commit(stack, name, sha)
+    page = (await client.get("/section/approvals")).text
+    assert "REGION_9" in page and "eu-west-" not in page and "eu-north-9" not in page
+    # the same rule for a message in the agent's inbox panel
+    await rpc.request(
+        stack.operator,
+        subjects.admin("broker", "send"),
+        AdminSendRequest(to=name, body=f"use ANTHROPIC_API_KEY={secret} for now"),
+        SendReply,
+    )
+    inbox = (await client.get(f"/agents/{name}/inbox")).text
+    assert "ANTHROPIC_API_KEY" in inbox and secret not in inbox
     # the hive's telemetry counts it as waiting for the operator
     hive = (await client.get("/api/stats/hive", params={"window": 3600})).json()
     assert hive["charts"]["approval_queue"]["series"]["waiting approvals"][-1] >= 1

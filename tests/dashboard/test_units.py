@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from hyperhive.common.wire.broker import StatPoint
 from hyperhive.common.wire.events import HiveEvent
 from hyperhive.dashboard import diff, stats
@@ -99,6 +101,38 @@ def test_chart_series_from_turn_rows() -> None:
     assert all(len(s) == len(c["duration"]["x"]) for s in c["duration"]["series"].values())
 
 
+def test_usage_totals_and_charts_count_turns_and_compactions() -> None:
+    now = 10_000.0
+    rows = {
+        now - 100: {"duration_ms": 5, "input_tokens": 10, "output_tokens": 2,
+                    "cache_read_tokens": 900, "cache_creation_tokens": 40,
+                    "model_calls": 2, "cost_usd": 0.25},
+        now - 50: {"input_tokens": 300, "output_tokens": 30, "model_calls": 1,
+                   "cost_usd": 0.5, "compactions": 1},  # a compaction: no duration_ms
+        now - 7200: {"duration_ms": 5, "input_tokens": 99, "cost_usd": 9.0},  # before the window
+    }  # fmt: skip
+    points = [
+        StatPoint(agent="a", ts=ts, key=k, value=v)
+        for ts, kv in rows.items()
+        for k, v in kv.items()
+    ]
+    data = stats.charts(points, window_s=3600, now=now)
+    assert data["turns"] == 1
+    assert data["totals"] == {
+        "turns": 1,
+        "model_calls": 3,
+        "input_tokens": 310,
+        "output_tokens": 32,
+        "cache_read_tokens": 900,
+        "cache_creation_tokens": 40,
+        "cost_usd": 0.75,
+    }
+    tokens = data["charts"]["tokens"]["series"]
+    assert (sum(tokens["input"]), sum(tokens["cache write"])) == (310, 40)
+    assert sum(data["charts"]["cost"]["series"]["USD"]) == 0.75
+    assert sum(data["charts"]["turns_per_min"]["series"]["turns/min"]) == 1
+
+
 def test_approval_queue_counts_what_waits_at_each_sample() -> None:
     now = 7200.0  # one-minute buckets over the last hour: samples at 3660, 3720, ... 7200
     spans = [(3600.0, 3700.0), (3650.0, None), (5000.0, 5000.5), (7100.0, None)]
@@ -108,3 +142,28 @@ def test_approval_queue_counts_what_waits_at_each_sample() -> None:
     assert waiting[3720.0] == 1  # the first was resolved at 3700
     assert waiting[5040.0] == 1  # the third came and went between samples
     assert waiting[7200.0] == 2
+
+
+def test_the_operator_token_comes_from_settings_or_the_systemd_credential(tmp_path) -> None:
+    from hyperhive.common.config import load_settings
+    from hyperhive.common.errors import ConfigError
+    from hyperhive.dashboard.security import load_operator_token, operator_security
+
+    def ds(**env: str):
+        return load_settings(env, config_file=None).dashboard
+
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "operator-token").write_text("from-systemd\n")
+    env = {"CREDENTIALS_DIRECTORY": str(creds)}
+    assert load_operator_token(ds(), env) == "from-systemd"
+    assert load_operator_token(ds(HIVE_DASHBOARD_TOKEN="inline"), env) == "inline"
+    own = tmp_path / "own"
+    own.write_text("from-file\n")
+    assert load_operator_token(ds(HIVE_DASHBOARD_TOKEN_FILE=str(own)), env) == "from-file"
+    assert load_operator_token(ds(), {}) == ""
+    with pytest.raises(ConfigError, match="no operator token"):
+        operator_security(ds(), b"label")
+    assert not operator_security(ds(HIVE_DASHBOARD_INSECURE_NO_TOKEN="true"), b"l").token_required
+    with pytest.raises(ConfigError, match="token_label"):
+        operator_security(ds(HIVE_DASHBOARD_TOKEN="t", HIVE_DASHBOARD_TOKEN_LABEL='a"b'), b"l")

@@ -26,6 +26,7 @@ import httpx
 import pytest
 from nats.aio.client import Client as NATS
 from playwright.async_api import Browser
+from playwright.async_api import Page as BrowserPage
 
 from hyperhive.cli.devstack import stop_harnesses
 from hyperhive.cli.embedded import EmbeddedNats, free_port
@@ -46,10 +47,12 @@ from hyperhive.common.wire.broker import (
 from hyperhive.common.wire.lifecycle import AgentInfo, SpawnRequest
 from hyperhive.harness.config import find_claude
 from hyperhive.harness.loop import Harness
+from hyperhive.harness.mcp_server import SERVER_NAME, tool_names
 from hyperhive.harness.serve import run as run_harness
 from tests import rig
 from tests.browser import chromium
 from tests.scripted_anthropic import (
+    Request,
     ScriptedAnthropic,
     after_tool_results,
     last_user_mentions,
@@ -59,6 +62,7 @@ from tests.scripted_anthropic import (
 
 CLAUDE = find_claude("")
 SLEEP = "sleep 3600"
+OPERATOR_TOKEN = "operator-test-token"  # the dashboard's, in dash_stack
 UI_TIMEOUT_MS = 60_000  # the browser tests' page and expect() timeout (claude is slow here)
 _names = itertools.count(1)
 
@@ -87,6 +91,19 @@ def script_relay(
     api.reply("answered", when=after_tool_results(1, also=is_b))
 
 
+def assert_offers_hyperhive_tools(req: Request, agent: str) -> None:
+    """Every hyperhive tool of ``agent`` is offered in ``req`` with its input
+    schema (not deferred behind tool search), and no manager tool to another agent."""
+    offered = req.offered
+    mine = {f"mcp__{SERVER_NAME}__{t}" for t in tool_names(agent)}
+    missing = sorted(mine - set(offered))
+    assert not missing, f"{agent}'s request offers no {missing}; it offered {sorted(offered)}"
+    for name in mine:
+        assert offered[name].get("type") == "object" and "properties" in offered[name], name
+    others = {t for t in req.tool_names if t.startswith(f"mcp__{SERVER_NAME}__")} - mine
+    assert not others, f"{agent} is offered {sorted(others)}"
+
+
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     """Headless Chromium, expect() waiting up to UI_TIMEOUT_MS."""
@@ -97,12 +114,17 @@ async def browser() -> AsyncIterator[Browser]:
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedAnthropic]:
     """The scripted API, and this process's environment pointing claude at it
-    (the harness passes ANTHROPIC_* through; lifecycle hands them to harnesses)."""
+    (the harness passes ANTHROPIC_* through; lifecycle hands them to harnesses).
+
+    At teardown the test fails if the CLI sent a request the real API refuses
+    or the script called a tool the request did not offer.
+    """
     server = ScriptedAnthropic().start()
     for key, value in server.env().items():
         monkeypatch.setenv(key, value)
     yield server
     server.stop()
+    server.check()
 
 
 def stack_settings(
@@ -178,6 +200,16 @@ class Stack:
             self.op, subjects.admin("broker", "stats"), StatsRequest(agent=agent), StatsReply
         )
 
+    @property
+    def dashboard(self) -> str:
+        """The dashboard's URL (when it runs: :func:`dash_stack`)."""
+        return f"http://127.0.0.1:{self.settings.dashboard.port}"
+
+    def operator(self, *, login: bool = True) -> httpx.AsyncClient:
+        """A client of the dashboard, logged in with the operator token (or not)."""
+        headers = {"Authorization": f"Bearer {OPERATOR_TOKEN}"} if login else {}
+        return httpx.AsyncClient(base_url=self.dashboard, timeout=30, headers=headers)
+
     def harness_settings(self, name: str, **env: str) -> Settings:
         """Settings of an in-process harness for agent ``name`` (its own credentials)."""
         paths = AgentPaths.of(self.settings, name)
@@ -187,7 +219,7 @@ class Stack:
                 "HIVE_NATS_SEED_FILE": str(paths.nats_seed),
                 "HIVE_NATS_INBOX_PREFIX": subjects.inbox_prefix(name),
                 "HIVE_HARNESS_AGENT": name,
-                "HIVE_HARNESS_PORT": "0",
+                "HIVE_HARNESS_SOCKET": str(paths.page_socket),
                 "HIVE_HARNESS_WORKDIR": str(paths.workdir),
                 "HIVE_HARNESS_STATE_DIR": str(paths.state),
                 "HIVE_HARNESS_CREDS_DIR": str(paths.creds),
@@ -230,18 +262,59 @@ async def stack(
         yield s
 
 
+@pytest.fixture
+async def dash_stack(
+    nats_server: EmbeddedNats, database_url: str, hive_home: Path, api: ScriptedAnthropic
+) -> AsyncIterator[Stack]:
+    """broker + lifecycle + the dashboard, which requires the operator token."""
+    settings = stack_settings(
+        nats_server,
+        database_url,
+        hive_home,
+        HIVE_DASHBOARD_PORT=str(free_port()),
+        HIVE_DASHBOARD_TOKEN=OPERATOR_TOKEN,
+    )
+    async with running_stack(nats_server, settings, ("broker", "lifecycle", "dashboard")) as s:
+        yield s
+
+
+async def page_csrf(client: httpx.AsyncClient, name: str) -> str:
+    """Opens agent ``name``'s page on the dashboard (sets the CSRF cookie);
+    returns the page's CSRF token."""
+    r = await client.get(f"/agents/{name}/", headers={"accept": "text/html"})
+    assert r.status_code == 200, r.text[:300]
+    marker = 'name="csrf-token" content="'
+    start = r.text.index(marker) + len(marker)
+    return r.text[start : r.text.index('"', start)]
+
+
+async def open_agent_page(page: BrowserPage, stack: Stack, name: str) -> None:
+    """Logs ``page``'s browser context in on the dashboard (its login form,
+    posted from the context, whose cookies the page shares) and opens agent
+    ``name``'s page there."""
+    request = page.context.request
+    form = await request.get(f"{stack.dashboard}/login")
+    marker = 'name="_csrf" value="'
+    text = await form.text()
+    start = text.index(marker) + len(marker)
+    csrf = text[start : text.index('"', start)]
+    r = await request.post(
+        f"{stack.dashboard}/login",
+        form={"token": OPERATOR_TOKEN, "_csrf": csrf},
+        max_redirects=0,
+    )
+    assert r.status == 303, await r.text()
+    await page.goto(f"{stack.dashboard}/agents/{name}/")
+
+
 @dataclass
 class Running:
     """A harness running in this process."""
 
     harness: Harness
-    port: int
+    socket: str  # the page's API (a unix socket)
     stop: asyncio.Event
     task: asyncio.Task[None]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def name(self) -> str:
@@ -277,7 +350,7 @@ class Running:
 async def running_harness(settings: Settings) -> AsyncIterator[Running]:
     """Runs ``hive harness serve`` in this event loop until the block ends."""
     stop = asyncio.Event()
-    ready: asyncio.Future[tuple[Harness, int]] = asyncio.get_running_loop().create_future()
+    ready: asyncio.Future[tuple[Harness, str]] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(
         run_harness(
             settings,
@@ -293,32 +366,34 @@ async def running_harness(settings: Settings) -> AsyncIterator[Running]:
     if not done:
         task.cancel()
         raise TimeoutError("the harness did not start within 30s")
-    harness, port = ready.result()
+    harness, socket = ready.result()
     try:
-        yield Running(harness=harness, port=port, stop=stop, task=task)
+        yield Running(harness=harness, socket=socket, stop=stop, task=task)
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=30)
 
 
+def page_client(socket: str | Path, **kw: Any) -> httpx.AsyncClient:
+    """An HTTP client of an agent page's API on its unix socket (``/api/...``)."""
+    transport = httpx.AsyncHTTPTransport(uds=str(socket))
+    return httpx.AsyncClient(transport=transport, base_url="http://agent-page", **kw)
+
+
 class Page:
-    """An HTTP client of an agent page, with its CSRF cookie and token."""
+    """An HTTP client of an agent page's API, straight to its socket (the
+    harness alone; the operator's way in is the dashboard, see test_proxy)."""
 
-    def __init__(self, url: str, token: str = "") -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.client = httpx.AsyncClient(base_url=url, timeout=30, headers=headers)
-        self.csrf = ""
+    def __init__(self, socket: str | Path) -> None:
+        self.client = page_client(socket, timeout=30)
 
-    async def open(self) -> str:
-        r = await self.client.get("/", headers={"accept": "text/html"})
+    async def open(self) -> dict[str, Any]:
+        r = await self.client.get("/api/status")
         r.raise_for_status()
-        marker = 'name="csrf-token" content="'
-        start = r.text.index(marker) + len(marker)
-        self.csrf = r.text[start : r.text.index('"', start)]
-        return r.text
+        return r.json()  # type: ignore[no-any-return]
 
     async def post(self, path: str, doc: dict[str, Any] | None = None) -> httpx.Response:
-        return await self.client.post(path, json=doc or {}, headers={"X-CSRF-Token": self.csrf})
+        return await self.client.post(f"/api{path}", json=doc or {})
 
     async def prompt(self, text: str) -> dict[str, Any]:
         r = await self.post("/prompt", {"text": text})
@@ -348,24 +423,28 @@ def claude_blocks(records: list[dict[str, Any]], kind: str, block: str) -> list[
 
 
 async def sse_records(
-    url: str,
+    socket: str | Path,
     until: Any,
     timeout: float = 60,
-    token: str = "",
     headers: dict[str, str] | None = None,
+    client: httpx.AsyncClient | None = None,
+    path: str = "/api/events",
 ) -> list[dict[str, Any]]:
     """Reads an agent page's SSE stream until ``until(records)`` is true.
 
+    Straight from the page's ``socket``, or with ``client`` (the dashboard's
+    proxy, ``path`` then names the agent).
     Returns every ``turn``/``status``/``reset`` frame as ``{"sse": kind, **data}``.
     """
     out: list[dict[str, Any]] = []
     hdrs = dict(headers or {})
-    if token:
-        hdrs["Authorization"] = f"Bearer {token}"
-    async with asyncio.timeout(timeout):
-        async with httpx.AsyncClient(timeout=None) as client:
-            async with client.stream("GET", f"{url}/events", headers=hdrs) as r:
+    async with contextlib.AsyncExitStack() as stack:
+        if client is None:
+            client = await stack.enter_async_context(page_client(socket, timeout=None))
+        async with asyncio.timeout(timeout):
+            async with client.stream("GET", path, headers=hdrs, timeout=None) as r:
                 r.raise_for_status()
+                assert r.headers["content-type"].startswith("text/event-stream"), r.headers
                 kind, data, ident = "message", "", None
                 async for line in r.aiter_lines():
                     if line.startswith("event:"):

@@ -1,5 +1,6 @@
-"""The agent page in headless Chromium: prompt → streamed reply, badge
-thinking → idle, chips, cancel button, sticky scroll with the "↓ N new" pill."""
+"""The agent page in headless Chromium, served by the dashboard behind the
+operator login: prompt → streamed reply, badge thinking → idle, chips, cancel
+button, sticky scroll with the "↓ N new" pill."""
 
 from __future__ import annotations
 
@@ -10,15 +11,22 @@ import pytest
 from playwright.async_api import Browser, expect
 
 from tests.browser import needs_chromium, open_page
-from tests.harness.conftest import UI_TIMEOUT_MS, Stack, agent_name, running_harness
-from tests.scripted_anthropic import ScriptedAnthropic, last_user_mentions
+from tests.harness.conftest import (
+    UI_TIMEOUT_MS,
+    Stack,
+    agent_name,
+    open_agent_page,
+    running_harness,
+)
+from tests.scripted_anthropic import ScriptedAnthropic, last_user_mentions, mentions
 
 pytestmark = [pytest.mark.browser, pytest.mark.claude, needs_chromium]
 
 
 async def test_prompt_streams_reply_and_badge_goes_thinking_then_idle(
-    stack: Stack, api: ScriptedAnthropic, browser: Browser, tmp_path: Path
+    dash_stack: Stack, api: ScriptedAnthropic, browser: Browser, tmp_path: Path
 ) -> None:
+    stack = dash_stack
     name = agent_name("br")
     await stack.spawn(name)
     held = api.reply("Hello from the scripted model!", hold=True, when=last_user_mentions("hi"))
@@ -27,7 +35,13 @@ async def test_prompt_streams_reply_and_badge_goes_thinking_then_idle(
     api.reply("the newest line", when=last_user_mentions("one more"))
     async with running_harness(stack.harness_settings(name)) as h:
         async with open_page(browser, width=1100, height=600, timeout_ms=UI_TIMEOUT_MS) as page:
-            await page.goto(h.url + "/")
+            # without the operator login: the dashboard's login form, nothing of the agent
+            response = await page.goto(f"{stack.dashboard}/agents/{name}/")
+            assert response is not None and response.status == 401
+            await expect(page.locator("#token")).to_be_visible()
+            assert await page.locator("#badge").count() == 0
+
+            await open_agent_page(page, stack, name)
             badge = page.locator("#badge")
             await expect(badge).to_have_attribute("data-state", "idle")
             await expect(page.locator("#chip-model")).to_have_text("model default")
@@ -37,6 +51,7 @@ async def test_prompt_streams_reply_and_badge_goes_thinking_then_idle(
             await page.keyboard.press("Enter")
             await expect(page.locator("#chip-model")).to_have_text("model browser-model-1")
             await expect(page.locator("#log .local").last).to_contain_text("browser-model-1")
+            assert h.harness.store.model == "browser-model-1"  # through the proxy
 
             # a prompt becomes a turn: thinking (with a cancel button) while claude streams
             await page.fill("#prompt", "hi")
@@ -91,14 +106,15 @@ AGE_AT_LEAST = f"(min) => ({AGE_S})() >= min"
 
 
 async def test_cancel_button_age_timer_and_offline_badge(
-    stack: Stack, api: ScriptedAnthropic, browser: Browser, tmp_path: Path
+    dash_stack: Stack, api: ScriptedAnthropic, browser: Browser, tmp_path: Path
 ) -> None:
+    stack = dash_stack
     name = agent_name("bc")
     await stack.spawn(name)
     held = api.reply("pondering at length", hold=True, when=last_user_mentions("ponder"))
     async with running_harness(stack.harness_settings(name)) as h:
         async with open_page(browser, width=1100, height=600, timeout_ms=UI_TIMEOUT_MS) as page:
-            await page.goto(h.url + "/")
+            await open_agent_page(page, stack, name)
             badge = page.locator("#badge")
             await expect(badge).to_have_attribute("data-state", "idle")
 
@@ -131,3 +147,36 @@ async def test_cancel_button_age_timer_and_offline_badge(
             await expect(page.locator("#badge-state")).to_have_text("offline")
             await expect(cancel).to_be_hidden()
             await page.screenshot(path=str(tmp_path / "offline.png"))
+
+
+async def test_tail_says_a_compaction_was_refused_and_what_a_turn_cost(
+    dash_stack: Stack, api: ScriptedAnthropic, browser: Browser
+) -> None:
+    stack = dash_stack
+    name = agent_name("bn")
+    await stack.spawn(name)
+    api.reply(
+        "done",
+        when=last_user_mentions("costly"),
+        usage={"input_tokens": 400, "output_tokens": 20, "cache_read_input_tokens": 580},
+    )
+    api.reply("ok", when=mentions("--- notes.md ---"))
+    settings = stack.harness_settings(name, HIVE_HARNESS_NOTES_COMPACT_BYTES="2000")
+    async with running_harness(settings) as h:
+        async with open_page(browser, width=1100, height=600, timeout_ms=UI_TIMEOUT_MS) as page:
+            await open_agent_page(page, stack, name)
+            await page.fill("#prompt", "costly")
+            await page.keyboard.press("Enter")
+            end = page.locator("#log .turn-end").last
+            await expect(end).to_contain_text("ok")
+            await expect(end).to_contain_text("1000 tokens")
+            await expect(end).to_contain_text("$")
+
+            notes = "".join(f"- fact {i}: the build server is ci{i}.example\n" for i in range(80))
+            h.harness.cfg.notes_path.write_text(notes)
+            refused = page.locator("#log .err").last
+            await expect(refused).to_contain_text("notes not compacted (refused, too_small)")
+            await expect(refused).to_contain_text("'ok'")
+            await expect(refused).to_contain_text("the notes are unchanged")
+            await expect(refused).to_contain_text(f"hive notes {name} --history")
+            assert h.harness.cfg.notes_path.read_text() == notes

@@ -16,7 +16,14 @@ from nats.aio.client import Client as NATS
 from hyperhive.common import subjects
 from hyperhive.common.jetstream import ensure_state_bucket
 from tests import rig
-from tests.harness.conftest import CLAUDE, Page, Stack, agent_name, running_harness
+from tests.harness.conftest import (
+    CLAUDE,
+    Page,
+    Stack,
+    agent_name,
+    assert_offers_hyperhive_tools,
+    running_harness,
+)
 from tests.scripted_anthropic import (
     Request,
     ScriptedAnthropic,
@@ -49,7 +56,7 @@ async def test_cancel_ends_a_long_turn_and_keeps_the_message(
     held = api.reply("working on it", hold=True, when=last_user_mentions("long job"))
     api.reply("noted the cancelled job", when=last_user_mentions("next thing"))
     async with running_harness(stack.harness_settings(name)) as h:
-        page = Page(h.url)
+        page = Page(h.socket)
         await page.open()
         sent = await stack.send(name, "long job: count to a billion")
         await api.wait_for_request(lambda r: r.reply is held, timeout=60)
@@ -121,7 +128,7 @@ async def test_model_persists_across_restart(stack: Stack, api: ScriptedAnthropi
     await stack.spawn(name)
     settings = stack.harness_settings(name)
     async with running_harness(settings) as h:
-        page = Page(h.url)
+        page = Page(h.socket)
         await page.open()
         assert (await page.prompt("/model claude-test-9"))["ok"]
         assert h.harness.status()["model"] == "claude-test-9"
@@ -139,7 +146,7 @@ async def test_model_persists_across_restart(stack: Stack, api: ScriptedAnthropi
         assert end["outcome"] == "ok"
         assert api.requests[-1].model == "claude-test-9"
         assert end["stats"]["model"] == "claude-test-9"
-        page = Page(h2.url)
+        page = Page(h2.socket)
         await page.open()
         assert "default" in (await page.prompt("/model default"))["text"]
         assert h2.harness.model == ""
@@ -151,7 +158,7 @@ async def test_clear_compact_help_and_prompts(stack: Stack, api: ScriptedAnthrop
     await stack.spawn(name)
     api.reply("first answer", when=last_user_mentions("remember apples"))
     async with running_harness(stack.harness_settings(name)) as h:
-        page = Page(h.url)
+        page = Page(h.socket)
         await page.open()
         help_text = (await page.prompt("/help"))["text"]
         for cmd in ("/help", "/clear", "/cancel", "/compact", "/model"):
@@ -266,18 +273,11 @@ async def test_claude_crash_is_a_failed_turn(
 
 
 async def test_agent_toml_settings(stack: Stack, api: ScriptedAnthropic, tmp_path: Path) -> None:
-    """model, prompt, allowed_tools and an extra MCP server from agent.toml."""
+    """model, prompt, allowed_tools and extra MCP servers from agent.toml: one
+    whose tools are offered up front, one that asks for deferral."""
     name = agent_name("y")
     await stack.spawn(name)
-    extra = tmp_path / "extra_mcp.py"
-    extra.write_text(
-        "from mcp.server.mcpserver import MCPServer\n"
-        "s = MCPServer('extra')\n"
-        "@s.tool()\n"
-        "def ping() -> str:\n"
-        "    return 'pong'\n"
-        "s.run()\n"
-    )
+    extra = Path(__file__).with_name("ping_mcp.py")
     settings = stack.harness_settings(name)
     toml = Path(settings.harness.config_dir) / "agent.toml"
     toml.write_text(
@@ -288,6 +288,10 @@ async def test_agent_toml_settings(stack: Stack, api: ScriptedAnthropic, tmp_pat
         f'command = "{sys.executable}"\n'
         f'args = ["{extra}"]\n'
         'env = { EXTRA_FLAG = "1" }\n'
+        "[mcp_servers.lazy]\n"
+        f'command = "{sys.executable}"\n'
+        f'args = ["{extra}"]\n'
+        "defer_tools = true\n"
     )
     async with running_harness(settings) as h:
         await stack.send(name, "use your config")
@@ -295,9 +299,12 @@ async def test_agent_toml_settings(stack: Stack, api: ScriptedAnthropic, tmp_pat
         assert end["outcome"] == "ok"
         init = h.claude_events(1, "system")[0]
         servers = {s["name"]: s["status"] for s in init["mcp_servers"]}
-        assert servers == {"hyperhive": "connected", "extra": "connected"}
+        assert servers == {"hyperhive": "connected", "extra": "connected", "lazy": "connected"}
         assert "mcp__extra__ping" in init["tools"]
         req = api.requests[-1]
+        assert_offers_hyperhive_tools(req, name)
+        assert req.offered["mcp__extra__ping"]["type"] == "object"
+        assert "mcp__lazy__ping" not in req.offered  # behind tool search
         assert req.model == "toml-model-1"
         assert "EXTRA-PROMPT-MARK: be brief." in req.system_text()
         argv = h.harness.cfg
@@ -358,7 +365,7 @@ async def test_queued_prompts_run_in_order(stack: Stack, api: ScriptedAnthropic)
     await stack.spawn(name)
     held = api.reply("slow", hold=True, when=last_user_mentions("one"))
     async with running_harness(stack.harness_settings(name)) as h:
-        page = Page(h.url)
+        page = Page(h.socket)
         await page.open()
         await page.prompt("one")
         await api.wait_for_request(lambda r: r.reply is held, timeout=60)
@@ -407,7 +414,7 @@ async def test_an_interrupted_turn_keeps_the_note_of_an_earlier_cancelled_one(
     first = api.reply("counting", hold=True, when=last_user_mentions("count sheep"))
     second = api.reply("halfway", hold=True, when=last_user_mentions("then paint"))
     async with running_harness(settings) as h:
-        page = Page(h.url)
+        page = Page(h.socket)
         await page.open()
         await stack.send(name, "count sheep forever")
         await api.wait_for_request(lambda r: r.reply is first, timeout=60)

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import socket
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from hyperhive.cli.embedded import EmbeddedNats
@@ -38,8 +41,10 @@ from tests.harness.conftest import (
     Page,
     Stack,
     agent_name,
+    assert_offers_hyperhive_tools,
     claude_blocks,
     claude_events,
+    page_client,
     running_stack,
     script_relay,
     sse_records,
@@ -69,18 +74,31 @@ async def e2e(
         yield s
 
 
-async def _page_up(info: AgentInfo) -> str:
-    url = f"http://127.0.0.1:{info.port}"
+async def _page_up(stack: Stack, info: AgentInfo) -> str:
+    """The agent page's socket, once it answers (the harness alone, no dashboard)."""
+    sock = str(AgentPaths.of(stack.settings, info.name).page_socket)
 
     async def up() -> bool:
         try:
-            async with httpx.AsyncClient(timeout=2) as c:
-                return (await c.get(f"{url}/status")).status_code == 200
+            async with page_client(sock, timeout=2) as c:
+                return (await c.get("/api/status")).status_code == 200
         except httpx.HTTPError:
             return False
 
     await rig.eventually(up, timeout=60, interval=0.2, what=f"{info.name}'s page answers")
-    return url
+    return sock
+
+
+def _tcp_listeners(stack: Stack, name: str) -> list[object]:
+    """TCP sockets listening in the agent's harness process and all below it."""
+    pid = int(AgentPaths.of(stack.settings, name).pid_file.read_text().split()[0])
+    top = psutil.Process(pid)
+    return [
+        c
+        for p in (top, *top.children(recursive=True))
+        for c in p.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    ]
 
 
 def _this_run(records: list[dict]) -> list[dict]:
@@ -100,8 +118,13 @@ def _turn_ended(turn: int = 1):
 
 async def test_two_agents_talk_through_the_broker(e2e: Stack, api: ScriptedAnthropic) -> None:
     a, b = agent_name("a"), agent_name("b")
-    url_a = await _page_up(await e2e.spawn(a))
-    url_b = await _page_up(await e2e.spawn(b))
+    info_a = await e2e.spawn(a)
+    url_a = await _page_up(e2e, info_a)
+    url_b = await _page_up(e2e, await e2e.spawn(b))
+    # the page is a unix socket: nothing listens on the registry's port
+    assert info_a.port > 0 and not _tcp_listeners(e2e, a) and not _tcp_listeners(e2e, b)
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", info_a.port)) != 0
     script_relay(
         api,
         a,
@@ -124,6 +147,9 @@ async def test_two_agents_talk_through_the_broker(e2e: Stack, api: ScriptedAnthr
     assert start_b["sender"] == a and f"ping from {a}" in start_b["body"]
     tools_a = [blk["name"] for blk in claude_blocks(rec_a, "assistant", "tool_use")]
     assert tools_a == ["mcp__hyperhive__send"]
+    for agent in (a, b):
+        for req in api.matching(mentions(f"You are {agent},")):
+            assert_offers_hyperhive_tools(req, agent)
     init_b = claude_events(rec_b, "system")[0]
     assert {s["name"]: s["status"] for s in init_b["mcp_servers"]} == {"hyperhive": "connected"}
 
@@ -148,11 +174,11 @@ async def _keys(stack: Stack, name: str) -> set[str] | None:
 async def test_model_survives_a_harness_restart(e2e: Stack, api: ScriptedAnthropic) -> None:
     name = agent_name("r")
     info = await e2e.spawn(name)
-    url = await _page_up(info)
+    url = await _page_up(e2e, info)
     page = Page(url)
     await page.open()
     assert (await page.prompt("/model claude-kept-1"))["ok"]
-    boot = (await page.client.get("/status")).json()
+    boot = (await page.client.get("/api/status")).json()
     await page.close()
 
     await rpc.request(
@@ -165,8 +191,8 @@ async def test_model_survives_a_harness_restart(e2e: Stack, api: ScriptedAnthrop
 
     async def restarted() -> dict | None:
         try:
-            async with httpx.AsyncClient(timeout=2) as c:
-                st = (await c.get(f"{url}/status")).json()
+            async with page_client(url, timeout=2) as c:
+                st = (await c.get("/api/status")).json()
         except (httpx.HTTPError, ValueError):
             return None
         return st if st["now"] > boot["now"] and st["since"] > boot["since"] else None
@@ -183,7 +209,7 @@ async def test_host_api_settings_reach_claude_after_a_restart(
     e2e: Stack, api: ScriptedAnthropic
 ) -> None:
     name = agent_name("h")
-    url = await _page_up(await e2e.spawn(name))
+    url = await _page_up(e2e, await e2e.spawn(name))
     tail = asyncio.create_task(sse_records(url, _turn_ended(1), timeout=120))
     await e2e.send(name, "before the restart")
     await tail
@@ -194,12 +220,87 @@ async def test_host_api_settings_reach_claude_after_a_restart(
         AgentInfo,
         timeout=60,
     )
-    await _page_up(await _info(e2e, name))
+    await _page_up(e2e, await _info(e2e, name))
     tail = asyncio.create_task(sse_records(url, _turn_ended(2), timeout=120))
     await e2e.send(name, "after the restart")
     records = await tail
     end = next(r for r in records if r.get("type") == "turn_end" and r["turn"] == 2)
     assert end["event"]["outcome"] == "ok", end["event"]["error"]
+
+
+# run by the agent's claude through its Bash tool, inside its sandbox: an HTTP
+# GET of /api/status on each unix socket and TCP address named
+PAGE_PROBE = """python3 - <<'EOF'
+import socket
+for target in {targets!r}:
+    family = socket.AF_UNIX if isinstance(target, str) else socket.AF_INET
+    s = socket.socket(family)
+    s.settimeout(5)
+    try:
+        s.connect(target)
+        s.sendall(b"GET /api/status HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
+        data = b"".join(iter(lambda: s.recv(65536), b""))
+        print("ANSWERED", target, data.decode(errors="replace").replace("\\n", " "))
+    except OSError as e:
+        print("REFUSED", target, e)
+EOF"""
+
+
+@pytest.fixture
+async def e2e_bwrap(
+    nats_server: EmbeddedNats, database_url: str, hive_home: Path, api: ScriptedAnthropic
+) -> AsyncIterator[Stack]:
+    """broker + lifecycle, harnesses under bubblewrap as with ``hive up``."""
+    if shutil.which("bwrap") is None:
+        pytest.skip("bwrap not installed")
+    settings = stack_settings(
+        nats_server, database_url, hive_home, harness_command="", HIVE_LIFECYCLE_USE_BWRAP="true"
+    )
+    async with running_stack(nats_server, settings) as s:
+        yield s
+
+
+async def test_an_agent_cannot_reach_another_agents_page(
+    e2e_bwrap: Stack, api: ScriptedAnthropic
+) -> None:
+    """A hostile agent's claude, from its Bash tool in its sandbox, tries the
+    other agent's page socket (by its host path) and its registry port: both
+    fail; its own page answers. The other agent's state is unchanged."""
+    e2e = e2e_bwrap
+    a, b = agent_name("x"), agent_name("y")
+    info_b = await e2e.spawn(b)
+    sock_b = await _page_up(e2e, info_b)
+    await e2e.spawn(a)
+    paths_a = AgentPaths.of(e2e.settings, a)
+    (paths_a.applied / "agent.toml").write_text('allowed_tools = ["Bash"]\n')
+    await rpc.request(
+        e2e.op, subjects.admin("lifecycle", "restart"), AgentRequest(name=a), AgentInfo, timeout=60
+    )
+    sock_a = await _page_up(e2e, await _info(e2e, a))
+    before_b = await _status(sock_b)
+
+    is_a = mentions(f"You are {a},")
+    probe = PAGE_PROBE.format(targets=[sock_b, sock_a, ("127.0.0.1", info_b.port)])
+    api.reply(
+        tool_use("Bash", {"command": probe, "description": "probe the pages"}),
+        when=lambda r: is_a(r) and last_user_mentions("probe the pages")(r),
+    )
+    api.reply("probed", when=after_tool_results(1, also=is_a))
+    tail = asyncio.create_task(sse_records(sock_a, _turn_ended(1), timeout=120))
+    await e2e.send(a, "probe the pages")
+    records = _this_run(await tail)
+    (result,) = claude_blocks(records, "user", "tool_result")
+    out = tool_result_text(result)
+    assert f"REFUSED {sock_b}" in out and f"ANSWERED {sock_b}" not in out, out
+    assert f"REFUSED ('127.0.0.1', {info_b.port})" in out, out
+    assert f"ANSWERED {sock_a}" in out and f'"agent":"{a}"' in out, out  # its own: yes
+    after_b = await _status(sock_b)
+    assert after_b["turn"] == before_b["turn"] and after_b["queued"] == 0
+
+
+async def _status(sock: str) -> dict:
+    async with page_client(sock, timeout=10) as c:
+        return (await c.get("/api/status")).json()  # type: ignore[no-any-return]
 
 
 async def _info(stack: Stack, name: str) -> AgentInfo:
@@ -241,7 +342,7 @@ async def test_manager_tools_reach_the_approvals_queue(
     api.reply("asked the operator", when=after_tool_results(2, also=manager))
 
     agents = await _agents(stack)
-    url = await _page_up(agents[subjects.MANAGER])
+    url = await _page_up(stack, agents[subjects.MANAGER])
     tail = asyncio.create_task(sse_records(url, _turn_ended(1), timeout=120))
     await stack.send(subjects.MANAGER, "grow the hive by one agent")
     records = _this_run(await tail)  # hm1nd's earlier runs are backfilled too
@@ -250,6 +351,11 @@ async def test_manager_tools_reach_the_approvals_queue(
     init = claude_events(records, "system")[0]
     for tool in subjects.MANAGER_TOOLS:
         assert f"mcp__hyperhive__{tool}" in init["tools"]
+    # every request of the turn offered all of hm1nd's tools with their schemas
+    turn = api.matching(manager)
+    assert len(turn) >= 3
+    for req in turn:
+        assert_offers_hyperhive_tools(req, subjects.MANAGER)
     results = claude_blocks(records, "user", "tool_result")
     assert len(results) == 2 and not any(x.get("is_error") for x in results)
 
@@ -320,7 +426,7 @@ async def test_manager_drives_two_step_spawn_apply_and_lifecycle_tools_over_mcp(
     request_apply_commit, kill / start / restart / update of an agent, and a
     refused call (restarting itself) that comes back as a tool error."""
     stack = with_manager
-    url = await _page_up((await _agents(stack))[subjects.MANAGER])
+    url = await _page_up(stack, (await _agents(stack))[subjects.MANAGER])
     worker, draftee = agent_name("wk"), agent_name("dr")
     await stack.spawn(worker)
     worker_sha = _commit_toml(

@@ -1,8 +1,10 @@
 """The agent page's terminal: a login shell on a PTY over a WebSocket.
 
-Guarded like the page (operator token) plus same origin and the page's CSRF
-token; closing the WebSocket ends the shell and what it started. In a real
-browser (xterm.js, vendored): type ``echo hi``, read ``hi`` back.
+The operator's WebSocket goes to the dashboard (``/agents/<n>/api/terminal``),
+guarded like the page (operator token) plus same origin and the page's CSRF
+token, and is joined there to one on the harness's unix socket; closing it
+ends the shell and what it started. In a real browser (xterm.js, vendored):
+type ``echo hi``, read ``hi`` back.
 """
 
 from __future__ import annotations
@@ -13,18 +15,40 @@ import re
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from playwright.async_api import Browser, expect
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidStatus
+from websockets.asyncio.client import ClientConnection, connect, unix_connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from hyperhive.harness.security import CSRF_COOKIE
+from hyperhive.common.webguard import CSRF_COOKIE
 from tests import rig
 from tests.browser import needs_chromium, open_page
-from tests.harness.conftest import UI_TIMEOUT_MS, Page, Stack, agent_name, running_harness
+from tests.harness.conftest import (
+    OPERATOR_TOKEN,
+    UI_TIMEOUT_MS,
+    Stack,
+    agent_name,
+    open_agent_page,
+    page_csrf,
+    running_harness,
+)
 
-TOKEN = "terminal-test-token"
+
+async def operator_ws(stack: Stack, name: str) -> tuple[str, str, dict[str, Any]]:
+    """The terminal's dashboard URL, the page's CSRF token and the
+    ``connect()`` arguments of a logged-in operator's browser."""
+    async with stack.operator() as op:
+        csrf = await page_csrf(op, name)
+        nonce = op.cookies[CSRF_COOKIE]
+    port = stack.settings.dashboard.port
+    good: dict[str, Any] = {
+        "origin": f"http://127.0.0.1:{port}",
+        "additional_headers": {
+            "Cookie": f"{CSRF_COOKIE}={nonce}",
+            "Authorization": f"Bearer {OPERATOR_TOKEN}",
+        },
+    }
+    return f"ws://127.0.0.1:{port}/agents/{name}/api/terminal", csrf, good
 
 
 async def read_until(ws: ClientConnection, pattern: str, timeout: float = 30) -> re.Match[str]:
@@ -45,31 +69,19 @@ async def send_line(ws: ClientConnection, line: str) -> None:
 
 
 async def test_terminal_websocket_guard_resize_and_close_ends_the_shell(
-    stack: Stack, tmp_path: Path
+    dash_stack: Stack, tmp_path: Path
 ) -> None:
     name = agent_name("tt")
-    await stack.spawn(name)
-    settings = stack.harness_settings(name, HIVE_HARNESS_TOKEN=TOKEN)
-    async with running_harness(settings) as h:
-        page = Page(h.url, token=TOKEN)
-        await page.open()
-        nonce = page.client.cookies[CSRF_COOKIE]
-        await page.close()
-        ws_url = f"ws://127.0.0.1:{h.port}/terminal/ws"
-        origin = f"http://127.0.0.1:{h.port}"
-        good: dict[str, Any] = {
-            "origin": origin,
-            "additional_headers": {
-                "Cookie": f"{CSRF_COOKIE}={nonce}",
-                "Authorization": f"Bearer {TOKEN}",
-            },
-        }
+    await dash_stack.spawn(name)
+    async with running_harness(dash_stack.harness_settings(name)) as h:
+        ws_url, csrf, good = await operator_ws(dash_stack, name)
+        nonce = good["additional_headers"]["Cookie"]
 
         # refused before any shell starts: no token, another origin, no or a wrong CSRF token
         refusals: list[tuple[str, dict[str, Any]]] = [
-            (f"?csrf={page.csrf}", {**good, "additional_headers": {"Cookie": f"x={nonce}"}}),
-            (f"?csrf={page.csrf}", {**good, "origin": "http://evil.example"}),
-            (f"?csrf={page.csrf}", {**good, "origin": None}),
+            (f"?csrf={csrf}", {**good, "additional_headers": {"Cookie": nonce}}),
+            (f"?csrf={csrf}", {**good, "origin": "http://evil.example"}),
+            (f"?csrf={csrf}", {**good, "origin": None}),
             ("", good),
             ("?csrf=0123abcd", good),
         ]
@@ -79,7 +91,7 @@ async def test_terminal_websocket_guard_resize_and_close_ends_the_shell(
                     pass
             assert err.value.response.status_code == 403, (query, kwargs)
 
-        async with connect(f"{ws_url}?csrf={page.csrf}&cols=90&rows=20", **good) as ws:
+        async with connect(f"{ws_url}?csrf={csrf}&cols=90&rows=20", **good) as ws:
             started = json.loads(await asyncio.wait_for(ws.recv(), 30))
             assert started["type"] == "started", started
             shell_pid = started["pid"]
@@ -102,23 +114,16 @@ async def test_terminal_websocket_guard_resize_and_close_ends_the_shell(
             what="the shell and its job end with the WebSocket",
         )
         # the page itself is unaffected
-        async with httpx.AsyncClient(base_url=h.url, headers={"X-Hive-Token": TOKEN}) as c:
-            assert (await c.get("/status")).status_code == 200
+        async with dash_stack.operator() as op:
+            assert (await op.get(f"/agents/{name}/api/status")).status_code == 200
 
 
-async def test_shell_exit_closes_the_websocket(stack: Stack) -> None:
+async def test_shell_exit_closes_the_websocket(dash_stack: Stack) -> None:
     name = agent_name("tx")
-    await stack.spawn(name)
-    async with running_harness(stack.harness_settings(name)) as h:
-        page = Page(h.url)
-        await page.open()
-        nonce = page.client.cookies[CSRF_COOKIE]
-        await page.close()
-        async with connect(
-            f"ws://127.0.0.1:{h.port}/terminal/ws?csrf={page.csrf}",
-            origin=f"http://127.0.0.1:{h.port}",
-            additional_headers={"Cookie": f"{CSRF_COOKIE}={nonce}"},
-        ) as ws:
+    await dash_stack.spawn(name)
+    async with running_harness(dash_stack.harness_settings(name)):
+        ws_url, csrf, good = await operator_ws(dash_stack, name)
+        async with connect(f"{ws_url}?csrf={csrf}", **good) as ws:
             started = json.loads(await asyncio.wait_for(ws.recv(), 30))
             await send_line(ws, "exit 0")
             async with asyncio.timeout(30):
@@ -138,15 +143,17 @@ ROWS_JS = (
 
 @pytest.mark.browser
 @needs_chromium
-async def test_browser_terminal_echo_hi(stack: Stack, browser: Browser, tmp_path: Path) -> None:
+async def test_browser_terminal_echo_hi(
+    dash_stack: Stack, browser: Browser, tmp_path: Path
+) -> None:
     name = agent_name("tb")
-    await stack.spawn(name)
-    async with running_harness(stack.harness_settings(name)) as h:
+    await dash_stack.spawn(name)
+    async with running_harness(dash_stack.harness_settings(name)):
         # CSP violations (e.g. xterm.js styles refused) show up as console errors
         async with open_page(
             browser, width=1100, height=800, timeout_ms=UI_TIMEOUT_MS, console_errors=True
         ) as page:
-            await page.goto(h.url + "/")
+            await open_agent_page(page, dash_stack, name)
             await page.click("#term-toggle")
             await expect(page.locator("#term .xterm")).to_be_visible()
             await expect(page.locator("#term-info")).to_contain_text("pid")
@@ -175,20 +182,21 @@ async def test_browser_terminal_echo_hi(stack: Stack, browser: Browser, tmp_path
             )
 
 
-async def test_terminal_can_be_switched_off(stack: Stack) -> None:
+async def test_terminal_can_be_switched_off(dash_stack: Stack) -> None:
     name = agent_name("to")
-    await stack.spawn(name)
-    settings = stack.harness_settings(name, HIVE_HARNESS_TERMINAL="false")
+    await dash_stack.spawn(name)
+    settings = dash_stack.harness_settings(name, HIVE_HARNESS_TERMINAL="false")
     async with running_harness(settings) as h:
-        page = Page(h.url)
-        await page.open()
-        nonce = page.client.cookies[CSRF_COOKIE]
-        await page.close()
+        # the harness refuses it on its socket
         with pytest.raises(InvalidStatus) as err:
-            async with connect(
-                f"ws://127.0.0.1:{h.port}/terminal/ws?csrf={page.csrf}",
-                origin=f"http://127.0.0.1:{h.port}",
-                additional_headers={"Cookie": f"{CSRF_COOKIE}={nonce}"},
-            ):
+            async with unix_connect(h.socket, "ws://agent-page/api/terminal"):
                 pass
         assert err.value.response.status_code == 403
+        # the operator's WebSocket says why and closes; no shell
+        ws_url, csrf, good = await operator_ws(dash_stack, name)
+        async with connect(f"{ws_url}?csrf={csrf}", **good) as ws:
+            msg = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            assert msg["type"] == "error" and "terminal" in msg["text"], msg
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 30)
+            assert ws.close_code == 1011

@@ -28,6 +28,7 @@ from tests import rig
 from tests.harness.conftest import (
     Stack,
     agent_name,
+    assert_offers_hyperhive_tools,
     running_harness,
     running_stack,
     stack_settings,
@@ -64,6 +65,10 @@ async def test_message_becomes_a_turn(stack: Stack, api: ScriptedAnthropic, serv
         assert str(h.harness.cfg.notes_path) in prompt
         # the system prompt addition says who the agent is
         assert f"You are {name}" in req.system_text()
+        # and the model was offered the agent's tools up front, with schemas
+        for r in api.requests:
+            assert_offers_hyperhive_tools(r, name)
+        assert set(req.offered["mcp__hyperhive__send"]["required"]) == {"to", "body"}
 
         # every stream-json event was published; the MCP server connected
         init = h.claude_events(1, "system")[0]
@@ -129,9 +134,10 @@ async def _stat_keys(stack: Stack, name: str) -> set[str] | None:
 
 
 async def test_tool_calls_and_bad_input(stack: Stack, api: ScriptedAnthropic) -> None:
-    """claude's MCP calls: send, message_status, recv; then a send to nobody,
-    wrong argument types, a manager tool it is not offered: each error is a
-    clear tool error and the harness goes on."""
+    """claude's MCP calls: send, message_status, recv; then a send to nobody and
+    wrong argument types (a real model can send an input its schema refuses):
+    each error is a clear tool error and the harness goes on. The manager
+    tools are not offered, so the model cannot call them."""
     name, peer = agent_name("u"), agent_name("v")
     await stack.spawn(name)
     await stack.spawn(peer)
@@ -147,7 +153,6 @@ async def test_tool_calls_and_bad_input(stack: Stack, api: ScriptedAnthropic) ->
         tool_use("mcp__hyperhive__recv", {"wait_seconds": 1}),
         tool_use("mcp__hyperhive__send", {"to": "nobody9", "body": "x"}),
         tool_use("mcp__hyperhive__send", {"to": 5, "body": ["not", "text"]}),
-        tool_use("mcp__hyperhive__request_spawn", {"name": "evil"}),
         "done with tools",
     ]
     api.reply(script[0], when=last_user_mentions("start tools"))
@@ -164,8 +169,8 @@ async def test_tool_calls_and_bad_input(stack: Stack, api: ScriptedAnthropic) ->
             for b in e["message"]["content"]
             if isinstance(b, dict) and b.get("type") == "tool_result"
         ]
-        assert len(results) == 6
-        ok, status, received, unknown, types, manager = results
+        assert len(results) == 5
+        ok, status, received, unknown, types = results
         assert not ok.get("is_error")
         sent_id = json.loads(tool_result_text(ok))["id"]
         receipt = json.loads(tool_result_text(status))
@@ -178,7 +183,8 @@ async def test_tool_calls_and_bad_input(stack: Stack, api: ScriptedAnthropic) ->
         assert unknown.get("is_error")
         assert "not_found" in tool_result_text(unknown) and "nobody9" in tool_result_text(unknown)
         assert types.get("is_error") and "validation error" in tool_result_text(types)
-        assert manager.get("is_error")  # not offered to a non-manager
+        for req in api.matching(mine):
+            assert not {f"mcp__hyperhive__{t}" for t in subjects.MANAGER_TOOLS} & set(req.offered)
         # the peer got the good one
         inbox = await stack.inbox(peer)
         assert [m.body for m in inbox.messages] == ["hi peer"]

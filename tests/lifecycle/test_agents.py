@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 
 import git
 import pytest
@@ -87,7 +88,11 @@ async def test_harness_environment_contract(
                 line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line
             )
             assert env["HIVE_HARNESS_AGENT"] == "envy"
-            assert env["HIVE_HARNESS_PORT"] == str((await op.list())["envy"].port)
+            # the page is a unix socket lifecycle bound and passed in; no TCP port
+            assert env["HIVE_HARNESS_SOCKET"] == str(paths.page_socket)
+            assert int(env["HIVE_HARNESS_SOCKET_FD"]) >= 3
+            assert "HIVE_HARNESS_PORT" not in env and "HIVE_HARNESS_HOST" not in env
+            assert stat.S_ISSOCK(paths.page_socket.lstat().st_mode)
             assert env["HIVE_HARNESS_CONFIG_DIR"] == str(paths.applied)
             assert env["HIVE_HARNESS_STATE_DIR"] == str(paths.state)
             assert env["HIVE_HARNESS_CREDS_DIR"] == str(paths.creds)
@@ -124,7 +129,8 @@ async def test_harness_environment_contract(
             # the manager was created at start, on its port, with its view of
             # the agents (no bwrap here: the container layout as symlinks)
             mgr = await rig.eventually(lambda: _manager_env(settings), what="manager env")
-            assert mgr["HIVE_HARNESS_PORT"] == str(settings.lifecycle.manager_port)
+            mgr_paths = AgentPaths.of(settings, "hm1nd")
+            assert mgr["HIVE_HARNESS_SOCKET"] == str(mgr_paths.page_socket)
             view = AgentPaths.of(settings, "hm1nd").root / "view"
             assert mgr["HIVE_HARNESS_VIEW_DIR"] == str(view)
             assert "HIVE_HARNESS_AGENTS_DIR" not in mgr

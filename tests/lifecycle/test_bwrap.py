@@ -6,6 +6,7 @@ import itertools
 import os
 import shlex
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,9 +43,16 @@ PROBE = (
 )
 
 
+# as root: harnesses as root (capabilities dropped), or as the agent user
+AGENT_USERS = pytest.mark.parametrize(
+    "agent_user", ["", *(["hyperhive-agent"] if os.geteuid() == 0 else [])]
+)
+
+
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap not installed")
+@AGENT_USERS
 async def test_agent_under_bwrap_sees_only_its_own_dirs(
-    nats_server, database_url, hive_home, operator_nc, monkeypatch
+    nats_server, database_url, hive_home, operator_nc, monkeypatch, agent_user
 ):
     settings = lifecycle_settings(
         nats_server,
@@ -52,6 +60,7 @@ async def test_agent_under_bwrap_sees_only_its_own_dirs(
         hive_home,
         HIVE_LIFECYCLE_USE_BWRAP="true",
         HIVE_LIFECYCLE_HARNESS_COMMAND=PROBE,
+        HIVE_LIFECYCLE_AGENT_USER=agent_user,
     )
     other = AgentPaths.of(settings, "other")
     monkeypatch.setenv("PROBE_SERVICE_SEED", str(nats_server.service_seed))
@@ -126,7 +135,9 @@ async def assert_mirror(box: Path, name: str, settings: Settings, deployed: int,
         git_in_box("-C", f"/applied/{name}", "update-ref", "refs/heads/main", "HEAD~0"),
     ):
         rc, out = await in_sandbox(box, write)
-        assert rc != 0 and "Read-only file system" in out, (write, out)
+        # as the agent user, the files' modes refuse it before the read-only mount
+        refused = "Read-only file system" in out or "Permission denied" in out
+        assert rc != 0 and refused, (write, out)
     assert not gitops.tag_sha(p.applied, "sneaky")
     # config and state are the agent's real dirs, writable
     script = f"echo hi > /agents/{name}/state/from-manager && ls /agents/{name}/config"
@@ -157,13 +168,15 @@ async def assert_mirror(box: Path, name: str, settings: Settings, deployed: int,
 
 
 @needs_bwrap
+@AGENT_USERS
 async def test_manager_sandbox_has_the_container_layout(
-    nats_server, database_url, hive_home, operator_nc, service_nc
+    nats_server, database_url, hive_home, operator_nc, service_nc, agent_user
 ):
     settings = lifecycle_settings(
         nats_server,
         database_url,
         hive_home,
+        HIVE_LIFECYCLE_AGENT_USER=agent_user,
         HIVE_LIFECYCLE_USE_BWRAP="true",
         HIVE_LIFECYCLE_MANAGER=subjects.MANAGER,
         HIVE_LIFECYCLE_HARNESS_COMMAND=RUNNER,
@@ -327,5 +340,67 @@ async def test_stop_under_bwrap_lets_the_harness_finish_its_graceful_stop(
             await rig.eventually(lambda: "ready" in log.read_text(), what="harness ready")
             await op.verb("stop", "gentle")
             assert "graceful-exit" in log.read_text()
+    finally:
+        cleanup_agents(nats_server, settings.paths.agents_dir)
+
+
+# --- the agent pages' sockets -----------------------------------------------------
+
+# connects to each socket given; prints "connected <path>" or "refused <path> <errno>"
+CONNECT = (
+    "import socket, sys\n"
+    "for p in sys.argv[1:]:\n"
+    "    s = socket.socket(socket.AF_UNIX)\n"
+    "    try:\n"
+    "        s.connect(p)\n"
+    "        print('connected', p)\n"
+    "    except OSError as e:\n"
+    "        print('refused', p, e.errno)\n"
+)
+
+
+@needs_bwrap
+async def test_each_agent_reaches_only_its_own_page_socket(
+    nats_server, database_url, hive_home, operator_nc
+):
+    """An agent (and the manager, which sees other agents' config and state)
+    can neither see nor connect to another agent's page socket, by its host
+    path or through the manager's /agents view; its own works."""
+    settings = lifecycle_settings(
+        nats_server,
+        database_url,
+        hive_home,
+        HIVE_LIFECYCLE_USE_BWRAP="true",
+        HIVE_LIFECYCLE_MANAGER=subjects.MANAGER,
+        HIVE_LIFECYCLE_HARNESS_COMMAND=RUNNER,
+    )
+    op = Operator(operator_nc)
+    try:
+        async with serving("lifecycle", settings, operator_nc):
+            await op.spawn("alice")
+            await op.spawn("bob")
+            paths = {n: AgentPaths.of(settings, n) for n in ("alice", "bob", subjects.MANAGER)}
+            for p in paths.values():  # lifecycle bound them on the host: they are there
+                await rig.eventually(p.page_socket.is_socket, what=f"{p.name}'s page socket")
+            for prober in ("alice", subjects.MANAGER):
+                own = paths[prober].page_socket
+                others = [p.page_socket for n, p in paths.items() if n != prober]
+                box = paths[prober].state
+                argv = [shlex.quote(str(s)) for s in (own, *others, "/agents/bob/run/page.sock")]
+                rc, out = await in_sandbox(
+                    box, f"{shlex.quote(sys.executable)} -c {shlex.quote(CONNECT)} {' '.join(argv)}"
+                )
+                assert rc == 0 and f"connected {own}" in out, out
+                for other in others:
+                    assert f"refused {other}" in out and f"connected {other}" not in out, out
+                    rc, listing = await in_sandbox(box, f"ls -la {shlex.quote(str(other.parent))}")
+                    assert rc != 0 or "page.sock" not in listing, listing
+                # the whole data dir, as the sandbox sees it: one page socket, its own
+                home = shlex.quote(settings.paths.home)
+                rc, found = await in_sandbox(box, f"find {home} -name page.sock 2>/dev/null; true")
+                assert found.split() == [str(own)], found
+            # the manager sees bob's config and state, never his run dir
+            rc, out = await in_sandbox(paths[subjects.MANAGER].state, "ls -a /agents/bob")
+            assert rc == 0 and set(out.split()) == {".", "..", "config", "state"}, out
     finally:
         cleanup_agents(nats_server, settings.paths.agents_dir)

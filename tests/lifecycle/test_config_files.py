@@ -35,6 +35,10 @@ def test_default_agent_toml_is_valid():
         ('[mcp_servers.x]\ncommand = "c"\nargs = "a"', "mcp_servers.x.args must be a list"),
         ('[mcp_servers.x]\ncommand = "c"\nenv = { A = 1 }', "mcp_servers.x.env must be a table"),
         ('[mcp_servers.x]\ncommand = "c"\nextra = 1', "mcp_servers.x: unknown keys extra"),
+        (
+            '[mcp_servers.x]\ncommand = "c"\ndefer_tools = "yes"',
+            "mcp_servers.x.defer_tools must be true or false",
+        ),
         ('[mcp_servers.hyperhive]\ncommand = "c"', "'hyperhive' is reserved"),
         ("colour = 'red'", "unknown keys: colour"),
         ("model = ", "not valid TOML"),
@@ -43,6 +47,11 @@ def test_default_agent_toml_is_valid():
 def test_agent_toml_problems_are_named(text: str, problem: str):
     problems = agentconf.check_toml(text)
     assert any(problem in p for p in problems), problems
+
+
+def test_an_mcp_server_may_ask_for_deferred_tools():
+    text = '[mcp_servers.x]\ncommand = "c"\ndefer_tools = true'
+    assert agentconf.check_toml(text) == []
 
 
 def test_validate_reports_every_problem(tmp_path: Path):

@@ -180,7 +180,8 @@ async def test_nixos_backend_drives_nixos_container(
             assert "PRIVATE_NETWORK=0" in conf  # what nixos-container wrote stays
             assert f"--bind={paths.creds}:/root/.claude" in conf
             assert f"--bind={paths.state}:/state" in conf
-            assert f"--bind-ro={paths.run}:/run/hive" in conf
+            # writable: the harness binds /run/hive/page.sock (the dashboard's way in)
+            assert f"--bind={paths.run}:/run/hive" in conf
             assert ":/agents" not in conf
             # the manager sees the agent's config and state, its applied repo
             # read-only, and never its credentials or NATS seed

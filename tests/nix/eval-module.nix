@@ -2,6 +2,8 @@
 # `overrides`), evaluated with stand-ins: see standin.nix.
 {
   overrides ? { },
+  # the rest of the host's config (e.g. fileSystems, services.postgresql)
+  hostConfig ? { },
 }:
 let
   s = import ./standin.nix;
@@ -9,7 +11,7 @@ let
     inherit config;
     inherit (s) lib pkgs;
   };
-  config = {
+  config = s.recursiveUpdate {
     services.hyperhive = s.recursiveUpdate (s.defaultsOf m.options.services.hyperhive) (
       { enable = true; } // overrides
     );
@@ -20,7 +22,7 @@ let
     system.stateVersion = "26.05";
     systemd.package = s.pkgs.systemd;
     nix.package = s.pkgs.nix;
-  };
+  } hostConfig;
 in
 {
   inherit (m) config;

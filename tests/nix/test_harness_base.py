@@ -27,7 +27,7 @@ pytestmark = needs_nix
 # backend, with the container's paths).
 CONTRACT = {
     "HIVE_HARNESS_AGENT",
-    "HIVE_HARNESS_PORT",
+    "HIVE_HARNESS_SOCKET",
     "HIVE_HARNESS_WORKDIR",
     "HIVE_HARNESS_STATE_DIR",
     "HIVE_HARNESS_CREDS_DIR",
@@ -113,7 +113,8 @@ def test_harness_unit_gets_the_contract_environment(agent: dict[str, Any]) -> No
     env = unit["environment"]
     assert env.keys() >= CONTRACT
     assert env["HIVE_HARNESS_AGENT"] == "ag1"
-    assert env["HIVE_HARNESS_PORT"] == "8123"
+    assert env["HIVE_HARNESS_SOCKET"] == "/run/hive/page.sock"  # no TCP port
+    assert "HIVE_HARNESS_PORT" not in env and "HIVE_HARNESS_HOST" not in env
     assert env["HIVE_NATS_INBOX_PREFIX"] == subjects.inbox_prefix("ag1")
     # the bind mounts of DESIGN.md section 4
     assert env["HIVE_HARNESS_CREDS_DIR"] == "/root/.claude"

@@ -150,7 +150,36 @@ def test_dashboard_connects_as_the_operator(units: dict[str, Any]) -> None:
     env = units["hive-dashboard"]["environment"]
     assert env["HIVE_NATS_SEED_FILE"] == "/var/lib/hyperhive/nats/operator.seed"
     assert env["HIVE_NATS_INBOX_PREFIX"] == "_INBOX.operator"
-    assert "HIVE_DASHBOARD_TOKEN_FILE" not in env
+
+
+def test_without_operator_token_file_one_is_generated_and_passed_as_a_credential(
+    units: dict[str, Any],
+) -> None:
+    """Issue 13: the dashboard always requires the token. hive-setup (root)
+    makes a root-only file under the data dir once; the dashboard gets it as
+    the systemd credential it reads from $CREDENTIALS_DIRECTORY."""
+    generated = "/var/lib/hyperhive/operator-token"
+    setup = units["hive-setup"]["serviceConfig"]
+    (post,) = setup["ExecStartPost"]
+    binary, *argv = post.split()
+    assert binary.endswith("/bin/hive") and argv == ["setup-token", "--file", generated]
+    assert build_parser().parse_args(argv).file == generated  # a verb the CLI has
+    assert "User" not in setup  # root: the file is root's, mode 0600
+    assert generated.startswith(setup["ReadWritePaths"][0] + "/")
+    dash = units["hive-dashboard"]
+    assert dash["serviceConfig"]["LoadCredential"] == f"operator-token:{generated}"
+    assert dash["serviceConfig"]["User"] == "hyperhive"  # reads the credential, not the file
+    # the dashboard reads $CREDENTIALS_DIRECTORY/operator-token, no setting needed
+    assert "HIVE_DASHBOARD_TOKEN_FILE" not in dash["environment"]
+    assert "HIVE_DASHBOARD_INSECURE_NO_TOKEN" not in dash["environment"]
+    assert {"hive-setup.service"} <= set(dash["requires"]) & set(dash["after"])
+    # no other unit gets the token
+    for name, unit in units.items():
+        if name != "hive-dashboard":
+            assert "LoadCredential" not in unit.get("serviceConfig", {}), name
+    # `sudo hive dashboard-url` finds it (the stand-in writeText keeps no text)
+    cli_toml = (REPO / "nix" / "module.nix").read_text().split("cliConfig = ", 1)[1]
+    assert 'token_file = "${operatorToken}"' in cli_toml.split("'';", 1)[0]
 
 
 def test_options_reach_the_units() -> None:
@@ -165,7 +194,7 @@ def test_options_reach_the_units() -> None:
     units = module["config"]["systemd"]["services"]
     dash = units["hive-dashboard"]
     assert dash["serviceConfig"]["LoadCredential"] == "operator-token:/run/secrets/hive-token"
-    assert dash["environment"]["HIVE_DASHBOARD_TOKEN_FILE"] == "%d/operator-token"
+    assert units["hive-setup"]["serviceConfig"]["ExecStartPost"] == []  # nothing generated
     for part in subjects.SERVICES:
         env = units[f"hive-{part}"]["environment"]
         assert env["HIVE_HOME"] == "/srv/hive"
@@ -174,7 +203,10 @@ def test_options_reach_the_units() -> None:
         assert env["HIVE_LOG_LEVEL"] == "DEBUG"
         assert env["HIVE_TELEMETRY_EXPORTER"] == "otlp"
         assert "/srv/hive" in units[f"hive-{part}"]["serviceConfig"]["ReadWritePaths"]
-    assert "d /srv/hive/nats 0755 root root -" in module["config"]["systemd"]["tmpfiles"]["rules"]
+    rules = module["config"]["systemd"]["tmpfiles"]["rules"]
+    assert "d /srv/hive/nats 0755 root root -" in rules
+    # the dashboard (group hyperhive) passes through to the agents' page sockets
+    assert "d /srv/hive/agents 0710 root hyperhive -" in rules
 
 
 def test_nats_and_postgres_are_set_up(module: dict[str, Any], units: dict[str, Any]) -> None:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import msgspec
 
+# Who decided, as the operator's tool records it: ``operator via dashboard
+# (token "operator")``, ``operator via cli (root@host)``. Only the operator's
+# side sets it (``hive.admin.*``, which no agent may publish on); one line.
+MAX_DECIDED_BY = 200
+
 
 class ApplyCommitRequest(msgspec.Struct, kw_only=True):
     name: str
@@ -39,6 +44,8 @@ class ApprovalInfo(msgspec.Struct, kw_only=True):
     tag: str = ""
     created_at: float = 0.0
     resolved_at: float | None = None
+    decided_by: str = ""  # who approved or denied it ("" while pending)
+    decided_at: float | None = None  # when (an approve: before its build)
 
 
 class ApprovalQueued(msgspec.Struct, kw_only=True):
@@ -62,9 +69,15 @@ class ApprovalIdRequest(msgspec.Struct, kw_only=True):
     id: int
 
 
+class ApproveRequest(msgspec.Struct, kw_only=True):
+    id: int
+    decided_by: str = ""  # who approves (see MAX_DECIDED_BY)
+
+
 class DenyRequest(msgspec.Struct, kw_only=True):
     id: int
     note: str = ""
+    decided_by: str = ""
 
 
 class DiffReply(msgspec.Struct, kw_only=True):
@@ -82,6 +95,7 @@ class QuestionInfo(msgspec.Struct, kw_only=True):
     answer: list[str] | None = None
     asked_at: float = 0.0
     answered_at: float | None = None
+    answered_by: str = ""
 
 
 class QuestionsRequest(msgspec.Struct, kw_only=True):
@@ -95,3 +109,4 @@ class QuestionsReply(msgspec.Struct, kw_only=True):
 class AnswerRequest(msgspec.Struct, kw_only=True):
     id: int
     answer: list[str]
+    decided_by: str = ""  # who answers

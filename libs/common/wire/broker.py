@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -156,12 +156,58 @@ class TurnStats(msgspec.Struct, kw_only=True):
     messages_sent_to: dict[str, int] = msgspec.field(default_factory=dict)
     messages_received: int = 1
     compact_retry: bool = False
+    # from claude's ``result`` events of the turn (summed over its runs):
+    # input_tokens excludes the cache, as the API's ``usage.input_tokens`` does
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
     model: str = ""
     inbox_depth: int | None = None
     notes_bytes: int | None = None
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    model_calls: int = 0  # claude's ``num_turns``: model responses of the agent loop
+    # ``turn``, or ``compaction``: a notes compaction between turns, whose
+    # usage counts but which is not a turn (only its usage keys are stored)
+    kind: Literal["turn", "compaction"] = "turn"
+
+
+# the stats key stored exactly once per turn (a compaction has none)
+TURN_KEY = "duration_ms"
+# the turn statistics that ``hive.admin.broker.usage`` adds up (stats keys)
+USAGE_KEYS = (
+    "model_calls",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_creation_tokens",
+    "cost_usd",
+)
+
+
+class UsageRequest(msgspec.Struct, kw_only=True):
+    """``hive.admin.broker.usage``: totals per agent and UTC day."""
+
+    agent: str | None = None
+    since: UnixTime | None = None  # turns after this time (default: all)
+
+
+class UsageDay(msgspec.Struct, kw_only=True):
+    """One agent's turns of one UTC day, added up."""
+
+    agent: str
+    day: str  # YYYY-MM-DD, UTC
+    turns: int = 0
+    model_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class UsageReply(msgspec.Struct, kw_only=True):
+    days: list[UsageDay] = msgspec.field(default_factory=list)  # by day, then agent
 
 
 class StatsRequest(msgspec.Struct, kw_only=True):
@@ -214,6 +260,8 @@ class TurnsReply(msgspec.Struct, kw_only=True):
 __all__ = [
     "INT64_MAX",
     "RECIPIENT_KINDS",
+    "TURN_KEY",
+    "USAGE_KEYS",
     "AckRequest",
     "AdminSendRequest",
     "BrokerWake",
@@ -241,4 +289,7 @@ __all__ = [
     "TurnsReply",
     "TurnsRequest",
     "UnixTime",
+    "UsageDay",
+    "UsageReply",
+    "UsageRequest",
 ]

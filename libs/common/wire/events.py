@@ -21,7 +21,7 @@ class AgentStuck(msgspec.Struct, kw_only=True, tag=True):
     """An agent's heartbeat stopped, or its turn ran past the limit."""
 
     agent: str
-    reason: str  # "heartbeat" | "turn_too_long"
+    reason: str  # "heartbeat" | "turn_too_long" | "login_needed"
     since: float = 0.0
     detail: str = ""
 
@@ -36,6 +36,8 @@ class ApprovalResolved(msgspec.Struct, kw_only=True, tag=True):
     note: str = ""
     sha: str = ""
     error: str = ""  # the build error when state is failed
+    decided_by: str = ""  # who approved or denied it
+    decided_at: float | None = None
 
 
 class SpawnResolved(msgspec.Struct, kw_only=True, tag=True):
@@ -48,6 +50,8 @@ class SpawnResolved(msgspec.Struct, kw_only=True, tag=True):
     error: str = ""  # why the create failed when state is failed
     tag: str = ""  # deployed/<id> etc. for a two-step spawn
     sha: str = ""  # the spawn commit of a two-step spawn
+    decided_by: str = ""
+    decided_at: float | None = None
 
 
 class OperatorAnswered(msgspec.Struct, kw_only=True, tag=True):
@@ -56,6 +60,7 @@ class OperatorAnswered(msgspec.Struct, kw_only=True, tag=True):
     question_id: int
     question: str
     answer: list[str] = msgspec.field(default_factory=list)
+    answered_by: str = ""
 
 
 SystemEvent = ContainerCrash | AgentStuck | ApprovalResolved | SpawnResolved | OperatorAnswered

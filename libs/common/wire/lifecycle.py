@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 
@@ -80,6 +82,38 @@ class ConfigReply(msgspec.Struct, kw_only=True):
     sha: str = ""
 
 
+class NotesRequest(msgspec.Struct, kw_only=True):
+    """``hive.admin.lifecycle.notes``: an agent's notes, a version of them, or their history."""
+
+    name: str
+    history: bool = False  # list the kept versions (the newest 2000), without text
+    version: Annotated[int, msgspec.Meta(ge=1)] | None = None  # this version's text
+
+
+class NotesVersion(msgspec.Struct, kw_only=True):
+    """One kept version of an agent's notes (a line of the history's log)."""
+
+    v: int
+    ts: float
+    kind: str  # change (as the harness found them) | compaction (what a compaction wrote)
+    bytes: int
+    sha256: str
+    turn: int | None = None
+    note: str = ""
+
+
+class NotesReply(msgspec.Struct, kw_only=True):
+    """The current notes (or ``version``'s), and the history when asked for."""
+
+    name: str
+    exists: bool = False  # the file (or version) exists
+    text: str = ""
+    bytes: int = 0  # the file's full size
+    truncated: bool = False  # ``text`` is only the first part of a large file
+    version: int | None = None
+    versions: list[NotesVersion] = msgspec.field(default_factory=list)
+
+
 # --- hive.system.lifecycle.* (approvals → lifecycle) -------------------------
 
 
@@ -140,6 +174,8 @@ class Heartbeat(msgspec.Struct, kw_only=True):
 
     ts: float  # when it was written (epoch seconds)
     turn_started: float | None = None  # set while a turn runs
+    # set while the API refuses the agent's credentials: why (docs/turn-loop.md)
+    login_needed: str = ""
 
 
 # --- hive.admin.crash-watch.status --------------------------------------------
@@ -173,6 +209,9 @@ __all__ = [
     "KeptStatesReply",
     "LogsReply",
     "LogsRequest",
+    "NotesReply",
+    "NotesRequest",
+    "NotesVersion",
     "SpawnRequest",
     "TransientFlag",
     "WatchStatus",

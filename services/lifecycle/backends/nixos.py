@@ -6,11 +6,16 @@ imports the agent's ``agent.nix`` from its applied repo and hyperhive's
 ``nixos-container create/start/stop/terminate/update/destroy`` with it. The
 bind mounts of DESIGN.md section 4 go into the container's
 ``EXTRA_NSPAWN_FLAGS``: credentials → ``/root/.claude``, state → ``/state``,
-the NATS seed dir → ``/run/hive`` (read-only). The manager gets, per agent,
+the run dir (NATS seed, the page socket) → ``/run/hive``. The harness binds
+its page's API there (``/run/hive/page.sock``, no TCP port), so the dashboard
+reaches it at the host path ``agents/<n>/run/page.sock``; no other container
+has that bind. Lifecycle writes only the seed there, never through a
+symlink. The manager gets, per agent,
 its proposed repo at ``/agents/<n>/config``, its state at ``/agents/<n>/state``
 and its applied repo read-only at ``/applied/<n>`` — never another agent's
 credentials or NATS seed. Containers share the host's network
-(``PRIVATE_NETWORK=0``): NATS listens on the host's 127.0.0.1 only. Logs
+(``PRIVATE_NETWORK=0``): NATS listens on the host's 127.0.0.1 only; the
+agent pages listen on no port at all. Logs
 come from ``journalctl -M``.
 """
 
@@ -124,7 +129,8 @@ class NixosBackend(Backend):
         flags = [
             f"--bind={p.creds}:/root/.claude{idmap}",
             f"--bind={p.state}:/state{idmap}",
-            f"--bind-ro={p.run}:/run/hive{idmap}",
+            # writable: the harness binds its page socket in it
+            f"--bind={p.run}:/run/hive{idmap}",
         ]
         if spec.manager:
             for name in manager_view_agents(self.settings, spec.name):
@@ -168,7 +174,7 @@ class NixosBackend(Backend):
         lines = conf.read_text().splitlines() if conf.exists() else []
         managed = ("EXTRA_NSPAWN_FLAGS=", "PRIVATE_NETWORK=", "HOST_ADDRESS=", "LOCAL_ADDRESS=")
         lines = [ln for ln in lines if not ln.startswith(managed)]
-        # host network: NATS and the agent page are on the host's loopback
+        # host network: NATS is on the host's loopback
         lines.append("PRIVATE_NETWORK=0")
         lines.append(f'EXTRA_NSPAWN_FLAGS="{" ".join(self.nspawn_flags(spec))}"')
         conf.parent.mkdir(parents=True, exist_ok=True)

@@ -6,10 +6,27 @@ to ``run/harness.log``. A restarted lifecycle adopts harnesses from their pid
 files after checking ``/proc`` that the pid is still the same process, so it
 never starts a duplicate. With ``bwrap`` installed (and ``use_bwrap``) the
 harness sees the host read-only, with the data dir hidden except its own
-dirs, in its own PID namespace and without capabilities. The manager sees
+dirs, in its own PID namespace and without capabilities. Lifecycle binds the
+agent page's unix socket (``run/page.sock``) on the host and passes it to
+the harness (fd ``HIVE_HARNESS_SOCKET_FD``): the run dir is read-only in the
+sandbox, and no other agent's run dir is visible there, so an agent reaches
+only its own page (the dashboard proxies it for the operator). The manager sees
 the other agents in the container layout of the nixos backend (see
 :func:`manager_binds`); without ``bwrap`` it gets the same layout as a dir
 of symlinks (:func:`view_dir`), since nothing isolates it then.
+
+Run as root, lifecycle never leaves a harness root: each runs as the
+unprivileged system user ``lifecycle.agent_user`` (``hyperhive-agent``),
+switched to with ``setpriv`` (no_new_privs, no capabilities, no
+supplementary groups) inside the sandbox, or before the harness without
+one. That user gets exactly what the agent writes: its state, credentials
+and work dirs, its NATS seed, and for the manager the other agents' state
+and proposed repos (whose ``.git/config`` and hooks stay root's, see
+:func:`share_repo`). Under bwrap the sandbox also binds, read-only, what the
+harness needs to run wherever it is installed (interpreter, venv, an
+editable checkout, claude and node; :func:`runtime_paths`), also from under
+``/tmp`` (a fresh tmpfs in the sandbox) or a dir the agent user cannot
+search (masked by an empty tmpfs first).
 
 Agents without a login of their own (no ``.credentials.json`` or
 ``hive-credentials.json`` in their credentials dir; claude's sessions there
@@ -25,6 +42,7 @@ import asyncio
 import fcntl
 import logging
 import os
+import pwd
 import shlex
 import shutil
 import signal
@@ -37,8 +55,19 @@ import hyperhive
 from hyperhive.common import subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import BackendFailed, ConfigError
+from hyperhive.common.hostuser import (
+    chown_tree,
+    closed_ancestor,
+    installed_at,
+    isolation_gaps,
+    program_path,
+    runtime_paths,
+    system_user,
+    unreachable,
+)
 from hyperhive.common.names import is_agent_name
 from hyperhive.common.paths import AgentPaths, nats_dir
+from hyperhive.common.webserve import bind_unix
 from hyperhive.common.wire.lifecycle import LogsReply
 from hyperhive.lifecycle import agentconf
 from hyperhive.lifecycle.backends.base import (
@@ -85,6 +114,83 @@ mount -o remount,bind,rw /agents/$n/state
 mount --bind "$src/applied" /applied/$n
 mount -o remount,bind,ro /applied/$n
 """
+
+
+# capabilities the sandbox keeps only until setpriv has switched to the agent
+# user (switching uid away from 0 clears the rest; setpriv then also empties
+# the bounding set)
+DROP_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
+
+
+def drop_argv(setpriv: str, user: pwd.struct_passwd) -> list[str]:
+    """The prefix that runs a command as ``user``, for real: uid, gid, no
+    supplementary groups, no capabilities, no_new_privs (no setuid way back)."""
+    return [
+        setpriv,
+        f"--reuid={user.pw_uid}",
+        f"--regid={user.pw_gid}",
+        "--clear-groups",
+        "--no-new-privs",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--",
+    ]
+
+
+def _open_dirs(path: Path, tops: list[Path]) -> list[str]:
+    """``--dir`` (mode 0755) for each dir bwrap would make on the way to
+    ``path`` below the innermost of ``tops`` holding it: bwrap makes them
+    0700, which the agent user could not pass."""
+    holders = [t for t in tops if t in path.parents]
+    if not holders:
+        return []
+    top = max(holders, key=lambda t: len(t.parts))
+    args: list[str] = []
+    for d in reversed(path.parents):
+        if top in d.parents:
+            args += ["--perms", "0755", "--dir", str(d)]
+    return args
+
+
+def _under(path: Path, tops: set[Path] | list[Path]) -> bool:
+    return any(path == t or t in path.parents for t in tops)
+
+
+def share_repo(repo: Path, user: pwd.struct_passwd) -> None:
+    """Lets ``user`` (the manager) commit in a proposed repo root operates on.
+
+    The worktree's top dir and ``.git`` stay root's (git as root refuses a repo
+    another uid owns) but group-writable by the agent user's group, setgid and
+    sticky: the user can add entries and replace its own, never root's.
+    ``.git/config`` and ``.git/hooks`` stay root's and read-only to it, and a
+    root-owned ``.git/commondir`` of ``.`` keeps it from pointing git at a
+    config of its own, so nothing it writes becomes a command that root's git
+    runs. Everything else is the user's.
+    """
+    gitdir = repo / ".git"
+    if not gitdir.is_dir() or repo.is_symlink() or gitdir.is_symlink():
+        return
+    commondir = gitdir / "commondir"
+    if commondir.is_symlink() or (commondir.exists() and commondir.stat().st_uid != 0):
+        commondir.unlink()  # the user's: it may name a config of its own
+    if not commondir.exists():
+        commondir.write_text(".\n")
+    os.chmod(commondir, 0o644)
+    keep = {gitdir / "config", gitdir / "hooks", commondir}
+    for entry in (*repo.iterdir(), *gitdir.iterdir()):
+        if entry == gitdir or entry in keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            chown_tree(entry, user.pw_uid, user.pw_gid)
+        else:
+            os.chown(entry, user.pw_uid, user.pw_gid, follow_symlinks=False)
+    for d in (repo, gitdir):
+        os.chown(d, 0, user.pw_gid)
+        os.chmod(d, 0o3775)
+    chown_tree(gitdir / "hooks", 0, 0)
+    if (gitdir / "config").exists():
+        os.chown(gitdir / "config", 0, 0, follow_symlinks=False)
+        os.chmod(gitdir / "config", 0o644, follow_symlinks=False)
 
 
 def default_harness_command() -> list[str]:
@@ -204,17 +310,22 @@ def _host_root() -> list[str]:
             args += ["--symlink", os.readlink(path), path]
         elif entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False):
             args += ["--ro-bind", path, path]
-    return [*args, "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    # /tmp is the sandbox's own, writable by whoever the harness runs as
+    return [*args, "--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp"]
 
 
-def _bwrap_can_disable_userns(bwrap: str) -> bool:
+def _bwrap_help(bwrap: str) -> str:
     try:
         out = subprocess.run(
             [bwrap, "--help"], capture_output=True, text=True, timeout=10, check=False
         )
     except (OSError, subprocess.TimeoutExpired):
-        return False
-    return "--disable-userns" in out.stdout + out.stderr
+        return ""
+    return out.stdout + out.stderr
+
+
+def _bwrap_can_disable_userns(bwrap: str) -> bool:
+    return "--disable-userns" in _bwrap_help(bwrap)
 
 
 def _sandbox_pid(bwrap_pid: int) -> int | None:
@@ -287,11 +398,37 @@ class ProcessBackend(Backend):
         except ValueError as exc:
             raise ConfigError(f"lifecycle.harness_command: {exc}") from None
         self._bwrap = shutil.which("bwrap") if settings.lifecycle.use_bwrap else None
+        self._user = _agent_user(settings)
         # the manager's staging dir needs a sandbox that cannot make user
         # namespaces (in one, it would have capabilities over its own files
-        # and could read the 0000 dir); bwrap < 0.8 cannot promise that
-        self._stage = bool(self._bwrap) and _bwrap_can_disable_userns(self._bwrap)
+        # and could read the 0000 dir); bwrap < 0.8 cannot promise that. As
+        # the agent user, the dir (root's) is closed by plain permissions: a
+        # user namespace of its own maps no root, so it gains nothing there
+        # (and the sandbox may not be a user namespace itself: setpriv could
+        # not switch to an unmapped uid)
+        self._stage = bool(self._bwrap) and (
+            self._user is not None or _bwrap_can_disable_userns(self._bwrap)
+        )
         self._nsenter = shutil.which("nsenter")
+        if self._bwrap and "--perms" not in _bwrap_help(self._bwrap):
+            # the sandbox's /tmp (1777) and the dirs on the way to its binds
+            # (0755) need it; without, an agent user could start nothing
+            raise ConfigError(
+                f"{self._bwrap} is too old (no --perms): install bubblewrap >= 0.5, "
+                "or set lifecycle.use_bwrap = false"
+            )
+        self._drop: list[str] = []
+        if self._user is not None:
+            setpriv = shutil.which("setpriv")
+            if setpriv is None:
+                raise ConfigError(
+                    "setpriv (util-linux) not found: needed to run harnesses as "
+                    f"{self._user.pw_name} instead of root"
+                )
+            self._drop = drop_argv(setpriv, self._user)
+        if settings.lifecycle.backend == self.name:
+            for line in isolation_gaps(settings):
+                log.warning("%s", line)
 
     # --- liveness -------------------------------------------------------------
 
@@ -348,11 +485,28 @@ class ProcessBackend(Backend):
         paths = spec.paths
         for d in (paths.state, paths.creds, paths.run, paths.workdir):
             d.mkdir(parents=True, exist_ok=True)
+        if self._user is not None:
+            try:
+                await asyncio.to_thread(self._hand_over, spec)
+            except OSError as exc:
+                raise BackendFailed(
+                    f"cannot give {spec.name}'s files to {self._user.pw_name}: {exc}"
+                ) from None
         if spec.manager and not self._bwrap:
             await asyncio.to_thread(self._rebuild_view, spec)
         argv = self.command(spec)
         env = self.environment(spec)
-        proc = await asyncio.to_thread(_popen, argv, env, paths)
+        # the page's socket is bound here, on the host: the run dir is
+        # read-only inside the sandbox (the pid file and log are lifecycle's)
+        try:
+            sock = bind_unix(paths.page_socket, f"agent page of {spec.name}")
+        except ConfigError as exc:
+            raise BackendFailed(str(exc)) from None
+        env["HIVE_HARNESS_SOCKET_FD"] = str(sock.fileno())
+        try:
+            proc = await asyncio.to_thread(_popen, argv, env, paths, sock.fileno())
+        finally:
+            sock.close()  # the harness holds its own copy
         start = proc_start_time(proc.pid) or "0"
         tmp = paths.pid_file.with_suffix(".tmp")
         tmp.write_text(f"{proc.pid} {start}\n")
@@ -406,8 +560,45 @@ class ProcessBackend(Backend):
     def command(self, spec: AgentSpec) -> list[str]:
         """The harness argv, wrapped in ``bwrap`` when that is in use."""
         if not self._bwrap:
-            return list(self._argv)
-        return [self._bwrap, *self._bwrap_args(spec), "--", *self._argv]
+            return [*self._drop, *self._argv]
+        return [self._bwrap, *self._bwrap_args(spec), "--", *self._drop, *self._argv]
+
+    # --- what the agent user owns ---------------------------------------------
+
+    def _hand_over(self, spec: AgentSpec) -> None:
+        """Gives the agent user what the harness writes (blocking).
+
+        Raises:
+            BackendFailed: without bwrap, a dir on the way to the agent's own
+                dirs is closed to the agent user (nothing could bind them).
+        """
+        user = self._user
+        assert user is not None
+        paths = spec.paths
+        for d in (paths.state, paths.creds, paths.workdir):
+            chown_tree(d, user.pw_uid, user.pw_gid)
+        os.chmod(paths.creds, 0o700)  # its claude login
+        if paths.nats_seed.exists():
+            os.chown(paths.nats_seed, user.pw_uid, user.pw_gid, follow_symlinks=False)
+            os.chmod(paths.nats_seed, 0o400, follow_symlinks=False)
+        if spec.manager:
+            for name in manager_view_agents(self.settings, spec.name):
+                self._share_with_manager(AgentPaths(self.settings.paths.agents_dir / name))
+        if self._bwrap:
+            return
+        program = program_path(self._argv[0])
+        needed = [paths.workdir, *(installed_at(program) if program else [])]
+        if self._argv == default_harness_command():
+            needed += runtime_paths(self._argv, find_claude(self.settings))
+        reason = unreachable(user, needed)
+        if reason:
+            raise BackendFailed(reason)
+
+    def _share_with_manager(self, paths: AgentPaths) -> None:
+        user = self._user
+        assert user is not None
+        chown_tree(paths.state, user.pw_uid, user.pw_gid)
+        share_repo(paths.proposed, user)
 
     def _bwrap_args(self, spec: AgentSpec) -> list[str]:
         s = self.settings
@@ -417,16 +608,40 @@ class ProcessBackend(Backend):
         # unmount what hides the data dir) and its own PID namespace (else
         # /proc/<pid>/root of any host process of the same user is the host)
         args = [*_host_root(), "--unshare-pid", "--cap-drop", "ALL"]
-        # hide the data dir (other agents, NATS seeds, the database), outermost first
+        if self._user is not None:
+            for cap in DROP_CAPS:
+                args += ["--cap-add", cap]
+        # hide the data dir (other agents, NATS seeds, the database), outermost
+        # first; as the agent user, also empty every dir on the way that it
+        # cannot search (/root, another user's home), then bind back what the
+        # harness needs to run from there or from under the host's /tmp
         hidden = {Path(s.paths.home), nats_dir(s), agents}
-        for d in sorted((d for d in hidden if d.exists()), key=lambda p: len(p.parts)):
-            args += ["--tmpfs", str(d)]
+        masks = {d for d in hidden if d.exists()}
+        runtime = runtime_paths(self._argv, find_claude(s))
+        if self._user is not None:
+            uid, gid = self._user.pw_uid, self._user.pw_gid
+            for path in (Path(s.paths.home) / "x", *(p / "x" for p in runtime)):
+                closed = closed_ancestor(path, uid, gid)
+                # below an empty tmpfs every dir on the way is bwrap's (0755)
+                if closed is not None and not _under(closed, [Path("/tmp")]):
+                    masks.add(closed)
+        binds = [
+            p
+            for p in runtime
+            if p.exists() and _under(p, {Path("/tmp"), *masks}) and not _under(p, hidden)
+        ]
+        binds = [p for p in binds if not _under(p, [b for b in binds if b != p])]
+        mounts = [(d, "--tmpfs") for d in masks] + [(b, "--ro-bind") for b in binds]
+        tops = [Path("/tmp"), *masks]
+        for d, how in sorted(mounts, key=lambda m: (len(m[0].parts), m[1] == "--ro-bind")):
+            target = [str(d)] if how == "--tmpfs" else [str(d), str(d)]
+            args += [*_open_dirs(d, tops), how, *target]
         if spec.manager:
             args += self._manager_args(spec)
         for d in (paths.state, paths.creds, paths.workdir):
-            args += ["--bind", str(d), str(d)]
+            args += [*_open_dirs(d, tops), "--bind", str(d), str(d)]
         for d in (paths.applied, paths.run):
-            args += ["--ro-bind", str(d), str(d)]
+            args += [*_open_dirs(d, tops), "--ro-bind", str(d), str(d)]
         args += ["--remount-ro", "/", "--chdir", str(paths.workdir)]
         return args
 
@@ -446,12 +661,17 @@ class ProcessBackend(Backend):
         agents = self.settings.paths.agents_dir
         args = ["--tmpfs", f"/{VIEW_AGENTS}", "--tmpfs", f"/{VIEW_APPLIED}"]
         if self._stage and agents.is_dir():
-            args += ["--unshare-user", "--disable-userns", "--tmpfs", STAGE]
+            if self._user is None:
+                args += ["--unshare-user", "--disable-userns"]
+            args += ["--tmpfs", STAGE]
             args += ["--ro-bind", str(agents), STAGE_AGENTS]
             args += ["--chmod", "0000", STAGE, "--remount-ro", STAGE]
         for name in manager_view_agents(self.settings, spec.name):
             for src, dst, ro in manager_binds(AgentPaths(agents / name)):
                 if src.is_dir():
+                    args += _open_dirs(
+                        Path(dst), [Path(f"/{VIEW_AGENTS}"), Path(f"/{VIEW_APPLIED}")]
+                    )
                     args += ["--ro-bind" if ro else "--bind", str(src), dst]
         return args
 
@@ -473,6 +693,14 @@ class ProcessBackend(Backend):
         if not manager or name == manager or not is_agent_name(name):
             return
         mpaths = AgentPaths.of(self.settings, manager)
+        if self._user is not None:
+            agent = AgentPaths.of(self.settings, name)
+            try:
+                await asyncio.to_thread(self._share_with_manager, agent)
+            except OSError as exc:
+                log.warning(
+                    "%s's files stay closed to the manager until it restarts: %s", name, exc
+                )
         if not self._bwrap:
             if mpaths.root.is_dir():
                 agent = AgentPaths.of(self.settings, name)
@@ -511,8 +739,7 @@ class ProcessBackend(Backend):
                 "HOME": str(paths.workdir),
                 "HIVE_HOME": s.paths.home,
                 "HIVE_HARNESS_AGENT": spec.name,
-                "HIVE_HARNESS_PORT": str(spec.port),
-                "HIVE_HARNESS_HOST": s.harness.host,
+                "HIVE_HARNESS_SOCKET": str(paths.page_socket),
                 "HIVE_HARNESS_WORKDIR": str(paths.workdir),
                 "HIVE_HARNESS_STATE_DIR": str(paths.state),
                 "HIVE_HARNESS_CREDS_DIR": str(paths.creds),
@@ -520,6 +747,7 @@ class ProcessBackend(Backend):
                 "HIVE_HARNESS_CLAUDE_BIN": find_claude(s),
                 "HIVE_HARNESS_HEARTBEAT_INTERVAL_S": str(s.harness.heartbeat_interval_s),
                 "HIVE_HARNESS_NOTES_COMPACT_BYTES": str(s.harness.notes_compact_bytes),
+                "HIVE_HARNESS_NOTES_COMPACT_MIN_RATIO": str(s.harness.notes_compact_min_ratio),
                 "HIVE_NATS_URL": s.nats.url,
                 "HIVE_NATS_SEED_FILE": str(paths.nats_seed),
                 "HIVE_NATS_INBOX_PREFIX": subjects.inbox_prefix(spec.name),
@@ -531,10 +759,19 @@ class ProcessBackend(Backend):
                 "HIVE_TELEMETRY_SERVICE_NAMESPACE": s.telemetry.service_namespace,
             }
         )
+        if self._user is not None:
+            env["USER"] = env["LOGNAME"] = self._user.pw_name
+            # the repos it reads and the manager's proposed repos are root's:
+            # its own git must not refuse them (the trust is the agent's own)
+            env.update(
+                {
+                    "GIT_CONFIG_COUNT": "1",
+                    "GIT_CONFIG_KEY_0": "safe.directory",
+                    "GIT_CONFIG_VALUE_0": "*",
+                }
+            )
         if s.harness.model:
             env["HIVE_HARNESS_MODEL"] = s.harness.model
-        if s.harness.token:
-            env["HIVE_HARNESS_TOKEN"] = s.harness.token
         if spec.manager and not self._bwrap:
             # the container layout under a dir of its own (no sandbox to put it at /)
             env["HIVE_HARNESS_VIEW_DIR"] = str(view_dir(paths))
@@ -555,8 +792,19 @@ class ProcessBackend(Backend):
         return await asyncio.to_thread(_read_after, path, after)
 
 
-def _popen(argv: list[str], env: dict[str, str], paths: AgentPaths) -> subprocess.Popen[bytes]:
-    """Starts the harness in its own session, output appended to its log."""
+def _agent_user(settings: Settings) -> pwd.struct_passwd | None:
+    """The user harnesses run as when lifecycle is root; None when it is not
+    (they then run as lifecycle's own uid) or when the setting is empty."""
+    if os.geteuid() != 0 or not settings.lifecycle.agent_user:
+        return None
+    return system_user(settings.lifecycle.agent_user)
+
+
+def _popen(
+    argv: list[str], env: dict[str, str], paths: AgentPaths, listen_fd: int
+) -> subprocess.Popen[bytes]:
+    """Starts the harness in its own session, output appended to its log,
+    with the page's listening socket ``listen_fd`` inherited."""
     with open(paths.log_file, "ab") as log:
         log.write(f"--- hyperhive: harness start {time.ctime()} ---\n".encode())
         log.flush()
@@ -569,6 +817,7 @@ def _popen(argv: list[str], env: dict[str, str], paths: AgentPaths) -> subproces
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                pass_fds=(listen_fd,),
             )
         except OSError as exc:
             raise BackendFailed(

@@ -2,6 +2,8 @@
 (function () {
   "use strict";
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
+  // the page is the dashboard's /agents/<name>/; its API is proxied under api/
+  const base = document.body.dataset.base;
   const log = document.getElementById("log");
   const pill = document.getElementById("pill");
   const pillN = document.getElementById("pill-n");
@@ -73,16 +75,17 @@
   }
 
   // --- the badge and chips -------------------------------------------------------
+  const STATE_LABELS = { retrying: "api unavailable", login: "login needed" };
   function setStatus(st) {
     if (!st || !st.state) return;
     if (st.now) clockSkew = st.now - Date.now() / 1000;
     since = st.since || since;
     badge.className = "badge state-" + st.state;
     badge.dataset.state = st.state;
-    badgeState.textContent = st.state;
+    badgeState.textContent = STATE_LABELS[st.state] || st.state;
     chipModel.textContent = "model " + (st.model || "default");
     chipLast.textContent = "last turn " + fmtMs(st.last_turn_ms);
-    cancelBtn.hidden = !(st.state === "thinking" || st.state === "compacting");
+    cancelBtn.hidden = !(st.state in STATE_LABELS || st.state === "thinking" || st.state === "compacting");
     tick();
   }
   function tick() {
@@ -126,7 +129,9 @@
       }
       case "result":
         if (ev.is_error) add("err", "✗ " + clip(ev.result || ev.subtype));
-        else add("done", "✓ " + fmtMs(ev.duration_ms) + (ev.total_cost_usd ? " · $" + Number(ev.total_cost_usd).toFixed(4) : "") + " · " + (ev.num_turns || 0) + " model calls");
+        // total_cost_usd is the whole session's (--continue carries it over): the
+        // turn's own cost is on the turn_end line
+        else add("done", "✓ " + fmtMs(ev.duration_ms) + " · " + (ev.num_turns || 0) + " model calls");
         return;
       case "raw":
         add("sys", clip(ev.text));
@@ -150,17 +155,27 @@
       }
       case "turn_end": {
         const st = ev.stats || {};
-        add("turn-end " + ev.outcome, "── turn " + rec.turn + " " + ev.outcome + " · " + fmtMs(st.duration_ms) + (ev.error ? " · " + clip(ev.error) : "") + " ──");
+        const tokens = (st.input_tokens || 0) + (st.output_tokens || 0) + (st.cache_read_tokens || 0) + (st.cache_creation_tokens || 0);
+        const usage = st.model_calls ? " · $" + Number(st.cost_usd || 0).toFixed(4) + " · " + tokens + " tokens" : "";
+        add("turn-end " + ev.outcome, "── turn " + rec.turn + " " + ev.outcome + " · " + fmtMs(st.duration_ms) + usage + (ev.error ? " · " + clip(ev.error) : "") + " ──");
         return;
       }
+      case "api_retry":
+        add("err", "api unavailable, retrying in " + Math.round(ev.delay_s) + " s (attempt " + ev.attempt + "): " + clip(ev.error));
+        return;
+      case "login_needed":
+        add("err", "login needed: " + clip(ev.error) + " (turns wait for new credentials)");
+        return;
       case "compact_retry":
         add("sys", "context too long: compacting and retrying once");
         return;
-      case "compaction":
+      case "compaction": {
+        const history = ev.history || "hive notes <agent> --history";
         if (ev.phase === "start") add("sys", "notes.md is " + ev.bytes + " bytes (limit " + ev.limit + "): compacting it");
-        else if (ev.replaced) add("sys", "notes compacted: " + ev.before + " → " + ev.after + " bytes (previous version in notes.md.prev)");
-        else add("err", "notes not compacted (" + ev.outcome + "): " + clip(ev.error));
+        else if (ev.replaced) add("sys", "notes compacted: " + ev.before + " → " + ev.after + " bytes (v" + ev.version_before + " → v" + ev.version_after + "; every version: " + history + ")");
+        else add("err", "notes not compacted (" + ev.outcome + (ev.check ? ", " + ev.check : "") + "): " + clip(ev.error) + "; the notes are unchanged (every version: " + history + ")");
         return;
+      }
       case "operator":
         if (ev.text) add("operator", "› " + ev.text);
         else if (ev.command) add("operator", "› " + ev.command + (ev.model ? " " + ev.model : ""));
@@ -174,7 +189,7 @@
   // --- the stream ---------------------------------------------------------------------
   let source = null;
   function connect() {
-    source = new EventSource("/events");
+    source = new EventSource(base + "api/events");
     source.addEventListener("reset", function () {
       log.textContent = ""; unseen = 0; pill.hidden = true; stuck = true;
     });
@@ -210,7 +225,7 @@
     if (!text) return;
     input.value = "";
     if (text === "/clear") { log.textContent = ""; unseen = 0; pill.hidden = true; }
-    post("/prompt", { text: text }).then(function (r) {
+    post(base + "api/prompt", { text: text }).then(function (r) {
       if (r.command || !r.ok) add(r.ok ? "local" : "err", r.text);
     }).catch(function (err) { add("err", "not sent: " + err); });
   });
@@ -218,6 +233,6 @@
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); form.requestSubmit(); }
   });
   cancelBtn.addEventListener("click", function () {
-    post("/cancel").then(function (r) { add("local", r.text); });
+    post(base + "api/cancel").then(function (r) { add("local", r.text); });
   });
 })();

@@ -3,6 +3,8 @@
 (function () {
   "use strict";
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
+  // the page is the dashboard's /agents/<name>/; its API is proxied under api/
+  const base = document.body.dataset.base;
   const toggle = document.getElementById("term-toggle");
   const pane = document.getElementById("term-pane");
   const box = document.getElementById("term");
@@ -26,9 +28,9 @@
   function vendor() {
     if (!loading) {
       loading = Promise.all([
-        load("link", { rel: "stylesheet", href: "/static/vendor/xterm.css" }),
-        load("script", { src: "/static/vendor/xterm.js" }).then(function () {
-          return load("script", { src: "/static/vendor/addon-fit.js" });
+        load("link", { rel: "stylesheet", href: "/static/agent/vendor/xterm.css" }),
+        load("script", { src: "/static/agent/vendor/xterm.js" }).then(function () {
+          return load("script", { src: "/static/agent/vendor/addon-fit.js" });
         }),
       ]);
     }
@@ -57,7 +59,7 @@
       fit.fit();
       window.hiveTerminal = term; // for tests and the console
       const proto = location.protocol === "https:" ? "wss:" : "ws:";
-      const url = proto + "//" + location.host + "/terminal/ws?csrf=" + encodeURIComponent(csrf) +
+      const url = proto + "//" + location.host + base + "api/terminal?csrf=" + encodeURIComponent(csrf) +
         "&cols=" + term.cols + "&rows=" + term.rows;
       const sock = new WebSocket(url);
       ws = sock;
