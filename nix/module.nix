@@ -36,7 +36,9 @@ let
 
   cfg = config.services.hyperhive;
 
-  services = import ./services.nix;
+  # one entry per unit: each service of ./services.nix, the broker once per
+  # instance (see instancesOf)
+  services = builtins.concatMap instancesOf (import ./services.nix);
 
   natsDir = "${cfg.dataDir}/nats";
   authFile = "${natsDir}/auth.conf";
@@ -243,6 +245,18 @@ let
     };
   };
 
+  # services.hyperhive.broker.instances: hive-broker, hive-broker-2, ... serve
+  # the broker's subjects together (one NATS queue group, one database)
+  instancesOf =
+    svc:
+    if svc.part == "broker" then
+      [ svc ]
+      ++ builtins.genList (
+        i: svc // { name = "${svc.name}-${toString (i + 2)}"; }
+      ) (cfg.broker.instances - 1)
+    else
+      [ svc ];
+
   unitFor =
     svc:
     let
@@ -377,6 +391,17 @@ in
       description = ''
         The manager agent lifecycle creates when missing. Empty: no manager
         is created (for tests and hosts that only run the services).
+      '';
+    };
+
+    broker.instances = mkOption {
+      type = types.ints.between 1 64;
+      default = 1;
+      description = ''
+        Broker processes to run, one unit each (the broker's unit, then the
+        same name with -2, -3, ... appended). They serve the broker's
+        subjects together (a NATS queue group) on the same database; more
+        instances use more cores.
       '';
     };
 

@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--dashboard-port", type=int, default=None, help="dashboard port (7000)")
     p.add_argument("--dashboard-host", default=None, help="dashboard bind address (127.0.0.1)")
     p.add_argument("--no-agents", action="store_true", help="do not start the manager agent")
+    p.add_argument(
+        "--brokers", type=_instances, default=1, help="broker instances to run (default 1)"
+    )
     p.set_defaults(func=_up)
 
     p = sub.add_parser(
@@ -81,8 +84,19 @@ def _up(args: argparse.Namespace) -> int:
             dashboard_port=args.dashboard_port,
             dashboard_host=args.dashboard_host,
             no_agents=args.no_agents,
+            brokers=args.brokers,
         )
     )
+
+
+def _instances(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 64:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of instances (1-64)")
+    return n
 
 
 async def gather_status(settings: Settings, timeout: float) -> dict[str, object]:

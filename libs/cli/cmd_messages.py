@@ -39,6 +39,8 @@ from hyperhive.common.wire.broker import (
     InboxRequest,
     MessagesRequest,
     MessageStatus,
+    PruneReply,
+    PruneRequest,
     SendReply,
     StatusRequest,
 )
@@ -72,6 +74,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--since", help="only messages after: unix time, ISO time, or an age like 10m, 2h, 1d"
     )
     p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    p.add_argument(
+        "--prune-before",
+        metavar="TIME",
+        help="delete the acked messages created before: unix time, ISO time, or an age "
+        "like 30d (pending messages stay); prints how many",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_messages)
 
@@ -153,7 +161,13 @@ def _send(args: argparse.Namespace) -> int:
     return run_command(body)
 
 
+PRUNE_TIMEOUT_S = 600.0  # a first prune of a long history deletes many rows
+
+
 def _messages(args: argparse.Namespace) -> int:
+    if args.prune_before is not None:
+        return _prune(args)
+
     async def body(settings: Settings) -> int:
         since = parse_since(args.since) if args.since else None
         if args.agent:
@@ -168,6 +182,27 @@ def _messages(args: argparse.Namespace) -> int:
             print_json(reply.messages)
         else:
             _print_history(reply.messages)
+        return 0
+
+    return run_command(body)
+
+
+def _prune(args: argparse.Namespace) -> int:
+    async def body(settings: Settings) -> int:
+        if args.agent or args.since:
+            raise BadRequest("--prune-before deletes by time only: no --agent or --since")
+        before = parse_since(args.prune_before)
+        reply = await call(
+            settings,
+            subjects.admin("broker", "prune"),
+            PruneRequest(before=before),
+            PruneReply,
+            timeout=PRUNE_TIMEOUT_S,
+        )
+        if args.json:
+            print_json(reply)
+        else:
+            print(f"pruned {reply.deleted} acked messages created before {fmt_ts(reply.before)}")
         return 0
 
     return run_command(body)

@@ -51,6 +51,12 @@ class UpOptions:
     dashboard_port: int | None = None
     dashboard_host: str | None = None
     no_agents: bool = False  # do not start the manager agent
+    brokers: int = 1  # broker instances (one NATS queue group)
+
+    def instances(self, part: str) -> list[str]:
+        """The child names of ``part``: ``broker``, ``broker-2``, ... for the brokers."""
+        count = self.brokers if part == "broker" else 1
+        return [part] + [f"{part}-{i}" for i in range(2, count + 1)]
 
 
 @dataclass
@@ -217,12 +223,14 @@ class DevStack:
             return {**env, **dashboard}
         return {k: v for k, v in env.items() if k != "HIVE_DASHBOARD_TOKEN"}
 
-    def spawn(self, part: str, env: dict[str, str]) -> None:
-        self.envs[part] = env
+    def spawn(self, part: str, env: dict[str, str], name: str | None = None) -> None:
+        """Starts service ``part`` as child ``name`` (its log: ``logs/<name>.log``)."""
+        name = name or part
+        self.envs[name] = env
         log_dir = self.opts.home / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        with open(log_dir / f"{part}.log", "ab") as log:
-            self.children[part] = subprocess.Popen(
+        with open(log_dir / f"{name}.log", "ab") as log:
+            self.children[name] = subprocess.Popen(
                 [sys.executable, "-m", "hyperhive.cli.main", "serve", part],
                 env=env,
                 stdout=log,
@@ -240,12 +248,12 @@ class DevStack:
             self.watch.add(supervisor.nats_part(self.nats))
         if self.pg is not None:
             self.watch.add(supervisor.postgres_part(self.pg))
-        for part in self.children:
+        for part in self.children:  # each child by its name (broker-2, ...)
             self.watch.add(
                 supervisor.process_part(
                     part,
                     get=lambda p=part: self.children.get(p),
-                    start=lambda p=part: self.spawn(p, self.envs[p]),
+                    start=lambda p=part: self.spawn(_part_of(p), self.envs[p], p),
                     log=self.opts.home / "logs" / f"{part}.log",
                 )
             )
@@ -281,6 +289,12 @@ class DevStack:
             self.pg.stop()
         if self.watch is not None:
             self.watch.forget()
+
+
+def _part_of(name: str) -> str:
+    """The service of child ``name`` (``broker-2`` → ``broker``)."""
+    part, _, n = name.rpartition("-")
+    return part if n.isdigit() and part in subjects.SERVICES else name
 
 
 def _gone(pid: int) -> bool:
@@ -339,7 +353,8 @@ def up(opts: UpOptions) -> int:
         env["HIVE_DASHBOARD_PORT"] = str(port)
         if not stopped:  # else Ctrl-C came while the servers were starting
             for part in subjects.SERVICES:
-                stack.spawn(part, stack.part_env(part, env, dashboard_env))
+                for name in opts.instances(part):
+                    stack.spawn(part, stack.part_env(part, env, dashboard_env), name)
             stack.supervise_all(settings, env)
             base = ot.base_url(settings.dashboard, host, port)
             print(f"hyperhive is up (HIVE_HOME={opts.home})", flush=True)

@@ -46,7 +46,7 @@ def _entries() -> list[Entry]:
             "broker",
             w.RecvRequest,
             w.RecvReply,
-            "long-poll the oldest unacknowledged message",
+            "long-poll the oldest unacknowledged message (acking `ack` first, if given)",
         ),
         Entry(
             _agent(s.AGENT_ACK),
@@ -200,6 +200,14 @@ def _entries() -> list[Entry]:
             w.InboxRequest,
             w.HistoryReply,
             "pending messages of one agent",
+        ),
+        Entry(
+            s.admin("broker", "prune"),
+            "request",
+            "broker",
+            w.PruneRequest,
+            w.PruneReply,
+            "delete the acked messages created before a time (pending ones stay)",
         ),
         Entry(
             s.admin("broker", "status"),

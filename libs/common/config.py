@@ -74,6 +74,10 @@ class BrokerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     visibility_timeout_s: float = 900.0
     max_wait_ms: int = 60_000  # cap on recv long-poll
     history_limit: int = 1000
+    # history retention: acked messages older than this many days are deleted
+    # (hourly); 0 keeps everything. Pending messages are never deleted.
+    retention_days: float = 0.0
+    retention_interval_s: float = 3600.0
 
 
 class LifecycleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

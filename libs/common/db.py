@@ -46,8 +46,18 @@ ALTER TABLE outbox ADD COLUMN IF NOT EXISTS traceparent text;
 """
 
 
-async def create_pool(settings: DatabaseSettings, schema: str) -> asyncpg.Pool:
+async def create_pool(
+    settings: DatabaseSettings, schema: str, *, keep_session: bool = False
+) -> asyncpg.Pool:
     """Opens a pool whose connections use ``schema`` (created if missing).
+
+    Args:
+        keep_session: a connection goes back to the pool without asyncpg's
+            reset query (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+            RESET ALL``), which costs a round trip per release; only for a
+            service that leaves no session state on its connections (no
+            ``SET``, ``LISTEN``, session advisory locks or cursors). A
+            transaction left open is still rolled back.
 
     Raises:
         Unavailable: Postgres could not be reached after the configured retries.
@@ -67,10 +77,15 @@ async def create_pool(settings: DatabaseSettings, schema: str) -> asyncpg.Pool:
             max_size=settings.pool_max,
             server_settings={"search_path": schema},
             timeout=5,
+            reset=_keep_session if keep_session else None,
         )
 
     # UniqueViolationError: two services created the schema at once; retry.
     return await _with_retries(settings, attempt, again=(asyncpg.UniqueViolationError,))
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """The reset of a ``keep_session`` pool: nothing beyond asyncpg's rollback."""
 
 
 async def probe(settings: DatabaseSettings) -> None:

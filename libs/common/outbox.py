@@ -89,8 +89,28 @@ def _headers(row: asyncpg.Record) -> dict[str, str]:
     return headers
 
 
+# One relay at a time drains a schema's outbox (whichever instance of the
+# service takes this transaction-level lock), so that HIVE_EVENTS gets each
+# schema's events in outbox order however many instances run.
+_DRAIN = """
+DELETE FROM outbox
+WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT $1)
+  AND pg_try_advisory_xact_lock(hashtext(current_schema() || '.outbox'))
+RETURNING id, subject, payload, msg_id, traceparent
+"""
+LOCKED_RETRY_S = 0.02  # another instance is draining: look again this soon
+PUBLISH_TIMEOUT_S = 5.0  # for JetStream's acks of one batch
+
+
 class OutboxRelay:
-    """Publishes committed outbox rows to JetStream, oldest first."""
+    """Publishes committed outbox rows to JetStream, oldest first.
+
+    Each batch is taken and deleted in one transaction that commits only
+    after JetStream acknowledged every row of it: a crash or a failed publish
+    rolls the delete back, and the rows are published again (the
+    ``Nats-Msg-Id`` header makes that harmless). Safe with several instances
+    of a service: one of them drains at a time.
+    """
 
     def __init__(
         self, pool: asyncpg.Pool, js: JetStreamContext, *, sweep_s: float = 2.0, batch: int = 256
@@ -124,52 +144,72 @@ class OutboxRelay:
             log.warning("outbox not fully drained at stop: %s", exc)
 
     async def drain(self) -> int:
-        """Publishes every pending row. Returns how many were published."""
+        """Publishes every pending row (unless another instance is draining).
+
+        Returns how many rows this call published.
+        """
         total = 0
         while True:
-            n = await self._publish_batch()
+            n, _locked = await self._publish_batch()
             total += n
             if n < self._batch:
                 return total
 
     async def _loop(self) -> None:
         while True:
+            locked = False
             try:
-                await self.drain()
+                total = 0
+                while True:
+                    n, locked = await self._publish_batch()
+                    total += n
+                    if n < self._batch:
+                        break
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # NATS or Postgres down: the next sweep retries
                 log.warning("outbox relay: %s", exc)
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self._sweep_s)
+                # another instance is draining: its last batch may end before
+                # rows committed here meanwhile, so look again soon
+                timeout = LOCKED_RETRY_S if locked else self._sweep_s
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
             except TimeoutError:
                 pass
             self._wake.clear()
 
-    async def _publish_batch(self) -> int:
-        async with self._pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT id, subject, payload, msg_id, traceparent FROM outbox ORDER BY id LIMIT $1",
-                self._batch,
+    async def _publish_batch(self) -> tuple[int, bool]:
+        """Publishes and deletes up to one batch of rows.
+
+        Returns how many, and whether rows were left to another instance that
+        holds the drain lock.
+        """
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(_DRAIN, self._batch)
+            if not rows:
+                locked = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM outbox)")
+                return 0, bool(locked)
+            await self._publish(sorted(rows, key=lambda r: r["id"]))
+        return len(rows), False
+
+    async def _publish(self, rows: list[asyncpg.Record]) -> None:
+        """Publishes ``rows`` in order and waits for every PubAck.
+
+        Raises (so that the caller's transaction rolls back) if any was not
+        acknowledged within ``PUBLISH_TIMEOUT_S``.
+        """
+        # publish_async: the acks come back on one subscription, without a
+        # task and a timer per record as ``publish`` would cost
+        acks = [
+            await self._js.publish_async(
+                r["subject"], masked(bytes(r["payload"])), headers=_headers(r)
             )
-        if not rows:
-            return 0
-        results = await asyncio.gather(
-            *(
-                self._js.publish(r["subject"], masked(bytes(r["payload"])), headers=_headers(r))
-                for r in rows
-            ),
-            return_exceptions=True,
-        )
-        done = [
-            r["id"]
-            for r, res in zip(rows, results, strict=True)
-            if not isinstance(res, BaseException)
+            for r in rows
         ]
-        if done:
-            async with self._pool.acquire() as conn:
-                await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", done)
-        failed = [res for res in results if isinstance(res, BaseException)]
-        if failed:
-            raise RuntimeError(f"{len(failed)} outbox rows not published: {failed[0]}")
-        return len(rows)
+        done, pending = await asyncio.wait(acks, timeout=PUBLISH_TIMEOUT_S)
+        for fut in pending:
+            fut.cancel()
+        failed = [f.exception() for f in done if f.exception() is not None]
+        if pending or failed:
+            first = failed[0] if failed else TimeoutError("no PubAck")
+            raise RuntimeError(f"{len(pending) + len(failed)} outbox rows not published: {first}")

@@ -51,12 +51,14 @@ class ServiceSpec:
     part: str  # as in ``hive serve <part>`` and ``hive.admin.<part>.*``
     module: str  # has ``async def start(rt)``
     schema: str | None  # its Postgres schema; None: no database
+    # its pooled connections hold no session state (see db.create_pool)
+    keep_session: bool = False
 
 
 SPECS: dict[str, ServiceSpec] = {
     s.part: s
     for s in (
-        ServiceSpec("broker", "hyperhive.broker.service", "broker"),
+        ServiceSpec("broker", "hyperhive.broker.service", "broker", keep_session=True),
         ServiceSpec("lifecycle", "hyperhive.lifecycle.service", "lifecycle"),
         ServiceSpec("approvals", "hyperhive.approvals.service", "approvals"),
         ServiceSpec("crash-watch", "hyperhive.crashwatch.service", None),
@@ -139,7 +141,7 @@ async def run(
         kv = await ensure_state_bucket(js)
         pool = outbox = None
         if spec.schema:
-            pool = await create_pool(settings.database, spec.schema)
+            pool = await create_pool(settings.database, spec.schema, keep_session=spec.keep_session)
             stack.push_async_callback(pool.close)
             await migrate(pool, spec.module.rsplit(".", 1)[0])
             outbox = OutboxRelay(pool, js)

@@ -184,3 +184,4 @@ EV_QUESTION_ANSWERED: Final = "question.answered"
 EV_CRASH: Final = "crash.detected"
 EV_STUCK: Final = "stuck.detected"
 EV_STATS: Final = "stats.turn"
+EV_MESSAGES_PRUNED: Final = "messages.pruned"  # data: before, deleted, by

@@ -21,11 +21,11 @@ from hyperhive.broker import store
 from hyperhive.broker.batching import GroupCommit
 from hyperhive.broker.known import KnownAgents
 from hyperhive.broker.render import render_event
-from hyperhive.broker.store import Ack, Claim, NewMessage, Stored, db_errors
+from hyperhive.broker.store import Ack, Claim, Claimed, NewMessage, Stored, db_errors
 from hyperhive.broker.wake import Waiters
 from hyperhive.common import outbox, subjects
 from hyperhive.common.config import BrokerSettings
-from hyperhive.common.errors import BadRequest, Forbidden, NotFound
+from hyperhive.common.errors import BadRequest, Forbidden, HiveError, NotFound
 from hyperhive.common.names import check_agent_name, is_agent_name
 from hyperhive.common.outbox import OutboxRelay
 from hyperhive.common.rpc import Call
@@ -43,6 +43,8 @@ from hyperhive.common.wire.broker import (
     Message,
     MessagesRequest,
     MessageStatus,
+    PruneReply,
+    PruneRequest,
     RecvReply,
     RecvRequest,
     SendReply,
@@ -63,6 +65,7 @@ log = logging.getLogger(__name__)
 EVENT_BODY_CHARS = 2000  # bodies in HIVE_EVENTS records are cut to this
 MAX_KEY_CHARS = 200
 RELAY_DELAY_S = 0.005  # how long events may wait to be published with the next ones
+PRUNE_BATCH = 10_000  # messages deleted per transaction by retention
 _event_enc = msgspec.json.Encoder()
 _event_dec = msgspec.json.Decoder(SystemEvent)
 
@@ -98,7 +101,7 @@ class Broker:
         self.sends: GroupCommit[NewMessage, Stored] = GroupCommit(
             self._commit_sends, max_batch=256, workers=2
         )
-        self.claims: GroupCommit[Claim, asyncpg.Record | None] = GroupCommit(
+        self.claims: GroupCommit[Claim, Claimed] = GroupCommit(
             self._claim_batch, max_batch=256, workers=2
         )
         self.acks: GroupCommit[Ack, bool] = GroupCommit(self._ack_batch, max_batch=256, workers=2)
@@ -227,66 +230,56 @@ class Broker:
 
         Woken by a commit for this agent (in this or another broker instance)
         or by the expiry of one of its leases; never by polling the table.
+        With ``ack``, that message is acked first (as :meth:`ack` would; an
+        ack refused fails the recv, which then hands out nothing).
         """
         agent = call.agent
         if req.wait_ms < 0:
             raise BadRequest("wait_ms must be >= 0")
+        if req.ack is not None:
+            await self._ack(req.ack, agent)
         wait_s = min(req.wait_ms, self.settings.max_wait_ms) / 1000
         deadline = time.monotonic() + wait_s
         with self.waiters.watch(agent) as woke:
             while True:
                 woke.clear()
-                message = await self._claim(agent)
-                if message is not None:
-                    return RecvReply(message=message)
+                claimed = await self.claims.submit(Claim(agent, current_traceparent()))
+                if claimed.row is not None:
+                    return RecvReply(message=_message(claimed.row))
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self.stopping.is_set():
                     return RecvReply(empty=True)
-                with db_errors("recv"):
-                    expiry = await store.seconds_to_next_expiry(self.pool, agent)
+                expiry = claimed.next_expiry
                 timeout = remaining if expiry is None else min(remaining, max(expiry, 0.0) + 0.01)
                 await woke.wait(timeout)
 
-    async def _claim_batch(self, claims: Sequence[Claim]) -> list[asyncpg.Record | None]:
+    async def _claim_batch(self, claims: Sequence[Claim]) -> list[Claimed]:
         with db_errors("recv", bad_values=len(claims) == 1):
-            rows = await store.claim_many(
+            claimed = await store.claim_batch(
                 self.relaxed, claims, self.settings.visibility_timeout_s, self.kinds
             )
-        if any(row is not None for row in rows):
+        if any(c.row is not None for c in claimed):
             self._kick_relay()
-        return rows
-
-    async def _claim(self, agent: str) -> Message | None:
-        row = await self.claims.submit(Claim(agent, current_traceparent()))
-        if row is None:
-            return None
-        return Message(
-            id=row["id"],
-            sender=row["sender"],
-            recipient=row["recipient"],
-            body=row["body"],
-            ts=row["created_at"],
-            redelivered=row["deliveries"] > 1,
-            deliveries=row["deliveries"],
-            event=_decode_event(row["event"]),
-            traceparent=row["traceparent"],
-        )
+        return claimed
 
     async def ack(self, req: AckRequest, call: Call) -> Ok:
         """``hive.agent.<n>.ack``: the calling agent consumed message ``id``.
 
         Acking an already acked message of one's own is a no-op.
         """
-        agent = call.agent
-        if await self.acks.submit(Ack(req.id, agent, current_traceparent())):
-            return Ok()
+        await self._ack(req.id, call.agent)
+        return Ok()
+
+    async def _ack(self, message_id: int, agent: str) -> None:
+        if await self.acks.submit(Ack(message_id, agent, current_traceparent())):
+            return
         with db_errors("ack"):
-            existing = await store.get(self.pool, req.id)
+            existing = await store.get(self.pool, message_id)
         if existing is None:
-            raise NotFound(f"no message with id {req.id}")
+            raise NotFound(f"no message with id {message_id}")
         if existing["recipient"] != agent:
-            raise Forbidden(f"message {req.id} is not addressed to {agent}")
-        return Ok()  # already acked
+            raise Forbidden(f"message {message_id} is not addressed to {agent}")
+        # already acked
 
     async def _ack_batch(self, acks: Sequence[Ack]) -> list[bool]:
         with db_errors("ack", bad_values=len(acks) == 1):
@@ -336,6 +329,54 @@ class Broker:
         with db_errors("inbox"):
             rows = await store.pending(self.pool, req.agent, self.settings.history_limit)
         return HistoryReply(messages=[_history_item(r) for r in rows])
+
+    # --- retention ----------------------------------------------------------------
+
+    async def prune(self, before: float, by: str) -> int:
+        """Deletes the acked messages created before ``before``, in batches.
+
+        Each batch commits with its ``messages.pruned`` event (outbox), so
+        the audit trail holds every deletion. Returns how many were deleted.
+        """
+        total = 0
+        while True:
+            with db_errors("prune"):
+                async with self.pool.acquire() as conn, conn.transaction():
+                    n = await store.prune_batch(conn, before, PRUNE_BATCH)
+                    if n:
+                        await outbox.add(
+                            conn,
+                            outbox.make_event(
+                                subjects.EV_MESSAGES_PRUNED, before=before, deleted=n, by=by
+                            ),
+                        )
+            if n:
+                self._kick_relay()
+            total += n
+            if n < PRUNE_BATCH:
+                return total
+
+    async def admin_prune(self, req: PruneRequest, _call: Call) -> PruneReply:
+        """``hive.admin.broker.prune``: the operator deletes old history."""
+        if req.before > time.time() + 60:
+            raise BadRequest("prune before a time in the future: nothing pending is kept apart")
+        deleted = await self.prune(req.before, "operator")
+        log.info("history pruned", extra={"before": req.before, "deleted": deleted})
+        return PruneReply(deleted=deleted, before=req.before)
+
+    async def retain_forever(self) -> None:
+        """Applies ``retention_days`` every ``retention_interval_s`` (0 days: never)."""
+        days = self.settings.retention_days
+        if days <= 0:
+            return
+        while True:
+            try:
+                deleted = await self.prune(time.time() - days * 86400, "retention")
+                if deleted:
+                    log.info("history retention", extra={"days": days, "deleted": deleted})
+            except HiveError as exc:  # the database is down: the next round retries
+                log.warning("history retention not applied: %s", exc)
+            await asyncio.sleep(self.settings.retention_interval_s)
 
     # --- turn statistics --------------------------------------------------------
 
@@ -437,6 +478,20 @@ def stats_rows(stats: TurnStats) -> list[tuple[str, float]]:
     if not all(math.isfinite(v) for _, v in values):
         raise BadRequest("turn stats hold a value that is not a finite number")
     return values
+
+
+def _message(row: asyncpg.Record) -> Message:
+    return Message(
+        id=row["id"],
+        sender=row["sender"],
+        recipient=row["recipient"],
+        body=row["body"],
+        ts=row["created_at"],
+        redelivered=row["deliveries"] > 1,
+        deliveries=row["deliveries"],
+        event=_decode_event(row["event"]),
+        traceparent=row["traceparent"],
+    )
 
 
 def _decode_event(data: str | None) -> SystemEvent | None:

@@ -20,6 +20,7 @@ from hyperhive.common.wire.broker import (
     DeliverRequest,
     InboxRequest,
     MessagesRequest,
+    PruneRequest,
     RecvRequest,
     SendRequest,
     StatsRequest,
@@ -54,6 +55,7 @@ async def start(rt: Runtime) -> None:
     broker = Broker(rt.pool, relaxed, rt.outbox, rt.settings.broker, known, waiters, rt.stop)
     broker.start()
     rt.stack.push_async_callback(broker.stop)
+    rt.spawn(broker.retain_forever(), "retention")
     turns = Turns(rt.js, max_bytes=max(rt.nc.max_payload - _REPLY_MARGIN, 64 * 1024))
 
     serve = rt.responder.serve
@@ -68,6 +70,7 @@ async def start(rt: Runtime) -> None:
     await serve(subjects.admin("broker", "send"), AdminSendRequest, broker.admin_send)
     await serve(subjects.admin("broker", "messages"), MessagesRequest, broker.messages)
     await serve(subjects.admin("broker", "inbox"), InboxRequest, broker.inbox)
+    await serve(subjects.admin("broker", "prune"), PruneRequest, broker.admin_prune)
     await serve(subjects.admin("broker", "status"), StatusRequest, broker.admin_status)
     await serve(subjects.admin("broker", "stats"), StatsRequest, broker.stats)
     await serve(subjects.admin("broker", "usage"), UsageRequest, broker.usage)

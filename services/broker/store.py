@@ -252,6 +252,9 @@ async def insert_messages(
 # batch) of each recv, ``$3`` its traceparent. Each recipient's oldest
 # available messages, as many as it has recvs, are locked with SKIP LOCKED
 # (a concurrent batch skips them) and the n-th goes to the recv of rank n.
+# A recipient that gets nothing gets one row without a message, with the
+# seconds until its earliest lease ends (when a waiting recv looks again),
+# so that an empty recv costs one statement, not two.
 _CLAIM = f"""
 WITH req AS (
     SELECT r, rn, tp FROM unnest($1::text[], $2::int[], $3::text[]) AS t(r, rn, tp)
@@ -284,7 +287,16 @@ WITH req AS (
     FROM upd LEFT JOIN req ON req.r = upd.recipient AND req.rn = upd.rn
     ORDER BY upd.id
 )
-SELECT upd.rn, {_columns("upd")} FROM upd
+SELECT
+    want.r AS want,
+    CASE WHEN upd.id IS NULL THEN (
+        SELECT extract(epoch FROM min(m.lease_until) - clock_timestamp())::float8
+        FROM messages m
+        WHERE m.recipient = want.r AND m.acked_at IS NULL AND m.lease_until IS NOT NULL
+    ) END AS next_expiry,
+    upd.rn,
+    {_columns("upd")}
+FROM want LEFT JOIN upd ON upd.recipient = want.r
 """
 
 
@@ -296,12 +308,22 @@ class Claim:
     traceparent: str | None = None
 
 
-async def claim_many(
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """What one claim got: a message row, or None and when to look again."""
+
+    row: asyncpg.Record | None
+    # without a row: seconds until the recipient's earliest running lease
+    # ends (None: no lease runs), when the message becomes available again
+    next_expiry: float | None = None
+
+
+async def claim_batch(
     conn: asyncpg.Connection | asyncpg.Pool,
     claims: Sequence[Claim],
     lease_s: float,
     kinds: EventKinds,
-) -> list[asyncpg.Record | None]:
+) -> list[Claimed]:
     """Hands out, in one statement, the oldest available message of each claim's
     recipient for ``lease_s``; several claims of one recipient get its oldest
     messages in order.
@@ -309,8 +331,7 @@ async def claim_many(
     Available: not acked, and never handed out or its lease expired. Rows
     locked by a concurrent claim are skipped, so no two claims return the same
     message. Queues ``message.delivered`` (or ``.redelivered``) with the
-    claim's ``traceparent``. Returns one row (or None: nothing available) per
-    claim, in order.
+    claim's ``traceparent``. Returns one :class:`Claimed` per claim, in order.
     """
     seen: dict[str, int] = {}
     ranks: list[int] = []
@@ -327,8 +348,24 @@ async def claim_many(
         *kinds.redelivered,
         kinds.body_chars,
     )
-    got = {(row["recipient"], row["rn"]): row for row in rows}
-    return [got.get((c.recipient, rank)) for c, rank in zip(claims, ranks, strict=True)]
+    got = {(row["recipient"], row["rn"]): row for row in rows if row["rn"] is not None}
+    expiry = {row["want"]: row["next_expiry"] for row in rows if row["rn"] is None}
+    return [
+        Claimed(row)
+        if (row := got.get((c.recipient, rank))) is not None
+        else Claimed(None, expiry.get(c.recipient))
+        for c, rank in zip(claims, ranks, strict=True)
+    ]
+
+
+async def claim_many(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    claims: Sequence[Claim],
+    lease_s: float,
+    kinds: EventKinds,
+) -> list[asyncpg.Record | None]:
+    """The rows of :func:`claim_batch` (None: nothing available), per claim in order."""
+    return [c.row for c in await claim_batch(conn, claims, lease_s, kinds)]
 
 
 async def claim_next(
@@ -341,18 +378,6 @@ async def claim_next(
     """Hands out the oldest available message of ``recipient`` (see :func:`claim_many`)."""
     [row] = await claim_many(conn, [Claim(recipient, traceparent)], lease_s, kinds)
     return row
-
-
-async def seconds_to_next_expiry(pool: asyncpg.Pool, recipient: str) -> float | None:
-    """Seconds until the earliest running lease of ``recipient`` ends (None: no lease)."""
-    return await pool.fetchval(
-        """
-        SELECT extract(epoch FROM min(lease_until) - clock_timestamp())::float8
-        FROM messages
-        WHERE recipient = $1 AND acked_at IS NULL AND lease_until IS NOT NULL
-        """,
-        recipient,
-    )
 
 
 # One statement acks a batch: ``$1``/``$2``/``$3`` are each ack's message id,
@@ -478,6 +503,28 @@ async def inbox_depth(conn: asyncpg.Connection | asyncpg.Pool, agent: str) -> in
             "SELECT count(*) FROM messages WHERE recipient = $1 AND acked_at IS NULL", agent
         )
     )
+
+
+# History retention: acked messages created before ``$1`` (unix time), at most
+# ``$2`` of them, oldest first. Pending messages are never deleted. Rows a
+# concurrent prune (another instance) holds are skipped.
+_PRUNE = """
+WITH doomed AS (
+    SELECT id FROM messages
+    WHERE acked_at IS NOT NULL AND created_at < to_timestamp($1)
+    ORDER BY created_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), del AS (
+    DELETE FROM messages m USING doomed WHERE m.id = doomed.id RETURNING 1
+)
+SELECT count(*) FROM del
+"""
+
+
+async def prune_batch(conn: asyncpg.Connection, before: float, limit: int) -> int:
+    """Deletes up to ``limit`` acked messages created before ``before``; returns how many."""
+    return int(await conn.fetchval(_PRUNE, before, limit))
 
 
 async def insert_stats(

@@ -38,6 +38,8 @@ AGENT_CASES = [
     ("recv", b"[1, 2]", "bad_request", "bad request"),
     ("recv", b'{"wait_ms": "soon"}', "bad_request", "Expected `int`"),
     ("recv", b'{"wait_ms": -5}', "bad_request", "wait_ms"),
+    ("recv", b'{"ack": 0}', "bad_request", ">= 1"),
+    ("recv", b'{"ack": 987654321}', "not_found", "no message"),
     ("ack", b"", "bad_request", "missing required field"),
     ("ack", b'{"id": "one"}', "bad_request", "Expected `int`"),
     ("ack", b'{"id": 987654321}', "not_found", "no message"),
@@ -128,6 +130,11 @@ SERVICE_CASES = [
     (subjects.admin("broker", "messages"), b'{"since": 9223372036854775808}', "bad_request"),
     (subjects.admin("broker", "messages"), b'{"limit": 9223372036854775808}', "ok"),
     (subjects.admin("broker", "inbox"), b"{}", "bad_request"),
+    (subjects.admin("broker", "prune"), b"{}", "bad_request"),
+    (subjects.admin("broker", "prune"), b'{"before": "yesterday"}', "bad_request"),
+    (subjects.admin("broker", "prune"), b'{"before": 1e300}', "bad_request"),
+    (subjects.admin("broker", "prune"), b'{"before": -1}', "bad_request"),
+    (subjects.admin("broker", "prune"), b'{"before": 99999999999}', "bad_request"),
     (subjects.admin("broker", "inbox"), b'{"agent": "NO"}', "bad_request"),
     (subjects.admin("broker", "status"), b'{"id": 987654321}', "not_found"),
     (subjects.admin("broker", "status"), b'{"id": 9223372036854775808}', "bad_request"),
@@ -172,7 +179,7 @@ async def test_malformed_json_on_every_broker_subject_is_a_bad_request(hive: Hiv
     name, nc = caller
     listed = broker_subjects(name)
     agent_verbs = ("send", "recv", "ack", "status", "turns", "stats")
-    admin_verbs = ("send", "messages", "inbox", "status", "stats", "ping")
+    admin_verbs = ("send", "messages", "inbox", "status", "stats", "prune", "ping")
     expected = {subjects.agent(name, v) for v in agent_verbs}
     expected |= {subjects.admin("broker", v) for v in admin_verbs}
     expected.add(subjects.system("broker", "deliver"))

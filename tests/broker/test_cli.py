@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -243,6 +244,40 @@ def test_since_takes_unix_time_iso_time_and_ages():
     assert parse_since("2026-01-02T03:04:05+00:00") == 1767323045.0
     with pytest.raises(BadRequest):
         parse_since("last week")
+
+
+async def test_prune_before_deletes_old_acked_messages_only(hive: Hive):
+    a, na = await hive.spawn()
+    b, nb = await hive.spawn()
+    old = await send(na, a, b, "old, acked")
+    pending = await send(na, a, b, "old, never received")
+    got = await recv(nb, b)
+    assert got.message is not None and got.message.id == old.id
+    await ack(nb, b, old.id)
+    await asyncio.sleep(0.05)
+    cutoff = time.time()
+    await asyncio.sleep(0.05)
+    new = await send(na, a, b, "new, acked")
+
+    events = await hive.service.subscribe(subjects.event(subjects.EV_MESSAGES_PRUNED))
+    code, out, err = await hive_cli(hive, "messages", "--prune-before", str(cutoff), "--json")
+    assert code == 0, err
+    reply = json.loads(out)
+    assert reply["deleted"] >= 1 and reply["before"] == pytest.approx(cutoff)
+
+    code, out, _ = await hive_cli(hive, "messages", "--agent", b, "--json")
+    assert code == 0
+    assert [m["id"] for m in json.loads(out)] == [pending.id, new.id]
+    record = json.loads((await events.next_msg(timeout=TIMEOUT)).data)
+    assert record["data"]["by"] == "operator" and record["data"]["deleted"] >= 1
+    await events.unsubscribe()
+
+    code, out, _ = await hive_cli(hive, "messages", "--prune-before", "1h")
+    assert code == 0 and out.startswith("pruned 0 acked messages created before")
+    code, _, err = await hive_cli(hive, "messages", "--prune-before", "1h", "--agent", a)
+    assert code != 0 and "--prune-before deletes by time only" in err
+    code, _, err = await hive_cli(hive, "messages", "--prune-before", "2999-01-01")
+    assert code != 0 and "future" in err
 
 
 # --- issue 16: unknown agents, stdin bodies, broken pipes, through the real `hive` ---

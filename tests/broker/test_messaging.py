@@ -6,6 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from hyperhive.common import subjects
@@ -16,6 +17,8 @@ from hyperhive.common.wire.broker import (
     InboxRequest,
     MessagesRequest,
     MessageStatus,
+    RecvReply,
+    RecvRequest,
     SendReply,
     StatusRequest,
 )
@@ -210,3 +213,63 @@ async def test_history_filters_by_agent_and_time(hive: Hive):
     )
     assert [m.id for m in since.messages] == [second.id, third.id]
     assert [m.state for m in of_a.messages] == ["committed"] * 3
+
+
+async def test_a_recv_acks_the_message_before_it(hive: Hive, events):
+    """``RecvRequest.ack``: one request per message for a loop of recv and ack."""
+    a, na = await hive.spawn()
+    b, nb = await hive.spawn()
+    first = await send(na, a, b, "one")
+    second = await send(na, a, b, "two")
+    got = await recv(nb, b)
+    assert got.message is not None and got.message.id == first.id
+    got = await call(nb, b, "recv", RecvRequest(ack=first.id), RecvReply)
+    assert got.message is not None and got.message.id == second.id
+    receipt = await call(na, a, "status", StatusRequest(id=first.id), MessageStatus)
+    assert receipt.state == "acked"
+    await events.wait_for(
+        first.id, [EV.EV_MESSAGE_SENT, EV.EV_MESSAGE_DELIVERED, EV.EV_MESSAGE_ACKED]
+    )
+    # acking an acked message of one's own again is a no-op, and the recv goes on
+    got = await call(nb, b, "recv", RecvRequest(ack=first.id), RecvReply)
+    assert got.empty
+    # someone else's message: refused, and nothing is handed out
+    third = await send(na, a, b, "three")
+    c, nc = await hive.spawn()
+    with pytest.raises(Forbidden):
+        await call(nc, c, "recv", RecvRequest(ack=third.id), RecvReply)
+    with pytest.raises(NotFound):
+        await call(nb, b, "recv", RecvRequest(ack=2**62), RecvReply)
+    assert (await call(na, a, "status", StatusRequest(id=third.id), MessageStatus)).state == (
+        "committed"
+    )
+    got = await call(nb, b, "recv", RecvRequest(ack=second.id), RecvReply)
+    assert got.message is not None and got.message.id == third.id
+
+
+async def test_retention_deletes_acked_history_older_than_the_setting(hive: Hive):
+    a, na = await hive.spawn()
+    b, nb = await hive.spawn()
+    acked = await send(na, a, b, "acked, then forgotten")
+    pending = await send(na, a, b, "pending, kept")
+    got = await recv(nb, b)
+    assert got.message is not None and got.message.id == acked.id
+    await ack(nb, b, acked.id)
+    await asyncio.sleep(1.0)
+    # a second instance whose retention is one second, applied every 0.1 s
+    keep_1s = msgspec.structs.replace(
+        hive.settings.broker, retention_days=1 / 86400, retention_interval_s=0.1
+    )
+    settings = msgspec.structs.replace(hive.settings, broker=keep_1s)
+    async with rig.running_service("broker", settings):
+
+        async def forgotten() -> bool:
+            try:
+                await admin(hive.operator, "status", StatusRequest(id=acked.id), MessageStatus)
+            except NotFound:
+                return True
+            return False
+
+        await rig.eventually(forgotten, timeout=30, what="acked message pruned")
+    status = await admin(hive.operator, "status", StatusRequest(id=pending.id), MessageStatus)
+    assert status.state == "committed"

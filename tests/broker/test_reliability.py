@@ -214,31 +214,99 @@ async def test_sigkill_during_traffic_loses_no_acknowledged_send(
             # the restarted broker drained the outbox: every transition that was
             # committed reached HIVE_EVENTS, once (a row published just before
             # the kill and again after the restart is deduplicated)
-            conn = await asyncpg.connect(db)
-            try:
-                await rig.eventually(lambda: _outbox_empty(conn), timeout=30, what="outbox drained")
-                rows = await conn.fetch(
-                    "SELECT id, deliveries, acked_at IS NOT NULL AS acked FROM broker.messages"
-                )
-            finally:
-                await conn.close()
-            events = await message_events(hive.service)
-            kinds = collections.Counter((e.kind, e.data["id"]) for e in events)
-            sent = {i for k, i in kinds if k == subjects.EV_MESSAGE_SENT}
-            assert set(traffic.acked.values()) <= sent
-            expected: collections.Counter[tuple[str, object]] = collections.Counter()
-            for r in rows:
-                expected[(subjects.EV_MESSAGE_SENT, r["id"])] = 1
-                if r["deliveries"] > 0:
-                    expected[(subjects.EV_MESSAGE_DELIVERED, r["id"])] = 1
-                if r["deliveries"] > 1:
-                    expected[(subjects.EV_MESSAGE_REDELIVERED, r["id"])] = r["deliveries"] - 1
-                if r["acked"]:
-                    expected[(subjects.EV_MESSAGE_ACKED, r["id"])] = 1
-            missing = expected - kinds
-            extra = kinds - expected
-            assert (missing, extra) == (collections.Counter(), collections.Counter())
+            await assert_events_match_rows(hive, db, traffic)
             sigkill_guard[-1].stop()
+
+
+async def assert_events_match_rows(hive: Hive, db: str, traffic: Traffic) -> None:
+    """Once the outbox is drained, HIVE_EVENTS holds each committed transition
+    of each stored message exactly once, the acknowledged sends among them."""
+    conn = await asyncpg.connect(db)
+    try:
+        await rig.eventually(lambda: _outbox_empty(conn), timeout=30, what="outbox drained")
+        rows = await conn.fetch(
+            "SELECT id, deliveries, acked_at IS NOT NULL AS acked FROM broker.messages"
+        )
+    finally:
+        await conn.close()
+    events = await message_events(hive.service)
+    kinds = collections.Counter((e.kind, e.data["id"]) for e in events)
+    sent = {i for k, i in kinds if k == subjects.EV_MESSAGE_SENT}
+    assert set(traffic.acked.values()) <= sent
+    expected: collections.Counter[tuple[str, object]] = collections.Counter()
+    for r in rows:
+        expected[(subjects.EV_MESSAGE_SENT, r["id"])] = 1
+        if r["deliveries"] > 0:
+            expected[(subjects.EV_MESSAGE_DELIVERED, r["id"])] = 1
+        if r["deliveries"] > 1:
+            expected[(subjects.EV_MESSAGE_REDELIVERED, r["id"])] = r["deliveries"] - 1
+        if r["acked"]:
+            expected[(subjects.EV_MESSAGE_ACKED, r["id"])] = 1
+    missing = expected - kinds
+    extra = kinds - expected
+    assert (missing, extra) == (collections.Counter(), collections.Counter())
+
+
+async def test_two_broker_instances_serve_together_losing_and_doubling_nothing(
+    postgres_server: EmbeddedPostgres, tmp_path: Path, sigkill_guard
+):
+    """Two ``hive serve broker`` on one database share the traffic (a NATS queue
+    group): every acknowledged send is delivered once, a recv waiting on one
+    instance is woken by a send the other committed, each transition reaches
+    HIVE_EVENTS once."""
+    per_sender = 150  # 2 senders x 2 lanes x 150 = 600 messages
+    with rig.nats_server() as nats:
+        db = await rig.create_database(postgres_server.url)
+        # no lease expires during the test: a message handed out twice is a bug
+        settings = broker_settings(
+            nats, db, tmp_path / "home", HIVE_BROKER_VISIBILITY_TIMEOUT_S="120"
+        )
+        async with hive_of(nats, settings, broker=False) as hive:
+            senders, receivers = await spawn_pairs(hive, 2)
+            for _ in range(2):
+                sigkill_guard.append(rig.start_service_process("broker", settings, tmp_path))
+            pids: set[int] = set()
+
+            async def both_serving() -> bool:
+                with contextlib.suppress(HiveError):
+                    pong = await ping(hive.operator)
+                    if pong.database == "ok":
+                        pids.add(pong.pid)
+                return len(pids) == 2
+
+            await rig.eventually(both_serving, timeout=60, interval=0.05, what="two brokers")
+            assert pids == {p.proc.pid for p in sigkill_guard}
+
+            traffic = Traffic(per_sender)
+
+            async def nothing() -> None:
+                pass
+
+            await traffic.run(senders, receivers, disrupt_after=0, disrupt=nothing)
+            assert len(traffic.acked) == 4 * per_sender
+            assert traffic.lost() == set()
+            assert set(traffic.received.values()) == {1}  # none handed out twice
+            assert not traffic.sender_errors, traffic.sender_error_messages
+            for name, _ in receivers:
+                assert await stored_count(hive, name) == 2 * per_sender
+
+            # long polls: whichever instance holds the recv, the send wakes it
+            (s, snc), (r, rnc) = senders[0], receivers[0]
+            for i in range(12):
+                waiting = asyncio.ensure_future(recv(rnc, r, wait_ms=30_000))
+                await asyncio.sleep(0.05)
+                t0 = time.monotonic()
+                sent = await send(snc, s, r, f"wake {i}")
+                got = await waiting
+                assert got.message is not None and got.message.id == sent.id
+                assert time.monotonic() - t0 < 5.0, f"recv {i} not woken by the send"
+                await rpc.request(
+                    rnc, subjects.agent(r, subjects.AGENT_ACK), AckRequest(id=sent.id), Ok
+                )
+                traffic.acked[f"wake {i}"] = sent.id
+            await assert_events_match_rows(hive, db, traffic)
+            for proc in sigkill_guard:
+                assert proc.stop() == 0, proc.output()
 
 
 async def test_nats_restart_mid_stream_loses_nothing_and_the_broker_reconnects(

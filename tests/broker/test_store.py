@@ -123,6 +123,11 @@ async def test_claims_in_one_batch_get_their_recipients_oldest_messages_in_order
         None,
         None,
     ]
+    # an empty claim says when the recipient's first lease ends (None: no lease)
+    empty = await store.claim_batch(pool, [store.Claim("b"), store.Claim("nobody")], 60, KINDS)
+    assert [c.row for c in empty] == [None, None]
+    assert empty[0].next_expiry is not None and 50 < empty[0].next_expiry <= 60
+    assert empty[1].next_expiry is None
 
 
 async def test_a_lease_that_ran_out_is_handed_out_again_as_a_redelivery(pool: asyncpg.Pool):

@@ -32,6 +32,7 @@ let
     strMatching = _: "strMatching";
     submodule = _: "submodule";
     numbers.positive = "positive";
+    ints.between = _: _: "intsBetween";
   };
 in
 rec {

@@ -239,3 +239,17 @@ def test_the_original_option_names_still_work(module: dict[str, Any]) -> None:
     aliases = {tuple(a) for a in module["aliases"]}
     assert ("services", "hive-c0re", "enable") in aliases
     assert ("services", "hive-c0re", "dashboard", "port") in aliases
+
+
+def test_broker_instances_are_units_of_their_own() -> None:
+    """``broker.instances = 3``: hive-broker, hive-broker-2, hive-broker-3, alike."""
+    units = host(broker="{ instances = 3; }")["config"]["systemd"]["services"]
+    brokers = sorted(u for u in units if u.startswith("hive-broker"))
+    assert brokers == ["hive-broker", "hive-broker-2", "hive-broker-3"]
+    first = units["hive-broker"]
+    for name in brokers[1:]:
+        unit = units[name]
+        assert unit["serviceConfig"]["ExecStart"] == first["serviceConfig"]["ExecStart"]
+        assert unit["serviceConfig"]["SyslogIdentifier"] == name
+        assert unit["environment"] == first["environment"]
+        assert unit["requires"] == first["requires"]

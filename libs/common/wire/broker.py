@@ -42,6 +42,9 @@ class BrokerWake(msgspec.Struct, kw_only=True):
 
 class RecvRequest(msgspec.Struct, kw_only=True):
     wait_ms: int = 0
+    # the message the caller has just consumed: acked first, as ``ack`` would
+    # (one request instead of two per message, for a loop of recv and ack)
+    ack: MessageId | None = None
 
 
 class Message(msgspec.Struct, kw_only=True):
@@ -124,6 +127,17 @@ class HistoryReply(msgspec.Struct, kw_only=True):
 
 class InboxRequest(msgspec.Struct, kw_only=True):
     agent: str
+
+
+class PruneRequest(msgspec.Struct, kw_only=True):
+    """``hive.admin.broker.prune``: delete the acked messages created before ``before``."""
+
+    before: UnixTime
+
+
+class PruneReply(msgspec.Struct, kw_only=True):
+    deleted: int  # messages deleted
+    before: float
 
 
 # how turn statistics split sends: to another agent, the operator, the manager
@@ -259,6 +273,8 @@ __all__ = [
     "MessageId",
     "MessageStatus",
     "MessagesRequest",
+    "PruneReply",
+    "PruneRequest",
     "RecvReply",
     "RecvRequest",
     "SendReply",
