@@ -109,6 +109,9 @@ class Harness:
         self.turn_started: float | None = None
         self.last_turn_ms: float | None = None
         self.last_outcome = ""
+        # the tools claude runs now: tool_use id → name, from a tool_use in the
+        # stream until its tool_result (the badge says "running <tool>")
+        self._tools: dict[str, str] = {}
         self._ops: collections.deque[Item] = collections.deque()
         self._ops_ready = asyncio.Event()
         self._recv_task: asyncio.Task[Wake | None] | None = None
@@ -150,6 +153,7 @@ class Harness:
             "since": self.state_since,
             "turn": self.turn,
             "turn_started": self.turn_started,
+            "tools": list(self._tools.values()),
             "last_turn_ms": self.last_turn_ms,
             "last_outcome": self.last_outcome,
             "model": self.model,
@@ -653,11 +657,16 @@ class Harness:
 
         async def on_event(event: dict[str, Any]) -> None:
             await self.publish("claude", event, turn)
+            if _track_tools(self._tools, event):
+                await self.publish("state", self.status())
 
         try:
             return await run.run(on_event)
         finally:
             self._current = None
+            if self._tools:  # a tool claude did not see finish (cancelled, crashed)
+                self._tools.clear()
+                await self.publish("state", self.status())
 
     async def _finish(
         self, item: Item, runs: list[RunResult], compact_retry: bool, duration_ms: float
@@ -786,6 +795,33 @@ async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:
     finally:
         for w in waiters:
             w.cancel()
+
+
+def _track_tools(running: dict[str, str], event: dict[str, Any]) -> bool:
+    """Follows the tools a stream-json ``event`` starts (``tool_use`` blocks of an
+    assistant message) and ends (``tool_result`` blocks of a user message) in
+    ``running``; True if that changed."""
+    kind = event.get("type")
+    if kind not in ("assistant", "user"):
+        return False
+    message = event.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, list):
+        return False
+    changed = False
+    for block in content:
+        if not isinstance(block, dict):
+            continue
+        ident = block.get("id") if kind == "assistant" else block.get("tool_use_id")
+        if not isinstance(ident, str):
+            continue
+        if kind == "assistant" and block.get("type") == "tool_use":
+            running[ident] = str(block.get("name") or "?")
+            changed = True
+        elif kind == "user" and block.get("type") == "tool_result" and ident in running:
+            del running[ident]
+            changed = True
+    return changed
 
 
 def _parent_context(item: Item) -> Context:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, expect
 
+from hyperhive.common.paths import AgentPaths
 from tests.browser import needs_chromium, open_page
 from tests.harness.conftest import (
     UI_TIMEOUT_MS,
@@ -18,7 +19,13 @@ from tests.harness.conftest import (
     open_agent_page,
     running_harness,
 )
-from tests.scripted_anthropic import ScriptedAnthropic, last_user_mentions, mentions
+from tests.scripted_anthropic import (
+    ScriptedAnthropic,
+    after_tool_results,
+    last_user_mentions,
+    mentions,
+    tool_use,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.claude, needs_chromium]
 
@@ -180,3 +187,44 @@ async def test_tail_says_a_compaction_was_refused_and_what_a_turn_cost(
             await expect(refused).to_contain_text("the notes are unchanged")
             await expect(refused).to_contain_text(f"hive notes {name} --history")
             assert h.harness.cfg.notes_path.read_text() == notes
+
+
+async def test_badge_names_the_tool_claude_runs(
+    dash_stack: Stack, api: ScriptedAnthropic, browser: Browser, tmp_path: Path
+) -> None:
+    """From a tool_use until its tool_result the badge says "running <tool>" (and
+    the status JSON lists it); back to "thinking" once the result is in."""
+    stack = dash_stack
+    name = agent_name("bt")
+    await stack.spawn(name)
+    (AgentPaths.of(stack.settings, name).applied / "agent.toml").write_text(
+        'allowed_tools = ["Bash"]\n'
+    )
+    go = tmp_path / "go"
+    wait = f"while [ ! -e {go} ]; do sleep 0.1; done; echo went"
+    api.reply(
+        tool_use("Bash", {"command": wait, "description": "wait for go"}),
+        when=last_user_mentions("run the tool"),
+    )
+    after = api.reply("the tool ran", hold=True, when=after_tool_results(1))
+    async with running_harness(stack.harness_settings(name)) as h:
+        async with open_page(browser, width=1100, height=600, timeout_ms=UI_TIMEOUT_MS) as page:
+            await open_agent_page(page, stack, name)
+            badge, label = page.locator("#badge"), page.locator("#badge-state")
+            await expect(badge).to_have_attribute("data-state", "idle")
+            await page.fill("#prompt", "run the tool")
+            await page.keyboard.press("Enter")
+            await expect(label).to_have_text("running Bash")
+            await expect(badge).to_have_attribute("data-tool", "Bash")
+            status = h.harness.status()
+            assert status["state"] == "thinking" and status["tools"] == ["Bash"]
+            await page.screenshot(path=str(tmp_path / "running-tool.png"))
+
+            go.touch()
+            await api.wait_for_request(lambda r: r.reply is after, timeout=60)
+            await expect(label).to_have_text("thinking")
+            await expect(badge).to_have_attribute("data-tool", "")
+            assert h.harness.status()["tools"] == []
+            after.release()
+            await expect(badge).to_have_attribute("data-state", "idle")
+            assert (await h.turn_end(1))["outcome"] == "ok"

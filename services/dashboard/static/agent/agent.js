@@ -76,13 +76,22 @@
 
   // --- the badge and chips -------------------------------------------------------
   const STATE_LABELS = { retrying: "api unavailable", login: "login needed" };
+  function toolLabel(name) {
+    // mcp__<server>__<tool> reads as "<tool> (<server>)"
+    const m = /^mcp__(.+?)__(.+)$/.exec(String(name));
+    return m ? m[2] + " (" + m[1] + ")" : String(name);
+  }
   function setStatus(st) {
     if (!st || !st.state) return;
     if (st.now) clockSkew = st.now - Date.now() / 1000;
     since = st.since || since;
     badge.className = "badge state-" + st.state;
     badge.dataset.state = st.state;
-    badgeState.textContent = STATE_LABELS[st.state] || st.state;
+    // while claude runs a tool (its tool_use until its tool_result) the badge names it
+    const tools = st.state === "thinking" && Array.isArray(st.tools) ? st.tools : [];
+    badge.dataset.tool = tools.join(",");
+    badgeState.textContent = tools.length ? "running " + tools.map(toolLabel).join(", ") :
+      STATE_LABELS[st.state] || st.state;
     chipModel.textContent = "model " + (st.model || "default");
     chipLast.textContent = "last turn " + fmtMs(st.last_turn_ms);
     cancelBtn.hidden = !(st.state in STATE_LABELS || st.state === "thinking" || st.state === "compacting");
@@ -200,6 +209,7 @@
     source.onerror = function () {
       badge.className = "badge state-offline";
       badge.dataset.state = "offline";
+      badge.dataset.tool = "";
       badgeState.textContent = "offline";
       cancelBtn.hidden = true;
       since = Date.now() / 1000 + clockSkew;
