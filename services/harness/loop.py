@@ -68,6 +68,7 @@ API_UNAVAILABLE, LOGIN_NEEDED = "api_unavailable", "login_needed"  # turn outcom
 CREDS_POLL_S = 2.0  # how often a logged-out harness looks for new credentials
 MAX_RETRY_AFTER_S = 3600.0  # a longer retry-after is not believed
 COMPACT_PROMPT = "/compact"
+CANCELLING, NOTHING_TO_CANCEL = "cancelling the running turn", "no turn is running"
 ACK_ATTEMPTS = 5
 BACKFILL_LIMIT = 1000
 HELP = """\
@@ -239,9 +240,7 @@ class Harness:
                 await self.publish("operator", {"command": "/clear"})
                 return "the next turn starts a fresh session"
             case "/cancel":
-                if await self.cancel():
-                    return "cancelling the running turn"
-                return "no turn is running"
+                return CANCELLING if await self.cancel() else NOTHING_TO_CANCEL
             case "/compact":
                 await self.publish("operator", {"command": "/compact"})
                 self._enqueue(Compact())
@@ -263,17 +262,25 @@ class Harness:
 
     async def cancel(self) -> bool:
         """Ends the running turn's (or notes compaction's) claude process (within
-        2 s), or gives up the message an API fault keeps waiting. False if none."""
-        if self.state in (RETRYING, LOGIN):
+        2 s), or gives up the message an API fault keeps waiting. False if none.
+
+        The request and its reply are an ``operator`` record, published before
+        the process is ended, so the tail has them before the turn's end.
+        """
+        running = (
+            self.state in (RETRYING, LOGIN)
+            or self.turn_started is not None
+            or self._compacting_notes
+        )
+        if running:
             self._cancel_turn = True
-            await self.publish("operator", {"command": "/cancel"})
-            self._wake_up.set()
-            return True
-        if self.turn_started is None and not self._compacting_notes:
+        reply = CANCELLING if running else NOTHING_TO_CANCEL
+        await self.publish("operator", {"command": "/cancel", "reply": reply})
+        if not running:
             return False
-        self._cancel_turn = True
-        await self.publish("operator", {"command": "/cancel"})
-        if self._current is not None:
+        if self.state in (RETRYING, LOGIN):
+            self._wake_up.set()
+        elif self._current is not None:
             await self._current.cancel()
         return True
 

@@ -112,6 +112,17 @@ AGE_S = """() => {
 AGE_AT_LEAST = f"(min) => ({AGE_S})() >= min"
 
 
+LINES = "() => Array.from(document.querySelectorAll('#log .line'), (d) => d.textContent)"
+
+
+def _cancel_then_end(lines: list[str]) -> bool:
+    """The log has one "cancelling the running turn" line, before turn 1's "cancelled" end."""
+    asks = [i for i, t in enumerate(lines) if t == "cancelling the running turn"]
+    ends = [i for i, t in enumerate(lines) if t.startswith("── turn 1 cancelled")]
+    assert len(asks) == 1 and len(ends) == 1, lines
+    return asks[0] < ends[0]
+
+
 async def test_cancel_button_age_timer_and_offline_badge(
     dash_stack: Stack, api: ScriptedAnthropic, browser: Browser, tmp_path: Path
 ) -> None:
@@ -146,6 +157,11 @@ async def test_cancel_button_age_timer_and_offline_badge(
             assert end["outcome"] == "cancelled"
             assert end["error"] == "cancelled by the operator"
             assert not held.released.is_set()  # ended by the cancel, not by the script
+            # the cancel's line comes before the turn's "cancelled" end, also after a reload
+            assert _cancel_then_end(await page.evaluate(LINES))
+            await page.reload()
+            await expect(page.locator("#log .turn-end").last).to_contain_text("cancelled")
+            assert _cancel_then_end(await page.evaluate(LINES))
 
             # the harness stops: the page says offline
             h.stop.set()

@@ -188,6 +188,9 @@
       case "operator":
         if (ev.text) add("operator", "› " + ev.text);
         else if (ev.command) add("operator", "› " + ev.command + (ev.model ? " " + ev.model : ""));
+        // the harness's reply to a command, in the server's order (before the
+        // cancelled turn's end, say), and kept for a reload's backfill
+        if (ev.reply) add(ev.error ? "err" : "local", ev.reply);
         return;
       case "state":
         if (rec.n) setStatus(ev); // live only: backfilled states are history
@@ -236,13 +239,14 @@
     input.value = "";
     if (text === "/clear") { log.textContent = ""; unseen = 0; pill.hidden = true; }
     post(base + "api/prompt", { text: text }).then(function (r) {
-      if (r.command || !r.ok) add(r.ok ? "local" : "err", r.text);
+      if ((r.command || !r.ok) && !r.recorded) add(r.ok ? "local" : "err", r.text);
     }).catch(function (err) { add("err", "not sent: " + err); });
   });
   input.addEventListener("keydown", function (e) {
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); form.requestSubmit(); }
   });
   cancelBtn.addEventListener("click", function () {
-    post(base + "api/cancel").then(function (r) { add("local", r.text); });
+    post(base + "api/cancel").then(function (r) { if (!r.recorded) add(r.ok ? "local" : "err", r.text); })
+      .catch(function (err) { add("err", "not sent: " + err); });
   });
 })();
