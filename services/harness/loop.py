@@ -68,6 +68,7 @@ API_UNAVAILABLE, LOGIN_NEEDED = "api_unavailable", "login_needed"  # turn outcom
 CREDS_POLL_S = 2.0  # how often a logged-out harness looks for new credentials
 MAX_RETRY_AFTER_S = 3600.0  # a longer retry-after is not believed
 COMPACT_PROMPT = "/compact"
+COMMAND_ECHO_CHARS = 200  # of a command's argument, in its record
 CANCELLING, NOTHING_TO_CANCEL = "cancelling the running turn", "no turn is running"
 ACK_ATTEMPTS = 5
 BACKFILL_LIMIT = 1000
@@ -226,25 +227,43 @@ class Harness:
     async def command(self, line: str) -> str:
         """Runs a slash command; returns the text to show.
 
+        The command and its reply (or why it was refused) are an ``operator``
+        record, so the tail, and a reload's backfill, keep them.
+
         Raises:
             CommandError: unknown command or bad argument.
         """
         parts = line.strip().split(None, 1)
         name = parts[0].lower() if parts else ""
         arg = parts[1].strip() if len(parts) > 1 else ""
+        if name == "/cancel":  # cancel() records it, before the turn's end
+            return CANCELLING if await self.cancel() else NOTHING_TO_CANCEL
+        said: dict[str, Any] = {"command": name or line.strip()[:COMMAND_ECHO_CHARS]}
+        if arg:
+            said["arg"] = arg[:COMMAND_ECHO_CHARS]
+        try:
+            reply = await self._command(name, arg)
+        except CommandError as exc:
+            await self.publish("operator", {**said, "reply": str(exc), "error": True})
+            raise
+        if name == "/model" and arg:
+            said["model"] = self.model
+        await self.publish("operator", {**said, "reply": reply})
+        if name == "/model" and arg:
+            await self.publish("state", self.status())
+        return reply
+
+    async def _command(self, name: str, arg: str) -> str:
         match name:
             case "/help":
                 return HELP
             case "/clear":
                 self.store.set_fresh(True)
-                await self.publish("operator", {"command": "/clear"})
                 return "the next turn starts a fresh session"
-            case "/cancel":
-                return CANCELLING if await self.cancel() else NOTHING_TO_CANCEL
             case "/compact":
-                await self.publish("operator", {"command": "/compact"})
+                reply = "compaction queued" if self.state != IDLE else "compacting"
                 self._enqueue(Compact())
-                return "compaction queued" if self.state != IDLE else "compacting"
+                return reply
             case "/model":
                 if not arg:
                     return f"model: {self.model or '(claude default)'}"
@@ -255,10 +274,8 @@ class Harness:
                         self.store.set_model(check_model(arg))
                     except ValueError as exc:
                         raise CommandError(str(exc)) from None
-                await self.publish("operator", {"command": "/model", "model": self.model})
-                await self.publish("state", self.status())
                 return f"model: {self.model or '(claude default)'} from the next turn on"
-        raise CommandError(f"unknown command {name or line!r}; /help lists them")
+        raise CommandError(f"unknown command {name!r}; /help lists them")
 
     async def cancel(self) -> bool:
         """Ends the running turn's (or notes compaction's) claude process (within

@@ -17,6 +17,7 @@ could do all of it from its own Bash anyway).
   ``id: <boot>:<n>``; a reconnecting EventSource sends it back as
   ``Last-Event-ID`` and gets only what it missed.
 - ``POST /api/prompt``: ``{"text"}``: a slash command, or a prompt that becomes a turn.
+  A command and its reply are also an ``operator`` record (``"recorded": true``).
 - ``POST /api/cancel``: ends the running turn. The request and its reply are
   also an ``operator`` record in the tail, ahead of the turn's end
   (``"recorded": true`` in the answer: the page shows the record, not the answer).
@@ -159,15 +160,17 @@ async def prompt(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         return Response({"ok": False, "text": "empty prompt"}, status_code=400)
     if len(text) > MAX_PROMPT_CHARS:
         return Response({"ok": False, "text": "prompt too long"}, status_code=400)
-    try:
-        if text.startswith("/"):
+    if text.startswith("/"):
+        # "recorded": the command and its reply are also a record in the tail
+        # (the page shows that one, and a reload's backfill keeps it)
+        try:
             reply = await d.harness.command(text)
-            # "recorded": the reply is also a record in the tail (the page shows that one)
-            recorded = text.split()[0].lower() == "/cancel"
-            return Response(
-                {"ok": True, "text": reply, "command": True, "recorded": recorded},
-                status_code=200,
-            )
+        except CommandError as exc:
+            return Response({"ok": False, "text": str(exc), "recorded": True}, status_code=400)
+        return Response(
+            {"ok": True, "text": reply, "command": True, "recorded": True}, status_code=200
+        )
+    try:
         await d.harness.operator_prompt(text)
     except CommandError as exc:
         return Response({"ok": False, "text": str(exc)}, status_code=400)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, expect
+from playwright.async_api import Page as BrowserPage
 
 from hyperhive.common.paths import AgentPaths
 from tests.browser import needs_chromium, open_page
@@ -244,3 +245,44 @@ async def test_badge_names_the_tool_claude_runs(
             after.release()
             await expect(badge).to_have_attribute("data-state", "idle")
             assert (await h.turn_end(1))["outcome"] == "ok"
+
+
+async def test_slash_command_replies_survive_a_reload_and_a_restart(
+    dash_stack: Stack, browser: Browser
+) -> None:
+    """A command's reply is a record (the harness's, in HIVE_TURNS): a reload
+    backfills it from the ring, a new harness run from the broker."""
+    stack = dash_stack
+    name = agent_name("bs")
+    await stack.spawn(name)
+    settings = stack.harness_settings(name)
+    replies = [
+        "model: reload-model-1 from the next turn on",
+        "unknown command '/nonsense'; /help lists them",
+    ]
+
+    async def shown(page: BrowserPage) -> list[str]:
+        await expect(page.locator("#log .err")).to_have_count(1)
+        lines = await page.evaluate(LINES)
+        assert lines.count("› /model reload-model-1") == 1, lines
+        assert [t for t in lines if t in replies] == replies, lines
+        return lines
+
+    async with open_page(browser, width=1100, height=600, timeout_ms=UI_TIMEOUT_MS) as page:
+        async with running_harness(settings):
+            await open_agent_page(page, stack, name)
+            await expect(page.locator("#badge")).to_have_attribute("data-state", "idle")
+            for line in ("/model reload-model-1", "/nonsense"):
+                await page.fill("#prompt", line)
+                await page.keyboard.press("Enter")
+            await expect(page.locator("#log .local")).to_have_text(replies[0])
+            await expect(page.locator("#log .err")).to_have_text(replies[1])
+            await shown(page)
+            await page.reload()
+            await expect(page.locator("#log .local")).to_have_text(replies[0])
+            await shown(page)
+        async with running_harness(settings):
+            await page.reload()
+            await expect(page.locator("#badge")).to_have_attribute("data-state", "idle")
+            await expect(page.locator("#log .local")).to_have_text(replies[0])
+            await shown(page)

@@ -187,7 +187,7 @@
       }
       case "operator":
         if (ev.text) add("operator", "› " + ev.text);
-        else if (ev.command) add("operator", "› " + ev.command + (ev.model ? " " + ev.model : ""));
+        else if (ev.command) add("operator", "› " + ev.command + (ev.arg ? " " + ev.arg : ev.model ? " " + ev.model : ""));
         // the harness's reply to a command, in the server's order (before the
         // cancelled turn's end, say), and kept for a reload's backfill
         if (ev.reply) add(ev.error ? "err" : "local", ev.reply);
