@@ -110,7 +110,9 @@ class Harness:
         self.turn = self.store.turn
         self.turn_started: float | None = None
         self.last_turn_ms: float | None = None
+        self.last_turn_model = ""
         self.last_outcome = ""
+        self._remember_last_turn(self.store.last_turn)
         # the tools claude runs now: tool_use id → name, from a tool_use in the
         # stream until its tool_result (the badge says "running <tool>")
         self._tools: dict[str, str] = {}
@@ -157,6 +159,7 @@ class Harness:
             "turn_started": self.turn_started,
             "tools": list(self._tools.values()),
             "last_turn_ms": self.last_turn_ms,
+            "last_turn_model": self.last_turn_model,
             "last_outcome": self.last_outcome,
             "model": self.model,
             "model_override": self.store.model,
@@ -193,6 +196,39 @@ class Harness:
             return
         self.state, self.state_since = state, time.time()
         await self.publish("state", self.status())
+
+    def _remember_last_turn(self, doc: dict[str, Any]) -> bool:
+        """Takes the last turn's duration, model and outcome from ``doc`` (the
+        kept ``last_turn.json``, or a ``turn_end`` record's fields); False if
+        it has no duration."""
+        ms = doc.get("duration_ms")
+        if not isinstance(ms, int | float) or isinstance(ms, bool):
+            return False
+        model, outcome = doc.get("model"), doc.get("outcome")
+        self.last_turn_ms = float(ms)
+        self.last_turn_model = model if isinstance(model, str) else ""
+        self.last_outcome = outcome if isinstance(outcome, str) else ""
+        return True
+
+    async def _recall_last_turn(self) -> None:
+        """Without a kept last turn (a new state dir), the newest ``turn_end``
+        of earlier runs in HIVE_TURNS tells the page's "last turn" chip."""
+        if self.last_turn_ms is not None:
+            return
+        try:
+            earlier = await self.backfill()
+        except Exception:  # the chip stays "–"; the loop goes on
+            log.exception("last turn not recalled")
+            return
+        for ev in reversed(earlier):
+            stats = ev.event.get("stats") if ev.type == "turn_end" else None
+            if not isinstance(stats, dict):
+                continue
+            if self.last_turn_ms is None and self._remember_last_turn(
+                {**stats, "outcome": ev.event.get("outcome")}
+            ):
+                await self.publish("state", self.status())
+            return
 
     async def backfill(self) -> list[TurnEvent]:
         """Turn records from before the ring's oldest one (earlier runs), via the broker."""
@@ -318,6 +354,7 @@ class Harness:
         self.store.set_pending([])
         await self.publish("state", self.status())
         watcher = asyncio.create_task(self._watch_stop(stop))
+        recall = asyncio.create_task(self._recall_last_turn())
         try:
             while not stop.is_set():
                 self.keep_notes()
@@ -342,6 +379,7 @@ class Harness:
                     await self._set_state(IDLE)
         finally:
             watcher.cancel()
+            recall.cancel()
             if self._current is not None:
                 await self._current.cancel()
             await self._drain_recv()
@@ -748,7 +786,11 @@ class Harness:
             notes_bytes=_size(self.cfg.notes_path),
         )
         self.last_turn_ms = stats.duration_ms
+        self.last_turn_model = stats.model
         self.last_outcome = outcome
+        self.store.set_last_turn(
+            {"duration_ms": stats.duration_ms, "model": stats.model, "outcome": outcome}
+        )
         self.turn_started = None
         await self.publish(
             "turn_end",

@@ -5,6 +5,7 @@ button, sticky scroll with the "↓ N new" pill."""
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,11 @@ from playwright.async_api import Browser, expect
 from playwright.async_api import Page as BrowserPage
 
 from hyperhive.common.paths import AgentPaths
+from tests import rig
 from tests.browser import needs_chromium, open_page
 from tests.harness.conftest import (
     UI_TIMEOUT_MS,
+    Running,
     Stack,
     agent_name,
     open_agent_page,
@@ -286,3 +289,39 @@ async def test_slash_command_replies_survive_a_reload_and_a_restart(
             await expect(page.locator("#badge")).to_have_attribute("data-state", "idle")
             await expect(page.locator("#log .local")).to_have_text(replies[0])
             await shown(page)
+
+
+async def test_last_turn_chip_survives_a_restart(
+    dash_stack: Stack, api: ScriptedAnthropic, browser: Browser
+) -> None:
+    """The status knows the last turn's duration and model after a restart: from
+    the state dir, or (a new state dir) from the turn records in HIVE_TURNS."""
+    stack = dash_stack
+    name = agent_name("bl")
+    await stack.spawn(name)
+    api.reply("measured", when=last_user_mentions("time me"))
+    settings = stack.harness_settings(name)
+    async with running_harness(settings) as h:
+        await h.harness.operator_prompt("time me")
+        stats = (await h.turn_end(1))["stats"]
+        kept = h.harness.cfg.harness_dir / "last_turn.json"
+    assert stats["duration_ms"] > 0 and stats["model"]
+
+    async def chip_says_it(h: Running) -> None:
+        status = h.harness.status()
+        assert status["last_turn_ms"] == stats["duration_ms"], status
+        assert status["last_turn_model"] == stats["model"] and status["last_outcome"] == "ok"
+        async with open_page(browser, width=1100, height=600, timeout_ms=UI_TIMEOUT_MS) as page:
+            await open_agent_page(page, stack, name)
+            chip = page.locator("#chip-last")
+            await expect(chip).to_have_text(re.compile(r"last turn \d"))
+            await expect(chip).to_have_attribute("title", re.compile(re.escape(stats["model"])))
+
+    async with running_harness(settings) as h:  # a restart
+        await chip_says_it(h)
+    kept.unlink()  # a new state dir: the broker's turn records tell it
+    async with running_harness(settings) as h:
+        await rig.eventually(
+            lambda: h.harness.last_turn_ms is not None, timeout=30, what="last turn recalled"
+        )
+        await chip_says_it(h)

@@ -94,6 +94,9 @@
       STATE_LABELS[st.state] || st.state;
     chipModel.textContent = "model " + (st.model || "default");
     chipLast.textContent = "last turn " + fmtMs(st.last_turn_ms);
+    chipLast.title = st.last_turn_ms == null ? "duration of the last turn" :
+      "duration of the last turn" + (st.last_outcome ? " (" + st.last_outcome + ")" : "") +
+      (st.last_turn_model ? " · model " + st.last_turn_model : "");
     cancelBtn.hidden = !(st.state in STATE_LABELS || st.state === "thinking" || st.state === "compacting");
     tick();
   }
