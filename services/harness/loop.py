@@ -68,6 +68,8 @@ API_UNAVAILABLE, LOGIN_NEEDED = "api_unavailable", "login_needed"  # turn outcom
 CREDS_POLL_S = 2.0  # how often a logged-out harness looks for new credentials
 MAX_RETRY_AFTER_S = 3600.0  # a longer retry-after is not believed
 COMPACT_PROMPT = "/compact"
+COMMAND_ECHO_CHARS = 200  # of a command's argument, in its record
+CANCELLING, NOTHING_TO_CANCEL = "cancelling the running turn", "no turn is running"
 ACK_ATTEMPTS = 5
 BACKFILL_LIMIT = 1000
 HELP = """\
@@ -108,7 +110,12 @@ class Harness:
         self.turn = self.store.turn
         self.turn_started: float | None = None
         self.last_turn_ms: float | None = None
+        self.last_turn_model = ""
         self.last_outcome = ""
+        self._remember_last_turn(self.store.last_turn)
+        # the tools claude runs now: tool_use id → name, from a tool_use in the
+        # stream until its tool_result (the badge says "running <tool>")
+        self._tools: dict[str, str] = {}
         self._ops: collections.deque[Item] = collections.deque()
         self._ops_ready = asyncio.Event()
         self._recv_task: asyncio.Task[Wake | None] | None = None
@@ -150,7 +157,9 @@ class Harness:
             "since": self.state_since,
             "turn": self.turn,
             "turn_started": self.turn_started,
+            "tools": list(self._tools.values()),
             "last_turn_ms": self.last_turn_ms,
+            "last_turn_model": self.last_turn_model,
             "last_outcome": self.last_outcome,
             "model": self.model,
             "model_override": self.store.model,
@@ -188,6 +197,39 @@ class Harness:
         self.state, self.state_since = state, time.time()
         await self.publish("state", self.status())
 
+    def _remember_last_turn(self, doc: dict[str, Any]) -> bool:
+        """Takes the last turn's duration, model and outcome from ``doc`` (the
+        kept ``last_turn.json``, or a ``turn_end`` record's fields); False if
+        it has no duration."""
+        ms = doc.get("duration_ms")
+        if not isinstance(ms, int | float) or isinstance(ms, bool):
+            return False
+        model, outcome = doc.get("model"), doc.get("outcome")
+        self.last_turn_ms = float(ms)
+        self.last_turn_model = model if isinstance(model, str) else ""
+        self.last_outcome = outcome if isinstance(outcome, str) else ""
+        return True
+
+    async def _recall_last_turn(self) -> None:
+        """Without a kept last turn (a new state dir), the newest ``turn_end``
+        of earlier runs in HIVE_TURNS tells the page's "last turn" chip."""
+        if self.last_turn_ms is not None:
+            return
+        try:
+            earlier = await self.backfill()
+        except Exception:  # the chip stays "–"; the loop goes on
+            log.exception("last turn not recalled")
+            return
+        for ev in reversed(earlier):
+            stats = ev.event.get("stats") if ev.type == "turn_end" else None
+            if not isinstance(stats, dict):
+                continue
+            if self.last_turn_ms is None and self._remember_last_turn(
+                {**stats, "outcome": ev.event.get("outcome")}
+            ):
+                await self.publish("state", self.status())
+            return
+
     async def backfill(self) -> list[TurnEvent]:
         """Turn records from before the ring's oldest one (earlier runs), via the broker."""
         boundary = self.hub.oldest_ts or time.time()
@@ -221,27 +263,43 @@ class Harness:
     async def command(self, line: str) -> str:
         """Runs a slash command; returns the text to show.
 
+        The command and its reply (or why it was refused) are an ``operator``
+        record, so the tail, and a reload's backfill, keep them.
+
         Raises:
             CommandError: unknown command or bad argument.
         """
         parts = line.strip().split(None, 1)
         name = parts[0].lower() if parts else ""
         arg = parts[1].strip() if len(parts) > 1 else ""
+        if name == "/cancel":  # cancel() records it, before the turn's end
+            return CANCELLING if await self.cancel() else NOTHING_TO_CANCEL
+        said: dict[str, Any] = {"command": name or line.strip()[:COMMAND_ECHO_CHARS]}
+        if arg:
+            said["arg"] = arg[:COMMAND_ECHO_CHARS]
+        try:
+            reply = await self._command(name, arg)
+        except CommandError as exc:
+            await self.publish("operator", {**said, "reply": str(exc), "error": True})
+            raise
+        if name == "/model" and arg:
+            said["model"] = self.model
+        await self.publish("operator", {**said, "reply": reply})
+        if name == "/model" and arg:
+            await self.publish("state", self.status())
+        return reply
+
+    async def _command(self, name: str, arg: str) -> str:
         match name:
             case "/help":
                 return HELP
             case "/clear":
                 self.store.set_fresh(True)
-                await self.publish("operator", {"command": "/clear"})
                 return "the next turn starts a fresh session"
-            case "/cancel":
-                if await self.cancel():
-                    return "cancelling the running turn"
-                return "no turn is running"
             case "/compact":
-                await self.publish("operator", {"command": "/compact"})
+                reply = "compaction queued" if self.state != IDLE else "compacting"
                 self._enqueue(Compact())
-                return "compaction queued" if self.state != IDLE else "compacting"
+                return reply
             case "/model":
                 if not arg:
                     return f"model: {self.model or '(claude default)'}"
@@ -252,24 +310,30 @@ class Harness:
                         self.store.set_model(check_model(arg))
                     except ValueError as exc:
                         raise CommandError(str(exc)) from None
-                await self.publish("operator", {"command": "/model", "model": self.model})
-                await self.publish("state", self.status())
                 return f"model: {self.model or '(claude default)'} from the next turn on"
-        raise CommandError(f"unknown command {name or line!r}; /help lists them")
+        raise CommandError(f"unknown command {name!r}; /help lists them")
 
     async def cancel(self) -> bool:
         """Ends the running turn's (or notes compaction's) claude process (within
-        2 s), or gives up the message an API fault keeps waiting. False if none."""
-        if self.state in (RETRYING, LOGIN):
+        2 s), or gives up the message an API fault keeps waiting. False if none.
+
+        The request and its reply are an ``operator`` record, published before
+        the process is ended, so the tail has them before the turn's end.
+        """
+        running = (
+            self.state in (RETRYING, LOGIN)
+            or self.turn_started is not None
+            or self._compacting_notes
+        )
+        if running:
             self._cancel_turn = True
-            await self.publish("operator", {"command": "/cancel"})
-            self._wake_up.set()
-            return True
-        if self.turn_started is None and not self._compacting_notes:
+        reply = CANCELLING if running else NOTHING_TO_CANCEL
+        await self.publish("operator", {"command": "/cancel", "reply": reply})
+        if not running:
             return False
-        self._cancel_turn = True
-        await self.publish("operator", {"command": "/cancel"})
-        if self._current is not None:
+        if self.state in (RETRYING, LOGIN):
+            self._wake_up.set()
+        elif self._current is not None:
             await self._current.cancel()
         return True
 
@@ -290,6 +354,7 @@ class Harness:
         self.store.set_pending([])
         await self.publish("state", self.status())
         watcher = asyncio.create_task(self._watch_stop(stop))
+        recall = asyncio.create_task(self._recall_last_turn())
         try:
             while not stop.is_set():
                 self.keep_notes()
@@ -314,6 +379,7 @@ class Harness:
                     await self._set_state(IDLE)
         finally:
             watcher.cancel()
+            recall.cancel()
             if self._current is not None:
                 await self._current.cancel()
             await self._drain_recv()
@@ -653,11 +719,16 @@ class Harness:
 
         async def on_event(event: dict[str, Any]) -> None:
             await self.publish("claude", event, turn)
+            if _track_tools(self._tools, event):
+                await self.publish("state", self.status())
 
         try:
             return await run.run(on_event)
         finally:
             self._current = None
+            if self._tools:  # a tool claude did not see finish (cancelled, crashed)
+                self._tools.clear()
+                await self.publish("state", self.status())
 
     async def _finish(
         self, item: Item, runs: list[RunResult], compact_retry: bool, duration_ms: float
@@ -715,7 +786,11 @@ class Harness:
             notes_bytes=_size(self.cfg.notes_path),
         )
         self.last_turn_ms = stats.duration_ms
+        self.last_turn_model = stats.model
         self.last_outcome = outcome
+        self.store.set_last_turn(
+            {"duration_ms": stats.duration_ms, "model": stats.model, "outcome": outcome}
+        )
         self.turn_started = None
         await self.publish(
             "turn_end",
@@ -786,6 +861,33 @@ async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:
     finally:
         for w in waiters:
             w.cancel()
+
+
+def _track_tools(running: dict[str, str], event: dict[str, Any]) -> bool:
+    """Follows the tools a stream-json ``event`` starts (``tool_use`` blocks of an
+    assistant message) and ends (``tool_result`` blocks of a user message) in
+    ``running``; True if that changed."""
+    kind = event.get("type")
+    if kind not in ("assistant", "user"):
+        return False
+    message = event.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, list):
+        return False
+    changed = False
+    for block in content:
+        if not isinstance(block, dict):
+            continue
+        ident = block.get("id") if kind == "assistant" else block.get("tool_use_id")
+        if not isinstance(ident, str):
+            continue
+        if kind == "assistant" and block.get("type") == "tool_use":
+            running[ident] = str(block.get("name") or "?")
+            changed = True
+        elif kind == "user" and block.get("type") == "tool_result" and ident in running:
+            del running[ident]
+            changed = True
+    return changed
 
 
 def _parent_context(item: Item) -> Context:

@@ -4,6 +4,8 @@ In ``<state dir>/.hive-harness/`` (beside the agent's notes, DESIGN.md section 6
 - ``model``: the operator's ``/model`` override ("" = agent.toml's / the default).
 - ``fresh``: present when the next turn starts a new claude session (``/clear``).
 - ``turn``: the number of the last turn, so numbering continues after a restart.
+- ``last_turn.json``: how the last turn ended (duration, model, outcome), so
+  the page's "last turn" chip says it after a restart.
 
 In ``<credentials dir>/.hive-harness/``, which no other agent can reach (the
 manager may write other agents' state dirs, and must not be able to slip a
@@ -90,6 +92,18 @@ class HarnessState:
 
     def set_turn(self, n: int) -> None:
         _atomic_write(self.dir / "turn", f"{n}\n")
+
+    @property
+    def last_turn(self) -> dict[str, Any]:
+        text = self._read("last_turn.json")
+        try:
+            doc = json.loads(text) if text else {}
+        except ValueError:
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def set_last_turn(self, doc: dict[str, Any]) -> None:
+        _atomic_write(self.dir / "last_turn.json", json.dumps(doc))
 
     @property
     def interrupted(self) -> dict[str, Any] | None:

@@ -17,7 +17,10 @@ could do all of it from its own Bash anyway).
   ``id: <boot>:<n>``; a reconnecting EventSource sends it back as
   ``Last-Event-ID`` and gets only what it missed.
 - ``POST /api/prompt``: ``{"text"}``: a slash command, or a prompt that becomes a turn.
-- ``POST /api/cancel``: ends the running turn.
+  A command and its reply are also an ``operator`` record (``"recorded": true``).
+- ``POST /api/cancel``: ends the running turn. The request and its reply are
+  also an ``operator`` record in the tail, ahead of the turn's end
+  (``"recorded": true`` in the answer: the page shows the record, not the answer).
 - ``POST /api/credentials``: ``{"kind", "secret"}``: claude's credentials
   (stored in the credentials dir only; never shown again).
 - ``/api/terminal``: WebSocket to a login shell on a PTY (terminal.py).
@@ -37,7 +40,7 @@ from litestar.response import Stream
 
 from hyperhive.harness import creds
 from hyperhive.harness.hub import Record
-from hyperhive.harness.loop import CommandError, Harness
+from hyperhive.harness.loop import CANCELLING, NOTHING_TO_CANCEL, CommandError, Harness
 from hyperhive.harness.terminal import Shell, terminal_ws
 
 log = logging.getLogger(__name__)
@@ -157,10 +160,17 @@ async def prompt(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         return Response({"ok": False, "text": "empty prompt"}, status_code=400)
     if len(text) > MAX_PROMPT_CHARS:
         return Response({"ok": False, "text": "prompt too long"}, status_code=400)
-    try:
-        if text.startswith("/"):
+    if text.startswith("/"):
+        # "recorded": the command and its reply are also a record in the tail
+        # (the page shows that one, and a reload's backfill keeps it)
+        try:
             reply = await d.harness.command(text)
-            return Response({"ok": True, "text": reply, "command": True}, status_code=200)
+        except CommandError as exc:
+            return Response({"ok": False, "text": str(exc), "recorded": True}, status_code=400)
+        return Response(
+            {"ok": True, "text": reply, "command": True, "recorded": True}, status_code=200
+        )
+    try:
         await d.harness.operator_prompt(text)
     except CommandError as exc:
         return Response({"ok": False, "text": str(exc)}, status_code=400)
@@ -170,8 +180,10 @@ async def prompt(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
 @post("/api/cancel")
 async def cancel(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     running = await _deps(request).harness.cancel()
-    text = "cancelling the running turn" if running else "no turn is running"
-    return Response({"ok": True, "cancelled": running, "text": text}, status_code=200)
+    text = CANCELLING if running else NOTHING_TO_CANCEL
+    return Response(
+        {"ok": True, "cancelled": running, "text": text, "recorded": True}, status_code=200
+    )
 
 
 # --- claude credentials --------------------------------------------------------------

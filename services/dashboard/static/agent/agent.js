@@ -76,15 +76,27 @@
 
   // --- the badge and chips -------------------------------------------------------
   const STATE_LABELS = { retrying: "api unavailable", login: "login needed" };
+  function toolLabel(name) {
+    // mcp__<server>__<tool> reads as "<tool> (<server>)"
+    const m = /^mcp__(.+?)__(.+)$/.exec(String(name));
+    return m ? m[2] + " (" + m[1] + ")" : String(name);
+  }
   function setStatus(st) {
     if (!st || !st.state) return;
     if (st.now) clockSkew = st.now - Date.now() / 1000;
     since = st.since || since;
     badge.className = "badge state-" + st.state;
     badge.dataset.state = st.state;
-    badgeState.textContent = STATE_LABELS[st.state] || st.state;
+    // while claude runs a tool (its tool_use until its tool_result) the badge names it
+    const tools = st.state === "thinking" && Array.isArray(st.tools) ? st.tools : [];
+    badge.dataset.tool = tools.join(",");
+    badgeState.textContent = tools.length ? "running " + tools.map(toolLabel).join(", ") :
+      STATE_LABELS[st.state] || st.state;
     chipModel.textContent = "model " + (st.model || "default");
     chipLast.textContent = "last turn " + fmtMs(st.last_turn_ms);
+    chipLast.title = st.last_turn_ms == null ? "duration of the last turn" :
+      "duration of the last turn" + (st.last_outcome ? " (" + st.last_outcome + ")" : "") +
+      (st.last_turn_model ? " · model " + st.last_turn_model : "");
     cancelBtn.hidden = !(st.state in STATE_LABELS || st.state === "thinking" || st.state === "compacting");
     tick();
   }
@@ -178,7 +190,10 @@
       }
       case "operator":
         if (ev.text) add("operator", "› " + ev.text);
-        else if (ev.command) add("operator", "› " + ev.command + (ev.model ? " " + ev.model : ""));
+        else if (ev.command) add("operator", "› " + ev.command + (ev.arg ? " " + ev.arg : ev.model ? " " + ev.model : ""));
+        // the harness's reply to a command, in the server's order (before the
+        // cancelled turn's end, say), and kept for a reload's backfill
+        if (ev.reply) add(ev.error ? "err" : "local", ev.reply);
         return;
       case "state":
         if (rec.n) setStatus(ev); // live only: backfilled states are history
@@ -200,6 +215,7 @@
     source.onerror = function () {
       badge.className = "badge state-offline";
       badge.dataset.state = "offline";
+      badge.dataset.tool = "";
       badgeState.textContent = "offline";
       cancelBtn.hidden = true;
       since = Date.now() / 1000 + clockSkew;
@@ -226,13 +242,14 @@
     input.value = "";
     if (text === "/clear") { log.textContent = ""; unseen = 0; pill.hidden = true; }
     post(base + "api/prompt", { text: text }).then(function (r) {
-      if (r.command || !r.ok) add(r.ok ? "local" : "err", r.text);
+      if ((r.command || !r.ok) && !r.recorded) add(r.ok ? "local" : "err", r.text);
     }).catch(function (err) { add("err", "not sent: " + err); });
   });
   input.addEventListener("keydown", function (e) {
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); form.requestSubmit(); }
   });
   cancelBtn.addEventListener("click", function () {
-    post(base + "api/cancel").then(function (r) { add("local", r.text); });
+    post(base + "api/cancel").then(function (r) { if (!r.recorded) add(r.ok ? "local" : "err", r.text); })
+      .catch(function (err) { add("err", "not sent: " + err); });
   });
 })();
