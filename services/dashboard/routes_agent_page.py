@@ -61,7 +61,8 @@ PROXIED_HEADERS = {
 }
 SSE_HEADERS = {**PROXIED_HEADERS, "X-Accel-Buffering": "no"}
 KINDS = ("api_key", "oauth_token", "credentials_json")  # the harness's creds.KINDS
-STATES = frozenset({"idle", "thinking", "compacting", "offline"})
+# the harness's badge states (docs/turn-loop.md); anything else renders as offline
+STATES = frozenset({"idle", "thinking", "compacting", "retrying", "login", "offline"})
 MAX_TEXT = 500  # a harness's error text shown on the credentials form
 TERMINAL_SIZE = (80, 24)
 IDENTITY_JSON = {"accept": JSON, "accept-encoding": "identity"}
