@@ -22,7 +22,6 @@ from hyperhive.common.natsconn import connect
 from hyperhive.common.wire.base import Ok
 from hyperhive.common.wire.broker import AckRequest, RecvReply, RecvRequest
 from tests.cli.test_up import (
-    _hive,
     _procs_of,
     _start_up,
     _still_alive,
@@ -31,7 +30,7 @@ from tests.cli.test_up import (
     _wait_manager_harness,
     _wait_status,
 )
-from tests.rig import shared_tempdir
+from tests.rig import hive_run, shared_tempdir
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +72,7 @@ def _postmaster_pid(home: Path) -> int:
 
 
 def _send(env: dict[str, str], body: str) -> int:
-    sent = _hive("send", MANAGER, body, "--json", env=env)
+    sent = hive_run("send", MANAGER, body, "--json", env=env)
     assert sent.returncode == 0, sent.stderr
     return int(json.loads(sent.stdout)["id"])
 
@@ -86,7 +85,7 @@ def _wait_healed(
     last = None
     while time.monotonic() < t0 + HEAL_BOUND_S:
         assert up.poll() is None, f"hive up exited: {up.stdout.read() if up.stdout else ''}"
-        last = _hive("status", "--json", "--timeout", "1", env=env, timeout=30)
+        last = hive_run("status", "--json", "--timeout", "1", env=env, timeout=30)
         if last.returncode == 0:
             report = json.loads(last.stdout)
             if report[part].get("restarts", 0) == restarts:
@@ -151,7 +150,7 @@ def _kill_and_heal(home: Path, part: str, how: signal.Signals = signal.SIGKILL) 
         if restarts:
             assert now != victim
             assert report[part]["last_exit"], report
-            table = _hive("status", env=env)
+            table = hive_run("status", env=env)
             assert "restarted 1x" in table.stdout, table.stdout
         after = _send(env, f"after the {part} {how.name}")
         url = f"nats://127.0.0.1:{ports[0]}"

@@ -19,14 +19,13 @@ import pytest
 
 from tests.cli.test_up import (
     _assert_refused,
-    _hive,
     _start_up,
     _stop_up,
     _up_args,
     _up_env,
     _wait_manager_harness,
 )
-from tests.rig import shared_tempdir
+from tests.rig import hive_run, shared_tempdir
 
 AGENT_USER = "hyperhive-agent"
 pytestmark = [
@@ -117,7 +116,7 @@ def test_up_without_bwrap_refuses_a_home_the_agent_user_cannot_reach(tmp_path: P
     """pytest's tmp dir is 0700 root's: no harness there could start."""
     home = tmp_path / "home"
     env = _defaults(home, HIVE_LIFECYCLE_USE_BWRAP="false")
-    result = _hive(*_up_args(), env=env)
+    result = hive_run(*_up_args(), env=env)
     closed = next(p for p in reversed(home.parents) if not p.stat().st_mode & 0o001)
     line = (
         f"hive up: the harness runs as {AGENT_USER} and cannot reach {home / 'agents'}: "
