@@ -19,7 +19,7 @@ import httpx
 import psutil
 import pytest
 
-from hyperhive.cli.embedded import free_port
+from hyperhive.cli.embedded import EmbeddedNats, free_port
 from tests.rig import hive_run, shared_tempdir
 
 pytestmark = pytest.mark.slow
@@ -389,24 +389,25 @@ def test_dashboard_port_taken_is_one_line(tmp_path, how):
     _assert_refused(result, line, home)
 
 
-def test_up_with_given_nats_and_database_urls(nats_server, database_url, tmp_path):
-    """The compose-dev.yml way: the checks pass on servers that answer, and the
-    services run against them."""
-    home = tmp_path / "home"
-    env = _fast_retries(_up_env(home))
-    proc = subprocess.Popen(
+def up_on_given_servers(
+    env: dict[str, str], nats: EmbeddedNats, database_url: str, *extra: str
+) -> subprocess.Popen[str]:
+    """``hive up`` on servers it did not start (``--nats-url``, ``--database-url``,
+    no agents), ``extra`` flags after; its output piped."""
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
             "hyperhive.cli.main",
             *_up_args(
                 "--nats-url",
-                nats_server.url,
+                nats.url,
                 "--nats-seed",
-                str(nats_server.service_seed),
+                str(nats.service_seed),
                 "--database-url",
                 database_url,
                 "--no-agents",
+                *extra,
             ),
         ],
         env=env,
@@ -414,6 +415,14 @@ def test_up_with_given_nats_and_database_urls(nats_server, database_url, tmp_pat
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def test_up_with_given_nats_and_database_urls(nats_server, database_url, tmp_path):
+    """The compose-dev.yml way: the checks pass on servers that answer, and the
+    services run against them."""
+    home = tmp_path / "home"
+    env = _fast_retries(_up_env(home))
+    proc = up_on_given_servers(env, nats_server, database_url)
     try:
         report = _wait_status(env, proc)
         assert report["nats"] == {"url": nats_server.url, "reachable": True}

@@ -6,7 +6,14 @@ import subprocess
 import sys
 import time
 
-from tests.cli.test_up import _fast_retries, _procs_of, _stop_up, _up_args, _up_env, _wait_status
+from tests.cli.test_up import (
+    _fast_retries,
+    _procs_of,
+    _stop_up,
+    _up_env,
+    _wait_status,
+    up_on_given_servers,
+)
 
 
 def _brokers(home) -> list[int]:  # type: ignore[no-untyped-def]
@@ -18,28 +25,7 @@ def _brokers(home) -> list[int]:  # type: ignore[no-untyped-def]
 def test_up_starts_the_brokers_asked_for(nats_server, database_url, tmp_path):
     home = tmp_path / "home"
     env = _fast_retries(_up_env(home))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hyperhive.cli.main",
-            *_up_args(
-                "--nats-url",
-                nats_server.url,
-                "--nats-seed",
-                str(nats_server.service_seed),
-                "--database-url",
-                database_url,
-                "--no-agents",
-                "--brokers",
-                "3",
-            ),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = up_on_given_servers(env, nats_server, database_url, "--brokers", "3")
     try:
         assert _wait_status(env, proc)["services"]["broker"]["up"] is True
         deadline = time.monotonic() + 30
