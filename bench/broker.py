@@ -357,12 +357,7 @@ async def send_to_recv(sender: NATS, s_name: str, receiver: NATS, r_name: str, c
     send_subj = subjects.agent(s_name, subjects.AGENT_SEND)
     recv_subj = subjects.agent(r_name, subjects.AGENT_RECV)
     ack_subj = subjects.agent(r_name, subjects.AGENT_ACK)
-    # the agent's inbox starts empty
-    while True:
-        reply = await rpc.request(receiver, recv_subj, RecvRequest(wait_ms=0), RecvReply)
-        if reply.message is None:
-            break
-        await rpc.request(receiver, ack_subj, AckRequest(id=reply.message.id), Ok)
+    await drain_inbox(receiver, r_name)  # the agent's inbox starts empty
     out: list[float] = []
     sends: list[float] = []
     for i in range(count + 200):
@@ -452,22 +447,20 @@ async def throughput(
 
 async def drain_inboxes(conns: dict[str, NATS], names: list[str]) -> int:
     """Acks everything pending for ``names`` (so that a phase starts from empty inboxes)."""
-    total = 0
+    return sum(await asyncio.gather(*(drain_inbox(conns[n], n) for n in names)))
 
-    async def one(name: str) -> None:
-        nonlocal total
-        nc = conns[name]
-        recv_subj = subjects.agent(name, subjects.AGENT_RECV)
-        ack_subj = subjects.agent(name, subjects.AGENT_ACK)
-        while True:
-            reply = await rpc.request(nc, recv_subj, RecvRequest(wait_ms=0), RecvReply)
-            if reply.message is None:
-                return
-            await rpc.request(nc, ack_subj, AckRequest(id=reply.message.id), Ok)
-            total += 1
 
-    await asyncio.gather(*(one(n) for n in names))
-    return total
+async def drain_inbox(nc: NATS, name: str) -> int:
+    """Receives and acks every message waiting for agent ``name``; how many."""
+    recv_subj = subjects.agent(name, subjects.AGENT_RECV)
+    ack_subj = subjects.agent(name, subjects.AGENT_ACK)
+    count = 0
+    while True:
+        reply = await rpc.request(nc, recv_subj, RecvRequest(wait_ms=0), RecvReply)
+        if reply.message is None:
+            return count
+        await rpc.request(nc, ack_subj, AckRequest(id=reply.message.id), Ok)
+        count += 1
 
 
 def cpu_s(procs: list[psutil.Process]) -> float:
