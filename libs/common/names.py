@@ -32,3 +32,18 @@ def check_agent_name(name: object, *, allow_manager: bool = False) -> str:
 def is_agent_name(name: str) -> bool:
     """True for any well-formed name, the manager's included."""
     return bool(AGENT_NAME.fullmatch(name))
+
+
+def check_node_name(name: object) -> str:
+    """Returns ``name`` if it is a valid node name (the agent-name rules:
+    ``hub``, ``node1``; a node name is a subject token and a NATS user name).
+
+    Raises:
+        BadRequest: not a string or wrong shape.
+    """
+    if not isinstance(name, str) or not AGENT_NAME.fullmatch(name):
+        raise BadRequest(
+            f"invalid node name {name!r}: use 1-9 characters a-z, 0-9 and '-', "
+            "starting with a letter"
+        )
+    return name

@@ -12,6 +12,7 @@ from hyperhive.crashwatch.watcher import CrashWatch
 
 async def start(rt: Runtime) -> None:
     """Follows lifecycle's state events and polls its registry."""
+    assert rt.kv is not None
     watch = CrashWatch(rt.settings, rt.nc, rt.js, rt.kv)
     sub = await rt.nc.subscribe(subjects.event(subjects.EV_AGENT_STATE), cb=watch.on_event)
     rt.stack.push_async_callback(watch.close)

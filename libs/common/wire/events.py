@@ -63,7 +63,32 @@ class OperatorAnswered(msgspec.Struct, kw_only=True, tag=True):
     answered_by: str = ""
 
 
-SystemEvent = ContainerCrash | AgentStuck | ApprovalResolved | SpawnResolved | OperatorAnswered
+class NodeLost(msgspec.Struct, kw_only=True, tag=True):
+    """A node's heartbeat stopped: its agents are out of reach (their
+    messages wait in the broker)."""
+
+    node: str
+    agents: list[str] = msgspec.field(default_factory=list)
+    silent_s: float = 0.0  # how long no heartbeat came
+
+
+class NodeBack(msgspec.Struct, kw_only=True, tag=True):
+    """A lost node answers again: its agents were adopted (or restarted)."""
+
+    node: str
+    agents: list[str] = msgspec.field(default_factory=list)
+    restarted: list[str] = msgspec.field(default_factory=list)  # were down: started again
+
+
+SystemEvent = (
+    ContainerCrash
+    | AgentStuck
+    | ApprovalResolved
+    | SpawnResolved
+    | OperatorAnswered
+    | NodeLost
+    | NodeBack
+)
 
 SYSTEM_EVENT_TYPES: tuple[type[msgspec.Struct], ...] = (
     ContainerCrash,
@@ -71,6 +96,8 @@ SYSTEM_EVENT_TYPES: tuple[type[msgspec.Struct], ...] = (
     ApprovalResolved,
     SpawnResolved,
     OperatorAnswered,
+    NodeLost,
+    NodeBack,
 )
 
 

@@ -25,6 +25,8 @@ class AgentInfo(msgspec.Struct, kw_only=True):
     # the flag of the operation that brought it into ``state`` (None: none,
     # e.g. a crash): a poll tells a deliberate stop from a crash without the event
     state_flag: str | None = None
+    node: str = "hub"  # the host (node) its container is placed on
+    node_state: str = ""  # up | lost: its node answers (its heartbeat is fresh) or not
 
 
 class AgentsRequest(msgspec.Struct, kw_only=True):
@@ -44,6 +46,9 @@ class AgentRequest(msgspec.Struct, kw_only=True):
 class SpawnRequest(msgspec.Struct, kw_only=True):
     name: str
     reuse_state: bool = True
+    # the node to place it on; empty: the control half picks (placement rule
+    # in docs/architecture.md "Beyond one host")
+    host: str = ""
 
 
 class DestroyRequest(msgspec.Struct, kw_only=True):
@@ -142,6 +147,7 @@ class CreateRequest(msgspec.Struct, kw_only=True):
 
     name: str
     sha: str | None = None
+    host: str = ""  # the node to place it on; empty: the control half picks
 
 
 class ApplyRequest(msgspec.Struct, kw_only=True):

@@ -1,0 +1,27 @@
+"""``hive serve node``: a node agent alone (no database, no JetStream setup).
+
+It needs only a NATS URL and the seed of its NATS user (``node-<node>``):
+it serves ``hive.node.<node>.*`` and writes its heartbeat; everything else is
+the control half's, on the hub.
+"""
+
+from __future__ import annotations
+
+from hyperhive.common.service import Runtime, hyperhive_version
+from hyperhive.lifecycle.backends import make_backend
+from hyperhive.lifecycle.node import NodeAgent
+
+
+async def start(rt: Runtime) -> None:
+    """Watches what still runs here, serves the node verbs, beats."""
+    backend = make_backend(rt.settings)
+    rev = rt.settings.lifecycle.rev or hyperhive_version()
+    node = NodeAgent(rt.settings, backend, rev, shared=False)
+    await node.adopt()
+    await node.register(rt.responder)
+    rt.spawn(node.monitor(), "node-monitor")
+
+    async def publish(subject: str, data: bytes) -> None:
+        await rt.nc.publish(subject, data)
+
+    rt.spawn(node.heartbeat_loop(publish), "node-heartbeat")
