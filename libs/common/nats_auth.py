@@ -31,6 +31,9 @@ OPERATOR_USER = subjects.OPERATOR
 class Permissions(msgspec.Struct, kw_only=True):
     publish: list[str] | None = None  # None: anything
     subscribe: list[str] | None = None
+    # may reply to the requests it receives (and only to those), whatever
+    # ``publish`` says: nats-server's ``allow_responses``
+    allow_responses: bool = False
 
 
 class NatsUser(msgspec.Struct, kw_only=True):
@@ -74,6 +77,21 @@ def agent_permissions(name: str) -> Permissions:
             subjects.kv_subject(subjects.heartbeat_key(name)),
         ],
         subscribe=[subjects.inbox_all(name)],
+    )
+
+
+def node_user(node: str) -> str:
+    """The NATS user of node agent ``node``."""
+    return f"node-{node}"
+
+
+def node_permissions(node: str) -> Permissions:
+    """A node agent hears only its own verbs, answers them, and writes only
+    its own heartbeat key; it can speak as no agent and reach no service."""
+    return Permissions(
+        publish=[subjects.kv_subject(subjects.node_key(node))],
+        subscribe=[subjects.node_all(node), subjects.inbox_all(node_user(node))],
+        allow_responses=True,
     )
 
 
@@ -128,6 +146,8 @@ def render_auth_file(nats_dir: Path, auth_file: Path | None = None) -> Path:
             perms["publish"] = {"allow": user.permissions.publish}
         if user.permissions.subscribe is not None:
             perms["subscribe"] = {"allow": user.permissions.subscribe}
+        if user.permissions.allow_responses:
+            perms["allow_responses"] = True
         if perms:
             entry["permissions"] = perms
         entries.append(entry)

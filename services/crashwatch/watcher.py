@@ -13,7 +13,10 @@ Stuck: an agent that runs but whose harness heartbeat (``heartbeat.<n>`` in
 the KV bucket) is older than ``heartbeat_timeout_s``, whose heartbeat says the
 API refused its credentials (``login_needed``), or whose current turn began
 more than ``turn_limit_s`` ago, gets one ``AgentStuck`` per episode.
-Nothing is stopped automatically: the manager decides.
+Nothing is stopped automatically: the manager decides. Agents on every node
+are watched alike: a node agent reports a container's exit at once and the
+control half records it as an ``agent.state`` event (lifecycle's
+``nodes.py``); an agent whose node is lost is not reported stuck.
 """
 
 from __future__ import annotations
@@ -194,7 +197,9 @@ class CrashWatch:
         cw = self.settings.crashwatch
         now = time.time()
         for info in agents:
-            if info.state != RUNNING or info.flag:
+            # an agent on a lost node is out of reach, not stuck: the manager
+            # got one NodeLost naming it instead
+            if info.state != RUNNING or info.flag or info.node_state == "lost":
                 self.stuck.pop(info.name, None)
                 continue
             hb = await self._heartbeat(info.name)

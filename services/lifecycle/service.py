@@ -39,6 +39,7 @@ async def start(rt: Runtime) -> None:
     rt.spawn(nodes.watch_silence(), "nodes-silence")
     rt.stack.push_async_callback(nodes.close)
     await Handlers(lc, nodes).register(rt.responder)
+    await node.register(rt.responder)  # the hub is a node like any other on the bus
     try:
         await ensure_manager(lc)
     except Exception:  # the service still serves; `hive spawn hm1nd` can retry
