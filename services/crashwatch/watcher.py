@@ -35,9 +35,9 @@ from nats.js.kv import KeyValue
 
 from hyperhive.common import rpc, subjects
 from hyperhive.common.config import Settings
-from hyperhive.common.errors import HiveError, Unavailable
+from hyperhive.common.delivery import deliver
+from hyperhive.common.errors import HiveError
 from hyperhive.common.outbox import make_event
-from hyperhive.common.wire.broker import DeliverRequest, SendReply
 from hyperhive.common.wire.events import AgentStuck, ContainerCrash, HiveEvent, SystemEvent
 from hyperhive.common.wire.lifecycle import (
     AgentInfo,
@@ -52,7 +52,6 @@ log = logging.getLogger(__name__)
 
 RUNNING = "running"
 DOWN = frozenset({"stopped", "failed"})
-DELIVER_ATTEMPTS = 6
 HEARTBEAT_SKEW_S = 5.0  # a heartbeat this much older than the start still counts
 
 
@@ -272,26 +271,14 @@ class CrashWatch:
             return
         # the manager cannot act on its own crash: tell the operator instead
         to = subjects.OPERATOR if name == self.manager else self.manager
-        delay = 0.5
-        for attempt in range(1, DELIVER_ATTEMPTS + 1):
-            try:
-                await rpc.request(
-                    self.nc,
-                    subjects.system("broker", "deliver"),
-                    DeliverRequest(to=to, event=event, idempotency_key=key),
-                    SendReply,
-                    timeout=self.settings.nats.request_timeout_s,
-                )
-                return
-            except (Unavailable, TimeoutError) as exc:
-                if attempt == DELIVER_ATTEMPTS:
-                    log.error("could not deliver %s about %s: %s", kind, name, exc)
-                    return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-            except HiveError as exc:
-                log.error("broker refused %s about %s: %s", kind, name, exc)
-                return
+        await deliver(
+            self.nc,
+            to,
+            event,
+            key,
+            timeout=self.settings.nats.request_timeout_s,
+            what=f"{kind} about {name}",
+        )
 
     def status(self) -> WatchStatus:
         return WatchStatus(

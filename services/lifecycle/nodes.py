@@ -16,8 +16,9 @@ containers stops by itself. This module watches those keys:
   ``node.back`` and ``NodeBack``.
 
 Silence is measured on this host's clock from when each heartbeat arrived,
-so the nodes' clocks do not matter (except for heartbeats already in the
-bucket when the control half starts, judged by their own ``at``).
+so the nodes' clocks do not matter. A heartbeat already in the bucket when
+the control half starts counts for nothing: a node is placed on only once
+it has spoken since (a node the table calls up gets ``lost_after_s`` to).
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
-from hyperhive.common import rpc, subjects
-from hyperhive.common.errors import HiveError, Unavailable
+from hyperhive.common import subjects
+from hyperhive.common.delivery import deliver
+from hyperhive.common.errors import HiveError
 from hyperhive.common.outbox import make_event
-from hyperhive.common.wire.broker import DeliverRequest, SendReply
 from hyperhive.common.wire.events import NodeBack, NodeLost, SystemEvent
 from hyperhive.common.wire.node import NodeHeartbeat, NodeInfo
 from hyperhive.lifecycle import store
@@ -41,7 +42,6 @@ from hyperhive.lifecycle.core import Lifecycle
 
 log = logging.getLogger(__name__)
 
-DELIVER_ATTEMPTS = 6
 MISSED_EXIT_MARGIN_S = 1.0  # a row newer than the heartbeat's view is not judged by it
 _hb_decoder = msgspec.json.Decoder(NodeHeartbeat)
 
@@ -57,6 +57,7 @@ class Nodes:
         self.local = lc.local.node
         self.lost_after_s = lc.settings.node.lost_after_s
         self.heard: dict[str, float] = {}  # node → monotonic time of its last heartbeat
+        self.live: set[str] = set()  # nodes heard from since this control half started
         self.beats: dict[str, NodeHeartbeat] = {}
         self.reconciled: set[str] = {self.local}  # matched to the registry since start
         self._exits_done: dict[str, float] = {}  # node → newest exit handled
@@ -78,7 +79,7 @@ class Nodes:
         up = {
             n
             for n, t in self.heard.items()
-            if now - t < self.lost_after_s and n not in self.reg.lost_nodes
+            if n in self.live and now - t < self.lost_after_s and n not in self.reg.lost_nodes
         }
         up.add(self.local)
         self.lc.up_nodes = up
@@ -114,12 +115,13 @@ class Nodes:
 
     async def on_heartbeat(self, hb: NodeHeartbeat, *, replay: bool = False) -> None:
         node = hb.node
-        age = max(0.0, time.time() - hb.at) if replay else 0.0
-        if replay:
+        if replay:  # what it said before this control half started: only its
+            # exits are old news; it counts once it speaks again (within an interval)
             self._exits_done[node] = max((e.at for e in hb.exits), default=0.0)
-            if age >= self.lost_after_s:
-                return  # an old value: the node has said nothing since
-        self.heard[node] = time.monotonic() - age
+            self.beats.setdefault(node, hb)
+            return
+        self.heard[node] = time.monotonic()
+        self.live.add(node)
         self.beats[node] = hb
         _, previous = await store.node_seen(self.reg.pool, node, hb.revision, hb.backend)
         if previous is None:
@@ -222,26 +224,14 @@ class Nodes:
         """Into the manager's inbox through the broker (retried, deduplicated)."""
         if not self.lc.manager:
             return
-        delay = 0.5
-        for attempt in range(1, DELIVER_ATTEMPTS + 1):
-            try:
-                await rpc.request(
-                    self.nc,
-                    subjects.system("broker", "deliver"),
-                    DeliverRequest(to=self.lc.manager, event=event, idempotency_key=key or None),
-                    SendReply,
-                    timeout=self.lc.settings.nats.request_timeout_s,
-                )
-                return
-            except (Unavailable, TimeoutError) as exc:
-                if attempt == DELIVER_ATTEMPTS:
-                    log.error("could not deliver %s: %s", type(event).__name__, exc)
-                    return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-            except HiveError as exc:
-                log.error("broker refused %s: %s", type(event).__name__, exc)
-                return
+        await deliver(
+            self.nc,
+            self.lc.manager,
+            event,
+            key,
+            timeout=self.lc.settings.nats.request_timeout_s,
+            what=type(event).__name__,
+        )
 
     # --- hive nodes -----------------------------------------------------------
 

@@ -246,6 +246,7 @@ async def test_agents_on_two_nodes_lost_and_back(
                 what="the held message delivered after node1 is back",
             )
             back = await rig.eventually(lambda: events_of("NodeBack"), timeout=15, what="back")
+            assert "a1" in back[0][2] and "a3" in back[0][2]
             assert len(events_of("NodeLost")) == 1
             agents = await by_name(op, "agents")
             assert agents["a1"]["state"] == "running" and agents["a1"]["node_state"] == "up"
