@@ -7,6 +7,9 @@ the control half's, on the hub.
 
 from __future__ import annotations
 
+from hyperhive.common.config import Settings
+from hyperhive.common.errors import BadRequest, ConfigError
+from hyperhive.common.names import check_node_name
 from hyperhive.common.service import Runtime, hyperhive_version
 from hyperhive.lifecycle.backends import make_backend
 from hyperhive.lifecycle.node import NodeAgent
@@ -25,3 +28,15 @@ async def start(rt: Runtime) -> None:
         await rt.nc.publish(subject, data)
 
     rt.spawn(node.heartbeat_loop(publish), "node-heartbeat")
+
+
+def check(settings: Settings) -> None:
+    """A node agent's name is a subject token and a NATS user name.
+
+    Raises:
+        ConfigError: ``node.name`` is not a valid node name.
+    """
+    try:
+        check_node_name(settings.node.name)
+    except BadRequest as exc:
+        raise ConfigError(f"node.name: {exc}") from None

@@ -269,3 +269,62 @@ async def send(nc, to: str, body: str) -> SendReply:  # type: ignore[no-untyped-
     return await rpc.request(
         nc, subjects.admin("broker", "send"), AdminSendRequest(to=to, body=body), SendReply
     )
+
+
+async def test_a_node_user_reaches_only_its_own_subjects(nats_server, service_nc):
+    """``node-<node>`` hears its own verbs and answers them, writes its own
+    heartbeat key, and nothing else: not another node's verbs, not an
+    agent's subjects, not a service's."""
+    seed = rig.add_node_user(nats_server, "nperm")
+    nc = await rig.connect_as(nats_server, seed, subjects.inbox_prefix("node-nperm"))
+    heard: list[str] = []
+    try:
+
+        async def echo(msg) -> None:  # type: ignore[no-untyped-def]
+            heard.append(msg.subject)
+            if msg.reply:
+                await msg.respond(b"{}")
+
+        for subject in (
+            subjects.node("nperm", "state"),
+            subjects.node("other", "state"),
+            subjects.agent("a1", subjects.AGENT_SEND),
+            subjects.system("lifecycle", "list"),
+        ):
+            await nc.subscribe(subject, cb=echo)
+        await nc.flush()
+        reply = await service_nc.request(subjects.node("nperm", "state"), b"{}", timeout=5)
+        assert reply.data == b"{}"  # its own verb, answered
+        for subject in (
+            subjects.node("other", "state"),
+            subjects.agent("a1", subjects.AGENT_SEND),
+            subjects.system("lifecycle", "list"),
+        ):
+            await service_nc.publish(subject, b"{}")
+        got: list[str] = []
+
+        async def on_service_side(msg) -> None:  # type: ignore[no-untyped-def]
+            got.append(msg.subject)
+
+        for subject in (
+            subjects.kv_subject(subjects.node_key("nperm")),
+            subjects.kv_subject(subjects.node_key("other")),
+            subjects.agent("a1", subjects.AGENT_SEND),
+            subjects.system("broker", "deliver"),
+        ):
+            await service_nc.subscribe(subject, cb=on_service_side)
+        await service_nc.flush()
+        for subject in (
+            subjects.kv_subject(subjects.node_key("other")),
+            subjects.agent("a1", subjects.AGENT_SEND),
+            subjects.system("broker", "deliver"),
+            subjects.kv_subject(subjects.node_key("nperm")),  # last: the one allowed
+        ):
+            await nc.publish(subject, b"{}")
+        await nc.flush()
+        await rig.eventually(lambda: got, timeout=5, what="its own heartbeat key")
+        await service_nc.flush()
+        assert got == [subjects.kv_subject(subjects.node_key("nperm"))]
+        assert heard == [subjects.node("nperm", "state")]
+    finally:
+        await nc.close()
