@@ -1,7 +1,7 @@
 """The activity timeline: what happened in the hive, in plain words.
 
 Built on ``HIVE_EVENTS``: each record of the agent, approval, question,
-crash and stuck families becomes one :class:`Entry` (message traffic and turn
+crash, stuck and node families becomes one :class:`Entry` (message traffic and turn
 statistics stay in their own views). The dashboard's activity section and
 ``hive log`` read it the same way (:func:`read`) and say the same words
 (:func:`entry`).
@@ -26,7 +26,7 @@ from hyperhive.common import subjects
 from hyperhive.common.errors import Unavailable
 from hyperhive.common.wire.events import HiveEvent
 
-FAMILIES: Final = ("agent", "approval", "question", "crash", "stuck")
+FAMILIES: Final = ("agent", "approval", "question", "crash", "stuck", "node")
 # what --kind / the dashboard's filter accept besides event kinds and families
 CATEGORIES: Final = (
     "spawn",
@@ -43,6 +43,7 @@ CATEGORIES: Final = (
     "stop",
     "destroy",
     "draft",
+    "node",
 )
 WHO_KINDS: Final = ("operator", "manager", "agent", "system")
 TEXT_LIMIT: Final = 300
@@ -151,6 +152,16 @@ def entry(ev: HiveEvent, seq: int) -> Entry | None:
             why = "no heartbeat" if reason == "heartbeat" else "a turn is running too long"
             text = f"agent {agent} looks stuck: {why}"
             fields = {"note": _clip(inner.get("detail"), 200)}
+        case subjects.EV_NODE_JOINED | subjects.EV_NODE_LOST | subjects.EV_NODE_BACK:
+            category, who = "node", subjects.SYSTEM
+            node = _clip(d.get("node"), 40)
+            names = d.get("agents") if isinstance(d.get("agents"), list) else []
+            on = ", ".join(map(str, names)) or "no agents"
+            text = {
+                subjects.EV_NODE_JOINED: f"node {node} joined the hive",
+                subjects.EV_NODE_LOST: f"node {node} lost (no heartbeat); its agents: {on}",
+                subjects.EV_NODE_BACK: f"node {node} back; its agents: {on}",
+            }[ev.kind]
         case _:
             return None
     link = ""

@@ -460,7 +460,8 @@ def _entries() -> list[Entry]:
         ),
         Entry(
             " ".join(
-                s.event_family(f) for f in ("agent", "approval", "question", "crash", "stuck")
+                s.event_family(f)
+                for f in ("agent", "approval", "question", "crash", "stuck", "node")
             ),
             "consumer",
             "stream HIVE_EVENTS",

@@ -254,6 +254,10 @@ async def test_agents_on_two_nodes_lost_and_back(
             assert not [c for c in crashes if c[1].agent in ("a1", "a3")], (
                 "a lost node's agents are no crash"
             )
+            log_lines = [str(e["text"]) for e in await cli_json(op, "log", "--kind", "node")]
+            assert any(t.startswith("node node1 lost") for t in log_lines), log_lines
+            assert any(t.startswith("node node1 back") for t in log_lines), log_lines
+            assert any(t == "node node2 joined the hive" for t in log_lines), log_lines
             for name in ("a1", "a2", "a3", "a0"):
                 code, _, err = await rig.hive_cli(op, "destroy", name)
                 assert code == 0, err
