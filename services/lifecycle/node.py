@@ -25,7 +25,7 @@ import tarfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import msgspec
 
@@ -398,6 +398,14 @@ def unpack_tree(data: bytes, target: Path) -> None:
     tmp.mkdir(parents=True)
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            for member in tar.getmembers():
+                parts = PurePosixPath(member.name).parts
+                if (
+                    not (member.isreg() or member.isdir())
+                    or not parts
+                    or (parts[0] == "/" or ".." in parts)
+                ):
+                    raise tarfile.TarError(f"member {member.name!r} is not a file inside the tree")
             tar.extractall(tmp, filter="data")
     except (tarfile.TarError, OSError, EOFError) as exc:
         repos.remove(tmp)
