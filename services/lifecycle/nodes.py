@@ -143,15 +143,16 @@ class Nodes:
             if exit_.at > done:
                 self._spawn(self.lc.notice_exit(node, exit_.agent, exit_), f"exit-{exit_.agent}")
         self._exits_done[node] = max([done, *(e.at for e in hb.exits)])
-        await self._missed_exits(hb)
+        await self._missed_exits(hb, time.time())
 
-    async def _missed_exits(self, hb: NodeHeartbeat) -> None:
-        """Rows ``running`` on the node that its heartbeat no longer lists."""
+    async def _missed_exits(self, hb: NodeHeartbeat, received: float) -> None:
+        """Rows ``running`` on the node that its heartbeat no longer lists
+        (judged by when it arrived here: the node's clock may be off)."""
         running = set(hb.running)
         for row in await store.agents_on(self.reg.pool, hb.node):
             if row.state != store.RUNNING or row.name in running:
                 continue
-            if row.state_since > hb.at - MISSED_EXIT_MARGIN_S or self.reg.locked(row.name):
+            if row.state_since > received - MISSED_EXIT_MARGIN_S or self.reg.locked(row.name):
                 continue  # newer than what the heartbeat saw, or an operation runs
             self._spawn(self.lc.notice_exit(hb.node, row.name, None), f"exit-{row.name}")
 

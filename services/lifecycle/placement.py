@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from hyperhive.common.errors import Unavailable
+from hyperhive.common.errors import BadRequest, Unavailable
 from hyperhive.common.names import check_node_name
 from hyperhive.lifecycle import store
 
@@ -22,10 +22,12 @@ async def pick(
     """The node to place a new container on.
 
     Raises:
-        BadRequest: ``host`` is not a node name.
+        BadRequest: ``host`` is not a node name, or not the hub's for the manager.
         Unavailable: ``host`` is not up (unknown, or lost).
     """
     if manager:
+        if host and host != local:
+            raise BadRequest(f"the manager runs on the control half's node, {local}")
         return local
     if host:
         node = check_node_name(host)
