@@ -229,6 +229,14 @@ class HarnessSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     api_backoff_max_s: float = 300.0
 
 
+class NodeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """This host's place in a hive that spans hosts (``HIVE_NODE_NAME``)."""
+
+    # the node this process runs on (agent-name rules); the dashboard reaches
+    # the pages of agents on other nodes over NATS (``hive.node.<node>.page.>``)
+    name: str = "hub"
+
+
 class UpSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """``hive up``'s supervision of the embedded servers and the services."""
 
@@ -263,6 +271,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     dashboard: DashboardSettings = msgspec.field(default_factory=DashboardSettings)
     harness: HarnessSettings = msgspec.field(default_factory=HarnessSettings)
     up: UpSettings = msgspec.field(default_factory=UpSettings)
+    node: NodeSettings = msgspec.field(default_factory=NodeSettings)
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
 

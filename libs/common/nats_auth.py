@@ -78,10 +78,12 @@ def agent_permissions(name: str) -> Permissions:
 
 
 def operator_permissions() -> Permissions:
-    """The human operator: the admin surface, the event log, JetStream reads."""
+    """The human operator: the admin surface, the event log, JetStream reads,
+    and the agent pages on every node (the dashboard's page relay calls)."""
     return Permissions(
         publish=[
             subjects.ADMIN_ALL,
+            subjects.NODE_PAGE_ALL,
             subjects.JS_API_ALL,
             subjects.JS_ACK_ALL,
             subjects.JS_FLOW_CONTROL_ALL,
