@@ -76,10 +76,11 @@ class HarnessLink:
                     timeout=NODE_LOOKUP_TIMEOUT_S,
                 )
             except HiveError as exc:
+                # asked again after NODE_CACHE_S, not on every call meanwhile
                 log.info("agents' nodes unknown (lifecycle: %s): using what was known", exc)
             else:
                 self._nodes = {a.name: a.node for a in reply.agents}
-                self._nodes_at = time.monotonic()
+            self._nodes_at = time.monotonic()
         return self._nodes.get(name, self.node)
 
     async def client(self, name: str, *, stream: bool = False) -> httpx.AsyncClient:
