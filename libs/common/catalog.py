@@ -469,7 +469,7 @@ def _entries() -> list[Entry]:
     return e
 
 
-PAGE_RELAY = "node agent"  # the handler of hive.node.<node>.page.<n>.<op>
+PAGE_RELAY = "node agent (page relay)"  # the handler of hive.node.<node>.page.<n>.<op>
 
 
 def _page(op: str) -> str:

@@ -31,6 +31,9 @@ OPERATOR_USER = subjects.OPERATOR
 class Permissions(msgspec.Struct, kw_only=True):
     publish: list[str] | None = None  # None: anything
     subscribe: list[str] | None = None
+    # may reply to the requests it receives (and only to those), whatever
+    # ``publish`` says: nats-server's ``allow_responses``
+    allow_responses: bool = False
 
 
 class NatsUser(msgspec.Struct, kw_only=True):
@@ -130,6 +133,8 @@ def render_auth_file(nats_dir: Path, auth_file: Path | None = None) -> Path:
             perms["publish"] = {"allow": user.permissions.publish}
         if user.permissions.subscribe is not None:
             perms["subscribe"] = {"allow": user.permissions.subscribe}
+        if user.permissions.allow_responses:
+            perms["allow_responses"] = True
         if perms:
             entry["permissions"] = perms
         entries.append(entry)

@@ -175,10 +175,13 @@ class PageRelay:
         *,
         pull_wait_s: float = PULL_WAIT_S,
         idle_s: float = SESSION_IDLE_S,
+        responder: rpc.Responder | None = None,
     ) -> None:
         self._node = check_agent_name(node, allow_manager=True)
         self._pages = PageSocket(settings)
-        self._responder = rpc.Responder(nc, queue=f"pagerelay.{self._node}")
+        # the node agent's own responder, if it passes one (it stops it then)
+        self._own_responder = responder is None
+        self._responder = responder or rpc.Responder(nc, queue=f"pagerelay.{self._node}")
         self._sessions: dict[str, _Session] = {}
         self._pull_wait_s = pull_wait_s
         self._idle_s = idle_s
@@ -191,7 +194,8 @@ class PageRelay:
     @property
     def served(self) -> list[str]:
         """The subjects (patterns) this relay answers."""
-        return self._responder.served
+        mine = f"{subjects.ROOT}.node.{self._node}.page."
+        return [s for s in self._responder.served if s.startswith(mine)]
 
     @property
     def sessions(self) -> int:
@@ -226,7 +230,8 @@ class PageRelay:
         for session in list(self._sessions.values()):
             session.finish(f"the page relay on node {self._node} stopped")
         await asyncio.sleep(0)  # waiting pulls answer before the responder stops
-        await self._responder.stop(grace_s)
+        if self._own_responder:
+            await self._responder.stop(grace_s)
         for session in list(self._sessions.values()):
             await self._end(session, "relay stopped")
 
@@ -382,7 +387,10 @@ async def _read_capped(response: httpx.Response) -> bytes:
 async def serve(nc: NATS, settings: Settings, node: str, **kw: Any) -> PageRelay:
     """Starts the page relay of ``node`` on ``nc`` (the node agent's connection).
 
-    Returns the running relay; ``await relay.stop()`` ends it.
+    Returns the running relay; ``await relay.stop()`` ends it. Keywords:
+    ``responder`` (an ``rpc.Responder`` of the node agent to serve on, so its
+    ``served`` lists the relay's subjects too; the node agent stops it),
+    ``pull_wait_s`` and ``idle_s`` (tests).
 
     Raises:
         BadRequest: ``node`` is not a valid node name.

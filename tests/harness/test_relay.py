@@ -7,7 +7,9 @@ the agents are registered on node ``hub``, so every page call travels as
 (:mod:`hyperhive.lifecycle.pagerelay`) that this test runs for node ``hub``,
 which forwards it to the agent's real page socket (a real harness, the real
 claude CLI against the scripted API). Stopping the relay while the harness
-keeps running shows that nothing took the local socket instead.
+keeps running shows that nothing took the local socket instead. The relay
+connects as a node agent does: a NATS user that may only hear
+``hive.node.hub.>`` and answer what it hears (``allow_responses``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import contextlib
 import json
 import re
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +32,7 @@ from playwright.async_api import Browser, expect
 from websockets.asyncio.client import connect
 
 from hyperhive.cli.embedded import EmbeddedNats, free_port
-from hyperhive.common import catalog, rpc, subjects
+from hyperhive.common import catalog, nats_auth, rpc, subjects
 from hyperhive.common.config import Settings, load_settings, settings_env
 from hyperhive.common.errors import HiveError, NotFound
 from hyperhive.common.paths import AgentPaths
@@ -80,6 +83,30 @@ class Relayed:
             self.relay = None
 
 
+def add_node_user(nats: EmbeddedNats, node: str) -> Path:
+    """NATS credentials of node ``node``'s agent: hear its own subjects, answer
+    them, write its heartbeat key, nothing else (the contract's node user).
+    Returns the seed file."""
+    seed = nats_auth.new_seed()
+    path = nats.root / "nodes" / f"{node}-{uuid.uuid4().hex[:8]}.seed"
+    nats_auth.write_seed(path, seed)
+    nats_auth.put_user(
+        nats.root,
+        nats_auth.NatsUser(
+            name=f"node-{node}-{path.stem}",
+            nkey=nats_auth.public_key(seed),
+            permissions=nats_auth.Permissions(
+                publish=[subjects.kv_subject(f"node.{node}")],
+                subscribe=[f"hive.node.{node}.>", subjects.inbox_all(f"node-{node}")],
+                allow_responses=True,
+            ),
+        ),
+    )
+    nats_auth.render_auth_file(nats.root, nats.auth_file)
+    rig.reload_nats(nats)
+    return path
+
+
 def dashboard_settings(settings: Settings, nats: EmbeddedNats) -> Settings:
     """The dashboard's: the operator's NATS user, on another node than the agents."""
     env = settings_env(settings)
@@ -103,7 +130,8 @@ async def relayed(
     assert settings.node.name == NODE
     async with running_stack(nats_server, settings, ("broker", "lifecycle")) as stack:
         async with rig.running_service("dashboard", dashboard_settings(settings, nats_server)):
-            nc = await rig.connect_as(nats_server, nats_server.service_seed)
+            node_seed = await asyncio.to_thread(add_node_user, nats_server, NODE)
+            nc = await rig.connect_as(nats_server, node_seed, subjects.inbox_prefix(f"node-{NODE}"))
             r = Relayed(stack=stack, nats=nats_server, relay_nc=nc, relay=None)
             try:
                 await r.start_relay()
@@ -263,7 +291,8 @@ async def test_an_agent_cannot_reach_any_page_relay(relayed: Relayed) -> None:
     async def spy_on(msg: Any) -> None:
         seen.append(msg.subject)
 
-    spy = await relayed.relay_nc.subscribe("hive.node.>", cb=spy_on)
+    watcher = await rig.connect_as(relayed.nats, relayed.nats.service_seed)
+    spy = await watcher.subscribe("hive.node.>", cb=spy_on)
     try:
         async with running_harness(stack.harness_settings(victim)) as h:
             async with rig.agent_connection(relayed.nats, stack.settings, attacker) as nc:
@@ -300,6 +329,7 @@ async def test_an_agent_cannot_reach_any_page_relay(relayed: Relayed) -> None:
             assert answer.status == 200 and seen
     finally:
         await spy.unsubscribe()
+        await watcher.close()
 
 
 async def test_foreign_answers_and_no_operator_headers_through_the_relay(
