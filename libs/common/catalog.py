@@ -31,6 +31,82 @@ def _agent(verb: str) -> str:
     return s.agent("N", verb).replace(".N.", ".<n>.")
 
 
+PAGE_RELAY = "node agent (page relay)"  # the handler of hive.node.<node>.page.<n>.<op>
+
+
+def _page(op: str) -> str:
+    return s.node_page("NODE", "N", op).replace(".NODE.", ".<node>.").replace(".N.", ".<n>.")
+
+
+def _page_relay() -> list[Entry]:
+    """The agent page relay of each node (hyperhive.lifecycle.pagerelay); only
+    the operator's user (the dashboard) may call it."""
+    calls = {
+        s.PAGE_STATUS: "`GET /api/status`: the badge's data",
+        s.PAGE_PROMPT: "`POST /api/prompt`: a prompt or a slash command",
+        s.PAGE_CANCEL: "`POST /api/cancel`: end the running turn",
+        s.PAGE_CREDENTIALS: "`POST /api/credentials`: store claude's credentials",
+    }
+    e = [
+        Entry(
+            _page(op),
+            "request",
+            PAGE_RELAY,
+            w.PageCall,
+            w.PageAnswer,
+            f"agent page relay, {what} of agent <n> on node <node>; the harness's answer "
+            "as it came (a body only if it is JSON)",
+        )
+        for op, what in calls.items()
+    ]
+    e += [
+        Entry(
+            _page(s.PAGE_EVENTS),
+            "request",
+            PAGE_RELAY,
+            w.EventsOpen,
+            w.SessionOpened,
+            "agent page relay: open the live tail (`GET /api/events`, SSE) as a session "
+            "to pull from",
+        ),
+        Entry(
+            _page(s.PAGE_TERMINAL),
+            "request",
+            PAGE_RELAY,
+            w.TerminalOpen,
+            w.SessionOpened,
+            "agent page relay: open a terminal (a new login shell) as a session",
+        ),
+        Entry(
+            _page(s.PAGE_PULL),
+            "request",
+            PAGE_RELAY,
+            w.PullRequest,
+            w.PullReply,
+            "agent page relay: the next frames of a session (long poll, empty after "
+            f"{wp.PULL_WAIT_S:g} s; frames from `have` on, so a lost reply is sent again); "
+            f"a session not pulled from for {wp.SESSION_IDLE_S:g} s is closed",
+        ),
+        Entry(
+            _page(s.PAGE_PUSH),
+            "request",
+            PAGE_RELAY,
+            w.PushRequest,
+            w.Ok,
+            "agent page relay: one text frame (input, resize) to a terminal session",
+        ),
+        Entry(
+            _page(s.PAGE_CLOSE),
+            "request",
+            PAGE_RELAY,
+            w.SessionRequest,
+            w.Ok,
+            "agent page relay: end a session (the tail's stream, the terminal's shell)",
+        ),
+    ]
+    return e
+
+
 def _entries() -> list[Entry]:
     e: list[Entry] = [
         Entry(
@@ -432,9 +508,6 @@ def _entries() -> list[Entry]:
             w.DraftsReply,
             "list drafts",
         ),
-    ]
-    e += _page_relay()
-    e += [
         Entry(
             s.EVENTS_ALL,
             "publish",
@@ -466,83 +539,7 @@ def _entries() -> list[Entry]:
             "turned into one line of plain words with who (`data.by`) and when",
         ),
     ]
-    return e
-
-
-PAGE_RELAY = "node agent (page relay)"  # the handler of hive.node.<node>.page.<n>.<op>
-
-
-def _page(op: str) -> str:
-    return s.node_page("NODE", "N", op).replace(".NODE.", ".<node>.").replace(".N.", ".<n>.")
-
-
-def _page_relay() -> list[Entry]:
-    """The agent page relay of each node (hyperhive.lifecycle.pagerelay); only
-    the operator's user (the dashboard) may call it."""
-    calls = {
-        s.PAGE_STATUS: "`GET /api/status`: the badge's data",
-        s.PAGE_PROMPT: "`POST /api/prompt`: a prompt or a slash command",
-        s.PAGE_CANCEL: "`POST /api/cancel`: end the running turn",
-        s.PAGE_CREDENTIALS: "`POST /api/credentials`: store claude's credentials",
-    }
-    e = [
-        Entry(
-            _page(op),
-            "request",
-            PAGE_RELAY,
-            w.PageCall,
-            w.PageAnswer,
-            f"agent page relay, {what} of agent <n> on node <node>; the harness's answer "
-            "as it came (a body only if it is JSON)",
-        )
-        for op, what in calls.items()
-    ]
-    e += [
-        Entry(
-            _page(s.PAGE_EVENTS),
-            "request",
-            PAGE_RELAY,
-            w.EventsOpen,
-            w.SessionOpened,
-            "agent page relay: open the live tail (`GET /api/events`, SSE) as a session "
-            "to pull from",
-        ),
-        Entry(
-            _page(s.PAGE_TERMINAL),
-            "request",
-            PAGE_RELAY,
-            w.TerminalOpen,
-            w.SessionOpened,
-            "agent page relay: open a terminal (a new login shell) as a session",
-        ),
-        Entry(
-            _page(s.PAGE_PULL),
-            "request",
-            PAGE_RELAY,
-            w.PullRequest,
-            w.PullReply,
-            "agent page relay: the next frames of a session (long poll, empty after "
-            f"{wp.PULL_WAIT_S:g} s; frames from `have` on, so a lost reply is sent again); "
-            f"a session not pulled from for {wp.SESSION_IDLE_S:g} s is closed",
-        ),
-        Entry(
-            _page(s.PAGE_PUSH),
-            "request",
-            PAGE_RELAY,
-            w.PushRequest,
-            w.Ok,
-            "agent page relay: one text frame (input, resize) to a terminal session",
-        ),
-        Entry(
-            _page(s.PAGE_CLOSE),
-            "request",
-            PAGE_RELAY,
-            w.SessionRequest,
-            w.Ok,
-            "agent page relay: end a session (the tail's stream, the terminal's shell)",
-        ),
-    ]
-    return e
+    return e + _page_relay()
 
 
 CATALOG: tuple[Entry, ...] = tuple(_entries())
