@@ -29,6 +29,7 @@ from hyperhive.common.errors import BadRequest, HiveError, Internal, NotFound, U
 from hyperhive.common.pagesocket import READ_TIMEOUT_S
 from hyperhive.common.wire.base import Ok
 from hyperhive.common.wire.page import (
+    MAX_PUSH_CHARS,
     PULL_GRACE_S,
     PULL_WAIT_S,
     EventsOpen,
@@ -224,11 +225,15 @@ class RemoteTerminal:
             yield json.dumps({"type": "error", "text": self._session.reason})
 
     async def send(self, text: str) -> None:
-        """One text frame to the shell.
+        """One text frame to the shell (one larger than a push may carry is
+        dropped, as the harness drops input past its own cap).
 
         Raises:
             Unavailable: the terminal or its relay is gone.
         """
+        if len(text) > MAX_PUSH_CHARS:
+            log.info("terminal frame of %d characters dropped", len(text))
+            return
         await self._session.relay.request(
             subjects.PAGE_PUSH, PushRequest(session=self._session.id, text=text), Ok
         )

@@ -35,6 +35,7 @@ from hyperhive.cli.embedded import EmbeddedNats, free_port
 from hyperhive.common import catalog, nats_auth, rpc, subjects
 from hyperhive.common.config import Settings, load_settings, settings_env
 from hyperhive.common.errors import HiveError, NotFound
+from hyperhive.common.pagesocket import PageSocket
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.page import (
     EventsOpen,
@@ -178,6 +179,10 @@ async def test_page_api_travels_over_nats_and_a_gone_relay_says_so(relayed: Rela
             )
             assert records[0]["sse"] == "reset"
             assert any(r.get("type") == "operator" and "/model" in str(r) for r in records)
+            # the operator's side went away: the dashboard closed the relay's session
+            relay = relayed.relay
+            assert relay is not None
+            await rig.eventually(lambda: relay.sessions == 0, timeout=5, what="session closed")
 
             # an unknown agent: the registry does not know it, so it is looked for here
             assert (await op.get("/agents/nosuch/api/status")).status_code == 404
@@ -479,3 +484,38 @@ def _as_listed(pattern: str) -> str:
     parts = pattern.split(".")
     parts[2], parts[4] = "<node>", "<n>"
     return ".".join(parts)
+
+
+async def test_relay_status_latency_beside_the_socket(relayed: Relayed) -> None:
+    """What the hop over NATS costs: ``status`` through the relay and straight
+    from the socket, 200 calls each (printed with ``-s``)."""
+    stack = relayed.stack
+    name = agent_name("rl")
+    await stack.spawn(name)
+    async with running_harness(stack.harness_settings(name)):
+        socket = PageSocket(stack.settings)
+        subject = subjects.node_page(NODE, name, subjects.PAGE_STATUS)
+
+        async def via_socket() -> None:
+            async with socket.client(name) as client:
+                assert (await client.get("/api/status")).status_code == 200
+
+        async def via_relay() -> None:
+            answer = await rpc.request(stack.op, subject, PageCall(), PageAnswer)
+            assert answer.status == 200
+
+        figures = {}
+        for label, call in (("socket", via_socket), ("relay", via_relay)):
+            await call()  # warm
+            times = []
+            for _ in range(200):
+                t0 = time.perf_counter()
+                await call()
+                times.append((time.perf_counter() - t0) * 1000)
+            times.sort()
+            figures[label] = (times[100], times[197])
+        print(
+            "status p50/p99 ms: "
+            + ", ".join(f"{k} {p50:.2f}/{p99:.2f}" for k, (p50, p99) in figures.items())
+        )
+        assert figures["relay"][0] < 100, figures

@@ -36,6 +36,7 @@ __all__ = [
     "TerminalOpen",
 ]
 
+MAX_PUSH_CHARS = 256 * 1024  # one terminal frame pushed (the harness takes 64 KiB of input)
 Size = Annotated[int, msgspec.Meta(ge=1, le=1000)]
 SessionId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
@@ -110,7 +111,7 @@ class PushRequest(msgspec.Struct, kw_only=True):
     """One text frame to the terminal (input, resize)."""
 
     session: SessionId
-    text: Annotated[str, msgspec.Meta(max_length=256 * 1024)]
+    text: Annotated[str, msgspec.Meta(max_length=MAX_PUSH_CHARS)]
 
 
 class SessionRequest(msgspec.Struct, kw_only=True):
