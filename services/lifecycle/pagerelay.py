@@ -110,6 +110,11 @@ class _Session:
         self._room = asyncio.Event()
         self.last_seen = time.monotonic()
 
+    @property
+    def held(self) -> int:
+        """Bytes read from the harness and not yet pulled (acknowledged)."""
+        return self._held
+
     async def put(self, frame: PageFrame) -> None:
         """Holds ``frame`` for the next pull; waits while the read-ahead is full."""
         while self._held >= READ_AHEAD_BYTES and not self._done:
@@ -201,6 +206,10 @@ class PageRelay:
     def sessions(self) -> int:
         """Sessions open now (tails and terminals)."""
         return len(self._sessions)
+
+    def held(self) -> int:
+        """Bytes held for all sessions (read from harnesses, not yet pulled)."""
+        return sum(session.held for session in self._sessions.values())
 
     async def start(self) -> None:
         """Subscribes; from now on the dashboard reaches this node's agent pages."""

@@ -37,13 +37,18 @@ from hyperhive.common.config import Settings, load_settings, settings_env
 from hyperhive.common.errors import HiveError, NotFound
 from hyperhive.common.pagesocket import PageSocket
 from hyperhive.common.paths import AgentPaths
+from hyperhive.common.wire.base import Ok
 from hyperhive.common.wire.page import (
+    MAX_PULL_BYTES,
     EventsOpen,
     PageAnswer,
     PageCall,
     PullReply,
     PullRequest,
+    PushRequest,
     SessionOpened,
+    SessionRequest,
+    TerminalOpen,
 )
 from hyperhive.lifecycle import pagerelay
 from tests import rig
@@ -257,7 +262,7 @@ async def test_relay_sessions_hold_a_bounded_read_ahead_and_resend_lost_replies(
     # an agent with no page socket on this node
     with pytest.raises(NotFound):
         await rpc.request(op, subjects.node_page(NODE, "nosuch", "status"), PageCall(), PageAnswer)
-    async with running_harness(stack.harness_settings(name)) as h:
+    async with running_harness(stack.harness_settings(name)):
         answer = await call("status", PageCall(), PageAnswer)
         assert answer.status == 200 and json.loads(answer.body)["agent"] == name
 
@@ -283,7 +288,32 @@ async def test_relay_sessions_hold_a_bounded_read_ahead_and_resend_lost_replies(
         await rig.eventually(lambda: relay.sessions == 0, timeout=15, what="idle session closed")
         with pytest.raises(NotFound):
             await call("pull", PullRequest(session=opened.session, have=have), PullReply)
-        assert h.harness.hub is not None
+
+        # a terminal that writes 5 MB nobody pulls: the relay holds at most its
+        # read-ahead (the shell waits on its PTY), then everything arrives in order
+        term = await call("terminal", TerminalOpen(cols=80, rows=24), SessionOpened)
+        line = "head -c 5000000 /dev/zero | tr '\\0' y; echo; echo end-$((6*7))\r"
+        await call(
+            "push",
+            PushRequest(session=term.session, text=json.dumps({"type": "input", "data": line})),
+            Ok,
+        )
+        await asyncio.sleep(1.5)  # less than the idle bound
+        held = relay.held()
+        assert 0 < held <= pagerelay.READ_AHEAD_BYTES + pagerelay.MAX_FRAME_BYTES, held
+        out, have, pulls = bytearray(), 0, 0
+        async with asyncio.timeout(120):
+            while b"end-42\r\n" not in out:
+                reply = await call("pull", PullRequest(session=term.session, have=have), PullReply)
+                assert reply.first == have and not reply.end
+                for frame in reply.frames:
+                    out += frame.data
+                have += len(reply.frames)
+                pulls += 1
+                assert relay.held() <= pagerelay.READ_AHEAD_BYTES + pagerelay.MAX_FRAME_BYTES
+        assert out.count(b"y") >= 5_000_000 and pulls >= 5_000_000 // MAX_PULL_BYTES
+        await call("close", SessionRequest(session=term.session), Ok)
+        assert relay.sessions == 0
 
 
 async def test_an_agent_cannot_reach_any_page_relay(relayed: Relayed) -> None:
