@@ -36,7 +36,7 @@ async def test_the_catalog_lists_exactly_what_the_services_serve(
             rt = await stack.enter_async_context(rig.running_service(part, settings))
             served.update(_as_listed(s) for s in rt.responder.served)
     listed = {e.subject for e in catalog.CATALOG}
-    # a node's page relay is the node agent's, not a service's (tests/lifecycle/test_pagerelay.py)
+    # a node's page relay is the node agent's (tests/harness/test_relay.py checks it)
     requests = {
         e.subject
         for e in catalog.CATALOG
