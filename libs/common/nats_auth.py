@@ -31,6 +31,9 @@ OPERATOR_USER = subjects.OPERATOR
 class Permissions(msgspec.Struct, kw_only=True):
     publish: list[str] | None = None  # None: anything
     subscribe: list[str] | None = None
+    # may reply to the requests it receives (and only to those), whatever
+    # ``publish`` says: nats-server's ``allow_responses``
+    allow_responses: bool = False
 
 
 class NatsUser(msgspec.Struct, kw_only=True):
@@ -78,10 +81,12 @@ def agent_permissions(name: str) -> Permissions:
 
 
 def operator_permissions() -> Permissions:
-    """The human operator: the admin surface, the event log, JetStream reads."""
+    """The human operator: the admin surface, the event log, JetStream reads,
+    and the agent pages on every node (the dashboard's page relay calls)."""
     return Permissions(
         publish=[
             subjects.ADMIN_ALL,
+            subjects.NODE_PAGE_ALL,
             subjects.JS_API_ALL,
             subjects.JS_ACK_ALL,
             subjects.JS_FLOW_CONTROL_ALL,
@@ -128,6 +133,8 @@ def render_auth_file(nats_dir: Path, auth_file: Path | None = None) -> Path:
             perms["publish"] = {"allow": user.permissions.publish}
         if user.permissions.subscribe is not None:
             perms["subscribe"] = {"allow": user.permissions.subscribe}
+        if user.permissions.allow_responses:
+            perms["allow_responses"] = True
         if perms:
             entry["permissions"] = perms
         entries.append(entry)

@@ -9,3 +9,4 @@ from hyperhive.common.wire.base import *  # noqa: F403
 from hyperhive.common.wire.broker import *  # noqa: F403
 from hyperhive.common.wire.events import *  # noqa: F403
 from hyperhive.common.wire.lifecycle import *  # noqa: F403
+from hyperhive.common.wire.page import *  # noqa: F403
