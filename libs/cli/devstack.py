@@ -35,6 +35,7 @@ from hyperhive.common.hostuser import isolation_gaps, runtime_paths, system_user
 from hyperhive.common.natsconn import connect
 
 DEFAULT_NATS_PORT = 4222
+DEFAULT_NATS_HOST = "127.0.0.1"
 DEFAULT_PG_PORT = 5433
 STOP_GRACE_S = 8.0
 JETSTREAM_PROBE_S = 2.0
@@ -47,6 +48,8 @@ class UpOptions:
     nats_seed: str | None = None
     database_url: str | None = None
     nats_port: int = DEFAULT_NATS_PORT
+    # where the embedded NATS listens; nodes on other machines connect to it
+    nats_host: str = DEFAULT_NATS_HOST
     pg_port: int = DEFAULT_PG_PORT
     dashboard_port: int | None = None
     dashboard_host: str | None = None
@@ -98,7 +101,7 @@ class DevStack:
         check_port_free(port, "the dashboard", host)
         self._check_agents_reachable(settings)
         if not self.opts.nats_url:
-            check_port_free(self.opts.nats_port, "NATS")
+            check_port_free(self.opts.nats_port, "NATS", self.opts.nats_host)
         if self.opts.nats_url:
             asyncio.run(self._probe_nats(settings, self.opts.nats_url))
         if self.opts.database_url:
@@ -146,7 +149,7 @@ class DevStack:
             seed = self.opts.nats_seed or ""
             nats_url, service_seed, operator_seed = self.opts.nats_url, seed, seed
         else:
-            self.nats = EmbeddedNats(home / "nats", self.opts.nats_port)
+            self.nats = EmbeddedNats(home / "nats", self.opts.nats_port, self.opts.nats_host)
             self.nats.start()
             nats_url = self.nats.url
             service_seed = str(self.nats.service_seed)
