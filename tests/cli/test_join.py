@@ -13,6 +13,7 @@ import base64
 import contextlib
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import nats
 import nats.errors
 import pytest
 
-from hyperhive.cli.embedded import EmbeddedNats
+from hyperhive.cli.embedded import EmbeddedNats, free_port
 from hyperhive.common import nats_auth, rpc, subjects
 from hyperhive.common.config import Settings, load_settings
 from hyperhive.common.errors import BadRequest, Conflict, Forbidden, HiveError
@@ -41,6 +42,7 @@ from hyperhive.common.wire.join import (
 )
 from hyperhive.lifecycle.join import Joins
 from tests import rig
+from tests.lifecycle.conftest import lifecycle_settings
 
 
 class Registry:
@@ -88,7 +90,8 @@ class Conn:
             self.errors.append(str(exc))
 
         seed_str = seed.decode() if isinstance(seed, bytes) else seed
-        for _ in range(100):  # the server may still be applying its reload
+        deadline = time.monotonic() + 10  # the server may still be applying its reload
+        while time.monotonic() < deadline:
             try:
                 self.nc = await nats.connect(
                     url,
@@ -225,6 +228,27 @@ async def test_a_machine_joins_with_one_command(nats_server, tmp_path):
         assert again.returncode == 1
         assert "refused" in again.stderr or "already used" in again.stderr
         assert "n9" not in registry.nodes
+
+
+async def test_the_lifecycle_service_serves_the_join(nats_server, database_url, tmp_path):
+    # the control half as `hive up` runs it: the operator's command and the
+    # new machine's command, each a real `hive` process
+    settings = lifecycle_settings(nats_server, database_url, tmp_path / "hub")
+    async with rig.running_service("lifecycle", settings):
+        op_home = tmp_path / "operator"
+        op_home.mkdir()
+        (op_home / "hive.toml").write_text(
+            f'[nats]\nurl = "{nats_server.url}"\nseed_file = "{nats_server.operator_seed}"\n'
+        )
+        made = await asyncio.to_thread(hive, op_home, nats_server, "join-token")
+        assert made.returncode == 0, made.stderr
+        command = next(line for line in made.stdout.splitlines() if "hive node --join" in line)
+        argv = [*command.split()[1:], "--name", "lc1", "--join-only"]
+        joined = await asyncio.to_thread(hive, tmp_path / "lc1", nats_server, *argv)
+        assert joined.returncode == 0, joined.stderr
+        users = {u.name for u in nats_auth.list_users(nats_server.root)}
+        assert "node-lc1" in users
+    nats_auth.remove_user(nats_server.root, "node-lc1")
 
 
 async def test_a_token_is_single_use_and_expires(nats_server, tmp_path):
@@ -405,3 +429,37 @@ def test_agent_names_cannot_take_a_node_agents_inbox():
     with pytest.raises(HiveError, match="reserved"):
         check_agent_name("node-n1")
     assert check_agent_name("nodes") == "nodes"
+
+
+def _outward_address() -> str | None:
+    """An address of this machine other than loopback (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        address = s.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+async def test_the_hubs_nats_listens_where_nodes_reach_it(tmp_path):
+    address = _outward_address()
+    if address is None:
+        pytest.skip("this machine has no address besides loopback")
+    for host, reachable in (("127.0.0.1", False), ("0.0.0.0", True)):
+        server = EmbeddedNats(tmp_path / host, free_port(), host)  # as `hive up --nats-host`
+        server.start()
+        try:
+            assert server.url.startswith("nats://127.0.0.1:")  # local clients
+            conn = Conn()
+            if reachable:
+                nc = await conn.open(
+                    f"nats://{address}:{server.port}", server.service_seed.read_bytes().strip(), ""
+                )
+                await nc.close()
+            else:
+                # (nats-py never gives up on a refused port without reconnects)
+                with pytest.raises(ConnectionRefusedError):
+                    socket.create_connection((address, server.port), timeout=2).close()
+        finally:
+            server.stop()
