@@ -36,6 +36,7 @@ from hyperhive.common.natsconn import connect
 
 DEFAULT_NATS_PORT = 4222
 DEFAULT_NATS_HOST = "127.0.0.1"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DEFAULT_PG_PORT = 5433
 STOP_GRACE_S = 8.0
 JETSTREAM_PROBE_S = 2.0
@@ -372,6 +373,10 @@ def up(opts: UpOptions) -> int:
                 page = f"{base.rstrip('/')}/agents/{settings.lifecycle.manager}/"
                 print(f"  manager    {page}", flush=True)
             print(f"  nats       {nats_url}", flush=True)
+            if stack.nats is not None and opts.nats_host not in LOOPBACK:
+                # docs/multihost.md: other machines join with a token
+                listen = f"{opts.nats_host}:{opts.nats_port}"
+                print(f"  nodes      NATS on {listen}; `hive join-token` to add one", flush=True)
             print("  logs       " + str(opts.home / "logs"), flush=True)
             for gap in isolation_gaps(settings):
                 print(f"  warning    {gap}", flush=True)

@@ -202,13 +202,14 @@ class Joins:
         self._apply()
 
     async def sweep_loop(self, interval_s: float = SWEEP_INTERVAL_S) -> None:
-        """Sweeps (:meth:`sweep`) every ``interval_s`` seconds, for ever."""
+        """Sweeps (:meth:`sweep`) now and every ``interval_s`` seconds, for
+        ever: a token's user outlives neither its expiry nor a restart."""
         while True:
-            await asyncio.sleep(interval_s)
             try:
                 await asyncio.to_thread(self._sweep)
             except Exception:  # a failed reload: the next round tries again
                 log.exception("join token sweep failed")
+            await asyncio.sleep(interval_s)
 
     def sweep(self) -> int:
         """Removes expired tokens and the users of spent ones. Returns how many."""

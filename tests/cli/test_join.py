@@ -42,6 +42,7 @@ from hyperhive.common.wire.join import (
 )
 from hyperhive.lifecycle.join import Joins
 from tests import rig
+from tests.cli import test_up
 from tests.lifecycle.conftest import lifecycle_settings
 
 
@@ -463,3 +464,54 @@ async def test_the_hubs_nats_listens_where_nodes_reach_it(tmp_path):
                     socket.create_connection((address, server.port), timeout=2).close()
         finally:
             server.stop()
+
+
+@pytest.mark.slow
+def test_hive_up_for_nodes_and_a_machine_joining_it(tmp_path):
+    address = _outward_address()
+    if address is None:
+        pytest.skip("this machine has no address besides loopback")
+    home = tmp_path / "hub"
+    env = test_up._up_env(home)
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hyperhive.cli.main",
+            *test_up._up_args("--nats-port", str(port), "--nats-host", "0.0.0.0"),
+            "--no-agents",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines = test_up._printed_lines(proc)
+        assert f"  nodes      NATS on 0.0.0.0:{port}; `hive join-token` to add one" in lines
+        test_up._wait_status(env, proc)
+        made = rig.hive_run("join-token", "--json", env=env)
+        assert made.returncode == 0, made.stderr
+        token = json.loads(made.stdout)["token"]
+        node_home = tmp_path / "machine2"
+        joined = rig.hive_run(
+            "node",
+            "--join",
+            f"nats://{address}:{port}",
+            "--token",
+            token,
+            "--name",
+            "m2",
+            "--join-only",
+            "--home",
+            str(node_home),
+            env={k: v for k, v in env.items() if k != "HIVE_HOME"},
+        )
+        assert joined.returncode == 0, joined.stderr
+        users = {u.name for u in nats_auth.list_users(home / "nats")}
+        assert "node-m2" in users
+        assert (node_home / "hive.toml").read_text().count(f"nats://{address}:{port}") == 1
+    finally:
+        code, out = test_up._stop_up(proc)
+    assert code == 0, out
