@@ -59,6 +59,8 @@ Register = Callable[[JoinRequest], Awaitable[None]]
 JOIN_USER_LINGER_S = 2.0
 EFFECTIVE_TIMEOUT_S = 10.0
 SWEEP_INTERVAL_S = 60.0
+# the node ``hive serve lifecycle`` runs in-process (subjects.HUB_NODE, branch `node`)
+HUB_NODE = getattr(subjects, "HUB_NODE", "hub")
 
 
 class _TokenFile(msgspec.Struct, kw_only=True):
@@ -79,6 +81,13 @@ class Joins:
         self.register = register
         self.root = nats_dir(settings)
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def reserved_names(self) -> set[str]:
+        """The hub's in-process node: a machine joining under its name would
+        read the requests (agents' seeds among them) meant for the hub."""
+        node = getattr(self.settings, "node", None)  # NodeSettings (branch `node`)
+        return {HUB_NODE, getattr(node, "name", HUB_NODE)}
 
     @property
     def tokens_dir(self) -> Path:
@@ -137,6 +146,8 @@ class Joins:
             Conflict: a node of that name exists.
         """
         check_node_name(req.name)
+        if req.name in self.reserved_names:
+            raise Conflict(f"node name {req.name} is the hub's own")
         nats_auth.check_public_key(req.node_key)
         nats_auth.check_public_key(req.token_key)
         try:

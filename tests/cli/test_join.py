@@ -291,6 +291,9 @@ async def test_only_the_tokens_holder_can_spend_it(nats_server, tmp_path):
         ):
             with pytest.raises(BadRequest):
                 await joins.join(bad)
+        # the hub's own node: a machine under its name would read its requests
+        with pytest.raises(Conflict, match="hub's own"):
+            await joins.join(signed(token, "hub", key))
         reply = await joins.join(signed(token, "f3", key))
         assert reply == JoinReply(node="f3", user="node-f3", inbox_prefix="_INBOX.node-f3")
         # a second join under an existing node's name is refused even if the
