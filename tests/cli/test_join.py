@@ -40,7 +40,7 @@ from hyperhive.common.wire.join import (
     JoinTokenRequest,
     join_proof,
 )
-from hyperhive.lifecycle.join import Joins
+from hyperhive.lifecycle.join import Joins, remove_node
 from tests import rig
 from tests.cli import test_up
 from tests.lifecycle.conftest import lifecycle_settings
@@ -85,10 +85,14 @@ class Conn:
 
     def __init__(self) -> None:
         self.errors: list[str] = []
+        self.closed = asyncio.Event()  # the server closed the connection
 
     async def open(self, url: str, seed: bytes | str, inbox_prefix: str) -> nats.NATS:
         async def on_error(exc: Exception) -> None:
             self.errors.append(str(exc))
+
+        async def on_closed() -> None:
+            self.closed.set()
 
         seed_str = seed.decode() if isinstance(seed, bytes) else seed
         deadline = time.monotonic() + 10  # the server may still be applying its reload
@@ -99,6 +103,7 @@ class Conn:
                     nkeys_seed_str=seed_str,
                     inbox_prefix=inbox_prefix,
                     error_cb=on_error,
+                    closed_cb=on_closed,
                     allow_reconnect=False,
                     max_reconnect_attempts=0,
                     connect_timeout=3,
@@ -302,6 +307,33 @@ async def test_only_the_tokens_holder_can_spend_it(nats_server, tmp_path):
         other = await joins.issue(JoinTokenRequest(ttl_s=600))
         with pytest.raises(Conflict, match="already joined"):
             await joins.join(signed(other, "f3", nats_auth.public_key(nats_auth.new_seed())))
+
+
+async def test_a_removed_node_is_cut_off_at_the_reload(nats_server, tmp_path):
+    # what a leaf link does not do (tests/common/test_leaf.py): the node's
+    # live connection is closed when its user goes, and it cannot come back
+    async with serving_joins(nats_server, tmp_path / "hub") as (joins, _registry):
+        seed = nats_auth.new_seed()
+        token = await joins.issue(JoinTokenRequest(ttl_s=600))
+        await joins.join(signed(token, "gone1", nats_auth.public_key(seed)))
+        node = Conn()
+        nc = await node.open(nats_server.url, seed, "_INBOX.node-gone1")
+        assert not nc.is_closed
+        await asyncio.to_thread(remove_node, hub_settings(nats_server, tmp_path / "hub"), "gone1")
+        await asyncio.wait_for(node.closed.wait(), 10)
+        with pytest.raises(nats.errors.Error):
+            await nats.connect(
+                nats_server.url,
+                nkeys_seed_str=seed.decode(),
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                connect_timeout=2,
+                error_cb=_quiet,
+            )
+
+
+async def _quiet(_exc: Exception) -> None:
+    """The refusal is what the test expects."""
 
 
 async def test_a_seen_token_reaches_nothing_but_the_join_subject(nats_server, tmp_path):
