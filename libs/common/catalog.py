@@ -461,6 +461,23 @@ def _entries() -> list[Entry]:
             "waiting recv calls of the recipients; a starting instance wakes them all",
         ),
         Entry(
+            s.NODES_JOIN_TOKEN,
+            "request",
+            "lifecycle",
+            w.JoinTokenRequest,
+            w.JoinToken,
+            "a one-time token for a new machine to join as a node (docs/multihost.md)",
+        ),
+        Entry(
+            s.NODES_JOIN,
+            "request",
+            "lifecycle",
+            w.JoinRequest,
+            w.JoinReply,
+            "spend a join token: the node's NATS user is made for the key it sent "
+            "(only a join token's user may call it)",
+        ),
+        Entry(
             s.system("lifecycle", "list"),
             "request",
             "lifecycle",

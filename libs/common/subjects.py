@@ -101,6 +101,12 @@ def event_family(family: str) -> str:
     return f"{ROOT}.events.{_token(family)}.>"
 
 
+# Joining a node (docs/multihost.md): the operator asks the control half for
+# a one-time token; a new machine sends it back, signed, to become a node
+NODES_PART: Final = "nodes"
+NODES_JOIN: Final = f"{ROOT}.system.{NODES_PART}.join"
+NODES_JOIN_TOKEN: Final = f"{ROOT}.admin.{NODES_PART}.join_token"
+
 EVENTS_ALL: Final = f"{ROOT}.events.>"
 AGENT_EVENTS_ALL: Final = f"{ROOT}.agent.*.{AGENT_EVENTS}"
 ADMIN_ALL: Final = f"{ROOT}.admin.>"  # the operator surface of every service

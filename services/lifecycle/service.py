@@ -8,6 +8,7 @@ from hyperhive.common.service import Runtime, hyperhive_version
 from hyperhive.lifecycle.backends import make_backend
 from hyperhive.lifecycle.core import Lifecycle
 from hyperhive.lifecycle.handlers import Handlers
+from hyperhive.lifecycle.join import Joins
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,11 @@ async def start(rt: Runtime) -> None:
     await lc.reconcile()
     rt.spawn(lc.monitor(), "lifecycle-monitor")
     await Handlers(lc).register(rt.responder)
+    # joining nodes (docs/multihost.md); the node registry records them once
+    # it exists (branch `node`): pass its register function here
+    joins = Joins(rt.settings)
+    await joins.serve(rt.responder)
+    rt.spawn(joins.sweep_loop(), "join-token-sweep")
     try:
         await lc.ensure_manager()
     except Exception:  # the service still serves; `hive spawn hm1nd` can retry
