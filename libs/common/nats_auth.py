@@ -191,7 +191,11 @@ def verify(public_key: str, data: bytes, signature: bytes) -> bool:
 
 def operator_permissions() -> Permissions:
     """The human operator: the admin surface, the event log, JetStream reads,
-    and the agent pages on every node (the dashboard's page relay calls)."""
+    and the agent pages on every node (the dashboard's page relay calls).
+
+    The dashboard runs with these credentials under NixOS, so it may also
+    answer its own ping (``hive status``); nothing else is served as operator.
+    """
     return Permissions(
         publish=[
             subjects.ADMIN_ALL,
@@ -202,9 +206,11 @@ def operator_permissions() -> Permissions:
         ],
         subscribe=[
             subjects.inbox_all(OPERATOR_USER),
+            subjects.admin("dashboard", "ping"),
             subjects.EVENTS_ALL,
             subjects.AGENT_EVENTS_ALL,
         ],
+        allow_responses=True,  # the ping's reply
     )
 
 
