@@ -130,7 +130,7 @@ def add_node_user(nats: EmbeddedNats, node: str) -> Path:
     only), as a node that joined the hub has. Returns the seed file."""
     return _add_user(
         nats,
-        nats_auth.node_user(node),
+        nats_auth.node_user_name(node),
         nats_auth.node_permissions(node),
         nats.root / "nodes" / node,
     )

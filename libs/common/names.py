@@ -11,6 +11,9 @@ from hyperhive.common.errors import BadRequest
 # nixos-container allows 11 characters and agents run as ``h-<name>``.
 AGENT_NAME: Final = re.compile(r"^[a-z][a-z0-9-]{0,8}$")
 RESERVED: Final = frozenset({subjects.MANAGER, subjects.OPERATOR, subjects.SYSTEM, "hive"})
+# an agent's reply inbox is ``_INBOX.<name>``: a name that starts like a node
+# agent's (``_INBOX.node-<node>``) would read that node's replies
+RESERVED_PREFIXES: Final = ("node-",)
 
 
 def check_agent_name(name: object, *, allow_manager: bool = False) -> str:
@@ -26,6 +29,8 @@ def check_agent_name(name: object, *, allow_manager: bool = False) -> str:
         )
     if name in RESERVED and not (allow_manager and name == subjects.MANAGER):
         raise BadRequest(f"agent name {name!r} is reserved")
+    if name.startswith(RESERVED_PREFIXES):
+        raise BadRequest(f"agent name {name!r} is reserved (node agents use 'node-')")
     return name
 
 

@@ -36,6 +36,7 @@ from hyperhive.common.delivery import deliver
 from hyperhive.common.errors import HiveError
 from hyperhive.common.outbox import make_event
 from hyperhive.common.wire.events import NodeBack, NodeLost, SystemEvent
+from hyperhive.common.wire.join import JoinRequest
 from hyperhive.common.wire.node import NodeHeartbeat, NodeInfo
 from hyperhive.lifecycle import store
 from hyperhive.lifecycle.core import Lifecycle
@@ -186,6 +187,18 @@ class Nodes:
         )
         key = f"node-back:{node}:{int(self.beats[node].at)}" if node in self.beats else ""
         await self._deliver(NodeBack(node=node, agents=names, restarted=restarted), key)
+
+    async def register_join(self, req: JoinRequest) -> None:
+        """A machine joins as node ``req.name`` (the join handler, before its
+        NATS user exists): its row and ``node.joined``; its heartbeat is
+        expected within ``lost_after_s`` from now."""
+        await store.node_joined(self.reg.pool, req.name, req.node_key)
+        self.heard[req.name] = time.monotonic()
+        self.reg.lost_nodes.discard(req.name)
+        await self.reg.emit(
+            self.reg.pool,
+            [make_event(subjects.EV_NODE_JOINED, node=req.name, hostname=req.hostname)],
+        )
 
     # --- silence --------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """``hive serve node``: a node agent alone (no database, no JetStream setup).
 
 It needs only a NATS URL and the seed of its NATS user (``node-<node>``):
-it serves ``hive.node.<node>.*`` and writes its heartbeat; everything else is
-the control half's, on the hub.
+it serves ``hive.node.<node>.*`` (the node verbs and the agent page relay)
+and writes its heartbeat; everything else is the control half's, on the hub.
+``hive node --join`` writes the settings it needs (``cmd_node.py``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from hyperhive.common.config import Settings
 from hyperhive.common.errors import BadRequest, ConfigError
 from hyperhive.common.names import check_node_name
 from hyperhive.common.service import Runtime, hyperhive_version
+from hyperhive.lifecycle import pagerelay
 from hyperhive.lifecycle.backends import make_backend
 from hyperhive.lifecycle.node import NodeAgent
 
@@ -22,6 +24,9 @@ async def start(rt: Runtime) -> None:
     node = NodeAgent(rt.settings, backend, rev, shared=False)
     await node.adopt()
     await node.register(rt.responder)
+    # the agent pages of this host, for the hub's dashboard (pagerelay.py)
+    relay = await pagerelay.serve(rt.nc, rt.settings, node.name, responder=rt.responder)
+    rt.stack.push_async_callback(relay.stop)
     rt.spawn(node.monitor(), "node-monitor")
 
     async def publish(subject: str, data: bytes) -> None:

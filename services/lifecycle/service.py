@@ -9,6 +9,7 @@ from hyperhive.lifecycle.autoupdate import auto_update_loop, ensure_manager
 from hyperhive.lifecycle.backends import make_backend
 from hyperhive.lifecycle.core import Lifecycle
 from hyperhive.lifecycle.handlers import Handlers
+from hyperhive.lifecycle.join import Joins
 from hyperhive.lifecycle.node import NodeAgent
 from hyperhive.lifecycle.nodes import Nodes
 from hyperhive.lifecycle.registry import Registry
@@ -40,6 +41,10 @@ async def start(rt: Runtime) -> None:
     rt.stack.push_async_callback(nodes.close)
     await Handlers(lc, nodes).register(rt.responder)
     await node.register(rt.responder)  # the hub is a node like any other on the bus
+    # joining nodes (docs/multihost.md): the control half records each one
+    joins = Joins(rt.settings, nodes.register_join)
+    await joins.serve(rt.responder)
+    rt.spawn(joins.sweep_loop(), "join-token-sweep")
     try:
         await ensure_manager(lc)
     except Exception:  # the service still serves; `hive spawn hm1nd` can retry

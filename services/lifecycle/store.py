@@ -239,6 +239,21 @@ async def node_seen(
     return NodeRow(**data), previous
 
 
+async def node_joined(conn: asyncpg.Connection | asyncpg.Pool, name: str, nkey: str) -> None:
+    """Records a node that joined (again) with its NATS user's public key;
+    it is ``up`` from now, until its heartbeat is missing."""
+    await conn.execute(
+        """
+        INSERT INTO nodes (name, nkey, state, last_seen) VALUES ($1, $2, 'up', now())
+        ON CONFLICT (name) DO UPDATE SET
+            nkey = EXCLUDED.nkey, state = 'up', joined_at = now(), last_seen = now(),
+            state_since = now()
+        """,
+        name,
+        nkey,
+    )
+
+
 async def node_lost(conn: asyncpg.Connection | asyncpg.Pool, name: str) -> bool:
     """Marks ``name`` lost. Returns whether it was up (so it is reported once)."""
     result = await conn.execute(
