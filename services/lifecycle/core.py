@@ -42,15 +42,12 @@ from hyperhive.common.wire.lifecycle import (
     NotesReply,
     TransientFlag,
 )
+from hyperhive.common.wire.states import DESTROYING, REBUILDING, RESTARTING, STOPPING
 from hyperhive.lifecycle import agentconf, creds, ports, repos, store
 from hyperhive.lifecycle.backends.base import RUNNING, AgentSpec, Backend
 
 log = logging.getLogger(__name__)
 
-STOPPING = "Stopping"
-RESTARTING = "Restarting"
-DESTROYING = "Destroying"
-REBUILDING = "Rebuilding"
 
 _LOCK_SPACE = 0x48495645  # "HIVE": first key of the per-agent advisory locks
 MAX_LOG_LINES = 10_000
