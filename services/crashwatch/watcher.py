@@ -43,6 +43,7 @@ from hyperhive.common.wire.events import (
     StuckDetected,
     SystemEvent,
     decode_event,
+    encode_event,
     event_data,
 )
 from hyperhive.common.wire.lifecycle import (
@@ -257,7 +258,7 @@ class CrashWatch:
         try:
             await self.js.publish(
                 subjects.event(kind),
-                msgspec.json.encode(record),
+                encode_event(record),
                 headers={"Nats-Msg-Id": key or uuid.uuid4().hex},
             )
         except Exception as exc:
