@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Final
+from typing import Final, Literal
 
 import asyncpg
 
@@ -34,6 +34,7 @@ from hyperhive.common.wire.states import (  # noqa: F401 (the states, as store.X
     FAILED,
     PENDING,
     SPAWN,
+    ApprovalState,
 )
 
 _COLUMNS: Final = (
@@ -128,7 +129,9 @@ async def get(pool: asyncpg.Pool | asyncpg.Connection, approval_id: int) -> asyn
     return await pool.fetchrow(f"SELECT {_COLUMNS} FROM approvals WHERE id = $1", approval_id)
 
 
-async def list_approvals(pool: asyncpg.Pool, state: str | None, limit: int) -> list[asyncpg.Record]:
+async def list_approvals(
+    pool: asyncpg.Pool, state: ApprovalState | None, limit: int
+) -> list[asyncpg.Record]:
     """Newest first; every state when ``state`` is None."""
     return await pool.fetch(
         f"SELECT {_COLUMNS} FROM approvals WHERE ($1::text IS NULL OR state = $1)"
@@ -196,7 +199,7 @@ async def count_attempt(pool: asyncpg.Pool, approval_id: int, delta: int) -> int
 async def finish(
     pool: asyncpg.Pool,
     approval_id: int,
-    state: str,
+    state: Literal["deployed", "failed"],
     *,
     tag: str,
     error: str = "",

@@ -54,7 +54,7 @@ from hyperhive.common.wire.lifecycle import (
     TransientFlag,
     WatchStatus,
 )
-from hyperhive.common.wire.states import DOWN_STATES, RUNNING, AgentFlag, AgentState
+from hyperhive.common.wire.states import DOWN_STATES, RUNNING, AgentFlag, AgentState, StuckReason
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class CrashWatch:
         self.manager = settings.lifecycle.manager
         self.known: dict[str, Seen] = {}
         self.seeded = False
-        self.stuck: dict[str, str] = {}  # name → reason of the open episode
+        self.stuck: dict[str, StuckReason] = {}  # name → reason of the open episode
         self.reported = 0  # events reported since start
         self.polls = 0  # polls completed since start
         self._tasks: set[asyncio.Task[None]] = set()
