@@ -44,7 +44,13 @@ from hyperhive.common.wire.broker import (
     SendReply,
     StatusRequest,
 )
-from hyperhive.common.wire.events import HiveEvent
+from hyperhive.common.wire.events import (
+    HiveEvent,
+    MessageEventData,
+    MessageRedelivered,
+    decode_event,
+    event_data,
+)
 
 log = logging.getLogger(__name__)
 
@@ -250,13 +256,14 @@ def _status(args: argparse.Namespace) -> int:
 
 def format_event(event: HiveEvent) -> str:
     """One line for a ``message.*`` event."""
-    d = event.data
     verb = event.kind.removeprefix("message.")
-    extra = f" (delivery {d.get('deliveries')})" if verb == "redelivered" else ""
-    body = _preview(str(d.get("body", "")))
+    d = event_data(event)
+    if not isinstance(d, MessageEventData):
+        return f"{fmt_ts(event.ts)}  {verb}"
+    extra = f" (delivery {d.deliveries})" if isinstance(d, MessageRedelivered) else ""
     return (
-        f"{fmt_ts(event.ts)}  #{d.get('id')} {d.get('sender')} -> {d.get('recipient')}  "
-        f"{verb}{extra}: {body}"
+        f"{fmt_ts(event.ts)}  #{d.id} {d.sender} -> {d.recipient}  "
+        f"{verb}{extra}: {_preview(d.body)}"
     )
 
 
@@ -280,7 +287,6 @@ async def follow_messages(
         Unavailable: HIVE_EVENTS cannot be read at start.
     """
     family = subjects.event_family("message")
-    decoder = msgspec.json.Decoder(HiveEvent)
     try:
         info = await js.stream_info(subjects.EVENTS_STREAM)
     except (nats.errors.Error, OSError) as exc:
@@ -326,7 +332,7 @@ async def follow_messages(
                 for msg in msgs:
                     next_seq = msg.metadata.sequence.stream + 1
                     try:
-                        event = decoder.decode(msg.data)
+                        event = decode_event(msg.data)
                     except msgspec.DecodeError:
                         continue
                     on_event(event)

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from hyperhive.common.config import UpSettings
 from hyperhive.common.errors import HiveError, Unavailable
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres
 
 STATE_FILE = "up.state.json"
+# a supervised part of ``hive up`` (the file's ``state``, ``hive status`` shows it)
+PartState = Literal["running", "restarting", "given up"]
 LOG_FILE = "up.log"
 NATS = "nats"
 POSTGRES = "postgres"
@@ -125,7 +127,7 @@ class Part:
     times: list[float] = field(default_factory=list)
     last_exit: str = ""
     last_exit_at: float = 0.0
-    state: str = "running"  # running | restarting | given up
+    state: PartState = "running"
     next_try: float = 0.0
     pending: str = ""  # why it is down, while a restart waits for its backoff
 

@@ -668,12 +668,16 @@ def render_markdown() -> str:
         "A change from a service's own loop (a crash restart, an auto-update) has none.",
         "",
     ]
-    lines += [f"- `{k}`" for k in EVENT_KINDS]
+    # each kind's data, from its typed Struct (hyperhive.common.wire.events)
+    lines += [f"- `{k}`: data {_fields(w.EVENT_DATA_TYPES[k])}" for k in EVENT_KINDS]
     lines += [
         "",
         "## System events (sender `system`, in an agent's inbox)",
         "",
-        "Tagged by `type`: " + ", ".join(f"`{t.__name__}`" for t in w.SYSTEM_EVENT_TYPES) + ".",
+        "Tagged by `type`, stored with the message and shown as `event` by `recv`,",
+        "`hive messages --json`, `hive inbox --json` and the dashboard's inbox panel:",
+        "",
+        *[f"- {_fields(t)}" for t in w.SYSTEM_EVENT_TYPES],
         "",
         "## Watching the hive",
         "",

@@ -18,14 +18,14 @@ from nats.aio.subscription import Subscription
 from hyperhive.common import rpc, subjects
 from hyperhive.common.errors import HiveError, NotFound, RequestTimeout, Unavailable
 from hyperhive.common.names import is_agent_name
-from hyperhive.common.wire.events import HiveEvent
+from hyperhive.common.wire.events import decode_event
 from hyperhive.common.wire.lifecycle import AgentInfo, AgentRequest, AgentsReply, AgentsRequest
+from hyperhive.common.wire.states import DESTROYED, DRAFT
 
 log = logging.getLogger(__name__)
 
 # states in which an agent cannot receive messages
-_NOT_RECIPIENTS = frozenset({"destroyed", "draft"})
-_events = msgspec.json.Decoder(HiveEvent)
+_NOT_RECIPIENTS = frozenset({DESTROYED, DRAFT})
 
 
 class KnownAgents:
@@ -77,7 +77,7 @@ class KnownAgents:
 
     async def _on_event(self, msg: Msg) -> None:
         try:
-            event = _events.decode(msg.data)
+            event = decode_event(msg.data)
         except msgspec.DecodeError:
             log.warning("ignoring malformed event on %s", msg.subject)
             return

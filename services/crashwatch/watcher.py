@@ -38,7 +38,17 @@ from hyperhive.common.config import Settings
 from hyperhive.common.delivery import deliver
 from hyperhive.common.errors import HiveError
 from hyperhive.common.outbox import make_event
-from hyperhive.common.wire.events import AgentStuck, ContainerCrash, HiveEvent, SystemEvent
+from hyperhive.common.wire.events import (
+    AgentStateChanged,
+    AgentStuck,
+    ContainerCrash,
+    CrashDetected,
+    StuckDetected,
+    SystemEvent,
+    decode_event,
+    encode_event,
+    event_data,
+)
 from hyperhive.common.wire.lifecycle import (
     AgentInfo,
     AgentsReply,
@@ -47,21 +57,19 @@ from hyperhive.common.wire.lifecycle import (
     TransientFlag,
     WatchStatus,
 )
+from hyperhive.common.wire.states import DOWN_STATES, RUNNING, AgentFlag, AgentState, StuckReason
 
 log = logging.getLogger(__name__)
 
-RUNNING = "running"
-DOWN = frozenset({"stopped", "failed"})
 HEARTBEAT_SKEW_S = 5.0  # a heartbeat this much older than the start still counts
 
 
 @dataclass(slots=True)
 class Seen:
-    state: str
+    state: AgentState
     seq: int
 
 
-_event_decoder = msgspec.json.Decoder(HiveEvent)
 _flag_decoder = msgspec.json.Decoder(TransientFlag)
 _hb_decoder = msgspec.json.Decoder(Heartbeat)
 
@@ -75,7 +83,7 @@ class CrashWatch:
         self.manager = settings.lifecycle.manager
         self.known: dict[str, Seen] = {}
         self.seeded = False
-        self.stuck: dict[str, str] = {}  # name → reason of the open episode
+        self.stuck: dict[str, StuckReason] = {}  # name → reason of the open episode
         self.reported = 0  # events reported since start
         self.polls = 0  # polls completed since start
         self._tasks: set[asyncio.Task[None]] = set()
@@ -109,28 +117,22 @@ class CrashWatch:
     async def on_event(self, msg: Msg) -> None:
         """An ``agent.state`` event from lifecycle."""
         try:
-            ev = _event_decoder.decode(msg.data)
+            ev = decode_event(msg.data)
         except msgspec.DecodeError:
             return
-        if ev.agent is None or ev.kind != subjects.EV_AGENT_STATE:
+        data = event_data(ev)
+        if ev.agent is None or not isinstance(data, AgentStateChanged):
             return
-        data = ev.data
-        state = data.get("state")
-        seq = data.get("seq")
-        if not isinstance(state, str) or not isinstance(seq, int):
-            return
-        flag = data.get("flag") if isinstance(data.get("flag"), str) else None
-        code = data.get("exit_code") if isinstance(data.get("exit_code"), int) else None
-        detail = data.get("detail") if isinstance(data.get("detail"), str) else ""
+        code = data.exit_code if isinstance(data.exit_code, int) else None
         async with self._lock:
-            await self._observe(ev.agent, state, seq, flag, code, detail)
+            await self._observe(ev.agent, data.state, data.seq, data.flag, code, data.detail or "")
 
     async def _observe(
         self,
         name: str,
-        state: str,
+        state: AgentState,
         seq: int,
-        flag: str | None,
+        flag: AgentFlag | None,
         exit_code: int | None,
         detail: str,
     ) -> None:
@@ -142,7 +144,7 @@ class CrashWatch:
             self.stuck.pop(name, None)
         if not self.seeded or prev is None:
             return
-        if prev.state == RUNNING and state in DOWN and not flag:
+        if prev.state == RUNNING and state in DOWN_STATES and not flag:
             if await self._flag_set(name):
                 return
             self._report(
@@ -256,13 +258,11 @@ class CrashWatch:
         task.add_done_callback(self._tasks.discard)
 
     async def _deliver(self, name: str, event: SystemEvent, key: str, kind: str) -> None:
-        data = msgspec.to_builtins(event)
-        data.pop("agent", None)
-        record = make_event(kind, agent=name, event=data)
+        record = make_event(_record_data(event), agent=name)
         try:
             await self.js.publish(
                 subjects.event(kind),
-                msgspec.json.encode(record),
+                encode_event(record),
                 headers={"Nats-Msg-Id": key or uuid.uuid4().hex},
             )
         except Exception as exc:
@@ -304,3 +304,13 @@ class CrashWatch:
             task.cancel()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=2)
+
+
+def _record_data(event: SystemEvent) -> CrashDetected | StuckDetected:
+    """The HIVE_EVENTS data of a crash or stuck report: the event the inbox gets."""
+    match event:
+        case ContainerCrash():
+            return CrashDetected(event=event)
+        case AgentStuck():
+            return StuckDetected(event=event)
+    raise TypeError(f"crash-watch reports no {type(event).__name__}")

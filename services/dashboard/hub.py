@@ -23,10 +23,17 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from hyperhive.common import activity, subjects
 from hyperhive.common.errors import HiveError
-from hyperhive.common.wire.events import HiveEvent
+from hyperhive.common.wire.events import (
+    ApprovalEventData,
+    HiveEvent,
+    MessageEventData,
+    QuestionAnswered,
+    QuestionAsked,
+    decode_event,
+    event_data,
+)
 
 log = logging.getLogger(__name__)
-_event_decoder = msgspec.json.Decoder(HiveEvent)
 
 MESSAGE_FAMILY = "message."
 BODY_LIMIT = 2000  # events already carry at most this much; never trust it
@@ -88,33 +95,33 @@ def sse_frame(event: str, data: object, seq: int | None = None) -> bytes:
 
 def flow_record(ev: HiveEvent, seq: int) -> dict[str, object]:
     """The browser's view of a ``message.*`` event."""
-    data = ev.data
-    body = data.get("body")
-    return {
-        "seq": seq,
-        "kind": ev.kind,
-        "ts": ev.ts,
-        "id": data.get("id"),
-        "sender": data.get("sender", ""),
-        "recipient": data.get("recipient", ev.agent or ""),
-        "body": body[:BODY_LIMIT] if isinstance(body, str) else None,
-        "deliveries": data.get("deliveries", 0),
+    record: dict[str, object] = {"seq": seq, "kind": ev.kind, "ts": ev.ts}
+    data = event_data(ev)
+    if not isinstance(data, MessageEventData):  # a record this version cannot read
+        return record | {"id": None, "sender": "", "recipient": ev.agent or ""} | _NO_BODY
+    return record | {
+        "id": data.id,
+        "sender": data.sender,
+        "recipient": data.recipient,
+        "body": data.body[:BODY_LIMIT],
+        "deliveries": data.deliveries,
     }
+
+
+_NO_BODY: dict[str, object] = {"body": None, "deliveries": 0}
 
 
 def change_detail(ev: HiveEvent) -> dict[str, object]:
     """What a browser notification of a waiting decision says: the approval's
     or question's id, and its kind or the start of the question."""
-    ref = ev.data.get("id")
-    if not isinstance(ref, int):
-        return {}
-    if ev.kind == subjects.EV_QUESTION_ASKED:
-        text = ev.data.get("question")
-        return {"id": ref, "detail": text[:DETAIL_LIMIT] if isinstance(text, str) else ""}
-    if ev.kind.startswith("approval."):
-        what = ev.data.get("kind")
-        return {"id": ref, "detail": what if isinstance(what, str) else ""}
-    return {"id": ref}
+    match event_data(ev):
+        case QuestionAsked(id=ref, question=text):
+            return {"id": ref, "detail": text[:DETAIL_LIMIT]}
+        case ApprovalEventData(id=ref, kind=what):
+            return {"id": ref, "detail": what}
+        case QuestionAnswered(id=ref):
+            return {"id": ref}
+    return {}
 
 
 class EventHub:
@@ -185,7 +192,7 @@ class EventHub:
 
     async def _on_msg(self, msg: Msg) -> None:
         try:
-            ev = _event_decoder.decode(msg.data)
+            ev = decode_event(msg.data)
         except msgspec.DecodeError:
             log.warning("undecodable record on %s", msg.subject)
             return

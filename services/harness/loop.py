@@ -49,6 +49,15 @@ from hyperhive.common.wire.broker import (
     TurnStats,
 )
 from hyperhive.common.wire.lifecycle import Heartbeat
+from hyperhive.common.wire.states import (
+    COMPACTING,
+    IDLE,
+    LOGIN,
+    OFFLINE,
+    RETRYING,
+    THINKING,
+    TurnState,
+)
 from hyperhive.harness import creds, notes
 from hyperhive.harness.claude import AUTH, ClaudeRun, RunResult
 from hyperhive.harness.config import HarnessConfig
@@ -60,10 +69,6 @@ from hyperhive.harness.usage import Usage, UsageMeter
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
-IDLE, THINKING, COMPACTING, OFFLINE = "idle", "thinking", "compacting", "offline"
-# waiting out an API outage before running the same message again; waiting for
-# credentials after the API refused them (docs/turn-loop.md)
-RETRYING, LOGIN = "retrying", "login"
 API_UNAVAILABLE, LOGIN_NEEDED = "api_unavailable", "login_needed"  # turn outcomes
 CREDS_POLL_S = 2.0  # how often a logged-out harness looks for new credentials
 MAX_RETRY_AFTER_S = 3600.0  # a longer retry-after is not believed
@@ -105,7 +110,7 @@ class Harness:
         self.meter = UsageMeter(lambda: self.store.usage_snapshots, self.store.set_usage_snapshots)
         self.hub = Hub()
         self.started_at = time.time()
-        self.state = IDLE
+        self.state: TurnState = IDLE
         self.state_since = self.started_at
         self.turn = self.store.turn
         self.turn_started: float | None = None
@@ -191,7 +196,7 @@ class Harness:
         except Exception as exc:  # NATS down: the page still has the ring
             log.warning("turn event not published: %s", exc)
 
-    async def _set_state(self, state: str) -> None:
+    async def _set_state(self, state: TurnState) -> None:
         if state == self.state:
             return
         self.state, self.state_since = state, time.time()

@@ -12,9 +12,9 @@ import asyncio
 import logging
 
 from hyperhive.common.errors import HiveError
+from hyperhive.common.wire.states import REBUILDING
 from hyperhive.lifecycle import store
 from hyperhive.lifecycle.core import Lifecycle
-from hyperhive.lifecycle.registry import REBUILDING
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,13 @@ from hyperhive.common import outbox, subjects
 from hyperhive.common.errors import BackendFailed, BadRequest, Conflict, HiveError, NotFound
 from hyperhive.common.outbox import make_event
 from hyperhive.common.paths import AgentPaths
+from hyperhive.common.wire.events import (
+    AgentCreated,
+    AgentDestroyed,
+    AgentDrafted,
+    AgentPurged,
+    AgentStateChanged,
+)
 from hyperhive.common.wire.lifecycle import (
     AgentInfo,
     ApplyReply,
@@ -34,17 +41,12 @@ from hyperhive.common.wire.lifecycle import (
     NotesReply,
 )
 from hyperhive.common.wire.node import NodeAgentSpec, NodeExit, NodeListReply
+from hyperhive.common.wire.states import DESTROYING, REBUILDING, RESTARTING, STOPPING, AgentFlag
 from hyperhive.lifecycle import agentconf, creds, placement, ports, repos, store
 from hyperhive.lifecycle.backends.base import RUNNING
 from hyperhive.lifecycle.links import LocalLink, NodeLink, RemoteLink
 from hyperhive.lifecycle.node import NodeAgent, pack_tree
-from hyperhive.lifecycle.registry import (
-    DESTROYING,
-    REBUILDING,
-    RESTARTING,
-    STOPPING,
-    Registry,
-)
+from hyperhive.lifecycle.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +178,7 @@ class Lifecycle:
                     backend=self.backend_name,
                     node=self.local.node,
                 )
-                await outbox.add(conn, make_event(subjects.EV_AGENT_DRAFT, agent=name, head=head))
+                await outbox.add(conn, make_event(AgentDrafted(head=head), agent=name))
             self.reg.kick()
             await self.local.expose(name)
             return DraftInfo(name=name, created_at=row.created_at, head=head)
@@ -247,12 +249,10 @@ class Lifecycle:
                 store.RUNNING,
                 before=[
                     make_event(
-                        subjects.EV_AGENT_CREATED,
+                        AgentCreated(
+                            agent_kind=row.kind, port=row.port, backend=self.backend_name, node=node
+                        ),
                         agent=name,
-                        agent_kind=row.kind,
-                        port=row.port,
-                        backend=self.backend_name,
-                        node=node,
                     )
                 ],
             )
@@ -283,13 +283,8 @@ class Lifecycle:
                     await outbox.add(
                         conn,
                         make_event(
-                            subjects.EV_AGENT_STATE,
+                            AgentStateChanged(state=store.CREATING, seq=row.state_seq),
                             agent=name,
-                            state=store.CREATING,
-                            previous=None,
-                            flag=None,
-                            seq=row.state_seq,
-                            node=node,
                         ),
                     )
                 return row
@@ -373,7 +368,7 @@ class Lifecycle:
         return reply.state == RUNNING
 
     async def _after_failure(
-        self, conn: asyncpg.Connection, row: store.AgentRow, flag: str | None, exc: HiveError
+        self, conn: asyncpg.Connection, row: store.AgentRow, flag: AgentFlag | None, exc: HiveError
     ) -> None:
         """Records what the container is left in after a failed operation.
 
@@ -443,9 +438,9 @@ class Lifecycle:
                 raise
             await creds.revoke(self.settings, name, seed)
             await asyncio.to_thread(_remove_hub_files, self.paths(name), kept and link.shared)
-            after = [make_event(subjects.EV_AGENT_DESTROYED, agent=name, purged=purge)]
+            after = [make_event(AgentDestroyed(purged=purge), agent=name)]
             if purge:
-                after.append(make_event(subjects.EV_AGENT_PURGED, agent=name))
+                after.append(make_event(AgentPurged(), agent=name))
             await self.reg.record(
                 conn,
                 name,
@@ -474,7 +469,7 @@ class Lifecycle:
             await asyncio.to_thread(repos.remove, self.paths(name).root)
             async with conn.transaction():
                 await store.set_fields(conn, name, kept_state=False)
-                await outbox.add(conn, make_event(subjects.EV_AGENT_PURGED, agent=name))
+                await outbox.add(conn, make_event(AgentPurged(), agent=name))
             self.reg.kick()
 
     # --- what the nodes report ------------------------------------------------
@@ -610,4 +605,4 @@ def _du(root: Path) -> int:
     return total
 
 
-__all__ = ["DESTROYING", "REBUILDING", "RESTARTING", "STOPPING", "Lifecycle"]
+__all__ = ["Lifecycle"]

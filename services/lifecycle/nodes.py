@@ -35,7 +35,14 @@ from hyperhive.common import subjects
 from hyperhive.common.delivery import deliver
 from hyperhive.common.errors import HiveError
 from hyperhive.common.outbox import make_event
-from hyperhive.common.wire.events import NodeBack, NodeLost, SystemEvent
+from hyperhive.common.wire.events import (
+    NodeBack,
+    NodeBackEvent,
+    NodeJoinedEvent,
+    NodeLost,
+    NodeLostEvent,
+    SystemEvent,
+)
 from hyperhive.common.wire.join import JoinRequest
 from hyperhive.common.wire.node import NodeHeartbeat, NodeInfo
 from hyperhive.lifecycle import store
@@ -129,7 +136,7 @@ class Nodes:
             log.info("node %s joined (revision %s)", node, hb.revision)
             await self.reg.emit(
                 self.reg.pool,
-                [make_event(subjects.EV_NODE_JOINED, node=node, revision=hb.revision)],
+                [make_event(NodeJoinedEvent(node=node, revision=hb.revision))],
             )
         back = previous == store.NODE_LOST or node in self.reg.lost_nodes
         self._refresh_up()
@@ -177,11 +184,7 @@ class Nodes:
             self.reg.pool,
             [
                 make_event(
-                    subjects.EV_NODE_BACK,
-                    node=node,
-                    agents=names,
-                    adopted=adopted,
-                    restarted=restarted,
+                    NodeBackEvent(node=node, agents=names, adopted=adopted, restarted=restarted)
                 )
             ],
         )
@@ -197,7 +200,7 @@ class Nodes:
         self.reg.lost_nodes.discard(req.name)
         await self.reg.emit(
             self.reg.pool,
-            [make_event(subjects.EV_NODE_JOINED, node=req.name, hostname=req.hostname)],
+            [make_event(NodeJoinedEvent(node=req.name, hostname=req.hostname))],
         )
 
     # --- silence --------------------------------------------------------------
@@ -228,7 +231,7 @@ class Nodes:
             log.warning("node %s is lost (silent %.0fs); its agents: %s", node, silent, names)
             await self.reg.emit(
                 self.reg.pool,
-                [make_event(subjects.EV_NODE_LOST, node=node, agents=names, silent_s=silent)],
+                [make_event(NodeLostEvent(node=node, agents=names, silent_s=round(silent, 1)))],
             )
             last = self.beats.get(node)
             key = f"node-lost:{node}:{int(last.at) if last else 0}"

@@ -28,17 +28,16 @@ from hyperhive.common import outbox, subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import Conflict, HiveError, NotFound
 from hyperhive.common.outbox import OutboxRelay, make_event
-from hyperhive.common.wire.events import HiveEvent
+from hyperhive.common.wire.events import AgentStateChanged, HiveEvent
 from hyperhive.common.wire.lifecycle import AgentInfo, TransientFlag
 from hyperhive.common.wire.node import NodeAgentSpec
+from hyperhive.common.wire.states import (
+    AgentFlag,
+    AgentState,
+)
 from hyperhive.lifecycle import store
 
 log = logging.getLogger(__name__)
-
-STOPPING = "Stopping"
-RESTARTING = "Restarting"
-DESTROYING = "Destroying"
-REBUILDING = "Rebuilding"
 
 _LOCK_SPACE = 0x48495645  # "HIVE": first key of the per-agent advisory locks
 _encoder = msgspec.json.Encoder()
@@ -117,7 +116,7 @@ class Registry:
 
     @asynccontextmanager
     async def operation(
-        self, name: str, op: str, flag: str | None = None
+        self, name: str, op: str, flag: AgentFlag | None = None
     ) -> AsyncIterator[asyncpg.Connection]:
         """Runs one operation on ``name`` alone; yields the connection to use.
 
@@ -160,7 +159,7 @@ class Registry:
                 raise Conflict(f"agent {name} is busy in another lifecycle instance")
             await asyncio.sleep(0.1)
 
-    async def _set_flag(self, name: str, flag: str) -> None:
+    async def _set_flag(self, name: str, flag: AgentFlag) -> None:
         self._flags[name] = flag
         value = TransientFlag(flag=flag, since=time.time())
         await self.kv.put(subjects.flag_key(name), _encoder.encode(value))
@@ -202,9 +201,9 @@ class Registry:
         self,
         conn: asyncpg.Connection,
         name: str,
-        state: str,
+        state: AgentState,
         *,
-        flag: str | None = None,
+        flag: AgentFlag | None = None,
         always: bool = False,
         before: list[HiveEvent] | None = None,
         after: list[HiveEvent] | None = None,
@@ -228,13 +227,14 @@ class Registry:
             if changed:
                 events.append(
                     make_event(
-                        subjects.EV_AGENT_STATE,
+                        AgentStateChanged(
+                            state=state,
+                            previous=prev.state,
+                            flag=flag,
+                            seq=row.state_seq,
+                            **(data or {}),
+                        ),
                         agent=name,
-                        state=state,
-                        previous=prev.state,
-                        flag=flag,
-                        seq=row.state_seq,
-                        **(data or {}),
                     )
                 )
             events += after or []
@@ -258,4 +258,4 @@ class Registry:
             self.relay.kick()
 
 
-__all__ = ["DESTROYING", "REBUILDING", "RESTARTING", "STOPPING", "Registry"]
+__all__ = ["Registry"]
