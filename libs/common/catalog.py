@@ -165,7 +165,7 @@ def _entries() -> list[Entry]:
                 part,
                 w.Ping,
                 w.Pong,
-                "liveness, version, database reachability",
+                "liveness, version, database reachability, requests in flight",
             )
         )
     e += [
