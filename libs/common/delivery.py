@@ -73,7 +73,8 @@ async def submit(js: JetStreamContext, to: str, event: SystemEvent, key: str) ->
             headers=inject_headers({"Nats-Msg-Id": key}),
         )
     except NATS_DOWN as exc:
-        raise Unavailable(f"system event {key} not stored: {exc or type(exc).__name__}") from None
+        reason = str(exc) or type(exc).__name__
+        raise Unavailable(f"system event {key} not stored: {reason}") from None
 
 
 async def submit_until_stored(js: JetStreamContext, to: str, event: SystemEvent, key: str) -> None:
@@ -136,7 +137,9 @@ async def _drain(
     while not stop.is_set():
         try:
             msgs = await sub.fetch(batch=FETCH_BATCH, timeout=FETCH_WAIT_S)
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats-py raises its own or the builtin one
+            # nothing new; or the consumer is gone (NotFoundError: bound again)
+            await sub.consumer_info()
             continue
         for msg in msgs:
             await _one(msg, insert)
@@ -162,7 +165,7 @@ async def _one(msg: Msg, insert: Insert) -> None:
             "system event %s not in %s's inbox yet (%s); again in %.0fs",
             key,
             req.to,
-            exc or type(exc).__name__,
+            str(exc) or type(exc).__name__,
             wait,
         )
         await msg.nak(delay=wait)

@@ -114,7 +114,7 @@ async def follow(
             while True:
                 try:
                     msgs = await sub.fetch(batch=BATCH, timeout=WAIT_S)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats-py raises its own or the builtin one
                     # nothing new; or the consumer is gone (NotFoundError)
                     await js.consumer_info(subjects.EVENTS_STREAM, name)
                     continue
