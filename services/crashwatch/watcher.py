@@ -6,8 +6,9 @@ events as they happen. Each carries the agent's state sequence number, so an
 older poll reply never overrides a newer event. A change ``running`` →
 ``stopped``/``failed`` with no transient flag (in the event, or in the KV
 bucket) is a crash: the manager gets one ``ContainerCrash`` through the
-broker. A KV flag older than ``flag_max_age_s`` was left by a lifecycle that
-died mid-operation and hides nothing. The first poll only seeds the view.
+durable delivery path (:mod:`hyperhive.common.delivery`). A KV flag older
+than ``flag_max_age_s`` was left by a lifecycle that died mid-operation and
+hides nothing. The first poll only seeds the view.
 
 Stuck: an agent that runs but whose harness heartbeat (``heartbeat.<n>`` in
 the KV bucket) is older than ``heartbeat_timeout_s``, whose heartbeat says the
@@ -26,23 +27,21 @@ from dataclasses import dataclass
 
 import msgspec
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from hyperhive.common import rpc, subjects
+from hyperhive.common import delivery, rpc, subjects
 from hyperhive.common.config import Settings
-from hyperhive.common.errors import HiveError, Unavailable
+from hyperhive.common.errors import HiveError
 from hyperhive.common.outbox import make_event
-from hyperhive.common.wire.broker import DeliverRequest, SendReply
 from hyperhive.common.wire.events import (
     AgentStateChanged,
     AgentStuck,
     ContainerCrash,
     CrashDetected,
+    HiveEvent,
     StuckDetected,
     SystemEvent,
-    decode_event,
     encode_event,
     event_data,
 )
@@ -58,7 +57,6 @@ from hyperhive.common.wire.states import DOWN_STATES, RUNNING, AgentFlag, AgentS
 
 log = logging.getLogger(__name__)
 
-DELIVER_ATTEMPTS = 6
 HEARTBEAT_SKEW_S = 5.0  # a heartbeat this much older than the start still counts
 
 
@@ -112,12 +110,8 @@ class CrashWatch:
         await self.check_stuck(reply.agents)
         self.polls += 1
 
-    async def on_event(self, msg: Msg) -> None:
+    async def on_event(self, _seq: int, ev: HiveEvent) -> None:
         """An ``agent.state`` event from lifecycle."""
-        try:
-            ev = decode_event(msg.data)
-        except msgspec.DecodeError:
-            return
         data = event_data(ev)
         if ev.agent is None or not isinstance(data, AgentStateChanged):
             return
@@ -267,26 +261,10 @@ class CrashWatch:
             return
         # the manager cannot act on its own crash: tell the operator instead
         to = subjects.OPERATOR if name == self.manager else self.manager
-        delay = 0.5
-        for attempt in range(1, DELIVER_ATTEMPTS + 1):
-            try:
-                await rpc.request(
-                    self.nc,
-                    subjects.system("broker", "deliver"),
-                    DeliverRequest(to=to, event=event, idempotency_key=key),
-                    SendReply,
-                    timeout=self.settings.nats.request_timeout_s,
-                )
-                return
-            except (Unavailable, TimeoutError) as exc:
-                if attempt == DELIVER_ATTEMPTS:
-                    log.error("could not deliver %s about %s: %s", kind, name, exc)
-                    return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-            except HiveError as exc:
-                log.error("broker refused %s about %s: %s", kind, name, exc)
-                return
+        # retried until JetStream holds it; from there the broker takes it
+        # whenever it runs (however long it was away)
+        await delivery.submit_until_stored(self.js, to, event, key)
+        log.info("%s about %s stored for %s", kind, name, to)
 
     def status(self) -> WatchStatus:
         return WatchStatus(
