@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from hyperhive.common import retry
 from hyperhive.common.config import UpSettings
 from hyperhive.common.errors import HiveError, Unavailable
 
@@ -73,7 +74,7 @@ class RestartPolicy:
         """The wait before a restart when ``recent`` restarts happened in the window."""
         if recent <= 0:
             return 0.0
-        return min(self.backoff_cap_s, self.backoff_s * 2 ** (recent - 1))
+        return retry.Backoff(self.backoff_s, self.backoff_cap_s, jitter=False).delay(recent)
 
 
 def describe_returncode(code: int | None) -> str:

@@ -242,7 +242,7 @@ def _entries() -> list[Entry]:
                 part,
                 w.Ping,
                 w.Pong,
-                "liveness, version, database reachability",
+                "liveness, version, database reachability, requests in flight",
             )
         )
     e += [
@@ -457,7 +457,19 @@ def _entries() -> list[Entry]:
             "broker",
             w.DeliverRequest,
             w.SendReply,
-            "a system event into an agent's inbox",
+            "a system event into an agent's inbox, now (the services use "
+            f"`{s.DELIVERIES}` instead)",
+        ),
+        Entry(
+            s.DELIVERIES,
+            "publish",
+            f"stream {s.DELIVERIES_STREAM}",
+            w.DeliverRequest,
+            None,
+            "every system event for an inbox (crash-watch, approvals), with its idempotency "
+            "key as `Nats-Msg-Id`; the broker's durable consumer "
+            f"`{s.DELIVERIES_CONSUMER}` inserts each once and acks it after the commit, so "
+            "an event survives a broker outage of any length",
         ),
         Entry(
             s.BROKER_WAKE,
@@ -548,9 +560,11 @@ def _entries() -> list[Entry]:
             "stream HIVE_EVENTS",
             w.HiveEvent,
             None,
-            "`hive tail` (the operator's `.tail`): an ephemeral pull consumer on HIVE_EVENTS "
-            "filtered to `message.*`, from now or from a start time (`--since`); after a "
-            "reconnect a new consumer resumes after the last record, so nothing is missed",
+            "`hive tail` (the operator's `.tail`): the follower of HIVE_EVENTS "
+            "(`hyperhive.common.follow`) filtered to `message.*`, from now or from a start "
+            "time (`--since`); after a reconnect it resumes after the last record, so nothing "
+            "is missed. The dashboard (everything), the broker (`agent.created`, "
+            "`agent.destroyed`) and crash-watch (`agent.state`) follow the same way",
         ),
         Entry(
             " ".join(

@@ -6,9 +6,8 @@ from typing import Final
 
 from nats.aio.client import Client as NATS
 
-from hyperhive.common import rpc, subjects
+from hyperhive.common import delivery, rpc, subjects
 from hyperhive.common.errors import NotFound
-from hyperhive.common.wire.broker import DeliverRequest, SendReply
 from hyperhive.common.wire.events import SystemEvent
 from hyperhive.common.wire.lifecycle import (
     AgentInfo,
@@ -86,11 +85,10 @@ class Peers:
         )
 
     async def deliver(self, event: SystemEvent, key: str) -> None:
-        """Puts a system event into the manager's inbox (deduplicated by ``key``)."""
-        await rpc.request(
-            self._nc,
-            subjects.system("broker", "deliver"),
-            DeliverRequest(to=subjects.MANAGER, event=event, idempotency_key=key),
-            SendReply,
-            timeout=QUICK_TIMEOUT_S,
-        )
+        """Hands a system event for the manager's inbox to the durable delivery
+        path (deduplicated by ``key``); the broker inserts it whenever it runs.
+
+        Raises:
+            Unavailable: not stored yet; the caller keeps it and tries again.
+        """
+        await delivery.submit(self._nc.jetstream(), subjects.MANAGER, event, key)

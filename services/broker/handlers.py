@@ -207,7 +207,15 @@ class Broker:
         )
 
     async def deliver(self, req: DeliverRequest, _call: Call) -> SendReply:
-        """``hive.system.broker.deliver``: a system event into an inbox."""
+        """``hive.system.broker.deliver``: a system event into an inbox, now.
+
+        The services hand their events to ``HIVE_DELIVERIES`` instead
+        (:mod:`hyperhive.common.delivery`), which ends in :meth:`deliver_event`.
+        """
+        return await self.deliver_event(req)
+
+    async def deliver_event(self, req: DeliverRequest) -> SendReply:
+        """A system event into an inbox, stored once per idempotency key."""
         self._check_key(req.idempotency_key)
         await self._check_recipient(req.to)
         body = render_event(req.event)

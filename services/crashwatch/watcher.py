@@ -6,17 +6,15 @@ events as they happen. Each carries the agent's state sequence number, so an
 older poll reply never overrides a newer event. A change ``running`` →
 ``stopped``/``failed`` with no transient flag (in the event, or in the KV
 bucket) is a crash: the manager gets one ``ContainerCrash`` through the
-broker. A KV flag older than ``flag_max_age_s`` was left by a lifecycle that
-died mid-operation and hides nothing. The first poll only seeds the view.
+durable delivery path (:mod:`hyperhive.common.delivery`). A KV flag older
+than ``flag_max_age_s`` was left by a lifecycle that died mid-operation and
+hides nothing. The first poll only seeds the view.
 
 Stuck: an agent that runs but whose harness heartbeat (``heartbeat.<n>`` in
 the KV bucket) is older than ``heartbeat_timeout_s``, whose heartbeat says the
 API refused its credentials (``login_needed``), or whose current turn began
 more than ``turn_limit_s`` ago, gets one ``AgentStuck`` per episode.
-Nothing is stopped automatically: the manager decides. Agents on every node
-are watched alike: a node agent reports a container's exit at once and the
-control half records it as an ``agent.state`` event (lifecycle's
-``nodes.py``); an agent whose node is lost is not reported stuck.
+Nothing is stopped automatically: the manager decides.
 """
 
 from __future__ import annotations
@@ -29,13 +27,11 @@ from dataclasses import dataclass
 
 import msgspec
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from hyperhive.common import rpc, subjects
+from hyperhive.common import delivery, rpc, subjects
 from hyperhive.common.config import Settings
-from hyperhive.common.delivery import deliver
 from hyperhive.common.errors import HiveError
 from hyperhive.common.outbox import make_event
 from hyperhive.common.wire.events import (
@@ -43,9 +39,9 @@ from hyperhive.common.wire.events import (
     AgentStuck,
     ContainerCrash,
     CrashDetected,
+    HiveEvent,
     StuckDetected,
     SystemEvent,
-    decode_event,
     encode_event,
     event_data,
 )
@@ -114,12 +110,8 @@ class CrashWatch:
         await self.check_stuck(reply.agents)
         self.polls += 1
 
-    async def on_event(self, msg: Msg) -> None:
+    async def on_event(self, _seq: int, ev: HiveEvent) -> None:
         """An ``agent.state`` event from lifecycle."""
-        try:
-            ev = decode_event(msg.data)
-        except msgspec.DecodeError:
-            return
         data = event_data(ev)
         if ev.agent is None or not isinstance(data, AgentStateChanged):
             return
@@ -271,14 +263,10 @@ class CrashWatch:
             return
         # the manager cannot act on its own crash: tell the operator instead
         to = subjects.OPERATOR if name == self.manager else self.manager
-        await deliver(
-            self.nc,
-            to,
-            event,
-            key,
-            timeout=self.settings.nats.request_timeout_s,
-            what=f"{kind} about {name}",
-        )
+        # retried until JetStream holds it; from there the broker takes it
+        # whenever it runs (however long it was away)
+        await delivery.submit_until_stored(self.js, to, event, key)
+        log.info("%s about %s stored for %s", kind, name, to)
 
     def status(self) -> WatchStatus:
         return WatchStatus(

@@ -1,27 +1,25 @@
 """One HIVE_EVENTS consumer, fanned out in-process to every SSE client.
 
-A JetStream ordered consumer replays the tail of ``HIVE_EVENTS`` at start
-(backfill) and then follows it live. Each record is encoded once into an SSE
-frame and appended to a ring; clients keep a cursor into the ring and are
-woken together at most every ``coalesce`` seconds, so 200 browsers cost one
+One follower (:func:`hyperhive.common.follow.follow`) replays the tail of
+``HIVE_EVENTS`` at start (backfill) and then follows it live. Each record is
+encoded once into an SSE frame and appended to a ring; clients keep a cursor
+into the ring and are woken together at most every ``coalesce`` seconds, so 200 browsers cost one
 subscription and a few hundred small writes per second, not one consumer each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-import msgspec
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from hyperhive.common import activity, subjects
+from hyperhive.common import activity, follow, subjects
 from hyperhive.common.errors import HiveError
 from hyperhive.common.wire.events import (
     ApprovalEventData,
@@ -29,7 +27,6 @@ from hyperhive.common.wire.events import (
     MessageEventData,
     QuestionAnswered,
     QuestionAsked,
-    decode_event,
     event_data,
 )
 
@@ -144,7 +141,7 @@ class EventHub:
         self.changes = Ring(ring)
         self._wake = asyncio.Event()
         self._wake_pending = False
-        self._sub: JetStreamContext.PushSubscription | None = None
+        self._follower: asyncio.Task[None] | None = None
         self.closed = False
         self.listeners: list[Callable[[HiveEvent], None]] = []
         # the activity timeline, newest last: the last day read at start, then live
@@ -167,36 +164,21 @@ class EventHub:
             self._activity.extend(older)
             self._activity_ready = True
         info = await self._js.stream_info(subjects.EVENTS_STREAM)
-        start = max(1, info.state.last_seq - self._backfill_events + 1)
-        self._sub = await self._js.subscribe(
-            subjects.EVENTS_ALL,
-            stream=subjects.EVENTS_STREAM,
-            cb=self._on_msg,
-            ordered_consumer=True,
-            idle_heartbeat=5.0,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
-            ),
-            pending_msgs_limit=1_000_000,
+        after = max(0, info.state.last_seq - self._backfill_events)
+        self._follower = await follow.start_following(
+            self._js, self._on_event, after_seq=after, name="dashboard-events"
         )
 
     async def stop(self) -> None:
         """Ends every SSE stream and the subscription."""
         self.closed = True
         self._notify()
-        if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception as exc:  # connection already gone at shutdown
-                log.debug("unsubscribe failed: %s", exc)
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._follower
 
-    async def _on_msg(self, msg: Msg) -> None:
-        try:
-            ev = decode_event(msg.data)
-        except msgspec.DecodeError:
-            log.warning("undecodable record on %s", msg.subject)
-            return
-        seq = msg.metadata.sequence.stream
+    def _on_event(self, seq: int, ev: HiveEvent) -> None:
         self.publish(ev, seq)
 
     def publish(self, ev: HiveEvent, seq: int) -> None:

@@ -23,7 +23,6 @@ import collections
 import contextlib
 import dataclasses
 import logging
-import random
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -34,8 +33,8 @@ from nats.aio.client import Client as NATS
 from opentelemetry import trace
 from opentelemetry.context import Context
 
-from hyperhive.common import rpc, subjects
-from hyperhive.common.errors import HiveError
+from hyperhive.common import retry, rpc, subjects
+from hyperhive.common.errors import BadRequest, Forbidden, HiveError, NotFound
 from hyperhive.common.redact import mask_data
 from hyperhive.common.telemetry import current_traceparent, traceparent_context
 from hyperhive.common.wire.base import Ok
@@ -634,7 +633,7 @@ class Harness:
             log.warning("recv failed (%d): %s", self._recv_failures, exc)
             if self._recv_failures >= 3 and self.turn_started is None:
                 await self._set_state(OFFLINE)
-            await asyncio.sleep(min(5.0, 0.5 * self._recv_failures))
+            await asyncio.sleep(retry.RECV.delay(self._recv_failures))
             return None
         self._recv_failures = 0
         if self.state == OFFLINE:
@@ -815,21 +814,23 @@ class Harness:
 
     async def _ack(self, message_id: int) -> None:
         """Acks with retries; if the broker stays away it redelivers later (at least once)."""
-        for attempt in range(ACK_ATTEMPTS):
-            try:
-                await rpc.request(
+        try:
+            await retry.retry(
+                lambda: rpc.request(
                     self.nc,
                     subjects.agent(self.cfg.agent, subjects.AGENT_ACK),
                     AckRequest(id=message_id),
                     Ok,
                     timeout=self.cfg.settings.nats.request_timeout_s,
-                )
-                return
-            except HiveError as exc:
-                log.warning("ack of %d failed (attempt %d): %s", message_id, attempt + 1, exc)
-                if exc.code in ("not_found", "bad_request", "forbidden"):
-                    return
-                await asyncio.sleep(0.5 * (attempt + 1))
+                ),
+                retry.ACK,
+                on=(HiveError,),
+                give_up=lambda exc: isinstance(exc, BadRequest | NotFound | Forbidden),
+                tries=ACK_ATTEMPTS,
+                what=f"ack of {message_id}",
+            )
+        except HiveError as exc:
+            log.warning("ack of %d not done: %s", message_id, exc)
 
     # --- heartbeat -------------------------------------------------------------
 
@@ -854,8 +855,7 @@ def backoff_s(attempt: int, base_s: float, max_s: float, hint_s: float = 0.0) ->
     a row: ``base_s`` doubled per attempt up to ``max_s``, jittered down to half
     of that, and never shorter than ``hint_s`` (the API's ``retry-after`` as
     claude saw it, believed up to an hour)."""
-    ceiling = min(max_s, base_s * 2 ** max(0, attempt - 1))
-    return max(random.uniform(ceiling / 2, ceiling), min(hint_s, MAX_RETRY_AFTER_S))
+    return retry.Backoff(base_s, max_s).delay(attempt, hint_s=min(hint_s, MAX_RETRY_AFTER_S))
 
 
 async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:

@@ -31,8 +31,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
-from hyperhive.common import subjects
-from hyperhive.common.delivery import deliver
+from hyperhive.common import delivery, subjects
 from hyperhive.common.errors import HiveError
 from hyperhive.common.outbox import make_event
 from hyperhive.common.wire.events import (
@@ -188,8 +187,9 @@ class Nodes:
                 )
             ],
         )
-        key = f"node-back:{node}:{int(self.beats[node].at)}" if node in self.beats else ""
-        await self._deliver(NodeBack(node=node, agents=names, restarted=restarted), key)
+        at = self.beats[node].at if node in self.beats else time.time()
+        event = NodeBack(node=node, agents=names, restarted=restarted)
+        self._spawn(self._deliver(event, f"node-back:{node}:{int(at)}"), f"deliver-back-{node}")
 
     async def register_join(self, req: JoinRequest) -> None:
         """A machine joins as node ``req.name`` (the join handler, before its
@@ -235,20 +235,15 @@ class Nodes:
             )
             last = self.beats.get(node)
             key = f"node-lost:{node}:{int(last.at) if last else 0}"
-            await self._deliver(NodeLost(node=node, agents=names, silent_s=round(silent, 1)), key)
+            event = NodeLost(node=node, agents=names, silent_s=round(silent, 1))
+            self._spawn(self._deliver(event, key), f"deliver-lost-{node}")
 
     async def _deliver(self, event: SystemEvent, key: str) -> None:
-        """Into the manager's inbox through the broker (retried, deduplicated)."""
+        """Into the manager's inbox, through the durable delivery path
+        (:mod:`hyperhive.common.delivery`; the key makes it once)."""
         if not self.lc.manager:
             return
-        await deliver(
-            self.nc,
-            self.lc.manager,
-            event,
-            key,
-            timeout=self.lc.settings.nats.request_timeout_s,
-            what=type(event).__name__,
-        )
+        await delivery.submit_until_stored(self.nc.jetstream(), self.lc.manager, event, key)
 
     # --- hive nodes -----------------------------------------------------------
 

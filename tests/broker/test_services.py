@@ -267,9 +267,10 @@ async def test_broker_instances_wake_each_others_waiting_recvs(hive: Hive, nats_
 async def test_two_broker_instances_serve_the_same_inboxes(hive: Hive):
     a, na = await hive.spawn()
     b, nb = await hive.spawn()
-    async with rig.running_service("broker", hive.settings):
+    async with rig.running_service("broker", hive.settings) as second:
         waiting = [asyncio.create_task(recv(nb, b, wait_ms=60_000)) for _ in range(6)]
-        await asyncio.sleep(0.3)  # let them wait, spread over both instances
+        # all six wait, spread over both instances, before anything is sent
+        await rig.eventually(lambda: hive.handling(6, second), what="six recvs waiting")
         sent = {(await send(na, a, b, f"m{i}")).id for i in range(6)}
         async with asyncio.timeout(30):
             replies = await asyncio.gather(*waiting)
