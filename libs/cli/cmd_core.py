@@ -19,7 +19,7 @@ from hyperhive.common.wire.base import Ping, Pong
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run one service (what each systemd unit runs)")
-    p.add_argument("part", choices=subjects.SERVICES)
+    p.add_argument("part", choices=(*subjects.SERVICES, subjects.NODE_SERVICE))
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("up", help="run the whole hive here: embedded NATS + Postgres + services")

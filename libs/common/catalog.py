@@ -396,6 +396,14 @@ def _entries() -> list[Entry]:
             "two-step spawn drafts",
         ),
         Entry(
+            s.admin("lifecycle", "nodes"),
+            "request",
+            "lifecycle",
+            w.Empty,
+            w.NodesReply,
+            "the nodes (hosts that run agents): state (up/lost), agents, load, revision",
+        ),
+        Entry(
             s.admin("approvals", "list"),
             "request",
             "approvals",
@@ -537,6 +545,7 @@ def _entries() -> list[Entry]:
             w.DraftsReply,
             "list drafts",
         ),
+        *_node_entries(),
         Entry(
             s.EVENTS_ALL,
             "publish",
@@ -559,7 +568,8 @@ def _entries() -> list[Entry]:
         ),
         Entry(
             " ".join(
-                s.event_family(f) for f in ("agent", "approval", "question", "crash", "stuck")
+                s.event_family(f)
+                for f in ("agent", "approval", "question", "crash", "stuck", "node")
             ),
             "consumer",
             "stream HIVE_EVENTS",
@@ -571,6 +581,56 @@ def _entries() -> list[Entry]:
         ),
     ]
     return e + _page_relay()
+
+
+def _node(verb: str) -> str:
+    return s.node("N", verb).replace(".N.", ".<node>.")
+
+
+def _node_entries() -> list[Entry]:
+    """Control half → node agent (``hive serve node``; the hub's runs in lifecycle)."""
+    verbs: dict[str, tuple[type[msgspec.Struct], type[msgspec.Struct], str]] = {
+        "create": (
+            w.NodeDeployRequest,
+            w.NodeStateReply,
+            "build an agent's container "
+            "from the deployed tree (and its NATS seed) carried in the request",
+        ),
+        "start": (
+            w.NodeAgentRequest,
+            w.NodeStateReply,
+            "start a container (a running one is only watched from then on: adoption)",
+        ),
+        "stop": (w.NodeStopRequest, w.NodeStateReply, "stop a container (kill: at once)"),
+        "restart": (w.NodeAgentRequest, w.NodeStateReply, "restart a container"),
+        "destroy": (
+            w.NodeDestroyRequest,
+            w.NodeDestroyReply,
+            "remove a container and the "
+            "agent's files on the node (its state dir is kept unless purged)",
+        ),
+        "update": (w.NodeDeployRequest, w.NodeStateReply, "rebuild from a new deployed tree"),
+        "state": (w.NodeAgentRequest, w.NodeStateReply, "running, stopped or missing"),
+        "logs": (w.NodeLogsRequest, w.LogsReply, "a container's harness log"),
+        "expose": (w.NodeExposeRequest, w.Ok, "show an agent to the manager on this node"),
+        "list": (w.Empty, w.NodeListReply, "the containers the node holds (adoption)"),
+    }
+    entries = [
+        Entry(_node(verb), "request", "node agent", req, reply, what)
+        for verb, (req, reply, what) in verbs.items()
+    ]
+    entries.append(
+        Entry(
+            s.kv_subject(s.node_key("N")).replace(".N", ".<node>"),
+            "publish",
+            "KV hive_state",
+            w.NodeHeartbeat,
+            None,
+            "node agent heartbeat (every node.heartbeat_interval_s, and at once when a "
+            "container stops by itself); lifecycle's control half watches it",
+        )
+    )
+    return entries
 
 
 CATALOG: tuple[Entry, ...] = tuple(_entries())

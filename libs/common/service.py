@@ -53,6 +53,9 @@ class ServiceSpec:
     schema: str | None  # its Postgres schema; None: no database
     # its pooled connections hold no session state (see db.create_pool)
     keep_session: bool = False
+    # a hub service: sets up the streams and the state bucket and answers
+    # ``hive.admin.<part>.ping``; a node agent (False) only needs its own subjects
+    hub: bool = True
 
 
 SPECS: dict[str, ServiceSpec] = {
@@ -63,9 +66,10 @@ SPECS: dict[str, ServiceSpec] = {
         ServiceSpec("approvals", "hyperhive.approvals.service", "approvals"),
         ServiceSpec("crash-watch", "hyperhive.crashwatch.service", None),
         ServiceSpec("dashboard", "hyperhive.dashboard.service", None),
+        ServiceSpec(subjects.NODE_SERVICE, "hyperhive.lifecycle.nodeservice", None, hub=False),
     )
 }
-assert tuple(SPECS) == subjects.SERVICES
+assert tuple(p for p in SPECS if p != subjects.NODE_SERVICE) == subjects.SERVICES
 
 
 def hyperhive_version() -> str:
@@ -83,7 +87,7 @@ class Runtime:
     settings: Settings
     nc: NATS
     js: JetStreamContext
-    kv: KeyValue
+    kv: KeyValue | None  # None for a node agent (no state bucket set up)
     responder: Responder
     stack: AsyncExitStack
     stop: asyncio.Event
@@ -137,8 +141,10 @@ async def run(
         nc = await connect(settings.nats, name=f"hive-{part}")
         stack.push_async_callback(_drain, nc)
         js = nc.jetstream()
-        await ensure_streams(js)
-        kv = await ensure_state_bucket(js)
+        kv = None
+        if spec.hub:
+            await ensure_streams(js)
+            kv = await ensure_state_bucket(js)
         pool = outbox = None
         if spec.schema:
             pool = await create_pool(settings.database, spec.schema, keep_session=spec.keep_session)
@@ -172,7 +178,8 @@ async def run(
                 in_flight=responder.in_flight,
             )
 
-        await responder.serve(subjects.admin(part, "ping"), Ping, ping)
+        if spec.hub:
+            await responder.serve(subjects.admin(part, "ping"), Ping, ping)
         await module.start(rt)
         await sync_subscriptions(nc)  # live on the server before "ready"
         log.info("serving", extra={"service": part})

@@ -9,7 +9,7 @@ from litestar.enums import MediaType
 from litestar.params import FromPath, FromQuery
 
 from hyperhive.common.errors import BadRequest, HiveError
-from hyperhive.common.names import check_agent_name
+from hyperhive.common.names import check_agent_name, check_node_name
 from hyperhive.common.wire.base import Ok
 from hyperhive.common.wire.broker import HistoryReply, InboxRequest
 from hyperhive.common.wire.lifecycle import (
@@ -40,10 +40,14 @@ async def spawn(request: Request[Any, Any, Any]) -> Response[Any]:
     async def work() -> str:
         name = check_agent_name(field(fields, "name"))
         reuse = field(fields, "reuse_state", "on") == "on"
+        host = field(fields, "host", "").strip()
         info = await deps(request).hive.act(
-            "lifecycle", "spawn", SpawnRequest(name=name, reuse_state=reuse), AgentInfo
+            "lifecycle",
+            "spawn",
+            SpawnRequest(name=name, reuse_state=reuse, host=check_node_name(host) if host else ""),
+            AgentInfo,
         )
-        return f"Spawned {info.name}: {info.state} on port {info.port}"
+        return f"Spawned {info.name}: {info.state} on {info.node}, port {info.port}"
 
     return await act(request, work(), section="containers", refresh=REFRESH)
 

@@ -183,9 +183,11 @@ def build_server(settings: Settings, traceparent: str = "") -> tuple[MCPServer, 
 
 def _add_manager_tools(server: MCPServer, bridge: Bridge) -> None:
     @server.tool()
-    async def request_spawn(name: str) -> dict[str, Any]:
-        """Ask the operator for a new agent with the default config (answer: SpawnResolved)."""
-        r = await bridge.call("request_spawn", SpawnToolRequest(name=name), ApprovalQueued)
+    async def request_spawn(name: str, host: str = "") -> dict[str, Any]:
+        """Ask the operator for a new agent with the default config (answer: SpawnResolved);
+        host: the node to run it on (empty: the hive picks the least busy one)."""
+        req = SpawnToolRequest(name=name, host=host)
+        r = await bridge.call("request_spawn", req, ApprovalQueued)
         return _plain(r)
 
     @server.tool()
@@ -195,9 +197,10 @@ def _add_manager_tools(server: MCPServer, bridge: Bridge) -> None:
         return _plain(r)
 
     @server.tool()
-    async def request_spawn_commit(name: str, commit_ref: str) -> dict[str, Any]:
-        """Two-step spawn, step two: submit the draft's commit for the operator's approval."""
-        req = SpawnCommitRequest(name=name, commit_ref=commit_ref)
+    async def request_spawn_commit(name: str, commit_ref: str, host: str = "") -> dict[str, Any]:
+        """Two-step spawn, step two: submit the draft's commit for the operator's approval
+        (host: the node to run it on; empty: the hive picks)."""
+        req = SpawnCommitRequest(name=name, commit_ref=commit_ref, host=host)
         return _plain(await bridge.call("request_spawn_commit", req, ApprovalQueued))
 
     @server.tool()

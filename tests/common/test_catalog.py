@@ -50,6 +50,8 @@ def _as_listed(subject: str) -> str:
     """A served pattern as the catalog writes it (``<n>`` for any agent; the
     manager tools, served for every agent so others hear why not, under hm1nd)."""
     parts = subject.split(".")
+    if parts[:2] == ["hive", "node"]:  # the hub's own node agent, named by settings
+        parts[2] = "<node>"
     if parts[:2] == ["hive", "agent"] and parts[2] == "*":
         parts[2] = subjects.MANAGER if parts[3] in subjects.MANAGER_TOOLS else "<n>"
     return ".".join(parts)
