@@ -881,6 +881,8 @@ def run() -> int:
     result: dict[str, object] = {}
     try:
         result = asyncio.run(main())
+    except SystemExit:  # --help, or a bad argument: argparse has said why
+        raise
     except BaseException as exc:  # even Ctrl-C or a crash: the JSON line comes last
         traceback.print_exc()
         result.setdefault("error", f"{type(exc).__name__}: {exc}")
