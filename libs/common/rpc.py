@@ -32,7 +32,7 @@ from hyperhive.common.errors import (
     Unavailable,
     from_code,
 )
-from hyperhive.common.telemetry import extract_context, inject_headers
+from hyperhive.common.telemetry import extract_context, inject_headers, span
 from hyperhive.common.wire.base import ErrorInfo, ErrorReply
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ async def request(
         Unavailable: nobody serves ``subject`` or the connection is down.
         HiveError: the service replied with an error (its subclass by code).
     """
-    with tracer.start_as_current_span(f"request {subject}", kind=trace.SpanKind.PRODUCER) as span:
+    with span(tracer, f"request {subject}", kind=trace.SpanKind.PRODUCER) as current:
         try:
             msg = await _request_once(nc, subject, encode(payload), timeout)
         except nats.errors.NoRespondersError:
@@ -115,7 +115,7 @@ async def request(
         try:
             return decode_reply(msg.data, reply)
         except HiveError as exc:
-            span.set_attribute("hive.error", exc.code)
+            current.set_attribute("hive.error", exc.code)
             raise
 
 
@@ -216,9 +216,7 @@ class Responder:
     async def _run(self, msg: Msg, dec: msgspec.json.Decoder[Any], handler: Handler) -> None:
         headers = dict(msg.headers or {})
         ctx = extract_context(headers)
-        with tracer.start_as_current_span(
-            f"handle {msg.subject}", context=ctx, kind=trace.SpanKind.CONSUMER
-        ):
+        with span(tracer, f"handle {msg.subject}", parent=ctx, kind=trace.SpanKind.CONSUMER):
             try:
                 try:
                     req = dec.decode(msg.data or b"{}")

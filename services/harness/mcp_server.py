@@ -30,7 +30,7 @@ from hyperhive.common import rpc, subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import HiveError
 from hyperhive.common.natsconn import connect
-from hyperhive.common.telemetry import setup_tracing, traceparent_context
+from hyperhive.common.telemetry import setup_tracing, span, traceparent_context
 from hyperhive.common.wire.approvals import (
     ApplyCommitRequest,
     ApprovalQueued,
@@ -96,9 +96,7 @@ class Bridge:
     ) -> R:
         """``hive.agent.<self>.<verb>`` → the reply, or a ToolError with the service's message."""
         nc = await self.nc()
-        with tracer.start_as_current_span(
-            f"tool {verb}", context=self.parent, kind=trace.SpanKind.SERVER
-        ):
+        with span(tracer, f"tool {verb}", parent=self.parent, kind=trace.SpanKind.SERVER):
             try:
                 return await rpc.request(
                     nc,
