@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -22,7 +23,6 @@ from nats.aio.subscription import Subscription
 from opentelemetry import trace
 
 from hyperhive.common import actor, subjects
-from hyperhive.common.db import is_connection_error
 from hyperhive.common.errors import (
     BadRequest,
     Forbidden,
@@ -175,6 +175,16 @@ def manager_only(handler: Handler, manager: str = subjects.MANAGER) -> Handler:
     return guarded
 
 
+def _database_down(exc: BaseException) -> bool:
+    """``db.is_connection_error``, without importing asyncpg (15 MB) into a
+    process that has no database: there, no error comes from it."""
+    if "hyperhive.common.db" not in sys.modules:
+        return isinstance(exc, ConnectionError)
+    from hyperhive.common.db import is_connection_error
+
+    return is_connection_error(exc)
+
+
 def error_reply(exc: HiveError) -> bytes:
     return _encoder.encode(ErrorReply(error=ErrorInfo(code=exc.code, message=exc.message)))
 
@@ -228,7 +238,7 @@ class Responder:
             except HiveError as exc:
                 data = error_reply(exc)
             except Exception as exc:
-                if is_connection_error(exc):
+                if _database_down(exc):
                     # PostgreSQL down or restarting: the caller may retry
                     reason = (str(exc) or type(exc).__name__).splitlines()[0]
                     log.warning("database unavailable for %s: %s", msg.subject, reason)
