@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -22,7 +23,6 @@ from nats.aio.subscription import Subscription
 from opentelemetry import trace
 
 from hyperhive.common import actor, retry, subjects
-from hyperhive.common.db import is_connection_error
 from hyperhive.common.errors import (
     BadRequest,
     Forbidden,
@@ -32,7 +32,7 @@ from hyperhive.common.errors import (
     Unavailable,
     from_code,
 )
-from hyperhive.common.telemetry import extract_context, inject_headers
+from hyperhive.common.telemetry import extract_context, inject_headers, span
 from hyperhive.common.wire.base import ErrorInfo, ErrorReply
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ async def request(
         Unavailable: nobody serves ``subject`` or the connection is down.
         HiveError: the service replied with an error (its subclass by code).
     """
-    with tracer.start_as_current_span(f"request {subject}", kind=trace.SpanKind.PRODUCER) as span:
+    with span(tracer, f"request {subject}", kind=trace.SpanKind.PRODUCER) as current:
         try:
             msg = await _request_once(nc, subject, encode(payload), timeout)
         except nats.errors.NoRespondersError:
@@ -115,7 +115,7 @@ async def request(
         try:
             return decode_reply(msg.data, reply)
         except HiveError as exc:
-            span.set_attribute("hive.error", exc.code)
+            current.set_attribute("hive.error", exc.code)
             raise
 
 
@@ -169,6 +169,16 @@ def manager_only(handler: Handler, manager: str = subjects.MANAGER) -> Handler:
     return guarded
 
 
+def _database_down(exc: BaseException) -> bool:
+    """``db.is_connection_error``, without importing asyncpg (15 MB) into a
+    process that has no database: there, no error comes from it."""
+    if "hyperhive.common.db" not in sys.modules:
+        return isinstance(exc, ConnectionError)
+    from hyperhive.common.db import is_connection_error
+
+    return is_connection_error(exc)
+
+
 def error_reply(exc: HiveError) -> bytes:
     return _encoder.encode(ErrorReply(error=ErrorInfo(code=exc.code, message=exc.message)))
 
@@ -210,9 +220,7 @@ class Responder:
     async def _run(self, msg: Msg, dec: msgspec.json.Decoder[Any], handler: Handler) -> None:
         headers = dict(msg.headers or {})
         ctx = extract_context(headers)
-        with tracer.start_as_current_span(
-            f"handle {msg.subject}", context=ctx, kind=trace.SpanKind.CONSUMER
-        ):
+        with span(tracer, f"handle {msg.subject}", parent=ctx, kind=trace.SpanKind.CONSUMER):
             try:
                 try:
                     req = dec.decode(msg.data or b"{}")
@@ -224,7 +232,7 @@ class Responder:
             except HiveError as exc:
                 data = error_reply(exc)
             except Exception as exc:
-                if is_connection_error(exc):
+                if _database_down(exc):
                     # PostgreSQL down or restarting: the caller may retry
                     reason = (str(exc) or type(exc).__name__).splitlines()[0]
                     log.warning("database unavailable for %s: %s", msg.subject, reason)

@@ -30,7 +30,7 @@ from hyperhive.common import rpc, subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import HiveError
 from hyperhive.common.natsconn import connect
-from hyperhive.common.telemetry import setup_tracing, traceparent_context
+from hyperhive.common.telemetry import setup_tracing, span, traceparent_context
 from hyperhive.common.wire.approvals import (
     ApplyCommitRequest,
     ApprovalQueued,
@@ -49,20 +49,13 @@ from hyperhive.common.wire.broker import (
     StatusRequest,
 )
 from hyperhive.common.wire.lifecycle import AgentInfo, AgentRequest, DraftInfo
+from hyperhive.harness.tools import SERVER_NAME, TRACEPARENT_ENV
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
-SERVER_NAME = "hyperhive"
-TRACEPARENT_ENV = "TRACEPARENT"  # the turn's trace context, set by the harness
 MAX_RECV_WAIT_S = 60.0  # the broker caps a long poll at this anyway
-BASE_TOOLS = ("send", "recv", "message_status")
 R = TypeVar("R", bound=msgspec.Struct)
-
-
-def tool_names(agent: str) -> tuple[str, ...]:
-    """The tools the hyperhive server offers ``agent``."""
-    return BASE_TOOLS + (subjects.MANAGER_TOOLS if agent == subjects.MANAGER else ())
 
 
 def _plain(value: msgspec.Struct | dict[str, Any]) -> dict[str, Any]:
@@ -103,9 +96,7 @@ class Bridge:
     ) -> R:
         """``hive.agent.<self>.<verb>`` → the reply, or a ToolError with the service's message."""
         nc = await self.nc()
-        with tracer.start_as_current_span(
-            f"tool {verb}", context=self.parent, kind=trace.SpanKind.SERVER
-        ):
+        with span(tracer, f"tool {verb}", parent=self.parent, kind=trace.SpanKind.SERVER):
             try:
                 return await rpc.request(
                     nc,
