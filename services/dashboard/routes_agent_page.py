@@ -315,7 +315,13 @@ def _size(value: str | None, default: int) -> int:
 
 @websocket("/agents/{name:str}/api/terminal")
 async def terminal(socket: WebSocket[Any, Any, Any], name: FromPath[str]) -> None:
-    """The browser's terminal WebSocket joined to one on the harness (a new shell)."""
+    """The browser's terminal WebSocket joined to one on the harness (a new shell).
+
+    Accepted before the harness is reached: a relay on another node may take
+    its whole call timeout to fail, longer than a browser waits for a
+    handshake, and the reason must reach the terminal as its error line.
+    """
+    await socket.accept()
     try:
         agent = _agent(name)
         upstream = await deps(socket).link.terminal(  # type: ignore[arg-type]
@@ -324,11 +330,9 @@ async def terminal(socket: WebSocket[Any, Any, Any], name: FromPath[str]) -> Non
             _size(socket.query_params.get("rows"), TERMINAL_SIZE[1]),
         )
     except HiveError as exc:
-        await socket.accept()
         await socket.send_json({"type": "error", "text": str(exc)})
         await socket.close(code=1011, reason="agent page unavailable")
         return
-    await socket.accept()
     log.info("terminal of %s opened", agent)
     down = asyncio.ensure_future(_to_browser(upstream, socket))
     up = asyncio.ensure_future(_to_harness(socket, upstream))
