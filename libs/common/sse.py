@@ -32,6 +32,7 @@ import msgspec
 from litestar.response import ServerSentEventMessage, Stream
 
 __all__ = [
+    "MEDIA_TYPE",
     "PING",
     "SSE_HEADERS",
     "Fanout",
@@ -113,7 +114,8 @@ class Ring:
 
     def append(self, item: Item) -> None:
         self._items.append(item)
-        if len(self._items) >= 2 * self.size:  # trim in bulk: amortised O(1)
+        # trim in bulk, an eighth over size: amortised O(1), at most 12.5 % more kept
+        if len(self._items) > self.size + self.size // 8:
             drop = len(self._items) - self.size
             del self._items[:drop]
             self._base += drop
@@ -194,6 +196,7 @@ class Fanout:
                 chunk = self._chunk(cursor, end, tag)
                 cursor = end
                 if chunk:
+                    ticked = False  # the write kept the connection alive
                     yield chunk
                     continue
             if ticked:
