@@ -302,7 +302,7 @@ async def _relay(upstream: httpx.Response, client: httpx.AsyncClient) -> AsyncIt
 def _gone(text: str) -> bytes:
     """The dashboard's own last SSE event of a broken tail (after a blank
     line: it never merges with a half-relayed event)."""
-    return b"\n\nevent: gone\ndata: " + json.dumps({"text": text[:MAX_TEXT]}).encode() + b"\n\n"
+    return b"\n\n" + sse.json_frame("gone", {"text": text[:MAX_TEXT]})
 
 
 # --- the terminal ---------------------------------------------------------------------
