@@ -18,10 +18,10 @@ from urllib.parse import quote
 
 from hyperhive.common.config import DashboardSettings, Settings
 from hyperhive.common.errors import ConfigError
+from hyperhive.common.webguard import WILDCARD_HOSTS
 
 TOKEN_FILE = "operator-token"
 TOKEN_BYTES = 32
-WILDCARD_HOSTS = frozenset({"0.0.0.0", "", "::", "[::]"})
 
 
 def token_path(home: Path) -> Path:

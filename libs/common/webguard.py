@@ -24,6 +24,12 @@ One ASGI middleware, configured per app by a :class:`Policy`:
   an ``Origin`` equal to the page's own (``Host``) and the page's CSRF token as
   the ``csrf`` query parameter; otherwise the handshake is refused. An app
   without WebSockets refuses every handshake.
+- Headers on every answer: the policy's CSP (:data:`PAGE_CSP` for pages,
+  :data:`SANDBOX_CSP` on top for what an agent controls), ``nosniff``, no
+  framing, no referrer.
+
+SSE (encoding, fan-out, headers) is :mod:`hyperhive.common.sse`; serving an
+app is :mod:`hyperhive.common.webserve`.
 """
 
 from __future__ import annotations
@@ -35,9 +41,11 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+if TYPE_CHECKING:  # annotations only: the CLI imports the host names without Litestar
+    from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 CSRF_COOKIE = "hive_csrf"
 CSRF_HEADER = b"x-csrf-token"
@@ -52,6 +60,17 @@ BASE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
 )
+# Our pages: no framing, no foreign scripts or connections; they talk only to us.
+PAGE_CSP = (
+    b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    b"img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; "
+    b"base-uri 'none'; form-action 'self'"
+)
+# Bytes an agent controls, served on the operator's origin: opened as a
+# document, they run nothing and load nothing.
+SANDBOX_CSP = b"sandbox; default-src 'none'"
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})  # "bound to every interface"
 
 LoginPage = Callable[[str, str], bytes]  # (csrf token, error) -> the login form's html
 
@@ -116,6 +135,23 @@ def host_name(header: str | None) -> str:
     if header.startswith("["):
         return header[1:].split("]", 1)[0]
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def host_allow_list(bind_host: str, extra: str) -> frozenset[str] | None:
+    """The Host names an app answers (None: any), against DNS rebinding.
+
+    Loopback names and the bind address always; ``extra`` (comma-separated)
+    adds names, ``*`` allows any. Bound to every interface with no list, any
+    name is accepted (the operator chose to expose it; the operator token is
+    what protects it then).
+    """
+    names = {h.strip().lower() for h in extra.split(",") if h.strip()}
+    if "*" in names:
+        return None
+    host = bind_host.strip().lower().strip("[]")
+    if host in WILDCARD_HOSTS and not names:
+        return None
+    return frozenset(LOOPBACK_NAMES | names | ({host} - WILDCARD_HOSTS))
 
 
 def header(scope: Scope, name: bytes) -> str | None:

@@ -2,24 +2,23 @@
 
 One follower (:func:`hyperhive.common.follow.follow`) replays the tail of
 ``HIVE_EVENTS`` at start (backfill) and then follows it live. Each record is
-encoded once into an SSE frame and appended to a ring; clients keep a cursor
-into the ring and are woken together at most every ``coalesce`` seconds, so 200 browsers cost one
-subscription and a few hundred small writes per second, not one consumer each.
+encoded once into an SSE frame and published to a
+:class:`~hyperhive.common.sse.Fanout` (the flow, or the changes): 200 browsers
+cost one subscription, one encoding per event and one write per browser per
+wake, not one consumer each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 
-from hyperhive.common import activity, follow, subjects
+from hyperhive.common import activity, follow, sse, subjects
 from hyperhive.common.errors import HiveError
 from hyperhive.common.wire.events import (
     ApprovalEventData,
@@ -36,58 +35,7 @@ MESSAGE_FAMILY = "message."
 BODY_LIMIT = 2000  # events already carry at most this much; never trust it
 ACTIVITY_RING = 1000  # timeline entries kept in memory
 DETAIL_LIMIT = 200  # of a question, in a change record (a notification's body)
-
-
-@dataclass(frozen=True, slots=True)
-class Item:
-    """One SSE frame with what clients filter on."""
-
-    seq: int  # HIVE_EVENTS stream sequence: the SSE id, survives restarts
-    parties: tuple[str, ...]  # sender, recipient (flow) or the agent (changes)
-    frame: bytes
-
-
-class Ring:
-    """An append-only window of items addressed by a running index."""
-
-    def __init__(self, size: int) -> None:
-        self.size = max(1, size)
-        self._items: list[Item] = []
-        self._base = 0  # running index of _items[0]
-
-    @property
-    def end(self) -> int:
-        """The index the next item will get (a cursor at "now")."""
-        return self._base + len(self._items)
-
-    def append(self, item: Item) -> None:
-        self._items.append(item)
-        if len(self._items) >= 2 * self.size:  # trim in bulk: amortised O(1)
-            drop = len(self._items) - self.size
-            del self._items[:drop]
-            self._base += drop
-
-    def since(self, cursor: int) -> list[Item]:
-        """Items from ``cursor`` on (the oldest kept if the cursor fell behind)."""
-        return self._items[max(0, cursor - self._base) :]
-
-    def tail(self, n: int) -> int:
-        """A cursor that yields at most the last ``n`` items."""
-        return max(self._base, self.end - n)
-
-    def after_seq(self, seq: int) -> int:
-        """A cursor at the first item whose stream sequence is above ``seq``."""
-        index = len(self._items)
-        while index > 0 and self._items[index - 1].seq > seq:
-            index -= 1
-        return self._base + index
-
-
-def sse_frame(event: str, data: object, seq: int | None = None) -> bytes:
-    """An encoded SSE frame; ``data`` becomes one JSON line."""
-    head = f"id: {seq}\n" if seq is not None else ""
-    payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    return f"{head}event: {event}\ndata: {payload}\n\n".encode()
+RETRY_MS = 2000  # an EventSource's reconnect delay
 
 
 def flow_record(ev: HiveEvent, seq: int) -> dict[str, object]:
@@ -135,14 +83,9 @@ class EventHub:
     ) -> None:
         self._js = js
         self._backfill_events = backfill_events
-        self._coalesce_s = coalesce_s
-        self._ping_s = ping_s
-        self.flow = Ring(ring)
-        self.changes = Ring(ring)
-        self._wake = asyncio.Event()
-        self._wake_pending = False
+        self.flow = sse.Fanout(ring, interval_s=coalesce_s, ping_s=ping_s)
+        self.changes = sse.Fanout(ring, interval_s=coalesce_s, ping_s=ping_s)
         self._follower: asyncio.Task[None] | None = None
-        self.closed = False
         self.listeners: list[Callable[[HiveEvent], None]] = []
         # the activity timeline, newest last: the last day read at start, then live
         self._activity: deque[activity.Entry] = deque(maxlen=ACTIVITY_RING)
@@ -171,8 +114,8 @@ class EventHub:
 
     async def stop(self) -> None:
         """Ends every SSE stream and the subscription."""
-        self.closed = True
-        self._notify()
+        self.flow.close()
+        self.changes.close()
         if self._follower is not None:
             self._follower.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -182,56 +125,34 @@ class EventHub:
         self.publish(ev, seq)
 
     def publish(self, ev: HiveEvent, seq: int) -> None:
-        """Adds one event to the right ring and schedules a wake-up."""
+        """Encodes one event once and hands it to the flow's or the changes' streams."""
         if ev.kind.startswith(MESSAGE_FAMILY):
             record = flow_record(ev, seq)
             parties = (str(record["sender"]), str(record["recipient"]))
             kind = "message" if ev.kind == subjects.EV_MESSAGE_SENT else "status"
-            self.flow.append(Item(seq, parties, sse_frame(kind, record, seq)))
+            self.flow.publish(sse.Item(seq, sse.json_frame(kind, record, seq), parties))
         else:
             change = {"seq": seq, "kind": ev.kind, "agent": ev.agent, "ts": ev.ts}
             change.update(change_detail(ev))
-            self.changes.append(Item(seq, (ev.agent or "",), sse_frame("change", change, seq)))
+            frame = sse.json_frame("change", change, seq)
+            self.changes.publish(sse.Item(seq, frame, (ev.agent or "",)))
         entry = activity.entry(ev, seq)
         if entry is not None and (not self._activity or seq > self._activity[-1].seq):
             self._activity.append(entry)  # a replayed record read at start is skipped
         for listener in self.listeners:
             listener(ev)
-        if not self._wake_pending:
-            self._wake_pending = True
-            asyncio.get_running_loop().call_later(self._coalesce_s, self._notify)
 
     def activity_entries(self) -> list[activity.Entry] | None:
         """The timeline kept in memory, oldest first; None until it was loaded."""
         return list(self._activity) if self._activity_ready else None
 
-    def _notify(self) -> None:
-        self._wake_pending = False
-        wake, self._wake = self._wake, asyncio.Event()
-        wake.set()
-
     async def stream(
-        self, ring: Ring, cursor: int, agent: str | None = None
+        self, fanout: sse.Fanout, cursor: int, agent: str | None = None
     ) -> AsyncIterator[bytes]:
         """SSE bytes from ``cursor`` on, live, until the hub stops.
 
-        ``agent`` keeps only items where that agent is a party. Items that
-        arrived together go out in one write.
+        ``agent`` keeps only items where that agent is a party.
         """
-        yield b"retry: 2000\n\n"
-        while not self.closed:
-            wake = self._wake  # taken before reading: no item can slip between
-            items = ring.since(cursor)
-            cursor = ring.end
-            if agent:
-                chunk = b"".join(i.frame for i in items if agent in i.parties)
-            else:
-                chunk = b"".join(i.frame for i in items)
-            if chunk:
-                yield chunk
-                continue
-            try:
-                async with asyncio.timeout(self._ping_s):
-                    await wake.wait()
-            except TimeoutError:
-                yield b": ping\n\n"
+        yield sse.retry(RETRY_MS)
+        async for chunk in fanout.follow(cursor, agent or None):
+            yield chunk

@@ -39,8 +39,10 @@ from litestar.params import FromPath
 from litestar.response import Redirect, Stream
 from websockets.exceptions import ConnectionClosed
 
+from hyperhive.common import sse
 from hyperhive.common.errors import BadRequest, HiveError, NotFound, Unavailable
 from hyperhive.common.names import check_agent_name
+from hyperhive.common.webguard import SANDBOX_CSP
 from hyperhive.common.wire.states import OFFLINE, TURN_STATES
 from hyperhive.dashboard.harnesslink import Terminal
 from hyperhive.dashboard.web import deps, field, form_fields, html, page_context
@@ -48,7 +50,7 @@ from hyperhive.dashboard.web import deps, field, form_fields, html, page_context
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
-SSE = "text/event-stream"
+SSE = sse.MEDIA_TYPE
 # (method, path under api/) → the content type the harness must answer with
 API: dict[tuple[str, str], str] = {
     ("GET", "status"): JSON,
@@ -60,10 +62,10 @@ MAX_BODY_BYTES = 256 * 1024  # requests to and JSON answers from a harness
 # on top of the guard's own (its CSP, nosniff, no framing): a proxied answer
 # opened as a document runs nothing and loads nothing
 PROXIED_HEADERS = {
-    "Content-Security-Policy": "sandbox; default-src 'none'",
+    "Content-Security-Policy": SANDBOX_CSP.decode(),
     "Cache-Control": "no-store",
 }
-SSE_HEADERS = {**PROXIED_HEADERS, "X-Accel-Buffering": "no"}
+SSE_HEADERS = {**sse.SSE_HEADERS, **PROXIED_HEADERS}
 KINDS = ("api_key", "oauth_token", "credentials_json")  # the harness's creds.KINDS
 # the harness's badge states (docs/turn-loop.md); anything else renders as offline
 MAX_TEXT = 500  # a harness's error text shown on the credentials form
@@ -300,7 +302,7 @@ async def _relay(upstream: httpx.Response, client: httpx.AsyncClient) -> AsyncIt
 def _gone(text: str) -> bytes:
     """The dashboard's own last SSE event of a broken tail (after a blank
     line: it never merges with a half-relayed event)."""
-    return b"\n\nevent: gone\ndata: " + json.dumps({"text": text[:MAX_TEXT]}).encode() + b"\n\n"
+    return b"\n\n" + sse.json_frame("gone", {"text": text[:MAX_TEXT]})
 
 
 # --- the terminal ---------------------------------------------------------------------

@@ -8,11 +8,11 @@ from litestar import Request, Response, get, post
 from litestar.params import FromQuery
 from litestar.response import Stream
 
-from hyperhive.common import subjects
+from hyperhive.common import sse, subjects
 from hyperhive.common.errors import BadRequest
 from hyperhive.common.names import check_agent_name
 from hyperhive.common.wire.broker import AdminSendRequest, SendReply
-from hyperhive.dashboard.web import act, deps, field, form_fields, sse
+from hyperhive.dashboard.web import act, deps, field, form_fields
 
 BACKFILL = 200  # flow items a new client gets before live ones
 
@@ -30,10 +30,10 @@ async def flow_stream(
     hub = deps(request).hub
     last = request.headers.get("last-event-id", "")
     if last.isdigit():
-        cursor = hub.flow.after_seq(int(last))
+        cursor = hub.flow.ring.after_key(int(last))
     else:
-        cursor = hub.flow.tail(BACKFILL)
-    return sse(hub.stream(hub.flow, cursor, agent.strip() if agent else None))
+        cursor = hub.flow.ring.tail(BACKFILL)
+    return sse.response(hub.stream(hub.flow, cursor, agent.strip() if agent else None))
 
 
 @post("/messages/send")

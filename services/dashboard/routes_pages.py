@@ -10,9 +10,10 @@ from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 from litestar.response import Redirect, Stream
 
+from hyperhive.common import sse
 from hyperhive.dashboard import sections
 from hyperhive.dashboard.security import SESSION_COOKIE, login_cookie
-from hyperhive.dashboard.web import deps, field, form_fields, html, page_context, sse
+from hyperhive.dashboard.web import deps, field, form_fields, html, page_context
 
 
 @get("/")
@@ -39,7 +40,7 @@ async def section(request: Request[Any, Any, Any], name: FromPath[str]) -> Respo
 async def events(request: Request[Any, Any, Any]) -> Stream:
     """Live HIVE_EVENTS changes (agents, approvals, questions) for refreshing sections."""
     hub = deps(request).hub
-    return sse(hub.stream(hub.changes, hub.changes.end))
+    return sse.response(hub.stream(hub.changes, hub.changes.ring.end))
 
 
 @get("/login")

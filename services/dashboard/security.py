@@ -24,7 +24,14 @@ from pathlib import Path
 
 from hyperhive.common.config import DashboardSettings
 from hyperhive.common.errors import ConfigError
-from hyperhive.common.webguard import SCOPE_KEY, Guard, Policy, Security
+from hyperhive.common.webguard import (
+    PAGE_CSP,
+    SCOPE_KEY,
+    Guard,
+    Policy,
+    Security,
+    host_allow_list,
+)
 from hyperhive.dashboard.routes_app import PUBLIC_PATHS
 
 __all__ = [
@@ -45,14 +52,6 @@ LOGIN_PATH = "/login"
 CREDENTIAL_NAME = "operator-token"
 # a token label goes into git tag messages and the approval row: one short line
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._@+-]{0,63}")
-# No framing, no foreign scripts or connections: the page talks only to us.
-CONTENT_SECURITY_POLICY = (
-    b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-    b"img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; "
-    b"base-uri 'none'; form-action 'self'"
-)
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 
 
 def policy(settings: DashboardSettings) -> Policy:
@@ -60,7 +59,7 @@ def policy(settings: DashboardSettings) -> Policy:
     return Policy(
         session_cookie=SESSION_COOKIE,
         session_label=b"hive-dashboard-session",
-        content_security_policy=CONTENT_SECURITY_POLICY,
+        content_security_policy=PAGE_CSP,
         public_paths=(LOGIN_PATH, *PUBLIC_PATHS),
         hosts=allowed_hosts(settings),
         hosts_hint="dashboard.allowed_hosts",
@@ -139,19 +138,8 @@ def decided_by(settings: DashboardSettings, security: Security, client: str) -> 
 
 
 def allowed_hosts(settings: DashboardSettings) -> frozenset[str] | None:
-    """The Host names to answer (None: any).
-
-    Loopback names and the bind address always; ``allowed_hosts`` adds names.
-    Bound to every interface with no list, any name is accepted (the operator
-    chose to expose it; the operator token is what protects it then).
-    """
-    extra = {h.strip().lower() for h in settings.allowed_hosts.split(",") if h.strip()}
-    if "*" in extra:
-        return None
-    host = settings.host.strip().lower().strip("[]")
-    if host in WILDCARD_HOSTS and not extra:
-        return None
-    return frozenset(LOOPBACK_NAMES | extra | ({host} - WILDCARD_HOSTS))
+    """The Host names to answer (None: any); see ``webguard.host_allow_list``."""
+    return host_allow_list(settings.host, settings.allowed_hosts)
 
 
 def login_cookie(security: Security) -> tuple[str, str]:

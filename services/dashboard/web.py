@@ -1,4 +1,4 @@
-"""What the route modules share: dependencies, HTML/SSE responses, actions.
+"""What the route modules share: dependencies, HTML responses, actions.
 
 An action (a form post) answers a ``fetch`` with JSON ``{ok, message,
 refresh}`` (the page then re-reads the named sections in place) and a plain
@@ -9,13 +9,12 @@ A ``HiveError`` from a service becomes the matching HTTP status.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request, Response
 from litestar.enums import MediaType
-from litestar.response import Stream
 
 from hyperhive.common import actor
 from hyperhive.common.config import DashboardSettings
@@ -38,7 +37,6 @@ HTTP_STATUS: dict[str, int] = {
     "timeout": 504,
     "backend_failed": 502,
 }
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 @dataclass
@@ -82,10 +80,6 @@ def page_context(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 def html(content: str, status: int = 200) -> Response[str]:
     return Response(content, media_type=MediaType.HTML, status_code=status)
-
-
-def sse(stream: AsyncIterator[bytes]) -> Stream:
-    return Stream(stream, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 def wants_json(request: Request[Any, Any, Any]) -> bool:

@@ -1,24 +1,26 @@
-"""The in-memory side of the turn events: a ring of recent records and live subscribers.
+"""The in-memory side of the turn events: a ring of recent records and the live tail.
 
 Every record the harness publishes on ``hive.agent.<n>.events`` also goes
-here, numbered locally, so the agent page can follow the live tail over SSE
-without a NATS subscription (an agent may not subscribe to its own events)
-and resume after a reconnect from the last number it saw.
+here, numbered locally and encoded once as an SSE frame (``id:
+<boot>:<n>``), so the agent page can follow the live tail over SSE without
+a NATS subscription (an agent may not subscribe to its own events) and
+resume after a reconnect from the last number it saw. The fan-out is
+:class:`hyperhive.common.sse.Fanout`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
-from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 
+import msgspec
+
+from hyperhive.common import sse
 from hyperhive.common.wire.broker import TurnEvent
 
 RING_SIZE = 3000
-SUBSCRIBER_QUEUE = 2000
+PING_S = 15.0
+_enc = msgspec.json.Encoder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,57 +29,43 @@ class Record:
     event: TurnEvent
 
 
-class Subscriber:
-    """One live listener (an SSE stream). ``overflowed`` means it fell behind."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[Record] = asyncio.Queue(SUBSCRIBER_QUEUE)
-        self.overflowed = False
-
-    def offer(self, rec: Record) -> None:
-        try:
-            self.queue.put_nowait(rec)
-        except asyncio.QueueFull:
-            self.overflowed = True
+def turn_frame(event: TurnEvent, n: int | None = None, boot: str = "") -> bytes:
+    """A ``turn`` SSE frame: the record's JSON, with its local number and id if live."""
+    doc = msgspec.to_builtins(event)
+    if n is None:
+        return sse.frame("turn", _enc.encode(doc))
+    doc["n"] = n
+    return sse.frame("turn", _enc.encode(doc), f"{boot}:{n}")
 
 
 class Hub:
-    def __init__(self, size: int = RING_SIZE) -> None:
+    def __init__(self, size: int = RING_SIZE, ping_s: float = PING_S) -> None:
         self.boot = uuid.uuid4().hex[:12]  # tells a reconnecting page whether n still counts
-        self._ring: deque[Record] = deque(maxlen=size)
+        self.fanout = sse.Fanout(size, ping_s=ping_s)
         self._n = 0
-        self._subs: set[Subscriber] = set()
 
     def add(self, event: TurnEvent) -> Record:
         self._n += 1
         rec = Record(self._n, event)
-        self._ring.append(rec)
-        for sub in list(self._subs):
-            sub.offer(rec)
+        self.fanout.publish(sse.Item(rec.n, turn_frame(event, rec.n, self.boot), value=rec))
         return rec
 
     def snapshot(self, after: int = 0) -> list[Record]:
         """Records newer than ``after`` still in the ring."""
-        return [r for r in self._ring if r.n > after]
+        ring = self.fanout.ring
+        return [i.value for i in ring.since(ring.after_key(after))]
 
     @property
     def oldest_ts(self) -> float | None:
         """Timestamp of the oldest record kept (None when empty)."""
-        return self._ring[0].event.ts if self._ring else None
+        ring = self.fanout.ring
+        kept = ring.since(ring.base, ring.base + 1)
+        return kept[0].value.event.ts if kept else None
 
     @property
     def last_n(self) -> int:
         return self._n
 
-    @contextlib.contextmanager
-    def subscribe(self) -> Iterator[Subscriber]:
-        sub = Subscriber()
-        self._subs.add(sub)
-        try:
-            yield sub
-        finally:
-            self._subs.discard(sub)
-
-    @property
-    def subscribers(self) -> int:
-        return len(self._subs)
+    def close(self) -> None:
+        """Ends every live tail (at shutdown)."""
+        self.fanout.close()

@@ -83,7 +83,7 @@ async def run(
         stop.set()
     finally:
         stop.set()
-        deps.closing.set()
+        deps.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*tasks[1:], return_exceptions=True), 10)
         await server.stop()

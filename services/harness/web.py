@@ -38,17 +38,15 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.response import Stream
 
+from hyperhive.common import sse
 from hyperhive.harness import creds
-from hyperhive.harness.hub import Record
+from hyperhive.harness.hub import turn_frame
 from hyperhive.harness.loop import CANCELLING, NOTHING_TO_CANCEL, CommandError, Harness
 from hyperhive.harness.terminal import Shell, terminal_ws
 
 log = logging.getLogger(__name__)
 
-PING_S = 15.0
 MAX_PROMPT_CHARS = 64 * 1024
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_enc = msgspec.json.Encoder()
 
 
 class Deps:
@@ -56,8 +54,13 @@ class Deps:
 
     def __init__(self, harness: Harness) -> None:
         self.harness = harness
-        self.closing = asyncio.Event()  # set at shutdown: SSE streams and terminals end
+        self.closing = asyncio.Event()  # set at shutdown: terminals end
         self.terminals: set[Shell] = set()  # open terminal sessions (terminal.py)
+
+    def close(self) -> None:
+        """At shutdown: ends the live tails and the terminals."""
+        self.closing.set()
+        self.harness.hub.close()
 
 
 def _deps(request: Request[Any, Any, Any]) -> Deps:
@@ -72,17 +75,6 @@ async def status(request: Request[Any, Any, Any]) -> dict[str, Any]:
 # --- the live tail -----------------------------------------------------------------
 
 
-def _frame(kind: str, data: bytes, event_id: str | None = None) -> bytes:
-    head = f"id: {event_id}\n" if event_id else ""
-    return f"{head}event: {kind}\n".encode() + b"data: " + data + b"\n\n"
-
-
-def _record(rec: Record, boot: str) -> bytes:
-    doc = msgspec.to_builtins(rec.event)
-    doc["n"] = rec.n
-    return _frame("turn", _enc.encode(doc), f"{boot}:{rec.n}")
-
-
 def _resume_point(last_event_id: str, boot: str) -> int | None:
     """The local number to resume after, if the id is from this harness run."""
     prefix, _, n = last_event_id.partition(":")
@@ -94,43 +86,22 @@ def _resume_point(last_event_id: str, boot: str) -> int | None:
 async def _stream(d: Deps, after: int | None) -> AsyncIterator[bytes]:
     harness = d.harness
     hub = harness.hub
-    with hub.subscribe() as sub:
-        snapshot = hub.snapshot(after or 0)
-        gap = (
-            after is not None and after < hub.last_n and (not snapshot or snapshot[0].n > after + 1)
-        )
-        if after is None or gap:
-            yield _frame("reset", b"{}")
-            for ev in await harness.backfill():
-                yield _frame("turn", _enc.encode(ev))
-            snapshot = hub.snapshot(0)
-        last = after or 0
-        for rec in snapshot:
-            yield _record(rec, hub.boot)
-            last = rec.n
-        yield _frame("status", _enc.encode(harness.status()))
-        closing = asyncio.ensure_future(d.closing.wait())
-        getter: asyncio.Future[Record] | None = None
-        try:
-            while not d.closing.is_set() and not sub.overflowed:
-                if getter is None:
-                    getter = asyncio.ensure_future(sub.queue.get())
-                done, _ = await asyncio.wait(
-                    {getter, closing}, timeout=PING_S, return_when=asyncio.FIRST_COMPLETED
-                )
-                if getter not in done:
-                    if not done:
-                        yield b": ping\n\n"
-                    continue
-                rec = getter.result()
-                getter = None
-                if rec.n > last:
-                    last = rec.n
-                    yield _record(rec, hub.boot)
-        finally:
-            closing.cancel()
-            if getter is not None:
-                getter.cancel()
+    ring = hub.fanout.ring
+    cursor = ring.after_key(after or 0)
+    first = ring.since(cursor, cursor + 1)
+    gap = after is not None and after < hub.last_n and (not first or first[0].key > after + 1)
+    if after is None or gap:
+        yield sse.frame("reset", b"{}")
+        for ev in await harness.backfill():
+            yield turn_frame(ev)
+        cursor = ring.base
+    end = ring.end
+    kept = b"".join(i.frame for i in ring.since(cursor, end))
+    if kept:
+        yield kept
+    yield sse.json_frame("status", harness.status())
+    async for chunk in hub.fanout.follow(end):
+        yield chunk
 
 
 @get("/api/events")
@@ -138,7 +109,7 @@ async def events(request: Request[Any, Any, Any]) -> Stream:
     d = _deps(request)
     last = request.headers.get("last-event-id", "") or request.query_params.get("after", "")
     after = _resume_point(last, d.harness.hub.boot) if last else None
-    return Stream(_stream(d, after), media_type="text/event-stream", headers=SSE_HEADERS)
+    return sse.response(_stream(d, after))
 
 
 # --- operator controls -------------------------------------------------------------

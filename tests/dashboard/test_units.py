@@ -6,37 +6,38 @@ import asyncio
 
 import pytest
 
+from hyperhive.common.sse import Item, Ring
 from hyperhive.common.wire.broker import StatPoint
 from hyperhive.common.wire.events import HiveEvent
 from hyperhive.dashboard import diff, stats
-from hyperhive.dashboard.hub import EventHub, Item, Ring
+from hyperhive.dashboard.hub import EventHub
 
 
 def item(seq: int) -> Item:
-    return Item(seq, ("a", "b"), f"id: {seq}\n\n".encode())
+    return Item(seq, f"id: {seq}\n\n".encode(), ("a", "b"))
 
 
 def test_ring_keeps_a_window_and_cursors_survive_trimming() -> None:
     ring = Ring(4)
     for seq in range(1, 11):
         ring.append(item(seq))
-    kept = [i.seq for i in ring.since(0)]
+    kept = [i.key for i in ring.since(0)]
     assert kept[-4:] == [7, 8, 9, 10]
     assert len(kept) < 8  # trimmed
     cursor = ring.end
     ring.append(item(11))
-    assert [i.seq for i in ring.since(cursor)] == [11]
-    assert [i.seq for i in ring.since(ring.tail(2))] == [10, 11]
-    assert [i.seq for i in ring.since(ring.after_seq(9))] == [10, 11]
-    assert ring.since(ring.after_seq(11)) == []
+    assert [i.key for i in ring.since(cursor)] == [11]
+    assert [i.key for i in ring.since(ring.tail(2))] == [10, 11]
+    assert [i.key for i in ring.since(ring.after_key(9))] == [10, 11]
+    assert ring.since(ring.after_key(11)) == []
 
 
 async def test_hub_fans_one_event_out_to_every_stream_with_filters() -> None:
     hub = EventHub(None, backfill_events=0, ring=100, coalesce_s=0.001, ping_s=30)  # type: ignore[arg-type]
     streams = [
-        hub.stream(hub.flow, hub.flow.end),
-        hub.stream(hub.flow, hub.flow.end, agent="bob"),
-        hub.stream(hub.flow, hub.flow.end, agent="carol"),
+        hub.stream(hub.flow, hub.flow.ring.end),
+        hub.stream(hub.flow, hub.flow.ring.end, agent="bob"),
+        hub.stream(hub.flow, hub.flow.ring.end, agent="carol"),
     ]
     for s in streams:
         assert await anext(s) == b"retry: 2000\n\n"
