@@ -129,6 +129,10 @@ class Ring:
         """A cursor that yields at most the last ``n`` items."""
         return max(self._base, self.end - n)
 
+    def last_key(self) -> int:
+        """The key of the newest item kept (0 when empty)."""
+        return self._items[-1].key if self._items else 0
+
     def after_key(self, key: int) -> int:
         """A cursor at the first item whose key is above ``key``."""
         index = len(self._items)

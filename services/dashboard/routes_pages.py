@@ -19,8 +19,13 @@ from hyperhive.dashboard.web import deps, field, form_fields, html, page_context
 @get("/")
 async def index(request: Request[Any, Any, Any]) -> Response[str]:
     d = deps(request)
+    # taken before the sections are read: a change that lands while they are
+    # read, or before the page's /events stream opens, is replayed to it
+    seen = d.hub.changes.ring.last_key()
     views, services = await asyncio.gather(sections.load_all(d.hive), d.hive.services())
-    return html(d.render("index.html", views=views, services=services, **page_context(request)))
+    return html(
+        d.render("index.html", views=views, services=services, seen=seen, **page_context(request))
+    )
 
 
 @get("/section/{name:str}")
@@ -40,7 +45,11 @@ async def section(request: Request[Any, Any, Any], name: FromPath[str]) -> Respo
 async def events(request: Request[Any, Any, Any]) -> Stream:
     """Live HIVE_EVENTS changes (agents, approvals, questions) for refreshing sections."""
     hub = deps(request).hub
-    return sse.response(hub.stream(hub.changes, hub.changes.ring.end))
+    ring = hub.changes.ring
+    after = request.query_params.get("after", "")
+    # ``after``: the last change the page's sections already show (its render)
+    cursor = ring.after_key(int(after)) if after.isdigit() and len(after) < 20 else ring.end
+    return sse.response(hub.stream(hub.changes, cursor))
 
 
 @get("/login")

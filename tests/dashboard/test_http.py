@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 
@@ -648,3 +649,36 @@ async def test_a_foreign_host_name_is_refused(stack: Stack, client: httpx.AsyncC
     assert r.status_code == 403
     r = await client.get("/", headers={"Host": f"localhost:{stack.settings.dashboard.port}"})
     assert r.status_code == 200
+
+
+async def test_changes_between_render_and_stream_reach_the_page(stack: Stack) -> None:
+    """A question asked after the page was rendered but before its /events
+    stream opened still reaches the page: the stream starts after the last
+    change the rendered sections show."""
+    async with logged_in(stack) as client:
+        page = await client.get("/")
+        seen = re.search(r'data-seen="(\d+)"', page.text)
+        assert seen, "the page says which change it shows last"
+        qid = await ask_operator(stack, "asked while the page was loading?")
+
+        async def hub_has_it() -> bool:  # the change is in the dashboard, not in flight
+            again = re.search(r'data-seen="(\d+)"', (await client.get("/")).text)
+            return again is not None and int(again.group(1)) > int(seen.group(1))
+
+        await rig.eventually(hub_has_it, timeout=TIMEOUT, what="the dashboard sees the change")
+
+        async def question_change() -> dict:
+            async for _id, event, data in sse_events(client, f"/events?after={seen.group(1)}"):
+                if (
+                    event == "change"
+                    and data["kind"].startswith("question.")
+                    and (str(qid) in json.dumps(data))
+                ):
+                    return data
+            raise AssertionError("stream ended")
+
+        change = await asyncio.wait_for(question_change(), 10)
+        assert change["seq"] > int(seen.group(1))
+        # without a cursor the stream starts at now: the same change is not replayed
+        async with client.stream("GET", "/events?after=junk") as r:
+            assert r.status_code == 200

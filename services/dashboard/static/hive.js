@@ -300,7 +300,9 @@
   showNotifyState();
 
   function connectChanges() {
-    const es = new EventSource("/events");
+    // from the last change the rendered sections show: none falls between
+    const seen = $("#body-status")?.dataset.seen || "";
+    const es = new EventSource("/events" + (seen ? "?after=" + encodeURIComponent(seen) : ""));
     es.addEventListener("change", (e) => {
       const change = JSON.parse(e.data);
       notifyDecision(change);
