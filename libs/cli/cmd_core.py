@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 
 from hyperhive.cli.client import operator_nats, print_json, print_table, run_command
+from hyperhive.common import endpoints as E
 from hyperhive.common import rpc, subjects
 from hyperhive.common.config import Settings, default_home, load_settings
 from hyperhive.common.errors import HiveError
 from hyperhive.common.redact import mask
-from hyperhive.common.wire.base import Ping, Pong
+from hyperhive.common.wire.base import Ping
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -116,9 +117,7 @@ async def gather_status(settings: Settings, timeout: float) -> dict[str, object]
 
     async def ping(part: str) -> dict[str, object]:
         try:
-            pong = await rpc.request(
-                nc, subjects.admin(part, "ping"), Ping(), Pong, timeout=timeout
-            )
+            pong = await rpc.call(nc, E.PING[part], Ping(), timeout=timeout)
         except HiveError as exc:
             return {"up": False, "error": str(exc)}
         return {"up": True, "pid": pong.pid, "version": pong.version, "database": pong.database}

@@ -9,10 +9,11 @@ handlers finish on shutdown.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_type_hints
 
 import msgspec
 import nats.errors
@@ -23,6 +24,7 @@ from opentelemetry import trace
 
 from hyperhive.common import actor, subjects
 from hyperhive.common.db import is_connection_error
+from hyperhive.common.endpoints import Endpoint
 from hyperhive.common.errors import (
     BadRequest,
     Forbidden,
@@ -33,7 +35,7 @@ from hyperhive.common.errors import (
     from_code,
 )
 from hyperhive.common.telemetry import extract_context, inject_headers
-from hyperhive.common.wire.base import ErrorInfo, ErrorReply
+from hyperhive.common.wire.base import ErrorInfo, ErrorReply, Ok
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -119,6 +121,24 @@ async def request(
             raise
 
 
+async def call(
+    nc: NATS,
+    endpoint: Endpoint[Any, T],
+    payload: msgspec.Struct,
+    *,
+    agent: str = "",
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> T:
+    """Calls ``endpoint`` (as ``agent`` for an agent endpoint) for its typed reply.
+
+    Raises: as :func:`request`.
+    """
+    if not isinstance(payload, endpoint.request):
+        raise TypeError(f"{endpoint.pattern} takes {endpoint.request.__name__}")
+    assert endpoint.reply is not None, f"{endpoint.pattern} is published to, not called"
+    return await request(nc, endpoint.subject(agent), payload, endpoint.reply, timeout=timeout)
+
+
 # nats-server can report "no responders" for a few milliseconds after a
 # subscriber appeared on another connection (seen with 2.15): retry briefly
 # before calling a service unavailable.
@@ -162,7 +182,7 @@ class Call:
 Handler = Callable[[Any, Call], Awaitable[msgspec.Struct | None]]
 
 
-def manager_only(handler: Handler, manager: str = subjects.MANAGER) -> Handler:
+def manager_only(handler: Handler, manager: str) -> Handler:
     """``handler`` for a manager tool served on every agent's subject
     (``hive.agent.*.<tool>``): anyone but ``manager`` hears ``Forbidden``
     (rather than "no responders")."""
@@ -175,6 +195,38 @@ def manager_only(handler: Handler, manager: str = subjects.MANAGER) -> Handler:
     return guarded
 
 
+def check_handler(endpoint: Endpoint[Any, Any], handler: Handler) -> None:
+    """Raises ``TypeError`` when ``handler``'s annotations disagree with ``endpoint``.
+
+    The request parameter must be annotated with the endpoint's request type;
+    the return with its reply type (``None`` allowed for an ``Ok`` reply or a
+    published subject, whose handlers answer nothing).
+    """
+    name = getattr(handler, "__qualname__", repr(handler))
+    try:
+        hints = get_type_hints(handler)
+    except Exception as exc:
+        raise TypeError(f"{name}: annotations unreadable: {exc}") from None
+    params = [p for p in inspect.signature(handler).parameters.values()]
+    if not params:
+        raise TypeError(f"{name} takes no request")
+    got = hints.get(params[0].name)
+    if got is not endpoint.request:
+        raise TypeError(
+            f"{name} serves {endpoint.pattern}: takes {got!r}, "
+            f"the endpoint's request is {endpoint.request.__name__}"
+        )
+    returned = hints.get("return", inspect.Parameter.empty)
+    allowed: set[object] = {endpoint.reply}
+    if endpoint.reply is None or endpoint.reply is Ok:
+        allowed |= {type(None), None}
+    if endpoint.reply is not None:
+        allowed.add(endpoint.reply | None)
+    if returned not in allowed:
+        reply = "nothing" if endpoint.reply is None else endpoint.reply.__name__
+        raise TypeError(f"{name} serves {endpoint.pattern}: returns {returned!r}, not {reply}")
+
+
 def error_reply(exc: HiveError) -> bytes:
     return _encoder.encode(ErrorReply(error=ErrorInfo(code=exc.code, message=exc.message)))
 
@@ -182,14 +234,27 @@ def error_reply(exc: HiveError) -> bytes:
 class Responder:
     """Serves request subjects for one service, one task per request."""
 
-    def __init__(self, nc: NATS, queue: str) -> None:
+    def __init__(self, nc: NATS, queue: str, manager: str = subjects.MANAGER) -> None:
         self._nc = nc
         self._queue = queue
+        self._manager = manager
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
 
-    async def serve(self, subject: str, request_type: type[T], handler: Handler) -> None:
+    async def serve(self, endpoint: Endpoint[Any, Any], handler: Handler) -> None:
+        """Serves ``endpoint`` with ``handler``.
+
+        Raises:
+            TypeError: the handler's annotated types are not the endpoint's
+                (so a wrong handler fails when the service starts).
+        """
+        check_handler(endpoint, handler)
+        if endpoint.caller == "manager":
+            handler = manager_only(handler, self._manager)
+        await self.serve_subject(endpoint.served_on, endpoint.request, handler)
+
+    async def serve_subject(self, subject: str, request_type: type[T], handler: Handler) -> None:
         """Answers ``subject`` (wildcards allowed) with ``handler``.
 
         The handler gets the decoded request and a :class:`Call`; it returns

@@ -18,10 +18,11 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import asyncpg
 import uvloop
@@ -29,15 +30,16 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from hyperhive.common import subjects
+from hyperhive.common import endpoints, subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.db import create_pool, migrate
+from hyperhive.common.endpoints import Endpoint
 from hyperhive.common.errors import ConfigError, HiveError
 from hyperhive.common.jetstream import ensure_state_bucket, ensure_streams
 from hyperhive.common.logs import setup_logging
 from hyperhive.common.natsconn import connect, sync_subscriptions
 from hyperhive.common.outbox import OutboxRelay
-from hyperhive.common.rpc import Call, Responder
+from hyperhive.common.rpc import Call, Handler, Responder
 from hyperhive.common.telemetry import setup_tracing
 from hyperhive.common.wire.base import Ping, Pong
 
@@ -91,6 +93,22 @@ class Runtime:
     outbox: OutboxRelay | None = None
     started_at: float = field(default_factory=time.time)
     background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def serve_all(self, handlers: Mapping[Endpoint[Any, Any], Handler]) -> None:
+        """Serves this service's endpoints, each with its handler.
+
+        Raises:
+            TypeError: an endpoint of this service has no handler, a handler
+                serves another service's endpoint, or its types are not the
+                endpoint's: the service does not start.
+        """
+        mine = set(endpoints.served_by(self.part)) - {endpoints.PING[self.part]}
+        missing = [e.pattern for e in endpoints.ENDPOINTS if e in mine and e not in handlers]
+        foreign = [e.pattern for e in handlers if e not in mine]
+        if missing or foreign:
+            raise TypeError(f"{self.part}: no handler for {missing}; not its own: {foreign}")
+        for endpoint, handler in handlers.items():
+            await self.responder.serve(endpoint, handler)
 
     def spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
         """Runs a background loop that is cancelled when the service stops."""
@@ -171,7 +189,7 @@ async def run(
                 database=await _database_status(pool),
             )
 
-        await responder.serve(subjects.admin(part, "ping"), Ping, ping)
+        await responder.serve(endpoints.PING[part], ping)
         await module.start(rt)
         await sync_subscriptions(nc)  # live on the server before "ready"
         log.info("serving", extra={"service": part})

@@ -30,18 +30,8 @@ AGENT_STATUS: Final = "status"
 AGENT_EVENTS: Final = "events"
 AGENT_STATS: Final = "stats"
 AGENT_TURNS: Final = "turns"
-AGENT_HEARTBEAT: Final = "heartbeat"
 
-# Manager tools (hive.agent.hm1nd.<tool>) and the service that answers each.
-LIFECYCLE_MANAGER_TOOLS: Final = ("kill", "start", "restart", "update")
-APPROVALS_MANAGER_TOOLS: Final = (
-    "request_spawn",
-    "request_spawn_draft",
-    "request_spawn_commit",
-    "request_apply_commit",
-    "ask_operator",
-)
-MANAGER_TOOLS: Final = LIFECYCLE_MANAGER_TOOLS + APPROVALS_MANAGER_TOOLS
+# The manager's tools (hive.agent.hm1nd.<tool>) are endpoints: hyperhive.common.endpoints.
 
 
 def _token(value: str) -> str:
@@ -156,14 +146,6 @@ def parse_agent(subject: str) -> tuple[str, str]:
     if len(parts) != 4 or parts[0] != ROOT or parts[1] != "agent":
         raise ValueError(f"not an agent subject: {subject!r}")
     return parts[2], parts[3]
-
-
-def parse_event_kind(subject: str) -> str:
-    """``hive.events.message.sent`` → ``message.sent``."""
-    prefix = f"{ROOT}.events."
-    if not subject.startswith(prefix):
-        raise ValueError(f"not an event subject: {subject!r}")
-    return subject[len(prefix) :]
 
 
 # --- HIVE_EVENTS kinds (hive.events.<kind>) ----------------------------------

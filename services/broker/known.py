@@ -15,11 +15,12 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from hyperhive.common import endpoints as E
 from hyperhive.common import rpc, subjects
 from hyperhive.common.errors import HiveError, NotFound, RequestTimeout, Unavailable
 from hyperhive.common.names import is_agent_name
 from hyperhive.common.wire.events import HiveEvent
-from hyperhive.common.wire.lifecycle import AgentInfo, AgentRequest, AgentsReply, AgentsRequest
+from hyperhive.common.wire.lifecycle import AgentRequest, AgentsRequest
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,10 @@ class KnownAgents:
         delay = retry_s
         while True:
             try:
-                reply = await rpc.request(
+                reply = await rpc.call(
                     self._nc,
-                    subjects.system("lifecycle", "list"),
+                    E.SYS_AGENTS,
                     AgentsRequest(),
-                    AgentsReply,
                     timeout=self._timeout_s,
                 )
             except HiveError as exc:
@@ -105,11 +105,10 @@ class KnownAgents:
         if name == subjects.OPERATOR or name in self._names:
             return
         try:
-            info = await rpc.request(
+            info = await rpc.call(
                 self._nc,
-                subjects.system("lifecycle", "get"),
+                E.SYS_AGENT,
                 AgentRequest(name=name),
-                AgentInfo,
                 timeout=self._timeout_s,
             )
         except NotFound:

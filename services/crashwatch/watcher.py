@@ -30,15 +30,15 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from hyperhive.common import endpoints as E
 from hyperhive.common import rpc, subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import HiveError, Unavailable
 from hyperhive.common.outbox import make_event
-from hyperhive.common.wire.broker import DeliverRequest, SendReply
+from hyperhive.common.wire.broker import DeliverRequest
 from hyperhive.common.wire.events import AgentStuck, ContainerCrash, HiveEvent, SystemEvent
 from hyperhive.common.wire.lifecycle import (
     AgentInfo,
-    AgentsReply,
     AgentsRequest,
     Heartbeat,
     TransientFlag,
@@ -83,11 +83,10 @@ class CrashWatch:
 
     async def poll_once(self) -> None:
         """One look at every agent: seeds, detects crashes a missed event hid, stuck."""
-        reply = await rpc.request(
+        reply = await rpc.call(
             self.nc,
-            subjects.system("lifecycle", "list"),
+            E.SYS_AGENTS,
             AgentsRequest(),
-            AgentsReply,
             timeout=self.settings.nats.request_timeout_s,
         )
         names = {a.name for a in reply.agents}
@@ -270,11 +269,10 @@ class CrashWatch:
         delay = 0.5
         for attempt in range(1, DELIVER_ATTEMPTS + 1):
             try:
-                await rpc.request(
+                await rpc.call(
                     self.nc,
-                    subjects.system("broker", "deliver"),
+                    E.DELIVER,
                     DeliverRequest(to=to, event=event, idempotency_key=key),
-                    SendReply,
                     timeout=self.settings.nats.request_timeout_s,
                 )
                 return

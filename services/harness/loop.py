@@ -34,17 +34,15 @@ from nats.aio.client import Client as NATS
 from opentelemetry import trace
 from opentelemetry.context import Context
 
+from hyperhive.common import endpoints as E
 from hyperhive.common import rpc, subjects
 from hyperhive.common.errors import HiveError
 from hyperhive.common.redact import mask_data
 from hyperhive.common.telemetry import current_traceparent, traceparent_context
-from hyperhive.common.wire.base import Ok
 from hyperhive.common.wire.broker import (
     AckRequest,
-    RecvReply,
     RecvRequest,
     TurnEvent,
-    TurnsReply,
     TurnsRequest,
     TurnStats,
 )
@@ -234,11 +232,11 @@ class Harness:
         """Turn records from before the ring's oldest one (earlier runs), via the broker."""
         boundary = self.hub.oldest_ts or time.time()
         try:
-            reply = await rpc.request(
+            reply = await rpc.call(
                 self.nc,
-                subjects.agent(self.cfg.agent, subjects.AGENT_TURNS),
+                E.TURNS,
                 TurnsRequest(limit=BACKFILL_LIMIT),
-                TurnsReply,
+                agent=self.cfg.agent,
                 timeout=self.cfg.settings.nats.request_timeout_s,
             )
         except HiveError as exc:
@@ -617,11 +615,11 @@ class Harness:
     async def _recv(self) -> Wake | None:
         wait_s = self.cfg.settings.harness.recv_wait_s
         try:
-            reply = await rpc.request(
+            reply = await rpc.call(
                 self.nc,
-                subjects.agent(self.cfg.agent, subjects.AGENT_RECV),
+                E.RECV,
                 RecvRequest(wait_ms=int(wait_s * 1000)),
-                RecvReply,
+                agent=self.cfg.agent,
                 timeout=wait_s + self.cfg.settings.nats.request_timeout_s,
             )
         except HiveError as exc:
@@ -812,11 +810,11 @@ class Harness:
         """Acks with retries; if the broker stays away it redelivers later (at least once)."""
         for attempt in range(ACK_ATTEMPTS):
             try:
-                await rpc.request(
+                await rpc.call(
                     self.nc,
-                    subjects.agent(self.cfg.agent, subjects.AGENT_ACK),
+                    E.ACK,
                     AckRequest(id=message_id),
-                    Ok,
+                    agent=self.cfg.agent,
                     timeout=self.cfg.settings.nats.request_timeout_s,
                 )
                 return

@@ -20,7 +20,7 @@ async def start(rt: Runtime) -> None:
     lc = Lifecycle(rt.settings, rt.pool, rt.kv, rt.outbox, backend, rev)
     await lc.reconcile()
     rt.spawn(lc.monitor(), "lifecycle-monitor")
-    await Handlers(lc).register(rt.responder)
+    await rt.serve_all(Handlers(lc).endpoints())
     try:
         await lc.ensure_manager()
     except Exception:  # the service still serves; `hive spawn hm1nd` can retry
