@@ -66,10 +66,6 @@ def admin(part: str, verb: str) -> str:
     return f"{ROOT}.admin.{_token(part)}.{_token(verb)}"
 
 
-def admin_all(part: str) -> str:
-    return f"{ROOT}.admin.{_token(part)}.*"
-
-
 def system(part: str, verb: str) -> str:
     """``hive.system.<part>.<verb>``: service-to-service calls."""
     return f"{ROOT}.system.{_token(part)}.{_token(verb)}"

@@ -221,12 +221,6 @@ class Lifecycle:
             self._running.pop(name, None)
         return row
 
-    async def _emit(self, conn: asyncpg.Connection, events: list[HiveEvent]) -> None:
-        async with conn.transaction():
-            await outbox.add_many(conn, events)
-        if self.relay is not None:
-            self.relay.kick()
-
     async def _live(self, conn: asyncpg.Connection, name: str) -> store.AgentRow:
         row = await store.get(conn, name)
         if row is None or not row.live:
