@@ -182,14 +182,14 @@ class Call:
 Handler = Callable[[Any, Call], Awaitable[msgspec.Struct | None]]
 
 
-def manager_only(handler: Handler, manager: str) -> Handler:
+def manager_only(handler: Handler) -> Handler:
     """``handler`` for a manager tool served on every agent's subject
-    (``hive.agent.*.<tool>``): anyone but ``manager`` hears ``Forbidden``
+    (``hive.agent.*.<tool>``): anyone but the manager hears ``Forbidden``
     (rather than "no responders")."""
 
     async def guarded(req: Any, call: Call) -> msgspec.Struct | None:
-        if call.agent != manager:
-            raise Forbidden(f"only the manager {manager} may call {call.verb}")
+        if call.agent != subjects.MANAGER:
+            raise Forbidden(f"only the manager {subjects.MANAGER} may call {call.verb}")
         return await handler(req, call)
 
     return guarded
@@ -234,10 +234,9 @@ def error_reply(exc: HiveError) -> bytes:
 class Responder:
     """Serves request subjects for one service, one task per request."""
 
-    def __init__(self, nc: NATS, queue: str, manager: str = subjects.MANAGER) -> None:
+    def __init__(self, nc: NATS, queue: str) -> None:
         self._nc = nc
         self._queue = queue
-        self._manager = manager
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -251,7 +250,7 @@ class Responder:
         """
         check_handler(endpoint, handler)
         if endpoint.caller == "manager":
-            handler = manager_only(handler, self._manager)
+            handler = manager_only(handler)
         await self.serve_subject(endpoint.served_on, endpoint.request, handler)
 
     async def serve_subject(self, subject: str, request_type: type[T], handler: Handler) -> None:
