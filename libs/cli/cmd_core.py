@@ -1,4 +1,4 @@
-"""``hive serve``, ``hive up``, ``hive status``."""
+"""``hive serve``, ``hive harness``, ``hive up``, ``hive status``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run one service (what each systemd unit runs)")
     p.add_argument("part", choices=subjects.SERVICES)
     p.set_defaults(func=_serve)
+
+    harness = sub.add_parser("harness", help="run an agent's harness (inside its container)")
+    verbs = harness.add_subparsers(dest="harness_command", metavar="VERB")
+    verbs.required = True
+    p = verbs.add_parser(
+        "serve",
+        help="the turn loop and the agent page (settings from HIVE_HARNESS_* and HIVE_NATS_*)",
+    )
+    p.set_defaults(func=_serve, part="harness")
+    p = verbs.add_parser("mcp", help="the stdio MCP server 'hyperhive' that claude starts")
+    p.set_defaults(func=_serve, part="harness-mcp")
 
     p = sub.add_parser("up", help="run the whole hive here: embedded NATS + Postgres + services")
     p.add_argument("--home", help="data dir (default: $HIVE_HOME or ~/.local/share/hyperhive)")
@@ -59,13 +70,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from hyperhive.common.errors import ConfigError
-    from hyperhive.common.service import serve_main
+    """Runs ``args.part``, found in the one table of what can run (``PARTS``)."""
+    from hyperhive.common.service import PARTS, serve_main
 
     try:
         settings = load_settings()
-    except ConfigError as exc:
-        print(f"hive serve {args.part}: {exc}")
+    except HiveError as exc:
+        print(f"{PARTS[args.part].started_by}: {exc}", file=sys.stderr)
         return 1
     return serve_main(args.part, settings)
 

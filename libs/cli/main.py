@@ -22,7 +22,6 @@ COMMAND_MODULES = (
     "hyperhive.cli.cmd_approvals",
     "hyperhive.cli.cmd_log",
     "hyperhive.cli.cmd_usage",
-    "hyperhive.harness.cli",
 )
 
 

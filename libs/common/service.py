@@ -1,4 +1,11 @@
-"""Runs one service: connect, set up, serve until SIGTERM/SIGINT, drain.
+"""Runs every hyperhive process: the services and the harness.
+
+:data:`PARTS` is the one table of what ``hive serve <part>`` and ``hive
+harness serve|mcp`` start (the CLI imports no service module itself).
+:func:`serve_main` is the one entry point: logging, tracing, the event loop,
+SIGTERM/SIGINT (:func:`stop_on_signals`), one grace period
+(:data:`GRACE_S`) for in-flight work, background tasks and the NATS drain,
+and one clear line when it cannot run.
 
 A service module exposes ``async def start(rt: Runtime) -> None`` that
 registers its handlers on ``rt.responder`` and pushes its own cleanups onto
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import logging
 import os
 import signal
@@ -45,28 +53,61 @@ from hyperhive.common.wire.base import Ping, Pong
 
 log = logging.getLogger(__name__)
 
+# What a stopping process gives in-flight requests, a running turn, its
+# background tasks and the NATS drain, each. Under lifecycle.stop_timeout_s
+# (10 s), after which a harness is killed.
 GRACE_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
 class ServiceSpec:
     part: str  # as in ``hive serve <part>`` and ``hive.admin.<part>.*``
-    module: str  # has ``async def start(rt)``
-    schema: str | None  # its Postgres schema; None: no database
+    module: str  # a service: has ``async def start(rt)``
+    schema: str | None = None  # its Postgres schema; None: no database
     # its pooled connections hold no session state (see db.create_pool)
     keep_session: bool = False
+    # not a service: the module's own ``async def run(settings)`` (or, for a
+    # program with its own loop, ``def run(settings)``)
+    program: bool = False
+    command: str = ""  # how the operator starts it; "": ``hive serve <part>``
+    # uvloop: the same asyncio API with a faster loop (nats-py's protocol
+    # parsing and the per-request tasks are the broker's hot path); the
+    # harness's subprocesses and terminal PTYs run on asyncio's own
+    uvloop: bool = True
+
+    @property
+    def started_by(self) -> str:
+        return self.command or f"hive serve {self.part}"
+
+    def log_name(self, settings: Settings) -> str:
+        """The name its log lines carry (a harness: its agent's)."""
+        if self.part == "harness":
+            return f"harness-{settings.harness.agent or '?'}"
+        return self.part
 
 
-SPECS: dict[str, ServiceSpec] = {
+PARTS: dict[str, ServiceSpec] = {
     s.part: s
     for s in (
         ServiceSpec("broker", "hyperhive.broker.service", "broker", keep_session=True),
         ServiceSpec("lifecycle", "hyperhive.lifecycle.service", "lifecycle"),
         ServiceSpec("approvals", "hyperhive.approvals.service", "approvals"),
-        ServiceSpec("crash-watch", "hyperhive.crashwatch.service", None),
-        ServiceSpec("dashboard", "hyperhive.dashboard.service", None),
+        ServiceSpec("crash-watch", "hyperhive.crashwatch.service"),
+        ServiceSpec("dashboard", "hyperhive.dashboard.service"),
+        # inside an agent's container: the turn loop and page; the stdio MCP server
+        ServiceSpec(
+            "harness",
+            "hyperhive.harness.serve",
+            program=True,
+            command="hive harness serve",
+            uvloop=False,
+        ),
+        ServiceSpec(
+            "harness-mcp", "hyperhive.harness.mcp_server", program=True, command="hive harness mcp"
+        ),
     )
 }
+SPECS: dict[str, ServiceSpec] = {p: s for p, s in PARTS.items() if not s.program}
 assert tuple(SPECS) == subjects.SERVICES
 
 
@@ -144,16 +185,10 @@ async def run(
     check = getattr(module, "check", None)
     if check is not None:
         check(settings)  # a setting it cannot run with: one line, nothing started
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # not the main thread (in-process tests): the caller sets stop
+    stop = stop_on_signals(stop)
     async with AsyncExitStack() as stack:
         nc = await connect(settings.nats, name=f"hive-{part}")
-        stack.push_async_callback(_drain, nc)
+        stack.push_async_callback(drain, nc)
         js = nc.jetstream()
         await ensure_streams(js)
         kv = await ensure_state_bucket(js)
@@ -218,7 +253,24 @@ async def _cancel_background(rt: Runtime) -> None:
         await asyncio.wait(set(rt.background), timeout=GRACE_S)
 
 
-async def _drain(nc: NATS) -> None:
+def stop_on_signals(stop: asyncio.Event | None = None, *, handle: bool = True) -> asyncio.Event:
+    """``stop`` (a new Event if None), set by SIGTERM and SIGINT when ``handle``.
+
+    Outside the main thread (in-process tests) no handler can be installed:
+    the caller sets ``stop``.
+    """
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT) if handle else ():
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+    return stop
+
+
+async def drain(nc: NATS) -> None:
+    """Drains ``nc`` within :data:`GRACE_S`, else closes it."""
     try:
         await asyncio.wait_for(nc.drain(), timeout=GRACE_S)
     except Exception:
@@ -226,15 +278,28 @@ async def _drain(nc: NATS) -> None:
 
 
 def serve_main(part: str, settings: Settings) -> int:
-    """``hive serve <part>``: exit code 0 on a clean stop, 1 with one line if not."""
-    setup_logging(settings.log, part)
+    """``hive serve <part>`` and ``hive harness serve|mcp``: runs ``part`` of
+    :data:`PARTS` until SIGTERM/SIGINT; exit code 0 on a clean stop, 1 with
+    one line if it cannot run."""
+    spec = PARTS.get(part)
+    if spec is None:
+        print(f"hive serve {part}: unknown; one of: {', '.join(SPECS)}", file=sys.stderr)
+        return 1
     try:
+        if spec.program:
+            entry = importlib.import_module(spec.module).run
+            if not inspect.iscoroutinefunction(entry):
+                entry(settings)  # runs its own loop (the MCP server, on stdio)
+                return 0
+        setup_logging(settings.log, spec.log_name(settings))
         setup_tracing(settings.telemetry, part)
-        # uvloop: the same asyncio API with a faster loop (nats-py's protocol
-        # parsing and the per-request tasks are the broker's hot path)
-        uvloop.run(run(part, settings))
+        main = entry(settings) if spec.program else run(part, settings)
+        if spec.uvloop:
+            uvloop.run(main)
+        else:
+            asyncio.run(main)
     except HiveError as exc:
-        print(f"hive serve {part}: {exc}", file=sys.stderr)
+        print(f"{spec.started_by}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         pass

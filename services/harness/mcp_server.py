@@ -31,7 +31,7 @@ from opentelemetry.context import Context
 from hyperhive.common import endpoints, rpc, subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.endpoints import Endpoint
-from hyperhive.common.errors import HiveError
+from hyperhive.common.errors import ConfigError, HiveError
 from hyperhive.common.natsconn import connect
 from hyperhive.common.telemetry import setup_tracing, traceparent_context
 from hyperhive.common.wire.broker import AckRequest, RecvRequest, SendRequest, StatusRequest
@@ -202,8 +202,14 @@ def _endpoint_tool(
     return tool
 
 
-def serve_stdio(settings: Settings) -> None:
-    """Runs the server on stdin/stdout until claude closes it."""
+def run(settings: Settings) -> None:
+    """``hive harness mcp``: the server on stdin/stdout until claude closes it.
+
+    Raises:
+        ConfigError: no agent to speak as.
+    """
+    if not settings.harness.agent:
+        raise ConfigError("HIVE_HARNESS_AGENT is not set")
     # stdout carries the MCP protocol: only an exporter that does not print
     if settings.telemetry.exporter == "otlp":
         setup_tracing(settings.telemetry, "harness-mcp")
