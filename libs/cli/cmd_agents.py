@@ -29,7 +29,6 @@ from hyperhive.common.wire.lifecycle import (
     SpawnRequest,
 )
 
-PART = "lifecycle"
 # container operations can take a while (nixos-container builds)
 OP_TIMEOUT_S = 1800.0
 FOLLOW_INTERVAL_S = 1.0

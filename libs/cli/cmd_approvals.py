@@ -20,7 +20,6 @@ from hyperhive.common.wire.approvals import (
     QuestionsRequest,
 )
 
-PART = "approvals"
 # an approve waits for the build; leave the service's own limit room to answer
 BUILD_MARGIN_S = 30.0
 

@@ -65,8 +65,9 @@ class Endpoint(Generic[Req, Rep]):
         """The subject as the docs write it (``<n>``: the calling agent)."""
         if self.family != "agent":
             return self.served_on
-        who = s.MANAGER if self.caller == "manager" else "<n>"
-        return f"{s.ROOT}.agent.{who}.{self.verb}"
+        if self.caller == "manager":
+            return s.manager_tool(self.verb)
+        return f"{s.ROOT}.agent.<n>.{self.verb}"
 
     def subject(self, agent: str = "") -> str:
         """The subject to call: for an agent endpoint, ``agent``'s own."""

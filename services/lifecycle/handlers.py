@@ -109,20 +109,16 @@ class Handlers:
 
     # --- hive.agent.<manager>.{kill,start,restart,update} ---------------------
 
-    async def manager_tool(self, req: AgentRequest, call: Call) -> AgentInfo:
-        """A manager tool (only the manager gets here: the responder guards it)."""
-        name = check_agent_name(req.name, allow_manager=True)
-        if name == self.lc.manager:
-            raise Forbidden(f"the manager cannot {call.verb} itself; ask the operator")
-        match call.verb:
-            case "kill":
-                return await self.lc.stop(name, kill=True)
-            case "start":
-                return await self.lc.start(name)
-            case "restart":
-                return await self.lc.restart(name)
-            case _:
-                return await self.lc.update(name)
+    def _not_on_itself(self, verb: Handler) -> Handler:
+        """An admin verb as the manager's tool (only the manager gets here: the
+        responder guards it), which the manager may not turn on itself."""
+
+        async def tool(req: AgentRequest, call: Call) -> AgentInfo:
+            if check_agent_name(req.name, allow_manager=True) == self.lc.manager:
+                raise Forbidden(f"the manager cannot {call.verb} itself; ask the operator")
+            return await verb(req, call)
+
+        return tool
 
     def endpoints(self) -> dict[Endpoint[Any, Any], Handler]:
         """Every lifecycle endpoint and its handler."""
@@ -149,8 +145,8 @@ class Handlers:
             E.DRAFTS: self.drafts,
             # served whether or not this hive has a manager: anyone else hears
             # ``forbidden`` (the responder's guard)
-            E.KILL: self.manager_tool,
-            E.START: self.manager_tool,
-            E.RESTART: self.manager_tool,
-            E.UPDATE: self.manager_tool,
+            E.KILL: self._not_on_itself(self.kill),
+            E.START: self._not_on_itself(self.start),
+            E.RESTART: self._not_on_itself(self.restart),
+            E.UPDATE: self._not_on_itself(self.update),
         }
