@@ -226,6 +226,9 @@ async def run(
 
         await responder.serve(endpoints.PING[part], ping)
         await module.start(rt)
+        unserved = {e.served_on for e in endpoints.served_by(part)} - set(responder.served)
+        if unserved:  # a service that forgot rt.serve_all for what the registry says it serves
+            raise TypeError(f"{part} does not serve {sorted(unserved)}")
         await sync_subscriptions(nc)  # live on the server before "ready"
         log.info("serving", extra={"service": part})
         if ready:
