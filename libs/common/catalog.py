@@ -175,6 +175,8 @@ def render_markdown() -> str:
         f"     --inbox-prefix {s.operator_inbox_prefix()} sub '{s.EVENTS_ALL}'",
         f"nats ... stream view {s.EVENTS_STREAM}         # the durable event log",
         f"nats ... sub '{s.AGENT_EVENTS_ALL}'       # live claude output of every agent",
+        "nats ... micro ls                        # every service instance (micro discovery)",
+        "nats ... micro stats broker              # its endpoints: requests, errors, time",
         f"hive tail [--agent A] [--since 10m]      # message events, from {s.EVENTS_STREAM}",
         "hive log [--agent A] [--kind deny] [--since 1d] [--json]   # the activity timeline",
         "```",

@@ -78,13 +78,15 @@ def agent_permissions(name: str) -> Permissions:
 
 
 def operator_permissions() -> Permissions:
-    """The human operator: the admin surface, the event log, JetStream reads."""
+    """The human operator: the admin surface, the event log, JetStream reads,
+    service discovery."""
     return Permissions(
         publish=[
             subjects.ADMIN_ALL,
             subjects.JS_API_ALL,
             subjects.JS_ACK_ALL,
             subjects.JS_FLOW_CONTROL_ALL,
+            subjects.MICRO_ALL,
         ],
         subscribe=[
             subjects.inbox_all(OPERATOR_USER),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, get_type_hints
@@ -231,13 +232,26 @@ def error_reply(exc: HiveError) -> bytes:
     return _encoder.encode(ErrorReply(error=ErrorInfo(code=exc.code, message=exc.message)))
 
 
+@dataclass(slots=True)
+class Counts:
+    """What one served subject has handled (``nats micro stats`` shows it)."""
+
+    name: str  # the endpoint's name in discovery (``admin-send``)
+    subject: str
+    requests: int = 0
+    errors: int = 0  # error replies, of any code
+    processing_ns: int = 0
+    last_error: str = ""
+
+
 class Responder:
     """Serves request subjects for one service, one task per request."""
 
     def __init__(self, nc: NATS, queue: str) -> None:
         self._nc = nc
-        self._queue = queue
+        self.queue = queue
         self._subs: list[Subscription] = []
+        self.counts: list[Counts] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
 
@@ -251,9 +265,12 @@ class Responder:
         check_handler(endpoint, handler)
         if endpoint.caller == "manager":
             handler = manager_only(handler)
-        await self.serve_subject(endpoint.served_on, endpoint.request, handler)
+        name = f"{endpoint.family}-{endpoint.verb}"
+        await self.serve_subject(endpoint.served_on, endpoint.request, handler, name=name)
 
-    async def serve_subject(self, subject: str, request_type: type[T], handler: Handler) -> None:
+    async def serve_subject(
+        self, subject: str, request_type: type[T], handler: Handler, *, name: str = ""
+    ) -> None:
         """Answers ``subject`` (wildcards allowed) with ``handler``.
 
         The handler gets the decoded request and a :class:`Call`; it returns
@@ -262,22 +279,27 @@ class Responder:
         is logged: the service keeps serving.
         """
         dec = decoder(request_type)
+        counts = Counts(name=name or subject.replace(".", "-").replace("*", "any"), subject=subject)
+        self.counts.append(counts)
 
         async def on_msg(msg: Msg) -> None:
             if self._closing:
                 return
-            task = asyncio.create_task(self._run(msg, dec, handler))
+            task = asyncio.create_task(self._run(msg, dec, handler, counts))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-        self._subs.append(await self._nc.subscribe(subject, queue=self._queue, cb=on_msg))
+        self._subs.append(await self._nc.subscribe(subject, queue=self.queue, cb=on_msg))
 
     @property
     def served(self) -> list[str]:
         """The subjects (patterns as subscribed) this responder answers."""
         return [sub.subject for sub in self._subs]
 
-    async def _run(self, msg: Msg, dec: msgspec.json.Decoder[Any], handler: Handler) -> None:
+    async def _run(
+        self, msg: Msg, dec: msgspec.json.Decoder[Any], handler: Handler, counts: Counts
+    ) -> None:
+        started = time.perf_counter_ns()
         headers = dict(msg.headers or {})
         ctx = extract_context(headers)
         with tracer.start_as_current_span(
@@ -293,17 +315,24 @@ class Responder:
                 data = b'{"ok":true}' if result is None else _encoder.encode(result)
             except HiveError as exc:
                 data = error_reply(exc)
+                counts.errors += 1
+                counts.last_error = f"{exc.code}: {exc.message}"
             except Exception as exc:
                 if is_connection_error(exc):
                     # PostgreSQL down or restarting: the caller may retry
                     reason = (str(exc) or type(exc).__name__).splitlines()[0]
                     log.warning("database unavailable for %s: %s", msg.subject, reason)
-                    data = error_reply(
-                        Unavailable(f"database unavailable, {msg.subject} not done: {reason}")
+                    err: HiveError = Unavailable(
+                        f"database unavailable, {msg.subject} not done: {reason}"
                     )
                 else:
                     log.exception("handler failed", extra={"subject": msg.subject})
-                    data = error_reply(Internal(f"internal error handling {msg.subject}"))
+                    err = Internal(f"internal error handling {msg.subject}")
+                data = error_reply(err)
+                counts.errors += 1
+                counts.last_error = f"{err.code}: {err.message}"
+        counts.requests += 1
+        counts.processing_ns += time.perf_counter_ns() - started
         if msg.reply:
             try:
                 await msg.respond(data)

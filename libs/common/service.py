@@ -41,6 +41,7 @@ from nats.js.kv import KeyValue
 from hyperhive.common import endpoints, subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.db import create_pool, migrate
+from hyperhive.common.discovery import Discovery
 from hyperhive.common.endpoints import Endpoint
 from hyperhive.common.errors import ConfigError, HiveError
 from hyperhive.common.jetstream import ensure_state_bucket, ensure_streams
@@ -229,6 +230,9 @@ async def run(
         unserved = {e.served_on for e in endpoints.served_by(part)} - set(responder.served)
         if unserved:  # a service that forgot rt.serve_all for what the registry says it serves
             raise TypeError(f"{part} does not serve {sorted(unserved)}")
+        discovery = Discovery(nc, responder, part, hyperhive_version(), f"hyperhive {part}")
+        await discovery.start()  # `nats micro ls|info|stats`
+        stack.push_async_callback(discovery.stop)
         await sync_subscriptions(nc)  # live on the server before "ready"
         log.info("serving", extra={"service": part})
         if ready:

@@ -97,6 +97,8 @@ BROKER_WAKE: Final = f"{ROOT}.system.broker.wake"
 JS_API_ALL: Final = "$JS.API.>"
 JS_ACK_ALL: Final = "$JS.ACK.>"
 JS_FLOW_CONTROL_ALL: Final = "$JS.FC.>"
+# NATS micro discovery (``nats micro ls|info|stats``), answered by every service
+MICRO_ALL: Final = "$SRV.>"
 
 
 INBOX_ROOT: Final = "_INBOX"
