@@ -100,6 +100,11 @@
             module = self.nixosModules.hyperhive;
             package = self.packages.${system}.default;
           };
+          multihost = import ./nix/tests/multihost.nix {
+            inherit pkgs;
+            module = self.nixosModules.hyperhive;
+            package = self.packages.${system}.default;
+          };
         }
       );
     };

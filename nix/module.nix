@@ -17,6 +17,10 @@
 #   - a `hive` command for the operator, wired to the local NATS as operator
 #     (`sudo hive dashboard-url` prints the login URL).
 #
+# With role = "node" (docs/multihost.md) it sets up only hive-node, the node
+# agent for the hub at node.hubAddress, started once `hive node --join` has
+# written its seed (node.credentialsFile): no NATS, no PostgreSQL.
+#
 # The agent containers are not defined here: lifecycle creates them at run
 # time with nixos-container from per-agent flakes that import
 # ./harness-base.nix (the container side).
@@ -327,152 +331,88 @@ let
     [ "operatorTokenFile" ]
     [ "manager" ]
   ];
-in
-{
-  imports = map (
-    p: lib.mkAliasOptionModule ([ "services" "hive-c0re" ] ++ p) ([ "services" "hyperhive" ] ++ p)
-  ) aliasPaths;
 
-  options.services.hyperhive = {
-    enable = mkEnableOption "hyperhive, a swarm of Claude Code agents in nixos-containers";
+  # role = node: the node agent alone (docs/multihost.md), for the hub at
+  # node.hubAddress; the agents' containers run here, the rest on the hub
+  nodeEnv = {
+    HIVE_HOME = cfg.dataDir;
+    HIVE_NATS_URL = toString cfg.node.hubAddress;
+    # the seed is a systemd credential (LoadCredential below)
+    HIVE_NATS_SEED_FILE = "%d/node-seed";
+    HIVE_NATS_INBOX_PREFIX = "_INBOX.node-${cfg.node.name}";
+    HIVE_NODE_NAME = cfg.node.name;
+    HIVE_LIFECYCLE_BACKEND = "nixos";
+    HIVE_LIFECYCLE_FLAKE_REF = cfg.flakeRef;
+    HIVE_LIFECYCLE_REV = cfg.rev;
+    HIVE_LIFECYCLE_NIXOS_SYSTEM = pkgs.stdenv.hostPlatform.system;
+    HIVE_LIFECYCLE_NIXOS_CONF_DIR = "/etc/${containerDirName}";
+    HIVE_LIFECYCLE_NIXOS_PRIVATE_USERS = lib.boolToString cfg.privateUsers;
+    HIVE_LOG_LEVEL = cfg.logLevel;
+    PYTHONUNBUFFERED = "1";
+  };
 
-    package = mkOption {
-      type = types.package;
-      default = pkgs.callPackage ./package.nix { };
-      defaultText = lib.literalExpression "hyperhive.packages.\${system}.default";
-      description = "The hyperhive package (provides `hive`).";
-    };
+  nodeConfig = {
+    assertions = [
+      {
+        assertion = cfg.node.hubAddress != null;
+        message = "services.hyperhive.role = \"node\" needs node.hubAddress (the hub's NATS URL).";
+      }
+      {
+        assertion = cfg.node.credentialsFile != null && lib.hasPrefix "/" cfg.node.credentialsFile;
+        message = ''
+          services.hyperhive.role = "node" needs node.credentialsFile, an
+          absolute path to the node's seed (`hive node --join ... --join-only`
+          writes <dataDir>/node.seed).
+        '';
+      }
+      {
+        assertion = cfg.flakeRef != "";
+        message = "services.hyperhive.flakeRef is empty (see the hub's assertion).";
+      }
+    ];
 
-    dataDir = mkOption {
-      type = types.str;
-      default = "/var/lib/hyperhive";
-      description = ''
-        Where hyperhive keeps its files: `nats/` (seeds, users.d, auth.conf)
-        and `agents/<name>/{proposed,applied,state,creds,run}`. Not under
-        /home (the units run with ProtectHome).
-      '';
-    };
+    systemd.tmpfiles.rules = [
+      "d ${cfg.dataDir} 0700 root root -"
+      "d ${cfg.dataDir}/agents 0700 root root -"
+      "d /etc/${containerDirName} 0755 root root -"
+      "d /var/lib/${containerDirName} 0700 root root -"
+      "d /nix/var/nix/profiles/per-container 0700 root root -"
+      "d /nix/var/nix/gcroots/per-container 0755 root root -"
+    ];
 
-    dashboard = {
-      host = mkOption {
-        type = types.str;
-        default = "127.0.0.1";
-        description = "Address the dashboard binds to. Keep it on localhost unless it is protected.";
+    boot.enableContainers = lib.mkDefault true;
+    nix.settings.experimental-features = [
+      "nix-command"
+      "flakes"
+    ];
+
+    systemd.services.hive-node = {
+      description = "hyperhive node agent: the agents on this host, for the hub";
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+      # no seed yet (the machine has not joined): hive-node.path starts it
+      # once `hive node --join` has written it
+      unitConfig.ConditionPathExists = toString cfg.node.credentialsFile;
+      environment = nodeEnv // perPart.lifecycle.environment // cfg.extraEnvironment;
+      inherit (perPart.lifecycle) path;
+      serviceConfig = perPart.lifecycle.serviceConfig // {
+        Type = "simple";
+        ExecStart = "${hive} serve node";
+        Restart = "on-failure";
+        RestartSec = "5s";
+        SyslogIdentifier = "hive-node";
+        LoadCredential = "node-seed:${toString cfg.node.credentialsFile}";
       };
-      port = mkOption {
-        type = types.port;
-        default = 7000;
-        description = "Dashboard port.";
-      };
-      openFirewall = mkOption {
-        type = types.bool;
-        default = false;
-        description = "Open the dashboard port in the firewall (only useful with a non-local host).";
-      };
     };
-
-    operatorTokenFile = mkOption {
-      type = types.nullOr types.str;
-      default = null;
-      example = "/run/secrets/hyperhive-operator-token";
-      description = ''
-        File holding the operator token the dashboard requires on every page.
-        Give a path outside the Nix store (a string, not a Nix path literal),
-        readable by root; the dashboard gets it through systemd credentials.
-        Null: `hive-setup` generates one at `<dataDir>/operator-token`
-        (root-only, kept across restarts); `sudo hive dashboard-url` prints
-        the login URL.
-      '';
-    };
-
-    manager = mkOption {
-      type = types.enum [
-        "hm1nd"
-        ""
-      ];
-      default = "hm1nd";
-      description = ''
-        Whether lifecycle creates the manager agent (its name is always
-        hm1nd). Empty: no manager is created (for tests and hosts that only
-        run the services).
-      '';
-    };
-
-    broker.instances = mkOption {
-      type = types.ints.between 1 64;
-      default = 1;
-      description = ''
-        Broker processes to run, one unit each (the broker's unit, then the
-        same name with -2, -3, ... appended). They serve the broker's
-        subjects together (a NATS queue group) on the same database; more
-        instances use more cores.
-      '';
-    };
-
-    pollInterval = mkOption {
-      type = types.numbers.positive;
-      default = 10;
-      description = "Seconds between crash-watch's polls of every container's state.";
-    };
-
-    logLevel = mkOption {
-      type = types.enum [
-        "DEBUG"
-        "INFO"
-        "WARNING"
-        "ERROR"
-      ];
-      default = "INFO";
-      description = "Log level of every service (logs go to the journal).";
-    };
-
-    extraEnvironment = mkOption {
-      type = types.attrsOf types.str;
-      default = { };
-      example = {
-        HIVE_TELEMETRY_EXPORTER = "otlp";
-        HIVE_TELEMETRY_OTLP_ENDPOINT = "http://127.0.0.1:4318";
-      };
-      description = "Extra environment for every hyperhive unit (any `HIVE_<GROUP>_<FIELD>` setting).";
-    };
-
-    flakeRef = mkOption {
-      type = types.str;
-      default = "";
-      example = "github:owner/hyperhive";
-      description = ''
-        The hyperhive flake the per-agent container flakes import
-        harness-base.nix from (lifecycle pins it to `rev`). The flake's
-        nixosModules.hyperhive sets it to its own source.
-      '';
-    };
-
-    rev = mkOption {
-      type = types.str;
-      default = "";
-      description = "The running hyperhive revision (auto-update rebuilds containers built from another one).";
-    };
-
-    privateUsers = mkOption {
-      type = types.bool;
-      default = true;
-      description = ''
-        Run each agent container in its own user namespace (its root is an
-        unprivileged uid on the host) with id-mapped bind mounts. Needs a
-        filesystem under dataDir that supports id-mapped mounts (ext4, xfs,
-        btrfs, tmpfs; ZFS from 2.2); turn off where it does not.
-      '';
-    };
-
-    natsPackage = mkOption {
-      type = types.package;
-      default = pkgs.nats-server;
-      defaultText = lib.literalExpression "pkgs.nats-server";
-      description = "nats-server to run; at least 2.14.3 (earlier ones have permission-bypass advisories).";
+    systemd.paths.hive-node = {
+      wantedBy = [ "multi-user.target" ];
+      pathConfig.PathExists = toString cfg.node.credentialsFile;
     };
   };
 
-  config = mkIf cfg.enable {
+  # role = hub (the default): NATS, PostgreSQL, every service
+  hubConfig = {
     assertions = [
       {
         assertion = lib.versionAtLeast cfg.natsPackage.version "2.14.3";
@@ -614,6 +554,214 @@ in
     environment.etc."hyperhive/cli.toml".source = cliConfig;
     environment.systemPackages = [ cli ];
 
-    networking.firewall.allowedTCPPorts = mkIf cfg.dashboard.openFirewall [ cfg.dashboard.port ];
+    networking.firewall.allowedTCPPorts =
+      lib.optional cfg.dashboard.openFirewall cfg.dashboard.port
+      ++ lib.optional cfg.openNatsFirewall config.services.nats.port;
+    };
+in
+{
+  imports = map (
+    p: lib.mkAliasOptionModule ([ "services" "hive-c0re" ] ++ p) ([ "services" "hyperhive" ] ++ p)
+  ) aliasPaths;
+
+  options.services.hyperhive = {
+    enable = mkEnableOption "hyperhive, a swarm of Claude Code agents in nixos-containers";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.callPackage ./package.nix { };
+      defaultText = lib.literalExpression "hyperhive.packages.\${system}.default";
+      description = "The hyperhive package (provides `hive`).";
+    };
+
+    dataDir = mkOption {
+      type = types.str;
+      default = "/var/lib/hyperhive";
+      description = ''
+        Where hyperhive keeps its files: `nats/` (seeds, users.d, auth.conf)
+        and `agents/<name>/{proposed,applied,state,creds,run}`. Not under
+        /home (the units run with ProtectHome).
+      '';
+    };
+
+    dashboard = {
+      host = mkOption {
+        type = types.str;
+        default = "127.0.0.1";
+        description = "Address the dashboard binds to. Keep it on localhost unless it is protected.";
+      };
+      port = mkOption {
+        type = types.port;
+        default = 7000;
+        description = "Dashboard port.";
+      };
+      openFirewall = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Open the dashboard port in the firewall (only useful with a non-local host).";
+      };
+    };
+
+    operatorTokenFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/secrets/hyperhive-operator-token";
+      description = ''
+        File holding the operator token the dashboard requires on every page.
+        Give a path outside the Nix store (a string, not a Nix path literal),
+        readable by root; the dashboard gets it through systemd credentials.
+        Null: `hive-setup` generates one at `<dataDir>/operator-token`
+        (root-only, kept across restarts); `sudo hive dashboard-url` prints
+        the login URL.
+      '';
+    };
+
+    manager = mkOption {
+      type = types.enum [
+        "hm1nd"
+        ""
+      ];
+      default = "hm1nd";
+      description = ''
+        Whether lifecycle creates the manager agent (its name is always
+        hm1nd). Empty: no manager is created (for tests and hosts that only
+        run the services).
+      '';
+    };
+
+    broker.instances = mkOption {
+      type = types.ints.between 1 64;
+      default = 1;
+      description = ''
+        Broker processes to run, one unit each (the broker's unit, then the
+        same name with -2, -3, ... appended). They serve the broker's
+        subjects together (a NATS queue group) on the same database; more
+        instances use more cores.
+      '';
+    };
+
+    pollInterval = mkOption {
+      type = types.numbers.positive;
+      default = 10;
+      description = "Seconds between crash-watch's polls of every container's state.";
+    };
+
+    logLevel = mkOption {
+      type = types.enum [
+        "DEBUG"
+        "INFO"
+        "WARNING"
+        "ERROR"
+      ];
+      default = "INFO";
+      description = "Log level of every service (logs go to the journal).";
+    };
+
+    extraEnvironment = mkOption {
+      type = types.attrsOf types.str;
+      default = { };
+      example = {
+        HIVE_TELEMETRY_EXPORTER = "otlp";
+        HIVE_TELEMETRY_OTLP_ENDPOINT = "http://127.0.0.1:4318";
+      };
+      description = "Extra environment for every hyperhive unit (any `HIVE_<GROUP>_<FIELD>` setting).";
+    };
+
+    flakeRef = mkOption {
+      type = types.str;
+      default = "";
+      example = "github:owner/hyperhive";
+      description = ''
+        The hyperhive flake the per-agent container flakes import
+        harness-base.nix from (lifecycle pins it to `rev`). The flake's
+        nixosModules.hyperhive sets it to its own source.
+      '';
+    };
+
+    rev = mkOption {
+      type = types.str;
+      default = "";
+      description = "The running hyperhive revision (auto-update rebuilds containers built from another one).";
+    };
+
+    privateUsers = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Run each agent container in its own user namespace (its root is an
+        unprivileged uid on the host) with id-mapped bind mounts. Needs a
+        filesystem under dataDir that supports id-mapped mounts (ext4, xfs,
+        btrfs, tmpfs; ZFS from 2.2); turn off where it does not.
+      '';
+    };
+
+    role = mkOption {
+      type = types.enum [
+        "hub"
+        "node"
+      ];
+      default = "hub";
+      description = ''
+        What this host is in a hive that spans hosts (docs/multihost.md).
+        `hub`: NATS with JetStream, PostgreSQL and every service (the
+        default; a single-host hive is a hub). `node`: only the node agent
+        (`hive serve node`, unit hive-node) for the agents placed here; it
+        connects to the hub's NATS at `node.hubAddress` with the seed in
+        `node.credentialsFile`, and runs no NATS, no database, no other
+        service.
+      '';
+    };
+
+    node = {
+      name = mkOption {
+        type = types.strMatching "^[a-z][a-z0-9-]{0,8}$";
+        default = "node";
+        example = "gpu1";
+        description = "This node's name, as it joined the hub (`hive node --join --name`).";
+      };
+      hubAddress = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "tls://hub.example:4222";
+        description = "The hub's NATS URL (role = node).";
+      };
+      credentialsFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/var/lib/hyperhive/node.seed";
+        description = ''
+          The node agent's NATS seed (role = node): the file
+          `hive node --join <hub> --token <t> --name <name> --join-only
+          --home <dataDir>` writes (`<dataDir>/node.seed`). A path outside
+          the Nix store, readable by root; passed to hive-node as a systemd
+          credential. hive-node starts once it exists.
+        '';
+      };
+    };
+
+    openNatsFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Open the hub's NATS port for nodes on other machines (role = hub).
+        Also make NATS listen beyond localhost
+        (`services.nats.settings.host`), and use TLS
+        (`services.nats.settings.tls`) across untrusted networks.
+      '';
+    };
+
+    natsPackage = mkOption {
+      type = types.package;
+      default = pkgs.nats-server;
+      defaultText = lib.literalExpression "pkgs.nats-server";
+      description = "nats-server to run; at least 2.14.3 (earlier ones have permission-bypass advisories).";
+    };
   };
+
+  config = mkIf cfg.enable (
+    lib.mkMerge [
+      (mkIf (cfg.role == "hub") hubConfig)
+      (mkIf (cfg.role == "node") nodeConfig)
+    ]
+  );
 }

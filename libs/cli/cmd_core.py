@@ -41,6 +41,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--database-url", help="use this PostgreSQL instead of an embedded one")
     p.add_argument("--nats-port", type=int, default=None, help="embedded NATS port (4222)")
     p.add_argument(
+        "--nats-host",
+        default=None,
+        help="address the embedded NATS listens on (127.0.0.1); a hive with "
+        "nodes on other machines needs one they reach (see docs/multihost.md)",
+    )
+    p.add_argument(
         "--pg-port",
         type=int,
         default=None,
@@ -82,7 +88,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from hyperhive.cli.devstack import DEFAULT_NATS_PORT, DEFAULT_PG_PORT, UpOptions, up
+    from hyperhive.cli.devstack import (
+        DEFAULT_NATS_HOST,
+        DEFAULT_NATS_PORT,
+        DEFAULT_PG_PORT,
+        UpOptions,
+        up,
+    )
 
     home = Path(args.home or os.environ.get("HIVE_HOME") or default_home()).expanduser()
     return up(
@@ -92,6 +104,7 @@ def _up(args: argparse.Namespace) -> int:
             nats_seed=args.nats_seed,
             database_url=args.database_url,
             nats_port=args.nats_port or DEFAULT_NATS_PORT,
+            nats_host=args.nats_host or DEFAULT_NATS_HOST,
             pg_port=args.pg_port or DEFAULT_PG_PORT,
             dashboard_port=args.dashboard_port,
             dashboard_host=args.dashboard_host,

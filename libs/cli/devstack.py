@@ -35,6 +35,8 @@ from hyperhive.common.hostuser import isolation_gaps, runtime_paths, system_user
 from hyperhive.common.natsconn import connect
 
 DEFAULT_NATS_PORT = 4222
+DEFAULT_NATS_HOST = "127.0.0.1"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DEFAULT_PG_PORT = 5433
 STOP_GRACE_S = 8.0
 JETSTREAM_PROBE_S = 2.0
@@ -47,6 +49,8 @@ class UpOptions:
     nats_seed: str | None = None
     database_url: str | None = None
     nats_port: int = DEFAULT_NATS_PORT
+    # where the embedded NATS listens; nodes on other machines connect to it
+    nats_host: str = DEFAULT_NATS_HOST
     pg_port: int = DEFAULT_PG_PORT
     dashboard_port: int | None = None
     dashboard_host: str | None = None
@@ -98,7 +102,7 @@ class DevStack:
         check_port_free(port, "the dashboard", host)
         self._check_agents_reachable(settings)
         if not self.opts.nats_url:
-            check_port_free(self.opts.nats_port, "NATS")
+            check_port_free(self.opts.nats_port, "NATS", self.opts.nats_host)
         if self.opts.nats_url:
             asyncio.run(self._probe_nats(settings, self.opts.nats_url))
         if self.opts.database_url:
@@ -146,7 +150,7 @@ class DevStack:
             seed = self.opts.nats_seed or ""
             nats_url, service_seed, operator_seed = self.opts.nats_url, seed, seed
         else:
-            self.nats = EmbeddedNats(home / "nats", self.opts.nats_port)
+            self.nats = EmbeddedNats(home / "nats", self.opts.nats_port, self.opts.nats_host)
             self.nats.start()
             nats_url = self.nats.url
             service_seed = str(self.nats.service_seed)
@@ -369,6 +373,10 @@ def up(opts: UpOptions) -> int:
                 page = f"{base.rstrip('/')}/agents/{settings.lifecycle.manager}/"
                 print(f"  manager    {page}", flush=True)
             print(f"  nats       {nats_url}", flush=True)
+            if stack.nats is not None and opts.nats_host not in LOOPBACK:
+                # docs/multihost.md: other machines join with a token
+                listen = f"{opts.nats_host}:{opts.nats_port}"
+                print(f"  nodes      NATS on {listen}; `hive join-token` to add one", flush=True)
             print("  logs       " + str(opts.home / "logs"), flush=True)
             for gap in isolation_gaps(settings):
                 print(f"  warning    {gap}", flush=True)

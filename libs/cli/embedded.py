@@ -74,14 +74,20 @@ def check_port_free(port: int, what: str, host: str = "127.0.0.1") -> None:
             ) from None
 
 
-def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None, what: str) -> None:
+def wait_port(
+    port: int,
+    timeout: float,
+    proc: subprocess.Popen[bytes] | None,
+    what: str,
+    host: str = "127.0.0.1",
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise Unavailable(f"{what} exited with code {proc.returncode} while starting")
         with socket.socket() as s:
             s.settimeout(0.2)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
+            if s.connect_ex((host, port)) == 0:
                 return
         time.sleep(0.05)
     raise Unavailable(f"{what} did not listen on port {port} within {timeout:g}s")
@@ -135,7 +141,13 @@ class EmbeddedNats:
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        """Where clients on this machine connect (a wildcard listen address
+        is reached on loopback)."""
+        return f"nats://{self.local_host}:{self.port}"
+
+    @property
+    def local_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
 
     @property
     def service_seed(self) -> Path:
@@ -190,7 +202,7 @@ class EmbeddedNats:
             start_new_session=True,
         )
         log.close()
-        wait_port(self.port, timeout, self.proc, "nats-server")
+        wait_port(self.port, timeout, self.proc, "nats-server", self.local_host)
 
     def stop(self) -> None:
         if self.proc is not None:

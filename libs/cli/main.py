@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "hyperhive.cli.cmd_approvals",
     "hyperhive.cli.cmd_log",
     "hyperhive.cli.cmd_usage",
+    "hyperhive.cli.cmd_node",
 )
 
 

@@ -17,6 +17,7 @@ import msgspec
 from hyperhive.common import subjects as s
 from hyperhive.common import wire as w
 from hyperhive.common.endpoints import ENDPOINTS, Endpoint
+from hyperhive.common.wire import page as wp
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,88 @@ def _from_endpoint(e: Endpoint[msgspec.Struct, msgspec.Struct]) -> Entry:
         e.reply,
         e.doc,
     )
+
+
+PAGE_RELAY = "node agent (page relay)"  # the handler of hive.node.<node>.page.<n>.<op>
+
+
+def _page(op: str) -> str:
+    return s.node_page("NODE", "N", op).replace(".NODE.", ".<node>.").replace(".N.", ".<n>.")
+
+
+def _page_relay() -> list[Entry]:
+    """The agent page relay of each node (hyperhive.lifecycle.pagerelay); only
+    the operator's user (the dashboard) may call it."""
+    calls = {
+        s.PAGE_STATUS: "`GET /api/status`: the badge's data",
+        s.PAGE_PROMPT: "`POST /api/prompt`: a prompt or a slash command",
+        s.PAGE_CANCEL: "`POST /api/cancel`: end the running turn",
+        s.PAGE_CREDENTIALS: "`POST /api/credentials`: store claude's credentials",
+    }
+    e = [
+        Entry(
+            _page(op),
+            "request",
+            PAGE_RELAY,
+            "operator",
+            w.PageCall,
+            w.PageAnswer,
+            f"agent page relay, {what} of agent <n> on node <node>; the harness's answer "
+            "as it came (a body only if it is JSON)",
+        )
+        for op, what in calls.items()
+    ]
+    e += [
+        Entry(
+            _page(s.PAGE_EVENTS),
+            "request",
+            PAGE_RELAY,
+            "operator",
+            w.EventsOpen,
+            w.SessionOpened,
+            "agent page relay: open the live tail (`GET /api/events`, SSE) as a session "
+            "to pull from",
+        ),
+        Entry(
+            _page(s.PAGE_TERMINAL),
+            "request",
+            PAGE_RELAY,
+            "operator",
+            w.TerminalOpen,
+            w.SessionOpened,
+            "agent page relay: open a terminal (a new login shell) as a session",
+        ),
+        Entry(
+            _page(s.PAGE_PULL),
+            "request",
+            PAGE_RELAY,
+            "operator",
+            w.PullRequest,
+            w.PullReply,
+            "agent page relay: the next frames of a session (long poll, empty after "
+            f"{wp.PULL_WAIT_S:g} s; frames from `have` on, so a lost reply is sent again); "
+            f"a session not pulled from for {wp.SESSION_IDLE_S:g} s is closed",
+        ),
+        Entry(
+            _page(s.PAGE_PUSH),
+            "request",
+            PAGE_RELAY,
+            "operator",
+            w.PushRequest,
+            w.Ok,
+            "agent page relay: one text frame (input, resize) to a terminal session",
+        ),
+        Entry(
+            _page(s.PAGE_CLOSE),
+            "request",
+            PAGE_RELAY,
+            "operator",
+            w.SessionRequest,
+            w.Ok,
+            "agent page relay: end a session (the tail's stream, the terminal's shell)",
+        ),
+    ]
+    return e
 
 
 def _streams() -> list[Entry]:
@@ -110,7 +193,9 @@ def _streams() -> list[Entry]:
     ]
 
 
-CATALOG: tuple[Entry, ...] = tuple(_from_endpoint(e) for e in ENDPOINTS) + tuple(_streams())
+CATALOG: tuple[Entry, ...] = (
+    tuple(_from_endpoint(e) for e in ENDPOINTS) + tuple(_streams()) + tuple(_page_relay())
+)
 
 EVENT_KINDS: tuple[str, ...] = tuple(
     sorted(v for k, v in vars(s).items() if k.startswith("EV_") and isinstance(v, str))
@@ -133,7 +218,8 @@ def render_markdown() -> str:
         "",
         "Generated from `hyperhive.common.catalog` by "
         "`python -m hyperhive.common.catalog > docs/subjects.md`; a test fails when this",
-        "file is stale. `<n>` is an agent name. Payloads are JSON of the named",
+        "file is stale. `<n>` is an agent name, `<node>` a node's (`HIVE_NODE_NAME`).",
+        "Payloads are JSON of the named",
         "`msgspec` Struct in `hyperhive.common.wire` (`?` marks a field with a default);",
         'every request\'s error reply is `{"error": {"code", "message"}}`.',
         "",

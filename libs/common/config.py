@@ -122,6 +122,23 @@ class LifecycleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     nixos_private_users: bool = True
 
 
+class NodeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """This host as a node of the hive (docs/architecture.md "Beyond one host")."""
+
+    # the node agent's name (agent-name rules); ``hive serve lifecycle`` runs
+    # the node of this name in-process, ``hive serve node`` serves it alone
+    name: str = "hub"
+    # how often the node agent writes its heartbeat (``node.<name>`` in KV)
+    heartbeat_interval_s: float = 2.0
+    # control half: a node whose heartbeat is this old is lost (NodeLost)
+    lost_after_s: float = 10.0
+    # how long the control half waits for a node agent's reply to a quick
+    # verb (state, list, logs); builds use lifecycle's own timeouts
+    request_timeout_s: float = 10.0
+    # the longest a build or start on a node may take (a nixos-container build)
+    build_timeout_s: float = 1800.0
+
+
 class ApprovalsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # how long an approve waits for lifecycle's build (apply / create); a
     # nixos-container update can take many minutes
@@ -262,6 +279,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     paths: PathSettings = msgspec.field(default_factory=PathSettings)
     broker: BrokerSettings = msgspec.field(default_factory=BrokerSettings)
     lifecycle: LifecycleSettings = msgspec.field(default_factory=LifecycleSettings)
+    node: NodeSettings = msgspec.field(default_factory=NodeSettings)
     crashwatch: CrashWatchSettings = msgspec.field(default_factory=CrashWatchSettings)
     approvals: ApprovalsSettings = msgspec.field(default_factory=ApprovalsSettings)
     notify: NotifySettings = msgspec.field(default_factory=NotifySettings)

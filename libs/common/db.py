@@ -27,22 +27,20 @@ _SCHEMA = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 
 T = TypeVar("T")
 
-# Tables every service schema gets before its own migrations.
-_BASE_SQL = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
+# The migration sets applied in every service schema, in this order, each
+# tracked in its own table: the tables all services share (the outbox), then
+# the service's own. The tracking tables are the mechanism itself, so they are
+# the only schema written here rather than in a numbered file.
+COMMON_PACKAGE = "hyperhive.common"
+COMMON_TRACKING = "common_migrations"
+SERVICE_TRACKING = "schema_migrations"
+
+_TRACKING_SQL = """
+CREATE TABLE IF NOT EXISTS {table} (
     version integer PRIMARY KEY,
     name text NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE TABLE IF NOT EXISTS outbox (
-    id bigserial PRIMARY KEY,
-    subject text NOT NULL,
-    payload bytea NOT NULL,
-    msg_id text NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
-);
--- the trace context of the transaction that wrote the row, published with it
-ALTER TABLE outbox ADD COLUMN IF NOT EXISTS traceparent text;
 """
 
 
@@ -191,30 +189,34 @@ def load_migrations(package: str) -> list[tuple[int, str, str]]:
 
 
 async def migrate(pool: asyncpg.Pool, package: str) -> list[int]:
-    """Applies the base tables and ``package``'s pending migrations.
+    """Applies the common migrations, then ``package``'s pending ones.
 
     Returns:
-        The versions applied by this call (empty when all were applied before).
+        The versions of ``package`` applied by this call (empty when all were
+        applied before).
     """
-    migrations = load_migrations(package)
-    applied: list[int] = []
     async with pool.acquire() as conn:
         await conn.execute("SELECT pg_advisory_lock(hashtext(current_schema()))")
         try:
-            await conn.execute(_BASE_SQL)
-            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-            for version, name, sql in migrations:
-                if version in done:
-                    continue
-                async with conn.transaction():
-                    await conn.execute(sql)
-                    await conn.execute(
-                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                        version,
-                        name,
-                    )
-                applied.append(version)
-                log.info("migration applied", extra={"package": package, "version": version})
+            await _apply(conn, COMMON_PACKAGE, COMMON_TRACKING)
+            return await _apply(conn, package, SERVICE_TRACKING)
         finally:
             await conn.execute("SELECT pg_advisory_unlock(hashtext(current_schema()))")
+
+
+async def _apply(conn: asyncpg.Connection, package: str, tracking: str) -> list[int]:
+    """Applies ``package``'s migrations not yet recorded in table ``tracking``."""
+    await conn.execute(_TRACKING_SQL.format(table=tracking))
+    done = {r["version"] for r in await conn.fetch(f"SELECT version FROM {tracking}")}
+    applied: list[int] = []
+    for version, name, sql in load_migrations(package):
+        if version in done:
+            continue
+        async with conn.transaction():
+            await conn.execute(sql)
+            await conn.execute(
+                f"INSERT INTO {tracking} (version, name) VALUES ($1, $2)", version, name
+            )
+        applied.append(version)
+        log.info("migration applied", extra={"package": package, "version": version})
     return applied

@@ -23,8 +23,8 @@ Req = TypeVar("Req", bound=msgspec.Struct)
 Rep = TypeVar("Rep", bound=msgspec.Struct)
 
 # who may call an endpoint: any agent (as itself), the manager only, the
-# operator's tools (CLI, dashboard), or another service
-Caller = Literal["agent", "manager", "operator", "service"]
+# operator's tools (CLI, dashboard), another service, or a joining node
+Caller = Literal["agent", "manager", "operator", "service", "node"]
 Family = Literal["agent", "admin", "system"]
 
 
@@ -43,6 +43,7 @@ class Endpoint(Generic[Req, Rep]):
     reply: type[Rep] | None
     caller: Caller
     doc: str
+    part: str = ""  # the subject's part, when not the service's (hive.admin.nodes.*)
 
     @property
     def served_on(self) -> str:
@@ -56,9 +57,9 @@ class Endpoint(Generic[Req, Rep]):
             case "agent":
                 return s.agent_wildcard(self.verb)
             case "admin":
-                return s.admin(self.service, self.verb)
+                return s.admin(self.part or self.service, self.verb)
             case "system":
-                return s.system(self.service, self.verb)
+                return s.system(self.part or self.service, self.verb)
 
     @property
     def pattern(self) -> str:
@@ -87,8 +88,10 @@ def _ep(
     reply: type[Rep] | None,
     caller: Caller,
     doc: str,
+    *,
+    part: str = "",
 ) -> Endpoint[Req, Rep]:
-    ep = Endpoint(service, family, verb, request, reply, caller, doc)
+    ep = Endpoint(service, family, verb, request, reply, caller, doc, part)
     assert not any(e.served_on == ep.served_on for e in ENDPOINTS), ep.served_on
     ENDPOINTS.append(ep)  # type: ignore[arg-type]
     return ep
@@ -483,6 +486,31 @@ DRAFT: Final = _ep(
 SYS_DRAFTS: Final = _ep(
     LIFECYCLE, "system", "drafts", w.Empty, w.DraftsReply, "service", "list drafts"
 )
+
+
+# --- joining nodes (docs/multihost.md), served by lifecycle ------------------------
+JOIN_TOKEN: Final = _ep(
+    LIFECYCLE,
+    "admin",
+    "join_token",
+    w.JoinTokenRequest,
+    w.JoinToken,
+    "operator",
+    "a one-time token for a new machine to join as a node (docs/multihost.md)",
+    part=s.NODES_PART,
+)
+JOIN: Final = _ep(
+    LIFECYCLE,
+    "system",
+    "join",
+    w.JoinRequest,
+    w.JoinReply,
+    "node",
+    "spend a join token: the node's NATS user is made for the key it sent "
+    "(only a join token's user may call it)",
+    part=s.NODES_PART,
+)
+assert (JOIN_TOKEN.served_on, JOIN.served_on) == (s.NODES_JOIN_TOKEN, s.NODES_JOIN)
 
 
 def served_by(service: str) -> list[Endpoint[msgspec.Struct, msgspec.Struct]]:

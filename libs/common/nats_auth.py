@@ -10,19 +10,25 @@ anyone else's connection.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import secrets
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import msgspec
+import nacl.exceptions
+import nacl.signing
 import nkeys
 
 from hyperhive.common import subjects
 from hyperhive.common.config import NatsSettings
-from hyperhive.common.errors import ConfigError, Unavailable
+from hyperhive.common.errors import BadRequest, ConfigError, Unavailable
+from hyperhive.common.names import check_agent_name, check_node_name
 
 SERVICE_USER = "service"
 OPERATOR_USER = subjects.OPERATOR
@@ -31,6 +37,9 @@ OPERATOR_USER = subjects.OPERATOR
 class Permissions(msgspec.Struct, kw_only=True):
     publish: list[str] | None = None  # None: anything
     subscribe: list[str] | None = None
+    # may publish one reply to each request it received (nats-server's
+    # ``allow_responses``), whatever the reply subject
+    allow_responses: bool = False
 
 
 class NatsUser(msgspec.Struct, kw_only=True):
@@ -77,12 +86,117 @@ def agent_permissions(name: str) -> Permissions:
     )
 
 
+def agent_user(name: str, public_key: str) -> NatsUser:
+    """Agent ``name``'s NATS user for a public key its node made.
+
+    On a node the agent's seed is created by the node agent and never leaves
+    that host; the control half installs this user on the hub (``put_user``,
+    ``render_auth_file``, ``reload_server``) when the node reports the key.
+    """
+    check_agent_name(name, allow_manager=True)
+    return NatsUser(
+        name=f"agent-{name}", nkey=check_public_key(public_key), permissions=agent_permissions(name)
+    )
+
+
+def node_user_name(node: str) -> str:
+    """The NATS user of node agent ``node`` (``node-<node>``)."""
+    return f"node-{node}"
+
+
+def node_inbox_prefix(node: str) -> str:
+    """``_INBOX.node-<node>``: where node agent ``node`` gets its replies."""
+    return subjects.inbox_prefix(node_user_name(node))
+
+
+def node_permissions(node: str) -> Permissions:
+    """A node agent on the hub: it hears only requests addressed to its node
+    (``hive.node.<node>.>``, the page relay included) and its own replies,
+    answers them (one reply per request), and writes only its heartbeat
+    key. It cannot speak as an agent, the operator or a service; a stolen
+    node credential reaches nothing but that node's own requests.
+    """
+    check_node_name(node)
+    return Permissions(
+        publish=[subjects.kv_subject(f"node.{node}")],
+        subscribe=[f"{subjects.ROOT}.node.{node}.>", f"{node_inbox_prefix(node)}.>"],
+        allow_responses=True,
+    )
+
+
+def node_user(node: str, public_key: str) -> NatsUser:
+    """Node ``node``'s NATS user for the public key it sent when joining."""
+    return NatsUser(
+        name=node_user_name(node),
+        nkey=check_public_key(public_key),
+        permissions=node_permissions(node),
+    )
+
+
+def join_user_name(token_public_key: str) -> str:
+    """The one-time NATS user of a join token (``join-<first 12 of its key>``)."""
+    return f"join-{check_public_key(token_public_key)[1:13].lower()}"
+
+
+def join_permissions(token_public_key: str) -> Permissions:
+    """A join token's user may only ask to join, and hear its own answer."""
+    return Permissions(
+        publish=[subjects.system("nodes", "join")],
+        subscribe=[f"{subjects.inbox_prefix(join_user_name(token_public_key))}.>"],
+    )
+
+
+def check_public_key(public_key: str) -> str:
+    """Returns ``public_key`` if it is a user nkey (``U...``).
+
+    Raises:
+        BadRequest: anything else (a seed, another key type, garbage).
+    """
+    if _raw_public_key(public_key) is None:
+        raise BadRequest("not a NATS user public key")
+    return public_key
+
+
+def _raw_public_key(public_key: object) -> bytes | None:
+    """The 32 key bytes of a user public key, None if it is not one (nkeys-py
+    has no decoder for public keys: base32 of prefix, key, crc16)."""
+    if not isinstance(public_key, str) or len(public_key) != 56:
+        return None
+    try:
+        raw = base64.b32decode(public_key)
+    except (binascii.Error, ValueError):
+        return None
+    body, crc = raw[:-2], int.from_bytes(raw[-2:], "little")
+    if body[0] != nkeys.PREFIX_BYTE_USER or nkeys.crc16(bytearray(body)) != crc:
+        return None
+    return bytes(body[1:])
+
+
+def sign(seed: bytes, data: bytes) -> bytes:
+    """``data`` signed with a user seed (ed25519)."""
+    return bytes(nkeys.from_seed(bytearray(seed)).sign(data))
+
+
+def verify(public_key: str, data: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` is ``data`` signed by the seed of ``public_key``."""
+    raw = _raw_public_key(public_key)
+    if raw is None:
+        return False
+    try:
+        nacl.signing.VerifyKey(raw).verify(data, signature)
+    except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
+        return False
+    return True
+
+
 def operator_permissions() -> Permissions:
     """The human operator: the admin surface, the event log, JetStream reads,
-    service discovery."""
+    and the agent pages on every node (the dashboard's page relay calls), service
+    discovery."""
     return Permissions(
         publish=[
             subjects.ADMIN_ALL,
+            subjects.NODE_PAGE_ALL,
             subjects.JS_API_ALL,
             subjects.JS_ACK_ALL,
             subjects.JS_FLOW_CONTROL_ALL,
@@ -120,8 +234,19 @@ def list_users(nats_dir: Path) -> list[NatsUser]:
     return [dec.decode(p.read_bytes()) for p in sorted(d.glob("*.json"))]
 
 
+# users.d is changed by several parts of one process (agent credentials, node
+# joins): a render reads the dir and writes the file as one step, or a slower
+# render could write an older view last
+_render_lock = threading.Lock()
+
+
 def render_auth_file(nats_dir: Path, auth_file: Path | None = None) -> Path:
     """Writes ``auth.conf`` from ``users.d`` (atomically). Returns its path."""
+    with _render_lock:
+        return _render(nats_dir, auth_file)
+
+
+def _render(nats_dir: Path, auth_file: Path | None) -> Path:
     entries = []
     for user in list_users(nats_dir):
         entry: dict[str, object] = {"nkey": user.nkey}
@@ -130,6 +255,8 @@ def render_auth_file(nats_dir: Path, auth_file: Path | None = None) -> Path:
             perms["publish"] = {"allow": user.permissions.publish}
         if user.permissions.subscribe is not None:
             perms["subscribe"] = {"allow": user.permissions.subscribe}
+        if user.permissions.allow_responses:
+            perms["allow_responses"] = True
         if perms:
             entry["permissions"] = perms
         entries.append(entry)

@@ -87,6 +87,12 @@ def event_family(family: str) -> str:
     return f"{ROOT}.events.{_token(family)}.>"
 
 
+# Joining a node (docs/multihost.md): the operator asks the control half for
+# a one-time token; a new machine sends it back, signed, to become a node
+NODES_PART: Final = "nodes"
+NODES_JOIN: Final = f"{ROOT}.system.{NODES_PART}.join"
+NODES_JOIN_TOKEN: Final = f"{ROOT}.admin.{NODES_PART}.join_token"
+
 EVENTS_ALL: Final = f"{ROOT}.events.>"
 AGENT_EVENTS_ALL: Final = f"{ROOT}.agent.*.{AGENT_EVENTS}"
 ADMIN_ALL: Final = f"{ROOT}.admin.>"  # the operator surface of every service
@@ -99,6 +105,51 @@ JS_ACK_ALL: Final = "$JS.ACK.>"
 JS_FLOW_CONTROL_ALL: Final = "$JS.FC.>"
 # NATS micro discovery (``nats micro ls|info|stats``), answered by every service
 MICRO_ALL: Final = "$SRV.>"
+
+
+# The agent page relay (hive.node.<node>.page.<agent>.<op>): the dashboard
+# reaches the page API of an agent on another node through that node's agent.
+# One-shot JSON calls, each the harness route of the same name:
+PAGE_STATUS: Final = "status"
+PAGE_PROMPT: Final = "prompt"
+PAGE_CANCEL: Final = "cancel"
+PAGE_CREDENTIALS: Final = "credentials"
+PAGE_CALLS: Final = (PAGE_STATUS, PAGE_PROMPT, PAGE_CANCEL, PAGE_CREDENTIALS)
+# sessions: the live tail and the terminal are opened, then pulled from
+# (long-poll), pushed to (terminal input) and closed
+PAGE_EVENTS: Final = "events"
+PAGE_TERMINAL: Final = "terminal"
+PAGE_PULL: Final = "pull"
+PAGE_PUSH: Final = "push"
+PAGE_CLOSE: Final = "close"
+PAGE_OPS: Final = (*PAGE_CALLS, PAGE_EVENTS, PAGE_TERMINAL, PAGE_PULL, PAGE_PUSH, PAGE_CLOSE)
+
+
+def node_page(node: str, agent: str, op: str) -> str:
+    """``hive.node.<node>.page.<agent>.<op>``: one call of an agent page's
+    relay on the node the agent runs on."""
+    return f"{ROOT}.node.{_token(node)}.page.{_token(agent)}.{_token(op)}"
+
+
+def node_page_op(node: str, op: str) -> str:
+    """``hive.node.<node>.page.*.<op>``: what a node's relay serves for every agent."""
+    return f"{ROOT}.node.{_token(node)}.page.*.{_token(op)}"
+
+
+# who may call any node's page relay: the operator (the dashboard), never an agent
+NODE_PAGE_ALL: Final = f"{ROOT}.node.*.page.>"
+
+
+def parse_node_page(subject: str) -> tuple[str, str, str]:
+    """Splits ``hive.node.<node>.page.<agent>.<op>`` into ``(node, agent, op)``.
+
+    Raises:
+        ValueError: not a page relay subject.
+    """
+    parts = subject.split(".")
+    if len(parts) != 6 or parts[0] != ROOT or parts[1] != "node" or parts[3] != "page":
+        raise ValueError(f"not a page relay subject: {subject!r}")
+    return parts[2], parts[4], parts[5]
 
 
 INBOX_ROOT: Final = "_INBOX"

@@ -17,9 +17,10 @@ from typing import Final
 
 import git
 
+from hyperhive.common import gitrepo
 from hyperhive.common.errors import BadRequest, Conflict, Internal, NotFound
 
-MAIN: Final = "refs/heads/main"
+MAIN: Final = gitrepo.MAIN_REF
 # the tree of no files (sha1 repos); the diff base of a spawn commit
 EMPTY_TREE: Final = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 NO_CHANGES: Final = "(proposal matches currently-deployed tree)"
@@ -30,15 +31,6 @@ MAX_TAG_MESSAGE: Final = 32_000  # one argv element stays well under the kernel'
 # subset of what git accepts, and nothing git could read as an option or path.
 _REF: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
 _SHA: Final = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
-
-# Fixed identity for tags; git must not fall back to the host's user config.
-_ENV: Final = {
-    "GIT_TERMINAL_PROMPT": "0",
-    "GIT_COMMITTER_NAME": "hyperhive",
-    "GIT_COMMITTER_EMAIL": "hyperhive@localhost",
-    "GIT_AUTHOR_NAME": "hyperhive",
-    "GIT_AUTHOR_EMAIL": "hyperhive@localhost",
-}
 
 
 def check_ref(ref: object) -> str:
@@ -89,26 +81,6 @@ def message_body(message: str) -> str:
     return message
 
 
-def _repo(path: Path, what: str) -> git.Repo:
-    try:
-        return git.Repo(path)
-    except (git.NoSuchPathError, git.InvalidGitRepositoryError):
-        raise NotFound(f"no {what} repo at {path}") from None
-
-
-def _run(repo: git.Repo, *args: str) -> str:
-    with repo.git.custom_environment(**_ENV):
-        return str(repo.git.execute(["git", *args]))
-
-
-def _try(repo: git.Repo, *args: str) -> str | None:
-    """Output of a git command, or None when it exits non-zero."""
-    try:
-        return _run(repo, *args)
-    except git.GitCommandError:
-        return None
-
-
 def resolve_commit(proposed: Path, ref: str) -> str:
     """The full sha of the commit ``ref`` names in the proposed repo.
 
@@ -117,9 +89,9 @@ def resolve_commit(proposed: Path, ref: str) -> str:
         NotFound: no proposed repo, or no such commit in it.
     """
     check_ref(ref)
-    repo = _repo(proposed, "proposed")
+    repo = gitrepo.open_repo(proposed, "proposed")
     with repo:
-        sha = _try(
+        sha = gitrepo.try_run(
             repo, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"
         )
     if not sha or not _SHA.fullmatch(sha.strip()):
@@ -146,12 +118,12 @@ def check_tree(repo_path: Path, sha: str, what: str) -> None:
         Internal: git could not list the tree.
     """
     _check_sha(sha)
-    repo = _repo(repo_path, what)
+    repo = gitrepo.open_repo(repo_path, what)
     with repo:
         try:
-            out = _run(repo, "ls-tree", "-r", "-z", "--full-tree", sha)
+            out = gitrepo.run(repo, "ls-tree", "-r", "-z", "--full-tree", sha)
         except git.GitCommandError as exc:
-            raise Internal(f"could not list the tree of {sha}: {_stderr(exc)}") from None
+            raise Internal(f"could not list the tree of {sha}: {gitrepo.stderr(exc)}") from None
     bad: dict[str, list[str]] = {_SYMLINK: [], _GITLINK: []}
     for entry in out.split("\x00"):
         meta, _, path = entry.partition("\t")
@@ -178,10 +150,10 @@ def fetch_commit(applied: Path, proposed: Path, sha: str) -> None:
         Internal: git could not fetch the commit.
     """
     _check_sha(sha)
-    repo = _repo(applied, "applied")
+    repo = gitrepo.open_repo(applied, "applied")
     with repo:
         try:
-            _run(
+            gitrepo.run(
                 repo,
                 "fetch",
                 "--quiet",
@@ -193,8 +165,10 @@ def fetch_commit(applied: Path, proposed: Path, sha: str) -> None:
                 sha,
             )
         except git.GitCommandError as exc:
-            raise Internal(f"could not fetch {sha} into the applied repo: {_stderr(exc)}") from None
-        if _try(repo, "cat-file", "-e", f"{sha}^{{commit}}") is None:
+            raise Internal(
+                f"could not fetch {sha} into the applied repo: {gitrepo.stderr(exc)}"
+            ) from None
+        if gitrepo.try_run(repo, "cat-file", "-e", f"{sha}^{{commit}}") is None:
             raise Internal(f"commit {sha} missing from the applied repo after fetch")
 
 
@@ -204,31 +178,29 @@ def _check_sha(sha: str) -> str:
     return sha
 
 
-def _stderr(exc: git.GitCommandError) -> str:
-    return str(exc.stderr or exc).strip()
-
-
 def main_sha(applied: Path) -> str:
     """The commit ``main`` points at, or ``""`` if the repo has no main yet."""
-    repo = _repo(applied, "applied")
+    repo = gitrepo.open_repo(applied, "applied")
     with repo:
-        out = _try(repo, "rev-parse", "--verify", "--quiet", f"{MAIN}^{{commit}}")
+        out = gitrepo.try_run(repo, "rev-parse", "--verify", "--quiet", f"{MAIN}^{{commit}}")
     return (out or "").strip()
 
 
 def tag_sha(applied: Path, name: str) -> str:
     """The commit tag ``name`` points at, or ``""`` if there is no such tag."""
-    repo = _repo(applied, "applied")
+    repo = gitrepo.open_repo(applied, "applied")
     with repo:
-        out = _try(repo, "rev-parse", "--verify", "--quiet", f"refs/tags/{name}^{{commit}}")
+        out = gitrepo.try_run(
+            repo, "rev-parse", "--verify", "--quiet", f"refs/tags/{name}^{{commit}}"
+        )
     return (out or "").strip()
 
 
 def tag_message(applied: Path, name: str) -> str:
     """The message of annotated tag ``name`` (``""`` if none)."""
-    repo = _repo(applied, "applied")
+    repo = gitrepo.open_repo(applied, "applied")
     with repo:
-        out = _try(repo, "tag", "-l", "--format=%(contents)", "--", name)
+        out = gitrepo.try_run(repo, "tag", "-l", "--format=%(contents)", "--", name)
     return (out or "").strip()
 
 
@@ -240,9 +212,11 @@ def create_tag(applied: Path, name: str, sha: str, message: str | None = None) -
         Internal: the tag exists elsewhere, or git failed.
     """
     _check_sha(sha)
-    repo = _repo(applied, "applied")
+    repo = gitrepo.open_repo(applied, "applied")
     with repo:
-        existing = _try(repo, "rev-parse", "--verify", "--quiet", f"refs/tags/{name}^{{commit}}")
+        existing = gitrepo.try_run(
+            repo, "rev-parse", "--verify", "--quiet", f"refs/tags/{name}^{{commit}}"
+        )
         if existing is not None and existing.strip():
             if existing.strip() != sha:
                 raise Internal(f"tag {name} already points at {existing.strip()}")
@@ -252,9 +226,9 @@ def create_tag(applied: Path, name: str, sha: str, message: str | None = None) -
             text = message.replace("\x00", "")[:MAX_TAG_MESSAGE] or name
             args += ["-a", "--cleanup=verbatim", "-m", text]
         try:
-            _run(repo, *args, name, sha)
+            gitrepo.run(repo, *args, name, sha)
         except git.GitCommandError as exc:
-            raise Internal(f"could not tag {name}: {_stderr(exc)}") from None
+            raise Internal(f"could not tag {name}: {gitrepo.stderr(exc)}") from None
 
 
 # A hunk's header names the TOML table it starts in (``@@ … @@ [mcp_servers.x.env]``),
@@ -268,15 +242,17 @@ def diff(applied: Path, base: str, target: str) -> tuple[str, list[str]]:
 
     ``base`` is a commit (``""``: the empty tree, for an agent with no main yet).
     """
-    repo = _repo(applied, "applied")
+    repo = gitrepo.open_repo(applied, "applied")
     base = base or EMPTY_TREE
     opts = ["--no-color", "--no-ext-diff", "--no-textconv", "--find-renames"]
     with repo:
         try:
-            text = _run(repo, "-c", TABLE_FUNCNAME, "diff", *opts, base, target, "--")
-            names = _run(repo, "diff", "--name-only", "-z", "--no-renames", base, target, "--")
+            text = gitrepo.run(repo, "-c", TABLE_FUNCNAME, "diff", *opts, base, target, "--")
+            names = gitrepo.run(
+                repo, "diff", "--name-only", "-z", "--no-renames", base, target, "--"
+            )
         except git.GitCommandError as exc:
-            raise Internal(f"git diff failed: {_stderr(exc)}") from None
+            raise Internal(f"git diff failed: {gitrepo.stderr(exc)}") from None
     files = [n for n in names.split("\x00") if n]
     return (text + "\n" if text else NO_CHANGES), files
 
@@ -284,12 +260,12 @@ def diff(applied: Path, base: str, target: str) -> tuple[str, list[str]]:
 def checkout_detached(applied: Path, sha: str) -> None:
     """Moves the applied working tree (and index) to ``sha``; ``main`` stays."""
     _check_sha(sha)
-    repo = _repo(applied, "applied")
+    repo = gitrepo.open_repo(applied, "applied")
     with repo:
         try:
-            _run(repo, "checkout", "--quiet", "--force", "--detach", sha, "--")
+            gitrepo.run(repo, "checkout", "--quiet", "--force", "--detach", sha, "--")
         except git.GitCommandError as exc:
-            raise Internal(f"could not check out {sha}: {_stderr(exc)}") from None
+            raise Internal(f"could not check out {sha}: {gitrepo.stderr(exc)}") from None
 
 
 def is_ancestor(applied: Path, ancestor: str, descendant: str) -> bool:
@@ -297,9 +273,11 @@ def is_ancestor(applied: Path, ancestor: str, descendant: str) -> bool:
     when either is missing)."""
     _check_sha(ancestor)
     _check_sha(descendant)
-    repo = _repo(applied, "applied")
+    repo = gitrepo.open_repo(applied, "applied")
     with repo:
-        return _try(repo, "merge-base", "--is-ancestor", ancestor, descendant) is not None
+        return (
+            gitrepo.try_run(repo, "merge-base", "--is-ancestor", ancestor, descendant) is not None
+        )
 
 
 def advance_main(applied: Path, sha: str, base: str) -> None:
@@ -319,16 +297,16 @@ def advance_main(applied: Path, sha: str, base: str) -> None:
             raise Internal(f"main moved to {current or '(none)'} during the deploy of {sha}")
         if base and not is_ancestor(applied, base, sha):
             raise Conflict(f"{sha} does not descend from main ({base}): not a fast-forward")
-    repo = _repo(applied, "applied")
+    repo = gitrepo.open_repo(applied, "applied")
     with repo:
         try:
             # compare-and-swap: only from the main checked above
             old = current or "0" * len(sha)
-            _run(repo, "update-ref", "-m", "hyperhive: deployed", MAIN, sha, old)
-            _run(repo, "symbolic-ref", "HEAD", MAIN)
-            _run(repo, "reset", "--quiet", "--hard", MAIN)
+            gitrepo.run(repo, "update-ref", "-m", "hyperhive: deployed", MAIN, sha, old)
+            gitrepo.run(repo, "symbolic-ref", "HEAD", MAIN)
+            gitrepo.run(repo, "reset", "--quiet", "--hard", MAIN)
         except git.GitCommandError as exc:
-            raise Internal(f"could not move main to {sha}: {_stderr(exc)}") from None
+            raise Internal(f"could not move main to {sha}: {gitrepo.stderr(exc)}") from None
 
 
 def restore_main(applied: Path, base: str) -> None:
@@ -337,17 +315,17 @@ def restore_main(applied: Path, base: str) -> None:
     ``base == ""``: the repo had no main (a spawn commit): remove main if it
     exists and empty the index and the tracked files.
     """
-    repo = _repo(applied, "applied")
+    repo = gitrepo.open_repo(applied, "applied")
     with repo:
         try:
             if base:
                 _check_sha(base)
-                _run(repo, "update-ref", "-m", "hyperhive: rollback", MAIN, base)
-                _run(repo, "symbolic-ref", "HEAD", MAIN)
-                _run(repo, "reset", "--quiet", "--hard", MAIN)
+                gitrepo.run(repo, "update-ref", "-m", "hyperhive: rollback", MAIN, base)
+                gitrepo.run(repo, "symbolic-ref", "HEAD", MAIN)
+                gitrepo.run(repo, "reset", "--quiet", "--hard", MAIN)
             else:
-                _try(repo, "update-ref", "-d", MAIN)
-                _run(repo, "symbolic-ref", "HEAD", MAIN)
-                _run(repo, "rm", "-r", "-f", "-q", "--ignore-unmatch", "--", ".")
+                gitrepo.try_run(repo, "update-ref", "-d", MAIN)
+                gitrepo.run(repo, "symbolic-ref", "HEAD", MAIN)
+                gitrepo.run(repo, "rm", "-r", "-f", "-q", "--ignore-unmatch", "--", ".")
         except git.GitCommandError as exc:
-            raise Internal(f"could not restore the applied repo: {_stderr(exc)}") from None
+            raise Internal(f"could not restore the applied repo: {gitrepo.stderr(exc)}") from None

@@ -4,7 +4,8 @@ A NATS client only: pages and actions go through ``hive.admin.*`` (see
 :mod:`hyperhive.dashboard.hive`), live views follow ``HIVE_EVENTS`` through
 one in-process :class:`~hyperhive.dashboard.hub.EventHub`. Agent pages are
 served here too (``/agents/<name>/``), their API proxied to each harness's
-unix socket (:mod:`hyperhive.dashboard.routes_agent_page`).
+unix socket, or over NATS to the relay of the node it runs on
+(:mod:`hyperhive.dashboard.routes_agent_page`).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def create_app(settings: Settings, nc: NATS, js: JetStreamContext) -> Litestar:
         hub=hub,
         render=render,
         security=security,
-        link=HarnessLink(settings),
+        link=HarnessLink(settings, nc),
     )
 
     def login_page(csrf: str, error: str) -> bytes:

@@ -1,135 +1,115 @@
 """The dashboard → harness hop: one agent page's API, reached for the operator.
 
-Each harness serves its page's API on a unix socket in its agent's own run
-dir (``agents/<n>/run/page.sock``, :attr:`AgentPaths.page_socket`), never on
-a TCP port. Under the process backend that dir is visible to the agent's own
-sandbox and the host only; under the nixos backend it is bind-mounted from
-the host, so the dashboard finds the socket at the same host path either way.
+This module is the only place that knows how the hop travels. An agent on
+the dashboard's own node (``node.name``, ``HIVE_NODE_NAME``) is reached on
+its page socket (:class:`~hyperhive.common.pagesocket.PageSocket`: a unix
+socket in the agent's run dir, opened without following symlinks); an agent
+on another node over NATS, through that node's page relay
+(:mod:`hyperhive.dashboard.pagenats`). Either way the routes get the same
+two things: :meth:`HarnessLink.client` for HTTP (JSON and SSE) and
+:meth:`HarnessLink.terminal` for the terminal, and check what comes back
+the same way. The name is checked with the agent-name rules first.
 
-This module is the only place that knows how the hop travels (DESIGN.md
-section 9: with agents on other hosts it may travel over NATS instead):
-:meth:`HarnessLink.client` for HTTP (JSON and SSE) and
-:meth:`HarnessLink.terminal` for the terminal's WebSocket. The name is
-checked with the agent-name rules before it becomes a path.
-
-The socket is opened ``O_PATH | O_NOFOLLOW`` and checked to be a socket,
-then connected through ``/proc/self/fd/<n>``: a run dir the agent can write
-(the nixos backend's) cannot swap in a symlink to another agent's socket
-between the check and the connect.
+Which node an agent is on comes from lifecycle's registry (``AgentInfo.node``,
+through ``hive.admin.lifecycle.list``), remembered for ``NODE_CACHE_S``. An
+agent the registry does not know (or a registry that does not answer, with
+nothing remembered) is looked for on this node.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import stat
-from collections.abc import Iterator
-from urllib.parse import urlencode
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Protocol
 
 import httpx
-from websockets.asyncio.client import ClientConnection, unix_connect
+from nats.aio.client import Client as NATS
 
+from hyperhive.common import endpoints as E
+from hyperhive.common import rpc
 from hyperhive.common.config import Settings
-from hyperhive.common.errors import HiveError, NotFound, Unavailable
+from hyperhive.common.errors import HiveError
 from hyperhive.common.names import check_agent_name
-from hyperhive.common.paths import AgentPaths
+from hyperhive.common.pagesocket import BASE_URL, CONNECT_TIMEOUT_S, READ_TIMEOUT_S, PageSocket
+from hyperhive.common.wire.lifecycle import AgentsRequest
+from hyperhive.dashboard.pagenats import NatsPageTransport, open_terminal
 
-__all__ = ["HarnessLink"]
+__all__ = ["HarnessLink", "Terminal"]
 
-# what the hop's requests say as Host: the harness answers nothing else anyway
-BASE_URL = "http://agent-page"
-TERMINAL_URI = "ws://agent-page/api/terminal"
-CONNECT_TIMEOUT_S = 5.0
-READ_TIMEOUT_S = 30.0
-MAX_WS_FRAME = 1024 * 1024
+log = logging.getLogger(__name__)
+
+NODE_CACHE_S = 5.0  # how long an agent's node is taken as known
+NODE_LOOKUP_TIMEOUT_S = 2.0
+
+
+class Terminal(Protocol):
+    """A terminal as the route uses it (a websockets connection is one)."""
+
+    def __aiter__(self) -> AsyncIterator[str | bytes]: ...
+
+    async def send(self, message: str) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class HarnessLink:
-    """Opens connections to agents' page APIs."""
+    """Opens connections to agents' page APIs, on this node or another."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+    def __init__(self, settings: Settings, nc: NATS | None = None) -> None:
+        self._local = PageSocket(settings)
+        self._nc = nc
+        self.node = settings.node.name
+        self._nodes: dict[str, str] = {}
+        self._nodes_at = float("-inf")
 
-    def _open(self, name: str) -> int:
-        """An ``O_PATH`` fd of agent ``name``'s page socket (close it after use).
+    async def node_of(self, name: str) -> str:
+        """The node agent ``name`` runs on, as far as the registry says."""
+        if self._nc is None:
+            return self.node
+        if time.monotonic() - self._nodes_at > NODE_CACHE_S:
+            try:
+                reply = await rpc.call(
+                    self._nc, E.AGENTS, AgentsRequest(), timeout=NODE_LOOKUP_TIMEOUT_S
+                )
+            except HiveError as exc:
+                # asked again after NODE_CACHE_S, not on every call meanwhile
+                log.info("agents' nodes unknown (lifecycle: %s): using what was known", exc)
+            else:
+                self._nodes = {a.name: a.node for a in reply.agents}
+            self._nodes_at = time.monotonic()
+        return self._nodes.get(name, self.node)
 
-        Raises:
-            BadRequest: not a valid agent name (checked before any path is made).
-            NotFound: no page socket there (no such agent, or never started).
-            Unavailable: something that is not a socket is at that path.
-        """
-        agent = check_agent_name(name, allow_manager=True)
-        path = AgentPaths.of(self._settings, agent).page_socket
-        try:
-            fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise NotFound(f"agent {agent} has no page (not running here?)") from None
-        except OSError as exc:
-            raise Unavailable(f"agent page of {agent}: {exc.strerror}") from None
-        if not stat.S_ISSOCK(os.fstat(fd).st_mode):  # a symlink included: never followed
-            os.close(fd)
-            raise Unavailable(f"agent page of {agent}: {path.name} is not a socket")
-        return fd
-
-    @contextlib.contextmanager
-    def socket(self, name: str) -> Iterator[str]:
-        """A path that connects to agent ``name``'s page socket while the block runs."""
-        fd = self._open(name)
-        try:
-            yield f"/proc/self/fd/{fd}"
-        finally:
-            os.close(fd)
-
-    def client(self, name: str, *, stream: bool = False) -> httpx.AsyncClient:
+    async def client(self, name: str, *, stream: bool = False) -> httpx.AsyncClient:
         """An HTTP client of agent ``name``'s page API (close it after use).
 
         ``stream``: no read timeout (the SSE tail pings every 15 s).
+
+        Raises:
+            BadRequest: not a valid agent name.
+            NotFound, Unavailable: on this node, no page socket (see PageSocket).
         """
-        transport = _Transport(self._open(name))
+        agent = check_agent_name(name, allow_manager=True)
+        node = await self.node_of(agent)
+        if node == self.node or self._nc is None:
+            return self._local.client(agent, stream=stream)
         read = None if stream else READ_TIMEOUT_S
         return httpx.AsyncClient(
-            transport=transport,
+            transport=NatsPageTransport(self._nc, node, agent),
             base_url=BASE_URL,
             timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S, read=read),
             follow_redirects=False,
             trust_env=False,
         )
 
-    async def terminal(self, name: str, cols: int, rows: int) -> ClientConnection:
-        """A WebSocket to agent ``name``'s terminal (a new shell on its side).
+    async def terminal(self, name: str, cols: int, rows: int) -> Terminal:
+        """A terminal on agent ``name``'s side (a new shell there).
 
         Raises:
-            Unavailable: the page does not answer.
+            Unavailable: the page (or its node's relay) does not answer.
         """
-        uri = f"{TERMINAL_URI}?{urlencode({'cols': cols, 'rows': rows})}"
-        try:
-            with self.socket(name) as path:
-                return await unix_connect(
-                    path,
-                    uri,
-                    open_timeout=CONNECT_TIMEOUT_S,
-                    max_size=MAX_WS_FRAME,
-                    compression=None,
-                )
-        except HiveError:
-            raise
-        except (OSError, TimeoutError) as exc:
-            raise Unavailable(f"agent page of {name} does not answer: {exc}") from None
-        except Exception as exc:  # websockets' handshake errors (a refused upgrade)
-            raise Unavailable(f"agent page of {name} refused the terminal: {exc}") from None
-
-
-class _Transport(httpx.AsyncHTTPTransport):
-    """HTTP over the socket held open as ``fd``; the fd closes with the client."""
-
-    def __init__(self, fd: int) -> None:
-        super().__init__(uds=f"/proc/self/fd/{fd}", retries=0)
-        self._fd = fd
-
-    async def aclose(self) -> None:
-        try:
-            await super().aclose()
-        finally:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = -1
+        agent = check_agent_name(name, allow_manager=True)
+        node = await self.node_of(agent)
+        if node == self.node or self._nc is None:
+            return await self._local.terminal(agent, cols, rows)
+        return await open_terminal(self._nc, node, agent, cols, rows)

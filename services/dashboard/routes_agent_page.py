@@ -5,7 +5,8 @@
 - ``GET/POST /agents/<name>/credentials``: claude's credentials form; the
   post is handed on as JSON (the harness stores it, the page never shows it).
 - ``/agents/<name>/api/{status,events,prompt,cancel}``: proxied to the
-  harness's unix socket (:mod:`hyperhive.dashboard.harnesslink`).
+  harness's unix socket, or over NATS to the page relay of the agent's node
+  (:mod:`hyperhive.dashboard.harnesslink` chooses; this module does not care).
 - ``/agents/<name>/api/terminal``: the terminal's WebSocket, proxied frame by
   frame.
 
@@ -16,7 +17,9 @@ for that path is passed on (JSON, or ``text/event-stream`` for the tail), as
 that type, with ``Content-Security-Policy: sandbox; default-src 'none'`` and
 ``nosniff``; anything else is refused with 502. Requests to the harness
 carry none of the operator's headers (no cookie, no Authorization, no CSRF
-token): only the body's type, ``Accept`` and ``Last-Event-ID``.
+token): only the body's type, ``Accept`` and ``Last-Event-ID``. A tail that
+breaks (its harness or node relay gone) ends with an ``event: gone`` whose
+data is ``{"text": why}``, written by the dashboard, so the page can say so.
 """
 
 from __future__ import annotations
@@ -34,11 +37,11 @@ from litestar.enums import MediaType
 from litestar.exceptions import WebSocketDisconnect
 from litestar.params import FromPath
 from litestar.response import Redirect, Stream
-from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from hyperhive.common.errors import BadRequest, HiveError, NotFound, Unavailable
 from hyperhive.common.names import check_agent_name
+from hyperhive.dashboard.harnesslink import Terminal
 from hyperhive.dashboard.web import deps, field, form_fields, html, page_context
 
 log = logging.getLogger(__name__)
@@ -115,7 +118,7 @@ async def _status(name: str, request: Request[Any, Any, Any]) -> dict[str, Any]:
     doc: Any = {}
     try:
         async with asyncio.timeout(d.settings.section_timeout_s):
-            async with d.link.client(name) as client:
+            async with await d.link.client(name) as client:
                 async with client.stream("GET", "/api/status", headers=IDENTITY_JSON) as r:
                     if r.status_code == 200:
                         doc = json.loads(await _read_json(r))
@@ -176,7 +179,7 @@ async def credentials_save(request: Request[Any, Any, Any], name: FromPath[str])
     doc = {"kind": field(fields, "kind"), "secret": (fields.get("secret") or [""])[0]}
     error = ""
     try:
-        async with deps(request).link.client(agent) as client:
+        async with await deps(request).link.client(agent) as client:
             async with client.stream(
                 "POST", "/api/credentials", json=doc, headers=IDENTITY_JSON
             ) as r:
@@ -239,7 +242,7 @@ async def _proxy(request: Request[Any, Any, Any], name: str, rest: str) -> Any:
     if body:
         headers["content-type"] = JSON
     query = {"after": request.query_params["after"]} if "after" in request.query_params else {}
-    client = link.client(agent, stream=expected == SSE)
+    client = await link.client(agent, stream=expected == SSE)
     try:
         upstream = await client.send(
             client.build_request(
@@ -250,6 +253,12 @@ async def _proxy(request: Request[Any, Any, Any], name: str, rest: str) -> Any:
     except httpx.HTTPError as exc:
         await client.aclose()
         return _refuse(502, f"agent page of {agent} does not answer ({type(exc).__name__})")
+    except Unavailable as exc:  # the node's relay: no answer, or none from the page
+        await client.aclose()
+        return _refuse(502, f"agent page of {agent}: {exc}")
+    except HiveError:
+        await client.aclose()
+        raise
     if _media(upstream) != expected:
         got = _media(upstream) or "no content type"
         await upstream.aclose()
@@ -282,9 +291,16 @@ async def _relay(upstream: httpx.Response, client: httpx.AsyncClient) -> AsyncIt
             yield chunk
     except httpx.HTTPError as exc:
         log.info("agent page stream ended: %s", exc)
+        yield _gone(f"live tail lost: {exc}" if str(exc) else "live tail lost")
     finally:
         await upstream.aclose()
         await client.aclose()
+
+
+def _gone(text: str) -> bytes:
+    """The dashboard's own last SSE event of a broken tail (after a blank
+    line: it never merges with a half-relayed event)."""
+    return b"\n\nevent: gone\ndata: " + json.dumps({"text": text[:MAX_TEXT]}).encode() + b"\n\n"
 
 
 # --- the terminal ---------------------------------------------------------------------
@@ -328,7 +344,7 @@ async def terminal(socket: WebSocket[Any, Any, Any], name: FromPath[str]) -> Non
         log.info("terminal of %s closed", agent)
 
 
-async def _to_browser(upstream: ClientConnection, socket: WebSocket[Any, Any, Any]) -> None:
+async def _to_browser(upstream: Terminal, socket: WebSocket[Any, Any, Any]) -> None:
     with contextlib.suppress(ConnectionClosed):
         async for frame in upstream:
             if isinstance(frame, bytes):
@@ -337,9 +353,9 @@ async def _to_browser(upstream: ClientConnection, socket: WebSocket[Any, Any, An
                 await socket.send_text(frame)
 
 
-async def _to_harness(socket: WebSocket[Any, Any, Any], upstream: ClientConnection) -> None:
+async def _to_harness(socket: WebSocket[Any, Any, Any], upstream: Terminal) -> None:
     """The browser's text frames (input, resize) on to the harness."""
-    with contextlib.suppress(WebSocketDisconnect, ConnectionClosed):
+    with contextlib.suppress(WebSocketDisconnect, ConnectionClosed, HiveError):
         while True:
             text = await socket.receive_text()
             await upstream.send(text)

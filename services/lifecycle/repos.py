@@ -12,8 +12,9 @@ from pathlib import Path
 
 import git
 
-BRANCH = "main"
-AUTHOR = git.Actor("hyperhive", "hyperhive@localhost")
+from hyperhive.common import gitrepo
+from hyperhive.common.gitrepo import AUTHOR, BRANCH, exists
+
 MAX_CONFIG_FILE_BYTES = 256 * 1024
 
 
@@ -39,19 +40,9 @@ def init_empty(path: Path) -> None:
     git.Repo.init(path, initial_branch=BRANCH).close()
 
 
-def exists(path: Path) -> bool:
-    return (path / ".git").is_dir()
-
-
 def head(path: Path, ref: str = BRANCH) -> str:
     """The sha ``ref`` points at, or ``""`` (no repo, unborn branch)."""
-    if not exists(path):
-        return ""
-    with git.Repo(path) as repo:
-        try:
-            return repo.commit(ref).hexsha
-        except (git.BadName, ValueError, git.GitCommandError):
-            return ""
+    return gitrepo.rev(path, ref)
 
 
 def root_commit(path: Path, ref: str = BRANCH) -> str:
@@ -70,8 +61,8 @@ def deploy_default(applied: Path, proposed: Path) -> str:
     if not exists(applied):
         init_empty(applied)
     with git.Repo(applied) as repo:
-        repo.git.fetch(str(proposed), sha)
-        repo.git.checkout("-f", "-B", BRANCH, sha)
+        gitrepo.run(repo, "fetch", "--quiet", "--no-tags", "--", str(proposed), sha)
+        gitrepo.run(repo, "checkout", "--quiet", "-f", "-B", BRANCH, sha)
     return sha
 
 

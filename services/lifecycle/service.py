@@ -8,6 +8,7 @@ from hyperhive.common.service import Runtime, hyperhive_version
 from hyperhive.lifecycle.backends import make_backend
 from hyperhive.lifecycle.core import Lifecycle
 from hyperhive.lifecycle.handlers import Handlers
+from hyperhive.lifecycle.join import Joins
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,11 @@ async def start(rt: Runtime) -> None:
     lc = Lifecycle(rt.settings, rt.pool, rt.kv, rt.outbox, backend, rev)
     await lc.reconcile()
     rt.spawn(lc.monitor(), "lifecycle-monitor")
-    await rt.serve_all(Handlers(lc).endpoints())
+    # joining nodes (docs/multihost.md); the node registry records them once
+    # it exists (branch `node`): pass its register function here
+    joins = Joins(rt.settings)
+    await rt.serve_all({**Handlers(lc).endpoints(), **joins.endpoints()})
+    rt.spawn(joins.sweep_loop(), "join-token-sweep")
     try:
         await lc.ensure_manager()
     except Exception:  # the service still serves; `hive spawn hm1nd` can retry

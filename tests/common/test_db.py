@@ -36,6 +36,46 @@ async def test_migrations_apply_once(settings, migrations_package):
         await pool.close()
 
 
+async def test_every_schema_gets_the_common_outbox(settings, migrations_package):
+    pool = await create_pool(settings.database, "svc_outbox")
+    try:
+        await migrate(pool, "fakesvc_migs")
+        cols = await pool.fetch(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = 'svc_outbox' AND table_name = 'outbox'"
+        )
+        assert {"id", "subject", "payload", "msg_id", "created_at", "traceparent"} <= {
+            r["column_name"] for r in cols
+        }
+        assert [
+            r["version"]
+            for r in await pool.fetch("SELECT version FROM common_migrations ORDER BY version")
+        ] == [1, 2]
+    finally:
+        await pool.close()
+
+
+async def test_a_schema_from_before_common_migrations_upgrades(settings, migrations_package):
+    """A schema made when the outbox was written inline (no common_migrations
+    table yet, outbox already there with rows) keeps its rows and versions."""
+    pool = await create_pool(settings.database, "svc_old")
+    try:
+        await pool.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now());"
+            "INSERT INTO schema_migrations (version, name) VALUES (1, 'create');"
+            "CREATE TABLE things (id int PRIMARY KEY);"
+            "CREATE TABLE outbox (id bigserial PRIMARY KEY, subject text NOT NULL,"
+            " payload bytea NOT NULL, msg_id text NOT NULL,"
+            " created_at timestamptz NOT NULL DEFAULT now(), traceparent text);"
+            "INSERT INTO outbox (subject, payload, msg_id) VALUES ('s', 'p', 'm');"
+        )
+        assert await migrate(pool, "fakesvc_migs") == [2]
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 1
+    finally:
+        await pool.close()
+
+
 async def test_concurrent_starts_apply_each_migration_once(settings, migrations_package):
     pools = [await create_pool(settings.database, "svc_b") for _ in range(3)]
     try:

@@ -57,7 +57,7 @@ def test_outputs(flake: dict[str, Any]) -> None:
     for system in SYSTEMS:
         assert flake["packages"][system] == ["default", "hyperhive"]
         assert flake["devShells"][system] == ["default"]
-        assert flake["checks"][system] == ["nixos", "package", "tests"]
+        assert flake["checks"][system] == ["multihost", "nixos", "package", "tests"]
 
 
 def test_modules(flake: dict[str, Any]) -> None:

@@ -289,6 +289,9 @@ class HostileHive:
                 "$JS.API.STREAM.LIST",
                 "$JS.API.STREAM.DELETE.HIVE_EVENTS",
                 subjects.kv_subject(subjects.heartbeat_key(other)),
+                # the other agent's page (and terminal) through a node's page relay
+                subjects.node_page("hub", other, subjects.PAGE_STATUS),
+                subjects.node_page("hub", other, subjects.PAGE_TERMINAL),
             ]
             + ([] if me == MANAGER else [subjects.manager_tool("request_apply_commit")]),
             "service_pids": self.service_pids(),

@@ -8,4 +8,6 @@ from hyperhive.common.wire.approvals import *  # noqa: F403
 from hyperhive.common.wire.base import *  # noqa: F403
 from hyperhive.common.wire.broker import *  # noqa: F403
 from hyperhive.common.wire.events import *  # noqa: F403
+from hyperhive.common.wire.join import *  # noqa: F403
 from hyperhive.common.wire.lifecycle import *  # noqa: F403
+from hyperhive.common.wire.page import *  # noqa: F403

@@ -25,6 +25,7 @@ class AgentInfo(msgspec.Struct, kw_only=True):
     # the flag of the operation that brought it into ``state`` (None: none,
     # e.g. a crash): a poll tells a deliberate stop from a crash without the event
     state_flag: str | None = None
+    node: str = "hub"  # the host (node) its container is placed on
 
 
 class AgentsRequest(msgspec.Struct, kw_only=True):

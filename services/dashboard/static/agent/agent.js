@@ -202,16 +202,38 @@
   }
 
   // --- the stream ---------------------------------------------------------------------
+  const RETRY_MS = 10000;
   let source = null;
+  let problem = ""; // the last reason shown for a lost tail (said once, not every retry)
+  function say(text) {
+    if (text !== problem) { problem = text; add("err", text); }
+  }
+  // the tail could not be (re)opened: ask the status route why, say it, retry later
+  function explain() {
+    fetch(base + "api/status", { credentials: "same-origin" }).then(function (r) {
+      if (r.ok) return "";
+      return r.text().then(function (t) { return t || "HTTP " + r.status; });
+    }).catch(function (err) { return "the dashboard does not answer: " + err; })
+      .then(function (why) {
+        if (why) say("live tail unavailable: " + why);
+        setTimeout(connect, RETRY_MS);
+      });
+  }
   function connect() {
     source = new EventSource(base + "api/events");
+    // the dashboard's last word on a tail that broke (the harness or its node's relay gone)
+    source.addEventListener("gone", function (e) {
+      let text = "live tail lost";
+      try { text = JSON.parse(e.data).text || text; } catch (err) { /* keep the default */ }
+      say(text);
+    });
     source.addEventListener("reset", function () {
       log.textContent = ""; unseen = 0; pill.hidden = true; stuck = true;
     });
     source.addEventListener("turn", function (e) {
       try { render(JSON.parse(e.data)); } catch (err) { add("err", "bad record: " + err); }
     });
-    source.addEventListener("status", function (e) { setStatus(JSON.parse(e.data)); });
+    source.addEventListener("status", function (e) { problem = ""; setStatus(JSON.parse(e.data)); });
     source.onerror = function () {
       badge.className = "badge state-offline";
       badge.dataset.state = "offline";
@@ -219,6 +241,7 @@
       badgeState.textContent = "offline";
       cancelBtn.hidden = true;
       since = Date.now() / 1000 + clockSkew;
+      if (source.readyState === EventSource.CLOSED) explain();
     };
   }
   connect();
