@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -18,6 +20,18 @@ from tests import rig
 def nats_server() -> Iterator[EmbeddedNats]:
     with rig.nats_server() as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def _fresh_deliveries(request: pytest.FixtureRequest) -> None:
+    """A test with a database of its own is a new hive on the session's NATS:
+    system events an earlier hive left in ``HIVE_DELIVERIES`` are not for it."""
+    if {"nats_server", "database_url"} <= set(request.fixturenames):
+        server = request.getfixturevalue("nats_server")
+        # its own loop in a thread: the tests' event loop is not running here
+        thread = threading.Thread(target=asyncio.run, args=(rig.reset_deliveries(server),))
+        thread.start()
+        thread.join(30)
 
 
 @pytest.fixture(scope="session")

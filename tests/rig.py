@@ -23,6 +23,7 @@ from typing import TypeVar
 
 import asyncpg
 from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -32,6 +33,7 @@ from hyperhive.cli.devstack import stop_harnesses
 from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from hyperhive.common import nats_auth, subjects
 from hyperhive.common.config import Settings, load_settings, settings_env
+from hyperhive.common.jetstream import ensure_streams
 from hyperhive.common.natsconn import connect
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.service import Runtime, run
@@ -163,6 +165,20 @@ async def connect_as(nats: EmbeddedNats, seed: Path, inbox_prefix: str = "") -> 
         seed_file=str(seed),
         inbox_prefix=inbox_prefix,
     )
+
+
+async def reset_deliveries(nats: EmbeddedNats) -> None:
+    """A new ``HIVE_DELIVERIES`` for a new hive on a shared NATS: the old one's
+    records and its duplicate window go (its keys, e.g. ``crash:crashy:3``,
+    repeat from hive to hive, and JetStream would drop them as duplicates)."""
+    nc = await connect_as(nats, nats.service_seed)
+    js = nc.jetstream()
+    try:
+        with contextlib.suppress(NotFoundError):
+            await js.delete_stream(subjects.DELIVERIES_STREAM)
+        await ensure_streams(js)
+    finally:
+        await nc.close()
 
 
 @contextlib.asynccontextmanager

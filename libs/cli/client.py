@@ -24,6 +24,7 @@ from hyperhive.common.natsconn import connect
 from hyperhive.common.redact import mask, mask_data, mask_diff
 from hyperhive.common.wire.base import Empty
 from hyperhive.common.wire.lifecycle import AgentsRequest
+from hyperhive.common.wire.states import DESTROYED
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -174,5 +175,5 @@ async def require_agent(
         if any(d.name == name for d in drafts.drafts):
             return
         raise NotFound(f"no agent named {name!r}")
-    if states[name] == "destroyed" and not destroyed_ok:
+    if states[name] == DESTROYED and not destroyed_ok:
         raise NotFound(f"agent {name!r} is destroyed")

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import logging
 import sys
-import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import BinaryIO
 
 import msgspec
-import nats.errors
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from hyperhive.cli.client import (
     call,
@@ -28,9 +22,9 @@ from hyperhive.cli.client import (
     run_command,
 )
 from hyperhive.common import endpoints as E
-from hyperhive.common import subjects
+from hyperhive.common import follow, subjects
 from hyperhive.common.config import Settings
-from hyperhive.common.errors import BadRequest, Unavailable
+from hyperhive.common.errors import BadRequest
 from hyperhive.common.redact import mask_data
 from hyperhive.common.timeparse import parse_since
 from hyperhive.common.wire.broker import (
@@ -41,15 +35,16 @@ from hyperhive.common.wire.broker import (
     PruneRequest,
     StatusRequest,
 )
-from hyperhive.common.wire.events import HiveEvent
+from hyperhive.common.wire.events import (
+    HiveEvent,
+    MessageEventData,
+    MessageRedelivered,
+    event_data,
+)
 
 log = logging.getLogger(__name__)
 
 PREVIEW_CHARS = 80
-TAIL_BATCH = 256  # records per pull request
-TAIL_WAIT_S = 5.0  # how long one pull request waits for a record
-TAIL_RETRY_S = 1.0  # pause before a new consumer after an error
-TAIL_INACTIVE_S = 60.0  # the server drops the consumer of a tail that died
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -241,13 +236,14 @@ def _status(args: argparse.Namespace) -> int:
 
 def format_event(event: HiveEvent) -> str:
     """One line for a ``message.*`` event."""
-    d = event.data
     verb = event.kind.removeprefix("message.")
-    extra = f" (delivery {d.get('deliveries')})" if verb == "redelivered" else ""
-    body = _preview(str(d.get("body", "")))
+    d = event_data(event)
+    if not isinstance(d, MessageEventData):
+        return f"{fmt_ts(event.ts)}  {verb}"
+    extra = f" (delivery {d.deliveries})" if isinstance(d, MessageRedelivered) else ""
     return (
-        f"{fmt_ts(event.ts)}  #{d.get('id')} {d.get('sender')} -> {d.get('recipient')}  "
-        f"{verb}{extra}: {body}"
+        f"{fmt_ts(event.ts)}  #{d.id} {d.sender} -> {d.recipient}  "
+        f"{verb}{extra}: {_preview(d.body)}"
     )
 
 
@@ -260,80 +256,15 @@ async def follow_messages(
 ) -> None:
     """Follows the ``message.*`` records of HIVE_EVENTS until cancelled.
 
-    From ``since`` (unix time) or, without it, from the next record. An
-    ephemeral pull consumer filtered on the message family reads the stream;
-    the operator's credentials allow that (JetStream API requests, replies on
-    its own inbox). When the consumer is lost (NATS restarted, the connection
-    was down), a new one starts right after the last record handed to
-    ``on_event``: a reconnect leaves no gap and repeats nothing.
+    From ``since`` (unix time) or, without it, from the next record; a
+    reconnect leaves no gap and repeats nothing (:func:`follow.follow`).
 
     Raises:
         Unavailable: HIVE_EVENTS cannot be read at start.
     """
     family = subjects.event_family("message")
-    decoder = msgspec.json.Decoder(HiveEvent)
-    try:
-        info = await js.stream_info(subjects.EVENTS_STREAM)
-    except (nats.errors.Error, OSError) as exc:
-        raise Unavailable(f"cannot read {subjects.EVENTS_STREAM}: {exc}") from None
-    # where the next consumer starts: a time until the first record, then a sequence
-    start_time = None if since is None else datetime.fromtimestamp(since, UTC)
-    next_seq = info.state.last_seq + 1 if since is None else None
-    while True:
-        name = f"tail-{uuid.uuid4().hex[:16]}"
-        config = ConsumerConfig(
-            name=name,
-            filter_subject=family,
-            ack_policy=AckPolicy.NONE,
-            inactive_threshold=TAIL_INACTIVE_S,
-            mem_storage=True,
-        )
-        if next_seq is None:
-            config.deliver_policy = DeliverPolicy.BY_START_TIME
-            config.opt_start_time = start_time
-        else:
-            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
-            config.opt_start_seq = next_seq
-        try:
-            await js.add_consumer(subjects.EVENTS_STREAM, config)
-            sub = await js.pull_subscribe_bind(
-                durable=None, stream=subjects.EVENTS_STREAM, name=name
-            )
-        except (nats.errors.Error, OSError) as exc:
-            log.debug("tail: no consumer yet: %s", exc)
-            await asyncio.sleep(TAIL_RETRY_S)
-            continue
-        if ready is not None:
-            ready()
-            ready = None
-        try:
-            while True:
-                try:
-                    msgs = await sub.fetch(batch=TAIL_BATCH, timeout=TAIL_WAIT_S)
-                except nats.errors.TimeoutError:
-                    # nothing new; or the consumer is gone (NotFoundError)
-                    await js.consumer_info(subjects.EVENTS_STREAM, name)
-                    continue
-                for msg in msgs:
-                    next_seq = msg.metadata.sequence.stream + 1
-                    try:
-                        event = decoder.decode(msg.data)
-                    except msgspec.DecodeError:
-                        continue
-                    on_event(event)
-        except BrokenPipeError:
-            raise  # on_event's reader is gone: no consumer helps
-        except (nats.errors.Error, OSError) as exc:
-            # consumer lost or connection down: a new consumer picks up after next_seq
-            log.debug("tail: consumer %s lost: %s", name, exc)
-            await asyncio.sleep(TAIL_RETRY_S)
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-            with contextlib.suppress(Exception):  # else the server drops it when inactive
-                await asyncio.wait_for(
-                    js.delete_consumer(subjects.EVENTS_STREAM, name), timeout=TAIL_RETRY_S
-                )
+    async for _seq, event in follow.follow(js, (family,), since=since, ready=ready):
+        on_event(event)
 
 
 def _tail(args: argparse.Namespace) -> int:

@@ -28,8 +28,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from hyperhive.common import retry
 from hyperhive.common.config import UpSettings
 from hyperhive.common.errors import HiveError, Unavailable
 
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres
 
 STATE_FILE = "up.state.json"
+# a supervised part of ``hive up`` (the file's ``state``, ``hive status`` shows it)
+PartState = Literal["running", "restarting", "given up"]
 LOG_FILE = "up.log"
 NATS = "nats"
 POSTGRES = "postgres"
@@ -71,7 +74,7 @@ class RestartPolicy:
         """The wait before a restart when ``recent`` restarts happened in the window."""
         if recent <= 0:
             return 0.0
-        return min(self.backoff_cap_s, self.backoff_s * 2 ** (recent - 1))
+        return retry.Backoff(self.backoff_s, self.backoff_cap_s, jitter=False).delay(recent)
 
 
 def describe_returncode(code: int | None) -> str:
@@ -125,7 +128,7 @@ class Part:
     times: list[float] = field(default_factory=list)
     last_exit: str = ""
     last_exit_at: float = 0.0
-    state: str = "running"  # running | restarting | given up
+    state: PartState = "running"
     next_try: float = 0.0
     pending: str = ""  # why it is down, while a restart waits for its backoff
 

@@ -24,7 +24,35 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from hyperhive.common import subjects
 from hyperhive.common.errors import Unavailable
-from hyperhive.common.wire.events import HiveEvent
+from hyperhive.common.wire.events import (
+    AgentCreated,
+    AgentDestroyed,
+    AgentDrafted,
+    AgentPurged,
+    AgentStateChanged,
+    ApprovalApproved,
+    ApprovalEventData,
+    ApprovalQueuedEvent,
+    CrashDetected,
+    HiveEvent,
+    QuestionAnswered,
+    QuestionAsked,
+    StuckDetected,
+    decode_event,
+    event_data,
+)
+from hyperhive.common.wire.states import (
+    CREATING,
+    DENIED,
+    DEPLOYED,
+    DESTROYED,
+    FAILED,
+    REBUILDING,
+    RESTARTING,
+    RUNNING,
+    SPAWN,
+    STOPPED,
+)
 
 FAMILIES: Final = ("agent", "approval", "question", "crash", "stuck")
 # what --kind / the dashboard's filter accept besides event kinds and families
@@ -49,8 +77,6 @@ TEXT_LIMIT: Final = 300
 DEFAULT_WINDOW_S: Final = 86_400.0
 READ_BATCH: Final = 256
 READ_WAIT_S: Final = 1.0
-
-_decoder = msgspec.json.Decoder(HiveEvent)
 
 
 class Entry(msgspec.Struct, kw_only=True):
@@ -86,71 +112,59 @@ def who_kind(who: str) -> str:
     return "agent"
 
 
-def _who(ev: HiveEvent, *keys: str, default: str = subjects.SYSTEM) -> str:
-    for key in (*keys, "by"):
-        value = ev.data.get(key)
-        if isinstance(value, str) and value:
+def _who(*values: str, default: str = subjects.SYSTEM) -> str:
+    """The first recorded ``by`` among ``values`` (clipped), or ``default``."""
+    for value in values:
+        if value:
             return _clip(value, 200)
     return default
 
 
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 def entry(ev: HiveEvent, seq: int) -> Entry | None:
     """The timeline's line for one event; None for events it leaves out."""
-    d = ev.data
     agent = ev.agent or ""
     fields: dict[str, Any] = {}
-    match ev.kind:
-        case subjects.EV_AGENT_CREATED:
-            category, who = "spawn", _who(ev)
+    match event_data(ev):
+        case AgentCreated(by=by):
+            category, who = "spawn", _who(by)
             text = f"agent {agent} created and started"
-        case subjects.EV_AGENT_STATE:
-            made = _agent_state(ev)
+        case AgentStateChanged(by=by) as data:
+            made = _agent_state(agent, data)
             if made is None:
                 return None
             category, text = made
-            who = _who(ev)
-        case subjects.EV_AGENT_DESTROYED:
-            category, who = "destroy", _who(ev)
-            kept = "its state purged" if d.get("purged") else "its state kept"
+            who = _who(by)
+        case AgentDestroyed(by=by, purged=purged):
+            category, who = "destroy", _who(by)
+            kept = "its state purged" if purged else "its state kept"
             text = f"agent {agent} destroyed ({kept})"
-        case subjects.EV_AGENT_PURGED:
-            category, who = "destroy", _who(ev)
+        case AgentPurged(by=by):
+            category, who = "destroy", _who(by)
             text = f"kept state of {agent} purged"
-        case subjects.EV_AGENT_DRAFT:
-            category, who = "draft", _who(ev, default=subjects.MANAGER)
+        case AgentDrafted(by=by):
+            category, who = "draft", _who(by, default=subjects.MANAGER)
             text = f"draft of a new agent {agent} started"
-        case subjects.EV_APPROVAL_QUEUED | subjects.EV_APPROVAL_APPROVED:
-            category, who, text, fields = _approval(ev)
-        case subjects.EV_APPROVAL_RESOLVED:
-            category, who, text, fields = _approval(ev)
-        case subjects.EV_QUESTION_ASKED:
-            category, who = "question", agent or _who(ev)
-            fields = {"question": _int(d.get("id"))}
-            text = f"question #{d.get('id')}: {_clip(d.get('question'))}"
-        case subjects.EV_QUESTION_ANSWERED:
-            category, who = "answer", _who(ev, "answered_by", default=subjects.OPERATOR)
-            answer = d.get("answer")
-            said = ", ".join(map(str, answer)) if isinstance(answer, list) else str(answer or "")
-            fields = {"question": _int(d.get("id")), "note": _clip(said)}
-            text = f"question #{d.get('id')} answered: {_clip(said, 120)}"
-        case subjects.EV_CRASH:
+        case ApprovalEventData() as data:
+            category, who, text, fields = _approval(agent, data)
+        case QuestionAsked(id=qid, question=question, by=by):
+            category, who = "question", agent or _who(by)
+            fields = {"question": qid}
+            text = f"question #{qid}: {_clip(question)}"
+        case QuestionAnswered(id=qid, answer=answer, answered_by=answered_by, by=by):
+            category, who = "answer", _who(answered_by, by, default=subjects.OPERATOR)
+            said = ", ".join(answer)
+            fields = {"question": qid, "note": _clip(said)}
+            text = f"question #{qid} answered: {_clip(said, 120)}"
+        case CrashDetected(event=crash):
             category, who = "crash", subjects.SYSTEM
-            inner = d.get("event") if isinstance(d.get("event"), dict) else {}
-            code = inner.get("exit_code")
-            detail = _clip(inner.get("detail"), 200)
+            code = crash.exit_code
             text = f"agent {agent} stopped unexpectedly" + (f" (exit code {code})" if code else "")
-            fields = {"note": detail}
-        case subjects.EV_STUCK:
+            fields = {"note": _clip(crash.detail, 200)}
+        case StuckDetected(event=stuck):
             category, who = "stuck", subjects.SYSTEM
-            inner = d.get("event") if isinstance(d.get("event"), dict) else {}
-            reason = inner.get("reason")
-            why = "no heartbeat" if reason == "heartbeat" else "a turn is running too long"
+            why = "no heartbeat" if stuck.reason == "heartbeat" else "a turn is running too long"
             text = f"agent {agent} looks stuck: {why}"
-            fields = {"note": _clip(inner.get("detail"), 200)}
+            fields = {"note": _clip(stuck.detail, 200)}
         case _:
             return None
     link = ""
@@ -172,57 +186,55 @@ def entry(ev: HiveEvent, seq: int) -> Entry | None:
     )
 
 
-def _agent_state(ev: HiveEvent) -> tuple[str, str] | None:
-    d, agent = ev.data, ev.agent or ""
-    state, previous, flag = d.get("state"), d.get("previous"), d.get("flag") or ""
-    if state == "creating" or previous == "creating":
+def _agent_state(agent: str, d: AgentStateChanged) -> tuple[str, str] | None:
+    state, previous, flag = d.state, d.previous, d.flag or ""
+    if state == CREATING or previous == CREATING:
         return None  # agent.created says it
-    if state == "running" and flag == "Restarting":
+    if state == RUNNING and flag == RESTARTING:
         return "restart", f"agent {agent} restarted"
-    if state == "running" and flag == "Rebuilding":
+    if state == RUNNING and flag == REBUILDING:
         return "deploy", f"agent {agent} rebuilt with its new config"
-    if state == "running":
+    if state == RUNNING:
         return "start", f"agent {agent} started (was {previous or 'unknown'})"
-    if state == "stopped" and ("exit_code" in d or "detail" in d) and "by" not in d:
-        code = d.get("exit_code")
+    by_itself = d.exit_code is not msgspec.UNSET or d.detail is not msgspec.UNSET
+    if state == STOPPED and by_itself and not d.by:
+        code = d.exit_code
         return "stop", f"agent {agent} stopped by itself" + (f" (exit code {code})" if code else "")
-    if state == "stopped":
+    if state == STOPPED:
         return "stop", f"agent {agent} stopped"
-    if state == "failed":
+    if state == FAILED:
         return "fail", f"agent {agent} failed (was {previous or 'unknown'})"
-    if state == "destroyed":
+    if state == DESTROYED:
         return None  # agent.destroyed says it
     return "start", f"agent {agent} is {state}"
 
 
-def _approval(ev: HiveEvent) -> tuple[str, str, str, dict[str, Any]]:
-    d, agent = ev.data, ev.agent or ""
-    aid = _int(d.get("id"))
-    sha = str(d.get("sha") or "")[:12]
-    spawn = d.get("kind") == "Spawn"
+def _approval(agent: str, d: ApprovalEventData) -> tuple[str, str, str, dict[str, Any]]:
+    aid = d.id
+    sha = d.sha[:12]
+    spawn = d.kind == SPAWN
     what = (
         (f"spawn {agent}" + (f" at {sha}" if sha else "")) if spawn else f"deploy {sha} to {agent}"
     )
     fields: dict[str, Any] = {"approval": aid}
-    decided = _who(ev, "decided_by", default=subjects.OPERATOR)
-    if ev.kind == subjects.EV_APPROVAL_QUEUED:
+    decided = _who(d.decided_by, d.by, default=subjects.OPERATOR)
+    if isinstance(d, ApprovalQueuedEvent):
         return (
             "approval",
-            _who(ev, default=subjects.MANAGER),
+            _who(d.by, default=subjects.MANAGER),
             f"approval #{aid} asked: {what}",
             fields,
         )
-    if ev.kind == subjects.EV_APPROVAL_APPROVED:
+    if isinstance(d, ApprovalApproved):
         return "approval", decided, f"approval #{aid} approved: {what} (building)", fields
-    state = d.get("state")
-    if state == "deployed":
+    if d.state == DEPLOYED:
         done = f"agent {agent} spawned" if spawn else f"{sha} deployed to {agent}"
         return ("spawn" if spawn else "deploy"), decided, f"approval #{aid}: {done}", fields
-    if state == "denied":
-        fields["note"] = _clip(d.get("note"))
+    if d.state == DENIED:
+        fields["note"] = _clip(d.note)
         note = f": “{fields['note']}”" if fields["note"] else " (no note)"
         return "deny", decided, f"approval #{aid} denied ({what}){note}", fields
-    fields["note"] = _clip(d.get("error"))
+    fields["note"] = _clip(d.error)
     return "fail", decided, f"approval #{aid} failed ({what})", fields
 
 
@@ -284,7 +296,7 @@ async def read(
             for msg in msgs:
                 meta = msg.metadata
                 try:
-                    ev = _decoder.decode(msg.data)
+                    ev = decode_event(msg.data)
                 except msgspec.DecodeError:
                     continue
                 e = entry(ev, meta.sequence.stream)

@@ -148,6 +148,18 @@ def _streams() -> list[Entry]:
             "login_needed while the API refuses its credentials)",
         ),
         Entry(
+            s.DELIVERIES,
+            "publish",
+            f"stream {s.DELIVERIES_STREAM}",
+            "service",
+            w.DeliverRequest,
+            None,
+            "every system event for an inbox (crash-watch, approvals), with its idempotency "
+            "key as `Nats-Msg-Id`; the broker's durable consumer "
+            f"`{s.DELIVERIES_CONSUMER}` inserts each once and acks it after the commit, so "
+            "an event survives a broker outage of any length",
+        ),
+        Entry(
             s.BROKER_WAKE,
             "publish",
             "broker",
@@ -173,9 +185,11 @@ def _streams() -> list[Entry]:
             "operator",
             w.HiveEvent,
             None,
-            "`hive tail` (the operator's `.tail`): an ephemeral pull consumer on HIVE_EVENTS "
-            "filtered to `message.*`, from now or from a start time (`--since`); after a "
-            "reconnect a new consumer resumes after the last record, so nothing is missed",
+            "`hive tail` (the operator's `.tail`): the follower of HIVE_EVENTS "
+            "(`hyperhive.common.follow`) filtered to `message.*`, from now or from a start "
+            "time (`--since`); after a reconnect it resumes after the last record, so nothing "
+            "is missed. The dashboard (everything), the broker (`agent.created`, "
+            "`agent.destroyed`) and crash-watch (`agent.state`) follow the same way",
         ),
         Entry(
             " ".join(
@@ -244,12 +258,16 @@ def render_markdown() -> str:
         "A change from a service's own loop (a crash restart, an auto-update) has none.",
         "",
     ]
-    lines += [f"- `{k}`" for k in EVENT_KINDS]
+    # each kind's data, from its typed Struct (hyperhive.common.wire.events)
+    lines += [f"- `{k}`: data {_fields(w.EVENT_DATA_TYPES[k])}" for k in EVENT_KINDS]
     lines += [
         "",
         "## System events (sender `system`, in an agent's inbox)",
         "",
-        "Tagged by `type`: " + ", ".join(f"`{t.__name__}`" for t in w.SYSTEM_EVENT_TYPES) + ".",
+        "Tagged by `type`, stored with the message and shown as `event` by `recv`,",
+        "`hive messages --json`, `hive inbox --json` and the dashboard's inbox panel:",
+        "",
+        *[f"- {_fields(t)}" for t in w.SYSTEM_EVENT_TYPES],
         "",
         "## Watching the hive",
         "",

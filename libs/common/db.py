@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import asyncpg
 
+from hyperhive.common import retry
 from hyperhive.common.config import DatabaseSettings
 from hyperhive.common.errors import ConfigError, Unavailable
 
@@ -123,7 +124,7 @@ async def _with_retries(
     Raises:
         Unavailable: every try failed.
     """
-    delay = settings.connect_backoff_s
+    policy = retry.Backoff(settings.connect_backoff_s, retry.DB_CONNECT_CAP_S, jitter=False)
     tries = max(1, settings.connect_attempts)
     last: BaseException | None = None
     for n in range(1, tries + 1):
@@ -134,8 +135,7 @@ async def _with_retries(
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             last = exc
             if n < tries:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(policy.delay(n))
     raise _unreachable(settings, tries, last)
 
 

@@ -238,7 +238,7 @@ PING: Final = {
         w.Ping,
         w.Pong,
         "operator",
-        "liveness, version, database reachability",
+        "liveness, version, database reachability, requests in flight",
     )
     for part in s.SERVICES
 }
@@ -442,7 +442,7 @@ DELIVER: Final = _ep(
     w.DeliverRequest,
     w.SendReply,
     "service",
-    "a system event into an agent's inbox",
+    f"a system event into an agent's inbox, now (the services use `{s.DELIVERIES}` instead)",
 )
 SYS_AGENTS: Final = _ep(
     LIFECYCLE,

@@ -33,11 +33,22 @@ def stream_configs() -> list[StreamConfig]:
             max_age=14 * DAY_S,
             discard=DiscardPolicy.OLD,
         ),
+        StreamConfig(
+            name=subjects.DELIVERIES_STREAM,
+            subjects=[subjects.DELIVERIES],
+            # a queue, not a log: a record goes once the broker acked its insert
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            max_age=30 * DAY_S,
+            duplicate_window=120.0,
+            discard=DiscardPolicy.OLD,
+        ),
     ]
 
 
 async def ensure_streams(js: JetStreamContext) -> None:
-    """Creates ``HIVE_EVENTS`` and ``HIVE_TURNS`` (or updates their config)."""
+    """Creates ``HIVE_EVENTS``, ``HIVE_TURNS`` and ``HIVE_DELIVERIES`` (or updates
+    their config)."""
     for config in stream_configs():
         try:
             await js.stream_info(config.name)

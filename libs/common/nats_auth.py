@@ -192,7 +192,12 @@ def verify(public_key: str, data: bytes, signature: bytes) -> bool:
 def operator_permissions() -> Permissions:
     """The human operator: the admin surface, the event log, JetStream reads,
     and the agent pages on every node (the dashboard's page relay calls), service
-    discovery."""
+    discovery.
+
+    The dashboard runs with these credentials under NixOS, so it may also
+    answer its own ping (``hive status``) and the discovery requests every
+    part answers (``nats micro ls``); nothing else is served as operator.
+    """
     return Permissions(
         publish=[
             subjects.ADMIN_ALL,
@@ -204,9 +209,12 @@ def operator_permissions() -> Permissions:
         ],
         subscribe=[
             subjects.inbox_all(OPERATOR_USER),
+            subjects.admin("dashboard", "ping"),
+            subjects.MICRO_ALL,
             subjects.EVENTS_ALL,
             subjects.AGENT_EVENTS_ALL,
         ],
+        allow_responses=True,  # the ping's reply
     )
 
 

@@ -12,13 +12,13 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.client import Server
 
+from hyperhive.common import retry
 from hyperhive.common.config import NatsSettings
 from hyperhive.common.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
-BACKOFF_CAP_S = 5.0  # the longest wait between two tries, at start and on reconnect
-BACKOFF_FLOOR_S = 0.05  # the shortest first ceiling: a zero base would spin
+BACKOFF_CAP_S = retry.NATS_RECONNECT_CAP_S  # the longest wait between two tries
 
 
 def backoff_delay(
@@ -40,8 +40,7 @@ def backoff_delay(
         cap: the largest ceiling.
         rand: a source of numbers in [0, 1).
     """
-    ceiling = min(cap, base * 2 ** min(failures, 32))
-    return ceiling / 2 + rand() * ceiling / 2
+    return retry.Backoff(base, cap).delay(failures + 1, rand=rand)
 
 
 def _reconnect_handler(
@@ -49,7 +48,6 @@ def _reconnect_handler(
 ) -> Callable[[list[Server], dict[str, Any]], tuple[Server | None, float]]:
     """nats-py's ``reconnect_to_server_handler``: the server that failed least
     so far, and the backoff that its failures call for."""
-    base = max(base, BACKOFF_FLOOR_S)
 
     def choose(servers: list[Server], _info: dict[str, Any]) -> tuple[Server | None, float]:
         if not servers:
@@ -88,7 +86,7 @@ async def connect(
     seed = seed_file if seed_file is not None else settings.seed_file
     prefix = inbox_prefix if inbox_prefix is not None else settings.inbox_prefix
     tries = max(1, attempts if attempts is not None else settings.connect_attempts)
-    delay = settings.connect_backoff_s
+    policy = retry.Backoff(settings.connect_backoff_s, BACKOFF_CAP_S, jitter=False)
     errors_seen: list[BaseException] = []
 
     async def on_error(exc: Exception) -> None:
@@ -135,8 +133,7 @@ async def connect(
         except (OSError, TimeoutError, nats.errors.Error) as exc:
             last = errors_seen[-1] if errors_seen else exc
             if attempt < tries:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_CAP_S)
+                await asyncio.sleep(policy.delay(attempt))
             continue
         nc.options["allow_reconnect"] = True
         nc.options["max_reconnect_attempts"] = -1

@@ -24,23 +24,46 @@ from nats.js import JetStreamContext
 from hyperhive.common import actor, subjects
 from hyperhive.common.redact import mask_data
 from hyperhive.common.telemetry import TRACEPARENT, current_traceparent
-from hyperhive.common.wire.events import HiveEvent
+from hyperhive.common.wire.events import (
+    EVENT_DATA_TYPES,
+    EVENT_TAG,
+    EventData,
+    HiveEvent,
+    decode_event,
+    encode_event,
+    event_fields,
+    event_kind,
+)
 
 log = logging.getLogger(__name__)
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(HiveEvent)
 
 
-def make_event(kind: str, *, agent: str | None = None, **data: object) -> HiveEvent:
+def make_event(what: EventData | str, *, agent: str | None = None, **data: object) -> HiveEvent:
     """A new event with a fresh id, the current time and, when known, who
     caused it (``by``, see :mod:`hyperhive.common.actor`); secrets in its data
     (a message body, a build error quoting a config) are masked: HIVE_EVENTS
-    is read by every live view and kept."""
+    is read by every live view and kept.
+
+    ``what`` is the kind's typed data (:mod:`hyperhive.common.wire.events`),
+    or a kind and its fields as keywords, which must then match the kind's type.
+
+    Raises:
+        TypeError: fields given beside typed data.
+        msgspec.ValidationError: keyword fields that do not match their kind's type.
+    """
+    if isinstance(what, EventData):
+        if data:
+            raise TypeError("make_event: typed data takes no keyword fields")
+        kind, fields = event_kind(what), event_fields(what)
+    else:
+        kind, fields = what, data
+        if kind in EVENT_DATA_TYPES:  # checked once here, so no publisher writes a bad record
+            msgspec.convert({**fields, EVENT_TAG: kind}, EVENT_DATA_TYPES[kind])
     by = actor.current()
-    if by and "by" not in data:
-        data["by"] = by
+    if by and "by" not in fields:
+        fields["by"] = by
     return HiveEvent(
-        kind=kind, ts=time.time(), agent=agent, data=mask_data(data), id=uuid.uuid4().hex
+        kind=kind, ts=time.time(), agent=agent, data=mask_data(fields), id=uuid.uuid4().hex
     )
 
 
@@ -52,7 +75,7 @@ async def add(conn: asyncpg.Connection, event: HiveEvent) -> None:
     await conn.execute(
         _INSERT,
         subjects.event(event.kind),
-        _encoder.encode(event),
+        encode_event(event),
         event.id or uuid.uuid4().hex,
         current_traceparent(),
     )
@@ -64,7 +87,7 @@ async def add_many(conn: asyncpg.Connection, events: list[HiveEvent]) -> None:
     await conn.executemany(
         _INSERT,
         [
-            (subjects.event(e.kind), _encoder.encode(e), e.id or uuid.uuid4().hex, traceparent)
+            (subjects.event(e.kind), encode_event(e), e.id or uuid.uuid4().hex, traceparent)
             for e in events
         ],
     )
@@ -75,11 +98,11 @@ def masked(payload: bytes) -> bytes:
     (``hyperhive.common.redact``). Every row passes here, also those a
     service writes in SQL (the broker's message events carry the body)."""
     try:
-        event = _decoder.decode(payload)
+        event = decode_event(payload)
     except msgspec.DecodeError:
         log.warning("outbox row is no HiveEvent; published as stored")
         return payload
-    return _encoder.encode(msgspec.structs.replace(event, data=mask_data(event.data)))
+    return encode_event(msgspec.structs.replace(event, data=mask_data(event.data)))
 
 
 def _headers(row: asyncpg.Record) -> dict[str, str]:

@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from opentelemetry import trace
 
-from hyperhive.common import actor, subjects
+from hyperhive.common import actor, retry, subjects
 from hyperhive.common.db import is_connection_error
 from hyperhive.common.endpoints import Endpoint
 from hyperhive.common.errors import (
@@ -140,22 +140,16 @@ async def call(
     return await request(nc, endpoint.subject(agent), payload, endpoint.reply, timeout=timeout)
 
 
-# nats-server can report "no responders" for a few milliseconds after a
-# subscriber appeared on another connection (seen with 2.15): retry briefly
-# before calling a service unavailable.
-_NO_RESPONDER_RETRIES_S = (0.02, 0.05, 0.1, 0.2)
-
-
 async def _request_once(nc: NATS, subject: str, data: bytes, timeout: float) -> Msg:
-    for delay in (*_NO_RESPONDER_RETRIES_S, None):
-        try:
-            headers = inject_headers(actor.headers())
-            return await nc.request(subject, data, timeout=timeout, headers=headers)
-        except nats.errors.NoRespondersError:
-            if delay is None:
-                raise
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable")
+    # nats-server can report "no responders" for a few milliseconds after a
+    # subscriber appeared on another connection (seen with 2.15): retry briefly
+    # before calling a service unavailable.
+    return await retry.retry(
+        lambda: nc.request(subject, data, timeout=timeout, headers=inject_headers(actor.headers())),
+        retry.NO_RESPONDERS,
+        on=(nats.errors.NoRespondersError,),
+        tries=retry.NO_RESPONDERS_TRIES,
+    )
 
 
 async def publish(nc: NATS, subject: str, payload: msgspec.Struct) -> None:

@@ -223,6 +223,7 @@ async def run(
                 pid=os.getpid(),
                 started_at=rt.started_at,
                 database=await _database_status(pool),
+                in_flight=responder.in_flight,
             )
 
         await responder.serve(endpoints.PING[part], ping)

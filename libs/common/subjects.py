@@ -20,6 +20,10 @@ SERVICES: Final = ("broker", "lifecycle", "approvals", "crash-watch", "dashboard
 # JetStream
 EVENTS_STREAM: Final = "HIVE_EVENTS"
 TURNS_STREAM: Final = "HIVE_TURNS"
+# system events on their way into an inbox: every service publishes, the broker
+# consumes durably (hyperhive.common.delivery)
+DELIVERIES_STREAM: Final = "HIVE_DELIVERIES"
+DELIVERIES_CONSUMER: Final = "broker-deliveries"
 STATE_BUCKET: Final = "hive_state"
 
 # Agent-side verbs (hive.agent.<n>.<verb>)
@@ -98,6 +102,8 @@ AGENT_EVENTS_ALL: Final = f"{ROOT}.agent.*.{AGENT_EVENTS}"
 ADMIN_ALL: Final = f"{ROOT}.admin.>"  # the operator surface of every service
 # broker instances tell each other which inboxes got messages (wire.BrokerWake)
 BROKER_WAKE: Final = f"{ROOT}.system.broker.wake"
+# a system event for an inbox (wire.DeliverRequest), kept in DELIVERIES_STREAM
+DELIVERIES: Final = f"{ROOT}.system.broker.inbox"
 
 # JetStream's own API: what a client needs to read streams and consumers
 JS_API_ALL: Final = "$JS.API.>"

@@ -42,14 +42,13 @@ from hyperhive.common.errors import BackendFailed, Conflict, HiveError, NotFound
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.approvals import ApprovalInfo
 from hyperhive.common.wire.events import ApprovalResolved, OperatorAnswered, SpawnResolved
+from hyperhive.common.wire.states import CREATING, DRAFT
 
 log = logging.getLogger(__name__)
 
 # builds of one approval: the first, and one retry after a crash interrupted it
 MAX_ATTEMPTS: Final = 2
 INTERRUPTED: Final = "interrupted: the approvals service stopped during the build"
-DRAFT: Final = "draft"
-CREATING: Final = "creating"
 MAX_EVENT_NOTE: Final = 2000
 
 

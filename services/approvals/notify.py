@@ -24,6 +24,7 @@ from typing import Any, Final
 import asyncpg
 
 from hyperhive.approvals import store
+from hyperhive.common import retry
 from hyperhive.common.config import NotifySettings
 from hyperhive.common.errors import ConfigError
 
@@ -61,7 +62,7 @@ def redact(url: str) -> str:
 
 def backoff(settings: NotifySettings, attempts: int) -> float:
     """Delay after the ``attempts``-th failed try."""
-    return float(min(settings.backoff_max_s, settings.backoff_s * 2 ** max(0, attempts - 1)))
+    return retry.Backoff(settings.backoff_s, settings.backoff_max_s, jitter=False).delay(attempts)
 
 
 def _link(settings: NotifySettings, anchor: str) -> str:

@@ -6,11 +6,10 @@ from typing import Final
 
 from nats.aio.client import Client as NATS
 
+from hyperhive.common import delivery, rpc, subjects
 from hyperhive.common import endpoints as E
-from hyperhive.common import rpc, subjects
 from hyperhive.common.errors import NotFound
 from hyperhive.common.wire.base import Empty
-from hyperhive.common.wire.broker import DeliverRequest
 from hyperhive.common.wire.events import SystemEvent
 from hyperhive.common.wire.lifecycle import (
     AgentInfo,
@@ -81,10 +80,10 @@ class Peers:
         )
 
     async def deliver(self, event: SystemEvent, key: str) -> None:
-        """Puts a system event into the manager's inbox (deduplicated by ``key``)."""
-        await rpc.call(
-            self._nc,
-            E.DELIVER,
-            DeliverRequest(to=subjects.MANAGER, event=event, idempotency_key=key),
-            timeout=QUICK_TIMEOUT_S,
-        )
+        """Hands a system event for the manager's inbox to the durable delivery
+        path (deduplicated by ``key``); the broker inserts it whenever it runs.
+
+        Raises:
+            Unavailable: not stored yet; the caller keeps it and tries again.
+        """
+        await delivery.submit(self._nc.jetstream(), subjects.MANAGER, event, key)

@@ -10,24 +10,32 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Final
+from typing import Final, Literal
 
 import asyncpg
 
-from hyperhive.common import outbox, subjects
+from hyperhive.common import outbox
 from hyperhive.common.outbox import make_event
 from hyperhive.common.wire.approvals import ApprovalInfo, QuestionInfo
-from hyperhive.common.wire.events import HiveEvent
-
-APPLY_COMMIT: Final = "ApplyCommit"
-SPAWN: Final = "Spawn"
-PENDING: Final = "pending"
-APPROVED: Final = "approved"
-DEPLOYED: Final = "deployed"
-FAILED: Final = "failed"
-DENIED: Final = "denied"
-END_STATES: Final = (DEPLOYED, FAILED, DENIED)
-STATES: Final = (PENDING, APPROVED, *END_STATES)
+from hyperhive.common.wire.events import (
+    ApprovalApproved,
+    ApprovalEventData,
+    ApprovalQueuedEvent,
+    ApprovalResolvedEvent,
+    HiveEvent,
+    QuestionAnswered,
+    QuestionAsked,
+)
+from hyperhive.common.wire.states import (  # noqa: F401 (the states, as store.X)
+    APPLY_COMMIT,
+    APPROVED,
+    DENIED,
+    DEPLOYED,
+    FAILED,
+    PENDING,
+    SPAWN,
+    ApprovalState,
+)
 
 _COLUMNS: Final = (
     "id, kind, agent, commit_ref, fetched_sha, base_sha, state, note, error, tag, "
@@ -60,19 +68,21 @@ def approval_info(row: asyncpg.Record) -> ApprovalInfo:
     )
 
 
-def _event_data(row: asyncpg.Record) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "kind": row["kind"],
-        "state": row["state"],
-        "sha": row["fetched_sha"],
-        "ref": row["commit_ref"],
-        "tag": row["tag"],
-        "note": row["note"],
-        "error": row["error"][:2000],
-        "decided_by": row["decided_by"],
-        "decided_at": ts(row["decided_at"]),
-    }
+def _event(kind: type[ApprovalEventData], row: asyncpg.Record) -> HiveEvent:
+    """The ``approval.*`` event of ``kind`` recording ``row``."""
+    data = kind(
+        id=row["id"],
+        kind=row["kind"],
+        state=row["state"],
+        sha=row["fetched_sha"],
+        ref=row["commit_ref"],
+        tag=row["tag"],
+        note=row["note"],
+        error=row["error"][:2000],
+        decided_by=row["decided_by"],
+        decided_at=ts(row["decided_at"]),
+    )
+    return make_event(data, agent=row["agent"])
 
 
 # --- approvals ---------------------------------------------------------------
@@ -111,7 +121,7 @@ async def queue(
                 row["id"],
             )
             assert row is not None
-        await outbox.add(conn, _event(subjects.EV_APPROVAL_QUEUED, row))
+        await outbox.add(conn, _event(ApprovalQueuedEvent, row))
     return row
 
 
@@ -119,7 +129,9 @@ async def get(pool: asyncpg.Pool | asyncpg.Connection, approval_id: int) -> asyn
     return await pool.fetchrow(f"SELECT {_COLUMNS} FROM approvals WHERE id = $1", approval_id)
 
 
-async def list_approvals(pool: asyncpg.Pool, state: str | None, limit: int) -> list[asyncpg.Record]:
+async def list_approvals(
+    pool: asyncpg.Pool, state: ApprovalState | None, limit: int
+) -> list[asyncpg.Record]:
     """Newest first; every state when ``state`` is None."""
     return await pool.fetch(
         f"SELECT {_COLUMNS} FROM approvals WHERE ($1::text IS NULL OR state = $1)"
@@ -146,7 +158,7 @@ async def begin(
         decided_by,
     )
     if row is not None:
-        await outbox.add(conn, _event(subjects.EV_APPROVAL_APPROVED, row))
+        await outbox.add(conn, _event(ApprovalApproved, row))
     return row
 
 
@@ -187,7 +199,7 @@ async def count_attempt(pool: asyncpg.Pool, approval_id: int, delta: int) -> int
 async def finish(
     pool: asyncpg.Pool,
     approval_id: int,
-    state: str,
+    state: Literal["deployed", "failed"],
     *,
     tag: str,
     error: str = "",
@@ -227,14 +239,7 @@ async def deny(
 
 
 def _resolved_event(row: asyncpg.Record) -> HiveEvent:
-    return _event(subjects.EV_APPROVAL_RESOLVED, row)
-
-
-def _event(kind: str, row: asyncpg.Record) -> HiveEvent:
-    # data has its own "kind" (ApplyCommit | Spawn), so it is set after make_event
-    event = make_event(kind, agent=row["agent"])
-    event.data.update(_event_data(row))
-    return event
+    return _event(ApprovalResolvedEvent, row)
 
 
 async def mark_tagged(pool: asyncpg.Pool, approval_id: int) -> None:
@@ -311,12 +316,8 @@ async def ask(
         await outbox.add(
             conn,
             make_event(
-                subjects.EV_QUESTION_ASKED,
+                QuestionAsked(id=row["id"], question=question, options=options, multi=multi),
                 agent=asked_by,
-                id=row["id"],
-                question=question,
-                options=options,
-                multi=multi,
             ),
         )
     return row
@@ -351,12 +352,13 @@ async def answer(
             await outbox.add(
                 conn,
                 make_event(
-                    subjects.EV_QUESTION_ANSWERED,
+                    QuestionAnswered(
+                        id=question_id,
+                        question=row["question"],
+                        answer=value,
+                        answered_by=answered_by,
+                    ),
                     agent=row["asked_by"],
-                    id=question_id,
-                    question=row["question"],
-                    answer=value,
-                    answered_by=answered_by,
                 ),
             )
     return row

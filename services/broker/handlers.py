@@ -58,7 +58,7 @@ from hyperhive.common.wire.broker import (
     UsageReply,
     UsageRequest,
 )
-from hyperhive.common.wire.events import SystemEvent
+from hyperhive.common.wire.events import MessagesPruned, SystemEvent, TurnStatsRecorded
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,15 @@ class Broker:
         )
 
     async def deliver(self, req: DeliverRequest, _call: Call) -> SendReply:
-        """``hive.system.broker.deliver``: a system event into an inbox."""
+        """``hive.system.broker.deliver``: a system event into an inbox, now.
+
+        The services hand their events to ``HIVE_DELIVERIES`` instead
+        (:mod:`hyperhive.common.delivery`), which ends in :meth:`deliver_event`.
+        """
+        return await self.deliver_event(req)
+
+    async def deliver_event(self, req: DeliverRequest) -> SendReply:
+        """A system event into an inbox, stored once per idempotency key."""
         self._check_key(req.idempotency_key)
         await self._check_recipient(req.to)
         body = render_event(req.event)
@@ -346,9 +354,7 @@ class Broker:
                     if n:
                         await outbox.add(
                             conn,
-                            outbox.make_event(
-                                subjects.EV_MESSAGES_PRUNED, before=before, deleted=n, by=by
-                            ),
+                            outbox.make_event(MessagesPruned(before=before, deleted=n, by=by)),
                         )
             if n:
                 self._kick_relay()
@@ -396,7 +402,7 @@ class Broker:
                 await outbox.add(
                     conn,
                     outbox.make_event(
-                        subjects.EV_STATS, agent=agent, ts=stats.ts, values=dict(values)
+                        TurnStatsRecorded(ts=stats.ts, values=dict(values)), agent=agent
                     ),
                 )
         self._kick_relay()
@@ -508,20 +514,12 @@ def _kind(kind: str) -> tuple[str, str]:
     return subjects.event(kind), kind
 
 
-def _state(row: asyncpg.Record) -> str:
-    if row["acked_at"] is not None:
-        return "acked"
-    if row["deliveries"] > 0:
-        return "handed_out"
-    return "committed"
-
-
 def _status(row: asyncpg.Record) -> MessageStatus:
     return MessageStatus(
         id=row["id"],
         sender=row["sender"],
         recipient=row["recipient"],
-        state=_state(row),
+        state=store.message_state(row),
         deliveries=row["deliveries"],
         redeliveries=max(0, row["deliveries"] - 1),
         created_at=row["created_at"],
@@ -537,8 +535,9 @@ def _history_item(row: asyncpg.Record) -> HistoryItem:
         recipient=row["recipient"],
         body=row["body"],
         ts=row["created_at"],
-        state=_state(row),
+        state=store.message_state(row),
         deliveries=row["deliveries"],
         delivered_at=row["delivered_at"],
         acked_at=row["acked_at"],
+        event=_decode_event(row["event"]),
     )

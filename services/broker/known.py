@@ -1,32 +1,30 @@
 """Which agents exist: the recipients ``send`` accepts.
 
 Lifecycle owns the registry. The broker keeps a set of names: the list at
-start, then ``agent.created`` / ``agent.destroyed`` from HIVE_EVENTS; a name
+start, then ``agent.created`` / ``agent.destroyed`` followed on HIVE_EVENTS; a name
 not in the set is looked up with lifecycle ``get`` before it is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
-import msgspec
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from hyperhive.common import endpoints as E
-from hyperhive.common import rpc, subjects
+from hyperhive.common import follow, retry, rpc, subjects
 from hyperhive.common.errors import HiveError, NotFound, RequestTimeout, Unavailable
 from hyperhive.common.names import is_agent_name
 from hyperhive.common.wire.events import HiveEvent
 from hyperhive.common.wire.lifecycle import AgentRequest, AgentsRequest
+from hyperhive.common.wire.states import DESTROYED, DRAFT
 
 log = logging.getLogger(__name__)
 
 # states in which an agent cannot receive messages
-_NOT_RECIPIENTS = frozenset({"destroyed", "draft"})
-_events = msgspec.json.Decoder(HiveEvent)
+_NOT_RECIPIENTS = frozenset({DESTROYED, DRAFT})
 
 
 class KnownAgents:
@@ -36,51 +34,42 @@ class KnownAgents:
         self._nc = nc
         self._timeout_s = timeout_s
         self._names: set[str] = set()
-        self._subs: list[Subscription] = []
+        self._follower: asyncio.Task[None] | None = None
         self.loaded = asyncio.Event()  # the first full list arrived
 
     async def start(self) -> None:
         """Follows created/destroyed events; the first list loads in the background.
 
-        Subscribes before listing so that no change falls between the two.
+        Follows before listing so that no change falls between the two.
         """
-        for kind in (subjects.EV_AGENT_CREATED, subjects.EV_AGENT_DESTROYED):
-            self._subs.append(await self._nc.subscribe(subjects.event(kind), cb=self._on_event))
+        kinds = (subjects.EV_AGENT_CREATED, subjects.EV_AGENT_DESTROYED)
+        self._follower = await follow.start_following(
+            self._nc.jetstream(),
+            self._on_event,
+            [subjects.event(k) for k in kinds],
+            name="known-agents-events",
+        )
 
     async def stop(self) -> None:
-        for sub in self._subs:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # connection already closed
-                pass
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._follower
 
-    async def load_forever(self, retry_s: float = 0.5, max_retry_s: float = 10.0) -> None:
-        """Loads the full list, retrying until lifecycle answers once."""
-        delay = retry_s
-        while True:
-            try:
-                reply = await rpc.call(
-                    self._nc,
-                    E.SYS_AGENTS,
-                    AgentsRequest(),
-                    timeout=self._timeout_s,
-                )
-            except HiveError as exc:
-                log.info("agent list not loaded yet (%s); sends look agents up one by one", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, max_retry_s)
-                continue
-            self._names.update(a.name for a in reply.agents if a.state not in _NOT_RECIPIENTS)
-            self.loaded.set()
-            log.info("known agents loaded", extra={"count": len(self._names)})
-            return
+    async def load_forever(self) -> None:
+        """Loads the full list, retrying until lifecycle answers once (sends
+        look agents up one by one meanwhile)."""
+        reply = await retry.retry(
+            lambda: rpc.call(self._nc, E.SYS_AGENTS, AgentsRequest(), timeout=self._timeout_s),
+            retry.PEER_SERVICE,
+            on=(HiveError,),
+            what="loading the agent list",
+        )
+        self._names.update(a.name for a in reply.agents if a.state not in _NOT_RECIPIENTS)
+        self.loaded.set()
+        log.info("known agents loaded", extra={"count": len(self._names)})
 
-    async def _on_event(self, msg: Msg) -> None:
-        try:
-            event = _events.decode(msg.data)
-        except msgspec.DecodeError:
-            log.warning("ignoring malformed event on %s", msg.subject)
-            return
+    def _on_event(self, _seq: int, event: HiveEvent) -> None:
         name = event.agent or event.data.get("name")
         if not isinstance(name, str) or not is_agent_name(name):
             return

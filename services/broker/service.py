@@ -11,6 +11,7 @@ from hyperhive.broker.handlers import Broker
 from hyperhive.broker.known import KnownAgents
 from hyperhive.broker.turns import Turns
 from hyperhive.broker.wake import Waiters
+from hyperhive.common import delivery
 from hyperhive.common import endpoints as E
 from hyperhive.common.errors import ConfigError
 from hyperhive.common.service import SPECS, Runtime
@@ -20,7 +21,8 @@ _REPLY_MARGIN = 4096
 
 
 async def start(rt: Runtime) -> None:
-    """Follows the agent registry, starts group commit, serves every broker subject."""
+    """Follows the agent registry, starts group commit, consumes system events,
+    serves every broker subject."""
     if rt.pool is None or rt.outbox is None:
         raise ConfigError("the broker needs its database")
     known = KnownAgents(rt.nc, timeout_s=rt.settings.nats.request_timeout_s / 2)
@@ -41,6 +43,8 @@ async def start(rt: Runtime) -> None:
     broker.start()
     rt.stack.push_async_callback(broker.stop)
     rt.spawn(broker.retain_forever(), "retention")
+    # every system event for an inbox comes through HIVE_DELIVERIES
+    rt.spawn(delivery.consume(rt.js, broker.deliver_event, rt.stop), "deliveries")
     turns = Turns(rt.js, max_bytes=max(rt.nc.max_payload - _REPLY_MARGIN, 64 * 1024))
 
     handlers = {

@@ -16,6 +16,7 @@ import asyncpg
 
 from hyperhive.common.errors import BadRequest, HiveError, Unavailable
 from hyperhive.common.wire.broker import TURN_KEY, USAGE_KEYS
+from hyperhive.common.wire.states import MessageState
 
 log = logging.getLogger(__name__)
 
@@ -433,6 +434,21 @@ async def ack(
     """Acks one message (see :func:`ack_many`)."""
     [acked] = await ack_many(conn, [Ack(message_id, recipient, traceparent)], kinds)
     return acked
+
+
+def message_state(row: asyncpg.Record) -> MessageState:
+    """A message's state, derived from its columns (docs/architecture.md).
+
+    The transitions are the statements above: ``_INSERT`` makes it
+    ``committed``; ``_CLAIM`` hands it out (``deliveries`` + 1, a lease), and
+    hands it out again once the lease ran out without an ack, still
+    ``handed_out``; ``_ACK`` makes it ``acked``; ``_PRUNE`` deletes acked ones.
+    """
+    if row["acked_at"] is not None:
+        return "acked"
+    if row["deliveries"] > 0:
+        return "handed_out"
+    return "committed"
 
 
 async def get(conn: asyncpg.Connection | asyncpg.Pool, message_id: int) -> asyncpg.Record | None:

@@ -1,9 +1,9 @@
-"""Crash-watch wiring: the poll loop and the ``agent.state`` subscription."""
+"""Crash-watch wiring: the poll loop and the ``agent.state`` follower."""
 
 from __future__ import annotations
 
 from hyperhive.common import endpoints as E
-from hyperhive.common import subjects
+from hyperhive.common import follow, subjects
 from hyperhive.common.rpc import Call
 from hyperhive.common.service import Runtime
 from hyperhive.common.wire.base import Empty
@@ -14,9 +14,11 @@ from hyperhive.crashwatch.watcher import CrashWatch
 async def start(rt: Runtime) -> None:
     """Follows lifecycle's state events and polls its registry."""
     watch = CrashWatch(rt.settings, rt.nc, rt.js, rt.kv)
-    sub = await rt.nc.subscribe(subjects.event(subjects.EV_AGENT_STATE), cb=watch.on_event)
+    follower = await follow.start_following(
+        rt.js, watch.on_event, [subjects.event(subjects.EV_AGENT_STATE)], name="agent-state"
+    )
     rt.stack.push_async_callback(watch.close)
-    rt.stack.push_async_callback(sub.unsubscribe)
+    rt.stack.callback(follower.cancel)
     rt.spawn(watch.run(), "crash-watch-poll")
 
     async def status(_req: Empty, _call: Call) -> WatchStatus:

@@ -6,8 +6,9 @@ events as they happen. Each carries the agent's state sequence number, so an
 older poll reply never overrides a newer event. A change ``running`` →
 ``stopped``/``failed`` with no transient flag (in the event, or in the KV
 bucket) is a crash: the manager gets one ``ContainerCrash`` through the
-broker. A KV flag older than ``flag_max_age_s`` was left by a lifecycle that
-died mid-operation and hides nothing. The first poll only seeds the view.
+durable delivery path (:mod:`hyperhive.common.delivery`). A KV flag older
+than ``flag_max_age_s`` was left by a lifecycle that died mid-operation and
+hides nothing. The first poll only seeds the view.
 
 Stuck: an agent that runs but whose harness heartbeat (``heartbeat.<n>`` in
 the KV bucket) is older than ``heartbeat_timeout_s``, whose heartbeat says the
@@ -26,17 +27,25 @@ from dataclasses import dataclass
 
 import msgspec
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from hyperhive.common import delivery, rpc, subjects
 from hyperhive.common import endpoints as E
-from hyperhive.common import rpc, subjects
 from hyperhive.common.config import Settings
-from hyperhive.common.errors import HiveError, Unavailable
+from hyperhive.common.errors import HiveError
 from hyperhive.common.outbox import make_event
-from hyperhive.common.wire.broker import DeliverRequest
-from hyperhive.common.wire.events import AgentStuck, ContainerCrash, HiveEvent, SystemEvent
+from hyperhive.common.wire.events import (
+    AgentStateChanged,
+    AgentStuck,
+    ContainerCrash,
+    CrashDetected,
+    HiveEvent,
+    StuckDetected,
+    SystemEvent,
+    encode_event,
+    event_data,
+)
 from hyperhive.common.wire.lifecycle import (
     AgentInfo,
     AgentsRequest,
@@ -44,22 +53,19 @@ from hyperhive.common.wire.lifecycle import (
     TransientFlag,
     WatchStatus,
 )
+from hyperhive.common.wire.states import DOWN_STATES, RUNNING, AgentFlag, AgentState, StuckReason
 
 log = logging.getLogger(__name__)
 
-RUNNING = "running"
-DOWN = frozenset({"stopped", "failed"})
-DELIVER_ATTEMPTS = 6
 HEARTBEAT_SKEW_S = 5.0  # a heartbeat this much older than the start still counts
 
 
 @dataclass(slots=True)
 class Seen:
-    state: str
+    state: AgentState
     seq: int
 
 
-_event_decoder = msgspec.json.Decoder(HiveEvent)
 _flag_decoder = msgspec.json.Decoder(TransientFlag)
 _hb_decoder = msgspec.json.Decoder(Heartbeat)
 
@@ -73,7 +79,7 @@ class CrashWatch:
         self.manager = settings.lifecycle.manager
         self.known: dict[str, Seen] = {}
         self.seeded = False
-        self.stuck: dict[str, str] = {}  # name → reason of the open episode
+        self.stuck: dict[str, StuckReason] = {}  # name → reason of the open episode
         self.reported = 0  # events reported since start
         self.polls = 0  # polls completed since start
         self._tasks: set[asyncio.Task[None]] = set()
@@ -103,31 +109,21 @@ class CrashWatch:
         await self.check_stuck(reply.agents)
         self.polls += 1
 
-    async def on_event(self, msg: Msg) -> None:
+    async def on_event(self, _seq: int, ev: HiveEvent) -> None:
         """An ``agent.state`` event from lifecycle."""
-        try:
-            ev = _event_decoder.decode(msg.data)
-        except msgspec.DecodeError:
+        data = event_data(ev)
+        if ev.agent is None or not isinstance(data, AgentStateChanged):
             return
-        if ev.agent is None or ev.kind != subjects.EV_AGENT_STATE:
-            return
-        data = ev.data
-        state = data.get("state")
-        seq = data.get("seq")
-        if not isinstance(state, str) or not isinstance(seq, int):
-            return
-        flag = data.get("flag") if isinstance(data.get("flag"), str) else None
-        code = data.get("exit_code") if isinstance(data.get("exit_code"), int) else None
-        detail = data.get("detail") if isinstance(data.get("detail"), str) else ""
+        code = data.exit_code if isinstance(data.exit_code, int) else None
         async with self._lock:
-            await self._observe(ev.agent, state, seq, flag, code, detail)
+            await self._observe(ev.agent, data.state, data.seq, data.flag, code, data.detail or "")
 
     async def _observe(
         self,
         name: str,
-        state: str,
+        state: AgentState,
         seq: int,
-        flag: str | None,
+        flag: AgentFlag | None,
         exit_code: int | None,
         detail: str,
     ) -> None:
@@ -139,7 +135,7 @@ class CrashWatch:
             self.stuck.pop(name, None)
         if not self.seeded or prev is None:
             return
-        if prev.state == RUNNING and state in DOWN and not flag:
+        if prev.state == RUNNING and state in DOWN_STATES and not flag:
             if await self._flag_set(name):
                 return
             self._report(
@@ -251,13 +247,11 @@ class CrashWatch:
         task.add_done_callback(self._tasks.discard)
 
     async def _deliver(self, name: str, event: SystemEvent, key: str, kind: str) -> None:
-        data = msgspec.to_builtins(event)
-        data.pop("agent", None)
-        record = make_event(kind, agent=name, event=data)
+        record = make_event(_record_data(event), agent=name)
         try:
             await self.js.publish(
                 subjects.event(kind),
-                msgspec.json.encode(record),
+                encode_event(record),
                 headers={"Nats-Msg-Id": key or uuid.uuid4().hex},
             )
         except Exception as exc:
@@ -266,25 +260,10 @@ class CrashWatch:
             return
         # the manager cannot act on its own crash: tell the operator instead
         to = subjects.OPERATOR if name == self.manager else self.manager
-        delay = 0.5
-        for attempt in range(1, DELIVER_ATTEMPTS + 1):
-            try:
-                await rpc.call(
-                    self.nc,
-                    E.DELIVER,
-                    DeliverRequest(to=to, event=event, idempotency_key=key),
-                    timeout=self.settings.nats.request_timeout_s,
-                )
-                return
-            except (Unavailable, TimeoutError) as exc:
-                if attempt == DELIVER_ATTEMPTS:
-                    log.error("could not deliver %s about %s: %s", kind, name, exc)
-                    return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-            except HiveError as exc:
-                log.error("broker refused %s about %s: %s", kind, name, exc)
-                return
+        # retried until JetStream holds it; from there the broker takes it
+        # whenever it runs (however long it was away)
+        await delivery.submit_until_stored(self.js, to, event, key)
+        log.info("%s about %s stored for %s", kind, name, to)
 
     def status(self) -> WatchStatus:
         return WatchStatus(
@@ -310,3 +289,13 @@ class CrashWatch:
             task.cancel()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=2)
+
+
+def _record_data(event: SystemEvent) -> CrashDetected | StuckDetected:
+    """The HIVE_EVENTS data of a crash or stuck report: the event the inbox gets."""
+    match event:
+        case ContainerCrash():
+            return CrashDetected(event=event)
+        case AgentStuck():
+            return StuckDetected(event=event)
+    raise TypeError(f"crash-watch reports no {type(event).__name__}")

@@ -1,32 +1,36 @@
 """One HIVE_EVENTS consumer, fanned out in-process to every SSE client.
 
-A JetStream ordered consumer replays the tail of ``HIVE_EVENTS`` at start
-(backfill) and then follows it live. Each record is encoded once into an SSE
-frame and appended to a ring; clients keep a cursor into the ring and are
-woken together at most every ``coalesce`` seconds, so 200 browsers cost one
+One follower (:func:`hyperhive.common.follow.follow`) replays the tail of
+``HIVE_EVENTS`` at start (backfill) and then follows it live. Each record is
+encoded once into an SSE frame and appended to a ring; clients keep a cursor
+into the ring and are woken together at most every ``coalesce`` seconds, so 200 browsers cost one
 subscription and a few hundred small writes per second, not one consumer each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-import msgspec
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from hyperhive.common import activity, subjects
+from hyperhive.common import activity, follow, subjects
 from hyperhive.common.errors import HiveError
-from hyperhive.common.wire.events import HiveEvent
+from hyperhive.common.wire.events import (
+    ApprovalEventData,
+    HiveEvent,
+    MessageEventData,
+    QuestionAnswered,
+    QuestionAsked,
+    event_data,
+)
 
 log = logging.getLogger(__name__)
-_event_decoder = msgspec.json.Decoder(HiveEvent)
 
 MESSAGE_FAMILY = "message."
 BODY_LIMIT = 2000  # events already carry at most this much; never trust it
@@ -88,33 +92,33 @@ def sse_frame(event: str, data: object, seq: int | None = None) -> bytes:
 
 def flow_record(ev: HiveEvent, seq: int) -> dict[str, object]:
     """The browser's view of a ``message.*`` event."""
-    data = ev.data
-    body = data.get("body")
-    return {
-        "seq": seq,
-        "kind": ev.kind,
-        "ts": ev.ts,
-        "id": data.get("id"),
-        "sender": data.get("sender", ""),
-        "recipient": data.get("recipient", ev.agent or ""),
-        "body": body[:BODY_LIMIT] if isinstance(body, str) else None,
-        "deliveries": data.get("deliveries", 0),
+    record: dict[str, object] = {"seq": seq, "kind": ev.kind, "ts": ev.ts}
+    data = event_data(ev)
+    if not isinstance(data, MessageEventData):  # a record this version cannot read
+        return record | {"id": None, "sender": "", "recipient": ev.agent or ""} | _NO_BODY
+    return record | {
+        "id": data.id,
+        "sender": data.sender,
+        "recipient": data.recipient,
+        "body": data.body[:BODY_LIMIT],
+        "deliveries": data.deliveries,
     }
+
+
+_NO_BODY: dict[str, object] = {"body": None, "deliveries": 0}
 
 
 def change_detail(ev: HiveEvent) -> dict[str, object]:
     """What a browser notification of a waiting decision says: the approval's
     or question's id, and its kind or the start of the question."""
-    ref = ev.data.get("id")
-    if not isinstance(ref, int):
-        return {}
-    if ev.kind == subjects.EV_QUESTION_ASKED:
-        text = ev.data.get("question")
-        return {"id": ref, "detail": text[:DETAIL_LIMIT] if isinstance(text, str) else ""}
-    if ev.kind.startswith("approval."):
-        what = ev.data.get("kind")
-        return {"id": ref, "detail": what if isinstance(what, str) else ""}
-    return {"id": ref}
+    match event_data(ev):
+        case QuestionAsked(id=ref, question=text):
+            return {"id": ref, "detail": text[:DETAIL_LIMIT]}
+        case ApprovalEventData(id=ref, kind=what):
+            return {"id": ref, "detail": what}
+        case QuestionAnswered(id=ref):
+            return {"id": ref}
+    return {}
 
 
 class EventHub:
@@ -137,7 +141,7 @@ class EventHub:
         self.changes = Ring(ring)
         self._wake = asyncio.Event()
         self._wake_pending = False
-        self._sub: JetStreamContext.PushSubscription | None = None
+        self._follower: asyncio.Task[None] | None = None
         self.closed = False
         self.listeners: list[Callable[[HiveEvent], None]] = []
         # the activity timeline, newest last: the last day read at start, then live
@@ -160,36 +164,21 @@ class EventHub:
             self._activity.extend(older)
             self._activity_ready = True
         info = await self._js.stream_info(subjects.EVENTS_STREAM)
-        start = max(1, info.state.last_seq - self._backfill_events + 1)
-        self._sub = await self._js.subscribe(
-            subjects.EVENTS_ALL,
-            stream=subjects.EVENTS_STREAM,
-            cb=self._on_msg,
-            ordered_consumer=True,
-            idle_heartbeat=5.0,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
-            ),
-            pending_msgs_limit=1_000_000,
+        after = max(0, info.state.last_seq - self._backfill_events)
+        self._follower = await follow.start_following(
+            self._js, self._on_event, after_seq=after, name="dashboard-events"
         )
 
     async def stop(self) -> None:
         """Ends every SSE stream and the subscription."""
         self.closed = True
         self._notify()
-        if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception as exc:  # connection already gone at shutdown
-                log.debug("unsubscribe failed: %s", exc)
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._follower
 
-    async def _on_msg(self, msg: Msg) -> None:
-        try:
-            ev = _event_decoder.decode(msg.data)
-        except msgspec.DecodeError:
-            log.warning("undecodable record on %s", msg.subject)
-            return
-        seq = msg.metadata.sequence.stream
+    def _on_event(self, seq: int, ev: HiveEvent) -> None:
         self.publish(ev, seq)
 
     def publish(self, ev: HiveEvent, seq: int) -> None:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from hyperhive.dashboard.redact import mask
@@ -61,6 +62,21 @@ def short(sha: str | None, n: int = 12) -> str:
     return (sha or "")[:n] or "-"
 
 
+def event_fields(event: msgspec.Struct | None) -> list[tuple[str, str]]:
+    """A system event's fields as (name, text) pairs, its type first, the
+    empty ones left out: shown beside the text the agent reads."""
+    if event is None:
+        return []
+    data = msgspec.to_builtins(event)
+    pairs = [("type", str(data.pop("type", type(event).__name__)))]
+    for key, value in data.items():
+        if value in (None, "", [], {}):
+            continue
+        text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+        pairs.append((key, fmt_ts(value) if key.endswith(("_at", "since")) else text))
+    return pairs
+
+
 class Renderer:
     """Renders a template to a string."""
 
@@ -80,6 +96,7 @@ class Renderer:
             bytes=fmt_bytes,
             short=short,
             mask=mask,
+            event_fields=event_fields,
         )
 
     def __call__(self, template: str, /, **context: Any) -> str:

@@ -41,6 +41,7 @@ from websockets.exceptions import ConnectionClosed
 
 from hyperhive.common.errors import BadRequest, HiveError, NotFound, Unavailable
 from hyperhive.common.names import check_agent_name
+from hyperhive.common.wire.states import OFFLINE, TURN_STATES
 from hyperhive.dashboard.harnesslink import Terminal
 from hyperhive.dashboard.web import deps, field, form_fields, html, page_context
 
@@ -65,7 +66,6 @@ PROXIED_HEADERS = {
 SSE_HEADERS = {**PROXIED_HEADERS, "X-Accel-Buffering": "no"}
 KINDS = ("api_key", "oauth_token", "credentials_json")  # the harness's creds.KINDS
 # the harness's badge states (docs/turn-loop.md); anything else renders as offline
-STATES = frozenset({"idle", "thinking", "compacting", "retrying", "login", "offline"})
 MAX_TEXT = 500  # a harness's error text shown on the credentials form
 TERMINAL_SIZE = (80, 24)
 IDENTITY_JSON = {"accept": JSON, "accept-encoding": "identity"}
@@ -129,7 +129,7 @@ async def _status(name: str, request: Request[Any, Any, Any]) -> dict[str, Any]:
     model = doc.get("model")
     current = doc.get("credentials")
     return {
-        "state": state if state in STATES else "offline",
+        "state": state if state in TURN_STATES else OFFLINE,
         "model": model[:100] if isinstance(model, str) else "",
         "credentials": current if current in KINDS else "",
     }

@@ -30,13 +30,14 @@ from hyperhive.common.wire.lifecycle import (
     AgentInfo,
     AgentsRequest,
 )
+from hyperhive.common.wire.states import APPROVAL_OPEN, DESTROYED, DRAFT, RUNNING
 from hyperhive.dashboard import diff, stats
 from hyperhive.dashboard.hive import Hive
 from hyperhive.dashboard.redact import mask_diff
 
 log = logging.getLogger(__name__)
 
-PENDING_APPROVAL = frozenset({"pending", "approved"})  # approved: deploying now
+PENDING_APPROVAL = APPROVAL_OPEN  # approved: deploying now
 RESOLVED_SHOWN = 30
 ACTIVITY_SHOWN = 300
 
@@ -80,7 +81,7 @@ def _down(meta: Meta, exc: HiveError, service: str | None = None) -> View:
 
 async def _agents(hive: Hive) -> list[AgentInfo]:
     reply = await hive.read(E.AGENTS, AgentsRequest())
-    live = [a for a in reply.agents if a.state not in ("draft", "destroyed")]
+    live = [a for a in reply.agents if a.state not in (DRAFT, DESTROYED)]
     return sorted(live, key=lambda a: (a.name != subjects.MANAGER, a.name))
 
 
@@ -90,7 +91,7 @@ async def containers(hive: Hive) -> View:
         agents = await _agents(hive)
     except HiveError as exc:
         return _down(meta, exc)
-    running = [a.name for a in agents if a.state == "running"]
+    running = [a.name for a in agents if a.state == RUNNING]
     logins = await hive.logins_needed(running)
     return View(meta, {"agents": agents, "now": time.time(), "logins": logins})
 

@@ -23,7 +23,6 @@ import collections
 import contextlib
 import dataclasses
 import logging
-import random
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -35,8 +34,8 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 
 from hyperhive.common import endpoints as E
-from hyperhive.common import rpc, subjects
-from hyperhive.common.errors import HiveError
+from hyperhive.common import retry, rpc, subjects
+from hyperhive.common.errors import BadRequest, Forbidden, HiveError, NotFound
 from hyperhive.common.redact import mask_data
 from hyperhive.common.telemetry import current_traceparent, traceparent_context
 from hyperhive.common.wire.broker import (
@@ -47,6 +46,15 @@ from hyperhive.common.wire.broker import (
     TurnStats,
 )
 from hyperhive.common.wire.lifecycle import Heartbeat
+from hyperhive.common.wire.states import (
+    COMPACTING,
+    IDLE,
+    LOGIN,
+    OFFLINE,
+    RETRYING,
+    THINKING,
+    TurnState,
+)
 from hyperhive.harness import creds, notes
 from hyperhive.harness.claude import AUTH, ClaudeRun, RunResult
 from hyperhive.harness.config import HarnessConfig
@@ -58,10 +66,6 @@ from hyperhive.harness.usage import Usage, UsageMeter
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
-IDLE, THINKING, COMPACTING, OFFLINE = "idle", "thinking", "compacting", "offline"
-# waiting out an API outage before running the same message again; waiting for
-# credentials after the API refused them (docs/turn-loop.md)
-RETRYING, LOGIN = "retrying", "login"
 API_UNAVAILABLE, LOGIN_NEEDED = "api_unavailable", "login_needed"  # turn outcomes
 CREDS_POLL_S = 2.0  # how often a logged-out harness looks for new credentials
 MAX_RETRY_AFTER_S = 3600.0  # a longer retry-after is not believed
@@ -103,7 +107,7 @@ class Harness:
         self.meter = UsageMeter(lambda: self.store.usage_snapshots, self.store.set_usage_snapshots)
         self.hub = Hub()
         self.started_at = time.time()
-        self.state = IDLE
+        self.state: TurnState = IDLE
         self.state_since = self.started_at
         self.turn = self.store.turn
         self.turn_started: float | None = None
@@ -189,7 +193,7 @@ class Harness:
         except Exception as exc:  # NATS down: the page still has the ring
             log.warning("turn event not published: %s", exc)
 
-    async def _set_state(self, state: str) -> None:
+    async def _set_state(self, state: TurnState) -> None:
         if state == self.state:
             return
         self.state, self.state_since = state, time.time()
@@ -627,7 +631,7 @@ class Harness:
             log.warning("recv failed (%d): %s", self._recv_failures, exc)
             if self._recv_failures >= 3 and self.turn_started is None:
                 await self._set_state(OFFLINE)
-            await asyncio.sleep(min(5.0, 0.5 * self._recv_failures))
+            await asyncio.sleep(retry.RECV.delay(self._recv_failures))
             return None
         self._recv_failures = 0
         if self.state == OFFLINE:
@@ -808,21 +812,23 @@ class Harness:
 
     async def _ack(self, message_id: int) -> None:
         """Acks with retries; if the broker stays away it redelivers later (at least once)."""
-        for attempt in range(ACK_ATTEMPTS):
-            try:
-                await rpc.call(
+        try:
+            await retry.retry(
+                lambda: rpc.call(
                     self.nc,
                     E.ACK,
                     AckRequest(id=message_id),
                     agent=self.cfg.agent,
                     timeout=self.cfg.settings.nats.request_timeout_s,
-                )
-                return
-            except HiveError as exc:
-                log.warning("ack of %d failed (attempt %d): %s", message_id, attempt + 1, exc)
-                if exc.code in ("not_found", "bad_request", "forbidden"):
-                    return
-                await asyncio.sleep(0.5 * (attempt + 1))
+                ),
+                retry.ACK,
+                on=(HiveError,),
+                give_up=lambda exc: isinstance(exc, BadRequest | NotFound | Forbidden),
+                tries=ACK_ATTEMPTS,
+                what=f"ack of {message_id}",
+            )
+        except HiveError as exc:
+            log.warning("ack of %d not done: %s", message_id, exc)
 
     # --- heartbeat -------------------------------------------------------------
 
@@ -847,8 +853,7 @@ def backoff_s(attempt: int, base_s: float, max_s: float, hint_s: float = 0.0) ->
     a row: ``base_s`` doubled per attempt up to ``max_s``, jittered down to half
     of that, and never shorter than ``hint_s`` (the API's ``retry-after`` as
     claude saw it, believed up to an hour)."""
-    ceiling = min(max_s, base_s * 2 ** max(0, attempt - 1))
-    return max(random.uniform(ceiling / 2, ceiling), min(hint_s, MAX_RETRY_AFTER_S))
+    return retry.Backoff(base_s, max_s).delay(attempt, hint_s=min(hint_s, MAX_RETRY_AFTER_S))
 
 
 async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:

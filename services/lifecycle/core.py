@@ -31,7 +31,14 @@ from hyperhive.common.config import Settings
 from hyperhive.common.errors import BackendFailed, BadRequest, Conflict, HiveError, NotFound
 from hyperhive.common.outbox import OutboxRelay, make_event
 from hyperhive.common.paths import AgentPaths
-from hyperhive.common.wire.events import HiveEvent
+from hyperhive.common.wire.events import (
+    AgentCreated,
+    AgentDestroyed,
+    AgentDrafted,
+    AgentPurged,
+    AgentStateChanged,
+    HiveEvent,
+)
 from hyperhive.common.wire.lifecycle import (
     AgentInfo,
     ApplyReply,
@@ -42,15 +49,19 @@ from hyperhive.common.wire.lifecycle import (
     NotesReply,
     TransientFlag,
 )
+from hyperhive.common.wire.states import (
+    DESTROYING,
+    REBUILDING,
+    RESTARTING,
+    STOPPING,
+    AgentFlag,
+    AgentState,
+)
 from hyperhive.lifecycle import agentconf, creds, ports, repos, store
 from hyperhive.lifecycle.backends.base import RUNNING, AgentSpec, Backend
 
 log = logging.getLogger(__name__)
 
-STOPPING = "Stopping"
-RESTARTING = "Restarting"
-DESTROYING = "Destroying"
-REBUILDING = "Rebuilding"
 
 _LOCK_SPACE = 0x48495645  # "HIVE": first key of the per-agent advisory locks
 MAX_LOG_LINES = 10_000
@@ -175,9 +186,9 @@ class Lifecycle:
         self,
         conn: asyncpg.Connection,
         name: str,
-        state: str,
+        state: AgentState,
         *,
-        flag: str | None = None,
+        flag: AgentFlag | None = None,
         always: bool = False,
         before: list[HiveEvent] | None = None,
         after: list[HiveEvent] | None = None,
@@ -201,13 +212,14 @@ class Lifecycle:
             if changed:
                 events.append(
                     make_event(
-                        subjects.EV_AGENT_STATE,
+                        AgentStateChanged(
+                            state=state,
+                            previous=prev.state,
+                            flag=flag,
+                            seq=row.state_seq,
+                            **(data or {}),
+                        ),
                         agent=name,
-                        state=state,
-                        previous=prev.state,
-                        flag=flag,
-                        seq=row.state_seq,
-                        **(data or {}),
                     )
                 )
             events += after or []
@@ -324,7 +336,7 @@ class Lifecycle:
                     rev="",
                     backend=self.backend.name,
                 )
-                await outbox.add(conn, make_event(subjects.EV_AGENT_DRAFT, agent=name, head=head))
+                await outbox.add(conn, make_event(AgentDrafted(head=head), agent=name))
             if self.relay is not None:
                 self.relay.kick()
             await self.backend.expose_to_manager(name)
@@ -387,11 +399,8 @@ class Lifecycle:
                 store.RUNNING,
                 before=[
                     make_event(
-                        subjects.EV_AGENT_CREATED,
+                        AgentCreated(agent_kind=row.kind, port=row.port, backend=self.backend.name),
                         agent=name,
-                        agent_kind=row.kind,
-                        port=row.port,
-                        backend=self.backend.name,
                     )
                 ],
             )
@@ -419,12 +428,7 @@ class Lifecycle:
                     await outbox.add(
                         conn,
                         make_event(
-                            subjects.EV_AGENT_STATE,
-                            agent=name,
-                            state=store.CREATING,
-                            previous=None,
-                            flag=None,
-                            seq=row.state_seq,
+                            AgentStateChanged(state=store.CREATING, seq=row.state_seq), agent=name
                         ),
                     )
                 return row
@@ -585,9 +589,9 @@ class Lifecycle:
                     raise
             await creds.revoke(self.settings, name)
             kept = await asyncio.to_thread(self._remove_files, spec.paths, purge)
-            after = [make_event(subjects.EV_AGENT_DESTROYED, agent=name, purged=purge)]
+            after = [make_event(AgentDestroyed(purged=purge), agent=name)]
             if purge:
-                after.append(make_event(subjects.EV_AGENT_PURGED, agent=name))
+                after.append(make_event(AgentPurged(), agent=name))
             await self._record(
                 conn,
                 name,
@@ -630,7 +634,7 @@ class Lifecycle:
             await asyncio.to_thread(repos.remove, self.paths(name).root)
             async with conn.transaction():
                 await store.set_fields(conn, name, kept_state=False)
-                await outbox.add(conn, make_event(subjects.EV_AGENT_PURGED, agent=name))
+                await outbox.add(conn, make_event(AgentPurged(), agent=name))
             if self.relay is not None:
                 self.relay.kick()
 

@@ -6,12 +6,14 @@ from dataclasses import dataclass
 
 import asyncpg
 
-DRAFT = "draft"
-CREATING = "creating"
-RUNNING = "running"
-STOPPED = "stopped"
-FAILED = "failed"
-DESTROYED = "destroyed"
+from hyperhive.common.wire.states import (  # noqa: F401 (the states, as store.X)
+    CREATING,
+    DESTROYED,
+    DRAFT,
+    FAILED,
+    RUNNING,
+    STOPPED,
+)
 
 _COLUMNS = """
     name, kind, state, port, rev, backend, state_seq, kept_state, error, state_flag,

@@ -27,6 +27,7 @@ from hyperhive.common import rpc, subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.natsconn import sync_subscriptions
 from hyperhive.common.paths import AgentPaths
+from hyperhive.common.service import Runtime
 from hyperhive.common.wire.base import Ok
 from hyperhive.common.wire.broker import (
     AckRequest,
@@ -80,6 +81,13 @@ class Hive:
     operator: NATS
     service: NATS
     conns: dict[str, NATS] = field(default_factory=dict)
+    broker: Runtime | None = None  # the broker running in this process
+
+    async def handling(self, count: int, *extra: Runtime) -> bool:
+        """Whether this process's broker instances (``broker`` and ``extra``)
+        are handling at least ``count`` requests (a waiting recv is one)."""
+        runtimes = [rt for rt in (self.broker, *extra) if rt is not None]
+        return sum(rt.responder.in_flight for rt in runtimes) >= count
 
     async def spawn(self, name: str | None = None) -> tuple[str, NATS]:
         """Spawns an agent (as the operator would) and connects with its own credentials."""
@@ -137,7 +145,8 @@ async def hive_of(
     try:
         async with rig.running_service("lifecycle", settings):
             if broker:
-                async with rig.running_service("broker", broker_settings or settings):
+                async with rig.running_service("broker", broker_settings or settings) as rt:
+                    hive.broker = rt
                     yield hive
             else:
                 yield hive

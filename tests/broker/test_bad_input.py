@@ -9,6 +9,8 @@ from nats.aio.client import Client as NATS
 
 from hyperhive.common import catalog, rpc, subjects
 from hyperhive.common.wire.base import Ping, Pong
+from hyperhive.common.wire.broker import StatPoint, StatsReply, StatsRequest
+from tests import rig
 from tests.broker.conftest import Hive, recv, send, unique
 
 
@@ -210,10 +212,35 @@ async def test_oversized_operator_message_is_refused(hive: Hive, caller):
     assert isinstance(ok.get("id"), int), ok
 
 
+GARBAGE_STATS = [
+    b"\xff\xfe garbage",
+    b"{",
+    b'{"ts": "yesterday", "duration_ms": 1, "exit_code": 0}',  # wrong type
+    b'{"ts": -5, "duration_ms": 1, "exit_code": 0}',  # not a unix time
+    b'{"ts": 1700000000, "duration_ms": 1, "exit_code": 0, "input_tokens": -3}',
+    b'{"ts": 1700000000, "duration_ms": 1, "exit_code": 0, "tool_calls": {"": 1}}',
+]
+
+
 async def test_garbage_turn_stats_are_dropped(hive: Hive, caller):
     name, nc = caller
-    await nc.publish(subjects.agent(name, subjects.AGENT_STATS), b"\xff\xfe garbage")
+    subject = subjects.agent(name, subjects.AGENT_STATS)
+    for data in GARBAGE_STATS:
+        await nc.publish(subject, data)
+    # then one good record: once it is stored, everything before it was handled
+    good = {"ts": 1_700_000_123.0, "duration_ms": 5.0, "exit_code": 0}
+    await nc.publish(subject, json.dumps(good).encode())
     await nc.flush()
+
+    async def stored() -> list[StatPoint] | None:
+        reply = await rpc.request(
+            hive.operator, subjects.admin("broker", "stats"), StatsRequest(agent=name), StatsReply
+        )
+        return reply.points or None
+
+    points = await rig.eventually(stored, what="the good stats stored")
+    assert {p.ts for p in points} == {good["ts"]}, points  # none of the garbage
+    assert {p.agent for p in points} == {name}
     await _still_serving(hive, nc, name)
 
 

@@ -98,7 +98,8 @@ async def test_a_waiting_recv_returns_when_a_message_arrives(hive: Hive):
     b, nb = await hive.spawn()
     # a long wait: if nothing woke the recv, it would outlast the test's timeout
     waiting = asyncio.create_task(recv(nb, b, wait_ms=60_000))
-    await asyncio.sleep(0.3)  # let it reach the broker and wait (not a timing assertion)
+    # the recv is in the broker's hands (waiting) before anything is sent
+    await rig.eventually(lambda: hive.handling(1), what="the recv waits in the broker")
     assert not waiting.done()
     sent = await send(na, a, b, "wake up")
     async with asyncio.timeout(20):

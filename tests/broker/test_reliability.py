@@ -294,7 +294,9 @@ async def test_two_broker_instances_serve_together_losing_and_doubling_nothing(
             (s, snc), (r, rnc) = senders[0], receivers[0]
             for i in range(12):
                 waiting = asyncio.ensure_future(recv(rnc, r, wait_ms=30_000))
-                await asyncio.sleep(0.05)
+                await rig.eventually(
+                    lambda: recv_waiting(hive.operator, pids), what="the recv waits"
+                )
                 t0 = time.monotonic()
                 sent = await send(snc, s, r, f"wake {i}")
                 got = await waiting
@@ -307,6 +309,18 @@ async def test_two_broker_instances_serve_together_losing_and_doubling_nothing(
             await assert_events_match_rows(hive, db, traffic)
             for proc in sigkill_guard:
                 assert proc.stop() == 0, proc.output()
+
+
+async def recv_waiting(nc: NATS, pids: set[int]) -> bool:
+    """Whether one of the broker instances ``pids`` holds a request besides the
+    ping that asks (a waiting recv), from a fresh ping of each instance."""
+    seen: dict[int, int] = {}
+    for _ in range(50):  # pings go to either instance: until both answered
+        pong = await ping(nc)
+        seen[pong.pid] = pong.in_flight - 1
+        if set(seen) == pids:
+            return sum(seen.values()) >= 1
+    return False
 
 
 async def test_nats_restart_mid_stream_loses_nothing_and_the_broker_reconnects(

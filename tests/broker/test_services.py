@@ -4,6 +4,7 @@ backfill, the agent registry, and several broker instances side by side."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -14,6 +15,9 @@ from hyperhive.common.natsconn import sync_subscriptions
 from hyperhive.common.wire.broker import (
     USAGE_KEYS,
     DeliverRequest,
+    HistoryReply,
+    InboxRequest,
+    MessagesRequest,
     SendReply,
     StatsReply,
     StatsRequest,
@@ -59,6 +63,36 @@ async def test_a_system_event_arrives_as_a_typed_readable_message(hive: Hive):
     second = await recv(nm, m)
     assert second.message is not None and isinstance(second.message.event, ApprovalResolved)
     assert second.message.body == "approval #7 for worker1: deployed"
+
+
+async def test_history_inbox_and_cli_show_a_system_events_fields(hive: Hive):
+    m, _ = await hive.spawn()
+    a, na = await hive.spawn()
+    crash = ContainerCrash(agent="worker2", detail="exit status 3", exit_code=3)
+    sent = await deliver(hive, DeliverRequest(to=m, event=crash))
+    plain = await send(na, a, m, "no event here")
+
+    inbox = await admin(hive.operator, "inbox", InboxRequest(agent=m), HistoryReply)
+    by_id = {item.id: item for item in inbox.messages}
+    assert by_id[sent.id].event == crash and by_id[sent.id].state == "committed"
+    assert by_id[plain.id].event is None
+    history = await admin(hive.operator, "messages", MessagesRequest(agent=m), HistoryReply)
+    assert [i.event for i in history.messages if i.id == sent.id] == [crash]
+
+    operator = rig.operator_settings(hive.settings, hive.nats)
+    code, out, err = await rig.hive_cli(operator, "messages", "--agent", m, "--json", timeout=30)
+    assert code == 0, err
+    rows = {row["id"]: row for row in json.loads(out)}
+    # the same fields as before, and the event's own fields beside the text
+    assert rows[sent.id]["body"] == "container of worker2 crashed (exit code 3): exit status 3"
+    assert rows[sent.id]["event"] == {
+        "type": "ContainerCrash",
+        "agent": "worker2",
+        "detail": "exit status 3",
+        "exit_code": 3,
+    }
+    assert rows[plain.id]["event"] is None
+    assert {"id", "sender", "recipient", "body", "ts", "state", "deliveries"} <= set(rows[plain.id])
 
 
 async def test_turn_statistics_are_stored_as_series(hive: Hive):
@@ -233,9 +267,10 @@ async def test_broker_instances_wake_each_others_waiting_recvs(hive: Hive, nats_
 async def test_two_broker_instances_serve_the_same_inboxes(hive: Hive):
     a, na = await hive.spawn()
     b, nb = await hive.spawn()
-    async with rig.running_service("broker", hive.settings):
+    async with rig.running_service("broker", hive.settings) as second:
         waiting = [asyncio.create_task(recv(nb, b, wait_ms=60_000)) for _ in range(6)]
-        await asyncio.sleep(0.3)  # let them wait, spread over both instances
+        # all six wait, spread over both instances, before anything is sent
+        await rig.eventually(lambda: hive.handling(6, second), what="six recvs waiting")
         sent = {(await send(na, a, b, f"m{i}")).id for i in range(6)}
         async with asyncio.timeout(30):
             replies = await asyncio.gather(*waiting)

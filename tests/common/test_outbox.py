@@ -99,11 +99,22 @@ async def test_rolled_back_transaction_publishes_nothing(settings, js):
     async with _outbox_pool(settings, "obx3") as pool:
         try:
             async with pool.acquire() as conn, conn.transaction():
-                await outbox.add(conn, outbox.make_event(kind))
+                await outbox.add(conn, outbox.make_event(kind, n=0))
+                # inside the transaction the row is there: the rollback is what drops it
+                assert await conn.fetchval("SELECT count(*) FROM outbox") == 1
                 raise RuntimeError("handler failed after the insert")
         except RuntimeError:
             pass
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
         assert await outbox.OutboxRelay(pool, js).drain() == 0
+        # the same write committed is published: the relay and add() do work
+        async with pool.acquire() as conn, conn.transaction():
+            await outbox.add(conn, outbox.make_event(kind, n=1))
+        assert await outbox.OutboxRelay(pool, js).drain() == 1
+        events = await _events_for(js, kind, 1)
+        assert [e.data["n"] for e in events] == [1]
+        info = await js.stream_info(subjects.EVENTS_STREAM, subjects_filter=subjects.event(kind))
+        assert info.state.subjects == {subjects.event(kind): 1}  # only the committed one
 
 
 async def test_a_record_carries_the_trace_of_the_transaction_that_wrote_it(settings, js):

@@ -173,6 +173,60 @@ async def test_sigkill_gives_one_crash_within_2s_and_stop_gives_none(
         assert await drain_inbox(manager, wait_ms=1500) == []
 
 
+BROKER_OUTAGE_S = 60.0  # far beyond any in-memory retry (crash-watch's gave up after ~16 s)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_crash_during_a_broker_outage_arrives_once_after(
+    nats_server, database_url, hive_home, operator_nc
+):
+    """The broker is stopped for 60 s and an agent crashes meanwhile: the
+    ContainerCrash waits in HIVE_DELIVERIES and reaches the manager exactly
+    once after the broker is back."""
+    settings = lifecycle_settings(
+        nats_server,
+        database_url,
+        hive_home,
+        HIVE_LIFECYCLE_MANAGER="hm1nd",
+        HIVE_CRASHWATCH_POLL_INTERVAL_S="0.5",
+        # the harnesses here send no heartbeat: only the crash is news
+        HIVE_CRASHWATCH_HEARTBEAT_TIMEOUT_S="3600",
+    )
+    op = Operator(operator_nc)
+    try:
+        async with (
+            serving("lifecycle", settings, operator_nc),
+            serving("crash-watch", settings, operator_nc),
+            rig.agent_connection(nats_server, settings, "hm1nd") as manager,
+        ):
+            async with serving("broker", settings, operator_nc):
+                await op.spawn("crashy")
+                seen = await rig.eventually(lambda: watching(operator_nc, "crashy"), what="seen")
+                assert await drain_inbox(manager, wait_ms=500) == []
+            stopped = time.monotonic()
+            os.kill(harness_pid(settings, "crashy"), signal.SIGKILL)
+            await rig.eventually(
+                lambda: _reported_more(operator_nc, seen.reported), timeout=20, what="crash seen"
+            )
+            # the outage itself is what this test is about: it must last
+            await asyncio.sleep(max(0.0, BROKER_OUTAGE_S - (time.monotonic() - stopped)))
+            async with serving("broker", settings, operator_nc):
+                got = await drain_until(manager, lambda ms: len(ms) >= 1, timeout=60)
+                assert [type(m.event).__name__ for m in got] == ["ContainerCrash"]
+                assert got[0].event.agent == "crashy" and got[0].sender == "system"
+                assert got[0].event.exit_code == -signal.SIGKILL
+                # nothing more: not a second copy from a retry, not a late one
+                assert await drain_inbox(manager, wait_ms=3000) == []
+                assert (await watch_status(operator_nc)).reported == seen.reported + 1
+    finally:
+        cleanup_agents(nats_server, settings.paths.agents_dir)
+
+
+async def _reported_more(nc, before: int) -> bool:  # type: ignore[no-untyped-def]
+    return (await watch_status(nc)).reported > before
+
+
 async def _settled(nc, polls: int) -> WatchStatus | None:  # type: ignore[no-untyped-def]
     st = await polled_after(nc, polls)
     if st is None or st.agents.get("crashy") != "stopped" or "calm" in st.agents:

@@ -293,7 +293,7 @@ async def test_the_hub_keeps_the_timeline_in_order_without_repeats() -> None:
     hub.publish(ev("approval.resolved", id=1, kind="ApplyCommit", state="denied", note="no"), 5)
     hub.publish(ev("question.asked", id=2, question="?"), 3)  # replayed: read at start already
     hub.publish(ev("message.sent", id=9, sender="a", recipient="coder", body="hi"), 6)
-    hub.publish(ev("agent.created"), 7)
+    hub.publish(ev("agent.created", agent_kind="agent", port=8100, backend="process"), 7)
     entries = hub.activity_entries()
     assert entries is not None
     assert [(e.seq, e.category) for e in entries] == [(5, "deny"), (7, "spawn")]

@@ -104,3 +104,20 @@ async def test_a_taken_port_is_one_clear_error(
         with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
             async with rig.running_service("dashboard", settings):
                 pass
+
+
+async def test_dashboard_as_the_operator_answers_its_ping(
+    nats_server: EmbeddedNats, database_url: str, hive_home
+) -> None:
+    """Under NixOS the dashboard connects with the operator's credentials, not
+    the services': `hive status` must still see it answer."""
+    settings = rig.operator_settings(
+        stack_settings(nats_server, database_url, hive_home), nats_server
+    )
+    async with rig.running_service("dashboard", settings):
+        operator = await rig.connect_as(nats_server, nats_server.operator_seed, "_INBOX.operator")
+        try:
+            reply = await operator.request(subjects.admin("dashboard", "ping"), b"{}", timeout=5)
+        finally:
+            await operator.close()
+    assert b"error" not in reply.data, reply.data

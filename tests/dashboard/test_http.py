@@ -339,12 +339,18 @@ async def test_action_errors_come_back_with_their_status(client: httpx.AsyncClie
 
 
 async def sse_events(
-    client: httpx.AsyncClient, url: str, headers: dict[str, str] | None = None
+    client: httpx.AsyncClient,
+    url: str,
+    headers: dict[str, str] | None = None,
+    opened: asyncio.Event | None = None,
 ) -> AsyncIterator[tuple[str, str, dict]]:
-    """(id, event, data) of an SSE stream, as they arrive."""
+    """(id, event, data) of an SSE stream, as they arrive; ``opened`` is set
+    once the stream answered."""
     async with client.stream("GET", url, headers=headers or {}) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
+        if opened is not None:
+            opened.set()
         fields: dict[str, str] = {}
         async for line in r.aiter_lines():
             if line == "":
@@ -361,9 +367,13 @@ async def sse_events(
 
 
 async def first_message(
-    client: httpx.AsyncClient, url: str, body: str, headers: dict[str, str] | None = None
+    client: httpx.AsyncClient,
+    url: str,
+    body: str,
+    headers: dict[str, str] | None = None,
+    opened: asyncio.Event | None = None,
 ) -> tuple[str, dict]:
-    async for seq, event, data in sse_events(client, url, headers):
+    async for seq, event, data in sse_events(client, url, headers, opened):
         if event == "message" and data["body"] == body:
             return seq, data
     raise AssertionError("stream ended")
@@ -383,11 +393,11 @@ async def test_message_flow_streams_live_and_backfills(
             SendReply,
         )
 
-    async def watch() -> tuple[str, dict]:
-        return await first_message(client, "/flow/stream?agent=hm1nd", body)
-
-    watcher = asyncio.create_task(watch())
-    await asyncio.sleep(0)  # let the stream open before the send
+    opened = asyncio.Event()
+    watcher = asyncio.create_task(
+        first_message(client, "/flow/stream?agent=hm1nd", body, opened=opened)
+    )
+    await asyncio.wait_for(opened.wait(), TIMEOUT)  # open before the send: it comes live
     sent = await send()
     seq, data = await asyncio.wait_for(watcher, TIMEOUT)
     assert data["id"] == sent.id

@@ -41,7 +41,6 @@ async def test_hub_fans_one_event_out_to_every_stream_with_filters() -> None:
     for s in streams:
         assert await anext(s) == b"retry: 2000\n\n"
     waiting = [asyncio.ensure_future(anext(s)) for s in streams]
-    await asyncio.sleep(0)
     sent = HiveEvent(
         kind="message.sent",
         ts=1.0,
@@ -167,3 +166,30 @@ def test_the_operator_token_comes_from_settings_or_the_systemd_credential(tmp_pa
     assert not operator_security(ds(HIVE_DASHBOARD_INSECURE_NO_TOKEN="true"), b"l").token_required
     with pytest.raises(ConfigError, match="token_label"):
         operator_security(ds(HIVE_DASHBOARD_TOKEN="t", HIVE_DASHBOARD_TOKEN_LABEL='a"b'), b"l")
+
+
+def test_inbox_panel_shows_a_system_events_fields_beside_its_text() -> None:
+    from hyperhive.common.wire.broker import HistoryItem
+    from hyperhive.common.wire.events import AgentStuck
+    from hyperhive.dashboard.render import Renderer
+
+    stuck = AgentStuck(agent="w1", reason="login_needed", detail="<401> refused")
+    items = [
+        HistoryItem(
+            id=5,
+            sender="system",
+            recipient="hm1nd",
+            body="w1 is stuck",
+            ts=1.0,
+            state="handed_out",
+            deliveries=1,
+            event=stuck,
+        ),
+        HistoryItem(id=6, sender="a", recipient="hm1nd", body="hi", ts=2.0, state="committed"),
+    ]
+    page = Renderer()("panel_inbox.html", messages=items, down=None, name="hm1nd")
+    assert '<dd data-field="type">AgentStuck</dd>' in page
+    assert '<dd data-field="reason">login_needed</dd>' in page
+    assert '<dd data-field="detail">&lt;401&gt; refused</dd>' in page  # escaped
+    assert '<pre class="msg-body">w1 is stuck</pre>' in page  # the text claude reads, as before
+    assert page.count('class="system-event"') == 1  # none for the plain message

@@ -429,11 +429,13 @@ async def sse_records(
     headers: dict[str, str] | None = None,
     client: httpx.AsyncClient | None = None,
     path: str = "/api/events",
+    opened: asyncio.Event | None = None,
 ) -> list[dict[str, Any]]:
     """Reads an agent page's SSE stream until ``until(records)`` is true.
 
     Straight from the page's ``socket``, or with ``client`` (the dashboard's
-    proxy, ``path`` then names the agent).
+    proxy, ``path`` then names the agent). ``opened`` is set once the stream
+    answered (what happens from then on reaches it live).
     Returns every ``turn``/``status``/``reset`` frame as ``{"sse": kind, **data}``.
     """
     out: list[dict[str, Any]] = []
@@ -445,6 +447,8 @@ async def sse_records(
             async with client.stream("GET", path, headers=hdrs, timeout=None) as r:
                 r.raise_for_status()
                 assert r.headers["content-type"].startswith("text/event-stream"), r.headers
+                if opened is not None:
+                    opened.set()
                 kind, data, ident = "message", "", None
                 async for line in r.aiter_lines():
                     if line.startswith("event:"):

@@ -44,8 +44,9 @@ async def test_sse_live_tail_resume_and_backfill(stack: Stack, api: ScriptedAnth
         page = Page(h.socket)
         assert (await page.open())["agent"] == name
 
-        reader = asyncio.create_task(sse_records(h.socket, _ended(1)))
-        await asyncio.sleep(0)  # the stream opens before the prompt
+        opened = asyncio.Event()
+        reader = asyncio.create_task(sse_records(h.socket, _ended(1), opened=opened))
+        await asyncio.wait_for(opened.wait(), 30)  # the stream is open before the prompt
         await page.prompt("tell me one")
         records = await reader
         assert records[0]["sse"] == "reset"

@@ -4,10 +4,12 @@
   overrides ? { },
   # the rest of the host's config (e.g. fileSystems, services.postgresql)
   hostConfig ? { },
+  # the directory of module.nix (a test may evaluate an edited copy)
+  nixDir ? ../../nix,
 }:
 let
   s = import ./standin.nix;
-  m = import ../../nix/module.nix {
+  m = import (nixDir + "/module.nix") {
     inherit config;
     inherit (s) lib pkgs;
   };

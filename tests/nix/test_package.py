@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import tomllib
+from pathlib import Path
+from typing import Any
 
-from tests.nix.nixeval import REPO, eval_file, needs_nix
+from tests.nix.nixeval import HERE, REPO, eval_expr, eval_file, needs_nix
 
 pytestmark = needs_nix
 
@@ -26,8 +30,35 @@ def test_python_deps_match_pyproject() -> None:
     assert sorted(listed) == sorted(NIXPKGS_NAME.get(n, n) for n in wanted)
 
 
-def test_package_takes_its_version_from_pyproject() -> None:
-    text = (REPO / "nix" / "package.nix").read_text()
-    assert "builtins.fromTOML (builtins.readFile ../pyproject.toml)" in text
-    assert "inherit (pyproject.project) version;" in text
-    assert "map (name: ps.${name}) (import ./python-deps.nix)" in text
+def package(nix_dir: Path | None = None) -> dict[str, Any]:
+    """What ``nix_dir``/package.nix (default: the repo's) builds, evaluated
+    with stand-ins (eval-package.nix)."""
+    arg = "{ }" if nix_dir is None else f"{{ nixDir = {nix_dir}; }}"
+    return eval_expr(f"import {HERE / 'eval-package.nix'} {arg}")
+
+
+def test_package_takes_its_version_and_dependencies_from_pyproject(tmp_path: Path) -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    built = package()
+    assert built["pname"] == "hyperhive"
+    assert built["version"] == project["version"]
+    assert built["description"] == project["description"]
+    assert built["mainProgram"] == "hive"
+    # every listed dependency, then uvicorn[standard]'s extras
+    listed = eval_file(REPO / "nix" / "python-deps.nix")
+    assert built["dependencies"] == [*listed, "websockets", "httptools"]
+    assert "hyperhive.crashwatch" in built["pythonImportsCheck"]
+
+    # a copy beside another pyproject and another list builds what they say:
+    # nothing of the above is written into package.nix itself
+    shutil.copytree(REPO / "nix", tmp_path / "nix")
+    other = dict(project, version="9.8.7", description="elsewhere")
+    (tmp_path / "pyproject.toml").write_text(
+        f"[project]\nname = {json.dumps(other['name'])}\n"
+        f"version = {json.dumps(other['version'])}\n"
+        f"description = {json.dumps(other['description'])}\n"
+    )
+    (tmp_path / "nix" / "python-deps.nix").write_text('[ "msgspec" ]\n')
+    moved = package(tmp_path / "nix")
+    assert (moved["version"], moved["description"]) == ("9.8.7", "elsewhere")
+    assert moved["dependencies"] == ["msgspec", "websockets", "httptools"]

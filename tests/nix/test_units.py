@@ -7,6 +7,9 @@ service added on one side without the other fails here.
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,13 +52,39 @@ def test_module_defines_exactly_one_unit_per_service(units: dict[str, Any]) -> N
     assert service_units == {f"hive-{part}" for part in subjects.SERVICES}
 
 
-def test_module_builds_its_units_from_services_nix() -> None:
-    """No unit is spelled out by hand in module.nix: the list is the only source."""
-    text = (REPO / "nix" / "module.nix").read_text()
-    assert "import ./services.nix" in text
-    assert "map unitFor services" in text
-    for part in subjects.SERVICES:
-        assert f"hive-{part}" not in text.split("in\n{", 1)[1], part
+def test_module_builds_its_units_from_services_nix(tmp_path: Path) -> None:
+    """No unit is spelled out by hand in module.nix: the list is the only
+    source. A copy of nix/ whose services.nix drops one service and adds
+    another gets exactly the units of that list."""
+    entries = eval_file(REPO / "nix" / "services.nix")
+    edited = [e for e in entries if e["part"] != "crash-watch"]
+    edited.append(
+        {"part": "extra", "name": "hive-extra", "description": "an extra", "privileged": False}
+    )
+    shutil.copytree(REPO / "nix", tmp_path / "nix")
+    (tmp_path / "nix" / "services.nix").write_text(nix_list(edited))
+    got = host_in(tmp_path / "nix")["config"]["systemd"]["services"]
+    assert set(got) - BASE_UNITS == {e["name"] for e in edited}
+    assert got["hive-extra"]["serviceConfig"]["ExecStart"].endswith("serve extra")
+
+
+def host_in(nix_dir: Path) -> dict[str, Any]:
+    """The host config of the module in ``nix_dir`` with its defaults."""
+    return eval_file(
+        HERE / "eval-module.nix", overrides=f"{{ flakeRef = {FLAKE_REF}; }}", nixDir=str(nix_dir)
+    )
+
+
+def nix_list(entries: list[dict[str, Any]]) -> str:
+    """``entries`` (strings and booleans) as a Nix list of attribute sets."""
+
+    def value(v: object) -> str:
+        return ("true" if v else "false") if isinstance(v, bool) else json.dumps(v)
+
+    items = " ".join(
+        "{ " + " ".join(f"{k} = {value(v)};" for k, v in e.items()) + " }" for e in entries
+    )
+    return f"[ {items} ]\n"
 
 
 def test_each_unit_runs_hive_serve_part(units: dict[str, Any]) -> None:

@@ -285,6 +285,7 @@ class HostileHive:
                 subjects.agent(other, "send"),
                 subjects.agent(other, "recv"),
                 "hive.system.broker.deliver",
+                subjects.DELIVERIES,  # a forged system event into the durable queue
                 "$JS.API.INFO",
                 "$JS.API.STREAM.LIST",
                 "$JS.API.STREAM.DELETE.HIVE_EVENTS",

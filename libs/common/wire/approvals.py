@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
+from hyperhive.common.wire.states import ApprovalKind, ApprovalState
+
 # Who decided, as the operator's tool records it: ``operator via dashboard
 # (token "operator")``, ``operator via cli (root@host)``. Only the operator's
 # side sets it (``hive.admin.*``, which no agent may publish on); one line.
@@ -34,9 +36,9 @@ class AskRequest(msgspec.Struct, kw_only=True):
 
 class ApprovalInfo(msgspec.Struct, kw_only=True):
     id: int
-    kind: str  # ApplyCommit | Spawn
+    kind: ApprovalKind
     agent: str
-    state: str  # pending | approved | deployed | failed | denied
+    state: ApprovalState
     commit_ref: str = ""
     fetched_sha: str = ""
     note: str = ""
@@ -52,12 +54,12 @@ class ApprovalQueued(msgspec.Struct, kw_only=True):
     """Reply to a manager tool that queued something for the operator."""
 
     id: int
-    state: str = "pending"
+    state: ApprovalState = "pending"
     fetched_sha: str = ""
 
 
 class ApprovalsRequest(msgspec.Struct, kw_only=True):
-    state: str | None = None  # None: every approval
+    state: ApprovalState | None = None  # None: every approval
     limit: int = 200
 
 

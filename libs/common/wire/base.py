@@ -34,3 +34,5 @@ class Pong(msgspec.Struct, kw_only=True):
     pid: int
     started_at: float
     database: str = ""  # "ok", an error, or "" for a service without one
+    # requests this instance is handling, this ping included (a waiting recv is one)
+    in_flight: int = 0

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from hyperhive.common.wire.events import SystemEvent
+from hyperhive.common.wire.states import MessageState
 
 # Bounds checked when a request is decoded, so that a value Postgres or
 # JetStream cannot take is a ``bad_request`` and never reaches them.
@@ -79,7 +80,7 @@ class MessageStatus(msgspec.Struct, kw_only=True):
     id: int
     sender: str
     recipient: str
-    state: str  # committed | handed_out | acked
+    state: MessageState
     deliveries: int = 0
     redeliveries: int = 0
     created_at: float = 0.0
@@ -115,10 +116,13 @@ class HistoryItem(msgspec.Struct, kw_only=True):
     recipient: str
     body: str
     ts: float
-    state: str
+    state: MessageState
     deliveries: int = 0
     delivered_at: float | None = None
     acked_at: float | None = None
+    # the typed system event beside ``body`` when ``sender`` is ``system``
+    # (the same as ``Message.event``), so that a reader need not parse the text
+    event: SystemEvent | None = None
 
 
 class HistoryReply(msgspec.Struct, kw_only=True):

@@ -6,15 +6,17 @@ from typing import Annotated
 
 import msgspec
 
+from hyperhive.common.wire.states import AgentFlag, AgentKind, AgentState, StuckReason
+
 
 class AgentInfo(msgspec.Struct, kw_only=True):
     name: str
-    kind: str  # manager | agent
-    state: str  # running | stopped | failed | creating | destroyed | draft
+    kind: AgentKind
+    state: AgentState
     port: int
     rev: str = ""
     stale: bool = False
-    flag: str | None = None  # Stopping | Restarting | Destroying | Rebuilding
+    flag: AgentFlag | None = None
     created_at: float = 0.0
     destroyed_at: float | None = None
     kept_state: bool = False
@@ -24,7 +26,7 @@ class AgentInfo(msgspec.Struct, kw_only=True):
     error: str = ""  # the last failed operation's error
     # the flag of the operation that brought it into ``state`` (None: none,
     # e.g. a crash): a poll tells a deliberate stop from a crash without the event
-    state_flag: str | None = None
+    state_flag: AgentFlag | None = None
     node: str = "hub"  # the host (node) its container is placed on
 
 
@@ -166,7 +168,7 @@ class TransientFlag(msgspec.Struct, kw_only=True):
     middle of an operation left behind.
     """
 
-    flag: str  # Stopping | Restarting | Destroying | Rebuilding
+    flag: AgentFlag
     since: float = 0.0  # when it was set (epoch seconds)
 
 
@@ -186,8 +188,8 @@ class WatchStatus(msgspec.Struct, kw_only=True):
     """What crash-watch currently sees."""
 
     seeded: bool  # the first poll is done: changes from now on are reported
-    agents: dict[str, str] = msgspec.field(default_factory=dict)  # name → state
-    stuck: dict[str, str] = msgspec.field(default_factory=dict)  # name → reason
+    agents: dict[str, AgentState] = msgspec.field(default_factory=dict)  # name → state
+    stuck: dict[str, StuckReason] = msgspec.field(default_factory=dict)  # name → reason
     reported: int = 0  # events reported since start
     polls: int = 0  # polls of lifecycle's registry completed since start
 

@@ -12,9 +12,8 @@ from hyperhive.common.errors import BackendFailed
 from hyperhive.common.names import is_agent_name
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.lifecycle import LogsReply
+from hyperhive.common.wire.states import RUNNING, STOPPED  # noqa: F401 (container states too)
 
-RUNNING = "running"
-STOPPED = "stopped"
 MISSING = "missing"  # no container (never created, or destroyed)
 
 # The manager's view of the other agents, the same in every backend (the
