@@ -24,7 +24,8 @@ figures are divided by), then measures:
       (VmHWM, and RSS sampled during the load), and its RSS after it.
 
 Every target of issue 17 is a ratio measured in the same run: ``ratios``
-holds them, ``targets`` the limits and ``targets_met`` the verdicts.
+holds them, ``targets`` the limits and ``targets_met`` the verdicts. The
+memory of every service and of a harness, idle: ``bench/memory.py``.
 
 Agents use their own NATS credentials, as in production. The agent registry
 (lifecycle ``list``/``get``) is answered by a small responder here: starting
@@ -881,6 +882,8 @@ def run() -> int:
     result: dict[str, object] = {}
     try:
         result = asyncio.run(main())
+    except SystemExit:  # --help, or a bad argument: argparse has said why
+        raise
     except BaseException as exc:  # even Ctrl-C or a crash: the JSON line comes last
         traceback.print_exc()
         result.setdefault("error", f"{type(exc).__name__}: {exc}")

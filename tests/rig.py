@@ -122,16 +122,31 @@ def operator_settings(settings: Settings, nats: EmbeddedNats) -> Settings:
 
 def add_agent_user(nats: EmbeddedNats, name: str) -> Path:
     """Issues NATS credentials for an agent (as lifecycle does). Returns the seed file."""
+    return _add_user(
+        nats, f"agent-{name}", nats_auth.agent_permissions(name), nats.root / "agents" / name
+    )
+
+
+def add_node_user(nats: EmbeddedNats, node: str) -> Path:
+    """NATS credentials of node agent ``node`` (its own verbs and heartbeat
+    only), as a node that joined the hub has. Returns the seed file."""
+    return _add_user(
+        nats,
+        nats_auth.node_user_name(node),
+        nats_auth.node_permissions(node),
+        nats.root / "nodes" / node,
+    )
+
+
+def _add_user(
+    nats: EmbeddedNats, user: str, permissions: nats_auth.Permissions, stem: Path
+) -> Path:
     seed = nats_auth.new_seed()
-    path = nats.root / "agents" / f"{name}.seed"
+    path = stem.with_suffix(".seed")
     nats_auth.write_seed(path, seed)
     nats_auth.put_user(
         nats.root,
-        nats_auth.NatsUser(
-            name=f"agent-{name}",
-            nkey=nats_auth.public_key(seed),
-            permissions=nats_auth.agent_permissions(name),
-        ),
+        nats_auth.NatsUser(name=user, nkey=nats_auth.public_key(seed), permissions=permissions),
     )
     nats_auth.render_auth_file(nats.root, nats.auth_file)
     reload_nats(nats)

@@ -1,6 +1,6 @@
 """``hive agents``, ``hive spawn``, ``hive start|stop|restart|kill|update``,
 ``hive destroy``, ``hive kept``, ``hive purge``, ``hive logs``, ``hive drafts``,
-``hive config``, ``hive notes``: the operator's verbs on lifecycle."""
+``hive config``, ``hive notes``, ``hive nodes``: the operator's verbs on lifecycle."""
 
 from __future__ import annotations
 
@@ -51,8 +51,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("spawn", help="create and start an agent (no approval needed)")
     p.add_argument("name")
     p.add_argument("--fresh", action="store_true", help="do not reuse a kept state dir")
+    p.add_argument(
+        "--host",
+        default="",
+        metavar="NODE",
+        help="the node to run it on (`hive nodes`); default: the up node with the "
+        "fewest running agents",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_spawn)
+
+    p = sub.add_parser("nodes", help="the hosts that run agents: state, agents, load, revision")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_nodes)
 
     for verb, text in CONTAINER_VERBS.items():
         p = sub.add_parser(verb, help=text)
@@ -99,17 +110,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_notes)
 
 
+AGENT_COLUMNS = ["name", "kind", "state", "host", "port", "rev", "since", "error"]
+
+
 def _agent_row(a: AgentInfo) -> list[object]:
     state = f"{a.state} ({a.flag})" if a.flag else a.state
     rev = f"{a.rev} (stale)" if a.stale else a.rev
-    return [a.name, a.kind, state, a.port or "", rev, fmt_ts(a.state_since), a.error[:60]]
+    host = f"{a.node} (lost)" if a.node_state == "lost" else a.node
+    return [a.name, a.kind, state, host, a.port or "", rev, fmt_ts(a.state_since), a.error[:60]]
 
 
 def _print_agent(a: AgentInfo, as_json: bool) -> None:
     if as_json:
         print_json(a)
     else:
-        print_table(["name", "kind", "state", "port", "rev", "since", "error"], [_agent_row(a)])
+        print_table(AGENT_COLUMNS, [_agent_row(a)])
 
 
 def _agents(args: argparse.Namespace) -> int:
@@ -122,10 +137,7 @@ def _agents(args: argparse.Namespace) -> int:
         if args.json:
             print_json(reply.agents)
             return
-        print_table(
-            ["name", "kind", "state", "port", "rev", "since", "error"],
-            [_agent_row(a) for a in reply.agents],
-        )
+        print_table(AGENT_COLUMNS, [_agent_row(a) for a in reply.agents])
 
     return run_command(body)
 
@@ -135,10 +147,35 @@ def _spawn(args: argparse.Namespace) -> int:
         info = await call(
             settings,
             E.SPAWN,
-            SpawnRequest(name=args.name, reuse_state=not args.fresh),
+            SpawnRequest(name=args.name, reuse_state=not args.fresh, host=args.host),
             timeout=OP_TIMEOUT_S,
         )
         _print_agent(info, args.json)
+
+    return run_command(body)
+
+
+def _nodes(args: argparse.Namespace) -> int:
+    async def body(settings: Settings) -> None:
+        reply = await call(settings, E.NODES, Empty())
+        if args.json:
+            print_json(reply.nodes)
+            return
+        print_table(
+            ["node", "state", "agents", "running", "load", "revision", "last seen"],
+            [
+                [
+                    n.name,
+                    n.state,
+                    n.agents,
+                    n.running,
+                    f"{n.load1:.2f}",
+                    n.revision,
+                    fmt_ts(n.last_seen),
+                ]
+                for n in reply.nodes
+            ],
+        )
 
     return run_command(body)
 

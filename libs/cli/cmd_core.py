@@ -20,7 +20,7 @@ from hyperhive.common.wire.base import Ping
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run one service (what each systemd unit runs)")
-    p.add_argument("part", choices=subjects.SERVICES)
+    p.add_argument("part", choices=(*subjects.SERVICES, subjects.NODE_SERVICE))
     p.set_defaults(func=_serve)
 
     harness = sub.add_parser("harness", help="run an agent's harness (inside its container)")

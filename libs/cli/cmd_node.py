@@ -132,7 +132,7 @@ def serve_node() -> int:
 
 
 def subjects_node_part() -> str:
-    return getattr(subjects, "NODE_SERVICE", "node")
+    return subjects.NODE_SERVICE
 
 
 def join(home: Path, hub_url: str, token: str, name: str) -> JoinReply:
@@ -236,8 +236,7 @@ def write_node_config(path: Path, hub_url: str, seed_file: Path, reply: JoinRepl
         f"seed_file = {json.dumps(str(seed_file))}",
         f"inbox_prefix = {json.dumps(reply.inbox_prefix)}",
     ]
-    if "node" in config.GROUPS:  # the node agent's settings (branch `node`)
-        lines += ["[node]", f"name = {json.dumps(reply.node)}"]
+    lines += ["[node]", f"name = {json.dumps(reply.node)}"]
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(path)

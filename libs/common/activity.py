@@ -1,7 +1,7 @@
 """The activity timeline: what happened in the hive, in plain words.
 
 Built on ``HIVE_EVENTS``: each record of the agent, approval, question,
-crash and stuck families becomes one :class:`Entry` (message traffic and turn
+crash, stuck and node families becomes one :class:`Entry` (message traffic and turn
 statistics stay in their own views). The dashboard's activity section and
 ``hive log`` read it the same way (:func:`read`) and say the same words
 (:func:`entry`).
@@ -35,6 +35,9 @@ from hyperhive.common.wire.events import (
     ApprovalQueuedEvent,
     CrashDetected,
     HiveEvent,
+    NodeBackEvent,
+    NodeJoinedEvent,
+    NodeLostEvent,
     QuestionAnswered,
     QuestionAsked,
     StuckDetected,
@@ -54,7 +57,7 @@ from hyperhive.common.wire.states import (
     STOPPED,
 )
 
-FAMILIES: Final = ("agent", "approval", "question", "crash", "stuck")
+FAMILIES: Final = ("agent", "approval", "question", "crash", "stuck", "node")
 # what --kind / the dashboard's filter accept besides event kinds and families
 CATEGORIES: Final = (
     "spawn",
@@ -71,6 +74,7 @@ CATEGORIES: Final = (
     "stop",
     "destroy",
     "draft",
+    "node",
 )
 WHO_KINDS: Final = ("operator", "manager", "agent", "system")
 TEXT_LIMIT: Final = 300
@@ -165,6 +169,17 @@ def entry(ev: HiveEvent, seq: int) -> Entry | None:
             why = "no heartbeat" if stuck.reason == "heartbeat" else "a turn is running too long"
             text = f"agent {agent} looks stuck: {why}"
             fields = {"note": _clip(stuck.detail, 200)}
+        case NodeJoinedEvent(node=node):
+            category, who = "node", subjects.SYSTEM
+            text = f"node {_clip(node, 40)} joined the hive"
+        case NodeLostEvent(node=node, agents=names):
+            category, who = "node", subjects.SYSTEM
+            on = ", ".join(names) or "no agents"
+            text = f"node {_clip(node, 40)} lost (no heartbeat); its agents: {on}"
+        case NodeBackEvent(node=node, agents=names):
+            category, who = "node", subjects.SYSTEM
+            on = ", ".join(names) or "no agents"
+            text = f"node {_clip(node, 40)} back; its agents: {on}"
         case _:
             return None
     link = ""

@@ -148,6 +148,16 @@ def _streams() -> list[Entry]:
             "login_needed while the API refuses its credentials)",
         ),
         Entry(
+            s.kv_subject(s.node_key("N")).replace(".N", ".<node>"),
+            "publish",
+            "KV hive_state",
+            "node",
+            w.NodeHeartbeat,
+            None,
+            "node agent heartbeat (every node.heartbeat_interval_s, and at once when a "
+            "container stops by itself); lifecycle's control half watches it",
+        ),
+        Entry(
             s.DELIVERIES,
             "publish",
             f"stream {s.DELIVERIES_STREAM}",
@@ -193,7 +203,8 @@ def _streams() -> list[Entry]:
         ),
         Entry(
             " ".join(
-                s.event_family(f) for f in ("agent", "approval", "question", "crash", "stuck")
+                s.event_family(f)
+                for f in ("agent", "approval", "question", "crash", "stuck", "node")
             ),
             "consumer",
             "stream HIVE_EVENTS",

@@ -25,7 +25,8 @@ Rep = TypeVar("Rep", bound=msgspec.Struct)
 # who may call an endpoint: any agent (as itself), the manager only, the
 # operator's tools (CLI, dashboard), another service, or a joining node
 Caller = Literal["agent", "manager", "operator", "service", "node"]
-Family = Literal["agent", "admin", "system"]
+# ``node``: served by each node agent on its own subject (hive.node.<node>.<verb>)
+Family = Literal["agent", "admin", "system", "node"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +52,15 @@ class Endpoint(Generic[Req, Rep]):
 
         Agent endpoints are served for every agent (``hive.agent.*.<verb>``):
         the caller's name is in the subject; a manager tool called by another
-        agent is answered with ``forbidden`` rather than "no responders".
+        agent is answered with ``forbidden`` rather than "no responders". A
+        node endpoint is served by each node agent on its own subject only
+        (:meth:`subject`); this pattern covers them all.
         """
         match self.family:
             case "agent":
                 return s.agent_wildcard(self.verb)
+            case "node":
+                return f"{s.ROOT}.node.*.{self.verb}"
             case "admin":
                 return s.admin(self.part or self.service, self.verb)
             case "system":
@@ -64,16 +69,21 @@ class Endpoint(Generic[Req, Rep]):
     @property
     def pattern(self) -> str:
         """The subject as the docs write it (``<n>``: the calling agent)."""
+        if self.family == "node":
+            return f"{s.ROOT}.node.<node>.{self.verb}"
         if self.family != "agent":
             return self.served_on
         if self.caller == "manager":
             return s.manager_tool(self.verb)
         return f"{s.ROOT}.agent.<n>.{self.verb}"
 
-    def subject(self, agent: str = "") -> str:
-        """The subject to call: for an agent endpoint, ``agent``'s own."""
+    def subject(self, agent: str = "", *, node: str = "") -> str:
+        """The subject to call: for an agent endpoint, ``agent``'s own; for a
+        node endpoint, node agent ``node``'s."""
         if self.family == "agent":
             return s.agent(agent, self.verb)
+        if self.family == "node":
+            return s.node(node, self.verb)
         return self.served_on
 
 
@@ -189,7 +199,8 @@ REQUEST_SPAWN: Final = _ep(
     w.SpawnToolRequest,
     w.ApprovalQueued,
     "manager",
-    "Ask the operator for a new agent with the default config (answer: SpawnResolved).",
+    "Ask the operator for a new agent with the default config (answer: SpawnResolved); "
+    "host: the node to run it on (empty: the hive picks the least busy one).",
 )
 REQUEST_SPAWN_DRAFT: Final = _ep(
     APPROVALS,
@@ -198,7 +209,8 @@ REQUEST_SPAWN_DRAFT: Final = _ep(
     w.SpawnToolRequest,
     w.DraftInfo,
     "manager",
-    "Two-step spawn, step one: create the agent's config repo and state dir, no container.",
+    "Two-step spawn, step one: create the agent's config repo and state dir, no container "
+    "(no host yet: give it to request_spawn_commit).",
 )
 REQUEST_SPAWN_COMMIT: Final = _ep(
     APPROVALS,
@@ -207,7 +219,8 @@ REQUEST_SPAWN_COMMIT: Final = _ep(
     w.SpawnCommitRequest,
     w.ApprovalQueued,
     "manager",
-    "Two-step spawn, step two: submit the draft's commit for the operator's approval.",
+    "Two-step spawn, step two: submit the draft's commit for the operator's approval "
+    "(host: the node to run it on; empty: the hive picks).",
 )
 REQUEST_APPLY_COMMIT: Final = _ep(
     APPROVALS,
@@ -385,6 +398,15 @@ NOTES: Final = _ep(
 DRAFTS: Final = _ep(
     LIFECYCLE, "admin", "drafts", w.Empty, w.DraftsReply, "operator", "two-step spawn drafts"
 )
+NODES: Final = _ep(
+    LIFECYCLE,
+    "admin",
+    "nodes",
+    w.Empty,
+    w.NodesReply,
+    "operator",
+    "the nodes (hosts that run agents): state (up/lost), agents, load, revision",
+)
 APPROVALS_LIST: Final = _ep(
     APPROVALS,
     "admin",
@@ -486,6 +508,43 @@ DRAFT: Final = _ep(
 SYS_DRAFTS: Final = _ep(
     LIFECYCLE, "system", "drafts", w.Empty, w.DraftsReply, "service", "list drafts"
 )
+
+# --- lifecycle's control half → a node agent (hive.node.<node>.<verb>) ------------
+# ``hive serve node`` serves them as its node; ``hive serve lifecycle`` as the hub's
+# in-process node agent (which the control half calls directly, not over NATS)
+NODE_AGENT = s.NODE_SERVICE
+NODE: Final = {
+    verb: _ep(NODE_AGENT, "node", verb, request, reply, "service", doc)
+    for verb, request, reply, doc in (
+        (
+            "create",
+            w.NodeDeployRequest,
+            w.NodeStateReply,
+            "build an agent's container from the deployed tree (and its NATS seed) "
+            "carried in the request",
+        ),
+        (
+            "start",
+            w.NodeAgentRequest,
+            w.NodeStateReply,
+            "start a container (a running one is only watched from then on: adoption)",
+        ),
+        ("stop", w.NodeStopRequest, w.NodeStateReply, "stop a container (kill: at once)"),
+        ("restart", w.NodeAgentRequest, w.NodeStateReply, "restart a container"),
+        (
+            "destroy",
+            w.NodeDestroyRequest,
+            w.NodeDestroyReply,
+            "remove a container and the agent's files on the node (its state dir is kept "
+            "unless purged)",
+        ),
+        ("update", w.NodeDeployRequest, w.NodeStateReply, "rebuild from a new deployed tree"),
+        ("state", w.NodeAgentRequest, w.NodeStateReply, "running, stopped or missing"),
+        ("logs", w.NodeLogsRequest, w.LogsReply, "a container's harness log"),
+        ("expose", w.NodeExposeRequest, w.Ok, "show an agent to the manager on this node"),
+        ("list", w.Empty, w.NodeListReply, "the containers the node holds (adoption)"),
+    )
+}
 
 
 # --- joining nodes (docs/multihost.md), served by lifecycle ------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,7 +25,6 @@ from nats.aio.subscription import Subscription
 from opentelemetry import trace
 
 from hyperhive.common import actor, retry, subjects
-from hyperhive.common.db import is_connection_error
 from hyperhive.common.endpoints import Endpoint
 from hyperhive.common.errors import (
     BadRequest,
@@ -35,7 +35,7 @@ from hyperhive.common.errors import (
     Unavailable,
     from_code,
 )
-from hyperhive.common.telemetry import extract_context, inject_headers
+from hyperhive.common.telemetry import extract_context, inject_headers, span
 from hyperhive.common.wire.base import ErrorInfo, ErrorReply, Ok
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ async def request(
         Unavailable: nobody serves ``subject`` or the connection is down.
         HiveError: the service replied with an error (its subclass by code).
     """
-    with tracer.start_as_current_span(f"request {subject}", kind=trace.SpanKind.PRODUCER) as span:
+    with span(tracer, f"request {subject}", kind=trace.SpanKind.PRODUCER) as current:
         try:
             msg = await _request_once(nc, subject, encode(payload), timeout)
         except nats.errors.NoRespondersError:
@@ -118,7 +118,7 @@ async def request(
         try:
             return decode_reply(msg.data, reply)
         except HiveError as exc:
-            span.set_attribute("hive.error", exc.code)
+            current.set_attribute("hive.error", exc.code)
             raise
 
 
@@ -128,16 +128,19 @@ async def call(
     payload: msgspec.Struct,
     *,
     agent: str = "",
+    node: str = "",
     timeout: float = DEFAULT_TIMEOUT_S,
 ) -> T:
-    """Calls ``endpoint`` (as ``agent`` for an agent endpoint) for its typed reply.
+    """Calls ``endpoint`` (as ``agent`` for an agent endpoint, on node agent
+    ``node`` for a node endpoint) for its typed reply.
 
     Raises: as :func:`request`.
     """
     if not isinstance(payload, endpoint.request):
         raise TypeError(f"{endpoint.pattern} takes {endpoint.request.__name__}")
     assert endpoint.reply is not None, f"{endpoint.pattern} is published to, not called"
-    return await request(nc, endpoint.subject(agent), payload, endpoint.reply, timeout=timeout)
+    subject = endpoint.subject(agent, node=node)
+    return await request(nc, subject, payload, endpoint.reply, timeout=timeout)
 
 
 async def _request_once(nc: NATS, subject: str, data: bytes, timeout: float) -> Msg:
@@ -222,6 +225,16 @@ def check_handler(endpoint: Endpoint[Any, Any], handler: Handler) -> None:
         raise TypeError(f"{name} serves {endpoint.pattern}: returns {returned!r}, not {reply}")
 
 
+def _database_down(exc: BaseException) -> bool:
+    """``db.is_connection_error``, without importing asyncpg (15 MB) into a
+    process that has no database: there, no error comes from it."""
+    if "hyperhive.common.db" not in sys.modules:
+        return isinstance(exc, ConnectionError)
+    from hyperhive.common.db import is_connection_error
+
+    return is_connection_error(exc)
+
+
 def error_reply(exc: HiveError) -> bytes:
     return _encoder.encode(ErrorReply(error=ErrorInfo(code=exc.code, message=exc.message)))
 
@@ -246,11 +259,14 @@ class Responder:
         self.queue = queue
         self._subs: list[Subscription] = []
         self.counts: list[Counts] = []
+        self.endpoints: list[Endpoint[Any, Any]] = []  # served through :meth:`serve`
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
 
-    async def serve(self, endpoint: Endpoint[Any, Any], handler: Handler) -> None:
-        """Serves ``endpoint`` with ``handler``.
+    async def serve(
+        self, endpoint: Endpoint[Any, Any], handler: Handler, *, node: str = ""
+    ) -> None:
+        """Serves ``endpoint`` with ``handler`` (a node endpoint: as node ``node``).
 
         Raises:
             TypeError: the handler's annotated types are not the endpoint's
@@ -260,7 +276,9 @@ class Responder:
         if endpoint.caller == "manager":
             handler = manager_only(handler)
         name = f"{endpoint.family}-{endpoint.verb}"
-        await self.serve_subject(endpoint.served_on, endpoint.request, handler, name=name)
+        subject = endpoint.subject(node=node) if endpoint.family == "node" else endpoint.served_on
+        await self.serve_subject(subject, endpoint.request, handler, name=name)
+        self.endpoints.append(endpoint)
 
     async def serve_subject(
         self, subject: str, request_type: type[T], handler: Handler, *, name: str = ""
@@ -296,9 +314,7 @@ class Responder:
         started = time.perf_counter_ns()
         headers = dict(msg.headers or {})
         ctx = extract_context(headers)
-        with tracer.start_as_current_span(
-            f"handle {msg.subject}", context=ctx, kind=trace.SpanKind.CONSUMER
-        ):
+        with span(tracer, f"handle {msg.subject}", parent=ctx, kind=trace.SpanKind.CONSUMER):
             try:
                 try:
                     req = dec.decode(msg.data or b"{}")
@@ -312,7 +328,7 @@ class Responder:
                 counts.errors += 1
                 counts.last_error = f"{exc.code}: {exc.message}"
             except Exception as exc:
-                if is_connection_error(exc):
+                if _database_down(exc):
                     # PostgreSQL down or restarting: the caller may retry
                     reason = (str(exc) or type(exc).__name__).splitlines()[0]
                     log.warning("database unavailable for %s: %s", msg.subject, reason)

@@ -75,6 +75,10 @@ class ServiceSpec:
     # parsing and the per-request tasks are the broker's hot path); the
     # harness's subprocesses and terminal PTYs run on asyncio's own
     uvloop: bool = True
+    # a hub service: sets up the streams and the state bucket, answers
+    # ``hive.admin.<part>.ping`` and ``nats micro``; a node agent (False) only
+    # needs (and may only subscribe to) its own subjects
+    hub: bool = True
 
     @property
     def started_by(self) -> str:
@@ -106,10 +110,12 @@ PARTS: dict[str, ServiceSpec] = {
         ServiceSpec(
             "harness-mcp", "hyperhive.harness.mcp_server", program=True, command="hive harness mcp"
         ),
+        # ``hive serve node``: a node agent alone, on a host that runs agents
+        ServiceSpec(subjects.NODE_SERVICE, "hyperhive.lifecycle.nodeservice", hub=False),
     )
 }
 SPECS: dict[str, ServiceSpec] = {p: s for p, s in PARTS.items() if not s.program}
-assert tuple(SPECS) == subjects.SERVICES
+assert tuple(p for p in SPECS if p != subjects.NODE_SERVICE) == subjects.SERVICES
 
 
 def hyperhive_version() -> str:
@@ -127,7 +133,7 @@ class Runtime:
     settings: Settings
     nc: NATS
     js: JetStreamContext
-    kv: KeyValue
+    kv: KeyValue | None  # None for a node agent (no state bucket set up)
     responder: Responder
     stack: AsyncExitStack
     stop: asyncio.Event
@@ -144,13 +150,26 @@ class Runtime:
                 serves another service's endpoint, or its types are not the
                 endpoint's: the service does not start.
         """
-        mine = set(endpoints.served_by(self.part)) - {endpoints.PING[self.part]}
+        await self._serve(self.part, handlers)
+
+    async def serve_node(self, node: str, handlers: Mapping[Endpoint[Any, Any], Handler]) -> None:
+        """Serves the node verbs as node agent ``node`` (``hive.node.<node>.*``):
+        ``hive serve node``, and lifecycle for the hub's in-process one.
+
+        Raises: as :meth:`serve_all`.
+        """
+        await self._serve(subjects.NODE_SERVICE, handlers, node=node)
+
+    async def _serve(
+        self, service: str, handlers: Mapping[Endpoint[Any, Any], Handler], node: str = ""
+    ) -> None:
+        mine = set(endpoints.served_by(service)) - {endpoints.PING.get(service)}
         missing = [e.pattern for e in endpoints.ENDPOINTS if e in mine and e not in handlers]
         foreign = [e.pattern for e in handlers if e not in mine]
         if missing or foreign:
-            raise TypeError(f"{self.part}: no handler for {missing}; not its own: {foreign}")
+            raise TypeError(f"{service}: no handler for {missing}; not its own: {foreign}")
         for endpoint, handler in handlers.items():
-            await self.responder.serve(endpoint, handler)
+            await self.responder.serve(endpoint, handler, node=node)
 
     def spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
         """Runs a background loop that is cancelled when the service stops."""
@@ -191,8 +210,10 @@ async def run(
         nc = await connect(settings.nats, name=f"hive-{part}")
         stack.push_async_callback(drain, nc)
         js = nc.jetstream()
-        await ensure_streams(js)
-        kv = await ensure_state_bucket(js)
+        kv = None
+        if spec.hub:
+            await ensure_streams(js)
+            kv = await ensure_state_bucket(js)
         pool = outbox = None
         if spec.schema:
             pool = await create_pool(settings.database, spec.schema, keep_session=spec.keep_session)
@@ -226,14 +247,16 @@ async def run(
                 in_flight=responder.in_flight,
             )
 
-        await responder.serve(endpoints.PING[part], ping)
+        if spec.hub:
+            await responder.serve(endpoints.PING[part], ping)
         await module.start(rt)
-        unserved = {e.served_on for e in endpoints.served_by(part)} - set(responder.served)
+        unserved = [e.pattern for e in endpoints.served_by(part) if e not in responder.endpoints]
         if unserved:  # a service that forgot rt.serve_all for what the registry says it serves
-            raise TypeError(f"{part} does not serve {sorted(unserved)}")
-        discovery = Discovery(nc, responder, part, hyperhive_version(), f"hyperhive {part}")
-        await discovery.start()  # `nats micro ls|info|stats`
-        stack.push_async_callback(discovery.stop)
+            raise TypeError(f"{part} does not serve {unserved}")
+        if spec.hub:  # a node user may subscribe to its own subjects only, not $SRV
+            discovery = Discovery(nc, responder, part, hyperhive_version(), f"hyperhive {part}")
+            await discovery.start()  # `nats micro ls|info|stats`
+            stack.push_async_callback(discovery.stop)
         await sync_subscriptions(nc)  # live on the server before "ready"
         log.info("serving", extra={"service": part})
         if ready:

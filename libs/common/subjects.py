@@ -17,6 +17,11 @@ SYSTEM: Final = "system"
 # Service names, in start order. The NixOS module defines one unit per entry.
 SERVICES: Final = ("broker", "lifecycle", "approvals", "crash-watch", "dashboard")
 
+# ``hive serve node``: a node agent only (no database), not one of SERVICES
+NODE_SERVICE: Final = "node"
+# the node agent that ``hive serve lifecycle`` runs in-process (node name)
+HUB_NODE: Final = "hub"
+
 # JetStream
 EVENTS_STREAM: Final = "HIVE_EVENTS"
 TURNS_STREAM: Final = "HIVE_TURNS"
@@ -176,6 +181,25 @@ def operator_inbox_prefix() -> str:
     return inbox_prefix(OPERATOR)
 
 
+# Node verbs (hive.node.<node>.<verb>, control half -> node agent): endpoints.NODE
+def node(name: str, verb: str) -> str:
+    """``hive.node.<node>.<verb>``: a request to node agent ``name``."""
+    return f"{ROOT}.node.{_token(name)}.{_token(verb)}"
+
+
+def node_all(name: str) -> str:
+    """``hive.node.<node>.>``: every subject a node agent serves."""
+    return f"{ROOT}.node.{_token(name)}.>"
+
+
+def node_key(name: str) -> str:
+    """Key of a node agent's heartbeat (``NodeHeartbeat``) in the state bucket."""
+    return f"node.{_token(name)}"
+
+
+NODE_KEYS: Final = "node.*"  # every node's heartbeat key (a KV watch filter)
+
+
 def heartbeat_key(name: str) -> str:
     """Key of an agent's harness heartbeat in the state bucket."""
     return f"heartbeat.{_token(name)}"
@@ -221,4 +245,7 @@ EV_QUESTION_ANSWERED: Final = "question.answered"
 EV_CRASH: Final = "crash.detected"
 EV_STUCK: Final = "stuck.detected"
 EV_STATS: Final = "stats.turn"
+EV_NODE_JOINED: Final = "node.joined"  # data: node, revision
+EV_NODE_LOST: Final = "node.lost"  # data: node, agents, silent_s
+EV_NODE_BACK: Final = "node.back"  # data: node, agents, adopted, restarted
 EV_MESSAGES_PRUNED: Final = "messages.pruned"  # data: before, deleted, by

@@ -14,7 +14,7 @@ from hyperhive.approvals.machine import DRAFT, Machine, not_based_on_main
 from hyperhive.approvals.peers import Peers
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import BadRequest, Conflict, NotFound
-from hyperhive.common.names import check_agent_name
+from hyperhive.common.names import check_agent_name, check_node_name
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.rpc import Call
 from hyperhive.common.wire.approvals import (
@@ -85,12 +85,13 @@ class Handlers:
     async def request_spawn(self, req: SpawnToolRequest, _call: Call) -> ApprovalQueued:
         """Queues a new agent with the default config."""
         name = check_agent_name(req.name)
+        host = check_node_name(req.host) if req.host else ""
         if await self._peers.agent(name) is not None:
             raise Conflict(f"agent {name} already exists")
         if await self._is_draft(name):
             raise Conflict(f"{name} is a draft: submit it with request_spawn_commit")
         try:
-            row = await store.queue(self._pool, kind=store.SPAWN, agent=name)
+            row = await store.queue(self._pool, kind=store.SPAWN, agent=name, host=host)
         except asyncpg.UniqueViolationError:
             raise Conflict(f"a spawn of {name} is already waiting for the operator") from None
         self._kick()
@@ -109,12 +110,15 @@ class Handlers:
             if await self._peers.agent(name) is not None:
                 raise Conflict(f"agent {name} already exists: use request_apply_commit")
             raise NotFound(f"no draft {name!r}: create it with request_spawn_draft first")
-        return await self._pin_and_queue(store.SPAWN, name, ref)
+        host = check_node_name(req.host) if req.host else ""
+        return await self._pin_and_queue(store.SPAWN, name, ref, host)
 
     async def _is_draft(self, name: str) -> bool:
         return name in {d.name for d in await self._peers.drafts()}
 
-    async def _pin_and_queue(self, kind: str, name: str, ref: str) -> ApprovalQueued:
+    async def _pin_and_queue(
+        self, kind: str, name: str, ref: str, host: str = ""
+    ) -> ApprovalQueued:
         """Fetches the commit into the applied repo, records it, then tags it.
 
         The row comes before the tag so that a crash leaves a row whose tag
@@ -130,7 +134,7 @@ class Handlers:
         await asyncio.to_thread(gitops.check_tree, paths.applied, sha, "applied")
         try:
             row = await store.queue(
-                self._pool, kind=kind, agent=name, commit_ref=ref, fetched_sha=sha
+                self._pool, kind=kind, agent=name, commit_ref=ref, fetched_sha=sha, host=host
             )
         except asyncpg.UniqueViolationError:
             raise Conflict(f"a spawn of {name} is already waiting for the operator") from None

@@ -200,7 +200,7 @@ class Machine:
                 reply = await self._peers.apply(agent)
                 ok, error = reply.ok, reply.error
             else:
-                await self._peers.create(agent, sha or None)
+                await self._peers.create(agent, sha or None, row["host"])
                 ok, error = True, ""
         except BackendFailed as exc:
             ok, error = False, exc.message

@@ -70,12 +70,13 @@ class Peers:
             timeout=self._build_timeout_s,
         )
 
-    async def create(self, name: str, sha: str | None) -> AgentInfo:
-        """Creates and starts ``name`` (from the applied tree when ``sha`` is set)."""
+    async def create(self, name: str, sha: str | None, host: str = "") -> AgentInfo:
+        """Creates and starts ``name`` (from the applied tree when ``sha`` is set),
+        on node ``host`` (``""``: lifecycle picks)."""
         return await rpc.call(
             self._nc,
             E.CREATE,
-            CreateRequest(name=name, sha=sha),
+            CreateRequest(name=name, sha=sha, host=host),
             timeout=self._build_timeout_s,
         )
 

@@ -40,7 +40,7 @@ from hyperhive.common.wire.states import (  # noqa: F401 (the states, as store.X
 _COLUMNS: Final = (
     "id, kind, agent, commit_ref, fetched_sha, base_sha, state, note, error, tag, "
     "tagged, notified, pinned, attempts, created_at, approved_at, resolved_at, "
-    "decided_by, decided_at"
+    "decided_by, decided_at, host"
 )
 
 
@@ -65,6 +65,7 @@ def approval_info(row: asyncpg.Record) -> ApprovalInfo:
         resolved_at=ts(row["resolved_at"]),
         decided_by=row["decided_by"],
         decided_at=ts(row["decided_at"]),
+        host=row["host"],
     )
 
 
@@ -95,6 +96,7 @@ async def queue(
     agent: str,
     commit_ref: str = "",
     fetched_sha: str = "",
+    host: str = "",
 ) -> asyncpg.Record:
     """Inserts a pending approval and its ``approval.queued`` event.
 
@@ -106,13 +108,14 @@ async def queue(
     """
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
-            f"INSERT INTO approvals (kind, agent, commit_ref, fetched_sha, pinned)"
-            f" VALUES ($1, $2, $3, $4, $5) RETURNING {_COLUMNS}",
+            f"INSERT INTO approvals (kind, agent, commit_ref, fetched_sha, pinned, host)"
+            f" VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_COLUMNS}",
             kind,
             agent,
             commit_ref,
             fetched_sha,
             not fetched_sha,
+            host,
         )
         assert row is not None
         if fetched_sha:

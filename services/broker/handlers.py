@@ -9,6 +9,7 @@ Concurrent hand-outs share a statement too, and so do concurrent acks.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -165,12 +166,33 @@ class Broker:
         return SendReply(id=stored.id, ts=stored.ts)
 
     async def _commit_sends(self, items: Sequence[NewMessage]) -> list[Stored]:
-        # a bad value in a batch of several: retried one by one (see GroupCommit)
-        with db_errors("send", bad_values=len(items) == 1):
-            stored = await store.insert_messages(self.pool, items, self.kinds)
-        new = [m.recipient for m, s in zip(items, stored, strict=True) if s.created]
-        if new:
+        # a recv waiting here for a recipient gets its message from this very
+        # statement: no claim of its own after the wake (see store._INSERT)
+        reserved = [self.waiters.reserve(m.recipient) for m in items]
+        items = [
+            m if w is None else dataclasses.replace(m, hand_to=w.traceparent or "")
+            for m, w in zip(items, reserved, strict=True)
+        ]
+        try:
+            # a bad value in a batch of several: retried one by one (see GroupCommit)
+            with db_errors("send", bad_values=len(items) == 1):
+                stored = await store.insert_messages(
+                    self.pool, items, self.kinds, self.settings.visibility_timeout_s
+                )
+        except BaseException:
+            for w in reserved:
+                if w is not None:
+                    w.hand(None)  # it looks in the table again
+            raise
+        new: list[str] = []
+        for m, s, w in zip(items, stored, reserved, strict=True):
+            if w is not None:
+                w.hand(s.handed)
+            if s.created and s.handed is None:
+                new.append(m.recipient)
+        if any(s.created for s in stored):
             self._kick_relay()
+        if new:
             await self.waiters.committed(new)
         return stored
 
@@ -248,10 +270,11 @@ class Broker:
             await self._ack(req.ack, agent)
         wait_s = min(req.wait_ms, self.settings.max_wait_ms) / 1000
         deadline = time.monotonic() + wait_s
-        with self.waiters.watch(agent) as woke:
+        traceparent = current_traceparent()
+        with self.waiters.watch(agent, traceparent) as woke:
             while True:
                 woke.clear()
-                claimed = await self.claims.submit(Claim(agent, current_traceparent()))
+                claimed = await self.claims.submit(Claim(agent, traceparent))
                 if claimed.row is not None:
                     return RecvReply(message=_message(claimed.row))
                 remaining = deadline - time.monotonic()
@@ -259,7 +282,9 @@ class Broker:
                     return RecvReply(empty=True)
                 expiry = claimed.next_expiry
                 timeout = remaining if expiry is None else min(remaining, max(expiry, 0.0) + 0.01)
-                await woke.wait(timeout)
+                handed = await woke.wait(timeout)
+                if handed is not None:
+                    return RecvReply(message=_message(handed))
 
     async def _claim_batch(self, claims: Sequence[Claim]) -> list[Claimed]:
         with db_errors("recv", bad_values=len(claims) == 1):

@@ -6,6 +6,8 @@ from hyperhive.common.wire.events import (
     AgentStuck,
     ApprovalResolved,
     ContainerCrash,
+    NodeBack,
+    NodeLost,
     OperatorAnswered,
     SpawnResolved,
     SystemEvent,
@@ -41,6 +43,18 @@ def render_event(event: SystemEvent) -> str:
         case OperatorAnswered(question_id=qid, question=question, answer=answer):
             answered = ", ".join(answer) if answer else "(no answer)"
             return _one_line(f"operator answered question #{qid} ({question}): {answered}", 2000)
+        case NodeLost(node=node, agents=agents, silent_s=silent):
+            on = ", ".join(agents) if agents else "no agents"
+            return _one_line(
+                f"node {node} is lost (no heartbeat for {silent:.0f}s); its agents: {on}; "
+                "messages to them wait until it is back",
+                2000,
+            )
+        case NodeBack(node=node, agents=agents, restarted=restarted):
+            text = f"node {node} is back; its agents: {', '.join(agents) or 'none'}"
+            if restarted:
+                text += f" (started again: {', '.join(restarted)})"
+            return _one_line(text, 2000)
     return f"system event {type(event).__name__}"  # pragma: no cover - union is exhaustive
 
 

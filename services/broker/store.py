@@ -132,15 +132,20 @@ class NewMessage:
     event: str | None = None  # JSON of a system event
     idempotency_key: str | None = None
     traceparent: str | None = None  # of the send: the recipient's turn continues its trace
+    # a recv of the recipient is waiting: hand the message to it at once; the
+    # recv's traceparent ("" without one)
+    hand_to: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Stored:
-    """The outcome of one insert: the message's id and time, and whether it is new."""
+    """The outcome of one insert: the message's id and time, whether it is new,
+    and the message's row when it was handed out (``NewMessage.hand_to``)."""
 
     id: int
     ts: float
     created: bool
+    handed: asyncpg.Record | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,22 +187,47 @@ def _event_row(src: str, kind: str, body_chars: str) -> str:
 
 _EID = "replace(gen_random_uuid()::text, '-', '') AS eid"
 
+# A send whose recipient has a recv waiting in this broker is handed to it in
+# the same statement (``$10``: hand out, ``$11``: that recv's traceparent,
+# ``$12``: the lease): stored already delivered, with its ``message.delivered``
+# event queued after its ``message.sent``. The waiting recv returns the row
+# without a claim of its own (one statement per delivery instead of two).
 _INSERT = f"""
 WITH input AS (
-    SELECT nextval('messages_id_seq') AS id, s, r, b, e, k, tp, ord
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::text[])
-        WITH ORDINALITY AS t(s, r, b, e, k, tp, ord)
+    SELECT nextval('messages_id_seq') AS id, clock_timestamp() AS at,
+        s, r, b, e, k, tp, d, dtp, ord
+    FROM unnest(
+        $1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::text[],
+        $10::bool[], $11::text[]
+    ) WITH ORDINALITY AS t(s, r, b, e, k, tp, d, dtp, ord)
 ), ins AS (
-    INSERT INTO messages (id, sender, recipient, body, event, idempotency_key, traceparent)
-    SELECT id, s, r, b, e, k, tp FROM input ORDER BY ord
+    INSERT INTO messages (
+        id, sender, recipient, body, event, idempotency_key, traceparent,
+        created_at, deliveries, delivered_at, lease_until
+    )
+    SELECT id, s, r, b, e, k, tp,
+        at,
+        CASE WHEN d THEN 1 ELSE 0 END,
+        CASE WHEN d THEN at END,
+        CASE WHEN d THEN at + make_interval(secs => $12) END
+    FROM input ORDER BY ord
     ON CONFLICT (sender, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING id, sender, recipient, body, deliveries, created_at, traceparent, {_EID}
+    RETURNING *
+), ev AS (
+    SELECT ins.id, ins.sender, ins.recipient, ins.body, ins.created_at, 0 AS deliveries,
+        0 AS step, $7 AS subject, $8 AS kind, ins.traceparent AS tp, {_EID}
+    FROM ins
+    UNION ALL
+    SELECT ins.id, ins.sender, ins.recipient, ins.body, ins.created_at, 1,
+        1, $13, $14, input.dtp, {_EID}
+    FROM ins JOIN input USING (id) WHERE input.d
 ), ob AS (
     INSERT INTO outbox (subject, payload, msg_id, traceparent)
-    SELECT $7, {_event_row("ins", "$8", "$9")}, ins.traceparent
-    FROM ins ORDER BY ins.id
+    SELECT ev.subject, {_event_row("ev", "ev.kind", "$9")}, ev.tp
+    FROM ev ORDER BY ev.id, ev.step
 )
-SELECT input.id, extract(epoch FROM ins.created_at)::float8 AS ts
+SELECT input.id, extract(epoch FROM ins.created_at)::float8 AS ts,
+    input.d AND ins.id IS NOT NULL AS handed, {_columns("ins")}
 FROM input LEFT JOIN ins USING (id) ORDER BY input.ord
 """
 
@@ -208,13 +238,18 @@ FROM messages WHERE sender = $1 AND idempotency_key = $2
 
 
 async def insert_messages(
-    conn: asyncpg.Connection | asyncpg.Pool, items: Sequence[NewMessage], kinds: EventKinds
+    conn: asyncpg.Connection | asyncpg.Pool,
+    items: Sequence[NewMessage],
+    kinds: EventKinds,
+    lease_s: float = 0.0,
 ) -> list[Stored]:
     """Commits messages and their ``message.sent`` events in one statement.
 
     Returns one :class:`Stored` per item, in order. An item whose
     ``(sender, idempotency_key)`` already names a message stores nothing and
-    gets that message's id with ``created=False``.
+    gets that message's id with ``created=False``. An item with ``hand_to``
+    set is stored handed out for ``lease_s`` (its ``message.delivered`` queued
+    with that traceparent) and its :class:`Stored` carries the row.
     """
     subject, kind = kinds.sent
     rows = await conn.fetch(
@@ -228,11 +263,15 @@ async def insert_messages(
         subject,
         kind,
         kinds.body_chars,
+        [m.hand_to is not None for m in items],
+        [m.hand_to or None for m in items],
+        float(lease_s),
+        *kinds.delivered,
     )
     out: list[Stored] = []
     for item, row in zip(items, rows, strict=True):
         if row["ts"] is not None:
-            out.append(Stored(row["id"], row["ts"], True))
+            out.append(Stored(row["id"], row["ts"], True, row if row["handed"] else None))
             continue
         # the key was taken: by an earlier message, by an item earlier in this
         # batch, or by a transaction that committed while this one waited

@@ -13,6 +13,7 @@ from hyperhive.crashwatch.watcher import CrashWatch
 
 async def start(rt: Runtime) -> None:
     """Follows lifecycle's state events and polls its registry."""
+    assert rt.kv is not None
     watch = CrashWatch(rt.settings, rt.nc, rt.js, rt.kv)
     follower = await follow.start_following(
         rt.js, watch.on_event, [subjects.event(subjects.EV_AGENT_STATE)], name="agent-state"

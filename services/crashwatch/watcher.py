@@ -189,7 +189,9 @@ class CrashWatch:
         cw = self.settings.crashwatch
         now = time.time()
         for info in agents:
-            if info.state != RUNNING or info.flag:
+            # an agent on a lost node is out of reach, not stuck: the manager
+            # got one NodeLost naming it instead
+            if info.state != RUNNING or info.flag or info.node_state == "lost":
                 self.stuck.pop(info.name, None)
                 continue
             hb = await self._heartbeat(info.name)

@@ -10,7 +10,7 @@ from litestar.params import FromPath, FromQuery
 
 from hyperhive.common import endpoints as E
 from hyperhive.common.errors import BadRequest, HiveError
-from hyperhive.common.names import check_agent_name
+from hyperhive.common.names import check_agent_name, check_node_name
 from hyperhive.common.wire.broker import InboxRequest
 from hyperhive.common.wire.lifecycle import (
     AgentRequest,
@@ -37,8 +37,12 @@ async def spawn(request: Request[Any, Any, Any]) -> Response[Any]:
     async def work() -> str:
         name = check_agent_name(field(fields, "name"))
         reuse = field(fields, "reuse_state", "on") == "on"
-        info = await deps(request).hive.act(E.SPAWN, SpawnRequest(name=name, reuse_state=reuse))
-        return f"Spawned {info.name}: {info.state} on port {info.port}"
+        host = field(fields, "host", "").strip()
+        info = await deps(request).hive.act(
+            E.SPAWN,
+            SpawnRequest(name=name, reuse_state=reuse, host=check_node_name(host) if host else ""),
+        )
+        return f"Spawned {info.name}: {info.state} on {info.node}, port {info.port}"
 
     return await act(request, work(), section="containers", refresh=REFRESH)
 

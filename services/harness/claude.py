@@ -28,7 +28,7 @@ from hyperhive.common import subjects
 from hyperhive.common.config import settings_env
 from hyperhive.harness import creds
 from hyperhive.harness.config import PASS_THROUGH_ENV, HarnessConfig
-from hyperhive.harness.mcp_server import SERVER_NAME, TRACEPARENT_ENV, tool_names
+from hyperhive.harness.tools import SERVER_NAME, TRACEPARENT_ENV, tool_names
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from hyperhive.common import endpoints as E
 from hyperhive.common import retry, rpc, subjects
 from hyperhive.common.errors import BadRequest, Forbidden, HiveError, NotFound
 from hyperhive.common.redact import mask_data
-from hyperhive.common.telemetry import current_traceparent, traceparent_context
+from hyperhive.common.telemetry import current_traceparent, span, traceparent_context
 from hyperhive.common.wire.broker import (
     AckRequest,
     RecvRequest,
@@ -659,16 +659,17 @@ class Harness:
         t0 = time.monotonic()
         # the turn continues the trace of the message's send (DESIGN §8); its
         # records, stats, acks and the MCP server's requests are its children
-        with tracer.start_as_current_span(
+        with span(
+            tracer,
             f"turn {self.cfg.agent}",
-            context=_parent_context(item),
+            parent=_parent_context(item),
             kind=trace.SpanKind.CONSUMER,
             attributes={
                 "hive.agent": self.cfg.agent,
                 "hive.turn": self.turn,
                 "hive.message_id": item.id if isinstance(item, Wake) and item.id else 0,
             },
-        ) as span:
+        ) as turn_span:
             if isinstance(item, Compact):
                 await self.publish(
                     "turn_start",
@@ -679,7 +680,7 @@ class Harness:
             else:
                 runs, compact_retry = await self._wake_turn(item)
             await self._finish(item, runs, compact_retry, (time.monotonic() - t0) * 1000)
-            span.set_attribute("hive.outcome", self.last_outcome)
+            turn_span.set_attribute("hive.outcome", self.last_outcome)
 
     async def _wake_turn(self, wake: Wake) -> tuple[list[RunResult], bool]:
         interrupted = self.store.interrupted

@@ -33,22 +33,15 @@ from hyperhive.common.config import Settings
 from hyperhive.common.endpoints import Endpoint
 from hyperhive.common.errors import ConfigError, HiveError
 from hyperhive.common.natsconn import connect
-from hyperhive.common.telemetry import setup_tracing, traceparent_context
+from hyperhive.common.telemetry import setup_tracing, span, traceparent_context
 from hyperhive.common.wire.broker import AckRequest, RecvRequest, SendRequest, StatusRequest
+from hyperhive.harness.tools import SERVER_NAME, TRACEPARENT_ENV
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
-SERVER_NAME = "hyperhive"
-TRACEPARENT_ENV = "TRACEPARENT"  # the turn's trace context, set by the harness
 MAX_RECV_WAIT_S = 60.0  # the broker caps a long poll at this anyway
-BASE_TOOLS = ("send", "recv", "message_status")
 R = TypeVar("R", bound=msgspec.Struct)
-
-
-def tool_names(agent: str) -> tuple[str, ...]:
-    """The tools the hyperhive server offers ``agent``."""
-    return BASE_TOOLS + (endpoints.MANAGER_TOOLS if agent == subjects.MANAGER else ())
 
 
 def _plain(value: msgspec.Struct | dict[str, Any]) -> dict[str, Any]:
@@ -88,9 +81,7 @@ class Bridge:
     ) -> R:
         """``endpoint`` as this agent → the reply, or a ToolError with the service's message."""
         nc = await self.nc()
-        with tracer.start_as_current_span(
-            f"tool {endpoint.verb}", context=self.parent, kind=trace.SpanKind.SERVER
-        ):
+        with span(tracer, f"tool {endpoint.verb}", parent=self.parent, kind=trace.SpanKind.SERVER):
             try:
                 return await rpc.call(
                     nc,

@@ -102,12 +102,17 @@ def _issue(settings: Settings, name: str) -> bytes:
     return seed
 
 
-def _revoke(settings: Settings, name: str) -> bytes | None:
-    seed_file = AgentPaths.of(settings, name).nats_seed
+def read_seed(settings: Settings, name: str) -> bytes | None:
+    """The seed lifecycle issued ``name`` (kept on the hub), if any."""
     try:
-        seed: bytes | None = seed_file.read_bytes().strip()
+        return AgentPaths.of(settings, name).nats_seed.read_bytes().strip() or None
     except OSError:
-        seed = None
+        return None
+
+
+def _revoke(settings: Settings, name: str, seed: bytes | None) -> bytes | None:
+    seed_file = AgentPaths.of(settings, name).nats_seed
+    seed = seed or read_seed(settings, name)
     with _render_lock:
         nats_auth.remove_user(nats_dir(settings), user_name(name))
         _apply(settings)
@@ -115,19 +120,25 @@ def _revoke(settings: Settings, name: str) -> bytes | None:
     return seed
 
 
-async def issue(settings: Settings, name: str) -> None:
-    """A fresh nkey for ``name`` (any previous one stops working).
+async def issue(settings: Settings, name: str) -> bytes:
+    """A fresh nkey for ``name`` (any previous one stops working). Returns
+    its seed (for the node that runs the agent).
 
     Raises:
         Unavailable: nats-server could not be told to reload.
     """
     seed = await asyncio.to_thread(_issue, settings, name)
     await _until(settings, seed, accepted=True)
+    return seed
 
 
-async def revoke(settings: Settings, name: str) -> None:
-    """Removes ``name``'s NATS user; its connections are closed by the server."""
-    seed = await asyncio.to_thread(_revoke, settings, name)
+async def revoke(settings: Settings, name: str, seed: bytes | None = None) -> None:
+    """Removes ``name``'s NATS user; its connections are closed by the server.
+
+    ``seed``: the agent's seed read before its run dir went (to wait until
+    the server refuses it); else it is read from the run dir.
+    """
+    seed = await asyncio.to_thread(_revoke, settings, name, seed)
     if seed:
         await _until(settings, seed, accepted=False)
 

@@ -30,14 +30,17 @@ from hyperhive.common.wire.lifecycle import (
     NotesRequest,
     SpawnRequest,
 )
+from hyperhive.common.wire.node import NodesReply
 from hyperhive.lifecycle.core import Lifecycle
+from hyperhive.lifecycle.nodes import Nodes
 
 
 class Handlers:
     """One method per subject; identity and names are checked here."""
 
-    def __init__(self, lc: Lifecycle) -> None:
+    def __init__(self, lc: Lifecycle, nodes: Nodes) -> None:
         self.lc = lc
+        self.nodes = nodes
 
     def _name(self, name: str) -> str:
         """Any existing agent's name, the manager's included."""
@@ -57,7 +60,7 @@ class Handlers:
         return await self.lc.get(self._name(req.name))
 
     async def create(self, req: CreateRequest, _call: Call) -> AgentInfo:
-        return await self.lc.create(check_agent_name(req.name), sha=req.sha)
+        return await self.lc.create(check_agent_name(req.name), sha=req.sha, host=req.host)
 
     async def apply(self, req: ApplyRequest, _call: Call) -> ApplyReply:
         return await self.lc.apply(self._name(req.name))
@@ -70,7 +73,9 @@ class Handlers:
     async def spawn(self, req: SpawnRequest, _call: Call) -> AgentInfo:
         manager = bool(self.lc.manager) and req.name == self.lc.manager
         name = check_agent_name(req.name, allow_manager=manager)
-        return await self.lc.create(name, reuse_state=req.reuse_state, manager=manager)
+        return await self.lc.create(
+            name, reuse_state=req.reuse_state, manager=manager, host=req.host
+        )
 
     async def start(self, req: AgentRequest, _call: Call) -> AgentInfo:
         return await self.lc.start(self._name(req.name))
@@ -106,6 +111,9 @@ class Handlers:
 
     async def notes(self, req: NotesRequest, _call: Call) -> NotesReply:
         return await self.lc.notes(self._name(req.name), req.history, req.version)
+
+    async def list_nodes(self, _req: Empty, _call: Call) -> NodesReply:
+        return NodesReply(nodes=await self.nodes.infos())
 
     # --- hive.agent.<manager>.{kill,start,restart,update} ---------------------
 
@@ -143,6 +151,7 @@ class Handlers:
             E.CONFIG: self.config,
             E.NOTES: self.notes,
             E.DRAFTS: self.drafts,
+            E.NODES: self.list_nodes,
             # served whether or not this hive has a manager: anyone else hears
             # ``forbidden`` (the responder's guard)
             E.KILL: self._not_on_itself(self.kill),

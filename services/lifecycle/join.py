@@ -62,8 +62,8 @@ Register = Callable[[JoinRequest], Awaitable[None]]
 JOIN_USER_LINGER_S = 2.0
 EFFECTIVE_TIMEOUT_S = 10.0
 SWEEP_INTERVAL_S = 60.0
-# the node ``hive serve lifecycle`` runs in-process (subjects.HUB_NODE, branch `node`)
-HUB_NODE = getattr(subjects, "HUB_NODE", "hub")
+# the node ``hive serve lifecycle`` runs in-process
+HUB_NODE = subjects.HUB_NODE
 
 
 class _TokenFile(msgspec.Struct, kw_only=True):
@@ -89,8 +89,7 @@ class Joins:
     def reserved_names(self) -> set[str]:
         """The hub's in-process node: a machine joining under its name would
         read the requests (agents' seeds among them) meant for the hub."""
-        node = getattr(self.settings, "node", None)  # NodeSettings (branch `node`)
-        return {HUB_NODE, getattr(node, "name", HUB_NODE)}
+        return {HUB_NODE, self.settings.node.name}
 
     @property
     def tokens_dir(self) -> Path:

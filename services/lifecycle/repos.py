@@ -91,5 +91,18 @@ def read_tree(path: Path, ref: str = BRANCH) -> tuple[str, dict[str, str]]:
         return commit.hexsha, files
 
 
+def worktree_files(path: Path) -> tuple[str, dict[str, bytes]]:
+    """``(HEAD sha, {file: bytes})`` of the checked-out tree (what a backend
+    on this host builds from), ``.git`` and symlinks aside: the deployed tree
+    a node on another host receives."""
+    files: dict[str, bytes] = {}
+    for p in sorted(path.rglob("*")):
+        rel = p.relative_to(path)
+        if rel.parts[0] == ".git" or p.is_symlink() or not p.is_file():
+            continue
+        files[rel.as_posix()] = p.read_bytes()
+    return head(path, "HEAD"), files
+
+
 def remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)

@@ -132,3 +132,24 @@ async def test_two_step_spawn_that_fails_to_build_stays_a_draft(hive: Hive) -> N
     info = await hive.admin("approve", ApprovalIdRequest(id=q2.id), ApprovalInfo)
     assert info.state == "deployed"
     assert gitops.main_sha(paths.applied) == good
+
+
+async def test_spawn_request_names_the_host(hive: Hive) -> None:
+    """The manager's request_spawn may name a node: kept in the approval,
+    passed to lifecycle's placement (a node that never joined fails the
+    build, with why), refused at once when it is no node name."""
+    here, nowhere = agent_name("sp"), agent_name("sp")
+    with pytest.raises(BadRequest, match="invalid node name"):
+        await hive.tool("request_spawn", SpawnToolRequest(name=here, host="No!"), ApprovalQueued)
+    q = await hive.tool("request_spawn", SpawnToolRequest(name=here, host="hub"), ApprovalQueued)
+    info = await hive.admin("approve", ApprovalIdRequest(id=q.id), ApprovalInfo)
+    assert (info.state, info.host) == ("deployed", "hub")
+    assert (await lifecycle_get(hive, here)).node == "hub"
+
+    q2 = await hive.tool(
+        "request_spawn", SpawnToolRequest(name=nowhere, host="nowhere"), ApprovalQueued
+    )
+    failed = await hive.admin("approve", ApprovalIdRequest(id=q2.id), ApprovalInfo)
+    assert failed.state == "failed" and "node nowhere has never joined" in failed.error
+    with pytest.raises(NotFound):
+        await lifecycle_get(hive, nowhere)

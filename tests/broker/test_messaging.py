@@ -107,6 +107,39 @@ async def test_a_waiting_recv_returns_when_a_message_arrives(hive: Hive):
     assert got.message is not None and got.message.id == sent.id
 
 
+async def test_a_send_hands_its_message_to_the_waiting_recv(hive: Hive, events):
+    """The recv waiting in the broker gets the message from the send's own
+    statement: delivered once, its events in order, then acked as any other."""
+    a, na = await hive.spawn()
+    b, nb = await hive.spawn()
+    waiting = [asyncio.create_task(recv(nb, b, wait_ms=60_000)) for _ in range(2)]
+    await asyncio.sleep(0.3)  # let them reach the broker and wait (not a timing assertion)
+    first, second = await asyncio.gather(send(na, a, b, "one"), send(na, a, b, "two"))
+    async with asyncio.timeout(20):
+        got = await asyncio.gather(*waiting)
+    # each waiting recv got one of the two, once
+    assert sorted(g.message.id for g in got if g.message) == sorted([first.id, second.id])
+    for g in got:
+        assert g.message is not None and g.message.deliveries == 1
+        assert not g.message.redelivered and g.message.sender == a
+        assert g.message.body == ("one" if g.message.id == first.id else "two")
+        status = await call(na, a, "status", StatusRequest(id=g.message.id), MessageStatus)
+        assert status.state == "handed_out" and status.deliveries == 1
+        assert status.created_at <= (status.delivered_at or 0)
+    assert (await recv(nb, b)).empty  # handed out, not available again
+    for g in got:
+        assert g.message is not None
+        await ack(nb, b, g.message.id)
+        await events.wait_for(
+            g.message.id, [EV.EV_MESSAGE_SENT, EV.EV_MESSAGE_DELIVERED, EV.EV_MESSAGE_ACKED]
+        )
+    delivered = [e for e in events.events if e.kind == EV.EV_MESSAGE_DELIVERED]
+    assert {e.data["id"] for e in delivered} >= {first.id, second.id}
+    assert all(e.data["deliveries"] == 1 for e in delivered if e.data["id"] == first.id)
+    sent_records = [e for e in events.events if e.kind == EV.EV_MESSAGE_SENT]
+    assert all(e.data["deliveries"] == 0 for e in sent_records if e.data["id"] == first.id)
+
+
 async def test_recv_with_nothing_pending_returns_empty(hive: Hive):
     b, nb = await hive.spawn()
     assert (await recv(nb, b, wait_ms=0)).empty

@@ -4,6 +4,7 @@ is translated once, to ``unavailable`` or ``bad_request``."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -209,3 +210,40 @@ async def claim_next(
     """The oldest available message of ``recipient``, handed out (one claim)."""
     [row] = await store.claim_many(pool, [store.Claim(recipient, tp)], lease_s, kinds)
     return row
+
+
+async def test_a_send_handed_to_a_waiting_recv_is_stored_delivered_with_both_events(
+    pool: asyncpg.Pool,
+):
+    items = [
+        NewMessage(sender="a", recipient="b", body="handed", traceparent="tp-send", hand_to="tp-r"),
+        NewMessage(sender="a", recipient="c", body="kept", traceparent="tp-send2"),
+        NewMessage(sender="a", recipient="b", body="no trace", hand_to=""),
+    ]
+    handed, kept, untraced = await store.insert_messages(pool, items, KINDS, 60)
+    assert handed.created and kept.created and untraced.created
+    assert kept.handed is None
+    for stored, body in ((handed, "handed"), (untraced, "no trace")):
+        row = stored.handed
+        assert row is not None and row["id"] == stored.id and row["body"] == body
+        assert row["deliveries"] == 1 and row["recipient"] == "b"
+        assert row["created_at"] == pytest.approx(stored.ts)
+        assert row["delivered_at"] >= stored.ts and row["lease_until"] >= row["delivered_at"] + 59
+    # handed out: no claim gets it; the one kept for c is available
+    assert await claim_next(pool, "b", 60, KINDS) is None
+    got = await claim_next(pool, "c", 60, KINDS)
+    assert got is not None and got["id"] == kept.id and got["deliveries"] == 1
+    outbox = await pool.fetch("SELECT subject, payload, traceparent FROM outbox ORDER BY id")
+    records = [
+        (r["subject"], json.loads(r["payload"])["data"]["id"], r["traceparent"]) for r in outbox
+    ]
+    sent, delivered = KINDS.sent[0], KINDS.delivered[0]
+    assert records == [
+        (sent, handed.id, "tp-send"),
+        (delivered, handed.id, "tp-r"),
+        (sent, kept.id, "tp-send2"),
+        (sent, untraced.id, None),
+        (delivered, untraced.id, None),
+        (delivered, kept.id, None),  # the claim's
+    ]
+    assert [json.loads(r["payload"])["data"]["deliveries"] for r in outbox] == [0, 1, 0, 0, 1, 1]

@@ -47,22 +47,58 @@ def test_a_handler_with_the_wrong_types_is_refused():
             rpc.check_handler(endpoints.KILL, handler)
 
 
-async def test_a_service_missing_an_endpoint_does_not_start(service_nc, settings):
-    rt = service.Runtime(
-        part="crash-watch",
+def _runtime(part: str, nc, settings) -> service.Runtime:
+    return service.Runtime(
+        part=part,
         settings=settings,
-        nc=service_nc,
-        js=service_nc.jetstream(),
-        kv=None,  # type: ignore[arg-type]
-        responder=rpc.Responder(service_nc, queue="t"),
+        nc=nc,
+        js=nc.jetstream(),
+        kv=None,
+        responder=rpc.Responder(nc, queue="t"),
         stack=AsyncExitStack(),
         stop=asyncio.Event(),
     )
+
+
+async def test_a_service_missing_an_endpoint_does_not_start(service_nc, settings):
+    rt = _runtime("crash-watch", service_nc, settings)
     with pytest.raises(TypeError, match="no handler"):
         await rt.serve_all({})
     with pytest.raises(TypeError, match="not its own"):
         await rt.serve_all({endpoints.WATCH_STATUS: _status, endpoints.KILL: _kill})
     assert rt.responder.served == []
+
+
+async def test_a_node_agent_serves_every_node_verb_on_its_own_subject(service_nc, settings):
+    rt = _runtime(subjects.NODE_SERVICE, service_nc, settings)
+    state = endpoints.NODE["state"]
+    assert state.subject(node="n1") == "hive.node.n1.state"
+    assert state.pattern == "hive.node.<node>.state"
+    with pytest.raises(TypeError, match="no handler"):
+        await rt.serve_node("n1", {state: _state})
+    with pytest.raises(TypeError, match="not its own"):
+        await rt.serve_node("n1", {**_all_node_verbs(), endpoints.KILL: _kill})
+    assert rt.responder.served == []
+    await rt.serve_node("n1", _all_node_verbs())
+    assert sorted(rt.responder.served) == sorted(f"hive.node.n1.{v}" for v in endpoints.NODE)
+    await rt.responder.stop()
+
+
+def _all_node_verbs() -> dict:
+    """Every node verb, each with a handler of its endpoint's types."""
+
+    def handler(endpoint):
+        async def verb(req, call: rpc.Call):
+            raise NotImplementedError
+
+        verb.__annotations__ = {"req": endpoint.request, "return": endpoint.reply}
+        return verb
+
+    return {e: handler(e) for e in endpoints.NODE.values()}
+
+
+async def _state(req: wire.NodeAgentRequest, call: rpc.Call) -> wire.NodeStateReply:
+    raise NotImplementedError
 
 
 async def _status(req: wire.Empty, call: rpc.Call) -> wire.WatchStatus:
@@ -100,6 +136,8 @@ def _as_listed(subject: str) -> str:
     """A served pattern as the catalog writes it (``<n>`` for any agent; the
     manager tools, served for every agent so others hear why not, under hm1nd)."""
     parts = subject.split(".")
+    if parts[:2] == ["hive", "node"]:  # the hub's own node agent, named by settings
+        parts[2] = "<node>"
     if parts[:2] == ["hive", "agent"] and parts[2] == "*":
         parts[2] = subjects.MANAGER if parts[3] in endpoints.MANAGER_TOOLS else "<n>"
     return ".".join(parts)

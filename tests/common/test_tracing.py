@@ -1,5 +1,7 @@
 """Trace context travels in NATS headers: one trace from caller to handler."""
 
+import subprocess
+import sys
 import uuid
 
 from opentelemetry import trace
@@ -42,3 +44,32 @@ def test_current_traceparent_names_the_current_span():
     assert value is not None
     ctx = span.get_span_context()
     assert parse_traceparent(value) == (ctx.trace_id, ctx.span_id)
+
+
+def test_without_an_exporter_no_span_is_made_and_the_callers_context_goes_on():
+    # a process of its own: this one has the SDK installed by span_exporter()
+    code = """
+from opentelemetry import trace
+from hyperhive.common.config import TelemetrySettings
+from hyperhive.common import telemetry
+telemetry.setup_tracing(TelemetrySettings(exporter="none"), "t")
+assert not telemetry.recording()
+caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+tracer = trace.get_tracer("t")
+kind = trace.SpanKind.CONSUMER
+parent = telemetry.extract_context({"traceparent": caller})
+with telemetry.span(tracer, "handle", kind=kind, parent=parent) as span:
+    assert not span.is_recording()
+    assert telemetry.current_traceparent() == caller
+    assert telemetry.inject_headers()["traceparent"] == caller
+assert telemetry.current_traceparent() is None
+with telemetry.span(tracer, "handle", kind=kind, parent=telemetry.extract_context({})):
+    assert telemetry.current_traceparent() is None
+import sys
+assert "opentelemetry.sdk.trace" not in sys.modules, "the SDK was imported"
+print("ok")
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -47,8 +47,8 @@ from hyperhive.common.wire.broker import (
 from hyperhive.common.wire.lifecycle import AgentInfo, SpawnRequest
 from hyperhive.harness.config import find_claude
 from hyperhive.harness.loop import Harness
-from hyperhive.harness.mcp_server import SERVER_NAME, tool_names
 from hyperhive.harness.serve import run as run_harness
+from hyperhive.harness.tools import SERVER_NAME, tool_names
 from tests import rig
 from tests.browser import chromium
 from tests.scripted_anthropic import (

@@ -68,8 +68,7 @@ def test_a_node_runs_the_node_agent_only(node: dict[str, Any]) -> None:
     assert env["HIVE_LIFECYCLE_BACKEND"] == "nixos"
     assert "HIVE_DATABASE_URL" not in env and "HIVE_NATS_AUTH_FILE" not in env
     unknown = {k for k in env if k.startswith("HIVE_")} - known_settings()
-    # node.name is the node agent's setting (branch `node`)
-    assert unknown <= ({"HIVE_NODE_NAME"} if "node" not in config.GROUPS else set())
+    assert unknown == set()
 
 
 def test_a_node_needs_the_hubs_address_and_its_seed() -> None:

@@ -10,5 +10,6 @@ from hyperhive.common.wire.broker import *  # noqa: F403
 from hyperhive.common.wire.events import *  # noqa: F403
 from hyperhive.common.wire.join import *  # noqa: F403
 from hyperhive.common.wire.lifecycle import *  # noqa: F403
+from hyperhive.common.wire.node import *  # noqa: F403
 from hyperhive.common.wire.page import *  # noqa: F403
 from hyperhive.common.wire.states import *  # noqa: F403

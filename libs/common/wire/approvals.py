@@ -21,11 +21,13 @@ class SpawnToolRequest(msgspec.Struct, kw_only=True):
     """``request_spawn`` and ``request_spawn_draft``."""
 
     name: str
+    host: str = ""  # request_spawn: the node to run it on ('' : lifecycle picks)
 
 
 class SpawnCommitRequest(msgspec.Struct, kw_only=True):
     name: str
     commit_ref: str
+    host: str = ""  # the node to run it on ('' : lifecycle picks)
 
 
 class AskRequest(msgspec.Struct, kw_only=True):
@@ -48,6 +50,7 @@ class ApprovalInfo(msgspec.Struct, kw_only=True):
     resolved_at: float | None = None
     decided_by: str = ""  # who approved or denied it ("" while pending)
     decided_at: float | None = None  # when (an approve: before its build)
+    host: str = ""  # Spawn: the node asked for ('' : lifecycle picks)
 
 
 class ApprovalQueued(msgspec.Struct, kw_only=True):

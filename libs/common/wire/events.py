@@ -76,7 +76,32 @@ class OperatorAnswered(msgspec.Struct, kw_only=True, tag=True):
     answered_by: str = ""
 
 
-SystemEvent = ContainerCrash | AgentStuck | ApprovalResolved | SpawnResolved | OperatorAnswered
+class NodeLost(msgspec.Struct, kw_only=True, tag=True):
+    """A node's heartbeat stopped: its agents are out of reach (their
+    messages wait in the broker)."""
+
+    node: str
+    agents: list[str] = msgspec.field(default_factory=list)
+    silent_s: float = 0.0  # how long no heartbeat came
+
+
+class NodeBack(msgspec.Struct, kw_only=True, tag=True):
+    """A lost node answers again: its agents were adopted (or restarted)."""
+
+    node: str
+    agents: list[str] = msgspec.field(default_factory=list)
+    restarted: list[str] = msgspec.field(default_factory=list)  # were down: started again
+
+
+SystemEvent = (
+    ContainerCrash
+    | AgentStuck
+    | ApprovalResolved
+    | SpawnResolved
+    | OperatorAnswered
+    | NodeLost
+    | NodeBack
+)
 
 SYSTEM_EVENT_TYPES: tuple[type[msgspec.Struct], ...] = (
     ContainerCrash,
@@ -84,6 +109,8 @@ SYSTEM_EVENT_TYPES: tuple[type[msgspec.Struct], ...] = (
     ApprovalResolved,
     SpawnResolved,
     OperatorAnswered,
+    NodeLost,
+    NodeBack,
 )
 
 
@@ -165,6 +192,7 @@ class AgentCreated(EventData, tag="agent.created"):
     agent_kind: AgentKind
     port: int | None = None
     backend: str = ""
+    node: str = ""  # the node it was placed on ('' : before nodes existed)
 
 
 class AgentStateChanged(EventData, tag="agent.state"):
@@ -246,6 +274,28 @@ class StuckDetected(EventData, tag="stuck.detected"):
     event: AgentStuck
 
 
+# --- node.*: lifecycle's control half (docs/architecture.md "Beyond one host")
+
+
+class NodeJoinedEvent(EventData, tag="node.joined"):
+    node: str
+    revision: str = ""
+    hostname: str = ""  # as the joining machine said (hive node --join)
+
+
+class NodeLostEvent(EventData, tag="node.lost"):
+    node: str
+    agents: list[str] = msgspec.field(default_factory=list)
+    silent_s: float = 0.0
+
+
+class NodeBackEvent(EventData, tag="node.back"):
+    node: str
+    agents: list[str] = msgspec.field(default_factory=list)
+    adopted: list[str] = msgspec.field(default_factory=list)  # found running
+    restarted: list[str] = msgspec.field(default_factory=list)  # started again
+
+
 AnyEventData = (
     MessageSent
     | MessageDelivered
@@ -265,6 +315,9 @@ AnyEventData = (
     | QuestionAnswered
     | CrashDetected
     | StuckDetected
+    | NodeJoinedEvent
+    | NodeLostEvent
+    | NodeBackEvent
 )
 EVENT_DATA_TYPES: Final[dict[str, type[EventData]]] = {
     t.__struct_config__.tag: t  # type: ignore[misc]

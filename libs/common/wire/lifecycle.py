@@ -28,6 +28,7 @@ class AgentInfo(msgspec.Struct, kw_only=True):
     # e.g. a crash): a poll tells a deliberate stop from a crash without the event
     state_flag: AgentFlag | None = None
     node: str = "hub"  # the host (node) its container is placed on
+    node_state: str = ""  # up | lost: its node answers (its heartbeat is fresh) or not
 
 
 class AgentsRequest(msgspec.Struct, kw_only=True):
@@ -47,6 +48,9 @@ class AgentRequest(msgspec.Struct, kw_only=True):
 class SpawnRequest(msgspec.Struct, kw_only=True):
     name: str
     reuse_state: bool = True
+    # the node to place it on; empty: the control half picks (placement rule
+    # in docs/architecture.md "Beyond one host")
+    host: str = ""
 
 
 class DestroyRequest(msgspec.Struct, kw_only=True):
@@ -145,6 +149,7 @@ class CreateRequest(msgspec.Struct, kw_only=True):
 
     name: str
     sha: str | None = None
+    host: str = ""  # the node to place it on; empty: the control half picks
 
 
 class ApplyRequest(msgspec.Struct, kw_only=True):
