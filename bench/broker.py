@@ -299,8 +299,8 @@ async def serve_registry(nc: NATS, names: list[str]) -> Responder:
     async def get(req: AgentRequest, _call: Call) -> AgentInfo:
         return info(req.name)
 
-    await responder.serve(subjects.system("lifecycle", "list"), AgentsRequest, list_)
-    await responder.serve(subjects.system("lifecycle", "get"), AgentRequest, get)
+    await responder.serve_subject(subjects.system("lifecycle", "list"), AgentsRequest, list_)
+    await responder.serve_subject(subjects.system("lifecycle", "get"), AgentRequest, get)
     return responder
 
 

@@ -617,11 +617,15 @@ in
     };
 
     manager = mkOption {
-      type = types.strMatching "^([a-z][a-z0-9-]{0,8}|hm1nd)?$";
+      type = types.enum [
+        "hm1nd"
+        ""
+      ];
       default = "hm1nd";
       description = ''
-        The manager agent lifecycle creates when missing. Empty: no manager
-        is created (for tests and hosts that only run the services).
+        Whether lifecycle creates the manager agent (its name is always
+        hm1nd). Empty: no manager is created (for tests and hosts that only
+        run the services).
       '';
     };
 

@@ -15,13 +15,15 @@ import msgspec
 from nats.aio.client import Client as NATS
 
 from hyperhive.common import actor, rpc, subjects
+from hyperhive.common import endpoints as E
 from hyperhive.common.config import Settings, load_settings
+from hyperhive.common.endpoints import Endpoint
 from hyperhive.common.errors import HiveError, NotFound, RequestTimeout, Unavailable
 from hyperhive.common.names import check_agent_name
 from hyperhive.common.natsconn import connect
 from hyperhive.common.redact import mask, mask_data, mask_diff
 from hyperhive.common.wire.base import Empty
-from hyperhive.common.wire.lifecycle import AgentsReply, AgentsRequest, DraftsReply
+from hyperhive.common.wire.lifecycle import AgentsRequest
 from hyperhive.common.wire.states import DESTROYED
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -41,17 +43,16 @@ async def operator_nats(settings: Settings, attempts: int = 2) -> NATS:
 
 async def call(
     settings: Settings,
-    subject: str,
-    payload: msgspec.Struct | None,
-    reply: type[T],
+    endpoint: Endpoint[Any, T],
+    payload: msgspec.Struct,
     timeout: float | None = None,
 ) -> T:
     """One operator request on a fresh connection; the reply as the operator
     may see it (:func:`shown_reply`)."""
     nc = await operator_nats(settings)
     try:
-        answer = await rpc.request(
-            nc, subject, payload, reply, timeout=timeout or settings.nats.request_timeout_s
+        answer = await rpc.call(
+            nc, endpoint, payload, timeout=timeout or settings.nats.request_timeout_s
         )
     finally:
         await nc.close()
@@ -160,9 +161,8 @@ async def require_agent(
     try:
         reply = await call(
             settings,
-            subjects.admin("lifecycle", "list"),
+            E.AGENTS,
             AgentsRequest(include_destroyed=True),
-            AgentsReply,
         )
     except (Unavailable, RequestTimeout) as exc:
         print(f"hive: warning: agent {name!r} not checked: {exc}", file=sys.stderr)
@@ -171,7 +171,7 @@ async def require_agent(
     if name not in states:
         # a two-step spawn's draft is registered too (destroy discards it);
         # what it may do is the service's to say
-        drafts = await call(settings, subjects.admin("lifecycle", "drafts"), Empty(), DraftsReply)
+        drafts = await call(settings, E.DRAFTS, Empty())
         if any(d.name == name for d in drafts.drafts):
             return
         raise NotFound(f"no agent named {name!r}")

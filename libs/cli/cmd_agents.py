@@ -16,27 +16,19 @@ from hyperhive.cli.client import (
     require_agent,
     run_command,
 )
-from hyperhive.common import subjects
+from hyperhive.common import endpoints as E
 from hyperhive.common.config import Settings
-from hyperhive.common.wire.base import Empty, Ok
+from hyperhive.common.wire.base import Empty
 from hyperhive.common.wire.lifecycle import (
     AgentInfo,
     AgentRequest,
-    AgentsReply,
     AgentsRequest,
-    ConfigReply,
     DestroyRequest,
-    DraftsReply,
-    KeptStatesReply,
-    LogsReply,
     LogsRequest,
-    NotesReply,
     NotesRequest,
     SpawnRequest,
 )
-from hyperhive.common.wire.node import NodesReply
 
-PART = "lifecycle"
 # container operations can take a while (nixos-container builds)
 OP_TIMEOUT_S = 1800.0
 FOLLOW_INTERVAL_S = 1.0
@@ -139,9 +131,8 @@ def _agents(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> None:
         reply = await call(
             settings,
-            subjects.admin(PART, "list"),
+            E.AGENTS,
             AgentsRequest(include_destroyed=args.all),
-            AgentsReply,
         )
         if args.json:
             print_json(reply.agents)
@@ -155,9 +146,8 @@ def _spawn(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> None:
         info = await call(
             settings,
-            subjects.admin(PART, "spawn"),
+            E.SPAWN,
             SpawnRequest(name=args.name, reuse_state=not args.fresh, host=args.host),
-            AgentInfo,
             timeout=OP_TIMEOUT_S,
         )
         _print_agent(info, args.json)
@@ -167,7 +157,7 @@ def _spawn(args: argparse.Namespace) -> int:
 
 def _nodes(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> None:
-        reply = await call(settings, subjects.admin(PART, "nodes"), Empty(), NodesReply)
+        reply = await call(settings, E.NODES, Empty())
         if args.json:
             print_json(reply.nodes)
             return
@@ -195,9 +185,8 @@ def _verb(args: argparse.Namespace) -> int:
         await require_agent(settings, args.name)
         info = await call(
             settings,
-            subjects.admin(PART, args.verb),
+            E.ADMIN_CONTAINER[args.verb],
             AgentRequest(name=args.name),
-            AgentInfo,
             timeout=OP_TIMEOUT_S,
         )
         _print_agent(info, args.json)
@@ -210,9 +199,8 @@ def _destroy(args: argparse.Namespace) -> int:
         await require_agent(settings, args.name)
         await call(
             settings,
-            subjects.admin(PART, "destroy"),
+            E.DESTROY,
             DestroyRequest(name=args.name, purge=args.purge),
-            Ok,
             timeout=OP_TIMEOUT_S,
         )
         kept = "" if args.purge else " (state kept: `hive purge` deletes it)"
@@ -223,7 +211,7 @@ def _destroy(args: argparse.Namespace) -> int:
 
 def _kept(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> None:
-        reply = await call(settings, subjects.admin(PART, "kept"), Empty(), KeptStatesReply)
+        reply = await call(settings, E.KEPT, Empty())
         if args.json:
             print_json(reply.kept)
             return
@@ -238,7 +226,7 @@ def _kept(args: argparse.Namespace) -> int:
 def _purge(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> None:
         await require_agent(settings, args.name, destroyed_ok=True)
-        await call(settings, subjects.admin(PART, "purge"), AgentRequest(name=args.name), Ok)
+        await call(settings, E.PURGE, AgentRequest(name=args.name))
         print(f"purged {args.name}")
 
     return run_command(body)
@@ -247,23 +235,19 @@ def _purge(args: argparse.Namespace) -> int:
 def _logs(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> None:
         await require_agent(settings, args.name)
-        subject = subjects.admin(PART, "logs")
-        reply = await call(
-            settings, subject, LogsRequest(name=args.name, lines=args.lines), LogsReply
-        )
+        reply = await call(settings, E.LOGS, LogsRequest(name=args.name, lines=args.lines))
         _write(reply.lines)
         while args.follow:
             await asyncio.sleep(FOLLOW_INTERVAL_S)
             reply = await call(
                 settings,
-                subject,
+                E.LOGS,
                 LogsRequest(
                     name=args.name,
                     after=reply.cursor,
                     after_cursor=reply.journal_cursor,
                     lines=args.lines,
                 ),
-                LogsReply,
             )
             _write(reply.lines)
 
@@ -278,7 +262,7 @@ def _write(lines: list[str]) -> None:
 
 def _drafts(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> None:
-        reply = await call(settings, subjects.admin(PART, "drafts"), Empty(), DraftsReply)
+        reply = await call(settings, E.DRAFTS, Empty())
         if args.json:
             print_json(reply.drafts)
             return
@@ -293,9 +277,7 @@ def _drafts(args: argparse.Namespace) -> int:
 def _config(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> None:
         await require_agent(settings, args.name)
-        reply = await call(
-            settings, subjects.admin(PART, "config"), AgentRequest(name=args.name), ConfigReply
-        )
+        reply = await call(settings, E.CONFIG, AgentRequest(name=args.name))
         if args.json:
             print_json(reply)
             return
@@ -311,9 +293,8 @@ def _notes(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> int:
         reply = await call(
             settings,
-            subjects.admin(PART, "notes"),
+            E.NOTES,
             NotesRequest(name=args.name, history=args.history, version=args.version),
-            NotesReply,
         )
         if args.json:
             print_json(reply)

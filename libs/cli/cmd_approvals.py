@@ -7,23 +7,19 @@ import argparse
 import sys
 
 from hyperhive.cli.client import call, decided_by, fmt_ts, print_json, print_table, run_command
-from hyperhive.common import subjects
+from hyperhive.common import endpoints as E
 from hyperhive.common.config import Settings
 from hyperhive.common.wire.approvals import (
     AnswerRequest,
     ApprovalIdRequest,
     ApprovalInfo,
-    ApprovalsReply,
     ApprovalsRequest,
     ApproveRequest,
     DenyRequest,
-    DiffReply,
     QuestionInfo,
-    QuestionsReply,
     QuestionsRequest,
 )
 
-PART = "approvals"
 # an approve waits for the build; leave the service's own limit room to answer
 BUILD_MARGIN_S = 30.0
 
@@ -73,14 +69,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_answer)
 
 
-def _subject(verb: str) -> str:
-    return subjects.admin(PART, verb)
-
-
 def _approvals(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> int:
         req = ApprovalsRequest(state=None if args.all else "pending")
-        reply = await call(settings, _subject("list"), req, ApprovalsReply)
+        reply = await call(settings, E.APPROVALS_LIST, req)
         if args.json:
             print_json(reply.approvals)
             return 0
@@ -110,7 +102,7 @@ def _detail(a: ApprovalInfo) -> str:
 
 def _diff(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> int:
-        reply = await call(settings, _subject("diff"), ApprovalIdRequest(id=args.id), DiffReply)
+        reply = await call(settings, E.DIFF, ApprovalIdRequest(id=args.id))
         if args.json:
             print_json(reply)
         else:
@@ -132,9 +124,8 @@ def _approve(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> int:
         reply = await call(
             settings,
-            _subject("approve"),
+            E.APPROVE,
             ApproveRequest(id=args.id, decided_by=decided_by()),
-            ApprovalInfo,
             timeout=settings.approvals.build_timeout_s + BUILD_MARGIN_S,
         )
         if args.json:
@@ -153,7 +144,7 @@ def _deny(args: argparse.Namespace) -> int:
 
     async def body(settings: Settings) -> int:
         req = DenyRequest(id=args.id, note=args.note, decided_by=decided_by())
-        reply = await call(settings, _subject("deny"), req, ApprovalInfo)
+        reply = await call(settings, E.DENY, req)
         if args.json:
             print_json(reply)
         else:
@@ -172,7 +163,7 @@ def _form(q: QuestionInfo) -> str:
 def _questions(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> int:
         req = QuestionsRequest(answered=None if args.all else False)
-        reply = await call(settings, _subject("questions"), req, QuestionsReply)
+        reply = await call(settings, E.QUESTIONS, req)
         if args.json:
             print_json(reply.questions)
             return 0
@@ -210,7 +201,7 @@ def _answer(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> int:
         answer = [args.text] if args.text is not None else choices  # --none: []
         req = AnswerRequest(id=args.id, answer=answer, decided_by=decided_by())
-        reply = await call(settings, _subject("answer"), req, QuestionInfo)
+        reply = await call(settings, E.ANSWER, req)
         if args.json:
             print_json(reply)
         else:

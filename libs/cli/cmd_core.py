@@ -1,4 +1,4 @@
-"""``hive serve``, ``hive up``, ``hive status``."""
+"""``hive serve``, ``hive harness``, ``hive up``, ``hive status``."""
 
 from __future__ import annotations
 
@@ -10,17 +10,29 @@ import time
 from pathlib import Path
 
 from hyperhive.cli.client import operator_nats, print_json, print_table, run_command
+from hyperhive.common import endpoints as E
 from hyperhive.common import rpc, subjects
 from hyperhive.common.config import Settings, default_home, load_settings
 from hyperhive.common.errors import HiveError
 from hyperhive.common.redact import mask
-from hyperhive.common.wire.base import Ping, Pong
+from hyperhive.common.wire.base import Ping
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run one service (what each systemd unit runs)")
     p.add_argument("part", choices=(*subjects.SERVICES, subjects.NODE_SERVICE))
     p.set_defaults(func=_serve)
+
+    harness = sub.add_parser("harness", help="run an agent's harness (inside its container)")
+    verbs = harness.add_subparsers(dest="harness_command", metavar="VERB")
+    verbs.required = True
+    p = verbs.add_parser(
+        "serve",
+        help="the turn loop and the agent page (settings from HIVE_HARNESS_* and HIVE_NATS_*)",
+    )
+    p.set_defaults(func=_serve, part="harness")
+    p = verbs.add_parser("mcp", help="the stdio MCP server 'hyperhive' that claude starts")
+    p.set_defaults(func=_serve, part="harness-mcp")
 
     p = sub.add_parser("up", help="run the whole hive here: embedded NATS + Postgres + services")
     p.add_argument("--home", help="data dir (default: $HIVE_HOME or ~/.local/share/hyperhive)")
@@ -64,13 +76,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from hyperhive.common.errors import ConfigError
-    from hyperhive.common.service import serve_main
+    """Runs ``args.part``, found in the one table of what can run (``PARTS``)."""
+    from hyperhive.common.service import PARTS, serve_main
 
     try:
         settings = load_settings()
-    except ConfigError as exc:
-        print(f"hive serve {args.part}: {exc}")
+    except HiveError as exc:
+        print(f"{PARTS[args.part].started_by}: {exc}", file=sys.stderr)
         return 1
     return serve_main(args.part, settings)
 
@@ -129,9 +141,7 @@ async def gather_status(settings: Settings, timeout: float) -> dict[str, object]
 
     async def ping(part: str) -> dict[str, object]:
         try:
-            pong = await rpc.request(
-                nc, subjects.admin(part, "ping"), Ping(), Pong, timeout=timeout
-            )
+            pong = await rpc.call(nc, E.PING[part], Ping(), timeout=timeout)
         except HiveError as exc:
             return {"up": False, "error": str(exc)}
         return {"up": True, "pid": pong.pid, "version": pong.version, "database": pong.database}

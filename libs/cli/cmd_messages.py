@@ -21,6 +21,7 @@ from hyperhive.cli.client import (
     require_agent,
     run_command,
 )
+from hyperhive.common import endpoints as E
 from hyperhive.common import follow, subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import BadRequest
@@ -29,13 +30,9 @@ from hyperhive.common.timeparse import parse_since
 from hyperhive.common.wire.broker import (
     AdminSendRequest,
     HistoryItem,
-    HistoryReply,
     InboxRequest,
     MessagesRequest,
-    MessageStatus,
-    PruneReply,
     PruneRequest,
-    SendReply,
     StatusRequest,
 )
 from hyperhive.common.wire.events import (
@@ -143,9 +140,8 @@ def _send(args: argparse.Namespace) -> int:
         await require_agent(settings, args.agent)
         reply = await call(
             settings,
-            subjects.admin("broker", "send"),
+            E.ADMIN_SEND,
             AdminSendRequest(to=args.agent, body=text, idempotency_key=args.key),
-            SendReply,
         )
         if args.json:
             print_json(reply)
@@ -169,9 +165,8 @@ def _messages(args: argparse.Namespace) -> int:
             await require_agent(settings, args.agent, destroyed_ok=True, operator_ok=True)
         reply = await call(
             settings,
-            subjects.admin("broker", "messages"),
+            E.MESSAGES,
             MessagesRequest(agent=args.agent, since=since, limit=args.limit),
-            HistoryReply,
         )
         if args.json:
             print_json(reply.messages)
@@ -189,9 +184,8 @@ def _prune(args: argparse.Namespace) -> int:
         before = parse_since(args.prune_before)
         reply = await call(
             settings,
-            subjects.admin("broker", "prune"),
+            E.PRUNE,
             PruneRequest(before=before),
-            PruneReply,
             timeout=PRUNE_TIMEOUT_S,
         )
         if args.json:
@@ -208,9 +202,8 @@ def _inbox(args: argparse.Namespace) -> int:
         await require_agent(settings, args.agent, destroyed_ok=True, operator_ok=True)
         reply = await call(
             settings,
-            subjects.admin("broker", "inbox"),
+            E.INBOX,
             InboxRequest(agent=args.agent),
-            HistoryReply,
         )
         if args.json:
             print_json(reply.messages)
@@ -225,9 +218,7 @@ def _inbox(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     async def body(settings: Settings) -> int:
-        s = await call(
-            settings, subjects.admin("broker", "status"), StatusRequest(id=args.id), MessageStatus
-        )
+        s = await call(settings, E.ADMIN_STATUS, StatusRequest(id=args.id))
         if args.json:
             print_json(s)
             return 0

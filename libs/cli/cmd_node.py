@@ -18,6 +18,7 @@ import nats.errors
 
 from hyperhive.cli import client
 from hyperhive.common import config, nats_auth, rpc, subjects
+from hyperhive.common import endpoints as E
 from hyperhive.common.config import load_settings
 from hyperhive.common.errors import ConfigError, HiveError, Unavailable
 from hyperhive.common.names import check_node_name
@@ -66,11 +67,10 @@ def _join_token(args: argparse.Namespace) -> int:
         # not client.call: its masking would hide the token, which is the point
         nc = await client.operator_nats(settings)
         try:
-            return await rpc.request(
+            return await rpc.call(
                 nc,
-                subjects.NODES_JOIN_TOKEN,
+                E.JOIN_TOKEN,
                 JoinTokenRequest(ttl_s=args.ttl),
-                JoinToken,
                 timeout=settings.nats.request_timeout_s,
             )
         finally:
@@ -191,7 +191,7 @@ async def _exchange(hub_url: str, token_seed: bytes, token_key: str, req: JoinRe
     except (OSError, TimeoutError) as exc:
         raise Unavailable(f"cannot reach the hub at {hub_url}: {exc}") from None
     try:
-        return await rpc.request(nc, subjects.NODES_JOIN, req, JoinReply, timeout=JOIN_TIMEOUT_S)
+        return await rpc.call(nc, E.JOIN, req, timeout=JOIN_TIMEOUT_S)
     finally:
         await nc.close()
 

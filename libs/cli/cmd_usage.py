@@ -6,9 +6,9 @@ import argparse
 
 from hyperhive.cli.client import call, print_json, print_table, run_command
 from hyperhive.cli.cmd_messages import parse_since
-from hyperhive.common import subjects
+from hyperhive.common import endpoints as E
 from hyperhive.common.config import Settings
-from hyperhive.common.wire.broker import UsageDay, UsageReply, UsageRequest
+from hyperhive.common.wire.broker import UsageDay, UsageRequest
 
 HEADERS = ["day", "agent", "turns", "calls", "input", "output", "cache read", "cache write", "usd"]
 
@@ -61,9 +61,8 @@ def _usage(args: argparse.Namespace) -> int:
         since = parse_since(args.since) if args.since else None
         reply = await call(
             settings,
-            subjects.admin("broker", "usage"),
+            E.USAGE,
             UsageRequest(agent=args.agent, since=since),
-            UsageReply,
         )
         sums = totals(reply.days)
         if args.json:

@@ -23,7 +23,6 @@ COMMAND_MODULES = (
     "hyperhive.cli.cmd_log",
     "hyperhive.cli.cmd_usage",
     "hyperhive.cli.cmd_node",
-    "hyperhive.harness.cli",
 )
 
 

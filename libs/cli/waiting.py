@@ -7,13 +7,11 @@ import threading
 import time
 
 from hyperhive.cli.client import call
-from hyperhive.common import subjects
+from hyperhive.common import endpoints as E
 from hyperhive.common.config import load_settings
 from hyperhive.common.errors import HiveError
 from hyperhive.common.wire.approvals import (
-    ApprovalsReply,
     ApprovalsRequest,
-    QuestionsReply,
     QuestionsRequest,
 )
 
@@ -42,22 +40,19 @@ async def count_waiting(timeout_s: float) -> tuple[int, int]:
         HiveError: approvals did not answer within ``timeout_s``.
     """
     settings = load_settings()  # reads up.toml: this hive's NATS and operator seed
-    admin = subjects.admin
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             approvals = await call(
                 settings,
-                admin("approvals", "list"),
+                E.APPROVALS_LIST,
                 ApprovalsRequest(state="pending"),
-                ApprovalsReply,
                 timeout=2,
             )
             questions = await call(
                 settings,
-                admin("approvals", "questions"),
+                E.QUESTIONS,
                 QuestionsRequest(answered=False),
-                QuestionsReply,
                 timeout=2,
             )
             return len(approvals.approvals), len(questions.questions)

@@ -1,5 +1,7 @@
 """The catalog of every NATS subject: who serves it, what it carries.
 
+Request subjects come from :mod:`hyperhive.common.endpoints` (declared
+there once); this module adds what is only published or consumed.
 ``docs/subjects.md`` is generated from this table (``python -m
 hyperhive.common.catalog > docs/subjects.md``) and a test checks that the file
 is current and that every request subject listed here is really served.
@@ -14,6 +16,7 @@ import msgspec
 
 from hyperhive.common import subjects as s
 from hyperhive.common import wire as w
+from hyperhive.common.endpoints import ENDPOINTS, Endpoint
 from hyperhive.common.wire import page as wp
 
 
@@ -22,13 +25,22 @@ class Entry:
     subject: str  # pattern; <n> = an agent name
     kind: str  # request | publish | consumer (a JetStream consumer reads it)
     handler: str  # the service that answers (or the stream that keeps it)
+    caller: str  # who may call or publish it: agent, manager, operator, service
     request: type[msgspec.Struct] | None
     reply: type[msgspec.Struct] | None
     what: str
 
 
-def _agent(verb: str) -> str:
-    return s.agent("N", verb).replace(".N.", ".<n>.")
+def _from_endpoint(e: Endpoint[msgspec.Struct, msgspec.Struct]) -> Entry:
+    return Entry(
+        e.pattern,
+        "request" if e.reply is not None else "publish",
+        e.service,
+        e.caller,
+        e.request,
+        e.reply,
+        e.doc,
+    )
 
 
 PAGE_RELAY = "node agent (page relay)"  # the handler of hive.node.<node>.page.<n>.<op>
@@ -52,6 +64,7 @@ def _page_relay() -> list[Entry]:
             _page(op),
             "request",
             PAGE_RELAY,
+            "operator",
             w.PageCall,
             w.PageAnswer,
             f"agent page relay, {what} of agent <n> on node <node>; the harness's answer "
@@ -64,6 +77,7 @@ def _page_relay() -> list[Entry]:
             _page(s.PAGE_EVENTS),
             "request",
             PAGE_RELAY,
+            "operator",
             w.EventsOpen,
             w.SessionOpened,
             "agent page relay: open the live tail (`GET /api/events`, SSE) as a session "
@@ -73,6 +87,7 @@ def _page_relay() -> list[Entry]:
             _page(s.PAGE_TERMINAL),
             "request",
             PAGE_RELAY,
+            "operator",
             w.TerminalOpen,
             w.SessionOpened,
             "agent page relay: open a terminal (a new login shell) as a session",
@@ -81,6 +96,7 @@ def _page_relay() -> list[Entry]:
             _page(s.PAGE_PULL),
             "request",
             PAGE_RELAY,
+            "operator",
             w.PullRequest,
             w.PullReply,
             "agent page relay: the next frames of a session (long poll, empty after "
@@ -91,6 +107,7 @@ def _page_relay() -> list[Entry]:
             _page(s.PAGE_PUSH),
             "request",
             PAGE_RELAY,
+            "operator",
             w.PushRequest,
             w.Ok,
             "agent page relay: one text frame (input, resize) to a terminal session",
@@ -99,6 +116,7 @@ def _page_relay() -> list[Entry]:
             _page(s.PAGE_CLOSE),
             "request",
             PAGE_RELAY,
+            "operator",
             w.SessionRequest,
             w.Ok,
             "agent page relay: end a session (the tail's stream, the terminal's shell)",
@@ -107,363 +125,43 @@ def _page_relay() -> list[Entry]:
     return e
 
 
-def _entries() -> list[Entry]:
-    e: list[Entry] = [
+def _streams() -> list[Entry]:
+    """What is published to a stream or a bucket, or read by a consumer: no endpoint."""
+    return [
         Entry(
-            _agent(s.AGENT_SEND),
-            "request",
-            "broker",
-            w.SendRequest,
-            w.SendReply,
-            "send a message to an agent or the operator; replies once committed",
-        ),
-        Entry(
-            _agent(s.AGENT_RECV),
-            "request",
-            "broker",
-            w.RecvRequest,
-            w.RecvReply,
-            "long-poll the oldest unacknowledged message (acking `ack` first, if given)",
-        ),
-        Entry(
-            _agent(s.AGENT_ACK),
-            "request",
-            "broker",
-            w.AckRequest,
-            w.Ok,
-            "mark a handed-out message consumed",
-        ),
-        Entry(
-            _agent(s.AGENT_STATUS),
-            "request",
-            "broker",
-            w.StatusRequest,
-            w.MessageStatus,
-            "delivery receipt of a message the caller sent or received",
-        ),
-        Entry(
-            _agent(s.AGENT_TURNS),
-            "request",
-            "broker",
-            w.TurnsRequest,
-            w.TurnsReply,
-            "backfill of the caller's own turn events",
-        ),
-        Entry(
-            _agent(s.AGENT_EVENTS),
+            s.agent("N", s.AGENT_EVENTS).replace(".N.", ".<n>."),
             "publish",
             "stream HIVE_TURNS",
+            "agent",
             w.TurnEvent,
             None,
             "claude stream-json events and harness records of the current turn",
         ),
         Entry(
-            _agent(s.AGENT_STATS),
-            "publish",
-            "broker",
-            w.TurnStats,
-            None,
-            "turn statistics at turn end",
-        ),
-        Entry(
             s.kv_subject(s.heartbeat_key("N")).replace(".N", ".<n>"),
             "publish",
             "KV hive_state",
+            "agent",
             w.Heartbeat,
             None,
             "harness heartbeat (every interval; turn_started while a turn runs; "
             "login_needed while the API refuses its credentials)",
         ),
-    ]
-    lifecycle_tools = {
-        "kill": "stop an agent's container at once",
-        "start": "start an agent's container",
-        "restart": "restart an agent's container",
-        "update": "rebuild an agent's container from its deployed config",
-    }
-    for tool, what in lifecycle_tools.items():
-        e.append(
-            Entry(
-                s.manager_tool(tool),
-                "request",
-                "lifecycle",
-                w.AgentRequest,
-                w.AgentInfo,
-                f"manager tool: {what}",
-            )
-        )
-    e += [
         Entry(
-            s.manager_tool("request_spawn"),
-            "request",
-            "approvals",
-            w.SpawnToolRequest,
-            w.ApprovalQueued,
-            "manager tool: queue a Spawn approval",
-        ),
-        Entry(
-            s.manager_tool("request_spawn_draft"),
-            "request",
-            "approvals",
-            w.SpawnToolRequest,
-            w.DraftInfo,
-            "manager tool: create a draft agent (repo + state, no container)",
-        ),
-        Entry(
-            s.manager_tool("request_spawn_commit"),
-            "request",
-            "approvals",
-            w.SpawnCommitRequest,
-            w.ApprovalQueued,
-            "manager tool: queue a Spawn approval from a draft's commit",
-        ),
-        Entry(
-            s.manager_tool("request_apply_commit"),
-            "request",
-            "approvals",
-            w.ApplyCommitRequest,
-            w.ApprovalQueued,
-            "manager tool: pin a config commit as proposal/<id> and queue it",
-        ),
-        Entry(
-            s.manager_tool("ask_operator"),
-            "request",
-            "approvals",
-            w.AskRequest,
-            w.ApprovalQueued,
-            "manager tool: queue a question for the operator",
-        ),
-    ]
-    for part in s.SERVICES:
-        e.append(
-            Entry(
-                s.admin(part, "ping"),
-                "request",
-                part,
-                w.Ping,
-                w.Pong,
-                "liveness, version, database reachability, requests in flight",
-            )
-        )
-    e += [
-        Entry(
-            s.admin("crash-watch", "status"),
-            "request",
-            "crash-watch",
-            w.Empty,
-            w.WatchStatus,
-            "what crash-watch sees: seeded, agent states, stuck agents, events reported, polls",
-        ),
-        Entry(
-            s.admin("broker", "send"),
-            "request",
-            "broker",
-            w.AdminSendRequest,
-            w.SendReply,
-            "operator → agent message",
-        ),
-        Entry(
-            s.admin("broker", "messages"),
-            "request",
-            "broker",
-            w.MessagesRequest,
-            w.HistoryReply,
-            "message history (filters: agent, since, limit)",
-        ),
-        Entry(
-            s.admin("broker", "inbox"),
-            "request",
-            "broker",
-            w.InboxRequest,
-            w.HistoryReply,
-            "pending messages of one agent",
-        ),
-        Entry(
-            s.admin("broker", "prune"),
-            "request",
-            "broker",
-            w.PruneRequest,
-            w.PruneReply,
-            "delete the acked messages created before a time (pending ones stay)",
-        ),
-        Entry(
-            s.admin("broker", "status"),
-            "request",
-            "broker",
-            w.StatusRequest,
-            w.MessageStatus,
-            "delivery receipt of any message",
-        ),
-        Entry(
-            s.admin("broker", "stats"),
-            "request",
-            "broker",
-            w.StatsRequest,
-            w.StatsReply,
-            "turn statistics series",
-        ),
-        Entry(
-            s.admin("broker", "usage"),
-            "request",
-            "broker",
-            w.UsageRequest,
-            w.UsageReply,
-            "turns, model calls, tokens and cost per agent and UTC day",
-        ),
-        Entry(
-            s.admin("lifecycle", "list"),
-            "request",
-            "lifecycle",
-            w.AgentsRequest,
-            w.AgentsReply,
-            "agents and their container state",
-        ),
-        Entry(
-            s.admin("lifecycle", "spawn"),
-            "request",
-            "lifecycle",
-            w.SpawnRequest,
-            w.AgentInfo,
-            "operator spawn (no approval needed)",
-        ),
-    ]
-    for verb in ("start", "stop", "restart", "kill", "update"):
-        e.append(
-            Entry(
-                s.admin("lifecycle", verb),
-                "request",
-                "lifecycle",
-                w.AgentRequest,
-                w.AgentInfo,
-                f"{verb} an agent's container",
-            )
-        )
-    e += [
-        Entry(
-            s.admin("lifecycle", "destroy"),
-            "request",
-            "lifecycle",
-            w.DestroyRequest,
-            w.Ok,
-            "destroy an agent (state kept unless purge)",
-        ),
-        Entry(
-            s.admin("lifecycle", "kept"),
-            "request",
-            "lifecycle",
-            w.Empty,
-            w.KeptStatesReply,
-            "destroyed agents whose state was kept",
-        ),
-        Entry(
-            s.admin("lifecycle", "purge"),
-            "request",
-            "lifecycle",
-            w.AgentRequest,
-            w.Ok,
-            "delete a kept state",
-        ),
-        Entry(
-            s.admin("lifecycle", "logs"),
-            "request",
-            "lifecycle",
-            w.LogsRequest,
-            w.LogsReply,
-            "an agent's container logs",
-        ),
-        Entry(
-            s.admin("lifecycle", "config"),
-            "request",
-            "lifecycle",
-            w.AgentRequest,
-            w.ConfigReply,
-            "an agent's deployed agent.nix and agent.toml",
-        ),
-        Entry(
-            s.admin("lifecycle", "notes"),
-            "request",
-            "lifecycle",
-            w.NotesRequest,
-            w.NotesReply,
-            "an agent's notes, one kept version of them, or the list of versions",
-        ),
-        Entry(
-            s.admin("lifecycle", "drafts"),
-            "request",
-            "lifecycle",
-            w.Empty,
-            w.DraftsReply,
-            "two-step spawn drafts",
-        ),
-        Entry(
-            s.admin("lifecycle", "nodes"),
-            "request",
-            "lifecycle",
-            w.Empty,
-            w.NodesReply,
-            "the nodes (hosts that run agents): state (up/lost), agents, load, revision",
-        ),
-        Entry(
-            s.admin("approvals", "list"),
-            "request",
-            "approvals",
-            w.ApprovalsRequest,
-            w.ApprovalsReply,
-            "the approval queue and resolved approvals",
-        ),
-        Entry(
-            s.admin("approvals", "diff"),
-            "request",
-            "approvals",
-            w.ApprovalIdRequest,
-            w.DiffReply,
-            "git diff main..proposal/<id> of the applied repo",
-        ),
-        Entry(
-            s.admin("approvals", "approve"),
-            "request",
-            "approvals",
-            w.ApproveRequest,
-            w.ApprovalInfo,
-            "approve and deploy",
-        ),
-        Entry(
-            s.admin("approvals", "deny"),
-            "request",
-            "approvals",
-            w.DenyRequest,
-            w.ApprovalInfo,
-            "deny with a note",
-        ),
-        Entry(
-            s.admin("approvals", "questions"),
-            "request",
-            "approvals",
-            w.QuestionsRequest,
-            w.QuestionsReply,
-            "questions from ask_operator",
-        ),
-        Entry(
-            s.admin("approvals", "answer"),
-            "request",
-            "approvals",
-            w.AnswerRequest,
-            w.QuestionInfo,
-            "answer a question",
-        ),
-        Entry(
-            s.system("broker", "deliver"),
-            "request",
-            "broker",
-            w.DeliverRequest,
-            w.SendReply,
-            "a system event into an agent's inbox, now (the services use "
-            f"`{s.DELIVERIES}` instead)",
+            s.kv_subject(s.node_key("N")).replace(".N", ".<node>"),
+            "publish",
+            "KV hive_state",
+            "node",
+            w.NodeHeartbeat,
+            None,
+            "node agent heartbeat (every node.heartbeat_interval_s, and at once when a "
+            "container stops by itself); lifecycle's control half watches it",
         ),
         Entry(
             s.DELIVERIES,
             "publish",
             f"stream {s.DELIVERIES_STREAM}",
+            "service",
             w.DeliverRequest,
             None,
             "every system event for an inbox (crash-watch, approvals), with its idempotency "
@@ -475,81 +173,17 @@ def _entries() -> list[Entry]:
             s.BROKER_WAKE,
             "publish",
             "broker",
+            "service",
             w.BrokerWake,
             None,
             "internal, between broker instances: after a commit, wakes the other instances' "
             "waiting recv calls of the recipients; a starting instance wakes them all",
         ),
         Entry(
-            s.NODES_JOIN_TOKEN,
-            "request",
-            "lifecycle",
-            w.JoinTokenRequest,
-            w.JoinToken,
-            "a one-time token for a new machine to join as a node (docs/multihost.md)",
-        ),
-        Entry(
-            s.NODES_JOIN,
-            "request",
-            "lifecycle",
-            w.JoinRequest,
-            w.JoinReply,
-            "spend a join token: the node's NATS user is made for the key it sent "
-            "(only a join token's user may call it)",
-        ),
-        Entry(
-            s.system("lifecycle", "list"),
-            "request",
-            "lifecycle",
-            w.AgentsRequest,
-            w.AgentsReply,
-            "agents (for the broker and crash-watch)",
-        ),
-        Entry(
-            s.system("lifecycle", "get"),
-            "request",
-            "lifecycle",
-            w.AgentRequest,
-            w.AgentInfo,
-            "one agent",
-        ),
-        Entry(
-            s.system("lifecycle", "create"),
-            "request",
-            "lifecycle",
-            w.CreateRequest,
-            w.AgentInfo,
-            "create an agent's container (approved spawn)",
-        ),
-        Entry(
-            s.system("lifecycle", "apply"),
-            "request",
-            "lifecycle",
-            w.ApplyRequest,
-            w.ApplyReply,
-            "rebuild from the applied tree (approved config change)",
-        ),
-        Entry(
-            s.system("lifecycle", "draft"),
-            "request",
-            "lifecycle",
-            w.DraftRequest,
-            w.DraftInfo,
-            "create a draft agent",
-        ),
-        Entry(
-            s.system("lifecycle", "drafts"),
-            "request",
-            "lifecycle",
-            w.Empty,
-            w.DraftsReply,
-            "list drafts",
-        ),
-        *_node_entries(),
-        Entry(
             s.EVENTS_ALL,
             "publish",
             "stream HIVE_EVENTS",
+            "service",
             w.HiveEvent,
             None,
             "every committed state change; kinds below",
@@ -558,6 +192,7 @@ def _entries() -> list[Entry]:
             s.event_family("message"),
             "consumer",
             "stream HIVE_EVENTS",
+            "operator",
             w.HiveEvent,
             None,
             "`hive tail` (the operator's `.tail`): the follower of HIVE_EVENTS "
@@ -573,6 +208,7 @@ def _entries() -> list[Entry]:
             ),
             "consumer",
             "stream HIVE_EVENTS",
+            "operator",
             w.HiveEvent,
             None,
             "the activity timeline (`hive log`, the dashboard's activity section, "
@@ -580,60 +216,11 @@ def _entries() -> list[Entry]:
             "turned into one line of plain words with who (`data.by`) and when",
         ),
     ]
-    return e + _page_relay()
 
 
-def _node(verb: str) -> str:
-    return s.node("N", verb).replace(".N.", ".<node>.")
-
-
-def _node_entries() -> list[Entry]:
-    """Control half → node agent (``hive serve node``; the hub's runs in lifecycle)."""
-    verbs: dict[str, tuple[type[msgspec.Struct], type[msgspec.Struct], str]] = {
-        "create": (
-            w.NodeDeployRequest,
-            w.NodeStateReply,
-            "build an agent's container "
-            "from the deployed tree (and its NATS seed) carried in the request",
-        ),
-        "start": (
-            w.NodeAgentRequest,
-            w.NodeStateReply,
-            "start a container (a running one is only watched from then on: adoption)",
-        ),
-        "stop": (w.NodeStopRequest, w.NodeStateReply, "stop a container (kill: at once)"),
-        "restart": (w.NodeAgentRequest, w.NodeStateReply, "restart a container"),
-        "destroy": (
-            w.NodeDestroyRequest,
-            w.NodeDestroyReply,
-            "remove a container and the "
-            "agent's files on the node (its state dir is kept unless purged)",
-        ),
-        "update": (w.NodeDeployRequest, w.NodeStateReply, "rebuild from a new deployed tree"),
-        "state": (w.NodeAgentRequest, w.NodeStateReply, "running, stopped or missing"),
-        "logs": (w.NodeLogsRequest, w.LogsReply, "a container's harness log"),
-        "expose": (w.NodeExposeRequest, w.Ok, "show an agent to the manager on this node"),
-        "list": (w.Empty, w.NodeListReply, "the containers the node holds (adoption)"),
-    }
-    entries = [
-        Entry(_node(verb), "request", "node agent", req, reply, what)
-        for verb, (req, reply, what) in verbs.items()
-    ]
-    entries.append(
-        Entry(
-            s.kv_subject(s.node_key("N")).replace(".N", ".<node>"),
-            "publish",
-            "KV hive_state",
-            w.NodeHeartbeat,
-            None,
-            "node agent heartbeat (every node.heartbeat_interval_s, and at once when a "
-            "container stops by itself); lifecycle's control half watches it",
-        )
-    )
-    return entries
-
-
-CATALOG: tuple[Entry, ...] = tuple(_entries())
+CATALOG: tuple[Entry, ...] = (
+    tuple(_from_endpoint(e) for e in ENDPOINTS) + tuple(_streams()) + tuple(_page_relay())
+)
 
 EVENT_KINDS: tuple[str, ...] = tuple(
     sorted(v for k, v in vars(s).items() if k.startswith("EV_") and isinstance(v, str))
@@ -661,12 +248,12 @@ def render_markdown() -> str:
         "`msgspec` Struct in `hyperhive.common.wire` (`?` marks a field with a default);",
         'every request\'s error reply is `{"error": {"code", "message"}}`.',
         "",
-        "| subject | kind | served by | payload | reply | what |",
-        "|---|---|---|---|---|---|",
+        "| subject | kind | served by | called by | payload | reply | what |",
+        "|---|---|---|---|---|---|---|",
     ]
     for e in CATALOG:
         lines.append(
-            f"| `{e.subject}` | {e.kind} | {e.handler} | {_fields(e.request)} "
+            f"| `{e.subject}` | {e.kind} | {e.handler} | {e.caller} | {_fields(e.request)} "
             f"| {_fields(e.reply)} | {e.what} |"
         )
     lines += [
@@ -703,6 +290,8 @@ def render_markdown() -> str:
         f"     --inbox-prefix {s.operator_inbox_prefix()} sub '{s.EVENTS_ALL}'",
         f"nats ... stream view {s.EVENTS_STREAM}         # the durable event log",
         f"nats ... sub '{s.AGENT_EVENTS_ALL}'       # live claude output of every agent",
+        "nats ... micro ls                        # every service instance (micro discovery)",
+        "nats ... micro stats broker              # its endpoints: requests, errors, time",
         f"hive tail [--agent A] [--since 10m]      # message events, from {s.EVENTS_STREAM}",
         "hive log [--agent A] [--kind deny] [--since 1d] [--json]   # the activity timeline",
         "```",

@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from hyperhive.common.errors import ConfigError
+from hyperhive.common.subjects import MANAGER
 
 # Written by ``hive up`` in ``$HIVE_HOME``: where its NATS is and the operator's
 # seed, so that CLI commands find the running dev stack. Lowest precedence.
@@ -82,7 +83,11 @@ class BrokerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class LifecycleSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     backend: str = "process"  # process | nixos
-    manager: str = "hm1nd"
+    # whether lifecycle creates the manager (and crash-watch reports to it):
+    # its name, or "" for no manager. The name is the constant
+    # ``subjects.MANAGER`` everywhere (approvals, the harness, the dashboard
+    # use it); another name stops the program with one clear line.
+    manager: Literal[MANAGER, ""] = MANAGER
     auto_update_interval_s: float = 300.0
     # process backend: the harness command and the claude CLI it runs
     harness_command: str = ""  # empty: ``<python> -m hyperhive.cli.main harness serve``

@@ -191,10 +191,12 @@ def verify(public_key: str, data: bytes, signature: bytes) -> bool:
 
 def operator_permissions() -> Permissions:
     """The human operator: the admin surface, the event log, JetStream reads,
-    and the agent pages on every node (the dashboard's page relay calls).
+    and the agent pages on every node (the dashboard's page relay calls), service
+    discovery.
 
     The dashboard runs with these credentials under NixOS, so it may also
-    answer its own ping (``hive status``); nothing else is served as operator.
+    answer its own ping (``hive status``) and the discovery requests every
+    part answers (``nats micro ls``); nothing else is served as operator.
     """
     return Permissions(
         publish=[
@@ -203,10 +205,12 @@ def operator_permissions() -> Permissions:
             subjects.JS_API_ALL,
             subjects.JS_ACK_ALL,
             subjects.JS_FLOW_CONTROL_ALL,
+            subjects.MICRO_ALL,
         ],
         subscribe=[
             subjects.inbox_all(OPERATOR_USER),
             subjects.admin("dashboard", "ping"),
+            subjects.MICRO_ALL,
             subjects.EVENTS_ALL,
             subjects.AGENT_EVENTS_ALL,
         ],

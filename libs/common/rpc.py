@@ -9,11 +9,13 @@ handlers finish on shutdown.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_type_hints
 
 import msgspec
 import nats.errors
@@ -23,6 +25,7 @@ from nats.aio.subscription import Subscription
 from opentelemetry import trace
 
 from hyperhive.common import actor, retry, subjects
+from hyperhive.common.endpoints import Endpoint
 from hyperhive.common.errors import (
     BadRequest,
     Forbidden,
@@ -33,7 +36,7 @@ from hyperhive.common.errors import (
     from_code,
 )
 from hyperhive.common.telemetry import extract_context, inject_headers, span
-from hyperhive.common.wire.base import ErrorInfo, ErrorReply
+from hyperhive.common.wire.base import ErrorInfo, ErrorReply, Ok
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -119,6 +122,27 @@ async def request(
             raise
 
 
+async def call(
+    nc: NATS,
+    endpoint: Endpoint[Any, T],
+    payload: msgspec.Struct,
+    *,
+    agent: str = "",
+    node: str = "",
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> T:
+    """Calls ``endpoint`` (as ``agent`` for an agent endpoint, on node agent
+    ``node`` for a node endpoint) for its typed reply.
+
+    Raises: as :func:`request`.
+    """
+    if not isinstance(payload, endpoint.request):
+        raise TypeError(f"{endpoint.pattern} takes {endpoint.request.__name__}")
+    assert endpoint.reply is not None, f"{endpoint.pattern} is published to, not called"
+    subject = endpoint.subject(agent, node=node)
+    return await request(nc, subject, payload, endpoint.reply, timeout=timeout)
+
+
 async def _request_once(nc: NATS, subject: str, data: bytes, timeout: float) -> Msg:
     # nats-server can report "no responders" for a few milliseconds after a
     # subscriber appeared on another connection (seen with 2.15): retry briefly
@@ -156,17 +180,49 @@ class Call:
 Handler = Callable[[Any, Call], Awaitable[msgspec.Struct | None]]
 
 
-def manager_only(handler: Handler, manager: str = subjects.MANAGER) -> Handler:
+def manager_only(handler: Handler) -> Handler:
     """``handler`` for a manager tool served on every agent's subject
-    (``hive.agent.*.<tool>``): anyone but ``manager`` hears ``Forbidden``
+    (``hive.agent.*.<tool>``): anyone but the manager hears ``Forbidden``
     (rather than "no responders")."""
 
     async def guarded(req: Any, call: Call) -> msgspec.Struct | None:
-        if call.agent != manager:
-            raise Forbidden(f"only the manager {manager} may call {call.verb}")
+        if call.agent != subjects.MANAGER:
+            raise Forbidden(f"only the manager {subjects.MANAGER} may call {call.verb}")
         return await handler(req, call)
 
     return guarded
+
+
+def check_handler(endpoint: Endpoint[Any, Any], handler: Handler) -> None:
+    """Raises ``TypeError`` when ``handler``'s annotations disagree with ``endpoint``.
+
+    The request parameter must be annotated with the endpoint's request type;
+    the return with its reply type (``None`` allowed for an ``Ok`` reply or a
+    published subject, whose handlers answer nothing).
+    """
+    name = getattr(handler, "__qualname__", repr(handler))
+    try:
+        hints = get_type_hints(handler)
+    except Exception as exc:
+        raise TypeError(f"{name}: annotations unreadable: {exc}") from None
+    params = [p for p in inspect.signature(handler).parameters.values()]
+    if not params:
+        raise TypeError(f"{name} takes no request")
+    got = hints.get(params[0].name)
+    if got is not endpoint.request:
+        raise TypeError(
+            f"{name} serves {endpoint.pattern}: takes {got!r}, "
+            f"the endpoint's request is {endpoint.request.__name__}"
+        )
+    returned = hints.get("return", inspect.Parameter.empty)
+    allowed: set[object] = {endpoint.reply}
+    if endpoint.reply is None or endpoint.reply is Ok:
+        allowed |= {type(None), None}
+    if endpoint.reply is not None:
+        allowed.add(endpoint.reply | None)
+    if returned not in allowed:
+        reply = "nothing" if endpoint.reply is None else endpoint.reply.__name__
+        raise TypeError(f"{name} serves {endpoint.pattern}: returns {returned!r}, not {reply}")
 
 
 def _database_down(exc: BaseException) -> bool:
@@ -183,17 +239,50 @@ def error_reply(exc: HiveError) -> bytes:
     return _encoder.encode(ErrorReply(error=ErrorInfo(code=exc.code, message=exc.message)))
 
 
+@dataclass(slots=True)
+class Counts:
+    """What one served subject has handled (``nats micro stats`` shows it)."""
+
+    name: str  # the endpoint's name in discovery (``admin-send``)
+    subject: str
+    requests: int = 0
+    errors: int = 0  # error replies, of any code
+    processing_ns: int = 0
+    last_error: str = ""
+
+
 class Responder:
     """Serves request subjects for one service, one task per request."""
 
     def __init__(self, nc: NATS, queue: str) -> None:
         self._nc = nc
-        self._queue = queue
+        self.queue = queue
         self._subs: list[Subscription] = []
+        self.counts: list[Counts] = []
+        self.endpoints: list[Endpoint[Any, Any]] = []  # served through :meth:`serve`
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
 
-    async def serve(self, subject: str, request_type: type[T], handler: Handler) -> None:
+    async def serve(
+        self, endpoint: Endpoint[Any, Any], handler: Handler, *, node: str = ""
+    ) -> None:
+        """Serves ``endpoint`` with ``handler`` (a node endpoint: as node ``node``).
+
+        Raises:
+            TypeError: the handler's annotated types are not the endpoint's
+                (so a wrong handler fails when the service starts).
+        """
+        check_handler(endpoint, handler)
+        if endpoint.caller == "manager":
+            handler = manager_only(handler)
+        name = f"{endpoint.family}-{endpoint.verb}"
+        subject = endpoint.subject(node=node) if endpoint.family == "node" else endpoint.served_on
+        await self.serve_subject(subject, endpoint.request, handler, name=name)
+        self.endpoints.append(endpoint)
+
+    async def serve_subject(
+        self, subject: str, request_type: type[T], handler: Handler, *, name: str = ""
+    ) -> None:
         """Answers ``subject`` (wildcards allowed) with ``handler``.
 
         The handler gets the decoded request and a :class:`Call`; it returns
@@ -202,22 +291,27 @@ class Responder:
         is logged: the service keeps serving.
         """
         dec = decoder(request_type)
+        counts = Counts(name=name or subject.replace(".", "-").replace("*", "any"), subject=subject)
+        self.counts.append(counts)
 
         async def on_msg(msg: Msg) -> None:
             if self._closing:
                 return
-            task = asyncio.create_task(self._run(msg, dec, handler))
+            task = asyncio.create_task(self._run(msg, dec, handler, counts))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-        self._subs.append(await self._nc.subscribe(subject, queue=self._queue, cb=on_msg))
+        self._subs.append(await self._nc.subscribe(subject, queue=self.queue, cb=on_msg))
 
     @property
     def served(self) -> list[str]:
         """The subjects (patterns as subscribed) this responder answers."""
         return [sub.subject for sub in self._subs]
 
-    async def _run(self, msg: Msg, dec: msgspec.json.Decoder[Any], handler: Handler) -> None:
+    async def _run(
+        self, msg: Msg, dec: msgspec.json.Decoder[Any], handler: Handler, counts: Counts
+    ) -> None:
+        started = time.perf_counter_ns()
         headers = dict(msg.headers or {})
         ctx = extract_context(headers)
         with span(tracer, f"handle {msg.subject}", parent=ctx, kind=trace.SpanKind.CONSUMER):
@@ -231,17 +325,24 @@ class Responder:
                 data = b'{"ok":true}' if result is None else _encoder.encode(result)
             except HiveError as exc:
                 data = error_reply(exc)
+                counts.errors += 1
+                counts.last_error = f"{exc.code}: {exc.message}"
             except Exception as exc:
                 if _database_down(exc):
                     # PostgreSQL down or restarting: the caller may retry
                     reason = (str(exc) or type(exc).__name__).splitlines()[0]
                     log.warning("database unavailable for %s: %s", msg.subject, reason)
-                    data = error_reply(
-                        Unavailable(f"database unavailable, {msg.subject} not done: {reason}")
+                    err: HiveError = Unavailable(
+                        f"database unavailable, {msg.subject} not done: {reason}"
                     )
                 else:
                     log.exception("handler failed", extra={"subject": msg.subject})
-                    data = error_reply(Internal(f"internal error handling {msg.subject}"))
+                    err = Internal(f"internal error handling {msg.subject}")
+                data = error_reply(err)
+                counts.errors += 1
+                counts.last_error = f"{err.code}: {err.message}"
+        counts.requests += 1
+        counts.processing_ns += time.perf_counter_ns() - started
         if msg.reply:
             try:
                 await msg.respond(data)

@@ -1,4 +1,11 @@
-"""Runs one service: connect, set up, serve until SIGTERM/SIGINT, drain.
+"""Runs every hyperhive process: the services and the harness.
+
+:data:`PARTS` is the one table of what ``hive serve <part>`` and ``hive
+harness serve|mcp`` start (the CLI imports no service module itself).
+:func:`serve_main` is the one entry point: logging, tracing, the event loop,
+SIGTERM/SIGINT (:func:`stop_on_signals`), one grace period
+(:data:`GRACE_S`) for in-flight work, background tasks and the NATS drain,
+and one clear line when it cannot run.
 
 A service module exposes ``async def start(rt: Runtime) -> None`` that
 registers its handlers on ``rt.responder`` and pushes its own cleanups onto
@@ -13,15 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import asyncpg
 import uvloop
@@ -29,46 +38,83 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from hyperhive.common import subjects
+from hyperhive.common import endpoints, subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.db import create_pool, migrate
+from hyperhive.common.discovery import Discovery
+from hyperhive.common.endpoints import Endpoint
 from hyperhive.common.errors import ConfigError, HiveError
 from hyperhive.common.jetstream import ensure_state_bucket, ensure_streams
 from hyperhive.common.logs import setup_logging
 from hyperhive.common.natsconn import connect, sync_subscriptions
 from hyperhive.common.outbox import OutboxRelay
-from hyperhive.common.rpc import Call, Responder
+from hyperhive.common.rpc import Call, Handler, Responder
 from hyperhive.common.telemetry import setup_tracing
 from hyperhive.common.wire.base import Ping, Pong
 
 log = logging.getLogger(__name__)
 
+# What a stopping process gives in-flight requests, a running turn, its
+# background tasks and the NATS drain, each. Under lifecycle.stop_timeout_s
+# (10 s), after which a harness is killed.
 GRACE_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
 class ServiceSpec:
     part: str  # as in ``hive serve <part>`` and ``hive.admin.<part>.*``
-    module: str  # has ``async def start(rt)``
-    schema: str | None  # its Postgres schema; None: no database
+    module: str  # a service: has ``async def start(rt)``
+    schema: str | None = None  # its Postgres schema; None: no database
     # its pooled connections hold no session state (see db.create_pool)
     keep_session: bool = False
-    # a hub service: sets up the streams and the state bucket and answers
-    # ``hive.admin.<part>.ping``; a node agent (False) only needs its own subjects
+    # not a service: the module's own ``async def run(settings)`` (or, for a
+    # program with its own loop, ``def run(settings)``)
+    program: bool = False
+    command: str = ""  # how the operator starts it; "": ``hive serve <part>``
+    # uvloop: the same asyncio API with a faster loop (nats-py's protocol
+    # parsing and the per-request tasks are the broker's hot path); the
+    # harness's subprocesses and terminal PTYs run on asyncio's own
+    uvloop: bool = True
+    # a hub service: sets up the streams and the state bucket, answers
+    # ``hive.admin.<part>.ping`` and ``nats micro``; a node agent (False) only
+    # needs (and may only subscribe to) its own subjects
     hub: bool = True
 
+    @property
+    def started_by(self) -> str:
+        return self.command or f"hive serve {self.part}"
 
-SPECS: dict[str, ServiceSpec] = {
+    def log_name(self, settings: Settings) -> str:
+        """The name its log lines carry (a harness: its agent's)."""
+        if self.part == "harness":
+            return f"harness-{settings.harness.agent or '?'}"
+        return self.part
+
+
+PARTS: dict[str, ServiceSpec] = {
     s.part: s
     for s in (
         ServiceSpec("broker", "hyperhive.broker.service", "broker", keep_session=True),
         ServiceSpec("lifecycle", "hyperhive.lifecycle.service", "lifecycle"),
         ServiceSpec("approvals", "hyperhive.approvals.service", "approvals"),
-        ServiceSpec("crash-watch", "hyperhive.crashwatch.service", None),
-        ServiceSpec("dashboard", "hyperhive.dashboard.service", None),
-        ServiceSpec(subjects.NODE_SERVICE, "hyperhive.lifecycle.nodeservice", None, hub=False),
+        ServiceSpec("crash-watch", "hyperhive.crashwatch.service"),
+        ServiceSpec("dashboard", "hyperhive.dashboard.service"),
+        # inside an agent's container: the turn loop and page; the stdio MCP server
+        ServiceSpec(
+            "harness",
+            "hyperhive.harness.serve",
+            program=True,
+            command="hive harness serve",
+            uvloop=False,
+        ),
+        ServiceSpec(
+            "harness-mcp", "hyperhive.harness.mcp_server", program=True, command="hive harness mcp"
+        ),
+        # ``hive serve node``: a node agent alone, on a host that runs agents
+        ServiceSpec(subjects.NODE_SERVICE, "hyperhive.lifecycle.nodeservice", hub=False),
     )
 }
+SPECS: dict[str, ServiceSpec] = {p: s for p, s in PARTS.items() if not s.program}
 assert tuple(p for p in SPECS if p != subjects.NODE_SERVICE) == subjects.SERVICES
 
 
@@ -95,6 +141,35 @@ class Runtime:
     outbox: OutboxRelay | None = None
     started_at: float = field(default_factory=time.time)
     background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def serve_all(self, handlers: Mapping[Endpoint[Any, Any], Handler]) -> None:
+        """Serves this service's endpoints, each with its handler.
+
+        Raises:
+            TypeError: an endpoint of this service has no handler, a handler
+                serves another service's endpoint, or its types are not the
+                endpoint's: the service does not start.
+        """
+        await self._serve(self.part, handlers)
+
+    async def serve_node(self, node: str, handlers: Mapping[Endpoint[Any, Any], Handler]) -> None:
+        """Serves the node verbs as node agent ``node`` (``hive.node.<node>.*``):
+        ``hive serve node``, and lifecycle for the hub's in-process one.
+
+        Raises: as :meth:`serve_all`.
+        """
+        await self._serve(subjects.NODE_SERVICE, handlers, node=node)
+
+    async def _serve(
+        self, service: str, handlers: Mapping[Endpoint[Any, Any], Handler], node: str = ""
+    ) -> None:
+        mine = set(endpoints.served_by(service)) - {endpoints.PING.get(service)}
+        missing = [e.pattern for e in endpoints.ENDPOINTS if e in mine and e not in handlers]
+        foreign = [e.pattern for e in handlers if e not in mine]
+        if missing or foreign:
+            raise TypeError(f"{service}: no handler for {missing}; not its own: {foreign}")
+        for endpoint, handler in handlers.items():
+            await self.responder.serve(endpoint, handler, node=node)
 
     def spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
         """Runs a background loop that is cancelled when the service stops."""
@@ -130,16 +205,10 @@ async def run(
     check = getattr(module, "check", None)
     if check is not None:
         check(settings)  # a setting it cannot run with: one line, nothing started
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # not the main thread (in-process tests): the caller sets stop
+    stop = stop_on_signals(stop)
     async with AsyncExitStack() as stack:
         nc = await connect(settings.nats, name=f"hive-{part}")
-        stack.push_async_callback(_drain, nc)
+        stack.push_async_callback(drain, nc)
         js = nc.jetstream()
         kv = None
         if spec.hub:
@@ -179,8 +248,15 @@ async def run(
             )
 
         if spec.hub:
-            await responder.serve(subjects.admin(part, "ping"), Ping, ping)
+            await responder.serve(endpoints.PING[part], ping)
         await module.start(rt)
+        unserved = [e.pattern for e in endpoints.served_by(part) if e not in responder.endpoints]
+        if unserved:  # a service that forgot rt.serve_all for what the registry says it serves
+            raise TypeError(f"{part} does not serve {unserved}")
+        if spec.hub:  # a node user may subscribe to its own subjects only, not $SRV
+            discovery = Discovery(nc, responder, part, hyperhive_version(), f"hyperhive {part}")
+            await discovery.start()  # `nats micro ls|info|stats`
+            stack.push_async_callback(discovery.stop)
         await sync_subscriptions(nc)  # live on the server before "ready"
         log.info("serving", extra={"service": part})
         if ready:
@@ -208,7 +284,24 @@ async def _cancel_background(rt: Runtime) -> None:
         await asyncio.wait(set(rt.background), timeout=GRACE_S)
 
 
-async def _drain(nc: NATS) -> None:
+def stop_on_signals(stop: asyncio.Event | None = None, *, handle: bool = True) -> asyncio.Event:
+    """``stop`` (a new Event if None), set by SIGTERM and SIGINT when ``handle``.
+
+    Outside the main thread (in-process tests) no handler can be installed:
+    the caller sets ``stop``.
+    """
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT) if handle else ():
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+    return stop
+
+
+async def drain(nc: NATS) -> None:
+    """Drains ``nc`` within :data:`GRACE_S`, else closes it."""
     try:
         await asyncio.wait_for(nc.drain(), timeout=GRACE_S)
     except Exception:
@@ -216,15 +309,28 @@ async def _drain(nc: NATS) -> None:
 
 
 def serve_main(part: str, settings: Settings) -> int:
-    """``hive serve <part>``: exit code 0 on a clean stop, 1 with one line if not."""
-    setup_logging(settings.log, part)
+    """``hive serve <part>`` and ``hive harness serve|mcp``: runs ``part`` of
+    :data:`PARTS` until SIGTERM/SIGINT; exit code 0 on a clean stop, 1 with
+    one line if it cannot run."""
+    spec = PARTS.get(part)
+    if spec is None:
+        print(f"hive serve {part}: unknown; one of: {', '.join(SPECS)}", file=sys.stderr)
+        return 1
     try:
+        if spec.program:
+            entry = importlib.import_module(spec.module).run
+            if not inspect.iscoroutinefunction(entry):
+                entry(settings)  # runs its own loop (the MCP server, on stdio)
+                return 0
+        setup_logging(settings.log, spec.log_name(settings))
         setup_tracing(settings.telemetry, part)
-        # uvloop: the same asyncio API with a faster loop (nats-py's protocol
-        # parsing and the per-request tasks are the broker's hot path)
-        uvloop.run(run(part, settings))
+        main = entry(settings) if spec.program else run(part, settings)
+        if spec.uvloop:
+            uvloop.run(main)
+        else:
+            asyncio.run(main)
     except HiveError as exc:
-        print(f"hive serve {part}: {exc}", file=sys.stderr)
+        print(f"{spec.started_by}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         pass

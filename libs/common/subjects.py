@@ -39,18 +39,8 @@ AGENT_STATUS: Final = "status"
 AGENT_EVENTS: Final = "events"
 AGENT_STATS: Final = "stats"
 AGENT_TURNS: Final = "turns"
-AGENT_HEARTBEAT: Final = "heartbeat"
 
-# Manager tools (hive.agent.hm1nd.<tool>) and the service that answers each.
-LIFECYCLE_MANAGER_TOOLS: Final = ("kill", "start", "restart", "update")
-APPROVALS_MANAGER_TOOLS: Final = (
-    "request_spawn",
-    "request_spawn_draft",
-    "request_spawn_commit",
-    "request_apply_commit",
-    "ask_operator",
-)
-MANAGER_TOOLS: Final = LIFECYCLE_MANAGER_TOOLS + APPROVALS_MANAGER_TOOLS
+# The manager's tools (hive.agent.hm1nd.<tool>) are endpoints: hyperhive.common.endpoints.
 
 
 def _token(value: str) -> str:
@@ -83,10 +73,6 @@ def manager_tool(tool: str) -> str:
 def admin(part: str, verb: str) -> str:
     """``hive.admin.<part>.<verb>``: the operator surface of a service."""
     return f"{ROOT}.admin.{_token(part)}.{_token(verb)}"
-
-
-def admin_all(part: str) -> str:
-    return f"{ROOT}.admin.{_token(part)}.*"
 
 
 def system(part: str, verb: str) -> str:
@@ -128,6 +114,8 @@ DELIVERIES: Final = f"{ROOT}.system.broker.inbox"
 JS_API_ALL: Final = "$JS.API.>"
 JS_ACK_ALL: Final = "$JS.ACK.>"
 JS_FLOW_CONTROL_ALL: Final = "$JS.FC.>"
+# NATS micro discovery (``nats micro ls|info|stats``), answered by every service
+MICRO_ALL: Final = "$SRV.>"
 
 
 # The agent page relay (hive.node.<node>.page.<agent>.<op>): the dashboard
@@ -193,21 +181,7 @@ def operator_inbox_prefix() -> str:
     return inbox_prefix(OPERATOR)
 
 
-# Node verbs (hive.node.<node>.<verb>): control half -> node agent
-NODE_VERBS: Final = (
-    "create",
-    "start",
-    "stop",
-    "restart",
-    "destroy",
-    "update",
-    "state",
-    "logs",
-    "expose",
-    "list",
-)
-
-
+# Node verbs (hive.node.<node>.<verb>, control half -> node agent): endpoints.NODE
 def node(name: str, verb: str) -> str:
     """``hive.node.<node>.<verb>``: a request to node agent ``name``."""
     return f"{ROOT}.node.{_token(name)}.{_token(verb)}"
@@ -251,14 +225,6 @@ def parse_agent(subject: str) -> tuple[str, str]:
     if len(parts) != 4 or parts[0] != ROOT or parts[1] != "agent":
         raise ValueError(f"not an agent subject: {subject!r}")
     return parts[2], parts[3]
-
-
-def parse_event_kind(subject: str) -> str:
-    """``hive.events.message.sent`` → ``message.sent``."""
-    prefix = f"{ROOT}.events."
-    if not subject.startswith(prefix):
-        raise ValueError(f"not an event subject: {subject!r}")
-    return subject[len(prefix) :]
 
 
 # --- HIVE_EVENTS kinds (hive.events.<kind>) ----------------------------------

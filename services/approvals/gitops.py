@@ -231,13 +231,6 @@ def create_tag(applied: Path, name: str, sha: str, message: str | None = None) -
             raise Internal(f"could not tag {name}: {gitrepo.stderr(exc)}") from None
 
 
-def delete_tag(applied: Path, name: str) -> None:
-    """Removes tag ``name`` if it exists."""
-    repo = gitrepo.open_repo(applied, "applied")
-    with repo:
-        gitrepo.try_run(repo, "update-ref", "-d", f"refs/tags/{name}")
-
-
 # A hunk's header names the TOML table it starts in (``@@ … @@ [mcp_servers.x.env]``),
 # never a line of the file: the masking of secrets (hyperhive.common.redact)
 # reads it to know that a hunk's lines are an env table's values.
@@ -336,14 +329,3 @@ def restore_main(applied: Path, base: str) -> None:
                 gitrepo.run(repo, "rm", "-r", "-f", "-q", "--ignore-unmatch", "--", ".")
         except git.GitCommandError as exc:
             raise Internal(f"could not restore the applied repo: {gitrepo.stderr(exc)}") from None
-
-
-def head_state(applied: Path) -> tuple[str, str]:
-    """``(symbolic ref or "", commit or "")`` of HEAD, for tests and recovery."""
-    repo = gitrepo.open_repo(applied, "applied")
-    with repo:
-        sym = (gitrepo.try_run(repo, "symbolic-ref", "--quiet", "HEAD") or "").strip()
-        sha = (
-            gitrepo.try_run(repo, "rev-parse", "--verify", "--quiet", "HEAD^{commit}") or ""
-        ).strip()
-    return sym, sha

@@ -7,7 +7,9 @@ from typing import Final
 from nats.aio.client import Client as NATS
 
 from hyperhive.common import delivery, rpc, subjects
+from hyperhive.common import endpoints as E
 from hyperhive.common.errors import NotFound
+from hyperhive.common.wire.base import Empty
 from hyperhive.common.wire.events import SystemEvent
 from hyperhive.common.wire.lifecycle import (
     AgentInfo,
@@ -17,7 +19,6 @@ from hyperhive.common.wire.lifecycle import (
     CreateRequest,
     DraftInfo,
     DraftRequest,
-    DraftsReply,
 )
 
 LIFECYCLE: Final = "lifecycle"
@@ -34,53 +35,48 @@ class Peers:
     async def agent(self, name: str) -> AgentInfo | None:
         """The registry entry of ``name``; None if unknown or destroyed."""
         try:
-            return await rpc.request(
+            return await rpc.call(
                 self._nc,
-                subjects.system(LIFECYCLE, "get"),
+                E.SYS_AGENT,
                 AgentRequest(name=name),
-                AgentInfo,
                 timeout=QUICK_TIMEOUT_S,
             )
         except NotFound:
             return None
 
     async def drafts(self) -> list[DraftInfo]:
-        reply = await rpc.request(
+        reply = await rpc.call(
             self._nc,
-            subjects.system(LIFECYCLE, "drafts"),
-            None,
-            DraftsReply,
+            E.SYS_DRAFTS,
+            Empty(),
             timeout=QUICK_TIMEOUT_S,
         )
         return list(reply.drafts)
 
     async def draft(self, name: str) -> DraftInfo:
-        return await rpc.request(
+        return await rpc.call(
             self._nc,
-            subjects.system(LIFECYCLE, "draft"),
+            E.DRAFT,
             DraftRequest(name=name),
-            DraftInfo,
             timeout=QUICK_TIMEOUT_S * 3,
         )
 
     async def apply(self, name: str) -> ApplyReply:
         """Rebuilds ``name`` from its applied working tree (may take minutes)."""
-        return await rpc.request(
+        return await rpc.call(
             self._nc,
-            subjects.system(LIFECYCLE, "apply"),
+            E.APPLY,
             ApplyRequest(name=name),
-            ApplyReply,
             timeout=self._build_timeout_s,
         )
 
     async def create(self, name: str, sha: str | None, host: str = "") -> AgentInfo:
         """Creates and starts ``name`` (from the applied tree when ``sha`` is set),
         on node ``host`` (``""``: lifecycle picks)."""
-        return await rpc.request(
+        return await rpc.call(
             self._nc,
-            subjects.system(LIFECYCLE, "create"),
+            E.CREATE,
             CreateRequest(name=name, sha=sha, host=host),
-            AgentInfo,
             timeout=self._build_timeout_s,
         )
 

@@ -438,11 +438,3 @@ async def retry_notification(
         delay_s,
         error[:2000],
     )
-
-
-async def notifications(pool: asyncpg.Pool) -> list[asyncpg.Record]:
-    """Every notification, oldest first (for tests and audits)."""
-    return await pool.fetch(
-        "SELECT id, decision, ref_id, state, attempts, last_error, created_at, sent_at"
-        " FROM notifications ORDER BY id"
-    )

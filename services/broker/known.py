@@ -13,11 +13,12 @@ import logging
 
 from nats.aio.client import Client as NATS
 
+from hyperhive.common import endpoints as E
 from hyperhive.common import follow, retry, rpc, subjects
 from hyperhive.common.errors import HiveError, NotFound, RequestTimeout, Unavailable
 from hyperhive.common.names import is_agent_name
 from hyperhive.common.wire.events import HiveEvent
-from hyperhive.common.wire.lifecycle import AgentInfo, AgentRequest, AgentsReply, AgentsRequest
+from hyperhive.common.wire.lifecycle import AgentRequest, AgentsRequest
 from hyperhive.common.wire.states import DESTROYED, DRAFT
 
 log = logging.getLogger(__name__)
@@ -59,13 +60,7 @@ class KnownAgents:
         """Loads the full list, retrying until lifecycle answers once (sends
         look agents up one by one meanwhile)."""
         reply = await retry.retry(
-            lambda: rpc.request(
-                self._nc,
-                subjects.system("lifecycle", "list"),
-                AgentsRequest(),
-                AgentsReply,
-                timeout=self._timeout_s,
-            ),
+            lambda: rpc.call(self._nc, E.SYS_AGENTS, AgentsRequest(), timeout=self._timeout_s),
             retry.PEER_SERVICE,
             on=(HiveError,),
             what="loading the agent list",
@@ -99,11 +94,10 @@ class KnownAgents:
         if name == subjects.OPERATOR or name in self._names:
             return
         try:
-            info = await rpc.request(
+            info = await rpc.call(
                 self._nc,
-                subjects.system("lifecycle", "get"),
+                E.SYS_AGENT,
                 AgentRequest(name=name),
-                AgentInfo,
                 timeout=self._timeout_s,
             )
         except NotFound:

@@ -11,24 +11,10 @@ from hyperhive.broker.handlers import Broker
 from hyperhive.broker.known import KnownAgents
 from hyperhive.broker.turns import Turns
 from hyperhive.broker.wake import Waiters
-from hyperhive.common import delivery, subjects
+from hyperhive.common import delivery
+from hyperhive.common import endpoints as E
 from hyperhive.common.errors import ConfigError
 from hyperhive.common.service import SPECS, Runtime
-from hyperhive.common.wire.broker import (
-    AckRequest,
-    AdminSendRequest,
-    DeliverRequest,
-    InboxRequest,
-    MessagesRequest,
-    PruneRequest,
-    RecvRequest,
-    SendRequest,
-    StatsRequest,
-    StatusRequest,
-    TurnsRequest,
-    TurnStats,
-    UsageRequest,
-)
 
 # room left in a reply for everything around the turn events
 _REPLY_MARGIN = 4096
@@ -61,22 +47,23 @@ async def start(rt: Runtime) -> None:
     rt.spawn(delivery.consume(rt.js, broker.deliver_event, rt.stop), "deliveries")
     turns = Turns(rt.js, max_bytes=max(rt.nc.max_payload - _REPLY_MARGIN, 64 * 1024))
 
-    serve = rt.responder.serve
-    agent = subjects.agent_wildcard
-    await serve(agent(subjects.AGENT_SEND), SendRequest, broker.send)
-    await serve(agent(subjects.AGENT_RECV), RecvRequest, broker.recv)
-    await serve(agent(subjects.AGENT_ACK), AckRequest, broker.ack)
-    await serve(agent(subjects.AGENT_STATUS), StatusRequest, broker.status)
-    await serve(agent(subjects.AGENT_STATS), TurnStats, broker.ingest_stats)
-    await serve(agent(subjects.AGENT_TURNS), TurnsRequest, turns.handle)
-    await serve(subjects.system("broker", "deliver"), DeliverRequest, broker.deliver)
-    await serve(subjects.admin("broker", "send"), AdminSendRequest, broker.admin_send)
-    await serve(subjects.admin("broker", "messages"), MessagesRequest, broker.messages)
-    await serve(subjects.admin("broker", "inbox"), InboxRequest, broker.inbox)
-    await serve(subjects.admin("broker", "prune"), PruneRequest, broker.admin_prune)
-    await serve(subjects.admin("broker", "status"), StatusRequest, broker.admin_status)
-    await serve(subjects.admin("broker", "stats"), StatsRequest, broker.stats)
-    await serve(subjects.admin("broker", "usage"), UsageRequest, broker.usage)
+    handlers = {
+        E.SEND: broker.send,
+        E.RECV: broker.recv,
+        E.ACK: broker.ack,
+        E.STATUS: broker.status,
+        E.STATS: broker.ingest_stats,
+        E.TURNS: turns.handle,
+        E.DELIVER: broker.deliver,
+        E.ADMIN_SEND: broker.admin_send,
+        E.MESSAGES: broker.messages,
+        E.INBOX: broker.inbox,
+        E.PRUNE: broker.admin_prune,
+        E.ADMIN_STATUS: broker.admin_status,
+        E.TURN_STATS: broker.stats,
+        E.USAGE: broker.usage,
+    }
+    await rt.serve_all(handlers)
 
 
 async def _release_on_stop(rt: Runtime, waiters: Waiters) -> None:

@@ -46,11 +46,6 @@ _BAD_VALUE: tuple[type[BaseException], ...] = (
 )
 
 
-def is_unavailable(exc: BaseException) -> bool:
-    """True when ``exc`` says the database is unreachable or refusing work."""
-    return isinstance(exc, _UNAVAILABLE) and not isinstance(exc, _BAD_VALUE)
-
-
 @contextlib.contextmanager
 def db_errors(what: str, *, bad_values: bool = True) -> Iterator[None]:
     """Translates database errors once, at the store boundary.
@@ -406,18 +401,6 @@ async def claim_many(
 ) -> list[asyncpg.Record | None]:
     """The rows of :func:`claim_batch` (None: nothing available), per claim in order."""
     return [c.row for c in await claim_batch(conn, claims, lease_s, kinds)]
-
-
-async def claim_next(
-    conn: asyncpg.Connection | asyncpg.Pool,
-    recipient: str,
-    lease_s: float,
-    kinds: EventKinds,
-    traceparent: str | None = None,
-) -> asyncpg.Record | None:
-    """Hands out the oldest available message of ``recipient`` (see :func:`claim_many`)."""
-    [row] = await claim_many(conn, [Claim(recipient, traceparent)], lease_s, kinds)
-    return row
 
 
 # One statement acks a batch: ``$1``/``$2``/``$3`` are each ack's message id,

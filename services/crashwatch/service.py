@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hyperhive.common import endpoints as E
 from hyperhive.common import follow, subjects
 from hyperhive.common.rpc import Call
 from hyperhive.common.service import Runtime
@@ -24,4 +25,4 @@ async def start(rt: Runtime) -> None:
     async def status(_req: Empty, _call: Call) -> WatchStatus:
         return watch.status()
 
-    await rt.responder.serve(subjects.admin(rt.part, "status"), Empty, status)
+    await rt.serve_all({E.WATCH_STATUS: status})

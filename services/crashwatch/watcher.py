@@ -31,6 +31,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from hyperhive.common import delivery, rpc, subjects
+from hyperhive.common import endpoints as E
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import HiveError
 from hyperhive.common.outbox import make_event
@@ -47,7 +48,6 @@ from hyperhive.common.wire.events import (
 )
 from hyperhive.common.wire.lifecycle import (
     AgentInfo,
-    AgentsReply,
     AgentsRequest,
     Heartbeat,
     TransientFlag,
@@ -89,11 +89,10 @@ class CrashWatch:
 
     async def poll_once(self) -> None:
         """One look at every agent: seeds, detects crashes a missed event hid, stuck."""
-        reply = await rpc.request(
+        reply = await rpc.call(
             self.nc,
-            subjects.system("lifecycle", "list"),
+            E.SYS_AGENTS,
             AgentsRequest(),
-            AgentsReply,
             timeout=self.settings.nats.request_timeout_s,
         )
         names = {a.name for a in reply.agents}

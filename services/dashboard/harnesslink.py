@@ -26,12 +26,13 @@ from typing import Protocol
 import httpx
 from nats.aio.client import Client as NATS
 
-from hyperhive.common import rpc, subjects
+from hyperhive.common import endpoints as E
+from hyperhive.common import rpc
 from hyperhive.common.config import Settings
 from hyperhive.common.errors import HiveError
 from hyperhive.common.names import check_agent_name
 from hyperhive.common.pagesocket import BASE_URL, CONNECT_TIMEOUT_S, READ_TIMEOUT_S, PageSocket
-from hyperhive.common.wire.lifecycle import AgentsReply, AgentsRequest
+from hyperhive.common.wire.lifecycle import AgentsRequest
 from hyperhive.dashboard.pagenats import NatsPageTransport, open_terminal
 
 __all__ = ["HarnessLink", "Terminal"]
@@ -68,12 +69,8 @@ class HarnessLink:
             return self.node
         if time.monotonic() - self._nodes_at > NODE_CACHE_S:
             try:
-                reply = await rpc.request(
-                    self._nc,
-                    subjects.admin("lifecycle", "list"),
-                    AgentsRequest(),
-                    AgentsReply,
-                    timeout=NODE_LOOKUP_TIMEOUT_S,
+                reply = await rpc.call(
+                    self._nc, E.AGENTS, AgentsRequest(), timeout=NODE_LOOKUP_TIMEOUT_S
                 )
             except HiveError as exc:
                 # asked again after NODE_CACHE_S, not on every call meanwhile

@@ -11,14 +11,16 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
 
+from hyperhive.common import endpoints as E
 from hyperhive.common import rpc, subjects
 from hyperhive.common.activity import Entry
 from hyperhive.common.config import DashboardSettings
+from hyperhive.common.endpoints import Endpoint
 from hyperhive.common.errors import HiveError
 from hyperhive.common.wire.base import Ping, Pong
 from hyperhive.common.wire.lifecycle import Heartbeat
@@ -44,22 +46,18 @@ class Hive:
         # the activity timeline the event hub keeps (None: read the stream)
         self.activity_feed: Callable[[], list[Entry] | None] | None = None
 
-    async def read(self, part: str, verb: str, payload: msgspec.Struct | None, reply: type[T]) -> T:
+    async def read(self, endpoint: Endpoint[Any, T], payload: msgspec.Struct) -> T:
         """A read for a page section (short timeout).
 
         Raises:
             Unavailable, RequestTimeout: the service is down or too slow.
             HiveError: the service answered with an error.
         """
-        return await rpc.request(
-            self.nc, subjects.admin(part, verb), payload, reply, timeout=self.read_timeout
-        )
+        return await rpc.call(self.nc, endpoint, payload, timeout=self.read_timeout)
 
-    async def act(self, part: str, verb: str, payload: msgspec.Struct | None, reply: type[T]) -> T:
+    async def act(self, endpoint: Endpoint[Any, T], payload: msgspec.Struct) -> T:
         """An operator action (long timeout: it may build a container)."""
-        return await rpc.request(
-            self.nc, subjects.admin(part, verb), payload, reply, timeout=self.action_timeout
-        )
+        return await rpc.call(self.nc, endpoint, payload, timeout=self.action_timeout)
 
     async def logins_needed(self, names: list[str]) -> dict[str, str]:
         """The agents whose harness says the API refused its credentials (its
@@ -100,7 +98,7 @@ class Hive:
 
     async def _ping(self, part: str) -> Pong | str:
         try:
-            return await self.read(part, "ping", Ping(), Pong)
+            return await self.read(E.PING[part], Ping())
         except HiveError as exc:
             return str(exc)
 

@@ -12,9 +12,10 @@ from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 
 from hyperhive.common import activity
+from hyperhive.common import endpoints as E
 from hyperhive.common.errors import BadRequest
 from hyperhive.common.timeparse import parse_since
-from hyperhive.common.wire.approvals import ApprovalsReply, ApprovalsRequest
+from hyperhive.common.wire.approvals import ApprovalsRequest
 from hyperhive.dashboard import sections
 from hyperhive.dashboard.web import deps, html, page_context
 
@@ -48,7 +49,7 @@ async def approval_diff(
 ) -> Response[str]:
     """One approval (any state) with its diff, who decided and when."""
     d = deps(request)
-    reply = await d.hive.read("approvals", "list", ApprovalsRequest(limit=1000), ApprovalsReply)
+    reply = await d.hive.read(E.APPROVALS_LIST, ApprovalsRequest(limit=1000))
     found = [a for a in reply.approvals if a.id == approval_id]
     if not found:
         raise NotFoundException(f"no approval {approval_id}")

@@ -7,6 +7,7 @@ from typing import Any
 from litestar import Request, Response, post
 from litestar.params import FromPath
 
+from hyperhive.common import endpoints as E
 from hyperhive.common.wire.approvals import ApprovalInfo, ApproveRequest, DenyRequest
 from hyperhive.dashboard.web import act, decided_by, deps, field, form_fields
 
@@ -26,10 +27,8 @@ def _outcome(info: ApprovalInfo) -> str:
 async def approve(request: Request[Any, Any, Any], approval_id: FromPath[int]) -> Response[Any]:
     async def work() -> str:
         info = await deps(request).hive.act(
-            "approvals",
-            "approve",
+            E.APPROVE,
             ApproveRequest(id=approval_id, decided_by=decided_by(request)),
-            ApprovalInfo,
         )
         return _outcome(info)
 
@@ -43,7 +42,7 @@ async def deny(request: Request[Any, Any, Any], approval_id: FromPath[int]) -> R
     async def work() -> str:
         note = field(fields, "note")
         req = DenyRequest(id=approval_id, note=note, decided_by=decided_by(request))
-        info = await deps(request).hive.act("approvals", "deny", req, ApprovalInfo)
+        info = await deps(request).hive.act(E.DENY, req)
         return _outcome(info)
 
     return await act(request, work(), section="approvals", refresh=REFRESH)

@@ -8,16 +8,13 @@ from litestar import Request, Response, get, post
 from litestar.enums import MediaType
 from litestar.params import FromPath, FromQuery
 
+from hyperhive.common import endpoints as E
 from hyperhive.common.errors import BadRequest, HiveError
 from hyperhive.common.names import check_agent_name, check_node_name
-from hyperhive.common.wire.base import Ok
-from hyperhive.common.wire.broker import HistoryReply, InboxRequest
+from hyperhive.common.wire.broker import InboxRequest
 from hyperhive.common.wire.lifecycle import (
-    AgentInfo,
     AgentRequest,
-    ConfigReply,
     DestroyRequest,
-    LogsReply,
     LogsRequest,
     SpawnRequest,
 )
@@ -42,10 +39,8 @@ async def spawn(request: Request[Any, Any, Any]) -> Response[Any]:
         reuse = field(fields, "reuse_state", "on") == "on"
         host = field(fields, "host", "").strip()
         info = await deps(request).hive.act(
-            "lifecycle",
-            "spawn",
+            E.SPAWN,
             SpawnRequest(name=name, reuse_state=reuse, host=check_node_name(host) if host else ""),
-            AgentInfo,
         )
         return f"Spawned {info.name}: {info.state} on {info.node}, port {info.port}"
 
@@ -66,11 +61,11 @@ async def verb(
         try:
             if verb == "destroy":
                 purge = field(fields, "purge") == "on"
-                await hive.act("lifecycle", "destroy", DestroyRequest(name=agent, purge=purge), Ok)
+                await hive.act(E.DESTROY, DestroyRequest(name=agent, purge=purge))
                 return f"Destroyed {agent}" + (
                     " and its state" if purge else " (its state is kept)"
                 )
-            info = await hive.act("lifecycle", verb, AgentRequest(name=agent), AgentInfo)
+            info = await hive.act(E.ADMIN_CONTAINER[verb], AgentRequest(name=agent))
         except HiveError as exc:  # say which action was refused, and why
             raise type(exc)(f"Could not {verb} {agent}: {exc.message}") from exc
         return f"{verb}: {info.name} is {info.state}"
@@ -82,7 +77,7 @@ async def verb(
 async def purge(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[Any]:
     async def work() -> str:
         agent = _name(name)
-        await deps(request).hive.act("lifecycle", "purge", AgentRequest(name=agent), Ok)
+        await deps(request).hive.act(E.PURGE, AgentRequest(name=agent))
         return f"purged kept state of {agent}"
 
     return await act(request, work(), section="kept", refresh=REFRESH)
@@ -92,9 +87,7 @@ async def purge(request: Request[Any, Any, Any], name: FromPath[str]) -> Respons
 async def respawn(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[Any]:
     async def work() -> str:
         agent = _name(name)
-        info = await deps(request).hive.act(
-            "lifecycle", "spawn", SpawnRequest(name=agent, reuse_state=True), AgentInfo
-        )
+        info = await deps(request).hive.act(E.SPAWN, SpawnRequest(name=agent, reuse_state=True))
         return f"Spawned {info.name} again with its kept state: {info.state}"
 
     return await act(request, work(), section="kept", refresh=REFRESH)
@@ -108,9 +101,7 @@ async def _panel(request: Request[Any, Any, Any], template: str, **data: Any) ->
 async def inbox(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[str]:
     """Pending (unacknowledged) messages of one agent."""
     try:
-        reply = await deps(request).hive.read(
-            "broker", "inbox", InboxRequest(agent=_name(name)), HistoryReply
-        )
+        reply = await deps(request).hive.read(E.INBOX, InboxRequest(agent=_name(name)))
     except HiveError as exc:
         return await _panel(request, "panel_inbox.html", messages=[], down=str(exc), name=name)
     return await _panel(request, "panel_inbox.html", messages=reply.messages, down=None, name=name)
@@ -120,9 +111,7 @@ async def inbox(request: Request[Any, Any, Any], name: FromPath[str]) -> Respons
 async def config(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[str]:
     """``agent.nix`` and ``agent.toml`` as deployed (applied/main)."""
     try:
-        reply = await deps(request).hive.read(
-            "lifecycle", "config", AgentRequest(name=_name(name)), ConfigReply
-        )
+        reply = await deps(request).hive.read(E.CONFIG, AgentRequest(name=_name(name)))
     except HiveError as exc:
         return await _panel(request, "panel_config.html", config=None, down=str(exc))
     return await _panel(request, "panel_config.html", config=reply, down=None)
@@ -141,7 +130,7 @@ async def logs(
     """
     query = LogsRequest(name=_name(name), lines=LOG_LINES, after=after, after_cursor=cursor)
     try:
-        reply = await deps(request).hive.read("lifecycle", "logs", query, LogsReply)
+        reply = await deps(request).hive.read(E.LOGS, query)
     except HiveError as exc:
         return Response({"down": str(exc)}, status_code=503, media_type=MediaType.JSON)
     # the process backend follows by byte offset, journald by cursor

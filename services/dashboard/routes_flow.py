@@ -8,10 +8,11 @@ from litestar import Request, Response, get, post
 from litestar.params import FromQuery
 from litestar.response import Stream
 
+from hyperhive.common import endpoints as E
 from hyperhive.common import sse, subjects
 from hyperhive.common.errors import BadRequest
 from hyperhive.common.names import check_agent_name
-from hyperhive.common.wire.broker import AdminSendRequest, SendReply
+from hyperhive.common.wire.broker import AdminSendRequest
 from hyperhive.dashboard.web import act, deps, field, form_fields
 
 BACKFILL = 200  # flow items a new client gets before live ones
@@ -47,9 +48,7 @@ async def send(request: Request[Any, Any, Any]) -> Response[Any]:
             check_agent_name(to, allow_manager=True)
         if not body:
             raise BadRequest("the message is empty")
-        reply = await deps(request).hive.act(
-            "broker", "send", AdminSendRequest(to=to, body=body), SendReply
-        )
+        reply = await deps(request).hive.act(E.ADMIN_SEND, AdminSendRequest(to=to, body=body))
         return f"sent message #{reply.id} to {to}"
 
     return await act(request, work(), section="flow", refresh=())

@@ -7,8 +7,9 @@ from typing import Any
 from litestar import Request, Response, post
 from litestar.params import FromPath
 
+from hyperhive.common import endpoints as E
 from hyperhive.common.errors import BadRequest
-from hyperhive.common.wire.approvals import AnswerRequest, QuestionInfo
+from hyperhive.common.wire.approvals import AnswerRequest
 from hyperhive.dashboard.web import act, decided_by, deps, field, form_fields
 
 REFRESH = ("questions",)
@@ -26,7 +27,7 @@ async def answer(request: Request[Any, Any, Any], question_id: FromPath[int]) ->
         if not values:
             raise BadRequest("pick an option or write an answer")
         req = AnswerRequest(id=question_id, answer=values, decided_by=decided_by(request))
-        info = await deps(request).hive.act("approvals", "answer", req, QuestionInfo)
+        info = await deps(request).hive.act(E.ANSWER, req)
         return f"answered question #{info.id}: {', '.join(info.answer or values)}"
 
     return await act(request, work(), section="questions", refresh=REFRESH)

@@ -10,14 +10,13 @@ from litestar import Request, Response, get
 from litestar.enums import MediaType
 from litestar.params import FromQuery
 
+from hyperhive.common import endpoints as E
 from hyperhive.common.errors import HiveError
 from hyperhive.common.names import check_agent_name
-from hyperhive.common.wire.approvals import ApprovalsReply, ApprovalsRequest
+from hyperhive.common.wire.approvals import ApprovalsRequest
 from hyperhive.common.wire.broker import (
     USAGE_KEYS,
-    StatsReply,
     StatsRequest,
-    UsageReply,
     UsageRequest,
 )
 from hyperhive.dashboard import stats
@@ -41,10 +40,8 @@ async def agent_stats(
     try:
         name = check_agent_name(agent, allow_manager=True)
         reply = await deps(request).hive.read(
-            "broker",
-            "stats",
+            E.TURN_STATS,
             StatsRequest(agent=name, since=since, limit=MAX_POINTS),
-            StatsReply,
         )
     except HiveError as exc:
         return _error(exc)
@@ -67,11 +64,9 @@ async def hive_stats(
     now = time.time()
     hive = deps(request).hive
     try:
-        recent = await hive.read("approvals", "list", ApprovalsRequest(limit=1000), ApprovalsReply)
+        recent = await hive.read(E.APPROVALS_LIST, ApprovalsRequest(limit=1000))
         # every pending one counts, however old
-        pending = await hive.read(
-            "approvals", "list", ApprovalsRequest(state="pending", limit=1000), ApprovalsReply
-        )
+        pending = await hive.read(E.APPROVALS_LIST, ApprovalsRequest(state="pending", limit=1000))
     except HiveError as exc:
         return _error(exc)
     spans = {a.id: (a.created_at, a.resolved_at) for a in [*recent.approvals, *pending.approvals]}
@@ -80,10 +75,8 @@ async def hive_stats(
     try:
         first_day = stats.day_start(now - (COST_DAYS - 1) * 86_400)
         costs = await hive.read(
-            "broker",
-            "stats",
+            E.TURN_STATS,
             StatsRequest(key="cost_usd", since=first_day, limit=MAX_POINTS),
-            StatsReply,
         )
         charts["cost_per_day"] = stats.cost_per_day(costs.points, days=COST_DAYS, now=now)
     except HiveError as exc:  # the queue still shows without the broker
@@ -100,10 +93,8 @@ async def usage(request: Request[Any, Any, Any]) -> Response[Any]:
     today = time.time() // DAY_S * DAY_S
     try:
         reply = await deps(request).hive.read(
-            "broker",
-            "usage",
+            E.USAGE,
             UsageRequest(since=today - (USAGE_DAYS - 1) * DAY_S),
-            UsageReply,
         )
     except HiveError as exc:
         return _error(exc)

@@ -16,24 +16,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hyperhive.common import activity, subjects
+from hyperhive.common import endpoints as E
 from hyperhive.common.errors import HiveError
 from hyperhive.common.wire.approvals import (
     ApprovalIdRequest,
     ApprovalInfo,
-    ApprovalsReply,
     ApprovalsRequest,
-    DiffReply,
-    QuestionsReply,
     QuestionsRequest,
 )
 from hyperhive.common.wire.base import Empty
-from hyperhive.common.wire.broker import StatsReply, StatsRequest
+from hyperhive.common.wire.broker import StatsRequest
 from hyperhive.common.wire.lifecycle import (
     AgentInfo,
-    AgentsReply,
     AgentsRequest,
-    DraftsReply,
-    KeptStatesReply,
 )
 from hyperhive.common.wire.states import APPROVAL_OPEN, DESTROYED, DRAFT, RUNNING
 from hyperhive.dashboard import diff, stats
@@ -85,7 +80,7 @@ def _down(meta: Meta, exc: HiveError, service: str | None = None) -> View:
 
 
 async def _agents(hive: Hive) -> list[AgentInfo]:
-    reply = await hive.read("lifecycle", "list", AgentsRequest(), AgentsReply)
+    reply = await hive.read(E.AGENTS, AgentsRequest())
     live = [a for a in reply.agents if a.state not in (DRAFT, DESTROYED)]
     return sorted(live, key=lambda a: (a.name != subjects.MANAGER, a.name))
 
@@ -104,7 +99,7 @@ async def containers(hive: Hive) -> View:
 async def kept(hive: Hive) -> View:
     meta = SECTIONS["kept"]
     try:
-        reply = await hive.read("lifecycle", "kept", Empty(), KeptStatesReply)
+        reply = await hive.read(E.KEPT, Empty())
     except HiveError as exc:
         return _down(meta, exc)
     return View(meta, {"kept": reply.kept})
@@ -113,7 +108,7 @@ async def kept(hive: Hive) -> View:
 async def drafts(hive: Hive) -> View:
     meta = SECTIONS["drafts"]
     try:
-        reply = await hive.read("lifecycle", "drafts", Empty(), DraftsReply)
+        reply = await hive.read(E.DRAFTS, Empty())
     except HiveError as exc:
         return _down(meta, exc)
     return View(meta, {"drafts": reply.drafts})
@@ -135,7 +130,7 @@ async def proposal(hive: Hive, approval: ApprovalInfo) -> Proposal:
     if approval.kind == "Spawn" and not sha:
         return Proposal(approval, "", [], default_spawn=True)
     try:
-        reply = await hive.read("approvals", "diff", ApprovalIdRequest(id=approval.id), DiffReply)
+        reply = await hive.read(E.DIFF, ApprovalIdRequest(id=approval.id))
     except HiveError as exc:
         return Proposal(approval, sha, [], error=str(exc))
     text = reply.diff
@@ -150,7 +145,7 @@ async def proposal(hive: Hive, approval: ApprovalInfo) -> Proposal:
 async def approvals(hive: Hive) -> View:
     meta = SECTIONS["approvals"]
     try:
-        reply = await hive.read("approvals", "list", ApprovalsRequest(limit=200), ApprovalsReply)
+        reply = await hive.read(E.APPROVALS_LIST, ApprovalsRequest(limit=200))
     except HiveError as exc:
         return _down(meta, exc)
     pending = [a for a in reply.approvals if a.state in PENDING_APPROVAL]
@@ -164,7 +159,7 @@ async def approvals(hive: Hive) -> View:
 async def questions(hive: Hive) -> View:
     meta = SECTIONS["questions"]
     try:
-        reply = await hive.read("approvals", "questions", QuestionsRequest(), QuestionsReply)
+        reply = await hive.read(E.QUESTIONS, QuestionsRequest())
     except HiveError as exc:
         return _down(meta, exc)
     open_ = sorted((q for q in reply.questions if q.answer is None), key=lambda q: q.id)
@@ -216,7 +211,7 @@ async def telemetry(hive: Hive) -> View:
     try:
         # one row per turn is enough to learn which agents have stats
         recent = StatsRequest(since=time.time() - 86_400, key=stats.TURN_KEY, limit=5000)
-        reply = await hive.read("broker", "stats", recent, StatsReply)
+        reply = await hive.read(E.TURN_STATS, recent)
     except HiveError as exc:
         return _down(meta, exc)
     names = {p.agent for p in reply.points}

@@ -9,7 +9,6 @@ defensively and stops with one clear line when it is broken.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tomllib
@@ -133,10 +132,6 @@ class HarnessConfig:
     def default_model(self) -> str:
         """agent.toml's model, else the harness setting; "" = the CLI's default."""
         return self.toml.model or self.settings.harness.model
-
-    def passthrough_env(self) -> dict[str, str]:
-        """The operator's API settings from the environment (contract)."""
-        return {k: os.environ[k] for k in PASS_THROUGH_ENV if os.environ.get(k)}
 
     def mcp_command(self) -> list[str]:
         """How claude starts the hyperhive MCP server (``hive harness mcp``)."""

@@ -33,17 +33,15 @@ from nats.aio.client import Client as NATS
 from opentelemetry import trace
 from opentelemetry.context import Context
 
+from hyperhive.common import endpoints as E
 from hyperhive.common import retry, rpc, subjects
 from hyperhive.common.errors import BadRequest, Forbidden, HiveError, NotFound
 from hyperhive.common.redact import mask_data
 from hyperhive.common.telemetry import current_traceparent, span, traceparent_context
-from hyperhive.common.wire.base import Ok
 from hyperhive.common.wire.broker import (
     AckRequest,
-    RecvReply,
     RecvRequest,
     TurnEvent,
-    TurnsReply,
     TurnsRequest,
     TurnStats,
 )
@@ -238,11 +236,11 @@ class Harness:
         """Turn records from before the ring's oldest one (earlier runs), via the broker."""
         boundary = self.hub.oldest_ts or time.time()
         try:
-            reply = await rpc.request(
+            reply = await rpc.call(
                 self.nc,
-                subjects.agent(self.cfg.agent, subjects.AGENT_TURNS),
+                E.TURNS,
                 TurnsRequest(limit=BACKFILL_LIMIT),
-                TurnsReply,
+                agent=self.cfg.agent,
                 timeout=self.cfg.settings.nats.request_timeout_s,
             )
         except HiveError as exc:
@@ -621,11 +619,11 @@ class Harness:
     async def _recv(self) -> Wake | None:
         wait_s = self.cfg.settings.harness.recv_wait_s
         try:
-            reply = await rpc.request(
+            reply = await rpc.call(
                 self.nc,
-                subjects.agent(self.cfg.agent, subjects.AGENT_RECV),
+                E.RECV,
                 RecvRequest(wait_ms=int(wait_s * 1000)),
-                RecvReply,
+                agent=self.cfg.agent,
                 timeout=wait_s + self.cfg.settings.nats.request_timeout_s,
             )
         except HiveError as exc:
@@ -817,11 +815,11 @@ class Harness:
         """Acks with retries; if the broker stays away it redelivers later (at least once)."""
         try:
             await retry.retry(
-                lambda: rpc.request(
+                lambda: rpc.call(
                     self.nc,
-                    subjects.agent(self.cfg.agent, subjects.AGENT_ACK),
+                    E.ACK,
                     AckRequest(id=message_id),
-                    Ok,
+                    agent=self.cfg.agent,
                     timeout=self.cfg.settings.nats.request_timeout_s,
                 ),
                 retry.ACK,

@@ -15,9 +15,11 @@ turn through the broker to the recipient's turn.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, get_type_hints
 
 import msgspec
 from mcp.server.mcpserver import MCPServer
@@ -26,29 +28,13 @@ from nats.aio.client import Client as NATS
 from opentelemetry import trace
 from opentelemetry.context import Context
 
-from hyperhive.common import rpc, subjects
+from hyperhive.common import endpoints, rpc, subjects
 from hyperhive.common.config import Settings
-from hyperhive.common.errors import HiveError
+from hyperhive.common.endpoints import Endpoint
+from hyperhive.common.errors import ConfigError, HiveError
 from hyperhive.common.natsconn import connect
 from hyperhive.common.telemetry import setup_tracing, span, traceparent_context
-from hyperhive.common.wire.approvals import (
-    ApplyCommitRequest,
-    ApprovalQueued,
-    AskRequest,
-    SpawnCommitRequest,
-    SpawnToolRequest,
-)
-from hyperhive.common.wire.base import Ok
-from hyperhive.common.wire.broker import (
-    AckRequest,
-    MessageStatus,
-    RecvReply,
-    RecvRequest,
-    SendReply,
-    SendRequest,
-    StatusRequest,
-)
-from hyperhive.common.wire.lifecycle import AgentInfo, AgentRequest, DraftInfo
+from hyperhive.common.wire.broker import AckRequest, RecvRequest, SendRequest, StatusRequest
 from hyperhive.harness.tools import SERVER_NAME, TRACEPARENT_ENV
 
 log = logging.getLogger(__name__)
@@ -89,20 +75,19 @@ class Bridge:
 
     async def call(
         self,
-        verb: str,
+        endpoint: Endpoint[Any, R],
         payload: msgspec.Struct,
-        reply: type[R],
         timeout: float | None = None,
     ) -> R:
-        """``hive.agent.<self>.<verb>`` → the reply, or a ToolError with the service's message."""
+        """``endpoint`` as this agent → the reply, or a ToolError with the service's message."""
         nc = await self.nc()
-        with span(tracer, f"tool {verb}", parent=self.parent, kind=trace.SpanKind.SERVER):
+        with span(tracer, f"tool {endpoint.verb}", parent=self.parent, kind=trace.SpanKind.SERVER):
             try:
-                return await rpc.request(
+                return await rpc.call(
                     nc,
-                    subjects.agent(self.agent, verb),
+                    endpoint,
                     payload,
-                    reply,
+                    agent=self.agent,
                     timeout=timeout or self.settings.nats.request_timeout_s,
                 )
             except HiveError as exc:
@@ -131,7 +116,7 @@ def build_server(settings: Settings, traceparent: str = "") -> tuple[MCPServer, 
 
         Returns {"id", "ts"} once the message is stored; delivery is at least once.
         """
-        r = await bridge.call(subjects.AGENT_SEND, SendRequest(to=to, body=body), SendReply)
+        r = await bridge.call(endpoints.SEND, SendRequest(to=to, body=body))
         return _plain(r)
 
     @server.tool()
@@ -145,11 +130,11 @@ def build_server(settings: Settings, traceparent: str = "") -> tuple[MCPServer, 
             raise ToolError(f"wait_seconds must be between 0 and {MAX_RECV_WAIT_S:g}")
         wait_ms = int(wait_seconds * 1000)
         timeout = settings.nats.request_timeout_s + wait_seconds
-        r = await bridge.call(subjects.AGENT_RECV, RecvRequest(wait_ms=wait_ms), RecvReply, timeout)
+        r = await bridge.call(endpoints.RECV, RecvRequest(wait_ms=wait_ms), timeout)
         if r.message is None:
             return _plain({"empty": True})
         m = r.message
-        await bridge.call(subjects.AGENT_ACK, AckRequest(id=m.id), Ok)
+        await bridge.call(endpoints.ACK, AckRequest(id=m.id))
         return _plain(
             {
                 "id": m.id,
@@ -164,7 +149,7 @@ def build_server(settings: Settings, traceparent: str = "") -> tuple[MCPServer, 
     @server.tool()
     async def message_status(id: int) -> dict[str, Any]:
         """The delivery receipt of a message you sent or received (by its id)."""
-        r = await bridge.call(subjects.AGENT_STATUS, StatusRequest(id=id), MessageStatus)
+        r = await bridge.call(endpoints.STATUS, StatusRequest(id=id))
         return _plain(r)
 
     if bridge.agent == subjects.MANAGER:
@@ -173,65 +158,49 @@ def build_server(settings: Settings, traceparent: str = "") -> tuple[MCPServer, 
 
 
 def _add_manager_tools(server: MCPServer, bridge: Bridge) -> None:
-    @server.tool()
-    async def request_spawn(name: str, host: str = "") -> dict[str, Any]:
-        """Ask the operator for a new agent with the default config (answer: SpawnResolved);
-        host: the node to run it on (empty: the hive picks the least busy one)."""
-        req = SpawnToolRequest(name=name, host=host)
-        r = await bridge.call("request_spawn", req, ApprovalQueued)
-        return _plain(r)
-
-    @server.tool()
-    async def request_spawn_draft(name: str) -> dict[str, Any]:
-        """Two-step spawn, step one: create the agent's config repo and state dir, no container."""
-        r = await bridge.call("request_spawn_draft", SpawnToolRequest(name=name), DraftInfo)
-        return _plain(r)
-
-    @server.tool()
-    async def request_spawn_commit(name: str, commit_ref: str, host: str = "") -> dict[str, Any]:
-        """Two-step spawn, step two: submit the draft's commit for the operator's approval
-        (host: the node to run it on; empty: the hive picks)."""
-        req = SpawnCommitRequest(name=name, commit_ref=commit_ref, host=host)
-        return _plain(await bridge.call("request_spawn_commit", req, ApprovalQueued))
-
-    @server.tool()
-    async def request_apply_commit(name: str, commit_ref: str) -> dict[str, Any]:
-        """Submit a commit of an agent's config for approval (answer: ApprovalResolved)."""
-        req = ApplyCommitRequest(name=name, commit_ref=commit_ref)
-        return _plain(await bridge.call("request_apply_commit", req, ApprovalQueued))
-
-    @server.tool()
-    async def ask_operator(
-        question: str, options: list[str] | None = None, multi: bool = False
-    ) -> dict[str, Any]:
-        """Ask the operator a question: free text, or a choice among options (several with
-        multi). The answer arrives later as OperatorAnswered with the returned id."""
-        req = AskRequest(question=question, options=options, multi=multi)
-        return _plain(await bridge.call("ask_operator", req, ApprovalQueued))
-
-    @server.tool()
-    async def kill(name: str) -> dict[str, Any]:
-        """Stop an agent's container now."""
-        return _plain(await bridge.call("kill", AgentRequest(name=name), AgentInfo))
-
-    @server.tool()
-    async def start(name: str) -> dict[str, Any]:
-        """Start a stopped agent's container."""
-        return _plain(await bridge.call("start", AgentRequest(name=name), AgentInfo))
-
-    @server.tool()
-    async def restart(name: str) -> dict[str, Any]:
-        """Restart an agent's container."""
-        return _plain(await bridge.call("restart", AgentRequest(name=name), AgentInfo))
-
-    @server.tool()
-    async def update(name: str) -> dict[str, Any]:
-        """Rebuild an agent's container from its deployed config."""
-        return _plain(await bridge.call("update", AgentRequest(name=name), AgentInfo))
+    for endpoint in endpoints.MANAGER_ENDPOINTS:
+        server.add_tool(
+            _endpoint_tool(bridge, endpoint), name=endpoint.verb, description=endpoint.doc
+        )
 
 
-def serve_stdio(settings: Settings) -> None:
-    """Runs the server on stdin/stdout until claude closes it."""
+def _endpoint_tool(
+    bridge: Bridge, endpoint: Endpoint[msgspec.Struct, msgspec.Struct]
+) -> Callable[..., Awaitable[dict[str, Any]]]:
+    """A tool whose arguments are the fields of the endpoint's request Struct
+    (the input schema claude sees is derived from them) and whose result is
+    the endpoint's reply."""
+    hints = get_type_hints(endpoint.request)
+    params = [
+        inspect.Parameter(
+            f.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=inspect.Parameter.empty if f.required else f.default,
+            annotation=hints[f.name],
+        )
+        for f in msgspec.structs.fields(endpoint.request)
+    ]
+
+    async def tool(**arguments: Any) -> dict[str, Any]:
+        try:
+            req = msgspec.convert(arguments, endpoint.request)
+        except msgspec.ValidationError as exc:
+            raise ToolError(f"bad_request: {exc}") from None
+        return _plain(await bridge.call(endpoint, req))
+
+    tool.__signature__ = inspect.Signature(params, return_annotation=dict[str, Any])  # type: ignore[attr-defined]
+    tool.__name__ = tool.__qualname__ = endpoint.verb
+    return tool
+
+
+def run(settings: Settings) -> None:
+    """``hive harness mcp``: the server on stdin/stdout until claude closes it.
+
+    Raises:
+        ConfigError: no agent to speak as.
+    """
+    if not settings.harness.agent:
+        raise ConfigError("HIVE_HARNESS_AGENT is not set")
     # stdout carries the MCP protocol: only an exporter that does not print
     if settings.telemetry.exporter == "otlp":
         setup_tracing(settings.telemetry, "harness-mcp")

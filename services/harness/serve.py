@@ -13,18 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import socket
-import sys
 from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
 
 from hyperhive.common.config import Settings
-from hyperhive.common.errors import ConfigError, HiveError
-from hyperhive.common.logs import setup_logging
+from hyperhive.common.errors import ConfigError
 from hyperhive.common.natsconn import connect
-from hyperhive.common.telemetry import setup_tracing
+from hyperhive.common.service import GRACE_S, drain, stop_on_signals
 from hyperhive.common.webserve import WebServer, bind_unix, inherited
 from hyperhive.harness.config import HarnessConfig, resolve
 from hyperhive.harness.loop import Harness
@@ -49,11 +46,7 @@ async def run(
         ConfigError: bad settings or agent.toml, or no page socket.
         Unavailable: NATS cannot be reached.
     """
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT) if handle_signals else ():
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals(stop, handle=handle_signals)
     cfg: HarnessConfig = resolve(settings)
     sock = page_socket(settings)
     path = settings.harness.socket
@@ -85,14 +78,11 @@ async def run(
         stop.set()
         deps.close()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*tasks[1:], return_exceptions=True), 10)
+            await asyncio.wait_for(asyncio.gather(*tasks[1:], return_exceptions=True), GRACE_S)
         await server.stop()
         for t in tasks:
             t.cancel()
-        try:
-            await asyncio.wait_for(nc.drain(), 5)
-        except Exception:
-            await nc.close()
+        await drain(nc)
 
 
 def page_socket(settings: Settings) -> socket.socket:
@@ -109,17 +99,3 @@ def page_socket(settings: Settings) -> socket.socket:
     # who may connect is decided by who sees the run dir (this agent and the
     # host); the dashboard may run as another user than the harness
     return bind_unix(hs.socket, "agent page", mode=0o666)
-
-
-def serve_main(settings: Settings) -> int:
-    """Entry point: exit code 0 on a clean stop, 1 with one line if it cannot run."""
-    setup_logging(settings.log, f"harness-{settings.harness.agent or '?'}")
-    try:
-        setup_tracing(settings.telemetry, "harness")
-        asyncio.run(run(settings))
-    except HiveError as exc:
-        print(f"hive harness serve: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        pass
-    return 0

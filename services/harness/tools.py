@@ -6,7 +6,7 @@ only writes claude's MCP config, does not import the MCP SDK (tens of MB).
 
 from __future__ import annotations
 
-from hyperhive.common import subjects
+from hyperhive.common import endpoints, subjects
 
 SERVER_NAME = "hyperhive"
 TRACEPARENT_ENV = "TRACEPARENT"  # the turn's trace context, set by the harness
@@ -15,4 +15,4 @@ BASE_TOOLS = ("send", "recv", "message_status")
 
 def tool_names(agent: str) -> tuple[str, ...]:
     """The tools the hyperhive server offers ``agent``."""
-    return BASE_TOOLS + (subjects.MANAGER_TOOLS if agent == subjects.MANAGER else ())
+    return BASE_TOOLS + (endpoints.MANAGER_TOOLS if agent == subjects.MANAGER else ())

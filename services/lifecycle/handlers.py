@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from hyperhive.common import subjects
+from typing import Any
+
+from hyperhive.common import endpoints as E
+from hyperhive.common.endpoints import Endpoint
 from hyperhive.common.errors import Forbidden
 from hyperhive.common.names import check_agent_name
-from hyperhive.common.rpc import Call, Responder, manager_only
+from hyperhive.common.rpc import Call, Handler
 from hyperhive.common.wire.base import Empty, Ok
 from hyperhive.common.wire.lifecycle import (
     AgentInfo,
@@ -30,8 +33,6 @@ from hyperhive.common.wire.lifecycle import (
 from hyperhive.common.wire.node import NodesReply
 from hyperhive.lifecycle.core import Lifecycle
 from hyperhive.lifecycle.nodes import Nodes
-
-PART = "lifecycle"
 
 
 class Handlers:
@@ -116,53 +117,45 @@ class Handlers:
 
     # --- hive.agent.<manager>.{kill,start,restart,update} ---------------------
 
-    async def manager_tool(self, req: AgentRequest, call: Call) -> AgentInfo:
-        """A manager tool, served behind :func:`manager_only` (the manager calls)."""
-        name = check_agent_name(req.name, allow_manager=True)
-        if name == self.lc.manager:
-            raise Forbidden(f"the manager cannot {call.verb} itself; ask the operator")
-        match call.verb:
-            case "kill":
-                return await self.lc.stop(name, kill=True)
-            case "start":
-                return await self.lc.start(name)
-            case "restart":
-                return await self.lc.restart(name)
-            case _:
-                return await self.lc.update(name)
+    def _not_on_itself(self, verb: Handler) -> Handler:
+        """An admin verb as the manager's tool (only the manager gets here: the
+        responder guards it), which the manager may not turn on itself."""
 
-    async def register(self, responder: Responder) -> None:
-        """Serves every lifecycle subject."""
-        system = {
-            "list": (AgentsRequest, self.list),
-            "get": (AgentRequest, self.get),
-            "create": (CreateRequest, self.create),
-            "apply": (ApplyRequest, self.apply),
-            "draft": (DraftRequest, self.draft),
-            "drafts": (Empty, self.drafts),
+        async def tool(req: AgentRequest, call: Call) -> AgentInfo:
+            if check_agent_name(req.name, allow_manager=True) == self.lc.manager:
+                raise Forbidden(f"the manager cannot {call.verb} itself; ask the operator")
+            return await verb(req, call)
+
+        return tool
+
+    def endpoints(self) -> dict[Endpoint[Any, Any], Handler]:
+        """Every lifecycle endpoint and its handler."""
+        return {
+            E.SYS_AGENTS: self.list,
+            E.SYS_AGENT: self.get,
+            E.CREATE: self.create,
+            E.APPLY: self.apply,
+            E.DRAFT: self.draft,
+            E.SYS_DRAFTS: self.drafts,
+            E.AGENTS: self.list,
+            E.SPAWN: self.spawn,
+            E.ADMIN_CONTAINER["start"]: self.start,
+            E.ADMIN_CONTAINER["stop"]: self.stop,
+            E.ADMIN_CONTAINER["restart"]: self.restart,
+            E.ADMIN_CONTAINER["kill"]: self.kill,
+            E.ADMIN_CONTAINER["update"]: self.update,
+            E.DESTROY: self.destroy,
+            E.KEPT: self.kept,
+            E.PURGE: self.purge,
+            E.LOGS: self.logs,
+            E.CONFIG: self.config,
+            E.NOTES: self.notes,
+            E.DRAFTS: self.drafts,
+            E.NODES: self.list_nodes,
+            # served whether or not this hive has a manager: anyone else hears
+            # ``forbidden`` (the responder's guard)
+            E.KILL: self._not_on_itself(self.kill),
+            E.START: self._not_on_itself(self.start),
+            E.RESTART: self._not_on_itself(self.restart),
+            E.UPDATE: self._not_on_itself(self.update),
         }
-        for verb, (kind, handler) in system.items():
-            await responder.serve(subjects.system(PART, verb), kind, handler)
-        admin = {
-            "list": (AgentsRequest, self.list),
-            "spawn": (SpawnRequest, self.spawn),
-            "start": (AgentRequest, self.start),
-            "stop": (AgentRequest, self.stop),
-            "restart": (AgentRequest, self.restart),
-            "kill": (AgentRequest, self.kill),
-            "update": (AgentRequest, self.update),
-            "destroy": (DestroyRequest, self.destroy),
-            "kept": (Empty, self.kept),
-            "purge": (AgentRequest, self.purge),
-            "logs": (LogsRequest, self.logs),
-            "config": (AgentRequest, self.config),
-            "notes": (NotesRequest, self.notes),
-            "drafts": (Empty, self.drafts),
-            "nodes": (Empty, self.list_nodes),
-        }
-        for verb, (kind, handler) in admin.items():
-            await responder.serve(subjects.admin(PART, verb), kind, handler)
-        if self.lc.manager:
-            tool_handler = manager_only(self.manager_tool, self.lc.manager)
-            for tool in subjects.LIFECYCLE_MANAGER_TOOLS:
-                await responder.serve(subjects.agent_wildcard(tool), AgentRequest, tool_handler)

@@ -1,6 +1,6 @@
 """Joining a machine to the hive: one-time tokens and the join handler.
 
-The control half mounts :class:`Joins` (``await Joins(...).serve(responder)``):
+The control half mounts :class:`Joins` (its :meth:`Joins.endpoints`):
 ``hive.admin.nodes.join_token`` (the operator) issues a token,
 ``hive.system.nodes.join`` (the new machine) spends it. docs/multihost.md
 says why a token is what it is.
@@ -26,17 +26,20 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import nats
 import nats.errors
 
+from hyperhive.common import endpoints as E
 from hyperhive.common import nats_auth, subjects
 from hyperhive.common.config import Settings
+from hyperhive.common.endpoints import Endpoint
 from hyperhive.common.errors import BadRequest, Conflict, Forbidden
 from hyperhive.common.names import check_node_name
 from hyperhive.common.paths import nats_dir
-from hyperhive.common.rpc import Call, Responder
+from hyperhive.common.rpc import Call, Handler, Responder
 from hyperhive.common.wire.join import (
     JoinReply,
     JoinRequest,
@@ -92,10 +95,14 @@ class Joins:
     def tokens_dir(self) -> Path:
         return self.root / "joins"
 
+    def endpoints(self) -> dict[Endpoint[Any, Any], Handler]:
+        """``hive.admin.nodes.join_token`` and ``hive.system.nodes.join``."""
+        return {E.JOIN_TOKEN: self.issue, E.JOIN: self.join}
+
     async def serve(self, responder: Responder) -> None:
-        """Answers ``hive.admin.nodes.join_token`` and ``hive.system.nodes.join``."""
-        await responder.serve(subjects.NODES_JOIN_TOKEN, JoinTokenRequest, self.issue)
-        await responder.serve(subjects.NODES_JOIN, JoinRequest, self.join)
+        """Serves :meth:`endpoints` on ``responder``."""
+        for endpoint, handler in self.endpoints().items():
+            await responder.serve(endpoint, handler)
 
     async def issue(self, req: JoinTokenRequest, _call: Call | None = None) -> JoinToken:
         """A fresh token valid for ``req.ttl_s`` seconds, usable once.

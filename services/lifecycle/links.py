@@ -15,15 +15,16 @@ from typing import Any, TypeVar
 import msgspec
 from nats.aio.client import Client as NATS
 
-from hyperhive.common import rpc, subjects
+from hyperhive.common import endpoints as E
+from hyperhive.common import rpc
 from hyperhive.common.config import Settings
-from hyperhive.common.wire.base import Empty, Ok
+from hyperhive.common.endpoints import Endpoint
+from hyperhive.common.wire.base import Empty
 from hyperhive.common.wire.lifecycle import LogsReply
 from hyperhive.common.wire.node import (
     NodeAgentRequest,
     NodeAgentSpec,
     NodeDeployRequest,
-    NodeDestroyReply,
     NodeDestroyRequest,
     NodeExposeRequest,
     NodeListReply,
@@ -48,8 +49,8 @@ class NodeLink(abc.ABC):
     shared: bool = False
 
     @abc.abstractmethod
-    async def call(self, verb: str, req: msgspec.Struct, reply: type[T], timeout: float) -> T:
-        """Runs ``verb`` on the node."""
+    async def call(self, endpoint: Endpoint[Any, T], req: msgspec.Struct, timeout: float) -> T:
+        """Runs ``endpoint`` (one of :data:`~hyperhive.common.endpoints.NODE`) on the node."""
 
     async def create(
         self,
@@ -61,46 +62,46 @@ class NodeLink(abc.ABC):
         fresh_state: bool = False,
     ) -> None:
         req = NodeDeployRequest(agent=agent, seed=seed, tree=tree, sha=sha, fresh_state=fresh_state)
-        await self.call("create", req, NodeStateReply, self.build_s)
+        await self.call(E.NODE["create"], req, self.build_s)
 
     async def start(self, agent: NodeAgentSpec) -> None:
-        await self.call("start", NodeAgentRequest(agent=agent), NodeStateReply, self.build_s)
+        await self.call(E.NODE["start"], NodeAgentRequest(agent=agent), self.build_s)
 
     async def stop(self, agent: NodeAgentSpec, *, kill: bool = False) -> None:
         req = NodeStopRequest(agent=agent, kill=kill)
-        await self.call("stop", req, NodeStateReply, self.build_s)
+        await self.call(E.NODE["stop"], req, self.build_s)
 
     async def restart(self, agent: NodeAgentSpec) -> None:
-        await self.call("restart", NodeAgentRequest(agent=agent), NodeStateReply, self.build_s)
+        await self.call(E.NODE["restart"], NodeAgentRequest(agent=agent), self.build_s)
 
     async def update(
         self, agent: NodeAgentSpec, *, running: bool, tree: bytes | None, sha: str
     ) -> None:
         req = NodeDeployRequest(agent=agent, running=running, tree=tree, sha=sha)
-        await self.call("update", req, NodeStateReply, self.build_s)
+        await self.call(E.NODE["update"], req, self.build_s)
 
     async def destroy(
         self, agent: NodeAgentSpec, *, purge: bool = False, container: bool = True
     ) -> bool:
         """Returns whether the node keeps a state of the agent."""
         req = NodeDestroyRequest(agent=agent, purge=purge, container=container)
-        reply = await self.call("destroy", req, NodeDestroyReply, self.build_s)
+        reply = await self.call(E.NODE["destroy"], req, self.build_s)
         return reply.kept_state
 
     async def state(self, agent: NodeAgentSpec) -> NodeStateReply:
-        return await self.call("state", NodeAgentRequest(agent=agent), NodeStateReply, self.quick_s)
+        return await self.call(E.NODE["state"], NodeAgentRequest(agent=agent), self.quick_s)
 
     async def logs(
         self, agent: NodeAgentSpec, lines: int, after: int | None, cursor: str
     ) -> LogsReply:
         req = NodeLogsRequest(agent=agent, lines=lines, after=after, after_cursor=cursor)
-        return await self.call("logs", req, LogsReply, self.quick_s)
+        return await self.call(E.NODE["logs"], req, self.quick_s)
 
     async def expose(self, name: str) -> None:
-        await self.call("expose", NodeExposeRequest(name=name), Ok, self.quick_s)
+        await self.call(E.NODE["expose"], NodeExposeRequest(name=name), self.quick_s)
 
     async def list(self) -> NodeListReply:
-        return await self.call("list", Empty(), NodeListReply, self.quick_s)
+        return await self.call(E.NODE["list"], Empty(), self.quick_s)
 
 
 class LocalLink(NodeLink):
@@ -112,8 +113,8 @@ class LocalLink(NodeLink):
         super().__init__(agent.name, settings)
         self.agent = agent
 
-    async def call(self, verb: str, req: msgspec.Struct, reply: type[T], timeout: float) -> T:
-        method: Any = getattr(self.agent, verb)
+    async def call(self, endpoint: Endpoint[Any, T], req: msgspec.Struct, timeout: float) -> T:
+        method: Any = getattr(self.agent, endpoint.verb)
         return await method(req)  # type: ignore[no-any-return]
 
 
@@ -124,10 +125,8 @@ class RemoteLink(NodeLink):
         super().__init__(node, settings)
         self.nc = nc
 
-    async def call(self, verb: str, req: msgspec.Struct, reply: type[T], timeout: float) -> T:
-        return await rpc.request(
-            self.nc, subjects.node(self.node, verb), req, reply, timeout=timeout
-        )
+    async def call(self, endpoint: Endpoint[Any, T], req: msgspec.Struct, timeout: float) -> T:
+        return await rpc.call(self.nc, endpoint, req, node=self.node, timeout=timeout)
 
 
 __all__ = ["LocalLink", "NodeLink", "RemoteLink"]

@@ -11,13 +11,15 @@ so that crash-watch sees a crash on any node within its bound.
 
 ``hive serve lifecycle`` runs one in-process (``shared``: it shares the
 control half's data dir, so the applied repo is the deployed tree and no tree
-travels); ``hive serve node`` serves one alone over ``hive.node.<node>.*``.
+travels); ``hive serve node`` serves one alone over ``hive.node.<node>.*``
+(:data:`hyperhive.common.endpoints.NODE`, :meth:`NodeAgent.endpoints`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import io
 import logging
 import os
@@ -26,16 +28,19 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import msgspec
 
+from hyperhive.common import endpoints as E
 from hyperhive.common import subjects
 from hyperhive.common.config import Settings
+from hyperhive.common.endpoints import Endpoint
 from hyperhive.common.errors import BadRequest, HiveError
 from hyperhive.common.names import check_agent_name, check_node_name, is_agent_name
 from hyperhive.common.nats_auth import write_seed
 from hyperhive.common.paths import AgentPaths
-from hyperhive.common.rpc import Call, Responder
+from hyperhive.common.rpc import Call, Handler
 from hyperhive.common.wire.base import Empty, Ok
 from hyperhive.common.wire.lifecycle import LogsReply
 from hyperhive.common.wire.node import (
@@ -224,7 +229,7 @@ class NodeAgent:
         await self.backend.expose_to_manager(check_agent_name(req.name))
         return Ok()
 
-    async def list(self, _req: Empty | None = None) -> NodeListReply:
+    async def list(self, _req: Empty) -> NodeListReply:
         """Every container this node holds (its agents dir), running or not."""
         out = []
         for spec in await asyncio.to_thread(self._held):
@@ -321,27 +326,21 @@ class NodeAgent:
             except TimeoutError:
                 pass
 
-    async def register(self, responder: Responder) -> None:
-        """Serves ``hive.node.<node>.<verb>`` (``hive serve node``)."""
-        verbs: dict[str, tuple[type[msgspec.Struct], Callable[..., Awaitable[msgspec.Struct]]]] = {
-            "create": (NodeDeployRequest, self.create),
-            "start": (NodeAgentRequest, self.start),
-            "stop": (NodeStopRequest, self.stop),
-            "restart": (NodeAgentRequest, self.restart),
-            "destroy": (NodeDestroyRequest, self.destroy),
-            "update": (NodeDeployRequest, self.update),
-            "state": (NodeAgentRequest, self.state),
-            "logs": (NodeLogsRequest, self.logs),
-            "expose": (NodeExposeRequest, self.expose),
-            "list": (Empty, self.list),
-        }
-        assert tuple(verbs) == subjects.NODE_VERBS
-        for verb, (kind, method) in verbs.items():
+    def endpoints(self) -> dict[Endpoint[Any, Any], Handler]:
+        """The node verbs (``hive.node.<node>.<verb>``), each this agent's method."""
+        return {endpoint: _served(getattr(self, verb)) for verb, endpoint in E.NODE.items()}
 
-            async def handler(req: msgspec.Struct, _call: Call, method=method) -> msgspec.Struct:
-                return await method(req)
 
-            await responder.serve(subjects.node(self.name, verb), kind, handler)
+def _served(verb: Callable[[Any], Awaitable[msgspec.Struct]]) -> Handler:
+    """A verb as a handler: the request's :class:`Call` is not its business
+    (the node's own subject already says who it is for); its types stay the
+    verb's, for :func:`~hyperhive.common.rpc.check_handler`."""
+
+    @functools.wraps(verb)
+    async def handler(req: Any, _call: Call) -> msgspec.Struct:
+        return await verb(req)
+
+    return handler
 
 
 # --- the node's files --------------------------------------------------------

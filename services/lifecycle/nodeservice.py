@@ -23,7 +23,7 @@ async def start(rt: Runtime) -> None:
     rev = rt.settings.lifecycle.rev or hyperhive_version()
     node = NodeAgent(rt.settings, backend, rev, shared=False)
     await node.adopt()
-    await node.register(rt.responder)
+    await rt.serve_node(node.name, node.endpoints())
     # the agent pages of this host, for the hub's dashboard (pagerelay.py)
     relay = await pagerelay.serve(rt.nc, rt.settings, node.name, responder=rt.responder)
     rt.stack.push_async_callback(relay.stop)

@@ -1,6 +1,6 @@
 """The agent page relay: a node serves its agents' pages to the hub's dashboard.
 
-The node agent mounts it with :func:`serve` (``await serve(nc, settings,
+The node agent mounts it with :func:`serve` (``await serve_subject(nc, settings,
 node)``, then ``await relay.stop()`` at shutdown). It answers
 ``hive.node.<node>.page.<agent>.<op>`` (wire types in
 :mod:`hyperhive.common.wire.page`) by forwarding to the agent's page socket
@@ -213,18 +213,22 @@ class PageRelay:
 
     async def start(self) -> None:
         """Subscribes; from now on the dashboard reaches this node's agent pages."""
-        serve = self._responder.serve
+        serve_subject = self._responder.serve_subject
         for op in subjects.PAGE_CALLS:
-            await serve(subjects.node_page_op(self._node, op), PageCall, self._call)
-        await serve(
+            await serve_subject(subjects.node_page_op(self._node, op), PageCall, self._call)
+        await serve_subject(
             subjects.node_page_op(self._node, subjects.PAGE_EVENTS), EventsOpen, self._events
         )
-        await serve(
+        await serve_subject(
             subjects.node_page_op(self._node, subjects.PAGE_TERMINAL), TerminalOpen, self._terminal
         )
-        await serve(subjects.node_page_op(self._node, subjects.PAGE_PULL), PullRequest, self._pull)
-        await serve(subjects.node_page_op(self._node, subjects.PAGE_PUSH), PushRequest, self._push)
-        await serve(
+        await serve_subject(
+            subjects.node_page_op(self._node, subjects.PAGE_PULL), PullRequest, self._pull
+        )
+        await serve_subject(
+            subjects.node_page_op(self._node, subjects.PAGE_PUSH), PushRequest, self._push
+        )
+        await serve_subject(
             subjects.node_page_op(self._node, subjects.PAGE_CLOSE), SessionRequest, self._close
         )
         self._reaper = asyncio.create_task(self._reap(), name=f"pagerelay-reaper-{self._node}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from hyperhive.common.service import Runtime, hyperhive_version
+from hyperhive.common.wire.base import Empty
 from hyperhive.lifecycle.autoupdate import auto_update_loop, ensure_manager
 from hyperhive.lifecycle.backends import make_backend
 from hyperhive.lifecycle.core import Lifecycle
@@ -29,7 +30,7 @@ async def start(rt: Runtime) -> None:
     await nodes.load()
     await reg.clear_leftover_flags()
     await node.adopt()
-    await lc.reconcile_node(node.name, await node.list())
+    await lc.reconcile_node(node.name, await node.list(Empty()))
     rt.spawn(node.monitor(), "node-monitor")
 
     async def publish(subject: str, data: bytes) -> None:
@@ -39,11 +40,10 @@ async def start(rt: Runtime) -> None:
     rt.spawn(nodes.watch(), "nodes-watch")
     rt.spawn(nodes.watch_silence(), "nodes-silence")
     rt.stack.push_async_callback(nodes.close)
-    await Handlers(lc, nodes).register(rt.responder)
-    await node.register(rt.responder)  # the hub is a node like any other on the bus
     # joining nodes (docs/multihost.md): the control half records each one
     joins = Joins(rt.settings, nodes.register_join)
-    await joins.serve(rt.responder)
+    await rt.serve_all({**Handlers(lc, nodes).endpoints(), **joins.endpoints()})
+    await rt.serve_node(node.name, node.endpoints())  # the hub is a node like any other
     rt.spawn(joins.sweep_loop(), "join-token-sweep")
     try:
         await ensure_manager(lc)

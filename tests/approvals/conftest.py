@@ -149,6 +149,27 @@ def git_out(repo_path: Path, *args: str) -> str:
         return str(repo.git.execute(["git", *args]))
 
 
+def head_state(repo_path: Path) -> tuple[str, str]:
+    """``(symbolic ref or "", commit or "")`` of HEAD."""
+    with git.Repo(repo_path) as repo:
+        try:
+            sym = str(repo.git.execute(["git", "symbolic-ref", "--quiet", "HEAD"]))
+        except git.GitCommandError:
+            sym = ""
+        try:
+            sha = str(
+                repo.git.execute(["git", "rev-parse", "--verify", "--quiet", "HEAD^{commit}"])
+            )
+        except git.GitCommandError:
+            sha = ""
+    return sym.strip(), sha.strip()
+
+
+def delete_tag(repo_path: Path, name: str) -> None:
+    """Removes tag ``name`` if it exists."""
+    git_out(repo_path, "update-ref", "-d", f"refs/tags/{name}")
+
+
 # A harness that ignores SIGTERM: every restart (so every build of an agent
 # that runs) waits out lifecycle's stop timeout. Gives a test a build that is
 # reliably in progress for a few seconds.

@@ -18,7 +18,14 @@ from hyperhive.common.wire.approvals import (
     DiffReply,
 )
 from hyperhive.common.wire.events import ApprovalResolved
-from tests.approvals.conftest import Hive, agent_name, commit_files, git_out, hive_events
+from tests.approvals.conftest import (
+    Hive,
+    agent_name,
+    commit_files,
+    git_out,
+    head_state,
+    hive_events,
+)
 
 GOOD_TOML = 'model = "claude-sonnet-4-5"\nallowed_tools = ["Read"]\n'
 BAD_TOML = "model = 5\n"
@@ -56,7 +63,7 @@ async def test_approved_commit_is_deployed_and_main_fast_forwards(hive: Hive) ->
     assert git_out(applied, "merge-base", "--is-ancestor", before, "main") == ""
     assert (applied / "agent.nix").read_text() == "{ ... }: { }\n"
     assert (applied / "notes" / "readme.md").read_text() == "hello\n"
-    assert gitops.head_state(applied) == ("refs/heads/main", queued.fetched_sha)
+    assert head_state(applied) == ("refs/heads/main", queued.fetched_sha)
     assert git_out(applied, "status", "--porcelain") == ""
     # the manager's read-only mirror is this repo: what shipped is there
     assert git_out(applied, "show", f"deployed/{queued.id}:agent.toml") == GOOD_TOML.strip()
@@ -94,7 +101,7 @@ async def test_failed_build_rolls_back_main_and_tree(hive: Hive) -> None:
     assert "model" in info.error
     assert info.tag == f"failed/{queued.id}"
     assert gitops.main_sha(applied) == main_before
-    assert gitops.head_state(applied) == ("refs/heads/main", main_before)
+    assert head_state(applied) == ("refs/heads/main", main_before)
     assert (applied / "agent.toml").read_text() == toml_before
     assert not (applied / "extra.txt").exists()
     assert git_out(applied, "status", "--porcelain") == ""
@@ -222,7 +229,7 @@ async def test_approving_a_proposal_not_based_on_main_is_refused(hive: Hive) -> 
         await hive.admin("approve", ApprovalIdRequest(id=older.id), ApprovalInfo)
 
     assert gitops.main_sha(applied) == newer.fetched_sha
-    assert gitops.head_state(applied) == ("refs/heads/main", newer.fetched_sha)
+    assert head_state(applied) == ("refs/heads/main", newer.fetched_sha)
     assert (applied / "agent.toml").read_text() == 'model = "newer"\n'
     assert not (applied / "older.txt").exists()
     assert git_out(applied, "status", "--porcelain") == ""
@@ -251,7 +258,7 @@ def test_advance_main_only_fast_forwards(tmp_path) -> None:  # type: ignore[no-u
     git_out(repo, "update-ref", "refs/heads/main", a)
     gitops.advance_main(repo, c, a)
     gitops.advance_main(repo, c, a)  # again (recovery): main is there already
-    assert gitops.head_state(repo) == ("refs/heads/main", c)
+    assert head_state(repo) == ("refs/heads/main", c)
 
 
 def git_out_init(path) -> None:  # type: ignore[no-untyped-def]

@@ -35,7 +35,15 @@ from hyperhive.common.wire.base import Ping, Pong
 from hyperhive.common.wire.events import ApprovalResolved
 from hyperhive.common.wire.lifecycle import DraftInfo
 from tests import rig
-from tests.approvals.conftest import SLOW_BUILDS, Hive, agent_name, commit_files, git_out
+from tests.approvals.conftest import (
+    SLOW_BUILDS,
+    Hive,
+    agent_name,
+    commit_files,
+    delete_tag,
+    git_out,
+    head_state,
+)
 
 GOOD = 'model = "after-crash"\n'
 END_STATES = ("deployed", "failed", "denied")
@@ -135,7 +143,7 @@ def assert_repo_agrees(hive: Hive, name: str, info: ApprovalInfo, base: str) -> 
     assert gitops.tag_sha(applied, f"{info.state}/{info.id}") == info.fetched_sha
     expected_main = info.fetched_sha if info.state == "deployed" else base
     assert gitops.main_sha(applied) == expected_main
-    assert gitops.head_state(applied) == ("refs/heads/main", expected_main)
+    assert head_state(applied) == ("refs/heads/main", expected_main)
     assert git_out(applied, "status", "--porcelain") == ""
 
 
@@ -343,7 +351,7 @@ async def test_crash_between_the_row_and_the_proposal_tag(peers: Hive) -> None:
                 ApprovalQueued,
             )
         assert git_out(hive.paths(draft).applied, "tag", "-l").split() == [f"proposal/{first.id}"]
-    gitops.delete_tag(applied, f"proposal/{q.id}")
+    delete_tag(applied, f"proposal/{q.id}")
     await stage(hive, "UPDATE approvals SET pinned = false WHERE id = $1", q.id)
 
     async with rig.running_service("approvals", hive.settings):

@@ -20,7 +20,7 @@ from hyperhive.common.wire.approvals import (
 from hyperhive.common.wire.base import Empty
 from hyperhive.common.wire.events import SpawnResolved
 from hyperhive.common.wire.lifecycle import AgentInfo, AgentRequest, DraftInfo, DraftsReply
-from tests.approvals.conftest import Hive, agent_name, git_out
+from tests.approvals.conftest import Hive, agent_name, git_out, head_state
 
 TOML = 'model = "claude-haiku"\nprompt = "You keep the docs tidy."\n'
 
@@ -96,7 +96,7 @@ async def test_two_step_spawn_from_a_staged_commit(hive: Hive) -> None:
 
     assert (info.state, info.tag) == ("deployed", f"deployed/{q.id}")
     assert gitops.main_sha(paths.applied) == sha
-    assert gitops.head_state(paths.applied) == ("refs/heads/main", sha)
+    assert head_state(paths.applied) == ("refs/heads/main", sha)
     assert (paths.applied / "prompts" / "extra.md").read_text() == "be brief\n"
     assert (paths.state / "notes.md").read_text() == "# first notes\n"
     assert (await lifecycle_get(hive, name)).state == "running"

@@ -133,12 +133,12 @@ async def test_claims_in_one_batch_get_their_recipients_oldest_messages_in_order
 
 async def test_a_lease_that_ran_out_is_handed_out_again_as_a_redelivery(pool: asyncpg.Pool):
     [m] = await _send(pool, "b", 1)
-    first = await store.claim_next(pool, "b", 0, KINDS)  # the lease ends at once
-    again = await store.claim_next(pool, "b", 60, KINDS, "tp-again")
+    first = await claim_next(pool, "b", 0, KINDS)  # the lease ends at once
+    again = await claim_next(pool, "b", 60, KINDS, "tp-again")
     assert first is not None and again is not None
     assert (first["id"], again["id"], again["deliveries"]) == (m, m, 2)
     assert await _events(pool, "message.redelivered") == [(m, "tp-again")]
-    assert await store.claim_next(pool, "b", 60, KINDS) is None
+    assert await claim_next(pool, "b", 60, KINDS) is None
 
 
 async def test_concurrent_claim_batches_never_hand_out_one_message_twice(settings: Settings):
@@ -200,6 +200,18 @@ async def test_the_relaxed_pool_hands_out_clean_connections_without_a_reset_quer
         await pool.close()
 
 
+async def claim_next(
+    pool: asyncpg.Pool,
+    recipient: str,
+    lease_s: float,
+    kinds: store.EventKinds,
+    tp: str | None = None,
+) -> asyncpg.Record | None:
+    """The oldest available message of ``recipient``, handed out (one claim)."""
+    [row] = await store.claim_many(pool, [store.Claim(recipient, tp)], lease_s, kinds)
+    return row
+
+
 async def test_a_send_handed_to_a_waiting_recv_is_stored_delivered_with_both_events(
     pool: asyncpg.Pool,
 ):
@@ -218,8 +230,8 @@ async def test_a_send_handed_to_a_waiting_recv_is_stored_delivered_with_both_eve
         assert row["created_at"] == pytest.approx(stored.ts)
         assert row["delivered_at"] >= stored.ts and row["lease_until"] >= row["delivered_at"] + 59
     # handed out: no claim gets it; the one kept for c is available
-    assert await store.claim_next(pool, "b", 60, KINDS) is None
-    got = await store.claim_next(pool, "c", 60, KINDS)
+    assert await claim_next(pool, "b", 60, KINDS) is None
+    got = await claim_next(pool, "c", 60, KINDS)
     assert got is not None and got["id"] == kept.id and got["deliveries"] == 1
     outbox = await pool.fetch("SELECT subject, payload, traceparent FROM outbox ORDER BY id")
     records = [

@@ -52,3 +52,13 @@ def test_malformed_toml_names_the_file(tmp_path):
     cfg.write_text("[broker\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings({"HIVE_HOME": str(tmp_path)}, config_file=cfg)
+
+
+def test_the_manager_setting_is_on_or_off_never_another_name(tmp_path):
+    # the name is the constant everywhere (approvals, the harness, the
+    # dashboard); the setting only says whether lifecycle creates it
+    home = {"HIVE_HOME": str(tmp_path)}
+    assert load_settings(home).lifecycle.manager == "hm1nd"
+    assert load_settings({**home, "HIVE_LIFECYCLE_MANAGER": ""}).lifecycle.manager == ""
+    with pytest.raises(ConfigError, match=r"lifecycle\.manager"):
+        load_settings({**home, "HIVE_LIFECYCLE_MANAGER": "boss"})

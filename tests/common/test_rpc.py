@@ -32,7 +32,7 @@ async def test_handler_reply_and_error_reply(service_nc):
             raise errors.NotFound("no agent named 'nobody'")
         return wire.SendReply(id=len(req.body), ts=1.0)
 
-    await responder.serve(subject, wire.SendRequest, handler)
+    await responder.serve_subject(subject, wire.SendRequest, handler)
     await sync_subscriptions(service_nc)
     reply = await rpc.request(
         service_nc, subject, wire.SendRequest(to="b", body="abc"), wire.SendReply
@@ -52,7 +52,7 @@ async def test_malformed_json_and_wrong_types_get_bad_request_and_service_keeps_
     async def handler(req: wire.SendRequest, call: rpc.Call) -> None:
         return None
 
-    await responder.serve(subject, wire.SendRequest, handler)
+    await responder.serve_subject(subject, wire.SendRequest, handler)
     await sync_subscriptions(service_nc)
     for bad in (b"{not json", b'{"to": 5, "body": "x"}', b'{"body": "x"}', b"[]"):
         msg = await service_nc.request(subject, bad, timeout=5)
@@ -75,7 +75,7 @@ async def test_unexpected_exception_is_an_internal_error_not_a_crash(service_nc)
             raise RuntimeError("boom")
         return wire.Ok()
 
-    await responder.serve(subject, wire.Empty, handler)
+    await responder.serve_subject(subject, wire.Empty, handler)
     await sync_subscriptions(service_nc)
     with pytest.raises(errors.Internal):
         await rpc.request(service_nc, subject, wire.Empty(), wire.Ok)
@@ -101,7 +101,7 @@ async def test_database_outage_in_a_handler_is_unavailable_not_internal(service_
     async def handler(req: wire.Empty, call: rpc.Call) -> wire.Ok:
         raise exc
 
-    await responder.serve(subject, wire.Empty, handler)
+    await responder.serve_subject(subject, wire.Empty, handler)
     await sync_subscriptions(service_nc)
     with pytest.raises(errors.Unavailable, match=f"database unavailable, {subject} not done"):
         await rpc.request(service_nc, subject, wire.Empty(), wire.Ok)
@@ -123,7 +123,7 @@ async def test_slow_handler_times_out_clearly(service_nc):
         await release.wait()
         return wire.Ok()
 
-    await responder.serve(subject, wire.Empty, handler)
+    await responder.serve_subject(subject, wire.Empty, handler)
     await sync_subscriptions(service_nc)
     with pytest.raises(errors.RequestTimeout, match=r"within 0\.3s"):
         await rpc.request(service_nc, subject, wire.Empty(), wire.Ok, timeout=0.3)
@@ -141,7 +141,7 @@ async def test_long_running_request_does_not_block_the_next(service_nc):
             await release.wait()
         return wire.Ok()
 
-    await responder.serve(subject, wire.RecvRequest, handler)
+    await responder.serve_subject(subject, wire.RecvRequest, handler)
     await sync_subscriptions(service_nc)
     slow = asyncio.create_task(
         rpc.request(service_nc, subject, wire.RecvRequest(wait_ms=1), wire.Ok, timeout=10)
@@ -162,7 +162,7 @@ async def test_stop_lets_in_flight_handlers_finish(service_nc):
         await asyncio.sleep(0.3)
         return wire.Ok()
 
-    await responder.serve(subject, wire.Empty, handler)
+    await responder.serve_subject(subject, wire.Empty, handler)
     await sync_subscriptions(service_nc)
     pending = asyncio.create_task(rpc.request(service_nc, subject, wire.Empty(), wire.Ok))
     await started.wait()
@@ -178,7 +178,7 @@ async def test_call_knows_the_calling_agent_from_the_subject(service_nc):
     async def handler(req: wire.Empty, call: rpc.Call) -> None:
         seen.append((call.agent, call.verb))
 
-    await responder.serve(f"hive.agent.*.probe{name}", wire.Empty, handler)
+    await responder.serve_subject(f"hive.agent.*.probe{name}", wire.Empty, handler)
     await sync_subscriptions(service_nc)
     await rpc.request(service_nc, f"hive.agent.{name}.probe{name}", wire.Empty(), wire.Ok)
     assert seen == [(name, f"probe{name}")]

@@ -23,7 +23,7 @@ async def test_handler_span_joins_the_callers_trace(service_nc):
         seen_trace_ids.append(trace.get_current_span().get_span_context().trace_id)
         return wire.Ok()
 
-    await responder.serve(subject, wire.Empty, handler)
+    await responder.serve_subject(subject, wire.Empty, handler)
     await sync_subscriptions(service_nc)
     tracer = trace.get_tracer("test")
     with tracer.start_as_current_span("operator action") as root:

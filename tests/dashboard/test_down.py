@@ -72,7 +72,7 @@ async def test_a_hanging_service_times_out_into_down(
     async def swallow(msg: Msg) -> None:
         seen.append(msg.subject)  # and never reply
 
-    sub = await service_nc.subscribe(subjects.admin_all("lifecycle"), cb=swallow)
+    sub = await service_nc.subscribe("hive.admin.lifecycle.*", cb=swallow)
     settings: Settings = stack_settings(
         nats_server, database_url, hive_home, HIVE_DASHBOARD_SECTION_TIMEOUT_S="0.5"
     )

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from hyperhive.cli.embedded import EmbeddedNats
-from hyperhive.common import rpc, subjects
+from hyperhive.common import endpoints, rpc, subjects
 from hyperhive.common.errors import HiveError
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.approvals import (
@@ -349,7 +349,7 @@ async def test_manager_tools_reach_the_approvals_queue(
     end = next(r for r in records if r.get("type") == "turn_end")["event"]
     assert end["outcome"] == "ok"
     init = claude_events(records, "system")[0]
-    for tool in subjects.MANAGER_TOOLS:
+    for tool in endpoints.MANAGER_TOOLS:
         assert f"mcp__hyperhive__{tool}" in init["tools"]
     # every request of the turn offered all of hm1nd's tools with their schemas
     turn = api.matching(manager)

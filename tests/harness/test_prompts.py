@@ -15,7 +15,7 @@ import pytest
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from hyperhive.common import subjects
+from hyperhive.common import endpoints, subjects
 from hyperhive.common.config import load_settings
 from hyperhive.common.wire.events import SYSTEM_EVENT_TYPES, SystemEvent
 from hyperhive.harness.config import HarnessConfig
@@ -70,7 +70,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def test_manager_prompt_names_every_tool_it_is_offered(home: Path) -> None:
     tools = await offered_tools(subjects.MANAGER, home)
     # the registry really is the manager's full set (a sanity check of the lister)
-    assert set(subjects.MANAGER_TOOLS) < tools and "send" in tools
+    assert set(endpoints.MANAGER_TOOLS) < tools and "send" in tools
     text = prompt_for(subjects.MANAGER, home)
     missing = sorted(t for t in tools if not named(t, text))
     assert not missing, f"manager prompt does not document tools: {missing}"
@@ -78,11 +78,11 @@ async def test_manager_prompt_names_every_tool_it_is_offered(home: Path) -> None
 
 async def test_agent_prompt_names_its_tools_and_no_manager_tool(home: Path) -> None:
     tools = await offered_tools(PLAIN, home)
-    assert tools and not tools & set(subjects.MANAGER_TOOLS)
+    assert tools and not tools & set(endpoints.MANAGER_TOOLS)
     text = prompt_for(PLAIN, home)
     missing = sorted(t for t in tools if not named(t, text))
     assert not missing, f"agent prompt does not document tools: {missing}"
-    told = sorted(t for t in subjects.MANAGER_TOOLS if named(t, text))
+    told = sorted(t for t in endpoints.MANAGER_TOOLS if named(t, text))
     assert not told, f"a plain agent's prompt presents manager tools: {told}"
 
 

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
-from hyperhive.common import rpc, subjects
+from hyperhive.common import endpoints, rpc, subjects
 from hyperhive.common.jetstream import ensure_state_bucket
 from hyperhive.common.wire.broker import (
     DeliverRequest,
@@ -184,7 +184,7 @@ async def test_tool_calls_and_bad_input(stack: Stack, api: ScriptedAnthropic) ->
         assert "not_found" in tool_result_text(unknown) and "nobody9" in tool_result_text(unknown)
         assert types.get("is_error") and "validation error" in tool_result_text(types)
         for req in api.matching(mine):
-            assert not {f"mcp__hyperhive__{t}" for t in subjects.MANAGER_TOOLS} & set(req.offered)
+            assert not {f"mcp__hyperhive__{t}" for t in endpoints.MANAGER_TOOLS} & set(req.offered)
         # the peer got the good one
         inbox = await stack.inbox(peer)
         assert [m.body for m in inbox.messages] == ["hi peer"]

@@ -6,7 +6,7 @@ import nats
 import nats.errors
 import pytest
 
-from hyperhive.common import rpc, subjects
+from hyperhive.common import endpoints, rpc, subjects
 from hyperhive.common.errors import Forbidden
 from hyperhive.common.natsconn import sync_subscriptions
 from hyperhive.common.paths import AgentPaths
@@ -127,7 +127,7 @@ async def test_agent_credentials_are_scoped_and_revoked(
                     nc_m, subjects.manager_tool("restart"), AgentRequest(name="hm1nd"), AgentInfo
                 )
             # another agent calling a manager tool on its own subject hears why not
-            for tool in subjects.LIFECYCLE_MANAGER_TOOLS:
+            for tool in [e.verb for e in endpoints.MANAGER_ENDPOINTS if e.service == "lifecycle"]:
                 with pytest.raises(Forbidden, match=f"only the manager hm1nd may call {tool}"):
                     await rpc.request(
                         nc_a, subjects.agent("ca", tool), AgentRequest(name="cb"), AgentInfo
