@@ -23,7 +23,9 @@ from hyperhive.common.wire.approvals import (
     SpawnToolRequest,
 )
 from hyperhive.common.wire.broker import AdminSendRequest, SendReply, SendRequest, TurnStats
+from hyperhive.common.wire.base import Empty
 from hyperhive.common.wire.lifecycle import AgentsReply, AgentsRequest, DraftInfo, Heartbeat
+from hyperhive.common.wire.node import NodesReply
 from hyperhive.dashboard.sections import SECTIONS
 from tests import rig
 from tests.dashboard.conftest import (
@@ -648,3 +650,21 @@ async def test_a_foreign_host_name_is_refused(stack: Stack, client: httpx.AsyncC
     assert r.status_code == 403
     r = await client.get("/", headers={"Host": f"localhost:{stack.settings.dashboard.port}"})
     assert r.status_code == 200
+
+
+async def test_nodes_section_lists_each_host_with_its_agents_load_and_revision(
+    stack: Stack, client: httpx.AsyncClient
+) -> None:
+    await spawn_agent(stack, "nd")
+    listed = await rpc.request(
+        stack.operator, subjects.admin("lifecycle", "nodes"), Empty(), NodesReply
+    )
+    hub = next(n for n in listed.nodes if n.name == subjects.HUB_NODE)
+    body = (await client.get("/section/nodes")).text
+    row = body[body.index(f'data-node="{subjects.HUB_NODE}"') :].split("</li>")[0]
+    assert 'data-state="up"' in row, row
+    assert f'<span data-role="agents">{hub.agents} agents</span>' in row, row
+    assert hub.agents >= 2  # the manager and this test's agent
+    assert f"load {hub.load1:.2f}" in row and hub.revision[:12] in row, row
+    page = (await client.get("/")).text
+    assert '<section id="nodes"' in page and "N0D3S" in page
