@@ -10,8 +10,8 @@ and no database. Agents are placed on all three hosts (``--host``); each
 node's harnesses run ``claude`` against the scripted API.
 
 Checked: the relay ``operator → a@east → b@west → operator`` through the
-broker; an approval deployed to ``b`` on its node (the new prompt in the next
-turn's system prompt); an agent on one node refused when it publishes as an
+broker; an approval deployed to ``b`` on its node (its harness restarted
+there, the next turn runs the new ``agent.toml``'s model); an agent on one node refused when it publishes as an
 agent on the other node or on the hub's admin subjects (with its real seed,
 read from its node's data dir); the dashboard in Chromium showing every
 agent's host and the three nodes, and ``b``'s page reached through the hub.
@@ -105,52 +105,43 @@ def node_env(home: Path) -> dict[str, str]:
     return env
 
 
-async def join_node(op: Settings, nats_server: EmbeddedNats, name: str, home: Path) -> Node:
-    """``hive join-token`` on the hub, ``hive node --join`` on the new machine,
-    then ``hive node`` there (its node agent, from the hive.toml the join wrote).
+async def join_node(stack: Stack, op: Settings, nats_url: str, name: str, home: Path) -> Node:
+    """``hive join-token`` on the hub, then the one command on the new machine
+    (``hive node --join``: joins, then runs the node agent in its place);
+    returns once the node agent beats.
 
-    The join and the start are two commands here (``--join-only``) so that the
-    node agent connects after the hub removed the spent token's user: a
-    connection that registers while nats-server swaps its users can land in a
-    stale account (tests/rig.py ``reload_nats``). With the one command the
-    node agent connects about when that reload happens; on this machine that
-    once left its replies refused ("permissions violation for publish to
-    _INBOX..."), so its first create request timed out.
+    One machine at a time: the next token's reload of nats-server must not
+    meet this node agent's connect (a connection that registers while
+    nats-server swaps its users can keep stale permissions, tests/rig.py
+    ``reload_nats``; ``hive node --join`` waits out its own token's removal
+    for the same reason).
     """
     code, out, err = await rig.hive_cli(op, "join-token", "--json")
     assert code == 0, err
-    made = json.loads(out)
-    argv = ["node", "--join", nats_server.url, "--token", made["token"], "--name", name]
-    joined = await asyncio.to_thread(hive_on, home, [*argv, "--join-only"])
-    assert joined.returncode == 0, joined.stderr
-    assert f"as node {name}" in joined.stdout
-
-    def token_user_gone() -> bool:
-        return made["user"] not in {u.name for u in nats_auth.list_users(nats_server.root)}
-
-    await rig.eventually(token_user_gone, timeout=20, what="the spent token's user removed")
-    await asyncio.sleep(0.5)  # its reload (the user goes from the file first)
+    token = json.loads(out)["token"]
     log = home.parent / f"{name}-node.log"
-    proc = await asyncio.to_thread(start_node, home, log)
-    return Node(name, home, proc, log)
+    proc = await asyncio.to_thread(start_node, nats_url, token, name, home, log)
+    node = Node(name, home, proc, log)
+
+    async def beats() -> bool:
+        assert proc.poll() is None, node.output()
+        reply = await rpc.request(
+            stack.op, subjects.admin("lifecycle", "nodes"), Empty(), NodesReply
+        )
+        return any(n.name == name and n.last_seen and n.revision for n in reply.nodes)
+
+    await rig.eventually(beats, timeout=60, what=f"{name} joined and beats")
+    assert f"joined the hive at {nats_url} as node {name}" in node.output()
+    return node
 
 
-def hive_on(home: Path, argv: list[str]) -> subprocess.CompletedProcess[str]:
-    """``hive <argv>`` on a new machine (its own HIVE_HOME, none of the hub's settings)."""
-    return subprocess.run(
-        [sys.executable, "-m", "hyperhive.cli.main", *argv],
-        env=node_env(home),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def start_node(home: Path, log: Path) -> subprocess.Popen[bytes]:
-    """``hive node``: the node agent of a machine that joined."""
+def start_node(
+    hub_url: str, token: str, name: str, home: Path, log: Path
+) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "hyperhive.cli.main", "node", "--join", hub_url]
     with open(log, "wb") as f:
         return subprocess.Popen(
-            [sys.executable, "-m", "hyperhive.cli.main", "node"],
+            [*argv, "--token", token, "--name", name],
             env=node_env(home),
             stdout=f,
             stderr=subprocess.STDOUT,
@@ -165,7 +156,7 @@ async def joined_nodes(
     nodes: dict[str, Node] = {}
     try:
         for name in NODES:
-            nodes[name] = await join_node(op, nats_server, name, root / name)
+            nodes[name] = await join_node(stack, op, nats_server.url, name, root / name)
         yield nodes
     finally:
         for node in nodes.values():
