@@ -22,8 +22,8 @@ from hyperhive.common.wire.approvals import (
     QuestionsRequest,
     SpawnToolRequest,
 )
-from hyperhive.common.wire.broker import AdminSendRequest, SendReply, SendRequest, TurnStats
 from hyperhive.common.wire.base import Empty
+from hyperhive.common.wire.broker import AdminSendRequest, SendReply, SendRequest, TurnStats
 from hyperhive.common.wire.lifecycle import AgentsReply, AgentsRequest, DraftInfo, Heartbeat
 from hyperhive.common.wire.node import NodesReply
 from hyperhive.dashboard.sections import SECTIONS

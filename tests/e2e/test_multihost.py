@@ -11,10 +11,11 @@ node's harnesses run ``claude`` against the scripted API.
 
 Checked: the relay ``operator → a@east → b@west → operator`` through the
 broker; an approval deployed to ``b`` on its node (its harness restarted
-there, the next turn runs the new ``agent.toml``'s model); an agent on one node refused when it publishes as an
-agent on the other node or on the hub's admin subjects (with its real seed,
-read from its node's data dir); the dashboard in Chromium showing every
-agent's host and the three nodes, and ``b``'s page reached through the hub.
+there, the next turn runs the new ``agent.toml``'s model); an agent on one
+node refused when it publishes as an agent on the other node or on the hub's
+admin subjects (with its real seed, read from its node's data dir); the
+dashboard in Chromium showing every agent's host and the three nodes, and
+``b``'s page reached through the hub.
 """
 
 from __future__ import annotations
