@@ -9,7 +9,13 @@ figures are divided by), then measures:
       throughput with ``--senders`` requests in flight; a one-row
       INSERT+commit on the same Postgres (p50/p99);
   (b) send → the recipient's waiting ``recv`` returning, p50/p99, and its
-      ratio to (raw request/reply p50 + INSERT+commit p50);
+      ratio to (raw request/reply p50 + INSERT+commit p50); then the same
+      across nodes (b'): the recipient placed on node ``node1`` (the
+      registry says so) and running in a process of its own with its own
+      connection, the sender on ``node2``. With the direct-to-hub bus
+      (docs/multihost.md) an agent on another node takes the same NATS path
+      as one on the hub, so (b') next to (b) is what placement adds: a
+      separate process and connection, nothing on the wire;
   (c) durable sends: 32 concurrent senders to 32 agents, each send committed
       before its reply, and its ratio to the raw throughput of (a); then end
       to end, the same senders while the agents recv and ack, counted once
@@ -286,12 +292,17 @@ async def wait_brokers(nc: NATS, count: int = 1, timeout: float = 60) -> list[in
             raise TimeoutError(f"{len(pids)} of {count} broker instances answered")
 
 
+# (b'): where the registry says the cross-node pair runs (every other agent: the hub)
+PLACED = {"s1": "node2", "r1": "node1"}
+
+
 async def serve_registry(nc: NATS, names: list[str]) -> Responder:
-    """Answers lifecycle list/get for the bench's agents."""
+    """Answers lifecycle list/get for the bench's agents (with their node)."""
     responder = Responder(nc, queue="bench-lifecycle")
 
     def info(name: str) -> AgentInfo:
-        return AgentInfo(name=name, kind="agent", state="running", port=0)
+        node = PLACED.get(name, subjects.HUB_NODE)
+        return AgentInfo(name=name, kind="agent", state="running", port=0, node=node)
 
     async def list_(_req: AgentsRequest, _call: Call) -> AgentsReply:
         return AgentsReply(agents=[info(n) for n in names])
@@ -374,6 +385,70 @@ async def send_to_recv(sender: NATS, s_name: str, receiver: NATS, r_name: str, c
         assert reply.message is not None and reply.message.body == f"m{i}", reply
         await rpc.request(receiver, ack_subj, AckRequest(id=reply.message.id), Ok)
     return out[200:], sends[200:]
+
+
+READY_VERB = "bench_ready"  # the node's recipient: "my recv is on its way"
+
+
+async def node_recv_main(url: str, seed: str, name: str, count: int) -> None:
+    """``--node-recv``: agent ``name`` on another node (this process). Takes
+    ``count`` messages with waiting recvs; each body carries the send's start
+    (CLOCK_MONOTONIC, one clock for every process of the machine). Prints the
+    send -> recv latencies (ms) as one JSON list."""
+    nc = await connect(
+        NatsSettings(url=url, seed_file=seed),
+        name=f"bench-node-{name}",
+        inbox_prefix=subjects.inbox_prefix(name),
+    )
+    recv_subj = subjects.agent(name, subjects.AGENT_RECV)
+    ack_subj = subjects.agent(name, subjects.AGENT_ACK)
+    await drain_inbox(nc, name)
+    out: list[float] = []
+    for _ in range(count):
+        waiting = asyncio.ensure_future(
+            rpc.request(nc, recv_subj, RecvRequest(wait_ms=10_000), RecvReply, timeout=15)
+        )
+        await asyncio.sleep(0.002)  # let the recv reach the broker and wait, as in (b)
+        await nc.publish(subjects.agent(name, READY_VERB), b"")
+        reply = await waiting
+        now = time.clock_gettime(time.CLOCK_MONOTONIC)
+        assert reply.message is not None, reply
+        out.append((now - float(reply.message.body.split()[1])) * 1000)
+        await rpc.request(nc, ack_subj, AckRequest(id=reply.message.id), Ok)
+    print(json.dumps(out), flush=True)
+    await nc.close()
+
+
+async def send_to_recv_across_nodes(
+    stack: Stack, service: NATS, sender: NATS, s_name: str, r_name: str, count: int
+) -> list[float]:
+    """(b'): (b) with the recipient on another node: its own process and connection."""
+    ready: asyncio.Queue[None] = asyncio.Queue()
+
+    async def on_ready(_msg) -> None:  # type: ignore[no-untyped-def]
+        ready.put_nowait(None)
+
+    sub = await service.subscribe(subjects.agent(r_name, READY_VERB), cb=on_ready)
+    await service.flush()
+    total = count + 200
+    argv = [sys.executable, __file__, "--node-recv", stack.nats.url]
+    node = await asyncio.create_subprocess_exec(
+        *argv, str(stack.seeds[r_name]), r_name, str(total), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        send_subj = subjects.agent(s_name, subjects.AGENT_SEND)
+        for i in range(total):
+            await asyncio.wait_for(ready.get(), 30)
+            t0 = time.clock_gettime(time.CLOCK_MONOTONIC)
+            body = f"m{i} {t0!r}"
+            await rpc.request(sender, send_subj, SendRequest(to=r_name, body=body), SendReply)
+        out, _ = await asyncio.wait_for(node.communicate(), 60)
+    finally:
+        await sub.unsubscribe()
+        if node.returncode is None:
+            node.kill()
+            await node.wait()
+    return json.loads(out.decode().strip().splitlines()[-1])[200:]
 
 
 async def throughput(
@@ -555,9 +630,14 @@ async def main() -> dict[str, object]:
     parser.add_argument("--profile", help="run the broker under cProfile, stats to this file")
     parser.add_argument("--py-spy", help="sample the broker during (c)+(c') into this raw file")
     parser.add_argument("--echo", nargs=2, metavar=("URL", "SEED"), help=argparse.SUPPRESS)
+    parser.add_argument("--node-recv", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo:
         await echo_main(*args.echo)
+        return {}
+    if args.node_recv:
+        url, seed, name, count = args.node_recv
+        await node_recv_main(url, seed, name, int(count))
         return {}
     counts = [int(n) for n in args.brokers.split(",") if n.strip()]
 
@@ -608,6 +688,8 @@ async def main() -> dict[str, object]:
             if args.only in (None, "latency"):
                 try:
                     await latency_phase(stack, conns, senders, receivers, args, result)
+                    assert service is not None
+                    await cross_node_phase(stack, service, conns, args, result)
                 except Exception as exc:
                     failed("latency", exc)
             if args.only in (None, "throughput"):
@@ -666,7 +748,7 @@ async def main() -> dict[str, object]:
         except Exception as exc:
             failed("stop", exc)
         shutil.rmtree(root, ignore_errors=True)
-        if not args.echo:
+        if not args.echo and not args.node_recv:
             finish(result, ratios)
             if errors:
                 result["error"] = "; ".join(errors)
@@ -690,6 +772,12 @@ def finish(result: dict[str, object], ratios: dict[str, float | None]) -> None:
     )
     ratios["e2e_separate_ack_vs_throughput"] = ratio(
         result.get("e2e_separate_ack_throughput_msg_s"), result.get("throughput_msg_s")
+    )
+    ratios["cross_node_send_recv_p50_vs_same_host"] = ratio(
+        result.get("cross_node_send_recv_p50_ms"), result.get("send_recv_p50_ms")
+    )
+    ratios["cross_node_send_recv_p99_vs_same_host"] = ratio(
+        result.get("cross_node_send_recv_p99_ms"), result.get("send_recv_p99_ms")
     )
     ratios["history_send_recv_p50_vs_empty"] = ratio(
         result.get("history_send_recv_p50_ms"), result.get("send_recv_p50_ms")
@@ -754,6 +842,39 @@ async def latency_phase(
     )
     if not prefix:
         result["messages"] = len(lat)
+
+
+async def cross_node_phase(
+    stack: Stack,
+    service: NATS,
+    conns: dict[str, NATS],
+    args: argparse.Namespace,
+    result: dict[str, object],
+) -> None:
+    """(b'): send -> waiting recv with sender and recipient on different nodes."""
+    (s_name, s_node), (r_name, r_node) = PLACED.items()
+    lat = await send_to_recv_across_nodes(
+        stack, service, conns[s_name], s_name, r_name, args.messages
+    )
+    p50, p99 = pct(lat, 50), pct(lat, 99)
+    print(
+        f"(b') send -> waiting recv across nodes ({s_name}@{s_node} -> {r_name}@{r_node}, "
+        f"the recipient in its own process): p50 {p50:.3f} ms, p99 {p99:.3f} ms "
+        f"(same host, (b): p50 {result.get('send_recv_p50_ms')} ms, "
+        f"p99 {result.get('send_recv_p99_ms')} ms)"
+    )
+    result.update(
+        cross_node_send_recv_p50_ms=round(p50, 3),
+        cross_node_send_recv_p99_ms=round(p99, 3),
+        cross_node_messages=len(lat),
+        cross_node_note=(
+            "nodes connect to the hub's NATS directly (docs/multihost.md): an agent on "
+            "another node takes the same NATS path as one on the hub, so this figure, "
+            "beside send_recv_*_ms of the same run, measures placement overhead (the "
+            "recipient in a process and connection of its own, the registry placing it "
+            "on node1 and the sender on node2), not a network hop"
+        ),
+    )
 
 
 async def raw_throughput_phase(
@@ -888,7 +1009,7 @@ def run() -> int:
         traceback.print_exc()
         result.setdefault("error", f"{type(exc).__name__}: {exc}")
         result.setdefault("targets_met", targets_met(result))
-    if "--echo" in sys.argv:
+    if "--echo" in sys.argv or "--node-recv" in sys.argv:
         return 0
     print(json.dumps(result), flush=True)
     return 1 if "error" in result else 0

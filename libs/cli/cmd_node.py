@@ -35,6 +35,9 @@ from hyperhive.common.wire.join import (
 NODE_SEED_FILE = "node.seed"
 CONFIG_FILE = "hive.toml"
 JOIN_TIMEOUT_S = 30.0
+# the hub removes a spent token's user 2 s after its answer (join.JOIN_USER_LINGER_S)
+SPENT_WAIT_S = 10.0
+SPENT_SETTLE_S = 0.2  # after the token is refused: the reload has just finished
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -170,6 +173,7 @@ def join(home: Path, hub_url: str, token: str, name: str) -> JoinReply:
     )
     reply = asyncio.run(_exchange(hub_url, token_seed, token_key, req))
     asyncio.run(_until_accepted(hub_url, node_seed, reply.inbox_prefix))
+    asyncio.run(_until_spent(hub_url, token_seed))
     write_node_config(config_file, hub_url, seed_file, reply)
     return reply
 
@@ -221,6 +225,37 @@ async def _until_accepted(hub_url: str, seed: bytes, inbox_prefix: str) -> None:
             continue
         await nc.close()
         return
+
+
+async def _until_spent(hub_url: str, token_seed: bytes) -> None:
+    """Waits until the hub no longer accepts the token (it removes the token's
+    user a moment after the answer, with a reload of its NATS server).
+
+    The node agent connects next: a connection that registers while
+    nats-server swaps its users can keep stale permissions (seen: a node
+    agent whose replies were refused as "permissions violation for publish
+    to _INBOX...", so the hub's requests to it timed out). Best effort: after
+    :data:`SPENT_WAIT_S` the node agent starts anyway.
+    """
+    deadline = time.monotonic() + SPENT_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            nc = await nats.connect(
+                hub_url,
+                nkeys_seed_str=token_seed.decode(),
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                connect_timeout=5,
+                error_cb=_quiet,
+            )
+        except nats.errors.Error:
+            await asyncio.sleep(SPENT_SETTLE_S)  # refused: the reload is live
+            return
+        except (OSError, TimeoutError):
+            pass  # the hub is not reachable this moment: try again
+        else:
+            await nc.close()
+        await asyncio.sleep(0.1)
 
 
 async def _quiet(_exc: Exception) -> None:

@@ -30,6 +30,7 @@ from hyperhive.common.wire.lifecycle import (
     AgentInfo,
     AgentsRequest,
 )
+from hyperhive.common.wire.node import NodesReply
 from hyperhive.common.wire.states import APPROVAL_OPEN, DESTROYED, DRAFT, RUNNING
 from hyperhive.dashboard import diff, stats
 from hyperhive.dashboard.hive import Hive
@@ -55,6 +56,7 @@ SECTIONS: dict[str, Meta] = {
     m.name: m
     for m in (
         Meta("containers", "C0NT41N3RS", "lifecycle", "Containers"),
+        Meta("nodes", "N0D3S", "lifecycle", "Nodes"),
         Meta("kept", "K3PT ST4T3", "lifecycle", "Kept state"),
         Meta("drafts", "DR4FTS", "lifecycle", "Drafts"),
         Meta("approvals", "4PPR0V4LS", "approvals", "Approvals"),
@@ -94,6 +96,17 @@ async def containers(hive: Hive) -> View:
     running = [a.name for a in agents if a.state == RUNNING]
     logins = await hive.logins_needed(running)
     return View(meta, {"agents": agents, "now": time.time(), "logins": logins})
+
+
+async def nodes(hive: Hive) -> View:
+    """The hosts that run agents (``hive nodes``): a lost one stands out."""
+    meta = SECTIONS["nodes"]
+    try:
+        reply = await hive.read("lifecycle", "nodes", Empty(), NodesReply)
+    except HiveError as exc:
+        return _down(meta, exc)
+    listed = sorted(reply.nodes, key=lambda n: (n.name != subjects.HUB_NODE, n.name))
+    return View(meta, {"nodes": listed, "now": time.time()})
 
 
 async def kept(hive: Hive) -> View:
@@ -225,6 +238,7 @@ async def telemetry(hive: Hive) -> View:
 
 LOADERS: dict[str, Callable[[Hive], Awaitable[View]]] = {
     "containers": containers,
+    "nodes": nodes,
     "kept": kept,
     "drafts": drafts,
     "approvals": approvals,

@@ -33,7 +33,12 @@ async def pick(
         node = check_node_name(host)
         if node not in up:
             known = await store.get_node(conn, node)
-            why = "is lost" if known is not None else "has never joined"
+            if known is None:
+                why = "has never joined"
+            elif not known.revision:  # joined; its node agent has never beaten (says it)
+                why = "has joined but its node agent has not answered yet"
+            else:
+                why = "is lost"
             raise Unavailable(f"node {node} {why}: `hive nodes` lists the nodes that are up")
         return node
     running = await store.running_per_node(conn)

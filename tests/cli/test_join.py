@@ -29,7 +29,7 @@ import pytest
 from hyperhive.cli.embedded import EmbeddedNats, free_port
 from hyperhive.common import nats_auth, rpc, subjects
 from hyperhive.common.config import Settings, load_settings
-from hyperhive.common.errors import BadRequest, Conflict, Forbidden, HiveError
+from hyperhive.common.errors import BadRequest, Conflict, Forbidden, HiveError, Unavailable
 from hyperhive.common.jetstream import ensure_state_bucket
 from hyperhive.common.names import check_agent_name
 from hyperhive.common.natsconn import sync_subscriptions
@@ -40,6 +40,7 @@ from hyperhive.common.wire.join import (
     JoinTokenRequest,
     join_proof,
 )
+from hyperhive.common.wire.lifecycle import AgentInfo, SpawnRequest
 from hyperhive.lifecycle.join import Joins, remove_node
 from tests import rig
 from tests.cli import test_up
@@ -254,6 +255,19 @@ async def test_the_lifecycle_service_serves_the_join(nats_server, database_url, 
         assert joined.returncode == 0, joined.stderr
         users = {u.name for u in nats_auth.list_users(nats_server.root)}
         assert "node-lc1" in users
+        # joined, but no node agent runs there yet: nothing is placed on it
+        op = await rig.connect_as(nats_server, nats_server.operator_seed, "_INBOX.operator")
+        try:
+            with pytest.raises(Unavailable, match="node lc1 has joined but its node agent"):
+                await rpc.request(
+                    op,
+                    subjects.admin("lifecycle", "spawn"),
+                    SpawnRequest(name="onlc1", host="lc1"),
+                    AgentInfo,
+                    timeout=30,
+                )
+        finally:
+            await op.close()
     nats_auth.remove_user(nats_server.root, "node-lc1")
 
 

@@ -37,7 +37,7 @@ async def test_lifecycle_and_broker_down_approvals_up(
         r = await client.get("/")
         assert r.status_code == 200
         page = r.text
-        for name in ("containers", "kept", "drafts"):
+        for name in ("containers", "nodes", "kept", "drafts"):
             assert 'data-down="lifecycle"' in section(page, name), name
         assert 'data-down="broker"' in section(page, "telemetry")
         for name in ("approvals", "questions"):

@@ -23,8 +23,10 @@ from hyperhive.common.wire.approvals import (
     QuestionsRequest,
     SpawnToolRequest,
 )
+from hyperhive.common.wire.base import Empty
 from hyperhive.common.wire.broker import AdminSendRequest, SendReply, SendRequest, TurnStats
 from hyperhive.common.wire.lifecycle import AgentsReply, AgentsRequest, DraftInfo, Heartbeat
+from hyperhive.common.wire.node import NodesReply
 from hyperhive.dashboard.sections import SECTIONS
 from tests import rig
 from tests.dashboard.conftest import (
@@ -679,6 +681,24 @@ async def test_changes_between_render_and_stream_reach_the_page(stack: Stack) ->
 
         change = await asyncio.wait_for(question_change(), 10)
         assert change["seq"] > int(seen.group(1))
-        # without a cursor the stream starts at now: the same change is not replayed
+        # a cursor that is not a number is ignored: the stream starts at now
         async with client.stream("GET", "/events?after=junk") as r:
             assert r.status_code == 200
+
+
+async def test_nodes_section_lists_each_host_with_its_agents_load_and_revision(
+    stack: Stack, client: httpx.AsyncClient
+) -> None:
+    await spawn_agent(stack, "nd")
+    listed = await rpc.request(
+        stack.operator, subjects.admin("lifecycle", "nodes"), Empty(), NodesReply
+    )
+    hub = next(n for n in listed.nodes if n.name == subjects.HUB_NODE)
+    body = (await client.get("/section/nodes")).text
+    row = body[body.index(f'data-node="{subjects.HUB_NODE}"') :].split("</li>")[0]
+    assert 'data-state="up"' in row, row
+    assert f'<span data-role="agents">{hub.agents} agents</span>' in row, row
+    assert hub.agents >= 2  # the manager and this test's agent
+    assert f"load {hub.load1:.2f}" in row and hub.revision[:12] in row, row
+    page = (await client.get("/")).text
+    assert '<section id="nodes"' in page and "N0D3S" in page

@@ -227,6 +227,7 @@
     ["agent.", ["containers", "kept", "drafts", "flow", "telemetry", "activity"]],
     ["approval.", ["approvals", "drafts", "containers", "telemetry", "activity"]],
     ["question.", ["questions", "activity"]],
+    ["node.", ["nodes", "containers", "activity"]],
     ["crash.", ["containers", "activity"]],
     ["stuck.", ["containers", "activity"]],
     ["stats.", ["telemetry"]],
