@@ -30,7 +30,6 @@ from hyperhive.common.wire.lifecycle import (
     AgentInfo,
     AgentsRequest,
 )
-from hyperhive.common.wire.node import NodesReply
 from hyperhive.common.wire.states import APPROVAL_OPEN, DESTROYED, DRAFT, RUNNING
 from hyperhive.dashboard import diff, stats
 from hyperhive.dashboard.hive import Hive
@@ -102,7 +101,7 @@ async def nodes(hive: Hive) -> View:
     """The hosts that run agents (``hive nodes``): a lost one stands out."""
     meta = SECTIONS["nodes"]
     try:
-        reply = await hive.read("lifecycle", "nodes", Empty(), NodesReply)
+        reply = await hive.read(E.NODES, Empty())
     except HiveError as exc:
         return _down(meta, exc)
     listed = sorted(reply.nodes, key=lambda n: (n.name != subjects.HUB_NODE, n.name))
