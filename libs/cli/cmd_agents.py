@@ -216,8 +216,8 @@ def _kept(args: argparse.Namespace) -> int:
             print_json(reply.kept)
             return
         print_table(
-            ["name", "destroyed", "bytes"],
-            [[k.name, fmt_ts(k.destroyed_at), k.bytes] for k in reply.kept],
+            ["name", "host", "destroyed", "bytes"],
+            [[k.name, k.node, fmt_ts(k.destroyed_at), k.bytes] for k in reply.kept],
         )
 
     return run_command(body)

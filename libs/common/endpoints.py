@@ -543,6 +543,18 @@ NODE: Final = {
         ("logs", w.NodeLogsRequest, w.LogsReply, "a container's harness log"),
         ("expose", w.NodeExposeRequest, w.Ok, "show an agent to the manager on this node"),
         ("list", w.Empty, w.NodeListReply, "the containers the node holds (adoption)"),
+        (
+            "notes",
+            w.NodeNotesRequest,
+            w.NotesReply,
+            "an agent's notes from its state dir on the node (also a kept state's)",
+        ),
+        (
+            "kept",
+            w.NodeKeptRequest,
+            w.NodeKeptReply,
+            "the sizes of destroyed agents' state dirs kept on the node",
+        ),
     )
 }
 

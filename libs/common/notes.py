@@ -12,7 +12,8 @@ conversations, so every version the harness sees is kept, numbered, in
 
 A version is recorded only when the content differs from the newest one.
 The harness writes (after each turn, at start, before and after a
-compaction); lifecycle reads, for ``hive notes``. The files are plain
+compaction); the node agent that keeps the state dir reads, for
+``hive notes`` (:func:`read_notes`). The files are plain
 Markdown, so an operator can also read them on the host. Nothing prunes
 them: an agent that rewrites 30 KiB of notes every turn keeps 30 KiB per
 turn (the operator may delete old versions by hand).
@@ -32,7 +33,8 @@ from pathlib import Path
 
 import msgspec
 
-from hyperhive.common.wire.lifecycle import NotesVersion
+from hyperhive.common.errors import NotFound
+from hyperhive.common.wire.lifecycle import NotesReply, NotesVersion
 
 NOTES_FILE = "notes.md"
 # the harness's own files in the state dir; the history is one dir of them
@@ -187,6 +189,31 @@ def read_file(root: Path, *parts: str, limit: int = MAX_READ_BYTES) -> tuple[byt
         os.close(ffd)
 
 
+def read_notes(state: Path, name: str, history: bool, version: int | None) -> NotesReply:
+    """What ``hive notes`` shows of the state dir ``state``: the current
+    notes, one kept version, or (``history``) the list of versions."""
+    reply = NotesReply(name=name, version=version)
+    log = read_file(state, *history_parts(), LOG_FILE, limit=16 * 1024 * 1024)
+    versions = parse_log(log[0]) if log else []
+    if history:  # the list only (the newest MAX_LISTED), no text
+        reply.versions = versions[-MAX_LISTED:]
+        reply.exists = bool(versions)
+        return reply
+    if version is None:
+        found = read_file(state, NOTES_FILE)
+    elif any(v.v == version for v in versions):
+        found = read_file(state, *history_parts(), version_name(version))
+    else:
+        raise NotFound(f"{name} has no notes version {version}")
+    if found is not None:
+        data, size = found
+        reply.exists = True
+        reply.text = data.decode(errors="replace")
+        reply.bytes = size
+        reply.truncated = size > len(data)
+    return reply
+
+
 __all__ = [
     "CHANGE",
     "COMPACTION",
@@ -200,6 +227,7 @@ __all__ = [
     "history_parts",
     "parse_log",
     "read_file",
+    "read_notes",
     "sha256",
     "version_name",
 ]

@@ -14,14 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import asyncpg
 from nats.aio.client import Client as NATS
 
-from hyperhive.common import notes as agent_notes
 from hyperhive.common import outbox, subjects
-from hyperhive.common.errors import BackendFailed, BadRequest, Conflict, HiveError, NotFound
+from hyperhive.common.errors import (
+    BackendFailed,
+    BadRequest,
+    Conflict,
+    HiveError,
+    NotFound,
+    RequestTimeout,
+    Unavailable,
+)
 from hyperhive.common.outbox import make_event
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.events import (
@@ -49,6 +57,8 @@ from hyperhive.lifecycle.node import NodeAgent, pack_tree
 from hyperhive.lifecycle.registry import Registry
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MAX_LOG_LINES = 10_000
 
@@ -113,13 +123,38 @@ class Lifecycle:
         ]
 
     async def kept(self) -> list[KeptState]:
-        rows = await store.list_agents(self.pool, (store.DESTROYED,))
-        out = []
+        """Destroyed agents' kept state dirs, each with its size as the node
+        that keeps it reports (all nodes asked at once; a lost one is an error)."""
+        rows = [r for r in await store.list_agents(self.pool, (store.DESTROYED,)) if r.kept_state]
+        by_node: dict[str, list[str]] = {}
         for r in rows:
-            if r.kept_state:
-                size = await asyncio.to_thread(_du, self.paths(r.name).state)
-                out.append(KeptState(name=r.name, destroyed_at=r.destroyed_at, bytes=size))
-        return out
+            by_node.setdefault(r.node, []).append(r.name)
+        replies = await asyncio.gather(
+            *(
+                self._ask_node(node, "kept states", lambda link, n=names: link.kept(n))
+                for node, names in by_node.items()
+            )
+        )
+        sizes = {(reply.node, k.name): k.bytes for reply in replies for k in reply.kept}
+        return [
+            KeptState(
+                name=r.name,
+                destroyed_at=r.destroyed_at,
+                bytes=sizes.get((r.node, r.name), 0),
+                node=r.node,
+            )
+            for r in rows
+        ]
+
+    async def _ask_node(self, node: str, what: str, ask: Callable[[NodeLink], Awaitable[T]]) -> T:
+        """``ask(link)`` of ``node``, or an ``unavailable`` error that names the
+        node (a lost node is not asked: its files are out of reach, not gone)."""
+        if node in self.reg.lost_nodes:
+            raise Unavailable(f"node {node} is lost: {what} on it cannot be read until it is back")
+        try:
+            return await ask(self.link(node))
+        except (Unavailable, RequestTimeout) as exc:
+            raise Unavailable(f"node {node} does not answer: {what} on it: {exc}") from None
 
     async def logs(self, name: str, lines: int, after: int | None, cursor: str) -> LogsReply:
         async with self.pool.acquire() as conn:
@@ -146,8 +181,11 @@ class Lifecycle:
             row = await store.get(conn, name)
         if row is None or not (row.live or row.kept_state):
             raise NotFound(f"no agent (or kept state) named {name!r}")
-        return await asyncio.to_thread(
-            _read_notes, self.paths(row.name).state, row.name, history, version
+        # the state dir is on the agent's node (a draft's on the hub)
+        node = self.local.node if row.state == store.DRAFT else row.node
+        agent = self.reg.agent(row)
+        return await self._ask_node(
+            node, f"{name}'s notes", lambda link: link.notes(agent, history, version)
         )
 
     # --- creating -------------------------------------------------------------
@@ -562,47 +600,6 @@ def _remove_hub_files(paths: AgentPaths, state_kept_here: bool) -> None:
         repos.remove(d)
     if not state_kept_here:
         repos.remove(paths.root)
-
-
-def _read_notes(state: Path, name: str, history: bool, version: int | None) -> NotesReply:
-    reply = NotesReply(name=name, version=version)
-    log = agent_notes.read_file(
-        state, *agent_notes.history_parts(), agent_notes.LOG_FILE, limit=16 * 1024 * 1024
-    )
-    versions = agent_notes.parse_log(log[0]) if log else []
-    if history:  # the list only (the newest MAX_LISTED), no text
-        reply.versions = versions[-agent_notes.MAX_LISTED :]
-        reply.exists = bool(versions)
-        return reply
-    if version is None:
-        found = agent_notes.read_file(state, agent_notes.NOTES_FILE)
-    elif any(v.v == version for v in versions):
-        found = agent_notes.read_file(
-            state, *agent_notes.history_parts(), agent_notes.version_name(version)
-        )
-    else:
-        raise NotFound(f"{name} has no notes version {version}")
-    if found is not None:
-        data, size = found
-        reply.exists = True
-        reply.text = data.decode(errors="replace")
-        reply.bytes = size
-        reply.truncated = size > len(data)
-    return reply
-
-
-def _du(root: Path) -> int:
-    """Bytes in the files under ``root``."""
-    total = 0
-    if not root.exists():
-        return 0
-    for p in root.rglob("*"):
-        try:
-            if p.is_file() and not p.is_symlink():
-                total += p.stat().st_size
-        except OSError:
-            continue
-    return total
 
 
 __all__ = ["Lifecycle"]

@@ -20,15 +20,18 @@ from hyperhive.common import rpc
 from hyperhive.common.config import Settings
 from hyperhive.common.endpoints import Endpoint
 from hyperhive.common.wire.base import Empty
-from hyperhive.common.wire.lifecycle import LogsReply
+from hyperhive.common.wire.lifecycle import LogsReply, NotesReply
 from hyperhive.common.wire.node import (
     NodeAgentRequest,
     NodeAgentSpec,
     NodeDeployRequest,
     NodeDestroyRequest,
     NodeExposeRequest,
+    NodeKeptReply,
+    NodeKeptRequest,
     NodeListReply,
     NodeLogsRequest,
+    NodeNotesRequest,
     NodeStateReply,
     NodeStopRequest,
 )
@@ -102,6 +105,13 @@ class NodeLink(abc.ABC):
 
     async def list(self) -> NodeListReply:
         return await self.call(E.NODE["list"], Empty(), self.quick_s)
+
+    async def notes(self, agent: NodeAgentSpec, history: bool, version: int | None) -> NotesReply:
+        req = NodeNotesRequest(agent=agent, history=history, version=version)
+        return await self.call(E.NODE["notes"], req, self.quick_s)
+
+    async def kept(self, names: list[str]) -> NodeKeptReply:
+        return await self.call(E.NODE["kept"], NodeKeptRequest(names=names), self.quick_s)
 
 
 class LocalLink(NodeLink):

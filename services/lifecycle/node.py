@@ -33,6 +33,7 @@ from typing import Any
 import msgspec
 
 from hyperhive.common import endpoints as E
+from hyperhive.common import notes as agent_notes
 from hyperhive.common import subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.endpoints import Endpoint
@@ -42,7 +43,7 @@ from hyperhive.common.nats_auth import write_seed
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.rpc import Call, Handler
 from hyperhive.common.wire.base import Empty, Ok
-from hyperhive.common.wire.lifecycle import LogsReply
+from hyperhive.common.wire.lifecycle import LogsReply, NotesReply
 from hyperhive.common.wire.node import (
     MAX_TREE_BYTES,
     NodeAgentRequest,
@@ -54,8 +55,12 @@ from hyperhive.common.wire.node import (
     NodeExit,
     NodeExposeRequest,
     NodeHeartbeat,
+    NodeKeptReply,
+    NodeKeptRequest,
+    NodeKeptState,
     NodeListReply,
     NodeLogsRequest,
+    NodeNotesRequest,
     NodeStateReply,
     NodeStopRequest,
 )
@@ -242,6 +247,27 @@ class NodeAgent:
                 out.append(NodeContainer(name=spec.name, state=state))
         return NodeListReply(node=self.name, containers=out)
 
+    async def notes(self, req: NodeNotesRequest) -> NotesReply:
+        """An agent's notes from its state dir here (live or kept), read as
+        the agent's own dir: no symlink followed, bounded."""
+        paths = self.spec(req.agent).paths
+        return await asyncio.to_thread(
+            agent_notes.read_notes, paths.state, req.agent.name, req.history, req.version
+        )
+
+    async def kept(self, req: NodeKeptRequest) -> NodeKeptReply:
+        """The sizes of the asked-for state dirs this node holds."""
+
+        def sizes() -> list[NodeKeptState]:
+            out = []
+            for name in req.names:
+                state = AgentPaths.of(self.settings, check_agent_name(name)).state
+                if state.is_dir():
+                    out.append(NodeKeptState(name=name, bytes=dir_bytes(state)))
+            return out
+
+        return NodeKeptReply(node=self.name, kept=await asyncio.to_thread(sizes))
+
     def _held(self) -> list[AgentSpec]:
         root = self.settings.paths.agents_dir
         if not root.is_dir():
@@ -372,6 +398,18 @@ def remove_node_files(paths: AgentPaths, purge: bool, shared: bool) -> bool:
     return False
 
 
+def dir_bytes(root: Path) -> int:
+    """Bytes in the files under ``root`` (symlinks not followed)."""
+    total = 0
+    for p in root.rglob("*"):
+        try:
+            if p.is_file() and not p.is_symlink():
+                total += p.stat().st_size
+        except OSError:
+            continue
+    return total
+
+
 def pack_tree(files: dict[str, bytes]) -> bytes:
     """A gzipped tar of ``files`` (path → bytes), as a deploy request carries."""
     buf = io.BytesIO()
@@ -417,4 +455,4 @@ def unpack_tree(data: bytes, target: Path) -> None:
     repos.remove(old)
 
 
-__all__ = ["NodeAgent", "pack_tree", "remove_node_files", "unpack_tree"]
+__all__ = ["NodeAgent", "dir_bytes", "pack_tree", "remove_node_files", "unpack_tree"]

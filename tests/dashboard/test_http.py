@@ -524,6 +524,7 @@ async def test_kept_state_can_be_respawned_and_purged(
     assert r.status_code == 200, r.text
     kept = await client.get("/section/kept")
     assert f'data-agent="{name}"' in kept.text
+    assert "on hub · destroyed" in kept.text  # the host that keeps it
     assert f'id="agent-{name}"' not in (await client.get("/section/containers")).text
 
     r = await client.post(f"/kept/{name}/respawn", headers=headers)

@@ -332,3 +332,92 @@ async def test_a_node_user_reaches_only_its_own_subjects(nats_server, service_nc
         assert heard == [subjects.node("nperm", "state")]
     finally:
         await nc.close()
+
+
+@pytest.mark.slow
+async def test_notes_and_kept_state_are_read_on_the_agents_node(
+    nats_server, database_url, hive_home, homes, operator_nc
+):
+    """An agent's state dir lives on its node: ``hive notes`` and ``hive
+    kept`` on the hub read it there (through the node agent), also after the
+    agent is destroyed; a lost node is an error that names it."""
+    hub = hub_settings(nats_server, database_url, hive_home)
+    op = rig.operator_settings(hub, nats_server)
+    node1 = node_settings(
+        nats_server, homes["node1"], "node1", rig.add_node_user(nats_server, "node1")
+    )
+    proc: rig.ServiceProcess | None = None
+    try:
+        async with (
+            serving("broker", hub, operator_nc),
+            serving("lifecycle", hub, operator_nc),
+        ):
+            proc = rig.start_service_process("node", node1, homes["node1"])
+
+            async def node1_up() -> bool:
+                found = await by_name(op, "nodes")
+                return found.get("node1", {}).get("state") == "up"
+
+            await rig.eventually(node1_up, timeout=30, what="node1 up")
+            code, out, err = await rig.hive_cli(op, "spawn", "n1", "--host", "node1", "--json")
+            assert code == 0, err
+            assert json.loads(out)["node"] == "node1"
+
+            # its agent writes its notes twice, on node1
+            for text in ("# first", "# second"):
+                await send(operator_nc, "n1", f"notes: {text}")
+            on_node = AgentPaths(homes["node1"] / "agents" / "n1").state
+            await rig.eventually(
+                lambda: (
+                    (on_node / "notes.md").is_file()
+                    and (on_node / "notes.md").read_text() == "# second"
+                ),
+                timeout=20,
+                what="n1 wrote its notes on node1",
+            )
+            assert not (AgentPaths.of(hub, "n1").state / "notes.md").exists()
+
+            async def shown_on_hub() -> None:
+                code, out, err = await rig.hive_cli(op, "notes", "n1")
+                assert code == 0, err
+                assert out == "# second\n"
+                code, out, err = await rig.hive_cli(op, "notes", "n1", "--history", "--json")
+                assert code == 0, err
+                versions = json.loads(out)["versions"]
+                assert [(v["v"], v["kind"], v["bytes"]) for v in versions] == [
+                    (1, "change", 7),
+                    (2, "change", 8),
+                ]
+                code, table, err = await rig.hive_cli(op, "notes", "n1", "--history")
+                assert code == 0 and "change" in table, err
+                code, out, err = await rig.hive_cli(op, "notes", "n1", "--version", "1")
+                assert code == 0 and out == "# first\n", err
+
+            await shown_on_hub()
+
+            # destroyed: the state is kept on node1, listed with its host
+            code, out, err = await rig.hive_cli(op, "destroy", "n1")
+            assert code == 0 and "state kept" in out, err
+            assert (on_node / "notes.md").is_file()
+            kept = await by_name(op, "kept")
+            assert kept["n1"]["node"] == "node1"
+            assert int(kept["n1"]["bytes"]) >= len("# first") + len("# second")
+            code, table, err = await rig.hive_cli(op, "kept")
+            assert code == 0 and "node1" in table, err
+            await shown_on_hub()  # a kept state's notes too
+
+            # node1 lost: not an empty answer, an error naming the node
+            proc.stop(signal.SIGKILL)
+
+            async def node1_lost() -> bool:
+                return (await by_name(op, "nodes"))["node1"]["state"] == "lost"
+
+            await rig.eventually(node1_lost, timeout=LOST_AFTER_S + 15, what="node1 lost")
+            for args in (("notes", "n1"), ("notes", "n1", "--history"), ("kept",)):
+                code, out, err = await rig.hive_cli(op, *args)
+                assert code != 0 and out == "", (args, out)
+                assert "node node1 is lost" in err, (args, err)
+    finally:
+        if proc is not None:
+            proc.stop(signal.SIGKILL)
+        rig.cleanup_agents(nats_server, hub.paths.agents_dir)

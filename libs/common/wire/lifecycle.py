@@ -62,6 +62,7 @@ class KeptState(msgspec.Struct, kw_only=True):
     name: str
     destroyed_at: float | None = None
     bytes: int = 0
+    node: str = ""  # the host that keeps the state dir
 
 
 class KeptStatesReply(msgspec.Struct, kw_only=True):

@@ -84,6 +84,34 @@ class NodeLogsRequest(msgspec.Struct, kw_only=True):
     after_cursor: str = ""
 
 
+class NodeNotesRequest(msgspec.Struct, kw_only=True):
+    """``notes``: an agent's notes as its state dir on the node holds them
+    (also a destroyed agent's kept state); as ``hive notes`` asks."""
+
+    agent: NodeAgentSpec
+    history: bool = False
+    version: int | None = None
+
+
+class NodeKeptRequest(msgspec.Struct, kw_only=True):
+    """``kept``: the kept state dirs of these destroyed agents (the registry
+    says which agents kept a state on this node)."""
+
+    names: list[str] = msgspec.field(default_factory=list)
+
+
+class NodeKeptState(msgspec.Struct, kw_only=True):
+    name: str
+    bytes: int = 0  # of the files in its state dir
+
+
+class NodeKeptReply(msgspec.Struct, kw_only=True):
+    """The asked-for state dirs the node holds (one it does not hold is left out)."""
+
+    node: str
+    kept: list[NodeKeptState] = msgspec.field(default_factory=list)
+
+
 class NodeExposeRequest(msgspec.Struct, kw_only=True):
     """Show agent ``name`` to the manager running on this node."""
 
@@ -156,8 +184,12 @@ __all__ = [
     "NodeExposeRequest",
     "NodeHeartbeat",
     "NodeInfo",
+    "NodeKeptReply",
+    "NodeKeptRequest",
+    "NodeKeptState",
     "NodeListReply",
     "NodeLogsRequest",
+    "NodeNotesRequest",
     "NodeStateReply",
     "NodeStopRequest",
     "NodesReply",
