@@ -2,9 +2,11 @@
 
 recv (long poll) → wake prompt → ``claude --print --continue …`` → every
 stream-json event published on ``hive.agent.<n>.events`` → ack → TurnStats on
-``hive.agent.<n>.stats``. A claude that fails because the context is too long
-gets one ``/compact`` and one retry. A claude crash is a failed turn; the
-harness goes on with the next message.
+``hive.agent.<n>.stats``. A turn whose system prompt differs from the one the
+conversation started with (an approved agent.toml ``prompt``) starts a new
+conversation instead of ``--continue``. A claude that fails because the
+context is too long gets one ``/compact`` and one retry. A claude crash is a
+failed turn; the harness goes on with the next message.
 
 What happens to a message whose turn does not finish (cancelled, failed, the
 harness stopped, the API unavailable or refusing the credentials) is the
@@ -59,7 +61,7 @@ from hyperhive.harness import creds, notes
 from hyperhive.harness.claude import AUTH, ClaudeRun, RunResult
 from hyperhive.harness.config import HarnessConfig
 from hyperhive.harness.hub import Hub
-from hyperhive.harness.prompt import Wake, system_prompt, wake_prompt
+from hyperhive.harness.prompt import Wake, prompt_digest, system_prompt, wake_prompt
 from hyperhive.harness.state import HarnessState, check_model
 from hyperhive.harness.usage import Usage, UsageMeter
 
@@ -71,6 +73,10 @@ CREDS_POLL_S = 2.0  # how often a logged-out harness looks for new credentials
 MAX_RETRY_AFTER_S = 3600.0  # a longer retry-after is not believed
 COMPACT_PROMPT = "/compact"
 COMMAND_ECHO_CHARS = 200  # of a command's argument, in its record
+# the "new_conversation" record of a turn that does not --continue because the
+# system prompt changed (a continued conversation would keep the old one)
+PROMPT_CHANGED = "prompt_changed"
+NEW_CONVERSATION_PROMPT = "new conversation: the prompt changed"
 CANCELLING, NOTHING_TO_CANCEL = "cancelling the running turn", "no turn is running"
 ACK_ATTEMPTS = 5
 BACKFILL_LIMIT = 1000
@@ -684,16 +690,38 @@ class Harness:
 
     async def _wake_turn(self, wake: Wake) -> tuple[list[RunResult], bool]:
         interrupted = self.store.interrupted
-        fresh = self.store.fresh
+        digest = prompt_digest(system_prompt(self.cfg))
+        kept = self.store.conversation_prompt
+        # a continued conversation keeps the system prompt it started with (the
+        # CLI ignores a new --append-system-prompt): a changed prompt, e.g. an
+        # approved agent.toml `prompt`, takes effect only in a new conversation
+        prompt_changed = bool(kept) and kept != digest
+        fresh = self.store.fresh or prompt_changed
         await self.publish(
             "turn_start",
             {**wake.record(), "model": self.model, "fresh": fresh, "trace_id": _trace_id()},
         )
+        if prompt_changed:
+            log.info("%s turn %d: %s", self.cfg.agent, self.turn, NEW_CONVERSATION_PROMPT)
+            await self.publish(
+                "new_conversation",
+                {
+                    "reason": PROMPT_CHANGED,
+                    "text": NEW_CONVERSATION_PROMPT,
+                    "prompt_digest": digest,
+                    "previous_digest": kept,
+                },
+            )
         await self._set_state(THINKING)
         prompt = wake_prompt(self.cfg, wake, interrupted)
         self.store.set_fresh(False)
         self._carries_note = interrupted is not None
         first = await self._claude(prompt, resume=not fresh)
+        if first.init is not None and (fresh or not kept):
+            # claude started a conversation with this prompt (a fresh one, or
+            # the first one this state dir knows of: it is taken as it is); a
+            # run that never started leaves the digest, so the next turn tries again
+            self.store.set_conversation_prompt(digest)
         runs = [first]
         if first.prompt_too_long and not self._cancel_turn:
             # the conversation outgrew the context: compact, then try once more

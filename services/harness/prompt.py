@@ -2,13 +2,16 @@
 
 The system prompt comes from ``prompts/agent.md`` or ``prompts/manager.md``
 (who the agent is, its tools, system events, notes), plus agent.toml's
-``prompt``; it is given with ``--append-system-prompt``. The wake prompt says
+``prompt``; it is given with ``--append-system-prompt``. A continued
+conversation keeps the system prompt it started with, so a changed one starts
+a new conversation (loop.py, docs/turn-loop.md). The wake prompt says
 who wrote, whether it is a redelivery, and where the notes are.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.resources
 import re
 import time
@@ -93,6 +96,11 @@ def system_prompt(cfg: HarnessConfig) -> str:
     if extra:
         text = f"{text.rstrip()}\n\n## From your configuration\n\n{extra}\n"
     return text.strip()
+
+
+def prompt_digest(text: str) -> str:
+    """The sha256 (hex) of a system prompt, kept with the conversation it started."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _when(ts: float) -> str:

@@ -6,6 +6,10 @@ In ``<state dir>/.hive-harness/`` (beside the agent's notes, DESIGN.md section 6
 - ``turn``: the number of the last turn, so numbering continues after a restart.
 - ``last_turn.json``: how the last turn ended (duration, model, outcome), so
   the page's "last turn" chip says it after a restart.
+- ``conversation_prompt``: the sha256 of the system prompt the current claude
+  conversation was started with (a continued conversation keeps it and
+  ignores a new ``--append-system-prompt``): a turn whose prompt differs
+  starts a new conversation (see loop.py).
 
 In ``<credentials dir>/.hive-harness/``, which no other agent can reach (the
 manager may write other agents' state dirs, and must not be able to slip a
@@ -104,6 +108,13 @@ class HarnessState:
 
     def set_last_turn(self, doc: dict[str, Any]) -> None:
         _atomic_write(self.dir / "last_turn.json", json.dumps(doc))
+
+    @property
+    def conversation_prompt(self) -> str:
+        return self._read("conversation_prompt")
+
+    def set_conversation_prompt(self, digest: str) -> None:
+        _atomic_write(self.dir / "conversation_prompt", digest + "\n")
 
     @property
     def interrupted(self) -> dict[str, Any] | None:

@@ -21,9 +21,12 @@ from hyperhive.common import endpoints, rpc, subjects
 from hyperhive.common.errors import HiveError
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.wire.approvals import (
+    ApplyCommitRequest,
+    ApprovalInfo,
     ApprovalQueued,
     ApprovalsReply,
     ApprovalsRequest,
+    ApproveRequest,
     QuestionsReply,
     QuestionsRequest,
     SpawnToolRequest,
@@ -167,6 +170,21 @@ async def test_two_agents_talk_through_the_broker(e2e: Stack, api: ScriptedAnthr
         assert {"duration_ms", "messages_sent", "tool.mcp__hyperhive__send"} <= keys
 
 
+async def _restarted(url: str, boot: dict) -> dict:
+    """The status of the agent's page once a harness started after ``boot``
+    (a status of the earlier run) answers it."""
+
+    async def restarted() -> dict | None:
+        try:
+            async with page_client(url, timeout=2) as c:
+                st = (await c.get("/api/status")).json()
+        except (httpx.HTTPError, ValueError):
+            return None
+        return st if st["now"] > boot["now"] and st["since"] > boot["since"] else None
+
+    return await rig.eventually(restarted, timeout=60, interval=0.2, what="harness restarted")
+
+
 async def _keys(stack: Stack, name: str) -> set[str] | None:
     return {p.key for p in (await stack.stats(name)).points} or None
 
@@ -189,15 +207,7 @@ async def test_model_survives_a_harness_restart(e2e: Stack, api: ScriptedAnthrop
         timeout=60,
     )
 
-    async def restarted() -> dict | None:
-        try:
-            async with page_client(url, timeout=2) as c:
-                st = (await c.get("/api/status")).json()
-        except (httpx.HTTPError, ValueError):
-            return None
-        return st if st["now"] > boot["now"] and st["since"] > boot["since"] else None
-
-    status = await rig.eventually(restarted, timeout=60, interval=0.2, what="harness restarted")
+    status = await _restarted(url, boot)
     assert status["model"] == "claude-kept-1"
     tail = asyncio.create_task(sse_records(url, _turn_ended(1), timeout=120))
     await e2e.send(name, "which model now")
@@ -526,3 +536,86 @@ async def test_manager_drives_two_step_spawn_apply_and_lifecycle_tools_over_mcp(
     assert draftee not in agents  # no container until the operator approves
     assert agents[worker].state == "running"
     assert agents[subjects.MANAGER].state == "running"
+
+
+async def test_an_approved_prompt_change_starts_a_new_conversation(
+    with_manager: Stack, api: ScriptedAnthropic
+) -> None:
+    """A continued claude conversation keeps the system prompt it started with,
+    so a deployed change of agent.toml's ``prompt`` starts a new conversation
+    (with the new prompt, without the old messages), said in the tail and the
+    log; a restart with the prompt unchanged continues the conversation."""
+    stack = with_manager
+    worker = agent_name("pc")
+    paths = AgentPaths.of(stack.settings, worker)
+    url = await _page_up(stack, await stack.spawn(worker))
+
+    def worker_asked(task: str) -> Request:
+        reqs = [
+            r
+            for r in api.requests
+            if f"You are {worker}," in r.system_text() and last_user_mentions(task)(r)
+        ]
+        assert reqs, f"no request of {worker} for {task!r}"
+        return reqs[-1]
+
+    async def turn(n: int, task: str) -> list[dict]:
+        tail = asyncio.create_task(sse_records(url, _turn_ended(n), timeout=120))
+        await stack.send(worker, task)
+        records = _this_run(await tail)
+        end = next(r for r in records if r.get("type") == "turn_end" and r["turn"] == n)
+        assert end["event"]["outcome"] == "ok", end["event"]
+        return records
+
+    await turn(1, "first task")
+    assert "SIGN-AS-PELICAN" not in worker_asked("first task").system_text()
+
+    # the operator approves a new prompt; the deploy restarts the harness
+    boot = await _status(url)
+    sha = _commit_toml(
+        paths.proposed, 'prompt = ""', 'prompt = "Sign every answer SIGN-AS-PELICAN."', "prompt"
+    )
+    async with rig.agent_connection(stack.nats, stack.settings, subjects.MANAGER) as hm1nd:
+        queued = await rpc.request(
+            hm1nd,
+            subjects.manager_tool("request_apply_commit"),
+            ApplyCommitRequest(name=worker, commit_ref=sha),
+            ApprovalQueued,
+            timeout=30,
+        )
+    info = await rpc.request(
+        stack.op,
+        subjects.admin("approvals", "approve"),
+        ApproveRequest(id=queued.id),
+        ApprovalInfo,
+        timeout=120,
+    )
+    assert info.state == "deployed", info
+    await _restarted(url, boot)
+
+    records = await turn(2, "second task")
+    req = worker_asked("second task")
+    assert "SIGN-AS-PELICAN" in req.system_text()
+    assert not any("first task" in t for t in req.user_texts()), req.user_texts()
+    start = next(r for r in records if r.get("type") == "turn_start" and r["turn"] == 2)
+    assert start["event"]["fresh"] is True
+    said = [r["event"] for r in records if r.get("type") == "new_conversation"]
+    assert [(e["reason"], e["text"]) for e in said] == [
+        ("prompt_changed", "new conversation: the prompt changed")
+    ]
+    assert "new conversation: the prompt changed" in paths.log_file.read_text()
+
+    # a restart with the same prompt continues that conversation
+    boot = await _status(url)
+    await rpc.request(
+        stack.op, subjects.admin("lifecycle", "restart"), AgentRequest(name=worker), AgentInfo
+    )
+    await _restarted(url, boot)
+    records = await turn(3, "third task")
+    req = worker_asked("third task")
+    assert "SIGN-AS-PELICAN" in req.system_text()
+    assert any("second task" in t for t in req.user_texts()), req.user_texts()
+    assert not any("first task" in t for t in req.user_texts())
+    start = next(r for r in records if r.get("type") == "turn_start" and r["turn"] == 3)
+    assert start["event"]["fresh"] is False
+    assert not [r for r in records if r.get("type") == "new_conversation" and "n" in r]

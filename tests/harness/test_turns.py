@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -24,6 +25,7 @@ from hyperhive.common.wire.broker import (
     TurnEvent,
 )
 from hyperhive.common.wire.events import ContainerCrash
+from hyperhive.harness.prompt import prompt_digest, system_prompt
 from tests import rig
 from tests.harness.conftest import (
     Stack,
@@ -242,3 +244,49 @@ async def test_wake_prompt_says_redelivered_and_names_system_events(
         assert end["outcome"] == "ok"
         prompt = api.requests[-1].last_user_text()
         assert "from system (system event ContainerCrash)" in prompt
+
+
+async def test_the_prompt_of_the_conversation_is_kept_across_restarts(
+    stack: Stack, api: ScriptedAnthropic
+) -> None:
+    """The digest of the conversation's system prompt lives in the state dir: a
+    state dir without one (kept before the harness kept it) continues the
+    conversation and takes its prompt as it is; a later change of agent.toml's
+    ``prompt`` then starts a new conversation."""
+    name = agent_name("k")
+    await stack.spawn(name)
+    settings = stack.harness_settings(name)
+
+    def asked(task: str) -> Request:
+        return [r for r in api.requests if last_user_mentions(task)(r)][-1]
+
+    async with running_harness(settings) as h:
+        await stack.send(name, "alpha task")
+        assert (await h.turn_end(1))["outcome"] == "ok"
+        kept = h.harness.cfg.harness_dir / "conversation_prompt"
+        assert kept.read_text().strip() == prompt_digest(system_prompt(h.harness.cfg))
+    kept.unlink()  # a state dir from before the digest was kept
+
+    async with running_harness(settings) as h:
+        await stack.send(name, "beta task")
+        assert (await h.turn_end(2))["outcome"] == "ok"
+        assert not h.records("new_conversation")
+        assert any("alpha task" in t for t in asked("beta task").user_texts())
+        before = kept.read_text().strip()
+        assert before == prompt_digest(system_prompt(h.harness.cfg))
+
+    toml = Path(settings.harness.config_dir) / "agent.toml"
+    toml.write_text(toml.read_text().replace('prompt = ""', 'prompt = "PROMPT-MARK-K2"'))
+    async with running_harness(settings) as h:
+        await stack.send(name, "gamma task")
+        assert (await h.turn_end(3))["outcome"] == "ok"
+        said = [r.event for r in h.records("new_conversation")]
+        now = prompt_digest(system_prompt(h.harness.cfg))
+        assert [(e["reason"], e["previous_digest"], e["prompt_digest"]) for e in said] == [
+            ("prompt_changed", before, now)
+        ]
+        req = asked("gamma task")
+        assert "PROMPT-MARK-K2" in req.system_text()
+        earlier = [t for t in req.user_texts() if "alpha task" in t or "beta task" in t]
+        assert not earlier, req.user_texts()
+        assert kept.read_text().strip() == now

@@ -181,6 +181,9 @@
       case "compact_retry":
         add("sys", "context too long: compacting and retrying once");
         return;
+      case "new_conversation":
+        add("sys", ev.text || "new conversation");
+        return;
       case "compaction": {
         const history = ev.history || "hive notes <agent> --history";
         if (ev.phase === "start") add("sys", "notes.md is " + ev.bytes + " bytes (limit " + ev.limit + "): compacting it");
