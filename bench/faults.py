@@ -27,7 +27,7 @@ Then the checker, over the history and the broker's final message history:
   healthy        ``hive status`` all up at the end
 Redeliveries of an acked message are counted (``acked_redelivered``) but are
 not a failure: delivery is at-least-once and a PostgreSQL crash may lose the
-last acks (DESIGN.md section 3).
+last acks (docs/architecture.md).
 
 Usage: python bench/faults.py --seed 1 [--duration 150] [--agents 3] [--keep]
 The last line printed is one JSON object:

@@ -1,4 +1,4 @@
-# The container side of an agent (DESIGN.md sections 4 and 6): what every
+# The container side of an agent (docs/architecture.md): what every
 # agent container runs, whatever its agent.nix adds. A NixOS module.
 #
 # Lifecycle's nixos backend renders one flake per agent

@@ -1,4 +1,4 @@
-# services.hyperhive: hyperhive on a NixOS host (DESIGN.md sections 1, 2, 4, 7).
+# services.hyperhive: hyperhive on a NixOS host (docs/architecture.md).
 #
 # What it sets up:
 #   - nats-server (services.nats) with JetStream on 127.0.0.1, its users taken
@@ -67,7 +67,7 @@ let
     }
   );
 
-  # PostgreSQL is for the services only (DESIGN.md section 7): peer auth over
+  # PostgreSQL is for the services only (docs/operations.md, threat model): peer auth over
   # /run/postgresql for the hyperhive role, and before anything else in
   # pg_hba.conf (first match wins) TCP to its database or as its role is
   # rejected, whatever listen_addresses is and whatever rules come later.
@@ -234,7 +234,7 @@ let
         config.systemd.package
       ];
     };
-    # A NATS client only, with the operator's credentials (DESIGN.md section 2).
+    # A NATS client only, with the operator's credentials (docs/architecture.md).
     # Always behind the operator token: a systemd credential, so the root-only
     # file is read by systemd and the unprivileged unit sees it only in its
     # own $CREDENTIALS_DIRECTORY (no agent can read either).

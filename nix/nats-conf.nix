@@ -1,6 +1,6 @@
 # The nats-server config hyperhive runs: the `services.nats.settings` of the
 # host plus an `include` of the auth file that lifecycle keeps under the data
-# dir (DESIGN.md section 2; hyperhive.common.nats_auth renders it from
+# dir (docs/architecture.md; hyperhive.common.nats_auth renders it from
 # users.d/ and lifecycle makes nats re-read it with `systemctl reload nats`).
 #
 # nixpkgs renders `services.nats.settings` as one JSON object, which cannot

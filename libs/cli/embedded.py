@@ -5,8 +5,8 @@ refuses to run as root, so when we are root the cluster runs as an
 unprivileged system user (created on first use), as the pgserver package does.
 
 PostgreSQL listens on no TCP port: only on a unix socket in its own data dir
-(mode 0700, its owner's), which no agent can see or enter (DESIGN.md section
-7). Its URL names that dir: ``postgresql://hyperhive@/hyperhive?host=<dir>&port=<n>``.
+(mode 0700, its owner's), which no agent can see or enter (docs/operations.md,
+threat model). Its URL names that dir: ``postgresql://hyperhive@/hyperhive?host=<dir>&port=<n>``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Unprivileged host users for what must not run as root (DESIGN.md section 7).
+"""Unprivileged host users for what must not run as root (docs/operations.md, threat model).
 
 As root, ``hive up`` runs PostgreSQL as ``hyperhive-pg`` and the process
 backend runs every agent harness as ``hyperhive-agent`` (``lifecycle.agent_user``):

@@ -1,4 +1,4 @@
-"""NATS users and their permissions (DESIGN.md section 2).
+"""NATS users and their permissions (docs/architecture.md).
 
 Every user authenticates with an nkey: the server's auth file holds only
 public keys, each process holds its own seed file. Users live as one JSON file

@@ -1,4 +1,4 @@
-"""Where an agent's files live under the data dir (DESIGN.md section 4)."""
+"""Where an agent's files live under the data dir (docs/architecture.md)."""
 
 from __future__ import annotations
 

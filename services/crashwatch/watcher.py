@@ -1,4 +1,4 @@
-"""Crash and stuck detection (DESIGN.md section 1: crash-watch).
+"""Crash and stuck detection (docs/architecture.md: crash-watch).
 
 Two sources feed one view of every agent's state: a poll of lifecycle's
 registry every ``crashwatch.poll_interval_s`` and lifecycle's ``agent.state``

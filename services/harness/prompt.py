@@ -73,7 +73,7 @@ def _template(name: str) -> str:
 def system_prompt(cfg: HarnessConfig) -> str:
     """The text appended to claude's system prompt for this agent."""
     text = _template("manager.md" if cfg.manager else "agent.md")
-    # the container layout (DESIGN.md section 4), which the process backend
+    # the container layout (docs/architecture.md), which the process backend
     # gives too: at / under bwrap, under view_dir (symlinks) without it
     root = str(cfg.view_dir).rstrip("/") if cfg.view_dir is not None else ""
     agent_config = f"{root}/agents/<name>/config"

@@ -1,6 +1,6 @@
 """What the harness keeps across restarts.
 
-In ``<state dir>/.hive-harness/`` (beside the agent's notes, DESIGN.md section 6):
+In ``<state dir>/.hive-harness/`` (beside the agent's notes, docs/architecture.md):
 - ``model``: the operator's ``/model`` override ("" = agent.toml's / the default).
 - ``fresh``: present when the next turn starts a new claude session (``/clear``).
 - ``turn``: the number of the last turn, so numbering continues after a restart.

@@ -1,4 +1,4 @@
-"""The embedded PostgreSQL is for the services only (DESIGN.md section 7).
+"""The embedded PostgreSQL is for the services only (docs/operations.md, threat model).
 
 No TCP listener, a pg_hba.conf of local lines only, and a socket in a 0700
 dir of the cluster's user: another uid finds no door, neither over TCP nor

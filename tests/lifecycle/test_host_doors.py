@@ -1,4 +1,4 @@
-"""Host-level doors, from inside a real agent sandbox (DESIGN.md section 7).
+"""Host-level doors, from inside a real agent sandbox (docs/operations.md, threat model).
 
 A harness that runs probe scripts (``RUNNER`` of test_bwrap) stands in for
 the agent's tools: each probe runs as the harness runs, with its uid, its

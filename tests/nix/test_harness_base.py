@@ -116,7 +116,7 @@ def test_harness_unit_gets_the_contract_environment(agent: dict[str, Any]) -> No
     assert env["HIVE_HARNESS_SOCKET"] == "/run/hive/page.sock"  # no TCP port
     assert "HIVE_HARNESS_PORT" not in env and "HIVE_HARNESS_HOST" not in env
     assert env["HIVE_NATS_INBOX_PREFIX"] == subjects.inbox_prefix("ag1")
-    # the bind mounts of DESIGN.md section 4
+    # the bind mounts of docs/architecture.md
     assert env["HIVE_HARNESS_CREDS_DIR"] == "/root/.claude"
     assert env["HIVE_HARNESS_STATE_DIR"] == "/state"
     assert env["HIVE_NATS_SEED_FILE"] == "/run/hive/nats.seed"

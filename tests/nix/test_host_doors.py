@@ -1,4 +1,4 @@
-"""The module's host-level doors (DESIGN.md section 7), from its rendered settings.
+"""The module's host-level doors (docs/operations.md, threat model), from its rendered settings.
 
 PostgreSQL: peer auth over /run/postgresql for the services, and no TCP
 session for the hyperhive database or role (reject lines first in

@@ -1,4 +1,4 @@
-"""The container backend interface (DESIGN.md section 4)."""
+"""The container backend interface (docs/architecture.md)."""
 
 from __future__ import annotations
 

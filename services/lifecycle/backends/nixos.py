@@ -4,7 +4,7 @@ Per agent, lifecycle renders a flake (``agents/<n>/flake/flake.nix``) that
 imports the agent's ``agent.nix`` from its applied repo and hyperhive's
 ``nix/harness-base.nix``, pinned to the running hyperhive revision, and drives
 ``nixos-container create/start/stop/terminate/update/destroy`` with it. The
-bind mounts of DESIGN.md section 4 go into the container's
+bind mounts of docs/architecture.md go into the container's
 ``EXTRA_NSPAWN_FLAGS``: credentials → ``/root/.claude``, state → ``/state``,
 the run dir (NATS seed, the page socket) → ``/run/hive``. The harness binds
 its page's API there (``/run/hive/page.sock``, no TCP port), so the dashboard
