@@ -127,6 +127,10 @@ class Security:
         return bool(value) and hmac.compare_digest((value or "").encode(), self._session.encode())
 
 
+def _is_html(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(k.lower() == b"content-type" and v.startswith(b"text/html") for k, v in headers)
+
+
 def host_name(header: str | None) -> str:
     """``example.org:7000`` → ``example.org``; ``[::1]:7000`` → ``::1``."""
     if not header:
@@ -252,7 +256,11 @@ class Guard:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = [*message.get("headers", []), *self._headers]
-                if new_cookie is not None:
+                # Only a page carries the token derived from a new nonce: a
+                # fetch, stream or asset answered meanwhile (the previous
+                # page's, right after its cookies were cleared) must not
+                # replace the nonce the page's forms were rendered with.
+                if new_cookie is not None and _is_html(headers):
                     headers.append((b"set-cookie", new_cookie))
                 message = {**message, "headers": headers}  # type: ignore[typeddict-item]
             await inner(message)

@@ -106,3 +106,50 @@ async def test_a_websocket_from_outside_is_refused() -> None:
     ]
     app, sent = await _run({**scope, "client": ("127.0.0.1", 5)}, connect)
     assert app.calls == ["websocket"]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "sets_cookie"),
+    [
+        (b"text/html; charset=utf-8", True),
+        (b"application/json", False),
+        (b"text/event-stream", False),
+    ],
+)
+async def test_only_a_page_hands_out_a_new_csrf_nonce(
+    content_type: bytes, sets_cookie: bool
+) -> None:
+    """Without a CSRF cookie, only an HTML page (whose forms carry the token of
+    the new nonce) sets one: a fetch or stream answered meanwhile must not
+    replace the nonce a login form was rendered with."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", content_type)],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"x"})
+
+    guard = Guard(app, Security("", POLICY.session_label), POLICY, lambda csrf, error: b"login")
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/section/status",
+        "client": ("127.0.0.1", 5000),
+        "headers": [(b"host", b"127.0.0.1:7000")],
+        "query_string": b"",
+    }
+    await guard(scope, receive, send)
+    set_cookies = [v for k, v in sent[0]["headers"] if k == b"set-cookie"]
+    assert any(v.startswith(CSRF_COOKIE.encode() + b"=") for v in set_cookies) is sets_cookie
