@@ -26,7 +26,7 @@ from nats.aio.client import Client as NATS
 
 from hyperhive.common import rpc, subjects
 from hyperhive.common.errors import BadRequest, HiveError, Internal, NotFound, Unavailable
-from hyperhive.common.pagesocket import READ_TIMEOUT_S
+from hyperhive.common.pagesocket import CONNECT_TIMEOUT_S, READ_TIMEOUT_S
 from hyperhive.common.wire.base import Ok
 from hyperhive.common.wire.page import (
     MAX_PUSH_CHARS,
@@ -60,6 +60,9 @@ OPS: dict[tuple[str, str], str] = {
 CLOSE_TIMEOUT_S = 2.0
 # the relay gives up on a page after READ_TIMEOUT_S: its answer saying so comes first
 CALL_TIMEOUT_S = READ_TIMEOUT_S + PULL_GRACE_S
+# opening a shell is the relay's connect to the page socket (CONNECT_TIMEOUT_S):
+# a relay silent for longer is gone, and the terminal says so
+OPEN_TIMEOUT_S = CONNECT_TIMEOUT_S + PULL_GRACE_S
 
 
 class _Relay:
@@ -250,6 +253,9 @@ async def open_terminal(nc: NATS, node: str, agent: str, cols: int, rows: int) -
     """
     relay = _Relay(nc, node, agent)
     opened = await relay.request(
-        subjects.PAGE_TERMINAL, TerminalOpen(cols=cols, rows=rows), SessionOpened
+        subjects.PAGE_TERMINAL,
+        TerminalOpen(cols=cols, rows=rows),
+        SessionOpened,
+        timeout=OPEN_TIMEOUT_S,
     )
     return RemoteTerminal(_Session(relay, opened.session))
