@@ -19,7 +19,6 @@ import contextlib
 import json
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from playwright.async_api import Browser, expect
 from websockets.asyncio.client import connect
 
 from hyperhive.cli.embedded import EmbeddedNats, free_port
-from hyperhive.common import catalog, nats_auth, rpc, subjects
+from hyperhive.common import catalog, rpc, subjects
 from hyperhive.common.config import Settings, load_settings, settings_env
 from hyperhive.common.errors import HiveError, NotFound
 from hyperhive.common.pagesocket import PageSocket
@@ -89,30 +88,6 @@ class Relayed:
             self.relay = None
 
 
-def add_node_user(nats: EmbeddedNats, node: str) -> Path:
-    """NATS credentials of node ``node``'s agent: hear its own subjects, answer
-    them, write its heartbeat key, nothing else (the contract's node user).
-    Returns the seed file."""
-    seed = nats_auth.new_seed()
-    path = nats.root / "nodes" / f"{node}-{uuid.uuid4().hex[:8]}.seed"
-    nats_auth.write_seed(path, seed)
-    nats_auth.put_user(
-        nats.root,
-        nats_auth.NatsUser(
-            name=f"node-{node}-{path.stem}",
-            nkey=nats_auth.public_key(seed),
-            permissions=nats_auth.Permissions(
-                publish=[subjects.kv_subject(f"node.{node}")],
-                subscribe=[f"hive.node.{node}.>", subjects.inbox_all(f"node-{node}")],
-                allow_responses=True,
-            ),
-        ),
-    )
-    nats_auth.render_auth_file(nats.root, nats.auth_file)
-    rig.reload_nats(nats)
-    return path
-
-
 def dashboard_settings(settings: Settings, nats: EmbeddedNats) -> Settings:
     """The dashboard's: the operator's NATS user, on another node than the agents."""
     env = settings_env(settings)
@@ -136,7 +111,7 @@ async def relayed(
     assert settings.node.name == NODE
     async with running_stack(nats_server, settings, ("broker", "lifecycle")) as stack:
         async with rig.running_service("dashboard", dashboard_settings(settings, nats_server)):
-            node_seed = await asyncio.to_thread(add_node_user, nats_server, NODE)
+            node_seed = await asyncio.to_thread(rig.add_node_user, nats_server, NODE)
             nc = await rig.connect_as(nats_server, node_seed, subjects.inbox_prefix(f"node-{NODE}"))
             r = Relayed(stack=stack, nats=nats_server, relay_nc=nc, relay=None)
             try:
