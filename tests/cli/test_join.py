@@ -110,7 +110,8 @@ class Conn:
                     connect_timeout=3,
                 )
                 return self.nc
-            except nats.errors.Error:
+            except (nats.errors.Error, OSError):
+                # a reload in progress may also reset the socket mid-handshake
                 await asyncio.sleep(0.1)
         raise AssertionError("the hub never accepted the seed")
 

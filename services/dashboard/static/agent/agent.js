@@ -106,6 +106,7 @@
       age < 3600 ? Math.floor(age / 60) + "m" : Math.floor(age / 3600) + "h";
   }
   setInterval(tick, 1000);
+  tick();  // the age shows from the first paint, not a second later
 
   // --- rendering turn records -------------------------------------------------------
   function renderClaude(ev) {
