@@ -539,6 +539,55 @@ async def drain_inbox(nc: NATS, name: str) -> int:
         count += 1
 
 
+class CpuMeter:
+    """CPU seconds of each part of the run (broker, Postgres, NATS, the bench's
+    clients, the raw echo responder) and of the whole machine, between two reads.
+
+    On a machine whose cores are all busy, throughput is set by the CPU every
+    part spends per message, not by any one part: this shows where it goes.
+    """
+
+    def __init__(self, stack: Stack) -> None:
+        self._stack = stack
+
+    def _groups(self) -> dict[str, list[psutil.Process]]:
+        groups: dict[str, list[psutil.Process]] = {
+            "broker": [psutil.Process(p.pid) for p in self._stack.brokers],
+            "bench_clients": [psutil.Process()],
+        }
+        if self._stack.nats.proc is not None:
+            groups["nats_server"] = [psutil.Process(self._stack.nats.proc.pid)]
+        if self._stack.echo is not None:
+            groups["echo"] = [psutil.Process(self._stack.echo.pid)]
+        with contextlib.suppress(OSError, ValueError, psutil.Error):
+            pid = int((self._stack.pg.data_dir / "postmaster.pid").read_text().split()[0])
+            master = psutil.Process(pid)
+            groups["postgres"] = [master, *master.children()]
+        return groups
+
+    def read(self) -> dict[str, float]:
+        """CPU seconds so far per part; ``machine``: busy seconds of all cores."""
+        out = {name: cpu_s(procs) for name, procs in self._groups().items()}
+        t = psutil.cpu_times()
+        out["machine"] = (
+            t.user + t.system + t.nice + getattr(t, "softirq", 0.0) + getattr(t, "irq", 0.0)
+        )
+        return out
+
+    @staticmethod
+    def per_message(
+        before: dict[str, float], after: dict[str, float], count: int
+    ) -> dict[str, int]:
+        """Microseconds of CPU per message for each part between two reads.
+
+        Parts whose processes came and went between the reads (Postgres
+        backends) count only while they lived: a floor, not an exact figure.
+        """
+        return {
+            k: round(max(after[k] - before.get(k, 0.0), 0.0) / max(count, 1) * 1e6) for k in after
+        }
+
+
 def cpu_s(procs: list[psutil.Process]) -> float:
     total = 0.0
     for p in procs:
@@ -694,11 +743,13 @@ async def main() -> dict[str, object]:
                     failed("latency", exc)
             if args.only in (None, "throughput"):
                 try:
-                    await raw_throughput_phase(conns, senders, args, result)
+                    await raw_throughput_phase(conns, senders, args, result, CpuMeter(stack))
                     spy = None
                     if args.py_spy:
                         spy = py_spy(proc.pid, 2 * args.seconds + 1, args.py_spy)
-                    await throughput_phase([proc], conns, senders, receivers, args, result)
+                    await throughput_phase(
+                        [proc], conns, senders, receivers, args, result, meter=CpuMeter(stack)
+                    )
                     if spy is not None:
                         spy.wait(30)
                         print(f"    py-spy profile of (c)+(c') in {args.py_spy}")
@@ -878,11 +929,20 @@ async def cross_node_phase(
 
 
 async def raw_throughput_phase(
-    conns: dict[str, NATS], senders: list[str], args: argparse.Namespace, result: dict[str, object]
+    conns: dict[str, NATS],
+    senders: list[str],
+    args: argparse.Namespace,
+    result: dict[str, object],
+    meter: CpuMeter | None = None,
 ) -> None:
+    cpu0 = meter.read() if meter else {}
     rate = await raw_throughput(conns, senders, args.seconds)
     print(f"(a) raw nats-py request/reply: {rate:,.0f} req/s with {len(senders)} in flight")
     result["raw_rr_throughput_msg_s"] = round(rate, 1)
+    if meter:
+        per = meter.per_message(cpu0, meter.read(), round(rate * args.seconds))
+        print(f"    CPU per request, us: {per}")
+        result["raw_rr_cpu_us_per_req"] = per
 
 
 async def throughput_phase(
@@ -896,8 +956,10 @@ async def throughput_phase(
     prefix: str = "",
     end_to_end: bool = True,
     separate_ack: bool = True,
+    meter: CpuMeter | None = None,
 ) -> None:
-    """(c), then (c') and (c'') when ``end_to_end``."""
+    """(c), then (c') and (c'') when ``end_to_end``; with ``meter``, each part's
+    CPU per message too."""
     pairs = list(zip(senders, receivers, strict=True))
     runs = [("", False, False)]
     if end_to_end and separate_ack:
@@ -907,10 +969,15 @@ async def throughput_phase(
     for key, receive, combined in runs:
         await drain_inboxes(conns, receivers)
         cpu0 = cpu_s(procs)
+        parts0 = meter.read() if meter else {}
         rate, send_rate, acked, sent, errors = await throughput(
             conns, pairs, args.seconds, receive=receive, combined=combined
         )
         b_cpu = (cpu_s(procs) - cpu0) / args.seconds
+        if meter:
+            per_part = meter.per_message(parts0, meter.read(), acked if receive else sent)
+            print(f"    CPU per message, us: {per_part}")
+            result[f"{prefix}{key or 'throughput_'}cpu_us_per_msg"] = per_part
         if receive:
             how = "recv acking the one before" if combined else "recv, then ack"
             label = "c''" if combined else "c'"

@@ -13,6 +13,7 @@ carries it as a header, so a consumer joins the trace of the change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -128,6 +129,15 @@ RETURNING id, subject, payload, msg_id, traceparent
 """
 LOCKED_RETRY_S = 0.02  # another instance is draining: look again this soon
 PUBLISH_TIMEOUT_S = 5.0  # for JetStream's acks of one batch
+# The outbox is a queue: every row is deleted soon after its insert, and the
+# drain's ``ORDER BY id`` walks the dead index entries at the front of the
+# table until a vacuum removes them. Autovacuum visits a database once a
+# minute at most (``autovacuum_naptime``), long enough for a busy broker to
+# leave a few hundred thousand: measured, the drain then cost 2.9 ms and 2,800
+# buffers per batch instead of 0.16 ms and 150, and halved end-to-end
+# throughput (bench/broker.py). So the relay vacuums its own small table.
+VACUUM_AFTER_ROWS = 5000  # rows deleted since the last vacuum
+VACUUM_MIN_INTERVAL_S = 1.0
 
 
 class OutboxRelay:
@@ -149,6 +159,9 @@ class OutboxRelay:
         self._batch = batch
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._deleted = 0  # rows deleted since the last vacuum
+        self._vacuumed_at = time.monotonic()
+        self._vacuum: asyncio.Task[None] | None = None
 
     def kick(self) -> None:
         """Says new rows were committed: publish them now, not at the next sweep."""
@@ -162,10 +175,12 @@ class OutboxRelay:
         if self._task is None:
             return
         self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
+        if self._vacuum is not None:
+            self._vacuum.cancel()
+        for task in (self._task, self._vacuum):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         try:
             await asyncio.wait_for(self.drain(), timeout=2.0)
         except Exception as exc:
@@ -193,6 +208,8 @@ class OutboxRelay:
                     total += n
                     if n < self._batch:
                         break
+                self._deleted += total
+                self._vacuum_if_due()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # NATS or Postgres down: the next sweep retries
@@ -205,6 +222,29 @@ class OutboxRelay:
             except TimeoutError:
                 pass
             self._wake.clear()
+
+    def _vacuum_if_due(self) -> None:
+        """Vacuums the outbox, beside the relay, when enough rows were deleted
+        (see ``VACUUM_AFTER_ROWS``); one vacuum at a time."""
+        now = time.monotonic()
+        if (
+            self._deleted < VACUUM_AFTER_ROWS
+            or now - self._vacuumed_at < VACUUM_MIN_INTERVAL_S
+            or (self._vacuum is not None and not self._vacuum.done())
+        ):
+            return
+        self._deleted, self._vacuumed_at = 0, now
+        self._vacuum = asyncio.create_task(self._run_vacuum(), name="outbox-vacuum")
+
+    async def _run_vacuum(self) -> None:
+        try:
+            async with self._pool.acquire() as conn:
+                # outside a transaction (asyncpg runs a lone statement so);
+                # SKIP_LOCKED: another instance's vacuum is as good as this one
+                await conn.execute("VACUUM (SKIP_LOCKED) outbox")
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            # not the owner, or the database is down: autovacuum still runs
+            log.warning("outbox vacuum not run: %s", exc)
 
     async def _publish_batch(self) -> tuple[int, bool]:
         """Publishes and deletes up to one batch of rows.

@@ -134,3 +134,44 @@ async def test_a_record_carries_the_trace_of_the_transaction_that_wrote_it(setti
         assert [parse_traceparent(t) for t in traced if t] == [(ctx.trace_id, ctx.span_id)] * 2
         assert "traceparent" not in (msgs[2].headers or {})
         assert [msgspec.json.decode(m.data, type=HiveEvent).data["n"] for m in msgs] == [0, 1, 2]
+
+
+async def test_the_relay_vacuums_its_outbox_after_many_deletes(settings, js, monkeypatch):
+    # the outbox is a queue: left to autovacuum (once a minute at best), its
+    # dead rows slow every drain; the relay vacuums it itself
+    monkeypatch.setattr(outbox, "VACUUM_AFTER_ROWS", 50)
+    monkeypatch.setattr(outbox, "VACUUM_MIN_INTERVAL_S", 0.0)
+    kind = _kind("v")
+    async with _outbox_pool(settings, f"obv{uuid.uuid4().hex[:6]}") as pool:
+
+        async def vacuums() -> int:
+            # each fetch is a transaction of its own: fresh statistics
+            return await pool.fetchval(
+                "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'outbox'::regclass"
+            )
+
+        before = await vacuums()
+        relay = outbox.OutboxRelay(pool, js, sweep_s=0.2)
+        relay.start()
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await outbox.add_many(
+                    conn, [outbox.make_event(kind, agent="a", n=i) for i in range(60)]
+                )
+            relay.kick()
+            assert len(await _events_for(js, kind, 60)) == 60
+            deadline = asyncio.get_running_loop().time() + 10
+            while await vacuums() == before:
+                assert asyncio.get_running_loop().time() < deadline, "outbox never vacuumed"
+                await asyncio.sleep(0.05)
+            # below the threshold: no vacuum of its own
+            after = await vacuums()
+            async with pool.acquire() as conn, conn.transaction():
+                await outbox.add(conn, outbox.make_event(kind, agent="a", n=60))
+            relay.kick()
+            assert len(await _events_for(js, kind, 61)) == 61
+            await asyncio.sleep(0.5)
+            assert await vacuums() == after
+        finally:
+            await relay.stop()
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
