@@ -18,9 +18,14 @@ pair, the dashboard's own hop (JetStream push → client receipt), the share
 of receipts that arrived, the dashboard's RSS and the CPU time it spent per
 message (steadier than latency on a shared machine). Targets: send → client
 p99 ≤ 100 ms, the dashboard's hop p99 ≤ 25 ms, RSS < 150 MB; each is printed
-with its ratio to the target (≤ 1 meets it). The last line is one JSON object.
+with its ratio to the target (≤ 1 meets it).
 
-Usage: python bench/dashboard.py [--clients 200] [--rate 500] [--seconds 20]
+Then (unless ``--no-memory``) it runs ``bench/memory.py`` (a whole hive under
+``hive up``, idle) and adds its figures: the idle RSS of each service (target
+≤ 80 MB) and of an agent's harness (≤ 60 MB), so that this run prints every
+dashboard and memory figure of issue 17. The last line is one JSON object.
+
+Usage: python bench/dashboard.py [--clients 200] [--rate 500] [--seconds 20] [--no-memory]
 """
 
 from __future__ import annotations
@@ -489,6 +494,12 @@ def main() -> int:
     parser.add_argument("--drain", type=float, default=2.0, help="seconds after the last send")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     parser.add_argument(
+        "--memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure every service's and a harness's idle RSS (bench/memory.py)",
+    )
+    parser.add_argument(
         "--coalesce-ms", type=float, default=None, help="dashboard.flow_coalesce_ms to run with"
     )
     args = parser.parse_args()
@@ -540,8 +551,48 @@ def main() -> int:
     print(
         f"machine load (1 min) before/after: {result['machine_load_1m']} on {result['cpus']} CPUs"
     )
+    if args.memory:
+        result.update(idle_memory())
+        over = [result.get(f"{k}_idle_rss_mb_over_target") for k in ("service", "harness")]
+        result["meets_targets"] = bool(
+            result["meets_targets"] and all(isinstance(v, float) and v <= 1 for v in over)
+        )
     print(json.dumps(result))
     return 0
+
+
+def idle_memory() -> dict[str, object]:
+    """bench/memory.py's figures (its own hive, started after this run's is
+    gone), with their ratios to the targets; ``memory_error`` if it failed."""
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("memory.py"))],
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    lines = done.stdout.strip().splitlines()
+    for line in lines[:-1]:
+        print(line)
+    try:
+        figures = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {"memory_error": f"bench/memory.py printed no figures (exit {done.returncode})"}
+    out: dict[str, object] = {
+        "service_rss_mb_idle": figures.get("service_rss_mb"),
+        "harness_rss_mb_idle": figures.get("harness_after_turn_rss_mb"),
+    }
+    for key, target in (("service_idle_rss_mb", 80.0), ("harness_idle_rss_mb", 60.0)):
+        value = figures.get(key)
+        out[key] = value
+        out[f"{key}_over_target"] = round(value / target, 3) if isinstance(value, float) else None
+    if "error" in figures:
+        out["memory_error"] = figures["error"]
+    print(
+        f"idle RSS: services at most {out['service_idle_rss_mb']} MB (target <= 80 MB), "
+        f"a harness {out['harness_idle_rss_mb']} MB (target <= 60 MB)"
+    )
+    return out
 
 
 if __name__ == "__main__":

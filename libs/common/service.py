@@ -30,9 +30,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import asyncpg
 import uvloop
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -40,17 +39,19 @@ from nats.js.kv import KeyValue
 
 from hyperhive.common import endpoints, subjects
 from hyperhive.common.config import Settings
-from hyperhive.common.db import create_pool, migrate
-from hyperhive.common.discovery import Discovery
 from hyperhive.common.endpoints import Endpoint
 from hyperhive.common.errors import ConfigError, HiveError
 from hyperhive.common.jetstream import ensure_state_bucket, ensure_streams
 from hyperhive.common.logs import setup_logging
 from hyperhive.common.natsconn import connect, sync_subscriptions
-from hyperhive.common.outbox import OutboxRelay
 from hyperhive.common.rpc import Call, Handler, Responder
 from hyperhive.common.telemetry import setup_tracing
 from hyperhive.common.wire.base import Ping, Pong
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from hyperhive.common.outbox import OutboxRelay
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +217,11 @@ async def run(
             kv = await ensure_state_bucket(js)
         pool = outbox = None
         if spec.schema:
+            # imported here: a process without a database (a harness, a node
+            # agent) does not carry asyncpg (issue 17's memory target)
+            from hyperhive.common.db import create_pool, migrate
+            from hyperhive.common.outbox import OutboxRelay
+
             pool = await create_pool(settings.database, spec.schema, keep_session=spec.keep_session)
             stack.push_async_callback(pool.close)
             await migrate(pool, spec.module.rsplit(".", 1)[0])
@@ -254,6 +260,8 @@ async def run(
         if unserved:  # a service that forgot rt.serve_all for what the registry says it serves
             raise TypeError(f"{part} does not serve {unserved}")
         if spec.hub:  # a node user may subscribe to its own subjects only, not $SRV
+            from hyperhive.common.discovery import Discovery
+
             discovery = Discovery(nc, responder, part, hyperhive_version(), f"hyperhive {part}")
             await discovery.start()  # `nats micro ls|info|stats`
             stack.push_async_callback(discovery.stop)
