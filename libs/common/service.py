@@ -19,6 +19,7 @@ state bucket, the Postgres pool and migrations, the outbox relay, the
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import inspect
 import logging
@@ -267,6 +268,10 @@ async def run(
             stack.push_async_callback(discovery.stop)
         await sync_subscriptions(nc)  # live on the server before "ready"
         log.info("serving", extra={"service": part})
+        # What is alive now (modules, handlers, pools) lives as long as the
+        # process: out of the collector's sight, a full collection walks only
+        # what requests allocate (fewer long pauses in the p99 of a send)
+        gc.freeze()
         if ready:
             ready(rt)
         await stop.wait()
