@@ -29,9 +29,15 @@ figures are divided by), then measures:
   (d) the broker's idle RSS (before any load), its peak resident memory
       (VmHWM, and RSS sampled during the load), and its RSS after it.
 
+Beside the raw and durable throughputs of (a) and (c) it prints the CPU each
+part spent per message (``*_cpu_us_per_msg``: broker, PostgreSQL, nats-server,
+this bench's clients, the echo responder, the whole machine). When every core
+is busy, a throughput ratio is the inverse ratio of those machine figures.
+
 Every target of issue 17 is a ratio measured in the same run: ``ratios``
 holds them, ``targets`` the limits and ``targets_met`` the verdicts. The
-memory of every service and of a harness, idle: ``bench/memory.py``.
+memory of every service and of a harness, idle: ``bench/memory.py`` (run by
+``bench/dashboard.py`` too).
 
 Agents use their own NATS credentials, as in production. The agent registry
 (lifecycle ``list``/``get``) is answered by a small responder here: starting
