@@ -55,6 +55,7 @@ from hyperhive.common.wire.states import (
     RUNNING,
     SPAWN,
     STOPPED,
+    STUCK_WHY,
 )
 
 FAMILIES: Final = ("agent", "approval", "question", "crash", "stuck", "node")
@@ -166,7 +167,7 @@ def entry(ev: HiveEvent, seq: int) -> Entry | None:
             fields = {"note": _clip(crash.detail, 200)}
         case StuckDetected(event=stuck):
             category, who = "stuck", subjects.SYSTEM
-            why = "no heartbeat" if stuck.reason == "heartbeat" else "a turn is running too long"
+            why = STUCK_WHY.get(stuck.reason, stuck.reason)
             text = f"agent {agent} looks stuck: {why}"
             fields = {"note": _clip(stuck.detail, 200)}
         case NodeJoinedEvent(node=node):

@@ -12,6 +12,7 @@ from hyperhive.common.wire.events import (
     SpawnResolved,
     SystemEvent,
 )
+from hyperhive.common.wire.states import STUCK_WHY
 
 
 def render_event(event: SystemEvent) -> str:
@@ -23,11 +24,7 @@ def render_event(event: SystemEvent) -> str:
                 text += f" (exit code {code})"
             return _with(text, detail)
         case AgentStuck(agent=agent, reason=reason, detail=detail):
-            why = {
-                "heartbeat": "its heartbeat stopped",
-                "turn_too_long": "its turn is running too long",
-                "login_needed": "the API refused its credentials (login needed)",
-            }.get(reason, reason)
+            why = STUCK_WHY.get(reason, reason)
             return _with(f"agent {agent} looks stuck: {why}", detail)
         case ApprovalResolved(
             approval_id=aid, agent=agent, state=state, tag=tag, note=note, sha=sha

@@ -208,7 +208,20 @@ def test_words_for_events() -> None:
         ),
         3,
     )
-    assert stuck is not None and stuck.text == "agent coder looks stuck: a turn is running too long"
+    assert stuck is not None
+    assert stuck.text == "agent coder looks stuck: its turn is running too long"
+    # each reason reads as itself, as in the manager's inbox (not as a long turn)
+    login = entry(
+        HiveEvent(
+            kind="stuck.detected",
+            ts=1.0,
+            agent="coder",
+            data={"event": {"type": "AgentStuck", "reason": "login_needed", "detail": "401"}},
+        ),
+        4,
+    )
+    assert login is not None
+    assert login.text == "agent coder looks stuck: the API refused its credentials (login needed)"
     restart = entry(
         HiveEvent(
             kind="agent.state",

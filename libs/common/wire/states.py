@@ -80,6 +80,13 @@ OFFLINE: Final = "offline"
 # --- why crash-watch calls an agent stuck -------------------------------------
 
 StuckReason = Literal["heartbeat", "turn_too_long", "login_needed"]
+# How each reason reads after "agent <n> looks stuck: " (the manager's inbox,
+# the dashboard's activity timeline)
+STUCK_WHY: dict[StuckReason, str] = {
+    "heartbeat": "its heartbeat stopped",
+    "turn_too_long": "its turn is running too long",
+    "login_needed": "the API refused its credentials (login needed)",
+}
 
 __all__ = [
     "AGENT_FLAGS",
@@ -110,6 +117,7 @@ __all__ = [
     "SPAWN",
     "STOPPED",
     "STOPPING",
+    "STUCK_WHY",
     "THINKING",
     "TURN_STATES",
     "AgentFlag",
