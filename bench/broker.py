@@ -980,10 +980,9 @@ async def throughput_phase(
             conns, pairs, args.seconds, receive=receive, combined=combined
         )
         b_cpu = (cpu_s(procs) - cpu0) / args.seconds
-        if meter:
-            per_part = meter.per_message(parts0, meter.read(), acked if receive else sent)
-            print(f"    CPU per message, us: {per_part}")
-            result[f"{prefix}{key or 'throughput_'}cpu_us_per_msg"] = per_part
+        per_part = (
+            meter.per_message(parts0, meter.read(), acked if receive else sent) if meter else {}
+        )
         if receive:
             how = "recv acking the one before" if combined else "recv, then ack"
             label = "c''" if combined else "c'"
@@ -1023,6 +1022,9 @@ async def throughput_phase(
             )
         per = b_cpu / max(rate if receive else send_rate, 1e-9) * 1e6
         print(f"    CPU: broker {b_cpu:.0%} of a core, {per:,.0f} us per message")
+        if per_part:
+            print(f"    CPU per message of each part, us: {per_part}")
+            result[f"{prefix}{key or 'throughput_'}cpu_us_per_msg"] = per_part
 
 
 async def history_phase(
