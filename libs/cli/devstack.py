@@ -386,8 +386,10 @@ def up(opts: UpOptions) -> int:
             time.sleep(0.2)
             stack.supervise()
     except HiveError as exc:
-        print(f"hive up: {exc}", file=sys.stderr)
         stack.stop()
+        # after the teardown, whose clients may log a lost connection: the
+        # reason the hive stopped is the last line the operator reads
+        print(f"hive up: {exc}", file=sys.stderr, flush=True)
         return 1
     print("hive up: stopping", flush=True)
     stack.stop()

@@ -19,10 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
+import nats.errors
 import pytest
 
 from hyperhive.cli.embedded import EmbeddedNats
-from hyperhive.common import rpc, subjects
+from hyperhive.common import retry, rpc, subjects
 from hyperhive.common.config import Settings
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.service import hyperhive_version
@@ -297,7 +298,14 @@ async def test_a_node_user_reaches_only_its_own_subjects(nats_server, service_nc
         ):
             await nc.subscribe(subject, cb=echo)
         await nc.flush()
-        reply = await service_nc.request(subjects.node("nperm", "state"), b"{}", timeout=5)
+        # nats-server 2.15 may answer "no responders" for a few ms after a
+        # SUB on another connection: retried as hyperhive's own requests are
+        reply = await retry.retry(
+            lambda: service_nc.request(subjects.node("nperm", "state"), b"{}", timeout=5),
+            retry.NO_RESPONDERS,
+            on=(nats.errors.NoRespondersError,),
+            tries=retry.NO_RESPONDERS_TRIES,
+        )
         assert reply.data == b"{}"  # its own verb, answered
         for subject in (
             subjects.node("other", "state"),
