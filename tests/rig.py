@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import os
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ from typing import TypeVar
 
 import asyncpg
 from nats.aio.client import Client as NATS
-from nats.js.errors import NotFoundError
+from nats.js.errors import NoKeysError, NotFoundError
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -33,7 +34,7 @@ from hyperhive.cli.devstack import stop_harnesses
 from hyperhive.cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from hyperhive.common import nats_auth, subjects
 from hyperhive.common.config import Settings, load_settings, settings_env
-from hyperhive.common.jetstream import ensure_streams
+from hyperhive.common.jetstream import ensure_state_bucket, ensure_streams
 from hyperhive.common.natsconn import connect
 from hyperhive.common.paths import AgentPaths
 from hyperhive.common.service import Runtime, run
@@ -185,13 +186,24 @@ async def connect_as(nats: EmbeddedNats, seed: Path, inbox_prefix: str = "") -> 
 async def reset_deliveries(nats: EmbeddedNats) -> None:
     """A new ``HIVE_DELIVERIES`` for a new hive on a shared NATS: the old one's
     records and its duplicate window go (its keys, e.g. ``crash:crashy:3``,
-    repeat from hive to hive, and JetStream would drop them as duplicates)."""
+    repeat from hive to hive, and JetStream would drop them as duplicates).
+    So do the node heartbeats an earlier hive's nodes left in the state
+    bucket: fresh ones would look like up nodes, and placement would put the
+    new hive's agents on them."""
     nc = await connect_as(nats, nats.service_seed)
     js = nc.jetstream()
     try:
         with contextlib.suppress(NotFoundError):
             await js.delete_stream(subjects.DELIVERIES_STREAM)
         await ensure_streams(js)
+        kv = await ensure_state_bucket(js)
+        try:
+            keys = await kv.keys()
+        except NoKeysError:
+            keys = []
+        for key in keys:
+            if fnmatch.fnmatchcase(key, subjects.NODE_KEYS):
+                await kv.purge(key)
     finally:
         await nc.close()
 
