@@ -199,29 +199,25 @@ def test_words_for_events() -> None:
     )
     assert crash is not None and (crash.category, crash.who_kind) == ("crash", "system")
     assert crash.text == "agent coder stopped unexpectedly (exit code 137)" and crash.note == "oom"
-    stuck = entry(
-        HiveEvent(
-            kind="stuck.detected",
-            ts=1.0,
-            agent="coder",
-            data={"event": {"type": "AgentStuck", "reason": "turn_too_long"}},
-        ),
-        3,
-    )
-    assert stuck is not None
-    assert stuck.text == "agent coder looks stuck: its turn is running too long"
     # each reason reads as itself, as in the manager's inbox (not as a long turn)
-    login = entry(
-        HiveEvent(
-            kind="stuck.detected",
-            ts=1.0,
-            agent="coder",
-            data={"event": {"type": "AgentStuck", "reason": "login_needed", "detail": "401"}},
+    for seq, (reason, why) in enumerate(
+        (
+            ("turn_too_long", "its turn is running too long"),
+            ("login_needed", "the API refused its credentials (login needed)"),
         ),
-        4,
-    )
-    assert login is not None
-    assert login.text == "agent coder looks stuck: the API refused its credentials (login needed)"
+        start=3,
+    ):
+        stuck = entry(
+            HiveEvent(
+                kind="stuck.detected",
+                ts=1.0,
+                agent="coder",
+                data={"event": {"type": "AgentStuck", "reason": reason, "detail": "401"}},
+            ),
+            seq,
+        )
+        assert stuck is not None and stuck.text == f"agent coder looks stuck: {why}"
+        assert (stuck.category, stuck.note) == ("stuck", "401")
     restart = entry(
         HiveEvent(
             kind="agent.state",
@@ -229,7 +225,7 @@ def test_words_for_events() -> None:
             agent="coder",
             data={"state": "running", "previous": "running", "flag": "Restarting", "by": "hm1nd"},
         ),
-        4,
+        5,
     )
     assert restart is not None and (restart.category, restart.who_kind) == ("restart", "manager")
     assert entry(HiveEvent(kind="message.sent", ts=1.0), 1) is None
